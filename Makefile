@@ -1,0 +1,101 @@
+# ftbench — build, test and benchmark.
+#   make            build everything (core, harness, method plugins, tests)
+#   make test       build and run the Criterion suite (SAN=1: ASan + UBSan)
+#   make bench      default benchmark sweep (DEVICE=host|rpi5|...)
+#   make bench-core one full fine-tuning step of qwen2.5-0.5b, vs sgemm rate
+#   make oracle     regenerate the PyTorch oracle fixtures (needs python3-torch)
+# Every source file is found by wildcard: a new file or a new methods/<name>/
+# folder needs no edit here.
+
+CC      ?= gcc
+SAN     ?= 0
+PREFIX  ?= /usr/local
+DEVICE  ?= host
+SWEEP   ?= default
+
+ifeq ($(SAN),1)
+BUILD   := build-san
+SANFLAGS:= -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT     := -O1 -g
+MALLOC  :=
+else
+BUILD   := build
+SANFLAGS:=
+OPT     := -O2 -g -march=native -mtune=native
+# jemalloc is the process allocator; its counters are read through mallctl.
+MALLOC  := -ljemalloc
+endif
+
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp $(OPT) $(SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
+LDFLAGS := -fopenmp $(SANFLAGS) -Wl,--export-dynamic
+
+CORE_SRC    := $(wildcard models/*.c datasets/*.c)
+HARNESS_SRC := $(filter-out harness/main.c,$(wildcard harness/*.c))
+REPORT_SRC  := $(wildcard reports/*.c)
+METHOD_DIRS := $(patsubst %/,%,$(dir $(wildcard methods/*/*.c)))
+METHODS     := $(sort $(notdir $(METHOD_DIRS)))
+TEST_SRC    := $(wildcard tests/*.c)
+
+CORE_OBJ    := $(CORE_SRC:%.c=$(BUILD)/%.o)
+HARNESS_OBJ := $(HARNESS_SRC:%.c=$(BUILD)/%.o) $(REPORT_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ    := $(TEST_SRC:%.c=$(BUILD)/%.o)
+PLUGINS     := $(METHODS:%=$(BUILD)/methods/%.so)
+
+BIN         := $(BUILD)/ftbench
+TESTBIN     := $(BUILD)/test_ftbench
+CORELIB     := $(BUILD)/libftbench_core.a
+
+.PHONY: all deps-check test bench bench-core oracle clean install fuzz report
+all: deps-check $(BIN) $(PLUGINS) $(TESTBIN)
+
+# Installs missing Debian packages when root, else prints the apt-get line.
+deps-check:
+	@sh ci/install-deps.sh
+
+$(BUILD)/%.o: %.c include/ftbench.h $(wildcard models/*.h datasets/*.h harness/*.h reports/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(CORELIB): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+$(BIN): $(BUILD)/harness/main.o $(HARNESS_OBJ) $(CORELIB)
+	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
+
+# A plugin is every .c file of its folder, linked as one shared object; its
+# core symbols resolve against the executable that loads it.
+.SECONDEXPANSION:
+$(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c) include/ftbench.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared -o $@ $(wildcard methods/$*/*.c) -lm
+
+$(TESTBIN): $(TEST_OBJ) $(HARNESS_OBJ) $(CORELIB)
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive -lcriterion $(LDLIBS)
+
+test: all
+	FTBENCH_BIN=$(abspath $(BIN)) FTBENCH_METHODS=$(abspath $(BUILD)/methods) \
+	  ./$(TESTBIN) --jobs 1 $(TEST_ARGS)
+
+bench: all
+	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods
+
+bench-core: all
+	./$(BIN) bench-core --model qwen2.5-0.5b --seq 512 --batch 1
+
+oracle:
+	/usr/bin/python3 tests/oracle/gen_oracle.py tests/oracle/fixtures
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/ftbench/methods $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ftbench
+	install -m 644 include/ftbench.h $(DESTDIR)$(PREFIX)/include/ftbench.h
+	install -m 755 $(PLUGINS) $(DESTDIR)$(PREFIX)/lib/ftbench/methods/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' ci/ftbench.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ftbench.pc
+
+clean:
+	rm -rf build build-san

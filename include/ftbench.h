@@ -1,0 +1,388 @@
+/*
+ * ftbench.h — the whole public interface of ftbench's model core and of its
+ * method plugin ABI.  A fine-tuning method needs this header and nothing else.
+ *
+ * Conventions (the same as Hugging Face checkpoints, so real weights load):
+ *   - a linear layer's weight W is [out, in], y = x·Wᵀ (+ b);
+ *   - activations are row-major [B·T, features], rows ordered batch-major;
+ *   - RoPE uses the "rotate half" pairing (i, i + head_dim/2);
+ *   - all compute is fp32; every byte the core allocates is accounted under a
+ *     category (ftb_mem_*), so that a method's memory can be explained.
+ *
+ * ABI: a plugin exports `const ftb_method *ftbench_method(void)`; the host
+ * refuses a plugin whose abi_version differs from FTB_ABI_VERSION.  Plugins
+ * call the core functions declared below; they are resolved against the
+ * ftbench executable when the plugin is loaded.
+ */
+#ifndef FTBENCH_H
+#define FTBENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FTB_ABI_VERSION 1
+#define FTB_IGNORE_INDEX (-100)
+#define FTB_ERR_LEN 512
+
+/* ------------------------------------------------------------------------ */
+/* Memory accounting                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    FTB_MEM_WEIGHTS = 0,   /* frozen or trainable base model weights        */
+    FTB_MEM_TRAINABLE,     /* method-owned trainable parameters (adapters)   */
+    FTB_MEM_GRADS,         /* parameter gradients                            */
+    FTB_MEM_OPTIM,         /* optimizer state (AdamW moments)                */
+    FTB_MEM_SAVED,         /* activations kept for the backward pass         */
+    FTB_MEM_WORKSPACE,     /* transient buffers of a single op or phase      */
+    FTB_MEM_NCAT
+} ftb_mem_category;
+
+const char *ftb_mem_category_name(ftb_mem_category c); /* "weights", ... */
+
+/* Every core (and method) allocation goes through these: 64-byte aligned. */
+void *ftb_alloc(ftb_mem_category c, size_t bytes);
+void *ftb_calloc(ftb_mem_category c, size_t bytes);
+void ftb_free(void *p);
+/* Bytes that live outside the allocator (a mapped checkpoint's pages):
+ * counted under c without allocating.  delta may be negative. */
+void ftb_mem_account(ftb_mem_category c, int64_t delta);
+
+typedef struct {
+    int64_t live[FTB_MEM_NCAT];
+    int64_t peak[FTB_MEM_NCAT];  /* each category's own peak            */
+    int64_t live_total;
+    int64_t peak_total;          /* peak of the sum (not sum of peaks)  */
+    int64_t peak_total_at[FTB_MEM_NCAT]; /* category split at that peak */
+} ftb_mem_stats;
+
+void ftb_mem_get_stats(ftb_mem_stats *out);
+void ftb_mem_reset_peaks(void); /* peaks := live */
+
+/* Phase label for the timeline, e.g. "fwd L3", "bwd L7", "optim".
+ * The string is copied (interned); at most 4096 distinct labels. */
+void ftb_mem_set_phase(const char *label);
+const char *ftb_mem_phase(void);
+
+/* Timeline: one event per allocation/free (time, phase, category, delta).
+ * Off by default; enabling with capacity 0 turns it off again. */
+typedef struct {
+    double t_sec;          /* since ftb_mem_timeline_enable()             */
+    uint16_t phase;        /* index for ftb_mem_phase_name()              */
+    uint8_t category;
+    int64_t delta;         /* +bytes allocated, -bytes freed              */
+} ftb_mem_event;
+
+void ftb_mem_timeline_enable(size_t capacity);
+size_t ftb_mem_timeline_count(void);
+const ftb_mem_event *ftb_mem_timeline_events(void);
+int ftb_mem_timeline_dropped(void); /* events lost because capacity ran out */
+const char *ftb_mem_phase_name(uint16_t phase);
+double ftb_now(void);               /* monotonic seconds                  */
+
+/* jemalloc's own counters (stats.allocated, stats.active, stats.resident);
+ * returns 0 on success, -1 if the process allocator is not jemalloc. */
+int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident);
+
+/* ------------------------------------------------------------------------ */
+/* BLAS kernel selection and threads                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Call first thing in main(), before any BLAS work.  If OPENBLAS_CORETYPE is
+ * unset and OpenBLAS picked a generic kernel on a CPU that has a better one,
+ * self-tests the candidates in child processes, picks the fastest correct one
+ * and re-executes the program with it set (the variable is read when the
+ * library loads).  Never returns on re-exec.  Disabled by FTBENCH_BLAS_AUTO=0. */
+void ftb_blas_autoselect(int argc, char **argv);
+const char *ftb_blas_corename(void);   /* kernel OpenBLAS runs now        */
+const char *ftb_blas_selection(void);  /* "user", "auto", "default"       */
+const char *ftb_cpu_features(void);    /* e.g. "avx2 fma avx512f ..."     */
+void ftb_set_threads(int n);           /* BLAS and elementwise threads    */
+int ftb_get_threads(void);
+/* Measured sgemm rate (GFLOP/s) for C[M,N] = A[M,K]·B[N,K]ᵀ, best of reps. */
+double ftb_sgemm_gflops(int M, int N, int K, int reps);
+
+/* ------------------------------------------------------------------------ */
+/* Model                                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    char name[64];
+    int vocab_size;
+    int dim;           /* hidden size                                   */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;    /* grouped-query attention: n_kv_heads | n_heads */
+    int head_dim;
+    int ffn_dim;       /* SwiGLU intermediate size                      */
+    int max_seq;
+    float rope_theta;
+    float norm_eps;
+    int qkv_bias;      /* Qwen2: 1                                      */
+    int tie_embeddings;
+} ftb_config;
+
+/* Built-in zoo: published shapes of real models (qwen2.5-0.5b, ...) and
+ * tiny test shapes.  Returns 0 if found. */
+int ftb_zoo_get(const char *name, ftb_config *out);
+int ftb_zoo_count(void);
+const ftb_config *ftb_zoo_at(int i);
+/* Checks a config's consistency; 0 or -1 with err filled. */
+int ftb_config_validate(const ftb_config *c, char *err, size_t errlen);
+int64_t ftb_config_param_count(const ftb_config *c);
+
+typedef struct {
+    char name[96];      /* Hugging Face tensor name                      */
+    int ndim;
+    int64_t shape[2];
+    int64_t numel;
+    float *data;
+    float *grad;        /* NULL unless trainable (after ftb_model_alloc_grads) */
+    int trainable;
+    int no_decay;       /* biases and norms: no weight decay             */
+    int mapped;         /* data points into a mapped checkpoint (read-only) */
+} ftb_tensor;
+
+typedef enum {
+    FTB_LIN_Q = 0, FTB_LIN_K, FTB_LIN_V, FTB_LIN_O,
+    FTB_LIN_GATE, FTB_LIN_UP, FTB_LIN_DOWN,
+    FTB_LIN_COUNT
+} ftb_linear_kind;
+
+const char *ftb_linear_name(ftb_linear_kind k); /* "q_proj", ... */
+/* Parses "q_proj" or "q"; -1 if unknown. */
+int ftb_linear_parse(const char *s);
+
+typedef struct ftb_adapter ftb_adapter;
+
+typedef struct {
+    ftb_tensor attn_norm;
+    ftb_tensor wq, wk, wv, wo;
+    ftb_tensor bq, bk, bv;          /* numel 0 unless qkv_bias            */
+    ftb_tensor mlp_norm;
+    ftb_tensor w_gate, w_up, w_down;
+    ftb_adapter *adapter[FTB_LIN_COUNT]; /* hooks on each linear, or NULL */
+} ftb_layer;
+
+typedef struct ftb_model {
+    ftb_config cfg;
+    ftb_tensor embed;       /* [V, dim]                                   */
+    ftb_tensor final_norm;  /* [dim]                                      */
+    ftb_tensor lm_head;     /* [V, dim]; data == embed.data when tied     */
+    ftb_layer *layers;
+    ftb_tensor **params;    /* every parameter tensor, in checkpoint order */
+    int n_params;
+    void *storage;          /* core-private: mappings, owned buffers      */
+} ftb_model;
+
+/* Seeded initialisation (normal(0, 0.02), norms = 1, biases small). */
+ftb_model *ftb_model_create(const ftb_config *cfg, uint64_t seed, char *err, size_t errlen);
+void ftb_model_free(ftb_model *m);
+ftb_tensor *ftb_model_find(ftb_model *m, const char *hf_name);
+/* W and bias (bias->numel == 0 if none) of one linear layer. */
+ftb_tensor *ftb_layer_weight(ftb_layer *L, ftb_linear_kind k);
+ftb_tensor *ftb_layer_bias(ftb_layer *L, ftb_linear_kind k);
+
+void ftb_model_set_trainable(ftb_model *m, int trainable); /* all params */
+/* Allocates grads (FTB_MEM_GRADS) for trainable tensors; copy-on-write maps
+ * a mapped tensor into owned memory if it becomes trainable. 0 or -1. */
+int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen);
+void ftb_model_zero_grads(ftb_model *m);
+int64_t ftb_model_trainable_count(const ftb_model *m);
+
+/* Checkpoints (Hugging Face layout).  dir holds config.json and either
+ * model.safetensors or model.safetensors.index.json + shards.  F32, BF16
+ * and F16 are read; F32 tensors are memory-mapped when map != 0. */
+ftb_model *ftb_model_load(const char *dir, int map, char *err, size_t errlen);
+/* Parses a Hugging Face config.json into cfg. */
+int ftb_config_load_json(const char *path, ftb_config *cfg, char *err, size_t errlen);
+/* Writes config.json + model.safetensors into dir (created if missing). */
+int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen);
+/* Writes the given tensors as one F32 safetensors file. */
+int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n,
+                          char *err, size_t errlen);
+
+/* ------------------------------------------------------------------------ */
+/* Running the model                                                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int B, T;
+    const int32_t *tokens;   /* [B*T]                                     */
+    const int32_t *targets;  /* [B*T] next-token ids, FTB_IGNORE_INDEX to skip */
+} ftb_batch;
+
+typedef enum { FTB_ATTN_FLASH = 0, FTB_ATTN_EAGER } ftb_attention_impl;
+typedef enum { FTB_LOSS_CHUNKED = 0, FTB_LOSS_FULL } ftb_loss_mode;
+
+/* What a block keeps for backward. */
+typedef enum {
+    FTB_KEEP_ALL = 0,     /* every activation backward needs               */
+    FTB_KEEP_INPUT,       /* block input only; block recomputed in backward */
+    FTB_KEEP_OFFLOAD      /* like KEEP_INPUT, inputs in a mapped file       */
+} ftb_keep_policy;
+
+typedef struct {
+    ftb_attention_impl attention;
+    ftb_loss_mode loss;
+    int loss_chunk_rows;          /* rows of logits per chunk; 0 = 128     */
+    const ftb_keep_policy *keep;  /* [n_layers] or NULL = all FTB_KEEP_ALL  */
+    const char *offload_dir;      /* for FTB_KEEP_OFFLOAD; NULL = $TMPDIR   */
+    float *seq_loss;              /* optional out [B]: mean loss per sequence */
+    int first_trainable_layer;    /* backward stops below this layer; 0 = all */
+} ftb_run_opts;
+
+void ftb_run_opts_default(ftb_run_opts *o);
+
+/* Inference-mode forward: nothing kept for backward; returns mean loss over
+ * the non-ignored targets (NaN on bad input, with err filled). */
+float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
+                        char *err, size_t errlen);
+/* Forward and exact backward: accumulates into .grad of trainable tensors
+ * and adapters.  Returns the loss. */
+float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
+                                 char *err, size_t errlen);
+
+/* ------------------------------------------------------------------------ */
+/* Adapter hooks on linear layers                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Where a hook sits: what the core tells it about one call. */
+typedef struct {
+    const ftb_model *model;
+    int layer;
+    ftb_linear_kind kind;
+    int B, T;           /* rows N = B*T                                     */
+    int in, out;
+    int training;       /* 0 in inference-mode forward                      */
+} ftb_linear_ctx;
+
+/* A hook sees the linear's input x [N,in] and its base output y [N,out]
+ * (x·Wᵀ+b) and may change y in place (LoRA adds, IA3 scales, LARS adds a
+ * per-sequence vector).  What it needs for backward it saves itself, with
+ * ftb_alloc(FTB_MEM_SAVED, ...), into *saved.  If needs_input is set, the core
+ * keeps x for the backward call (shared with the base layer's own need).
+ *
+ * backward: dy [N,out] is the gradient of the hooked output; the hook
+ * accumulates its parameters' gradients, adds its own contribution to
+ * dx [N,in] (dx is never NULL) and may rewrite dy in place into the gradient
+ * of the base output (IA3 does; LoRA leaves it).  x is NULL unless
+ * needs_input.  The hook frees its *saved there. */
+typedef struct {
+    void (*forward)(ftb_adapter *self, const ftb_linear_ctx *c, const float *x,
+                    float *y, void **saved);
+    void (*backward)(ftb_adapter *self, const ftb_linear_ctx *c, const float *x,
+                     float *dy, float *dx, void *saved);
+    void (*release)(ftb_adapter *self, void *saved); /* drop saved, no backward */
+} ftb_adapter_ops;
+
+struct ftb_adapter {
+    const ftb_adapter_ops *ops;
+    int needs_input;
+    void *state;        /* the method's data for this hook                  */
+};
+
+/* Attach (or with NULL detach) a hook.  The adapter is not owned. */
+void ftb_attach_adapter(ftb_model *m, int layer, ftb_linear_kind k, ftb_adapter *a);
+
+/* ------------------------------------------------------------------------ */
+/* Optimizer                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t t;
+    int n;
+    ftb_tensor **params; /* trainable tensors with grads                   */
+    float **m, **v;      /* FTB_MEM_OPTIM                                   */
+} ftb_adamw;
+
+/* Allocates moments for the tensors given (or, if params == NULL, every
+ * trainable tensor of the model that has a grad). */
+int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n,
+                   float lr, float weight_decay, char *err, size_t errlen);
+void ftb_adamw_step(ftb_adamw *opt);
+void ftb_adamw_free(ftb_adamw *opt);
+
+/* ------------------------------------------------------------------------ */
+/* Deterministic random numbers (methods regenerate perturbations with it)   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct { uint64_t s[4]; } ftb_rng;
+void ftb_rng_seed(ftb_rng *r, uint64_t seed);
+uint64_t ftb_rng_u64(ftb_rng *r);
+float ftb_rng_uniform(ftb_rng *r);   /* [0,1) */
+float ftb_rng_normal(ftb_rng *r);
+void ftb_fill_normal(float *x, int64_t n, float std, uint64_t seed);
+
+/* ------------------------------------------------------------------------ */
+/* Method plugin ABI                                                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *name;
+    const char *default_value;
+    const char *help;
+} ftb_option_doc;
+
+/* Options given to a method as key=value strings. */
+typedef struct {
+    int n;
+    const char *const *keys;
+    const char *const *values;
+} ftb_options;
+
+/* Typed option getters: return the default if absent; on a malformed value
+ * fill err ("option rank: 'x' is not an integer") and return the default. */
+const char *ftb_opt_str(const ftb_options *o, const char *key, const char *def);
+long ftb_opt_int(const ftb_options *o, const char *key, long def, char *err, size_t errlen);
+double ftb_opt_double(const ftb_options *o, const char *key, double def, char *err, size_t errlen);
+
+/* What the host hands a method. */
+typedef struct {
+    ftb_model *model;
+    ftb_run_opts run;     /* attention/loss modes chosen by the user; the
+                             method may set keep policies                  */
+    const ftb_options *options;
+    uint64_t seed;
+    float lr;
+    int total_steps;
+} ftb_session;
+
+typedef struct {
+    float loss;           /* the loss this step measured                    */
+    int forward_passes;   /* how many forward passes the step ran           */
+    double t_forward, t_backward, t_optim; /* seconds, as the method saw them */
+} ftb_step_result;
+
+typedef struct ftb_method {
+    uint32_t abi_version;          /* FTB_ABI_VERSION                        */
+    const char *name;
+    const char *summary;           /* one line                               */
+    const ftb_option_doc *options; /* terminated by {NULL}                   */
+    /* Sets trainable tensors, attaches hooks, allocates optimizer state.
+     * Returns the method's state, or NULL with err filled. */
+    void *(*init)(ftb_session *s, char *err, size_t errlen);
+    /* One optimisation step on one batch.  0, or -1 with err filled. */
+    int (*step)(void *state, ftb_session *s, const ftb_batch *b,
+                ftb_step_result *out, char *err, size_t errlen);
+    /* Trainable parameters the method owns (for counting and saving). */
+    int (*trainable)(void *state, ftb_tensor ***tensors);
+    void (*destroy)(void *state);
+} ftb_method;
+
+typedef const ftb_method *(*ftb_method_entry_fn)(void);
+#define FTB_METHOD_ENTRY "ftbench_method"
+
+/* Phase timing helper for methods: marks the timeline and returns now. */
+double ftb_phase(const char *label);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
