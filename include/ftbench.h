@@ -68,6 +68,10 @@ void ftb_mem_reset_peaks(void); /* peaks := live */
  * The string is copied (interned); at most 4096 distinct labels. */
 void ftb_mem_set_phase(const char *label);
 const char *ftb_mem_phase(void);
+/* Called on every phase change (the harness reads hardware counters per
+ * phase there).  One listener; NULL removes it. */
+typedef void (*ftb_phase_listener)(const char *label, void *userdata);
+void ftb_mem_set_phase_listener(ftb_phase_listener fn, void *userdata);
 
 /* Timeline: one event per allocation/free (time, phase, category, delta).
  * Off by default; enabling with capacity 0 turns it off again. */
