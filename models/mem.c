@@ -1,0 +1,203 @@
+/* mem.c — the core's allocator front: every byte is tagged with a category,
+ * live and peak bytes are tracked per category, and an optional timeline
+ * records each allocation and free with the phase it happened in.
+ *
+ * Allocations come from the process allocator (jemalloc in normal builds)
+ * with a 64-byte header in front that remembers size and category, so a free
+ * needs no lookup.  Only the training thread allocates; the counters are
+ * atomics so that a sampler thread may read them while it runs. */
+#include "ftbench.h"
+#include "model_internal.h"
+
+#include <dlfcn.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HEADER 64
+#define MAGIC 0x6674626d656d3031ULL /* "ftbmem01" */
+#define MAX_PHASES 4096
+
+typedef struct {
+    uint64_t magic;
+    uint64_t bytes;
+    uint32_t category;
+} alloc_header;
+
+static _Atomic int64_t live_bytes[FTB_MEM_NCAT];
+static int64_t peak_bytes[FTB_MEM_NCAT];
+static _Atomic int64_t live_sum;
+static int64_t peak_sum;
+static int64_t peak_split[FTB_MEM_NCAT];
+
+static const char *category_names[FTB_MEM_NCAT] = {
+    "weights", "trainable", "grads", "optimizer", "saved_activations", "workspace"};
+
+const char *ftb_mem_category_name(ftb_mem_category c) {
+    return (unsigned)c < FTB_MEM_NCAT ? category_names[c] : "unknown";
+}
+
+double ftb_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- phases ---- */
+static char *phase_names[MAX_PHASES];
+static int n_phases;
+static _Atomic int current_phase;
+static ftb_phase_listener phase_listener;
+static void *phase_listener_data;
+
+static int intern_phase(const char *label) {
+    for (int i = 0; i < n_phases; i++)
+        if (strcmp(phase_names[i], label) == 0) return i;
+    if (n_phases == MAX_PHASES) return MAX_PHASES - 1; /* last slot absorbs overflow */
+    phase_names[n_phases] = strdup(label);
+    return n_phases++;
+}
+
+void ftb_mem_set_phase(const char *label) {
+    if (n_phases == 0) intern_phase("init");
+    atomic_store_explicit(&current_phase, intern_phase(label), memory_order_relaxed);
+    if (phase_listener) phase_listener(label, phase_listener_data);
+}
+
+const char *ftb_mem_phase(void) {
+    if (n_phases == 0) return "init";
+    return phase_names[atomic_load_explicit(&current_phase, memory_order_relaxed)];
+}
+
+const char *ftb_mem_phase_name(uint16_t phase) {
+    return phase < n_phases ? phase_names[phase] : "init";
+}
+
+void ftb_mem_set_phase_listener(ftb_phase_listener fn, void *userdata) {
+    phase_listener = fn;
+    phase_listener_data = userdata;
+}
+
+double ftb_phase(const char *label) {
+    ftb_mem_set_phase(label);
+    return ftb_now();
+}
+
+/* ---- timeline ---- */
+static ftb_mem_event *events;
+static size_t event_capacity, event_count;
+static int events_dropped;
+static double timeline_t0;
+
+void ftb_mem_timeline_enable(size_t capacity) {
+    free(events);
+    events = NULL;
+    event_capacity = event_count = 0;
+    events_dropped = 0;
+    if (capacity == 0) return;
+    /* The timeline itself is the harness's, not the model's: plain malloc. */
+    events = malloc(capacity * sizeof *events);
+    if (events) event_capacity = capacity;
+    timeline_t0 = ftb_now();
+}
+
+size_t ftb_mem_timeline_count(void) { return event_count; }
+const ftb_mem_event *ftb_mem_timeline_events(void) { return events; }
+int ftb_mem_timeline_dropped(void) { return events_dropped; }
+
+static void record(ftb_mem_category c, int64_t delta) {
+    int64_t live = atomic_fetch_add_explicit(&live_bytes[c], delta, memory_order_relaxed) + delta;
+    int64_t sum = atomic_fetch_add_explicit(&live_sum, delta, memory_order_relaxed) + delta;
+    if (live > peak_bytes[c]) peak_bytes[c] = live;
+    if (sum > peak_sum) {
+        peak_sum = sum;
+        for (int i = 0; i < FTB_MEM_NCAT; i++) peak_split[i] = atomic_load(&live_bytes[i]);
+    }
+    if (event_capacity) {
+        if (event_count < event_capacity) {
+            ftb_mem_event *e = &events[event_count++];
+            e->t_sec = ftb_now() - timeline_t0;
+            e->phase = (uint16_t)atomic_load_explicit(&current_phase, memory_order_relaxed);
+            e->category = (uint8_t)c;
+            e->delta = delta;
+        } else {
+            events_dropped = 1;
+        }
+    }
+}
+
+void ftb_mem_account(ftb_mem_category c, int64_t delta) {
+    if ((unsigned)c < FTB_MEM_NCAT && delta != 0) record(c, delta);
+}
+
+void *ftb_alloc(ftb_mem_category c, size_t bytes) {
+    if ((unsigned)c >= FTB_MEM_NCAT) return NULL;
+    size_t total = HEADER + ((bytes + 63) & ~(size_t)63);
+    if (total < bytes) return NULL; /* overflow */
+    unsigned char *raw = aligned_alloc(64, total);
+    if (!raw) return NULL;
+    alloc_header *h = (alloc_header *)raw;
+    h->magic = MAGIC;
+    h->bytes = bytes;
+    h->category = c;
+    record(c, (int64_t)bytes);
+    return raw + HEADER;
+}
+
+void *ftb_calloc(ftb_mem_category c, size_t bytes) {
+    void *p = ftb_alloc(c, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void ftb_free(void *p) {
+    if (!p) return;
+    alloc_header *h = (alloc_header *)((unsigned char *)p - HEADER);
+    if (h->magic != MAGIC) abort(); /* not ours: a core bug, fail loudly */
+    h->magic = 0;
+    record((ftb_mem_category)h->category, -(int64_t)h->bytes);
+    free(h);
+}
+
+void ftb_mem_recategorize(void *p, ftb_mem_category c) {
+    alloc_header *h = (alloc_header *)((unsigned char *)p - HEADER);
+    if (h->magic != MAGIC) abort();
+    record((ftb_mem_category)h->category, -(int64_t)h->bytes);
+    h->category = c;
+    record(c, (int64_t)h->bytes);
+}
+
+void ftb_mem_get_stats(ftb_mem_stats *out) {
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < FTB_MEM_NCAT; i++) {
+        out->live[i] = atomic_load(&live_bytes[i]);
+        out->peak[i] = peak_bytes[i];
+        out->peak_total_at[i] = peak_split[i];
+    }
+    out->live_total = atomic_load(&live_sum);
+    out->peak_total = peak_sum;
+}
+
+void ftb_mem_reset_peaks(void) {
+    for (int i = 0; i < FTB_MEM_NCAT; i++) peak_split[i] = peak_bytes[i] = atomic_load(&live_bytes[i]);
+    peak_sum = atomic_load(&live_sum);
+}
+
+/* jemalloc is found at run time so that sanitizer builds (which bring their
+ * own allocator) still link; they report "not jemalloc". */
+int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident) {
+    typedef int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t);
+    mallctl_fn mallctl = (mallctl_fn)dlsym(RTLD_DEFAULT, "mallctl");
+    if (!mallctl) return -1;
+    uint64_t epoch = 1;
+    size_t esz = sizeof epoch;
+    mallctl("epoch", &epoch, &esz, &epoch, esz); /* refresh the cached stats */
+    size_t sz = sizeof(size_t);
+    if (mallctl("stats.allocated", allocated, &sz, NULL, 0)) return -1;
+    sz = sizeof(size_t);
+    if (mallctl("stats.active", active, &sz, NULL, 0)) return -1;
+    sz = sizeof(size_t);
+    if (mallctl("stats.resident", resident, &sz, NULL, 0)) return -1;
+    return 0;
+}
