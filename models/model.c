@@ -1,0 +1,274 @@
+/* model.c — a model's tensors: their names and shapes (Hugging Face's),
+ * their storage (owned, or mapped from a checkpoint), seeded initialisation,
+ * trainability and gradients. */
+#include "ftbench.h"
+#include "model_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+typedef struct {
+    void **owned;
+    int n_owned, cap_owned;
+    struct { void *addr; size_t len; } *maps;
+    int n_maps, cap_maps;
+} model_storage;
+
+static const char *linear_names[FTB_LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+
+const char *ftb_linear_name(ftb_linear_kind k) {
+    return (unsigned)k < FTB_LIN_COUNT ? linear_names[k] : "unknown";
+}
+
+int ftb_linear_parse(const char *s) {
+    for (int k = 0; k < FTB_LIN_COUNT; k++) {
+        size_t n = strlen(linear_names[k]) - 5; /* without "_proj" */
+        if (strcmp(s, linear_names[k]) == 0 || (strlen(s) == n && strncmp(s, linear_names[k], n) == 0))
+            return k;
+    }
+    return -1;
+}
+
+static void init_tensor(ftb_tensor *t, const char *name, int64_t d0, int64_t d1, int no_decay) {
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = d1 ? 2 : 1;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->numel = d1 ? d0 * d1 : d0;
+    t->data = t->grad = NULL;
+    t->trainable = 0;
+    t->no_decay = no_decay;
+    t->mapped = 0;
+}
+
+ftb_tensor *ftb_layer_weight(ftb_layer *L, ftb_linear_kind k) {
+    ftb_tensor *w[FTB_LIN_COUNT] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return (unsigned)k < FTB_LIN_COUNT ? w[k] : NULL;
+}
+
+ftb_tensor *ftb_layer_bias(ftb_layer *L, ftb_linear_kind k) {
+    static ftb_tensor none; /* numel 0: the linear has no bias */
+    if (k == FTB_LIN_Q) return &L->bq;
+    if (k == FTB_LIN_K) return &L->bk;
+    if (k == FTB_LIN_V) return &L->bv;
+    return &none;
+}
+
+ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) {
+    if (ftb_config_validate(cfg, err, errlen)) return NULL;
+    ftb_model *m = calloc(1, sizeof *m);
+    model_storage *st = calloc(1, sizeof *st);
+    int L = cfg->n_layers;
+    m->layers = calloc((size_t)L, sizeof *m->layers);
+    m->params = calloc((size_t)(3 + 12 * L), sizeof *m->params);
+    if (!m || !st || !m->layers || !m->params) {
+        snprintf(err, errlen, "out of memory building the model's tensor table");
+        if (m) { free(m->layers); free(m->params); }
+        free(m); free(st);
+        return NULL;
+    }
+    m->storage = st;
+    m->cfg = *cfg;
+    int64_t D = cfg->dim, Q = (int64_t)cfg->n_heads * cfg->head_dim, KV = (int64_t)cfg->n_kv_heads * cfg->head_dim,
+            F = cfg->ffn_dim, V = cfg->vocab_size;
+    char name[96];
+    init_tensor(&m->embed, "model.embed_tokens.weight", V, D, 0);
+    m->params[m->n_params++] = &m->embed;
+    for (int l = 0; l < L; l++) {
+        ftb_layer *ly = &m->layers[l];
+#define T(field, suffix, d0, d1, nd)                                            \
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);          \
+        init_tensor(&ly->field, name, d0, d1, nd);                             \
+        if ((d0) > 0) m->params[m->n_params++] = &ly->field;
+        T(attn_norm, "input_layernorm.weight", D, 0, 1);
+        T(wq, "self_attn.q_proj.weight", Q, D, 0);
+        T(bq, "self_attn.q_proj.bias", cfg->qkv_bias ? Q : 0, 0, 1);
+        T(wk, "self_attn.k_proj.weight", KV, D, 0);
+        T(bk, "self_attn.k_proj.bias", cfg->qkv_bias ? KV : 0, 0, 1);
+        T(wv, "self_attn.v_proj.weight", KV, D, 0);
+        T(bv, "self_attn.v_proj.bias", cfg->qkv_bias ? KV : 0, 0, 1);
+        T(wo, "self_attn.o_proj.weight", D, Q, 0);
+        T(mlp_norm, "post_attention_layernorm.weight", D, 0, 1);
+        T(w_gate, "mlp.gate_proj.weight", F, D, 0);
+        T(w_up, "mlp.up_proj.weight", F, D, 0);
+        T(w_down, "mlp.down_proj.weight", D, F, 0);
+#undef T
+    }
+    init_tensor(&m->final_norm, "model.norm.weight", D, 0, 1);
+    m->params[m->n_params++] = &m->final_norm;
+    init_tensor(&m->lm_head, "lm_head.weight", V, D, 0);
+    if (!cfg->tie_embeddings) m->params[m->n_params++] = &m->lm_head;
+    return m;
+}
+
+void ftb_model_own(ftb_model *m, void *buffer) {
+    model_storage *st = m->storage;
+    if (st->n_owned == st->cap_owned) {
+        st->cap_owned = st->cap_owned ? 2 * st->cap_owned : 64;
+        st->owned = realloc(st->owned, sizeof(void *) * (size_t)st->cap_owned);
+    }
+    st->owned[st->n_owned++] = buffer;
+}
+
+void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len) {
+    model_storage *st = m->storage;
+    if (st->n_maps == st->cap_maps) {
+        st->cap_maps = st->cap_maps ? 2 * st->cap_maps : 8;
+        st->maps = realloc(st->maps, sizeof(*st->maps) * (size_t)st->cap_maps);
+    }
+    st->maps[st->n_maps].addr = addr;
+    st->maps[st->n_maps].len = len;
+    st->n_maps++;
+    ftb_mem_account(FTB_MEM_WEIGHTS, (int64_t)len);
+}
+
+static void tie_head(ftb_model *m) {
+    if (!m->cfg.tie_embeddings) return;
+    m->lm_head.data = m->embed.data;
+    m->lm_head.grad = m->embed.grad;
+    m->lm_head.trainable = m->embed.trainable;
+    m->lm_head.mapped = m->embed.mapped;
+}
+
+int ftb_model_alloc_missing(ftb_model *m, char *err, size_t errlen) {
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_tensor *t = m->params[i];
+        if (t->data) continue;
+        t->data = ftb_alloc(FTB_MEM_WEIGHTS, sizeof(float) * (size_t)t->numel);
+        if (!t->data) {
+            snprintf(err, errlen, "out of memory for tensor '%s' (%lld floats)", t->name, (long long)t->numel);
+            return -1;
+        }
+        ftb_model_own(m, t->data);
+    }
+    tie_head(m);
+    return 0;
+}
+
+static uint64_t hash_name(const char *s, uint64_t seed) {
+    uint64_t h = 1469598103934665603ULL ^ seed;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+ftb_model *ftb_model_create(const ftb_config *cfg, uint64_t seed, char *err, size_t errlen) {
+    ftb_model *m = ftb_model_new_empty(cfg, err, errlen);
+    if (!m) return NULL;
+    if (ftb_model_alloc_missing(m, err, errlen)) {
+        ftb_model_free(m);
+        return NULL;
+    }
+    /* Each tensor is filled in chunks with seeds derived from (seed, name,
+     * chunk), so the weights do not depend on the number of threads. */
+    const int64_t chunk = 1 << 20;
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_tensor *t = m->params[i];
+        uint64_t base = hash_name(t->name, seed);
+        int is_norm = strstr(t->name, "norm") != NULL;
+        int64_t nchunks = (t->numel + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic)
+        for (int64_t c = 0; c < nchunks; c++) {
+            int64_t lo = c * chunk, n = t->numel - lo < chunk ? t->numel - lo : chunk;
+            if (is_norm) {
+                for (int64_t j = 0; j < n; j++) t->data[lo + j] = 1.0f;
+            } else {
+                ftb_fill_normal(t->data + lo, n, 0.02f, base + (uint64_t)c);
+            }
+        }
+    }
+    return m;
+}
+
+void ftb_model_free(ftb_model *m) {
+    if (!m) return;
+    model_storage *st = m->storage;
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_free(m->params[i]->grad);
+        m->params[i]->grad = NULL;
+    }
+    if (st) {
+        for (int i = 0; i < st->n_owned; i++) ftb_free(st->owned[i]);
+        for (int i = 0; i < st->n_maps; i++) {
+            munmap(st->maps[i].addr, st->maps[i].len);
+            ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)st->maps[i].len);
+        }
+        free(st->owned);
+        free(st->maps);
+        free(st);
+    }
+    free(m->layers);
+    free(m->params);
+    free(m);
+}
+
+ftb_tensor *ftb_model_find(ftb_model *m, const char *hf_name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i]->name, hf_name) == 0) return m->params[i];
+    if (strcmp(hf_name, "lm_head.weight") == 0) return &m->lm_head;
+    return NULL;
+}
+
+void ftb_model_set_trainable(ftb_model *m, int trainable) {
+    for (int i = 0; i < m->n_params; i++) m->params[i]->trainable = trainable;
+    tie_head(m);
+}
+
+/* A trainable tensor must be writable and is counted as trainable: a mapped
+ * one is copied out of the checkpoint, an owned one changes category. */
+static int make_writable(ftb_model *m, ftb_tensor *t, char *err, size_t errlen) {
+    size_t bytes = sizeof(float) * (size_t)t->numel;
+    if (t->mapped) {
+        float *copy = ftb_alloc(FTB_MEM_TRAINABLE, bytes);
+        if (!copy) {
+            snprintf(err, errlen, "out of memory copying '%s' to train it", t->name);
+            return -1;
+        }
+        memcpy(copy, t->data, bytes);
+        t->data = copy;
+        t->mapped = 0;
+        ftb_model_own(m, copy);
+    } else {
+        ftb_mem_recategorize(t->data, FTB_MEM_TRAINABLE);
+    }
+    return 0;
+}
+
+int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen) {
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_tensor *t = m->params[i];
+        if (!t->trainable || t->grad) continue;
+        if (make_writable(m, t, err, errlen)) return -1;
+        t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
+        if (!t->grad) {
+            snprintf(err, errlen, "out of memory for the gradient of '%s'", t->name);
+            return -1;
+        }
+    }
+    tie_head(m);
+    return 0;
+}
+
+void ftb_model_zero_grads(ftb_model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i]->grad) memset(m->params[i]->grad, 0, sizeof(float) * (size_t)m->params[i]->numel);
+}
+
+int64_t ftb_model_trainable_count(const ftb_model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i]->trainable) n += m->params[i]->numel;
+    return n;
+}
+
+void ftb_attach_adapter(ftb_model *m, int layer, ftb_linear_kind k, ftb_adapter *a) {
+    if (layer >= 0 && layer < m->cfg.n_layers && (unsigned)k < FTB_LIN_COUNT) m->layers[layer].adapter[k] = a;
+}
+
+void ftb_run_opts_default(ftb_run_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->attention = FTB_ATTN_FLASH;
+    o->loss = FTB_LOSS_CHUNKED;
+    o->loss_chunk_rows = 128;
+}
