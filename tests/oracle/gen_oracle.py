@@ -260,6 +260,73 @@ def compute(c, params, tokens, targets):
     return loss.detach(), seq_loss.detach(), grads
 
 
+def naive_loss(c, params, tokens, targets):
+    """Second, loop-based float64 forward (explicit RoPE pairs (i, i+hd/2),
+    per-head / per-position attention) to cross-check forward()."""
+    W = {k: v.to(torch.float64) for k, v in params.items()}
+    B, T = tokens.shape
+    H, KV, hd, eps = c["heads"], c["kv_heads"], c["head_dim"], c["eps"]
+    half = hd // 2
+
+    def norm(v, w):
+        return v / math.sqrt(float((v * v).mean()) + eps) * w
+
+    def rope(v, pos):
+        out = v.clone()
+        for i in range(half):
+            ang = pos * c["theta"] ** (-2.0 * i / hd)
+            a, b = v[i], v[i + half]
+            out[i] = a * math.cos(ang) - b * math.sin(ang)
+            out[i + half] = b * math.cos(ang) + a * math.sin(ang)
+        return out
+
+    total, count = 0.0, 0
+    for bi in range(B):
+        xs = [W["model.embed_tokens.weight"][int(tokens[bi, t])].clone() for t in range(T)]
+        for li in range(c["layers"]):
+            p = "model.layers.%d." % li
+            qs, ks, vs = [], [], []
+            for t in range(T):
+                h = norm(xs[t], W[p + "input_layernorm.weight"])
+                q = W[p + "self_attn.q_proj.weight"].mv(h)
+                k = W[p + "self_attn.k_proj.weight"].mv(h)
+                v = W[p + "self_attn.v_proj.weight"].mv(h)
+                if c["bias"]:
+                    q = q + W[p + "self_attn.q_proj.bias"]
+                    k = k + W[p + "self_attn.k_proj.bias"]
+                    v = v + W[p + "self_attn.v_proj.bias"]
+                qs.append([rope(q[hh * hd:(hh + 1) * hd], t) for hh in range(H)])
+                ks.append([rope(k[g * hd:(g + 1) * hd], t) for g in range(KV)])
+                vs.append([v[g * hd:(g + 1) * hd] for g in range(KV)])
+            new = []
+            for t in range(T):
+                heads = []
+                for hh in range(H):
+                    g = hh // (H // KV)
+                    sc = [float(qs[t][hh].dot(ks[s][g])) / math.sqrt(hd) for s in range(t + 1)]
+                    mx = max(sc)
+                    e = [math.exp(z - mx) for z in sc]
+                    z = sum(e)
+                    heads.append(sum(e[s] / z * vs[s][g] for s in range(t + 1)))
+                x = xs[t] + W[p + "self_attn.o_proj.weight"].mv(torch.cat(heads))
+                h = norm(x, W[p + "post_attention_layernorm.weight"])
+                gt = W[p + "mlp.gate_proj.weight"].mv(h)
+                up = W[p + "mlp.up_proj.weight"].mv(h)
+                act = gt / (1 + torch.exp(-gt)) * up
+                new.append(x + W[p + "mlp.down_proj.weight"].mv(act))
+            xs = new
+        head = W["model.embed_tokens.weight"] if c["tied"] else W["lm_head.weight"]
+        for t in range(T):
+            y = int(targets[bi, t])
+            if y == IGNORE:
+                continue
+            lg = head.mv(norm(xs[t], W["model.norm.weight"]))
+            mx = float(lg.max())
+            total += -(float(lg[y]) - mx - math.log(float(torch.exp(lg - mx).sum())))
+            count += 1
+    return total / count
+
+
 def selfcheck(c, params, tokens, targets, grads, n_per=2):
     """Central finite differences in float64 on a few entries per tensor."""
     g = torch.Generator().manual_seed(99)
@@ -342,6 +409,11 @@ def main():
         msg = "%s: loss %.6f seq_loss %s" % (c["case"], float(loss),
                                              ", ".join("%.6f" % v for v in seq_loss.tolist()))
         if check:
+            nl = naive_loss(c, params, tokens, targets)
+            if abs(nl - float(loss)) > 1e-12 * abs(nl):
+                raise SystemExit("selfcheck FAILED: loop forward %.15g vs forward() %.15g"
+                                 % (nl, float(loss)))
+            msg += "  loop-forward diff %.1e" % abs(nl - float(loss))
             msg += "  selfcheck worst rel err %.2e" % selfcheck(c, params, tokens, targets, grads)
         print(msg)
 
