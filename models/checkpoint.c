@@ -1,0 +1,864 @@
+/*
+ * checkpoint.c — Hugging Face checkpoints: config.json, model.safetensors or
+ * model.safetensors.index.json + shards, in and out.
+ *
+ * Loading: every tensor the config implies is looked up by its HF name,
+ * its shape checked against the config, and its data either pointed into the
+ * file mapping (F32, aligned, map != 0) or copied/converted into owned fp32
+ * memory.  Saving writes fp32 only, through a temporary file that is fsync'd
+ * and renamed, so an interrupted save never leaves a torn checkpoint.
+ *
+ * Every error is one line, "path: tensor 'name': problem" (or "path: problem"
+ * when no tensor is involved).
+ */
+#include "ftbench.h"
+#include "model_internal.h"
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* fp32 data is written and mapped as the host stores it. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoint.c assumes a little-endian host (safetensors is little-endian)"
+#endif
+
+#define INDEX_FILE "model.safetensors.index.json"
+#define SINGLE_FILE "model.safetensors"
+
+static void ck_error(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    for (char *c = err; *c; c++)
+        if ((unsigned char)*c < 0x20) *c = '?';
+}
+
+/* dir + "/" + name, malloc'd (NULL on out of memory). */
+static char *path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t at = a;
+    if (a && dir[a - 1] != '/') p[at++] = '/';
+    memcpy(p + at, name, b + 1);
+    return p;
+}
+
+/* Reads a whole (small) file: config.json and the index. */
+static char *read_text_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        ck_error(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, used = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        used += fread(buf + used, 1, cap - used, fp);
+        if (used < cap) break;
+        if (cap >= ((size_t)64 << 20)) {  /* no config is this large */
+            ck_error(err, errlen, "%s: larger than 64 MB, not a config", path);
+            free(buf);
+            fclose(fp);
+            return NULL;
+        }
+        char *grown = realloc(buf, cap * 2);
+        if (!grown) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = grown;
+        cap *= 2;
+    }
+    if (!buf) {
+        ck_error(err, errlen, "%s: out of memory", path);
+        fclose(fp);
+        return NULL;
+    }
+    if (ferror(fp)) {
+        ck_error(err, errlen, "%s: read error: %s", path, strerror(errno));
+        free(buf);
+        fclose(fp);
+        return NULL;
+    }
+    fclose(fp);
+    *len = used;
+    return buf;
+}
+
+/* Parses a JSON file that must hold an object. */
+static json_t *load_json_object(const char *path, char *err, size_t errlen)
+{
+    size_t len = 0;
+    char *text = read_text_file(path, &len, err, errlen);
+    if (!text) return NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(text);
+    if (!root) {
+        ck_error(err, errlen, "%s: invalid JSON at line %d, column %d: %s", path, jerr.line, jerr.column,
+                 jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        ck_error(err, errlen, "%s: top level is not a JSON object", path);
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+static const char *json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "a list";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+/* ------------------------------------------------------------------------ */
+/* config.json                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* A key that is absent or null takes its default (HF writes null for "use
+ * the default", e.g. "head_dim": null); required keys have none. */
+static int get_int(const char *path, json_t *root, const char *key, int required, int def, int *out,
+                   char *err, size_t errlen)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (required) {
+            ck_error(err, errlen, "%s: missing required key '%s'", path, key);
+            return -1;
+        }
+        *out = def;
+        return 0;
+    }
+    if (!json_is_integer(v)) {
+        ck_error(err, errlen, "%s: key '%s' must be an integer, found %s", path, key, json_kind(v));
+        return -1;
+    }
+    json_int_t x = json_integer_value(v);
+    if (x <= 0 || x > INT_MAX) {
+        ck_error(err, errlen, "%s: key '%s' = %lld must be a positive integer below 2^31", path, key,
+                 (long long)x);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int get_float(const char *path, json_t *root, const char *key, float def, float *out, char *err,
+                     size_t errlen)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v)) {
+        ck_error(err, errlen, "%s: key '%s' must be a number, found %s", path, key, json_kind(v));
+        return -1;
+    }
+    double x = json_number_value(v);
+    if (!isfinite(x) || x <= 0.0) {
+        ck_error(err, errlen, "%s: key '%s' = %g must be positive", path, key, x);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int get_bool(const char *path, json_t *root, const char *key, int def, int *out, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        ck_error(err, errlen, "%s: key '%s' must be true or false, found %s", path, key, json_kind(v));
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* Optional string key: *out is NULL when absent or null. */
+static int get_string(const char *path, json_t *root, const char *key, const char **out, char *err,
+                      size_t errlen)
+{
+    json_t *v = json_object_get(root, key);
+    *out = NULL;
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_string(v)) {
+        ck_error(err, errlen, "%s: key '%s' must be a string, found %s", path, key, json_kind(v));
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int parse_config(const char *path, json_t *root, ftb_config *cfg, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    const char *model_type, *name_or_path, *hidden_act;
+    int attention_bias, mlp_bias;
+    if (get_string(path, root, "model_type", &model_type, err, errlen) ||
+        get_string(path, root, "_name_or_path", &name_or_path, err, errlen) ||
+        get_string(path, root, "hidden_act", &hidden_act, err, errlen) ||
+        get_int(path, root, "hidden_size", 1, 0, &cfg->dim, err, errlen) ||
+        get_int(path, root, "num_hidden_layers", 1, 0, &cfg->n_layers, err, errlen) ||
+        get_int(path, root, "num_attention_heads", 1, 0, &cfg->n_heads, err, errlen) ||
+        get_int(path, root, "num_key_value_heads", 0, cfg->n_heads, &cfg->n_kv_heads, err, errlen) ||
+        get_int(path, root, "head_dim", 0, cfg->dim / cfg->n_heads, &cfg->head_dim, err, errlen) ||
+        get_int(path, root, "intermediate_size", 1, 0, &cfg->ffn_dim, err, errlen) ||
+        get_int(path, root, "vocab_size", 1, 0, &cfg->vocab_size, err, errlen) ||
+        get_int(path, root, "max_position_embeddings", 1, 0, &cfg->max_seq, err, errlen) ||
+        get_float(path, root, "rope_theta", 10000.0f, &cfg->rope_theta, err, errlen) ||
+        get_float(path, root, "rms_norm_eps", 1e-6f, &cfg->norm_eps, err, errlen) ||
+        get_bool(path, root, "tie_word_embeddings", 0, &cfg->tie_embeddings, err, errlen) ||
+        get_bool(path, root, "attention_bias", 0, &attention_bias, err, errlen) ||
+        get_bool(path, root, "mlp_bias", 0, &mlp_bias, err, errlen))
+        return -1;
+
+    /* The core's MLP is SwiGLU with SiLU and has no MLP biases: a model that
+     * differs would load and silently compute something else. */
+    if (hidden_act && strcmp(hidden_act, "silu") != 0 && strcmp(hidden_act, "swish") != 0) {
+        ck_error(err, errlen, "%s: hidden_act '%s' is not supported (the core's MLP is SwiGLU with silu)",
+                 path, hidden_act);
+        return -1;
+    }
+    if (mlp_bias) {
+        ck_error(err, errlen, "%s: mlp_bias true is not supported (the core's MLP has no biases)", path);
+        return -1;
+    }
+    cfg->qkv_bias = attention_bias || (model_type && !strcmp(model_type, "qwen2"));
+
+    const char *name = model_type && *model_type ? model_type
+                       : name_or_path && *name_or_path ? name_or_path
+                                                       : "hf-model";
+    snprintf(cfg->name, sizeof cfg->name, "%s", name);
+
+    char why[FTB_ERR_LEN];
+    why[0] = '\0';
+    if (ftb_config_validate(cfg, why, sizeof why) != 0) {
+        ck_error(err, errlen, "%s: %s", path, why);
+        return -1;
+    }
+    return 0;
+}
+
+int ftb_config_load_json(const char *path, ftb_config *cfg, char *err, size_t errlen)
+{
+    json_t *root = load_json_object(path, err, errlen);
+    if (!root) return -1;
+    ftb_config parsed;
+    int rc = parse_config(path, root, &parsed, err, errlen);
+    json_decref(root);
+    if (rc == 0) *cfg = parsed;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loading                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    char *file_name;     /* as the index names it (relative to dir)    */
+    char *path;
+    ftb_st_file file;
+    int open;
+    int mapping_given;   /* the model owns (and will unmap) the mapping */
+} shard;
+
+typedef struct {
+    const char *dir;
+    char *index_path;    /* NULL for a single-file checkpoint          */
+    json_t *weight_map;  /* borrowed from index_root                   */
+    json_t *index_root;
+    shard *shards;
+    int n_shards, cap_shards;
+} checkpoint_source;
+
+static void source_close(checkpoint_source *src)
+{
+    for (int i = 0; i < src->n_shards; i++) {
+        ftb_st_close(&src->shards[i].file);
+        free(src->shards[i].file_name);
+        free(src->shards[i].path);
+    }
+    free(src->shards);
+    free(src->index_path);
+    if (src->index_root) json_decref(src->index_root);
+    memset(src, 0, sizeof *src);
+}
+
+/* The shard called file_name, opened on first use.  tensor names the tensor
+ * that needed it, for the error message. */
+static shard *source_shard(checkpoint_source *src, const char *file_name, const char *tensor, char *err,
+                           size_t errlen)
+{
+    for (int i = 0; i < src->n_shards; i++)
+        if (!strcmp(src->shards[i].file_name, file_name)) return &src->shards[i];
+    if (src->n_shards == src->cap_shards) {
+        int cap = src->cap_shards ? 2 * src->cap_shards : 4;
+        shard *grown = realloc(src->shards, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            ck_error(err, errlen, "%s: out of memory", src->dir);
+            return NULL;
+        }
+        src->shards = grown;
+        src->cap_shards = cap;
+    }
+    shard *s = &src->shards[src->n_shards];
+    memset(s, 0, sizeof *s);
+    s->file_name = strdup(file_name);
+    s->path = path_join(src->dir, file_name);
+    if (!s->file_name || !s->path) {
+        free(s->file_name);
+        free(s->path);
+        ck_error(err, errlen, "%s: out of memory", src->dir);
+        return NULL;
+    }
+    src->n_shards++;
+    char why[FTB_ERR_LEN];
+    if (ftb_st_open(s->path, &s->file, why, sizeof why) != 0) {
+        if (src->index_path && access(s->path, F_OK) != 0)
+            ck_error(err, errlen, "%s: tensor '%s': shard named in %s cannot be opened: %s", s->path,
+                     tensor, INDEX_FILE, strerror(errno));
+        else
+            ck_error(err, errlen, "%s", why);
+        return NULL;
+    }
+    s->open = 1;
+    return s;
+}
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* A shard name must stay inside the checkpoint directory. */
+static int shard_name_ok(const char *name)
+{
+    return *name && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+}
+
+static int source_open(checkpoint_source *src, const char *dir, char *err, size_t errlen)
+{
+    memset(src, 0, sizeof *src);
+    src->dir = dir;
+    char *single = path_join(dir, SINGLE_FILE);
+    char *index = path_join(dir, INDEX_FILE);
+    if (!single || !index) {
+        free(single);
+        free(index);
+        ck_error(err, errlen, "%s: out of memory", dir);
+        return -1;
+    }
+    int has_single = file_exists(single), has_index = file_exists(index);
+    free(single);
+    if (has_single || !has_index) {
+        free(index);
+        if (!has_single) {
+            ck_error(err, errlen, "%s: neither %s nor %s found", dir, SINGLE_FILE, INDEX_FILE);
+            return -1;
+        }
+        return 0;
+    }
+
+    src->index_path = index;
+    src->index_root = load_json_object(index, err, errlen);
+    if (!src->index_root) return -1;
+    src->weight_map = json_object_get(src->index_root, "weight_map");
+    if (!json_is_object(src->weight_map)) {
+        ck_error(err, errlen, "%s: \"weight_map\" is %s, not an object", index,
+                 src->weight_map ? json_kind(src->weight_map) : "missing");
+        return -1;
+    }
+    const char *tensor;
+    json_t *file;
+    json_object_foreach(src->weight_map, tensor, file) {
+        if (!json_is_string(file) || !shard_name_ok(json_string_value(file))) {
+            ck_error(err, errlen, "%s: tensor '%s': weight_map entry is not a file name in this directory",
+                     index, tensor);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Finds where tensor name lives; *where is the file to blame if it is not
+ * there.  Returns the shard (opened) and sets *found, or NULL on error. */
+static shard *source_locate(checkpoint_source *src, const char *name, const ftb_st_tensor **found,
+                            char *err, size_t errlen)
+{
+    *found = NULL;
+    const char *file_name = SINGLE_FILE;
+    if (src->index_path) {
+        json_t *entry = json_object_get(src->weight_map, name);
+        if (!entry) {
+            ck_error(err, errlen, "%s: tensor '%s': missing from weight_map", src->index_path, name);
+            return NULL;
+        }
+        file_name = json_string_value(entry);
+    }
+    shard *s = source_shard(src, file_name, name, err, errlen);
+    if (!s) return NULL;
+    *found = ftb_st_find(&s->file, name);
+    if (!*found) {
+        if (src->index_path)
+            ck_error(err, errlen, "%s: tensor '%s': missing (%s places it in this shard)", s->path, name,
+                     INDEX_FILE);
+        else
+            ck_error(err, errlen, "%s: tensor '%s': missing", s->path, name);
+        return NULL;
+    }
+    return s;
+}
+
+static int shapes_equal(const ftb_tensor *t, const ftb_st_tensor *st)
+{
+    if (t->ndim != st->ndim) return 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] != st->shape[i]) return 0;
+    return 1;
+}
+
+/* Points t at the file's bytes or copies/converts them into owned memory. */
+static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map, char *err,
+                       size_t errlen)
+{
+    if (!shapes_equal(t, st)) {
+        char want[160], got[160];
+        ftb_st_format_shape(want, sizeof want, t->ndim, t->shape);
+        ftb_st_format_shape(got, sizeof got, st->ndim, st->shape);
+        ck_error(err, errlen, "%s: tensor '%s': shape %s does not match the config's %s", s->path, t->name,
+                 got, want);
+        return -1;
+    }
+    const uint8_t *bytes = ftb_st_tensor_data(&s->file, st);
+    if (st->dtype == FTB_ST_F32 && map && ((uintptr_t)bytes % _Alignof(float)) == 0) {
+        if (!s->mapping_given) {
+            /* The model unmaps on free, so from here on an error path must
+             * not unmap this file again. */
+            ftb_model_add_mapping(m, s->file.map, s->file.map_len);
+            ftb_st_release_mapping(&s->file);
+            s->mapping_given = 1;
+        }
+        t->data = (float *)(uintptr_t)bytes;  /* read-only pages: t->mapped says so */
+        t->mapped = 1;
+        return 0;
+    }
+    float *data = ftb_alloc(FTB_MEM_WEIGHTS, (size_t)t->numel * sizeof(float));
+    if (!data) {
+        ck_error(err, errlen, "%s: tensor '%s': out of memory for %" PRId64 " floats", s->path, t->name,
+                 t->numel);
+        return -1;
+    }
+    ftb_model_own(m, data);
+    switch (st->dtype) {
+    case FTB_ST_F32: memcpy(data, bytes, (size_t)t->numel * sizeof(float)); break;
+    case FTB_ST_BF16: ftb_bf16_to_f32_array(bytes, data, t->numel); break;
+    case FTB_ST_F16: ftb_f16_to_f32_array(bytes, data, t->numel); break;
+    }
+    t->data = data;
+    t->mapped = 0;
+    return 0;
+}
+
+ftb_model *ftb_model_load(const char *dir, int map, char *err, size_t errlen)
+{
+    char *config_path = path_join(dir, "config.json");
+    if (!config_path) {
+        ck_error(err, errlen, "%s: out of memory", dir);
+        return NULL;
+    }
+    ftb_config cfg;
+    int rc = ftb_config_load_json(config_path, &cfg, err, errlen);
+    free(config_path);
+    if (rc != 0) return NULL;
+
+    ftb_model *m = ftb_model_new_empty(&cfg, err, errlen);
+    if (!m) return NULL;
+
+    checkpoint_source src;
+    if (source_open(&src, dir, err, errlen) != 0) goto fail;
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_tensor *t = m->params[i];
+        if (t->numel == 0) continue;  /* nothing to read (absent bias) */
+        const ftb_st_tensor *st;
+        shard *s = source_locate(&src, t->name, &st, err, errlen);
+        if (!s || load_tensor(m, t, s, st, map, err, errlen) != 0) goto fail;
+    }
+    /* Files the model did not take a mapping of (all of them when map == 0)
+     * are unmapped here; their data has been copied. */
+    source_close(&src);
+    if (ftb_model_alloc_missing(m, err, errlen) != 0) {
+        ftb_model_free(m);
+        return NULL;
+    }
+    return m;
+
+fail:
+    source_close(&src);
+    ftb_model_free(m);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Saving                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        /* Linux writes at most ~2 GB per call; chunking keeps it portable. */
+        size_t chunk = len > ((size_t)1 << 30) ? ((size_t)1 << 30) : len;
+        ssize_t n = write(fd, p, chunk);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Writing goes to path.tmp; atomic_commit fsyncs it, renames it over path
+ * and fsyncs the directory, so readers see the old file or the whole new
+ * one, never a torn one — even after a crash. */
+typedef struct {
+    const char *path;
+    char *tmp_path;
+    int fd;
+} atomic_file;
+
+static int atomic_begin(atomic_file *af, const char *path, char *err, size_t errlen)
+{
+    af->path = path;
+    af->fd = -1;
+    size_t len = strlen(path);
+    af->tmp_path = malloc(len + 5);
+    if (!af->tmp_path) {
+        ck_error(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    memcpy(af->tmp_path, path, len);
+    memcpy(af->tmp_path + len, ".tmp", 5);
+    af->fd = open(af->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (af->fd < 0) {
+        ck_error(err, errlen, "%s: cannot create: %s", af->tmp_path, strerror(errno));
+        free(af->tmp_path);
+        af->tmp_path = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void atomic_abort(atomic_file *af)
+{
+    if (af->fd >= 0) close(af->fd);
+    if (af->tmp_path) {
+        unlink(af->tmp_path);
+        free(af->tmp_path);
+    }
+    af->fd = -1;
+    af->tmp_path = NULL;
+}
+
+static int atomic_write(atomic_file *af, const void *buf, size_t len, char *err, size_t errlen)
+{
+    if (write_all(af->fd, buf, len) != 0) {
+        ck_error(err, errlen, "%s: write failed: %s", af->tmp_path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void fsync_parent_dir(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy) return;
+    char *slash = strrchr(copy, '/');
+    const char *dir = ".";
+    if (slash == copy) dir = "/";
+    else if (slash) {
+        *slash = '\0';
+        dir = copy;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);  /* best effort: some filesystems refuse a directory fsync */
+        close(fd);
+    }
+    free(copy);
+}
+
+static int atomic_commit(atomic_file *af, char *err, size_t errlen)
+{
+    if (fsync(af->fd) != 0) {
+        ck_error(err, errlen, "%s: fsync failed: %s", af->tmp_path, strerror(errno));
+        atomic_abort(af);
+        return -1;
+    }
+    int fd = af->fd;
+    af->fd = -1;
+    if (close(fd) != 0) {
+        ck_error(err, errlen, "%s: close failed: %s", af->tmp_path, strerror(errno));
+        atomic_abort(af);
+        return -1;
+    }
+    if (rename(af->tmp_path, af->path) != 0) {
+        ck_error(err, errlen, "%s: cannot rename %s over it: %s", af->path, af->tmp_path, strerror(errno));
+        atomic_abort(af);
+        return -1;
+    }
+    free(af->tmp_path);
+    af->tmp_path = NULL;
+    fsync_parent_dir(af->path);
+    return 0;
+}
+
+/* Builds the safetensors header: {"__metadata__": {"format": "pt"}, name:
+ * {...}}.  Transformers refuses a file without format metadata. */
+static json_t *build_header(const char *path, ftb_tensor *const *tensors, int n, char *err, size_t errlen)
+{
+    json_t *header = json_object();
+    json_t *meta = json_pack("{s:s}", "format", "pt");
+    if (!header || !meta || json_object_set_new(header, "__metadata__", meta) != 0) {
+        json_decref(header);
+        ck_error(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    uint64_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        const ftb_tensor *t = tensors[i];
+        if (!t) {
+            ck_error(err, errlen, "%s: tensor #%d is NULL", path, i);
+            goto fail;
+        }
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
+        if (!t->name[0] || !strcmp(t->name, "__metadata__") || t->ndim < 0 || t->ndim > 2 ||
+            numel != t->numel || t->numel < 0 || (t->numel > 0 && !t->data)) {
+            ck_error(err, errlen, "%s: tensor '%s': bad name, shape or data (ndim %d, numel %" PRId64 ")",
+                     path, t->name, t->ndim, t->numel);
+            goto fail;
+        }
+        if (json_object_get(header, t->name)) {
+            ck_error(err, errlen, "%s: tensor '%s': given twice", path, t->name);
+            goto fail;
+        }
+        json_t *shape = json_array();
+        for (int d = 0; shape && d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+        uint64_t end = offset + (uint64_t)t->numel * sizeof(float);
+        json_t *entry = json_pack("{s:s,s:o,s:[I,I]}", "dtype", "F32", "shape", shape, "data_offsets",
+                                  (json_int_t)offset, (json_int_t)end);
+        if (!entry || json_object_set_new(header, t->name, entry) != 0) {
+            ck_error(err, errlen, "%s: out of memory", path);
+            goto fail;
+        }
+        offset = end;
+    }
+    return header;
+fail:
+    json_decref(header);
+    return NULL;
+}
+
+int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, char *err, size_t errlen)
+{
+    if (n < 0 || (n > 0 && !tensors)) {
+        ck_error(err, errlen, "%s: bad tensor list", path);
+        return -1;
+    }
+    json_t *header = build_header(path, tensors, n, err, errlen);
+    if (!header) return -1;
+    char *text = json_dumps(header, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(header);
+    if (!text) {
+        ck_error(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    /* Padding the header to a multiple of 8 puts the data section (and so
+     * every fp32 tensor) on an 8-byte boundary, so a reader can map it. */
+    size_t text_len = strlen(text);
+    size_t header_len = (text_len + 7) & ~(size_t)7;
+    char *padded = malloc(8 + header_len);
+    if (!padded) {
+        free(text);
+        ck_error(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    for (int i = 0; i < 8; i++) padded[i] = (char)(((uint64_t)header_len >> (8 * i)) & 0xff);
+    memcpy(padded + 8, text, text_len);
+    memset(padded + 8 + text_len, ' ', header_len - text_len);
+    free(text);
+
+    atomic_file af;
+    int rc = atomic_begin(&af, path, err, errlen);
+    if (rc == 0) rc = atomic_write(&af, padded, 8 + header_len, err, errlen);
+    for (int i = 0; rc == 0 && i < n; i++)
+        if (tensors[i]->numel > 0)
+            rc = atomic_write(&af, tensors[i]->data, (size_t)tensors[i]->numel * sizeof(float), err, errlen);
+    free(padded);
+    if (rc != 0) {
+        atomic_abort(&af);
+        return -1;
+    }
+    return atomic_commit(&af, err, errlen);
+}
+
+/* mkdir -p */
+static int make_dirs(const char *dir, char *err, size_t errlen)
+{
+    char *path = strdup(dir);
+    if (!path) {
+        ck_error(err, errlen, "%s: out of memory", dir);
+        return -1;
+    }
+    size_t len = strlen(path);
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != '\0') continue;
+        char saved = path[i];
+        path[i] = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+            ck_error(err, errlen, "%s: cannot create directory: %s", path, strerror(errno));
+            free(path);
+            return -1;
+        }
+        path[i] = saved;
+    }
+    free(path);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        ck_error(err, errlen, "%s: not a directory", dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* The shortest decimal that reads back as the same float, so config.json
+ * says 1e-06 rather than 9.9999999747524271e-07. */
+static json_t *json_float(float x)
+{
+    char buf[32];
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
+        if (strtof(buf, NULL) == x) break;
+    }
+    return json_real(strtod(buf, NULL));
+}
+
+static json_t *config_to_json(const ftb_config *c)
+{
+    const char *model_type = c->qkv_bias ? "qwen2" : "llama";
+    const char *arch = c->qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    bad |= json_object_set_new(o, "_name_or_path", json_string(c->name));
+    bad |= json_object_set_new(o, "architectures", json_pack("[s]", arch));
+    bad |= json_object_set_new(o, "model_type", json_string(model_type));
+    bad |= json_object_set_new(o, "hidden_act", json_string("silu"));
+    bad |= json_object_set_new(o, "hidden_size", json_integer(c->dim));
+    bad |= json_object_set_new(o, "intermediate_size", json_integer(c->ffn_dim));
+    bad |= json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layers));
+    bad |= json_object_set_new(o, "num_attention_heads", json_integer(c->n_heads));
+    bad |= json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_heads));
+    bad |= json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+    bad |= json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+    bad |= json_object_set_new(o, "max_position_embeddings", json_integer(c->max_seq));
+    bad |= json_object_set_new(o, "rope_theta", json_float(c->rope_theta));
+    bad |= json_object_set_new(o, "rms_norm_eps", json_float(c->norm_eps));
+    bad |= json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    bad |= json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
+    bad |= json_object_set_new(o, "torch_dtype", json_string("float32"));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen)
+{
+    if (make_dirs(dir, err, errlen) != 0) return -1;
+    char *config_path = path_join(dir, "config.json");
+    char *weights_path = path_join(dir, SINGLE_FILE);
+    json_t *config = config_to_json(&m->cfg);
+    /* Nine significant digits round-trip any float. */
+    char *text = config ? json_dumps(config, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))
+                        : NULL;
+    json_decref(config);
+    int rc = -1;
+    if (!config_path || !weights_path || !text) {
+        ck_error(err, errlen, "%s: out of memory", dir);
+        goto done;
+    }
+
+    /* Weights first: a config.json next to a missing model.safetensors would
+     * be a checkpoint that looks complete but is not. */
+    ftb_tensor **list = malloc((size_t)(m->n_params ? m->n_params : 1) * sizeof *list);
+    if (!list) {
+        ck_error(err, errlen, "%s: out of memory", dir);
+        goto done;
+    }
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_tensor *t = m->params[i];
+        /* A tied lm_head is the embedding; HF omits it and re-ties on load. */
+        if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
+        if (t->numel == 0) continue;  /* absent bias */
+        list[n++] = t;
+    }
+    rc = ftb_safetensors_write(weights_path, list, n, err, errlen);
+    free(list);
+    if (rc != 0) goto done;
+
+    atomic_file af;
+    size_t len = strlen(text);
+    rc = atomic_begin(&af, config_path, err, errlen);
+    if (rc == 0) rc = atomic_write(&af, text, len, err, errlen);
+    if (rc == 0) rc = atomic_write(&af, "\n", 1, err, errlen);
+    if (rc == 0) rc = atomic_commit(&af, err, errlen);
+    else if (af.tmp_path) atomic_abort(&af);
+
+done:
+    free(text);
+    free(config_path);
+    free(weights_path);
+    return rc;
+}
