@@ -269,7 +269,9 @@ typedef struct {
 /* A hook sees the linear's input x [N,in] and its base output y [N,out]
  * (x·Wᵀ+b) and may change y in place (LoRA adds, IA3 scales, LARS adds a
  * per-sequence vector).  What it needs for backward it saves itself, with
- * ftb_alloc(FTB_MEM_SAVED, ...), into *saved.  If needs_input is set, the core
+ * ftb_alloc(FTB_MEM_SAVED, ...), into *saved.  saved is NULL when the core
+ * keeps nothing for this call (inference, or the first forward of a block
+ * that is recomputed in backward): save nothing then.  If needs_input is set, the core
  * keeps x for the backward call (shared with the base layer's own need).
  *
  * backward: dy [N,out] is the gradient of the hooked output; the hook
