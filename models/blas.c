@@ -187,9 +187,9 @@ static int is_generic_kernel(const char *core) {
 
 static void cache_path(char *out, size_t len) {
     const char *base = getenv("XDG_CACHE_HOME");
-    char dir[1024];
-    if (base && *base) snprintf(dir, sizeof dir, "%s/ftbench", base);
-    else snprintf(dir, sizeof dir, "%s/.cache/ftbench", getenv("HOME") ? getenv("HOME") : "/tmp");
+    char dir[900];
+    if (base && *base) snprintf(dir, sizeof dir, "%.800s/ftbench", base);
+    else snprintf(dir, sizeof dir, "%.800s/.cache/ftbench", getenv("HOME") ? getenv("HOME") : "/tmp");
     /* Key: CPU model, its flags and the library build, hashed (FNV-1a). */
     uint64_t h = 1469598103934665603ULL;
     const char *parts[] = {cpu_model, cpu_flags, openblas_get_config()};
@@ -199,7 +199,7 @@ static void cache_path(char *out, size_t len) {
 }
 
 static void mkdir_parents(const char *path) {
-    char tmp[1024];
+    char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s", path);
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
