@@ -400,9 +400,12 @@ static int source_open(checkpoint_source *src, const char *dir, char *err, size_
     src->index_root = load_json_object(index, err, errlen);
     if (!src->index_root) return -1;
     src->weight_map = json_object_get(src->index_root, "weight_map");
+    if (!src->weight_map) {
+        ck_error(err, errlen, "%s: no \"weight_map\" object", index);
+        return -1;
+    }
     if (!json_is_object(src->weight_map)) {
-        ck_error(err, errlen, "%s: \"weight_map\" is %s, not an object", index,
-                 src->weight_map ? json_kind(src->weight_map) : "missing");
+        ck_error(err, errlen, "%s: \"weight_map\" is %s, not an object", index, json_kind(src->weight_map));
         return -1;
     }
     const char *tensor;

@@ -245,33 +245,38 @@ static int parse_entry(const char *path, const char *name, json_t *entry, uint64
     return 0;
 }
 
-static const ftb_st_tensor *sort_base;
+typedef struct {
+    uint64_t begin, end;
+    int index;
+} byte_range;
+
 static int by_begin(const void *a, const void *b)
 {
-    const ftb_st_tensor *x = &sort_base[*(const int *)a], *y = &sort_base[*(const int *)b];
+    const byte_range *x = a, *y = b;
     if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
 /* Two tensors sharing bytes would alias silently (and, for a writable copy,
- * corrupt each other); the spec forbids it. */
+ * corrupt each other); the spec forbids it.  Ranges are copied out and
+ * sorted so no global state is needed (qsort has no context argument). */
 static int check_overlaps(const ftb_st_file *f, char *err, size_t errlen)
 {
     if (f->n_tensors < 2) return 0;
-    int *order = malloc((size_t)f->n_tensors * sizeof *order);
-    if (!order) {
+    byte_range *ranges = malloc((size_t)f->n_tensors * sizeof *ranges);
+    if (!ranges) {
         st_error(err, errlen, "%s: out of memory", f->path);
         return -1;
     }
-    for (int i = 0; i < f->n_tensors; i++) order[i] = i;
-    sort_base = f->tensors;  /* qsort has no context argument in C11 */
-    qsort(order, (size_t)f->n_tensors, sizeof *order, by_begin);
+    int n = 0;
+    for (int i = 0; i < f->n_tensors; i++)
+        if (f->tensors[i].begin != f->tensors[i].end)  /* empty tensors occupy no bytes */
+            ranges[n++] = (byte_range){f->tensors[i].begin, f->tensors[i].end, i};
+    qsort(ranges, (size_t)n, sizeof *ranges, by_begin);
     int rc = 0;
-    const ftb_st_tensor *prev = NULL;
-    for (int i = 0; i < f->n_tensors; i++) {
-        const ftb_st_tensor *t = &f->tensors[order[i]];
-        if (t->begin == t->end) continue;  /* empty tensors occupy no bytes */
-        if (prev && prev->end > t->begin) {
+    for (int i = 1; i < n; i++) {
+        if (ranges[i - 1].end > ranges[i].begin) {
+            const ftb_st_tensor *prev = &f->tensors[ranges[i - 1].index], *t = &f->tensors[ranges[i].index];
             st_error(err, errlen,
                      "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' [%" PRIu64
                      ", %" PRIu64 "]",
@@ -279,9 +284,8 @@ static int check_overlaps(const ftb_st_file *f, char *err, size_t errlen)
             rc = -1;
             break;
         }
-        prev = t;
     }
-    free(order);
+    free(ranges);
     return rc;
 }
 
