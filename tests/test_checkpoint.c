@@ -146,6 +146,24 @@ Test(checkpoint, save_leaves_no_temporary_and_overwrites)
     ckpt_rm_rf(dir);
 }
 
+/* Saving a mapped model over the file it is mapped from: the rename leaves
+ * the old inode (and so the mapping) intact; truncating in place would not. */
+Test(checkpoint, save_over_own_mapped_checkpoint)
+{
+    char *dir = ckpt_tmpdir();
+    ftb_model *orig = tiny_model(0, 31);
+    save_or_die(orig, dir);
+    ftb_model *mapped = load_or_die(dir, 1);
+    save_or_die(mapped, dir);
+    assert_same_weights(orig, mapped, 1);  /* still readable after the save */
+    ftb_model *again = load_or_die(dir, 0);
+    assert_same_weights(orig, again, 0);
+    ftb_model_free(again);
+    ftb_model_free(mapped);
+    ftb_model_free(orig);
+    ckpt_rm_rf(dir);
+}
+
 Test(checkpoint, save_creates_nested_directories)
 {
     char *dir = ckpt_tmpdir();
@@ -376,6 +394,24 @@ Test(checkpoint, tied_embeddings_omit_lm_head)
         assert_same_weights(m, loaded, map);
         ftb_model_free(loaded);
     }
+    ftb_model_free(m);
+    ckpt_rm_rf(dir);
+}
+
+/* A mapped tensor made trainable is copied out of the read-only mapping. */
+Test(checkpoint, mapped_tensors_become_writable_when_trained)
+{
+    char *dir = ckpt_tmpdir();
+    char err[FTB_ERR_LEN] = "";
+    ftb_model *m = tiny_model(1, 68);
+    save_or_die(m, dir);
+    ftb_model *loaded = load_or_die(dir, 1);
+    ftb_model_set_trainable(loaded, 1);
+    cr_assert_eq(ftb_model_alloc_grads(loaded, err, sizeof err), 0, "alloc_grads: %s", err);
+    assert_same_weights(m, loaded, 0);
+    for (int k = 0; k < loaded->n_params; k++) loaded->params[k]->data[0] += 1.0f;  /* must not fault */
+    cr_assert_eq(loaded->lm_head.data, loaded->embed.data, "tying lost by the copy");
+    ftb_model_free(loaded);
     ftb_model_free(m);
     ckpt_rm_rf(dir);
 }
