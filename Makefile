@@ -29,7 +29,7 @@ endif
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 
-CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp $(OPT) $(SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
 LDFLAGS := -fopenmp $(SANFLAGS) -Wl,--export-dynamic
 

@@ -97,7 +97,8 @@ int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident);
 /* BLAS kernel selection and threads                                         */
 /* ------------------------------------------------------------------------ */
 
-/* Call first thing in main(), before any BLAS work.  If OPENBLAS_CORETYPE is
+/* Call first thing in main(), before any BLAS work.  Makes idle OpenMP
+ * threads sleep (OMP_WAIT_POLICY=passive unless set).  If OPENBLAS_CORETYPE is
  * unset and OpenBLAS picked a generic kernel on a CPU that has a better one,
  * self-tests the candidates in child processes, picks the fastest correct one
  * and re-executes the program with it set (the variable is read when the

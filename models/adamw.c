@@ -55,7 +55,7 @@ void ftb_adamw_step(ftb_adamw *opt) {
         ftb_tensor *p = opt->params[i];
         float *w = p->data, *g = p->grad, *m = opt->m[i], *v = opt->v[i];
         const float wd = p->no_decay ? 0.0f : opt->weight_decay, lr = opt->lr, eps = opt->eps;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (int64_t j = 0; j < p->numel; j++) {
             m[j] = b1 * m[j] + (1.0f - b1) * g[j];
             v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
