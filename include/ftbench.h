@@ -253,6 +253,15 @@ float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
 float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
                                  char *err, size_t errlen);
 
+/* Wall time of the last forward_backward's forward part (embedding to loss)
+ * and backward part, in seconds. */
+void ftb_last_run_times(double *forward, double *backward);
+
+/* C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, on the core's BLAS: what
+ * a method needs for its own products without depending on a BLAS header. */
+void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
 /* ------------------------------------------------------------------------ */
 /* Adapter hooks on linear layers                                             */
 /* ------------------------------------------------------------------------ */

@@ -281,6 +281,13 @@ static int lowest_trainable_block(const ftb_model *m, const ftb_run_opts *o) {
     return first;
 }
 
+static double last_forward_seconds, last_backward_seconds;
+
+void ftb_last_run_times(double *forward, double *backward) {
+    if (forward) *forward = last_forward_seconds;
+    if (backward) *backward = last_backward_seconds;
+}
+
 static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, int training, char *err,
                  size_t errlen) {
     ftb_run_opts defaults;
@@ -299,6 +306,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     rc.rope_cos = rope;
     rc.rope_sin = rope + (int64_t)b->T * half;
 
+    const double t_start = ftb_now();
     const int first = training ? lowest_trainable_block(m, opts_in) : L;
     /* resid[l] is block l's input; resid[L] feeds the final norm.  Kept
      * (saved) from the first trained block up, else two buffers alternate. */
@@ -342,6 +350,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
                            b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
                            opts_in->seq_loss);
     ftb_free(xf);
+    const double t_backward = ftb_now();
+    last_forward_seconds = t_backward - t_start;
 
     if (training) {
         ftb_mem_set_phase("bwd norm");
@@ -375,6 +385,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     ftb_free(rope);
     free(resid);
     free(caches);
+    last_backward_seconds = training ? ftb_now() - t_backward : 0.0;
     return loss;
 }
 
