@@ -166,7 +166,7 @@ static void gc_run(const char *zoo_name, ftb_attention_impl attn)
         if (ratio > worst) worst = ratio;
         if (!gc_ok(e[k].analytic, e[k].fd)) {
             if (!bad++)
-                snprintf(first, sizeof first, "%s[%lld]: analytic %.6g, finite difference %.6g",
+                snprintf(first, sizeof first, "%.95s[%lld]: analytic %.6g, finite difference %.6g",
                          e[k].name, (long long)e[k].idx, e[k].analytic, e[k].fd);
         }
     }
