@@ -1,0 +1,109 @@
+/*
+ * cell.h — one measurement cell: (model, method + options, seq, batch,
+ * device profile), run in its own forked child so that a crash, a hang or
+ * an out-of-memory kill is an outcome to record, not the end of a sweep.
+ *
+ * The child loads the model, initialises the method, runs the steps and
+ * writes what it measured to a file in the run directory (rewritten at each
+ * milestone, so a crash still leaves the progress it made); the parent
+ * waits with a timeout, classifies the ending and appends one JSON record
+ * to <run dir>/results.jsonl.
+ */
+#ifndef FTB_HARNESS_CELL_H
+#define FTB_HARNESS_CELL_H
+
+#include "ftbench.h"
+#include "profile.h"
+#include <jansson.h>
+#include <limits.h>
+
+#define FTB_RECORD_SCHEMA 1
+#define FTB_MAX_METHOD_OPTS 64
+
+typedef enum {
+    FTB_ENFORCE_CGROUP,  /* kernel: cgroup v2 memory.max → "oom"           */
+    FTB_ENFORCE_WATCH,   /* parent polls the child's RSS and kills it at the
+                            budget → "over_budget" (fast; fit's default)    */
+    FTB_ENFORCE_CHECK,   /* the cell runs to the end; peak RSS compared with
+                            the budget afterwards → "over_budget"           */
+} ftb_enforce;
+
+const char *ftb_enforce_name(ftb_enforce e);
+
+typedef struct {
+    /* model */
+    char model_name[96];
+    const char *checkpoint;          /* NULL: zoo model built from cfg  */
+    ftb_config cfg;
+    /* method */
+    char method_path[PATH_MAX];
+    char method_label[128];
+    int n_opts;
+    const char *opt_keys[FTB_MAX_METHOD_OPTS], *opt_values[FTB_MAX_METHOD_OPTS];
+    /* shape and training */
+    int seq, batch, steps, warmup;
+    uint64_t seed;
+    float lr;
+    ftb_attention_impl attention;
+    ftb_loss_mode loss;
+    const char *dataset;
+    /* device */
+    ftb_profile device;
+    int emulated;
+    int threads;
+    int64_t budget_bytes;
+    ftb_enforce enforce;
+    char enforce_note[200];          /* why this mechanism (e.g. no cgroup v2) */
+    double timeout_sec;
+    /* output */
+    char run_dir[PATH_MAX];
+    char run_id[128];
+    char key[256];
+    int timeline;
+    json_t *extra;                   /* merged into the record if set    */
+    /* progress: called in the parent as the child reports milestones
+     * ("load", "init", "step" with step index, "done"). */
+    void (*progress)(void *ud, const char *what, int step, int nsteps);
+    void *progress_ud;
+} ftb_cell;
+
+typedef struct {
+    char outcome[16];          /* ok crashed timeout over_budget error oom */
+    char detail[FTB_ERR_LEN];
+    int64_t peak_rss;          /* VmHWM (or the last RSS seen), -1 if unknown */
+    double step_median;        /* seconds, 0 if none                        */
+    double wall;
+    json_t *record;            /* the record appended (owned)               */
+} ftb_cell_result;
+
+/* Default values for everything not about the experiment itself. */
+void ftb_cell_init(ftb_cell *c);
+/* "<method>[+<opthash>].<model>.s<seq>.b<batch>" into c->key. */
+void ftb_cell_make_key(ftb_cell *c);
+/* Runs the cell and appends its record.  Returns 0 when a record was
+ * written (whatever the outcome), -1 with err when even that failed. */
+int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen);
+void ftb_cell_result_free(ftb_cell_result *r);
+
+/* results.jsonl helpers: the cell keys already recorded (lines that do not
+ * parse are skipped — a torn tail from a killed writer). */
+typedef struct {
+    int n;
+    char **keys;
+    json_t **records;
+} ftb_recorded;
+int ftb_recorded_load(const char *results_path, ftb_recorded *out);
+json_t *ftb_recorded_find(const ftb_recorded *r, const char *key); /* last record of key */
+void ftb_recorded_free(ftb_recorded *r);
+
+/* The host's sgemm rate (GFLOP/s, 512³, given threads), measured once in a
+ * separate child; -1 if it could not be measured. */
+double ftb_host_sgemm_gflops(int threads);
+
+/* Roofline projection of one step's time on the device from the record's
+ * counts: max(flops / peak, bytes / bandwidth).  Documented in HARNESS.md. */
+json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, int B, int T,
+                                int64_t trainable, int forward_passes, int has_backward,
+                                int64_t saved_peak_bytes);
+
+#endif

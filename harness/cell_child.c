@@ -1,0 +1,381 @@
+/*
+ * cell_child.c — the measured side of a cell, in a forked child.  What
+ * runs here is what gets measured, so the harness's own work is kept out
+ * of the way: the sampler buffer is allocated before the model, records
+ * are written between steps, and the timeline is written at the end.
+ */
+#include "cell_internal.h"
+#include "dataset.h"
+#include "hwc.h"
+#include "plugin.h"
+#include "sampler.h"
+#include "util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#define SAMPLER_CAPACITY 131072   /* 3 MiB of samples; halves its rate when full */
+#define TIMELINE_CAPACITY (1u << 20)
+
+static json_t *g_out;              /* what the child measured          */
+static const char *g_out_path;
+static int g_progress_fd = -1;
+
+static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+static json_t *jint(int64_t v) { return v >= 0 ? json_integer((json_int_t)v) : json_null(); }
+
+/* Rewrites the measurement file atomically (write + rename), so the
+ * parent reads either the previous or the new snapshot, never half. */
+static void snapshot(const char *stage)
+{
+    json_object_set_new(g_out, "stage", json_string(stage));
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", g_out_path);
+    if (json_dump_file(g_out, tmp, JSON_COMPACT) == 0)
+        rename(tmp, g_out_path);
+}
+
+static void report(const char *fmt, ...)
+{
+    char line[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    line[n++] = '\n';
+    if (write(g_progress_fd, line, (size_t)n) < 0) {
+        /* The parent is gone or stopped listening; measuring goes on. */
+    }
+}
+
+static _Noreturn void fail(const char *stage, const char *msg)
+{
+    json_object_set_new(g_out, "error", json_string(msg));
+    json_object_set_new(g_out, "error_stage", json_string(stage));
+    snapshot("error");
+    _exit(CHILD_ERROR);
+}
+
+static json_t *categories(const int64_t *v)
+{
+    json_t *o = json_object();
+    for (int i = 0; i < FTB_MEM_NCAT; i++)
+        json_object_set_new(o, ftb_mem_category_name((ftb_mem_category)i), json_integer(v[i]));
+    return o;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(const double *v, int n)
+{
+    if (n <= 0)
+        return NAN;
+    double *s = malloc((size_t)n * sizeof *s);
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    double m = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+    free(s);
+    return m;
+}
+
+static json_t *summary(const double *v, int n)
+{
+    json_t *o = json_object();
+    double mn = INFINITY, mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        mn = v[i] < mn ? v[i] : mn;
+        mx = v[i] > mx ? v[i] : mx;
+    }
+    json_object_set_new(o, "median", jnum(median(v, n)));
+    json_object_set_new(o, "min", jnum(n ? mn : NAN));
+    json_object_set_new(o, "max", jnum(n ? mx : NAN));
+    return o;
+}
+
+/* One TSV: memory events and RSS samples merged by time.  Each line
+ * carries the live bytes per category and the last RSS sample, so any line
+ * is a complete picture of that moment (and gnuplot can plot columns). */
+static void write_timeline(const char *path, const ftb_cell *c, const ftb_sampler *smp,
+                           const int64_t *live0)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return;
+    static char buf[1 << 16];
+    setvbuf(f, buf, _IOFBF, sizeof buf);
+    size_t ne = ftb_mem_timeline_count();
+    const ftb_mem_event *ev = ftb_mem_timeline_events();
+    size_t ns = ftb_sampler_count(smp);
+    const ftb_rss_sample *sm = ftb_sampler_samples(smp);
+    fprintf(f, "# ftbench timeline, cell %s, run %s\n", c->key, c->run_id);
+    fprintf(f, "# kind=mem: one allocation (+) or free (-) of the core; kind=rss: a sample of "
+               "/proc/self/statm (period %.4f s%s)\n",
+            ftb_sampler_period(smp), ftb_mem_timeline_dropped() ? "; memory events were dropped" : "");
+    fprintf(f, "t_sec\tkind\tphase\tcategory\tdelta_bytes\trss_bytes");
+    for (int k = 0; k < FTB_MEM_NCAT; k++)
+        fprintf(f, "\t%s", ftb_mem_category_name((ftb_mem_category)k));
+    fprintf(f, "\tlive_total\n");
+    int64_t live[FTB_MEM_NCAT];
+    memcpy(live, live0, sizeof live);
+    int64_t rss = -1;
+    size_t i = 0, j = 0;
+    while (i < ne || j < ns) {
+        int take_event = j >= ns || (i < ne && ev[i].t_sec <= sm[j].t);
+        if (take_event) {
+            const ftb_mem_event *e = &ev[i++];
+            if (e->category < FTB_MEM_NCAT)
+                live[e->category] += e->delta;
+            const char *ph = ftb_mem_phase_name(e->phase);
+            fprintf(f, "%.6f\tmem\t%s\t%s\t%lld\t%lld", e->t_sec, ph && *ph ? ph : "-",
+                    e->category < FTB_MEM_NCAT ? ftb_mem_category_name((ftb_mem_category)e->category) : "?",
+                    (long long)e->delta, (long long)rss);
+        } else {
+            const ftb_rss_sample *s = &sm[j++];
+            rss = s->rss;
+            fprintf(f, "%.6f\trss\t%s\t-\t0\t%lld", s->t, s->phase && *s->phase ? s->phase : "-",
+                    (long long)rss);
+        }
+        int64_t tot = 0;
+        for (int k = 0; k < FTB_MEM_NCAT; k++) {
+            fprintf(f, "\t%lld", (long long)live[k]);
+            tot += live[k];
+        }
+        fprintf(f, "\t%lld\n", (long long)tot);
+    }
+    fclose(f);
+}
+
+_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *child_json,
+                              const char *timeline_path, const ftb_cgroup *cg)
+{
+    char err[FTB_ERR_LEN] = "";
+    g_out = json_object();
+    g_out_path = child_json;
+    g_progress_fd = progress_fd;
+    /* Die with the harness: an orphaned cell would run on, unmeasured. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1)
+        _exit(CHILD_ERROR);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (cg && cg->active && ftb_cgroup_enter(cg) != 0) {
+        snprintf(err, sizeof err, "cannot move the cell into cgroup %.300s: %s", cg->path, strerror(errno));
+        fail("setup", err);
+    }
+    ftb_set_threads(c->threads);
+    json_object_set_new(g_out, "threads", json_integer(ftb_get_threads()));
+    json_object_set_new(g_out, "pid", json_integer(getpid()));
+
+    /* Time origin shared by the memory timeline and the RSS samples. */
+    ftb_mem_stats st0;
+    ftb_mem_get_stats(&st0);
+    if (c->timeline)
+        ftb_mem_timeline_enable(TIMELINE_CAPACITY);
+    double t0 = ftb_now();
+    ftb_sampler *smp = c->timeline ? ftb_sampler_start(t0, 1e-3, SAMPLER_CAPACITY) : NULL;
+    ftb_phase_stats *ps = ftb_phase_stats_start(1);
+    json_t *mem = json_object();
+    json_object_set_new(g_out, "memory", mem);
+    json_object_set_new(mem, "rss_baseline_bytes", jint(ftb_self_vmrss()));
+    json_object_set_new(mem, "sampler_buffer_bytes", json_integer((json_int_t)ftb_sampler_buffer_bytes(smp)));
+    json_t *marks = json_object();
+    json_object_set_new(g_out, "marks", marks);
+
+    /* Model. */
+    ftb_mem_set_phase("load");
+    report("load");
+    double tl = ftb_now();
+    ftb_model *model = c->checkpoint ? ftb_model_load(c->checkpoint, 1, err, sizeof err)
+                                     : ftb_model_create(&c->cfg, c->seed, err, sizeof err);
+    if (!model)
+        fail("load", err[0] ? err : "model load failed");
+    json_object_set_new(g_out, "load_seconds", json_real(ftb_now() - tl));
+    json_object_set_new(marks, "model_loaded", json_real(ftb_now() - t0));
+    json_object_set_new(mem, "rss_after_model_load_bytes", jint(ftb_self_vmrss()));
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    json_object_set_new(mem, "core_live_after_model_load", categories(st.live));
+    snapshot("loaded");
+
+    /* Method. */
+    ftb_plugin plug;
+    if (ftb_plugin_open(c->method_path, &plug, err, sizeof err) != 0)
+        fail("plugin", err);
+    const ftb_method *m = plug.method;
+    json_object_set_new(g_out, "method_name", json_string(m->name ? m->name : c->method_label));
+    json_object_set_new(g_out, "method_summary", json_string(m->summary ? m->summary : ""));
+    ftb_options opts = { c->n_opts, c->opt_keys, c->opt_values };
+    ftb_session s;
+    memset(&s, 0, sizeof s);
+    s.model = model;
+    ftb_run_opts_default(&s.run);
+    s.run.attention = c->attention;
+    s.run.loss = c->loss;
+    s.options = &opts;
+    s.seed = c->seed;
+    s.lr = c->lr;
+    s.total_steps = c->warmup + c->steps;
+    ftb_mem_set_phase("init");
+    report("init");
+    double ti = ftb_now();
+    err[0] = 0;
+    void *state = m->init(&s, err, sizeof err);
+    if (!state)
+        fail("init", err[0] ? err : "method init failed (no message)");
+    json_object_set_new(g_out, "init_seconds", json_real(ftb_now() - ti));
+    json_object_set_new(marks, "method_initialised", json_real(ftb_now() - t0));
+    json_object_set_new(mem, "rss_after_method_init_bytes", jint(ftb_self_vmrss()));
+    ftb_mem_get_stats(&st);
+    json_object_set_new(mem, "core_live_after_method_init", categories(st.live));
+
+    int64_t trainable = -1;
+    const char *trainable_source = "model";
+    if (m->trainable) {
+        ftb_tensor **ts = NULL;
+        int nt = m->trainable(state, &ts);
+        if (nt > 0 && ts) {
+            trainable = 0;
+            for (int i = 0; i < nt; i++)
+                trainable += ts[i] ? ts[i]->numel : 0;
+            trainable_source = "method";
+        }
+    }
+    if (trainable < 0)
+        trainable = ftb_model_trainable_count(model);
+    json_object_set_new(g_out, "trainable_params", json_integer(trainable));
+    json_object_set_new(g_out, "trainable_params_source", json_string(trainable_source));
+    snapshot("initialised");
+
+    /* Data: opened after the model so its (small) buffers are not counted
+     * as model memory in the RSS-after-load figure. */
+    ftb_dataset *ds = ftb_dataset_open(c->dataset, model->cfg.vocab_size, c->seed, err, sizeof err);
+    if (!ds)
+        fail("dataset", err);
+
+    /* Steps. */
+    int total = c->warmup + c->steps;
+    double *wall = calloc((size_t)total, sizeof *wall);
+    double *tf = calloc((size_t)total, sizeof *tf), *tb = calloc((size_t)total, sizeof *tb),
+           *to = calloc((size_t)total, sizeof *to);
+    json_t *losses = json_array(), *rss_steps = json_array(), *passes = json_array();
+    json_object_set_new(g_out, "loss_per_step", losses);
+    json_object_set_new(mem, "vmhwm_after_step_bytes", rss_steps);
+    json_object_set_new(g_out, "forward_passes_per_step", passes);
+    json_t *steps_wall = json_array();
+    json_object_set_new(g_out, "step_seconds_all", steps_wall);
+    int has_backward = 0;
+    for (int i = 0; i < total; i++) {
+        ftb_batch b;
+        if (ftb_dataset_next(ds, c->batch, c->seq, &b, err, sizeof err) != 0)
+            fail("dataset", err);
+        ftb_step_result res;
+        memset(&res, 0, sizeof res);
+        res.loss = NAN;
+        err[0] = 0;
+        double ts = ftb_now();
+        int rc = m->step(state, &s, &b, &res, err, sizeof err);
+        double dt = ftb_now() - ts;
+        if (rc != 0) {
+            char msg[FTB_ERR_LEN + 32];
+            snprintf(msg, sizeof msg, "step %d: %s", i, err[0] ? err : "method step failed (no message)");
+            fail("step", msg);
+        }
+        wall[i] = dt;
+        tf[i] = res.t_forward;
+        tb[i] = res.t_backward;
+        to[i] = res.t_optim;
+        has_backward |= res.t_backward > 0;
+        json_array_append_new(losses, jnum(res.loss));
+        json_array_append_new(rss_steps, jint(ftb_self_vmhwm()));
+        json_array_append_new(passes, json_integer(res.forward_passes));
+        json_array_append_new(steps_wall, json_real(dt));
+        json_object_set_new(marks, i < c->warmup ? "last_warmup_step_end" : "last_step_end",
+                            json_real(ftb_now() - t0));
+        /* The harness's own work between steps gets its own label, so it is
+         * not billed to whatever phase the method ended in. */
+        ftb_mem_set_phase("harness");
+        snapshot("step");
+        report("step %d %d", i + 1, total);
+    }
+    ftb_mem_set_phase("end");
+    ftb_phase_stats_stop(ps);
+    ftb_sampler_stop(smp);
+
+    /* Memory. */
+    ftb_mem_get_stats(&st);
+    json_object_set_new(mem, "peak_rss_vmhwm_bytes", jint(ftb_self_vmhwm()));
+    json_object_set_new(mem, "sampled_peak_rss_bytes", smp ? jint(ftb_sampler_max_rss(smp)) : json_null());
+    json_t *core = json_object();
+    json_object_set_new(core, "peak_total_bytes", json_integer(st.peak_total));
+    json_object_set_new(core, "peak_bytes", categories(st.peak));
+    json_object_set_new(core, "split_at_peak_bytes", categories(st.peak_total_at));
+    json_object_set_new(core, "live_at_end_bytes", categories(st.live));
+    json_object_set_new(mem, "core", core);
+    size_t ja, jb, jc;
+    json_t *je = json_object();
+    if (ftb_jemalloc_stats(&ja, &jb, &jc) == 0) {
+        json_object_set_new(je, "available", json_true());
+        json_object_set_new(je, "allocated_bytes", json_integer((json_int_t)ja));
+        json_object_set_new(je, "active_bytes", json_integer((json_int_t)jb));
+        json_object_set_new(je, "resident_bytes", json_integer((json_int_t)jc));
+    } else {
+        json_object_set_new(je, "available", json_false());
+        json_object_set_new(je, "reason", json_string("the process allocator is not jemalloc"));
+    }
+    json_object_set_new(mem, "jemalloc", je);
+
+    /* Time over the measured steps (after warm-up). */
+    const double *mw = wall + c->warmup;
+    int nm = c->steps;
+    json_t *timing = json_object();
+    json_object_set_new(timing, "step_seconds", summary(mw, nm));
+    double med = median(mw, nm);
+    json_object_set_new(timing, "tokens_per_second", jnum((double)c->batch * c->seq / med));
+    json_t *ph = json_object();
+    json_object_set_new(ph, "forward", summary(tf + c->warmup, nm));
+    json_object_set_new(ph, "backward", summary(tb + c->warmup, nm));
+    json_object_set_new(ph, "optim", summary(to + c->warmup, nm));
+    json_object_set_new(timing, "method_phase_seconds", ph);
+    json_object_set_new(timing, "core_phase_seconds", ftb_phase_stats_times_json(ps));
+    json_object_set_new(g_out, "timing", timing);
+    json_object_set_new(g_out, "has_backward", json_boolean(has_backward));
+    json_object_set_new(g_out, "hw_counters", ftb_phase_stats_counters_json(ps));
+
+    if (smp) {
+        json_t *tl = json_object();
+        json_object_set_new(tl, "memory_events", json_integer((json_int_t)ftb_mem_timeline_count()));
+        json_object_set_new(tl, "memory_events_dropped", json_integer(ftb_mem_timeline_dropped()));
+        json_object_set_new(tl, "rss_samples", json_integer((json_int_t)ftb_sampler_count(smp)));
+        json_object_set_new(tl, "rss_sample_period_seconds", json_real(ftb_sampler_period(smp)));
+        json_object_set_new(g_out, "timeline", tl);
+        write_timeline(timeline_path, c, smp, st0.live);
+        ftb_mem_timeline_enable(0);
+    }
+    snapshot("measured");
+
+    json_t *host = json_object();
+    json_object_set_new(host, "blas_core", json_string(ftb_blas_corename()));
+    json_object_set_new(host, "blas_selection", json_string(ftb_blas_selection()));
+    json_object_set_new(host, "cpu_features", json_string(ftb_cpu_features()));
+    json_object_set_new(g_out, "host", host);
+    report("done");
+    snapshot("done");
+    /* No teardown: the process ends here and the OS reclaims everything;
+     * a method's destroy() bug must not turn a measured cell into a crash. */
+    _exit(CHILD_OK);
+}

@@ -1,0 +1,400 @@
+/* cli.c — option parsing and input resolution.  See cli.h. */
+#include "cli.h"
+#include "plugin.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    unsigned group;
+    int has_value;
+    const char *arg;
+    const char *help;
+} opt_spec;
+
+static const opt_spec specs[] = {
+    { "--model", CLI_MODEL, 1, "NAME", "model from the built-in zoo (see `ftbench list`)" },
+    { "--checkpoint", CLI_MODEL, 1, "DIR", "Hugging Face checkpoint directory instead of --model" },
+    { "--method", CLI_METHOD, 1, "NAME|PATH.so", "method plugin: <methods-dir>/NAME.so or a path" },
+    { "--methods", CLI_METHODS, 1, "A,B,..", "methods to sweep (default: every .so in the methods dir)" },
+    { "--methods-dir", CLI_DIRS, 1, "DIR", "where method plugins are (default: next to the executable)" },
+    { "--seq", CLI_SHAPE, 1, "N", "sequence length (tokens per row)" },
+    { "--batch", CLI_SHAPE | CLI_LISTS, 1, "N", "rows per batch (default 1)" },
+    { "--seqs", CLI_LISTS, 1, "LIST", "sequence lengths: 128..4096 (doubling) or 128,512,2048" },
+    { "--batches", CLI_LISTS, 1, "LIST", "batch sizes, like --seqs" },
+    { "--sweep", CLI_LISTS, 1, "NAME", "sweep definition: default or paper" },
+    { "--steps", CLI_TRAIN, 1, "N", "measured steps (default 3; sweeps: see --help)" },
+    { "--warmup", CLI_TRAIN, 1, "N", "warm-up steps before the measured ones (default 1)" },
+    { "--lr", CLI_TRAIN, 1, "X", "learning rate (default 1e-4)" },
+    { "--seed", CLI_TRAIN, 1, "N", "seed for weights and data (default 42)" },
+    { "--dataset", CLI_TRAIN, 1, "SPEC", "uniform | synthetic-lang[:N] | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
+    { "--attention", CLI_TRAIN, 1, "flash|eager", "attention implementation (default flash)" },
+    { "--loss", CLI_TRAIN, 1, "chunked|full", "loss computation (default chunked)" },
+    { "--opt", CLI_TRAIN, 1, "KEY=VALUE", "method option, repeatable; METHOD.KEY=VALUE scopes it to one method" },
+    { "--device", CLI_DEVICE, 1, "NAME", "device profile (default host); prefixes and aliases work" },
+    { "--profiles-dir", CLI_DEVICE, 1, "DIR", "where *.profile files are (default: the source tree's profiles/)" },
+    { "--threads", CLI_DEVICE, 1, "N", "compute threads (default: min(device cores, host cores))" },
+    { "--budget", CLI_DEVICE, 1, "SIZE", "memory budget instead of the device's, e.g. 512M, 3G" },
+    { "--enforce", CLI_DEVICE, 1, "MODE", "auto | cgroup | watch | check: how the budget is enforced" },
+    { "--out", CLI_OUT, 1, "DIR", "results root (default results/)" },
+    { "--run-id", CLI_OUT, 1, "ID", "results go to <out>/<device>/<run-id>/ (default: derived)" },
+    { "--timeout", CLI_OUT, 1, "SEC", "per-cell time limit (default 1200)" },
+    { "--no-timeline", CLI_OUT, 0, NULL, "do not write the per-cell timeline file" },
+    { "--force", CLI_OUT, 0, NULL, "re-run cells already recorded" },
+    { "--quiet", CLI_OUT, 0, NULL, "no progress lines on stderr" },
+    { "--seq-min", CLI_FIT, 1, "N", "shortest length probed (default 128)" },
+    { "--seq-max", CLI_FIT, 1, "N", "longest length probed (default: the model's max_seq)" },
+    { "--granularity", CLI_FIT, 1, "N", "bisection stops at this resolution (default 64)" },
+    { NULL, 0, 0, NULL, NULL },
+};
+
+void ftb_cli_print_options(FILE *f, unsigned allowed)
+{
+    for (const opt_spec *s = specs; s->name; s++) {
+        if (!(s->group & allowed))
+            continue;
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", s->name, s->arg ? " " : "", s->arg ? s->arg : "");
+        fprintf(f, "  %-28s %s\n", left, s->help);
+    }
+    fprintf(f, "  %-28s %s\n", "--help", "this text");
+}
+
+static int pos_int(const char *opt, const char *v, long lo, long hi, int *out, char *err, size_t errlen)
+{
+    long x;
+    if (ftb_parse_long(v, lo, hi, &x) != 0) {
+        if (lo >= 1)
+            return ftb_errf(err, errlen, "%s: '%s' is not a positive integer%s", opt, v,
+                            hi < LONG_MAX ? "" : "");
+        return ftb_errf(err, errlen, "%s: '%s' is not an integer in %ld..%ld", opt, v, lo, hi);
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int valid_id(const char *s)
+{
+    if (!*s || *s == '.')
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.'))
+            return 0;
+    return 1;
+}
+
+int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o, char *err,
+                  size_t errlen)
+{
+    memset(o, 0, sizeof *o);
+    o->cmd = cmd;
+    o->batch = 1;
+    o->steps = 3;
+    o->warmup = 1;
+    o->lr = 1e-4;
+    o->seed = 42;
+    o->timeout = 1200;
+    o->dataset = "synthetic-lang";
+    o->out_dir = "results";
+    o->device = "host";
+    o->enforce = "auto";
+    o->seq_min = 128;
+    o->granularity = 64;
+    allowed |= CLI_DIRS;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            return 1;
+        if (strncmp(a, "--", 2) != 0)
+            return ftb_errf(err, errlen, "unexpected argument '%s' (options start with --)", a);
+        char name[64];
+        const char *val = NULL;
+        const char *eq = strchr(a, '=');
+        if (eq) {
+            snprintf(name, sizeof name, "%.*s", (int)(eq - a), a);
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a);
+        }
+        const opt_spec *s = NULL;
+        for (const opt_spec *t = specs; t->name; t++)
+            if (strcmp(t->name, name) == 0)
+                s = t;
+        if (!s || !(s->group & allowed))
+            return ftb_errf(err, errlen, "unknown option '%s' (see ftbench %s --help)", name, cmd);
+        if (s->has_value && !val) {
+            if (i + 1 >= argc)
+                return ftb_errf(err, errlen, "%s needs a value (%s)", name, s->arg);
+            val = argv[++i];
+        } else if (!s->has_value && val) {
+            return ftb_errf(err, errlen, "%s takes no value", name);
+        }
+        if (s->has_value && !*val && strcmp(name, "--opt") != 0)
+            return ftb_errf(err, errlen, "%s: empty value", name);
+
+        int rc = 0;
+        double d;
+        if (!strcmp(name, "--model")) o->model = val;
+        else if (!strcmp(name, "--checkpoint")) o->checkpoint = val;
+        else if (!strcmp(name, "--method")) o->method = val;
+        else if (!strcmp(name, "--methods")) o->methods = val;
+        else if (!strcmp(name, "--methods-dir")) o->methods_dir = val;
+        else if (!strcmp(name, "--seq")) { rc = pos_int(name, val, 1, 1 << 22, &o->seq, err, errlen); o->seq_given = 1; }
+        else if (!strcmp(name, "--batch")) rc = pos_int(name, val, 1, 1 << 16, &o->batch, err, errlen);
+        else if (!strcmp(name, "--seqs")) o->seqs = val;
+        else if (!strcmp(name, "--batches")) o->batches = val;
+        else if (!strcmp(name, "--sweep")) o->sweep = val;
+        else if (!strcmp(name, "--steps")) { rc = pos_int(name, val, 1, 1000000, &o->steps, err, errlen); o->steps_given = 1; }
+        else if (!strcmp(name, "--warmup")) { rc = pos_int(name, val, 0, 1000000, &o->warmup, err, errlen); o->warmup_given = 1; }
+        else if (!strcmp(name, "--threads")) rc = pos_int(name, val, 1, 4096, &o->threads, err, errlen);
+        else if (!strcmp(name, "--seq-min")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_min, err, errlen);
+        else if (!strcmp(name, "--seq-max")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_max, err, errlen);
+        else if (!strcmp(name, "--granularity")) rc = pos_int(name, val, 1, 1 << 22, &o->granularity, err, errlen);
+        else if (!strcmp(name, "--lr")) {
+            if (ftb_parse_double(val, &d) != 0 || !(d > 0))
+                rc = ftb_errf(err, errlen, "--lr: '%s' is not a positive number", val);
+            o->lr = d;
+            o->lr_given = 1;
+        } else if (!strcmp(name, "--timeout")) {
+            if (ftb_parse_double(val, &d) != 0 || !(d > 0))
+                rc = ftb_errf(err, errlen, "--timeout: '%s' is not a positive number of seconds", val);
+            o->timeout = d;
+            o->timeout_given = 1;
+        } else if (!strcmp(name, "--seed")) {
+            char *end;
+            if (!isdigit((unsigned char)*val))
+                rc = ftb_errf(err, errlen, "--seed: '%s' is not a non-negative integer", val);
+            else {
+                unsigned long long v = strtoull(val, &end, 10);
+                if (*end)
+                    rc = ftb_errf(err, errlen, "--seed: '%s' is not a non-negative integer", val);
+                o->seed = v;
+            }
+        } else if (!strcmp(name, "--dataset")) o->dataset = val;
+        else if (!strcmp(name, "--attention")) {
+            if (!strcmp(val, "flash")) o->attention = FTB_ATTN_FLASH;
+            else if (!strcmp(val, "eager")) o->attention = FTB_ATTN_EAGER;
+            else rc = ftb_errf(err, errlen, "--attention: '%s' is not flash or eager", val);
+        } else if (!strcmp(name, "--loss")) {
+            if (!strcmp(val, "chunked")) o->loss = FTB_LOSS_CHUNKED;
+            else if (!strcmp(val, "full")) o->loss = FTB_LOSS_FULL;
+            else rc = ftb_errf(err, errlen, "--loss: '%s' is not chunked or full", val);
+        } else if (!strcmp(name, "--opt")) {
+            const char *e2 = strchr(val, '=');
+            if (!e2 || e2 == val)
+                rc = ftb_errf(err, errlen, "--opt: '%s' is not KEY=VALUE", val);
+            else if (o->n_opts >= FTB_CLI_MAX_OPTS)
+                rc = ftb_errf(err, errlen, "--opt: more than %d options", FTB_CLI_MAX_OPTS);
+            else {
+                o->opt_keys[o->n_opts] = strndup(val, (size_t)(e2 - val));
+                o->opt_values[o->n_opts] = strdup(e2 + 1);
+                o->n_opts++;
+            }
+        } else if (!strcmp(name, "--device")) o->device = val;
+        else if (!strcmp(name, "--profiles-dir")) o->profiles_dir = val;
+        else if (!strcmp(name, "--budget")) {
+            if (ftb_parse_size(val, &o->budget_bytes) != 0 || o->budget_bytes <= 0)
+                rc = ftb_errf(err, errlen, "--budget: '%s' is not a size like 512M or 3G", val);
+        } else if (!strcmp(name, "--enforce")) {
+            if (strcmp(val, "auto") && strcmp(val, "cgroup") && strcmp(val, "watch") && strcmp(val, "check"))
+                rc = ftb_errf(err, errlen, "--enforce: '%s' is not auto, cgroup, watch or check", val);
+            o->enforce = val;
+        } else if (!strcmp(name, "--out")) o->out_dir = val;
+        else if (!strcmp(name, "--run-id")) {
+            if (!valid_id(val))
+                rc = ftb_errf(err, errlen, "--run-id: '%s' may only use letters, digits, '.', '_' and '-'", val);
+            o->run_id = val;
+        } else if (!strcmp(name, "--no-timeline")) o->no_timeline = 1;
+        else if (!strcmp(name, "--force")) o->force = 1;
+        else if (!strcmp(name, "--quiet")) o->quiet = 1;
+        if (rc)
+            return -1;
+    }
+    if (o->model && o->checkpoint)
+        return ftb_errf(err, errlen, "give --model or --checkpoint, not both");
+    if (o->seq_max && o->seq_max < o->seq_min)
+        return ftb_errf(err, errlen, "--seq-max %d is below --seq-min %d", o->seq_max, o->seq_min);
+    return 0;
+}
+
+void ftb_cli_free(ftb_cli *o)
+{
+    for (int i = 0; i < o->n_opts; i++) {
+        free(o->opt_keys[i]);
+        free(o->opt_values[i]);
+    }
+    o->n_opts = 0;
+}
+
+int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char *name, size_t name_n,
+                  char *err, size_t errlen)
+{
+    char e[FTB_ERR_LEN];
+    if (o->checkpoint) {
+        if (!ftb_is_dir(o->checkpoint))
+            return ftb_errf(err, errlen, "checkpoint %s: not a directory", o->checkpoint);
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/config.json", o->checkpoint);
+        if (ftb_config_load_json(path, cfg, e, sizeof e) != 0)
+            return ftb_errf(err, errlen, "checkpoint %s: %s", o->checkpoint, e);
+        char st[PATH_MAX], idx[PATH_MAX];
+        snprintf(st, sizeof st, "%s/model.safetensors", o->checkpoint);
+        snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", o->checkpoint);
+        if (!ftb_is_file(st) && !ftb_is_file(idx))
+            return ftb_errf(err, errlen,
+                            "checkpoint %s: no model.safetensors or model.safetensors.index.json",
+                            o->checkpoint);
+        const char *base = strrchr(o->checkpoint, '/');
+        base = base && base[1] ? base + 1 : o->checkpoint;
+        snprintf(name, name_n, "%s", cfg->name[0] ? cfg->name : base);
+    } else {
+        const char *m = o->model ? o->model : fallback;
+        if (!m)
+            return ftb_errf(err, errlen, "no model: give --model NAME or --checkpoint DIR");
+        if (ftb_zoo_get(m, cfg) != 0) {
+            char avail[1024] = "";
+            for (int i = 0; i < ftb_zoo_count(); i++) {
+                size_t used = strlen(avail);
+                snprintf(avail + used, sizeof avail - used, "%s%s", i ? ", " : "", ftb_zoo_at(i)->name);
+            }
+            return ftb_errf(err, errlen, "unknown model '%s' (zoo: %s; or give --checkpoint DIR)", m,
+                            avail);
+        }
+        snprintf(name, name_n, "%s", m);
+    }
+    if (ftb_config_validate(cfg, e, sizeof e) != 0)
+        return ftb_errf(err, errlen, "model %s: invalid config: %s", name, e);
+    return 0;
+}
+
+int ftb_cli_device(const ftb_cli *o, ftb_profile *p, char *err, size_t errlen)
+{
+    if (o->profiles_dir && !ftb_is_dir(o->profiles_dir))
+        return ftb_errf(err, errlen, "--profiles-dir %s: not a directory", o->profiles_dir);
+    return ftb_profile_find(o->profiles_dir, o->device, p, err, errlen);
+}
+
+int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **keys, const char **values,
+                           int max)
+{
+    int n = 0;
+    size_t ll = strlen(label);
+    for (int i = 0; i < o->n_opts && n < max; i++) {
+        const char *k = o->opt_keys[i];
+        const char *dot = strchr(k, '.');
+        if (dot) {
+            if ((size_t)(dot - k) != ll || strncmp(k, label, ll) != 0)
+                continue;
+            k = dot + 1;
+        }
+        /* A later --opt of the same key wins. */
+        int j;
+        for (j = 0; j < n; j++)
+            if (strcmp(keys[j], k) == 0)
+                break;
+        keys[j] = k;
+        values[j] = o->opt_values[i];
+        if (j == n)
+            n++;
+    }
+    return n;
+}
+
+int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe_json,
+                          int strict_unscoped, char *err, size_t errlen)
+{
+    json_t *j = json_loads(probe_json, 0, NULL);
+    json_t *opts = j ? json_object_get(j, "options") : NULL;
+    size_t ll = strlen(label);
+    int rc = 0;
+    for (int i = 0; i < o->n_opts && rc == 0; i++) {
+        const char *k = o->opt_keys[i];
+        const char *dot = strchr(k, '.');
+        if (dot) {
+            if ((size_t)(dot - k) != ll || strncmp(k, label, ll) != 0)
+                continue;
+            k = dot + 1;
+        } else if (!strict_unscoped) {
+            continue;
+        }
+        int found = 0;
+        char names[400] = "";
+        size_t idx;
+        json_t *d;
+        json_array_foreach(opts, idx, d) {
+            const char *n = json_string_value(json_object_get(d, "name"));
+            if (n && strcmp(n, k) == 0)
+                found = 1;
+            size_t used = strlen(names);
+            snprintf(names + used, sizeof names - used, "%s%s", idx ? ", " : "", n ? n : "?");
+        }
+        if (!found)
+            rc = ftb_errf(err, errlen, "method %s has no option '%s' (%s%s)", label, k,
+                          names[0] ? "options: " : "it takes no options", names);
+    }
+    json_decref(j);
+    return rc;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int ftb_parse_int_list(const char *s, int lo, int hi, int **out, int *n, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    int *v = NULL, cap = 0, cnt = 0;
+    char *copy = strdup(s), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        t = ftb_trim(t);
+        char *dots = strstr(t, "..");
+        long a, b;
+        if (dots) {
+            *dots = 0;
+            if (ftb_parse_long(t, lo, hi, &a) || ftb_parse_long(dots + 2, lo, hi, &b) || b < a) {
+                free(copy);
+                free(v);
+                return ftb_errf(err, errlen, "'%s': a range is A..B with %d <= A <= B <= %d", s, lo, hi);
+            }
+        } else {
+            if (ftb_parse_long(t, lo, hi, &a)) {
+                free(copy);
+                free(v);
+                return ftb_errf(err, errlen, "'%s': '%s' is not an integer in %d..%d", s, t, lo, hi);
+            }
+            b = a;
+        }
+        for (long x = a; x <= b; x *= 2) {
+            if (cnt == cap) {
+                cap = cap ? cap * 2 : 16;
+                v = realloc(v, (size_t)cap * sizeof *v);
+            }
+            v[cnt++] = (int)x;
+            if (x == 0)
+                break;
+        }
+    }
+    free(copy);
+    if (!cnt) {
+        free(v);
+        return ftb_errf(err, errlen, "'%s': empty list", s);
+    }
+    qsort(v, (size_t)cnt, sizeof *v, cmp_int);
+    int m = 0;
+    for (int i = 0; i < cnt; i++)
+        if (!m || v[m - 1] != v[i])
+            v[m++] = v[i];
+    *out = v;
+    *n = m;
+    return 0;
+}

@@ -1,0 +1,365 @@
+/*
+ * commands.c — `run` and `list`, and the setup that run, sweep and fit
+ * share.  Everything the user names is resolved and checked here, in the
+ * parent, so bad input is one clear line and exit code 2 before any child
+ * is forked.
+ */
+#include "commands.h"
+#include "cgroup.h"
+#include "dataset.h"
+#include "plugin.h"
+#include "util.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int ftb_usage_error(const char *cmd, const char *msg)
+{
+    fprintf(stderr, "ftbench %s: %s\n", cmd, msg);
+    return FTB_EXIT_USAGE;
+}
+
+int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
+{
+    ftb_cli *o = &s->cli;
+    if (ftb_cli_device(o, &s->device, err, errlen) != 0)
+        return -1;
+    /* A profile with detected figures describes this machine; any other
+     * is emulated here. */
+    s->emulated = !s->device.detected;
+    if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err,
+                      errlen) != 0)
+        return -1;
+    if (o->methods_dir) {
+        if (!ftb_is_dir(o->methods_dir))
+            return ftb_errf(err, errlen, "--methods-dir %s: not a directory", o->methods_dir);
+        s->methods_dir = o->methods_dir;
+    } else {
+        s->methods_dir = ftb_methods_default_dir();
+    }
+    s->budget = o->budget_bytes ? o->budget_bytes : ftb_profile_budget_bytes(&s->device);
+    int host = ftb_host_cores();
+    s->threads = o->threads ? o->threads
+               : s->emulated ? (s->device.cores < host ? s->device.cores : host) : host;
+
+    char why[FTB_ERR_LEN];
+    s->enforce_note[0] = 0;
+    if (!strcmp(o->enforce, "cgroup")) {
+        if (!ftb_cgroup_usable(why, sizeof why))
+            return ftb_errf(err, errlen, "--enforce cgroup: %s", why);
+        s->enforce = FTB_ENFORCE_CGROUP;
+    } else if (!strcmp(o->enforce, "watch")) {
+        s->enforce = FTB_ENFORCE_WATCH;
+    } else if (!strcmp(o->enforce, "check")) {
+        s->enforce = FTB_ENFORCE_CHECK;
+    } else if (ftb_cgroup_usable(why, sizeof why)) {
+        s->enforce = FTB_ENFORCE_CGROUP;
+    } else {
+        s->enforce = fit_mode ? FTB_ENFORCE_WATCH : FTB_ENFORCE_CHECK;
+        snprintf(s->enforce_note, sizeof s->enforce_note, "no cgroup: %.180s", why);
+    }
+    return 0;
+}
+
+void ftb_setup_cell(const ftb_setup *s, ftb_cell *c)
+{
+    const ftb_cli *o = &s->cli;
+    ftb_cell_init(c);
+    snprintf(c->model_name, sizeof c->model_name, "%s", s->model_name);
+    c->checkpoint = o->checkpoint;
+    c->cfg = s->cfg;
+    c->seq = o->seq;
+    c->batch = o->batch;
+    c->steps = o->steps;
+    c->warmup = o->warmup;
+    c->seed = o->seed;
+    c->lr = (float)o->lr;
+    c->attention = o->attention;
+    c->loss = o->loss;
+    c->dataset = o->dataset;
+    c->device = s->device;
+    c->emulated = s->emulated;
+    c->threads = s->threads;
+    c->budget_bytes = s->budget;
+    c->enforce = s->enforce;
+    snprintf(c->enforce_note, sizeof c->enforce_note, "%s", s->enforce_note);
+    c->timeout_sec = o->timeout;
+    c->timeline = !o->no_timeline;
+}
+
+int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, int strict_options,
+                     char **probe_json, char *err, size_t errlen)
+{
+    if (ftb_plugin_resolve(name_or_path, s->methods_dir, c->method_path, sizeof c->method_path,
+                           c->method_label, sizeof c->method_label, err, errlen) != 0)
+        return -1;
+    char *json = NULL;
+    if (ftb_plugin_probe(c->method_path, &json, err, errlen) != 0)
+        return -1;
+    int rc = ftb_cli_check_options(&s->cli, c->method_label, json, strict_options, err, errlen);
+    if (rc == 0)
+        c->n_opts = ftb_cli_method_options(&s->cli, c->method_label, c->opt_keys, c->opt_values,
+                                           FTB_MAX_METHOD_OPTS);
+    if (probe_json && rc == 0)
+        *probe_json = json;
+    else
+        free(json);
+    return rc;
+}
+
+void ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t n)
+{
+    snprintf(out, n, "%.2000s/%s/%s", s->cli.out_dir, s->device.name, run_id);
+}
+
+int ftb_setup_check_dataset(const ftb_setup *s, char *err, size_t errlen)
+{
+    ftb_dataset *d = ftb_dataset_open(s->cli.dataset, s->cfg.vocab_size, s->cli.seed, err, errlen);
+    if (!d)
+        return -1;
+    ftb_dataset_close(d);
+    return 0;
+}
+
+/* ---- run ---------------------------------------------------------------- */
+
+static const unsigned RUN_OPTS = CLI_MODEL | CLI_METHOD | CLI_SHAPE | CLI_TRAIN | CLI_DEVICE | CLI_OUT;
+
+static void run_help(FILE *f)
+{
+    fprintf(f, "usage: ftbench run --method NAME [options]\n"
+               "Measures one cell (model, method, seq, batch, device) in a child process and\n"
+               "appends its record to <out>/<device>/<run-id>/results.jsonl.\n"
+               "Exit code: 0 outcome ok, 1 any other outcome, 2 bad input.\n\noptions:\n");
+    ftb_cli_print_options(f, RUN_OPTS);
+}
+
+static void run_progress(void *ud, const char *what, int step, int nsteps)
+{
+    (void)ud;
+    if (!strcmp(what, "step"))
+        fprintf(stderr, "ftbench run: step %d/%d\n", step, nsteps);
+    else if (!strcmp(what, "load") || !strcmp(what, "init"))
+        fprintf(stderr, "ftbench run: %s\n", !strcmp(what, "load") ? "loading the model" : "initialising the method");
+}
+
+static double jpath(json_t *o, const char *a, const char *b, const char *c)
+{
+    json_t *x = json_object_get(o, a);
+    if (b)
+        x = json_object_get(x, b);
+    if (c)
+        x = json_object_get(x, c);
+    return json_is_number(x) ? json_number_value(x) : NAN;
+}
+
+int ftb_cmd_run(int argc, char **argv)
+{
+    char err[FTB_ERR_LEN + 256];
+    ftb_setup s;
+    memset(&s, 0, sizeof s);
+    int pr = ftb_cli_parse("run", RUN_OPTS, argc, argv, &s.cli, err, sizeof err);
+    if (pr == 1) {
+        run_help(stdout);
+        return FTB_EXIT_OK;
+    }
+    if (pr < 0)
+        return ftb_usage_error("run", err);
+    int rc = FTB_EXIT_USAGE;
+    if (!s.cli.method) {
+        ftb_usage_error("run", "--method is required (see ftbench list)");
+        goto out;
+    }
+    if (!s.cli.seq_given)
+        s.cli.seq = 512;
+    if (ftb_setup_common(&s, 0, err, sizeof err) != 0 || ftb_setup_check_dataset(&s, err, sizeof err) != 0) {
+        ftb_usage_error("run", err);
+        goto out;
+    }
+    ftb_cell c;
+    ftb_setup_cell(&s, &c);
+    if (ftb_setup_method(&s, s.cli.method, &c, 1, NULL, err, sizeof err) != 0) {
+        ftb_usage_error("run", err);
+        goto out;
+    }
+    if (c.seq > s.cfg.max_seq)
+        fprintf(stderr, "ftbench run: warning: --seq %d is longer than %s's max_seq %d\n", c.seq,
+                s.model_name, s.cfg.max_seq);
+    ftb_cell_make_key(&c);
+    char run_id[128];
+    if (s.cli.run_id) {
+        snprintf(run_id, sizeof run_id, "%s", s.cli.run_id);
+    } else {
+        char ts[32];
+        ftb_utc_timestamp(ts, sizeof ts);
+        /* 2025-01-31T12:34:56Z → run-20250131T123456Z-<pid> */
+        char compact[32];
+        size_t k = 0;
+        for (const char *p = ts; *p && k < sizeof compact - 1; p++)
+            if (*p != '-' && *p != ':')
+                compact[k++] = *p;
+        compact[k] = 0;
+        snprintf(run_id, sizeof run_id, "run-%s-%d", compact, (int)getpid());
+    }
+    snprintf(c.run_id, sizeof c.run_id, "%s", run_id);
+    ftb_setup_run_dir(&s, run_id, c.run_dir, sizeof c.run_dir);
+
+    char results[PATH_MAX];
+    snprintf(results, sizeof results, "%.3900s/results.jsonl", c.run_dir);
+    if (!s.cli.force) {
+        ftb_recorded rec;
+        if (ftb_recorded_load(results, &rec) == 0 && ftb_recorded_find(&rec, c.key)) {
+            printf("%s: already recorded in %s (--force to measure again)\n", c.key, results);
+            ftb_recorded_free(&rec);
+            rc = FTB_EXIT_OK;
+            goto out;
+        }
+        ftb_recorded_free(&rec);
+    }
+    if (!s.cli.quiet) {
+        c.progress = run_progress;
+        fprintf(stderr, "ftbench run: %s on %s%s (budget %.0f MiB, %s, %d threads)\n", c.key, s.device.name,
+                s.emulated ? " (emulated)" : "", (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce),
+                s.threads);
+    }
+    ftb_cell_result r;
+    if (ftb_cell_run(&c, &r, err, sizeof err) != 0) {
+        fprintf(stderr, "ftbench run: %s\n", err);
+        rc = FTB_EXIT_FAIL;
+        goto out;
+    }
+    json_t *rec = r.record;
+    printf("cell        %s\n", c.key);
+    printf("outcome     %s%s%s\n", r.outcome, r.detail[0] ? ": " : "", r.detail);
+    if (r.peak_rss > 0)
+        printf("peak RSS    %.1f MiB (budget %.0f MiB on %s)\n", (double)r.peak_rss / 1048576.0,
+               (double)s.budget / 1048576.0, s.device.name);
+    double cp = jpath(rec, "memory", "core", "peak_total_bytes");
+    if (isfinite(cp))
+        printf("core peak   %.1f MiB\n", cp / 1048576.0);
+    if (r.step_median > 0) {
+        printf("step        %.3f s median, %.1f tokens/s\n", r.step_median,
+               jpath(rec, "timing", "tokens_per_second", NULL));
+    }
+    json_t *losses = json_object_get(rec, "loss_per_step");
+    if (json_array_size(losses)) {
+        printf("loss       ");
+        size_t i;
+        json_t *v;
+        json_array_foreach(losses, i, v) {
+            if (json_is_number(v))
+                printf(" %.4f", json_number_value(v));
+            else
+                printf(" nan");
+        }
+        printf("\n");
+    }
+    double tp = jpath(rec, "trainable_params", NULL, NULL);
+    if (isfinite(tp))
+        printf("trainable   %.0f parameters\n", tp);
+    double proj = jpath(rec, "projection", "projected_step_seconds_roofline", NULL);
+    if (s.emulated && isfinite(proj))
+        printf("projected   %.3f s/step on %s (roofline)\n", proj, s.device.name);
+    printf("record      %s\n", results);
+    rc = strcmp(r.outcome, "ok") == 0 ? FTB_EXIT_OK : FTB_EXIT_FAIL;
+    ftb_cell_result_free(&r);
+out:
+    ftb_cli_free(&s.cli);
+    return rc;
+}
+
+/* ---- list --------------------------------------------------------------- */
+
+int ftb_cmd_list(int argc, char **argv)
+{
+    char err[FTB_ERR_LEN];
+    ftb_cli o;
+    int pr = ftb_cli_parse("list", CLI_DEVICE, argc, argv, &o, err, sizeof err);
+    if (pr == 1) {
+        printf("usage: ftbench list [--methods-dir DIR] [--profiles-dir DIR]\n"
+               "Lists the method plugins found, the device profiles and the models of the zoo.\n");
+        return FTB_EXIT_OK;
+    }
+    if (pr < 0)
+        return ftb_usage_error("list", err);
+    int rc = FTB_EXIT_OK;
+    const char *mdir = o.methods_dir ? o.methods_dir : ftb_methods_default_dir();
+    if (o.methods_dir && !ftb_is_dir(o.methods_dir)) {
+        snprintf(err, sizeof err, "--methods-dir %s: not a directory", o.methods_dir);
+        ftb_cli_free(&o);
+        return ftb_usage_error("list", err);
+    }
+    if (o.profiles_dir && !ftb_is_dir(o.profiles_dir)) {
+        snprintf(err, sizeof err, "--profiles-dir %s: not a directory", o.profiles_dir);
+        ftb_cli_free(&o);
+        return ftb_usage_error("list", err);
+    }
+    printf("methods (%s):\n", mdir ? mdir : "no methods directory found");
+    char **labels = NULL;
+    int n = 0;
+    if (mdir && ftb_plugin_list(mdir, &labels, &n, err, sizeof err) != 0)
+        printf("  (%s)\n", err);
+    for (int i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%.3000s/%s.so", mdir, labels[i]);
+        char *json = NULL;
+        if (ftb_plugin_probe(path, &json, err, sizeof err) != 0) {
+            printf("  %-14s UNUSABLE: %s\n", labels[i], err);
+            continue;
+        }
+        json_t *j = json_loads(json, 0, NULL);
+        printf("  %-14s %s\n", labels[i], json_string_value(json_object_get(j, "summary")));
+        size_t k;
+        json_t *d;
+        json_array_foreach(json_object_get(j, "options"), k, d) {
+            const char *def = json_string_value(json_object_get(d, "default"));
+            char left[96];
+            snprintf(left, sizeof left, "%s=%s", json_string_value(json_object_get(d, "name")),
+                     def ? def : "");
+            printf("  %14s   --opt %-20s %s\n", "", left, json_string_value(json_object_get(d, "help")));
+        }
+        json_decref(j);
+        free(json);
+    }
+    if (mdir && n == 0)
+        printf("  (none: build some with make)\n");
+    ftb_plugin_free_list(labels, n);
+
+    const char *pdir = o.profiles_dir ? o.profiles_dir : ftb_profiles_default_dir();
+    printf("\ndevices (%s):\n", pdir ? pdir : "no profiles directory found");
+    ftb_profile *profs = NULL;
+    int np = 0;
+    if (pdir && ftb_profiles_load_dir(pdir, &profs, &np, err, sizeof err) != 0) {
+        printf("  (%s)\n", err);
+        rc = FTB_EXIT_USAGE;
+        fprintf(stderr, "ftbench list: %s\n", err);
+    }
+    for (int i = 0; i < np; i++) {
+        char al[200] = "";
+        for (int a = 0; a < profs[i].n_aliases; a++) {
+            size_t u = strlen(al);
+            snprintf(al + u, sizeof al - u, "%s%s", a ? "," : " (", profs[i].aliases[a]);
+        }
+        if (profs[i].n_aliases)
+            strncat(al, ")", sizeof al - strlen(al) - 1);
+        char name[128];
+        snprintf(name, sizeof name, "%s%s", profs[i].name, al);
+        printf("  %-36s %2d cores %6.0f MiB RAM, budget %6.0f MiB, model %s%s\n", name, profs[i].cores,
+               profs[i].ram_mb, (double)ftb_profile_budget_bytes(&profs[i]) / 1048576.0,
+               profs[i].default_model, profs[i].detected ? "  [this machine]" : "");
+    }
+    free(profs);
+
+    printf("\nmodels (zoo):\n");
+    for (int i = 0; i < ftb_zoo_count(); i++) {
+        const ftb_config *c = ftb_zoo_at(i);
+        printf("  %-18s %8.1fM params, %2d layers, dim %4d, vocab %6d, max_seq %d\n", c->name,
+               (double)ftb_config_param_count(c) / 1e6, c->n_layers, c->dim, c->vocab_size, c->max_seq);
+    }
+    ftb_cli_free(&o);
+    return rc;
+}

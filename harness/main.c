@@ -1,0 +1,52 @@
+/*
+ * main.c — the ftbench executable: picks the BLAS kernel (which may
+ * re-execute the program), then dispatches a subcommand.  All logic lives
+ * in the other harness files, which the test binary links too.
+ */
+#include "commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    { "run", ftb_cmd_run, "measure one cell: model x method x seq x batch on a device" },
+    { "sweep", ftb_cmd_sweep, "measure every method x sequence length, resumable; prints a summary" },
+    { "fit", ftb_cmd_fit, "find the longest sequence a method fits in a device's memory" },
+    { "list", ftb_cmd_list, "methods found, device profiles, models in the zoo" },
+    { "bench-core", ftb_cmd_bench_core, "one full fine-tuning step vs the sgemm rate on the same shapes" },
+    { NULL, NULL, NULL },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ftbench COMMAND [options]   (ftbench COMMAND --help for its options)\n\n"
+               "What fine-tuning a language model costs in memory and time, method by method,\n"
+               "on small devices (measured here, or emulated from a device profile).\n\ncommands:\n");
+    for (const command *c = commands; c->name; c++)
+        fprintf(f, "  %-11s %s\n", c->name, c->summary);
+}
+
+int main(int argc, char **argv)
+{
+    /* First, before any BLAS work: may re-execute with a better kernel. */
+    ftb_blas_autoselect(argc, argv);
+    if (argc < 2) {
+        usage(stderr);
+        return FTB_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return FTB_EXIT_OK;
+    }
+    for (const command *c = commands; c->name; c++)
+        if (!strcmp(argv[1], c->name))
+            return c->fn(argc - 1, argv + 1);
+    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, list, bench-core)\n", argv[1]);
+    return FTB_EXIT_USAGE;
+}

@@ -1,0 +1,45 @@
+/*
+ * plugin.h — fine-tuning methods as shared objects.  A method is found by
+ * name (<methods-dir>/<name>.so) or by path, and must export
+ * FTB_METHOD_ENTRY returning a ftb_method of this ftbench's ABI version.
+ * The harness names no method: whatever .so files the directory holds are
+ * the methods.
+ */
+#ifndef FTB_HARNESS_PLUGIN_H
+#define FTB_HARNESS_PLUGIN_H
+
+#include "ftbench.h"
+#include <limits.h>
+
+typedef struct {
+    void *handle;
+    const ftb_method *method;
+    char path[PATH_MAX];
+    char label[128];     /* file name without .so: how the user named it */
+} ftb_plugin;
+
+/* The methods directory used when none is given: $FTBENCH_METHODS_DIR,
+ * <exe dir>/methods (the build tree), <exe dir>/../lib/ftbench/methods,
+ * /usr/local/lib/ftbench/methods.  NULL if none exists. */
+const char *ftb_methods_default_dir(void);
+
+/* A name without '/' and without ".so" is looked up as <dir>/<name>.so;
+ * anything else is a path.  0, or -1 with err listing what is available. */
+int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, size_t n,
+                       char *label, size_t label_n, char *err, size_t errlen);
+
+/* dlopen + entry point + ABI check, in this process. */
+int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen);
+void ftb_plugin_close(ftb_plugin *p);
+
+/* Sorted labels of the *.so files in dir.  Free with ftb_plugin_free_list. */
+int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t errlen);
+void ftb_plugin_free_list(char **labels, int n);
+
+/* Loads the plugin in a forked child, so a plugin whose constructor
+ * crashes cannot take the harness down.  Returns 0 and a JSON description
+ * ({"name","summary","abi","options":[{"name","default","help"}]}) in *json
+ * (malloc'd), or -1 with err (load error, or the signal that killed it). */
+int ftb_plugin_probe(const char *path, char **json, char *err, size_t errlen);
+
+#endif

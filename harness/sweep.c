@@ -1,0 +1,480 @@
+/*
+ * sweep.c — `ftbench sweep`: every method × sequence length (× batch) on
+ * one device, each cell in its own child.  The sweep always goes on: every
+ * outcome is a record.  Cells already in results.jsonl are skipped, so a
+ * killed or interrupted sweep resumes where it stopped.
+ */
+#include "sweep.h"
+#include "commands.h"
+#include "plugin.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The default sweep must finish in about 15 minutes on a 2-core machine
+ * with the device's default model (qwen2.5-0.5b for the Raspberry Pi 5):
+ * hence one warm-up and one measured step.  Memory, the point of the
+ * sweep, needs no more than one step; `paper` measures time properly. */
+static const ftb_sweep_def defs[] = {
+    { "default", "128..4096", "1", 1, 1,
+      "every installed method x seq 128..4096 (doubling), batch 1, 1 warm-up + 1 measured step" },
+    { "paper", "64..8192", "1,4", 5, 2,
+      "every installed method x seq 64..8192 x batch 1,4, 2 warm-up + 5 measured steps" },
+};
+
+const ftb_sweep_def *ftb_sweep_defs(int *n)
+{
+    *n = (int)(sizeof defs / sizeof defs[0]);
+    return defs;
+}
+
+const ftb_sweep_def *ftb_sweep_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++)
+        if (!strcmp(defs[i].name, name))
+            return &defs[i];
+    return NULL;
+}
+
+void ftb_sweep_run_id(const char *sweep, const char *canonical, char *out, size_t n)
+{
+    uint64_t h = ftb_fnv1a(canonical, strlen(canonical), FTB_FNV_INIT);
+    snprintf(out, n, "%.60s-%016llx", sweep, (unsigned long long)h);
+}
+
+/* ---- summary ------------------------------------------------------------- */
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+static const char *short_outcome(const char *o)
+{
+    if (!strcmp(o, "crashed")) return "CRASH";
+    if (!strcmp(o, "timeout")) return "TIMEOUT";
+    if (!strcmp(o, "oom")) return "OOM";
+    if (!strcmp(o, "error")) return "ERROR";
+    return o;
+}
+
+void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t budget, const char *device)
+{
+    /* Distinct rows (method label [+ batch]) and columns (seq). */
+    char (*rows)[160] = calloc((size_t)n + 1, sizeof *rows);
+    int *seqs = calloc((size_t)n + 1, sizeof *seqs);
+    int nr = 0, ns = 0, multi_batch = 0;
+    for (int i = 0; i < n; i++)
+        if (json_integer_value(json_object_get(records[i], "batch")) !=
+            json_integer_value(json_object_get(records[0], "batch")))
+            multi_batch = 1;
+    for (int i = 0; i < n; i++) {
+        json_t *r = records[i];
+        const char *label = json_string_value(json_object_get(json_object_get(r, "method"), "label"));
+        const char *cell = json_string_value(json_object_get(r, "cell"));
+        /* The label plus the option hash, so two option sets are two rows. */
+        char row[160];
+        const char *plus = cell ? strchr(cell, '+') : NULL;
+        const char *dot = plus ? strchr(plus, '.') : NULL;
+        if (plus && dot && plus < dot)
+            snprintf(row, sizeof row, "%s%.*s", label ? label : "?", (int)(dot - plus), plus);
+        else
+            snprintf(row, sizeof row, "%s", label ? label : "?");
+        if (multi_batch) {
+            size_t u = strlen(row);
+            snprintf(row + u, sizeof row - u, " b=%lld", (long long)json_integer_value(json_object_get(r, "batch")));
+        }
+        int found = 0;
+        for (int k = 0; k < nr; k++)
+            found |= !strcmp(rows[k], row);
+        if (!found)
+            snprintf(rows[nr++], sizeof rows[0], "%s", row);
+        int s = (int)json_integer_value(json_object_get(r, "seq"));
+        found = 0;
+        for (int k = 0; k < ns; k++)
+            found |= seqs[k] == s;
+        if (!found)
+            seqs[ns++] = s;
+    }
+    qsort(seqs, (size_t)ns, sizeof *seqs, cmp_int);
+
+    for (int table = 0; table < 2; table++) {
+        if (table == 0)
+            fprintf(f, "\npeak RSS (MiB) on %s, budget %.0f MiB   (* over budget; CRASH/TIMEOUT/OOM/ERROR: failed; - not run)\n",
+                    device, (double)budget / 1048576.0);
+        else
+            fprintf(f, "\nmedian step time (s)\n");
+        int w0 = 8;
+        for (int k = 0; k < nr; k++)
+            if ((int)strlen(rows[k]) > w0)
+                w0 = (int)strlen(rows[k]);
+        fprintf(f, "%-*s", w0, "method");
+        for (int j = 0; j < ns; j++)
+            fprintf(f, " %9d", seqs[j]);
+        fprintf(f, "\n");
+        for (int k = 0; k < nr; k++) {
+            fprintf(f, "%-*s", w0, rows[k]);
+            for (int j = 0; j < ns; j++) {
+                /* The last record of the cell wins (a --force re-run). */
+                json_t *hit = NULL;
+                for (int i = 0; i < n; i++) {
+                    json_t *r = records[i];
+                    const char *label = json_string_value(json_object_get(json_object_get(r, "method"), "label"));
+                    const char *cell = json_string_value(json_object_get(r, "cell"));
+                    char row[160];
+                    const char *plus = cell ? strchr(cell, '+') : NULL;
+                    const char *dot = plus ? strchr(plus, '.') : NULL;
+                    if (plus && dot && plus < dot)
+                        snprintf(row, sizeof row, "%s%.*s", label ? label : "?", (int)(dot - plus), plus);
+                    else
+                        snprintf(row, sizeof row, "%s", label ? label : "?");
+                    if (multi_batch) {
+                        size_t u = strlen(row);
+                        snprintf(row + u, sizeof row - u, " b=%lld",
+                                 (long long)json_integer_value(json_object_get(r, "batch")));
+                    }
+                    if (!strcmp(row, rows[k]) && json_integer_value(json_object_get(r, "seq")) == seqs[j])
+                        hit = r;
+                }
+                char cellbuf[32] = "-";
+                if (hit) {
+                    const char *o = json_string_value(json_object_get(hit, "outcome"));
+                    json_t *pk = json_object_get(json_object_get(hit, "memory"), "peak_rss_bytes");
+                    json_t *st = json_object_get(json_object_get(json_object_get(hit, "timing"), "step_seconds"), "median");
+                    if (!o)
+                        o = "?";
+                    if (table == 0) {
+                        if (!strcmp(o, "ok") && json_is_integer(pk))
+                            snprintf(cellbuf, sizeof cellbuf, "%.0f", (double)json_integer_value(pk) / 1048576.0);
+                        else if (!strcmp(o, "over_budget") && json_is_integer(pk))
+                            snprintf(cellbuf, sizeof cellbuf, "%.0f*", (double)json_integer_value(pk) / 1048576.0);
+                        else if (!strcmp(o, "over_budget"))
+                            snprintf(cellbuf, sizeof cellbuf, ">budget*");
+                        else
+                            snprintf(cellbuf, sizeof cellbuf, "%s", short_outcome(o));
+                    } else {
+                        if (json_is_number(st) && (!strcmp(o, "ok") || !strcmp(o, "over_budget")))
+                            snprintf(cellbuf, sizeof cellbuf, "%.3f", json_number_value(st));
+                        else if (strcmp(o, "ok") && strcmp(o, "over_budget"))
+                            snprintf(cellbuf, sizeof cellbuf, "%s", short_outcome(o));
+                    }
+                }
+                fprintf(f, " %9s", cellbuf);
+            }
+            fprintf(f, "\n");
+        }
+    }
+    free(rows);
+    free(seqs);
+}
+
+/* ---- the command ---------------------------------------------------------- */
+
+static const unsigned SWEEP_OPTS = CLI_MODEL | CLI_METHODS | CLI_LISTS | CLI_TRAIN | CLI_DEVICE | CLI_OUT;
+
+static void sweep_help(FILE *f)
+{
+    fprintf(f, "usage: ftbench sweep [--sweep NAME] [--device NAME] [options]\n"
+               "Runs every cell of a sweep, each in its own child process, appending one record\n"
+               "per cell to <out>/<device>/<run-id>/results.jsonl, then prints a summary table.\n"
+               "Cells already recorded there are skipped: re-running the same command resumes.\n"
+               "The model defaults to the device's default_model.  Exit code 0 when the sweep\n"
+               "completed (whatever the cells' outcomes), 2 on bad input.\n\nsweeps:\n");
+    int n;
+    const ftb_sweep_def *d = ftb_sweep_defs(&n);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "  %-9s %s\n", d[i].name, d[i].about);
+    fprintf(f, "\noptions:\n");
+    ftb_cli_print_options(f, SWEEP_OPTS);
+}
+
+typedef struct {
+    int index, total;      /* 1-based cell index, cells in the sweep        */
+    const ftb_cell *cell;
+    double sweep_start, cell_start;
+    double done_cost, done_seconds, todo_cost; /* for the ETA            */
+    int tty;
+} progress_state;
+
+/* Relative cost of a cell, for the ETA: tokens × steps, with a quadratic
+ * attention term, plus a constant for loading the model. */
+static double cell_cost(const ftb_cell *c)
+{
+    double T = c->seq;
+    return (c->steps + c->warmup) * c->batch * T * (1.0 + T / 4096.0) + 2048.0;
+}
+
+static void progress_cb(void *ud, const char *what, int step, int nsteps)
+{
+    progress_state *p = ud;
+    double now = ftb_now();
+    char el[32], eta[32];
+    ftb_format_duration(now - p->sweep_start, el, sizeof el);
+    if (p->done_cost > 0) {
+        double rate = p->done_seconds / p->done_cost;
+        double left = p->todo_cost * rate - (now - p->cell_start);
+        ftb_format_duration(left > 0 ? left : 0, eta, sizeof eta);
+    } else {
+        snprintf(eta, sizeof eta, "?");
+    }
+    char stage[48];
+    if (!strcmp(what, "step"))
+        snprintf(stage, sizeof stage, "step %d/%d", step, nsteps);
+    else
+        snprintf(stage, sizeof stage, "%s", !strcmp(what, "load") ? "loading" : !strcmp(what, "init") ? "init" : what);
+    fprintf(stderr, "%s[cell %d/%d] %s seq=%d batch=%d: %-10s | elapsed %s | ETA %s%s", p->tty ? "\r\033[K" : "",
+            p->index, p->total, p->cell->method_label, p->cell->seq, p->cell->batch, stage, el, eta,
+            p->tty ? "" : "\n");
+    fflush(stderr);
+}
+
+int ftb_cmd_sweep(int argc, char **argv)
+{
+    char err[FTB_ERR_LEN + 256];
+    ftb_setup s;
+    memset(&s, 0, sizeof s);
+    int pr = ftb_cli_parse("sweep", SWEEP_OPTS, argc, argv, &s.cli, err, sizeof err);
+    if (pr == 1) {
+        sweep_help(stdout);
+        return FTB_EXIT_OK;
+    }
+    if (pr < 0)
+        return ftb_usage_error("sweep", err);
+    int rc = FTB_EXIT_USAGE;
+    int *seqs = NULL, *batches = NULL, nseq = 0, nbat = 0;
+    char **labels = NULL;
+    int nlabels = 0;
+    ftb_cell *cells = NULL;
+    ftb_recorded done;
+    memset(&done, 0, sizeof done);
+    json_t **recs = NULL;
+
+    const char *sweep_name = s.cli.sweep ? s.cli.sweep : "default";
+    const ftb_sweep_def *def = ftb_sweep_find(sweep_name);
+    if (!def) {
+        snprintf(err, sizeof err, "unknown sweep '%s' (sweeps: default, paper)", sweep_name);
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+    if (!s.cli.steps_given)
+        s.cli.steps = def->steps;
+    if (!s.cli.warmup_given)
+        s.cli.warmup = def->warmup;
+    if (ftb_parse_int_list(s.cli.seqs ? s.cli.seqs : def->seqs, 1, 1 << 22, &seqs, &nseq, err, sizeof err) != 0 ||
+        ftb_parse_int_list(s.cli.batches ? s.cli.batches : def->batches, 1, 1 << 16, &batches, &nbat, err,
+                           sizeof err) != 0) {
+        char msg[FTB_ERR_LEN + 300];
+        snprintf(msg, sizeof msg, "%s: %s", s.cli.seqs && !seqs ? "--seqs" : "--batches", err);
+        if (!seqs)
+            snprintf(msg, sizeof msg, "--seqs %s", err);
+        ftb_usage_error("sweep", msg);
+        goto out;
+    }
+    if (ftb_setup_common(&s, 0, err, sizeof err) != 0 || ftb_setup_check_dataset(&s, err, sizeof err) != 0) {
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+    /* Methods: the list given, or every plugin in the directory. */
+    if (s.cli.methods) {
+        char *copy = strdup(s.cli.methods), *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            labels = realloc(labels, (size_t)(nlabels + 1) * sizeof *labels);
+            labels[nlabels++] = strdup(ftb_trim(t));
+        }
+        free(copy);
+    } else if (!s.methods_dir) {
+        ftb_usage_error("sweep", "no methods directory found (give --methods-dir or --methods)");
+        goto out;
+    } else if (ftb_plugin_list(s.methods_dir, &labels, &nlabels, err, sizeof err) != 0) {
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+    if (nlabels == 0) {
+        snprintf(err, sizeof err, "no methods to sweep in %s", s.methods_dir ? s.methods_dir : "?");
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+
+    /* The method template of each label: path and options.  A plugin that
+     * cannot load is not bad input: its cells run and record the error. */
+    ftb_cell *tmpl = calloc((size_t)nlabels, sizeof *tmpl);
+    for (int i = 0; i < nlabels; i++) {
+        ftb_setup_cell(&s, &tmpl[i]);
+        if (ftb_plugin_resolve(labels[i], s.methods_dir, tmpl[i].method_path, sizeof tmpl[i].method_path,
+                               tmpl[i].method_label, sizeof tmpl[i].method_label, err, sizeof err) != 0) {
+            ftb_usage_error("sweep", err);
+            free(tmpl);
+            goto out;
+        }
+        char *json = NULL;
+        if (ftb_plugin_probe(tmpl[i].method_path, &json, err, sizeof err) == 0) {
+            if (ftb_cli_check_options(&s.cli, tmpl[i].method_label, json, 0, err, sizeof err) != 0) {
+                ftb_usage_error("sweep", err);
+                free(json);
+                free(tmpl);
+                goto out;
+            }
+            free(json);
+        }
+        tmpl[i].n_opts = ftb_cli_method_options(&s.cli, tmpl[i].method_label, tmpl[i].opt_keys,
+                                                tmpl[i].opt_values, FTB_MAX_METHOD_OPTS);
+    }
+    /* Unscoped --opt keys must belong to at least one method. */
+    for (int k = 0; k < s.cli.n_opts; k++) {
+        if (strchr(s.cli.opt_keys[k], '.'))
+            continue;
+        int used = 0;
+        for (int i = 0; i < nlabels && !used; i++) {
+            char *json = NULL;
+            char e2[FTB_ERR_LEN];
+            if (ftb_plugin_probe(tmpl[i].method_path, &json, e2, sizeof e2) == 0) {
+                ftb_cli ol = s.cli;
+                ol.n_opts = 1;
+                ol.opt_keys[0] = s.cli.opt_keys[k];
+                ol.opt_values[0] = s.cli.opt_values[k];
+                used = ftb_cli_check_options(&ol, tmpl[i].method_label, json, 1, e2, sizeof e2) == 0;
+                free(json);
+            }
+        }
+        if (!used) {
+            snprintf(err, sizeof err, "--opt %s: no method in this sweep has that option", s.cli.opt_keys[k]);
+            ftb_usage_error("sweep", err);
+            free(tmpl);
+            goto out;
+        }
+    }
+
+    /* Cells: short sequences first (early results, early ETA). */
+    int ncells = nseq * nbat * nlabels;
+    cells = calloc((size_t)ncells, sizeof *cells);
+    int ci = 0;
+    for (int a = 0; a < nseq; a++)
+        for (int b = 0; b < nbat; b++)
+            for (int i = 0; i < nlabels; i++) {
+                ftb_cell *c = &cells[ci++];
+                *c = tmpl[i];
+                c->seq = seqs[a];
+                c->batch = batches[b];
+                ftb_cell_make_key(c);
+            }
+    free(tmpl);
+
+    /* Run id from the definition: everything that changes the numbers. */
+    char canon[8192];
+    int off = snprintf(canon, sizeof canon, "model=%s|ckpt=%s|steps=%d|warmup=%d|dataset=%s|seed=%llu|lr=%g|attn=%d|loss=%d|budget=%lld|threads=%d|enforce=%d",
+                       s.model_name, s.cli.checkpoint ? s.cli.checkpoint : "", s.cli.steps, s.cli.warmup,
+                       s.cli.dataset, (unsigned long long)s.cli.seed, s.cli.lr, s.cli.attention, s.cli.loss,
+                       (long long)s.budget, s.threads, (int)s.enforce);
+    for (int i = 0; i < ncells && off < (int)sizeof canon; i++)
+        off += snprintf(canon + off, sizeof canon - (size_t)off, "|%s", cells[i].key);
+    char run_id[128], run_dir[PATH_MAX], results[PATH_MAX];
+    if (s.cli.run_id)
+        snprintf(run_id, sizeof run_id, "%s", s.cli.run_id);
+    else
+        ftb_sweep_run_id(sweep_name, canon, run_id, sizeof run_id);
+    ftb_setup_run_dir(&s, run_id, run_dir, sizeof run_dir);
+    snprintf(results, sizeof results, "%.3900s/results.jsonl", run_dir);
+    if (ftb_mkdirs(run_dir, err, sizeof err) != 0) {
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+    ftb_recorded_load(results, &done);
+
+    json_t *extra = json_object();
+    json_object_set_new(extra, "sweep", json_string(sweep_name));
+    int todo = 0;
+    double todo_cost = 0;
+    for (int i = 0; i < ncells; i++) {
+        snprintf(cells[i].run_id, sizeof cells[i].run_id, "%s", run_id);
+        snprintf(cells[i].run_dir, sizeof cells[i].run_dir, "%s", run_dir);
+        cells[i].extra = extra;
+        if (s.cli.force || !ftb_recorded_find(&done, cells[i].key)) {
+            todo++;
+            todo_cost += cell_cost(&cells[i]);
+        }
+    }
+    fprintf(stderr, "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
+                    "budget %.0f MiB (%s), %d threads\n"
+                    "  results: %s%s\n",
+            sweep_name, ncells, nlabels, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
+            (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, results,
+            todo < ncells ? " (resuming)" : "");
+    if (todo < ncells)
+        fprintf(stderr, "  %d of %d cells already recorded; running the other %d\n", ncells - todo, ncells, todo);
+
+    progress_state ps;
+    memset(&ps, 0, sizeof ps);
+    ps.total = ncells;
+    ps.sweep_start = ftb_now();
+    ps.todo_cost = todo_cost;
+    ps.tty = isatty(2) && !s.cli.quiet;
+    for (int i = 0; i < ncells; i++) {
+        ftb_cell *c = &cells[i];
+        if (!s.cli.force && ftb_recorded_find(&done, c->key))
+            continue;
+        ps.index = i + 1;
+        ps.cell = c;
+        ps.cell_start = ftb_now();
+        if (!s.cli.quiet) {
+            c->progress = progress_cb;
+            c->progress_ud = &ps;
+            progress_cb(&ps, "start", 0, 0);
+        }
+        ftb_cell_result r;
+        if (ftb_cell_run(c, &r, err, sizeof err) != 0) {
+            /* Not even a record could be written (disk full, permissions):
+             * going on would only repeat it. */
+            fprintf(stderr, "%sftbench sweep: %s\n", ps.tty ? "\r\033[K" : "", err);
+            json_decref(extra);
+            rc = FTB_EXIT_FAIL;
+            goto out;
+        }
+        double cost = cell_cost(c);
+        ps.done_cost += cost;
+        ps.done_seconds += r.wall;
+        ps.todo_cost -= cost;
+        if (!s.cli.quiet) {
+            char w[32];
+            ftb_format_duration(r.wall, w, sizeof w);
+            fprintf(stderr, "%s[cell %d/%d] %s: %s%s%s", ps.tty ? "\r\033[K" : "", i + 1, ncells, c->key, r.outcome,
+                    r.detail[0] ? " - " : "", r.detail);
+            if (r.peak_rss > 0)
+                fprintf(stderr, ", peak %.0f MiB", (double)r.peak_rss / 1048576.0);
+            fprintf(stderr, " (%s)\n", w);
+        }
+        ftb_cell_result_free(&r);
+    }
+    json_decref(extra);
+
+    /* Summary over every recorded cell of this sweep (resumed ones too). */
+    ftb_recorded_free(&done);
+    ftb_recorded_load(results, &done);
+    recs = calloc((size_t)ncells + 1, sizeof *recs);
+    int nrec = 0;
+    for (int i = 0; i < ncells; i++) {
+        json_t *r = ftb_recorded_find(&done, cells[i].key);
+        if (r)
+            recs[nrec++] = r;
+    }
+    printf("sweep %s: %s, %s on %s%s\n", sweep_name, run_id, s.model_name, s.device.name,
+           s.emulated ? " (emulated)" : "");
+    ftb_sweep_print_summary(stdout, recs, nrec, s.budget, s.device.name);
+    printf("\nrecords: %s\n", results);
+    rc = FTB_EXIT_OK;
+out:
+    free(recs);
+    ftb_recorded_free(&done);
+    free(cells);
+    for (int i = 0; i < nlabels; i++)
+        free(labels[i]);
+    free(labels);
+    free(seqs);
+    free(batches);
+    ftb_cli_free(&s.cli);
+    return rc;
+}

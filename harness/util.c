@@ -1,0 +1,364 @@
+/* util.c — see util.h. */
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int ftb_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int ftb_parse_long(const char *s, long lo, long hi, long *out)
+{
+    if (!s || !*s || isspace((unsigned char)*s))
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int ftb_parse_double(const char *s, double *out)
+{
+    if (!s || !*s || isspace((unsigned char)*s))
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int ftb_parse_size(const char *s, int64_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !isfinite(v) || v < 0)
+        return -1;
+    double mul = 1;
+    switch (*end) {
+    case 0: break;
+    case 'k': case 'K': mul = 1024.0; end++; break;
+    case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    default: return -1;
+    }
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end)
+        return -1;
+    *out = (int64_t)(v * mul);
+    return 0;
+}
+
+char *ftb_trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = 0;
+    return s;
+}
+
+const char *ftb_exe_dir(void)
+{
+    static char dir[PATH_MAX];
+    static int done;
+    if (!done) {
+        ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
+        if (n > 0) {
+            dir[n] = 0;
+            char *slash = strrchr(dir, '/');
+            if (slash)
+                *slash = 0;
+        } else {
+            dir[0] = 0;
+        }
+        done = 1;
+    }
+    return dir;
+}
+
+int ftb_is_dir(const char *path)
+{
+    struct stat st;
+    return path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int ftb_is_file(const char *path)
+{
+    struct stat st;
+    return path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int ftb_mkdirs(const char *path, char *err, size_t errlen)
+{
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return ftb_errf(err, errlen, "path too long: %s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return ftb_errf(err, errlen, "cannot create directory %s: %s", buf, strerror(errno));
+            *p = c;
+            if (!c)
+                break;
+        }
+    }
+    if (!ftb_is_dir(path))
+        return ftb_errf(err, errlen, "%s exists and is not a directory", path);
+    return 0;
+}
+
+char *ftb_read_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        ftb_errf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                ftb_errf(err, errlen, "cannot read %s: out of memory", path);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    if (ferror(f)) {
+        free(buf);
+        fclose(f);
+        ftb_errf(err, errlen, "cannot read %s: %s", path, strerror(errno ? errno : EIO));
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = 0;
+    if (len)
+        *len = n;
+    return buf;
+}
+
+uint64_t ftb_fnv1a(const void *data, size_t n, uint64_t h)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+int ftb_append_line(const char *path, const char *line, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return ftb_errf(err, errlen, "cannot open %s for appending: %s", path, strerror(errno));
+    /* Repair a torn tail: the previous writer died mid-line. */
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end > 0) {
+        char last = '\n';
+        if (pread(fd, &last, 1, end - 1) == 1 && last != '\n') {
+            if (write(fd, "\n", 1) != 1) {
+                close(fd);
+                return ftb_errf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+            }
+        }
+    }
+    size_t n = strlen(line);
+    char *buf = malloc(n + 2);
+    if (!buf) {
+        close(fd);
+        return ftb_errf(err, errlen, "out of memory");
+    }
+    memcpy(buf, line, n);
+    buf[n++] = '\n';
+    /* One write() for the whole record: O_APPEND makes it land at the end
+     * in one piece, so readers see either nothing or the whole line. */
+    ssize_t w = write(fd, buf, n);
+    int saved = errno;
+    free(buf);
+    if (w != (ssize_t)n) {
+        /* A short write (disk full) leaves a torn line; the next append
+         * repairs the tail, and readers skip lines that do not parse. */
+        close(fd);
+        return ftb_errf(err, errlen, "cannot write %s: %s", path,
+                        w < 0 ? strerror(saved) : "short write");
+    }
+    if (fsync(fd) != 0 && errno != EINVAL) {
+        saved = errno;
+        close(fd);
+        return ftb_errf(err, errlen, "cannot fsync %s: %s", path, strerror(saved));
+    }
+    close(fd);
+    return 0;
+}
+
+void ftb_utc_timestamp(char *buf, size_t n)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+const char *ftb_git_revision(void)
+{
+    static char rev[64];
+    if (rev[0])
+        return rev;
+    snprintf(rev, sizeof rev, "unknown");
+    /* The revision of the tree the executable sits in (build/ is inside the
+     * repository); run from anywhere. */
+    const char *dir = ftb_exe_dir();
+    char cmd[PATH_MAX + 128];
+    snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse --short HEAD 2>/dev/null",
+             dir[0] ? dir : ".");
+    if (strchr(dir, '\''))
+        return rev;
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return rev;
+    char line[64];
+    if (fgets(line, sizeof line, p)) {
+        char *t = ftb_trim(line);
+        if (*t)
+            snprintf(rev, sizeof rev, "%s", t);
+    }
+    pclose(p);
+    return rev;
+}
+
+const char *ftb_hostname(void)
+{
+    static char name[256];
+    if (!name[0] && gethostname(name, sizeof name - 1) != 0)
+        snprintf(name, sizeof name, "unknown");
+    return name;
+}
+
+const char *ftb_signal_name(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGKILL: return "SIGKILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGTRAP: return "SIGTRAP";
+    case SIGSYS: return "SIGSYS";
+    case SIGXCPU: return "SIGXCPU";
+    case SIGXFSZ: return "SIGXFSZ";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGALRM: return "SIGALRM";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return "SIG?";
+    }
+}
+
+void ftb_format_duration(double sec, char *buf, size_t n)
+{
+    if (!(sec >= 0) || sec > 1e7) {
+        snprintf(buf, n, "?");
+    } else if (sec < 60) {
+        snprintf(buf, n, "%.1fs", sec);
+    } else if (sec < 3600) {
+        int s = (int)(sec + 0.5);
+        snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
+    } else {
+        int m = (int)(sec / 60 + 0.5);
+        snprintf(buf, n, "%dh%02dm", m / 60, m % 60);
+    }
+}
+
+/* Reads "Key:   123 kB" from a /proc status-style file. */
+static int64_t proc_kb_field(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char line[256];
+    size_t kl = strlen(key);
+    int64_t v = -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+            long long kb;
+            if (sscanf(line + kl + 1, "%lld", &kb) == 1)
+                v = (int64_t)kb * 1024;
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+int64_t ftb_self_vmhwm(void) { return proc_kb_field("/proc/self/status", "VmHWM"); }
+int64_t ftb_self_vmrss(void) { return proc_kb_field("/proc/self/status", "VmRSS"); }
+
+int64_t ftb_pid_rss(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/statm", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    long long size, res;
+    if (sscanf(buf, "%lld %lld", &size, &res) != 2)
+        return -1;
+    return (int64_t)res * sysconf(_SC_PAGESIZE);
+}
+
+int64_t ftb_meminfo(const char *key)
+{
+    return proc_kb_field("/proc/meminfo", key);
+}
