@@ -1,0 +1,206 @@
+/* test_methods.c — the shipped method plugins, loaded as a user's run loads
+ * them (dlopen from the methods directory), checked for what each claims:
+ * LoRA's gradients are exactly those of the merged weight, lastk trains only
+ * its blocks and keeps less, full fine-tuning learns. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ftbench.h"
+#include "plugin.h"
+
+static void open_method(const char *name, ftb_plugin *p) {
+    const char *dir = getenv("FTBENCH_METHODS");
+    if (!dir) dir = "build/methods";
+    char path[4096], err[FTB_ERR_LEN];
+    snprintf(path, sizeof path, "%s/%s.so", dir, name);
+    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
+}
+
+static ftb_model *tiny_model(uint64_t seed) {
+    ftb_config cfg;
+    ftb_zoo_get("tiny", &cfg);
+    char err[FTB_ERR_LEN];
+    ftb_model *m = ftb_model_create(&cfg, seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    /* weights std 0.2 so that gradients are well above rounding */
+    for (int i = 0; i < m->n_params; i++)
+        if (!strstr(m->params[i]->name, "norm"))
+            for (int64_t j = 0; j < m->params[i]->numel; j++) m->params[i]->data[j] *= 10.0f;
+    return m;
+}
+
+static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V) {
+    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
+    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
+    return (ftb_batch){B, T, tokens, targets};
+}
+
+static ftb_session session_for(ftb_model *m, const ftb_options *o) {
+    ftb_session s;
+    memset(&s, 0, sizeof s);
+    s.model = m;
+    ftb_run_opts_default(&s.run);
+    s.options = o;
+    s.seed = 5;
+    s.lr = 1e-3f;
+    s.total_steps = 10;
+    return s;
+}
+
+/* LoRA on W is full fine-tuning of W' = W + s·B·A seen through the chain
+ * rule: with G = dL/dW', dB = s·G·Aᵀ and dA = s·Bᵀ·G.  G comes from the
+ * core's own full backward (oracle-checked), so this checks LoRA's hand-
+ * written backward independently of its forward. */
+Test(methods, lora_gradients_equal_the_merged_weight_chain_rule) {
+    ftb_plugin p;
+    open_method("lora", &p);
+    ftb_model *m = tiny_model(11), *merged = tiny_model(11);
+    const char *keys[] = {"rank", "alpha", "targets"}, *vals[] = {"3", "6", "q,v,o,down"};
+    ftb_options opts = {3, keys, vals};
+    ftb_session s = session_for(m, &opts);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    cr_assert_eq(n, 2 * 4 * m->cfg.n_layers, "%d LoRA tensors", n);
+    ftb_rng rng;
+    ftb_rng_seed(&rng, 3);
+    for (int i = 0; i < n; i++) /* B is zero at init: give both factors values */
+        for (int64_t j = 0; j < params[i]->numel; j++) params[i]->data[j] = 0.3f * ftb_rng_normal(&rng);
+
+    int32_t tok[2 * 20], tgt[2 * 20];
+    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    for (int i = 0; i < n; i++) memset(params[i]->grad, 0, sizeof(float) * params[i]->numel);
+    float loss = ftb_model_forward_backward(m, &b, &s.run, err, sizeof err);
+    cr_assert(!isnan(loss), "%s", err);
+
+    /* merged model: W' = W + s·B·A, fully trainable */
+    const float scale = 2.0f;
+    const int kinds[] = {FTB_LIN_Q, FTB_LIN_V, FTB_LIN_O, FTB_LIN_DOWN};
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < 4; k++) {
+            ftb_tensor *A = params[2 * (l * 4 + k)], *B = params[2 * (l * 4 + k) + 1];
+            ftb_tensor *W = ftb_layer_weight(&merged->layers[l], kinds[k]);
+            ftb_gemm(0, 0, (int)W->shape[0], (int)W->shape[1], 3, scale, B->data, 3, A->data, (int)W->shape[1], 1.0f,
+                     W->data, (int)W->shape[1]);
+        }
+    ftb_model_set_trainable(merged, 1);
+    cr_assert_eq(ftb_model_alloc_grads(merged, err, sizeof err), 0, "%s", err);
+    float merged_loss = ftb_model_forward_backward(merged, &b, NULL, err, sizeof err);
+    cr_expect(fabsf(loss - merged_loss) < 1e-5f * fabsf(merged_loss), "LoRA loss %f, merged %f", loss, merged_loss);
+
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < 4; k++) {
+            ftb_tensor *A = params[2 * (l * 4 + k)], *B = params[2 * (l * 4 + k) + 1];
+            ftb_tensor *W = ftb_layer_weight(&merged->layers[l], kinds[k]);
+            int out = (int)W->shape[0], in = (int)W->shape[1];
+            float *dA = calloc(A->numel, sizeof(float)), *dB = calloc(B->numel, sizeof(float));
+            ftb_gemm(0, 1, out, 3, in, scale, W->grad, in, A->data, in, 0.0f, dB, 3); /* s·G·Aᵀ */
+            ftb_gemm(1, 0, 3, in, out, scale, B->data, 3, W->grad, in, 0.0f, dA, in); /* s·Bᵀ·G */
+            double errA = 0, refA = 1e-12, errB = 0, refB = 1e-12;
+            for (int64_t j = 0; j < A->numel; j++) {
+                errA = fmax(errA, fabs(A->grad[j] - dA[j]));
+                refA = fmax(refA, fabs(dA[j]));
+            }
+            for (int64_t j = 0; j < B->numel; j++) {
+                errB = fmax(errB, fabs(B->grad[j] - dB[j]));
+                refB = fmax(refB, fabs(dB[j]));
+            }
+            cr_expect(errA / refA < 1e-4, "%s: max rel error %g", A->name, errA / refA);
+            cr_expect(errB / refB < 1e-4, "%s: max rel error %g", B->name, errB / refB);
+            free(dA);
+            free(dB);
+        }
+    for (int i = 0; i < merged->n_params; i++) cr_assert_eq(m->params[i]->grad, NULL, "LoRA trained a base weight");
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_model_free(merged);
+    ftb_plugin_close(&p);
+}
+
+Test(methods, lora_keeps_less_than_full_and_learns) {
+    ftb_plugin lora, full;
+    open_method("lora", &lora);
+    open_method("full", &full);
+    int32_t tok[64], tgt[64];
+    int64_t peak[2];
+    ftb_plugin *methods[2] = {&full, &lora};
+    for (int i = 0; i < 2; i++) {
+        ftb_model *m = tiny_model(12);
+        ftb_batch b = batch_of(tok, tgt, 1, 64, m->cfg.vocab_size);
+        ftb_options none = {0, NULL, NULL};
+        ftb_session s = session_for(m, &none);
+        s.lr = 1e-2f;
+        char err[FTB_ERR_LEN] = "";
+        ftb_mem_reset_peaks();
+        ftb_mem_stats before;
+        ftb_mem_get_stats(&before);
+        void *st = methods[i]->method->init(&s, err, sizeof err);
+        cr_assert_not_null(st, "%s", err);
+        ftb_step_result r = {0}, first = {0};
+        for (int step = 0; step < 15; step++) {
+            cr_assert_eq(methods[i]->method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+            if (step == 0) first = r;
+        }
+        cr_expect_lt(r.loss, first.loss, "%s did not learn: %f -> %f", methods[i]->method->name, first.loss, r.loss);
+        cr_expect_gt(r.t_forward, 0);
+        ftb_mem_stats st_mem;
+        ftb_mem_get_stats(&st_mem);
+        peak[i] = st_mem.peak_total - before.live_total;
+        methods[i]->method->destroy(st);
+        ftb_model_free(m);
+    }
+    cr_expect_lt(peak[1], peak[0], "lora's peak %lld is not below full's %lld", (long long)peak[1], (long long)peak[0]);
+    ftb_plugin_close(&lora);
+    ftb_plugin_close(&full);
+}
+
+Test(methods, lastk_trains_only_its_blocks) {
+    ftb_plugin p;
+    open_method("lastk", &p);
+    ftb_model *m = tiny_model(13);
+    const char *keys[] = {"k"}, *vals[] = {"1"};
+    ftb_options opts = {1, keys, vals};
+    ftb_session s = session_for(m, &opts);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    for (int i = 0; i < m->n_params; i++) {
+        int want = strncmp(m->params[i]->name, "model.layers.1.", 15) == 0 ||
+                   strcmp(m->params[i]->name, "model.norm.weight") == 0;
+        cr_expect_eq(m->params[i]->trainable, want, "%s trainable=%d", m->params[i]->name, m->params[i]->trainable);
+    }
+    p.method->destroy(st);
+    const char *bad[] = {"0"};
+    ftb_options bad_opts = {1, keys, bad};
+    s.options = &bad_opts;
+    err[0] = 0;
+    cr_expect_null(p.method->init(&s, err, sizeof err));
+    cr_expect(strstr(err, "option k") != NULL, "error was: %s", err);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+Test(methods, lora_rejects_bad_options_clearly) {
+    ftb_plugin p;
+    open_method("lora", &p);
+    ftb_model *m = tiny_model(14);
+    struct { const char *key, *value, *expect; } cases[] = {
+        {"rank", "abc", "option rank"}, {"rank", "0", "option rank"}, {"targets", "q,zz", "unknown linear layer 'zz'"},
+        {"alpha", "1e999", "option alpha"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *keys[] = {cases[i].key}, *vals[] = {cases[i].value};
+        ftb_options o = {1, keys, vals};
+        ftb_session s = session_for(m, &o);
+        char err[FTB_ERR_LEN] = "";
+        cr_expect_null(p.method->init(&s, err, sizeof err), "%s=%s accepted", cases[i].key, cases[i].value);
+        cr_expect(strstr(err, cases[i].expect) != NULL, "%s=%s: error was '%s'", cases[i].key, cases[i].value, err);
+    }
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
