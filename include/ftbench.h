@@ -62,6 +62,11 @@ typedef struct {
 } ftb_mem_stats;
 
 void ftb_mem_get_stats(ftb_mem_stats *out);
+/* Bytes of block checkpoints held in memory-mapped files (FTB_KEEP_OFFLOAD):
+ * outside the categories above, since they are not resident. */
+int64_t ftb_offload_live(void);
+int64_t ftb_offload_peak(void);
+void ftb_offload_reset_peak(void);
 void ftb_mem_reset_peaks(void); /* peaks := live */
 
 /* Phase label for the timeline, e.g. "fwd L3", "bwd L7", "optim".
@@ -229,7 +234,8 @@ typedef enum { FTB_LOSS_CHUNKED = 0, FTB_LOSS_FULL } ftb_loss_mode;
 typedef enum {
     FTB_KEEP_ALL = 0,     /* every activation backward needs               */
     FTB_KEEP_INPUT,       /* block input only; block recomputed in backward */
-    FTB_KEEP_OFFLOAD      /* like KEEP_INPUT, inputs in a mapped file       */
+    FTB_KEEP_OFFLOAD      /* like KEEP_INPUT, the input in a mapped file whose
+                             pages leave the resident set until backward  */
 } ftb_keep_policy;
 
 typedef struct {
@@ -237,7 +243,8 @@ typedef struct {
     ftb_loss_mode loss;
     int loss_chunk_rows;          /* rows of logits per chunk; 0 = 128     */
     const ftb_keep_policy *keep;  /* [n_layers] or NULL = all FTB_KEEP_ALL  */
-    const char *offload_dir;      /* for FTB_KEEP_OFFLOAD; NULL = $TMPDIR   */
+    const char *offload_dir;      /* for FTB_KEEP_OFFLOAD; NULL = $TMPDIR,
+                                     else /var/tmp                          */
     float *seq_loss;              /* optional out [B]: mean loss per sequence */
     int first_trainable_layer;    /* backward stops below this layer; 0 = all */
 } ftb_run_opts;
@@ -274,6 +281,8 @@ typedef struct {
     int B, T;           /* rows N = B*T                                     */
     int in, out;
     int training;       /* 0 in inference-mode forward                      */
+    const ftb_batch *batch; /* tokens and targets (padding shows as
+                               FTB_IGNORE_INDEX targets)                    */
 } ftb_linear_ctx;
 
 /* A hook sees the linear's input x [N,in] and its base output y [N,out]

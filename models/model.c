@@ -61,8 +61,10 @@ ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) 
     ftb_model *m = calloc(1, sizeof *m);
     model_storage *st = calloc(1, sizeof *st);
     int L = cfg->n_layers;
-    m->layers = calloc((size_t)L, sizeof *m->layers);
-    m->params = calloc((size_t)(3 + 12 * L), sizeof *m->params);
+    if (m) {
+        m->layers = calloc((size_t)L, sizeof *m->layers);
+        m->params = calloc((size_t)(3 + 12 * L), sizeof *m->params);
+    }
     if (!m || !st || !m->layers || !m->params) {
         snprintf(err, errlen, "out of memory building the model's tensor table");
         if (m) { free(m->layers); free(m->params); }
@@ -106,8 +108,11 @@ ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) 
 void ftb_model_own(ftb_model *m, void *buffer) {
     model_storage *st = m->storage;
     if (st->n_owned == st->cap_owned) {
-        st->cap_owned = st->cap_owned ? 2 * st->cap_owned : 64;
-        st->owned = realloc(st->owned, sizeof(void *) * (size_t)st->cap_owned);
+        int cap = st->cap_owned ? 2 * st->cap_owned : 64;
+        void **grown = realloc(st->owned, sizeof(void *) * (size_t)cap);
+        if (!grown) abort(); /* a few hundred bytes: nothing sensible remains */
+        st->owned = grown;
+        st->cap_owned = cap;
     }
     st->owned[st->n_owned++] = buffer;
 }
@@ -115,8 +120,11 @@ void ftb_model_own(ftb_model *m, void *buffer) {
 void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len) {
     model_storage *st = m->storage;
     if (st->n_maps == st->cap_maps) {
-        st->cap_maps = st->cap_maps ? 2 * st->cap_maps : 8;
-        st->maps = realloc(st->maps, sizeof(*st->maps) * (size_t)st->cap_maps);
+        int cap = st->cap_maps ? 2 * st->cap_maps : 8;
+        void *grown = realloc(st->maps, sizeof(*st->maps) * (size_t)cap);
+        if (!grown) abort();
+        st->maps = grown;
+        st->cap_maps = cap;
     }
     st->maps[st->n_maps].addr = addr;
     st->maps[st->n_maps].len = len;

@@ -15,6 +15,7 @@
  * anything trainable run in inference mode and keep nothing. */
 #include "ftbench.h"
 #include "model_internal.h"
+#include "offload.h"
 #include "ops.h"
 
 #include <math.h>
@@ -63,7 +64,7 @@ static int needs_input(ftb_layer *ly, ftb_linear_kind k) {
 
 static ftb_linear_ctx hook_ctx(const run_ctx *rc, int l, ftb_linear_kind k) {
     ftb_linear_ctx c = {rc->m, l, k, rc->batch->B, rc->batch->T, linear_in(&rc->m->cfg, k),
-                        linear_out(&rc->m->cfg, k), rc->training};
+                        linear_out(&rc->m->cfg, k), rc->training, rc->batch};
     return c;
 }
 
@@ -237,6 +238,20 @@ static void block_backward(const run_ctx *rc, int l, const float *x, block_cache
     memset(c, 0, sizeof *c);
 }
 
+static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
+
+/* Frees what a block kept, when its backward will not run. */
+static void release_cache(const run_ctx *rc, int l, block_cache *c) {
+    float *bufs[] = {c->ln1, c->rstd1, c->q, c->k, c->v, c->att, c->lse, c->probs,
+                     c->x_mid, c->ln2, c->rstd2, c->g, c->u, c->h};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) ftb_free(bufs[i]);
+    for (int k = 0; k < FTB_LIN_COUNT; k++) {
+        ftb_adapter *a = rc->m->layers[l].adapter[k];
+        if (c->hook_saved[k] && a && a->ops->release) a->ops->release(a, c->hook_saved[k]);
+    }
+    memset(c, 0, sizeof *c);
+}
+
 static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t errlen) {
     if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
         snprintf(err, errlen, "batch: B and T must be positive and tokens/targets given");
@@ -311,9 +326,11 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     /* resid[l] is block l's input; resid[L] feeds the final norm.  Kept
      * (saved) from the first trained block up, else two buffers alternate. */
     float **resid = calloc((size_t)L + 1, sizeof *resid);
+    char *offloaded = calloc((size_t)L + 1, 1);
     block_cache *caches = calloc((size_t)L, sizeof *caches);
-    if (!resid || !caches) {
-        free(resid); free(caches); ftb_free(rope);
+    int failed = 0;
+    if (!resid || !caches || !offloaded) {
+        free(resid); free(caches); free(offloaded); ftb_free(rope);
         snprintf(err, errlen, "out of memory");
         return NAN;
     }
@@ -327,10 +344,19 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         ftb_mem_set_phase(phase);
         int trained = training && l >= first;
         int out_kept = training && l + 1 >= first; /* input of a trained block, or of the final norm */
-        if (out_kept || !spare) resid[l + 1] = alloc_f(out_kept ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
-        else { resid[l + 1] = spare; spare = NULL; }
-        ftb_keep_policy keep = opts_in->keep ? opts_in->keep[l] : FTB_KEEP_ALL;
+        if (out_kept && l + 1 < L && policy(opts_in, l + 1) == FTB_KEEP_OFFLOAD) {
+            resid[l + 1] = offload_alloc(opts_in->offload_dir, sizeof(float) * (size_t)ND, err, errlen);
+            if (!resid[l + 1]) { failed = 1; break; }
+            offloaded[l + 1] = 1;
+        } else if (out_kept || !spare) {
+            resid[l + 1] = alloc_f(out_kept ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
+        } else {
+            resid[l + 1] = spare;
+            spare = NULL;
+        }
+        ftb_keep_policy keep = policy(opts_in, l);
         block_forward(&rc, l, resid[l], resid[l + 1], trained && keep == FTB_KEEP_ALL ? &caches[l] : NULL);
+        if (offloaded[l]) offload_evict(resid[l]); /* consumed: out of RAM until backward */
         if (!trained) { /* an inference-mode input is done with: recycle it */
             ftb_free(spare);
             spare = resid[l];
@@ -338,6 +364,16 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         }
     }
     ftb_free(spare);
+    if (failed) { /* only an offload file can fail here; give everything back */
+        for (int l = 0; l <= L; l++) {
+            if (offloaded[l]) offload_free(resid[l]);
+            else ftb_free(resid[l]);
+        }
+        for (int l = 0; l < L; l++) release_cache(&rc, l, &caches[l]);
+        ftb_free(rope);
+        free(resid); free(caches); free(offloaded);
+        return NAN;
+    }
 
     ftb_mem_set_phase("fwd norm");
     float *xf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
@@ -362,8 +398,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         ftb_free(resid[L]);
         for (int l = L - 1; l >= first; l--) {
             char phase[32];
-            ftb_keep_policy keep = opts_in->keep ? opts_in->keep[l] : FTB_KEEP_ALL;
-            if (keep != FTB_KEEP_ALL) { /* recompute the block, this time keeping what backward needs */
+            if (policy(opts_in, l) != FTB_KEEP_ALL) { /* recompute the block, this time keeping what backward needs */
                 snprintf(phase, sizeof phase, "recompute L%d", l);
                 ftb_mem_set_phase(phase);
                 float *out = alloc_f(FTB_MEM_WORKSPACE, ND);
@@ -373,7 +408,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
             snprintf(phase, sizeof phase, "bwd L%d", l);
             ftb_mem_set_phase(phase);
             block_backward(&rc, l, resid[l], &caches[l], dres);
-            ftb_free(resid[l]);
+            if (offloaded[l]) offload_free(resid[l]);
+            else ftb_free(resid[l]);
         }
         if (first == 0 && m->embed.trainable) {
             ftb_mem_set_phase("bwd embed");
@@ -385,6 +421,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     ftb_free(rope);
     free(resid);
     free(caches);
+    free(offloaded);
     last_backward_seconds = training ? ftb_now() - t_backward : 0.0;
     return loss;
 }

@@ -234,6 +234,51 @@ Test(core, recomputation_gives_identical_gradients_with_less_saved) {
     ftb_model_free(m);
 }
 
+Test(core, offloaded_checkpoints_give_identical_gradients_outside_ram) {
+    ftb_model *m = model("tiny", 1);
+    test_batch tb = make_batch(m->cfg.vocab_size, 2, 48, 4);
+    char err[FTB_ERR_LEN];
+    ftb_keep_policy keep_input[2] = {FTB_KEEP_INPUT, FTB_KEEP_INPUT}, offload[2] = {FTB_KEEP_OFFLOAD, FTB_KEEP_OFFLOAD};
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    o.keep = keep_input;
+    ftb_model_zero_grads(m);
+    ftb_mem_reset_peaks();
+    float la = ftb_model_forward_backward(m, &tb.batch, &o, err, sizeof err);
+    ftb_mem_stats sa;
+    ftb_mem_get_stats(&sa);
+    int64_t n;
+    float *ga = grads_of(m, &n);
+
+    o.keep = offload;
+    ftb_model_zero_grads(m);
+    ftb_mem_reset_peaks();
+    ftb_offload_reset_peak();
+    float lb = ftb_model_forward_backward(m, &tb.batch, &o, err, sizeof err);
+    cr_assert(!isnan(lb), "%s", err);
+    ftb_mem_stats sb;
+    ftb_mem_get_stats(&sb);
+    float *gb = grads_of(m, &n);
+    cr_expect_eq(la, lb);
+    cr_expect_eq(memcmp(ga, gb, sizeof(float) * n), 0, "offloaded checkpoints changed the gradients");
+    /* block 0's input is the embedding output (heap); block 1's is in a file */
+    int64_t block_input = (int64_t)tb.B * tb.T * m->cfg.dim * 4;
+    cr_expect_eq(ftb_offload_peak(), block_input, "offloaded %lld bytes", (long long)ftb_offload_peak());
+    cr_expect_eq(ftb_offload_live(), 0);
+    cr_expect_eq(sa.peak[FTB_MEM_SAVED] - sb.peak[FTB_MEM_SAVED], block_input);
+
+    o.offload_dir = "/nonexistent-dir";
+    cr_expect(isnan(ftb_model_forward_backward(m, &tb.batch, &o, err, sizeof err)));
+    cr_expect(strstr(err, "/nonexistent-dir") != NULL, "error was: %s", err);
+    ftb_mem_stats sc;
+    ftb_mem_get_stats(&sc);
+    cr_expect_eq(sc.live[FTB_MEM_SAVED], 0, "a failed offload left saved activations behind");
+    free(ga);
+    free(gb);
+    free_batch(&tb);
+    ftb_model_free(m);
+}
+
 Test(core, eager_attention_and_full_logits_are_visible_in_memory) {
     ftb_model *m = model("tiny", 1);
     const int T = 128;

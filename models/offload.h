@@ -1,0 +1,13 @@
+/* offload.h — checkpoints in memory-mapped files (see offload.c). */
+#ifndef FTB_OFFLOAD_H
+#define FTB_OFFLOAD_H
+#include <stddef.h>
+
+/* A buffer of bytes backed by an unlinked file in dir (NULL: $TMPDIR, else
+ * /var/tmp).  NULL with err on failure. */
+float *offload_alloc(const char *dir, size_t bytes, char *err, size_t errlen);
+/* Writes the buffer back and drops its pages from the resident set. */
+void offload_evict(float *p);
+void offload_free(float *p);
+
+#endif
