@@ -156,6 +156,7 @@ typedef struct {
     int trainable;
     int no_decay;       /* biases and norms: no weight decay             */
     int mapped;         /* data points into a mapped checkpoint (read-only) */
+    int writable;       /* made writable and counted as trainable          */
 } ftb_tensor;
 
 typedef enum {
@@ -203,6 +204,10 @@ void ftb_model_set_trainable(ftb_model *m, int trainable); /* all params */
  * a mapped tensor into owned memory if it becomes trainable. 0 or -1. */
 int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen);
 void ftb_model_zero_grads(ftb_model *m);
+/* Makes every trainable tensor writable and counts it as trainable, without
+ * allocating gradients (zeroth-order methods update weights in place):
+ * mapped tensors are copied out of the checkpoint.  0 or -1. */
+int ftb_model_make_writable(ftb_model *m, char *err, size_t errlen);
 int64_t ftb_model_trainable_count(const ftb_model *m);
 
 /* Checkpoints (Hugging Face layout).  dir holds config.json and either

@@ -240,6 +240,16 @@ static int make_writable(ftb_model *m, ftb_tensor *t, char *err, size_t errlen) 
     } else {
         ftb_mem_recategorize(t->data, FTB_MEM_TRAINABLE);
     }
+    t->writable = 1;
+    return 0;
+}
+
+int ftb_model_make_writable(ftb_model *m, char *err, size_t errlen) {
+    for (int i = 0; i < m->n_params; i++) {
+        ftb_tensor *t = m->params[i];
+        if (t->trainable && !t->writable && make_writable(m, t, err, errlen)) return -1;
+    }
+    tie_head(m);
     return 0;
 }
 
@@ -247,7 +257,7 @@ int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen) {
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
         if (!t->trainable || t->grad) continue;
-        if (make_writable(m, t, err, errlen)) return -1;
+        if (!t->writable && make_writable(m, t, err, errlen)) return -1;
         t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
         if (!t->grad) {
             snprintf(err, errlen, "out of memory for the gradient of '%s'", t->name);
