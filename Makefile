@@ -77,8 +77,16 @@ $(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c) include/ftbench.h
 $(TESTBIN): $(TEST_OBJ) $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive -lcriterion $(LDLIBS)
 
-test: all
+# Fault-injection plugins for the harness tests (tests/plugins/*.c), one .so
+# each, built like methods; `make test` passes their directory to the tests.
+TEST_PLUGINS := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(wildcard tests/plugins/*.c))
+$(BUILD)/tests/plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) include/ftbench.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared -o $@ $< -lm
+
+test: all $(TEST_PLUGINS)
 	FTBENCH_BIN=$(abspath $(BIN)) FTBENCH_METHODS=$(abspath $(BUILD)/methods) \
+	  FTBENCH_TEST_PLUGINS=$(abspath $(BUILD)/tests/plugins) \
 	  ./$(TESTBIN) --jobs 1 $(TEST_ARGS)
 
 bench: all

@@ -334,6 +334,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     memset(&ru, 0, sizeof ru);
     char pbuf[512];
     size_t plen = 0;
+    char last_what[32] = ""; /* the child's last milestone: where it was */
+    int last_step = 0, last_total = 0;
     while (!reaped) {
         struct pollfd p = { .fd = eof ? -1 : fds[0], .events = POLLIN };
         int pr = poll(&p, 1, 100);
@@ -349,8 +351,13 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     *nl = 0;
                     int a = 0, b = 0;
                     char what[32] = "";
-                    if (sscanf(pbuf, "%31s %d %d", what, &a, &b) >= 1 && c->progress)
-                        c->progress(c->progress_ud, what, a, b);
+                    if (sscanf(pbuf, "%31s %d %d", what, &a, &b) >= 1) {
+                        snprintf(last_what, sizeof last_what, "%s", what);
+                        last_step = a;
+                        last_total = b;
+                        if (c->progress && !(strcmp(what, "step") == 0 && a == 0))
+                            c->progress(c->progress_ud, what, a, b);
+                    }
                     size_t rest = plen - (size_t)(nl + 1 - pbuf);
                     memmove(pbuf, nl + 1, rest);
                     plen = rest;
@@ -416,10 +423,21 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         peak = maxrss > watch_max ? maxrss : watch_max;
     r->peak_rss = peak > 0 ? peak : -1;
     int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    char where[64];
+    if (!strcmp(last_what, "load"))
+        snprintf(where, sizeof where, "model load");
+    else if (!strcmp(last_what, "init"))
+        snprintf(where, sizeof where, "method init");
+    else if (!strcmp(last_what, "step") && last_step < last_total)
+        snprintf(where, sizeof where, "step %d of %d", last_step + 1, last_total);
+    else if (!strcmp(last_what, "step") || !strcmp(last_what, "done"))
+        snprintf(where, sizeof where, "the end of the cell");
+    else
+        snprintf(where, sizeof where, "start-up");
 
     if (timed_out) {
-        set_outcome(r, "timeout", "no result within %.0f s (reached: %s); the cell's process group was killed",
-                    c->timeout_sec, stage ? stage : "start");
+        set_outcome(r, "timeout", "no result within %.0f s (during %s); the cell's process group was killed",
+                    c->timeout_sec, where);
     } else if (watch_killed) {
         set_outcome(r, "over_budget", "RSS reached %.0f MiB, over the budget of %.0f MiB; killed by the rss watch",
                     mib(watch_max), mib(c->budget_bytes));
@@ -436,10 +454,10 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
             set_outcome(r, "oom", "killed by the cgroup memory.max limit of %.0f MiB (memory.events oom_kill=%lld)",
                         mib(c->budget_bytes), (long long)oom_kills);
         else
-            set_outcome(r, "oom", "SIGKILL from outside the harness (the kernel OOM killer, presumably)");
+            set_outcome(r, "oom", "SIGKILL from outside the harness during %s (the kernel OOM killer, presumably)",
+                        where);
     } else if (sig) {
-        set_outcome(r, "crashed", "%s (signal %d) during %s", ftb_signal_name(sig), sig,
-                    stage ? stage : "start");
+        set_outcome(r, "crashed", "%s (signal %d) during %s", ftb_signal_name(sig), sig, where);
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK && stage && !strcmp(stage, "done")) {
         if (enforce != FTB_ENFORCE_CGROUP && peak > c->budget_bytes)
             set_outcome(r, "over_budget", "peak RSS %.0f MiB exceeds the budget of %.0f MiB (%s)", mib(peak),
@@ -451,8 +469,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         if (e)
             set_outcome(r, "error", "%s", e);
         else
-            set_outcome(r, "error", "the cell exited with status %d without a result (reached: %s)",
-                        WIFEXITED(status) ? WEXITSTATUS(status) : -1, stage ? stage : "start");
+            set_outcome(r, "error", "the cell exited with status %d without a result (during %s)",
+                        WIFEXITED(status) ? WEXITSTATUS(status) : -1, where);
     }
 
     /* The record. */

@@ -269,6 +269,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
 
     /* Steps. */
     int total = c->warmup + c->steps;
+    report("step 0 %d", total);
     double *wall = calloc((size_t)total, sizeof *wall);
     double *tf = calloc((size_t)total, sizeof *tf), *tb = calloc((size_t)total, sizeof *tb),
            *to = calloc((size_t)total, sizeof *to);

@@ -61,9 +61,9 @@ static int probe(fit_ctx *f, int seq, char *err, size_t errlen)
     int res = !o ? -1 : !strcmp(o, "ok") ? 1 : (!strcmp(o, "over_budget") || !strcmp(o, "oom")) ? 0 : -1;
     char peak_s[48] = "";
     if (isfinite(peak))
-        snprintf(peak_s, sizeof peak_s, ", peak %.0f MiB", peak);
-    printf("  seq %6d: %-12s%s%s\n", seq, res == 1 ? "fits" : res == 0 ? "does not fit" : o ? o : "?", peak_s,
-           reused ? " (recorded earlier)" : "");
+        snprintf(peak_s, sizeof peak_s, " (peak %.0f MiB)", peak);
+    printf("  seq %6d: %s%s%s\n", seq, res == 1 ? "fits" : res == 0 ? "does not fit" : o ? o : "?", peak_s,
+           reused ? ", recorded earlier" : "");
     fflush(stdout);
     json_t *p = json_object();
     json_object_set_new(p, "seq", json_integer(seq));

@@ -1,0 +1,579 @@
+/*
+ * test_harness.c — the ftbench executable end to end (suite "harness"):
+ * CLI errors, fault-injection plugins in a sweep, resume, a killed sweep,
+ * a method dropped in, fit.  The binary comes from $FTBENCH_BIN, the
+ * methods from $FTBENCH_METHODS and the fault plugins from
+ * $FTBENCH_TEST_PLUGINS (all set by `make test`).  The "tiny" zoo model
+ * and short sequences keep every test to seconds.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *bin(void) { return getenv("FTBENCH_BIN"); }
+static const char *methods(void) { return getenv("FTBENCH_METHODS"); }
+static const char *plugins(void) { return getenv("FTBENCH_TEST_PLUGINS"); }
+
+static void need_env(void)
+{
+    if (!bin() || !methods() || !plugins())
+        cr_skip_test("FTBENCH_BIN, FTBENCH_METHODS and FTBENCH_TEST_PLUGINS are set by make test");
+}
+
+typedef struct {
+    int code;     /* exit code, or 128+signal */
+    char *out, *err;
+} proc;
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *b = malloc((size_t)n + 1);
+    size_t got = fread(b, 1, (size_t)n, f);
+    b[got] = 0;
+    fclose(f);
+    return b;
+}
+
+/* The environment for spawned binaries: under ASan, let a plugin's SIGSEGV
+ * stay a signal (the harness must see it) and skip leak reports. */
+static char **child_env(void)
+{
+    static char *env[512];
+    static char asan[] = "ASAN_OPTIONS=handle_segv=0:handle_abort=0:detect_leaks=0";
+    static char blas[] = "FTBENCH_BLAS_AUTO=0";
+    int n = 0;
+    for (char **e = environ; *e && n < 500; e++)
+        if (strncmp(*e, "ASAN_OPTIONS=", 13) && strncmp(*e, "FTBENCH_BLAS_AUTO=", 18))
+            env[n++] = *e;
+    env[n++] = asan;
+    env[n++] = blas;
+    env[n] = NULL;
+    return env;
+}
+
+static pid_t spawn(const char *const *args, const char *outp, const char *errp)
+{
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = bin();
+    for (int i = 0; args[i] && n < 63; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid;
+    int rc = posix_spawn(&pid, bin(), &fa, NULL, (char *const *)argv, child_env());
+    posix_spawn_file_actions_destroy(&fa);
+    cr_assert((rc) == (0), "posix_spawn %s: %s", bin(), strerror(rc));
+    return pid;
+}
+
+static proc run(const char *const *args)
+{
+    char outp[] = "/tmp/ftbtest-out-XXXXXX", errp[] = "/tmp/ftbtest-err-XXXXXX";
+    close(mkstemp(outp));
+    close(mkstemp(errp));
+    pid_t pid = spawn(args, outp, errp);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    proc p;
+    p.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    p.out = slurp(outp);
+    p.err = slurp(errp);
+    unlink(outp);
+    unlink(errp);
+    return p;
+}
+
+static void proc_free(proc *p)
+{
+    free(p->out);
+    free(p->err);
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static int rm_entry(const char *p, const struct stat *s, int f, struct FTW *w)
+{
+    (void)s;
+    (void)f;
+    (void)w;
+    return remove(p);
+}
+
+static char tmpdir[64];
+
+static void make_tmp(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/ftbtest-XXXXXX");
+    cr_assert(mkdtemp(tmpdir) != NULL);
+}
+
+static void remove_tmp(void)
+{
+    if (tmpdir[0])
+        nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tmpdir[0] = 0;
+}
+
+static char *plugin(const char *name)
+{
+    static char buf[8][512];
+    static int k;
+    char *b = buf[k++ % 8];
+    snprintf(b, 512, "%s/%s.so", plugins(), name);
+    return b;
+}
+
+/* Every line of a results file parses; returns them (NULL-terminated). */
+static json_t **read_records(const char *path, int *n, int *bad)
+{
+    FILE *f = fopen(path, "r");
+    *n = 0;
+    *bad = 0;
+    if (!f)
+        return NULL;
+    json_t **v = calloc(256, sizeof *v);
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        json_error_t e;
+        json_t *j = json_loads(line, 0, &e);
+        if (!j) {
+            (*bad)++;
+            continue;
+        }
+        if (*n < 255)
+            v[(*n)++] = j;
+    }
+    free(line);
+    fclose(f);
+    return v;
+}
+
+static void free_records(json_t **v, int n)
+{
+    for (int i = 0; i < n; i++)
+        json_decref(v[i]);
+    free(v);
+}
+
+/* Never NULL, so a missing field fails an assertion instead of crashing it. */
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "(missing)";
+}
+
+static json_t *find_cell(json_t **v, int n, const char *prefix, int seq)
+{
+    for (int i = 0; i < n; i++) {
+        const char *c = jstr(v[i], "cell");
+        if (!strncmp(c, prefix, strlen(prefix)) && json_integer_value(json_object_get(v[i], "seq")) == seq)
+            return v[i];
+    }
+    return NULL;
+}
+
+/* ---- CLI errors ------------------------------------------------------------ */
+
+static void expect_usage_error(const char *const *args, const char *needle)
+{
+    proc p = run(args);
+    cr_expect((p.code) == (2), "%s %s: exit %d, stderr: %s", args[0], args[1] ? args[1] : "", p.code, p.err);
+    cr_expect(strstr(p.err, needle) != NULL, "stderr lacks '%s': %s", needle, p.err);
+    cr_expect((count_lines(p.err)) == (1), "expected one line on stderr, got: %s", p.err);
+    proc_free(&p);
+}
+
+Test(harness, cli_bad_values)
+{
+    need_env();
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--seq", "abc", NULL }, "--seq: 'abc'");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--seq", "0", NULL }, "--seq: '0'");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--batch", "-1", NULL }, "--batch");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--seq", NULL }, "--seq needs a value");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--attention", "fast", NULL }, "flash or eager");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--loss", "half", NULL }, "chunked or full");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--lr", "-3", NULL }, "--lr");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--timeout", "soon", NULL }, "--timeout");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--budget", "lots", NULL }, "--budget");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--opt", "novalue", NULL }, "KEY=VALUE");
+    expect_usage_error((const char *[]){ "run", "--bogus", NULL }, "unknown option '--bogus'");
+    expect_usage_error((const char *[]){ "run", "--seq", "64", NULL }, "--method is required");
+    expect_usage_error((const char *[]){ "frobnicate", NULL }, "unknown command 'frobnicate'");
+    expect_usage_error((const char *[]){ "sweep", "--sweep", "nosuch", "--methods-dir", methods(), NULL },
+                       "unknown sweep 'nosuch'");
+    expect_usage_error((const char *[]){ "sweep", "--seqs", "128..64", "--methods-dir", methods(), NULL }, "--seqs");
+    expect_usage_error((const char *[]){ "fit", "--method", "lora", "--seq", "64", NULL }, "--seq");
+}
+
+Test(harness, cli_unknown_names)
+{
+    need_env();
+    const char *md = methods();
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "nosuch", "--model", "tiny", NULL },
+                       "unknown method 'nosuch'");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "nosuch", NULL },
+                       "unknown model 'nosuch'");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--device", "nosuch", NULL },
+                       "unknown device 'nosuch'");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--device", "rpi", NULL },
+                       "ambiguous");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--dataset", "/nonexistent/data.bin", NULL },
+                       "/nonexistent/data.bin");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--checkpoint",
+                                         "/nonexistent/ckpt", NULL },
+                       "/nonexistent/ckpt");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--opt", "rnak=4", NULL },
+                       "has no option 'rnak'");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", "/nonexistent/dir", "--method", "lora", NULL },
+                       "/nonexistent/dir");
+    expect_usage_error((const char *[]){ "run", "--method", plugin("badabi"), "--model", "tiny", NULL },
+                       "was built for ABI 2, this ftbench has ABI 1");
+    expect_usage_error((const char *[]){ "run", "--method", plugin("nosym"), "--model", "tiny", NULL },
+                       "does not export ftbench_method()");
+    expect_usage_error((const char *[]){ "run", "--method", "/nonexistent/m.so", "--model", "tiny", NULL },
+                       "no such file");
+}
+
+Test(harness, help_for_each_command)
+{
+    need_env();
+    const char *cmds[] = { "run", "sweep", "fit", "list", NULL };
+    for (int i = 0; cmds[i]; i++) {
+        proc p = run((const char *[]){ cmds[i], "--help", NULL });
+        cr_expect((p.code) == (0), "%s --help: exit %d", cmds[i], p.code);
+        cr_expect(strstr(p.out, "usage: ftbench") != NULL, "%s --help: %s", cmds[i], p.out);
+        proc_free(&p);
+    }
+    proc p = run((const char *[]){ "--help", NULL });
+    cr_expect((p.code) == (0));
+    cr_expect(strstr(p.out, "bench-core") != NULL);
+    proc_free(&p);
+}
+
+/* ---- one healthy cell ---------------------------------------------------------- */
+
+Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    proc p = run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq",
+                                   "32", "--steps", "2", "--warmup", "1", "--out", tmpdir, "--run-id", "r1",
+                                   "--quiet", NULL });
+    cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
+    proc_free(&p);
+    char path[512];
+    snprintf(path, sizeof path, "%s/host/r1/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (1));
+    cr_assert((bad) == (0));
+    json_t *r = v[0];
+    cr_expect_str_eq(jstr(r, "outcome"), "ok");
+    cr_expect(((int)json_integer_value(json_object_get(r, "schema"))) == (1));
+    cr_expect_str_eq(jstr(r, "cell"), "lora.tiny.s32.b1");
+    cr_expect(json_is_string(json_object_get(r, "git_rev")) && json_is_string(json_object_get(r, "hostname")));
+    cr_expect(strlen(jstr(r, "timestamp_utc")) == 20 && jstr(r, "timestamp_utc")[19] == 'Z');
+    json_t *mem = json_object_get(r, "memory");
+    const char *mkeys[] = { "peak_rss_vmhwm_bytes", "peak_rss_ru_maxrss_bytes", "rss_after_model_load_bytes",
+                            "rss_after_method_init_bytes", "peak_rss_bytes", NULL };
+    for (int i = 0; mkeys[i]; i++)
+        cr_expect(json_integer_value(json_object_get(mem, mkeys[i])) > 0, "memory.%s", mkeys[i]);
+    json_t *core = json_object_get(mem, "core");
+    cr_expect(json_integer_value(json_object_get(core, "peak_total_bytes")) > 0);
+    cr_expect(json_is_object(json_object_get(core, "split_at_peak_bytes")));
+    cr_expect(json_is_object(json_object_get(mem, "jemalloc")));
+    cr_expect(((int)json_array_size(json_object_get(r, "loss_per_step"))) == (3));
+    json_t *t = json_object_get(r, "timing");
+    cr_expect(json_number_value(json_object_get(json_object_get(t, "step_seconds"), "median")) > 0);
+    cr_expect(json_number_value(json_object_get(t, "tokens_per_second")) > 0);
+    cr_expect(json_is_object(json_object_get(t, "method_phase_seconds")));
+    cr_expect(json_integer_value(json_object_get(r, "trainable_params")) > 0);
+    json_t *hw = json_object_get(r, "hw_counters");
+    cr_expect(json_is_boolean(json_object_get(hw, "available")));
+    if (!json_is_true(json_object_get(hw, "available")))
+        cr_expect(json_is_string(json_object_get(hw, "reason")));
+    json_t *host = json_object_get(r, "host");
+    cr_expect(json_is_string(json_object_get(host, "blas_core")) &&
+              json_is_string(json_object_get(host, "blas_selection")) &&
+              json_is_string(json_object_get(host, "cpu_features")));
+    cr_expect(json_is_false(json_object_get(r, "emulated")));
+    /* The timeline beside the record. */
+    const char *tl = json_string_value(json_object_get(r, "timeline_file"));
+    cr_assert(tl != NULL);
+    snprintf(path, sizeof path, "%s/host/r1/%s", tmpdir, tl);
+    char *text = slurp(path);
+    cr_expect(strstr(text, "t_sec\tkind\tphase") != NULL);
+    cr_expect(strstr(text, "\tmem\t") != NULL, "no memory events in the timeline");
+    cr_expect(strstr(text, "\trss\t") != NULL, "no RSS samples in the timeline");
+    free(text);
+    free_records(v, n);
+}
+
+Test(harness, emulated_device_record, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    proc p = run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq",
+                                   "32", "--steps", "1", "--device", "rpi5", "--out", tmpdir, "--run-id", "e",
+                                   "--quiet", NULL });
+    cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
+    proc_free(&p);
+    char path[512];
+    snprintf(path, sizeof path, "%s/rpi5-8gb/e/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (1), "no record at %s", path);
+    json_t *r = v[0];
+    cr_expect(json_is_true(json_object_get(r, "emulated")));
+    json_t *dev = json_object_get(r, "device");
+    cr_expect_str_eq(jstr(dev, "name"), "rpi5-8gb");
+    cr_expect(json_is_string(json_object_get(dev, "enforcement")));
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cr_expect(((int)json_integer_value(json_object_get(dev, "threads"))) == ((int)(cores < 4 ? cores : 4)));
+    json_t *proj = json_object_get(r, "projection");
+    cr_expect(json_number_value(json_object_get(proj, "projected_step_seconds_roofline")) > 0);
+    free_records(v, n);
+}
+
+/* ---- faults in a sweep ------------------------------------------------------------ */
+
+static const char *fault_methods(void)
+{
+    static char list[4096];
+    snprintf(list, sizeof list, "%s,%s,%s,%s,%s,%s,%s", plugin("fwdonly"), plugin("segv"), plugin("abort"),
+             plugin("hang"), plugin("hog"), plugin("badabi"), plugin("initfail"));
+    return list;
+}
+
+Test(harness, sweep_records_every_fault_and_resumes, .fini = remove_tmp, .timeout = 120)
+{
+    need_env();
+    make_tmp();
+    const char *const args[] = { "sweep", "--methods", fault_methods(), "--model", "tiny", "--seqs", "16,32",
+                                 "--steps", "1", "--warmup", "0", "--budget", "64M", "--timeout", "2", "--out",
+                                 tmpdir, "--run-id", "faults", "--quiet", NULL };
+    proc p = run(args);
+    cr_assert((p.code) == (0), "sweep exit %d: %s", p.code, p.err);
+    cr_expect(strstr(p.out, "CRASH") && strstr(p.out, "TIMEOUT") && strstr(p.out, "ERROR") && strstr(p.out, "*"),
+              "summary lacks failure marks:\n%s", p.out);
+    proc_free(&p);
+    char path[512];
+    snprintf(path, sizeof path, "%s/host/faults/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (14), "expected 14 records, got %d", n);
+    cr_expect((bad) == (0));
+    for (int seq = 16; seq <= 32; seq *= 2) {
+        json_t *r;
+        r = find_cell(v, n, "fwdonly.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "ok");
+        r = find_cell(v, n, "segv.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "crashed");
+        cr_expect(((int)json_integer_value(json_object_get(json_object_get(r, "signal"), "number"))) == (SIGSEGV));
+        cr_expect_str_eq(jstr(json_object_get(r, "signal"), "name"), "SIGSEGV");
+        r = find_cell(v, n, "abort.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "crashed");
+        cr_expect_str_eq(jstr(json_object_get(r, "signal"), "name"), "SIGABRT");
+        r = find_cell(v, n, "hang.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "timeout");
+        r = find_cell(v, n, "hog.", seq);
+        const char *o = jstr(r, "outcome");
+        cr_expect(!strcmp(o, "over_budget") || !strcmp(o, "oom"), "hog: %s", o);
+        r = find_cell(v, n, "badabi.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "error");
+        cr_expect(strstr(jstr(r, "outcome_detail"), "built for ABI 2, this ftbench has ABI 1") != NULL);
+        r = find_cell(v, n, "initfail.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "error");
+        cr_expect(strstr(jstr(r, "outcome_detail"), "refusing on purpose") != NULL);
+    }
+    free_records(v, n);
+
+    /* Same sweep again: everything is recorded, nothing runs (the hanging
+     * cells alone would take 4 s). */
+    time_t t0 = time(NULL);
+    p = run(args);
+    cr_assert((p.code) == (0));
+    cr_expect(strstr(p.err, "14 of 14 cells already recorded") != NULL, "%s", p.err);
+    cr_expect(time(NULL) - t0 < 4);
+    proc_free(&p);
+    v = read_records(path, &n, &bad);
+    cr_expect((n) == (14));
+    free_records(v, n);
+}
+
+Test(harness, killed_sweep_leaves_valid_lines_and_resumes, .fini = remove_tmp, .timeout = 120)
+{
+    need_env();
+    make_tmp();
+    char list[2048];
+    snprintf(list, sizeof list, "%s,%s", plugin("fwdonly"), plugin("hang"));
+    const char *const args[] = { "sweep", "--methods", list, "--model", "tiny", "--seqs", "16..128", "--steps", "1",
+                                 "--warmup", "0", "--timeout", "1", "--out", tmpdir, "--run-id", "k", "--quiet",
+                                 NULL };
+    char outp[600], errp[600], path[512];
+    snprintf(outp, sizeof outp, "%s/out", tmpdir);
+    snprintf(errp, sizeof errp, "%s/err", tmpdir);
+    snprintf(path, sizeof path, "%s/host/k/results.jsonl", tmpdir);
+    pid_t pid = spawn(args, outp, errp);
+    /* Kill it once some, but not all, cells are recorded (inside a hang
+     * cell, 1 s each). */
+    int n = 0, bad = 0;
+    for (int i = 0; i < 400 && n < 3; i++) {
+        usleep(25000);
+        json_t **v = read_records(path, &n, &bad);
+        free_records(v, n);
+    }
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert(n >= 1 && n < 8, "records after the kill: %d", n);
+    cr_expect((bad) == (0), "a killed sweep left %d torn lines", bad);
+    free_records(v, n);
+
+    /* A torn tail (a writer killed mid-line) is skipped and repaired. */
+    FILE *f = fopen(path, "a");
+    fputs("{\"schema\":1,\"cell\":\"torn", f);
+    fclose(f);
+    proc p = run(args);
+    cr_assert((p.code) == (0), "%s", p.err);
+    cr_expect(strstr(p.err, "already recorded") != NULL, "%s", p.err);
+    proc_free(&p);
+    v = read_records(path, &n, &bad);
+    cr_expect((n) == (8), "after resuming: %d records", n);
+    cr_expect((bad) == (1), "only the torn line may fail to parse");
+    free_records(v, n);
+}
+
+/* ---- plugins --------------------------------------------------------------------------- */
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    cr_assert(a && b, "copy %s -> %s", from, to);
+    char buf[65536];
+    size_t k;
+    while ((k = fread(buf, 1, sizeof buf, a)) > 0)
+        fwrite(buf, 1, k, b);
+    fclose(a);
+    fclose(b);
+}
+
+Test(harness, a_method_dropped_in_is_listed_and_runs, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    char from[512], to[512];
+    const char *base[] = { "full", "lora", NULL };
+    for (int i = 0; base[i]; i++) {
+        snprintf(from, sizeof from, "%s/%s.so", methods(), base[i]);
+        snprintf(to, sizeof to, "%s/%s.so", tmpdir, base[i]);
+        copy_file(from, to);
+    }
+    snprintf(to, sizeof to, "%s/third.so", tmpdir);
+    copy_file(plugin("fwdonly"), to);
+    snprintf(to, sizeof to, "%s/old.so", tmpdir);
+    copy_file(plugin("badabi"), to);
+    proc p = run((const char *[]){ "list", "--methods-dir", tmpdir, NULL });
+    cr_assert((p.code) == (0), "%s", p.err);
+    cr_expect(strstr(p.out, "third") && strstr(p.out, "forward only"), "%s", p.out);
+    cr_expect(strstr(p.out, "lora") && strstr(p.out, "full"), "%s", p.out);
+    cr_expect(strstr(p.out, "old") && strstr(p.out, "UNUSABLE") && strstr(p.out, "ABI 2"), "%s", p.out);
+    cr_expect(strstr(p.out, "rpi5-8gb") && strstr(p.out, "tiny"), "devices and models listed:\n%s", p.out);
+    proc_free(&p);
+    /* ... and runs by name. */
+    p = run((const char *[]){ "run", "--methods-dir", tmpdir, "--method", "third", "--model", "tiny", "--seq", "16",
+                              "--steps", "1", "--out", tmpdir, "--quiet", NULL });
+    cr_expect((p.code) == (0), "%s%s", p.out, p.err);
+    cr_expect(strstr(p.out, "outcome     ok") != NULL, "%s", p.out);
+    proc_free(&p);
+}
+
+/* ---- fit ------------------------------------------------------------------------------------- */
+
+Test(harness, fit_bisects_to_the_budget_and_resumes, .fini = remove_tmp, .timeout = 120)
+{
+    need_env();
+    make_tmp();
+    /* hog allocates 200 KiB per token: memory grows with the length. */
+    const char *const args[] = { "fit", "--method", plugin("hog"), "--opt", "kb_per_token=200", "--model", "tiny",
+                                 "--budget", "80M", "--seq-min", "64", "--out", tmpdir, "--run-id", "fit", "--quiet",
+                                 NULL };
+    proc p = run(args);
+    cr_assert((p.code) == (0), "%s%s", p.out, p.err);
+    int lo = 0, hi = 0;
+    const char *s = strstr(p.out, "longest sequence that fits host: ");
+    cr_assert(s != NULL, "%s", p.out);
+    cr_assert(sscanf(s, "longest sequence that fits host: %d tokens (%d does not", &lo, &hi) == 2, "%s", s);
+    cr_expect((hi - lo) == (64), "resolution: %d..%d", lo, hi);
+    proc_free(&p);
+    char path[512];
+    snprintf(path, sizeof path, "%s/host/fit/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_expect(n >= 4, "probes recorded: %d", n);
+    json_t *rl = find_cell(v, n, "hog+", lo), *rh = find_cell(v, n, "hog+", hi);
+    cr_assert(rl && rh);
+    cr_expect_str_eq(jstr(rl, "outcome"), "ok");
+    cr_expect(strcmp(jstr(rh, "outcome"), "ok") != 0);
+    free_records(v, n);
+    snprintf(path, sizeof path, "%s/host/fit/fit.json", tmpdir);
+    json_t *fit = json_load_file(path, 0, NULL);
+    cr_assert(fit != NULL);
+    cr_expect(((int)json_integer_value(json_object_get(fit, "longest_fitting_seq"))) == (lo));
+    json_decref(fit);
+    /* Again: every probe is reused. */
+    p = run(args);
+    cr_expect((p.code) == (0));
+    cr_expect(strstr(p.out, "recorded earlier") != NULL, "%s", p.out);
+    cr_expect(strstr(p.err, "probing") == NULL, "%s", p.err);
+    proc_free(&p);
+}
+
+Test(harness, watch_enforcement_kills_at_the_budget, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    proc p = run((const char *[]){ "run", "--method", plugin("hog"), "--opt", "mb=512", "--model", "tiny", "--seq",
+                                   "16", "--steps", "1", "--warmup", "0", "--budget", "32M", "--enforce", "watch",
+                                   "--out", tmpdir, "--quiet", NULL });
+    cr_expect((p.code) == (1), "%s%s", p.out, p.err);
+    cr_expect(strstr(p.out, "over_budget") != NULL, "%s", p.out);
+    proc_free(&p);
+}
