@@ -174,6 +174,8 @@ static double try_candidate(const char *core, char **argv) {
 }
 
 static int is_generic_kernel(const char *core) {
+    /* Tests exercise the selection on machines whose kernel is already good. */
+    if (getenv("FTBENCH_BLAS_PRETEND_GENERIC")) return 1;
     /* Kernels that leave AVX2/AVX-512 units idle on CPUs that have them. */
     static const char *generic[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
                                     "Katmai", "Coppermine", "Northwood", "Banias", "Opteron", "Barcelona",
