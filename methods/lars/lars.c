@@ -1,0 +1,655 @@
+/* lars — LARS, Low-memory Activation-Rank Subspace ("Parameter Efficiency Is
+ * Not Memory Efficiency: Rethinking Fine-Tuning for On-Device LLM
+ * Adaptation", arXiv 2604.22783), variant `pooled`.  docs/methods/lars.md
+ * has the equations, the derived backward and the memory analysis.
+ *
+ * On each targeted linear (input X [B,T,H], frozen base output Y0) a small
+ * network computes ONE vector per sequence from a pooled summary of X and
+ * adds it to every position of that sequence:
+ *   p  = mean_{t pooled} x_t + x_last                 [B,H]
+ *   h  = p·Aᵀ ; ĥ = LayerNorm_r(h)                    [B,r]
+ *   g  = sigmoid(τ1·p·G_xᵀ + τ2·ĥ·G_hᵀ)               [B,r]
+ *   h2 = dropout(ĥ + g·M)                             [B,r]
+ *   h3 = h2 + W2·GELU(W1·h2 + b1) + b2                [B,r]
+ *   Y  = Y0 + α·(h3·Bᵀ)   at every position           [B,T,out]
+ *
+ * Why it saves memory: the frozen base linear needs no saved input for its
+ * own backward (dx = dy·W), so the hook asks for none (needs_input = 0) and
+ * keeps only per-sequence tensors — p [B,H] and a few [B,·r] vectors —
+ * whereas LoRA keeps every adapted layer's input [B·T,H].  Backward needs
+ * from dy only its sum over positions (o is broadcast to all of them), and
+ * the gradient of p spreads back over the pooled positions as dp/n plus dp
+ * at the last valid one.
+ *
+ * Valid positions (pool=valid, the default): in ftbench batches target[t]
+ * is the token at t+1 (datasets/dataset.h), so a kept target at t* proves
+ * the token at t*+1 is real text; the last real token of a padded row has no
+ * target.  A row's last valid position is therefore ℓ = min(t*+1, T−1) with
+ * t* its last non-ignored target, and its valid positions are 0..ℓ.  A row
+ * with no kept target has no valid position: p gets no last-position term
+ * and, under pool=valid, no mean either (p = 0: finite, and that row's
+ * outputs carry no loss anyway).  pool=all averages all T positions.
+ *
+ * Dropout masks are [B,r] and drawn from a seed made of (session seed, step,
+ * layer, linear): the forward that a recomputed block runs twice, and the
+ * backward, regenerate the same mask instead of storing it. */
+#include "ftbench.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The trainable tensors of one adapter, in the order trainable() lists them. */
+enum {
+    P_A,       /* [r, H]   down-projection of the pooled input              */
+    P_B,       /* [out, r] up-projection to the layer's output              */
+    P_GX,      /* [r, H]   gate from the pooled input                        */
+    P_GH,      /* [r, r]   gate from the normalised code                     */
+    P_M,       /* [r, r]   gated mixing: h2 = ĥ + g·M                        */
+    P_LN_W,    /* [r]      LayerNorm scale                                   */
+    P_LN_B,    /* [r]      LayerNorm shift                                   */
+    P_FFN1_W,  /* [4r, r]                                                    */
+    P_FFN1_B,  /* [4r]                                                       */
+    P_FFN2_W,  /* [r, 4r]                                                    */
+    P_FFN2_B,  /* [r]                                                        */
+    P_ALPHA,   /* [1]      output scale α                                    */
+    P_TAU1,    /* [1]      gate temperature on the input path                */
+    P_TAU2,    /* [1]      gate temperature on the code path                 */
+    P_COUNT
+};
+
+static const char *const param_names[P_COUNT] = {
+    "A", "B", "G_x", "G_h", "M", "ln.weight", "ln.bias", "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias",
+    "alpha", "tau1", "tau2",
+};
+
+#define LN_EPS 1e-5f /* PyTorch's LayerNorm default */
+
+/* What every hook reads from the method: options and the step counter that
+ * makes each step's dropout masks new. */
+typedef struct {
+    float dropout;
+    int pool_all;
+    uint64_t seed;
+    uint64_t step;
+} lars_shared;
+
+typedef struct {
+    ftb_adapter hook; /* first: the core hands this pointer back */
+    ftb_tensor t[P_COUNT];
+    int in, out, r, layer, kind;
+    const lars_shared *shared;
+} lars_adapter;
+
+typedef struct {
+    lars_adapter *adapters;
+    int n_adapters;
+    ftb_tensor **params; /* n_adapters * P_COUNT */
+    ftb_adamw opt;
+    ftb_model *model;
+    lars_shared shared;
+} lars_state;
+
+/* ------------------------------------------------------------------------ */
+/* Per-sequence activations: the only things kept for backward             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    float *p;    /* [B,H]  pooled input                                    */
+    float *nhat; /* [B,r]  (h − mean)·rstd, before LayerNorm's scale/shift  */
+    float *rstd; /* [B]                                                    */
+    float *gx;   /* [B,r]  p·G_xᵀ (dτ1 needs it)                           */
+    float *gh;   /* [B,r]  ĥ·G_hᵀ (dτ2 needs it)                           */
+    float *g;    /* [B,r]  gate                                            */
+    float *h2;   /* [B,r]  after dropout: FFN input and residual           */
+    float *u;    /* [B,4r] FFN pre-activation                              */
+    float *h3;   /* [B,r]  code that B projects                            */
+} lars_acts;
+
+/* Floats of a lars_acts block: B·(H + 10r + 1).  No factor of T. */
+static size_t acts_floats(int B, int H, int r) { return (size_t)B * ((size_t)H + 10 * (size_t)r + 1); }
+
+static void acts_bind(lars_acts *a, float *base, int B, int H, int r) {
+    a->p = base;
+    a->nhat = a->p + (size_t)B * H;
+    a->rstd = a->nhat + (size_t)B * r;
+    a->gx = a->rstd + B;
+    a->gh = a->gx + (size_t)B * r;
+    a->g = a->gh + (size_t)B * r;
+    a->h2 = a->g + (size_t)B * r;
+    a->u = a->h2 + (size_t)B * r;
+    a->h3 = a->u + (size_t)B * 4 * r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Which positions a sequence pools                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Positions 0..n_pooled−1 are averaged; last is the last valid position or
+ * −1 if the row has none (see the top of the file). */
+typedef struct {
+    int n_pooled;
+    int last;
+} seq_span;
+
+static void seq_spans(const ftb_batch *batch, int pool_all, seq_span *spans) {
+    const int B = batch->B, T = batch->T;
+    for (int b = 0; b < B; b++) {
+        const int32_t *tgt = batch->targets + (size_t)b * T;
+        int t_star = -1;
+        for (int t = T - 1; t >= 0; t--)
+            if (tgt[t] != FTB_IGNORE_INDEX) {
+                t_star = t;
+                break;
+            }
+        spans[b].last = t_star < 0 ? -1 : (t_star + 1 < T ? t_star + 1 : T - 1);
+        spans[b].n_pooled = pool_all ? T : spans[b].last + 1;
+    }
+}
+
+#define COL_BLOCK 64 /* columns per thread task: each thread streams its own slice of every row */
+
+/* p[b] = mean over pooled rows of x[b] + x[b, last]. */
+static void pool_forward(float *p, const float *x, const seq_span *spans, int B, int T, int H) {
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * T * H;
+        const int n = spans[b].n_pooled, last = spans[b].last;
+        const double inv_n = n > 0 ? 1.0 / n : 0.0;
+#pragma omp parallel for schedule(static)
+        for (int j0 = 0; j0 < H; j0 += COL_BLOCK) {
+            const int j1 = j0 + COL_BLOCK < H ? j0 + COL_BLOCK : H;
+            double acc[COL_BLOCK] = {0};
+            for (int t = 0; t < n; t++)
+                for (int j = j0; j < j1; j++) acc[j - j0] += xb[(size_t)t * H + j];
+            for (int j = j0; j < j1; j++)
+                p[(size_t)b * H + j] = (float)(acc[j - j0] * inv_n) + (last >= 0 ? xb[(size_t)last * H + j] : 0.0f);
+        }
+    }
+}
+
+/* dx[b, t] += dp[b]/n for pooled t; dx[b, last] += dp[b]. */
+static void pool_backward(float *dx, const float *dp, const seq_span *spans, int B, int T, int H) {
+    for (int b = 0; b < B; b++) {
+        float *dxb = dx + (size_t)b * T * H;
+        const float *dpb = dp + (size_t)b * H;
+        const int n = spans[b].n_pooled, last = spans[b].last;
+        const float inv_n = n > 0 ? 1.0f / (float)n : 0.0f;
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            float w = (t < n ? inv_n : 0.0f) + (t == last ? 1.0f : 0.0f);
+            if (w == 0.0f) continue;
+            for (int j = 0; j < H; j++) dxb[(size_t)t * H + j] += w * dpb[j];
+        }
+    }
+}
+
+/* y[b, t] += alpha·o[b] at every position t. */
+static void broadcast_forward(float *y, const float *o, float alpha, int B, int T, int out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < (int64_t)B * T; row++) {
+        const float *ob = o + (size_t)(row / T) * out;
+        float *yr = y + (size_t)row * out;
+        for (int j = 0; j < out; j++) yr[j] += alpha * ob[j];
+    }
+}
+
+/* s[b] = Σ_t dy[b, t]: all broadcast positions receive o. */
+static void broadcast_backward(float *s, const float *dy, int B, int T, int out) {
+    for (int b = 0; b < B; b++) {
+        const float *dyb = dy + (size_t)b * T * out;
+#pragma omp parallel for schedule(static)
+        for (int j0 = 0; j0 < out; j0 += COL_BLOCK) {
+            const int j1 = j0 + COL_BLOCK < out ? j0 + COL_BLOCK : out;
+            double acc[COL_BLOCK] = {0};
+            for (int t = 0; t < T; t++)
+                for (int j = j0; j < j1; j++) acc[j - j0] += dyb[(size_t)t * out + j];
+            for (int j = j0; j < j1; j++) s[(size_t)b * out + j] = (float)acc[j - j0];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The small per-sequence network: forward/backward pairs on [B, r] rows    */
+/* ------------------------------------------------------------------------ */
+
+/* hhat = w·nhat + b with nhat = (h − mean)·rstd over each row of r. */
+static void layernorm_forward(float *hhat, float *nhat, float *rstd, const float *h, const float *w,
+                              const float *bias, int B, int r) {
+    for (int b = 0; b < B; b++) {
+        const float *hb = h + (size_t)b * r;
+        double mean = 0, var = 0;
+        for (int j = 0; j < r; j++) mean += hb[j];
+        mean /= r;
+        for (int j = 0; j < r; j++) var += (hb[j] - mean) * (hb[j] - mean);
+        var /= r;
+        float rs = (float)(1.0 / sqrt(var + LN_EPS));
+        rstd[b] = rs;
+        for (int j = 0; j < r; j++) {
+            float n = (float)(hb[j] - mean) * rs;
+            nhat[(size_t)b * r + j] = n;
+            hhat[(size_t)b * r + j] = w[j] * n + bias[j];
+        }
+    }
+}
+
+static void layernorm_backward(float *dh, float *dw, float *dbias, const float *dhhat, const float *nhat,
+                               const float *rstd, const float *w, int B, int r) {
+    for (int b = 0; b < B; b++) {
+        const float *dhb = dhhat + (size_t)b * r, *nb = nhat + (size_t)b * r;
+        double mean_dn = 0, mean_dn_n = 0;
+        for (int j = 0; j < r; j++) {
+            double dn = (double)dhb[j] * w[j];
+            mean_dn += dn;
+            mean_dn_n += dn * nb[j];
+            dw[j] += dhb[j] * nb[j];
+            dbias[j] += dhb[j];
+        }
+        mean_dn /= r;
+        mean_dn_n /= r;
+        for (int j = 0; j < r; j++)
+            dh[(size_t)b * r + j] = (float)(rstd[b] * ((double)dhb[j] * w[j] - mean_dn - nb[j] * mean_dn_n));
+    }
+}
+
+static float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+/* Exact (erf) GELU, PyTorch's default. */
+static float gelu(float u) { return 0.5f * u * (1.0f + erff(u * (float)M_SQRT1_2)); }
+static float gelu_grad(float u) {
+    return 0.5f * (1.0f + erff(u * (float)M_SQRT1_2)) + u * expf(-0.5f * u * u) * (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
+}
+
+/* Dropout on the [B, r] code.  keep[i] is 0 or 1/(1−rate); the mask is a
+ * pure function of its seed, so backward regenerates it. */
+static void dropout_mask(float *keep, int64_t n, float rate, uint64_t seed) {
+    ftb_rng rng;
+    ftb_rng_seed(&rng, seed);
+    const float scale = 1.0f / (1.0f - rate);
+    for (int64_t i = 0; i < n; i++) keep[i] = ftb_rng_uniform(&rng) >= rate ? scale : 0.0f;
+}
+
+static uint64_t dropout_seed(const lars_adapter *a) {
+    uint64_t z = a->shared->seed ^ 0x6c617273ULL; /* "lars" */
+    z = z * 0x9e3779b97f4a7c15ULL + a->shared->step;
+    z = z * 0x9e3779b97f4a7c15ULL + (uint64_t)a->layer * FTB_LIN_COUNT + (uint64_t)a->kind;
+    return z;
+}
+
+static int dropout_active(const lars_adapter *a, const ftb_linear_ctx *c) {
+    return c->training && a->shared->dropout > 0.0f;
+}
+
+/* Everything from x to o [B,out], activations into acts. */
+static void lars_net_forward(const lars_adapter *a, const ftb_linear_ctx *c, const float *x, const seq_span *spans,
+                             const lars_acts *s, float *o) {
+    const int B = c->B, H = a->in, r = a->r, r4 = 4 * r;
+    const ftb_tensor *t = a->t;
+    const float tau1 = t[P_TAU1].data[0], tau2 = t[P_TAU2].data[0];
+    float *tmp = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * 2 * r);
+    float *h = tmp, *hhat = tmp + (size_t)B * r;
+
+    pool_forward(s->p, x, spans, B, c->T, H);
+    ftb_gemm(0, 1, B, r, H, 1.0f, s->p, H, t[P_A].data, H, 0.0f, h, r);
+    layernorm_forward(hhat, s->nhat, s->rstd, h, t[P_LN_W].data, t[P_LN_B].data, B, r);
+    /* gate */
+    ftb_gemm(0, 1, B, r, H, 1.0f, s->p, H, t[P_GX].data, H, 0.0f, s->gx, r);
+    ftb_gemm(0, 1, B, r, r, 1.0f, hhat, r, t[P_GH].data, r, 0.0f, s->gh, r);
+    for (int64_t i = 0; i < (int64_t)B * r; i++) s->g[i] = sigmoidf(tau1 * s->gx[i] + tau2 * s->gh[i]);
+    /* h2 = ĥ + g·M, then dropout */
+    memcpy(s->h2, hhat, sizeof(float) * (size_t)B * r);
+    ftb_gemm(0, 0, B, r, r, 1.0f, s->g, r, t[P_M].data, r, 1.0f, s->h2, r);
+    if (dropout_active(a, c)) {
+        float *keep = h; /* h is no longer needed */
+        dropout_mask(keep, (int64_t)B * r, a->shared->dropout, dropout_seed(a));
+        for (int64_t i = 0; i < (int64_t)B * r; i++) s->h2[i] *= keep[i];
+    }
+    /* h3 = h2 + FFN(h2) */
+    float *act = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * r4);
+    for (int b = 0; b < B; b++) memcpy(s->u + (size_t)b * r4, t[P_FFN1_B].data, sizeof(float) * r4);
+    ftb_gemm(0, 1, B, r4, r, 1.0f, s->h2, r, t[P_FFN1_W].data, r, 1.0f, s->u, r4);
+    for (int64_t i = 0; i < (int64_t)B * r4; i++) act[i] = gelu(s->u[i]);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < r; j++) s->h3[(size_t)b * r + j] = s->h2[(size_t)b * r + j] + t[P_FFN2_B].data[j];
+    ftb_gemm(0, 1, B, r, r4, 1.0f, act, r4, t[P_FFN2_W].data, r4, 1.0f, s->h3, r);
+    /* o = h3·Bᵀ */
+    ftb_gemm(0, 1, B, a->out, r, 1.0f, s->h3, r, t[P_B].data, r, 0.0f, o, a->out);
+    ftb_free(act);
+    ftb_free(tmp);
+}
+
+/* From s[b] = Σ_t dy[b,t] back to dp [B,H]; accumulates parameter grads. */
+static void lars_net_backward(const lars_adapter *a, const ftb_linear_ctx *c, const float *sum_dy, const lars_acts *s,
+                              float *dp) {
+    const int B = c->B, H = a->in, r = a->r, r4 = 4 * r, out = a->out;
+    const ftb_tensor *t = a->t;
+    const float alpha = t[P_ALPHA].data[0], tau1 = t[P_TAU1].data[0], tau2 = t[P_TAU2].data[0];
+    const size_t Br = (size_t)B * r;
+    float *buf = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (Br * 6 + (size_t)B * r4 * 2));
+    float *bts = buf, *dh3 = bts + Br, *dh2 = dh3 + Br, *dz = dh2 + Br, *dhhat = dz + Br, *hhat = dhhat + Br;
+    float *act = hhat + Br, *du = act + (size_t)B * r4;
+
+    /* o = h3·Bᵀ, Y += α·o:  dα = Σ_b s_b·o_b = Σ_b (s_b·B)·h3_b,  dB += α·sᵀ·h3,  dh3 = α·s·B */
+    ftb_gemm(0, 0, B, r, out, 1.0f, sum_dy, out, t[P_B].data, r, 0.0f, bts, r);
+    double dalpha = 0;
+    for (size_t i = 0; i < Br; i++) dalpha += (double)bts[i] * s->h3[i];
+    t[P_ALPHA].grad[0] += (float)dalpha;
+    ftb_gemm(1, 0, out, r, B, alpha, sum_dy, out, s->h3, r, 1.0f, t[P_B].grad, r);
+    for (size_t i = 0; i < Br; i++) dh3[i] = alpha * bts[i];
+
+    /* h3 = h2 + W2·GELU(W1·h2 + b1) + b2 */
+    for (int64_t i = 0; i < (int64_t)B * r4; i++) act[i] = gelu(s->u[i]);
+    ftb_gemm(1, 0, r, r4, B, 1.0f, dh3, r, act, r4, 1.0f, t[P_FFN2_W].grad, r4);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < r; j++) t[P_FFN2_B].grad[j] += dh3[(size_t)b * r + j];
+    ftb_gemm(0, 0, B, r4, r, 1.0f, dh3, r, t[P_FFN2_W].data, r4, 0.0f, du, r4);
+    for (int64_t i = 0; i < (int64_t)B * r4; i++) du[i] *= gelu_grad(s->u[i]);
+    ftb_gemm(1, 0, r4, r, B, 1.0f, du, r4, s->h2, r, 1.0f, t[P_FFN1_W].grad, r);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < r4; j++) t[P_FFN1_B].grad[j] += du[(size_t)b * r4 + j];
+    memcpy(dh2, dh3, sizeof(float) * Br);
+    ftb_gemm(0, 0, B, r, r4, 1.0f, du, r4, t[P_FFN1_W].data, r, 1.0f, dh2, r);
+
+    /* dropout: the same mask as forward, regenerated */
+    if (dropout_active(a, c)) {
+        float *keep = dz; /* free until the gate's backward */
+        dropout_mask(keep, (int64_t)Br, a->shared->dropout, dropout_seed(a));
+        for (size_t i = 0; i < Br; i++) dh2[i] *= keep[i];
+    }
+
+    /* h2 = ĥ + g·M:  dM += gᵀ·dh2,  dg = dh2·Mᵀ,  dĥ = dh2 */
+    ftb_gemm(1, 0, r, r, B, 1.0f, s->g, r, dh2, r, 1.0f, t[P_M].grad, r);
+    ftb_gemm(0, 1, B, r, r, 1.0f, dh2, r, t[P_M].data, r, 0.0f, dz, r);
+    memcpy(dhhat, dh2, sizeof(float) * Br);
+
+    /* g = sigmoid(z), z = τ1·gx + τ2·gh, gx = p·G_xᵀ, gh = ĥ·G_hᵀ */
+    double dtau1 = 0, dtau2 = 0;
+    for (size_t i = 0; i < Br; i++) {
+        dz[i] *= s->g[i] * (1.0f - s->g[i]);
+        dtau1 += (double)dz[i] * s->gx[i];
+        dtau2 += (double)dz[i] * s->gh[i];
+    }
+    t[P_TAU1].grad[0] += (float)dtau1;
+    t[P_TAU2].grad[0] += (float)dtau2;
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < r; j++)
+            hhat[(size_t)b * r + j] = t[P_LN_W].data[j] * s->nhat[(size_t)b * r + j] + t[P_LN_B].data[j];
+    ftb_gemm(1, 0, r, H, B, tau1, dz, r, s->p, H, 1.0f, t[P_GX].grad, H);
+    ftb_gemm(1, 0, r, r, B, tau2, dz, r, hhat, r, 1.0f, t[P_GH].grad, r);
+    ftb_gemm(0, 0, B, H, r, tau1, dz, r, t[P_GX].data, H, 0.0f, dp, H);
+    ftb_gemm(0, 0, B, r, r, tau2, dz, r, t[P_GH].data, r, 1.0f, dhhat, r);
+
+    /* ĥ = LayerNorm(h), h = p·Aᵀ:  dA += dhᵀ·p,  dp += dh·A */
+    float *dh = dh3; /* dh3 is done with */
+    layernorm_backward(dh, t[P_LN_W].grad, t[P_LN_B].grad, dhhat, s->nhat, s->rstd, t[P_LN_W].data, B, r);
+    ftb_gemm(1, 0, r, H, B, 1.0f, dh, r, s->p, H, 1.0f, t[P_A].grad, H);
+    ftb_gemm(0, 0, B, H, r, 1.0f, dh, r, t[P_A].data, H, 1.0f, dp, H);
+    ftb_free(buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hooks                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void lars_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+    lars_adapter *a = (lars_adapter *)self;
+    const int B = c->B;
+    seq_span *spans = malloc(sizeof *spans * (size_t)B);
+    float *acts = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE,
+                            sizeof(float) * acts_floats(B, a->in, a->r));
+    float *o = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->out);
+    if (!spans || !acts || !o) abort(); /* the hook ABI has no error path */
+    lars_acts s;
+    acts_bind(&s, acts, B, a->in, a->r);
+    seq_spans(c->batch, a->shared->pool_all, spans);
+    lars_net_forward(a, c, x, spans, &s, o);
+    broadcast_forward(y, o, a->t[P_ALPHA].data[0], B, c->T, a->out);
+    ftb_free(o);
+    free(spans);
+    if (saved) *saved = acts;
+    else ftb_free(acts);
+}
+
+static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
+                          void *saved) {
+    (void)x; /* NULL: needs_input is 0 — the point of the method */
+    lars_adapter *a = (lars_adapter *)self;
+    const int B = c->B;
+    seq_span *spans = malloc(sizeof *spans * (size_t)B);
+    float *sum_dy = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->out);
+    float *dp = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->in);
+    if (!spans || !sum_dy || !dp) abort();
+    lars_acts s;
+    acts_bind(&s, saved, B, a->in, a->r);
+    seq_spans(c->batch, a->shared->pool_all, spans);
+    broadcast_backward(sum_dy, dy, B, c->T, a->out);
+    lars_net_backward(a, c, sum_dy, &s, dp);
+    pool_backward(dx, dp, spans, B, c->T, a->in);
+    /* dy itself is unchanged: Y = Y0 + α·o is additive, so dY0 = dy. */
+    ftb_free(dp);
+    ftb_free(sum_dy);
+    free(spans);
+    ftb_free(saved);
+}
+
+static void lars_release(ftb_adapter *self, void *saved) {
+    (void)self;
+    ftb_free(saved);
+}
+
+static const ftb_adapter_ops lars_ops = {lars_forward, lars_backward, lars_release};
+
+/* ------------------------------------------------------------------------ */
+/* Method                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define DEFAULT_TARGETS "q,v"
+
+static const ftb_option_doc lars_options[] = {
+    {"rank", "8", "rank r of the activation subspace"},
+    {"targets", DEFAULT_TARGETS, "linear layers to adapt (comma-separated q,k,v,o,gate,up,down, or 'all' / 'attn' / 'mlp')"},
+    {"dropout", "0.1", "dropout on the gated code h2 while training, in [0, 1)"},
+    {"pool", "valid", "positions averaged into p: 'valid' (up to the last real token) or 'all' (every position)"},
+    {"weight_decay", "0.0", "AdamW weight decay (not on LayerNorm, biases, alpha, tau)"},
+    {NULL, NULL, NULL},
+};
+
+/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
+static int parse_targets(const char *s, char *err, size_t errlen) {
+    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
+    if (strcmp(s, "attn") == 0) return 0xF;
+    if (strcmp(s, "mlp") == 0) return 0x70;
+    int mask = 0;
+    char buf[256];
+    if (snprintf(buf, sizeof buf, "%s", s) >= (int)sizeof buf) {
+        snprintf(err, errlen, "option targets: list too long");
+        return -1;
+    }
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = ftb_linear_parse(tok);
+        if (k < 0) {
+            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
+            return -1;
+        }
+        mask |= 1 << k;
+    }
+    if (!mask) snprintf(err, errlen, "option targets: no layer given");
+    return mask ? mask : -1;
+}
+
+static int new_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, int no_decay, char *err,
+                      size_t errlen) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = cols > 0 ? 2 : 1;
+    t->shape[0] = rows;
+    t->shape[1] = cols > 0 ? cols : 0;
+    t->numel = rows * (cols > 0 ? cols : 1);
+    t->trainable = 1;
+    t->no_decay = no_decay;
+    t->data = ftb_calloc(FTB_MEM_TRAINABLE, sizeof(float) * (size_t)t->numel);
+    t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
+    if (!t->data || !t->grad) {
+        snprintf(err, errlen, "lars: out of memory for '%s'", name);
+        return -1;
+    }
+    return 0;
+}
+
+static void fill_uniform(ftb_tensor *t, float bound, ftb_rng *rng) {
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = bound * (2.0f * ftb_rng_uniform(rng) - 1.0f);
+}
+
+/* Shapes, then the paper's initialisation: A ~ N(0, 0.01²), B = 0 (so the
+ * model starts as the base model), G_x = G_h = 0, M = I, LayerNorm (1, 0),
+ * FFN as PyTorch's Linear (U(±1/√fan_in) for weight and bias), α = 0.5,
+ * τ1 = τ2 = 1. */
+static int adapter_init(lars_adapter *a, int layer, int kind, ftb_rng *rng, char *err, size_t errlen) {
+    const int r = a->r, H = a->in, out = a->out;
+    const int64_t shape[P_COUNT][2] = {
+        [P_A] = {r, H},      [P_B] = {out, r},        [P_GX] = {r, H},         [P_GH] = {r, r},
+        [P_M] = {r, r},      [P_LN_W] = {r, 0},       [P_LN_B] = {r, 0},       [P_FFN1_W] = {4 * r, r},
+        [P_FFN1_B] = {4 * r, 0}, [P_FFN2_W] = {r, 4 * r}, [P_FFN2_B] = {r, 0}, [P_ALPHA] = {1, 0},
+        [P_TAU1] = {1, 0},   [P_TAU2] = {1, 0},
+    };
+    for (int i = 0; i < P_COUNT; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "model.layers.%d.%s.lars.%s", layer, ftb_linear_name(kind), param_names[i]);
+        int no_decay = shape[i][1] == 0; /* vectors and scalars: norms, biases, α, τ */
+        if (new_tensor(&a->t[i], name, shape[i][0], shape[i][1], no_decay, err, errlen)) return -1;
+    }
+    for (int64_t i = 0; i < a->t[P_A].numel; i++) a->t[P_A].data[i] = 0.01f * ftb_rng_normal(rng);
+    for (int j = 0; j < r; j++) a->t[P_M].data[(size_t)j * r + j] = 1.0f;
+    for (int j = 0; j < r; j++) a->t[P_LN_W].data[j] = 1.0f;
+    fill_uniform(&a->t[P_FFN1_W], 1.0f / sqrtf((float)r), rng);
+    fill_uniform(&a->t[P_FFN1_B], 1.0f / sqrtf((float)r), rng);
+    fill_uniform(&a->t[P_FFN2_W], 1.0f / sqrtf((float)(4 * r)), rng);
+    fill_uniform(&a->t[P_FFN2_B], 1.0f / sqrtf((float)(4 * r)), rng);
+    a->t[P_ALPHA].data[0] = 0.5f;
+    a->t[P_TAU1].data[0] = 1.0f;
+    a->t[P_TAU2].data[0] = 1.0f;
+    return 0;
+}
+
+static void lars_destroy(void *state);
+
+static void *lars_init(ftb_session *s, char *err, size_t errlen) {
+    ftb_model *m = s->model;
+    long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
+    double dropout = ftb_opt_double(s->options, "dropout", 0.1, err, errlen);
+    double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
+    if (err[0]) return NULL;
+    if (rank < 1 || rank > 4096) {
+        snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
+        return NULL;
+    }
+    if (!(dropout >= 0.0 && dropout < 1.0)) {
+        snprintf(err, errlen, "option dropout: %g is not in [0, 1)", dropout);
+        return NULL;
+    }
+    if (wd < 0.0) {
+        snprintf(err, errlen, "option weight_decay: %g is negative", wd);
+        return NULL;
+    }
+    const char *pool = ftb_opt_str(s->options, "pool", "valid");
+    if (strcmp(pool, "valid") != 0 && strcmp(pool, "all") != 0) {
+        snprintf(err, errlen, "option pool: '%s' is neither 'valid' nor 'all'", pool);
+        return NULL;
+    }
+    int mask = parse_targets(ftb_opt_str(s->options, "targets", DEFAULT_TARGETS), err, errlen);
+    if (mask < 0) return NULL;
+
+    lars_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        snprintf(err, errlen, "lars: out of memory");
+        return NULL;
+    }
+    st->model = m;
+    st->shared.dropout = (float)dropout;
+    st->shared.pool_all = strcmp(pool, "all") == 0;
+    st->shared.seed = s->seed;
+    const int per_layer = __builtin_popcount((unsigned)mask);
+    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
+    st->params = calloc((size_t)m->cfg.n_layers * per_layer * P_COUNT, sizeof *st->params);
+    if (!st->adapters || !st->params) {
+        snprintf(err, errlen, "lars: out of memory");
+        goto fail;
+    }
+    ftb_model_set_trainable(m, 0);
+    ftb_rng rng;
+    ftb_rng_seed(&rng, s->seed ^ 0x6c617273ULL);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            if (!(mask & (1 << k))) continue;
+            lars_adapter *a = &st->adapters[st->n_adapters++];
+            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
+            a->out = (int)W->shape[0];
+            a->in = (int)W->shape[1];
+            a->r = (int)rank;
+            a->layer = l;
+            a->kind = k;
+            a->shared = &st->shared;
+            if (adapter_init(a, l, k, &rng, err, errlen)) goto fail;
+            for (int i = 0; i < P_COUNT; i++) st->params[(size_t)(st->n_adapters - 1) * P_COUNT + i] = &a->t[i];
+            a->hook.ops = &lars_ops;
+            a->hook.needs_input = 0; /* the frozen base keeps no input on our account */
+            a->hook.state = a;
+            ftb_attach_adapter(m, l, k, &a->hook);
+        }
+    if (ftb_adamw_init(&st->opt, m, st->params, st->n_adapters * P_COUNT, s->lr, (float)wd, err, errlen)) goto fail;
+    return st;
+fail:
+    lars_destroy(st);
+    return NULL;
+}
+
+static int lars_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                     size_t errlen) {
+    lars_state *st = state;
+    st->shared.step++; /* fresh dropout masks */
+    for (int i = 0; i < st->n_adapters * P_COUNT; i++)
+        memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
+    out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
+    if (out->loss != out->loss) return -1;
+    ftb_last_run_times(&out->t_forward, &out->t_backward);
+    double t0 = ftb_phase("optim");
+    ftb_adamw_step(&st->opt);
+    out->t_optim = ftb_now() - t0;
+    out->forward_passes = 1;
+    return 0;
+}
+
+static int lars_trainable(void *state, ftb_tensor ***tensors) {
+    lars_state *st = state;
+    *tensors = st->params;
+    return st->n_adapters * P_COUNT;
+}
+
+static void lars_destroy(void *state) {
+    lars_state *st = state;
+    if (!st) return;
+    for (int i = 0; i < st->n_adapters; i++) {
+        lars_adapter *a = &st->adapters[i];
+        if (st->model->layers[a->layer].adapter[a->kind] == &a->hook) ftb_attach_adapter(st->model, a->layer, a->kind, NULL);
+        for (int j = 0; j < P_COUNT; j++) {
+            ftb_free(a->t[j].data);
+            ftb_free(a->t[j].grad);
+        }
+    }
+    ftb_adamw_free(&st->opt);
+    free(st->adapters);
+    free(st->params);
+    free(st);
+}
+
+static const ftb_method lars_method = {
+    FTB_ABI_VERSION,
+    "lars",
+    "LARS: per-sequence activation-subspace adapter, keeps no per-position activations",
+    lars_options,
+    lars_init,
+    lars_step,
+    lars_trainable,
+    lars_destroy,
+};
+
+const ftb_method *ftbench_method(void) { return &lars_method; }
