@@ -1,0 +1,200 @@
+/* ia3 — IA3 (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is
+ * Better and Cheaper than In-Context Learning"): learned vectors that rescale
+ * the keys, the values and the MLP intermediate, element by element; the
+ * base model frozen, the vectors initialised to one (the model unchanged).
+ *
+ * Each vector is a hook on a linear layer's output, y = l ⊙ (x·Wᵀ + b):
+ * k_proj and v_proj as in the paper, and up_proj for the MLP intermediate —
+ * scaling h = silu(g) ⊙ u by l is scaling u by l, so a hook on up_proj's
+ * output is exactly the paper's (and PEFT's) scaling of down_proj's input.
+ *
+ * What it keeps for backward, per hooked linear: the base output
+ * y_base [N, out] (dl = Σ_rows dy ⊙ y_base needs it, as in PEFT, where
+ * autograd saves the unscaled output of the product).  It needs no input x:
+ * a frozen linear whose hook does not ask for x keeps none.
+ * Backward:  dl += Σ_rows dy ⊙ y_base,  then dy := l ⊙ dy in place (the
+ * gradient of the base output, which the core's frozen backward turns
+ * into dx = dy·W). */
+#include "ftbench.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    ftb_adapter hook; /* first: the core hands this pointer back */
+    ftb_tensor scale; /* l [out] */
+    int out;
+} ia3_adapter;
+
+typedef struct {
+    ia3_adapter *adapters;
+    int n_adapters;
+    ftb_tensor **params;
+    ftb_adamw opt;
+    ftb_model *model;
+} ia3_state;
+
+static void ia3_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+    (void)x;
+    ia3_adapter *a = (ia3_adapter *)self;
+    const int64_t N = (int64_t)c->B * c->T, out = a->out;
+    const float *l = a->scale.data;
+    if (saved) {
+        float *y_base = ftb_alloc(FTB_MEM_SAVED, sizeof(float) * (size_t)(N * out));
+        memcpy(y_base, y, sizeof(float) * (size_t)(N * out));
+        *saved = y_base;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < out; j++) y[i * out + j] *= l[j];
+}
+
+static void ia3_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
+                         void *saved) {
+    (void)x;
+    (void)dx; /* the hook adds nothing to dx itself: the rescaled dy carries it */
+    ia3_adapter *a = (ia3_adapter *)self;
+    const int64_t N = (int64_t)c->B * c->T, out = a->out;
+    const float *y_base = saved, *l = a->scale.data;
+    float *dl = a->scale.grad;
+    /* Rows in order, one thread: the sum is reproducible run to run. */
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < out; j++) dl[j] += dy[i * out + j] * y_base[i * out + j];
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < out; j++) dy[i * out + j] *= l[j];
+    ftb_free(saved);
+}
+
+static void ia3_release(ftb_adapter *self, void *saved) {
+    (void)self;
+    ftb_free(saved);
+}
+
+static const ftb_adapter_ops ia3_ops = {ia3_forward, ia3_backward, ia3_release};
+
+static const ftb_option_doc ia3_options[] = {
+    {"targets", "k,v,up", "linear outputs to rescale (comma-separated, or 'all' / 'attn' / 'mlp'); "
+                          "up = the MLP intermediate"},
+    {"weight_decay", "0.0", "AdamW weight decay"},
+    {NULL, NULL, NULL},
+};
+
+/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
+static int parse_targets(const char *s, char *err, size_t errlen) {
+    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
+    if (strcmp(s, "attn") == 0) return 0xF;
+    if (strcmp(s, "mlp") == 0) return 0x70;
+    int mask = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = ftb_linear_parse(tok);
+        if (k < 0) {
+            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
+            return -1;
+        }
+        mask |= 1 << k;
+    }
+    if (!mask) snprintf(err, errlen, "option targets: no layer given");
+    return mask ? mask : -1;
+}
+
+static void ia3_destroy(void *state);
+
+static void *ia3_init(ftb_session *s, char *err, size_t errlen) {
+    ftb_model *m = s->model;
+    double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
+    if (err[0]) return NULL;
+    int mask = parse_targets(ftb_opt_str(s->options, "targets", "k,v,up"), err, errlen);
+    if (mask < 0) return NULL;
+    ia3_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        snprintf(err, errlen, "ia3: out of memory");
+        return NULL;
+    }
+    int per_layer = __builtin_popcount((unsigned)mask);
+    st->model = m;
+    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
+    st->params = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->params);
+    if (!st->adapters || !st->params) {
+        snprintf(err, errlen, "ia3: out of memory");
+        ia3_destroy(st);
+        return NULL;
+    }
+    ftb_model_set_trainable(m, 0);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            if (!(mask & (1 << k))) continue;
+            ia3_adapter *a = &st->adapters[st->n_adapters++];
+            ftb_tensor *t = &a->scale;
+            a->out = (int)ftb_layer_weight(&m->layers[l], k)->shape[0];
+            snprintf(t->name, sizeof t->name, "model.layers.%d.%s.ia3_l", l, ftb_linear_name(k));
+            t->ndim = 1;
+            t->shape[0] = a->out;
+            t->numel = a->out;
+            t->trainable = 1;
+            t->no_decay = 0;
+            t->data = ftb_alloc(FTB_MEM_TRAINABLE, sizeof(float) * (size_t)a->out);
+            t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)a->out);
+            st->params[st->n_adapters - 1] = t;
+            if (!t->data || !t->grad) {
+                snprintf(err, errlen, "ia3: out of memory for '%s'", t->name);
+                ia3_destroy(st);
+                return NULL;
+            }
+            for (int j = 0; j < a->out; j++) t->data[j] = 1.0f; /* identity: training starts from the base model */
+            a->hook.ops = &ia3_ops;
+            a->hook.needs_input = 0;
+            a->hook.state = a;
+            ftb_attach_adapter(m, l, k, &a->hook);
+        }
+    if (ftb_adamw_init(&st->opt, m, st->params, st->n_adapters, s->lr, (float)wd, err, errlen)) {
+        ia3_destroy(st);
+        return NULL;
+    }
+    return st;
+}
+
+static int ia3_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                    size_t errlen) {
+    ia3_state *st = state;
+    for (int i = 0; i < st->n_adapters; i++)
+        memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
+    out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
+    if (out->loss != out->loss) return -1;
+    ftb_last_run_times(&out->t_forward, &out->t_backward);
+    double t0 = ftb_phase("optim");
+    ftb_adamw_step(&st->opt);
+    out->t_optim = ftb_now() - t0;
+    out->forward_passes = 1;
+    return 0;
+}
+
+static int ia3_trainable(void *state, ftb_tensor ***tensors) {
+    ia3_state *st = state;
+    *tensors = st->params;
+    return st->n_adapters;
+}
+
+static void ia3_destroy(void *state) {
+    ia3_state *st = state;
+    if (!st) return;
+    for (int l = 0; l < st->model->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
+    ftb_adamw_free(&st->opt);
+    for (int i = 0; i < st->n_adapters; i++) {
+        ftb_free(st->adapters[i].scale.data);
+        ftb_free(st->adapters[i].scale.grad);
+    }
+    free(st->adapters);
+    free(st->params);
+    free(st);
+}
+
+static const ftb_method ia3_method = {
+    FTB_ABI_VERSION, "ia3", "IA3: learned scaling of keys, values and the MLP intermediate, base frozen",
+    ia3_options,     ia3_init, ia3_step, ia3_trainable, ia3_destroy,
+};
+
+const ftb_method *ftbench_method(void) { return &ia3_method; }
