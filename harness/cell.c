@@ -265,6 +265,69 @@ static void set_outcome(ftb_cell_result *r, const char *o, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The record's description of the cell: what was measured, where, how. */
+static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char *ts, const char *git,
+                          ftb_enforce enforce, const char *enforce_note)
+{
+    json_object_set_new(rec, "timestamp_utc", json_string(ts));
+    json_object_set_new(rec, "git_rev", json_string(git));
+    json_object_set_new(rec, "hostname", json_string(ftb_hostname()));
+    json_object_set_new(rec, "abi_version", json_integer(FTB_ABI_VERSION));
+
+    json_t *model = json_object();
+    json_object_set_new(model, "name", json_string(c->model_name));
+    json_object_set_new(model, "source", json_string(c->checkpoint ? "checkpoint" : "zoo"));
+    if (c->checkpoint)
+        json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
+    json_object_set_new(model, "params", json_integer(ftb_config_param_count(&c->cfg)));
+    json_object_set_new(model, "config", config_json(&c->cfg));
+    json_object_set_new(rec, "model", model);
+
+    json_t *meth = json_object();
+    json_object_set_new(meth, "label", json_string(c->method_label));
+    json_t *mn = m ? json_object_get(m, "method_name") : NULL;
+    json_object_set(meth, "name", mn ? mn : json_null());
+    json_t *ms = m ? json_object_get(m, "method_summary") : NULL;
+    if (ms)
+        json_object_set(meth, "summary", ms);
+    json_object_set_new(meth, "path", json_string(c->method_path));
+    json_t *opts = json_object();
+    for (int i = 0; i < c->n_opts; i++)
+        json_object_set_new(opts, c->opt_keys[i], json_string(c->opt_values[i]));
+    json_object_set_new(meth, "options", opts);
+    json_object_set_new(rec, "method", meth);
+
+    json_object_set_new(rec, "seq", json_integer(c->seq));
+    json_object_set_new(rec, "batch", json_integer(c->batch));
+    json_object_set_new(rec, "steps", json_integer(c->steps));
+    json_object_set_new(rec, "warmup_steps", json_integer(c->warmup));
+    json_object_set_new(rec, "dataset", json_string(c->dataset));
+    json_object_set_new(rec, "seed", json_integer((json_int_t)c->seed));
+    json_object_set_new(rec, "lr", json_real(c->lr));
+    json_object_set_new(rec, "attention", json_string(c->attention == FTB_ATTN_EAGER ? "eager" : "flash"));
+    json_object_set_new(rec, "loss_mode", json_string(c->loss == FTB_LOSS_FULL ? "full" : "chunked"));
+
+    json_t *dev = json_object();
+    json_object_set_new(dev, "name", json_string(c->device.name));
+    json_object_set_new(dev, "profile", json_string(c->device.path));
+    json_object_set_new(dev, "emulated", json_boolean(c->emulated));
+    json_object_set_new(dev, "cores", json_integer(c->device.cores));
+    json_object_set_new(dev, "ram_mb", json_real(c->device.ram_mb));
+    json_object_set_new(dev, "usable_fraction", json_real(c->device.usable_fraction));
+    json_object_set_new(dev, "mem_bandwidth_gbs",
+                        c->device.mem_bandwidth_gbs > 0 ? json_real(c->device.mem_bandwidth_gbs) : json_null());
+    json_object_set_new(dev, "peak_gflops_fp32",
+                        c->device.peak_gflops_fp32 > 0 ? json_real(c->device.peak_gflops_fp32) : json_null());
+    json_object_set_new(dev, "budget_bytes", json_integer(c->budget_bytes));
+    json_object_set_new(dev, "enforcement", json_string(ftb_enforce_name(enforce)));
+    if (enforce_note[0])
+        json_object_set_new(dev, "enforcement_note", json_string(enforce_note));
+    json_object_set_new(dev, "threads", json_integer(c->threads));
+    json_object_set_new(rec, "device", dev);
+    json_object_set_new(rec, "emulated", json_boolean(c->emulated));
+}
+
+
 static double mib(int64_t b) { return (double)b / (1024.0 * 1024.0); }
 
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen)
@@ -487,62 +550,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         json_object_set_new(rec, "signal", s);
     }
     json_object_set_new(rec, "stage_reached", json_string(stage ? stage : "start"));
-    json_object_set_new(rec, "timestamp_utc", json_string(ts));
-    json_object_set_new(rec, "git_rev", json_string(git));
-    json_object_set_new(rec, "hostname", json_string(ftb_hostname()));
-    json_object_set_new(rec, "abi_version", json_integer(FTB_ABI_VERSION));
-
-    json_t *model = json_object();
-    json_object_set_new(model, "name", json_string(c->model_name));
-    json_object_set_new(model, "source", json_string(c->checkpoint ? "checkpoint" : "zoo"));
-    if (c->checkpoint)
-        json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
-    json_object_set_new(model, "params", json_integer(ftb_config_param_count(&c->cfg)));
-    json_object_set_new(model, "config", config_json(&c->cfg));
-    json_object_set_new(rec, "model", model);
-
-    json_t *meth = json_object();
-    json_object_set_new(meth, "label", json_string(c->method_label));
-    json_t *mn = m ? json_object_get(m, "method_name") : NULL;
-    json_object_set(meth, "name", mn ? mn : json_null());
-    json_t *ms = m ? json_object_get(m, "method_summary") : NULL;
-    if (ms)
-        json_object_set(meth, "summary", ms);
-    json_object_set_new(meth, "path", json_string(c->method_path));
-    json_t *opts = json_object();
-    for (int i = 0; i < c->n_opts; i++)
-        json_object_set_new(opts, c->opt_keys[i], json_string(c->opt_values[i]));
-    json_object_set_new(meth, "options", opts);
-    json_object_set_new(rec, "method", meth);
-
-    json_object_set_new(rec, "seq", json_integer(c->seq));
-    json_object_set_new(rec, "batch", json_integer(c->batch));
-    json_object_set_new(rec, "steps", json_integer(c->steps));
-    json_object_set_new(rec, "warmup_steps", json_integer(c->warmup));
-    json_object_set_new(rec, "dataset", json_string(c->dataset));
-    json_object_set_new(rec, "seed", json_integer((json_int_t)c->seed));
-    json_object_set_new(rec, "lr", json_real(c->lr));
-    json_object_set_new(rec, "attention", json_string(c->attention == FTB_ATTN_EAGER ? "eager" : "flash"));
-    json_object_set_new(rec, "loss_mode", json_string(c->loss == FTB_LOSS_FULL ? "full" : "chunked"));
-
-    json_t *dev = json_object();
-    json_object_set_new(dev, "name", json_string(c->device.name));
-    json_object_set_new(dev, "profile", json_string(c->device.path));
-    json_object_set_new(dev, "emulated", json_boolean(c->emulated));
-    json_object_set_new(dev, "cores", json_integer(c->device.cores));
-    json_object_set_new(dev, "ram_mb", json_real(c->device.ram_mb));
-    json_object_set_new(dev, "usable_fraction", json_real(c->device.usable_fraction));
-    json_object_set_new(dev, "mem_bandwidth_gbs",
-                        c->device.mem_bandwidth_gbs > 0 ? json_real(c->device.mem_bandwidth_gbs) : json_null());
-    json_object_set_new(dev, "peak_gflops_fp32",
-                        c->device.peak_gflops_fp32 > 0 ? json_real(c->device.peak_gflops_fp32) : json_null());
-    json_object_set_new(dev, "budget_bytes", json_integer(c->budget_bytes));
-    json_object_set_new(dev, "enforcement", json_string(ftb_enforce_name(enforce)));
-    if (enforce_note[0])
-        json_object_set_new(dev, "enforcement_note", json_string(enforce_note));
-    json_object_set_new(dev, "threads", json_integer(c->threads));
-    json_object_set_new(rec, "device", dev);
-    json_object_set_new(rec, "emulated", json_boolean(c->emulated));
+    describe_cell(rec, c, m, ts, git, enforce, enforce_note);
 
     /* What the child measured (partial if it did not finish). */
     json_t *mem = m ? json_object_get(m, "memory") : NULL;
@@ -628,4 +636,35 @@ void ftb_cell_result_free(ftb_cell_result *r)
 {
     json_decref(r->record);
     r->record = NULL;
+}
+
+int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen)
+{
+    if (ftb_mkdirs(c->run_dir, err, errlen) != 0)
+        return -1;
+    char results[PATH_MAX], ts[32];
+    snprintf(results, sizeof results, "%.3800s/results.jsonl", c->run_dir);
+    ftb_utc_timestamp(ts, sizeof ts);
+    json_t *rec = json_object();
+    json_object_set_new(rec, "schema", json_integer(FTB_RECORD_SCHEMA));
+    json_object_set_new(rec, "run_id", json_string(c->run_id));
+    json_object_set_new(rec, "cell", json_string(c->key));
+    json_object_set_new(rec, "outcome", json_string("skipped"));
+    char detail[600];
+    snprintf(detail, sizeof detail,
+             "not run: %s was already over the budget at seq %d (cell %s), and memory only grows with the length",
+             c->method_label, seq, because);
+    json_object_set_new(rec, "outcome_detail", json_string(detail));
+    json_object_set_new(rec, "skipped_because", json_string(because));
+    describe_cell(rec, c, NULL, ts, ftb_git_revision(), c->enforce, c->enforce_note);
+    if (c->extra) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
+    }
+    char *line = json_dumps(rec, JSON_COMPACT);
+    int rc = line ? ftb_append_line(results, line, err, errlen) : ftb_errf(err, errlen, "cannot serialise the record");
+    free(line);
+    json_decref(rec);
+    return rc;
 }

@@ -84,6 +84,10 @@ void ftb_cell_make_key(ftb_cell *c);
  * written (whatever the outcome), -1 with err when even that failed. */
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen);
 void ftb_cell_result_free(ftb_cell_result *r);
+/* Appends a record with outcome "skipped" for a cell not run because the
+ * same method was already over budget at the shorter length `seq` (cell
+ * `because`).  0, or -1 with err. */
+int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen);
 
 /* results.jsonl helpers: the cell keys already recorded (lines that do not
  * parse are skipped — a torn tail from a killed writer). */

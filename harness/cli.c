@@ -29,6 +29,7 @@ static const opt_spec specs[] = {
     { "--seqs", CLI_LISTS, 1, "LIST", "sequence lengths: 128..4096 (doubling) or 128,512,2048" },
     { "--batches", CLI_LISTS, 1, "LIST", "batch sizes, like --seqs" },
     { "--sweep", CLI_LISTS, 1, "NAME", "sweep definition: default or paper" },
+    { "--no-skip", CLI_LISTS, 0, NULL, "run every cell, even lengths beyond one already over budget" },
     { "--steps", CLI_TRAIN, 1, "N", "measured steps (default 3; sweeps: see --help)" },
     { "--warmup", CLI_TRAIN, 1, "N", "warm-up steps before the measured ones (default 1)" },
     { "--lr", CLI_TRAIN, 1, "X", "learning rate (default 1e-4)" },
@@ -214,6 +215,7 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
         } else if (!strcmp(name, "--no-timeline")) o->no_timeline = 1;
         else if (!strcmp(name, "--force")) o->force = 1;
         else if (!strcmp(name, "--quiet")) o->quiet = 1;
+        else if (!strcmp(name, "--no-skip")) o->no_skip = 1;
         if (rc)
             return -1;
     }

@@ -44,7 +44,7 @@ typedef struct {
     int64_t budget_bytes;          /* --budget; 0 = the device's        */
     int n_opts;
     char *opt_keys[FTB_CLI_MAX_OPTS], *opt_values[FTB_CLI_MAX_OPTS];
-    int no_timeline, force, quiet;
+    int no_timeline, force, quiet, no_skip;
     /* Which of the defaultable values the user gave. */
     int seq_given, steps_given, warmup_given, timeout_given, lr_given;
 } ftb_cli;

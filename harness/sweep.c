@@ -16,14 +16,18 @@
 #include <unistd.h>
 
 /* The default sweep must finish in about 15 minutes on a 2-core machine
- * with the device's default model (qwen2.5-0.5b for the Raspberry Pi 5):
- * hence one warm-up and one measured step.  Memory, the point of the
- * sweep, needs no more than one step; `paper` measures time properly. */
+ * with the device's default model (qwen2.5-0.5b for the Raspberry Pi 5,
+ * ~10 s per lora step at seq 512 and ~90 s at 4096 there, plus ~10 s to
+ * build the model in every cell).  Hence one measured step without
+ * warm-up (the step time includes first-touch page faults; memory, the
+ * point of this sweep, is complete after one step) and no runs of lengths
+ * longer than one already over budget.  `paper` measures time properly. */
 static const ftb_sweep_def defs[] = {
-    { "default", "128..4096", "1", 1, 1,
-      "every installed method x seq 128..4096 (doubling), batch 1, 1 warm-up + 1 measured step" },
-    { "paper", "64..8192", "1,4", 5, 2,
-      "every installed method x seq 64..8192 x batch 1,4, 2 warm-up + 5 measured steps" },
+    { "default", "128..4096", "1", 1, 0, 1,
+      "every installed method x seq 128..4096 (doubling), batch 1, 1 measured step, no warm-up;\n"
+      "            lengths beyond one already over budget are recorded as skipped" },
+    { "paper", "64..8192", "1,4", 5, 2, 0,
+      "every installed method x seq 64..8192 x batch 1,4, 2 warm-up + 5 measured steps, all run" },
 };
 
 const ftb_sweep_def *ftb_sweep_defs(int *n)
@@ -60,6 +64,7 @@ static const char *short_outcome(const char *o)
     if (!strcmp(o, "timeout")) return "TIMEOUT";
     if (!strcmp(o, "oom")) return "OOM";
     if (!strcmp(o, "error")) return "ERROR";
+    if (!strcmp(o, "skipped")) return "over*";
     return o;
 }
 
@@ -105,7 +110,9 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
 
     for (int table = 0; table < 2; table++) {
         if (table == 0)
-            fprintf(f, "\npeak RSS (MiB) on %s, budget %.0f MiB   (* over budget; CRASH/TIMEOUT/OOM/ERROR: failed; - not run)\n",
+            fprintf(f, "\npeak RSS (MiB) on %s, budget %.0f MiB\n"
+                       "  N* over budget; over*: not run, a shorter length was already over budget;\n"
+                       "  CRASH / TIMEOUT / OOM / ERROR: the cell failed; -: not recorded\n",
                     device, (double)budget / 1048576.0);
         else
             fprintf(f, "\nmedian step time (s)\n");
@@ -161,7 +168,7 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
                         if (json_is_number(st) && (!strcmp(o, "ok") || !strcmp(o, "over_budget")))
                             snprintf(cellbuf, sizeof cellbuf, "%.3f", json_number_value(st));
                         else if (strcmp(o, "ok") && strcmp(o, "over_budget"))
-                            snprintf(cellbuf, sizeof cellbuf, "%s", short_outcome(o));
+                            snprintf(cellbuf, sizeof cellbuf, "%s", !strcmp(o, "skipped") ? "-" : short_outcome(o));
                     }
                 }
                 fprintf(f, " %9s", cellbuf);
@@ -233,6 +240,63 @@ static void progress_cb(void *ud, const char *what, int step, int nsteps)
     fflush(stderr);
 }
 
+/* Per method (label + options) and batch: the shortest length that went
+ * over budget, for skipping longer ones. */
+typedef struct {
+    char method[160];
+    int batch, seq;
+    char key[256];
+} over_mark;
+typedef struct {
+    over_mark *v;
+    int n;
+} over_list;
+
+static void method_id(const ftb_cell *c, char *out, size_t n)
+{
+    /* The key up to ".<model>": label plus option hash. */
+    const char *k = c->key;
+    size_t len = strlen(c->method_label);
+    if (k[len] == '+') {
+        const char *dot = strchr(k + len, '.');
+        len = dot ? (size_t)(dot - k) : len;
+    }
+    snprintf(out, n, "%.*s", (int)len, k);
+}
+
+static void note_over_budget(over_list *l, const ftb_cell *c, json_t *rec)
+{
+    const char *o = json_string_value(json_object_get(rec, "outcome"));
+    if (!o || (strcmp(o, "over_budget") && strcmp(o, "oom")))
+        return;
+    char id[160];
+    method_id(c, id, sizeof id);
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i].method, id) && l->v[i].batch == c->batch) {
+            if (c->seq < l->v[i].seq) {
+                l->v[i].seq = c->seq;
+                snprintf(l->v[i].key, sizeof l->v[i].key, "%s", c->key);
+            }
+            return;
+        }
+    l->v = realloc(l->v, (size_t)(l->n + 1) * sizeof *l->v);
+    over_mark *m = &l->v[l->n++];
+    snprintf(m->method, sizeof m->method, "%s", id);
+    snprintf(m->key, sizeof m->key, "%s", c->key);
+    m->batch = c->batch;
+    m->seq = c->seq;
+}
+
+static const over_mark *find_over(const over_list *l, const ftb_cell *c)
+{
+    char id[160];
+    method_id(c, id, sizeof id);
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i].method, id) && l->v[i].batch == c->batch && c->seq > l->v[i].seq)
+            return &l->v[i];
+    return NULL;
+}
+
 int ftb_cmd_sweep(int argc, char **argv)
 {
     char err[FTB_ERR_LEN + 256];
@@ -253,6 +317,7 @@ int ftb_cmd_sweep(int argc, char **argv)
     ftb_recorded done;
     memset(&done, 0, sizeof done);
     json_t **recs = NULL;
+    over_list over = { NULL, 0 };
 
     const char *sweep_name = s.cli.sweep ? s.cli.sweep : "default";
     const ftb_sweep_def *def = ftb_sweep_find(sweep_name);
@@ -407,6 +472,9 @@ int ftb_cmd_sweep(int argc, char **argv)
     if (todo < ncells)
         fprintf(stderr, "  %d of %d cells already recorded; running the other %d\n", ncells - todo, ncells, todo);
 
+    int skip = def->skip_longer_after_over_budget;
+    if (s.cli.no_skip)
+        skip = 0;
     progress_state ps;
     memset(&ps, 0, sizeof ps);
     ps.total = ncells;
@@ -415,8 +483,25 @@ int ftb_cmd_sweep(int argc, char **argv)
     ps.tty = isatty(2) && !s.cli.quiet;
     for (int i = 0; i < ncells; i++) {
         ftb_cell *c = &cells[i];
-        if (!s.cli.force && ftb_recorded_find(&done, c->key))
+        json_t *prev = ftb_recorded_find(&done, c->key);
+        if (!s.cli.force && prev) {
+            note_over_budget(&over, c, prev);
             continue;
+        }
+        const over_mark *om = skip ? find_over(&over, c) : NULL;
+        if (om) {
+            if (ftb_cell_record_skipped(c, om->key, om->seq, err, sizeof err) != 0) {
+                fprintf(stderr, "%sftbench sweep: %s\n", ps.tty ? "\r\033[K" : "", err);
+                json_decref(extra);
+                rc = FTB_EXIT_FAIL;
+                goto out;
+            }
+            ps.todo_cost -= cell_cost(c);
+            if (!s.cli.quiet)
+                fprintf(stderr, "%s[cell %d/%d] %s: skipped (over budget already at seq %d)\n",
+                        ps.tty ? "\r\033[K" : "", i + 1, ncells, c->key, om->seq);
+            continue;
+        }
         ps.index = i + 1;
         ps.cell = c;
         ps.cell_start = ftb_now();
@@ -434,6 +519,7 @@ int ftb_cmd_sweep(int argc, char **argv)
             rc = FTB_EXIT_FAIL;
             goto out;
         }
+        note_over_budget(&over, c, r.record);
         double cost = cell_cost(c);
         ps.done_cost += cost;
         ps.done_seconds += r.wall;
@@ -467,6 +553,7 @@ int ftb_cmd_sweep(int argc, char **argv)
     printf("\nrecords: %s\n", results);
     rc = FTB_EXIT_OK;
 out:
+    free(over.v);
     free(recs);
     ftb_recorded_free(&done);
     free(cells);

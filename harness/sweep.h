@@ -14,6 +14,10 @@ typedef struct {
     const char *seqs;      /* list syntax of ftb_parse_int_list */
     const char *batches;
     int steps, warmup;
+    /* Once a method's cell is over budget (or OOM) at some length, record
+     * its longer lengths as "skipped" instead of running them: memory only
+     * grows with the length, and each such cell costs minutes. */
+    int skip_longer_after_over_budget;
     const char *about;
 } ftb_sweep_def;
 

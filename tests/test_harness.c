@@ -386,8 +386,8 @@ Test(harness, sweep_records_every_fault_and_resumes, .fini = remove_tmp, .timeou
     need_env();
     make_tmp();
     const char *const args[] = { "sweep", "--methods", fault_methods(), "--model", "tiny", "--seqs", "16,32",
-                                 "--steps", "1", "--warmup", "0", "--budget", "64M", "--timeout", "2", "--out",
-                                 tmpdir, "--run-id", "faults", "--quiet", NULL };
+                                 "--steps", "1", "--warmup", "0", "--budget", "64M", "--timeout", "2", "--no-skip",
+                                 "--out", tmpdir, "--run-id", "faults", "--quiet", NULL };
     proc p = run(args);
     cr_assert((p.code) == (0), "sweep exit %d: %s", p.code, p.err);
     cr_expect(strstr(p.out, "CRASH") && strstr(p.out, "TIMEOUT") && strstr(p.out, "ERROR") && strstr(p.out, "*"),
@@ -478,6 +478,32 @@ Test(harness, killed_sweep_leaves_valid_lines_and_resumes, .fini = remove_tmp, .
     v = read_records(path, &n, &bad);
     cr_expect((n) == (8), "after resuming: %d records", n);
     cr_expect((bad) == (1), "only the torn line may fail to parse");
+    free_records(v, n);
+}
+
+Test(harness, sweep_skips_lengths_beyond_an_over_budget_one, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    char list[2048];
+    snprintf(list, sizeof list, "%s,%s", plugin("hog"), plugin("fwdonly"));
+    proc p = run((const char *[]){ "sweep", "--methods", list, "--model", "tiny", "--seqs", "16..64", "--budget",
+                                   "64M", "--out", tmpdir, "--run-id", "skip", "--quiet", NULL });
+    cr_assert((p.code) == (0), "%s", p.err);
+    cr_expect(strstr(p.out, "over*") != NULL, "%s", p.out);
+    proc_free(&p);
+    char path[512];
+    snprintf(path, sizeof path, "%s/host/skip/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (6), "%d records", n);
+    cr_expect_str_eq(jstr(find_cell(v, n, "hog.", 16), "outcome"), "over_budget");
+    for (int seq = 32; seq <= 64; seq *= 2) {
+        json_t *r = find_cell(v, n, "hog.", seq);
+        cr_expect_str_eq(jstr(r, "outcome"), "skipped");
+        cr_expect_str_eq(jstr(r, "skipped_because"), "hog.tiny.s16.b1");
+        cr_expect_str_eq(jstr(find_cell(v, n, "fwdonly.", seq), "outcome"), "ok");
+    }
     free_records(v, n);
 }
 
