@@ -1,0 +1,413 @@
+/* mezo — MeZO (Malladi et al., 2023, "Fine-Tuning Language Models with Just
+ * Forward Passes", arXiv:2305.17333): zeroth-order SGD with SPSA and the
+ * seed trick.  One step, for trainable parameters θ and a fresh seed:
+ *
+ *   θ += ε·z          L₊ = loss(θ + εz)      (inference-mode forward)
+ *   θ −= 2ε·z         L₋ = loss(θ − εz)      (inference-mode forward)
+ *   θ += ε·z          (restored)
+ *   pg = (L₊ − L₋) / (2ε)
+ *   θ −= lr·(pg·z + wd·θ)                    (no decay on biases and norms)
+ *
+ * z ~ N(0, I) is never stored: every sweep regenerates it from the seed.
+ * The restore and the update are one sweep (the same arithmetic, in the same
+ * order, as two sweeps — one regeneration fewer).  What is resident is the
+ * weights and one inference forward's workspace: nothing is saved for a
+ * backward, there are no gradients and no optimizer state.
+ *
+ * Noise layout (tests/test_zo.c regenerates it independently): tensor t of
+ * the trainable list is cut in blocks of ZO_BLOCK elements; block k's
+ * normals come from an ftb_rng seeded with
+ *   zo_child(zo_child(step_seed, t), k),
+ * two normals per ftb_rng_u64 draw (Box–Muller on two 24-bit uniforms).
+ * Blocks are independent, so the sweeps run in parallel (OpenMP) and give
+ * the same numbers whatever the thread count.  Step seeds are successive
+ * ftb_rng_u64 draws of an ftb_rng seeded with session seed ^ MEZO_SEED_SALT.
+ *
+ * params=lora: the trainable parameters are LoRA factors (y += s·x·Aᵀ·Bᵀ on
+ * the targeted linears, A ~ U(±1/√in), B = 0, as methods/lora) and the base
+ * stays frozen; the hook is forward-only and saves nothing. */
+#include "ftbench.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZO_BLOCK 65536                     /* elements per independently seeded block */
+#define ZO_CHUNK 256                       /* normals generated at a time, on the stack (even) */
+#define MEZO_SEED_SALT 0x6d657a6fULL       /* "mezo" */
+#define LORA_SEED_SALT 0x6c6f7261ULL       /* "lora": same A as methods/lora for a seed */
+
+/* ---- seeded noise ------------------------------------------------------- */
+
+/* splitmix64's finaliser: a bijection that scatters nearby inputs. */
+static uint64_t zo_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* The seed of child `index` of a seed: tensors of a step, blocks of a tensor. */
+static uint64_t zo_child(uint64_t parent, uint64_t index) {
+    return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1));
+}
+
+/* z[0..n) ~ N(0,1), continuing r's stream.  n even, except at the very end
+ * of a block.  u1 ∈ (0,1] keeps the log finite; |z| ≤ 5.8 (24-bit u1). */
+static void fill_normal_pairs(float *z, int n, ftb_rng *r) {
+    for (int i = 0; i < n; i += 2) {
+        uint64_t x = ftb_rng_u64(r);
+        float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
+        float u2 = (float)((x >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+        float radius = sqrtf(-2.0f * logf(u1)), s, c;
+        sincosf(6.2831853071795865f * u2, &s, &c);
+        z[i] = radius * c;
+        if (i + 1 < n) z[i + 1] = radius * s;
+    }
+}
+
+/* ---- the LoRA variant's forward hook ------------------------------------ */
+
+typedef struct {
+    ftb_adapter hook; /* first: the core hands this pointer back */
+    ftb_tensor A, B;
+    float scale;
+    int in, out, r;
+} mezo_lora;
+
+/* y += s·(x·Aᵀ)·Bᵀ.  h is workspace: nothing is kept, in any mode. */
+static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+    (void)saved;
+    mezo_lora *a = (mezo_lora *)self;
+    const int N = c->B * c->T;
+    float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
+    ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
+    ftb_free(h);
+}
+
+/* MeZO never runs a backward.  Should someone run ftb_model_forward_backward
+ * on a model carrying these hooks, the adapter still passes the gradient
+ * through (dx += s·dy·B·A, which needs neither x nor anything saved), so the
+ * gradients of everything else stay exact; A and B have no gradient. */
+static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
+                               void *saved) {
+    (void)x;
+    (void)saved;
+    mezo_lora *a = (mezo_lora *)self;
+    const int N = c->B * c->T;
+    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
+    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
+    ftb_free(dh);
+}
+
+static void mezo_lora_release(ftb_adapter *self, void *saved) {
+    (void)self;
+    (void)saved; /* nothing was saved */
+}
+
+static const ftb_adapter_ops mezo_lora_ops = {mezo_lora_forward, mezo_lora_backward, mezo_lora_release};
+
+/* ---- state -------------------------------------------------------------- */
+
+typedef struct {
+    int tensor;
+    int64_t block;
+} noise_block;
+
+typedef struct {
+    ftb_model *model;
+    ftb_tensor **params;    /* what is perturbed and updated, in noise order */
+    int n_params;
+    noise_block *blocks;    /* every (tensor, block) pair: one parallel loop */
+    int64_t n_blocks;
+    mezo_lora *adapters;    /* params=lora only */
+    int n_adapters;
+    float eps, weight_decay;
+    ftb_rng seeds;          /* one draw per step */
+} mezo_state;
+
+static const ftb_option_doc mezo_options[] = {
+    {"params", "full", "what is trained: full (every weight, as in the paper) or lora"},
+    {"eps", "1e-3 (full), 1e-2 (lora)", "perturbation scale ε"},
+    {"weight_decay", "0.0", "decoupled weight decay wd in θ -= lr·(pg·z + wd·θ); none on biases and norms"},
+    {"rank", "8", "params=lora: rank r of A and B"},
+    {"alpha", "16", "params=lora: scale s = alpha / rank"},
+    {"targets", "q,v", "params=lora: linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
+    {NULL, NULL, NULL},
+};
+
+/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
+static int parse_targets(const char *s, char *err, size_t errlen) {
+    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
+    if (strcmp(s, "attn") == 0) return 0xF;
+    if (strcmp(s, "mlp") == 0) return 0x70;
+    int mask = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = ftb_linear_parse(tok);
+        if (k < 0) {
+            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
+            return -1;
+        }
+        mask |= 1 << k;
+    }
+    if (!mask) snprintf(err, errlen, "option targets: no layer given");
+    return mask ? mask : -1;
+}
+
+static int new_lora_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, char *err,
+                           size_t errlen) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = 2;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->numel = rows * cols;
+    t->trainable = 1;
+    t->writable = 1;
+    t->data = ftb_calloc(FTB_MEM_TRAINABLE, sizeof(float) * (size_t)t->numel); /* no gradient: ZO */
+    if (!t->data) {
+        snprintf(err, errlen, "mezo: out of memory for '%s'", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int attach_lora(mezo_state *st, ftb_session *s, long rank, double alpha, int mask, char *err,
+                       size_t errlen) {
+    ftb_model *m = s->model;
+    int per_layer = __builtin_popcount((unsigned)mask);
+    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
+    st->params = calloc((size_t)m->cfg.n_layers * per_layer * 2, sizeof *st->params);
+    if (!st->adapters || !st->params) {
+        snprintf(err, errlen, "mezo: out of memory");
+        return -1;
+    }
+    ftb_rng rng;
+    ftb_rng_seed(&rng, s->seed ^ LORA_SEED_SALT);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            if (!(mask & (1 << k))) continue;
+            mezo_lora *a = &st->adapters[st->n_adapters++];
+            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
+            a->out = (int)W->shape[0];
+            a->in = (int)W->shape[1];
+            a->r = (int)rank;
+            a->scale = (float)(alpha / rank);
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
+            if (new_lora_tensor(&a->A, name, rank, a->in, err, errlen)) return -1;
+            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
+            if (new_lora_tensor(&a->B, name, a->out, rank, err, errlen)) return -1;
+            float bound = 1.0f / sqrtf((float)a->in);
+            for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
+            a->hook.ops = &mezo_lora_ops;
+            a->hook.needs_input = 0;
+            a->hook.state = a;
+            st->params[st->n_params++] = &a->A;
+            st->params[st->n_params++] = &a->B;
+            ftb_attach_adapter(m, l, k, &a->hook);
+        }
+    return 0;
+}
+
+/* The base weights themselves: written in place, so they must be writable;
+ * ftb_model_make_writable copies mapped ones out of the checkpoint without
+ * allocating gradients. */
+static int train_full_model(mezo_state *st, ftb_session *s, char *err, size_t errlen) {
+    ftb_model *m = s->model;
+    ftb_model_set_trainable(m, 1);
+    if (ftb_model_make_writable(m, err, errlen)) return -1;
+    st->params = calloc((size_t)m->n_params, sizeof *st->params);
+    if (!st->params) {
+        snprintf(err, errlen, "mezo: out of memory");
+        return -1;
+    }
+    for (int i = 0; i < m->n_params; i++) /* a tied lm_head is not in params[]: perturbed once, as embed */
+        if (m->params[i]->numel > 0) st->params[st->n_params++] = m->params[i];
+    return 0;
+}
+
+static int list_noise_blocks(mezo_state *st, char *err, size_t errlen) {
+    for (int t = 0; t < st->n_params; t++) st->n_blocks += (st->params[t]->numel + ZO_BLOCK - 1) / ZO_BLOCK;
+    st->blocks = malloc(sizeof *st->blocks * (size_t)(st->n_blocks ? st->n_blocks : 1));
+    if (!st->blocks) {
+        snprintf(err, errlen, "mezo: out of memory");
+        return -1;
+    }
+    int64_t j = 0;
+    for (int t = 0; t < st->n_params; t++)
+        for (int64_t k = 0; k * ZO_BLOCK < st->params[t]->numel; k++) st->blocks[j++] = (noise_block){t, k};
+    return 0;
+}
+
+static void mezo_destroy(void *state);
+
+static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
+    const char *params = ftb_opt_str(s->options, "params", "full");
+    int lora = strcmp(params, "lora") == 0;
+    if (!lora && strcmp(params, "full") != 0) {
+        snprintf(err, errlen, "option params: '%s' is neither 'full' nor 'lora'", params);
+        return NULL;
+    }
+    double eps = ftb_opt_double(s->options, "eps", lora ? 1e-2 : 1e-3, err, errlen);
+    double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
+    /* LoRA's options are checked even with params=full (a typo should not
+     * pass silently) but not refused: a sweep hands unscoped options to
+     * every method. */
+    long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
+    double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
+    if (err[0]) return NULL;
+    int mask = parse_targets(ftb_opt_str(s->options, "targets", "q,v"), err, errlen);
+    if (mask < 0) return NULL;
+    if (!(eps > 0.0) || eps > 1.0) {
+        snprintf(err, errlen, "option eps: %g is not in (0, 1]", eps);
+        return NULL;
+    }
+    if (wd < 0.0) {
+        snprintf(err, errlen, "option weight_decay: %g is negative", wd);
+        return NULL;
+    }
+    if (rank < 1 || rank > 4096) {
+        snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
+        return NULL;
+    }
+    if (!(alpha > 0.0)) {
+        snprintf(err, errlen, "option alpha: %g is not positive", alpha);
+        return NULL;
+    }
+    mezo_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        snprintf(err, errlen, "mezo: out of memory");
+        return NULL;
+    }
+    st->model = s->model;
+    st->eps = (float)eps;
+    st->weight_decay = (float)wd;
+    ftb_rng_seed(&st->seeds, s->seed ^ MEZO_SEED_SALT);
+    if (lora) {
+        ftb_model_set_trainable(s->model, 0);
+        if (attach_lora(st, s, rank, alpha, mask, err, errlen)) goto fail;
+    } else if (train_full_model(st, s, err, errlen)) {
+        goto fail;
+    }
+    if (list_noise_blocks(st, err, errlen)) goto fail;
+    return st;
+fail:
+    mezo_destroy(st);
+    return NULL;
+}
+
+/* One sweep over every trainable element with z regenerated:
+ *   θ += add·z,  then, if update:  θ −= lr·(pg·z + wd·θ)  (wd 0 on no_decay).
+ * No allocation: each thread generates a block's z ZO_CHUNK at a time. */
+static void sweep(const mezo_state *st, uint64_t step_seed, float add, int update, float lr, float pg) {
+    const noise_block *blocks = st->blocks;
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t j = 0; j < st->n_blocks; j++) {
+        ftb_tensor *t = st->params[blocks[j].tensor];
+        const int64_t lo = blocks[j].block * ZO_BLOCK;
+        const int64_t n = t->numel - lo < ZO_BLOCK ? t->numel - lo : ZO_BLOCK;
+        const float wd = t->no_decay ? 0.0f : st->weight_decay;
+        float *x = t->data + lo;
+        ftb_rng r;
+        ftb_rng_seed(&r, zo_child(zo_child(step_seed, (uint64_t)blocks[j].tensor), (uint64_t)blocks[j].block));
+        float z[ZO_CHUNK];
+        for (int64_t c = 0; c < n; c += ZO_CHUNK) {
+            int m = n - c < ZO_CHUNK ? (int)(n - c) : ZO_CHUNK;
+            fill_normal_pairs(z, m, &r);
+            if (update) {
+                for (int i = 0; i < m; i++) {
+                    float v = x[c + i] + add * z[i];
+                    x[c + i] = v - lr * (pg * z[i] + wd * v);
+                }
+            } else {
+                for (int i = 0; i < m; i++) x[c + i] += add * z[i];
+            }
+        }
+    }
+}
+
+/* Runs one inference-mode forward; adds its time to *t_forward. */
+static float timed_forward(ftb_session *s, const ftb_batch *b, double *t_forward, char *err, size_t errlen) {
+    ftb_run_opts run = s->run;
+    run.seq_loss = NULL;
+    float loss = ftb_model_forward(s->model, b, &run, err, errlen);
+    double fwd = 0;
+    ftb_last_run_times(&fwd, NULL);
+    *t_forward += fwd;
+    return loss;
+}
+
+static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                     size_t errlen) {
+    mezo_state *st = state;
+    const float eps = st->eps;
+    const uint64_t step_seed = ftb_rng_u64(&st->seeds);
+    double t_optim = 0, t_forward = 0, t0;
+
+    t0 = ftb_phase("zo perturb");
+    sweep(st, step_seed, eps, 0, 0, 0);
+    t_optim += ftb_now() - t0;
+    float loss_plus = timed_forward(s, b, &t_forward, err, errlen);
+    t0 = ftb_phase("zo perturb");
+    sweep(st, step_seed, isnan(loss_plus) ? -eps : -2.0f * eps, 0, 0, 0);
+    t_optim += ftb_now() - t0;
+    if (isnan(loss_plus)) return -1; /* restored; err says why */
+    float loss_minus = timed_forward(s, b, &t_forward, err, errlen);
+    double pg = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)eps);
+    int ok = !isnan(loss_minus) && isfinite(pg);
+    if (!ok && !err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
+                                 (double)loss_plus, (double)loss_minus);
+
+    /* Restore (+εz) and update in the same sweep; a failed step only restores. */
+    t0 = ftb_phase("zo update");
+    sweep(st, step_seed, eps, ok, s->lr, ok ? (float)pg : 0.0f);
+    t_optim += ftb_now() - t0;
+    if (!ok) return -1;
+
+    out->loss = 0.5f * (loss_plus + loss_minus); /* ≈ L(θ) up to O(ε²) */
+    out->forward_passes = 2;
+    out->t_forward = t_forward;
+    out->t_backward = 0;
+    out->t_optim = t_optim;
+    return 0;
+}
+
+static int mezo_trainable(void *state, ftb_tensor ***tensors) {
+    mezo_state *st = state;
+    *tensors = st->params;
+    return st->n_params;
+}
+
+static void mezo_destroy(void *state) {
+    mezo_state *st = state;
+    if (!st) return;
+    if (st->adapters) {
+        for (int l = 0; l < st->model->cfg.n_layers; l++)
+            for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
+        for (int i = 0; i < st->n_adapters; i++) {
+            ftb_free(st->adapters[i].A.data);
+            ftb_free(st->adapters[i].B.data);
+        }
+    }
+    free(st->adapters);
+    free(st->params);
+    free(st->blocks);
+    free(st);
+}
+
+static const ftb_method mezo_method = {
+    FTB_ABI_VERSION,
+    "mezo",
+    "MeZO: zeroth-order SGD, two inference forwards per step, seeded perturbations never stored",
+    mezo_options,
+    mezo_init,
+    mezo_step,
+    mezo_trainable,
+    mezo_destroy,
+};
+
+const ftb_method *ftbench_method(void) { return &mezo_method; }
