@@ -1,0 +1,517 @@
+/* prge — P-RGE (Gao, Ziashahabi, Niu, Avestimehr, Annavaram, 2024, "Enabling
+ * Resource-Efficient On-Device Fine-Tuning of LLMs Using Only Inference
+ * Engines", arXiv:2409.15520): zeroth-order fine-tuning of LoRA-FA adapters
+ * (A frozen at its random init, only B trained) with parallelised
+ * randomised gradient estimation.
+ *
+ * One step with query budget n and a fresh seed:
+ *   z_i ~ N(0, I) for every B, i = 0..n-1 (drawn from seeds);
+ *   outer loop: the n queries run as ONE forward whose batch is the input
+ *     batch repeated; slice j (B_orig sequences, rows [j·B_orig·T, ...))
+ *     sees its own perturbed B over the shared frozen base;
+ *   inner loop (dual=1): 2n slices in that forward, slice i with B + ε·z_i
+ *     and slice n+i with B − ε·z_i, so one forward gives L₊ᵢ and L₋ᵢ;
+ *     (dual=0: two forwards of n slices, + then −);
+ *   pg_i = (L₊ᵢ − L₋ᵢ) / (2ε),   B ← B − lr · (1/n) Σᵢ pg_i·z_i.
+ * A slice's loss is the token-weighted mean of its sequences' losses
+ * (ftb_run_opts.seq_loss), i.e. exactly what a forward of that slice alone
+ * returns.
+ *
+ * Memory: the n perturbations z_i of every B are held from the start of the
+ * step to the update (the n "query copies" of B: P-RGE's price for batching
+ * its queries), counted as FTB_MEM_WORKSPACE since they live only within a
+ * step; plus one inference forward at n·B_orig (dual=0) or 2n·B_orig rows.
+ * Nothing is saved for a backward; B has no gradient and no optimizer state.
+ *
+ * Noise layout (tests/test_zo.c regenerates it independently): adapter a's
+ * z_i, cut in blocks of ZO_BLOCK elements, block k drawn from an ftb_rng
+ * seeded with zo_child(zo_child(zo_child(step_seed, i), a), k), two normals
+ * per ftb_rng_u64 draw (Box–Muller on two 24-bit uniforms), as methods/mezo.
+ * Step seeds: successive ftb_rng_u64 draws of an ftb_rng seeded with
+ * session seed ^ PRGE_SEED_SALT.
+ *
+ * Outside a step (or on a batch that is not the step's repeated batch) the
+ * hook is plain LoRA with the current B, so the trained model can be
+ * evaluated with ftb_model_forward. */
+#include "ftbench.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZO_BLOCK 65536
+#define ZO_CHUNK 256
+#define PRGE_SEED_SALT 0x70726765ULL /* "prge" */
+#define LORA_SEED_SALT 0x6c6f7261ULL /* "lora": same A as methods/lora for a seed */
+#define MAX_QUERIES 64
+
+/* ---- seeded noise (the same scheme as methods/mezo) --------------------- */
+
+static uint64_t zo_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t zo_child(uint64_t parent, uint64_t index) {
+    return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1));
+}
+
+static void fill_normal_pairs(float *z, int n, ftb_rng *r) {
+    for (int i = 0; i < n; i += 2) {
+        uint64_t x = ftb_rng_u64(r);
+        float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
+        float u2 = (float)((x >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+        float radius = sqrtf(-2.0f * logf(u1)), s, c;
+        sincosf(6.2831853071795865f * u2, &s, &c);
+        z[i] = radius * c;
+        if (i + 1 < n) z[i + 1] = radius * s;
+    }
+}
+
+/* ---- state -------------------------------------------------------------- */
+
+typedef struct prge_state prge_state;
+
+/* tests/test_zo.c reads A and B through this prefix (hook, A, B). */
+typedef struct {
+    ftb_adapter hook; /* first: the core hands this pointer back */
+    ftb_tensor A, B;  /* A [r, in] frozen; B [out, r] trained */
+    float scale;
+    int in, out, r;
+    float *z;         /* during a step: [queries][out·r], query i at i·out·r */
+    prge_state *owner;
+} prge_adapter;
+
+/* The forward in flight, as the hooks need to see it. */
+typedef struct {
+    int active;       /* a step's repeated forward is running */
+    int rows_per_slice_seqs; /* B_orig: sequences per slice */
+    int n_slices;
+    int all_minus;    /* dual=0, second forward: every slice is B − εz_i */
+} forward_plan;
+
+struct prge_state {
+    ftb_model *model;
+    prge_adapter *adapters;
+    int n_adapters;
+    ftb_tensor **params; /* the B's */
+    int queries, dual;
+    float eps;
+    ftb_rng seeds;
+    forward_plan plan;
+};
+
+/* Slice j → (query, sign): dual puts + in slices 0..n-1 and − in n..2n-1. */
+static void slice_query(const prge_state *st, int j, int *query, float *sign) {
+    if (st->dual) {
+        *query = j % st->queries;
+        *sign = j < st->queries ? 1.0f : -1.0f;
+    } else {
+        *query = j;
+        *sign = st->plan.all_minus ? -1.0f : 1.0f;
+    }
+}
+
+/* ---- the per-slice LoRA hook -------------------------------------------- */
+
+/* y += s·(x·Aᵀ)·B_jᵀ with B_j = B ± ε·z_i for the rows of slice j.  h and
+ * B_j are workspace; nothing is kept in any mode. */
+static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+    (void)saved;
+    prge_adapter *a = (prge_adapter *)self;
+    const prge_state *st = a->owner;
+    const int N = c->B * c->T, r = a->r, out = a->out;
+    float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * r);
+    ftb_gemm(0, 1, N, r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, r);
+    const forward_plan *p = &st->plan;
+    if (!p->active || !a->z || c->B != p->n_slices * p->rows_per_slice_seqs) {
+        ftb_gemm(0, 1, N, out, r, a->scale, h, r, a->B.data, r, 1.0f, y, out);
+        ftb_free(h);
+        return;
+    }
+    const int64_t nb = (int64_t)out * r;
+    const int rows = p->rows_per_slice_seqs * c->T;
+    float *Bj = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)nb);
+    for (int j = 0; j < p->n_slices; j++) {
+        int q;
+        float sign;
+        slice_query(st, j, &q, &sign);
+        const float step = sign * st->eps;
+        const float *z = a->z + (int64_t)q * nb;
+        for (int64_t k = 0; k < nb; k++) Bj[k] = a->B.data[k] + step * z[k];
+        ftb_gemm(0, 1, rows, out, r, a->scale, h + (int64_t)j * rows * r, r, Bj, r, 1.0f,
+                 y + (int64_t)j * rows * out, out);
+    }
+    ftb_free(Bj);
+    ftb_free(h);
+}
+
+/* P-RGE never runs a backward.  Should someone run forward_backward on a
+ * model carrying these hooks, the gradient still passes through the adapter
+ * (dx += s·dy·B·A, unperturbed B), so other gradients stay exact. */
+static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
+                          void *saved) {
+    (void)x;
+    (void)saved;
+    prge_adapter *a = (prge_adapter *)self;
+    const int N = c->B * c->T;
+    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
+    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
+    ftb_free(dh);
+}
+
+static void prge_release(ftb_adapter *self, void *saved) {
+    (void)self;
+    (void)saved; /* nothing was saved */
+}
+
+static const ftb_adapter_ops prge_ops = {prge_forward, prge_backward, prge_release};
+
+/* ---- options and init --------------------------------------------------- */
+
+static const ftb_option_doc prge_options[] = {
+    {"queries", "4", "query budget n: perturbations per step, run as slices of one batched forward (1..64)"},
+    {"dual", "1", "1: +ε and −ε slices in the same forward (one forward per step); 0: two forwards"},
+    {"eps", "1e-2", "perturbation scale ε"},
+    {"rank", "8", "rank r of A (frozen) and B (trained)"},
+    {"alpha", "16", "scale s = alpha / rank"},
+    {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
+    {NULL, NULL, NULL},
+};
+
+static int parse_targets(const char *s, char *err, size_t errlen) {
+    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
+    if (strcmp(s, "attn") == 0) return 0xF;
+    if (strcmp(s, "mlp") == 0) return 0x70;
+    int mask = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = ftb_linear_parse(tok);
+        if (k < 0) {
+            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
+            return -1;
+        }
+        mask |= 1 << k;
+    }
+    if (!mask) snprintf(err, errlen, "option targets: no layer given");
+    return mask ? mask : -1;
+}
+
+static int new_tensor(ftb_tensor *t, ftb_mem_category cat, const char *name, int64_t rows, int64_t cols,
+                      int trainable, char *err, size_t errlen) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = 2;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->numel = rows * cols;
+    t->trainable = trainable;
+    t->writable = 1;
+    t->data = ftb_calloc(cat, sizeof(float) * (size_t)t->numel);
+    if (!t->data) {
+        snprintf(err, errlen, "prge: out of memory for '%s'", name);
+        return -1;
+    }
+    return 0;
+}
+
+static void prge_destroy(void *state);
+
+static void *prge_init(ftb_session *s, char *err, size_t errlen) {
+    ftb_model *m = s->model;
+    long queries = ftb_opt_int(s->options, "queries", 4, err, errlen);
+    long dual = ftb_opt_int(s->options, "dual", 1, err, errlen);
+    double eps = ftb_opt_double(s->options, "eps", 1e-2, err, errlen);
+    long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
+    double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
+    if (err[0]) return NULL;
+    int mask = parse_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
+    if (mask < 0) return NULL;
+    if (queries < 1 || queries > MAX_QUERIES) {
+        snprintf(err, errlen, "option queries: %ld is not in 1..%d", queries, MAX_QUERIES);
+        return NULL;
+    }
+    if (dual != 0 && dual != 1) {
+        snprintf(err, errlen, "option dual: %ld is neither 0 nor 1", dual);
+        return NULL;
+    }
+    if (!(eps > 0.0) || eps > 1.0) {
+        snprintf(err, errlen, "option eps: %g is not in (0, 1]", eps);
+        return NULL;
+    }
+    if (rank < 1 || rank > 4096) {
+        snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
+        return NULL;
+    }
+    if (!(alpha > 0.0)) {
+        snprintf(err, errlen, "option alpha: %g is not positive", alpha);
+        return NULL;
+    }
+    prge_state *st = calloc(1, sizeof *st);
+    int per_layer = __builtin_popcount((unsigned)mask);
+    if (st) {
+        st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
+        st->params = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->params);
+    }
+    if (!st || !st->adapters || !st->params) {
+        snprintf(err, errlen, "prge: out of memory");
+        if (st) { free(st->adapters); free(st->params); free(st); }
+        return NULL;
+    }
+    st->model = m;
+    st->queries = (int)queries;
+    st->dual = (int)dual;
+    st->eps = (float)eps;
+    ftb_rng_seed(&st->seeds, s->seed ^ PRGE_SEED_SALT);
+    ftb_model_set_trainable(m, 0);
+    ftb_rng rng;
+    ftb_rng_seed(&rng, s->seed ^ LORA_SEED_SALT);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            if (!(mask & (1 << k))) continue;
+            prge_adapter *a = &st->adapters[st->n_adapters++];
+            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
+            a->out = (int)W->shape[0];
+            a->in = (int)W->shape[1];
+            a->r = (int)rank;
+            a->scale = (float)(alpha / rank);
+            a->owner = st;
+            char name[96];
+            /* A is frozen: counted with the frozen weights.  B is what trains. */
+            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
+            if (new_tensor(&a->A, FTB_MEM_WEIGHTS, name, rank, a->in, 0, err, errlen)) goto fail;
+            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
+            if (new_tensor(&a->B, FTB_MEM_TRAINABLE, name, a->out, rank, 1, err, errlen)) goto fail;
+            float bound = 1.0f / sqrtf((float)a->in);
+            for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
+            a->hook.ops = &prge_ops;
+            a->hook.needs_input = 0;
+            a->hook.state = a;
+            st->params[st->n_adapters - 1] = &a->B;
+            ftb_attach_adapter(m, l, k, &a->hook);
+        }
+    return st;
+fail:
+    prge_destroy(st);
+    return NULL;
+}
+
+/* ---- the step ----------------------------------------------------------- */
+
+static void free_perturbations(prge_state *st) {
+    for (int a = 0; a < st->n_adapters; a++) {
+        ftb_free(st->adapters[a].z);
+        st->adapters[a].z = NULL;
+    }
+}
+
+/* z_i of every B for this step's seed: the n query copies, held until the
+ * update.  Generated in parallel over (adapter, query, block). */
+static int draw_perturbations(prge_state *st, uint64_t step_seed, char *err, size_t errlen) {
+    const int n = st->queries;
+    int64_t jobs = 0;
+    for (int a = 0; a < st->n_adapters; a++) {
+        int64_t nb = st->adapters[a].B.numel;
+        st->adapters[a].z = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)(nb * n));
+        if (!st->adapters[a].z) {
+            free_perturbations(st);
+            snprintf(err, errlen, "prge: out of memory for %d perturbations of '%s'", n, st->adapters[a].B.name);
+            return -1;
+        }
+        jobs += n * ((nb + ZO_BLOCK - 1) / ZO_BLOCK);
+    }
+    /* job → (adapter, query, block) by walking the same order */
+    int64_t *first_job = malloc(sizeof *first_job * (size_t)(st->n_adapters + 1));
+    if (!first_job) {
+        free_perturbations(st);
+        snprintf(err, errlen, "prge: out of memory");
+        return -1;
+    }
+    first_job[0] = 0;
+    for (int a = 0; a < st->n_adapters; a++)
+        first_job[a + 1] = first_job[a] + n * ((st->adapters[a].B.numel + ZO_BLOCK - 1) / ZO_BLOCK);
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t j = 0; j < jobs; j++) {
+        int a = 0;
+        while (first_job[a + 1] <= j) a++;
+        const prge_adapter *ad = &st->adapters[a];
+        const int64_t nb = ad->B.numel, blocks = (nb + ZO_BLOCK - 1) / ZO_BLOCK;
+        const int64_t local = j - first_job[a], q = local / blocks, k = local % blocks;
+        const int64_t lo = k * ZO_BLOCK, len = nb - lo < ZO_BLOCK ? nb - lo : ZO_BLOCK;
+        ftb_rng r;
+        ftb_rng_seed(&r, zo_child(zo_child(zo_child(step_seed, (uint64_t)q), (uint64_t)a), (uint64_t)k));
+        float *z = ad->z + q * nb + lo;
+        for (int64_t c = 0; c < len; c += ZO_CHUNK)
+            fill_normal_pairs(z + c, len - c < ZO_CHUNK ? (int)(len - c) : ZO_CHUNK, &r);
+    }
+    free(first_job);
+    return 0;
+}
+
+/* Token-weighted mean loss of each slice from the per-sequence losses. */
+static void slice_losses(const float *seq_loss, const int *valid, int b_orig, int n_slices, double *loss) {
+    for (int j = 0; j < n_slices; j++) {
+        double sum = 0;
+        long count = 0;
+        for (int b = 0; b < b_orig; b++) {
+            sum += (double)seq_loss[j * b_orig + b] * valid[b];
+            count += valid[b];
+        }
+        loss[j] = count ? sum / (double)count : 0.0;
+    }
+}
+
+typedef struct {
+    int32_t *tokens, *targets;
+    float *seq_loss;
+    int *valid; /* non-ignored targets per original sequence */
+} repeated_batch;
+
+static void free_repeated(repeated_batch *rb) {
+    ftb_free(rb->tokens);
+    ftb_free(rb->targets);
+    ftb_free(rb->seq_loss);
+    free(rb->valid);
+}
+
+static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                     size_t errlen) {
+    prge_state *st = state;
+    const int n = st->queries, n_slices = st->dual ? 2 * n : n;
+    if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
+        snprintf(err, errlen, "batch: B and T must be positive and tokens/targets given");
+        return -1;
+    }
+    const int64_t per_slice = (int64_t)b->B * b->T;
+    if ((int64_t)n_slices * b->B > INT32_MAX / 2 || per_slice * n_slices > INT32_MAX / 2) {
+        snprintf(err, errlen, "prge: %d slices of %d x %d positions is too many", n_slices, b->B, b->T);
+        return -1;
+    }
+    const uint64_t step_seed = ftb_rng_u64(&st->seeds);
+    double t_optim = 0, t_forward = 0;
+    double t0 = ftb_phase("zo perturb");
+    if (draw_perturbations(st, step_seed, err, errlen)) return -1;
+
+    /* The batch repeated once per slice, batch-major: slice j's sequences
+     * are rows [j·B·T, (j+1)·B·T). */
+    repeated_batch rb = {0};
+    rb.tokens = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(int32_t) * (size_t)(per_slice * n_slices));
+    rb.targets = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(int32_t) * (size_t)(per_slice * n_slices));
+    rb.seq_loss = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)n_slices * b->B);
+    rb.valid = calloc((size_t)b->B, sizeof *rb.valid);
+    if (!rb.tokens || !rb.targets || !rb.seq_loss || !rb.valid) {
+        free_repeated(&rb);
+        free_perturbations(st);
+        snprintf(err, errlen, "prge: out of memory for the repeated batch");
+        return -1;
+    }
+    for (int j = 0; j < n_slices; j++) {
+        memcpy(rb.tokens + j * per_slice, b->tokens, sizeof(int32_t) * (size_t)per_slice);
+        memcpy(rb.targets + j * per_slice, b->targets, sizeof(int32_t) * (size_t)per_slice);
+    }
+    for (int64_t i = 0; i < per_slice; i++) rb.valid[i / b->T] += b->targets[i] != FTB_IGNORE_INDEX;
+    t_optim += ftb_now() - t0;
+
+    double loss_plus[MAX_QUERIES], loss_minus[MAX_QUERIES], slice[2 * MAX_QUERIES];
+    ftb_run_opts run = s->run;
+    run.seq_loss = rb.seq_loss;
+    int passes = st->dual ? 1 : 2, rc = 0;
+    for (int pass = 0; pass < passes && rc == 0; pass++) {
+        ftb_batch rep = {n_slices * b->B, b->T, rb.tokens, rb.targets};
+        st->plan = (forward_plan){1, b->B, n_slices, pass == 1};
+        float loss = ftb_model_forward(s->model, &rep, &run, err, errlen);
+        st->plan.active = 0;
+        double fwd = 0;
+        ftb_last_run_times(&fwd, NULL);
+        t_forward += fwd;
+        if (isnan(loss)) {
+            rc = -1;
+            break;
+        }
+        slice_losses(rb.seq_loss, rb.valid, b->B, n_slices, slice);
+        for (int j = 0; j < n_slices; j++) {
+            int q;
+            float sign;
+            slice_query(st, j, &q, &sign);
+            if (sign > 0) loss_plus[q] = slice[j];
+            else loss_minus[q] = slice[j];
+        }
+    }
+    free_repeated(&rb);
+    if (rc) {
+        free_perturbations(st);
+        return -1;
+    }
+
+    /* B ← B − lr·(1/n)·Σᵢ pgᵢ·zᵢ, with the held zᵢ (identical to a regeneration). */
+    t0 = ftb_phase("zo update");
+    float coef[MAX_QUERIES];
+    double mean_loss = 0;
+    for (int i = 0; i < n; i++) {
+        double pg = (loss_plus[i] - loss_minus[i]) / (2.0 * (double)st->eps);
+        coef[i] = (float)(s->lr * pg / n);
+        mean_loss += (loss_plus[i] + loss_minus[i]) / (2.0 * n);
+        if (!isfinite(pg)) {
+            free_perturbations(st);
+            snprintf(err, errlen, "prge: query %d: the projected gradient is not finite (L+ %g, L- %g)", i,
+                     loss_plus[i], loss_minus[i]);
+            return -1;
+        }
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int a = 0; a < st->n_adapters; a++) {
+        prge_adapter *ad = &st->adapters[a];
+        const int64_t nb = ad->B.numel;
+        for (int64_t k = 0; k < nb; k++) {
+            float step = 0;
+            for (int i = 0; i < n; i++) step += coef[i] * ad->z[i * nb + k];
+            ad->B.data[k] -= step;
+        }
+    }
+    free_perturbations(st);
+    t_optim += ftb_now() - t0;
+
+    out->loss = (float)mean_loss; /* mean over the 2n perturbed losses ≈ L(B) up to O(ε²) */
+    out->forward_passes = passes;
+    out->t_forward = t_forward;
+    out->t_backward = 0;
+    out->t_optim = t_optim;
+    return 0;
+}
+
+static int prge_trainable(void *state, ftb_tensor ***tensors) {
+    prge_state *st = state;
+    *tensors = st->params;
+    return st->n_adapters;
+}
+
+static void prge_destroy(void *state) {
+    prge_state *st = state;
+    if (!st) return;
+    for (int l = 0; l < st->model->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
+    free_perturbations(st);
+    for (int i = 0; i < st->n_adapters; i++) {
+        ftb_free(st->adapters[i].A.data);
+        ftb_free(st->adapters[i].B.data);
+    }
+    free(st->adapters);
+    free(st->params);
+    free(st);
+}
+
+static const ftb_method prge_method = {
+    FTB_ABI_VERSION,
+    "prge",
+    "P-RGE: zeroth-order LoRA-FA, n perturbed copies of B as slices of one batched inference forward",
+    prge_options,
+    prge_init,
+    prge_step,
+    prge_trainable,
+    prge_destroy,
+};
+
+const ftb_method *ftbench_method(void) { return &prge_method; }
