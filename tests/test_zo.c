@@ -1,0 +1,869 @@
+/* test_zo.c — the zeroth-order methods (methods/mezo, methods/prge), loaded
+ * as a run loads them, checked against the core's exact gradient and
+ * against forwards run one query at a time.
+ *
+ * The perturbation noise is regenerated here from the layout the plugins
+ * document (block seeds derived from the step seed, Box–Muller pairs on
+ * ftb_rng_u64), independently of the plugins' code: the tests that use it
+ * also check that an update is exactly pg·z for that z.
+ *
+ * FTBENCH_ZO_VERBOSE=1 prints the measured figures (cosines, drifts,
+ * peaks); FTBENCH_ZO_REPORT=1 also runs the slower estimate-quality tables
+ * quoted in docs/methods/mezo.md and prge.md. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ftbench.h"
+#include "plugin.h"
+
+#define ZO_BLOCK 65536
+#define MEZO_SALT 0x6d657a6fULL
+#define PRGE_SALT 0x70726765ULL
+
+static int verbose(void) { return getenv("FTBENCH_ZO_VERBOSE") || getenv("FTBENCH_ZO_REPORT"); }
+#define SAY(...) do { if (verbose()) fprintf(stderr, __VA_ARGS__); } while (0)
+
+/* ---- the documented noise layout, regenerated ---------------------------- */
+
+static uint64_t zo_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t zo_child(uint64_t parent, uint64_t index) { return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1)); }
+
+/* z[0..n) of one stream: blocks of ZO_BLOCK, block k from zo_child(stream, k),
+ * two normals per ftb_rng_u64 draw. */
+static void regen_noise(float *z, int64_t n, uint64_t stream) {
+    for (int64_t k = 0; k * ZO_BLOCK < n; k++) {
+        ftb_rng r;
+        ftb_rng_seed(&r, zo_child(stream, (uint64_t)k));
+        int64_t lo = k * ZO_BLOCK, len = n - lo < ZO_BLOCK ? n - lo : ZO_BLOCK;
+        for (int64_t i = 0; i < len; i += 2) {
+            uint64_t x = ftb_rng_u64(&r);
+            float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
+            float u2 = (float)((x >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+            float radius = sqrtf(-2.0f * logf(u1)), s, c;
+            sincosf(6.2831853071795865f * u2, &s, &c);
+            z[lo + i] = radius * c;
+            if (i + 1 < len) z[lo + i + 1] = radius * s;
+        }
+    }
+}
+
+/* The k-th step seed (k from 0) of a session seed. */
+static uint64_t step_seed(uint64_t session_seed, uint64_t salt, int k) {
+    ftb_rng r;
+    ftb_rng_seed(&r, session_seed ^ salt);
+    uint64_t s = 0;
+    for (int i = 0; i <= k; i++) s = ftb_rng_u64(&r);
+    return s;
+}
+
+/* ---- fixtures ----------------------------------------------------------- */
+
+/* The tiny models here gain nothing from threads, and on a loaded machine
+ * every OpenMP barrier waits for a descheduled thread: one thread, unless a
+ * test asks for more. */
+static void one_thread(void) { ftb_set_threads(1); }
+TestSuite(zo, .init = one_thread);
+
+static void open_method(const char *name, ftb_plugin *p) {
+    const char *dir = getenv("FTBENCH_METHODS");
+    if (!dir) dir = "build/methods";
+    char path[4096], err[FTB_ERR_LEN];
+    snprintf(path, sizeof path, "%s/%s.so", dir, name);
+    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
+}
+
+/* The tiny zoo model; weights scaled to std 0.2 (norms kept at 1) when
+ * `sharp`, so that gradients stand well above fp32 rounding. */
+static ftb_model *tiny_model(uint64_t seed, int sharp) {
+    ftb_config cfg;
+    ftb_zoo_get("tiny", &cfg);
+    char err[FTB_ERR_LEN];
+    ftb_model *m = ftb_model_create(&cfg, seed, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    if (sharp)
+        for (int i = 0; i < m->n_params; i++)
+            if (!strstr(m->params[i]->name, "norm"))
+                for (int64_t j = 0; j < m->params[i]->numel; j++) m->params[i]->data[j] *= 10.0f;
+    return m;
+}
+
+static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V) {
+    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
+    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
+    return (ftb_batch){B, T, tokens, targets};
+}
+
+static ftb_session session_for(ftb_model *m, const ftb_options *o, float lr) {
+    ftb_session s;
+    memset(&s, 0, sizeof s);
+    s.model = m;
+    ftb_run_opts_default(&s.run);
+    s.options = o;
+    s.seed = 5;
+    s.lr = lr;
+    s.total_steps = 100;
+    return s;
+}
+
+static int64_t total_numel(ftb_tensor **t, int n) {
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += t[i]->numel;
+    return total;
+}
+
+static void gather(float *dst, ftb_tensor **t, int n) {
+    for (int i = 0; i < n; i++) {
+        memcpy(dst, t[i]->data, sizeof(float) * t[i]->numel);
+        dst += t[i]->numel;
+    }
+}
+
+static void scatter(ftb_tensor **t, int n, const float *src) {
+    for (int i = 0; i < n; i++) {
+        memcpy(t[i]->data, src, sizeof(float) * t[i]->numel);
+        src += t[i]->numel;
+    }
+}
+
+static double dot(const float *a, const float *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+static double cosine(const float *a, const float *b, int64_t n) { return dot(a, b, n) / sqrt(dot(a, a, n) * dot(b, b, n)); }
+
+/* The core's exact gradient of every parameter (params order), flattened,
+ * from a second copy of the model. */
+static float *exact_gradient(uint64_t seed, const ftb_batch *b, int64_t *n) {
+    ftb_model *g = tiny_model(seed, 1);
+    char err[FTB_ERR_LEN] = "";
+    ftb_model_set_trainable(g, 1);
+    cr_assert_eq(ftb_model_alloc_grads(g, err, sizeof err), 0, "%s", err);
+    float loss = ftb_model_forward_backward(g, b, NULL, err, sizeof err);
+    cr_assert(!isnan(loss), "%s", err);
+    int64_t total = 0;
+    for (int i = 0; i < g->n_params; i++) total += g->params[i]->numel;
+    float *grad = malloc(sizeof(float) * total), *p = grad;
+    for (int i = 0; i < g->n_params; i++) {
+        memcpy(p, g->params[i]->grad, sizeof(float) * g->params[i]->numel);
+        p += g->params[i]->numel;
+    }
+    *n = total;
+    ftb_model_free(g);
+    return grad;
+}
+
+/* MeZO full: the regenerated z of step k, flattened in params order. */
+static void mezo_noise(float *z, ftb_tensor **params, int n, uint64_t seed) {
+    for (int t = 0; t < n; t++) {
+        regen_noise(z, params[t]->numel, zo_child(seed, (uint64_t)t));
+        z += params[t]->numel;
+    }
+}
+
+/* ---- 1. MeZO's estimate ------------------------------------------------- */
+
+/* With θ reset before every step, a step moves θ by −lr·pg·z exactly (up to
+ * rounding), so (θ₀ − θ)/lr is that step's estimate pg·z.  Its mean over
+ * seeds tends to ∇L: for Gaussian z, E[pg·z] = ∇L + O(ε²) and each sample's
+ * noise is ~|∇L| per direction, so cos(mean of K, ∇L) ≈ 1/√(1 + (d+1)/K). */
+Test(zo, mezo_estimate_averages_to_the_exact_gradient) {
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *m = tiny_model(21, 1);
+    int32_t tok[2 * 20], tgt[2 * 20];
+    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    int64_t d;
+    float *grad = exact_gradient(21, &b, &d);
+    ftb_options none = {0, NULL, NULL};
+    ftb_session s = session_for(m, &none, 1.0f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    cr_assert_eq(total_numel(params, n), d, "mezo trains %lld parameters, the model has %lld",
+                 (long long)total_numel(params, n), (long long)d);
+    float *theta0 = malloc(sizeof(float) * d), *theta = malloc(sizeof(float) * d);
+    double *sum = calloc(d, sizeof(double));
+    float *mean = malloc(sizeof(float) * d);
+    gather(theta0, params, n);
+    const int checkpoints[] = {25, 100, 400};
+    double cos_at[3];
+    int next = 0;
+    for (int k = 1; k <= 400; k++) {
+        ftb_step_result r = {0};
+        cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(r.forward_passes, 2);
+        gather(theta, params, n);
+        for (int64_t i = 0; i < d; i++) sum[i] += ((double)theta0[i] - theta[i]) / s.lr;
+        scatter(params, n, theta0);
+        if (k == checkpoints[next]) {
+            for (int64_t i = 0; i < d; i++) mean[i] = (float)(sum[i] / k);
+            cos_at[next] = cosine(mean, grad, d);
+            double theory = 1.0 / sqrt(1.0 + (double)(d + 1) / k);
+            SAY("mezo: cos(mean of %3d estimates, exact gradient) = %.4f (theory %.4f, d = %lld)\n", k,
+                cos_at[next], theory, (long long)d);
+            cr_expect(cos_at[next] > 0.5 * theory && cos_at[next] < 1.5 * theory,
+                      "K=%d: cosine %.4f, expected about %.4f", k, cos_at[next], theory);
+            next++;
+        }
+    }
+    cr_expect_gt(cos_at[1], cos_at[0]);
+    cr_expect_gt(cos_at[2], cos_at[1]);
+    cr_expect_gt(cos_at[2], 0.08, "400 estimates: cosine %.4f", cos_at[2]);
+    free(theta0); free(theta); free(sum); free(mean); free(grad);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* One seed: the step is exactly −lr·pg·z for the documented z (the plugin's
+ * noise is the one regenerated here), and pg is the directional derivative
+ * ⟨∇L, z⟩ up to the central difference's truncation error, O(ε²): checked
+ * by running the same seeds at ε and 3ε, whose error must be several times
+ * larger (fp32 loss rounding would instead grow as ε shrinks). */
+static void mezo_directional_errors(double eps, int steps, double *abs_err, double *rel_err, double *gnorm_out) {
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *m = tiny_model(22, 1);
+    int32_t tok[2 * 20], tgt[2 * 20];
+    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    int64_t d;
+    float *grad = exact_gradient(22, &b, &d);
+    *gnorm_out = sqrt(dot(grad, grad, d));
+    char eps_s[32];
+    snprintf(eps_s, sizeof eps_s, "%g", eps);
+    const char *keys[] = {"eps"}, *vals[] = {eps_s};
+    ftb_options o = {1, keys, vals};
+    ftb_session s = session_for(m, &o, 1.0f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    float *theta0 = malloc(sizeof(float) * d), *theta = malloc(sizeof(float) * d), *z = malloc(sizeof(float) * d);
+    gather(theta0, params, n);
+    for (int k = 0; k < steps; k++) {
+        ftb_step_result r = {0};
+        cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+        gather(theta, params, n);
+        scatter(params, n, theta0);
+        mezo_noise(z, params, n, step_seed(s.seed, MEZO_SALT, k));
+        /* v = pg·z: pg from the projection on z, then v must be pg·z everywhere */
+        double pg = 0, resid = 0, vmax = 0;
+        for (int64_t i = 0; i < d; i++) pg += ((double)theta0[i] - theta[i]) / s.lr * z[i];
+        pg /= dot(z, z, d);
+        for (int64_t i = 0; i < d; i++) {
+            double v = ((double)theta0[i] - theta[i]) / s.lr;
+            resid = fmax(resid, fabs(v - pg * z[i]));
+            vmax = fmax(vmax, fabs(v));
+        }
+        cr_expect(resid < 1e-4 * vmax + 1e-6, "step %d: the update is not pg·z for the documented z (%g vs %g)", k,
+                  resid, vmax);
+        double dd = dot(grad, z, d);
+        abs_err[k] = fabs(pg - dd);
+        rel_err[k] = abs_err[k] / fabs(dd);
+        SAY("mezo: eps %g step %d  pg %+.6f  <grad,z> %+.6f  error %.2e (rel. %.2e)\n", eps, k, pg, dd, abs_err[k],
+            rel_err[k]);
+    }
+    free(theta0); free(theta); free(z); free(grad);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+Test(zo, mezo_single_estimate_is_the_directional_derivative) {
+    enum { STEPS = 8 };
+    double abs1[STEPS], rel1[STEPS], abs3[STEPS], rel3[STEPS], gnorm;
+    mezo_directional_errors(1e-3, STEPS, abs1, rel1, &gnorm);
+    mezo_directional_errors(3e-3, STEPS, abs3, rel3, &gnorm);
+    double mean1 = 0, mean3 = 0;
+    for (int k = 0; k < STEPS; k++) {
+        mean1 += abs1[k] / STEPS;
+        mean3 += abs3[k] / STEPS;
+        /* every draw: within 1 % of |∇L|, the scale of ⟨∇L, z⟩ */
+        cr_expect(abs1[k] < 0.01 * gnorm, "step %d: |pg − <grad,z>| = %g, |grad| %g", k, abs1[k], gnorm);
+        /* draws where ⟨∇L, z⟩ is not small: within 3 % of it */
+        if (abs1[k] / rel1[k] > 0.2 * gnorm) cr_expect(rel1[k] < 0.03, "step %d: relative error %g", k, rel1[k]);
+    }
+    SAY("mezo: mean |pg − <grad,z>|: %.2e at eps 1e-3, %.2e at eps 3e-3 (|grad| %.3f)\n", mean1, mean3, gnorm);
+    cr_expect_gt(mean3, 4.0 * mean1, "the error is not the O(eps^2) truncation: %g at 3e-3, %g at 1e-3", mean3, mean1);
+}
+
+/* The noise does not depend on the thread count: on a model whose tensors
+ * span many blocks, a step run on two threads moves the embedding by
+ * pg·z for the z regenerated here on one. */
+Test(zo, mezo_noise_is_the_same_on_any_number_of_threads) {
+    ftb_set_threads(2);
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_config cfg;
+    ftb_zoo_get("tiny", &cfg);
+    cfg.vocab_size = 8192; /* embedding and head of 262144 elements: 4 blocks each */
+    char err[FTB_ERR_LEN] = "";
+    ftb_model *m = ftb_model_create(&cfg, 31, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    int32_t tok[8], tgt[8];
+    ftb_batch b = batch_of(tok, tgt, 1, 8, m->cfg.vocab_size);
+    ftb_options none = {0, NULL, NULL};
+    ftb_session s = session_for(m, &none, 1.0f);
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    p.method->trainable(st, &params);
+    ftb_tensor *E = params[0];
+    cr_assert_gt(E->numel, 3 * ZO_BLOCK, "%s spans only %lld elements", E->name, (long long)E->numel);
+    float *theta0 = malloc(sizeof(float) * E->numel), *z = malloc(sizeof(float) * E->numel);
+    memcpy(theta0, E->data, sizeof(float) * E->numel);
+    ftb_step_result r = {0};
+    cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    regen_noise(z, E->numel, zo_child(step_seed(s.seed, MEZO_SALT, 0), 0));
+    double pg = 0, resid = 0, vmax = 0;
+    for (int64_t i = 0; i < E->numel; i++) pg += ((double)theta0[i] - E->data[i]) / s.lr * z[i];
+    pg /= dot(z, z, E->numel);
+    for (int64_t i = 0; i < E->numel; i++) {
+        double v = ((double)theta0[i] - E->data[i]) / s.lr;
+        resid = fmax(resid, fabs(v - pg * z[i]));
+        vmax = fmax(vmax, fabs(v));
+    }
+    SAY("mezo: 2 threads, %lld-element embedding: max |update - pg z| = %.2e of %.2e\n", (long long)E->numel, resid,
+        vmax);
+    cr_expect(resid < 1e-4 * vmax, "2-thread update is not pg·z for the 1-thread z: %g of %g", resid, vmax);
+    free(theta0);
+    free(z);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* ---- 2. restoration ----------------------------------------------------- */
+
+static double ulp_of(float x) {
+    float a = fabsf(x);
+    return (double)(nextafterf(a, INFINITY) - a);
+}
+
+/* With lr = 0 a step is θ + εz − 2εz + εz in fp32: three roundings, each at
+ * most half an ulp of a value no larger than |θ| + 2ε|z|, so an element may
+ * drift by a few ulps of that size; it need not come back bitwise. */
+Test(zo, mezo_restores_parameters_when_lr_is_zero) {
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *m = tiny_model(23, 1);
+    int32_t tok[2 * 16], tgt[2 * 16];
+    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_options none = {0, NULL, NULL};
+    ftb_session s = session_for(m, &none, 0.0f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    int64_t d = total_numel(params, n);
+    float *theta0 = malloc(sizeof(float) * d), *theta = malloc(sizeof(float) * d), *z = malloc(sizeof(float) * d);
+    gather(theta0, params, n);
+    ftb_step_result r = {0};
+    cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    gather(theta, params, n);
+    mezo_noise(z, params, n, step_seed(s.seed, MEZO_SALT, 0));
+    const float eps = 1e-3f;
+    int64_t same = 0;
+    double worst_ulps = 0, worst_rel_eps = 0;
+    for (int64_t i = 0; i < d; i++) {
+        same += theta[i] == theta0[i];
+        double drift = fabs((double)theta[i] - theta0[i]);
+        double scale = ulp_of(fabsf(theta0[i]) + 2.0f * eps * fabsf(z[i]));
+        cr_expect(drift <= 2.0 * scale, "element %lld: %a -> %a (%g ulps)", (long long)i, theta0[i], theta[i],
+                  drift / scale);
+        worst_ulps = fmax(worst_ulps, drift / ulp_of(theta0[i]));
+        worst_rel_eps = fmax(worst_rel_eps, drift / eps);
+    }
+    SAY("mezo: lr=0: %.2f %% of %lld parameters bitwise restored; worst drift %.1f ulp(θ), %.2e ε\n",
+        100.0 * same / d, (long long)d, worst_ulps, worst_rel_eps);
+    cr_expect(worst_rel_eps < 1e-3, "drift %.2e ε", worst_rel_eps);
+    cr_expect_gt(same, d / 2, "only %lld of %lld restored bitwise", (long long)same, (long long)d);
+    free(theta0); free(theta); free(z);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* ---- 3. memory ---------------------------------------------------------- */
+
+typedef struct {
+    int64_t extra;      /* peak of the sum above what was live before */
+    int64_t peak_total;
+    int64_t saved_peak, workspace_peak;
+} peak_figures;
+
+static void peak_begin(ftb_mem_stats *before) {
+    ftb_mem_reset_peaks();
+    ftb_mem_get_stats(before);
+}
+
+static peak_figures peak_end(const ftb_mem_stats *before) {
+    ftb_mem_stats after;
+    ftb_mem_get_stats(&after);
+    peak_figures f = {after.peak_total - before->live_total, after.peak_total, after.peak[FTB_MEM_SAVED],
+                      after.peak[FTB_MEM_WORKSPACE]};
+    return f;
+}
+
+/* MeZO allocates nothing of its own in a step (z is regenerated in
+ * registers), so its peak is the inference forward's, byte for byte. */
+Test(zo, mezo_peak_is_an_inference_forward) {
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *m = tiny_model(24, 0);
+    int32_t tok[2 * 64], tgt[2 * 64];
+    ftb_batch b = batch_of(tok, tgt, 2, 64, m->cfg.vocab_size);
+    ftb_options none = {0, NULL, NULL};
+    ftb_session s = session_for(m, &none, 1e-3f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_mem_stats before;
+    peak_begin(&before);
+    cr_assert(!isnan(ftb_model_forward(m, &b, &s.run, err, sizeof err)), "%s", err);
+    peak_figures fwd = peak_end(&before);
+    peak_begin(&before);
+    ftb_step_result r = {0};
+    cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    peak_figures step = peak_end(&before);
+    SAY("mezo: inference forward peak %lld B (+%lld over live), mezo step peak %lld B (+%lld), saved %lld B\n",
+        (long long)fwd.peak_total, (long long)fwd.extra, (long long)step.peak_total, (long long)step.extra,
+        (long long)step.saved_peak);
+    cr_expect_eq(step.saved_peak, 0, "mezo saved %lld bytes of activations", (long long)step.saved_peak);
+    cr_expect(step.peak_total <= fwd.peak_total + fwd.peak_total / 100, "step peak %lld vs forward %lld",
+              (long long)step.peak_total, (long long)fwd.peak_total);
+    cr_expect_eq(step.extra, fwd.extra, "a step needs %lld bytes beyond the weights, a forward %lld",
+                 (long long)step.extra, (long long)fwd.extra);
+    cr_expect_eq(before.live[FTB_MEM_GRADS], 0, "gradients were allocated");
+    cr_expect_eq(before.live[FTB_MEM_OPTIM], 0, "optimizer state was allocated");
+    for (int i = 0; i < m->n_params; i++) cr_expect_null(m->params[i]->grad, "%s has a gradient", m->params[i]->name);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* P-RGE's forward runs 2n·B sequences and holds n copies of every B: its
+ * peak grows with n, and still nothing is saved for a backward. */
+Test(zo, prge_peak_grows_with_queries) {
+    ftb_plugin p;
+    open_method("prge", &p);
+    const int budgets[] = {1, 2, 4, 8};
+    int64_t prev = 0;
+    for (int q = 0; q < 4; q++) {
+        ftb_model *m = tiny_model(25, 0);
+        int32_t tok[64], tgt[64];
+        ftb_batch b = batch_of(tok, tgt, 1, 64, m->cfg.vocab_size);
+        char n_s[8];
+        snprintf(n_s, sizeof n_s, "%d", budgets[q]);
+        const char *keys[] = {"queries"}, *vals[] = {n_s};
+        ftb_options o = {1, keys, vals};
+        ftb_session s = session_for(m, &o, 1e-3f);
+        char err[FTB_ERR_LEN] = "";
+        void *st = p.method->init(&s, err, sizeof err);
+        cr_assert_not_null(st, "%s", err);
+        ftb_mem_stats before;
+        peak_begin(&before);
+        ftb_step_result r = {0};
+        cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+        cr_expect_eq(r.forward_passes, 1);
+        peak_figures f = peak_end(&before);
+        SAY("prge: n=%d  step peak +%lld B over live (workspace peak %lld B), saved %lld B\n", budgets[q],
+            (long long)f.extra, (long long)f.workspace_peak, (long long)f.saved_peak);
+        cr_expect_eq(f.saved_peak, 0);
+        cr_expect_gt(f.extra, prev, "n=%d: peak %lld not above n=%d's %lld", budgets[q], (long long)f.extra,
+                     q ? budgets[q - 1] : 0, (long long)prev);
+        prev = f.extra;
+        ftb_mem_stats after;
+        ftb_mem_get_stats(&after);
+        cr_expect_eq(after.live[FTB_MEM_WORKSPACE], before.live[FTB_MEM_WORKSPACE], "the step leaked workspace");
+        p.method->destroy(st);
+        ftb_model_free(m);
+    }
+    ftb_plugin_close(&p);
+}
+
+/* ---- 4. P-RGE against one forward per query ---------------------------- */
+
+/* The prefix of prge's adapter (methods/prge/prge.c documents it). */
+typedef struct {
+    ftb_adapter hook;
+    ftb_tensor A, B;
+    float scale;
+} prge_adapter_view;
+
+typedef struct {
+    int n;
+    prge_adapter_view *a[64];
+} prge_adapters;
+
+static prge_adapters prge_views(ftb_model *m) {
+    prge_adapters v = {0};
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++)
+            if (m->layers[l].adapter[k]) v.a[v.n++] = (prge_adapter_view *)m->layers[l].adapter[k];
+    return v;
+}
+
+static void set_B(prge_adapters *v, const float *B0, const float *z, float step) {
+    for (int a = 0; a < v->n; a++) {
+        ftb_tensor *B = &v->a[a]->B;
+        for (int64_t k = 0; k < B->numel; k++) B->data[k] = z ? B0[k] + step * z[k] : B0[k];
+        B0 += B->numel;
+        if (z) z += B->numel;
+    }
+}
+
+/* Solves the n×n system G·c = rhs in place (Gaussian elimination, partial
+ * pivoting); n ≤ 16. */
+static void solve(double *G, double *rhs, int n) {
+    for (int c = 0; c < n; c++) {
+        int piv = c;
+        for (int r = c + 1; r < n; r++)
+            if (fabs(G[r * n + c]) > fabs(G[piv * n + c])) piv = r;
+        for (int k = 0; k < n; k++) {
+            double t = G[c * n + k];
+            G[c * n + k] = G[piv * n + k];
+            G[piv * n + k] = t;
+        }
+        double t = rhs[c];
+        rhs[c] = rhs[piv];
+        rhs[piv] = t;
+        for (int r = c + 1; r < n; r++) {
+            double f = G[r * n + c] / G[c * n + c];
+            for (int k = c; k < n; k++) G[r * n + k] -= f * G[c * n + k];
+            rhs[r] -= f * rhs[c];
+        }
+    }
+    for (int c = n - 1; c >= 0; c--) {
+        for (int k = c + 1; k < n; k++) rhs[c] -= G[c * n + k] * rhs[k];
+        rhs[c] /= G[c * n + c];
+    }
+}
+
+/* One P-RGE step (dual, n = 4) against what it stands for: for each query,
+ * two forwards of the original batch with B ± ε·zᵢ (zᵢ regenerated here),
+ * pgᵢ = (L₊ᵢ − L₋ᵢ)/2ε, ΔB = −lr·meanᵢ(pgᵢ·zᵢ).  The plugin's own pgᵢ are
+ * read back from its update by projecting ΔB on the zᵢ. */
+Test(zo, prge_batched_queries_equal_separate_forwards) {
+    enum { Q = 4 };
+    const float eps = 1e-2f, lr = 1e-2f;
+    ftb_set_threads(2); /* the perturbations are drawn in parallel: check against a serial regeneration */
+    ftb_plugin p;
+    open_method("prge", &p);
+    ftb_model *m = tiny_model(26, 1);
+    int32_t tok[2 * 16], tgt[2 * 16];
+    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    tgt[5] = FTB_IGNORE_INDEX; /* sequences of unequal valid lengths: slice losses are token-weighted */
+    const char *keys[] = {"queries", "dual"}, *vals[] = {"4", "1"};
+    ftb_options o = {2, keys, vals};
+    ftb_session s = session_for(m, &o, lr);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **Bs;
+    int nB = p.method->trainable(st, &Bs);
+    prge_adapters v = prge_views(m);
+    cr_assert_eq(nB, v.n);
+    for (int a = 0; a < nB; a++) cr_assert_eq(v.a[a]->B.data, Bs[a]->data, "adapter %d is not trainable tensor %d", a, a);
+    int64_t d = total_numel(Bs, nB);
+    float *B0 = malloc(sizeof(float) * d), *B1 = malloc(sizeof(float) * d), *B1_single = malloc(sizeof(float) * d);
+    ftb_rng rng;
+    ftb_rng_seed(&rng, 77);
+    for (int64_t i = 0; i < d; i++) B0[i] = 0.05f * ftb_rng_normal(&rng);
+    set_B(&v, B0, NULL, 0);
+
+    /* Outside a step the hook is LoRA: same loss as the merged W + s·B·A. */
+    ftb_model *merged = tiny_model(26, 1);
+    for (int l = 0, a = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++, a++) {
+            ftb_tensor *W = ftb_layer_weight(&merged->layers[l], k), *A = &v.a[a]->A, *B = &v.a[a]->B;
+            int r = (int)A->shape[0];
+            ftb_gemm(0, 0, (int)W->shape[0], (int)W->shape[1], r, v.a[a]->scale, B->data, r, A->data,
+                     (int)W->shape[1], 1.0f, W->data, (int)W->shape[1]);
+        }
+    float l_hook = ftb_model_forward(m, &b, NULL, err, sizeof err), l_merged = ftb_model_forward(merged, &b, NULL, err, sizeof err);
+    SAY("prge: LoRA hook loss %.7f, merged weights %.7f\n", l_hook, l_merged);
+    cr_expect(fabsf(l_hook - l_merged) < 1e-5f * l_merged, "hook %f vs merged %f", l_hook, l_merged);
+    ftb_model_free(merged);
+
+    ftb_step_result r = {0};
+    cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.forward_passes, 1);
+    gather(B1, Bs, nB);
+
+    /* the same step, one forward per query and sign */
+    uint64_t seed0 = step_seed(s.seed, PRGE_SALT, 0);
+    float *z = malloc(sizeof(float) * d * Q);
+    double pg[Q], mean_loss = 0;
+    for (int i = 0; i < Q; i++) {
+        float *zi = z + (int64_t)i * d;
+        for (int a = 0; a < nB; a++) {
+            regen_noise(zi, Bs[a]->numel, zo_child(zo_child(seed0, (uint64_t)i), (uint64_t)a));
+            zi += Bs[a]->numel;
+        }
+        set_B(&v, B0, z + (int64_t)i * d, eps);
+        float lp = ftb_model_forward(m, &b, NULL, err, sizeof err);
+        set_B(&v, B0, z + (int64_t)i * d, -eps);
+        float lm = ftb_model_forward(m, &b, NULL, err, sizeof err);
+        pg[i] = ((double)lp - lm) / (2.0 * eps);
+        mean_loss += ((double)lp + lm) / (2 * Q);
+    }
+    double max_err = 0, max_ref = 0;
+    for (int64_t k = 0; k < d; k++) {
+        double expect = 0;
+        for (int i = 0; i < Q; i++) expect -= lr * pg[i] * z[(int64_t)i * d + k] / Q;
+        max_err = fmax(max_err, fabs((B1[k] - (double)B0[k]) - expect));
+        max_ref = fmax(max_ref, fabs(expect));
+    }
+    /* pg as the plugin used it: ΔB = Σ cᵢ·zᵢ with cᵢ = −lr·pgᵢ/n */
+    double G[Q * Q], c[Q];
+    for (int i = 0; i < Q; i++) {
+        for (int j = 0; j < Q; j++) G[i * Q + j] = dot(z + (int64_t)i * d, z + (int64_t)j * d, d);
+        c[i] = 0;
+        for (int64_t k = 0; k < d; k++) c[i] += (double)z[(int64_t)i * d + k] * ((double)B1[k] - B0[k]);
+    }
+    solve(G, c, Q);
+    double pg_scale = 0;
+    for (int i = 0; i < Q; i++) pg_scale = fmax(pg_scale, fabs(pg[i]));
+    for (int i = 0; i < Q; i++) {
+        double pg_plugin = -c[i] * Q / lr;
+        SAY("prge: query %d  pg batched %+.6f  separate forwards %+.6f\n", i, pg_plugin, pg[i]);
+        cr_expect(fabs(pg_plugin - pg[i]) < 2e-3 * pg_scale, "query %d: pg %g batched, %g separately", i, pg_plugin,
+                  pg[i]);
+    }
+    SAY("prge: update vs mean(pg_i z_i): max error %.2e of max %.2e; loss %.7f vs %.7f\n", max_err, max_ref,
+        (double)r.loss, mean_loss);
+    cr_expect(max_err < 2e-3 * max_ref, "update off by %g (max %g)", max_err, max_ref);
+    cr_expect(fabs(r.loss - mean_loss) < 1e-5 * mean_loss, "loss %f vs %f", (double)r.loss, mean_loss);
+    p.method->destroy(st);
+
+    /* dual=0: the same queries as two forwards of n slices, same update */
+    vals[1] = "0";
+    st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    v = prge_views(m);
+    set_B(&v, B0, NULL, 0);
+    cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.forward_passes, 2);
+    p.method->trainable(st, &Bs);
+    gather(B1_single, Bs, nB);
+    double diff = 0;
+    for (int64_t k = 0; k < d; k++) diff = fmax(diff, fabs((double)B1_single[k] - B1[k]));
+    SAY("prge: dual=0 vs dual=1 update: max difference %.2e\n", diff);
+    cr_expect(diff < 1e-3 * max_ref, "dual=0 update differs by %g", diff);
+    p.method->destroy(st);
+    free(B0); free(B1); free(B1_single); free(z);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* ---- MeZO with LoRA parameters ------------------------------------------ */
+
+/* params=lora: the hook is LoRA (loss of the merged W + s·B·A), the base is
+ * never written, A and B both move, nothing has a gradient. */
+Test(zo, mezo_lora_trains_only_the_adapters) {
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *m = tiny_model(27, 1), *merged = tiny_model(27, 1);
+    const char *keys[] = {"params", "rank", "alpha", "targets"}, *vals[] = {"lora", "4", "8", "q,v,down"};
+    ftb_options o = {4, keys, vals};
+    ftb_session s = session_for(m, &o, 1e-2f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    cr_assert_eq(n, 2 * 3 * m->cfg.n_layers);
+    ftb_rng rng;
+    ftb_rng_seed(&rng, 3);
+    for (int i = 0; i < n; i++)
+        for (int64_t j = 0; j < params[i]->numel; j++) params[i]->data[j] = 0.2f * ftb_rng_normal(&rng);
+    const int kinds[] = {FTB_LIN_Q, FTB_LIN_V, FTB_LIN_DOWN};
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < 3; k++) {
+            ftb_tensor *A = params[2 * (l * 3 + k)], *B = params[2 * (l * 3 + k) + 1];
+            ftb_tensor *W = ftb_layer_weight(&merged->layers[l], kinds[k]);
+            ftb_gemm(0, 0, (int)W->shape[0], (int)W->shape[1], 4, 2.0f, B->data, 4, A->data, (int)W->shape[1], 1.0f,
+                     W->data, (int)W->shape[1]);
+        }
+    int32_t tok[2 * 16], tgt[2 * 16];
+    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    float l_hook = ftb_model_forward(m, &b, NULL, err, sizeof err), l_merged = ftb_model_forward(merged, &b, NULL, err, sizeof err);
+    cr_expect(fabsf(l_hook - l_merged) < 1e-5f * l_merged, "hook %f vs merged %f", l_hook, l_merged);
+
+    int64_t d = total_numel(params, n), base_n = 0;
+    for (int i = 0; i < m->n_params; i++) base_n += m->params[i]->numel;
+    float *before = malloc(sizeof(float) * d), *after = malloc(sizeof(float) * d);
+    float *base = malloc(sizeof(float) * base_n), *base_after = malloc(sizeof(float) * base_n);
+    gather(before, params, n);
+    gather(base, m->params, m->n_params);
+    for (int k = 0; k < 3; k++) {
+        ftb_step_result r = {0};
+        cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    }
+    gather(after, params, n);
+    gather(base_after, m->params, m->n_params);
+    cr_expect_eq(memcmp(base, base_after, sizeof(float) * base_n), 0, "a base weight changed");
+    for (int i = 0, off = 0; i < n; off += (int)params[i]->numel, i++) {
+        int moved = 0;
+        for (int64_t j = 0; j < params[i]->numel; j++) moved |= before[off + j] != after[off + j];
+        cr_expect(moved, "%s did not move", params[i]->name);
+        cr_expect_null(params[i]->grad);
+    }
+    for (int i = 0; i < m->n_params; i++) cr_expect_null(m->params[i]->grad);
+    free(before); free(after); free(base); free(base_after);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_model_free(merged);
+    ftb_plugin_close(&p);
+}
+
+/* A mapped checkpoint's weights are read-only pages: mezo makes them
+ * writable (copied out, counted as trainable) without any gradient. */
+Test(zo, mezo_trains_a_mapped_checkpoint_without_gradients) {
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *src = tiny_model(28, 1);
+    char dir[] = "/tmp/ftbench_zo_XXXXXX", err[FTB_ERR_LEN] = "";
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(ftb_model_save(src, dir, err, sizeof err), 0, "%s", err);
+    ftb_model_free(src);
+    ftb_model *m = ftb_model_load(dir, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    int mapped = 0;
+    for (int i = 0; i < m->n_params; i++) mapped += m->params[i]->mapped;
+    cr_assert_gt(mapped, 0, "nothing was mapped: the test would not test anything");
+    ftb_options none = {0, NULL, NULL};
+    ftb_session s = session_for(m, &none, 1e-3f);
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_mem_stats mem;
+    ftb_mem_get_stats(&mem);
+    cr_expect_eq(mem.live[FTB_MEM_GRADS], 0);
+    for (int i = 0; i < m->n_params; i++) {
+        cr_expect(!m->params[i]->mapped && m->params[i]->writable, "%s is not writable", m->params[i]->name);
+        cr_expect_null(m->params[i]->grad);
+    }
+    int32_t tok[16], tgt[16];
+    ftb_batch b = batch_of(tok, tgt, 1, 16, m->cfg.vocab_size);
+    ftb_step_result r = {0};
+    cr_expect_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+    ftb_plugin_close(&p);
+}
+
+/* ---- 5. learning -------------------------------------------------------- */
+
+static double mean_of(const float *x, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    return s / n;
+}
+
+/* 100 steps on one repeated batch of a learnable sequence: the loss falls. */
+static void learns(const char *method, const ftb_options *o, float lr, int steps, double min_drop) {
+    ftb_plugin p;
+    open_method(method, &p);
+    ftb_model *m = tiny_model(29, 0);
+    int32_t tok[2 * 32], tgt[2 * 32];
+    ftb_batch b = batch_of(tok, tgt, 2, 32, m->cfg.vocab_size);
+    ftb_session s = session_for(m, o, lr);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    float *loss = malloc(sizeof(float) * steps);
+    double t_fwd = 0, t_opt = 0;
+    for (int k = 0; k < steps; k++) {
+        ftb_step_result r = {0};
+        cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+        cr_assert(isfinite(r.loss), "step %d: loss %f", k, r.loss);
+        loss[k] = r.loss;
+        t_fwd += r.t_forward;
+        t_opt += r.t_optim;
+    }
+    double first = mean_of(loss, 10), last = mean_of(loss + steps - 10, 10);
+    SAY("%s: %d steps at lr %g: loss %.4f -> %.4f (forward %.3f s, zo sweeps %.3f s)\n", method, steps, lr, first, last,
+        t_fwd, t_opt);
+    cr_expect_lt(last, first - min_drop, "%s: loss %.4f -> %.4f", method, first, last);
+    cr_expect_gt(t_fwd, 0);
+    cr_expect_gt(t_opt, 0);
+    free(loss);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+Test(zo, mezo_full_learns_a_repeated_batch) {
+    ftb_options none = {0, NULL, NULL};
+    learns("mezo", &none, 2e-3f, 100, 0.05);
+}
+
+Test(zo, prge_learns_a_repeated_batch) {
+    ftb_options none = {0, NULL, NULL};
+    learns("prge", &none, 5e-2f, 100, 0.05);
+}
+
+/* ---- 6. options --------------------------------------------------------- */
+
+static void rejects(const char *method, const char *key, const char *value, const char *expect) {
+    ftb_plugin p;
+    open_method(method, &p);
+    ftb_model *m = tiny_model(30, 0);
+    const char *keys[] = {key}, *vals[] = {value};
+    ftb_options o = {1, keys, vals};
+    ftb_session s = session_for(m, &o, 1e-3f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_expect_null(st, "%s: %s=%s accepted", method, key, value);
+    if (st) p.method->destroy(st);
+    cr_expect(strstr(err, expect) != NULL, "%s: %s=%s: error was '%s'", method, key, value, err);
+    ftb_mem_stats mem;
+    ftb_mem_get_stats(&mem);
+    int64_t weights = mem.live[FTB_MEM_WEIGHTS] + mem.live[FTB_MEM_TRAINABLE];
+    ftb_model_free(m);
+    ftb_mem_get_stats(&mem);
+    cr_expect_eq(mem.live_total, 0, "%s: %s=%s: %lld bytes left after a refused init (weights %lld)", method, key,
+                 value, (long long)mem.live_total, (long long)weights);
+    ftb_plugin_close(&p);
+}
+
+Test(zo, bad_options_are_refused_clearly) {
+    rejects("mezo", "params", "half", "option params: 'half'");
+    rejects("mezo", "eps", "0", "option eps");
+    rejects("mezo", "eps", "-1e-3", "option eps");
+    rejects("mezo", "eps", "small", "option eps: 'small' is not a number");
+    rejects("mezo", "weight_decay", "-0.1", "option weight_decay");
+    rejects("mezo", "rank", "0", "option rank");
+    rejects("mezo", "targets", "q,zz", "unknown linear layer 'zz'");
+    rejects("mezo", "alpha", "0", "option alpha");
+    rejects("prge", "queries", "0", "option queries: 0 is not in 1..64");
+    rejects("prge", "queries", "65", "option queries");
+    rejects("prge", "queries", "four", "option queries: 'four' is not an integer");
+    rejects("prge", "dual", "2", "option dual");
+    rejects("prge", "eps", "-1", "option eps");
+    rejects("prge", "rank", "5000", "option rank");
+    rejects("prge", "targets", "", "option targets");
+    rejects("prge", "alpha", "1e999", "option alpha");
+}
