@@ -253,9 +253,16 @@ int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char 
             return ftb_errf(err, errlen,
                             "checkpoint %s: no model.safetensors or model.safetensors.index.json",
                             o->checkpoint);
-        const char *base = strrchr(o->checkpoint, '/');
-        base = base && base[1] ? base + 1 : o->checkpoint;
-        snprintf(name, name_n, "%s", cfg->name[0] ? cfg->name : base);
+        /* The directory names the model: config.json's name is only the
+         * architecture ("qwen2"), shared by every checkpoint of a family. */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", o->checkpoint);
+        size_t dl = strlen(dir);
+        while (dl > 1 && dir[dl - 1] == '/')
+            dir[--dl] = 0;
+        const char *base = strrchr(dir, '/');
+        base = base && base[1] ? base + 1 : dir;
+        snprintf(name, name_n, "%s", base);
     } else {
         const char *m = o->model ? o->model : fallback;
         if (!m)
@@ -364,15 +371,18 @@ int ftb_parse_int_list(const char *s, int lo, int hi, int **out, int *n, char *e
         if (dots) {
             *dots = 0;
             if (ftb_parse_long(t, lo, hi, &a) || ftb_parse_long(dots + 2, lo, hi, &b) || b < a) {
+                ftb_errf(err, errlen, "'%s': a range is A..B with %d <= A <= B <= %d", s, lo, hi);
                 free(copy);
                 free(v);
-                return ftb_errf(err, errlen, "'%s': a range is A..B with %d <= A <= B <= %d", s, lo, hi);
+                return -1;
             }
         } else {
             if (ftb_parse_long(t, lo, hi, &a)) {
+                /* t points into copy: format before freeing it. */
+                ftb_errf(err, errlen, "'%s': '%s' is not an integer in %d..%d", s, t, lo, hi);
                 free(copy);
                 free(v);
-                return ftb_errf(err, errlen, "'%s': '%s' is not an integer in %d..%d", s, t, lo, hi);
+                return -1;
             }
             b = a;
         }
