@@ -63,7 +63,7 @@ static ftb_session session_for(ftb_model *m, const ftb_options *o) {
     return s;
 }
 
-/* Options from a "key=value" list (NULL-terminated); strings are static. */
+/* Options from a NULL-terminated "key=value" list, copied into l. */
 typedef struct {
     const char *keys[MAX_OPTS], *values[MAX_OPTS];
     char buf[MAX_OPTS][128];
@@ -252,7 +252,8 @@ Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule) {
     for (int layer = 0; layer < m->cfg.n_layers; layer++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             ftb_tensor *scale = l[layer * FTB_LIN_COUNT + k];
-            ftb_tensor *W = ftb_layer_weight(&merged->layers[layer], k), *bias = ftb_layer_bias(&merged->layers[layer], k);
+            ftb_tensor *W = ftb_layer_weight(&merged->layers[layer], k);
+            ftb_tensor *bias = ftb_layer_bias(&merged->layers[layer], k);
             for (int64_t j = 0; j < W->shape[0]; j++) {
                 for (int64_t i = 0; i < W->shape[1]; i++) W->data[j * W->shape[1] + i] *= scale->data[j];
                 if (bias->numel) bias->data[j] *= scale->data[j];
@@ -268,7 +269,8 @@ Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule) {
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             ftb_tensor *scale = l[layer * FTB_LIN_COUNT + k];
             ftb_tensor *W = ftb_layer_weight(&m->layers[layer], k), *bias = ftb_layer_bias(&m->layers[layer], k);
-            ftb_tensor *Wm = ftb_layer_weight(&merged->layers[layer], k), *bm = ftb_layer_bias(&merged->layers[layer], k);
+            ftb_tensor *Wm = ftb_layer_weight(&merged->layers[layer], k);
+            ftb_tensor *bm = ftb_layer_bias(&merged->layers[layer], k);
             double err_max = 0, ref = 1e-12;
             for (int64_t j = 0; j < W->shape[0]; j++) {
                 double want = 0;
@@ -398,6 +400,24 @@ Test(backprop, gc_around_full_and_ia3_gives_their_gradients_bitwise_with_less_sa
         free_record(&plain);
         free_record(&gc);
     }
+}
+
+/* lars is another engineer's plugin: checked when it is built. */
+Test(backprop, gc_around_lars_gives_lars_gradients_bitwise) {
+    const char *dir = getenv("FTBENCH_METHODS");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/lars.so", dir ? dir : "build/methods");
+    FILE *f = fopen(path, "rb");
+    if (!f) cr_skip_test("no lars.so in %s", dir ? dir : "build/methods");
+    fclose(f);
+    const char *gc_kv[] = {"inner=lars", NULL};
+    step_record plain = run_one_step("lars", NULL, 4, 2, 24, 0);
+    step_record gc = run_one_step("gc", gc_kv, 4, 2, 24, 0);
+    expect_same_gradients(&gc, &plain, "gc(lars) vs lars");
+    cr_expect_leq(gc.saved_peak, plain.saved_peak, "gc saved %lld, lars %lld", (long long)gc.saved_peak,
+                  (long long)plain.saved_peak);
+    free_record(&plain);
+    free_record(&gc);
 }
 
 Test(backprop, gc_sets_every_block_to_recompute_and_passes_options_through) {

@@ -261,10 +261,12 @@ static void build_option_docs(void) {
                 for (int j = i; j < n_listed; j++) /* which inner methods take it */
                     if (methods[j] && is_documented(methods[j], d->name)) {
                         size_t used = strlen(users);
-                        snprintf(users + used, sizeof users - used, "%s%s", used ? "," : "", listed_inner_methods[j]);
+                        snprintf(users + used, sizeof users - used, "%s%s", used ? "," : "",
+                                 listed_inner_methods[j]);
                     }
+                int shared = strchr(users, ',') != NULL; /* defaults may differ: say whose is shown */
                 snprintf(help, sizeof help, "(inner %s) %s%s%s", users, d->help ? d->help : "",
-                         strchr(users, ',') ? "; default shown: " : "", strchr(users, ',') ? listed_inner_methods[i] : "");
+                         shared ? "; default shown: " : "", shared ? listed_inner_methods[i] : "");
                 add_doc(d->name, d->default_value, help);
                 snprintf(name, sizeof name, INNER_PREFIX "%s", d->name);
                 snprintf(help, sizeof help, "same as %s", d->name);
