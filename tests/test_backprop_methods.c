@@ -607,6 +607,8 @@ Test(backprop, bad_options_give_clear_errors) {
         char err[FTB_ERR_LEN] = "";
         void *st = p.method->init(&s, err, sizeof err);
         cr_expect_null(st, "%s %s accepted", cases[i].method, cases[i].kv);
+        cr_expect_null(s.run.keep, "%s %s: a failed init left a keep policy in the session", cases[i].method,
+                       cases[i].kv);
         if (st) p.method->destroy(st);
         cr_expect(strstr(err, cases[i].expect) != NULL, "%s %s: error was '%s'", cases[i].method, cases[i].kv, err);
         ftb_mem_stats ms;

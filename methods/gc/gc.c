@@ -169,12 +169,14 @@ static void *gc_init(ftb_session *s, char *err, size_t errlen) {
     if (open_sibling_method(inner_name, &st->handle, &st->inner, err, errlen)) goto fail;
     if (build_inner_options(st, s->options, inner_name, err, errlen)) goto fail;
 
+    const ftb_run_opts host_run = s->run;
     set_recompute_every_block(st, s);
     const ftb_options *host_options = s->options;
     s->options = &st->inner_options;
     st->inner_state = st->inner->init(s, err, errlen);
     s->options = host_options;
     if (!st->inner_state) {
+        s->run = host_run; /* the session must not point into gc's (or the inner's) freed state */
         if (!err[0]) snprintf(err, errlen, "gc: the inner method %s failed to initialise", inner_name);
         goto fail;
     }
