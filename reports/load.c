@@ -1,0 +1,340 @@
+/*
+ * load.c — results.jsonl → records.  A results directory may hold many run
+ * directories (results/<device>/<run-id>/results.jsonl); every results file
+ * found a few levels down is read.  A line that is not a record (torn by a
+ * killed writer, or foreign text) is reported with its line number and the
+ * rest of the file is used.
+ */
+#include "report_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define SCAN_DEPTH 5
+
+static const char *const cat_keys[FTR_NCAT] = { "weights", "trainable", "grads", "optimizer",
+                                                "saved_activations", "workspace" };
+
+static double mib(json_t *v)
+{
+    return json_is_number(v) ? json_number_value(v) / 1048576.0 : NAN;
+}
+
+static double num(json_t *v) { return json_is_number(v) ? json_number_value(v) : NAN; }
+
+static json_t *path2(json_t *o, const char *a, const char *b)
+{
+    json_t *x = json_object_get(o, a);
+    return b ? json_object_get(x, b) : x;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void push_str(char ***v, int *n, const char *s)
+{
+    *v = realloc(*v, (size_t)(*n + 1) * sizeof **v);
+    (*v)[(*n)++] = strdup(s);
+}
+
+static void scan(const char *dir, int depth, char ***files, int *n)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char **subdirs = NULL;
+    int nsub = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        size_t need = strlen(dir) + strlen(e->d_name) + 2;
+        char *p = malloc(need);
+        snprintf(p, need, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(p, &st) == 0) {
+            if (S_ISDIR(st.st_mode) && depth < SCAN_DEPTH)
+                push_str(&subdirs, &nsub, p);
+            else if (S_ISREG(st.st_mode) && !strcmp(e->d_name, "results.jsonl"))
+                push_str(files, n, p);
+        }
+        free(p);
+    }
+    closedir(d);
+    if (nsub)
+        qsort(subdirs, (size_t)nsub, sizeof *subdirs, cmp_str);
+    for (int i = 0; i < nsub; i++) {
+        scan(subdirs[i], depth + 1, files, n);
+        free(subdirs[i]);
+    }
+    free(subdirs);
+}
+
+static void skip(ftr_set *s, FILE *warn, const char *path, int line, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void skip(ftr_set *s, FILE *warn, const char *path, int line, const char *fmt, ...)
+{
+    char why[512], msg[1024 + 512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    snprintf(msg, sizeof msg, "%.1000s:%d: %s", path, line, why);
+    push_str(&s->skipped, &s->nskipped, msg);
+    if (warn)
+        fprintf(warn, "ftbench report: %s (line skipped)\n", msg);
+}
+
+static void extract(ftr_rec *r)
+{
+    json_t *j = r->j;
+    r->cell = json_string_value(json_object_get(j, "cell"));
+    r->run_id = json_string_value(json_object_get(j, "run_id"));
+    r->outcome = json_string_value(json_object_get(j, "outcome"));
+    if (!r->outcome)
+        r->outcome = "?";
+    r->device = json_string_value(path2(j, "device", "name"));
+    if (!r->device)
+        r->device = "?";
+    r->model = json_string_value(path2(j, "model", "name"));
+    if (!r->model)
+        r->model = "?";
+    r->label = json_string_value(path2(j, "method", "label"));
+    if (!r->label)
+        r->label = json_string_value(path2(j, "method", "name"));
+    if (!r->label)
+        r->label = "?";
+    /* Options, sorted: part of the series' identity. */
+    json_t *opts = path2(j, "method", "options");
+    const char *keys[64];
+    int nk = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(opts, k, v)
+    {
+        if (nk < 64)
+            keys[nk++] = k;
+    }
+    for (int a = 1; a < nk; a++)
+        for (int b = a; b > 0 && strcmp(keys[b - 1], keys[b]) > 0; b--) {
+            const char *t = keys[b];
+            keys[b] = keys[b - 1];
+            keys[b - 1] = t;
+        }
+    size_t off = 0;
+    r->options[0] = 0;
+    for (int a = 0; a < nk; a++) {
+        json_t *x = json_object_get(opts, keys[a]);
+        const char *val = json_string_value(x);
+        char tmp[64];
+        if (!val) {
+            snprintf(tmp, sizeof tmp, "%g", num(x));
+            val = tmp;
+        }
+        int w = snprintf(r->options + off, sizeof r->options - off, "%s%s=%s", a ? "," : "", keys[a], val);
+        if (w < 0 || (size_t)w >= sizeof r->options - off)
+            break;
+        off += (size_t)w;
+    }
+    r->seq = (int)json_integer_value(json_object_get(j, "seq"));
+    r->batch = (int)json_integer_value(json_object_get(j, "batch"));
+    if (r->batch <= 0)
+        r->batch = 1;
+    r->emulated = json_is_true(json_object_get(j, "emulated"));
+    r->fit = json_is_true(json_object_get(j, "fit"));
+    r->budget_mib = mib(path2(j, "device", "budget_bytes"));
+    json_t *mem = json_object_get(j, "memory");
+    r->peak_mib = mib(json_object_get(mem, "peak_rss_bytes"));
+    r->baseline_mib = mib(json_object_get(mem, "rss_baseline_bytes"));
+    json_t *core = json_object_get(mem, "core");
+    r->core_peak_mib = mib(json_object_get(core, "peak_total_bytes"));
+    r->saved_peak_mib = mib(path2(core, "peak_bytes", "saved_activations"));
+    for (int c = 0; c < FTR_NCAT; c++)
+        r->split_mib[c] = mib(path2(core, "split_at_peak_bytes", cat_keys[c]));
+    json_t *timing = json_object_get(j, "timing");
+    r->tokens_per_s = num(json_object_get(timing, "tokens_per_second"));
+    r->step_s = num(path2(timing, "step_seconds", "median"));
+    r->final_loss = NAN;
+    json_t *losses = json_object_get(j, "loss_per_step");
+    for (size_t i = json_array_size(losses); i > 0; i--)
+        if (json_is_number(json_array_get(losses, i - 1))) {
+            r->final_loss = num(json_array_get(losses, i - 1));
+            break;
+        }
+    /* Training records (`ftbench train`, docs/REPORTS.md): eval.accuracy
+     * (or a top-level accuracy), gradient_fidelity.cosine / relative_error. */
+    json_t *ev = json_object_get(j, "eval");
+    r->accuracy = num(json_object_get(ev, "accuracy"));
+    if (!isfinite(r->accuracy))
+        r->accuracy = num(json_object_get(j, "accuracy"));
+    if (r->accuracy > 1.0)
+        r->accuracy /= 100.0; /* given in percent */
+    r->eval_task = json_string_value(json_object_get(ev, "task"));
+    r->eval_metric = json_string_value(json_object_get(ev, "metric"));
+    json_t *gf = json_object_get(j, "gradient_fidelity");
+    r->fidelity_cos = num(json_object_get(gf, "cosine"));
+    r->fidelity_relerr = num(json_object_get(gf, "relative_error"));
+    r->train = isfinite(r->accuracy) || isfinite(r->fidelity_cos) || isfinite(r->fidelity_relerr);
+    r->timeline_file = json_string_value(json_object_get(j, "timeline_file"));
+}
+
+static int load_file(ftr_set *s, const char *path, FILE *warn)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        skip(s, warn, path, 0, "cannot open: %s", strerror(errno));
+        return 0;
+    }
+    /* The file and its directory (timeline files are beside it). */
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path)) : strdup(".");
+    s->sources = realloc(s->sources, (size_t)(s->nsources + 1) * sizeof *s->sources);
+    s->dirs = realloc(s->dirs, (size_t)(s->nsources + 1) * sizeof *s->dirs);
+    s->sources[s->nsources] = strdup(path);
+    s->dirs[s->nsources] = dir;
+    const char *src = s->sources[s->nsources++];
+    int added = 0, lineno = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        int has_nl = len > 0 && line[len - 1] == '\n';
+        char *p = line;
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            p++;
+        if (!*p)
+            continue;
+        json_error_t je;
+        json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
+        if (!j) {
+            if (!has_nl)
+                skip(s, warn, src, lineno, "truncated record (the file ends mid-line: a writer was killed?): %s",
+                     je.text);
+            else
+                skip(s, warn, src, lineno, "not valid JSON (a torn or truncated record?): %s at column %d",
+                     je.text, je.column);
+            continue;
+        }
+        if (!json_is_object(j) || !json_is_string(json_object_get(j, "cell")) ||
+            !json_is_integer(json_object_get(j, "schema"))) {
+            skip(s, warn, src, lineno, "foreign line: valid JSON but not an ftbench record (no \"cell\" and \"schema\")");
+            json_decref(j);
+            continue;
+        }
+        if (s->n == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 64;
+            s->r = realloc(s->r, (size_t)s->cap * sizeof *s->r);
+        }
+        ftr_rec *r = &s->r[s->n++];
+        memset(r, 0, sizeof *r);
+        r->source = src;
+        r->dir = dir;
+        r->line = lineno;
+        r->j = j;
+        extract(r);
+        added++;
+    }
+    free(line);
+    fclose(f);
+    return added;
+}
+
+int ftr_load(ftr_set *s, const char *path, FILE *warn, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    char **files = NULL;
+    int nf = 0;
+    if (S_ISDIR(st.st_mode)) {
+        size_t n = strlen(path);
+        char *p = strdup(path);
+        while (n > 1 && p[n - 1] == '/')
+            p[--n] = 0;
+        scan(p, 0, &files, &nf);
+        free(p);
+    } else {
+        push_str(&files, &nf, path);
+    }
+    if (nf == 0) {
+        snprintf(err, errlen, "%s: no results.jsonl found (looked %d directory levels down)", path, SCAN_DEPTH);
+        free(files);
+        return -1;
+    }
+    int added = 0;
+    for (int i = 0; i < nf; i++) {
+        added += load_file(s, files[i], warn);
+        free(files[i]);
+    }
+    free(files);
+    return added;
+}
+
+void ftr_finish(ftr_set *s)
+{
+    for (int i = 0; i < s->n; i++) {
+        ftr_rec *r = &s->r[i];
+        int found = -1;
+        for (int k = 0; k < s->nseries && found < 0; k++)
+            if (!strcmp(s->series[k].label, r->label) && !strcmp(s->series[k].options, r->options))
+                found = k;
+        if (found < 0) {
+            s->series = realloc(s->series, (size_t)(s->nseries + 1) * sizeof *s->series);
+            ftr_series *x = &s->series[s->nseries];
+            memset(x, 0, sizeof *x);
+            x->label = strdup(r->label);
+            x->options = strdup(r->options);
+            found = s->nseries++;
+        }
+        r->series = found;
+    }
+    /* Display names and styles: the variants of one label, defaults first. */
+    for (int k = 0; k < s->nseries; k++) {
+        ftr_series *x = &s->series[k];
+        int variants = 0, variant = 0;
+        for (int m = 0; m < s->nseries; m++) {
+            if (strcmp(s->series[m].label, x->label))
+                continue;
+            variants++;
+            if (strcmp(s->series[m].options, x->options) < 0)
+                variant++;
+        }
+        if (variants > 1 && x->options[0])
+            snprintf(x->name, sizeof x->name, "%s[%s]", x->label, x->options);
+        else
+            snprintf(x->name, sizeof x->name, "%s", x->label);
+        x->style = ftr_style_for(x->label, variant);
+        x->order = ftr_style_order(x->label) * 64 + variant;
+    }
+}
+
+void ftr_set_free(ftr_set *s)
+{
+    for (int i = 0; i < s->n; i++)
+        json_decref(s->r[i].j);
+    free(s->r);
+    for (int i = 0; i < s->nseries; i++) {
+        free(s->series[i].label);
+        free(s->series[i].options);
+    }
+    free(s->series);
+    for (int i = 0; i < s->nsources; i++) {
+        free(s->sources[i]);
+        free(s->dirs[i]);
+    }
+    free(s->sources);
+    free(s->dirs);
+    for (int i = 0; i < s->nskipped; i++)
+        free(s->skipped[i]);
+    free(s->skipped);
+    memset(s, 0, sizeof *s);
+}

@@ -1,0 +1,881 @@
+/*
+ * plot.c — figures through gnuplot.  Every figure is three files written
+ * before gnuplot runs: its data (data/<name>.tsv), its script
+ * (gnuplot/<name>.gp, which loads the shared gnuplot/style.gp) and then its
+ * images (plots/<name>.png|svg|pdf), rendered by piping
+ * `fmt='png'; load 'gnuplot/<name>.gp'` into one gnuplot per figure.  An
+ * author restyles by editing style.gp or a script and running replot.sh;
+ * the sweep is never re-run.
+ */
+#include "report_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *const ftr_formats[3] = { "png", "svg", "pdf" };
+
+/* 'x' → '\'x\'' for sh. */
+static void shq(ftr_buf *b, const char *s)
+{
+    ftr_buf_puts(b, "'");
+    for (; *s; s++) {
+        if (*s == '\'')
+            ftr_buf_puts(b, "'\\''");
+        else {
+            char c[2] = { *s, 0 };
+            ftr_buf_puts(b, c);
+        }
+    }
+    ftr_buf_puts(b, "'");
+}
+
+static int run_sh(const char *cmd)
+{
+    int st = system(cmd);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int in_path(const char *name, char *out, size_t n)
+{
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        return 0;
+    char *copy = strdup(path), *save = NULL;
+    int found = 0;
+    for (char *d = strtok_r(copy, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+        snprintf(out, n, "%s/%s", *d ? d : ".", name);
+        struct stat st;
+        found = stat(out, &st) == 0 && S_ISREG(st.st_mode) && access(out, X_OK) == 0;
+    }
+    free(copy);
+    return found;
+}
+
+/* The terminals this gnuplot has (GPVAL_TERMINALS, one run), space-framed:
+ * " png pngcairo svg ... "; NULL if gnuplot does not run. */
+static char *terminals(const char *gnuplot)
+{
+    ftr_buf b = { 0 };
+    shq(&b, gnuplot);
+    ftr_buf_puts(&b, " -e 'print GPVAL_TERMINALS' 2>&1 </dev/null");
+    fflush(NULL);
+    FILE *f = popen(b.s, "r");
+    ftr_buf_free(&b);
+    if (!f)
+        return NULL;
+    ftr_buf out = { 0 };
+    ftr_buf_puts(&out, " ");
+    char line[4096];
+    while (fgets(line, sizeof line, f))
+        ftr_buf_puts(&out, line);
+    int st = pclose(f);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !strstr(out.s, " svg")) {
+        ftr_buf_free(&out);
+        return NULL;
+    }
+    for (char *c = out.s; *c; c++)
+        if (*c == '\n' || *c == '\t')
+            *c = ' ';
+    ftr_buf_puts(&out, " ");
+    return out.s;
+}
+
+static int term_ok(const char *terms, const char *term)
+{
+    char w[64];
+    snprintf(w, sizeof w, " %s ", term);
+    return strstr(terms, w) != NULL;
+}
+
+void ftr_plotter_init(ftr_plotter *p, const char *out, const int want[3], int log_axes)
+{
+    memset(p, 0, sizeof *p);
+    p->out = out;
+    p->log_axes = log_axes;
+    for (int i = 0; i < 3; i++)
+        p->want[i] = want[i];
+    const char *env = getenv("FTBENCH_GNUPLOT");
+    char found[4096];
+    if (env && *env) {
+        struct stat st;
+        if (strchr(env, '/')) {
+            if (stat(env, &st) == 0 && S_ISREG(st.st_mode) && access(env, X_OK) == 0)
+                snprintf(p->gnuplot, sizeof p->gnuplot, "%s", env);
+            else
+                snprintf(p->missing_why, sizeof p->missing_why, "FTBENCH_GNUPLOT=%.400s is not an executable file",
+                         env);
+        } else if (in_path(env, found, sizeof found)) {
+            snprintf(p->gnuplot, sizeof p->gnuplot, "%s", found);
+        } else {
+            snprintf(p->missing_why, sizeof p->missing_why, "FTBENCH_GNUPLOT=%.400s is not in PATH", env);
+        }
+    } else if (in_path("gnuplot", found, sizeof found)) {
+        snprintf(p->gnuplot, sizeof p->gnuplot, "%s", found);
+    } else {
+        snprintf(p->missing_why, sizeof p->missing_why, "gnuplot is not in PATH");
+    }
+    char *terms = p->gnuplot[0] ? terminals(p->gnuplot) : NULL;
+    if (p->gnuplot[0] && !terms) {
+        snprintf(p->missing_why, sizeof p->missing_why, "%.400s does not run (or lists no terminals)", p->gnuplot);
+        p->gnuplot[0] = 0;
+    }
+    if (!p->gnuplot[0])
+        return;
+    /* PNG: cairo, else libgd.  SVG: built in.  PDF: cairo, else EPS through
+     * ps2pdf (ghostscript) or epstopdf. */
+    if (term_ok(terms, "pngcairo")) {
+        p->have[0] = 1;
+        snprintf(p->fmt_note[0], sizeof p->fmt_note[0], "pngcairo");
+    } else if (term_ok(terms, "png")) {
+        p->have[0] = 1;
+        snprintf(p->fmt_note[0], sizeof p->fmt_note[0], "png (libgd)");
+    } else {
+        snprintf(p->fmt_note[0], sizeof p->fmt_note[0], "this gnuplot has neither pngcairo nor png");
+    }
+    if (term_ok(terms, "svg")) {
+        p->have[1] = 1;
+        snprintf(p->fmt_note[1], sizeof p->fmt_note[1], "svg");
+    } else {
+        snprintf(p->fmt_note[1], sizeof p->fmt_note[1], "this gnuplot has no svg terminal");
+    }
+    char tool[4096];
+    if (term_ok(terms, "pdfcairo")) {
+        p->have[2] = 1;
+        snprintf(p->fmt_note[2], sizeof p->fmt_note[2], "pdfcairo");
+    } else if (term_ok(terms, "postscript") && in_path("ps2pdf", tool, sizeof tool)) {
+        p->have[2] = 1;
+        p->pdf_via_eps = 1;
+        snprintf(p->fmt_note[2], sizeof p->fmt_note[2], "postscript eps + ps2pdf -dEPSCrop");
+    } else if (term_ok(terms, "postscript") && in_path("epstopdf", tool, sizeof tool)) {
+        p->have[2] = 1;
+        p->pdf_via_eps = 2;
+        snprintf(p->fmt_note[2], sizeof p->fmt_note[2], "postscript eps + epstopdf");
+    } else {
+        snprintf(p->fmt_note[2], sizeof p->fmt_note[2],
+                 "no pdfcairo terminal in this gnuplot and no ps2pdf/epstopdf: install gnuplot-qt (or gnuplot-x11), "
+                 "or ghostscript for ps2pdf");
+    }
+    free(terms);
+}
+
+void ftr_plotter_free(ftr_plotter *p)
+{
+    free(p->plots);
+    p->plots = NULL;
+    p->nplots = p->cap = 0;
+}
+
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode) ? (long)st.st_size : -1;
+}
+
+int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const char *script,
+                    const char *fmt_caption, ...)
+{
+    if (p->nplots == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 16;
+        p->plots = realloc(p->plots, (size_t)p->cap * sizeof *p->plots);
+    }
+    ftr_plot *pl = &p->plots[p->nplots];
+    memset(pl, 0, sizeof *pl);
+    snprintf(pl->name, sizeof pl->name, "%s", name);
+    pl->scope = scope;
+    pl->wide = wide;
+    va_list ap;
+    va_start(ap, fmt_caption);
+    vsnprintf(pl->caption, sizeof pl->caption, fmt_caption, ap);
+    va_end(ap);
+
+    /* The script: a header any author can run as is, then the body. */
+    ftr_buf s = { 0 };
+    ftr_buf_printf(&s,
+                   "# %s\n# Regenerate from the report directory:  gnuplot -e \"fmt='pdf'\" gnuplot/%s.gp\n"
+                   "# (fmt: png, svg, pdf; the look is in gnuplot/style.gp)\n"
+                   "if (!exists(\"fmt\")) fmt = 'png'\nwide = %d\nload 'gnuplot/style.gp'\n"
+                   "set output sprintf('plots/%%s.%%s', '%s', fmt)\n\n%s",
+                   pl->caption, name, wide, name, script);
+    char path[8192];
+    snprintf(path, sizeof path, "%s/gnuplot/%s.gp", p->out, name);
+    if (ftr_buf_write(&s, path) != 0) {
+        snprintf(pl->problem, sizeof pl->problem, "cannot write %.200s", path);
+        ftr_buf_free(&s);
+        return p->nplots++;
+    }
+    ftr_buf_free(&s);
+    if (!p->gnuplot[0]) {
+        snprintf(pl->problem, sizeof pl->problem, "gnuplot missing");
+        return p->nplots++;
+    }
+    ftr_buf cmd = { 0 };
+    ftr_buf_puts(&cmd, "cd ");
+    shq(&cmd, p->out);
+    ftr_buf_puts(&cmd, " && ");
+    shq(&cmd, p->gnuplot);
+    ftr_buf_puts(&cmd, " >>gnuplot.log 2>&1");
+    /* One gnuplot per format: its exit status says whether that image is
+     * good (gnuplot reading a pipe goes on after an error, and exits 1). */
+    int wanted = 0, ok = 0;
+    for (int f = 0; f < 3; f++) {
+        if (!p->want[f] || !p->have[f])
+            continue;
+        wanted++;
+        const char *fmt = f == 2 && p->pdf_via_eps ? "eps" : ftr_formats[f];
+        snprintf(path, sizeof path, "%s/plots/%s.%s", p->out, name, ftr_formats[f]);
+        unlink(path);
+        fflush(NULL);
+        FILE *g = popen(cmd.s, "w");
+        if (!g) {
+            snprintf(pl->problem, sizeof pl->problem, "cannot start gnuplot: %s", strerror(errno));
+            continue;
+        }
+        fprintf(g, "fmt = '%s'\nload 'gnuplot/%s.gp'\nunset output\nexit\n", fmt, name);
+        int st = pclose(g);
+        int good = st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        if (good && f == 2 && p->pdf_via_eps) {
+            ftr_buf c = { 0 };
+            ftr_buf_puts(&c, "cd ");
+            shq(&c, p->out);
+            if (p->pdf_via_eps == 1)
+                ftr_buf_printf(&c, "/plots && ps2pdf -dEPSCrop '%s.eps' '%s.pdf' >>../gnuplot.log 2>&1", name, name);
+            else
+                ftr_buf_printf(&c, "/plots && epstopdf '%s.eps' >>../gnuplot.log 2>&1", name);
+            good = run_sh(c.s) == 0;
+            ftr_buf_free(&c);
+            char eps[8192];
+            snprintf(eps, sizeof eps, "%s/plots/%s.eps", p->out, name);
+            unlink(eps);
+        }
+        if (!good || file_size(path) <= 0) {
+            unlink(path); /* nothing half-written stays behind */
+            if (!pl->problem[0])
+                snprintf(pl->problem, sizeof pl->problem, "gnuplot failed on the %s (see gnuplot.log)",
+                         ftr_formats[f]);
+        } else {
+            ok++;
+        }
+    }
+    ftr_buf_free(&cmd);
+    pl->drawn = wanted > 0 && ok == wanted;
+    if (!wanted && !pl->problem[0])
+        snprintf(pl->problem, sizeof pl->problem, "no requested format is available");
+    return p->nplots++;
+}
+
+/* ---- data helpers ---------------------------------------------------------------- */
+
+static void tsv_num(ftr_buf *b, double v, const char *fmt)
+{
+    ftr_buf_puts(b, "\t");
+    if (isfinite(v))
+        ftr_buf_printf(b, fmt, v);
+    else
+        ftr_buf_puts(b, "-");
+}
+
+static int write_data(const ftr_plotter *p, const char *name, const ftr_buf *b)
+{
+    char path[8192];
+    snprintf(path, sizeof path, "%s/data/%s.tsv", p->out, name);
+    return ftr_buf_write(b, path);
+}
+
+static void xaxis_seq(const ftr_plotter *p, ftr_buf *s, const ftr_scope *sc)
+{
+    ftr_buf_puts(s, "set xlabel 'sequence length (tokens)'\n");
+    if (p->log_axes) {
+        ftr_buf_puts(s, "set logscale x 2\nset xtics (");
+        for (int k = 0; k < sc->nseq; k++)
+            ftr_buf_printf(s, "%s%d", k ? ", " : "", sc->seqs[k]);
+        ftr_buf_puts(s, ")\n");
+        if (sc->nseq)
+            ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] / 1.25, sc->seqs[sc->nseq - 1] * 1.25);
+    } else if (sc->nseq) {
+        double span = sc->seqs[sc->nseq - 1] - sc->seqs[0];
+        if (span <= 0)
+            span = sc->seqs[0];
+        ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] - 0.05 * span, sc->seqs[sc->nseq - 1] + 0.05 * span);
+    }
+}
+
+/* Log-scale y tics at 1, 2, 5 × 10^k within [lo, hi]. */
+static void log_ytics(ftr_buf *s, double lo, double hi)
+{
+    if (!(lo > 0) || !(hi > lo))
+        return;
+    ftr_buf_puts(s, "set ytics (");
+    int n = 0;
+    for (int e = (int)floor(log10(lo)); e <= (int)ceil(log10(hi)); e++)
+        for (int m = 0; m < 3; m++) {
+            double v = (m == 0 ? 1 : m == 1 ? 2 : 5) * pow(10, e);
+            if (v >= lo && v <= hi)
+                ftr_buf_printf(s, "%s%g", n++ ? ", " : "", v);
+        }
+    ftr_buf_puts(s, ")\n");
+    if (!n)
+        s->s[s->n -= strlen("set ytics ()\n")] = 0;
+}
+
+/* ---- memory scaling ----------------------------------------------------------------- */
+
+typedef double (*agg_field)(const ftr_agg *a);
+static double f_peak(const ftr_agg *a) { return a->n_measured ? a->peak_mib : NAN; }
+static double f_saved(const ftr_agg *a) { return a->n_measured ? a->saved_mib : NAN; }
+static double f_tps(const ftr_agg *a) { return a->n_measured ? a->tokens_per_s : NAN; }
+
+/* Data: seq, then one column per series of the scope.  Returns max value. */
+static double seq_data(const ftr_set *s, const ftr_scope *sc, agg_field fn, ftr_buf *d, const char *what,
+                       double *minpos)
+{
+    double mx = 0;
+    *minpos = INFINITY;
+    ftr_buf_printf(d, "# %s: %s\n# seq", what, sc->title);
+    for (int row = 0; row < sc->nseries; row++)
+        ftr_buf_printf(d, "\t%s", s->series[sc->series[row]].name);
+    ftr_buf_puts(d, "\n");
+    for (int k = 0; k < sc->nseq; k++) {
+        ftr_buf_printf(d, "%d", sc->seqs[k]);
+        for (int row = 0; row < sc->nseries; row++) {
+            double v = fn(ftr_scope_agg(sc, row, k));
+            tsv_num(d, v, "%.4f");
+            if (isfinite(v) && v > mx)
+                mx = v;
+            if (isfinite(v) && v > 0 && v < *minpos)
+                *minpos = v;
+        }
+        ftr_buf_puts(d, "\n");
+    }
+    return mx;
+}
+
+static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
+{
+    const ftr_scope *sc = &r->scopes[si];
+    char name[320];
+    snprintf(name, sizeof name, "mem_%s", sc->id);
+    ftr_buf d = { 0 }, o = { 0 }, g = { 0 };
+    double minpos;
+    double mx = seq_data(s, sc, f_peak, &d, "peak RSS (MiB) by sequence length, '-' = not measured", &minpos);
+    write_data(p, name, &d);
+    /* Over-budget cells. */
+    int nover = 0;
+    ftr_buf_printf(&o, "# cells over the budget (%.0f MiB): seq, peak RSS MiB, method\n", sc->budget_mib);
+    for (int row = 0; row < sc->nseries; row++)
+        for (int k = 0; k < sc->nseq; k++) {
+            ftr_agg *a = ftr_scope_agg(sc, row, k);
+            if (a->over) {
+                ftr_buf_printf(&o, "%d\t%.4f\t%s\n", sc->seqs[k], a->peak_mib, s->series[sc->series[row]].name);
+                nover++;
+            }
+        }
+    char oname[340];
+    snprintf(oname, sizeof oname, "%s_over", name);
+    write_data(p, oname, &o);
+    int show_budget = isfinite(sc->budget_mib) && (nover || sc->budget_mib <= 1.5 * mx);
+    ftr_buf_puts(&g, "set title ");
+    char t[512];
+    snprintf(t, sizeof t, "Peak RSS: %s", sc->title);
+    ftr_gp_quote(&g, t);
+    ftr_buf_puts(&g, "\n");
+    xaxis_seq(p, &g, sc);
+    ftr_buf_puts(&g, "set ylabel 'peak RSS (MiB)'\n");
+    double top = show_budget && sc->budget_mib > mx ? sc->budget_mib : mx;
+    if (p->log_axes) {
+        double lo = isfinite(minpos) ? minpos / 1.3 : 1;
+        ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", lo, top * 1.6);
+        log_ytics(&g, lo, top * 1.6);
+    }
+    else
+        ftr_buf_printf(&g, "set yrange [0:%g]\n", top > 0 ? top * 1.12 : 1);
+    if (show_budget) {
+        ftr_buf_printf(&g, "budget = %.3f\n", sc->budget_mib);
+        ftr_buf_puts(&g, "set arrow 1 from graph 0, first budget to graph 1, first budget nohead ls 90 front\n");
+        ftr_buf_printf(&g, "set label 1 sprintf('budget of %s: %%.0f MiB', budget) at graph 0.02, first budget "
+                           "left offset 0,0.7 tc rgb '#B00000' front\n", sc->device);
+    } else if (isfinite(sc->budget_mib)) {
+        ftr_buf_printf(&g, "set label 1 'budget %.0f MiB: off the scale' at graph 0.98, graph 0.04 right tc rgb "
+                           "'#B00000'\n", sc->budget_mib);
+    }
+    ftr_buf_puts(&g, "plot \\\n");
+    for (int row = 0; row < sc->nseries; row++) {
+        const ftr_series *x = &s->series[sc->series[row]];
+        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d title ", name, row + 2, x->style);
+        ftr_gp_quote(&g, x->name);
+        ftr_buf_puts(&g, ", \\\n");
+    }
+    if (nover)
+        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:2 with points ls 91 title 'over budget', \\\n", oname);
+    ftr_buf_puts(&g, "  NaN notitle\n");
+    ftr_plot_render(p, name, si, 0, g.s,
+                    "Peak RSS against sequence length, one line per method: %s%s%s.", sc->title,
+                    show_budget ? "; the dashed line is the device's memory budget" : "",
+                    nover ? ", circled points exceed it" : "");
+    ftr_buf_free(&d);
+    ftr_buf_free(&o);
+    ftr_buf_free(&g);
+}
+
+static void act_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
+{
+    const ftr_scope *sc = &r->scopes[si];
+    char name[320];
+    snprintf(name, sizeof name, "act_%s", sc->id);
+    ftr_buf d = { 0 }, g = { 0 };
+    double minpos;
+    double mx = seq_data(s, sc, f_saved, &d, "saved activations at their peak (MiB), '-' = not measured", &minpos);
+    write_data(p, name, &d);
+    char t[512];
+    snprintf(t, sizeof t, "Saved activations: %s", sc->title);
+    ftr_buf_puts(&g, "set title ");
+    ftr_gp_quote(&g, t);
+    ftr_buf_puts(&g, "\n");
+    xaxis_seq(p, &g, sc);
+    ftr_buf_puts(&g, "set ylabel 'saved activations (MiB)'\n");
+    if (p->log_axes) {
+        double lo = isfinite(minpos) ? minpos / 1.3 : 0.01, hi = mx > 0 ? mx * 1.6 : 1;
+        ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", lo, hi);
+        log_ytics(&g, lo, hi);
+    }
+    else
+        ftr_buf_printf(&g, "set yrange [0:%g]\n", mx > 0 ? mx * 1.12 : 1);
+    ftr_buf_puts(&g, "plot \\\n");
+    for (int row = 0; row < sc->nseries; row++) {
+        const ftr_series *x = &s->series[sc->series[row]];
+        char title[400];
+        if (isfinite(sc->slope_kib[row]))
+            snprintf(title, sizeof title, "%s (%.1f KiB/token)", x->name, sc->slope_kib[row]);
+        else
+            snprintf(title, sizeof title, "%s", x->name);
+        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d title ", name, row + 2, x->style);
+        ftr_gp_quote(&g, title);
+        ftr_buf_puts(&g, ", \\\n");
+    }
+    ftr_buf_puts(&g, "  NaN notitle\n");
+    ftr_plot_render(p, name, si, 0, g.s,
+                    "Bytes kept for the backward pass (the core's saved_activations peak) against sequence length: "
+                    "%s; the key gives each method's slope per token.", sc->title);
+    ftr_buf_free(&d);
+    ftr_buf_free(&g);
+}
+
+static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
+{
+    const ftr_scope *sc = &r->scopes[si];
+    char name[320];
+    snprintf(name, sizeof name, "throughput_%s", sc->id);
+    ftr_buf d = { 0 }, g = { 0 };
+    double minpos;
+    double mx = seq_data(s, sc, f_tps, &d, "tokens per second (median step), '-' = not measured", &minpos);
+    if (mx <= 0) {
+        ftr_buf_free(&d);
+        return;
+    }
+    write_data(p, name, &d);
+    char t[512];
+    snprintf(t, sizeof t, "Throughput: %s%s", sc->title, sc->emulated ? " (measured on the host)" : "");
+    ftr_buf_puts(&g, "set title ");
+    ftr_gp_quote(&g, t);
+    ftr_buf_puts(&g, "\n");
+    xaxis_seq(p, &g, sc);
+    ftr_buf_puts(&g, "set ylabel 'tokens / s'\n");
+    if (p->log_axes) {
+        ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", minpos / 1.3, mx * 1.6);
+        log_ytics(&g, minpos / 1.3, mx * 1.6);
+    }
+    else
+        ftr_buf_printf(&g, "set yrange [0:%g]\n", mx * 1.12);
+    ftr_buf_puts(&g, "plot \\\n");
+    for (int row = 0; row < sc->nseries; row++) {
+        const ftr_series *x = &s->series[sc->series[row]];
+        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d title ", name, row + 2, x->style);
+        ftr_gp_quote(&g, x->name);
+        ftr_buf_puts(&g, ", \\\n");
+    }
+    ftr_buf_puts(&g, "  NaN notitle\n");
+    ftr_plot_render(p, name, si, 0, g.s, "Training throughput (tokens per second of the median step) against "
+                    "sequence length: %s%s.", sc->title,
+                    sc->emulated ? "; an emulated device's steps run on this host" : "");
+    ftr_buf_free(&d);
+    ftr_buf_free(&g);
+}
+
+/* ---- breakdown at one length ---------------------------------------------------------- */
+
+static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
+{
+    const ftr_scope *sc = &r->scopes[si];
+    int k = -1;
+    for (int q = 0; q < sc->nseq; q++)
+        if (sc->seqs[q] == sc->at_seq)
+            k = q;
+    if (k < 0)
+        return;
+    char name[320];
+    snprintf(name, sizeof name, "breakdown_%s_s%d", sc->id, sc->at_seq);
+    ftr_buf d = { 0 }, g = { 0 };
+    ftr_buf_printf(&d, "# split of each method's peak at seq %d (MiB): the core's categories at the core's peak, "
+                       "then other = peak RSS - core peak (runtime, allocator, libraries): %s\n# method",
+                   sc->at_seq, sc->title);
+    for (int c = 0; c < FTR_NCAT; c++)
+        ftr_buf_printf(&d, "\t%s", ftr_category_name(c));
+    ftr_buf_puts(&d, "\tother_rss\tpeak_rss\n");
+    int rows = 0;
+    double mx = 0;
+    for (int row = 0; row < sc->nseries; row++) {
+        const ftr_agg *a = ftr_scope_agg(sc, row, k);
+        if (!a->rep)
+            continue;
+        const ftr_rec *x = a->rep;
+        ftr_buf_printf(&d, "%s", s->series[sc->series[row]].name);
+        double core = 0;
+        for (int c = 0; c < FTR_NCAT; c++) {
+            tsv_num(&d, isfinite(x->split_mib[c]) ? x->split_mib[c] : 0, "%.4f");
+            core += isfinite(x->split_mib[c]) ? x->split_mib[c] : 0;
+        }
+        double other = isfinite(x->peak_mib) && x->peak_mib > core ? x->peak_mib - core : 0;
+        tsv_num(&d, other, "%.4f");
+        tsv_num(&d, x->peak_mib, "%.4f");
+        ftr_buf_puts(&d, "\n");
+        if (core + other > mx)
+            mx = core + other;
+        rows++;
+    }
+    if (!rows) {
+        ftr_buf_free(&d);
+        return;
+    }
+    write_data(p, name, &d);
+    char t[512];
+    snprintf(t, sizeof t, "Memory at the peak, seq %d: %s", sc->at_seq, sc->title);
+    ftr_buf_puts(&g, "set title ");
+    ftr_gp_quote(&g, t);
+    ftr_buf_puts(&g, "\n");
+    int show_budget = isfinite(sc->budget_mib) && sc->budget_mib <= 1.5 * mx;
+    double top = show_budget && sc->budget_mib > mx ? sc->budget_mib : mx;
+    ftr_buf_printf(&g, "set ylabel 'MiB'\nset yrange [0:%g]\nset xrange [-0.6:%g]\n", top * 1.1 + 1e-9, rows - 0.4);
+    ftr_buf_puts(&g, "set style data histograms\nset style histogram rowstacked\nset boxwidth 0.62 relative\n"
+                     "set grid noxtics ytics\nset xtics nomirror scale 0\n"
+                     "set key outside right top vertical Left reverse invert noopaque nobox\n");
+    if (rows > 8)
+        ftr_buf_puts(&g, "set xtics rotate by -30\n");
+    if (show_budget) {
+        ftr_buf_printf(&g, "budget = %.3f\n", sc->budget_mib);
+        ftr_buf_puts(&g, "set arrow 1 from graph 0, first budget to graph 1, first budget nohead ls 90 front\n");
+        ftr_buf_puts(&g, "set label 1 sprintf('budget %.0f MiB', budget) at graph 0.98, first budget right offset "
+                         "0,0.7 tc rgb '#B00000' front\n");
+    }
+    ftr_buf_puts(&g, "set style fill border rgb '#333333'\n");
+    ftr_buf_printf(&g, "plot 'data/%s.tsv' using 2:xtic(1) title '%s' lw 0.5 lc rgb cat_col_1 fs @cat_fs_1, \\\n",
+                   name, ftr_category_title(0));
+    for (int c = 1; c < FTR_NCAT; c++)
+        ftr_buf_printf(&g, "  '' using %d title '%s' lw 0.5 lc rgb cat_col_%d fs @cat_fs_%d, \\\n", c + 2,
+                       ftr_category_title(c), c + 1, c + 1);
+    ftr_buf_puts(&g, "  '' using 8 title 'other RSS' lw 0.5 lc rgb cat_col_7 fs @cat_fs_7\n");
+    ftr_plot_render(p, name, si, 0, g.s,
+                    "Each method's peak at %d tokens, split by category at the moment of the core's peak; the bar's "
+                    "top is the peak RSS (\"other\": memory outside the core's categories): %s.",
+                    sc->at_seq, sc->title);
+    ftr_buf_free(&d);
+    ftr_buf_free(&g);
+}
+
+/* ---- loss curves ---------------------------------------------------------------------- */
+
+static void loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_rec *const *recs, int n, const char *name,
+                      int scope, const char *title, const char *caption)
+{
+    int maxsteps = 0;
+    for (int i = 0; i < n; i++) {
+        int m = (int)json_array_size(json_object_get(recs[i]->j, "loss_per_step"));
+        maxsteps = m > maxsteps ? m : maxsteps;
+    }
+    if (maxsteps < 2 || n == 0)
+        return; /* one step is a point, not a curve */
+    ftr_buf d = { 0 }, g = { 0 };
+    ftr_buf_printf(&d, "# loss per step (warm-up steps included): %s\n# step", title);
+    for (int i = 0; i < n; i++)
+        ftr_buf_printf(&d, "\t%s", s->series[recs[i]->series].name);
+    ftr_buf_puts(&d, "\n");
+    for (int st = 0; st < maxsteps; st++) {
+        ftr_buf_printf(&d, "%d", st + 1);
+        for (int i = 0; i < n; i++) {
+            json_t *v = json_array_get(json_object_get(recs[i]->j, "loss_per_step"), (size_t)st);
+            tsv_num(&d, json_is_number(v) ? json_number_value(v) : NAN, "%.6f");
+        }
+        ftr_buf_puts(&d, "\n");
+    }
+    write_data(p, name, &d);
+    ftr_buf_puts(&g, "set title ");
+    ftr_gp_quote(&g, title);
+    ftr_buf_printf(&g, "\nset xlabel 'step'\nset ylabel 'training loss'\n"
+                       "set xrange [0.7:%g]\n", maxsteps + 0.3);
+    if (maxsteps <= 20)
+        ftr_buf_puts(&g, "set xtics 1\n");
+    ftr_buf_puts(&g, "plot \\\n");
+    for (int i = 0; i < n; i++) {
+        const ftr_series *x = &s->series[recs[i]->series];
+        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d title ", name, i + 2, x->style);
+        ftr_gp_quote(&g, x->name);
+        ftr_buf_puts(&g, ", \\\n");
+    }
+    ftr_buf_puts(&g, "  NaN notitle\n");
+    ftr_plot_render(p, name, scope, 0, g.s, "%s", caption);
+    ftr_buf_free(&d);
+    ftr_buf_free(&g);
+}
+
+static void scope_loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
+{
+    const ftr_scope *sc = &r->scopes[si];
+    const ftr_rec **v = calloc((size_t)sc->nseries + 1, sizeof *v);
+    int n = 0;
+    for (int k = 0; k < sc->nseq; k++)
+        if (sc->seqs[k] == sc->at_seq)
+            for (int row = 0; row < sc->nseries; row++)
+                if (ftr_scope_agg(sc, row, k)->rep)
+                    v[n++] = ftr_scope_agg(sc, row, k)->rep;
+    char name[320], title[512], cap[700];
+    snprintf(name, sizeof name, "loss_%s_s%d", sc->id, sc->at_seq);
+    snprintf(title, sizeof title, "Loss per step, seq %d: %s", sc->at_seq, sc->title);
+    snprintf(cap, sizeof cap, "Training loss at each step (warm-up steps included) at %d tokens, one line per "
+                              "method: %s.", sc->at_seq, sc->title);
+    loss_plot(p, s, v, n, name, si, title, cap);
+    free(v);
+}
+
+/* ---- cross-scope: max context, accuracy -------------------------------------------------- */
+
+static int fill_for(int style)
+{
+    int base = style % 100;
+    return base <= 0 ? 0 : (base - 1) % 8;
+}
+
+static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
+{
+    /* One figure per model: clusters = devices, bars = methods. */
+    for (int i = 0; i < r->nmax; i++) {
+        const char *model = r->max[i].model;
+        int first = 1;
+        for (int j = 0; j < i; j++)
+            first &= strcmp(r->max[j].model, model) != 0;
+        if (!first)
+            continue;
+        int series[256], ns = 0;
+        const char *devs[64];
+        int nd = 0, anyfit = 0;
+        for (int j = i; j < r->nmax; j++) {
+            const ftr_maxctx *m = &r->max[j];
+            if (strcmp(m->model, model) || m->fit_longest < 0)
+                continue;
+            anyfit = 1;
+            int f = 0;
+            for (int q = 0; q < ns; q++)
+                f |= series[q] == m->series;
+            if (!f && ns < 256)
+                series[ns++] = m->series;
+            f = 0;
+            for (int q = 0; q < nd; q++)
+                f |= !strcmp(devs[q], m->device);
+            if (!f && nd < 64)
+                devs[nd++] = m->device;
+        }
+        if (!anyfit)
+            continue;
+        /* Series in display order. */
+        for (int a = 1; a < ns; a++)
+            for (int b = a; b > 0 && s->series[series[b - 1]].order > s->series[series[b]].order; b--) {
+                int t = series[b];
+                series[b] = series[b - 1];
+                series[b - 1] = t;
+            }
+        char name[320], safe[200];
+        ftr_safe_name(safe, sizeof safe, model);
+        snprintf(name, sizeof name, "maxctx_%s", safe);
+        ftr_buf d = { 0 }, g = { 0 };
+        ftr_buf_printf(&d, "# longest sequence that fits (ftbench fit), %s; 0 = nothing fits, '-' = not searched\n"
+                           "# device", model);
+        for (int q = 0; q < ns; q++)
+            ftr_buf_printf(&d, "\t%s", s->series[series[q]].name);
+        ftr_buf_puts(&d, "\n");
+        double mx = 0;
+        for (int dv = 0; dv < nd; dv++) {
+            ftr_buf_printf(&d, "%s", devs[dv]);
+            for (int q = 0; q < ns; q++) {
+                double v = NAN;
+                for (int j = 0; j < r->nmax; j++) {
+                    const ftr_maxctx *m = &r->max[j];
+                    if (!strcmp(m->model, model) && !strcmp(m->device, devs[dv]) && m->series == series[q] &&
+                        m->fit_longest >= 0)
+                        v = m->fit_longest;
+                }
+                tsv_num(&d, v, "%.0f");
+                if (isfinite(v) && v > mx)
+                    mx = v;
+            }
+            ftr_buf_puts(&d, "\n");
+        }
+        write_data(p, name, &d);
+        char t[400];
+        snprintf(t, sizeof t, "Longest sequence that fits: %s", model);
+        ftr_buf_puts(&g, "set title ");
+        ftr_gp_quote(&g, t);
+        ftr_buf_printf(&g, "\nset ylabel 'tokens'\nset yrange [0:%g]\nset style data histograms\n"
+                           "set style histogram clustered gap 1\nset boxwidth 0.9 relative\n"
+                           "set grid noxtics ytics\nset xtics nomirror scale 0\n"
+                           "set key outside right top vertical Left reverse noopaque nobox\n"
+                           "set xrange [-0.6:%g]\n", mx > 0 ? mx * 1.15 : 1, nd - 0.4);
+        ftr_buf_puts(&g, "plot \\\n");
+        for (int q = 0; q < ns; q++) {
+            const ftr_series *x = &s->series[series[q]];
+            int f = fill_for(x->style);
+            char fs[32];
+            if (f)
+                snprintf(fs, sizeof fs, "pattern %d", f);
+            else
+                snprintf(fs, sizeof fs, "solid 0.9");
+            ftr_buf_printf(&g, "  'data/%s.tsv' using %d%s ls %d dt 1 fs %s border lc rgb '#333333' title ", name, q + 2,
+                           q == 0 ? ":xtic(1)" : "", x->style, fs);
+            ftr_gp_quote(&g, x->name);
+            ftr_buf_puts(&g, ", \\\n");
+        }
+        ftr_buf_puts(&g, "  NaN notitle\n");
+        ftr_plot_render(p, name, -1, 0, g.s,
+                        "Longest sequence length that fits each device's memory budget (from ftbench fit), per "
+                        "method: %s.", model);
+        ftr_buf_free(&d);
+        ftr_buf_free(&g);
+    }
+}
+
+static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
+{
+    ftr_buf d = { 0 }, g = { 0 };
+    ftr_buf_puts(&d, "# task accuracy against peak RSS, one point per training record\n"
+                     "# peak_rss_mib\taccuracy_percent\tmethod\tdevice\tmodel\tseq\n");
+    int n = 0;
+    double mxp = 0;
+    for (int i = 0; i < r->ntrain; i++) {
+        const ftr_rec *x = r->train[i];
+        if (!isfinite(x->accuracy) || !isfinite(x->peak_mib))
+            continue;
+        ftr_buf_printf(&d, "%.4f\t%.4f\t%s\t%s\t%s\t%d\n", x->peak_mib, 100.0 * x->accuracy,
+                       s->series[x->series].name, x->device, x->model, x->seq);
+        mxp = x->peak_mib > mxp ? x->peak_mib : mxp;
+        n++;
+    }
+    if (!n) {
+        ftr_buf_free(&d);
+        return;
+    }
+    write_data(p, "accuracy_vs_memory", &d);
+    ftr_buf_printf(&g, "set title 'Task accuracy against peak memory'\nset xlabel 'peak RSS (MiB)'\n"
+                       "set ylabel 'accuracy (%%)'\nset xrange [0:%g]\nset offsets 0,0,graph 0.1,graph 0.1\n"
+                       "", mxp * 1.15);
+    ftr_buf_puts(&g, "plot \\\n");
+    /* One plot element per series, so each gets its style and key entry. */
+    for (int k = 0; k < s->nseries; k++) {
+        int has = 0;
+        for (int i = 0; i < r->ntrain; i++)
+            has |= r->train[i]->series == k && isfinite(r->train[i]->accuracy) && isfinite(r->train[i]->peak_mib);
+        if (!has)
+            continue;
+        ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:(strcol(3) eq ");
+        ftr_gp_quote(&g, s->series[k].name);
+        ftr_buf_printf(&g, " ? $2 : NaN) with points ls %d ps 1.6 title ", s->series[k].style);
+        ftr_gp_quote(&g, s->series[k].name);
+        ftr_buf_puts(&g, ", \\\n");
+    }
+    ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:2:3 with labels offset 0,1 font ',9' notitle\n");
+    ftr_plot_render(p, "accuracy_vs_memory", -1, 0, g.s,
+                    "Task accuracy against peak RSS, one point per method and training run.");
+    ftr_buf_free(&d);
+    ftr_buf_free(&g);
+}
+
+/* ---- everything ------------------------------------------------------------------------- */
+
+static int cell_wanted(const ftr_rec *x, char *const *cells, int ncells);
+
+void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char *const *cells, int ncells)
+{
+    for (int si = 0; si < r->nscopes; si++) {
+        mem_plot(p, s, r, si);
+        act_plot(p, s, r, si);
+        breakdown_plot(p, s, r, si);
+        throughput_plot(p, s, r, si);
+        scope_loss_plot(p, s, r, si);
+        if (ncells)
+            continue;
+        /* Default timelines: every method at the breakdown length. */
+        const ftr_scope *sc = &r->scopes[si];
+        for (int k = 0; k < sc->nseq; k++)
+            if (sc->seqs[k] == sc->at_seq)
+                for (int row = 0; row < sc->nseries; row++) {
+                    const ftr_agg *a = ftr_scope_agg(sc, row, k);
+                    char err[512];
+                    if (a->rep && a->rep->timeline_file)
+                        ftr_timeline_plot(p, a->rep, si, err, sizeof err);
+                }
+    }
+    /* Timelines asked for by --cell: every record whose cell matches. */
+    for (int i = 0; ncells && i < s->n; i++) {
+        const ftr_rec *x = &s->r[i];
+        if (!cell_wanted(x, cells, ncells))
+            continue;
+        int scope = -1;
+        for (int k = 0; k < r->nscopes; k++)
+            if (!strcmp(r->scopes[k].device, x->device) && !strcmp(r->scopes[k].model, x->model) &&
+                r->scopes[k].batch == x->batch)
+                scope = k;
+        char err[512];
+        if (ftr_timeline_plot(p, x, scope, err, sizeof err) != 0)
+            fprintf(stderr, "ftbench report: timeline of %s: %s\n", x->cell, err);
+    }
+    maxctx_plot(p, s, r);
+    accuracy_plot(p, s, r);
+    if (r->ntrain) {
+        const ftr_rec **v = calloc((size_t)r->ntrain + 1, sizeof *v);
+        int n = 0;
+        for (int i = 0; i < r->ntrain; i++)
+            if (json_array_size(json_object_get(r->train[i]->j, "loss_per_step")))
+                v[n++] = r->train[i];
+        loss_plot(p, s, v, n, "loss_training", -1, "Training loss per step",
+                  "Training loss at each step of the training runs, one line per method.");
+        free(v);
+    }
+}
+
+#include <fnmatch.h>
+
+static int cell_wanted(const ftr_rec *x, char *const *cells, int ncells)
+{
+    for (int i = 0; i < ncells; i++)
+        if (x->cell && (!strcmp(cells[i], x->cell) || fnmatch(cells[i], x->cell, 0) == 0))
+            return 1;
+    return 0;
+}
+
+/* ---- PNG header -------------------------------------------------------------------------- */
+
+int ftr_png_size(const char *path, int *w, int *h)
+{
+    unsigned char b[24];
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    static const unsigned char sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+    if (n < 24 || memcmp(b, sig, 8) || memcmp(b + 12, "IHDR", 4))
+        return -1;
+    *w = (int)((unsigned)b[16] << 24 | (unsigned)b[17] << 16 | (unsigned)b[18] << 8 | b[19]);
+    *h = (int)((unsigned)b[20] << 24 | (unsigned)b[21] << 16 | (unsigned)b[22] << 8 | b[23]);
+    return 0;
+}

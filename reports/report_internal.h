@@ -1,0 +1,246 @@
+/*
+ * report_internal.h — the pieces of `ftbench report`, shared by the files of
+ * reports/ and by tests/test_report.c.  Not an interface of ftbench.
+ *
+ *   load.c       results.jsonl files → records (bad lines reported by number)
+ *   aggregate.c  records → scopes (device × model × batch), medians,
+ *                reductions vs LoRA, per-token slopes, max context
+ *   tables.c     a small table model rendered as Markdown, HTML and LaTeX
+ *   style.c      the fixed method → line style mapping, category colours
+ *   plot.c       gnuplot through a pipe: terminals, scripts, data files
+ *   timeline.c   per-cell timelines: reading, reduction, the plot
+ *   report.c     the command: options, report.md, report.html, table.tex
+ */
+#ifndef FTB_REPORTS_INTERNAL_H
+#define FTB_REPORTS_INTERNAL_H
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define FTR_NCAT 6 /* the core's categories, in ftb_mem_category order */
+
+/* ---- growable string ------------------------------------------------------ */
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+} ftr_buf;
+
+void ftr_buf_printf(ftr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ftr_buf_puts(ftr_buf *b, const char *s);
+void ftr_buf_free(ftr_buf *b);
+/* Writes the buffer to path; 0 or -1. */
+int ftr_buf_write(const ftr_buf *b, const char *path);
+
+/* ---- records --------------------------------------------------------------- */
+
+typedef struct {
+    const char *source;  /* results.jsonl it came from (owned by the set) */
+    int line;            /* 1-based line number there                    */
+    const char *dir;     /* that file's directory (timelines are beside)  */
+    json_t *j;           /* the whole record                              */
+    /* identity */
+    const char *cell, *run_id, *outcome, *device, *model, *label;
+    char options[256];   /* "k=v,k=v" sorted; "" for the defaults        */
+    int series;          /* index into ftr_set.series                     */
+    int seq, batch, emulated;
+    int fit;             /* written by `ftbench fit`                       */
+    int train;           /* carries task accuracy or gradient fidelity     */
+    /* measurements (NaN when absent) */
+    double budget_mib, peak_mib, core_peak_mib, saved_peak_mib, baseline_mib;
+    double split_mib[FTR_NCAT]; /* the core's categories at the core's peak */
+    double tokens_per_s, step_s, final_loss;
+    double accuracy, fidelity_cos, fidelity_relerr;
+    const char *eval_task, *eval_metric;
+    const char *timeline_file; /* relative to dir, or NULL                */
+} ftr_rec;
+
+typedef struct {
+    char *label;         /* method label                                  */
+    char *options;       /* "" or "k=v,..."                                */
+    char name[320];      /* display name: label, or label[options]        */
+    int style;           /* gnuplot line style number (style.c)           */
+    int order;           /* sort key                                      */
+} ftr_series;
+
+typedef struct {
+    int n, cap;
+    ftr_rec *r;
+    int nseries;
+    ftr_series *series;
+    int nsources;
+    char **sources;      /* results files read, in order                 */
+    char **dirs;         /* [nsources] their directories                  */
+    int nskipped;
+    char **skipped;      /* "path:LINE: reason"                           */
+} ftr_set;
+
+/* Adds every results.jsonl under path (a directory, searched a few levels
+ * deep, or a results file itself).  Bad lines are kept in s->skipped and
+ * printed on warn (NULL: silent).  Returns the number of records added, or
+ * -1 when path holds no results file (err filled). */
+int ftr_load(ftr_set *s, const char *path, FILE *warn, char *err, size_t errlen);
+/* Assigns series (label + options) and their display names and styles;
+ * call once after every ftr_load. */
+void ftr_finish(ftr_set *s);
+void ftr_set_free(ftr_set *s);
+
+/* ---- aggregation ------------------------------------------------------------ */
+
+/* One (series, seq) of a scope: every sweep/run record of it. */
+typedef struct {
+    int n;               /* records                                       */
+    int n_measured;      /* with a peak RSS (ok or over_budget)           */
+    double peak_mib, core_peak_mib, saved_mib, tokens_per_s, step_s; /* medians */
+    int over;            /* over the budget (median peak or an over_budget outcome) */
+    const char *failure; /* outcome of the last record when none was measured */
+    const ftr_rec *rep;  /* the record whose peak is the median (split, loss, timeline) */
+} ftr_agg;
+
+typedef struct {
+    char device[96], model[96];
+    int batch, emulated;
+    double budget_mib;   /* NaN if unknown                                */
+    char id[256];        /* file-name-safe: device_model_bN               */
+    char title[320];     /* "smollm2-135m on rpi4-4gb (emulated), batch 1" */
+    int nseries, *series;    /* indices into the set's series, display order */
+    int nseq, *seqs;
+    ftr_agg *agg;        /* [nseries × nseq]: agg[i * nseq + k]           */
+    int at_seq;          /* the breakdown length                          */
+    int ref;             /* row of the LoRA reference, -1 if none         */
+    double *slope_kib;   /* [nseries] saved activations KiB per token, NaN */
+} ftr_scope;
+
+ftr_agg *ftr_scope_agg(const ftr_scope *sc, int row, int k);
+
+/* Max context that fits, per device × model × batch × series. */
+typedef struct {
+    char device[96], model[96];
+    int batch, series;
+    double budget_mib;
+    int fit_longest;     /* longest `fit` probe that fitted; 0 none; -1 no fit records */
+    int fit_failing;     /* shortest probe that did not fit; 0 none       */
+    int sweep_longest;   /* longest swept length measured within budget; 0 none */
+} ftr_maxctx;
+
+typedef struct {
+    int nscopes;
+    ftr_scope *scopes;
+    int nmax;
+    ftr_maxctx *max;
+    int ntrain;
+    const ftr_rec **train; /* records with accuracy or gradient fidelity */
+} ftr_report;
+
+/* at_seq > 0 forces the breakdown length (when a scope has it). */
+void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out);
+void ftr_report_free(ftr_report *r);
+
+double ftr_median(double *v, int n); /* sorts v; NaN when n == 0          */
+/* 100·(1 − x/ref); NaN if either is missing. */
+double ftr_reduction(double x, double ref);
+
+/* ---- tables ---------------------------------------------------------------- */
+
+typedef struct {
+    char *title;
+    char *caption;       /* a sentence under the table                     */
+    char *label;         /* LaTeX label, file-name-safe                    */
+    int ncols, nrows;
+    char **head;         /* [ncols]                                        */
+    char **cell;         /* [nrows × ncols]                                */
+    unsigned char *mark; /* [nrows × ncols]: 1 = over budget, 2 = failed   */
+    int *rowrule;        /* [nrows]: a rule above this row                 */
+    char *span;          /* a header over columns span_from..span_to       */
+    int span_from, span_to;
+} ftr_table;
+
+ftr_table *ftr_table_new(const char *title, const char *label, int ncols, const char *const *head);
+void ftr_table_add_row(ftr_table *t);
+void ftr_table_set(ftr_table *t, int row, int col, unsigned char mark, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+void ftr_table_caption(ftr_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ftr_table_span(ftr_table *t, int from, int to, const char *text);
+void ftr_table_free(ftr_table *t);
+void ftr_table_markdown(const ftr_table *t, ftr_buf *b);
+void ftr_table_html(const ftr_table *t, ftr_buf *b);
+void ftr_table_latex(const ftr_table *t, ftr_buf *b);
+
+/* The report's tables, in order. */
+typedef struct {
+    int n;
+    ftr_table **t;
+    int *scope;          /* scope index, or -1 for cross-scope tables      */
+} ftr_tables;
+
+void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *out);
+void ftr_tables_free(ftr_tables *t);
+
+/* Escapers. */
+void ftr_html_escape(ftr_buf *b, const char *s);
+void ftr_latex_escape(ftr_buf *b, const char *s);
+/* A gnuplot string literal in single quotes, enhanced-text characters
+ * (_ ^ { } @ & ~) escaped so they print as themselves. */
+void ftr_gp_quote(ftr_buf *b, const char *s);
+/* Sanitises into a file-name-safe id ([A-Za-z0-9._-], others → '_'). */
+void ftr_safe_name(char *out, size_t n, const char *s);
+
+/* ---- styles ------------------------------------------------------------------ */
+
+/* The gnuplot line style of a method label (fixed for known methods, a
+ * hash of the name otherwise; `variant` > 0 gives the same colour with
+ * another dash pattern). */
+int ftr_style_for(const char *label, int variant);
+int ftr_style_order(const char *label);
+/* The whole style file (terminals, method styles used, category colours);
+ * png_libgd: this gnuplot has no pngcairo. */
+void ftr_style_file(ftr_buf *b, const ftr_set *s, int png_libgd);
+const char *ftr_category_name(int c);  /* "weights", ... "saved_activations" */
+const char *ftr_category_title(int c); /* "saved activations" */
+
+/* ---- plots ------------------------------------------------------------------- */
+
+typedef struct {
+    char name[256];      /* file stem: plots/<name>.<fmt>                 */
+    char caption[512];
+    int scope;           /* -1 cross-scope                                */
+    int wide;            /* timeline: a full-width figure                 */
+    int drawn;           /* every requested format produced               */
+    char problem[256];   /* why it was not drawn                          */
+} ftr_plot;
+
+typedef struct {
+    const char *out;     /* output directory                               */
+    char gnuplot[4096];  /* executable; "" when missing                   */
+    char missing_why[512];
+    int want[3];         /* png, svg, pdf                                  */
+    int have[3];         /* the format can be produced                     */
+    char fmt_note[3][256]; /* how, or why not                              */
+    int pdf_via_eps;     /* pdfcairo missing: postscript eps + ps2pdf      */
+    int log_axes;
+    int nplots, cap;
+    ftr_plot *plots;
+} ftr_plotter;
+
+extern const char *const ftr_formats[3]; /* "png", "svg", "pdf" */
+
+/* Finds gnuplot (FTBENCH_GNUPLOT, else PATH) and probes its terminals. */
+void ftr_plotter_init(ftr_plotter *p, const char *out, const int want[3], int log_axes);
+void ftr_plotter_free(ftr_plotter *p);
+/* Registers a plot whose data files and gnuplot/<name>.gp script are
+ * written already, and renders it in every wanted format.  Returns its index. */
+int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const char *script,
+                    const char *fmt_caption, ...) __attribute__((format(printf, 6, 7)));
+
+/* Every plot of the report (data, script, images). */
+void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char *const *cells, int ncells);
+
+/* Timeline of one record: reduced data file + script; 0 or -1 (why in err). */
+int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, size_t errlen);
+
+/* PNG width and height from the IHDR chunk; 0 or -1. */
+int ftr_png_size(const char *path, int *w, int *h);
+
+#endif
