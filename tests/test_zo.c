@@ -867,3 +867,195 @@ Test(zo, bad_options_are_refused_clearly) {
     rejects("prge", "targets", "", "option targets");
     rejects("prge", "alpha", "1e999", "option alpha");
 }
+
+/* ---- reports (FTBENCH_ZO_REPORT=1): the figures of docs/methods/ -------- */
+
+static int reporting(void) { return getenv("FTBENCH_ZO_REPORT") != NULL; }
+
+typedef struct {
+    double mean, sd;
+} mean_sd;
+
+static mean_sd stats_of(const double *x, int n) {
+    double m = 0, v = 0;
+    for (int i = 0; i < n; i++) m += x[i] / n;
+    for (int i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m) / (n > 1 ? n - 1 : 1);
+    return (mean_sd){m, sqrt(v)};
+}
+
+/* Cosine of the zeroth-order estimate to the exact gradient against the
+ * number of queries it averages: MeZO (full parameters; K steps' pg·z
+ * averaged) and P-RGE (B of LoRA-FA; one step with n queries), on the tiny
+ * model, each figure over R independent estimates. */
+Test(zo, report_estimate_quality) {
+    if (!reporting()) cr_skip_test("set FTBENCH_ZO_REPORT=1");
+    int32_t tok[2 * 20], tgt[2 * 20];
+
+    /* MeZO */
+    ftb_plugin p;
+    open_method("mezo", &p);
+    ftb_model *m = tiny_model(21, 1);
+    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    int64_t d;
+    float *grad = exact_gradient(21, &b, &d);
+    ftb_options none = {0, NULL, NULL};
+    ftb_session s = session_for(m, &none, 1.0f);
+    char err[FTB_ERR_LEN] = "";
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s", err);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    float *theta0 = malloc(sizeof(float) * d), *theta = malloc(sizeof(float) * d), *est = malloc(sizeof(float) * d);
+    double *sum = malloc(sizeof(double) * d), cosines[64];
+    gather(theta0, params, n);
+    fprintf(stderr, "MeZO, full parameters, tiny model (d = %lld), eps 1e-3\n", (long long)d);
+    fprintf(stderr, "| queries K | estimates | mean cos(estimate, exact gradient) | sd | 1/sqrt(1+(d+1)/K) |\n");
+    const int Ks[] = {1, 4, 16, 64, 256}, Rs[] = {64, 64, 64, 16, 8};
+    for (int ki = 0; ki < 5; ki++) {
+        for (int rep = 0; rep < Rs[ki]; rep++) {
+            memset(sum, 0, sizeof(double) * d);
+            for (int k = 0; k < Ks[ki]; k++) {
+                ftb_step_result r = {0};
+                cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+                gather(theta, params, n);
+                for (int64_t i = 0; i < d; i++) sum[i] += ((double)theta0[i] - theta[i]) / s.lr;
+                scatter(params, n, theta0);
+            }
+            for (int64_t i = 0; i < d; i++) est[i] = (float)(sum[i] / Ks[ki]);
+            cosines[rep] = cosine(est, grad, d);
+        }
+        mean_sd c = stats_of(cosines, Rs[ki]);
+        fprintf(stderr, "| %d | %d | %.4f | %.4f | %.4f |\n", Ks[ki], Rs[ki], c.mean, c.sd,
+                1.0 / sqrt(1.0 + (double)(d + 1) / Ks[ki]));
+    }
+    free(theta0); free(theta); free(est); free(sum); free(grad);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+
+    /* P-RGE: the exact gradient of B at B = 0 is s·G·Aᵀ, G = dL/dW of the
+     * base (LoRA's chain rule, checked in tests/test_methods.c). */
+    open_method("prge", &p);
+    fprintf(stderr, "P-RGE, B of rank-8 LoRA-FA on all seven linears, tiny model, eps 1e-2, dual\n");
+    fprintf(stderr, "| queries n | estimates | mean cos(estimate, exact gradient) | sd | 1/sqrt(1+(d+1)/n) |\n");
+    const int Ns[] = {1, 2, 4, 8, 16};
+    for (int ni = 0; ni < 5; ni++) {
+        m = tiny_model(21, 1);
+        char n_s[8];
+        snprintf(n_s, sizeof n_s, "%d", Ns[ni]);
+        const char *keys[] = {"queries"}, *vals[] = {n_s};
+        ftb_options o = {1, keys, vals};
+        s = session_for(m, &o, 1.0f);
+        st = p.method->init(&s, err, sizeof err);
+        cr_assert_not_null(st, "%s", err);
+        ftb_tensor **Bs;
+        int nB = p.method->trainable(st, &Bs);
+        prge_adapters v = prge_views(m);
+        ftb_model *g = tiny_model(21, 1);
+        ftb_model_set_trainable(g, 1);
+        cr_assert_eq(ftb_model_alloc_grads(g, err, sizeof err), 0, "%s", err);
+        cr_assert(!isnan(ftb_model_forward_backward(g, &b, NULL, err, sizeof err)), "%s", err);
+        int64_t dB = total_numel(Bs, nB);
+        float *gB = malloc(sizeof(float) * dB), *B1 = malloc(sizeof(float) * dB), *e = malloc(sizeof(float) * dB);
+        for (int l = 0, a = 0, off = 0; l < m->cfg.n_layers; l++)
+            for (int k = 0; k < FTB_LIN_COUNT; k++, a++) {
+                ftb_tensor *W = ftb_layer_weight(&g->layers[l], k), *A = &v.a[a]->A;
+                int out = (int)W->shape[0], in = (int)W->shape[1], r = (int)A->shape[0];
+                ftb_gemm(0, 1, out, r, in, v.a[a]->scale, W->grad, in, A->data, in, 0.0f, gB + off, r);
+                off += out * r;
+            }
+        ftb_model_free(g);
+        int R = 64;
+        for (int rep = 0; rep < R; rep++) {
+            ftb_step_result r = {0};
+            cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+            gather(B1, Bs, nB);
+            for (int64_t i = 0; i < dB; i++) e[i] = -B1[i] / s.lr; /* B was 0 */
+            for (int i = 0; i < nB; i++) memset(Bs[i]->data, 0, sizeof(float) * Bs[i]->numel);
+            cosines[rep] = cosine(e, gB, dB);
+        }
+        mean_sd c = stats_of(cosines, R);
+        fprintf(stderr, "| %d | %d | %.4f | %.4f | %.4f |\n", Ns[ni], R, c.mean, c.sd,
+                1.0 / sqrt(1.0 + (double)(dB + 1) / Ns[ni]));
+        free(gB); free(B1); free(e);
+        p.method->destroy(st);
+        ftb_model_free(m);
+    }
+    ftb_plugin_close(&p);
+}
+
+/* Peak of the core's accounting for one step of each method against one
+ * inference forward, on a zoo model at two sequence lengths (batch 1). */
+static int64_t method_peak(const char *method, ftb_model *m, const ftb_batch *b, int n_opts, const char **keys,
+                           const char **vals, int64_t *saved, double *seconds) {
+    ftb_plugin p;
+    open_method(method, &p);
+    ftb_options o = {n_opts, keys, vals};
+    ftb_session s = session_for(m, &o, 1e-5f);
+    char err[FTB_ERR_LEN] = "";
+    ftb_mem_reset_peaks();
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "%s: %s", method, err);
+    ftb_step_result r = {0};
+    double t0 = ftb_now();
+    cr_assert_eq(p.method->step(st, &s, b, &r, err, sizeof err), 0, "%s: %s", method, err);
+    *seconds = ftb_now() - t0;
+    ftb_mem_stats mem;
+    ftb_mem_get_stats(&mem);
+    *saved = mem.peak[FTB_MEM_SAVED];
+    p.method->destroy(st);
+    ftb_model_set_trainable(m, 0);
+    for (int i = 0; i < m->n_params; i++) { /* a full method's gradients die with the model: drop them now */
+        ftb_free(m->params[i]->grad);
+        m->params[i]->grad = NULL;
+    }
+    ftb_plugin_close(&p);
+    return mem.peak_total;
+}
+
+Test(zo, report_memory, .timeout = 3600) {
+    if (!reporting()) cr_skip_test("set FTBENCH_ZO_REPORT=1");
+    const char *model_name = getenv("FTBENCH_ZO_REPORT_MODEL") ? getenv("FTBENCH_ZO_REPORT_MODEL") : "smollm2-135m";
+    ftb_set_threads(2);
+    ftb_config cfg;
+    cr_assert_eq(ftb_zoo_get(model_name, &cfg), 0);
+    char err[FTB_ERR_LEN] = "";
+    ftb_model *m = ftb_model_create(&cfg, 42, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    fprintf(stderr, "%s, batch 1, core accounting (MiB = 2^20 bytes); weights %.1f MiB\n", model_name,
+            4.0 * ftb_config_param_count(&cfg) / 1048576.0);
+    fprintf(stderr, "| seq | method | peak MiB | vs inference forward | saved MiB | step s |\n");
+    const int seqs[] = {256, 1024};
+    for (int si = 0; si < 2; si++) {
+        int T = seqs[si];
+        int32_t *tok = malloc(sizeof(int32_t) * T), *tgt = malloc(sizeof(int32_t) * T);
+        ftb_batch b = batch_of(tok, tgt, 1, T, cfg.vocab_size);
+        ftb_mem_reset_peaks();
+        double t0 = ftb_now();
+        cr_assert(!isnan(ftb_model_forward(m, &b, NULL, err, sizeof err)), "%s", err);
+        double tf = ftb_now() - t0;
+        ftb_mem_stats mem;
+        ftb_mem_get_stats(&mem);
+        int64_t fwd = mem.peak_total;
+        fprintf(stderr, "| %d | inference forward | %.1f | 1.000 | %.1f | %.2f |\n", T, fwd / 1048576.0,
+                mem.peak[FTB_MEM_SAVED] / 1048576.0, tf);
+        struct { const char *label, *method; int n; const char *k[2], *v[2]; } rows[] = {
+            {"mezo (params=full)", "mezo", 0, {0}, {0}},
+            {"mezo (params=lora, q,v r8)", "mezo", 1, {"params"}, {"lora"}},
+            {"prge (n=1, dual)", "prge", 1, {"queries"}, {"1"}},
+            {"prge (n=4, dual)", "prge", 1, {"queries"}, {"4"}},
+            {"prge (n=16, dual)", "prge", 1, {"queries"}, {"16"}},
+            {"lora (backprop, AdamW, r8 all)", "lora", 0, {0}, {0}},
+        };
+        for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+            int64_t saved;
+            double secs;
+            int64_t peak = method_peak(rows[i].method, m, &b, rows[i].n, rows[i].k, rows[i].v, &saved, &secs);
+            fprintf(stderr, "| %d | %s | %.1f | %.3f | %.1f | %.2f |\n", T, rows[i].label, peak / 1048576.0,
+                    (double)peak / fwd, saved / 1048576.0, secs);
+        }
+        free(tok);
+        free(tgt);
+    }
+    ftb_model_free(m);
+}

@@ -129,7 +129,7 @@ typedef struct {
 
 static const ftb_option_doc mezo_options[] = {
     {"params", "full", "what is trained: full (every weight, as in the paper) or lora"},
-    {"eps", "1e-3 (full), 1e-2 (lora)", "perturbation scale ε"},
+    {"eps", "auto", "perturbation scale ε; auto: 1e-3 with params=full, 1e-2 with params=lora (the paper's)"},
     {"weight_decay", "0.0", "decoupled weight decay wd in θ -= lr·(pg·z + wd·θ); none on biases and norms"},
     {"rank", "8", "params=lora: rank r of A and B"},
     {"alpha", "16", "params=lora: scale s = alpha / rank"},
@@ -252,7 +252,9 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
         snprintf(err, errlen, "option params: '%s' is neither 'full' nor 'lora'", params);
         return NULL;
     }
-    double eps = ftb_opt_double(s->options, "eps", lora ? 1e-2 : 1e-3, err, errlen);
+    const double eps_default = lora ? 1e-2 : 1e-3;
+    const char *eps_s = ftb_opt_str(s->options, "eps", "auto");
+    double eps = strcmp(eps_s, "auto") == 0 ? eps_default : ftb_opt_double(s->options, "eps", eps_default, err, errlen);
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
     /* LoRA's options are checked even with params=full (a typo should not
      * pass silently) but not refused: a sweep hands unscoped options to
