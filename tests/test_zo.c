@@ -83,9 +83,9 @@ static void open_method(const char *name, ftb_plugin *p) {
 
 /* The tiny zoo model; weights scaled to std 0.2 (norms kept at 1) when
  * `sharp`, so that gradients stand well above fp32 rounding. */
-static ftb_model *tiny_model(uint64_t seed, int sharp) {
+static ftb_model *zoo_model(const char *name, uint64_t seed, int sharp) {
     ftb_config cfg;
-    ftb_zoo_get("tiny", &cfg);
+    cr_assert_eq(ftb_zoo_get(name, &cfg), 0, "no zoo model '%s'", name);
     char err[FTB_ERR_LEN];
     ftb_model *m = ftb_model_create(&cfg, seed, err, sizeof err);
     cr_assert_not_null(m, "%s", err);
@@ -95,6 +95,8 @@ static ftb_model *tiny_model(uint64_t seed, int sharp) {
                 for (int64_t j = 0; j < m->params[i]->numel; j++) m->params[i]->data[j] *= 10.0f;
     return m;
 }
+
+static ftb_model *tiny_model(uint64_t seed, int sharp) { return zoo_model("tiny", seed, sharp); }
 
 static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V) {
     for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
@@ -144,8 +146,8 @@ static double cosine(const float *a, const float *b, int64_t n) { return dot(a, 
 
 /* The core's exact gradient of every parameter (params order), flattened,
  * from a second copy of the model. */
-static float *exact_gradient(uint64_t seed, const ftb_batch *b, int64_t *n) {
-    ftb_model *g = tiny_model(seed, 1);
+static float *exact_gradient(const char *name, uint64_t seed, const ftb_batch *b, int64_t *n) {
+    ftb_model *g = zoo_model(name, seed, 1);
     char err[FTB_ERR_LEN] = "";
     ftb_model_set_trainable(g, 1);
     cr_assert_eq(ftb_model_alloc_grads(g, err, sizeof err), 0, "%s", err);
@@ -184,7 +186,7 @@ Test(zo, mezo_estimate_averages_to_the_exact_gradient) {
     int32_t tok[2 * 20], tgt[2 * 20];
     ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
     int64_t d;
-    float *grad = exact_gradient(21, &b, &d);
+    float *grad = exact_gradient("tiny", 21, &b, &d);
     ftb_options none = {0, NULL, NULL};
     ftb_session s = session_for(m, &none, 1.0f);
     char err[FTB_ERR_LEN] = "";
@@ -233,14 +235,15 @@ Test(zo, mezo_estimate_averages_to_the_exact_gradient) {
  * ⟨∇L, z⟩ up to the central difference's truncation error, O(ε²): checked
  * by running the same seeds at ε and 3ε, whose error must be several times
  * larger (fp32 loss rounding would instead grow as ε shrinks). */
-static void mezo_directional_errors(double eps, int steps, double *abs_err, double *rel_err, double *gnorm_out) {
+static void mezo_directional_errors(const char *model, double eps, int steps, double *abs_err, double *rel_err,
+                                    double *gnorm_out) {
     ftb_plugin p;
     open_method("mezo", &p);
-    ftb_model *m = tiny_model(22, 1);
+    ftb_model *m = zoo_model(model, 22, 1);
     int32_t tok[2 * 20], tgt[2 * 20];
     ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
     int64_t d;
-    float *grad = exact_gradient(22, &b, &d);
+    float *grad = exact_gradient(model, 22, &b, &d);
     *gnorm_out = sqrt(dot(grad, grad, d));
     char eps_s[32];
     snprintf(eps_s, sizeof eps_s, "%g", eps);
@@ -274,7 +277,7 @@ static void mezo_directional_errors(double eps, int steps, double *abs_err, doub
         double dd = dot(grad, z, d);
         abs_err[k] = fabs(pg - dd);
         rel_err[k] = abs_err[k] / fabs(dd);
-        SAY("mezo: eps %g step %d  pg %+.6f  <grad,z> %+.6f  error %.2e (rel. %.2e)\n", eps, k, pg, dd, abs_err[k],
+        SAY("mezo: %s eps %g step %d  pg %+.6f  <grad,z> %+.6f  error %.2e (rel. %.2e)\n", model, eps, k, pg, dd, abs_err[k],
             rel_err[k]);
     }
     free(theta0); free(theta); free(z); free(grad);
@@ -286,8 +289,8 @@ static void mezo_directional_errors(double eps, int steps, double *abs_err, doub
 Test(zo, mezo_single_estimate_is_the_directional_derivative) {
     enum { STEPS = 8 };
     double abs1[STEPS], rel1[STEPS], abs3[STEPS], rel3[STEPS], gnorm;
-    mezo_directional_errors(1e-3, STEPS, abs1, rel1, &gnorm);
-    mezo_directional_errors(3e-3, STEPS, abs3, rel3, &gnorm);
+    mezo_directional_errors("tiny", 1e-3, STEPS, abs1, rel1, &gnorm);
+    mezo_directional_errors("tiny", 3e-3, STEPS, abs3, rel3, &gnorm);
     double mean1 = 0, mean3 = 0;
     for (int k = 0; k < STEPS; k++) {
         mean1 += abs1[k] / STEPS;
@@ -299,6 +302,17 @@ Test(zo, mezo_single_estimate_is_the_directional_derivative) {
     }
     SAY("mezo: mean |pg − <grad,z>|: %.2e at eps 1e-3, %.2e at eps 3e-3 (|grad| %.3f)\n", mean1, mean3, gnorm);
     cr_expect_gt(mean3, 4.0 * mean1, "the error is not the O(eps^2) truncation: %g at 3e-3, %g at 1e-3", mean3, mean1);
+}
+
+/* Tied embeddings: the LM head shares the embedding's data and is perturbed
+ * once with it (the core's gradient of the embedding includes the head's):
+ * perturbing it twice, or not at all, would break pg ≈ ⟨∇L, z⟩. */
+Test(zo, mezo_tied_head_is_perturbed_once) {
+    enum { STEPS = 4 };
+    double abs_err[STEPS], rel_err[STEPS], gnorm;
+    mezo_directional_errors("tiny-tied", 1e-3, STEPS, abs_err, rel_err, &gnorm);
+    for (int k = 0; k < STEPS; k++)
+        cr_expect(abs_err[k] < 0.01 * gnorm, "step %d: |pg − <grad,z>| = %g, |grad| %g", k, abs_err[k], gnorm);
 }
 
 /* The noise does not depend on the thread count: on a model whose tensors
@@ -897,7 +911,7 @@ Test(zo, report_estimate_quality) {
     ftb_model *m = tiny_model(21, 1);
     ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
     int64_t d;
-    float *grad = exact_gradient(21, &b, &d);
+    float *grad = exact_gradient("tiny", 21, &b, &d);
     ftb_options none = {0, NULL, NULL};
     ftb_session s = session_for(m, &none, 1.0f);
     char err[FTB_ERR_LEN] = "";
