@@ -780,7 +780,17 @@ static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
                        "", mxp * 1.15);
     ftr_buf_puts(&g, "plot \\\n");
     /* One plot element per series, so each gets its style and key entry. */
-    for (int k = 0; k < s->nseries; k++) {
+    int *order = malloc(((size_t)s->nseries + 1) * sizeof *order);
+    for (int k = 0; k < s->nseries; k++)
+        order[k] = k;
+    for (int a = 1; a < s->nseries; a++)
+        for (int b = a; b > 0 && s->series[order[b - 1]].order > s->series[order[b]].order; b--) {
+            int t = order[b];
+            order[b] = order[b - 1];
+            order[b - 1] = t;
+        }
+    for (int q = 0; q < s->nseries; q++) {
+        int k = order[q];
         int has = 0;
         for (int i = 0; i < r->ntrain; i++)
             has |= r->train[i]->series == k && isfinite(r->train[i]->accuracy) && isfinite(r->train[i]->peak_mib);
@@ -792,7 +802,7 @@ static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         ftr_gp_quote(&g, s->series[k].name);
         ftr_buf_puts(&g, ", \\\n");
     }
-    ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:2:3 with labels offset 0,1 font ',9' notitle\n");
+    ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:2:3 with labels offset 0,1 font ',9' notitle\n");    free(order);
     ftr_plot_render(p, "accuracy_vs_memory", -1, 0, g.s,
                     "Task accuracy against peak RSS, one point per method and training run.");
     ftr_buf_free(&d);
@@ -820,11 +830,18 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
                 for (int row = 0; row < sc->nseries; row++) {
                     const ftr_agg *a = ftr_scope_agg(sc, row, k);
                     char err[512];
-                    if (a->rep && a->rep->timeline_file)
-                        ftr_timeline_plot(p, a->rep, si, err, sizeof err);
+                    if (a->rep && a->rep->timeline_file && ftr_timeline_plot(p, a->rep, si, err, sizeof err) != 0)
+                        fprintf(stderr, "ftbench report: timeline of %s: %s\n", a->rep->cell, err);
                 }
     }
     /* Timelines asked for by --cell: every record whose cell matches. */
+    for (int c = 0; c < ncells; c++) {
+        int hit = 0;
+        for (int i = 0; i < s->n && !hit; i++)
+            hit = cell_wanted(&s->r[i], &cells[c], 1);
+        if (!hit)
+            fprintf(stderr, "ftbench report: --cell %s: no record has such a cell\n", cells[c]);
+    }
     for (int i = 0; ncells && i < s->n; i++) {
         const ftr_rec *x = &s->r[i];
         if (!cell_wanted(x, cells, ncells))

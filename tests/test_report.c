@@ -13,6 +13,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -100,14 +101,21 @@ static int run_report(const char *const *args, char **err_out)
     argv[argc] = NULL;
     char errpath[512];
     snprintf(errpath, sizeof errpath, "%s/.stderr", tmpdir);
+    fflush(stdout);
     fflush(stderr);
-    int saved = dup(2);
+    int saved = dup(2), saved_out = dup(1);
     FILE *ef = fopen(errpath, "w");
     dup2(fileno(ef), 2);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1); /* the summary line: not the test's output */
+    close(devnull);
     int rc = ftb_cmd_report(argc, argv);
+    fflush(stdout);
     fflush(stderr);
     dup2(saved, 2);
+    dup2(saved_out, 1);
     close(saved);
+    close(saved_out);
     fclose(ef);
     char *e = slurp(errpath);
     unlink(errpath);
