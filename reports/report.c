@@ -212,7 +212,17 @@ static void write_md(const ctx *c, ftr_buf *b)
 static void html_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
 {
     ftr_buf_printf(b, "<figure id=\"fig-%s\" class=\"%s\">\n", pl->name, pl->wide ? "wide" : "std");
+    /* SVG unless it is much bigger than the PNG (a timeline's thousands of
+     * points): the page stays light enough to open and mail. */
     int emb = plot_has(c->p, pl, 1) ? 1 : plot_has(c->p, pl, 0) ? 0 : -1;
+    if (emb == 1 && plot_has(c->p, pl, 0)) {
+        char sv[8192], pn[8192];
+        struct stat a, b;
+        snprintf(sv, sizeof sv, "%s/plots/%s.svg", c->out, pl->name);
+        snprintf(pn, sizeof pn, "%s/plots/%s.png", c->out, pl->name);
+        if (stat(sv, &a) == 0 && stat(pn, &b) == 0 && a.st_size > 2 * b.st_size)
+            emb = 0;
+    }
     if (emb >= 0) {
         char path[8192];
         snprintf(path, sizeof path, "%s/plots/%s.%s", c->out, pl->name, ftr_formats[emb]);

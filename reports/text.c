@@ -80,8 +80,13 @@ void ftr_html_escape(ftr_buf *b, const char *s)
 
 void ftr_latex_escape(ftr_buf *b, const char *s)
 {
+    int code = 0; /* inside `...`: typewriter */
     for (; s && *s; s++) {
         switch (*s) {
+        case '`':
+            ftr_buf_puts(b, code ? "}" : "\\texttt{");
+            code = !code;
+            break;
         case '_': case '%': case '&': case '#': case '$': case '{': case '}':
             ftr_buf_printf(b, "\\%c", *s);
             break;
@@ -96,6 +101,8 @@ void ftr_latex_escape(ftr_buf *b, const char *s)
         }
         }
     }
+    if (code)
+        ftr_buf_puts(b, "}");
 }
 
 void ftr_safe_name(char *out, size_t n, const char *s)

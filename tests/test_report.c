@@ -314,6 +314,7 @@ Test(report, markdown_and_latex_tables_golden)
         "full & 2617.9 & 3117.9 & \\textit{4118.1}$^{*}$ \\\\\n",
         "\\label{tab:reduction-rpi4-4gb_smollm2-135m_b1}",
         "\\caption{Peak RSS reduction vs LoRA (\\%): smollm2-135m on rpi4-4gb (emulated), batch 1. ",
+        "a \\texttt{ftbench fit} probe",
         NULL,
     };
     for (int i = 0; tex_lines[i]; i++)
@@ -447,9 +448,11 @@ Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_t
         cr_expect_not_null(strstr(html, id), "%s.pdf not linked", plots[i]);
     }
     int embedded = 0;
-    for (const char *p = html; (p = strstr(p, "src=\"data:image/svg+xml;base64,")); p++)
+    for (const char *p = html; (p = strstr(p, "src=\"data:image/")); p++)
         embedded++;
     cr_expect_eq(embedded, np, "every plot embedded once");
+    cr_expect_not_null(strstr(html, "<img alt=\"mem_host_smollm2-135m_b1\" src=\"data:image/svg+xml;base64,"),
+                       "a line plot is embedded as SVG");
     cr_expect_null(strstr(html, "src=\"plots/"), "self-contained: no image loaded from a file");
     free(html);
     snprintf(path, sizeof path, "%s/report.md", out);
