@@ -91,6 +91,12 @@ test: all $(TEST_PLUGINS)
 
 bench: all
 	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods
+	./$(BIN) report results --out results/report
+
+REPORT_DIRS ?= results
+REPORT_OUT  ?= results/report
+report: $(BIN)
+	./$(BIN) report $(REPORT_DIRS) --out $(REPORT_OUT) $(REPORT_ARGS)
 
 bench-core: all
 	./$(BIN) bench-core --model qwen2.5-0.5b --seq 512 --batch 1

@@ -4,6 +4,7 @@
  * in the other harness files, which the test binary links too.
  */
 #include "commands.h"
+#include "../reports/report.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +21,7 @@ static const command commands[] = {
     { "fit", ftb_cmd_fit, "find the longest sequence a method fits in a device's memory" },
     { "list", ftb_cmd_list, "methods found, device profiles, models in the zoo" },
     { "bench-core", ftb_cmd_bench_core, "one full fine-tuning step vs the sgemm rate on the same shapes" },
+    { "report", ftb_cmd_report, "tables and plots for papers (Markdown, HTML, LaTeX; PNG, SVG, PDF) from results directories" },
     { NULL, NULL, NULL },
 };
 
@@ -47,6 +49,6 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name))
             return c->fn(argc - 1, argv + 1);
-    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, list, bench-core)\n", argv[1]);
+    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, list, bench-core, report)\n", argv[1]);
     return FTB_EXIT_USAGE;
 }
