@@ -113,3 +113,60 @@ install: all
 
 clean:
 	rm -rf build build-san
+
+# ==== Fuzzing (tests/fuzz/, docs/RELIABILITY.md) ==============================
+#   make fuzz [FUZZ_SECONDS=600] [FUZZ_TARGETS="cli report"]  each target in turn
+#   make fuzz-ci       every target for FUZZ_CI_SECONDS (30), two at a time (ci/fuzz.sh)
+#   make fuzz-build    build-fuzz/fuzz_<name> for each tests/fuzz/fuzz_<name>.c
+#   make fuzz-corpus   regenerate the seed files in tests/fuzz/corpus/
+# The project's sources are compiled again with clang into build-fuzz/ with
+# libFuzzer coverage, ASan and UBSan.  Working corpora, logs and crashes go to
+# build-fuzz/{corpus,logs,artifacts}/<name>/; a crash worth keeping is copied
+# to tests/fuzz/regressions/<name>/, which `make test` replays
+# (tests/test_fuzz_regressions.c).
+FUZZ_CC         ?= clang
+FUZZ_BUILD      := build-fuzz
+FUZZ_SECONDS    ?= 600
+FUZZ_CI_SECONDS ?= 30
+FUZZ_JOBS       ?= 1
+FUZZ_NAMES      := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_TARGETS    ?= $(FUZZ_NAMES)
+# UBSan in recover mode so that tests/fuzz/known_open.ubsan can suppress a
+# known, reported bug; the targets set halt_on_error=1 (fuzz_common.h), so
+# any other undefined behaviour still ends the run as a crash.
+FUZZ_SANFLAGS   := -fsanitize=address,undefined -fsanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS     := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g $(FUZZ_SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS)
+FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
+FUZZ_OBJ        := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(CORE_SRC) $(HARNESS_SRC) $(REPORT_SRC))
+FUZZ_LIB        := $(FUZZ_BUILD)/libftbench_fuzz.a
+FUZZ_BINS       := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+FUZZ_HEADERS    := include/ftbench.h $(wildcard models/*.h datasets/*.h harness/*.h reports/*.h)
+
+.PHONY: fuzz fuzz-ci fuzz-build fuzz-corpus fuzz-clean
+fuzz-build: $(FUZZ_BINS)
+
+$(FUZZ_BUILD)/%.o: %.c $(FUZZ_HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_OBJ)
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DFTB_FUZZ_MAIN -o $@ $< $(FUZZ_LIB) $(FUZZ_LDLIBS) -fopenmp
+
+$(FUZZ_BUILD)/gen_corpus: tests/fuzz/gen_corpus.c $(wildcard tests/fuzz/*.h) $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -o $@ $< $(FUZZ_LIB) $(FUZZ_LDLIBS) -fopenmp
+
+fuzz: $(FUZZ_BINS)
+	sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_TARGETS)
+
+fuzz-ci: $(FUZZ_BINS)
+	sh tests/fuzz/run.sh $(FUZZ_CI_SECONDS) 2 $(FUZZ_TARGETS)
+
+fuzz-corpus: $(FUZZ_BUILD)/gen_corpus
+	sh tests/fuzz/make_corpus.sh $(FUZZ_BUILD)/gen_corpus
+
+fuzz-clean:
+	rm -rf $(FUZZ_BUILD)
+# ==== end of fuzzing ===========================================================
