@@ -1,0 +1,18 @@
+# Raspberry Pi 5, 4 GB.
+name = rpi5-4gb
+alias = pi5-4gb
+description = Raspberry Pi 5 4GB, headless Raspberry Pi OS Lite
+arch = aarch64
+source_arch = Raspberry Pi 5 product brief: Broadcom BCM2712, 64-bit Arm Cortex-A76
+cores = 4
+source_cores = Raspberry Pi 5 product brief: 2.4GHz quad-core 64-bit Arm Cortex-A76 CPU
+ram_mb = 4096
+source_ram_mb = Raspberry Pi 5 product brief: 2GB, 4GB, 8GB (and 16GB) LPDDR4X-4267 SDRAM variants
+usable_fraction = 0.85
+source_usable_fraction = assumption: Raspberry Pi OS Lite (no desktop) idles at a few hundred MB
+mem_bandwidth_gbs = 17.1
+source_mem_bandwidth_gbs = derived, theoretical: LPDDR4X-4267 (product brief) on a 32-bit bus = 4267e6 x 4 B
+peak_gflops_fp32 = 153.6
+source_peak_gflops_fp32 = derived, theoretical: 4 cores x 2.4 GHz x 16 FLOP/cycle (two 128-bit FP/ASIMD FMA pipes per core, Arm Cortex-A76 Software Optimization Guide)
+default_model = qwen2.5-0.5b
+source_default_model = choice: same model as rpi5-8gb, so the two budgets compare directly
