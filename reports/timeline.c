@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_POINTS 1500
 
@@ -135,8 +136,23 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
         snprintf(err, errlen, "the record has no timeline_file (run without --no-timeline)");
         return -1;
     }
+    /* The harness names the timeline by its bare file name, beside
+     * results.jsonl.  A record from elsewhere may name anything: a path out
+     * of the directory, /dev/zero (read until memory runs out), a FIFO
+     * (blocks forever).  Only a regular file in the record's directory is
+     * read. */
+    const char *tf = rec->timeline_file;
+    if (!*tf || strchr(tf, '/') || !strcmp(tf, ".") || !strcmp(tf, "..")) {
+        snprintf(err, errlen, "timeline_file '%.200s' is not a file name beside results.jsonl", tf);
+        return -1;
+    }
     char path[8192];
-    snprintf(path, sizeof path, "%s/%s", rec->dir, rec->timeline_file);
+    snprintf(path, sizeof path, "%s/%s", rec->dir, tf);
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%.400s: not a regular file", path);
+        return -1;
+    }
     row *rows;
     int n;
     if (read_timeline(path, &rows, &n, err, errlen) != 0)
