@@ -159,10 +159,10 @@ $(FUZZ_BUILD)/gen_corpus: tests/fuzz/gen_corpus.c $(wildcard tests/fuzz/*.h) $(F
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -o $@ $< $(FUZZ_LIB) $(FUZZ_LDLIBS) -fopenmp
 
 fuzz: $(FUZZ_BINS)
-	sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_TARGETS)
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_TARGETS)
 
 fuzz-ci: $(FUZZ_BINS)
-	sh tests/fuzz/run.sh $(FUZZ_CI_SECONDS) 2 $(FUZZ_TARGETS)
+	bash tests/fuzz/run.sh $(FUZZ_CI_SECONDS) 2 $(FUZZ_TARGETS)
 
 fuzz-corpus: $(FUZZ_BUILD)/gen_corpus
 	sh tests/fuzz/make_corpus.sh $(FUZZ_BUILD)/gen_corpus

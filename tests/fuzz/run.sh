@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Runs fuzz targets: tests/fuzz/run.sh SECONDS JOBS TARGET...
 # (`make fuzz` and `make fuzz-ci` call it with the binaries built.)
 #
@@ -61,16 +61,15 @@ summary() {
     [ "$rc" = 0 ]
 }
 
-pids=
-n=0
+# JOBS at a time: the next target starts as soon as one ends.
+running=0
 for t in "$@"; do
-    run_one "$t" &
-    pids="$pids $!"
-    n=$((n + 1))
-    if [ "$n" -ge "$jobs" ]; then
-        wait
-        n=0
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n
+        running=$((running - 1))
     fi
+    run_one "$t" &
+    running=$((running + 1))
 done
 wait
 
