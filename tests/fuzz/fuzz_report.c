@@ -11,10 +11,15 @@
  * with FTBENCH_GNUPLOT pointing nowhere (no gnuplot: tables, data and
  * scripts are still written), its stdout and stderr sent to /dev/null.
  *
+ * The same results.jsonl then goes through the other reader of results
+ * files, the one `sweep` and `fit` resume with (harness/cell.c,
+ * ftb_recorded_load): every record it keeps must be found by its key.
+ *
  * Seeds: tests/fuzz/corpus/report/ (gen_corpus.sh: lines of the committed
  * results fixture, with and without a timeline).
  */
 #include "../../reports/report.h"
+#include "cell.h"
 
 #include "fuzz_common.h"
 
@@ -51,6 +56,15 @@ int fuzz_report_one(const uint8_t *data, size_t size)
     stdout = saved_out;
     stderr = saved_err;
     FZ_CHECK(rc == 0 || rc == 1, "exit code %d for a readable results file", rc);
+
+    ftb_recorded done;
+    FZ_CHECK(ftb_recorded_load(results, &done) == 0, "ftb_recorded_load failed on a readable file");
+    for (int i = 0; i < done.n; i++) {
+        json_t *r = ftb_recorded_find(&done, done.keys[i]);
+        FZ_CHECK(r != NULL && !strcmp(json_string_value(json_object_get(r, "cell")), done.keys[i]),
+                 "recorded cell '%s' not found by its key", done.keys[i]);
+    }
+    ftb_recorded_free(&done);
     return rc == 0;
 }
 
