@@ -146,6 +146,18 @@ const ftb_config *ftb_zoo_at(int i);
 int ftb_config_validate(const ftb_config *c, char *err, size_t errlen);
 int64_t ftb_config_param_count(const ftb_config *c);
 
+/* How a tensor's values are stored (docs/QUANT.md).  Compute is fp32
+ * whatever the storage: a non-fp32 weight is dequantized tile by tile. */
+typedef enum {
+    FTB_DTYPE_F32 = 0,    /* data holds the values                          */
+    FTB_DTYPE_BF16,       /* bfloat16, round to nearest even                */
+    FTB_DTYPE_F16,        /* IEEE half, round to nearest even, saturating   */
+    FTB_DTYPE_INT8,       /* int8, one fp32 scale per row (output channel)  */
+    FTB_DTYPE_INT4,       /* 4-bit symmetric, fp16 scale per group of a row */
+    FTB_DTYPE_INT4_ASYM,  /* 4-bit, fp16 scale and fp16 zero per group      */
+    FTB_DTYPE_COUNT
+} ftb_dtype;
+
 typedef struct {
     char name[96];      /* Hugging Face tensor name                      */
     int ndim;
@@ -157,6 +169,13 @@ typedef struct {
     int no_decay;       /* biases and norms: no weight decay             */
     int mapped;         /* data points into a mapped checkpoint (read-only) */
     int writable;       /* made writable and counted as trainable          */
+    /* Storage format (added at the end, docs/QUANT.md).  For any dtype but FTB_DTYPE_F32, data is NULL
+     * and the values live in core-private storage (quant); read them with
+     * ftb_tensor_read_rows() or multiply with ftb_linear_apply().  A tensor
+     * that becomes trainable is dequantized into fp32 data first. */
+    ftb_dtype dtype;
+    int group;          /* int4: elements per group along a row; else 0    */
+    void *quant;        /* core-private; NULL for fp32                      */
 } ftb_tensor;
 
 typedef enum {
@@ -189,6 +208,8 @@ typedef struct ftb_model {
     ftb_tensor **params;    /* every parameter tensor, in checkpoint order */
     int n_params;
     void *storage;          /* core-private: mappings, owned buffers      */
+    int residency;          /* ftb_residency; set with
+                               ftb_model_set_residency                    */
 } ftb_model;
 
 /* Seeded initialisation (normal(0, 0.02), norms = 1, biases small). */
@@ -273,6 +294,98 @@ void ftb_last_run_times(double *forward, double *backward);
  * a method needs for its own products without depending on a BLAS header. */
 void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
+
+/* ------------------------------------------------------------------------ */
+/* Storage formats of frozen base weights (docs/QUANT.md)                    */
+/* ------------------------------------------------------------------------ */
+
+/* "f32", "bf16", "f16", "int8", "int4", "int4-asym". */
+const char *ftb_dtype_name(ftb_dtype d);
+/* Parses a name above ("fp32", "fp16", "float16", "bfloat16", "int4-sym"
+ * are accepted too); -1 if unknown. */
+int ftb_dtype_parse(const char *s);
+/* Bytes a format takes for rows × cols values, scales and zeros included
+ * (group: int4's group size). */
+int64_t ftb_dtype_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group);
+#define FTB_QUANT_DEFAULT_GROUP 64
+
+/* Stores one 2-D tensor in format ("bf16", "f16", "int8", "int4",
+ * "int4-asym"; "f32" keeps fp32) with group size group (int4 only: an even
+ * divisor of the row length, 32/64/128 in practice; 0 = 64).  The fp32 values
+ * are freed (owned) or their pages dropped (mapped); the per-tensor error is
+ * recorded (ftb_model_quant_errors).  Only fp32/bf16/f16-stored tensors can
+ * be re-quantized; a trainable tensor cannot be.  0, or -1 with err naming
+ * the tensor. */
+int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int group, char *err, size_t errlen);
+/* The seven linear weights of every block (q, k, v, o, gate, up, down). */
+int ftb_model_quantize(ftb_model *m, const char *format, int group, char *err, size_t errlen);
+/* The token embedding and, if untied, the LM head (row-tiled, any format). */
+int ftb_model_quantize_embeddings(ftb_model *m, const char *format, int group, char *err, size_t errlen);
+/* Loads a checkpoint (as ftb_model_load) and stores the block linears in
+ * format and the embedding/LM head in embed_format (NULL or "f32": as
+ * stored), tensor by tensor as they are read, so that no full fp32 copy of
+ * the model ever exists.  A tensor the file already stores in the wanted
+ * format is taken as it is (mapped when map != 0). */
+ftb_model *ftb_model_load_quantized(const char *dir, int map, const char *format, int group,
+                                    const char *embed_format, char *err, size_t errlen);
+
+/* Rows [row0, row0+n) of t as fp32 into out [n, cols] (a 1-D tensor is one
+ * row), whatever t's storage format. */
+void ftb_tensor_read_rows(const ftb_tensor *t, int64_t row0, int64_t n, float *out);
+/* Bytes t's values take in memory or in the mapped file, scales included. */
+int64_t ftb_tensor_storage_bytes(const ftb_tensor *t);
+
+/* Products with a weight W [out, in] through its storage format, on tiles
+ * of W dequantized into a bounded workspace (FTB_MEM_WORKSPACE):
+ *   y[N,out]  = beta·y  + x[N,in]·Wᵀ
+ *   dx[N,in]  = beta·dx + dy[N,out]·W                                     */
+void ftb_linear_apply(const ftb_tensor *W, int N, const float *x, float *y, float beta);
+void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, float beta);
+/* Tile size of those products in floats (rows = tile / in, at least 256
+ * rows or all of them); 0 restores the default (1 Mi floats = 4 MiB). */
+void ftb_set_dequant_tile(int64_t floats);
+int64_t ftb_get_dequant_tile(void);
+/* Time spent dequantizing (all threads' wall time inside dequantization)
+ * and elements dequantized, since the last reset. */
+void ftb_dequant_stats(double *seconds, int64_t *elements);
+void ftb_dequant_stats_reset(void);
+
+/* Quantization error of one tensor, against fp32 values w → stored ŵ. */
+typedef struct {
+    char name[96];
+    int layer;              /* block index; -1 for embedding and LM head    */
+    ftb_dtype dtype;
+    int group;
+    int64_t numel;
+    double max_abs_err;     /* max |w − ŵ|                                  */
+    double max_rel_err;     /* max |w − ŵ| / max |w|                        */
+    double mean_rel_err;    /* Σ|w − ŵ| / Σ|w|                              */
+    double rms_rel_err;     /* ‖w − ŵ‖₂ / ‖w‖₂                              */
+} ftb_quant_error;
+
+/* The errors measured when m's tensors were quantized (in quantization
+ * order; not kept across save/load).  Returns how many there are; fills at
+ * most cap. */
+int ftb_model_quant_errors(const ftb_model *m, ftb_quant_error *out, int cap);
+/* Errors of every tensor of m stored other than fp32, against the same
+ * tensor of ref (same config; any storage).  Returns the count (at most
+ * cap filled), or -1 with err. */
+int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error *out, int cap, char *err,
+                      size_t errlen);
+/* Inference loss of both models on one batch; returns loss(m) − loss(ref)
+ * (NaN with err on failure). */
+float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
+                           float *loss_ref, float *loss_m, char *err, size_t errlen);
+
+/* Residency of mapped weights.  ALL: pages stay once touched (default).
+ * LAZY_BLOCK: a block's mapped tensors are prefetched (MADV_WILLNEED) when
+ * the block runs — forward, recompute, backward — and dropped from the
+ * resident set after (MADV_DONTNEED); the embedding and the final norm + LM
+ * head are units of their own.  Accounting is unchanged (the mapping counts
+ * under FTB_MEM_WEIGHTS); the resident set is what shrinks.  Only weights
+ * mapped from a file (ftb_model_load with map) can be dropped. */
+typedef enum { FTB_RESIDENT_ALL = 0, FTB_RESIDENT_LAZY_BLOCK } ftb_residency;
+void ftb_model_set_residency(ftb_model *m, ftb_residency r);
 
 /* ------------------------------------------------------------------------ */
 /* Adapter hooks on linear layers                                             */

@@ -13,6 +13,7 @@
  */
 #include "ftbench.h"
 #include "model_internal.h"
+#include "quant.h"
 #include "safetensors.h"
 
 #include <errno.h>
@@ -35,6 +36,9 @@
 
 #define INDEX_FILE "model.safetensors.index.json"
 #define SINGLE_FILE "model.safetensors"
+/* Metadata of quantized tensors (docs/QUANT.md). */
+#define QUANT_META_PREFIX "ftbench.quant."
+#define QUANT_META_VERSION_KEY "ftbench_quant_version"
 
 static void ck_error(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -457,9 +461,56 @@ static int shapes_equal(const ftb_tensor *t, const ftb_st_tensor *st)
     return 1;
 }
 
-/* Points t at the file's bytes or copies/converts them into owned memory. */
-static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map, char *err,
-                       size_t errlen)
+/* The model takes over the shard's mapping (once): from here on an error
+ * path must not unmap this file again. */
+static void give_mapping(ftb_model *m, shard *s)
+{
+    if (s->mapping_given) return;
+    ftb_model_add_mapping(m, s->file.map, s->file.map_len);
+    ftb_st_release_mapping(&s->file);
+    s->mapping_given = 1;
+}
+
+/* Storage of a bf16/f16 tensor kept in its own format: the file's bytes
+ * (map) or an owned copy. */
+static int keep_half(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map, char *err,
+                     size_t errlen)
+{
+    ftb_dtype d = st->dtype == FTB_ST_BF16 ? FTB_DTYPE_BF16 : FTB_DTYPE_F16;
+    const uint8_t *bytes = ftb_st_tensor_data(&s->file, st);
+    ftb_qstore *q;
+    if (map && (uintptr_t)bytes % 2 == 0) {
+        q = calloc(1, sizeof *q);
+        if (q) {
+            give_mapping(m, s);
+            q->dtype = d;
+            q->rows = t->shape[0];
+            q->cols = t->shape[1];
+            q->q = bytes;
+            q->mapped = 1;
+        }
+    } else {
+        q = qstore_alloc(d, 0, t->shape[0], t->shape[1]);
+        if (q) memcpy(q->owned[QPART_Q], bytes, (size_t)t->numel * 2);
+    }
+    if (!q) {
+        ck_error(err, errlen, "%s: tensor '%s': out of memory", s->path, t->name);
+        return -1;
+    }
+    ftb_model_track_qstore(m, q);
+    t->data = NULL;
+    t->dtype = d;
+    t->group = 0;
+    t->quant = q;
+    t->mapped = q->mapped;
+    return 0;
+}
+
+/* Points t at the file's bytes or copies/converts them into owned memory.
+ * keep_as: a bf16/f16 tensor wanted in that same format is kept so (no
+ * conversion); FTB_DTYPE_F32 converts everything to fp32 as before. */
+static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map,
+                       ftb_dtype keep_as, char *err, size_t errlen)
 {
     if (!shapes_equal(t, st)) {
         char want[160], got[160];
@@ -469,15 +520,19 @@ static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tenso
                  got, want);
         return -1;
     }
+    if (st->dtype == FTB_ST_I8 || st->dtype == FTB_ST_U8) {
+        ck_error(err, errlen,
+                 "%s: tensor '%s': dtype %s is read only for quantized weights the file's metadata describes "
+                 "(no '" QUANT_META_PREFIX "%s' entry)",
+                 s->path, t->name, ftb_st_dtype_name(st->dtype), t->name);
+        return -1;
+    }
+    if (t->ndim == 2 && ((st->dtype == FTB_ST_BF16 && keep_as == FTB_DTYPE_BF16) ||
+                         (st->dtype == FTB_ST_F16 && keep_as == FTB_DTYPE_F16)))
+        return keep_half(m, t, s, st, map, err, errlen);
     const uint8_t *bytes = ftb_st_tensor_data(&s->file, st);
     if (st->dtype == FTB_ST_F32 && map && ((uintptr_t)bytes % _Alignof(float)) == 0) {
-        if (!s->mapping_given) {
-            /* The model unmaps on free, so from here on an error path must
-             * not unmap this file again. */
-            ftb_model_add_mapping(m, s->file.map, s->file.map_len);
-            ftb_st_release_mapping(&s->file);
-            s->mapping_given = 1;
-        }
+        give_mapping(m, s);
         t->data = (float *)(uintptr_t)bytes;  /* read-only pages: t->mapped says so */
         t->mapped = 1;
         return 0;
@@ -493,13 +548,184 @@ static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tenso
     case FTB_ST_F32: memcpy(data, bytes, (size_t)t->numel * sizeof(float)); break;
     case FTB_ST_BF16: ftb_bf16_to_f32_array(bytes, data, t->numel); break;
     case FTB_ST_F16: ftb_f16_to_f32_array(bytes, data, t->numel); break;
+    default: break;
     }
     t->data = data;
     t->mapped = 0;
     return 0;
 }
 
-ftb_model *ftb_model_load(const char *dir, int map, char *err, size_t errlen)
+/* "int4/64", "int8", "bf16", ... → dtype and group; -1 if malformed. */
+static int parse_quant_desc(const char *desc, ftb_dtype *d, int *group)
+{
+    char name[32];
+    const char *slash = strchr(desc, '/');
+    size_t len = slash ? (size_t)(slash - desc) : strlen(desc);
+    if (len == 0 || len >= sizeof name) return -1;
+    memcpy(name, desc, len);
+    name[len] = '\0';
+    int parsed = ftb_dtype_parse(name);
+    if (parsed < 0 || parsed == FTB_DTYPE_F32) return -1;
+    *d = (ftb_dtype)parsed;
+    *group = 0;
+    if (slash) {
+        char *end;
+        long g = strtol(slash + 1, &end, 10);
+        if (end == slash + 1 || *end || g <= 0 || g > INT_MAX) return -1;
+        *group = (int)g;
+    }
+    return 0;
+}
+
+/* One part of a quantized tensor as the file must hold it. */
+static int check_part(const char *path, const char *tensor, const char *part_name, const char *role,
+                      const ftb_st_tensor *st, ftb_st_dtype want_dtype, int ndim, int64_t d0, int64_t d1,
+                      char *err, size_t errlen)
+{
+    if (!st) {
+        ck_error(err, errlen, "%s: tensor '%s': missing (%s of quantized weight '%s')", path, part_name, role,
+                 tensor);
+        return -1;
+    }
+    if (st->dtype != want_dtype) {
+        ck_error(err, errlen, "%s: tensor '%s': dtype %s, but the %s of a quantized weight are %s", path,
+                 part_name, ftb_st_dtype_name(st->dtype), role, ftb_st_dtype_name(want_dtype));
+        return -1;
+    }
+    int64_t want[2] = {d0, d1};
+    int ok = st->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = st->shape[i] == want[i];
+    if (!ok) {
+        char w[160], g[160];
+        ftb_st_format_shape(w, sizeof w, ndim, want);
+        ftb_st_format_shape(g, sizeof g, st->ndim, st->shape);
+        ck_error(err, errlen, "%s: tensor '%s': shape %s, but the %s must be %s", path, part_name, g, role, w);
+        return -1;
+    }
+    return 0;
+}
+
+/* A tensor the file stores quantized (desc from its metadata). */
+static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st,
+                                 const char *desc, int map, char *err, size_t errlen)
+{
+    ftb_dtype d;
+    int group;
+    if (parse_quant_desc(desc, &d, &group) != 0) {
+        ck_error(err, errlen,
+                 "%s: tensor '%s': metadata format '%s' is not one of bf16, f16, int8, int4/<group>, "
+                 "int4-asym/<group>",
+                 s->path, t->name, desc);
+        return -1;
+    }
+    const int int4 = d == FTB_DTYPE_INT4 || d == FTB_DTYPE_INT4_ASYM;
+    if (t->ndim != 2) {
+        ck_error(err, errlen, "%s: tensor '%s': metadata stores it as %s, but only 2-D weights can be", s->path,
+                 t->name, ftb_dtype_name(d));
+        return -1;
+    }
+    if (int4 && group == 0) {
+        ck_error(err, errlen, "%s: tensor '%s': metadata format '%s' gives no group size", s->path, t->name, desc);
+        return -1;
+    }
+    if (!int4) group = 0;
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    char why[256];
+    if (qstore_check(d, group, rows, cols, why, sizeof why) != 0) {
+        ck_error(err, errlen, "%s: tensor '%s': %s", s->path, t->name, why);
+        return -1;
+    }
+    static const ftb_st_dtype main_dtype[FTB_DTYPE_COUNT] = {FTB_ST_F32, FTB_ST_BF16, FTB_ST_F16,
+                                                             FTB_ST_I8,  FTB_ST_U8,   FTB_ST_U8};
+    const char *role = int4 ? "packed 4-bit codes (two per byte)" : "values";
+    if (check_part(s->path, t->name, t->name, role, st, main_dtype[d], 2, rows, int4 ? cols / 2 : cols, err,
+                   errlen))
+        return -1;
+    char name[160];
+    const ftb_st_tensor *parts[3] = {st, NULL, NULL};
+    if (d == FTB_DTYPE_INT8 || int4) {
+        snprintf(name, sizeof name, "%s.scales", t->name);
+        parts[QPART_SCALES] = ftb_st_find(&s->file, name);
+        if (check_part(s->path, t->name, name, "scales", parts[QPART_SCALES], int4 ? FTB_ST_F16 : FTB_ST_F32,
+                       int4 ? 2 : 1, rows, int4 ? cols / group : 0, err, errlen))
+            return -1;
+    }
+    if (d == FTB_DTYPE_INT4_ASYM) {
+        snprintf(name, sizeof name, "%s.zeros", t->name);
+        parts[QPART_ZEROS] = ftb_st_find(&s->file, name);
+        if (check_part(s->path, t->name, name, "zeros", parts[QPART_ZEROS], FTB_ST_F16, 2, rows, cols / group,
+                       err, errlen))
+            return -1;
+    }
+    int aligned = 1;
+    for (int p = 0; p < 3; p++)
+        if (parts[p]) aligned &= (uintptr_t)ftb_st_tensor_data(&s->file, parts[p]) % ftb_st_dtype_size(parts[p]->dtype) == 0;
+    ftb_qstore *q;
+    if (map && aligned) {
+        q = calloc(1, sizeof *q);
+        if (q) {
+            give_mapping(m, s);
+            q->dtype = d;
+            q->group = group;
+            q->rows = rows;
+            q->cols = cols;
+            q->q = ftb_st_tensor_data(&s->file, parts[QPART_Q]);
+            q->scales = parts[QPART_SCALES] ? ftb_st_tensor_data(&s->file, parts[QPART_SCALES]) : NULL;
+            q->zeros = parts[QPART_ZEROS] ? ftb_st_tensor_data(&s->file, parts[QPART_ZEROS]) : NULL;
+            q->mapped = 1;
+        }
+    } else {
+        q = qstore_alloc(d, group, rows, cols);
+        for (int p = 0; q && p < 3; p++)
+            if (parts[p])
+                memcpy(q->owned[p], ftb_st_tensor_data(&s->file, parts[p]),
+                       qstore_part_bytes(d, rows, cols, group, p));
+    }
+    if (!q) {
+        ck_error(err, errlen, "%s: tensor '%s': out of memory", s->path, t->name);
+        return -1;
+    }
+    ftb_model_track_qstore(m, q);
+    t->data = NULL;
+    t->dtype = d;
+    t->group = group;
+    t->quant = q;
+    t->mapped = q->mapped;
+    return 0;
+}
+
+/* Every metadata entry about a quantized tensor must name one the model
+ * has: a misspelt name would otherwise silently load nothing quantized. */
+static int check_quant_metadata(ftb_model *m, const shard *s, char *err, size_t errlen)
+{
+    const size_t plen = strlen(QUANT_META_PREFIX);
+    for (int i = 0; i < s->file.n_meta; i++) {
+        const char *key = s->file.meta_keys[i];
+        if (strncmp(key, QUANT_META_PREFIX, plen) != 0) continue;
+        const ftb_tensor *t = ftb_model_find(m, key + plen);
+        if (!t || t->numel == 0 || (m->cfg.tie_embeddings && t == &m->lm_head)) {
+            ck_error(err, errlen, "%s: metadata '%s' describes tensor '%s', which the model does not have",
+                     s->path, key, key + plen);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *linears, *embeddings;
+    int group;
+} load_plan;
+
+static int is_block_linear(const ftb_model *m, const ftb_tensor *t)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++)
+            if (ftb_layer_weight(&m->layers[l], (ftb_linear_kind)k) == t) return 1;
+    return 0;
+}
+
+static ftb_model *load_model(const char *dir, int map, const load_plan *plan, char *err, size_t errlen)
 {
     char *config_path = path_join(dir, "config.json");
     if (!config_path) {
@@ -521,8 +747,28 @@ ftb_model *ftb_model_load(const char *dir, int map, char *err, size_t errlen)
         if (t->numel == 0) continue;  /* nothing to read (absent bias) */
         const ftb_st_tensor *st;
         shard *s = source_locate(&src, t->name, &st, err, errlen);
-        if (!s || load_tensor(m, t, s, st, map, err, errlen) != 0) goto fail;
+        if (!s) goto fail;
+        const char *want = NULL;
+        if (plan && is_block_linear(m, t)) want = plan->linears;
+        else if (plan && (t == &m->embed || t == &m->lm_head)) want = plan->embeddings;
+        int want_d = want ? ftb_dtype_parse(want) : FTB_DTYPE_F32;
+        char key[160];
+        snprintf(key, sizeof key, "%s%s", QUANT_META_PREFIX, t->name);
+        const char *desc = ftb_st_meta(&s->file, key);
+        if (desc ? load_quantized_tensor(m, t, s, st, desc, map, err, errlen)
+                 : load_tensor(m, t, s, st, map, want_d < 0 ? FTB_DTYPE_F32 : (ftb_dtype)want_d, err, errlen))
+            goto fail;
+        if (want && want_d != FTB_DTYPE_F32) {
+            /* Quantized as it is read: at most one tensor exists in fp32. */
+            char why[FTB_ERR_LEN];
+            if (ftb_tensor_quantize(m, t, want, plan->group, why, sizeof why) != 0) {
+                ck_error(err, errlen, "%s: %s", s->path, why);
+                goto fail;
+            }
+        }
     }
+    for (int i = 0; i < src.n_shards; i++)
+        if (src.shards[i].open && check_quant_metadata(m, &src.shards[i], err, errlen) != 0) goto fail;
     /* Files the model did not take a mapping of (all of them when map == 0)
      * are unmapped here; their data has been copied. */
     source_close(&src);
@@ -536,6 +782,25 @@ fail:
     source_close(&src);
     ftb_model_free(m);
     return NULL;
+}
+
+ftb_model *ftb_model_load(const char *dir, int map, char *err, size_t errlen)
+{
+    return load_model(dir, map, NULL, err, errlen);
+}
+
+ftb_model *ftb_model_load_quantized(const char *dir, int map, const char *format, int group,
+                                    const char *embed_format, char *err, size_t errlen)
+{
+    const char *formats[2] = {format, embed_format};
+    for (int i = 0; i < 2; i++)
+        if (formats[i] && ftb_dtype_parse(formats[i]) < 0) {
+            ck_error(err, errlen, "%s: unknown storage format '%s' (f32, bf16, f16, int8, int4, int4-asym)", dir,
+                     formats[i]);
+            return NULL;
+        }
+    load_plan plan = {format, embed_format, group};
+    return load_model(dir, map, &plan, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -654,12 +919,28 @@ static int atomic_commit(atomic_file *af, char *err, size_t errlen)
     return 0;
 }
 
-/* Builds the safetensors header: {"__metadata__": {"format": "pt"}, name:
- * {...}}.  Transformers refuses a file without format metadata. */
-static json_t *build_header(const char *path, ftb_tensor *const *tensors, int n, char *err, size_t errlen)
+/* One entry of a file being written: bytes as they are, or (deq) a tensor
+ * stored in another format written as its fp32 values. */
+typedef struct {
+    char name[112];
+    const char *dtype;        /* "F32", "BF16", "F16", "I8", "U8"          */
+    int ndim;
+    int64_t shape[2];
+    const void *bytes;
+    uint64_t nbytes;
+    const ftb_tensor *deq;
+    int align;                /* 4, 2 or 1: the data section is ordered by it */
+} st_item;
+
+/* Builds the safetensors header: {"__metadata__": {"format": "pt", ...},
+ * name: {...}} in items' order.  Transformers refuses a file without format
+ * metadata.  meta (may be NULL) adds string entries; it is borrowed. */
+static json_t *build_header(const char *path, const st_item *items, int n, json_t *meta_extra, char *err,
+                            size_t errlen)
 {
     json_t *header = json_object();
     json_t *meta = json_pack("{s:s}", "format", "pt");
+    if (meta && meta_extra) json_object_update(meta, meta_extra);
     if (!header || !meta || json_object_set_new(header, "__metadata__", meta) != 0) {
         json_decref(header);
         ck_error(err, errlen, "%s: out of memory", path);
@@ -667,29 +948,17 @@ static json_t *build_header(const char *path, ftb_tensor *const *tensors, int n,
     }
     uint64_t offset = 0;
     for (int i = 0; i < n; i++) {
-        const ftb_tensor *t = tensors[i];
-        if (!t) {
-            ck_error(err, errlen, "%s: tensor #%d is NULL", path, i);
-            goto fail;
-        }
-        int64_t numel = 1;
-        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
-        if (!t->name[0] || !strcmp(t->name, "__metadata__") || t->ndim < 0 || t->ndim > 2 ||
-            numel != t->numel || t->numel < 0 || (t->numel > 0 && !t->data)) {
-            ck_error(err, errlen, "%s: tensor '%s': bad name, shape or data (ndim %d, numel %" PRId64 ")",
-                     path, t->name, t->ndim, t->numel);
-            goto fail;
-        }
-        if (json_object_get(header, t->name)) {
-            ck_error(err, errlen, "%s: tensor '%s': given twice", path, t->name);
+        const st_item *it = &items[i];
+        if (json_object_get(header, it->name)) {
+            ck_error(err, errlen, "%s: tensor '%s': given twice", path, it->name);
             goto fail;
         }
         json_t *shape = json_array();
-        for (int d = 0; shape && d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
-        uint64_t end = offset + (uint64_t)t->numel * sizeof(float);
-        json_t *entry = json_pack("{s:s,s:o,s:[I,I]}", "dtype", "F32", "shape", shape, "data_offsets",
+        for (int d = 0; shape && d < it->ndim; d++) json_array_append_new(shape, json_integer(it->shape[d]));
+        uint64_t end = offset + it->nbytes;
+        json_t *entry = json_pack("{s:s,s:o,s:[I,I]}", "dtype", it->dtype, "shape", shape, "data_offsets",
                                   (json_int_t)offset, (json_int_t)end);
-        if (!entry || json_object_set_new(header, t->name, entry) != 0) {
+        if (!entry || json_object_set_new(header, it->name, entry) != 0) {
             ck_error(err, errlen, "%s: out of memory", path);
             goto fail;
         }
@@ -701,13 +970,38 @@ fail:
     return NULL;
 }
 
-int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, char *err, size_t errlen)
+/* A tensor's values as fp32, tile by tile (for tensors stored otherwise). */
+static int write_dequantized(atomic_file *af, const ftb_tensor *t, char *err, size_t errlen)
 {
-    if (n < 0 || (n > 0 && !tensors)) {
-        ck_error(err, errlen, "%s: bad tensor list", path);
+    int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->ndim == 2 ? t->shape[1] : t->numel;
+    int64_t tile = rows < 256 ? rows : 256;
+    float *buf = malloc(sizeof(float) * (size_t)(tile * cols));
+    if (!buf) {
+        ck_error(err, errlen, "%s: tensor '%s': out of memory", af->path, t->name);
         return -1;
     }
-    json_t *header = build_header(path, tensors, n, err, errlen);
+    int rc = 0;
+    for (int64_t r0 = 0; rc == 0 && r0 < rows; r0 += tile) {
+        int64_t n = rows - r0 < tile ? rows - r0 : tile;
+        ftb_tensor_read_rows(t, r0, n, buf);
+        rc = atomic_write(af, buf, sizeof(float) * (size_t)(n * cols), err, errlen);
+    }
+    free(buf);
+    return rc;
+}
+
+static int write_items(const char *path, st_item *items, int n, json_t *meta_extra, char *err, size_t errlen)
+{
+    /* Stable order by alignment (4-byte dtypes, then 2, then 1): with the
+     * header padded to 8, every tensor then starts on a multiple of its
+     * element size, so a reader can map it; safetensors allows no holes. */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && items[j - 1].align < items[j].align; j--) {
+            st_item tmp = items[j];
+            items[j] = items[j - 1];
+            items[j - 1] = tmp;
+        }
+    json_t *header = build_header(path, items, n, meta_extra, err, errlen);
     if (!header) return -1;
     char *text = json_dumps(header, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(header);
@@ -733,15 +1027,65 @@ int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, c
     atomic_file af;
     int rc = atomic_begin(&af, path, err, errlen);
     if (rc == 0) rc = atomic_write(&af, padded, 8 + header_len, err, errlen);
-    for (int i = 0; rc == 0 && i < n; i++)
-        if (tensors[i]->numel > 0)
-            rc = atomic_write(&af, tensors[i]->data, (size_t)tensors[i]->numel * sizeof(float), err, errlen);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        if (!items[i].nbytes) continue;
+        if (items[i].deq) rc = write_dequantized(&af, items[i].deq, err, errlen);
+        else rc = atomic_write(&af, items[i].bytes, (size_t)items[i].nbytes, err, errlen);
+    }
     free(padded);
     if (rc != 0) {
         atomic_abort(&af);
         return -1;
     }
     return atomic_commit(&af, err, errlen);
+}
+
+int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, char *err, size_t errlen)
+{
+    if (n < 0 || (n > 0 && !tensors)) {
+        ck_error(err, errlen, "%s: bad tensor list", path);
+        return -1;
+    }
+    st_item *items = calloc((size_t)(n ? n : 1), sizeof *items);
+    if (!items) {
+        ck_error(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const ftb_tensor *t = tensors[i];
+        if (!t) {
+            ck_error(err, errlen, "%s: tensor #%d is NULL", path, i);
+            free(items);
+            return -1;
+        }
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim && d < 2; d++) numel *= t->shape[d];
+        /* Stored in another format: no fp32 data, core storage.  A tensor
+         * with data is written from it whatever else it holds (a method's
+         * own tensor need not have set the storage fields). */
+        int quantized = !t->data && t->quant && t->dtype > FTB_DTYPE_F32 && t->dtype < FTB_DTYPE_COUNT;
+        if (!t->name[0] || !strcmp(t->name, "__metadata__") || t->ndim < 0 || t->ndim > 2 ||
+            numel != t->numel || t->numel < 0 || (t->numel > 0 && !t->data && !quantized) ||
+            strlen(t->name) >= sizeof items[i].name) {
+            ck_error(err, errlen, "%s: tensor '%s': bad name, shape or data (ndim %d, numel %" PRId64 ")",
+                     path, t->name, t->ndim, t->numel);
+            free(items);
+            return -1;
+        }
+        st_item *it = &items[i];
+        snprintf(it->name, sizeof it->name, "%s", t->name);
+        it->dtype = "F32";
+        it->ndim = t->ndim;
+        it->shape[0] = t->shape[0];
+        it->shape[1] = t->shape[1];
+        it->nbytes = (uint64_t)t->numel * sizeof(float);
+        it->bytes = t->data;
+        it->deq = quantized ? t : NULL;
+        it->align = 4;
+    }
+    int rc = write_items(path, items, n, NULL, err, errlen);
+    free(items);
+    return rc;
 }
 
 /* mkdir -p */
@@ -816,6 +1160,92 @@ static json_t *config_to_json(const ftb_config *c)
     return o;
 }
 
+/* Tensors stored in another format are written as they are stored, under
+ * their own name, with their scales ("<name>.scales") and zeros
+ * ("<name>.zeros"), and a metadata entry QUANT_META_PREFIX<name> =
+ * "<format>[/<group>]" that tells the loader how to read them. */
+static int save_weights(const ftb_model *m, const char *path, char *err, size_t errlen)
+{
+    st_item *items = calloc((size_t)(3 * m->n_params + 1), sizeof *items);
+    json_t *meta = json_object();
+    if (!items || !meta) {
+        free(items);
+        json_decref(meta);
+        ck_error(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    int n = 0, nq = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ftb_tensor *t = m->params[i];
+        /* A tied lm_head is the embedding; HF omits it and re-ties on load. */
+        if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
+        if (t->numel == 0) continue;  /* absent bias */
+        if (strlen(t->name) + 8 >= sizeof items[0].name) {
+            ck_error(err, errlen, "%s: tensor '%s': name too long", path, t->name);
+            goto fail;
+        }
+        st_item *it = &items[n++];
+        snprintf(it->name, sizeof it->name, "%s", t->name);
+        it->ndim = t->ndim;
+        it->shape[0] = t->shape[0];
+        it->shape[1] = t->shape[1];
+        if (t->dtype == FTB_DTYPE_F32 || !t->quant) {
+            if (!t->data) {
+                ck_error(err, errlen, "%s: tensor '%s': no data", path, t->name);
+                goto fail;
+            }
+            it->dtype = "F32";
+            it->bytes = t->data;
+            it->nbytes = (uint64_t)t->numel * 4;
+            it->align = 4;
+            continue;
+        }
+        const ftb_qstore *q = t->quant;
+        static const char *main_dtype[FTB_DTYPE_COUNT] = {"F32", "BF16", "F16", "I8", "U8", "U8"};
+        it->dtype = main_dtype[q->dtype];
+        it->bytes = q->q;
+        it->nbytes = qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, QPART_Q);
+        it->align = q->dtype == FTB_DTYPE_BF16 || q->dtype == FTB_DTYPE_F16 ? 2 : 1;
+        if (q->dtype == FTB_DTYPE_INT4 || q->dtype == FTB_DTYPE_INT4_ASYM) it->shape[1] = q->cols / 2;
+        for (int part = QPART_SCALES; part <= QPART_ZEROS; part++) {
+            uint64_t b = qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, part);
+            if (!b) continue;
+            st_item *c = &items[n++];
+            snprintf(c->name, sizeof c->name, "%s%s", t->name, part == QPART_SCALES ? ".scales" : ".zeros");
+            c->bytes = part == QPART_SCALES ? q->scales : q->zeros;
+            c->nbytes = b;
+            if (q->dtype == FTB_DTYPE_INT8) {
+                c->dtype = "F32";
+                c->ndim = 1;
+                c->shape[0] = q->rows;
+                c->align = 4;
+            } else {
+                c->dtype = "F16";
+                c->ndim = 2;
+                c->shape[0] = q->rows;
+                c->shape[1] = q->cols / q->group;
+                c->align = 2;
+            }
+        }
+        char desc[64];
+        if (q->group) snprintf(desc, sizeof desc, "%s/%d", ftb_dtype_name(q->dtype), q->group);
+        else snprintf(desc, sizeof desc, "%s", ftb_dtype_name(q->dtype));
+        char key[160];
+        snprintf(key, sizeof key, "%s%s", QUANT_META_PREFIX, t->name);
+        json_object_set_new(meta, key, json_string(desc));
+        nq++;
+    }
+    if (nq) json_object_set_new(meta, QUANT_META_VERSION_KEY, json_string("1"));
+    int rc = write_items(path, items, n, meta, err, errlen);
+    free(items);
+    json_decref(meta);
+    return rc;
+fail:
+    free(items);
+    json_decref(meta);
+    return -1;
+}
+
 int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen)
 {
     if (make_dirs(dir, err, errlen) != 0) return -1;
@@ -834,21 +1264,7 @@ int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen
 
     /* Weights first: a config.json next to a missing model.safetensors would
      * be a checkpoint that looks complete but is not. */
-    ftb_tensor **list = malloc((size_t)(m->n_params ? m->n_params : 1) * sizeof *list);
-    if (!list) {
-        ck_error(err, errlen, "%s: out of memory", dir);
-        goto done;
-    }
-    int n = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        ftb_tensor *t = m->params[i];
-        /* A tied lm_head is the embedding; HF omits it and re-ties on load. */
-        if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
-        if (t->numel == 0) continue;  /* absent bias */
-        list[n++] = t;
-    }
-    rc = ftb_safetensors_write(weights_path, list, n, err, errlen);
-    free(list);
+    rc = save_weights(m, weights_path, err, errlen);
     if (rc != 0) goto done;
 
     atomic_file af;

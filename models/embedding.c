@@ -1,11 +1,20 @@
 /* embedding.c — token lookup and its scatter-add backward. */
 #include "ops.h"
+#include "quant.h"
 
 #include <string.h>
 
-void embedding_forward(float *x, const float *E, const int32_t *tokens, int N, int D) {
+void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D) {
+    if (E->dtype == FTB_DTYPE_F32 || !E->quant) {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) memcpy(x + (int64_t)n * D, E + (int64_t)tokens[n] * D, sizeof(float) * D);
+        for (int n = 0; n < N; n++) memcpy(x + (int64_t)n * D, E->data + (int64_t)tokens[n] * D, sizeof(float) * D);
+        return;
+    }
+    /* Only the rows looked up are dequantized. */
+    double t0 = ftb_now();
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) qstore_dequant_row(E->quant, tokens[n], x + (int64_t)n * D);
+    ftb_dequant_account(ftb_now() - t0, (int64_t)N * D);
 }
 
 void embedding_backward(float *dE, const float *dx, const int32_t *tokens, int N, int D) {

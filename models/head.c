@@ -11,6 +11,7 @@
  * full: all N×V logits are materialised and held as a saved activation from
  *   the forward half to the backward half, as frameworks hold them. */
 #include "ops.h"
+#include "quant.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -44,8 +45,24 @@ static double rows_loss(float *z, const int32_t *targets, int rows, int V, float
     return total;
 }
 
-float head_loss(float *dx, float *dW, const float *x, const float *W, const int32_t *targets, int B, int T, int D,
-                int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss) {
+/* z[rows,V] = x·Wᵀ, and dx[rows,D] = dz·W: single sgemms for an fp32 W, tiles
+ * of dequantized rows of W (a bounded workspace) for any other format. */
+static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V) {
+    if (W->dtype == FTB_DTYPE_F32 || !W->quant)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, D, 1.0f, x, D, W->data, D, 0.0f, z, V);
+    else
+        ftb_linear_apply(W, rows, x, z, 0.0f);
+}
+
+static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, int D, int V) {
+    if (W->dtype == FTB_DTYPE_F32 || !W->quant)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, V, 1.0f, z, V, W->data, D, 0.0f, dx, D);
+    else
+        ftb_linear_apply_t(W, rows, z, dx, 0.0f);
+}
+
+float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
+                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss) {
     const int N = B * T;
     int n_valid = 0;
     for (int n = 0; n < N; n++) n_valid += targets[n] != FTB_IGNORE_INDEX;
@@ -60,13 +77,11 @@ float head_loss(float *dx, float *dW, const float *x, const float *W, const int3
     for (int c0 = 0; c0 < N; c0 += rows_per) {
         int rows = N - c0 < rows_per ? N - c0 : rows_per;
         if (mode == FTB_LOSS_FULL) ftb_mem_set_phase("fwd head");
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, D, 1.0f, x + (int64_t)c0 * D, D, W, D, 0.0f,
-                    z, V);
+        head_logits(z, x + (int64_t)c0 * D, W, rows, D, V);
         if (mode == FTB_LOSS_FULL && grad) ftb_mem_set_phase("bwd head");
         total += rows_loss(z, targets + c0, rows, V, inv_valid, grad, row_loss + c0);
         if (grad) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, V, 1.0f, z, V, W, D, 0.0f,
-                        dx + (int64_t)c0 * D, D);
+            head_dx(dx + (int64_t)c0 * D, z, W, rows, D, V);
             if (dW)
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, D, rows, 1.0f, z, V, x + (int64_t)c0 * D, D,
                             1.0f, dW, D);

@@ -3,17 +3,36 @@
  * trainability and gradients. */
 #include "ftbench.h"
 #include "model_internal.h"
+#include "quant.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 typedef struct {
     void **owned;
     int n_owned, cap_owned;
-    struct { void *addr; size_t len; } *maps;
+    /* accounted: bytes of the mapping still counted as weights (a mapped
+     * tensor that was quantized stops counting) */
+    struct { void *addr; size_t len, accounted; } *maps;
     int n_maps, cap_maps;
+    ftb_qstore **qs;              /* storage of non-fp32 tensors          */
+    int n_qs, cap_qs;
+    ftb_quant_error *errs;        /* measured when tensors were quantized */
+    int n_errs, cap_errs;
 } model_storage;
+
+/* Grows an array of elements of size sz to hold one more; aborts when a few
+ * bytes cannot be had (nothing sensible remains then). */
+static void grow(void **arr, int *cap, int n, size_t sz, int first) {
+    if (n < *cap) return;
+    int c = *cap ? 2 * *cap : first;
+    void *g = realloc(*arr, sz * (size_t)c);
+    if (!g) abort();
+    *arr = g;
+    *cap = c;
+}
 
 static const char *linear_names[FTB_LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                   "gate_proj", "up_proj", "down_proj"};
@@ -41,6 +60,9 @@ static void init_tensor(ftb_tensor *t, const char *name, int64_t d0, int64_t d1,
     t->trainable = 0;
     t->no_decay = no_decay;
     t->mapped = 0;
+    t->dtype = FTB_DTYPE_F32;
+    t->group = 0;
+    t->quant = NULL;
 }
 
 ftb_tensor *ftb_layer_weight(ftb_layer *L, ftb_linear_kind k) {
@@ -128,22 +150,94 @@ void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len) {
     }
     st->maps[st->n_maps].addr = addr;
     st->maps[st->n_maps].len = len;
+    st->maps[st->n_maps].accounted = len;
     st->n_maps++;
     ftb_mem_account(FTB_MEM_WEIGHTS, (int64_t)len);
 }
 
-static void tie_head(ftb_model *m) {
+void ftb_model_disown(ftb_model *m, void *buffer) {
+    model_storage *st = m->storage;
+    if (!buffer) return;
+    for (int i = st->n_owned - 1; i >= 0; i--)
+        if (st->owned[i] == buffer) {
+            st->owned[i] = st->owned[--st->n_owned];
+            ftb_free(buffer);
+            return;
+        }
+}
+
+void ftb_model_track_qstore(ftb_model *m, ftb_qstore *q) {
+    model_storage *st = m->storage;
+    grow((void **)&st->qs, &st->cap_qs, st->n_qs, sizeof *st->qs, 64);
+    st->qs[st->n_qs++] = q;
+}
+
+void ftb_model_forget_qstore(ftb_model *m, ftb_qstore *q) {
+    model_storage *st = m->storage;
+    for (int i = 0; i < st->n_qs; i++)
+        if (st->qs[i] == q) {
+            st->qs[i] = st->qs[--st->n_qs];
+            break;
+        }
+    if (q->mapped) {
+        const void *parts[3] = {q->q, q->scales, q->zeros};
+        for (int p = 0; p < 3; p++)
+            ftb_model_release_mapped(m, parts[p], qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p));
+    }
+    qstore_free(q);
+}
+
+void ftb_model_record_error(ftb_model *m, const ftb_quant_error *e) {
+    model_storage *st = m->storage;
+    for (int i = 0; i < st->n_errs; i++) /* re-quantized: the latest counts */
+        if (!strcmp(st->errs[i].name, e->name)) {
+            st->errs[i] = *e;
+            return;
+        }
+    grow((void **)&st->errs, &st->cap_errs, st->n_errs, sizeof *st->errs, 64);
+    st->errs[st->n_errs++] = *e;
+}
+
+int ftb_model_quant_errors(const ftb_model *m, ftb_quant_error *out, int cap) {
+    const model_storage *st = m->storage;
+    for (int i = 0; i < st->n_errs && i < cap && out; i++) out[i] = st->errs[i];
+    return st->n_errs;
+}
+
+void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes) {
+    model_storage *st = m->storage;
+    if (!p || !bytes) return;
+    for (int i = 0; i < st->n_maps; i++) {
+        const char *a = st->maps[i].addr;
+        if ((const char *)p < a || (const char *)p + bytes > a + st->maps[i].len) continue;
+        size_t drop = bytes < st->maps[i].accounted ? bytes : st->maps[i].accounted;
+        st->maps[i].accounted -= drop;
+        ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)drop);
+        /* Whole pages only: the pages at either end may hold a neighbour. */
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + bytes) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        return;
+    }
+}
+
+void ftb_model_retie(ftb_model *m) {
     if (!m->cfg.tie_embeddings) return;
     m->lm_head.data = m->embed.data;
     m->lm_head.grad = m->embed.grad;
     m->lm_head.trainable = m->embed.trainable;
     m->lm_head.mapped = m->embed.mapped;
+    m->lm_head.dtype = m->embed.dtype;
+    m->lm_head.group = m->embed.group;
+    m->lm_head.quant = m->embed.quant;
 }
+
+static void tie_head(ftb_model *m) { ftb_model_retie(m); }
 
 int ftb_model_alloc_missing(ftb_model *m, char *err, size_t errlen) {
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
-        if (t->data) continue;
+        if (t->data || t->quant) continue;
         t->data = ftb_alloc(FTB_MEM_WEIGHTS, sizeof(float) * (size_t)t->numel);
         if (!t->data) {
             snprintf(err, errlen, "out of memory for tensor '%s' (%lld floats)", t->name, (long long)t->numel);
@@ -198,12 +292,15 @@ void ftb_model_free(ftb_model *m) {
     }
     if (st) {
         for (int i = 0; i < st->n_owned; i++) ftb_free(st->owned[i]);
+        for (int i = 0; i < st->n_qs; i++) qstore_free(st->qs[i]);
         for (int i = 0; i < st->n_maps; i++) {
             munmap(st->maps[i].addr, st->maps[i].len);
-            ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)st->maps[i].len);
+            ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)st->maps[i].accounted);
         }
         free(st->owned);
         free(st->maps);
+        free(st->qs);
+        free(st->errs);
         free(st);
     }
     free(m->layers);
@@ -224,10 +321,26 @@ void ftb_model_set_trainable(ftb_model *m, int trainable) {
 }
 
 /* A trainable tensor must be writable and is counted as trainable: a mapped
- * one is copied out of the checkpoint, an owned one changes category. */
+ * one is copied out of the checkpoint, an owned one changes category, and
+ * one stored in another format is dequantized into fp32 (its compressed
+ * storage is released). */
 static int make_writable(ftb_model *m, ftb_tensor *t, char *err, size_t errlen) {
     size_t bytes = sizeof(float) * (size_t)t->numel;
-    if (t->mapped) {
+    if (t->quant) {
+        float *copy = ftb_alloc(FTB_MEM_TRAINABLE, bytes);
+        if (!copy) {
+            snprintf(err, errlen, "out of memory dequantizing '%s' to train it", t->name);
+            return -1;
+        }
+        ftb_tensor_read_rows(t, 0, t->ndim == 2 ? t->shape[0] : 1, copy);
+        ftb_model_forget_qstore(m, t->quant);
+        ftb_model_own(m, copy);
+        t->data = copy;
+        t->quant = NULL;
+        t->dtype = FTB_DTYPE_F32;
+        t->group = 0;
+        t->mapped = 0;
+    } else if (t->mapped) {
         float *copy = ftb_alloc(FTB_MEM_TRAINABLE, bytes);
         if (!copy) {
             snprintf(err, errlen, "out of memory copying '%s' to train it", t->name);

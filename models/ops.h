@@ -14,6 +14,12 @@ void linear_forward(float *y, const float *x, const float *W, const float *b, in
 /* dx[N,in] += dy·W (if dx); dW[out,in] += dyᵀ·x (if dW); db += Σrows dy (if db) */
 void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W,
                      int N, int in, int out);
+/* The same with W in any storage format (models/quant.c): an fp32 W takes
+ * the paths above; another format is dequantized tile by tile, and has no
+ * dW (a weight that trains is fp32). */
+void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out);
+void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W,
+                       int N, int in, int out);
 
 /* y = x / sqrt(mean(x²)+eps) * w, per row; rstd[N] saved for backward */
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps);
@@ -53,11 +59,11 @@ void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o,
  * mode, no more than chunk_rows rows of logits ever exist.  seq_loss [B]
  * optional.  full mode: the N×V logits are held as a saved activation
  * between the forward and backward halves, as frameworks do. */
-float head_loss(float *dx, float *dW, const float *x, const float *W, const int32_t *targets, int B, int T, int D,
-                int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss);
+float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
+                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss);
 
-/* x[N,D] = E[tokens] */
-void embedding_forward(float *x, const float *E, const int32_t *tokens, int N, int D);
+/* x[N,D] = E[tokens] (E in any storage format: rows dequantized) */
+void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D);
 /* dE[tokens] += dx */
 void embedding_backward(float *dE, const float *dx, const int32_t *tokens, int N, int D);
 

@@ -35,7 +35,14 @@ static void st_error(char *err, size_t errlen, const char *fmt, ...)
 
 size_t ftb_st_dtype_size(ftb_st_dtype d)
 {
-    return d == FTB_ST_F32 ? 4 : 2;
+    switch (d) {
+    case FTB_ST_F32: return 4;
+    case FTB_ST_BF16:
+    case FTB_ST_F16: return 2;
+    case FTB_ST_I8:
+    case FTB_ST_U8: return 1;
+    }
+    return 1;
 }
 
 const char *ftb_st_dtype_name(ftb_st_dtype d)
@@ -44,6 +51,8 @@ const char *ftb_st_dtype_name(ftb_st_dtype d)
     case FTB_ST_F32: return "F32";
     case FTB_ST_BF16: return "BF16";
     case FTB_ST_F16: return "F16";
+    case FTB_ST_I8: return "I8";
+    case FTB_ST_U8: return "U8";
     }
     return "?";
 }
@@ -53,6 +62,8 @@ int ftb_st_dtype_parse(const char *s)
     if (!strcmp(s, "F32")) return FTB_ST_F32;
     if (!strcmp(s, "BF16")) return FTB_ST_BF16;
     if (!strcmp(s, "F16")) return FTB_ST_F16;
+    if (!strcmp(s, "I8")) return FTB_ST_I8;
+    if (!strcmp(s, "U8")) return FTB_ST_U8;
     return -1;
 }
 
@@ -125,6 +136,13 @@ const ftb_st_tensor *ftb_st_find(const ftb_st_file *f, const char *name)
     return NULL;
 }
 
+const char *ftb_st_meta(const ftb_st_file *f, const char *key)
+{
+    for (int i = 0; i < f->n_meta; i++)
+        if (!strcmp(f->meta_keys[i], key)) return f->meta_values[i];
+    return NULL;
+}
+
 void ftb_st_release_mapping(ftb_st_file *f)
 {
     f->map = NULL;
@@ -137,6 +155,12 @@ void ftb_st_close(ftb_st_file *f)
     if (f->map) munmap(f->map, f->map_len);
     for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
+    for (int i = 0; i < f->n_meta; i++) {
+        free(f->meta_keys[i]);
+        free(f->meta_values[i]);
+    }
+    free(f->meta_keys);
+    free(f->meta_values);
     free(f->path);
     memset(f, 0, sizeof *f);
 }
@@ -173,7 +197,8 @@ static int parse_entry(const char *path, const char *name, json_t *entry, uint64
     }
     int d = ftb_st_dtype_parse(json_string_value(dtype));
     if (d < 0) {
-        st_error(err, errlen, "%s: tensor '%s': unsupported dtype '%s' (F32, BF16 and F16 are read)",
+        st_error(err, errlen,
+                 "%s: tensor '%s': unsupported dtype '%s' (F32, BF16 and F16 are read; I8 and U8 for quantized weights)",
                  path, name, json_string_value(dtype));
         return -1;
     }
@@ -314,7 +339,35 @@ static int parse_header(ftb_st_file *f, const char *text, size_t len, char *err,
     const char *key;
     json_t *value;
     json_object_foreach(root, key, value) {
-        if (!strcmp(key, "__metadata__")) continue;
+        if (!strcmp(key, "__metadata__")) {
+            /* String entries are kept (the format allows nothing else; other
+             * values are ignored, as before). */
+            if (!json_is_object(value)) continue;
+            size_t nm = json_object_size(value);
+            f->meta_keys = calloc(nm ? nm : 1, sizeof *f->meta_keys);
+            f->meta_values = calloc(nm ? nm : 1, sizeof *f->meta_values);
+            if (!f->meta_keys || !f->meta_values) {
+                st_error(err, errlen, "%s: out of memory", f->path);
+                json_decref(root);
+                return -1;
+            }
+            const char *mk;
+            json_t *mv;
+            json_object_foreach(value, mk, mv) {
+                if (!json_is_string(mv)) continue;
+                f->meta_keys[f->n_meta] = strdup(mk);
+                f->meta_values[f->n_meta] = strdup(json_string_value(mv));
+                if (!f->meta_keys[f->n_meta] || !f->meta_values[f->n_meta]) {
+                    free(f->meta_keys[f->n_meta]);
+                    free(f->meta_values[f->n_meta]);
+                    st_error(err, errlen, "%s: out of memory", f->path);
+                    json_decref(root);
+                    return -1;
+                }
+                f->n_meta++;
+            }
+            continue;
+        }
         ftb_st_tensor *t = &f->tensors[f->n_tensors];
         if (parse_entry(f->path, key, value, f->data_len, t, err, errlen) != 0) {
             json_decref(root);

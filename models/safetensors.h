@@ -22,7 +22,9 @@
 #define FTB_ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
 #define FTB_ST_MAX_DIMS 8
 
-typedef enum { FTB_ST_F32 = 0, FTB_ST_BF16, FTB_ST_F16 } ftb_st_dtype;
+/* I8 and U8 hold quantized weights (docs/QUANT.md); the loader reads them
+ * only where the file's metadata describes a quantized tensor. */
+typedef enum { FTB_ST_F32 = 0, FTB_ST_BF16, FTB_ST_F16, FTB_ST_I8, FTB_ST_U8 } ftb_st_dtype;
 
 typedef struct {
     char *name;
@@ -41,6 +43,8 @@ typedef struct {
     uint64_t data_len;
     ftb_st_tensor *tensors;   /* in header order                           */
     int n_tensors;
+    char **meta_keys, **meta_values; /* "__metadata__" string entries    */
+    int n_meta;
 } ftb_st_file;
 
 /* Maps and validates path.  0, or -1 with err "path: ..." (f left closed). */
@@ -52,6 +56,8 @@ void ftb_st_close(ftb_st_file *f);
 void ftb_st_release_mapping(ftb_st_file *f);
 
 const ftb_st_tensor *ftb_st_find(const ftb_st_file *f, const char *name);
+/* A "__metadata__" string value, or NULL. */
+const char *ftb_st_meta(const ftb_st_file *f, const char *key);
 static inline const uint8_t *ftb_st_tensor_data(const ftb_st_file *f, const ftb_st_tensor *t)
 {
     return f->data + t->begin;
@@ -59,7 +65,7 @@ static inline const uint8_t *ftb_st_tensor_data(const ftb_st_file *f, const ftb_
 
 size_t ftb_st_dtype_size(ftb_st_dtype d);
 const char *ftb_st_dtype_name(ftb_st_dtype d);
-/* "F32", "BF16", "F16" → dtype; -1 for anything else. */
+/* "F32", "BF16", "F16", "I8", "U8" → dtype; -1 for anything else. */
 int ftb_st_dtype_parse(const char *s);
 
 /* Formats a shape as "[a, b]" into buf (always NUL-terminated). */

@@ -17,6 +17,7 @@
 #include "model_internal.h"
 #include "offload.h"
 #include "ops.h"
+#include "quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -73,8 +74,8 @@ static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, c
                                   void **saved) {
     ftb_layer *ly = &rc->m->layers[l];
     ftb_tensor *W = ftb_layer_weight(ly, k), *b = ftb_layer_bias(ly, k);
-    linear_forward(y, x, W->data, b->numel ? b->data : NULL, rc->N, linear_in(&rc->m->cfg, k),
-                   linear_out(&rc->m->cfg, k));
+    linear_forward_w(y, x, W, b->numel ? b->data : NULL, rc->N, linear_in(&rc->m->cfg, k),
+                     linear_out(&rc->m->cfg, k));
     ftb_adapter *a = ly->adapter[k];
     if (a) {
         ftb_linear_ctx c = hook_ctx(rc, l, k);
@@ -93,8 +94,8 @@ static void hooked_linear_backward(const run_ctx *rc, int l, ftb_linear_kind k, 
         ftb_linear_ctx c = hook_ctx(rc, l, k);
         a->ops->backward(a, &c, a->needs_input ? x : NULL, dy, dx, saved);
     }
-    linear_backward(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W->data,
-                    rc->N, linear_in(&rc->m->cfg, k), linear_out(&rc->m->cfg, k));
+    linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W,
+                      rc->N, linear_in(&rc->m->cfg, k), linear_out(&rc->m->cfg, k));
 }
 
 static void add_inplace(float *y, const float *x, int64_t n) {
@@ -337,7 +338,9 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     ftb_mem_set_phase("fwd embed");
     float *spare = NULL;
     resid[0] = alloc_f(training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
-    embedding_forward(resid[0], m->embed.data, b->tokens, N, D);
+    residency_enter(m, RES_EMBED);
+    embedding_forward(resid[0], &m->embed, b->tokens, N, D);
+    residency_leave(m, RES_EMBED);
     for (int l = 0; l < L; l++) {
         char phase[32];
         snprintf(phase, sizeof phase, "fwd L%d", l);
@@ -355,7 +358,9 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
             spare = NULL;
         }
         ftb_keep_policy keep = policy(opts_in, l);
+        residency_enter(m, l);
         block_forward(&rc, l, resid[l], resid[l + 1], trained && keep == FTB_KEEP_ALL ? &caches[l] : NULL);
+        residency_leave(m, l);
         if (offloaded[l]) offload_evict(resid[l]); /* consumed: out of RAM until backward */
         if (!trained) { /* an inference-mode input is done with: recycle it */
             ftb_free(spare);
@@ -376,16 +381,18 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     }
 
     ftb_mem_set_phase("fwd norm");
+    residency_enter(m, RES_HEAD); /* final norm and LM head, left after the final norm's backward */
     float *xf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
     float *rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
     rmsnorm_forward(xf, rstdf, resid[L], m->final_norm.data, N, D, cfg->norm_eps);
     if (!training) { ftb_free(resid[L]); resid[L] = NULL; }
     ftb_mem_set_phase("head");
     float *dxf = training ? alloc_f(FTB_MEM_WORKSPACE, ND) : NULL;
-    float loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, m->lm_head.data,
+    float loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
                            b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
                            opts_in->seq_loss);
     ftb_free(xf);
+    if (!training) residency_leave(m, RES_HEAD);
     const double t_backward = ftb_now();
     last_forward_seconds = t_backward - t_start;
 
@@ -394,10 +401,12 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         float *dres = calloc_f(FTB_MEM_WORKSPACE, ND);
         rmsnorm_backward(dres, m->final_norm.trainable ? m->final_norm.grad : NULL, dxf, resid[L], rstdf,
                          m->final_norm.data, N, D);
+        residency_leave(m, RES_HEAD);
         ftb_free(dxf);
         ftb_free(resid[L]);
         for (int l = L - 1; l >= first; l--) {
             char phase[32];
+            residency_enter(m, l);
             if (policy(opts_in, l) != FTB_KEEP_ALL) { /* recompute the block, this time keeping what backward needs */
                 snprintf(phase, sizeof phase, "recompute L%d", l);
                 ftb_mem_set_phase(phase);
@@ -408,6 +417,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
             snprintf(phase, sizeof phase, "bwd L%d", l);
             ftb_mem_set_phase(phase);
             block_backward(&rc, l, resid[l], &caches[l], dres);
+            residency_leave(m, l);
             if (offloaded[l]) offload_free(resid[l]);
             else ftb_free(resid[l]);
         }

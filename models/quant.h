@@ -1,0 +1,74 @@
+/* quant.h — core-private storage of tensors kept in a format other than fp32
+ * (bf16, f16, int8, int4; docs/QUANT.md), their dequantization and the
+ * residency of mapped weights.  Not part of the public interface. */
+#ifndef FTB_QUANT_H
+#define FTB_QUANT_H
+#include "ftbench.h"
+
+/* Layout of one stored tensor [rows, cols]:
+ *   bf16, f16   q: uint16 [rows·cols]
+ *   int8        q: int8 [rows·cols]; scales: float [rows]
+ *   int4        q: uint8 [rows·cols/2]: within each group of `group`
+ *               elements of a row, byte j holds element j in its low nibble
+ *               and element j + group/2 in its high nibble (llama.cpp's
+ *               q4_0 order, so a group dequantizes as two contiguous runs);
+ *               scales: f16 [rows·cols/group]; int4-asym also zeros: f16
+ *               [rows·cols/group].
+ *   sym:  w = scale · (nibble − 8)        asym: w = scale · nibble + zero  */
+typedef struct ftb_qstore {
+    ftb_dtype dtype;
+    int group;
+    int64_t rows, cols;
+    const void *q, *scales, *zeros;
+    void *owned[3];     /* ftb_alloc'd (FTB_MEM_WEIGHTS) parts, or NULL    */
+    int mapped;         /* the parts point into a file mapping             */
+} ftb_qstore;
+
+enum { QPART_Q = 0, QPART_SCALES, QPART_ZEROS };
+
+/* Bytes of one part of the storage (0 if the format has no such part). */
+size_t qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part);
+/* Checks a (dtype, group, shape) combination; 0 or -1 with a reason in why. */
+int qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len);
+/* Owned storage with uninitialised contents; NULL when out of memory. */
+ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols);
+/* Frees owned parts (and the descriptor); mapped parts are left alone. */
+void qstore_free(ftb_qstore *q);
+
+/* Quantizes src [rows, cols] into q (whose parts must be writable), and
+ * measures the error of every element (e may be NULL). */
+void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e);
+/* One row of q as fp32 (no threading). */
+void qstore_dequant_row(const ftb_qstore *q, int64_t row, float *out);
+/* Rows [r0, r0+n) into out [n, cols], threaded across rows and timed into
+ * the dequantization statistics. */
+void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out);
+
+/* Adds to the dequantization statistics (work done outside the above). */
+void ftb_dequant_account(double seconds, int64_t elements);
+
+/* fp32 ↔ half formats (round to nearest even; f16 saturates at ±65504). */
+uint16_t ftb_f32_to_bf16(float x);
+uint16_t ftb_f32_to_f16(float x);
+
+/* Rows of the tiles ftb_linear_apply uses for a weight of `cols` columns. */
+int64_t quant_tile_rows(int64_t rows, int64_t cols);
+
+/* Core-private per-model bookkeeping (model.c). */
+void ftb_model_track_qstore(ftb_model *m, ftb_qstore *q);
+void ftb_model_forget_qstore(ftb_model *m, ftb_qstore *q); /* frees it */
+/* Frees an owned buffer (ftb_model_own) before the model is freed. */
+void ftb_model_disown(ftb_model *m, void *buffer);
+void ftb_model_record_error(ftb_model *m, const ftb_quant_error *e);
+/* Bytes [p, p+bytes) of a mapping no longer hold anything the model uses:
+ * their pages are dropped and they stop counting as weights. */
+void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes);
+/* Ties lm_head to embed (data, storage format, flags) when the config says so. */
+void ftb_model_retie(ftb_model *m);
+
+/* Lazy residency units: a block index, or one of these. */
+enum { RES_EMBED = -1, RES_HEAD = -2 };
+void residency_enter(ftb_model *m, int unit);
+void residency_leave(ftb_model *m, int unit);
+
+#endif
