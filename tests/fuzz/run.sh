@@ -61,6 +61,22 @@ summary() {
     [ "$rc" = 0 ]
 }
 
+# First the saved inputs, once each, in the fuzz build (clang's UBSan checks
+# more than gcc's -fsanitize=undefined of `make test SAN=1`, e.g.
+# float-cast-overflow): every regression and every seed.
+replay_fail=0
+for t in "$@"; do
+    files=$(find "tests/fuzz/regressions/$t" "tests/fuzz/corpus/$t" -type f 2>/dev/null | sort)
+    [ -n "$files" ] || continue
+    # shellcheck disable=SC2086
+    if ! "./$B/fuzz_$t" $files > "$B/logs/$t.replay.log" 2>&1; then
+        echo "replay $t: an input of tests/fuzz/{regressions,corpus}/$t fails: $B/logs/$t.replay.log" >&2
+        grep -m3 -E 'Running: |ERROR: |runtime error|check failed' "$B/logs/$t.replay.log" >&2
+        replay_fail=1
+    fi
+done
+[ "$replay_fail" = 0 ] && echo "replay: every regression and seed input passes in the fuzz build"
+
 # JOBS at a time: the next target starts as soon as one ends.
 running=0
 for t in "$@"; do
@@ -81,4 +97,5 @@ if [ "$fail" != 0 ]; then
     echo "fuzz: a target failed; its log is in $B/logs/, the input in $B/artifacts/<target>/." >&2
     echo "fuzz: keep it as tests/fuzz/regressions/<target>/<name> (see docs/RELIABILITY.md)." >&2
 fi
+[ "$replay_fail" = 0 ] || fail=1
 exit $fail
