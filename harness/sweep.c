@@ -58,6 +58,11 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static const char *short_outcome(const char *o)
 {
     if (!strcmp(o, "crashed")) return "CRASH";
@@ -435,8 +440,17 @@ int ftb_cmd_sweep(int argc, char **argv)
                        s.model_name, s.cli.checkpoint ? s.cli.checkpoint : "", s.cli.steps, s.cli.warmup,
                        s.cli.dataset, (unsigned long long)s.cli.seed, s.cli.lr, s.cli.attention, s.cli.loss,
                        (long long)s.budget, s.threads, (int)s.enforce);
-    for (int i = 0; i < ncells && off < (int)sizeof canon; i++)
-        off += snprintf(canon + off, sizeof canon - (size_t)off, "|%s", cells[i].key);
+    /* Sorted keys: the order methods were listed in does not change the
+     * sweep, so it must not change the run id. */
+    const char **sorted = malloc((size_t)ncells * sizeof *sorted);
+    for (int i = 0; i < ncells; i++)
+        sorted[i] = cells[i].key;
+    qsort(sorted, (size_t)ncells, sizeof *sorted, cmp_str);
+    uint64_t kh = FTB_FNV_INIT;
+    for (int i = 0; i < ncells; i++)
+        kh = ftb_fnv1a(sorted[i], strlen(sorted[i]) + 1, kh);
+    free(sorted);
+    off += snprintf(canon + off, sizeof canon - (size_t)off, "|cells=%d:%016llx", ncells, (unsigned long long)kh);
     char run_id[128], run_dir[PATH_MAX], results[PATH_MAX];
     if (s.cli.run_id)
         snprintf(run_id, sizeof run_id, "%s", s.cli.run_id);
