@@ -54,9 +54,11 @@ static inline void fz_micro_config(ftb_config *c, int variant)
     c->tie_embeddings = variant;
 }
 
-/* Reads every float of every parameter of a loaded model (ASan sees an
- * owned buffer that is too short; a mapping that is, faults), and checks
- * the shapes the loader promised. */
+/* Reads every value of every parameter of a loaded model, whatever its
+ * storage (fp32 data directly, so that ASan sees an owned buffer that is
+ * too short and a mapping that is faults; other formats through
+ * ftb_tensor_read_rows, which dequantizes), and checks the shapes the
+ * loader promised. */
 static inline double fz_touch_model(const ftb_model *m)
 {
     double sum = 0;
@@ -65,13 +67,28 @@ static inline double fz_touch_model(const ftb_model *m)
         int64_t numel = 1;
         for (int d = 0; d < t->ndim; d++)
             numel *= t->shape[d];
-        if (numel != t->numel || (t->numel > 0 && !t->data)) {
-            fprintf(stderr, "fuzz: loaded tensor '%s' has numel %lld for its shape, data %p\n", t->name,
-                    (long long)t->numel, (void *)t->data);
+        int f32 = t->dtype == FTB_DTYPE_F32;
+        if (numel != t->numel || t->ndim < 1 || t->ndim > 2 || (t->numel > 0 && f32 && !t->data) ||
+            (!f32 && (t->data || !t->quant || ftb_tensor_storage_bytes(t) <= 0))) {
+            fprintf(stderr, "fuzz: loaded tensor '%s' (%s): numel %lld for its shape, data %p, quant %p\n", t->name,
+                    ftb_dtype_name(t->dtype), (long long)t->numel, (void *)t->data, t->quant);
             abort();
         }
-        for (int64_t k = 0; k < t->numel; k++)
-            sum += t->data[k];
+        if (f32) {
+            for (int64_t k = 0; k < t->numel; k++)
+                sum += t->data[k];
+            continue;
+        }
+        int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->numel / (rows ? rows : 1);
+        float *row = malloc(((size_t)cols + 1) * sizeof *row);
+        if (!row)
+            abort();
+        for (int64_t r = 0; r < rows; r++) {
+            ftb_tensor_read_rows(t, r, 1, row);
+            for (int64_t k = 0; k < cols; k++)
+                sum += row[k];
+        }
+        free(row);
     }
     return sum;
 }

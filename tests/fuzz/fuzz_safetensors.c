@@ -8,7 +8,10 @@
  * numel × dtype size, no two tensors overlap, names are unique.  Every
  * tensor's bytes are then read and converted (F32 copied, BF16/F16 through
  * the converters).  Finally the file is loaded as model.safetensors next to
- * the micro model's config.json (fuzz_models.h), mapped and copied.
+ * the micro model's config.json (fuzz_models.h): mapped, copied, and
+ * quantized while loading (ftb_model_load_quantized, the format picked by
+ * the input: int4, int4-asym, int8 or f16 for the block linears, int8 or
+ * bf16 for the embedding and LM head).  What loads is read back whole.
  *
  * Seeds: tests/fuzz/corpus/safetensors/ (gen_corpus.c).
  */
@@ -131,6 +134,23 @@ int fuzz_safetensors_one(const uint8_t *data, size_t size)
         }
     }
     FZ_CHECK(loaded == 0 || loaded == 2, "loaded with map=1 but not map=0, or the reverse: %s", err);
+
+    /* Quantized at load (the micro model's rows are 8 long: groups 2..8). */
+    static const struct {
+        const char *format;
+        int group;
+        const char *embed;
+    } fz_quant[] = {{"int4", 8, "int8"}, {"int4-asym", 4, "bf16"}, {"int8", 0, "int4"}, {"f16", 0, NULL}};
+    int q = size ? data[size / 2] % 4 : 0;
+    err[0] = 0;
+    ftb_model *m = ftb_model_load_quantized(dir, q & 1, fz_quant[q].format, fz_quant[q].group,
+                                            fz_quant[q].embed, err, sizeof err);
+    if (m) {
+        fz_touch_model(m);
+        ftb_model_free(m);
+    } else {
+        fz_check_error(err, sizeof err, 1);
+    }
     return accepted;
 }
 

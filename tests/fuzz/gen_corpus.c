@@ -5,7 +5,8 @@
  *
  *   safetensors/    the micro model (fuzz_models.h) as F32 (ftb_model_save),
  *                   BF16, F16, a mix with a 3-d and an empty tensor, an empty
- *                   table; the tied variant
+ *                   table; the tied variant; quantized (int4, int4-asym, int8,
+ *                   f16 with metadata, as ftb_model_save writes them)
  *   checkpoint/     micro checkpoints as fuzz_checkpoint.c reads them:
  *                   config, index and shards joined by its separator
  *   config/         the zoo's shapes as Hugging Face config.json files, and
@@ -236,6 +237,20 @@ static const char *mixed(int i) { return i % 3 == 0 ? "F32" : i % 3 == 1 ? "BF16
 
 /* ---- seeds ---------------------------------------------------------------- */
 
+/* A micro model with its block linears stored in format (group g) and its
+ * embedding (and untied LM head) in embed, saved by ftb_model_save: the
+ * quantized safetensors layout of docs/QUANT.md. */
+static void quantized_save(int variant, const char *format, int g, const char *embed, const char *dir)
+{
+    char err[FTB_ERR_LEN];
+    ftb_model *m = micro(variant);
+    if (ftb_model_quantize(m, format, g, err, sizeof err) != 0 ||
+        (embed && ftb_model_quantize_embeddings(m, embed, g, err, sizeof err) != 0) ||
+        ftb_model_save(m, tmp_path(dir), err, sizeof err) != 0)
+        die(format, err);
+    ftb_model_free(m);
+}
+
 static void safetensors_seeds(ftb_model *m0, ftb_model *m1)
 {
     char err[FTB_ERR_LEN];
@@ -266,6 +281,14 @@ static void safetensors_seeds(ftb_model *m0, ftb_model *m1)
     write_safetensors(&b, e, 0);
     emit("safetensors", "empty-table.safetensors", b.p, b.n);
     free(b.p);
+
+    quantized_save(0, "int4", 8, "int8", "q-int4");
+    emit_file("safetensors", "micro-int4g8-embed-int8.safetensors", tmp_path("q-int4/model.safetensors"));
+    quantized_save(0, "int4-asym", 4, "bf16", "q-int4-asym");
+    emit_file("safetensors", "micro-int4asym-g4-embed-bf16.safetensors", tmp_path("q-int4-asym/model.safetensors"));
+    quantized_save(0, "f16", 8, "int4", "q-f16");
+    emit_file("safetensors", "micro-f16-embed-int4.safetensors", tmp_path("q-f16/model.safetensors"));
+    quantized_save(1, "int8", 8, "int8", "q-int8-tied");
 }
 
 /* config SEP index SEP shard1 SEP shard2 ..., the shards holding the
@@ -328,6 +351,11 @@ static void checkpoint_seeds(ftb_model *m0, ftb_model *m1)
     int n = model_entries(m1, e, mixed);
     write_safetensors(&b, e, n);
     emit("checkpoint", "micro-tied-single-mixed-dtypes", b.p, b.n);
+    b.n = 0;
+    put_file(&b, tmp_path("q-int8-tied/config.json"));
+    put(&b, FZ_CK_SEP FZ_CK_SEP, 2 * strlen(FZ_CK_SEP));
+    put_file(&b, tmp_path("q-int8-tied/model.safetensors"));
+    emit("checkpoint", "micro-tied-int8-single-file", b.p, b.n);
     free(b.p);
 }
 
