@@ -140,7 +140,7 @@ int fuzz_safetensors_one(const uint8_t *data, size_t size)
         const char *format;
         int group;
         const char *embed;
-    } fz_quant[] = {{"int4", 8, "int8"}, {"int4-asym", 4, "bf16"}, {"int8", 0, "int4"}, {"f16", 0, NULL}};
+    } fz_quant[] = {{"int4", 8, "int8"}, {"int4-asym", 4, "bf16"}, {"int8", 8, "int4"}, {"f16", 2, NULL}};
     int q = size ? data[size / 2] % 4 : 0;
     err[0] = 0;
     ftb_model *m = ftb_model_load_quantized(dir, q & 1, fz_quant[q].format, fz_quant[q].group,
