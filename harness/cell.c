@@ -565,6 +565,9 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         json_object_set_new(memo, "cgroup_oom_kills", oom_kills >= 0 ? json_integer(oom_kills) : json_null());
     }
     json_object_set_new(memo, "peak_rss_bytes", r->peak_rss > 0 ? json_integer(r->peak_rss) : json_null());
+    /* Without the child's own VmHWM (it was killed or died first) the peak
+     * is only what was seen before the end: a lower bound. */
+    json_object_set_new(memo, "peak_is_lower_bound", json_boolean(vmhwm <= 0));
     json_object_set_new(rec, "memory", memo);
     static const char *const copy_keys[] = {
         "timing", "loss_per_step", "step_seconds_all", "forward_passes_per_step", "trainable_params",

@@ -60,8 +60,9 @@ static int probe(fit_ctx *f, int seq, char *err, size_t errlen)
     double peak = json_is_integer(pk) ? (double)json_integer_value(pk) / 1048576.0 : NAN;
     int res = !o ? -1 : !strcmp(o, "ok") ? 1 : (!strcmp(o, "over_budget") || !strcmp(o, "oom")) ? 0 : -1;
     char peak_s[48] = "";
+    int lower = json_is_true(json_object_get(json_object_get(rec, "memory"), "peak_is_lower_bound"));
     if (isfinite(peak))
-        snprintf(peak_s, sizeof peak_s, " (peak %.0f MiB)", peak);
+        snprintf(peak_s, sizeof peak_s, lower ? " (stopped at %.0f MiB)" : " (peak %.0f MiB)", peak);
     printf("  seq %6d: %s%s%s\n", seq, res == 1 ? "fits" : res == 0 ? "does not fit" : o ? o : "?", peak_s,
            reused ? ", recorded earlier" : "");
     fflush(stdout);

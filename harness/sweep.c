@@ -116,7 +116,7 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
     for (int table = 0; table < 2; table++) {
         if (table == 0)
             fprintf(f, "\npeak RSS (MiB) on %s, budget %.0f MiB\n"
-                       "  N* over budget; over*: not run, a shorter length was already over budget;\n"
+                       "  N* over budget (>N*: stopped at N); over*: not run, a shorter length was already over budget;\n"
                        "  CRASH / TIMEOUT / OOM / ERROR: the cell failed; -: not recorded\n",
                     device, (double)budget / 1048576.0);
         else
@@ -164,7 +164,10 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
                         if (!strcmp(o, "ok") && json_is_integer(pk))
                             snprintf(cellbuf, sizeof cellbuf, "%.0f", (double)json_integer_value(pk) / 1048576.0);
                         else if (!strcmp(o, "over_budget") && json_is_integer(pk))
-                            snprintf(cellbuf, sizeof cellbuf, "%.0f*", (double)json_integer_value(pk) / 1048576.0);
+                            snprintf(cellbuf, sizeof cellbuf, "%s%.0f*",
+                                     json_is_true(json_object_get(json_object_get(hit, "memory"), "peak_is_lower_bound"))
+                                         ? ">" : "",
+                                     (double)json_integer_value(pk) / 1048576.0);
                         else if (!strcmp(o, "over_budget"))
                             snprintf(cellbuf, sizeof cellbuf, ">budget*");
                         else
