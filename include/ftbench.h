@@ -490,7 +490,8 @@ double ftb_opt_double(const ftb_options *o, const char *key, double def, char *e
 typedef struct {
     ftb_model *model;
     ftb_run_opts run;     /* attention/loss modes chosen by the user; the
-                             method may set keep policies                  */
+                             method may set keep policies (run.keep must
+                             stay valid until the method's destroy)        */
     const ftb_options *options;
     uint64_t seed;
     float lr;
@@ -524,6 +525,21 @@ typedef const ftb_method *(*ftb_method_entry_fn)(void);
 
 /* Phase timing helper for methods: marks the timeline and returns now. */
 double ftb_phase(const char *label);
+
+/* What most methods share, so that each plugin holds only what is its own. */
+
+/* "q,v,down", "all", "attn" (q,k,v,o) or "mlp" (gate,up,down) → bitmask of
+ * (1 << ftb_linear_kind); -1 with err ("option targets: ...") otherwise. */
+int ftb_parse_linear_targets(const char *spec, char *err, size_t errlen);
+/* A method-owned tensor rows×cols (cols 0: a vector), zeroed, counted
+ * under cat, trainable with a zeroed gradient when with_grad.  0 or -1. */
+int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, ftb_mem_category cat,
+                     int with_grad, char *err, size_t errlen);
+void ftb_tensor_release(ftb_tensor *t);
+/* One backprop step: zero the gradients of opt's tensors, forward and
+ * backward, AdamW; fills out (loss, passes, phase times).  0 or -1. */
+int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_step_result *out, char *err,
+                      size_t errlen);
 
 #ifdef __cplusplus
 }

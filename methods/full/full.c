@@ -34,15 +34,7 @@ static void *full_init(ftb_session *s, char *err, size_t errlen) {
 static int full_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
                      size_t errlen) {
     full_state *st = state;
-    ftb_model_zero_grads(s->model);
-    out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
-    if (out->loss != out->loss) return -1; /* NaN: err says why */
-    ftb_last_run_times(&out->t_forward, &out->t_backward);
-    double t0 = ftb_phase("optim");
-    ftb_adamw_step(&st->opt);
-    out->t_optim = ftb_now() - t0;
-    out->forward_passes = 1;
-    return 0;
+    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
 static int full_trainable(void *state, ftb_tensor ***tensors) {

@@ -80,33 +80,13 @@ static const ftb_option_doc ia3_options[] = {
     {NULL, NULL, NULL},
 };
 
-/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
-static int parse_targets(const char *s, char *err, size_t errlen) {
-    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
-    if (strcmp(s, "attn") == 0) return 0xF;
-    if (strcmp(s, "mlp") == 0) return 0x70;
-    int mask = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", s);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int k = ftb_linear_parse(tok);
-        if (k < 0) {
-            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
-            return -1;
-        }
-        mask |= 1 << k;
-    }
-    if (!mask) snprintf(err, errlen, "option targets: no layer given");
-    return mask ? mask : -1;
-}
-
 static void ia3_destroy(void *state);
 
 static void *ia3_init(ftb_session *s, char *err, size_t errlen) {
     ftb_model *m = s->model;
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
     if (err[0]) return NULL;
-    int mask = parse_targets(ftb_opt_str(s->options, "targets", "k,v,up"), err, errlen);
+    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", "k,v,up"), err, errlen);
     if (mask < 0) return NULL;
     ia3_state *st = calloc(1, sizeof *st);
     if (!st) {
@@ -159,16 +139,7 @@ static void *ia3_init(ftb_session *s, char *err, size_t errlen) {
 static int ia3_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
                     size_t errlen) {
     ia3_state *st = state;
-    for (int i = 0; i < st->n_adapters; i++)
-        memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
-    out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
-    if (out->loss != out->loss) return -1;
-    ftb_last_run_times(&out->t_forward, &out->t_backward);
-    double t0 = ftb_phase("optim");
-    ftb_adamw_step(&st->opt);
-    out->t_optim = ftb_now() - t0;
-    out->forward_passes = 1;
-    return 0;
+    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
 static int ia3_trainable(void *state, ftb_tensor ***tensors) {

@@ -453,48 +453,6 @@ static const ftb_option_doc lars_options[] = {
     {NULL, NULL, NULL},
 };
 
-/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
-static int parse_targets(const char *s, char *err, size_t errlen) {
-    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
-    if (strcmp(s, "attn") == 0) return 0xF;
-    if (strcmp(s, "mlp") == 0) return 0x70;
-    int mask = 0;
-    char buf[256];
-    if (snprintf(buf, sizeof buf, "%s", s) >= (int)sizeof buf) {
-        snprintf(err, errlen, "option targets: list too long");
-        return -1;
-    }
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int k = ftb_linear_parse(tok);
-        if (k < 0) {
-            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
-            return -1;
-        }
-        mask |= 1 << k;
-    }
-    if (!mask) snprintf(err, errlen, "option targets: no layer given");
-    return mask ? mask : -1;
-}
-
-static int new_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, int no_decay, char *err,
-                      size_t errlen) {
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = cols > 0 ? 2 : 1;
-    t->shape[0] = rows;
-    t->shape[1] = cols > 0 ? cols : 0;
-    t->numel = rows * (cols > 0 ? cols : 1);
-    t->trainable = 1;
-    t->no_decay = no_decay;
-    t->data = ftb_calloc(FTB_MEM_TRAINABLE, sizeof(float) * (size_t)t->numel);
-    t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
-    if (!t->data || !t->grad) {
-        snprintf(err, errlen, "lars: out of memory for '%s'", name);
-        return -1;
-    }
-    return 0;
-}
-
 static void fill_uniform(ftb_tensor *t, float bound, ftb_rng *rng) {
     for (int64_t i = 0; i < t->numel; i++) t->data[i] = bound * (2.0f * ftb_rng_uniform(rng) - 1.0f);
 }
@@ -515,7 +473,8 @@ static int adapter_init(lars_adapter *a, int layer, int kind, ftb_rng *rng, char
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.%s.lars.%s", layer, ftb_linear_name(kind), param_names[i]);
         int no_decay = shape[i][1] == 0; /* vectors and scalars: norms, biases, α, τ */
-        if (new_tensor(&a->t[i], name, shape[i][0], shape[i][1], no_decay, err, errlen)) return -1;
+        if (ftb_tensor_alloc(&a->t[i], name, shape[i][0], shape[i][1], FTB_MEM_TRAINABLE, 1, err, errlen)) return -1;
+        a->t[i].no_decay = no_decay;
     }
     for (int64_t i = 0; i < a->t[P_A].numel; i++) a->t[P_A].data[i] = 0.01f * ftb_rng_normal(rng);
     for (int j = 0; j < r; j++) a->t[P_M].data[(size_t)j * r + j] = 1.0f;
@@ -555,7 +514,7 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
         snprintf(err, errlen, "option pool: '%s' is neither 'valid' nor 'all'", pool);
         return NULL;
     }
-    int mask = parse_targets(ftb_opt_str(s->options, "targets", DEFAULT_TARGETS), err, errlen);
+    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", DEFAULT_TARGETS), err, errlen);
     if (mask < 0) return NULL;
 
     lars_state *st = calloc(1, sizeof *st);
@@ -606,16 +565,7 @@ static int lars_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
                      size_t errlen) {
     lars_state *st = state;
     st->shared.step++; /* fresh dropout masks */
-    for (int i = 0; i < st->n_adapters * P_COUNT; i++)
-        memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
-    out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
-    if (out->loss != out->loss) return -1;
-    ftb_last_run_times(&out->t_forward, &out->t_backward);
-    double t0 = ftb_phase("optim");
-    ftb_adamw_step(&st->opt);
-    out->t_optim = ftb_now() - t0;
-    out->forward_passes = 1;
-    return 0;
+    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
 static int lars_trainable(void *state, ftb_tensor ***tensors) {

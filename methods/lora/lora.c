@@ -66,43 +66,6 @@ static const ftb_option_doc lora_options[] = {
     {NULL, NULL, NULL},
 };
 
-/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
-static int parse_targets(const char *s, char *err, size_t errlen) {
-    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
-    if (strcmp(s, "attn") == 0) return 0xF;
-    if (strcmp(s, "mlp") == 0) return 0x70;
-    int mask = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", s);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int k = ftb_linear_parse(tok);
-        if (k < 0) {
-            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
-            return -1;
-        }
-        mask |= 1 << k;
-    }
-    if (!mask) snprintf(err, errlen, "option targets: no layer given");
-    return mask ? mask : -1;
-}
-
-static int new_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, char *err, size_t errlen) {
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = 2;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
-    t->numel = rows * cols;
-    t->trainable = 1;
-    t->data = ftb_calloc(FTB_MEM_TRAINABLE, sizeof(float) * (size_t)t->numel);
-    t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
-    if (!t->data || !t->grad) {
-        snprintf(err, errlen, "lora: out of memory for '%s'", name);
-        return -1;
-    }
-    return 0;
-}
-
 static void lora_destroy(void *state);
 
 static void *lora_init(ftb_session *s, char *err, size_t errlen) {
@@ -111,7 +74,7 @@ static void *lora_init(ftb_session *s, char *err, size_t errlen) {
     double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
     if (err[0]) return NULL;
-    int mask = parse_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
+    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
     if (mask < 0) return NULL;
     if (rank < 1 || rank > 4096) {
         snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
@@ -136,9 +99,9 @@ static void *lora_init(ftb_session *s, char *err, size_t errlen) {
             a->scale = (float)(alpha / rank);
             char name[96];
             snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
-            if (new_tensor(&a->A, name, rank, a->in, err, errlen)) goto fail;
+            if (ftb_tensor_alloc(&a->A, name, rank, a->in, FTB_MEM_TRAINABLE, 1, err, errlen)) goto fail;
             snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
-            if (new_tensor(&a->B, name, a->out, rank, err, errlen)) goto fail;
+            if (ftb_tensor_alloc(&a->B, name, a->out, rank, FTB_MEM_TRAINABLE, 1, err, errlen)) goto fail;
             float bound = 1.0f / sqrtf((float)a->in);
             for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
             a->hook.ops = &lora_ops;
@@ -158,16 +121,7 @@ fail:
 static int lora_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
                      size_t errlen) {
     lora_state *st = state;
-    for (int i = 0; i < 2 * st->n_adapters; i++)
-        memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
-    out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
-    if (out->loss != out->loss) return -1;
-    ftb_last_run_times(&out->t_forward, &out->t_backward);
-    double t0 = ftb_phase("optim");
-    ftb_adamw_step(&st->opt);
-    out->t_optim = ftb_now() - t0;
-    out->forward_passes = 1;
-    return 0;
+    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
 static int lora_trainable(void *state, ftb_tensor ***tensors) {

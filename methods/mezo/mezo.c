@@ -137,26 +137,6 @@ static const ftb_option_doc mezo_options[] = {
     {NULL, NULL, NULL},
 };
 
-/* targets → bitmask of ftb_linear_kind; -1 with err on an unknown name. */
-static int parse_targets(const char *s, char *err, size_t errlen) {
-    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
-    if (strcmp(s, "attn") == 0) return 0xF;
-    if (strcmp(s, "mlp") == 0) return 0x70;
-    int mask = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", s);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int k = ftb_linear_parse(tok);
-        if (k < 0) {
-            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
-            return -1;
-        }
-        mask |= 1 << k;
-    }
-    if (!mask) snprintf(err, errlen, "option targets: no layer given");
-    return mask ? mask : -1;
-}
-
 static int new_lora_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, char *err,
                            size_t errlen) {
     memset(t, 0, sizeof *t);
@@ -262,7 +242,7 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
     long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
     double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
     if (err[0]) return NULL;
-    int mask = parse_targets(ftb_opt_str(s->options, "targets", "q,v"), err, errlen);
+    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", "q,v"), err, errlen);
     if (mask < 0) return NULL;
     if (!(eps > 0.0) || eps > 1.0) {
         snprintf(err, errlen, "option eps: %g is not in (0, 1]", eps);

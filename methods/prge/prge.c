@@ -181,43 +181,6 @@ static const ftb_option_doc prge_options[] = {
     {NULL, NULL, NULL},
 };
 
-static int parse_targets(const char *s, char *err, size_t errlen) {
-    if (strcmp(s, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
-    if (strcmp(s, "attn") == 0) return 0xF;
-    if (strcmp(s, "mlp") == 0) return 0x70;
-    int mask = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", s);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int k = ftb_linear_parse(tok);
-        if (k < 0) {
-            snprintf(err, errlen, "option targets: unknown linear layer '%s' (q,k,v,o,gate,up,down)", tok);
-            return -1;
-        }
-        mask |= 1 << k;
-    }
-    if (!mask) snprintf(err, errlen, "option targets: no layer given");
-    return mask ? mask : -1;
-}
-
-static int new_tensor(ftb_tensor *t, ftb_mem_category cat, const char *name, int64_t rows, int64_t cols,
-                      int trainable, char *err, size_t errlen) {
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = 2;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
-    t->numel = rows * cols;
-    t->trainable = trainable;
-    t->writable = 1;
-    t->data = ftb_calloc(cat, sizeof(float) * (size_t)t->numel);
-    if (!t->data) {
-        snprintf(err, errlen, "prge: out of memory for '%s'", name);
-        return -1;
-    }
-    return 0;
-}
-
 static void prge_destroy(void *state);
 
 static void *prge_init(ftb_session *s, char *err, size_t errlen) {
@@ -228,7 +191,7 @@ static void *prge_init(ftb_session *s, char *err, size_t errlen) {
     long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
     double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
     if (err[0]) return NULL;
-    int mask = parse_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
+    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
     if (mask < 0) return NULL;
     if (queries < 1 || queries > MAX_QUERIES) {
         snprintf(err, errlen, "option queries: %ld is not in 1..%d", queries, MAX_QUERIES);
@@ -282,9 +245,10 @@ static void *prge_init(ftb_session *s, char *err, size_t errlen) {
             char name[96];
             /* A is frozen: counted with the frozen weights.  B is what trains. */
             snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
-            if (new_tensor(&a->A, FTB_MEM_WEIGHTS, name, rank, a->in, 0, err, errlen)) goto fail;
+            if (ftb_tensor_alloc(&a->A, name, rank, a->in, FTB_MEM_WEIGHTS, 0, err, errlen)) goto fail;
             snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
-            if (new_tensor(&a->B, FTB_MEM_TRAINABLE, name, a->out, rank, 1, err, errlen)) goto fail;
+            if (ftb_tensor_alloc(&a->B, name, a->out, rank, FTB_MEM_TRAINABLE, 0, err, errlen)) goto fail;
+            a->B.trainable = 1; /* trained by estimates: no gradient buffer */
             float bound = 1.0f / sqrtf((float)a->in);
             for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
             a->hook.ops = &prge_ops;
