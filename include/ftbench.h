@@ -212,7 +212,7 @@ typedef struct ftb_model {
                                ftb_model_set_residency                    */
 } ftb_model;
 
-/* Seeded initialisation (normal(0, 0.02), norms = 1, biases small). */
+/* Seeded initialisation: uniform with standard deviation 0.02, norms = 1. */
 ftb_model *ftb_model_create(const ftb_config *cfg, uint64_t seed, char *err, size_t errlen);
 void ftb_model_free(ftb_model *m);
 ftb_tensor *ftb_model_find(ftb_model *m, const char *hf_name);
