@@ -326,6 +326,9 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     json_object_set_new(core, "peak_bytes", categories(st.peak));
     json_object_set_new(core, "split_at_peak_bytes", categories(st.peak_total_at));
     json_object_set_new(core, "live_at_end_bytes", categories(st.live));
+    /* Block checkpoints in memory-mapped files (MeBP, MeSP): not resident,
+     * so outside the categories, but part of what the method stores. */
+    json_object_set_new(core, "offloaded_peak_bytes", json_integer(ftb_offload_peak()));
     json_object_set_new(mem, "core", core);
     size_t ja, jb, jc;
     json_t *je = json_object();
