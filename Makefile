@@ -173,3 +173,17 @@ fuzz-corpus: $(FUZZ_BUILD)/gen_corpus
 fuzz-clean:
 	rm -rf $(FUZZ_BUILD)
 # ==== end of fuzzing ===========================================================
+
+# ---- bench-quant: frozen base weights in each storage format -------------
+# (docs/QUANT.md; figures in docs/BENCHMARKS.md "Quantized base weights").
+# A standalone program in tests/bench/ (not part of the test binary); it
+# forks one process per (format, residency) cell and caches the quantized
+# checkpoints in QBENCH_CACHE.  e.g. make bench-quant QBENCH_ARGS="--seq 512 --formats int4"
+QBENCH       := $(BUILD)/tests/bench/bench_quant
+QBENCH_CACHE ?= /var/tmp/ftbench-quant
+QBENCH_ARGS  ?=
+.PHONY: bench-quant
+$(QBENCH): $(BUILD)/tests/bench/bench_quant.o $(HARNESS_OBJ) $(CORELIB)
+	$(CC) $(LDFLAGS) -o $@ $< $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
+bench-quant: all $(QBENCH)
+	./$(QBENCH) --model qwen2.5-0.5b --seq 256 --methods-dir $(BUILD)/methods --cache $(QBENCH_CACHE) $(QBENCH_ARGS)

@@ -47,22 +47,22 @@ static double rows_loss(float *z, const int32_t *targets, int rows, int V, float
 
 /* z[rows,V] = x·Wᵀ, and dx[rows,D] = dz·W: single sgemms for an fp32 W, tiles
  * of dequantized rows of W (a bounded workspace) for any other format. */
-static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V) {
-    if (W->dtype == FTB_DTYPE_F32 || !W->quant)
+static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V, int stream) {
+    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, D, 1.0f, x, D, W->data, D, 0.0f, z, V);
     else
-        ftb_linear_apply(W, rows, x, z, 0.0f);
+        linear_apply_ex(W, rows, x, z, 0.0f, stream);
 }
 
-static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, int D, int V) {
-    if (W->dtype == FTB_DTYPE_F32 || !W->quant)
+static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, int D, int V, int stream) {
+    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, V, 1.0f, z, V, W->data, D, 0.0f, dx, D);
     else
-        ftb_linear_apply_t(W, rows, z, dx, 0.0f);
+        linear_apply_t_ex(W, rows, z, dx, 0.0f, stream);
 }
 
 float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
-                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss) {
+                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream) {
     const int N = B * T;
     int n_valid = 0;
     for (int n = 0; n < N; n++) n_valid += targets[n] != FTB_IGNORE_INDEX;
@@ -77,11 +77,11 @@ float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const
     for (int c0 = 0; c0 < N; c0 += rows_per) {
         int rows = N - c0 < rows_per ? N - c0 : rows_per;
         if (mode == FTB_LOSS_FULL) ftb_mem_set_phase("fwd head");
-        head_logits(z, x + (int64_t)c0 * D, W, rows, D, V);
+        head_logits(z, x + (int64_t)c0 * D, W, rows, D, V, stream && !dW);
         if (mode == FTB_LOSS_FULL && grad) ftb_mem_set_phase("bwd head");
         total += rows_loss(z, targets + c0, rows, V, inv_valid, grad, row_loss + c0);
         if (grad) {
-            head_dx(dx + (int64_t)c0 * D, z, W, rows, D, V);
+            head_dx(dx + (int64_t)c0 * D, z, W, rows, D, V, stream && !dW);
             if (dW)
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, D, rows, 1.0f, z, V, x + (int64_t)c0 * D, D,
                             1.0f, dW, D);

@@ -58,9 +58,10 @@ void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o,
  * d(mean loss) — the gradient is fused into the pass so that, in chunked
  * mode, no more than chunk_rows rows of logits ever exist.  seq_loss [B]
  * optional.  full mode: the N×V logits are held as a saved activation
- * between the forward and backward halves, as frameworks do. */
+ * between the forward and backward halves, as frameworks do.  stream: W's
+ * mapped pages are dropped tile by tile once used (lazy residency). */
 float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
-                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss);
+                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream);
 
 /* x[N,D] = E[tokens] (E in any storage format: rows dequantized) */
 void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D);

@@ -18,6 +18,7 @@
 #include "safetensors.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -502,40 +503,91 @@ static float *tile_alloc(int64_t floats) {
     return t;
 }
 
-void ftb_linear_apply(const ftb_tensor *W, int N, const float *x, float *y, float beta) {
-    const int64_t out = tensor_rows(W), in = tensor_cols(W);
+/* Drops the whole pages inside [p, p+n) from the resident set (a streamed
+ * tile of a mapped weight, done with). */
+static void drop_inner_pages(const void *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* Rows [r0, r0+n) of a mapped W are done with. */
+static void drop_rows(const ftb_tensor *W, int64_t r0, int64_t n) {
+    const int64_t C = tensor_cols(W);
     if (W->dtype == FTB_DTYPE_F32 || !W->quant) {
+        drop_inner_pages(W->data + r0 * C, sizeof(float) * (size_t)(n * C));
+        return;
+    }
+    const ftb_qstore *q = W->quant;
+    const void *parts[3] = {q->q, q->scales, q->zeros};
+    for (int p = 0; p < 3; p++) {
+        size_t row_bytes = qstore_part_bytes(q->dtype, 1, q->cols, q->group, p);
+        if (parts[p] && row_bytes) drop_inner_pages((const char *)parts[p] + r0 * row_bytes, row_bytes * (size_t)n);
+    }
+}
+
+static int is_mapped(const ftb_tensor *W) {
+    return W->dtype == FTB_DTYPE_F32 || !W->quant ? W->mapped : ((const ftb_qstore *)W->quant)->mapped;
+}
+
+void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream) {
+    const int64_t out = tensor_rows(W), in = tensor_cols(W);
+    const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
+    stream = stream && is_mapped(W);
+    if (!quantized && !stream) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)out, (int)in, 1.0f, x, (int)in, W->data,
                     (int)in, beta, y, (int)out);
         return;
     }
     const int64_t tr = quant_tile_rows(out, in);
-    float *tile = tile_alloc(tr * in);
+    float *tile = quantized ? tile_alloc(tr * in) : NULL;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
-        qstore_dequant_rows(W->quant, r0, n, tile);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)n, (int)in, 1.0f, x, (int)in, tile, (int)in,
-                    beta, y + r0, (int)out);
+        const float *w = W->data + (quantized ? 0 : r0 * in);
+        if (quantized) {
+            qstore_dequant_rows(W->quant, r0, n, tile);
+            w = tile;
+        }
+        if (stream && quantized) drop_rows(W, r0, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)n, (int)in, 1.0f, x, (int)in, w, (int)in, beta,
+                    y + r0, (int)out);
+        if (stream && !quantized) drop_rows(W, r0, n);
     }
     ftb_free(tile);
 }
 
-void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, float beta) {
+void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream) {
     const int64_t out = tensor_rows(W), in = tensor_cols(W);
-    if (W->dtype == FTB_DTYPE_F32 || !W->quant) {
+    const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
+    stream = stream && is_mapped(W);
+    if (!quantized && !stream) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, (int)in, (int)out, 1.0f, dy, (int)out, W->data,
                     (int)in, beta, dx, (int)in);
         return;
     }
     const int64_t tr = quant_tile_rows(out, in);
-    float *tile = tile_alloc(tr * in);
+    float *tile = quantized ? tile_alloc(tr * in) : NULL;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
-        qstore_dequant_rows(W->quant, r0, n, tile);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, (int)in, (int)n, 1.0f, dy + r0, (int)out, tile,
+        const float *w = W->data + (quantized ? 0 : r0 * in);
+        if (quantized) {
+            qstore_dequant_rows(W->quant, r0, n, tile);
+            w = tile;
+        }
+        if (stream && quantized) drop_rows(W, r0, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, (int)in, (int)n, 1.0f, dy + r0, (int)out, w,
                     (int)in, r0 == 0 ? beta : 1.0f, dx, (int)in);
+        if (stream && !quantized) drop_rows(W, r0, n);
     }
     ftb_free(tile);
+}
+
+void ftb_linear_apply(const ftb_tensor *W, int N, const float *x, float *y, float beta) {
+    linear_apply_ex(W, N, x, y, beta, 0);
+}
+
+void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, float beta) {
+    linear_apply_t_ex(W, N, dy, dx, beta, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -714,12 +766,17 @@ float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, con
 
 void ftb_model_set_residency(ftb_model *m, ftb_residency r) { m->residency = (int)r; }
 
+static int populate_works = 1;
+
 static void advise(const void *p, size_t n, int advice) {
     if (!p || !n) return;
     static uintptr_t page;
     if (!page) page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t a = (uintptr_t)p & ~(page - 1), e = ((uintptr_t)p + n + page - 1) & ~(page - 1);
-    madvise((void *)a, e - a, advice);
+    if (madvise((void *)a, e - a, advice) != 0 && errno == EINVAL && advice != MADV_DONTNEED) {
+        populate_works = 0; /* an older kernel: read-ahead instead */
+        madvise((void *)a, e - a, MADV_WILLNEED);
+    }
 }
 
 static void advise_tensor(const ftb_tensor *t, int advice) {
@@ -734,12 +791,16 @@ static void advise_tensor(const ftb_tensor *t, int advice) {
     for (int p = 0; p < 3; p++) advise(parts[p], qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p), advice);
 }
 
+/* The embedding and the LM head are not brought in whole: a lookup touches
+ * only its tokens' rows, and the head streams its tiles (head.c drops each
+ * tile's pages once used).  Leaving drops whatever is left. */
 static void advise_unit(ftb_model *m, int unit, int advice) {
+    const int entering = advice != MADV_DONTNEED;
     if (unit == RES_EMBED) {
-        advise_tensor(&m->embed, advice);
+        if (!entering) advise_tensor(&m->embed, advice);
     } else if (unit == RES_HEAD) {
         advise_tensor(&m->final_norm, advice);
-        advise_tensor(&m->lm_head, advice);
+        if (!entering) advise_tensor(&m->lm_head, advice);
     } else if (unit >= 0 && unit < m->cfg.n_layers) {
         ftb_layer *L = &m->layers[unit];
         ftb_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk,
@@ -748,8 +809,19 @@ static void advise_unit(ftb_model *m, int unit, int advice) {
     }
 }
 
+/* Bringing a unit in: MADV_POPULATE_READ (Linux 5.14+) maps every page in
+ * one call, reading what the page cache lacks; older kernels refuse it and
+ * get MADV_WILLNEED (read-ahead; the pages are then faulted in as used). */
+
 void residency_enter(ftb_model *m, int unit) {
-    if (m->residency == FTB_RESIDENT_LAZY_BLOCK) advise_unit(m, unit, MADV_WILLNEED);
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK) return;
+#ifdef MADV_POPULATE_READ
+    if (populate_works) {
+        advise_unit(m, unit, MADV_POPULATE_READ);
+        return;
+    }
+#endif
+    advise_unit(m, unit, MADV_WILLNEED);
 }
 
 void residency_leave(ftb_model *m, int unit) {

@@ -51,6 +51,12 @@ void ftb_dequant_account(double seconds, int64_t elements);
 uint16_t ftb_f32_to_bf16(float x);
 uint16_t ftb_f32_to_f16(float x);
 
+/* ftb_linear_apply[_t] that, when stream is set and W is mapped, goes
+ * through W in row tiles even in fp32 and drops each tile's pages once used:
+ * the LM head under lazy residency never holds more than a tile. */
+void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream);
+void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream);
+
 /* Rows of the tiles ftb_linear_apply uses for a weight of `cols` columns. */
 int64_t quant_tile_rows(int64_t rows, int64_t cols);
 

@@ -390,7 +390,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     float *dxf = training ? alloc_f(FTB_MEM_WORKSPACE, ND) : NULL;
     float loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
                            b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
-                           opts_in->seq_loss);
+                           opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
     ftb_free(xf);
     if (!training) residency_leave(m, RES_HEAD);
     const double t_backward = ftb_now();

@@ -862,8 +862,10 @@ static void probe_bwd(ftb_adapter *a, const ftb_linear_ctx *c, const float *x, f
 }
 static const ftb_adapter_ops probe_ops = {probe_fwd, probe_bwd, NULL};
 
-/* Lazy residency: identical losses and gradients (bitwise), a resident set
- * of mapped weights that never holds much more than one block. */
+/* Lazy residency: identical losses and gradients (bitwise for a quantized
+ * base; for an fp32 one the streamed LM head sums dx over its row tiles,
+ * so equal to rounding), and a resident set of mapped weights that never
+ * holds much more than one block: the LM head streams its tiles. */
 Test(quant, lazy_residency_identical_results_smaller_resident_set) {
     ftb_config c = {"quant-rss", 256, 256, 8, 4, 2, 64, 1024, 64, 10000.f, 1e-6f, 1, 1};
     char err[FTB_ERR_LEN] = "";
@@ -914,10 +916,15 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
                         memcpy(g, m->params[i]->grad, sizeof(float) * m->params[i]->numel);
                         g += m->params[i]->numel;
                     }
-                if (res == 0) {
+                if (res == 0 && f == 1) {
                     cr_expect_eq(loss[pol][0], loss[pol][1], "%s: loss differs with lazy residency", fmts[f]);
                     cr_expect_eq(memcmp(grads[pol][0], grads[pol][1], sizeof(float) * total), 0,
                                  "%s keep=%d: gradients differ with lazy residency", fmts[f], pol);
+                }
+                if (res == 0 && f == 0) {
+                    cr_expect_eq(loss[pol][0], loss[pol][1], "%s: loss differs with lazy residency", fmts[f]);
+                    double e = rel_diff(grads[pol][1], grads[pol][0], total);
+                    cr_expect_lt(e, 1e-5, "%s keep=%d: gradients differ by %g with lazy residency", fmts[f], pol, e);
                 }
                 if (pol == 0 && res == 0) {
                     /* put the pages back out for the next policy's lazy run */
@@ -935,7 +942,7 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
         cr_log_info("%s: file %ld KiB, one block %ld KiB, embedding %ld KiB; peak mapped RSS growth: all %ld KiB, lazy %ld KiB",
                     fmts[f], file_kb, block_kb, head_kb, peak[0], peak[1]);
         cr_expect_gt(peak[0], file_kb * 8 / 10, "%s: all-resident run touched %ld of %ld KiB", fmts[f], peak[0], file_kb);
-        long bound = 2 * (block_kb > head_kb ? block_kb : head_kb) + 64;
+        long bound = 2 * block_kb + 256; /* a block, the next one's first pages, a head tile */
         cr_expect_lt(peak[1], bound, "%s: lazy resident peak %ld KiB, more than ~one block (%ld KiB)", fmts[f], peak[1],
                      bound);
         cr_expect_lt(peak[1], peak[0] / 2);
