@@ -15,7 +15,11 @@
  *  - memory: saved activations above the frozen base's own are exactly
  *    Σ_adapters 4·B·(H + 10r + 1) bytes at T and at 4T, while LoRA's grow ∝ T;
  *  - bad options are refused with a message naming the option;
- *  - it learns; masks repeat within a step and change between steps.
+ *  - it learns; masks repeat within a step and change between steps;
+ *  - pool=prompt: finite differences on prompt→answer rows, an empty prompt
+ *    (p = 0) stays finite; causality: with one kept target at t per row,
+ *    changing a token after t moves the loss at t under pool=all/valid
+ *    (leak) and leaves it bit-identical under pool=prompt.
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -305,12 +309,19 @@ static float fd_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o) {
     return l;
 }
 
-static void run_gradcheck(const char *dropout, ftb_keep_policy keep) {
+/* Prompt→answer rows: row 0's targets start at position 4, row 1's at 2
+ * (and row 1 is padded), so pool=prompt pools 4 and 2 positions. */
+static void prompt_targets(int32_t *tgt, int T) {
+    for (int t = 0; t < 4; t++) tgt[t] = FTB_IGNORE_INDEX;
+    for (int t = 0; t < 2; t++) tgt[T + t] = FTB_IGNORE_INDEX;
+}
+
+static void run_gradcheck(const char *dropout, ftb_keep_policy keep, const char *pool) {
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(21);
-    const char *keys[] = {"rank", "targets", "dropout"}, *vals[] = {"4", "q,v,o,down", dropout};
-    ftb_options opts = {3, keys, vals};
+    const char *keys[] = {"rank", "targets", "dropout", "pool"}, *vals[] = {"4", "q,v,o,down", dropout, pool};
+    ftb_options opts = {4, keys, vals};
     ftb_session s = session_for(m, &opts);
     ftb_keep_policy policy[2] = {keep, keep};
     s.run.keep = policy;
@@ -320,6 +331,7 @@ static void run_gradcheck(const char *dropout, ftb_keep_policy keep) {
     randomise(params, n, 77);
     int32_t tok[2 * 12], tgt[2 * 12];
     ftb_batch b = padded_batch(tok, tgt, 2, 12, m->cfg.vocab_size);
+    if (!strcmp(pool, "prompt")) prompt_targets(tgt, 12);
 
     zero_grads(params, n);
     fd_loss(m, &b, &s.run);
@@ -346,11 +358,11 @@ static void run_gradcheck(const char *dropout, ftb_keep_policy keep) {
         t->data[jmax] = w;
         double fd = (lp - lm) / (2.0 * h), g = analytic[i][jmax];
         int ok = fabs(fd - g) <= fmax(FD_REL * fabs(fd), FD_ABS);
-        cr_expect(ok, "[dropout %s] %s[%lld]: analytic %.6g, finite difference %.6g", dropout, t->name,
-                  (long long)jmax, g, fd);
+        cr_expect(ok, "[dropout %s pool %s] %s[%lld]: analytic %.6g, finite difference %.6g", dropout, pool,
+                  t->name, (long long)jmax, g, fd);
         cr_expect(fabs(g) > 5 * FD_ABS, "%s: largest gradient %.3g is too small to check", t->name, g);
         if (getenv("FTBENCH_GRADCHECK_VERBOSE"))
-            fprintf(stderr, "[dropout %s] %-40s analytic %+.6e fd %+.6e\n", dropout, t->name, g, fd);
+            fprintf(stderr, "[dropout %s pool %s] %-40s analytic %+.6e fd %+.6e\n", dropout, pool, t->name, g, fd);
         checked++;
         failed += !ok;
     }
@@ -362,12 +374,18 @@ static void run_gradcheck(const char *dropout, ftb_keep_policy keep) {
     ftb_plugin_close(&p);
 }
 
-Test(lars, finite_differences) { run_gradcheck("0", FTB_KEEP_ALL); }
+Test(lars, finite_differences) { run_gradcheck("0", FTB_KEEP_ALL, "valid"); }
+/* pool=prompt on prompt→answer rows: the gradient of p goes only to the
+ * prompt positions (A, G_x and every layer below see it). */
+Test(lars, finite_differences_pool_prompt) { run_gradcheck("0", FTB_KEEP_ALL, "prompt"); }
+Test(lars, finite_differences_pool_prompt_with_dropout_recomputed) {
+    run_gradcheck("0.5", FTB_KEEP_INPUT, "prompt");
+}
 /* With dropout the function is fixed by the step's masks: the finite
  * difference then checks that backward regenerated forward's mask, also
  * when the block's forward runs twice (recomputed in backward). */
-Test(lars, finite_differences_with_dropout) { run_gradcheck("0.5", FTB_KEEP_ALL); }
-Test(lars, finite_differences_with_dropout_recomputed) { run_gradcheck("0.5", FTB_KEEP_INPUT); }
+Test(lars, finite_differences_with_dropout) { run_gradcheck("0.5", FTB_KEEP_ALL, "valid"); }
+Test(lars, finite_differences_with_dropout_recomputed) { run_gradcheck("0.5", FTB_KEEP_INPUT, "valid"); }
 
 /* ---- memory ------------------------------------------------------------- */
 
@@ -463,7 +481,7 @@ Test(lars, rejects_bad_options_clearly) {
         {"dropout", "2", "option dropout: 2 is not in [0, 1)"},
         {"dropout", "1", "option dropout"},
         {"dropout", "-0.1", "option dropout"},
-        {"pool", "first", "option pool: 'first' is neither 'valid' nor 'all'"},
+        {"pool", "first", "option pool: 'first' is not 'valid', 'all' or 'prompt'"},
         {"weight_decay", "x", "option weight_decay"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -588,6 +606,125 @@ Test(lars, row_without_targets_stays_finite) {
         for (int64_t j = 0; j < params[i]->numel; j++)
             cr_assert(isfinite(params[i]->grad[j]), "%s[%lld] is %f", params[i]->name, (long long)j,
                       params[i]->grad[j]);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* ---- causality ---------------------------------------------------------- */
+
+/* Loss of row b when only its target at position t is kept (so seq_loss[b]
+ * is the loss at t alone), with tokens tok. */
+static void single_target_losses(ftb_model *m, const ftb_run_opts *run, const int32_t *tok, const int *t_of, int B,
+                                 int T, float *seq_loss) {
+    int32_t *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
+    for (int i = 0; i < B * T; i++) tgt[i] = FTB_IGNORE_INDEX;
+    for (int b = 0; b < B; b++) tgt[b * T + t_of[b]] = (t_of[b] * 5 + b + 1) % m->cfg.vocab_size; /* fixed label */
+    ftb_batch batch = {B, T, tok, tgt};
+    ftb_run_opts o = *run;
+    o.seq_loss = seq_loss;
+    char err[FTB_ERR_LEN] = "";
+    cr_assert(isfinite(ftb_model_forward(m, &batch, &o, err, sizeof err)), "%s", err);
+    free(tgt);
+}
+
+/* The leak measurement (docs/methods/lars.md, "Causality"): row b keeps only
+ * its target at t; the token at t' > t is changed; a causal model's loss at t
+ * cannot move.  With pool=all and pool=valid it does (t' = t+1, the token
+ * that is t's own target); with pool=prompt it does not, while changing a
+ * token before t (t'' = t−1) does move it under every mode (the check is
+ * sensitive).  Returns, per mode, the largest relative change seen. */
+static void measure_leak(const char *pool, double *after_t, double *before_t) {
+    ftb_plugin p;
+    open_method("lars", &p);
+    ftb_model *m = tiny_model(23);
+    const char *keys[] = {"rank", "targets", "dropout", "pool"}, *vals[] = {"4", "all", "0", pool};
+    ftb_options opts = {4, keys, vals};
+    ftb_session s = session_for(m, &opts);
+    void *st = init_lars(&p, &s);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    randomise(params, n, 9);
+    enum { B = 3, T = 12 };
+    const int t_of[B] = {3, 6, 9};
+    int32_t tok[B * T], tok2[B * T];
+    for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % m->cfg.vocab_size;
+    float ref[B], pert[B];
+    single_target_losses(m, &s.run, tok, t_of, B, T, ref);
+    *after_t = *before_t = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int dt = 1; dt <= 2; dt++) { /* t' = t+1, t+2 after; t−1, t−2 before */
+            memcpy(tok2, tok, sizeof tok);
+            for (int b = 0; b < B; b++) {
+                int tp = pass == 0 ? t_of[b] + dt : t_of[b] - dt;
+                tok2[b * T + tp] = (tok[b * T + tp] + 11) % m->cfg.vocab_size;
+            }
+            single_target_losses(m, &s.run, tok2, t_of, B, T, pert);
+            for (int b = 0; b < B; b++) {
+                double rel = fabs((double)pert[b] - ref[b]) / fabs(ref[b]);
+                double *w = pass == 0 ? after_t : before_t;
+                if (pass == 0 && !strcmp(pool, "valid") && dt == 2) continue; /* valid stops at t+1 */
+                if (!(rel <= *w)) *w = rel;
+            }
+        }
+    }
+    if (getenv("FTBENCH_LEAK_VERBOSE"))
+        fprintf(stderr, "[pool=%s] loss at t: max rel change %.3e from a later token, %.3e from an earlier one\n",
+                pool, *after_t, *before_t);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+Test(lars, causality_leak_pool_all_and_valid_detected) {
+    const char *pools[] = {"all", "valid"};
+    for (int i = 0; i < 2; i++) {
+        double after, before;
+        measure_leak(pools[i], &after, &before);
+        cr_expect_gt(after, 1e-4, "pool=%s: a later token moved the loss at t by only %.3g: leak not detected",
+                     pools[i], after);
+        cr_expect_gt(before, 1e-4, "pool=%s: an earlier token moved the loss at t by only %.3g", pools[i], before);
+    }
+}
+
+Test(lars, causality_pool_prompt_does_not_leak) {
+    double after, before;
+    measure_leak("prompt", &after, &before);
+    cr_expect_eq(after, 0.0, "pool=prompt: a later token moved the loss at t by %.3g (relative)", after);
+    cr_expect_gt(before, 1e-4, "pool=prompt: an earlier token moved the loss at t by only %.3g", before);
+}
+
+/* Rows whose first target is at 0 (plain language modelling) pool the empty
+ * set under pool=prompt: p = 0, finite loss and gradients; so do rows
+ * without any target. */
+Test(lars, pool_prompt_empty_prompt_stays_finite) {
+    ftb_plugin p;
+    open_method("lars", &p);
+    ftb_model *m = tiny_model(19);
+    const char *keys[] = {"targets", "dropout", "pool"}, *vals[] = {"all", "0", "prompt"};
+    ftb_options opts = {3, keys, vals};
+    ftb_session s = session_for(m, &opts);
+    void *st = init_lars(&p, &s);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    randomise(params, n, 5);
+    int32_t tok[2 * 10], tgt[2 * 10];
+    ftb_batch b = padded_batch(tok, tgt, 2, 10, m->cfg.vocab_size);
+    for (int t = 0; t < 10; t++) tgt[10 + t] = FTB_IGNORE_INDEX;
+    char err[FTB_ERR_LEN] = "";
+    zero_grads(params, n);
+    cr_assert(isfinite(ftb_model_forward_backward(m, &b, &s.run, err, sizeof err)), "%s", err);
+    for (int i = 0; i < n; i++) {
+        const char *name = strstr(params[i]->name, ".lars.") + 6;
+        for (int64_t j = 0; j < params[i]->numel; j++) {
+            cr_assert(isfinite(params[i]->grad[j]), "%s[%lld] is %f", params[i]->name, (long long)j,
+                      params[i]->grad[j]);
+            /* p = 0 in every row: A and G_x get no gradient */
+            if (!strcmp(name, "A") || !strcmp(name, "G_x"))
+                cr_assert_eq(params[i]->grad[j], 0.0f, "%s[%lld] = %g with p = 0", params[i]->name, (long long)j,
+                             params[i]->grad[j]);
+        }
+    }
     p.method->destroy(st);
     ftb_model_free(m);
     ftb_plugin_close(&p);

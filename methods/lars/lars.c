@@ -30,6 +30,14 @@
  * and, under pool=valid, no mean either (p = 0: finite, and that row's
  * outputs carry no loss anyway).  pool=all averages all T positions.
  *
+ * Causality (pool=prompt): valid and all pool positions after t, so the
+ * output at t sees later tokens — with pool=valid its own target among them.
+ * pool=prompt pools only the prompt: positions 0..f−1 before the row's first
+ * non-ignored target f (the positions outside the loss mask), with ℓ = f−1.
+ * Every position that carries loss (t ≥ f) then sees only tokens < f ≤ t:
+ * no leak on prompt→answer data.  A row with f = 0 (plain language
+ * modelling) or with no target pools the empty set: p = 0, no NaN.
+ *
  * Dropout masks are [B,r] and drawn from a seed made of (session seed, step,
  * layer, linear): the forward that a recomputed block runs twice, and the
  * backward, regenerate the same mask instead of storing it. */
@@ -67,9 +75,11 @@ static const char *const param_names[P_COUNT] = {
 
 /* What every hook reads from the method: options and the step counter that
  * makes each step's dropout masks new. */
+typedef enum { POOL_VALID = 0, POOL_ALL, POOL_PROMPT } lars_pool;
+
 typedef struct {
     float dropout;
-    int pool_all;
+    lars_pool pool;
     uint64_t seed;
     uint64_t step;
 } lars_shared;
@@ -132,10 +142,18 @@ typedef struct {
     int last;
 } seq_span;
 
-static void seq_spans(const ftb_batch *batch, int pool_all, seq_span *spans) {
+static void seq_spans(const ftb_batch *batch, lars_pool pool, seq_span *spans) {
     const int B = batch->B, T = batch->T;
     for (int b = 0; b < B; b++) {
         const int32_t *tgt = batch->targets + (size_t)b * T;
+        if (pool == POOL_PROMPT) {
+            int f = 0; /* first kept target; T (none) pools nothing either */
+            while (f < T && tgt[f] == FTB_IGNORE_INDEX) f++;
+            if (f == T) f = 0;
+            spans[b].n_pooled = f; /* positions 0..f−1: the prompt */
+            spans[b].last = f - 1; /* −1 when f = 0: p = 0 */
+            continue;
+        }
         int t_star = -1;
         for (int t = T - 1; t >= 0; t--)
             if (tgt[t] != FTB_IGNORE_INDEX) {
@@ -143,7 +161,7 @@ static void seq_spans(const ftb_batch *batch, int pool_all, seq_span *spans) {
                 break;
             }
         spans[b].last = t_star < 0 ? -1 : (t_star + 1 < T ? t_star + 1 : T - 1);
-        spans[b].n_pooled = pool_all ? T : spans[b].last + 1;
+        spans[b].n_pooled = pool == POOL_ALL ? T : spans[b].last + 1;
     }
 }
 
@@ -400,7 +418,7 @@ static void lars_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     if (!spans || !acts || !o) abort(); /* the hook ABI has no error path */
     lars_acts s;
     acts_bind(&s, acts, B, a->in, a->r);
-    seq_spans(c->batch, a->shared->pool_all, spans);
+    seq_spans(c->batch, a->shared->pool, spans);
     lars_net_forward(a, c, x, spans, &s, o);
     broadcast_forward(y, o, a->t[P_ALPHA].data[0], B, c->T, a->out);
     ftb_free(o);
@@ -420,7 +438,7 @@ static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     if (!spans || !sum_dy || !dp) abort();
     lars_acts s;
     acts_bind(&s, saved, B, a->in, a->r);
-    seq_spans(c->batch, a->shared->pool_all, spans);
+    seq_spans(c->batch, a->shared->pool, spans);
     broadcast_backward(sum_dy, dy, B, c->T, a->out);
     lars_net_backward(a, c, sum_dy, &s, dp);
     pool_backward(dx, dp, spans, B, c->T, a->in);
@@ -448,7 +466,9 @@ static const ftb_option_doc lars_options[] = {
     {"rank", "8", "rank r of the activation subspace"},
     {"targets", DEFAULT_TARGETS, "linear layers to adapt (comma-separated q,k,v,o,gate,up,down, or 'all' / 'attn' / 'mlp')"},
     {"dropout", "0.1", "dropout on the gated code h2 while training, in [0, 1)"},
-    {"pool", "valid", "positions averaged into p: 'valid' (up to the last real token) or 'all' (every position)"},
+    {"pool", "valid",
+     "positions averaged into p: 'valid' (up to the last real token), 'all' (every position) or 'prompt' (only "
+     "positions before the first kept target: causal for prompt->answer data)"},
     {"weight_decay", "0.0", "AdamW weight decay (not on LayerNorm, biases, alpha, tau)"},
     {NULL, NULL, NULL},
 };
@@ -510,8 +530,8 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
         return NULL;
     }
     const char *pool = ftb_opt_str(s->options, "pool", "valid");
-    if (strcmp(pool, "valid") != 0 && strcmp(pool, "all") != 0) {
-        snprintf(err, errlen, "option pool: '%s' is neither 'valid' nor 'all'", pool);
+    if (strcmp(pool, "valid") != 0 && strcmp(pool, "all") != 0 && strcmp(pool, "prompt") != 0) {
+        snprintf(err, errlen, "option pool: '%s' is not 'valid', 'all' or 'prompt'", pool);
         return NULL;
     }
     int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", DEFAULT_TARGETS), err, errlen);
@@ -524,7 +544,7 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
     }
     st->model = m;
     st->shared.dropout = (float)dropout;
-    st->shared.pool_all = strcmp(pool, "all") == 0;
+    st->shared.pool = !strcmp(pool, "all") ? POOL_ALL : !strcmp(pool, "prompt") ? POOL_PROMPT : POOL_VALID;
     st->shared.seed = s->seed;
     const int per_layer = __builtin_popcount((unsigned)mask);
     st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
