@@ -23,13 +23,16 @@
  *
  * File-based parsers get their input through a scratch directory: one per
  * process, under $FTB_FUZZ_TMPDIR, else /dev/shm, else $TMPDIR or /tmp,
- * emptied before every input and removed at exit.
+ * emptied before every input and removed at exit (or, after a crash, by
+ * the next process that makes one there).
  */
 #ifndef FTB_FUZZ_COMMON_H
 #define FTB_FUZZ_COMMON_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +101,38 @@ static inline void fz_remove_scratch(void)
     fz_scratch_dir[0] = 0;
 }
 
+/* A crashed run (the reason fuzzing exists) never reaches atexit: the
+ * scratch directories of processes that are gone ("ftbfuzz.<pid>.*") are
+ * removed when a new one is made in the same place. */
+static inline int fz_rm_any(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static inline void fz_remove_stale(const char *base)
+{
+    DIR *d = opendir(base);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid;
+        char rest[64];
+        if (sscanf(e->d_name, "ftbfuzz.%ld.%63s", &pid, rest) != 2 || pid <= 0)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", base, e->d_name);
+        nftw(path, fz_rm_any, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    closedir(d);
+}
+
 /* The scratch directory, created on first use and emptied on every call:
  * each input starts from nothing. */
 static inline const char *fz_scratch(void)
@@ -108,7 +143,8 @@ static inline const char *fz_scratch(void)
             const char *b = bases[i];
             if (!b || !*b || access(b, W_OK | X_OK) != 0)
                 continue;
-            snprintf(fz_scratch_dir, sizeof fz_scratch_dir, "%s/ftbfuzz.XXXXXX", b);
+            fz_remove_stale(b);
+            snprintf(fz_scratch_dir, sizeof fz_scratch_dir, "%s/ftbfuzz.%ld.XXXXXX", b, (long)getpid());
             if (!mkdtemp(fz_scratch_dir))
                 fz_scratch_dir[0] = 0;
         }
