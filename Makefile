@@ -15,7 +15,7 @@ SWEEP   ?= default
 
 ifeq ($(SAN),1)
 BUILD   := build-san
-SANFLAGS:= -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS:= -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT     := -O1 -g
 MALLOC  :=
 else

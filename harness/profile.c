@@ -166,10 +166,10 @@ int ftb_profile_parse(const char *text, const char *fname, ftb_profile *p,
                     PERR("ram_mb: auto, but MemTotal is unreadable in /proc/meminfo");
                 p->ram_mb = (double)b / (1024.0 * 1024.0);
                 p->detected = 1;
-            } else if (ftb_parse_double(val, &d) == 0 && d > 0) {
-                p->ram_mb = d;
+            } else if (ftb_parse_double(val, &d) == 0 && d > 0 && d <= 1e9) {
+                p->ram_mb = d; /* at most 1 PiB: the budget in bytes must fit an int64 */
             } else {
-                PERR("ram_mb: '%s' is not a positive number of MiB or 'auto'", val);
+                PERR("ram_mb: '%s' is not a number of MiB in (0, 1e9] or 'auto'", val);
             }
             break;
         case K_FRAC:

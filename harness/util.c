@@ -72,6 +72,8 @@ int ftb_parse_size(const char *s, int64_t *out)
         end++;
     if (*end)
         return -1;
+    if (v * mul >= 9.2e18) /* beyond int64: converting would be undefined */
+        return -1;
     *out = (int64_t)(v * mul);
     return 0;
 }

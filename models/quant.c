@@ -340,6 +340,14 @@ void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out)
 /* Quantization                                                               */
 /* ------------------------------------------------------------------------ */
 
+/* A code from a rounded value: a NaN or an out-of-range value must never
+ * reach an int conversion (undefined behaviour).  NaN weights quantize to
+ * nan_code (the code of zero), ±inf to the ends of the range. */
+static int to_code(float v, int lo, int hi, int nan_code) {
+    if (v != v) return nan_code;
+    return v < (float)lo ? lo : v > (float)hi ? hi : (int)v;
+}
+
 static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
     const int64_t C = q->cols;
     switch (q->dtype) {
@@ -355,8 +363,9 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
     }
     case FTB_DTYPE_INT8: {
         int8_t *d = (int8_t *)q->owned[QPART_Q] + r * C;
-        float mn = 0, mx = 0;
+        float mn = 0, mx = 0; /* over finite values only */
         for (int64_t i = 0; i < C; i++) {
+            if (!isfinite(w[i])) continue;
             mn = w[i] < mn ? w[i] : mn;
             mx = w[i] > mx ? w[i] : mx;
         }
@@ -364,7 +373,7 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
         ((float *)q->owned[QPART_SCALES])[r] = s;
         for (int64_t i = 0; i < C; i++) {
             float v = s > 0 ? rintf(w[i] / s) : 0.0f;
-            d[i] = (int8_t)(v < -128.0f ? -128 : v > 127.0f ? 127 : (int)v);
+            d[i] = (int8_t)to_code(v, -128, 127, 0);
         }
         break;
     }
@@ -377,11 +386,13 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
         uint16_t *zp = q->dtype == FTB_DTYPE_INT4_ASYM ? (uint16_t *)q->owned[QPART_ZEROS] + r * ng : NULL;
         for (int64_t g = 0; g < ng; g++) {
             const float *x = w + g * G;
-            float mn = x[0], mx = x[0];
-            for (int j = 1; j < G; j++) {
+            float mn = INFINITY, mx = -INFINITY; /* over finite values only */
+            for (int j = 0; j < G; j++) {
+                if (!isfinite(x[j])) continue;
                 mn = x[j] < mn ? x[j] : mn;
                 mx = x[j] > mx ? x[j] : mx;
             }
+            if (mn > mx) mn = mx = 0.0f; /* no finite value in the group */
             int codes[256], *c = codes;
             int *heap = G > 256 ? malloc(sizeof(int) * (size_t)G) : NULL;
             if (heap) c = heap;
@@ -394,7 +405,7 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
                 zp[g] = zh;
                 for (int j = 0; j < G; j++) {
                     float v = s > 0 ? rintf((x[j] - z) / s) : 0.0f;
-                    c[j] = v < 0 ? 0 : v > 15 ? 15 : (int)v;
+                    c[j] = to_code(v, 0, 15, to_code(rintf(-z / s), 0, 15, 0));
                 }
             } else {
                 float mn0 = mn < 0 ? mn : 0, mx0 = mx > 0 ? mx : 0;
@@ -403,7 +414,7 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
                 sc[g] = sh;
                 for (int j = 0; j < G; j++) {
                     float v = s > 0 ? rintf(x[j] / s) : 0.0f;
-                    c[j] = (v < -8 ? -8 : v > 7 ? 7 : (int)v) + 8;
+                    c[j] = to_code(v, -8, 7, 0) + 8;
                 }
             }
             for (int j = 0; j < half; j++) d[g * half + j] = (uint8_t)(c[j] | (c[j + half] << 4));
