@@ -378,12 +378,14 @@ float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, con
                            float *loss_ref, float *loss_m, char *err, size_t errlen);
 
 /* Residency of mapped weights.  ALL: pages stay once touched (default).
- * LAZY_BLOCK: a block's mapped tensors are prefetched (MADV_WILLNEED) when
- * the block runs — forward, recompute, backward — and dropped from the
- * resident set after (MADV_DONTNEED); the embedding and the final norm + LM
- * head are units of their own.  Accounting is unchanged (the mapping counts
- * under FTB_MEM_WEIGHTS); the resident set is what shrinks.  Only weights
- * mapped from a file (ftb_model_load with map) can be dropped. */
+ * LAZY_BLOCK: a block's mapped tensors are brought in (MADV_POPULATE_READ,
+ * or MADV_WILLNEED on kernels before 5.14) when the block runs — forward,
+ * recompute, backward — and dropped from the resident set after
+ * (MADV_DONTNEED); the embedding lookup touches only its tokens' rows and
+ * the LM head streams its row tiles, dropping each once used.  Accounting
+ * is unchanged (the mapping counts under FTB_MEM_WEIGHTS); the resident set
+ * is what shrinks.  Only weights mapped from a file (ftb_model_load with
+ * map) can be dropped. */
 typedef enum { FTB_RESIDENT_ALL = 0, FTB_RESIDENT_LAZY_BLOCK } ftb_residency;
 void ftb_model_set_residency(ftb_model *m, ftb_residency r);
 

@@ -57,6 +57,9 @@ uint16_t ftb_f32_to_f16(float x);
 void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream);
 void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream);
 
+/* Frees the dequantization tile kept between products (end of a run). */
+void quant_workspace_release(void);
+
 /* Rows of the tiles ftb_linear_apply uses for a weight of `cols` columns. */
 int64_t quant_tile_rows(int64_t rows, int64_t cols);
 

@@ -429,6 +429,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     }
     ftb_free(rstdf);
     ftb_free(rope);
+    quant_workspace_release();
     free(resid);
     free(caches);
     free(offloaded);

@@ -951,3 +951,38 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
         ckpt_rm_rf(dir);
     }
 }
+
+/* No fp32 copy of a quantized model exists while it runs: the workspace
+ * peak grows by at most one dequantized tile (here one weight, the largest),
+ * and the tile is returned when the step ends. */
+Test(quant, a_step_holds_one_dequantized_tile_at_most) {
+    int64_t peak[2], after[2], before[2];
+    int64_t largest = 0, linears = 0;
+    for (int q = 0; q < 2; q++) {
+        ftb_model *m = qmodel(0, 51);
+        for (int i = 0; i < m->n_params; i++)
+            if (m->params[i]->ndim == 2) {
+                largest = m->params[i]->numel * 4 > largest ? m->params[i]->numel * 4 : largest;
+                linears += m->params[i]->numel * 4;
+            }
+        if (q) quantize_or_die(m, "int4", 32, 1);
+        lora_run r;
+        lora_setup(&r, m);
+        qbatch qb;
+        make_batch(&qb, m->cfg.vocab_size, 6);
+        ftb_mem_stats a, b;
+        ftb_mem_get_stats(&a);
+        ftb_mem_reset_peaks();
+        fwd_bwd(m, &r, &qb.b, NULL);
+        ftb_mem_get_stats(&b);
+        before[q] = a.live[FTB_MEM_WORKSPACE];
+        peak[q] = b.peak[FTB_MEM_WORKSPACE] - a.live[FTB_MEM_WORKSPACE];
+        after[q] = b.live[FTB_MEM_WORKSPACE];
+        lora_teardown(&r);
+        ftb_model_free(m);
+    }
+    cr_expect_eq(after[1], before[1], "workspace left after a quantized step: %lld", (long long)(after[1] - before[1]));
+    cr_expect_leq(peak[1] - peak[0], largest, "workspace peak +%lld bytes over fp32: more than one weight (%lld)",
+                  (long long)(peak[1] - peak[0]), (long long)largest);
+    cr_expect_lt(largest, linears / 4);
+}

@@ -50,12 +50,16 @@ static long status_kb(const char *field) {
 
 static atomic_long peak_file_kb, peak_anon_kb;
 static atomic_int sampling;
+static char peak_file_phase[64];
 
 static void *sampler(void *arg) {
     (void)arg;
     while (atomic_load(&sampling)) {
         long f = status_kb("RssFile"), a = status_kb("RssAnon");
-        if (f > atomic_load(&peak_file_kb)) atomic_store(&peak_file_kb, f);
+        if (f > atomic_load(&peak_file_kb)) {
+            atomic_store(&peak_file_kb, f);
+            snprintf(peak_file_phase, sizeof peak_file_phase, "%s", ftb_mem_phase());
+        }
         if (a > atomic_load(&peak_anon_kb)) atomic_store(&peak_anon_kb, a);
         usleep(2000);
     }
@@ -159,9 +163,10 @@ static int prepare(const bench_opts *o, const char *fmt, const char *dir) {
 /* ---- one measured cell ---------------------------------------------------- */
 
 typedef struct {
-    double tokens_per_s, step_s, dequant_share, fwd_s, bwd_s;
+    double tokens_per_s, step_s, best_step_s, dequant_share, fwd_s, bwd_s;
     long hwm_kb, peak_file_kb, peak_anon_kb, rss_after_load_kb, file_after_load_kb;
     double weights_mib, workspace_peak_mib, file_mib;
+    char peak_phase[64];
     float loss;
     int ok;
 } cell_result;
@@ -210,7 +215,7 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
     pthread_t th;
     atomic_store(&sampling, 1);
     pthread_create(&th, NULL, sampler, NULL);
-    double t_meas = 0, deq = 0, fwd = 0, bwd = 0;
+    double t_meas = 0, deq = 0, fwd = 0, bwd = 0, best = 1e30;
     ftb_step_result sr;
     for (int step = 0; step < o->warmup + o->steps; step++) {
         fill_batch(tok, tgt, N, m->cfg.vocab_size, 1000 + (uint64_t)step);
@@ -228,6 +233,7 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
         ftb_dequant_stats(&d1, NULL);
         if (step >= o->warmup) {
             t_meas += t;
+            best = t < best ? t : best;
             deq += d1 - d0;
             fwd += sr.t_forward;
             bwd += sr.t_backward;
@@ -239,6 +245,7 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
     ftb_mem_stats ms;
     ftb_mem_get_stats(&ms);
     r->step_s = t_meas / o->steps;
+    r->best_step_s = best;
     r->tokens_per_s = (double)N * o->steps / t_meas;
     r->dequant_share = deq / t_meas;
     r->fwd_s = fwd / o->steps;
@@ -246,6 +253,7 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
     r->hwm_kb = status_kb("VmHWM");
     r->peak_file_kb = atomic_load(&peak_file_kb);
     r->peak_anon_kb = atomic_load(&peak_anon_kb);
+    snprintf(r->peak_phase, sizeof r->peak_phase, "%s", peak_file_phase);
     r->weights_mib = ms.live[FTB_MEM_WEIGHTS] / 1048576.0;
     r->workspace_peak_mib = ms.peak[FTB_MEM_WORKSPACE] / 1048576.0;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -389,11 +397,12 @@ int main(int argc, char **argv) {
     }
 
     printf("\npeak RSS: VmHWM of the cell's process (load, init and steps).  peak mapped: RssFile's peak above its\n"
-           "value after loading (libraries and header pages), sampled every 2 ms.  dequant share: wall time inside\n"
+           "value after loading (libraries and header pages), sampled every 2 ms.  tokens/s: over all measured steps;\n"
+           "best step: the fastest one (less exposed to other load).  dequant share: wall time inside\n"
            "dequantization / step time, over the measured steps.\n");
     printf("\n| format | embed | residency | file MiB | weights MiB | peak RSS MiB | peak mapped MiB | peak anon MiB | "
-           "tokens/s | step s | fwd s | bwd s | dequant share | workspace peak MiB | loss |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "tokens/s | best step tokens/s | step s | fwd s | bwd s | dequant share | workspace peak MiB | loss | mapped peak in |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int f = 0; f < o.n_formats; f++)
         for (int ri = 0; ri < o.n_residency; ri++) {
             cell_result r;
@@ -402,12 +411,13 @@ int main(int argc, char **argv) {
                        o.residency[ri] ? "lazy" : "all");
                 continue;
             }
-            printf("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.2f | %.2f | %.2f | %.1f%% | %.1f | "
-                   "%.4f |\n",
+            printf("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f%% | %.1f | "
+                   "%.4f | %s |\n",
                    o.formats[f], embed_format(&o, o.formats[f]), o.residency[ri] ? "lazy" : "all", r.file_mib,
                    r.weights_mib, r.hwm_kb / 1024.0, (r.peak_file_kb - r.file_after_load_kb) / 1024.0,
                    r.peak_anon_kb / 1024.0,
-                   r.tokens_per_s, r.step_s, r.fwd_s, r.bwd_s, 100 * r.dequant_share, r.workspace_peak_mib, r.loss);
+                   r.tokens_per_s, (double)o.batch * o.seq / r.best_step_s, r.step_s, r.fwd_s, r.bwd_s, 100 * r.dequant_share, r.workspace_peak_mib, r.loss,
+                   r.peak_phase);
             fflush(stdout);
         }
     if (getloadavg(load, 3) == 3) printf("# load average at end: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
