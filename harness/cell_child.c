@@ -158,6 +158,33 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
     fclose(f);
 }
 
+/* The analytic memory model of one step (ftb_memory_estimate_step) beside
+ * what was measured: the core's prediction error, and the part of the peak
+ * RSS that neither the model nor the process's baseline explains. */
+static json_t *analytic_json(const ftb_model *model, const ftb_session *s, const ftb_cell *c, int has_backward,
+                             const ftb_mem_stats *st) {
+    ftb_memory_estimate est;
+    ftb_memory_estimate_step(model, &s->run, c->batch, c->seq, has_backward, NULL, &est);
+    json_t *a = json_object();
+    json_object_set_new(a, "source", json_string(has_backward ? "core schedule, training step"
+                                                              : "core schedule, inference forward"));
+    json_object_set_new(a, "peak_total_bytes", json_integer(est.peak_total));
+    json_object_set_new(a, "split_at_peak_bytes", categories(est.at_peak));
+    json_object_set_new(a, "saved_peak_bytes", json_integer(est.saved_peak));
+    json_object_set_new(a, "peak_phase", json_string(est.peak_phase));
+    json_object_set_new(a, "core_peak_error", jnum(est.peak_total > 0 ? (double)(st->peak_total - est.peak_total) /
+                                                                            (double)est.peak_total
+                                                                      : NAN));
+    int64_t rss = ftb_self_vmhwm();
+    json_t *base = json_object_get(json_object_get(g_out, "memory"), "rss_baseline_bytes");
+    if (rss > 0 && json_is_integer(base)) {
+        int64_t un = rss - (int64_t)json_integer_value(base) - est.peak_total;
+        json_object_set_new(a, "unexplained_rss_bytes", json_integer(un));
+        json_object_set_new(a, "unexplained_rss_fraction", jnum((double)un / (double)rss));
+    }
+    return a;
+}
+
 _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *child_json,
                               const char *timeline_path, const ftb_cgroup *cg)
 {
@@ -342,6 +369,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         json_object_set_new(je, "reason", json_string("the process allocator is not jemalloc"));
     }
     json_object_set_new(mem, "jemalloc", je);
+    json_object_set_new(mem, "analytic", analytic_json(model, &s, c, has_backward, &st));
 
     /* Time over the measured steps (after warm-up). */
     const double *mw = wall + c->warmup;

@@ -241,6 +241,11 @@ int ftb_cmd_run(int argc, char **argv)
     double cp = jpath(rec, "memory", "core", "peak_total_bytes");
     if (isfinite(cp))
         printf("core peak   %.1f MiB\n", cp / 1048576.0);
+    double ap = jpath(rec, "memory", "analytic", "peak_total_bytes");
+    double un = jpath(rec, "memory", "analytic", "unexplained_rss_fraction");
+    if (ap > 0)
+        printf("analytic    %.1f MiB predicted core peak; peak RSS unexplained %.1f%%\n", ap / 1048576.0,
+               100.0 * un);
     if (r.step_median > 0) {
         printf("step        %.3f s median, %.1f tokens/s\n", r.step_median,
                jpath(rec, "timing", "tokens_per_second", NULL));

@@ -296,6 +296,29 @@ void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const 
               const float *B, int ldb, float beta, float *C, int ldc);
 
 /* ------------------------------------------------------------------------ */
+/* Analytic memory model (docs/CORE.md)                                      */
+/* ------------------------------------------------------------------------ */
+
+/* What the core's categories will hold at the peak of one step, predicted
+ * from shapes: the state between steps (weights, parameters, gradients,
+ * moments) as allocated now, plus every activation and workspace buffer the
+ * step's schedule allocates, walked in the order the core allocates them. */
+typedef struct {
+    int64_t at_peak[FTB_MEM_NCAT]; /* split at the predicted peak of the total */
+    int64_t peak_total;            /* sum of at_peak                          */
+    int64_t saved_peak;            /* peak of FTB_MEM_SAVED alone             */
+    char peak_phase[32];           /* where it falls: "head", "bwd L23", ...  */
+} ftb_memory_estimate;
+
+/* One forward (training: forward and backward) of m on B×T tokens under the
+ * run options o (keep policies, attention, loss mode), with the trainable
+ * flags and hooks m has now.  hook_row_bytes [n_layers × FTB_LIN_COUNT]:
+ * bytes each attached hook saves per token for its backward (NULL: none).
+ * A method's memory_model (ftb_method) calls this with its own figures. */
+void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *o, int B, int T, int training,
+                              const int64_t *hook_row_bytes, ftb_memory_estimate *out);
+
+/* ------------------------------------------------------------------------ */
 /* Storage formats of frozen base weights (docs/QUANT.md)                    */
 /* ------------------------------------------------------------------------ */
 

@@ -22,4 +22,9 @@ void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len);
  * becomes trainable is counted as trainable from then on). */
 void ftb_mem_recategorize(void *p, ftb_mem_category c);
 
+/* Lowest block whose backward a training run needs (below it nothing
+ * trains, and blocks run in inference mode): transformer.c's schedule, which
+ * the analytic memory model (memory_model.c) follows too. */
+int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o);
+
 #endif

@@ -283,7 +283,7 @@ static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t
 }
 
 /* Lowest block whose backward is needed: below it nothing trains. */
-static int lowest_trainable_block(const ftb_model *m, const ftb_run_opts *o) {
+int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o) {
     int L = m->cfg.n_layers, first = L;
     if (m->embed.trainable) first = 0;
     for (int l = 0; l < L && first == L; l++) {
@@ -323,7 +323,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     rc.rope_sin = rope + (int64_t)b->T * half;
 
     const double t_start = ftb_now();
-    const int first = training ? lowest_trainable_block(m, opts_in) : L;
+    const int first = training ? ftb_model_lowest_trained_block(m, opts_in) : L;
     /* resid[l] is block l's input; resid[L] feeds the final norm.  Kept
      * (saved) from the first trained block up, else two buffers alternate. */
     float **resid = calloc((size_t)L + 1, sizeof *resid);

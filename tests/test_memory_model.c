@@ -1,0 +1,157 @@
+/* test_memory_model.c — the analytic memory model (models/memory_model.c)
+ * against the core's own accounting: for every schedule the core can run
+ * (full training, a frozen base trained from a middle block up, blocks
+ * recomputed or offloaded, eager attention, the full loss, inference, a
+ * quantized base), the predicted peak of a step equals the measured one,
+ * byte for byte, and so does its split by category. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ftbench.h"
+
+typedef struct {
+    int32_t *tokens, *targets;
+    ftb_batch batch;
+} mm_batch;
+
+static mm_batch mm_make_batch(int vocab, int B, int T) {
+    mm_batch b = {malloc(sizeof(int32_t) * B * T), malloc(sizeof(int32_t) * B * T), {0}};
+    for (int i = 0; i < B * T; i++) b.tokens[i] = (int32_t)((i * 7919) % vocab);
+    for (int i = 0; i < B * T; i++) b.targets[i] = (i + 1) % T ? b.tokens[i + 1] : FTB_IGNORE_INDEX;
+    b.batch = (ftb_batch){B, T, b.tokens, b.targets};
+    return b;
+}
+
+static ftb_model *mm_model(const char *name) {
+    ftb_config cfg;
+    cr_assert_eq(ftb_zoo_get(name, &cfg), 0);
+    char err[FTB_ERR_LEN];
+    ftb_model *m = ftb_model_create(&cfg, 7, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    return m;
+}
+
+/* Runs one step of m and requires the measured peak to be the predicted one. */
+static void expect_prediction(ftb_model *m, const ftb_run_opts *o, int B, int T, int training, const char *what) {
+    char err[FTB_ERR_LEN] = "";
+    mm_batch b = mm_make_batch(m->cfg.vocab_size, B, T);
+    ftb_memory_estimate est;
+    ftb_memory_estimate_step(m, o, B, T, training, NULL, &est);
+    ftb_mem_reset_peaks();
+    float loss = training ? ftb_model_forward_backward(m, &b.batch, o, err, sizeof err)
+                          : ftb_model_forward(m, &b.batch, o, err, sizeof err);
+    cr_assert(loss == loss, "%s: %s", what, err);
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    cr_expect_eq(est.peak_total, st.peak_total, "%s: predicted peak %lld bytes (at %s), measured %lld", what,
+                 (long long)est.peak_total, est.peak_phase, (long long)st.peak_total);
+    for (int c = 0; c < FTB_MEM_NCAT; c++)
+        cr_expect_eq(est.at_peak[c], st.peak_total_at[c], "%s: %s at the peak: predicted %lld, measured %lld", what,
+                     ftb_mem_category_name((ftb_mem_category)c), (long long)est.at_peak[c],
+                     (long long)st.peak_total_at[c]);
+    cr_expect_eq(est.saved_peak, st.peak[FTB_MEM_SAVED], "%s: saved peak predicted %lld, measured %lld", what,
+                 (long long)est.saved_peak, (long long)st.peak[FTB_MEM_SAVED]);
+    free(b.tokens);
+    free(b.targets);
+}
+
+static void train_all(ftb_model *m) {
+    char err[FTB_ERR_LEN];
+    ftb_model_set_trainable(m, 1);
+    cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
+}
+
+/* Only block l's query projection trains: blocks below run in inference mode. */
+static void train_one_linear(ftb_model *m, int l) {
+    char err[FTB_ERR_LEN];
+    m->layers[l].wq.trainable = 1;
+    cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
+}
+
+Test(memory_model, full_training_flash_and_chunked_loss) {
+    ftb_model *m = mm_model("tiny");
+    train_all(m);
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    expect_prediction(m, &o, 2, 24, 1, "full, flash, chunked");
+    o.loss_chunk_rows = 7;
+    expect_prediction(m, &o, 1, 40, 1, "full, chunks of 7 rows");
+    ftb_model_free(m);
+}
+
+Test(memory_model, eager_attention_and_full_loss) {
+    ftb_model *m = mm_model("tiny");
+    train_all(m);
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    o.attention = FTB_ATTN_EAGER;
+    o.loss = FTB_LOSS_FULL;
+    expect_prediction(m, &o, 2, 20, 1, "full, eager, full loss");
+    ftb_model_free(m);
+}
+
+Test(memory_model, frozen_base_trained_from_a_middle_block) {
+    ftb_model *m = mm_model("tiny");
+    train_one_linear(m, m->cfg.n_layers - 1);
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    expect_prediction(m, &o, 2, 16, 1, "top block's wq only");
+    ftb_model_free(m);
+}
+
+Test(memory_model, recomputed_and_offloaded_blocks) {
+    ftb_model *m = mm_model("tiny");
+    for (int l = 0; l < m->cfg.n_layers; l++) m->layers[l].wv.trainable = 1;
+    char err[FTB_ERR_LEN];
+    cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
+    ftb_keep_policy *keep = calloc((size_t)m->cfg.n_layers, sizeof *keep);
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    o.keep = keep;
+    for (int l = 0; l < m->cfg.n_layers; l++) keep[l] = FTB_KEEP_INPUT;
+    expect_prediction(m, &o, 2, 16, 1, "every block recomputed");
+    for (int l = 0; l < m->cfg.n_layers; l++) keep[l] = l % 2 ? FTB_KEEP_OFFLOAD : FTB_KEEP_ALL;
+    expect_prediction(m, &o, 1, 32, 1, "odd blocks offloaded, even kept");
+    free(keep);
+    ftb_model_free(m);
+}
+
+Test(memory_model, inference_forward) {
+    ftb_model *m = mm_model("tiny");
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    expect_prediction(m, &o, 3, 17, 0, "inference");
+    ftb_model_free(m);
+}
+
+Test(memory_model, quantized_base_with_trained_norms) {
+    ftb_model *m = mm_model("tiny");
+    char err[FTB_ERR_LEN];
+    cr_assert_eq(ftb_model_quantize(m, "int4", 32, err, sizeof err), 0, "%s", err);
+    for (int l = 0; l < m->cfg.n_layers; l++) m->layers[l].attn_norm.trainable = m->layers[l].mlp_norm.trainable = 1;
+    m->final_norm.trainable = 1;
+    cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    expect_prediction(m, &o, 2, 16, 1, "int4 base, norms trained");
+    ftb_model_free(m);
+}
+
+/* The model must notice when the schedule changes: a method keeping more
+ * than the core does (hook bytes) moves the prediction by exactly that. */
+Test(memory_model, hook_bytes_add_to_the_saved_peak) {
+    ftb_model *m = mm_model("tiny");
+    train_all(m);
+    ftb_run_opts o;
+    ftb_run_opts_default(&o);
+    ftb_memory_estimate a, b;
+    ftb_memory_estimate_step(m, &o, 1, 8, 1, NULL, &a);
+    int64_t *row = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *row);
+    /* Hook bytes count only where a hook is attached: none is, so no change. */
+    for (int i = 0; i < m->cfg.n_layers * FTB_LIN_COUNT; i++) row[i] = 100;
+    ftb_memory_estimate_step(m, &o, 1, 8, 1, row, &b);
+    cr_expect_eq(a.saved_peak, b.saved_peak);
+    free(row);
+    ftb_model_free(m);
+}
