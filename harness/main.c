@@ -19,6 +19,7 @@ static const command commands[] = {
     { "run", ftb_cmd_run, "measure one cell: model x method x seq x batch on a device" },
     { "sweep", ftb_cmd_sweep, "measure every method x sequence length, resumable; prints a summary" },
     { "fit", ftb_cmd_fit, "find the longest sequence a method fits in a device's memory" },
+    { "fidelity", ftb_cmd_fidelity, "a method's gradient (or estimate) against the exact gradient of its parameters" },
     { "list", ftb_cmd_list, "methods found, device profiles, models in the zoo" },
     { "bench-core", ftb_cmd_bench_core, "one full fine-tuning step vs the sgemm rate on the same shapes" },
     { "report", ftb_cmd_report, "tables and plots for papers (Markdown, HTML, LaTeX; PNG, SVG, PDF) from results directories" },
@@ -49,6 +50,6 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name))
             return c->fn(argc - 1, argv + 1);
-    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, list, bench-core, report)\n", argv[1]);
+    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, fidelity, list, bench-core, report)\n", argv[1]);
     return FTB_EXIT_USAGE;
 }

@@ -109,9 +109,9 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
         ftb_plugin_close(p);
         return -1;
     }
-    if (m->abi_version != FTB_ABI_VERSION) {
-        ftb_errf(err, errlen, "method '%s' (%s) was built for ABI %u, this ftbench has ABI %d",
-                 p->label, path, m->abi_version, FTB_ABI_VERSION);
+    if (m->abi_version < FTB_ABI_MIN_VERSION || m->abi_version > FTB_ABI_VERSION) {
+        ftb_errf(err, errlen, "method '%s' (%s) was built for ABI %u, this ftbench has ABI %d (and loads %d..%d)",
+                 p->label, path, m->abi_version, FTB_ABI_VERSION, FTB_ABI_MIN_VERSION, FTB_ABI_VERSION);
         ftb_plugin_close(p);
         return -1;
     }
@@ -123,6 +123,14 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
     }
     p->method = m;
     return 0;
+}
+
+ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m)
+{
+    /* A v1 struct ends at destroy: its memory holds nothing past it. */
+    if (!m || m->abi_version < 2)
+        return NULL;
+    return m->gradient;
 }
 
 void ftb_plugin_close(ftb_plugin *p)

@@ -1,7 +1,8 @@
 /*
  * plugin.h — fine-tuning methods as shared objects.  A method is found by
  * name (<methods-dir>/<name>.so) or by path, and must export
- * FTB_METHOD_ENTRY returning a ftb_method of this ftbench's ABI version.
+ * FTB_METHOD_ENTRY returning a ftb_method of an ABI version this ftbench
+ * loads (FTB_ABI_MIN_VERSION..FTB_ABI_VERSION).
  * The harness names no method: whatever .so files the directory holds are
  * the methods.
  */
@@ -31,6 +32,12 @@ int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, si
 /* dlopen + entry point + ABI check, in this process. */
 int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen);
 void ftb_plugin_close(ftb_plugin *p);
+
+/* The method's gradient callback (ABI 2), or NULL: for a v1 plugin, whose
+ * struct ends before that field, without reading past its end. */
+typedef int (*ftb_gradient_fn)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss,
+                               char *err, size_t errlen);
+ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m);
 
 /* Sorted labels of the *.so files in dir.  Free with ftb_plugin_free_list. */
 int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t errlen);

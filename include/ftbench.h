@@ -10,7 +10,9 @@
  *     category (ftb_mem_*), so that a method's memory can be explained.
  *
  * ABI: a plugin exports `const ftb_method *ftbench_method(void)`; the host
- * refuses a plugin whose abi_version differs from FTB_ABI_VERSION.  Plugins
+ * accepts abi_version FTB_ABI_VERSION and the older versions it still
+ * understands (FTB_ABI_MIN_VERSION and up: a v1 struct simply ends before
+ * the fields v2 appended) and refuses any other.  Plugins
  * call the core functions declared below; they are resolved against the
  * ftbench executable when the plugin is loaded.
  */
@@ -25,7 +27,8 @@
 extern "C" {
 #endif
 
-#define FTB_ABI_VERSION 1
+#define FTB_ABI_VERSION 2
+#define FTB_ABI_MIN_VERSION 1   /* oldest abi_version the host still loads */
 #define FTB_IGNORE_INDEX (-100)
 #define FTB_ERR_LEN 512
 
@@ -543,6 +546,23 @@ typedef struct ftb_method {
     /* Trainable parameters the method owns (for counting and saving). */
     int (*trainable)(void *state, ftb_tensor ***tensors);
     void (*destroy)(void *state);
+    /* ---- ABI 2 (the host reads nothing below in a v1 struct) ---- */
+    /* Gradient fidelity (`ftbench fidelity`, docs/PLUGINS.md).  Fills .grad
+     * of every tensor trainable() lists (allocating it under FTB_MEM_GRADS
+     * if the method has none), overwriting what was there:
+     *   exact = 0: the gradient, or the estimate, the method's next step
+     *              would apply, computed the way step computes it, without
+     *              updating anything: the parameters are bit-identical
+     *              afterwards and the next step is unchanged;
+     *   exact = 1: the exact gradient of the same parameters, by backprop
+     *              with every activation kept.
+     * *loss receives the loss measured (NaN if none).  0, or -1 with err.
+     * NULL means the method's gradient is what ftb_model_forward_backward
+     * computes under the session's run options (as ftb_backprop_step): the
+     * host computes both itself, the exact one with run.keep = NULL and
+     * run.first_trainable_layer = 0. */
+    int (*gradient)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
+                    size_t errlen);
 } ftb_method;
 
 typedef const ftb_method *(*ftb_method_entry_fn)(void);

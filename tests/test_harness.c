@@ -262,7 +262,7 @@ Test(harness, cli_unknown_names)
     expect_usage_error((const char *[]){ "run", "--methods-dir", "/nonexistent/dir", "--method", "lora", NULL },
                        "/nonexistent/dir");
     expect_usage_error((const char *[]){ "run", "--method", plugin("badabi"), "--model", "tiny", NULL },
-                       "was built for ABI 2, this ftbench has ABI 1");
+                       "was built for ABI 3, this ftbench has ABI 2");
     expect_usage_error((const char *[]){ "run", "--method", plugin("nosym"), "--model", "tiny", NULL },
                        "does not export ftbench_method()");
     expect_usage_error((const char *[]){ "run", "--method", "/nonexistent/m.so", "--model", "tiny", NULL },
@@ -416,7 +416,7 @@ Test(harness, sweep_records_every_fault_and_resumes, .fini = remove_tmp, .timeou
         cr_expect(!strcmp(o, "over_budget") || !strcmp(o, "oom"), "hog: %s", o);
         r = find_cell(v, n, "badabi.", seq);
         cr_expect_str_eq(jstr(r, "outcome"), "error");
-        cr_expect(strstr(jstr(r, "outcome_detail"), "built for ABI 2, this ftbench has ABI 1") != NULL);
+        cr_expect(strstr(jstr(r, "outcome_detail"), "built for ABI 3, this ftbench has ABI 2") != NULL);
         r = find_cell(v, n, "initfail.", seq);
         cr_expect_str_eq(jstr(r, "outcome"), "error");
         cr_expect(strstr(jstr(r, "outcome_detail"), "refusing on purpose") != NULL);

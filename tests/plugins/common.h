@@ -32,7 +32,7 @@ static inline int forward_once(ftb_session *s, const ftb_batch *b, ftb_step_resu
                                                 { "kb_per_token", "0", "KiB per token (hog)" }, \
                                                 { NULL, NULL, NULL } };               \
     static const ftb_method test_method = { ABI, NAME, SUMMARY, test_opts, noop_init, \
-                                            STEP, NULL, NULL };                       \
+                                            STEP, NULL, NULL, NULL };                 \
     const ftb_method *ftbench_method(void) { return &test_method; }
 
 #endif
