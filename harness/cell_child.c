@@ -161,13 +161,17 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
 /* The analytic memory model of one step (ftb_memory_estimate_step) beside
  * what was measured: the core's prediction error, and the part of the peak
  * RSS that neither the model nor the process's baseline explains. */
-static json_t *analytic_json(const ftb_model *model, const ftb_session *s, const ftb_cell *c, int has_backward,
-                             const ftb_mem_stats *st) {
+static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session *s, const ftb_cell *c,
+                             int has_backward, const ftb_mem_stats *st) {
     ftb_memory_estimate est;
-    ftb_memory_estimate_step(model, &s->run, c->batch, c->seq, has_backward, NULL, &est);
+    const char *source = has_backward ? "core schedule, training step" : "core schedule, inference forward";
+    ftb_memory_model_fn own = ftb_plugin_memory_model(m);
+    if (own && own(state, s, c->batch, c->seq, &est) == 0)
+        source = "method";
+    else
+        ftb_memory_estimate_step(s->model, &s->run, c->batch, c->seq, has_backward, NULL, &est);
     json_t *a = json_object();
-    json_object_set_new(a, "source", json_string(has_backward ? "core schedule, training step"
-                                                              : "core schedule, inference forward"));
+    json_object_set_new(a, "source", json_string(source));
     json_object_set_new(a, "peak_total_bytes", json_integer(est.peak_total));
     json_object_set_new(a, "split_at_peak_bytes", categories(est.at_peak));
     json_object_set_new(a, "saved_peak_bytes", json_integer(est.saved_peak));
@@ -369,7 +373,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         json_object_set_new(je, "reason", json_string("the process allocator is not jemalloc"));
     }
     json_object_set_new(mem, "jemalloc", je);
-    json_object_set_new(mem, "analytic", analytic_json(model, &s, c, has_backward, &st));
+    json_object_set_new(mem, "analytic", analytic_json(m, state, &s, c, has_backward, &st));
 
     /* Time over the measured steps (after warm-up). */
     const double *mw = wall + c->warmup;

@@ -133,6 +133,13 @@ ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m)
     return m->gradient;
 }
 
+ftb_memory_model_fn ftb_plugin_memory_model(const ftb_method *m)
+{
+    if (!m || m->abi_version < 2)
+        return NULL;
+    return m->memory_model;
+}
+
 void ftb_plugin_close(ftb_plugin *p)
 {
     if (p->handle)

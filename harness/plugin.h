@@ -38,6 +38,9 @@ void ftb_plugin_close(ftb_plugin *p);
 typedef int (*ftb_gradient_fn)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss,
                                char *err, size_t errlen);
 ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m);
+/* The method's analytic memory model (ABI 2), or NULL (v1, or none). */
+typedef int (*ftb_memory_model_fn)(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out);
+ftb_memory_model_fn ftb_plugin_memory_model(const ftb_method *m);
 
 /* Sorted labels of the *.so files in dir.  Free with ftb_plugin_free_list. */
 int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t errlen);

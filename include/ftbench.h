@@ -315,11 +315,12 @@ typedef struct {
 
 /* One forward (training: forward and backward) of m on B×T tokens under the
  * run options o (keep policies, attention, loss mode), with the trainable
- * flags and hooks m has now.  hook_row_bytes [n_layers × FTB_LIN_COUNT]:
- * bytes each attached hook saves per token for its backward (NULL: none).
+ * flags and hooks m has now.  hook_saved [n_layers × FTB_LIN_COUNT], index
+ * layer·FTB_LIN_COUNT + kind: bytes each attached hook saves (FTB_MEM_SAVED)
+ * in one training forward of B×T tokens, freed in its backward (NULL: none).
  * A method's memory_model (ftb_method) calls this with its own figures. */
 void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *o, int B, int T, int training,
-                              const int64_t *hook_row_bytes, ftb_memory_estimate *out);
+                              const int64_t *hook_saved, ftb_memory_estimate *out);
 
 /* ------------------------------------------------------------------------ */
 /* Storage formats of frozen base weights (docs/QUANT.md)                    */
@@ -563,6 +564,14 @@ typedef struct ftb_method {
      * run.first_trainable_layer = 0. */
     int (*gradient)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
                     size_t errlen);
+    /* Analytic memory model (docs/CORE.md, "Analytic memory model"): what
+     * one step of this method on B×T tokens holds at its peak, predicted
+     * from shapes — usually ftb_memory_estimate_step with the bytes the
+     * method's hooks save.  0, or -1 if it has none for these options.
+     * NULL: the host calls ftb_memory_estimate_step with no hook bytes (a
+     * backprop step, or one inference forward for a method that ran no
+     * backward), exact for methods whose hooks save nothing. */
+    int (*memory_model)(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out);
 } ftb_method;
 
 typedef const ftb_method *(*ftb_method_entry_fn)(void);

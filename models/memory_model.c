@@ -52,7 +52,7 @@ static void add_bytes(ledger *g, ftb_mem_category c, int64_t bytes) { g->live[c]
 typedef struct {
     const ftb_model *m;
     const ftb_run_opts *o;
-    const int64_t *hook_row_bytes;
+    const int64_t *hook_saved; /* [L × FTB_LIN_COUNT] bytes per call, or NULL */
     int B, T, N, training, threads;
     int64_t D, Q, KV, F, H, hd;
 } shape;
@@ -63,8 +63,8 @@ static int needs_input(const ftb_layer *ly, ftb_linear_kind k) {
 }
 
 static int64_t hook_bytes(const shape *s, int l, ftb_linear_kind k) {
-    if (!s->hook_row_bytes || !s->m->layers[l].adapter[k]) return 0;
-    return s->hook_row_bytes[l * FTB_LIN_COUNT + k] * s->N;
+    if (!s->hook_saved || !s->m->layers[l].adapter[k]) return 0;
+    return s->hook_saved[l * FTB_LIN_COUNT + k];
 }
 
 /* What one block holds between its forward and its backward, by piece. */
@@ -210,7 +210,7 @@ static int64_t dequant_tile_floats(const ftb_model *m) {
 }
 
 void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int B, int T, int training,
-                              const int64_t *hook_row_bytes, ftb_memory_estimate *out) {
+                              const int64_t *hook_saved, ftb_memory_estimate *out) {
     ftb_run_opts defaults;
     if (!opts) {
         ftb_run_opts_default(&defaults);
@@ -218,7 +218,7 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     }
     memset(out, 0, sizeof *out);
     const ftb_config *c = &m->cfg;
-    shape s = {m, opts, hook_row_bytes, B, T, B * T, training, omp_get_max_threads(),
+    shape s = {m, opts, hook_saved, B, T, B * T, training, omp_get_max_threads(),
                c->dim, (int64_t)c->n_heads * c->head_dim, (int64_t)c->n_kv_heads * c->head_dim,
                c->ffn_dim, c->n_heads, c->head_dim};
     ledger g = {{0}, out, 0};

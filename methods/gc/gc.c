@@ -217,6 +217,15 @@ static void gc_destroy(void *state) {
     free(st);
 }
 
+/* The inner method's model, under the keep policies gc has set in s->run. */
+static int gc_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    gc_state *st = state;
+    if (st->inner->abi_version >= 2 && st->inner->memory_model)
+        return st->inner->memory_model(st->inner_state, s, B, T, out);
+    ftb_memory_estimate_step(s->model, &s->run, B, T, 1, NULL, out);
+    return 0;
+}
+
 /* ---- the option list ------------------------------------------------------ */
 
 /* Backprop plugins whose options gc lists when they sit next to it. */
@@ -294,7 +303,7 @@ __attribute__((destructor)) static void free_option_docs(void) {
 
 static ftb_method gc_method = {
     FTB_ABI_VERSION, "gc", "gradient checkpointing: every block recomputed in backward, around an inner method",
-    NULL,            gc_init, gc_step, gc_trainable, gc_destroy,
+    NULL,            gc_init, gc_step, gc_trainable, gc_destroy, .memory_model = gc_memory_model,
 };
 
 const ftb_method *ftbench_method(void) {

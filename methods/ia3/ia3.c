@@ -163,9 +163,27 @@ static void ia3_destroy(void *state) {
     free(st);
 }
 
+/* Analytic memory (docs/methods/ia3.md): the core's schedule, plus the base
+ * output y_base [N, out] each hooked linear saves for dl. */
+static int ia3_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    ia3_state *st = state;
+    const ftb_model *m = st->model;
+    int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
+    if (!hook) return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            const ftb_adapter *a = m->layers[l].adapter[k];
+            if (a && a->ops == &ia3_ops)
+                hook[l * FTB_LIN_COUNT + k] = (int64_t)sizeof(float) * B * T * ((const ia3_adapter *)a->state)->out;
+        }
+    ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
+    free(hook);
+    return 0;
+}
+
 static const ftb_method ia3_method = {
     FTB_ABI_VERSION, "ia3", "IA3: learned scaling of keys, values and the MLP intermediate, base frozen",
-    ia3_options,     ia3_init, ia3_step, ia3_trainable, ia3_destroy,
+    ia3_options,     ia3_init, ia3_step, ia3_trainable, ia3_destroy, .memory_model = ia3_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &ia3_method; }

@@ -145,9 +145,27 @@ static void lora_destroy(void *state) {
     free(st);
 }
 
+/* Analytic memory (docs/methods/lora.md): the core's schedule, plus the
+ * h = x·Aᵀ [N, r] each adapter saves for its backward. */
+static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    lora_state *st = state;
+    const ftb_model *m = st->model;
+    int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
+    if (!hook) return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            const ftb_adapter *a = m->layers[l].adapter[k];
+            if (a && a->ops == &lora_ops)
+                hook[l * FTB_LIN_COUNT + k] = (int64_t)sizeof(float) * B * T * ((const lora_adapter *)a->state)->r;
+        }
+    ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
+    free(hook);
+    return 0;
+}
+
 static const ftb_method lora_method = {
     FTB_ABI_VERSION, "lora", "LoRA: low-rank A·B on chosen linear layers, base frozen", lora_options,
-    lora_init,       lora_step, lora_trainable, lora_destroy,
+    lora_init,       lora_step, lora_trainable, lora_destroy, .memory_model = lora_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &lora_method; }

@@ -177,6 +177,15 @@ static void mebp_destroy(void *state) {
     free(st);
 }
 
+/* Its LoRA adapters' model, under the keep policies mebp has set in s->run
+ * (checkpoints offloaded: not resident, so not in the prediction). */
+static int mebp_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    mebp_state *st = state;
+    if (st->lora->abi_version >= 2 && st->lora->memory_model)
+        return st->lora->memory_model(st->lora_state, s, B, T, out);
+    return -1;
+}
+
 static const ftb_method mebp_method = {
     FTB_ABI_VERSION,
     "mebp",
@@ -186,6 +195,7 @@ static const ftb_method mebp_method = {
     mebp_step,
     mebp_trainable,
     mebp_destroy,
+    .memory_model = mebp_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &mebp_method; }
