@@ -164,12 +164,7 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
 static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session *s, const ftb_cell *c,
                              int has_backward, const ftb_mem_stats *st) {
     ftb_memory_estimate est;
-    const char *source = has_backward ? "core schedule, training step" : "core schedule, inference forward";
-    ftb_memory_model_fn own = ftb_plugin_memory_model(m);
-    if (own && own(state, s, c->batch, c->seq, &est) == 0)
-        source = "method";
-    else
-        ftb_memory_estimate_step(s->model, &s->run, c->batch, c->seq, has_backward, NULL, &est);
+    const char *source = ftb_method_memory_estimate(m, state, s, c->batch, c->seq, has_backward, &est);
     json_t *a = json_object();
     json_object_set_new(a, "source", json_string(source));
     json_object_set_new(a, "peak_total_bytes", json_integer(est.peak_total));

@@ -140,6 +140,16 @@ ftb_memory_model_fn ftb_plugin_memory_model(const ftb_method *m)
     return m->memory_model;
 }
 
+const char *ftb_method_memory_estimate(const ftb_method *m, void *state, const ftb_session *s, int B, int T,
+                                       int ran_backward, ftb_memory_estimate *out)
+{
+    ftb_memory_model_fn own = ftb_plugin_memory_model(m);
+    if (own && own(state, s, B, T, out) == 0)
+        return "method";
+    ftb_memory_estimate_step(s->model, &s->run, B, T, ran_backward, NULL, out);
+    return ran_backward ? "core schedule, training step" : "core schedule, inference forward";
+}
+
 void ftb_plugin_close(ftb_plugin *p)
 {
     if (p->handle)

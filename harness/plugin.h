@@ -41,6 +41,13 @@ ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m);
 /* The method's analytic memory model (ABI 2), or NULL (v1, or none). */
 typedef int (*ftb_memory_model_fn)(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out);
 ftb_memory_model_fn ftb_plugin_memory_model(const ftb_method *m);
+/* The prediction the harness records for one step of the method: its own
+ * model, or else the core's schedule — a training step, or one inference
+ * forward when ran_backward is 0 (a zeroth-order method).  Returns what it
+ * used: "method", "core schedule, training step" or "core schedule,
+ * inference forward". */
+const char *ftb_method_memory_estimate(const ftb_method *m, void *state, const ftb_session *s, int B, int T,
+                                       int ran_backward, ftb_memory_estimate *out);
 
 /* Sorted labels of the *.so files in dir.  Free with ftb_plugin_free_list. */
 int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t errlen);

@@ -155,3 +155,72 @@ Test(memory_model, hook_bytes_add_to_the_saved_peak) {
     free(row);
     ftb_model_free(m);
 }
+
+/* ---- the methods' models, through the plugins as a run loads them ---- */
+
+#include "plugin.h"
+
+/* One step of a plugin on the tiny model: the measured peak of the step
+ * against what the harness would record as its prediction. */
+static void expect_method_prediction(const char *method, int n_opts, const char *const *keys,
+                                     const char *const *values, int ran_backward) {
+    const char *dir = getenv("FTBENCH_METHODS");
+    if (!dir) cr_skip_test("FTBENCH_METHODS is set by make test");
+    char path[4096], err[FTB_ERR_LEN] = "";
+    snprintf(path, sizeof path, "%s/%s.so", dir, method);
+    ftb_plugin plug;
+    cr_assert_eq(ftb_plugin_open(path, &plug, err, sizeof err), 0, "%s", err);
+    ftb_model *m = mm_model("tiny");
+    ftb_options opts = {n_opts, keys, values};
+    ftb_session s;
+    memset(&s, 0, sizeof s);
+    s.model = m;
+    ftb_run_opts_default(&s.run);
+    s.options = &opts;
+    s.seed = 3;
+    s.lr = 1e-3f;
+    s.total_steps = 2;
+    void *state = plug.method->init(&s, err, sizeof err);
+    cr_assert_not_null(state, "%s: %s", method, err);
+    mm_batch b = mm_make_batch(m->cfg.vocab_size, 2, 24);
+    ftb_memory_estimate est;
+    const char *source = ftb_method_memory_estimate(plug.method, state, &s, 2, 24, ran_backward, &est);
+    ftb_mem_reset_peaks();
+    ftb_step_result res;
+    cr_assert_eq(plug.method->step(state, &s, &b.batch, &res, err, sizeof err), 0, "%s: %s", method, err);
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    cr_expect_eq(est.peak_total, st.peak_total, "%s (%s): predicted peak %lld bytes (at %s), measured %lld", method,
+                 source, (long long)est.peak_total, est.peak_phase, (long long)st.peak_total);
+    cr_expect_eq(est.saved_peak, st.peak[FTB_MEM_SAVED], "%s: saved peak predicted %lld, measured %lld", method,
+                 (long long)est.saved_peak, (long long)st.peak[FTB_MEM_SAVED]);
+    plug.method->destroy(state);
+    ftb_model_free(m);
+    free(b.tokens);
+    free(b.targets);
+    ftb_plugin_close(&plug);
+}
+
+Test(memory_model, methods_full_lastk_lora_ia3) {
+    expect_method_prediction("full", 0, NULL, NULL, 1);
+    expect_method_prediction("lastk", 0, NULL, NULL, 1);
+    expect_method_prediction("lora", 0, NULL, NULL, 1);
+    const char *k[] = {"rank", "targets"}, *v[] = {"3", "q,v,down"};
+    expect_method_prediction("lora", 2, k, v, 1);
+    expect_method_prediction("ia3", 0, NULL, NULL, 1);
+}
+
+Test(memory_model, methods_gc_mebp_mesp) {
+    expect_method_prediction("gc", 0, NULL, NULL, 1);
+    const char *k[] = {"inner"}, *v1[] = {"ia3"}, *v2[] = {"full"};
+    expect_method_prediction("gc", 1, k, v1, 1);
+    expect_method_prediction("gc", 1, k, v2, 1);
+    expect_method_prediction("mebp", 0, NULL, NULL, 1);
+    expect_method_prediction("mesp", 0, NULL, NULL, 1);
+}
+
+Test(memory_model, zeroth_order_mezo_is_one_inference_forward) {
+    expect_method_prediction("mezo", 0, NULL, NULL, 0);
+    const char *k[] = {"params"}, *v[] = {"lora"};
+    expect_method_prediction("mezo", 1, k, v, 0);
+}
