@@ -157,6 +157,9 @@ static void extract(ftr_rec *r)
     r->saved_peak_mib = mib(path2(core, "peak_bytes", "saved_activations"));
     for (int c = 0; c < FTR_NCAT; c++)
         r->split_mib[c] = mib(path2(core, "split_at_peak_bytes", cat_keys[c]));
+    json_t *an = json_object_get(mem, "analytic");
+    r->analytic_peak_mib = mib(json_object_get(an, "peak_total_bytes"));
+    r->unexplained_pct = 100.0 * num(json_object_get(an, "unexplained_rss_fraction"));
     json_t *timing = json_object_get(j, "timing");
     r->tokens_per_s = num(json_object_get(timing, "tokens_per_second"));
     r->step_s = num(path2(timing, "step_seconds", "median"));

@@ -53,6 +53,7 @@ typedef struct {
     double split_mib[FTR_NCAT]; /* the core's categories at the core's peak */
     double tokens_per_s, step_s, final_loss;
     double accuracy, fidelity_cos, fidelity_relerr;
+    double analytic_peak_mib, unexplained_pct; /* memory.analytic (docs/CORE.md) */
     const char *eval_task, *eval_metric;
     const char *timeline_file; /* relative to dir, or NULL                */
 } ftr_rec;

@@ -413,6 +413,27 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
                          "KiB/token: least-squares slope over the lengths measured (batch %d).", sc->batch);
     add(ts, t, si);
 
+    /* The analytic memory model against the measured peak (only for records that carry it). */
+    int any_analytic = 0;
+    for (int i = 0; i < sc->nseries * sc->nseq; i++)
+        any_analytic |= sc->agg[i].rep && isfinite(sc->agg[i].rep->unexplained_pct);
+    if (any_analytic) {
+        t = seq_table(s, sc, "Peak RSS not explained by the analytic memory model (%)", "unexplained", 0, NULL);
+        for (int row = 0; row < sc->nseries; row++) {
+            ftr_table_add_row(t);
+            ftr_table_set(t, row, 0, 0, "%s", s->series[sc->series[row]].name);
+            for (int k = 0; k < sc->nseq; k++) {
+                ftr_agg *a = ftr_scope_agg(sc, row, k);
+                if (a->n_measured && a->rep && isfinite(a->rep->unexplained_pct))
+                    ftr_table_set(t, row, 1 + k, 0, "%.1f", a->rep->unexplained_pct);
+            }
+        }
+        ftr_table_caption(t, "100 x (peak RSS - baseline RSS - predicted core peak) / peak RSS, where the prediction "
+                             "(memory.analytic, docs/CORE.md) walks the core's schedule from shapes and the "
+                             "method's own model; the rest is allocator slack, BLAS/OpenMP buffers and pages.");
+        add(ts, t, si);
+    }
+
     /* Throughput. */
     t = seq_table(s, sc, "Throughput (tokens/s)", "throughput", 0, NULL);
     for (int row = 0; row < sc->nseries; row++) {
