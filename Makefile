@@ -189,3 +189,12 @@ $(QBENCH): $(BUILD)/tests/bench/bench_quant.o $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $< $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
 bench-quant: all $(QBENCH)
 	./$(QBENCH) --model qwen2.5-0.5b --seq 256 --methods-dir $(BUILD)/methods --cache $(QBENCH_CACHE) $(QBENCH_ARGS)
+
+# ---- bench-zo: zeroth-order estimate quality and P-RGE vs MeZO speed -------
+# (docs/BENCHMARKS.md "Gradient fidelity" and "Zeroth-order speed").
+# e.g. make bench-zo ZO_PART=speed ZO_ENV="NS='1 4 16' REPS=5"
+ZO_PART ?= all
+ZO_ENV  ?=
+.PHONY: bench-zo
+bench-zo: all
+	env BIN=$(BIN) METHODS=$(BUILD)/methods $(ZO_ENV) sh tests/bench/bench_zo.sh $(ZO_PART)

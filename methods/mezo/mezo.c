@@ -23,9 +23,22 @@
  * the same numbers whatever the thread count.  Step seeds are successive
  * ftb_rng_u64 draws of an ftb_rng seeded with session seed ^ MEZO_SEED_SALT.
  *
+ * samples=K > 1 (MeZO's n): K seeds per step, each giving pg_k from its own
+ * ± pair at the same θ (restored after each), and the update
+ *   θ −= lr·((1/K)·Σ_k pg_k·z_k + wd·θ),
+ * the last sample's restore sharing a sweep with its part of the update.
+ *
  * params=lora: the trainable parameters are LoRA factors (y += s·x·Aᵀ·Bᵀ on
  * the targeted linears, A ~ U(±1/√in), B = 0, as methods/lora) and the base
- * stays frozen; the hook is forward-only and saves nothing. */
+ * stays frozen; the hook is forward-only and saves nothing.
+ *
+ * gradient (ABI 2, for `ftbench fidelity` only — a step never calls it):
+ * exact = 0 writes the next step's estimate (1/K)·Σ pg_k·z_k into .grad
+ * (allocated on first use), θ copied into .grad first and copied back after
+ * each ± pair, so the parameters are bit-identical afterwards; exact = 1 is
+ * a real backward: with params=full the core's, with params=lora the hook's
+ * (dB = s·dyᵀ·h, dA = (s·dy·B)ᵀ·x with h = x·Aᵀ recomputed from the input
+ * the core keeps while needs_input is raised for that call). */
 #include "ftbench.h"
 
 #include <math.h>
@@ -34,6 +47,7 @@
 
 #define ZO_BLOCK 65536                     /* elements per independently seeded block */
 #define ZO_CHUNK 256                       /* normals generated at a time, on the stack (even) */
+#define MAX_SAMPLES 64
 #define MEZO_SEED_SALT 0x6d657a6fULL       /* "mezo" */
 #define LORA_SEED_SALT 0x6c6f7261ULL       /* "lora": same A as methods/lora for a seed */
 
@@ -85,18 +99,25 @@ static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const 
     ftb_free(h);
 }
 
-/* MeZO never runs a backward.  Should someone run ftb_model_forward_backward
- * on a model carrying these hooks, the adapter still passes the gradient
- * through (dx += s·dy·B·A, which needs neither x nor anything saved), so the
- * gradients of everything else stay exact; A and B have no gradient. */
+/* A MeZO step never runs a backward.  The exact gradient (gradient() with
+ * exact = 1) does: needs_input is raised for it, so x is there, h = x·Aᵀ is
+ * recomputed (nothing was saved) and dB += s·dyᵀ·h, dA += dhᵀ·x with
+ * dh = s·dy·B.  Without x (a backward run by someone else) the adapter only
+ * passes the gradient through, dx += dh·A, so other gradients stay exact. */
 static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
                                void *saved) {
-    (void)x;
     (void)saved;
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
+    if (x && a->A.grad && a->B.grad) {
+        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+        ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
+        ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
+        ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);
+        ftb_free(h);
+    }
     ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
     ftb_free(dh);
 }
@@ -124,13 +145,15 @@ typedef struct {
     mezo_lora *adapters;    /* params=lora only */
     int n_adapters;
     float eps, weight_decay;
-    ftb_rng seeds;          /* one draw per step */
+    int samples;            /* K: ± pairs per step */
+    ftb_rng seeds;          /* K draws per step */
 } mezo_state;
 
 static const ftb_option_doc mezo_options[] = {
     {"params", "full", "what is trained: full (every weight, as in the paper) or lora"},
     {"eps", "auto", "perturbation scale ε; auto: 1e-3 with params=full, 1e-2 with params=lora (the paper's)"},
     {"weight_decay", "0.0", "decoupled weight decay wd in θ -= lr·(pg·z + wd·θ); none on biases and norms"},
+    {"samples", "1", "K: perturbations per step (MeZO's n), 2K forwards, the update averages the K estimates (1..64)"},
     {"rank", "8", "params=lora: rank r of A and B"},
     {"alpha", "16", "params=lora: scale s = alpha / rank"},
     {"targets", "q,v", "params=lora: linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
@@ -236,6 +259,7 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
     const char *eps_s = ftb_opt_str(s->options, "eps", "auto");
     double eps = strcmp(eps_s, "auto") == 0 ? eps_default : ftb_opt_double(s->options, "eps", eps_default, err, errlen);
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
+    long samples = ftb_opt_int(s->options, "samples", 1, err, errlen);
     /* LoRA's options are checked even with params=full (a typo should not
      * pass silently) but not refused: a sweep hands unscoped options to
      * every method. */
@@ -250,6 +274,10 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
     }
     if (wd < 0.0) {
         snprintf(err, errlen, "option weight_decay: %g is negative", wd);
+        return NULL;
+    }
+    if (samples < 1 || samples > MAX_SAMPLES) {
+        snprintf(err, errlen, "option samples: %ld is not in 1..%d", samples, MAX_SAMPLES);
         return NULL;
     }
     if (rank < 1 || rank > 4096) {
@@ -268,6 +296,7 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
     st->model = s->model;
     st->eps = (float)eps;
     st->weight_decay = (float)wd;
+    st->samples = (int)samples;
     ftb_rng_seed(&st->seeds, s->seed ^ MEZO_SEED_SALT);
     if (lora) {
         ftb_model_set_trainable(s->model, 0);
@@ -282,18 +311,25 @@ fail:
     return NULL;
 }
 
+/* What a sweep does with z. */
+enum { SWEEP_ADD, SWEEP_UPDATE, SWEEP_GRAD_SET, SWEEP_GRAD_ADD };
+
 /* One sweep over every trainable element with z regenerated:
- *   θ += add·z,  then, if update:  θ −= lr·(pg·z + wd·θ)  (wd 0 on no_decay).
+ *   SWEEP_ADD:       θ += add·z;
+ *   SWEEP_UPDATE:    θ += add·z, then θ −= lr·(pg·z + wd·θ) (wd 0 on no_decay);
+ *   SWEEP_GRAD_SET:  grad = pg·z;   SWEEP_GRAD_ADD: grad += pg·z  (θ untouched).
  * No allocation: each thread generates a block's z ZO_CHUNK at a time. */
-static void sweep(const mezo_state *st, uint64_t step_seed, float add, int update, float lr, float pg) {
+static void sweep_mode(const mezo_state *st, uint64_t step_seed, int mode, float add, float lr, float pg,
+                       float weight_decay) {
     const noise_block *blocks = st->blocks;
+    const int update = mode == SWEEP_UPDATE;
 #pragma omp parallel for schedule(dynamic, 4)
     for (int64_t j = 0; j < st->n_blocks; j++) {
         ftb_tensor *t = st->params[blocks[j].tensor];
         const int64_t lo = blocks[j].block * ZO_BLOCK;
         const int64_t n = t->numel - lo < ZO_BLOCK ? t->numel - lo : ZO_BLOCK;
-        const float wd = t->no_decay ? 0.0f : st->weight_decay;
-        float *x = t->data + lo;
+        const float wd = t->no_decay ? 0.0f : weight_decay;
+        float *x = (mode == SWEEP_GRAD_SET || mode == SWEEP_GRAD_ADD ? t->grad : t->data) + lo;
         ftb_rng r;
         ftb_rng_seed(&r, zo_child(zo_child(step_seed, (uint64_t)blocks[j].tensor), (uint64_t)blocks[j].block));
         float z[ZO_CHUNK];
@@ -305,11 +341,20 @@ static void sweep(const mezo_state *st, uint64_t step_seed, float add, int updat
                     float v = x[c + i] + add * z[i];
                     x[c + i] = v - lr * (pg * z[i] + wd * v);
                 }
+            } else if (mode == SWEEP_GRAD_SET) {
+                for (int i = 0; i < m; i++) x[c + i] = pg * z[i];
+            } else if (mode == SWEEP_GRAD_ADD) {
+                for (int i = 0; i < m; i++) x[c + i] += pg * z[i];
             } else {
                 for (int i = 0; i < m; i++) x[c + i] += add * z[i];
             }
         }
     }
+}
+
+/* The step's sweeps: perturb (update 0) or restore and update (update 1). */
+static void sweep(const mezo_state *st, uint64_t step_seed, float add, int update, float lr, float pg) {
+    sweep_mode(st, step_seed, update ? SWEEP_UPDATE : SWEEP_ADD, add, lr, pg, st->weight_decay);
 }
 
 /* Runs one inference-mode forward; adds its time to *t_forward. */
@@ -327,34 +372,118 @@ static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
                      size_t errlen) {
     mezo_state *st = state;
     const float eps = st->eps;
-    const uint64_t step_seed = ftb_rng_u64(&st->seeds);
+    const int K = st->samples;
+    uint64_t seeds[MAX_SAMPLES];
+    double pg[MAX_SAMPLES];
+    for (int k = 0; k < K; k++) seeds[k] = ftb_rng_u64(&st->seeds);
     double t_optim = 0, t_forward = 0, t0;
+    float loss_sum = 0;
 
-    t0 = ftb_phase("zo perturb");
-    sweep(st, step_seed, eps, 0, 0, 0);
-    t_optim += ftb_now() - t0;
-    float loss_plus = timed_forward(s, b, &t_forward, err, errlen);
-    t0 = ftb_phase("zo perturb");
-    sweep(st, step_seed, isnan(loss_plus) ? -eps : -2.0f * eps, 0, 0, 0);
-    t_optim += ftb_now() - t0;
-    if (isnan(loss_plus)) return -1; /* restored; err says why */
-    float loss_minus = timed_forward(s, b, &t_forward, err, errlen);
-    double pg = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)eps);
-    int ok = !isnan(loss_minus) && isfinite(pg);
-    if (!ok && !err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
-                                 (double)loss_plus, (double)loss_minus);
+    for (int k = 0; k < K; k++) {
+        const int last = k == K - 1;
+        t0 = ftb_phase("zo perturb");
+        sweep(st, seeds[k], eps, 0, 0, 0);
+        t_optim += ftb_now() - t0;
+        float loss_plus = timed_forward(s, b, &t_forward, err, errlen);
+        t0 = ftb_phase("zo perturb");
+        sweep(st, seeds[k], isnan(loss_plus) ? -eps : -2.0f * eps, 0, 0, 0);
+        t_optim += ftb_now() - t0;
+        if (isnan(loss_plus)) return -1; /* restored (earlier samples were); err says why */
+        float loss_minus = timed_forward(s, b, &t_forward, err, errlen);
+        pg[k] = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)eps);
+        int ok = !isnan(loss_minus) && isfinite(pg[k]);
+        if (!ok && !err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
+                                     (double)loss_plus, (double)loss_minus);
 
-    /* Restore (+εz) and update in the same sweep; a failed step only restores. */
-    t0 = ftb_phase("zo update");
-    sweep(st, step_seed, eps, ok, s->lr, ok ? (float)pg : 0.0f);
-    t_optim += ftb_now() - t0;
-    if (!ok) return -1;
+        /* Restore (+εz).  The last sample's restore and its share of the
+         * update are one sweep; a failed step only restores. */
+        t0 = ftb_phase(last && ok ? "zo update" : "zo perturb");
+        sweep(st, seeds[k], eps, ok && last, s->lr, ok && last ? (float)(pg[k] / K) : 0.0f);
+        t_optim += ftb_now() - t0;
+        if (!ok) return -1;
+        loss_sum += 0.5f * (loss_plus + loss_minus);
+    }
+    if (K > 1) { /* the other samples' shares; weight decay was applied once, above */
+        t0 = ftb_phase("zo update");
+        for (int k = 0; k < K - 1; k++) sweep_mode(st, seeds[k], SWEEP_UPDATE, 0.0f, s->lr, (float)(pg[k] / K), 0.0f);
+        t_optim += ftb_now() - t0;
+    }
 
-    out->loss = 0.5f * (loss_plus + loss_minus); /* ≈ L(θ) up to O(ε²) */
-    out->forward_passes = 2;
+    out->loss = loss_sum / (float)K; /* ≈ L(θ) up to O(ε²) */
+    out->forward_passes = 2 * K;
     out->t_forward = t_forward;
     out->t_backward = 0;
     out->t_optim = t_optim;
+    return 0;
+}
+
+/* ---- gradient (ABI 2): for `ftbench fidelity` only ---------------------- */
+
+/* .grad for every trainable tensor, allocated on first use (FTB_MEM_GRADS). */
+static int ensure_grads(mezo_state *st, char *err, size_t errlen) {
+    if (!st->adapters) return ftb_model_alloc_grads(st->model, err, errlen);
+    for (int i = 0; i < st->n_params; i++) {
+        ftb_tensor *t = st->params[i];
+        if (!t->grad) t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
+        if (!t->grad) {
+            snprintf(err, errlen, "mezo: out of memory for the gradient of '%s'", t->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void copy_params(mezo_state *st, int to_grad) {
+    for (int i = 0; i < st->n_params; i++) {
+        ftb_tensor *t = st->params[i];
+        if (to_grad) memcpy(t->grad, t->data, sizeof(float) * (size_t)t->numel);
+        else memcpy(t->data, t->grad, sizeof(float) * (size_t)t->numel);
+    }
+}
+
+/* exact = 0: the estimate (1/K)·Σ pg_k·z_k of the next step (its seeds
+ * peeked, not drawn), θ saved in .grad and copied back after each pair;
+ * exact = 1: backprop with every activation kept. */
+static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
+                         size_t errlen) {
+    mezo_state *st = state;
+    *loss = NAN;
+    if (ensure_grads(st, err, errlen)) return -1;
+    if (exact) {
+        for (int i = 0; i < st->n_params; i++) memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
+        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].hook.needs_input = 1;
+        ftb_run_opts run = s->run;
+        run.keep = NULL;
+        run.first_trainable_layer = 0;
+        run.seq_loss = NULL;
+        *loss = ftb_model_forward_backward(st->model, b, &run, err, errlen);
+        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].hook.needs_input = 0;
+        return isnan(*loss) ? -1 : 0;
+    }
+    const int K = st->samples;
+    const float eps = st->eps;
+    ftb_rng peek = st->seeds;
+    uint64_t seeds[MAX_SAMPLES];
+    double pg[MAX_SAMPLES], t_forward = 0, loss_sum = 0;
+    for (int k = 0; k < K; k++) seeds[k] = ftb_rng_u64(&peek);
+    copy_params(st, 1);
+    for (int k = 0; k < K; k++) {
+        sweep(st, seeds[k], eps, 0, 0, 0);
+        float loss_plus = timed_forward(s, b, &t_forward, err, errlen);
+        sweep(st, seeds[k], -2.0f * eps, 0, 0, 0);
+        float loss_minus = isnan(loss_plus) ? NAN : timed_forward(s, b, &t_forward, err, errlen);
+        copy_params(st, 0);
+        pg[k] = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)eps);
+        if (!isfinite(pg[k])) {
+            if (!err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
+                                  (double)loss_plus, (double)loss_minus);
+            return -1;
+        }
+        loss_sum += 0.5 * ((double)loss_plus + (double)loss_minus);
+    }
+    for (int k = 0; k < K; k++)
+        sweep_mode(st, seeds[k], k ? SWEEP_GRAD_ADD : SWEEP_GRAD_SET, 0.0f, 0.0f, (float)(pg[k] / K), 0.0f);
+    *loss = (float)(loss_sum / K);
     return 0;
 }
 
@@ -373,6 +502,8 @@ static void mezo_destroy(void *state) {
         for (int i = 0; i < st->n_adapters; i++) {
             ftb_free(st->adapters[i].A.data);
             ftb_free(st->adapters[i].B.data);
+            ftb_free(st->adapters[i].A.grad); /* allocated by gradient() only */
+            ftb_free(st->adapters[i].B.grad);
         }
     }
     free(st->adapters);
@@ -390,6 +521,7 @@ static const ftb_method mezo_method = {
     mezo_step,
     mezo_trainable,
     mezo_destroy,
+    mezo_gradient,
 };
 
 const ftb_method *ftbench_method(void) { return &mezo_method; }

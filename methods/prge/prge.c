@@ -32,7 +32,15 @@
  *
  * Outside a step (or on a batch that is not the step's repeated batch) the
  * hook is plain LoRA with the current B, so the trained model can be
- * evaluated with ftb_model_forward. */
+ * evaluated with ftb_model_forward.
+ *
+ * gradient (ABI 2, for `ftbench fidelity` only — a step never calls it):
+ * exact = 0 runs the next step's queries (its seed peeked, not drawn) and
+ * writes (1/n)·Σᵢ pgᵢ·zᵢ into B's .grad (allocated on first use); B is
+ * never written by a step's forwards, so it is untouched.  exact = 1 is a
+ * real backward through the hook: dB = s·dyᵀ·h with h = x·Aᵀ recomputed from
+ * the input the core keeps while needs_input is raised for that call (A is
+ * frozen: no dA). */
 #include "ftbench.h"
 
 #include <math.h>
@@ -147,15 +155,21 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     ftb_free(h);
 }
 
-/* P-RGE never runs a backward.  Should someone run forward_backward on a
- * model carrying these hooks, the gradient still passes through the adapter
+/* A P-RGE step never runs a backward.  The exact gradient (gradient() with
+ * exact = 1) does, with needs_input raised: h = x·Aᵀ is recomputed and
+ * dB += s·dyᵀ·h.  In any backward the gradient passes through the adapter
  * (dx += s·dy·B·A, unperturbed B), so other gradients stay exact. */
 static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
                           void *saved) {
-    (void)x;
     (void)saved;
     prge_adapter *a = (prge_adapter *)self;
     const int N = c->B * c->T;
+    if (x && a->B.grad) {
+        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+        ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
+        ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
+        ftb_free(h);
+    }
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
     ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
@@ -341,10 +355,9 @@ static void free_repeated(repeated_batch *rb) {
     free(rb->valid);
 }
 
-static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
-    prge_state *st = state;
-    const int n = st->queries, n_slices = st->dual ? 2 * n : n;
+/* A batch the repeated forward can take (checked before a seed is drawn). */
+static int check_batch(const prge_state *st, const ftb_batch *b, char *err, size_t errlen) {
+    const int n_slices = st->dual ? 2 * st->queries : st->queries;
     if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
         snprintf(err, errlen, "batch: B and T must be positive and tokens/targets given");
         return -1;
@@ -354,8 +367,18 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
         snprintf(err, errlen, "prge: %d slices of %d x %d positions is too many", n_slices, b->B, b->T);
         return -1;
     }
-    const uint64_t step_seed = ftb_rng_u64(&st->seeds);
-    double t_optim = 0, t_forward = 0;
+    return 0;
+}
+
+/* The queries of one step for step_seed (batch checked): draws z_i (left in the adapters:
+ * the caller frees them with free_perturbations) and runs the repeated
+ * forward(s).  pg[i] = (L₊ᵢ − L₋ᵢ)/(2ε); *mean_loss = mean of the 2n losses.
+ * 0, or -1 with err (perturbations freed). */
+static int run_queries(prge_state *st, ftb_session *s, const ftb_batch *b, uint64_t step_seed, double *pg,
+                       double *mean_loss, int *passes_out, double *t_forward, double *t_optim, char *err,
+                       size_t errlen) {
+    const int n = st->queries, n_slices = st->dual ? 2 * n : n;
+    const int64_t per_slice = (int64_t)b->B * b->T;
     double t0 = ftb_phase("zo perturb");
     if (draw_perturbations(st, step_seed, err, errlen)) return -1;
 
@@ -377,7 +400,7 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
         memcpy(rb.targets + j * per_slice, b->targets, sizeof(int32_t) * (size_t)per_slice);
     }
     for (int64_t i = 0; i < per_slice; i++) rb.valid[i / b->T] += b->targets[i] != FTB_IGNORE_INDEX;
-    t_optim += ftb_now() - t0;
+    *t_optim += ftb_now() - t0;
 
     double loss_plus[MAX_QUERIES], loss_minus[MAX_QUERIES], slice[2 * MAX_QUERIES];
     ftb_run_opts run = s->run;
@@ -390,7 +413,7 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
         st->plan.active = 0;
         double fwd = 0;
         ftb_last_run_times(&fwd, NULL);
-        t_forward += fwd;
+        *t_forward += fwd;
         if (isnan(loss)) {
             rc = -1;
             break;
@@ -409,22 +432,35 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
         free_perturbations(st);
         return -1;
     }
-
-    /* B ← B − lr·(1/n)·Σᵢ pgᵢ·zᵢ, with the held zᵢ (identical to a regeneration). */
-    t0 = ftb_phase("zo update");
-    float coef[MAX_QUERIES];
-    double mean_loss = 0;
+    *mean_loss = 0;
     for (int i = 0; i < n; i++) {
-        double pg = (loss_plus[i] - loss_minus[i]) / (2.0 * (double)st->eps);
-        coef[i] = (float)(s->lr * pg / n);
-        mean_loss += (loss_plus[i] + loss_minus[i]) / (2.0 * n);
-        if (!isfinite(pg)) {
+        pg[i] = (loss_plus[i] - loss_minus[i]) / (2.0 * (double)st->eps);
+        *mean_loss += (loss_plus[i] + loss_minus[i]) / (2.0 * n);
+        if (!isfinite(pg[i])) {
             free_perturbations(st);
             snprintf(err, errlen, "prge: query %d: the projected gradient is not finite (L+ %g, L- %g)", i,
                      loss_plus[i], loss_minus[i]);
             return -1;
         }
     }
+    *passes_out = passes;
+    return 0;
+}
+
+static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                     size_t errlen) {
+    prge_state *st = state;
+    const int n = st->queries;
+    if (check_batch(st, b, err, errlen)) return -1;
+    const uint64_t step_seed = ftb_rng_u64(&st->seeds);
+    double t_optim = 0, t_forward = 0, pg[MAX_QUERIES], mean_loss = 0;
+    int passes = 0;
+    if (run_queries(st, s, b, step_seed, pg, &mean_loss, &passes, &t_forward, &t_optim, err, errlen)) return -1;
+
+    /* B ← B − lr·(1/n)·Σᵢ pgᵢ·zᵢ, with the held zᵢ (identical to a regeneration). */
+    double t0 = ftb_phase("zo update");
+    float coef[MAX_QUERIES];
+    for (int i = 0; i < n; i++) coef[i] = (float)(s->lr * pg[i] / n);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int a = 0; a < st->n_adapters; a++) {
         prge_adapter *ad = &st->adapters[a];
@@ -446,6 +482,62 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
     return 0;
 }
 
+/* ---- gradient (ABI 2): for `ftbench fidelity` only ---------------------- */
+
+static int ensure_grads(prge_state *st, char *err, size_t errlen) {
+    for (int a = 0; a < st->n_adapters; a++) {
+        ftb_tensor *B = &st->adapters[a].B;
+        if (!B->grad) B->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)B->numel);
+        if (!B->grad) {
+            snprintf(err, errlen, "prge: out of memory for the gradient of '%s'", B->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int prge_gradient(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
+                         size_t errlen) {
+    prge_state *st = state;
+    *loss = NAN;
+    if (ensure_grads(st, err, errlen)) return -1;
+    if (exact) {
+        for (int a = 0; a < st->n_adapters; a++) {
+            memset(st->adapters[a].B.grad, 0, sizeof(float) * (size_t)st->adapters[a].B.numel);
+            st->adapters[a].hook.needs_input = 1;
+        }
+        ftb_run_opts run = s->run;
+        run.keep = NULL;
+        run.first_trainable_layer = 0;
+        run.seq_loss = NULL;
+        *loss = ftb_model_forward_backward(st->model, b, &run, err, errlen);
+        for (int a = 0; a < st->n_adapters; a++) st->adapters[a].hook.needs_input = 0;
+        return isnan(*loss) ? -1 : 0;
+    }
+    const int n = st->queries;
+    if (check_batch(st, b, err, errlen)) return -1;
+    ftb_rng peek = st->seeds;
+    const uint64_t step_seed = ftb_rng_u64(&peek);
+    double t_optim = 0, t_forward = 0, pg[MAX_QUERIES], mean_loss = 0;
+    int passes = 0;
+    if (run_queries(st, s, b, step_seed, pg, &mean_loss, &passes, &t_forward, &t_optim, err, errlen)) return -1;
+    float coef[MAX_QUERIES];
+    for (int i = 0; i < n; i++) coef[i] = (float)(pg[i] / n);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int a = 0; a < st->n_adapters; a++) {
+        prge_adapter *ad = &st->adapters[a];
+        const int64_t nb = ad->B.numel;
+        for (int64_t k = 0; k < nb; k++) {
+            float g = 0;
+            for (int i = 0; i < n; i++) g += coef[i] * ad->z[i * nb + k];
+            ad->B.grad[k] = g;
+        }
+    }
+    free_perturbations(st);
+    *loss = (float)mean_loss;
+    return 0;
+}
+
 static int prge_trainable(void *state, ftb_tensor ***tensors) {
     prge_state *st = state;
     *tensors = st->params;
@@ -461,6 +553,7 @@ static void prge_destroy(void *state) {
     for (int i = 0; i < st->n_adapters; i++) {
         ftb_free(st->adapters[i].A.data);
         ftb_free(st->adapters[i].B.data);
+        ftb_free(st->adapters[i].B.grad); /* allocated by gradient() only */
     }
     free(st->adapters);
     free(st->params);
@@ -476,6 +569,7 @@ static const ftb_method prge_method = {
     prge_step,
     prge_trainable,
     prge_destroy,
+    prge_gradient,
 };
 
 const ftb_method *ftbench_method(void) { return &prge_method; }
