@@ -454,6 +454,19 @@ int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n,
 void ftb_adamw_step(ftb_adamw *opt);
 void ftb_adamw_free(ftb_adamw *opt);
 
+/* Which update ftb_adamw_init prepares (added with --optimizer).  The host
+ * selects it, process-wide, before a method's init; every optimizer
+ * initialised after that gets it, so every plugin built on ftb_adamw_init
+ * and ftb_backprop_step offers SGD without a change.  FTB_OPTIM_SGD keeps
+ * no state: m and v stay NULL (nothing under FTB_MEM_OPTIM) and
+ * ftb_adamw_step does θ ← θ − lr·(g + wd·θ) (wd = 0 on no_decay tensors):
+ * θ ← θ − lr·g without weight decay.  Default FTB_OPTIM_ADAMW. */
+typedef enum { FTB_OPTIM_ADAMW = 0, FTB_OPTIM_SGD } ftb_optimizer;
+void ftb_optimizer_select(ftb_optimizer o);
+ftb_optimizer ftb_optimizer_selected(void);
+const char *ftb_optimizer_name(ftb_optimizer o);  /* "adamw", "sgd"  */
+int ftb_optimizer_parse(const char *s);           /* -1 if unknown   */
+
 /* ------------------------------------------------------------------------ */
 /* Deterministic random numbers (methods regenerate perturbations with it)   */
 /* ------------------------------------------------------------------------ */
