@@ -552,9 +552,13 @@ int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols
                      int with_grad, char *err, size_t errlen);
 void ftb_tensor_release(ftb_tensor *t);
 /* One backprop step: zero the gradients of opt's tensors, forward and
- * backward, AdamW; fills out (loss, passes, phase times).  0 or -1. */
+ * backward, the optimizer step (AdamW, or SGD: ftb_optimizer_select);
+ * fills out (loss, passes, phase times).  0 or -1. */
 int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_step_result *out, char *err,
                       size_t errlen);
+/* Bytes of m's frozen weights mapped from a file (their storage format's
+ * size): what lazy residency can drop; 0 for a model built in memory. */
+int64_t ftb_model_mapped_bytes(const ftb_model *m);
 
 #ifdef __cplusplus
 }
