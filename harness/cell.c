@@ -71,9 +71,13 @@ void ftb_cell_make_key(ftb_cell *c)
     }
     /* The base format, residency and optimizer change what is measured:
      * they are part of the key (and so of a sweep's run id). */
-    char base[96], extra[48];
+    char base[96], extra[72];
     ftb_base_key_part(&c->base, base, sizeof base);
-    snprintf(extra, sizeof extra, "%s%.40s%s", base[0] ? "." : "", base, c->optimizer == FTB_OPTIM_SGD ? ".sgd" : "");
+    char lc[24] = "";
+    if (c->loss_chunk)
+        snprintf(lc, sizeof lc, ".lc%d", c->loss_chunk);
+    snprintf(extra, sizeof extra, "%s%.40s%s%s", base[0] ? "." : "", base, c->optimizer == FTB_OPTIM_SGD ? ".sgd" : "",
+             lc);
     snprintf(c->key, sizeof c->key, "%.100s%s.%.60s%s.s%d.b%d", c->method_label, opts, c->model_name, extra,
              c->seq, c->batch);
     for (char *p = c->key; *p; p++)
@@ -329,6 +333,9 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_object_set_new(rec, "lr", json_real(c->lr));
     json_object_set_new(rec, "attention", json_string(c->attention == FTB_ATTN_EAGER ? "eager" : "flash"));
     json_object_set_new(rec, "loss_mode", json_string(c->loss == FTB_LOSS_FULL ? "full" : "chunked"));
+    ftb_run_opts ro;
+    ftb_run_opts_default(&ro);
+    json_object_set_new(rec, "loss_chunk_rows", json_integer(c->loss_chunk ? c->loss_chunk : ro.loss_chunk_rows));
 
     json_t *dev = json_object();
     json_object_set_new(dev, "name", json_string(c->device.name));

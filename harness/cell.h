@@ -41,6 +41,7 @@ typedef struct {
                                         instead ("" = none; base.h)      */
     json_t *base_info;               /* its ftbench-base.json, or NULL  */
     ftb_optimizer optimizer;         /* selected before the method's init */
+    int loss_chunk;                  /* run.loss_chunk_rows; 0 = default */
     /* method */
     char method_path[PATH_MAX];
     char method_label[128];
@@ -84,7 +85,7 @@ typedef struct {
 
 /* Default values for everything not about the experiment itself. */
 void ftb_cell_init(ftb_cell *c);
-/* "<method>[+<opthash>].<model>[.<base>][.lazy][.sgd].s<seq>.b<batch>" into
+/* "<method>[+<opthash>].<model>[.<base>][.lazy][.sgd][.lc<rows>].s<seq>.b<batch>" into
  * c->key (<base>: "int4-g64", ... when a base format was given). */
 void ftb_cell_make_key(ftb_cell *c);
 /* Prepares the base weights file the cell maps, when its base options ask

@@ -241,6 +241,8 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     ftb_run_opts_default(&s.run);
     s.run.attention = c->attention;
     s.run.loss = c->loss;
+    if (c->loss_chunk)
+        s.run.loss_chunk_rows = c->loss_chunk;
     s.options = &opts;
     s.seed = c->seed;
     s.lr = c->lr;

@@ -41,6 +41,7 @@ static const opt_spec specs[] = {
     { "--dataset", CLI_TRAIN, 1, "SPEC", "uniform | synthetic-lang[:N] | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
     { "--attention", CLI_TRAIN, 1, "flash|eager", "attention implementation (default flash)" },
     { "--loss", CLI_TRAIN, 1, "chunked|full", "loss computation (default chunked)" },
+    { "--loss-chunk", CLI_TRAIN, 1, "ROWS", "rows of logits per chunk of the chunked loss (default 128)" },
     { "--optimizer", CLI_TRAIN, 1, "adamw|sgd", "optimizer of the backprop methods (default adamw)" },
     { "--opt", CLI_TRAIN, 1, "KEY=VALUE", "method option, repeatable; METHOD.KEY=VALUE scopes it to one method" },
     { "--device", CLI_DEVICE, 1, "NAME", "device profile (default host); prefixes and aliases work" },
@@ -164,6 +165,7 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
         else if (!strcmp(name, "--threads")) rc = pos_int(name, val, 1, 4096, &o->threads, err, errlen);
         else if (!strcmp(name, "--seq-min")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_min, err, errlen);
         else if (!strcmp(name, "--seq-max")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_max, err, errlen);
+        else if (!strcmp(name, "--loss-chunk")) rc = pos_int(name, val, 1, 1 << 20, &o->loss_chunk, err, errlen);
         else if (!strcmp(name, "--granularity")) rc = pos_int(name, val, 1, 1 << 22, &o->granularity, err, errlen);
         else if (!strcmp(name, "--lr")) {
             if (ftb_parse_double(val, &d) != 0 || !(d > 0))

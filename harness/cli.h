@@ -48,6 +48,7 @@ typedef struct {
     int no_timeline, force, quiet, no_skip;
     ftb_base_spec base;            /* --base-dtype --embed-dtype --group --residency */
     ftb_optimizer optimizer;       /* --optimizer (default adamw)        */
+    int loss_chunk;                /* --loss-chunk rows; 0 = the core's  */
     /* Which of the defaultable values the user gave. */
     int seq_given, steps_given, warmup_given, timeout_given, lr_given;
 } ftb_cli;

@@ -74,6 +74,7 @@ void ftb_setup_cell(const ftb_setup *s, ftb_cell *c)
     c->cfg = s->cfg;
     c->base = o->base;
     c->optimizer = o->optimizer;
+    c->loss_chunk = o->loss_chunk;
     c->seq = o->seq;
     c->batch = o->batch;
     c->steps = o->steps;

@@ -729,4 +729,7 @@ Test(harness, bad_base_options_give_one_line)
     expect_usage_error((const char *[]){ "fit", "--methods-dir", md, "--method", "lora", "--model", "tiny",
                                          "--optimizer", "adam", NULL },
                        "--optimizer: 'adam' is not adamw or sgd");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--loss-chunk", "0", NULL },
+                       "--loss-chunk: '0' is not a positive integer");
 }
