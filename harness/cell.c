@@ -78,7 +78,7 @@ void ftb_cell_make_key(ftb_cell *c)
         snprintf(lc, sizeof lc, ".lc%d", c->loss_chunk);
     snprintf(extra, sizeof extra, "%s%.40s%s%s", base[0] ? "." : "", base, c->optimizer == FTB_OPTIM_SGD ? ".sgd" : "",
              lc);
-    snprintf(c->key, sizeof c->key, "%.100s%s.%.60s%s.s%d.b%d", c->method_label, opts, c->model_name, extra,
+    snprintf(c->key, sizeof c->key, "%.100s%.9s.%.60s%.50s.s%d.b%d", c->method_label, opts, c->model_name, extra,
              c->seq, c->batch);
     for (char *p = c->key; *p; p++)
         if (*p == '/' || *p == ' ')

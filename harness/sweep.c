@@ -501,7 +501,7 @@ int ftb_cmd_sweep(int argc, char **argv)
         }
         base_info = cells[0].base_info;
         for (int i = 1; i < ncells; i++) {
-            snprintf(cells[i].base_dir, sizeof cells[i].base_dir, "%s", cells[0].base_dir);
+            memcpy(cells[i].base_dir, cells[0].base_dir, sizeof cells[i].base_dir);
             cells[i].base_info = base_info;
         }
     }
