@@ -69,11 +69,30 @@ void ftb_cell_make_key(ftb_cell *c)
         }
         snprintf(opts, sizeof opts, "+%08x", (unsigned)(h ^ (h >> 32)));
     }
-    snprintf(c->key, sizeof c->key, "%.100s%s.%.96s.s%d.b%d", c->method_label, opts, c->model_name,
+    /* The base format, residency and optimizer change what is measured:
+     * they are part of the key (and so of a sweep's run id). */
+    char base[96], extra[72];
+    ftb_base_key_part(&c->base, base, sizeof base);
+    char lc[24] = "";
+    if (c->loss_chunk)
+        snprintf(lc, sizeof lc, ".lc%d", c->loss_chunk);
+    snprintf(extra, sizeof extra, "%s%.40s%s%s", base[0] ? "." : "", base, c->optimizer == FTB_OPTIM_SGD ? ".sgd" : "",
+             lc);
+    snprintf(c->key, sizeof c->key, "%.100s%.9s.%.60s%.50s.s%d.b%d", c->method_label, opts, c->model_name, extra,
              c->seq, c->batch);
     for (char *p = c->key; *p; p++)
         if (*p == '/' || *p == ' ')
             *p = '_';
+}
+
+int ftb_cell_prepare_base(ftb_cell *c, int quiet, char *err, size_t errlen)
+{
+    c->base_dir[0] = 0;
+    c->base_info = NULL;
+    if (!ftb_base_needs_prepare(&c->base, c->checkpoint))
+        return 0;
+    return ftb_base_prepare(&c->base, &c->cfg, c->model_name, c->checkpoint, c->seed, c->threads, quiet, c->base_dir,
+                            sizeof c->base_dir, &c->base_info, err, errlen);
 }
 
 /* ---- results.jsonl ------------------------------------------------------ */
@@ -282,6 +301,14 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_object_set_new(model, "params", json_integer(ftb_config_param_count(&c->cfg)));
     json_object_set_new(model, "config", config_json(&c->cfg));
     json_object_set_new(rec, "model", model);
+    /* The base weights: format, residency, the prepared file, and what the
+     * child measured of them (effective residency, storage bytes). */
+    json_t *base = ftb_base_record_json(&c->base, c->base_dir, c->base_info);
+    json_t *mb = m ? json_object_get(m, "base") : NULL;
+    if (mb)
+        json_object_update(base, mb);
+    json_object_set_new(rec, "base", base);
+    json_object_set_new(rec, "optimizer", json_string(ftb_optimizer_name(c->optimizer)));
 
     json_t *meth = json_object();
     json_object_set_new(meth, "label", json_string(c->method_label));
@@ -306,6 +333,9 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_object_set_new(rec, "lr", json_real(c->lr));
     json_object_set_new(rec, "attention", json_string(c->attention == FTB_ATTN_EAGER ? "eager" : "flash"));
     json_object_set_new(rec, "loss_mode", json_string(c->loss == FTB_LOSS_FULL ? "full" : "chunked"));
+    ftb_run_opts ro;
+    ftb_run_opts_default(&ro);
+    json_object_set_new(rec, "loss_chunk_rows", json_integer(c->loss_chunk ? c->loss_chunk : ro.loss_chunk_rows));
 
     json_t *dev = json_object();
     json_object_set_new(dev, "name", json_string(c->device.name));

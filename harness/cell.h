@@ -12,6 +12,7 @@
 #ifndef FTB_HARNESS_CELL_H
 #define FTB_HARNESS_CELL_H
 
+#include "base.h"
 #include "ftbench.h"
 #include "profile.h"
 #include <jansson.h>
@@ -35,6 +36,12 @@ typedef struct {
     char model_name[96];
     const char *checkpoint;          /* NULL: zoo model built from cfg  */
     ftb_config cfg;
+    ftb_base_spec base;              /* base weight format and residency */
+    char base_dir[PATH_MAX];         /* prepared checkpoint the cell maps
+                                        instead ("" = none; base.h)      */
+    json_t *base_info;               /* its ftbench-base.json, or NULL  */
+    ftb_optimizer optimizer;         /* selected before the method's init */
+    int loss_chunk;                  /* run.loss_chunk_rows; 0 = default */
     /* method */
     char method_path[PATH_MAX];
     char method_label[128];
@@ -78,8 +85,14 @@ typedef struct {
 
 /* Default values for everything not about the experiment itself. */
 void ftb_cell_init(ftb_cell *c);
-/* "<method>[+<opthash>].<model>.s<seq>.b<batch>" into c->key. */
+/* "<method>[+<opthash>].<model>[.<base>][.lazy][.sgd][.lc<rows>].s<seq>.b<batch>" into
+ * c->key (<base>: "int4-g64", ... when a base format was given). */
 void ftb_cell_make_key(ftb_cell *c);
+/* Prepares the base weights file the cell maps, when its base options ask
+ * for one (base.h), outside any measurement: fills c->base_dir and
+ * c->base_info (the caller json_decref's it).  0 (also when nothing is
+ * needed), or -1 with err. */
+int ftb_cell_prepare_base(ftb_cell *c, int quiet, char *err, size_t errlen);
 /* Runs the cell and appends its record.  Returns 0 when a record was
  * written (whatever the outcome), -1 with err when even that failed. */
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen);

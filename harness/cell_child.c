@@ -226,10 +226,25 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     ftb_mem_set_phase("load");
     report("load");
     double tl = ftb_now();
-    ftb_model *model = c->checkpoint ? ftb_model_load(c->checkpoint, 1, err, sizeof err)
-                                     : ftb_model_create(&c->cfg, c->seed, err, sizeof err);
+    /* A base in another format (or lazily resident) was prepared before the
+     * cell (base.h): mapped here, never built in fp32 inside the cell. */
+    ftb_model *model = c->base_dir[0] ? ftb_model_load(c->base_dir, 1, err, sizeof err)
+                     : c->checkpoint  ? ftb_model_load(c->checkpoint, 1, err, sizeof err)
+                                      : ftb_model_create(&c->cfg, c->seed, err, sizeof err);
     if (!model)
         fail("load", err[0] ? err : "model load failed");
+    ftb_model_set_residency(model, c->base.residency);
+    json_t *base = json_object();
+    json_object_set_new(g_out, "base", base);
+    int64_t storage = 0, mapped = 0;
+    for (int i = 0; i < model->n_params; i++) {
+        int64_t b = ftb_tensor_storage_bytes(model->params[i]);
+        storage += b;
+        mapped += model->params[i]->mapped ? b : 0;
+    }
+    json_object_set_new(base, "loaded_from", json_string(c->base_dir[0] ? "prepared" : c->checkpoint ? "checkpoint" : "created"));
+    json_object_set_new(base, "storage_bytes_loaded", json_integer(storage));
+    json_object_set_new(base, "mapped_bytes", json_integer(mapped));
     json_object_set_new(g_out, "load_seconds", json_real(ftb_now() - tl));
     json_object_set_new(marks, "model_loaded", json_real(ftb_now() - t0));
     json_object_set_new(mem, "rss_after_model_load_bytes", jint(ftb_self_vmrss()));
@@ -252,10 +267,14 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     ftb_run_opts_default(&s.run);
     s.run.attention = c->attention;
     s.run.loss = c->loss;
+    if (c->loss_chunk)
+        s.run.loss_chunk_rows = c->loss_chunk;
     s.options = &opts;
     s.seed = c->seed;
     s.lr = c->lr;
     s.total_steps = c->warmup + c->steps;
+    /* Before init: every optimizer the method initialises gets it. */
+    ftb_optimizer_select(c->optimizer);
     ftb_mem_set_phase("init");
     report("init");
     double ti = ftb_now();
@@ -264,6 +283,9 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     if (!state)
         fail("init", err[0] ? err : "method init failed (no message)");
     json_object_set_new(g_out, "init_seconds", json_real(ftb_now() - ti));
+    /* A method may set the residency itself (mebp and mesp choose lazy). */
+    json_object_set_new(base, "residency_effective",
+                        json_string(model->residency == FTB_RESIDENT_LAZY_BLOCK ? "lazy" : "all"));
     json_object_set_new(marks, "method_initialised", json_real(ftb_now() - t0));
     json_object_set_new(mem, "rss_after_method_init_bytes", jint(ftb_self_vmrss()));
     ftb_mem_get_stats(&st);
@@ -298,7 +320,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     report("step 0 %d", total);
     double *wall = calloc((size_t)total, sizeof *wall);
     double *tf = calloc((size_t)total, sizeof *tf), *tb = calloc((size_t)total, sizeof *tb),
-           *to = calloc((size_t)total, sizeof *to);
+           *to = calloc((size_t)total, sizeof *to), *tdq = calloc((size_t)total, sizeof *tdq);
     json_t *losses = json_array(), *rss_steps = json_array(), *passes = json_array();
     json_object_set_new(g_out, "loss_per_step", losses);
     json_object_set_new(mem, "vmhwm_after_step_bytes", rss_steps);
@@ -314,9 +336,13 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         memset(&res, 0, sizeof res);
         res.loss = NAN;
         err[0] = 0;
+        double dq0, dq1;
+        ftb_dequant_stats(&dq0, NULL);
         double ts = ftb_now();
         int rc = m->step(state, &s, &b, &res, err, sizeof err);
         double dt = ftb_now() - ts;
+        ftb_dequant_stats(&dq1, NULL);
+        tdq[i] = dq1 - dq0;
         if (rc != 0) {
             char msg[FTB_ERR_LEN + 32];
             snprintf(msg, sizeof msg, "step %d: %s", i, err[0] ? err : "method step failed (no message)");
@@ -382,6 +408,15 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     json_object_set_new(ph, "backward", summary(tb + c->warmup, nm));
     json_object_set_new(ph, "optim", summary(to + c->warmup, nm));
     json_object_set_new(timing, "method_phase_seconds", ph);
+    /* Wall time inside dequantization of the base weights (ftb_dequant_stats),
+     * and its share of the measured steps' time. */
+    json_object_set_new(timing, "dequant_seconds", summary(tdq + c->warmup, nm));
+    double sum_dq = 0, sum_step = 0;
+    for (int i = c->warmup; i < total; i++) {
+        sum_dq += tdq[i];
+        sum_step += wall[i];
+    }
+    json_object_set_new(timing, "dequant_share", jnum(sum_step > 0 ? sum_dq / sum_step : NAN));
     json_object_set_new(timing, "core_phase_seconds", ftb_phase_stats_times_json(ps));
     json_object_set_new(g_out, "timing", timing);
     json_object_set_new(g_out, "has_backward", json_boolean(has_backward));

@@ -21,6 +21,10 @@ typedef struct {
 static const opt_spec specs[] = {
     { "--model", CLI_MODEL, 1, "NAME", "model from the built-in zoo (see `ftbench list`)" },
     { "--checkpoint", CLI_MODEL, 1, "DIR", "Hugging Face checkpoint directory instead of --model" },
+    { "--base-dtype", CLI_MODEL, 1, "FMT", "frozen base weights: f32 | bf16 | f16 | int8 | int4 | int4-asym (docs/QUANT.md)" },
+    { "--embed-dtype", CLI_MODEL, 1, "FMT", "embedding / LM head format (default: --base-dtype's)" },
+    { "--group", CLI_MODEL, 1, "N", "int4 group size (default 64)" },
+    { "--residency", CLI_MODEL, 1, "all|lazy", "mapped base weights: all resident, or brought in block by block (default all)" },
     { "--method", CLI_METHOD, 1, "NAME|PATH.so", "method plugin: <methods-dir>/NAME.so or a path" },
     { "--methods", CLI_METHODS, 1, "A,B,..", "methods to sweep (default: every .so in the methods dir)" },
     { "--methods-dir", CLI_DIRS, 1, "DIR", "where method plugins are (default: next to the executable)" },
@@ -37,6 +41,8 @@ static const opt_spec specs[] = {
     { "--dataset", CLI_TRAIN, 1, "SPEC", "uniform | synthetic-lang[:N] | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
     { "--attention", CLI_TRAIN, 1, "flash|eager", "attention implementation (default flash)" },
     { "--loss", CLI_TRAIN, 1, "chunked|full", "loss computation (default chunked)" },
+    { "--loss-chunk", CLI_TRAIN, 1, "ROWS", "rows of logits per chunk of the chunked loss (default 128)" },
+    { "--optimizer", CLI_TRAIN, 1, "adamw|sgd", "optimizer of the backprop methods (default adamw)" },
     { "--opt", CLI_TRAIN, 1, "KEY=VALUE", "method option, repeatable; METHOD.KEY=VALUE scopes it to one method" },
     { "--device", CLI_DEVICE, 1, "NAME", "device profile (default host); prefixes and aliases work" },
     { "--profiles-dir", CLI_DEVICE, 1, "DIR", "where *.profile files are (default: the source tree's profiles/)" },
@@ -107,6 +113,8 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
     o->enforce = "auto";
     o->seq_min = 128;
     o->granularity = 64;
+    ftb_base_spec_default(&o->base);
+    o->optimizer = FTB_OPTIM_ADAMW;
     allowed |= CLI_DIRS;
 
     for (int i = 1; i < argc; i++) {
@@ -157,6 +165,7 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
         else if (!strcmp(name, "--threads")) rc = pos_int(name, val, 1, 4096, &o->threads, err, errlen);
         else if (!strcmp(name, "--seq-min")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_min, err, errlen);
         else if (!strcmp(name, "--seq-max")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_max, err, errlen);
+        else if (!strcmp(name, "--loss-chunk")) rc = pos_int(name, val, 1, 1 << 20, &o->loss_chunk, err, errlen);
         else if (!strcmp(name, "--granularity")) rc = pos_int(name, val, 1, 1 << 22, &o->granularity, err, errlen);
         else if (!strcmp(name, "--lr")) {
             if (ftb_parse_double(val, &d) != 0 || !(d > 0))
@@ -178,6 +187,14 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
                     rc = ftb_errf(err, errlen, "--seed: '%s' is not a non-negative integer", val);
                 o->seed = v;
             }
+        } else if (!strcmp(name, "--base-dtype") || !strcmp(name, "--embed-dtype") || !strcmp(name, "--group") ||
+                   !strcmp(name, "--residency")) {
+            rc = ftb_base_parse_option(&o->base, name, val, err, errlen);
+        } else if (!strcmp(name, "--optimizer")) {
+            int k = ftb_optimizer_parse(val);
+            if (k < 0)
+                rc = ftb_errf(err, errlen, "--optimizer: '%s' is not adamw or sgd", val);
+            o->optimizer = k < 0 ? FTB_OPTIM_ADAMW : (ftb_optimizer)k;
         } else if (!strcmp(name, "--dataset")) o->dataset = val;
         else if (!strcmp(name, "--attention")) {
             if (!strcmp(val, "flash")) o->attention = FTB_ATTN_FLASH;
@@ -280,7 +297,7 @@ int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char 
     }
     if (ftb_config_validate(cfg, e, sizeof e) != 0)
         return ftb_errf(err, errlen, "model %s: invalid config: %s", name, e);
-    return 0;
+    return ftb_base_check(&o->base, cfg, name, err, errlen);
 }
 
 int ftb_cli_device(const ftb_cli *o, ftb_profile *p, char *err, size_t errlen)

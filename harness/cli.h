@@ -6,6 +6,7 @@
 #ifndef FTB_HARNESS_CLI_H
 #define FTB_HARNESS_CLI_H
 
+#include "base.h"
 #include "ftbench.h"
 #include "profile.h"
 #include <stdint.h>
@@ -18,12 +19,12 @@
 
 /* Which options a command accepts. */
 enum {
-    CLI_MODEL = 1u << 0,    /* --model --checkpoint                        */
+    CLI_MODEL = 1u << 0,    /* --model --checkpoint --base-dtype --embed-dtype --group --residency */
     CLI_METHOD = 1u << 1,   /* --method                                    */
     CLI_METHODS = 1u << 2,  /* --methods (list)                            */
     CLI_SHAPE = 1u << 3,    /* --seq --batch                               */
     CLI_LISTS = 1u << 4,    /* --seqs --batches --sweep                    */
-    CLI_TRAIN = 1u << 5,    /* --steps --warmup --lr --seed --dataset --attention --loss --opt */
+    CLI_TRAIN = 1u << 5,    /* --steps --warmup --lr --seed --dataset --attention --loss --opt --optimizer */
     CLI_DEVICE = 1u << 6,   /* --device --profiles-dir --threads --budget --enforce */
     CLI_OUT = 1u << 7,      /* --out --run-id --timeout --no-timeline --force */
     CLI_FIT = 1u << 8,      /* --seq-min --seq-max --granularity            */
@@ -45,6 +46,9 @@ typedef struct {
     int n_opts;
     char *opt_keys[FTB_CLI_MAX_OPTS], *opt_values[FTB_CLI_MAX_OPTS];
     int no_timeline, force, quiet, no_skip;
+    ftb_base_spec base;            /* --base-dtype --embed-dtype --group --residency */
+    ftb_optimizer optimizer;       /* --optimizer (default adamw)        */
+    int loss_chunk;                /* --loss-chunk rows; 0 = the core's  */
     /* Which of the defaultable values the user gave. */
     int seq_given, steps_given, warmup_given, timeout_given, lr_given;
 } ftb_cli;

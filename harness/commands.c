@@ -72,6 +72,9 @@ void ftb_setup_cell(const ftb_setup *s, ftb_cell *c)
     snprintf(c->model_name, sizeof c->model_name, "%s", s->model_name);
     c->checkpoint = o->checkpoint;
     c->cfg = s->cfg;
+    c->base = o->base;
+    c->optimizer = o->optimizer;
+    c->loss_chunk = o->loss_chunk;
     c->seq = o->seq;
     c->batch = o->batch;
     c->steps = o->steps;
@@ -226,8 +229,15 @@ int ftb_cmd_run(int argc, char **argv)
                 s.emulated ? " (emulated)" : "", (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce),
                 s.threads);
     }
+    if (ftb_cell_prepare_base(&c, s.cli.quiet, err, sizeof err) != 0) {
+        fprintf(stderr, "ftbench run: %s\n", err);
+        rc = FTB_EXIT_FAIL;
+        goto out;
+    }
     ftb_cell_result r;
-    if (ftb_cell_run(&c, &r, err, sizeof err) != 0) {
+    int crc = ftb_cell_run(&c, &r, err, sizeof err);
+    json_decref(c.base_info);
+    if (crc != 0) {
         fprintf(stderr, "ftbench run: %s\n", err);
         rc = FTB_EXIT_FAIL;
         goto out;
@@ -249,6 +259,15 @@ int ftb_cmd_run(int argc, char **argv)
     if (r.step_median > 0) {
         printf("step        %.3f s median, %.1f tokens/s\n", r.step_median,
                jpath(rec, "timing", "tokens_per_second", NULL));
+    }
+    json_t *base = json_object_get(rec, "base");
+    const char *eff0 = json_string_value(json_object_get(base, "residency_effective"));
+    if (json_is_true(json_object_get(base, "given")) || (eff0 && !strcmp(eff0, "lazy"))) {
+        const char *eff = json_string_value(json_object_get(base, "residency_effective"));
+        double share = jpath(rec, "timing", "dequant_share", NULL);
+        printf("base        %s linears, %s embedding, residency %s; dequantization %.1f%% of step time\n",
+               json_string_value(json_object_get(base, "dtype")), json_string_value(json_object_get(base, "embed_dtype")),
+               eff ? eff : json_string_value(json_object_get(base, "residency")), isfinite(share) ? 100 * share : 0.0);
     }
     json_t *losses = json_object_get(rec, "loss_per_step");
     if (json_array_size(losses)) {

@@ -157,6 +157,8 @@ int ftb_cmd_fit(int argc, char **argv)
     printf("fit: %s with %s on %s%s, batch %d, budget %.0f MiB (%s)\n", s.model_name, f.base.method_label,
            s.device.name, s.emulated ? " (emulated)" : "", s.cli.batch, (double)s.budget / 1048576.0,
            ftb_enforce_name(s.enforce));
+    if (ftb_cell_prepare_base(&f.base, s.cli.quiet, err, sizeof err) != 0)
+        goto failed;
     int lo = 0, hi = 0; /* longest that fits, shortest that does not */
     int x = seq_min, res = 0;
     while (x <= seq_max) {
@@ -219,6 +221,7 @@ failed:
     fprintf(stderr, "ftbench fit: %s\n", err);
     rc = FTB_EXIT_FAIL;
 done:
+    json_decref(f.base.base_info);
     json_decref(extra);
     json_decref(f.probes);
 out:

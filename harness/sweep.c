@@ -489,6 +489,23 @@ int ftb_cmd_sweep(int argc, char **argv)
     if (todo < ncells)
         fprintf(stderr, "  %d of %d cells already recorded; running the other %d\n", ncells - todo, ncells, todo);
 
+    /* The base weights file every cell maps (same model, format, seed):
+     * made once, before the first cell, when there is one to run. */
+    json_t *base_info = NULL;
+    if (todo > 0 && ncells > 0) {
+        if (ftb_cell_prepare_base(&cells[0], s.cli.quiet, err, sizeof err) != 0) {
+            fprintf(stderr, "ftbench sweep: %s\n", err);
+            json_decref(extra);
+            rc = FTB_EXIT_FAIL;
+            goto out;
+        }
+        base_info = cells[0].base_info;
+        for (int i = 1; i < ncells; i++) {
+            memcpy(cells[i].base_dir, cells[0].base_dir, sizeof cells[i].base_dir);
+            cells[i].base_info = base_info;
+        }
+    }
+
     int skip = def->skip_longer_after_over_budget;
     if (s.cli.no_skip)
         skip = 0;
@@ -510,6 +527,7 @@ int ftb_cmd_sweep(int argc, char **argv)
             if (ftb_cell_record_skipped(c, om->key, om->seq, err, sizeof err) != 0) {
                 fprintf(stderr, "%sftbench sweep: %s\n", ps.tty ? "\r\033[K" : "", err);
                 json_decref(extra);
+                json_decref(base_info);
                 rc = FTB_EXIT_FAIL;
                 goto out;
             }
@@ -533,6 +551,7 @@ int ftb_cmd_sweep(int argc, char **argv)
              * going on would only repeat it. */
             fprintf(stderr, "%sftbench sweep: %s\n", ps.tty ? "\r\033[K" : "", err);
             json_decref(extra);
+            json_decref(base_info);
             rc = FTB_EXIT_FAIL;
             goto out;
         }
@@ -553,6 +572,7 @@ int ftb_cmd_sweep(int argc, char **argv)
         ftb_cell_result_free(&r);
     }
     json_decref(extra);
+    json_decref(base_info);
 
     /* Summary over every recorded cell of this sweep (resumed ones too). */
     ftb_recorded_free(&done);

@@ -481,6 +481,19 @@ int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n,
 void ftb_adamw_step(ftb_adamw *opt);
 void ftb_adamw_free(ftb_adamw *opt);
 
+/* Which update ftb_adamw_init prepares (added with --optimizer).  The host
+ * selects it, process-wide, before a method's init; every optimizer
+ * initialised after that gets it, so every plugin built on ftb_adamw_init
+ * and ftb_backprop_step offers SGD without a change.  FTB_OPTIM_SGD keeps
+ * no state: m and v stay NULL (nothing under FTB_MEM_OPTIM) and
+ * ftb_adamw_step does θ ← θ − lr·(g + wd·θ) (wd = 0 on no_decay tensors):
+ * θ ← θ − lr·g without weight decay.  Default FTB_OPTIM_ADAMW. */
+typedef enum { FTB_OPTIM_ADAMW = 0, FTB_OPTIM_SGD } ftb_optimizer;
+void ftb_optimizer_select(ftb_optimizer o);
+ftb_optimizer ftb_optimizer_selected(void);
+const char *ftb_optimizer_name(ftb_optimizer o);  /* "adamw", "sgd"  */
+int ftb_optimizer_parse(const char *s);           /* -1 if unknown   */
+
 /* ------------------------------------------------------------------------ */
 /* Deterministic random numbers (methods regenerate perturbations with it)   */
 /* ------------------------------------------------------------------------ */
@@ -591,9 +604,13 @@ int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols
                      int with_grad, char *err, size_t errlen);
 void ftb_tensor_release(ftb_tensor *t);
 /* One backprop step: zero the gradients of opt's tensors, forward and
- * backward, AdamW; fills out (loss, passes, phase times).  0 or -1. */
+ * backward, the optimizer step (AdamW, or SGD: ftb_optimizer_select);
+ * fills out (loss, passes, phase times).  0 or -1. */
 int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_step_result *out, char *err,
                       size_t errlen);
+/* Bytes of m's frozen weights mapped from a file (their storage format's
+ * size): what lazy residency can drop; 0 for a model built in memory. */
+int64_t ftb_model_mapped_bytes(const ftb_model *m);
 
 #ifdef __cplusplus
 }

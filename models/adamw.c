@@ -1,10 +1,23 @@
-/* adamw.c — AdamW (decoupled weight decay), moments in FTB_MEM_OPTIM.
- * No decay on tensors flagged no_decay (biases and norms). */
+/* adamw.c — AdamW (decoupled weight decay), moments in FTB_MEM_OPTIM; or,
+ * when the host selected FTB_OPTIM_SGD before init, plain SGD with no state
+ * (m and v NULL).  No decay on tensors flagged no_decay (biases and norms). */
 #include "ftbench.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+static ftb_optimizer selected = FTB_OPTIM_ADAMW;
+
+void ftb_optimizer_select(ftb_optimizer o) { selected = o == FTB_OPTIM_SGD ? FTB_OPTIM_SGD : FTB_OPTIM_ADAMW; }
+ftb_optimizer ftb_optimizer_selected(void) { return selected; }
+const char *ftb_optimizer_name(ftb_optimizer o) { return o == FTB_OPTIM_SGD ? "sgd" : "adamw"; }
+
+int ftb_optimizer_parse(const char *s) {
+    if (!strcmp(s, "adamw")) return FTB_OPTIM_ADAMW;
+    if (!strcmp(s, "sgd")) return FTB_OPTIM_SGD;
+    return -1;
+}
 
 int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, float lr, float weight_decay,
                    char *err, size_t errlen) {
@@ -18,10 +31,13 @@ int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, flo
         n = 0;
         for (int i = 0; i < m->n_params; i++) n += m->params[i]->trainable && m->params[i]->grad;
     }
+    const int sgd = selected == FTB_OPTIM_SGD;
     opt->params = calloc((size_t)n + 1, sizeof *opt->params);
-    opt->m = calloc((size_t)n + 1, sizeof *opt->m);
-    opt->v = calloc((size_t)n + 1, sizeof *opt->v);
-    if (!opt->params || !opt->m || !opt->v) goto oom;
+    if (!sgd) {
+        opt->m = calloc((size_t)n + 1, sizeof *opt->m);
+        opt->v = calloc((size_t)n + 1, sizeof *opt->v);
+    }
+    if (!opt->params || (!sgd && (!opt->m || !opt->v))) goto oom;
     if (params) memcpy(opt->params, params, sizeof *params * (size_t)n);
     else
         for (int i = 0, j = 0; i < m->n_params; i++)
@@ -35,6 +51,7 @@ int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, flo
             ftb_adamw_free(opt);
             return -1;
         }
+        if (sgd) continue; /* SGD keeps no state */
         size_t bytes = sizeof(float) * (size_t)opt->params[i]->numel;
         opt->m[i] = ftb_calloc(FTB_MEM_OPTIM, bytes);
         opt->v[i] = ftb_calloc(FTB_MEM_OPTIM, bytes);
@@ -47,8 +64,29 @@ oom:
     return -1;
 }
 
+/* θ ← θ − lr·(g + wd·θ): one rounding for lr·g when wd = 0, so that
+ * θ − lr·g is exact to fp32 (tested). */
+static void sgd_step(ftb_adamw *opt) {
+    for (int i = 0; i < opt->n; i++) {
+        ftb_tensor *p = opt->params[i];
+        float *w = p->data, *g = p->grad;
+        const float wd = p->no_decay ? 0.0f : opt->weight_decay, lr = opt->lr;
+        if (wd == 0.0f) {
+#pragma omp parallel for simd schedule(static)
+            for (int64_t j = 0; j < p->numel; j++) w[j] -= lr * g[j];
+        } else {
+#pragma omp parallel for simd schedule(static)
+            for (int64_t j = 0; j < p->numel; j++) w[j] -= lr * (g[j] + wd * w[j]);
+        }
+    }
+}
+
 void ftb_adamw_step(ftb_adamw *opt) {
     opt->t++;
+    if (!opt->m) {
+        sgd_step(opt);
+        return;
+    }
     const float b1 = opt->beta1, b2 = opt->beta2;
     const float c1 = 1.0f - powf(b1, (float)opt->t), c2 = 1.0f - powf(b2, (float)opt->t);
     for (int i = 0; i < opt->n; i++) {
@@ -66,7 +104,7 @@ void ftb_adamw_step(ftb_adamw *opt) {
 }
 
 void ftb_adamw_free(ftb_adamw *opt) {
-    for (int i = 0; i < opt->n; i++) {
+    for (int i = 0; opt->m && opt->v && i < opt->n; i++) {
         ftb_free(opt->m[i]);
         ftb_free(opt->v[i]);
     }

@@ -1,6 +1,7 @@
 /* method_support.c — pieces every method plugin would otherwise write
- * again: parsing which linear layers to adapt, method-owned tensors, and
- * the backprop step (zero gradients, forward and backward, AdamW). */
+ * again: parsing which linear layers to adapt, method-owned tensors, the
+ * backprop step (zero gradients, forward and backward, the optimizer) and
+ * whether the base is mapped. */
 #include "ftbench.h"
 
 #include <string.h>
@@ -67,4 +68,11 @@ int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_st
     out->t_optim = ftb_now() - t0;
     out->forward_passes = 1;
     return 0;
+}
+
+int64_t ftb_model_mapped_bytes(const ftb_model *m) {
+    int64_t bytes = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i]->mapped) bytes += ftb_tensor_storage_bytes(m->params[i]);
+    return bytes;
 }

@@ -105,6 +105,27 @@ static void extract(ftr_rec *r)
     r->model = json_string_value(path2(j, "model", "name"));
     if (!r->model)
         r->model = "?";
+    /* A base in another format or lazily resident is another model to
+     * compare with: "qwen2.5-0.5b int4/64 lazy" (kept in the record, so it
+     * lives as long as r->j). */
+    json_t *base = json_object_get(j, "base");
+    const char *bd = json_string_value(json_object_get(base, "dtype"));
+    const char *res = json_string_value(json_object_get(base, "residency_effective"));
+    if (!res)
+        res = json_string_value(json_object_get(base, "residency"));
+    int lazy = res && !strcmp(res, "lazy");
+    if (bd && (json_is_true(json_object_get(base, "given")) || lazy)) {
+        const char *ed = json_string_value(json_object_get(base, "embed_dtype"));
+        json_t *g = json_object_get(base, "group");
+        char name[192], grp[24] = "", emb[48] = "";
+        if (json_is_integer(g))
+            snprintf(grp, sizeof grp, "/%lld", (long long)json_integer_value(g));
+        if (ed && strcmp(ed, bd))
+            snprintf(emb, sizeof emb, " emb %s", ed);
+        snprintf(name, sizeof name, "%.96s %s%s%s%s", r->model, bd, grp, emb, lazy ? " lazy" : "");
+        json_object_set_new(j, "_report_model", json_string(name));
+        r->model = json_string_value(json_object_get(j, "_report_model"));
+    }
     r->label = json_string_value(path2(j, "method", "label"));
     if (!r->label)
         r->label = json_string_value(path2(j, "method", "name"));

@@ -602,3 +602,134 @@ Test(harness, watch_enforcement_kills_at_the_budget, .fini = remove_tmp)
     cr_expect(strstr(p.out, "over_budget") != NULL, "%s", p.out);
     proc_free(&p);
 }
+
+/* ---- base weight formats, residency, optimizer (--base-dtype ...) ------------ */
+
+#include "ftbench.h"
+
+/* A quantized lazily resident base: prepared once into the model cache
+ * (outside the cell), mapped by the cell, described in the record; the
+ * second run finds the prepared file. */
+Test(harness, run_with_an_int4_lazy_base_and_sgd_records_them, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    char cache[256], path[512];
+    snprintf(cache, sizeof cache, "%s/cache", tmpdir);
+    setenv("FTBENCH_MODEL_CACHE", cache, 1);
+    const char *args[] = { "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
+                           "--steps", "2", "--warmup", "1", "--base-dtype", "int4", "--group", "32", "--residency",
+                           "lazy", "--optimizer", "sgd", "--out", tmpdir, "--run-id", "q", NULL };
+    proc p = run(args);
+    cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
+    cr_expect(strstr(p.err, "preparing the tiny-seed42-int4-g32 base") != NULL, "%s", p.err);
+    cr_expect(strstr(p.out, "base        int4 linears, int4 embedding, residency lazy") != NULL, "%s", p.out);
+    proc_free(&p);
+    snprintf(path, sizeof path, "%s/tiny-seed42-int4-g32/ftbench-base.json", cache);
+    cr_expect(access(path, R_OK) == 0, "no prepared base at %s", path);
+    snprintf(path, sizeof path, "%s/host/q/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (1));
+    json_t *r = v[0];
+    cr_expect_str_eq(jstr(r, "outcome"), "ok");
+    cr_expect_str_eq(jstr(r, "cell"), "lora.tiny.int4-g32.lazy.sgd.s32.b1");
+    cr_expect_str_eq(jstr(r, "optimizer"), "sgd");
+    json_t *b = json_object_get(r, "base");
+    cr_expect_str_eq(jstr(b, "dtype"), "int4");
+    cr_expect_str_eq(jstr(b, "embed_dtype"), "int4");
+    cr_expect_eq(json_integer_value(json_object_get(b, "group")), 32);
+    cr_expect_str_eq(jstr(b, "residency"), "lazy");
+    cr_expect_str_eq(jstr(b, "residency_effective"), "lazy");
+    cr_expect_str_eq(jstr(b, "loaded_from"), "prepared");
+    /* Every weight mapped from the prepared file, in int4's size. */
+    json_int_t storage = json_integer_value(json_object_get(b, "storage_bytes_loaded"));
+    cr_expect(storage > 0 && storage == json_integer_value(json_object_get(b, "mapped_bytes")));
+    cr_expect(storage == json_integer_value(json_object_get(b, "storage_bytes")));
+    cr_expect(json_is_number(json_object_get(json_object_get(b, "loss_difference"), "delta")));
+    cr_expect(json_integer_value(json_object_get(json_object_get(b, "quantization_error"), "linear_tensors")) == 14);
+    json_t *t = json_object_get(r, "timing");
+    double share = json_number_value(json_object_get(t, "dequant_share"));
+    cr_expect(share > 0 && share < 1, "dequant_share %g", share);
+    cr_expect(json_number_value(json_object_get(json_object_get(t, "dequant_seconds"), "median")) > 0);
+    /* SGD: no optimizer state at all. */
+    json_t *core = json_object_get(json_object_get(r, "memory"), "core");
+    cr_expect(json_integer_value(json_object_get(json_object_get(core, "peak_bytes"), "optimizer")) == 0);
+    free_records(v, n);
+    /* Again (--force): the prepared base is found, not made again. */
+    const char *again[] = { "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
+                            "--steps", "1", "--warmup", "0", "--base-dtype", "int4", "--group", "32", "--out", tmpdir,
+                            "--run-id", "q", NULL };
+    p = run(again);
+    cr_expect((p.code) == (0), "exit %d: %s%s", p.code, p.err, p.out);
+    cr_expect(strstr(p.err, "preparing") == NULL, "prepared twice: %s", p.err);
+    cr_expect(strstr(p.out, "lora.tiny.int4-g32.s32.b1") != NULL, "%s", p.out);
+    proc_free(&p);
+    unsetenv("FTBENCH_MODEL_CACHE");
+}
+
+/* mesp with a quantized base (no --residency): the method brings the mapped
+ * base in block by block itself; a checkpoint given with --base-dtype is
+ * quantized at load into the cache, and the cell maps that. */
+Test(harness, mesp_sets_lazy_residency_and_checkpoints_quantize_at_load, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    char cache[256], ckpt[256], path[512], err[FTB_ERR_LEN];
+    snprintf(cache, sizeof cache, "%s/cache", tmpdir);
+    snprintf(ckpt, sizeof ckpt, "%s/tiny-ckpt", tmpdir);
+    setenv("FTBENCH_MODEL_CACHE", cache, 1);
+    ftb_config cfg;
+    cr_assert(ftb_zoo_get("tiny", &cfg) == 0);
+    ftb_model *m = ftb_model_create(&cfg, 7, err, sizeof err);
+    cr_assert(m != NULL, "%s", err);
+    cr_assert(ftb_model_save(m, ckpt, err, sizeof err) == 0, "%s", err);
+    ftb_model_free(m);
+    proc p = run((const char *[]){ "run", "--methods-dir", methods(), "--method", "mesp", "--checkpoint", ckpt,
+                                   "--seq", "32", "--steps", "1", "--warmup", "0", "--base-dtype", "int8", "--out",
+                                   tmpdir, "--run-id", "c", "--quiet", NULL });
+    cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
+    proc_free(&p);
+    snprintf(path, sizeof path, "%s/host/c/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (1));
+    json_t *b = json_object_get(v[0], "base");
+    cr_expect_str_eq(jstr(b, "dtype"), "int8");
+    cr_expect_str_eq(jstr(b, "residency"), "all");
+    cr_expect_str_eq(jstr(b, "residency_effective"), "lazy");
+    cr_expect(strstr(jstr(b, "prepared_checkpoint"), "/ckpt-tiny-ckpt-") != NULL, "%s", jstr(b, "prepared_checkpoint"));
+    cr_expect(json_integer_value(json_object_get(b, "mapped_bytes")) > 0);
+    cr_expect(json_integer_value(json_object_get(json_object_get(b, "quantization_error"), "linear_tensors")) == 14);
+    free_records(v, n);
+}
+
+Test(harness, bad_base_options_give_one_line)
+{
+    need_env();
+    const char *md = methods();
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--base-dtype", "int4", "--group", "48", NULL },
+                       "--group 48 does not divide the row length 32 of tiny's");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--base-dtype", "int4", NULL },
+                       "(give --group)");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--base-dtype", "int4", "--group", "7", NULL },
+                       "--group: '7' is not an even positive integer");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--base-dtype", "int8", "--group", "32", NULL },
+                       "only int4 and int4-asym have groups");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--base-dtype", "int3", NULL },
+                       "--base-dtype: 'int3' is not f32, bf16, f16, int8, int4 or int4-asym");
+    expect_usage_error((const char *[]){ "sweep", "--methods-dir", md, "--methods", "lora", "--model", "tiny",
+                                         "--residency", "sometimes", NULL },
+                       "--residency: 'sometimes' is not all or lazy");
+    expect_usage_error((const char *[]){ "fit", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--optimizer", "adam", NULL },
+                       "--optimizer: 'adam' is not adamw or sgd");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
+                                         "--loss-chunk", "0", NULL },
+                       "--loss-chunk: '0' is not a positive integer");
+}

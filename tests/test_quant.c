@@ -986,3 +986,180 @@ Test(quant, a_step_holds_one_dequantized_tile_at_most) {
                   (long long)(peak[1] - peak[0]), (long long)largest);
     cr_expect_lt(largest, linears / 4);
 }
+
+/* ---- SGD (--optimizer sgd) -------------------------------------------------- */
+
+/* θ − lr·g with one fp32 rounding per operation, as the update must do it. */
+static float sgd_expected(float w, float g, float lr, float wd) {
+    volatile float step = wd == 0.0f ? lr * g : lr * (g + wd * w);
+    volatile float r = w - step;
+    return r;
+}
+
+/* SGD keeps no state and updates θ ← θ − lr·g exactly (θ − lr·(g + wd·θ)
+ * with weight decay, none on no_decay tensors); AdamW, selected again,
+ * allocates its moments as before. */
+Test(quant, sgd_is_theta_minus_lr_g_exactly_and_keeps_no_state) {
+    for (int decay = 0; decay < 2; decay++) {
+        ftb_model *m = qmodel(0, 61);
+        char err[FTB_ERR_LEN] = "";
+        ftb_model_set_trainable(m, 1);
+        cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
+        int64_t total = 0;
+        for (int i = 0; i < m->n_params; i++) {
+            ftb_fill_normal(m->params[i]->grad, m->params[i]->numel, 0.5f, 100 + (uint64_t)i);
+            total += m->params[i]->numel;
+        }
+        float *before = malloc(sizeof(float) * (size_t)total);
+        for (int i = 0, k = 0; i < m->n_params; k += (int)m->params[i]->numel, i++)
+            memcpy(before + k, m->params[i]->data, sizeof(float) * (size_t)m->params[i]->numel);
+        ftb_mem_stats a, b;
+        ftb_mem_get_stats(&a);
+        ftb_optimizer_select(FTB_OPTIM_SGD);
+        cr_expect_eq(ftb_optimizer_selected(), FTB_OPTIM_SGD);
+        ftb_adamw opt;
+        const float lr = 0.0137f, wd = decay ? 0.1f : 0.0f;
+        cr_assert_eq(ftb_adamw_init(&opt, m, NULL, 0, lr, wd, err, sizeof err), 0, "%s", err);
+        ftb_mem_get_stats(&b);
+        cr_expect_eq(b.live[FTB_MEM_OPTIM], a.live[FTB_MEM_OPTIM], "SGD allocated %lld bytes of optimizer state",
+                     (long long)(b.live[FTB_MEM_OPTIM] - a.live[FTB_MEM_OPTIM]));
+        cr_expect_null(opt.m);
+        ftb_adamw_step(&opt);
+        ftb_adamw_step(&opt); /* twice: no hidden state between steps */
+        int64_t bad = 0;
+        for (int i = 0, k = 0; i < m->n_params; k += (int)m->params[i]->numel, i++) {
+            const ftb_tensor *t = m->params[i];
+            const float d = t->no_decay ? 0.0f : wd;
+            for (int64_t j = 0; j < t->numel; j++) {
+                float e = sgd_expected(sgd_expected(before[k + j], t->grad[j], lr, d), t->grad[j], lr, d);
+                bad += memcmp(&e, &t->data[j], sizeof e) != 0;
+            }
+        }
+        cr_expect_eq(bad, 0, "%lld of %lld values differ from theta - lr*g (decay %d)", (long long)bad,
+                     (long long)total, decay);
+        ftb_adamw_free(&opt);
+        ftb_optimizer_select(FTB_OPTIM_ADAMW);
+        cr_assert_eq(ftb_adamw_init(&opt, m, NULL, 0, lr, wd, err, sizeof err), 0, "%s", err);
+        ftb_mem_get_stats(&b);
+        cr_expect_eq(b.live[FTB_MEM_OPTIM] - a.live[FTB_MEM_OPTIM], 8 * total, "AdamW moments: %lld bytes",
+                     (long long)(b.live[FTB_MEM_OPTIM] - a.live[FTB_MEM_OPTIM]));
+        ftb_adamw_free(&opt);
+        free(before);
+        ftb_model_free(m);
+    }
+    cr_expect_eq(ftb_optimizer_parse("sgd"), FTB_OPTIM_SGD);
+    cr_expect_eq(ftb_optimizer_parse("adamw"), FTB_OPTIM_ADAMW);
+    cr_expect_eq(ftb_optimizer_parse("adam"), -1);
+    cr_expect_str_eq(ftb_optimizer_name(FTB_OPTIM_SGD), "sgd");
+}
+
+/* Through a plugin: a backprop step of lora with SGD selected moves each
+ * adapter by exactly −lr times the gradient that step computed (the
+ * gradients are left in place after the step). */
+Test(quant, sgd_through_a_plugin_step_is_exact) {
+    ftb_model *m = qmodel(0, 62);
+    ftb_optimizer_select(FTB_OPTIM_SGD);
+    lora_run r;
+    lora_setup(&r, m);
+    int64_t total = 0;
+    for (int i = 0; i < r.n; i++) total += r.params[i]->numel;
+    float *before = malloc(sizeof(float) * (size_t)total);
+    for (int i = 0, k = 0; i < r.n; k += (int)r.params[i]->numel, i++)
+        memcpy(before + k, r.params[i]->data, sizeof(float) * (size_t)r.params[i]->numel);
+    qbatch qb;
+    make_batch(&qb, m->cfg.vocab_size, 8);
+    ftb_step_result out;
+    memset(&out, 0, sizeof out);
+    char err[FTB_ERR_LEN] = "";
+    cr_assert_eq(r.plugin.method->step(r.state, &r.s, &qb.b, &out, err, sizeof err), 0, "%s", err);
+    int64_t bad = 0, moved = 0;
+    for (int i = 0, k = 0; i < r.n; k += (int)r.params[i]->numel, i++)
+        for (int64_t j = 0; j < r.params[i]->numel; j++) {
+            float e = sgd_expected(before[k + j], r.params[i]->grad[j], r.s.lr, 0.0f);
+            bad += memcmp(&e, &r.params[i]->data[j], sizeof e) != 0;
+            moved += r.params[i]->data[j] != before[k + j];
+        }
+    cr_expect_eq(bad, 0, "%lld of %lld adapter values differ from theta - lr*g", (long long)bad, (long long)total);
+    cr_expect_gt(moved, total / 2, "only %lld of %lld values moved", (long long)moved, (long long)total);
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    cr_expect_eq(st.live[FTB_MEM_OPTIM], 0, "lora with SGD holds %lld bytes of optimizer state",
+                 (long long)st.live[FTB_MEM_OPTIM]);
+    free(before);
+    lora_teardown(&r);
+    ftb_model_free(m);
+    ftb_optimizer_select(FTB_OPTIM_ADAMW);
+}
+
+/* ---- mebp and mesp bring a mapped base in block by block ------------------- */
+
+static void *init_method(ftb_plugin *p, ftb_session *s, ftb_model *m, const char *residency_opt) {
+    static const char *keys[1] = {"residency"};
+    static const char *vals[1];
+    static ftb_options o;
+    vals[0] = residency_opt;
+    o = (ftb_options){residency_opt ? 1 : 0, keys, vals};
+    memset(s, 0, sizeof *s);
+    s->model = m;
+    ftb_run_opts_default(&s->run);
+    s->options = &o;
+    s->seed = 3;
+    s->lr = 1e-3f;
+    s->total_steps = 1;
+    char err[FTB_ERR_LEN] = "";
+    void *st = p->method->init(s, err, sizeof err);
+    cr_assert_not_null(st, "%s: %s", p->method->name, err);
+    return st;
+}
+
+Test(quant, mebp_and_mesp_set_lazy_residency_on_a_mapped_base) {
+    const char *methods[] = {"mebp", "mesp"};
+    char err[FTB_ERR_LEN] = "";
+    ftb_model *q = qmodel(1, 63);
+    quantize_or_die(q, "int4", 64, 1);
+    char *dir = ckpt_tmpdir();
+    cr_assert_eq(ftb_model_save(q, dir, err, sizeof err), 0, "%s", err);
+    ftb_model_free(q);
+    for (int k = 0; k < 2; k++) {
+        ftb_plugin p;
+        open_method(methods[k], &p);
+        /* Mapped: lazy by default, restored at destroy; as-given keeps it. */
+        ftb_model *m = ftb_model_load(dir, 1, err, sizeof err);
+        cr_assert_not_null(m, "%s", err);
+        cr_expect_gt(ftb_model_mapped_bytes(m), 0);
+        ftb_session s;
+        void *st = init_method(&p, &s, m, NULL);
+        cr_expect_eq(m->residency, FTB_RESIDENT_LAZY_BLOCK, "%s left a mapped base all-resident", methods[k]);
+        qbatch qb;
+        make_batch(&qb, m->cfg.vocab_size, 9);
+        ftb_step_result out;
+        cr_expect_eq(p.method->step(st, &s, &qb.b, &out, err, sizeof err), 0, "%s", err);
+        p.method->destroy(st);
+        cr_expect_eq(m->residency, FTB_RESIDENT_ALL, "%s did not restore the residency", methods[k]);
+        st = init_method(&p, &s, m, "as-given");
+        cr_expect_eq(m->residency, FTB_RESIDENT_ALL);
+        p.method->destroy(st);
+        ftb_model_free(m);
+        /* Built in memory: nothing to drop, residency left alone. */
+        m = qmodel(1, 64);
+        cr_expect_eq(ftb_model_mapped_bytes(m), 0);
+        st = init_method(&p, &s, m, NULL);
+        cr_expect_eq(m->residency, FTB_RESIDENT_ALL, "%s set lazy residency on a model in memory", methods[k]);
+        p.method->destroy(st);
+        ftb_model_free(m);
+        /* A bad value is one clear error. */
+        m = qmodel(1, 65);
+        static const char *keys[1] = {"residency"}, *vals[1] = {"sometimes"};
+        ftb_options o = {1, keys, vals};
+        memset(&s, 0, sizeof s);
+        s.model = m;
+        ftb_run_opts_default(&s.run);
+        s.options = &o;
+        err[0] = 0;
+        cr_expect_null(p.method->init(&s, err, sizeof err));
+        cr_expect(strstr(err, "option residency: 'sometimes'") != NULL, "%s: %s", methods[k], err);
+        ftb_model_free(m);
+        ftb_plugin_close(&p);
+    }
+    ckpt_rm_rf(dir);
+}

@@ -10,9 +10,12 @@
  * offload_dir, so that mebp and lora differ in nothing but where block
  * activations live — the gradients are bitwise lora's.
  *
- * Not here yet: MeBP's base weights are compressed (symmetric INT4),
- * memory-mapped and decompressed one block at a time.  That needs quantized,
- * lazily loaded weight formats in the core (docs/methods/mebp.md). */
+ * MeBP's base weights are compressed (symmetric INT4), memory-mapped and
+ * decompressed one block at a time: run with `--base-dtype int4` (the core
+ * dequantizes tile by tile) and mebp sets lazy block residency itself when
+ * the base is mapped from a file (option residency=lazy, the default), so a
+ * block's weight pages are brought in when it runs and dropped after
+ * (docs/methods/mebp.md). */
 #include "ftbench.h"
 
 #include <dlfcn.h>
@@ -32,6 +35,8 @@ typedef struct {
     char *offload_dir;           /* s->run.offload_dir points here, or NULL */
     const char **keys, **values; /* lora's options (strings are the host's) */
     ftb_options lora_options;
+    ftb_model *model;
+    int residency_before;        /* restored at destroy */
 } mebp_state;
 
 /* The lora plugin's options (tests check the two lists agree) and mebp's own. */
@@ -41,6 +46,8 @@ static const ftb_option_doc mebp_options[] = {
     {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
     {"weight_decay", "0.0", "AdamW weight decay"},
     {"offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)"},
+    {"residency", "lazy", "base weights mapped from a file: lazy (brought in block by block, MeBP's scheme) "
+                          "or as-given (keep the host's --residency)"},
     {NULL, NULL, NULL},
 };
 
@@ -93,6 +100,11 @@ static void mebp_destroy(void *state);
 static void *mebp_init(ftb_session *s, char *err, size_t errlen) {
     const ftb_options *o = s->options;
     const char *dir = ftb_opt_str(o, "offload_dir", "");
+    const char *residency = ftb_opt_str(o, "residency", "lazy");
+    if (strcmp(residency, "lazy") && strcmp(residency, "as-given")) {
+        snprintf(err, errlen, "option residency: '%s' is not lazy or as-given", residency);
+        return NULL;
+    }
     struct stat sb;
     if (dir[0] && (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0)) {
         snprintf(err, errlen, "option offload_dir: '%s' is not a writable directory", dir);
@@ -115,12 +127,12 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen) {
     /* Every option but offload_dir is lora's; one lora does not know would
      * be silently ignored there, so it is refused here. */
     for (int i = 0; i < n; i++) {
-        if (strcmp(o->keys[i], "offload_dir") == 0) continue;
+        if (strcmp(o->keys[i], "offload_dir") == 0 || strcmp(o->keys[i], "residency") == 0) continue;
         const ftb_option_doc *d = mebp_options;
         while (d->name && strcmp(d->name, o->keys[i]) != 0) d++;
         if (!d->name) {
             snprintf(err, errlen, "mebp has no option '%s' (options: rank, alpha, targets, weight_decay, "
-                                  "offload_dir)", o->keys[i]);
+                                  "offload_dir, residency)", o->keys[i]);
             goto fail;
         }
         st->keys[count] = o->keys[i];
@@ -140,6 +152,12 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen) {
     for (int l = 0; l < s->model->cfg.n_layers; l++) st->keep[l] = FTB_KEEP_OFFLOAD;
     s->run.keep = st->keep;
     if (st->offload_dir) s->run.offload_dir = st->offload_dir;
+    /* A base mapped from a file is brought in block by block.  A model built
+     * in memory has nothing to drop: its residency is left alone. */
+    st->model = s->model;
+    st->residency_before = s->model->residency;
+    if (!strcmp(residency, "lazy") && ftb_model_mapped_bytes(s->model) > 0)
+        ftb_model_set_residency(s->model, FTB_RESIDENT_LAZY_BLOCK);
     return st;
 fail:
     mebp_destroy(st);
@@ -168,6 +186,7 @@ static int mebp_trainable(void *state, ftb_tensor ***tensors) {
 static void mebp_destroy(void *state) {
     mebp_state *st = state;
     if (!st) return;
+    if (st->model) ftb_model_set_residency(st->model, (ftb_residency)st->residency_before);
     if (st->lora_state) st->lora->destroy(st->lora_state);
     if (st->handle) dlclose(st->handle);
     free(st->keep);
@@ -189,7 +208,8 @@ static int mebp_memory_model(void *state, const ftb_session *s, int B, int T, ft
 static const ftb_method mebp_method = {
     FTB_ABI_VERSION,
     "mebp",
-    "MeBP: LoRA with every block checkpoint in a memory-mapped file, blocks recomputed in backward",
+    "MeBP: LoRA with every block checkpoint in a memory-mapped file, blocks recomputed in backward, "
+    "a mapped base brought in block by block",
     mebp_options,
     mebp_init,
     mebp_step,

@@ -4,7 +4,9 @@
  * h = x·Aᵀ is recomputed from x in backward instead of being stored; on top
  * of the block checkpoints of MeBP (Song & Tang, 2025), which MeSP builds
  * on: each block keeps only its input, in a memory-mapped file, and is
- * recomputed in backward.
+ * recomputed in backward.  Like MeBP, a base mapped from a file (e.g.
+ * `--base-dtype int4`, MeSP's 4-bit base) is brought in block by block:
+ * mesp sets lazy residency itself (option residency=lazy, the default).
  *
  * Adapter (A [r, in], B [out, r], s = alpha / r, as the lora plugin):
  *   forward   y = x·W0ᵀ + s·(x·Aᵀ)·Bᵀ      h = x·Aᵀ is a transient
@@ -40,6 +42,7 @@ typedef struct {
     ftb_model *model;
     ftb_keep_policy *keep; /* s->run.keep points here until destroy */
     char *offload_dir;     /* s->run.offload_dir points here, or NULL */
+    int residency_before;  /* the model's, restored at destroy */
 } mesp_state;
 
 /* h = x·Aᵀ [N, r], in a workspace buffer: never kept. */
@@ -90,6 +93,8 @@ static const ftb_option_doc mesp_options[] = {
     {"checkpoint", "offload", "block checkpoints: offload (input in a mapped file, MeBP), "
                               "recompute (input on the heap), none (keep every activation)"},
     {"offload_dir", "", "directory for offloaded checkpoints (default $TMPDIR, else /var/tmp)"},
+    {"residency", "lazy", "base weights mapped from a file: lazy (brought in block by block, as MeBP/MeSP) "
+                          "or as-given (keep the host's --residency)"},
     {NULL, NULL, NULL},
 };
 
@@ -122,6 +127,11 @@ static void *mesp_init(ftb_session *s, char *err, size_t errlen) {
     ftb_keep_policy policy;
     if (parse_checkpoint(ftb_opt_str(s->options, "checkpoint", "offload"), &policy, err, errlen)) return NULL;
     const char *dir = ftb_opt_str(s->options, "offload_dir", "");
+    const char *residency = ftb_opt_str(s->options, "residency", "lazy");
+    if (strcmp(residency, "lazy") && strcmp(residency, "as-given")) {
+        snprintf(err, errlen, "option residency: '%s' is not lazy or as-given", residency);
+        return NULL;
+    }
     struct stat sb;
     if (dir[0] && (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0)) {
         snprintf(err, errlen, "option offload_dir: '%s' is not a writable directory", dir);
@@ -135,6 +145,7 @@ static void *mesp_init(ftb_session *s, char *err, size_t errlen) {
     }
     int per_layer = __builtin_popcount((unsigned)mask);
     st->model = m;
+    st->residency_before = m->residency;
     st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
     st->params = calloc((size_t)m->cfg.n_layers * per_layer * 2, sizeof *st->params);
     st->keep = calloc((size_t)m->cfg.n_layers, sizeof *st->keep);
@@ -174,6 +185,9 @@ static void *mesp_init(ftb_session *s, char *err, size_t errlen) {
     for (int l = 0; l < m->cfg.n_layers; l++) st->keep[l] = policy;
     s->run.keep = st->keep;
     if (st->offload_dir) s->run.offload_dir = st->offload_dir;
+    /* A base mapped from a file is brought in block by block; a model built
+     * in memory has nothing to drop and keeps its residency. */
+    if (!strcmp(residency, "lazy") && ftb_model_mapped_bytes(m) > 0) ftb_model_set_residency(m, FTB_RESIDENT_LAZY_BLOCK);
     return st;
 fail:
     mesp_destroy(st);
@@ -195,6 +209,7 @@ static int mesp_trainable(void *state, ftb_tensor ***tensors) {
 static void mesp_destroy(void *state) {
     mesp_state *st = state;
     if (!st) return;
+    ftb_model_set_residency(st->model, (ftb_residency)st->residency_before);
     for (int l = 0; l < st->model->cfg.n_layers; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
     ftb_adamw_free(&st->opt);

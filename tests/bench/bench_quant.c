@@ -2,15 +2,18 @@
  * base costs and saves, fine-tuning a zoo model with a method plugin (LoRA
  * by default) on a quantized, memory-mapped base (docs/QUANT.md).
  *
- * For each format the zoo model's seeded weights are quantized once (the
- * quantization error per tensor and the loss difference against fp32 on a
- * batch are measured then) and saved to a cache directory; each (format,
+ * For each format the zoo model's seeded weights are quantized once by the
+ * harness's own preparation (harness/base.c, the one `ftbench run
+ * --base-dtype` uses: the quantization error per tensor and the loss
+ * difference against fp32 on a batch are measured then) and saved to the
+ * model cache (--cache, else ftbench's: ~/.cache/ftbench/models); each (format,
  * residency) cell then runs in a fresh child process that maps that file,
  * sets the residency policy, initialises the method and runs warm-up and
  * measured steps.  Per cell: the process's peak RSS (VmHWM, load included),
  * the peak of mapped file pages (RssFile, sampled every 2 ms), tokens/s and
  * the share of step time spent dequantizing.  A benchmark: it prints
  * figures, it passes no verdict. */
+#include "base.h"
 #include "ftbench.h"
 #include "plugin.h"
 
@@ -28,6 +31,7 @@
 typedef struct {
     const char *model, *cache, *methods_dir, *method, *embed, *keep;
     int seq, batch, steps, warmup, group, threads;
+    uint64_t seed;
     char formats[16][24];
     int n_formats;
     int residency[2], n_residency;
@@ -72,13 +76,6 @@ static const char *embed_format(const bench_opts *o, const char *fmt) {
     return !strcmp(o->embed, "same") ? fmt : o->embed;
 }
 
-static void cell_dir(const bench_opts *o, const char *fmt, char *out, size_t len) {
-    const int is4 = !strncmp(fmt, "int4", 4) || !strncmp(embed_format(o, fmt), "int4", 4);
-    char g[32] = "";
-    if (is4) snprintf(g, sizeof g, "-g%d", o->group);
-    snprintf(out, len, "%s/%s-%s%s-emb-%s", o->cache, o->model, fmt, g, embed_format(o, fmt));
-}
-
 static void fill_batch(int32_t *tok, int32_t *tgt, int n, int V, uint64_t seed) {
     ftb_rng r;
     ftb_rng_seed(&r, seed);
@@ -86,77 +83,29 @@ static void fill_batch(int32_t *tok, int32_t *tgt, int n, int V, uint64_t seed) 
     for (int i = 0; i < n; i++) tgt[i] = i + 1 < n ? tok[i + 1] : FTB_IGNORE_INDEX;
 }
 
-/* Runs in a child: seeded model → quantize (errors, loss difference) → save. */
-static int prepare(const bench_opts *o, const char *fmt, const char *dir) {
-    char err[FTB_ERR_LEN] = "", path[4200];
-    snprintf(path, sizeof path, "%s/quant_report.txt", dir);
-    struct stat st;
-    if (stat(path, &st) == 0) return 0; /* cached */
+/* The harness's preparation (in a child of its own): seeded model →
+ * quantize (errors, loss difference) → save; cached. */
+static int prepare(const bench_opts *o, const char *fmt, char *dir, size_t dirn, json_t **info) {
+    char err[FTB_ERR_LEN] = "";
     ftb_config cfg;
     if (ftb_zoo_get(o->model, &cfg)) {
         fprintf(stderr, "unknown model %s\n", o->model);
         return 1;
     }
-    double t0 = ftb_now();
-    ftb_model *m = ftb_model_create(&cfg, 1234, err, sizeof err);
-    if (!m) {
+    ftb_base_spec b;
+    ftb_base_spec_default(&b);
+    if (ftb_base_parse_option(&b, "--base-dtype", fmt, err, sizeof err) ||
+        (strcmp(o->embed, "same") && ftb_base_parse_option(&b, "--embed-dtype", o->embed, err, sizeof err))) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    int T = o->seq, B = 1;
-    int32_t *tok = malloc(sizeof(int32_t) * T), *tgt = malloc(sizeof(int32_t) * T);
-    fill_batch(tok, tgt, T, cfg.vocab_size, 99);
-    ftb_batch b = {B, T, tok, tgt};
-    float loss_fp32 = ftb_model_forward(m, &b, NULL, err, sizeof err);
-    double tq = ftb_now();
-    if (ftb_model_quantize(m, fmt, o->group, err, sizeof err) ||
-        ftb_model_quantize_embeddings(m, embed_format(o, fmt), o->group, err, sizeof err)) {
+    b.group = o->group;
+    if (ftb_base_check(&b, &cfg, o->model, err, sizeof err) ||
+        ftb_base_prepare(&b, &cfg, o->model, NULL, o->seed, o->threads > 0 ? o->threads : ftb_get_threads(), 0, dir,
+                         dirn, info, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    tq = ftb_now() - tq;
-    float loss_q = ftb_model_forward(m, &b, NULL, err, sizeof err);
-    if (ftb_model_save(m, dir, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
-    }
-    int n = ftb_model_quant_errors(m, NULL, 0);
-    ftb_quant_error *e = calloc((size_t)(n ? n : 1), sizeof *e);
-    ftb_model_quant_errors(m, e, n);
-    /* linears and embedding/head apart: mean of the per-tensor figures, and the worst */
-    double lin_rms = 0, lin_mean = 0, lin_max = 0, emb_rms = 0, emb_max = 0;
-    int nl = 0, ne = 0;
-    for (int i = 0; i < n; i++) {
-        if (e[i].layer >= 0) {
-            lin_rms += e[i].rms_rel_err;
-            lin_mean += e[i].mean_rel_err;
-            lin_max = fmax(lin_max, e[i].max_rel_err);
-            nl++;
-        } else {
-            emb_rms = fmax(emb_rms, e[i].rms_rel_err);
-            emb_max = fmax(emb_max, e[i].max_rel_err);
-            ne++;
-        }
-    }
-    int64_t bytes = 0;
-    for (int i = 0; i < m->n_params; i++) bytes += ftb_tensor_storage_bytes(m->params[i]);
-    FILE *f = fopen(path, "w");
-    if (!f) return 1;
-    fprintf(f, "format %s embed %s group %d\n", fmt, embed_format(o, fmt), o->group);
-    fprintf(f, "weights_bytes %lld\n", (long long)bytes);
-    fprintf(f, "linear_tensors %d rms_rel_mean %.4g mean_rel_mean %.4g max_rel_worst %.4g\n", nl,
-            nl ? lin_rms / nl : 0, nl ? lin_mean / nl : 0, lin_max);
-    fprintf(f, "embed_tensors %d rms_rel %.4g max_rel %.4g\n", ne, emb_rms, emb_max);
-    fprintf(f, "loss_fp32 %.6f loss_q %.6f delta %.6f\n", loss_fp32, loss_q, loss_q - loss_fp32);
-    fprintf(f, "quantize_seconds %.2f total_prepare_seconds %.2f\n", tq, ftb_now() - t0);
-    for (int i = 0; i < n; i++)
-        fprintf(f, "tensor %s layer %d rms_rel %.4g mean_rel %.4g max_rel %.4g max_abs %.4g\n", e[i].name,
-                e[i].layer, e[i].rms_rel_err, e[i].mean_rel_err, e[i].max_rel_err, e[i].max_abs_err);
-    fclose(f);
-    free(e);
-    free(tok);
-    free(tgt);
-    ftb_model_free(m);
     return 0;
 }
 
@@ -293,11 +242,6 @@ static int in_child(int (*f)(const bench_opts *, const char *, int, cell_result 
     return got == (ssize_t)sizeof *r && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
-static int prepare_adapter(const bench_opts *o, const char *dir, int fmt_index, cell_result *r) {
-    (void)r;
-    return prepare(o, o->formats[fmt_index], dir);
-}
-
 /* ---- main ----------------------------------------------------------------- */
 
 static void usage(void) {
@@ -305,12 +249,13 @@ static void usage(void) {
             "usage: bench_quant [--model qwen2.5-0.5b] [--seq 256] [--batch 1] [--steps 3] [--warmup 1]\n"
             "                   [--formats f32,bf16,f16,int8,int4,int4-asym] [--group 64] [--embed same|f32|int8|...]\n"
             "                   [--residency all,lazy] [--keep all|input] [--method lora] [--opt key=value]...\n"
-            "                   [--methods-dir build/methods] [--cache /var/tmp/ftbench-quant] [--threads N]\n");
+            "                   [--methods-dir build/methods] [--cache DIR (default: ftbench's model cache)]\n"
+            "                   [--threads N] [--seed 42]\n");
 }
 
 int main(int argc, char **argv) {
     ftb_blas_autoselect(argc, argv);
-    bench_opts o = {.model = "qwen2.5-0.5b", .cache = "/var/tmp/ftbench-quant", .methods_dir = "build/methods",
+    bench_opts o = {.model = "qwen2.5-0.5b", .cache = NULL, .methods_dir = "build/methods", .seed = 42,
                     .method = "lora", .embed = "same", .keep = "all", .seq = 256, .batch = 1, .steps = 3,
                     .warmup = 1, .group = 64};
     const char *formats = "f32,bf16,f16,int8,int4,int4-asym", *residency = "all,lazy";
@@ -319,7 +264,7 @@ int main(int argc, char **argv) {
                                  {"group", 1, 0, 'g'},   {"embed", 1, 0, 'e'},     {"residency", 1, 0, 'r'},
                                  {"keep", 1, 0, 'k'},    {"method", 1, 0, 'M'},    {"opt", 1, 0, 'o'},
                                  {"methods-dir", 1, 0, 'd'}, {"cache", 1, 0, 'c'}, {"threads", 1, 0, 't'},
-                                 {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+                                 {"seed", 1, 0, 'S'},    {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -337,6 +282,7 @@ int main(int argc, char **argv) {
         case 'd': o.methods_dir = optarg; break;
         case 'c': o.cache = optarg; break;
         case 't': o.threads = atoi(optarg); break;
+        case 'S': o.seed = strtoull(optarg, NULL, 10); break;
         case 'o': {
             char *eq = strchr(optarg, '=');
             if (!eq || o.n_opts == 16) { usage(); return 2; }
@@ -364,7 +310,7 @@ int main(int argc, char **argv) {
     }
     if (strstr(residency, "all")) o.residency[o.n_residency++] = FTB_RESIDENT_ALL;
     if (strstr(residency, "lazy")) o.residency[o.n_residency++] = FTB_RESIDENT_LAZY_BLOCK;
-    mkdir(o.cache, 0755);
+    if (o.cache) setenv("FTBENCH_MODEL_CACHE", o.cache, 1); /* where the harness's preparation caches */
 
     printf("# bench_quant: %s, T=%d, batch %d, method %s", o.model, o.seq, o.batch, o.method);
     for (int i = 0; i < o.n_opts; i++) printf(" %s=%s", o.opt_keys[i], o.opt_values[i]);
@@ -377,23 +323,29 @@ int main(int argc, char **argv) {
 
     char dirs[16][4096];
     for (int f = 0; f < o.n_formats; f++) {
-        cell_dir(&o, o.formats[f], dirs[f], sizeof dirs[f]);
-        cell_result dummy;
-        if (in_child(prepare_adapter, &o, dirs[f], f, &dummy) != 0) {
-            fprintf(stderr, "preparing %s in %s failed\n", o.formats[f], dirs[f]);
-            return 1;
-        }
-        char path[4200];
-        snprintf(path, sizeof path, "%s/quant_report.txt", dirs[f]);
-        FILE *rf = fopen(path, "r");
-        if (!rf) {
+        json_t *info = NULL;
+        if (prepare(&o, o.formats[f], dirs[f], sizeof dirs[f], &info) != 0) {
             fprintf(stderr, "preparing %s failed\n", o.formats[f]);
             return 1;
         }
-        char line[512];
+        json_t *qe = json_object_get(info, "quantization_error"), *ld = json_object_get(info, "loss_difference");
         printf("## %s  (%s)\n", o.formats[f], dirs[f]);
-        while (fgets(line, sizeof line, rf) && strncmp(line, "tensor ", 7)) printf("   %s", line);
-        fclose(rf);
+        printf("   weights_bytes %lld\n", (long long)json_integer_value(json_object_get(info, "storage_bytes")));
+        printf("   linear_tensors %lld rms_rel_mean %.4g mean_rel_mean %.4g max_rel_worst %.4g\n",
+               (long long)json_integer_value(json_object_get(qe, "linear_tensors")),
+               json_number_value(json_object_get(qe, "linear_rms_rel_err_mean")),
+               json_number_value(json_object_get(qe, "linear_mean_rel_err_mean")),
+               json_number_value(json_object_get(qe, "linear_max_rel_err_worst")));
+        printf("   embed_tensors %lld rms_rel %.4g max_rel %.4g\n",
+               (long long)json_integer_value(json_object_get(qe, "embedding_tensors")),
+               json_number_value(json_object_get(qe, "embedding_rms_rel_err")),
+               json_number_value(json_object_get(qe, "embedding_max_rel_err")));
+        printf("   loss on %lld tokens: fp32 %.6f quantized %.6f delta %.6f\n",
+               (long long)json_integer_value(json_object_get(ld, "tokens")),
+               json_number_value(json_object_get(ld, "loss_f32")), json_number_value(json_object_get(ld, "loss_quantized")),
+               json_number_value(json_object_get(ld, "delta")));
+        printf("   prepare_seconds %.1f (when it was made)\n", json_number_value(json_object_get(info, "prepare_seconds")));
+        json_decref(info);
     }
 
     printf("\npeak RSS: VmHWM of the cell's process (load, init and steps).  peak mapped: RssFile's peak above its\n"
