@@ -207,10 +207,14 @@ void *ftb_alloc(ftb_mem_category c, size_t bytes) {
         fail_countdown--;
     }
     if ((unsigned)c >= FTB_MEM_NCAT) return alloc_failed(c, bytes, 0);
-    size_t total = HEADER + ((bytes + 63) & ~(size_t)63);
+    size_t total = HEADER + bytes;
     if (total < bytes) return alloc_failed(c, bytes, 0); /* overflow */
-    unsigned char *raw = aligned_alloc(64, total);
-    if (!raw) return alloc_failed(c, bytes, 0);
+    /* The exact size (posix_memalign, unlike aligned_alloc, needs no
+     * multiple of the alignment): an overrun of even one float is then
+     * seen by ASan and valgrind. */
+    void *block;
+    if (posix_memalign(&block, 64, total)) return alloc_failed(c, bytes, 0);
+    unsigned char *raw = block;
     alloc_header *h = (alloc_header *)raw;
     h->magic = MAGIC;
     h->bytes = bytes;
