@@ -1,6 +1,7 @@
 # ftbench — build, test and benchmark.
 #   make            build everything (core, harness, method plugins, tests)
 #   make test       build and run the Criterion suite (SAN=1: ASan + UBSan)
+#   make memcheck   valgrind over one tiny training step of every method
 #   make bench      default benchmark sweep (DEVICE=host|rpi5|...)
 #   make bench-core one full fine-tuning step of qwen2.5-0.5b, vs sgemm rate
 #   make oracle     regenerate the PyTorch oracle fixtures (needs python3-torch)
@@ -17,6 +18,13 @@ ifeq ($(SAN),1)
 BUILD   := build-san
 SANFLAGS:= -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT     := -O1 -g
+MALLOC  :=
+else ifeq ($(MEMCHECK),1)
+# For valgrind (make memcheck): no -march=native (valgrind 3.19 cannot
+# decode AVX-512) and glibc's malloc, which valgrind replaces.
+BUILD   := build-memcheck
+SANFLAGS:=
+OPT     := -O2 -g
 MALLOC  :=
 else
 BUILD   := build
@@ -49,7 +57,7 @@ BIN         := $(BUILD)/ftbench
 TESTBIN     := $(BUILD)/test_ftbench
 CORELIB     := $(BUILD)/libftbench_core.a
 
-.PHONY: all deps-check test bench bench-core oracle clean install fuzz report
+.PHONY: all deps-check test bench bench-core oracle clean install fuzz report memcheck
 all: deps-check $(BIN) $(PLUGINS) $(TESTBIN)
 
 # Installs missing Debian packages when root, else prints the apt-get line.
@@ -91,6 +99,15 @@ test: all $(TEST_PLUGINS)
 	  FTBENCH_TEST_PLUGINS=$(abspath $(BUILD)/tests/plugins) \
 	  ./$(TESTBIN) --jobs 1 $(TEST_ARGS)
 
+# valgrind memcheck over one tiny training step of every method (ci/memcheck.sh,
+# docs/RELIABILITY.md); fails on any error or definite leak.
+MEMCHECK_STEP := $(BUILD)/tests/memcheck/memcheck_step
+$(MEMCHECK_STEP): $(BUILD)/tests/memcheck/memcheck_step.o $(HARNESS_OBJ) $(CORELIB)
+	$(CC) $(LDFLAGS) -o $@ $< $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
+memcheck:
+	$(MAKE) MEMCHECK=1 all build-memcheck/tests/memcheck/memcheck_step
+	sh ci/memcheck.sh build-memcheck
+
 bench: all
 	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods
 	./$(BIN) report results --out results/report
@@ -114,7 +131,7 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|g' ci/ftbench.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ftbench.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-memcheck
 
 # ==== Fuzzing (tests/fuzz/, docs/RELIABILITY.md) ==============================
 #   make fuzz [FUZZ_SECONDS=600] [FUZZ_TARGETS="cli report"]  each target in turn

@@ -205,6 +205,7 @@ int ftb_append_line(const char *path, const char *line, char *err, size_t errlen
             }
         }
     }
+    end = lseek(fd, 0, SEEK_END); /* the whole lines end here */
     size_t n = strlen(line);
     char *buf = malloc(n + 2);
     if (!buf) {
@@ -214,21 +215,39 @@ int ftb_append_line(const char *path, const char *line, char *err, size_t errlen
     memcpy(buf, line, n);
     buf[n++] = '\n';
     /* One write() for the whole record: O_APPEND makes it land at the end
-     * in one piece, so readers see either nothing or the whole line. */
+     * in one piece, so readers see either nothing or the whole line.
+     * Past a file size limit (ulimit -f) the kernel would end the process
+     * with SIGXFSZ: ignored while writing, so that it is EFBIG, an error. */
+    struct sigaction ignore = {.sa_handler = SIG_IGN}, before;
+    sigemptyset(&ignore.sa_mask);
+    int restore = sigaction(SIGXFSZ, &ignore, &before) == 0;
     ssize_t w = write(fd, buf, n);
-    int saved = errno;
-    free(buf);
-    if (w != (ssize_t)n) {
-        /* A short write (disk full) leaves a torn line; the next append
-         * repairs the tail, and readers skip lines that do not parse. */
-        close(fd);
-        return ftb_errf(err, errlen, "cannot write %s: %s", path,
-                        w < 0 ? strerror(saved) : "short write");
-    }
-    if (fsync(fd) != 0 && errno != EINVAL) {
+    int saved = errno, partial = w > 0;
+    if (w >= 0 && w < (ssize_t)n) { /* short: the rest says why (ENOSPC, EFBIG) */
+        ssize_t w2 = write(fd, buf + w, n - (size_t)w);
         saved = errno;
+        w = w2 < 0 ? -1 : w + w2;
+    }
+    if (restore) sigaction(SIGXFSZ, &before, NULL);
+    free(buf);
+    if (w != (ssize_t)n || fsync(fd) != 0) {
+        /* Disk full (ENOSPC, or EFBIG past a file size limit) or an I/O
+         * error: the record is not kept.  A short write is cut off again so
+         * the file ends with whole lines (should that fail too, the next
+         * append repairs the tail, and readers skip lines that do not
+         * parse).  fsync failing says the bytes may never reach the disk:
+         * taken back the same way.  EINVAL: this file cannot be synced. */
+        const char *what = w != (ssize_t)n ? "write" : "fsync";
+        if (w == (ssize_t)n) saved = errno;
+        if (w == (ssize_t)n && saved == EINVAL) {
+            close(fd);
+            return 0;
+        }
+        int cut = !partial || (end >= 0 && ftruncate(fd, end) == 0);
         close(fd);
-        return ftb_errf(err, errlen, "cannot fsync %s: %s", path, strerror(saved));
+        return ftb_errf(err, errlen, "cannot %s %s: %s; the record was not kept%s", what, path,
+                        w < 0 || w == (ssize_t)n ? strerror(saved) : "short write",
+                        cut ? "" : " (and its partial line could not be removed)");
     }
     close(fd);
     return 0;

@@ -35,6 +35,7 @@ void attention_flash_forward(float *o, float *lse, const float *q, const float *
     const float scale = 1.0f / sqrtf((float)s.hd);
     int nt = omp_get_max_threads();
     float *ws = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)nt * (BR * BC + BR * s.hd + 2 * BR));
+    if (!ws) return; /* the caller sees the failure flag (mem.c) */
     int saved_threads = blas_serial_begin();
 #pragma omp parallel
     {
@@ -98,6 +99,7 @@ void attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o,
     int nt = omp_get_max_threads();
     size_t per = 2 * BR * BC + BR;
     float *ws = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)nt * per);
+    if (!ws) return; /* the caller sees the failure flag (mem.c) */
     int saved_threads = blas_serial_begin();
     /* One job per (batch, kv head): the query heads of a group add into the
      * same dk, dv, so they stay in one thread. */
@@ -178,6 +180,7 @@ void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o,
     memset(dv, 0, sizeof(float) * N * ldk);
     int nt = omp_get_max_threads();
     float *ws = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)nt * s.T * s.T);
+    if (!ws) return; /* the caller sees the failure flag (mem.c) */
     int saved_threads = blas_serial_begin();
 #pragma omp parallel
     {

@@ -73,6 +73,11 @@ float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const
     float *z = ftb_alloc(mode == FTB_LOSS_FULL ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE,
                          sizeof(float) * (size_t)rows_per * V);
     float *row_loss = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N);
+    if (!z || !row_loss) { /* the caller sees the failure flag (mem.c) */
+        ftb_free(z);
+        ftb_free(row_loss);
+        return NAN;
+    }
     double total = 0;
     for (int c0 = 0; c0 < N; c0 += rows_per) {
         int rows = N - c0 < rows_per ? N - c0 : rows_per;

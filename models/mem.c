@@ -10,7 +10,9 @@
 #include "model_internal.h"
 
 #include <dlfcn.h>
+#include <inttypes.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -131,12 +133,88 @@ void ftb_mem_account(ftb_mem_category c, int64_t delta) {
     if ((unsigned)c < FTB_MEM_NCAT && delta != 0) record(c, delta);
 }
 
+/* ---- allocation failure: the sticky flag and the injection hook ----
+ * A hook or a leaf op that gets NULL from ftb_alloc has no way to return an
+ * error through its signature; it skips its work instead, and the first
+ * failure is remembered here until the next ftb_mem_clear_failure (which
+ * forward/backward call on entry), so that the core notices it at the next
+ * check and returns NaN with the failure's message.  The injection hook
+ * (tests, FTBENCH_FAIL_ALLOC_AFTER) costs one predictable branch and one
+ * increment per allocation. */
+static int64_t alloc_calls;        /* ftb_alloc calls since the process began */
+static int64_t fail_countdown = -1; /* allocations left before one fails; -1: off */
+static int fail_persistent;
+static struct {
+    int failed, injected;
+    size_t bytes;
+    ftb_mem_category category;
+    int phase;
+} failure;
+
+void ftb_mem_fail_after(int64_t n, int persistent) {
+    fail_countdown = n < 0 ? -1 : n;
+    fail_persistent = persistent;
+}
+
+int64_t ftb_mem_alloc_calls(void) { return alloc_calls; }
+int ftb_mem_failed(void) { return failure.failed; }
+void ftb_mem_clear_failure(void) { memset(&failure, 0, sizeof failure); }
+
+void ftb_mem_failure_message(char *err, size_t errlen) {
+    if (!err || !errlen) return;
+    if (!failure.failed) {
+        snprintf(err, errlen, "out of memory");
+        return;
+    }
+    snprintf(err, errlen, "out of memory: %zu bytes of %s in phase '%s'%s", failure.bytes,
+             ftb_mem_category_name(failure.category), ftb_mem_phase_name((uint16_t)failure.phase),
+             failure.injected ? " (injected failure)" : "");
+}
+
+/* FTBENCH_FAIL_ALLOC_AFTER=N: the process's allocation N+1 fails (one
+ * failure; "N+" fails that one and every later one).  For fault tests of the
+ * executable; read once, before main. */
+__attribute__((constructor)) static void read_fail_env(void) {
+    const char *v = getenv("FTBENCH_FAIL_ALLOC_AFTER");
+    if (!v || !*v) return;
+    char *end;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || n < 0 || (*end && strcmp(end, "+") != 0)) {
+        fprintf(stderr, "ftbench: FTBENCH_FAIL_ALLOC_AFTER: '%s' is not a count (N or N+)\n", v);
+        return;
+    }
+    ftb_mem_fail_after(n, *end == '+');
+}
+
+static void *alloc_failed(ftb_mem_category c, size_t bytes, int injected) {
+    if (!failure.failed) {
+        failure.failed = 1;
+        failure.injected = injected;
+        failure.bytes = bytes;
+        failure.category = (unsigned)c < FTB_MEM_NCAT ? c : FTB_MEM_WORKSPACE;
+        failure.phase = n_phases ? atomic_load_explicit(&current_phase, memory_order_relaxed) : 0;
+    }
+    return NULL;
+}
+
 void *ftb_alloc(ftb_mem_category c, size_t bytes) {
-    if ((unsigned)c >= FTB_MEM_NCAT) return NULL;
-    size_t total = HEADER + ((bytes + 63) & ~(size_t)63);
-    if (total < bytes) return NULL; /* overflow */
-    unsigned char *raw = aligned_alloc(64, total);
-    if (!raw) return NULL;
+    alloc_calls++;
+    if (__builtin_expect(fail_countdown >= 0, 0)) {
+        if (fail_countdown == 0) {
+            if (!fail_persistent) fail_countdown = -1;
+            return alloc_failed(c, bytes, 1);
+        }
+        fail_countdown--;
+    }
+    if ((unsigned)c >= FTB_MEM_NCAT) return alloc_failed(c, bytes, 0);
+    size_t total = HEADER + bytes;
+    if (total < bytes) return alloc_failed(c, bytes, 0); /* overflow */
+    /* The exact size (posix_memalign, unlike aligned_alloc, needs no
+     * multiple of the alignment): an overrun of even one float is then
+     * seen by ASan and valgrind. */
+    void *block;
+    if (posix_memalign(&block, 64, total)) return alloc_failed(c, bytes, 0);
+    unsigned char *raw = block;
     alloc_header *h = (alloc_header *)raw;
     h->magic = MAGIC;
     h->bytes = bytes;

@@ -27,4 +27,19 @@ void ftb_mem_recategorize(void *p, ftb_mem_category c);
  * the analytic memory model (memory_model.c) follows too. */
 int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o);
 
+/* Allocation failure (docs/CORE.md, "When an allocation fails").  The first
+ * ftb_alloc that returns NULL sets a sticky flag, kept until cleared;
+ * forward/backward clear it on entry and check it after every step that
+ * may have allocated (hooks included).  The message names the size, the
+ * category and the phase of the failed allocation. */
+int ftb_mem_failed(void);
+void ftb_mem_clear_failure(void);
+void ftb_mem_failure_message(char *err, size_t errlen);
+/* Test hook: the next n allocations succeed, the one after fails (and every
+ * later one when persistent); n < 0 turns injection off.  The environment
+ * variable FTBENCH_FAIL_ALLOC_AFTER=N (or N+) sets it at process start. */
+void ftb_mem_fail_after(int64_t n, int persistent);
+/* ftb_alloc calls so far (failed ones included). */
+int64_t ftb_mem_alloc_calls(void);
+
 #endif

@@ -26,6 +26,7 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
     /* Per-thread partial sums of dw, added up at the end: no races, and the
      * result does not depend on scheduling within a thread count. */
     float *partial = dw ? ftb_calloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)nt * D) : NULL;
+    if (dw && !partial) return; /* the caller sees the failure flag (mem.c) */
 #pragma omp parallel
     {
         float *pw = partial ? partial + (size_t)omp_get_thread_num() * D : NULL;

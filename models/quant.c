@@ -521,10 +521,7 @@ static float *tile_alloc(int64_t floats) {
             tile_cap = 0;
         }
         float *t = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)floats);
-        if (!t) {
-            fprintf(stderr, "ftbench: out of memory for a %lld-float dequantization tile\n", (long long)floats);
-            abort();
-        }
+        if (!t) return NULL; /* the caller sees the failure flag (mem.c) */
         if (tile_busy) return t; /* nested use: a buffer of its own */
         tile_buf = t;
         tile_cap = floats;
@@ -583,6 +580,7 @@ void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float
     }
     const int64_t tr = quant_tile_rows(out, in);
     float *tile = quantized ? tile_alloc(tr * in) : NULL;
+    if (quantized && !tile) return;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
@@ -609,6 +607,7 @@ void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, f
     }
     const int64_t tr = quant_tile_rows(out, in);
     float *tile = quantized ? tile_alloc(tr * in) : NULL;
+    if (quantized && !tile) return;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);

@@ -103,9 +103,38 @@ static void add_inplace(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+static void drop(float **p) {
+    ftb_free(*p);
+    *p = NULL;
+}
+
+/* Frees what a block kept, when its backward will not run (or failed). */
+static void release_cache(const run_ctx *rc, int l, block_cache *c) {
+    float *bufs[] = {c->ln1, c->rstd1, c->q, c->k, c->v, c->att, c->lse, c->probs,
+                     c->x_mid, c->ln2, c->rstd2, c->g, c->u, c->h};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) ftb_free(bufs[i]);
+    for (int k = 0; k < FTB_LIN_COUNT; k++) {
+        ftb_adapter *a = rc->m->layers[l].adapter[k];
+        if (c->hook_saved[k] && a && a->ops->release) a->ops->release(a, c->hook_saved[k]);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+/* An allocation that failed here, or inside a hook or an op (the sticky
+ * flag of mem.c), ends the block: what it holds is released, -1 returned. */
+#define ALLOC_OR_FAIL(p, cat, n)                                                                                       \
+    do {                                                                                                               \
+        if (!((p) = alloc_f((cat), (n)))) goto fail;                                                                   \
+    } while (0)
+#define CHECK_FAILED()                                                                                                 \
+    do {                                                                                                               \
+        if (ftb_mem_failed()) goto fail;                                                                               \
+    } while (0)
+
 /* One block.  With c == NULL nothing is kept (inference, or a block that
- * will be recomputed); with c, what backward needs is kept in c. */
-static void block_forward(const run_ctx *rc, int l, const float *x, float *out, block_cache *c) {
+ * will be recomputed); with c, what backward needs is kept in c.  0, or -1
+ * when an allocation failed (nothing left allocated, c cleared). */
+static int block_forward(const run_ctx *rc, int l, const float *x, float *out, block_cache *c) {
     const ftb_config *cfg = &rc->m->cfg;
     ftb_layer *ly = &rc->m->layers[l];
     const int N = rc->N, D = cfg->dim, F = cfg->ffn_dim;
@@ -122,136 +151,162 @@ static void block_forward(const run_ctx *rc, int l, const float *x, float *out, 
     int keep_h = needs_input(ly, FTB_LIN_DOWN);
 
     /* attention half */
-    c->ln1 = alloc_f(CAT(keep_ln1), (int64_t)N * D);
-    c->rstd1 = alloc_f(CAT(1), N);
+    ALLOC_OR_FAIL(c->ln1, CAT(keep_ln1), (int64_t)N * D);
+    ALLOC_OR_FAIL(c->rstd1, CAT(1), N);
     rmsnorm_forward(c->ln1, c->rstd1, x, ly->attn_norm.data, N, D, cfg->norm_eps);
-    c->q = alloc_f(CAT(1), N * Q);
-    c->k = alloc_f(CAT(1), N * KV);
-    c->v = alloc_f(CAT(1), N * KV);
+    ALLOC_OR_FAIL(c->q, CAT(1), N * Q);
+    ALLOC_OR_FAIL(c->k, CAT(1), N * KV);
+    ALLOC_OR_FAIL(c->v, CAT(1), N * KV);
     hooked_linear_forward(rc, l, FTB_LIN_Q, c->ln1, c->q, SAVED_SLOT(FTB_LIN_Q));
     hooked_linear_forward(rc, l, FTB_LIN_K, c->ln1, c->k, SAVED_SLOT(FTB_LIN_K));
     hooked_linear_forward(rc, l, FTB_LIN_V, c->ln1, c->v, SAVED_SLOT(FTB_LIN_V));
-    if (!(keep && keep_ln1)) { ftb_free(c->ln1); c->ln1 = NULL; }
+    CHECK_FAILED();
+    if (!(keep && keep_ln1)) drop(&c->ln1);
     rope_forward(c->q, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
     rope_forward(c->k, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
     attn_shape as = {rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim};
-    c->att = alloc_f(CAT(1), N * Q);
+    ALLOC_OR_FAIL(c->att, CAT(1), N * Q);
     if (rc->opts->attention == FTB_ATTN_EAGER) {
-        c->probs = alloc_f(CAT(1), (int64_t)as.B * as.H * as.T * as.T);
+        ALLOC_OR_FAIL(c->probs, CAT(1), (int64_t)as.B * as.H * as.T * as.T);
         attention_eager_forward(c->att, c->probs, c->q, c->k, c->v, as);
     } else {
-        c->lse = alloc_f(CAT(1), (int64_t)as.B * as.H * as.T);
+        ALLOC_OR_FAIL(c->lse, CAT(1), (int64_t)as.B * as.H * as.T);
         attention_flash_forward(c->att, c->lse, c->q, c->k, c->v, as);
     }
+    CHECK_FAILED();
     if (!keep) {
-        ftb_free(c->q); ftb_free(c->k); ftb_free(c->v); ftb_free(c->probs); ftb_free(c->lse);
+        drop(&c->q); drop(&c->k); drop(&c->v); drop(&c->probs); drop(&c->lse);
     }
-    c->x_mid = alloc_f(CAT(1), (int64_t)N * D);
+    ALLOC_OR_FAIL(c->x_mid, CAT(1), (int64_t)N * D);
     hooked_linear_forward(rc, l, FTB_LIN_O, c->att, c->x_mid, SAVED_SLOT(FTB_LIN_O));
+    CHECK_FAILED();
     add_inplace(c->x_mid, x, (int64_t)N * D);
-    if (!keep) ftb_free(c->att);
+    if (!keep) drop(&c->att);
 
     /* MLP half */
-    c->ln2 = alloc_f(CAT(keep_ln2), (int64_t)N * D);
-    c->rstd2 = alloc_f(CAT(1), N);
+    ALLOC_OR_FAIL(c->ln2, CAT(keep_ln2), (int64_t)N * D);
+    ALLOC_OR_FAIL(c->rstd2, CAT(1), N);
     rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, ly->mlp_norm.data, N, D, cfg->norm_eps);
-    c->g = alloc_f(CAT(1), (int64_t)N * F);
-    c->u = alloc_f(CAT(1), (int64_t)N * F);
+    ALLOC_OR_FAIL(c->g, CAT(1), (int64_t)N * F);
+    ALLOC_OR_FAIL(c->u, CAT(1), (int64_t)N * F);
     hooked_linear_forward(rc, l, FTB_LIN_GATE, c->ln2, c->g, SAVED_SLOT(FTB_LIN_GATE));
     hooked_linear_forward(rc, l, FTB_LIN_UP, c->ln2, c->u, SAVED_SLOT(FTB_LIN_UP));
-    if (!(keep && keep_ln2)) { ftb_free(c->ln2); c->ln2 = NULL; }
-    c->h = alloc_f(CAT(keep_h), (int64_t)N * F);
+    CHECK_FAILED();
+    if (!(keep && keep_ln2)) drop(&c->ln2);
+    ALLOC_OR_FAIL(c->h, CAT(keep_h), (int64_t)N * F);
     swiglu_forward(c->h, c->g, c->u, (int64_t)N * F);
-    if (!keep) { ftb_free(c->g); ftb_free(c->u); }
+    if (!keep) { drop(&c->g); drop(&c->u); }
     hooked_linear_forward(rc, l, FTB_LIN_DOWN, c->h, out, SAVED_SLOT(FTB_LIN_DOWN));
+    CHECK_FAILED();
     add_inplace(out, c->x_mid, (int64_t)N * D);
-    if (!(keep && keep_h)) { ftb_free(c->h); c->h = NULL; }
-    if (!keep) { ftb_free(c->x_mid); ftb_free(c->rstd1); ftb_free(c->rstd2); }
+    if (!(keep && keep_h)) drop(&c->h);
+    if (!keep) { drop(&c->x_mid); drop(&c->rstd1); drop(&c->rstd2); }
+    return 0;
+fail:
+    release_cache(rc, l, c);
+    return -1;
 #undef CAT
 #undef SAVED_SLOT
 }
 
 /* dres holds d(block output) on entry and d(block input) on return.
- * Frees everything c kept. */
-static void block_backward(const run_ctx *rc, int l, const float *x, block_cache *c, float *dres) {
+ * Frees everything c kept, also when an allocation fails (then -1). */
+static int block_backward(const run_ctx *rc, int l, const float *x, block_cache *c, float *dres) {
     const ftb_config *cfg = &rc->m->cfg;
     ftb_layer *ly = &rc->m->layers[l];
     const int N = rc->N, D = cfg->dim, F = cfg->ffn_dim;
     const int64_t Q = (int64_t)cfg->n_heads * cfg->head_dim, KV = (int64_t)cfg->n_kv_heads * cfg->head_dim;
     const int64_t ND = (int64_t)N * D;
+    float *dh = NULL, *dy_copy = NULL, *du = NULL, *dln2 = NULL, *datt = NULL, *dq = NULL, *dk = NULL, *dv = NULL,
+          *dln1 = NULL, *dy;
+    /* A hook frees its saved data in its backward: forget it once called. */
+#define HOOK_BACKWARD(k, xin, dy, dx)                                                                                  \
+    do {                                                                                                               \
+        hooked_linear_backward(rc, l, (k), (xin), (dy), (dx), c->hook_saved[k]);                                       \
+        c->hook_saved[k] = NULL;                                                                                       \
+    } while (0)
 
     /* MLP half: down, SwiGLU, gate/up, RMSNorm; the residual passes dres through. */
-    float *dh = calloc_f(FTB_MEM_WORKSPACE, (int64_t)N * F);
-    float *dy = dres, *dy_copy = NULL;
+    dh = calloc_f(FTB_MEM_WORKSPACE, (int64_t)N * F);
+    if (!dh) goto fail;
+    dy = dres;
     if (ly->adapter[FTB_LIN_DOWN]) {
-        dy = dy_copy = alloc_f(FTB_MEM_WORKSPACE, ND);
+        ALLOC_OR_FAIL(dy_copy, FTB_MEM_WORKSPACE, ND);
         memcpy(dy_copy, dres, sizeof(float) * ND);
+        dy = dy_copy;
     }
-    hooked_linear_backward(rc, l, FTB_LIN_DOWN, c->h, dy, dh, c->hook_saved[FTB_LIN_DOWN]);
-    ftb_free(dy_copy);
-    ftb_free(c->h);
-    float *dg = dh, *du = alloc_f(FTB_MEM_WORKSPACE, (int64_t)N * F);
-    swiglu_backward(dg, du, dh, c->g, c->u, (int64_t)N * F); /* dg overwrites dh element by element */
-    ftb_free(c->g);
-    ftb_free(c->u);
-    float *dln2 = calloc_f(FTB_MEM_WORKSPACE, ND);
-    hooked_linear_backward(rc, l, FTB_LIN_GATE, c->ln2, dg, dln2, c->hook_saved[FTB_LIN_GATE]);
-    hooked_linear_backward(rc, l, FTB_LIN_UP, c->ln2, du, dln2, c->hook_saved[FTB_LIN_UP]);
-    ftb_free(dg);
-    ftb_free(du);
-    ftb_free(c->ln2);
+    HOOK_BACKWARD(FTB_LIN_DOWN, c->h, dy, dh);
+    drop(&dy_copy);
+    drop(&c->h);
+    CHECK_FAILED();
+    ALLOC_OR_FAIL(du, FTB_MEM_WORKSPACE, (int64_t)N * F);
+    swiglu_backward(dh, du, dh, c->g, c->u, (int64_t)N * F); /* dg overwrites dh element by element */
+    drop(&c->g);
+    drop(&c->u);
+    dln2 = calloc_f(FTB_MEM_WORKSPACE, ND);
+    if (!dln2) goto fail;
+    HOOK_BACKWARD(FTB_LIN_GATE, c->ln2, dh, dln2); /* dh holds dg now */
+    HOOK_BACKWARD(FTB_LIN_UP, c->ln2, du, dln2);
+    drop(&dh);
+    drop(&du);
+    drop(&c->ln2);
+    CHECK_FAILED();
     rmsnorm_backward(dres, ly->mlp_norm.trainable ? ly->mlp_norm.grad : NULL, dln2, c->x_mid, c->rstd2,
                      ly->mlp_norm.data, N, D);
-    ftb_free(dln2);
-    ftb_free(c->x_mid);
-    ftb_free(c->rstd2);
+    drop(&dln2);
+    drop(&c->x_mid);
+    drop(&c->rstd2);
+    CHECK_FAILED();
 
     /* attention half */
-    float *datt = calloc_f(FTB_MEM_WORKSPACE, N * Q);
+    datt = calloc_f(FTB_MEM_WORKSPACE, N * Q);
+    if (!datt) goto fail;
     dy = dres;
-    dy_copy = NULL;
     if (ly->adapter[FTB_LIN_O]) {
-        dy = dy_copy = alloc_f(FTB_MEM_WORKSPACE, ND);
+        ALLOC_OR_FAIL(dy_copy, FTB_MEM_WORKSPACE, ND);
         memcpy(dy_copy, dres, sizeof(float) * ND);
+        dy = dy_copy;
     }
-    hooked_linear_backward(rc, l, FTB_LIN_O, c->att, dy, datt, c->hook_saved[FTB_LIN_O]);
-    ftb_free(dy_copy);
-    float *dq = alloc_f(FTB_MEM_WORKSPACE, N * Q), *dk = alloc_f(FTB_MEM_WORKSPACE, N * KV),
-          *dv = alloc_f(FTB_MEM_WORKSPACE, N * KV);
+    HOOK_BACKWARD(FTB_LIN_O, c->att, dy, datt);
+    drop(&dy_copy);
+    CHECK_FAILED();
+    ALLOC_OR_FAIL(dq, FTB_MEM_WORKSPACE, N * Q);
+    ALLOC_OR_FAIL(dk, FTB_MEM_WORKSPACE, N * KV);
+    ALLOC_OR_FAIL(dv, FTB_MEM_WORKSPACE, N * KV);
     attn_shape as = {rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim};
     if (c->probs) attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
     else attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
-    ftb_free(datt);
-    ftb_free(c->att); ftb_free(c->probs); ftb_free(c->lse);
-    ftb_free(c->q); ftb_free(c->k); ftb_free(c->v);
+    drop(&datt);
+    drop(&c->att); drop(&c->probs); drop(&c->lse);
+    drop(&c->q); drop(&c->k); drop(&c->v);
+    CHECK_FAILED();
     rope_backward(dq, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
     rope_backward(dk, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
-    float *dln1 = calloc_f(FTB_MEM_WORKSPACE, ND);
-    hooked_linear_backward(rc, l, FTB_LIN_Q, c->ln1, dq, dln1, c->hook_saved[FTB_LIN_Q]);
-    hooked_linear_backward(rc, l, FTB_LIN_K, c->ln1, dk, dln1, c->hook_saved[FTB_LIN_K]);
-    hooked_linear_backward(rc, l, FTB_LIN_V, c->ln1, dv, dln1, c->hook_saved[FTB_LIN_V]);
-    ftb_free(dq); ftb_free(dk); ftb_free(dv);
-    ftb_free(c->ln1);
+    dln1 = calloc_f(FTB_MEM_WORKSPACE, ND);
+    if (!dln1) goto fail;
+    HOOK_BACKWARD(FTB_LIN_Q, c->ln1, dq, dln1);
+    HOOK_BACKWARD(FTB_LIN_K, c->ln1, dk, dln1);
+    HOOK_BACKWARD(FTB_LIN_V, c->ln1, dv, dln1);
+    drop(&dq); drop(&dk); drop(&dv);
+    drop(&c->ln1);
+    CHECK_FAILED();
     rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1,
                      ly->attn_norm.data, N, D);
-    ftb_free(dln1);
-    ftb_free(c->rstd1);
+    drop(&dln1);
+    drop(&c->rstd1);
+    CHECK_FAILED();
     memset(c, 0, sizeof *c);
+    return 0;
+fail: {
+    float *ws[] = {dh, dy_copy, du, dln2, datt, dq, dk, dv, dln1};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) ftb_free(ws[i]);
+    release_cache(rc, l, c);
+    return -1;
+}
+#undef HOOK_BACKWARD
 }
 
 static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
-
-/* Frees what a block kept, when its backward will not run. */
-static void release_cache(const run_ctx *rc, int l, block_cache *c) {
-    float *bufs[] = {c->ln1, c->rstd1, c->q, c->k, c->v, c->att, c->lse, c->probs,
-                     c->x_mid, c->ln2, c->rstd2, c->g, c->u, c->h};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) ftb_free(bufs[i]);
-    for (int k = 0; k < FTB_LIN_COUNT; k++) {
-        ftb_adapter *a = rc->m->layers[l].adapter[k];
-        if (c->hook_saved[k] && a && a->ops->release) a->ops->release(a, c->hook_saved[k]);
-    }
-    memset(c, 0, sizeof *c);
-}
 
 static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t errlen) {
     if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
@@ -312,16 +367,17 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         opts_in = &defaults;
     }
     if (check_batch(m, b, err, errlen)) return NAN;
+    ftb_mem_clear_failure(); /* per run: what fails from here on fails this run */
     const ftb_config *cfg = &m->cfg;
     const int L = cfg->n_layers, D = cfg->dim, N = b->B * b->T;
     const int64_t ND = (int64_t)N * D;
     run_ctx rc = {m, b, opts_in, NULL, NULL, N, training};
     int half = cfg->head_dim / 2;
-    float *rope = alloc_f(FTB_MEM_WORKSPACE, 2 * (int64_t)b->T * half);
-    rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg->head_dim, cfg->rope_theta);
-    rc.rope_cos = rope;
-    rc.rope_sin = rope + (int64_t)b->T * half;
-
+    float loss = NAN;
+    float *rope = NULL, *spare = NULL, *xf = NULL, *rstdf = NULL, *dxf = NULL, *dres = NULL;
+    int resident = INT32_MIN; /* the residency unit entered and not yet left */
+#define ENTER(u) (residency_enter(m, (u)), resident = (u))
+#define LEAVE(u) (residency_leave(m, (u)), resident = INT32_MIN)
     const double t_start = ftb_now();
     const int first = training ? ftb_model_lowest_trained_block(m, opts_in) : L;
     /* resid[l] is block l's input; resid[L] feeds the final norm.  Kept
@@ -329,18 +385,23 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     float **resid = calloc((size_t)L + 1, sizeof *resid);
     char *offloaded = calloc((size_t)L + 1, 1);
     block_cache *caches = calloc((size_t)L, sizeof *caches);
-    int failed = 0;
     if (!resid || !caches || !offloaded) {
-        free(resid); free(caches); free(offloaded); ftb_free(rope);
+        free(resid); free(caches); free(offloaded);
         snprintf(err, errlen, "out of memory");
         return NAN;
     }
+    rope = alloc_f(FTB_MEM_WORKSPACE, 2 * (int64_t)b->T * half);
+    if (!rope) goto oom;
+    rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg->head_dim, cfg->rope_theta);
+    rc.rope_cos = rope;
+    rc.rope_sin = rope + (int64_t)b->T * half;
+
     ftb_mem_set_phase("fwd embed");
-    float *spare = NULL;
     resid[0] = alloc_f(training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
-    residency_enter(m, RES_EMBED);
+    if (!resid[0]) goto oom;
+    ENTER(RES_EMBED);
     embedding_forward(resid[0], &m->embed, b->tokens, N, D);
-    residency_leave(m, RES_EMBED);
+    LEAVE(RES_EMBED);
     for (int l = 0; l < L; l++) {
         char phase[32];
         snprintf(phase, sizeof phase, "fwd L%d", l);
@@ -349,18 +410,20 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         int out_kept = training && l + 1 >= first; /* input of a trained block, or of the final norm */
         if (out_kept && l + 1 < L && policy(opts_in, l + 1) == FTB_KEEP_OFFLOAD) {
             resid[l + 1] = offload_alloc(opts_in->offload_dir, sizeof(float) * (size_t)ND, err, errlen);
-            if (!resid[l + 1]) { failed = 1; break; }
+            if (!resid[l + 1]) goto failed; /* err says why */
             offloaded[l + 1] = 1;
         } else if (out_kept || !spare) {
             resid[l + 1] = alloc_f(out_kept ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
+            if (!resid[l + 1]) goto oom;
         } else {
             resid[l + 1] = spare;
             spare = NULL;
         }
         ftb_keep_policy keep = policy(opts_in, l);
-        residency_enter(m, l);
-        block_forward(&rc, l, resid[l], resid[l + 1], trained && keep == FTB_KEEP_ALL ? &caches[l] : NULL);
-        residency_leave(m, l);
+        ENTER(l);
+        if (block_forward(&rc, l, resid[l], resid[l + 1], trained && keep == FTB_KEEP_ALL ? &caches[l] : NULL))
+            goto oom;
+        LEAVE(l);
         if (offloaded[l]) offload_evict(resid[l]); /* consumed: out of RAM until backward */
         if (!trained) { /* an inference-mode input is done with: recycle it */
             ftb_free(spare);
@@ -369,72 +432,89 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         }
     }
     ftb_free(spare);
-    if (failed) { /* only an offload file can fail here; give everything back */
-        for (int l = 0; l <= L; l++) {
-            if (offloaded[l]) offload_free(resid[l]);
-            else ftb_free(resid[l]);
-        }
-        for (int l = 0; l < L; l++) release_cache(&rc, l, &caches[l]);
-        ftb_free(rope);
-        free(resid); free(caches); free(offloaded);
-        return NAN;
-    }
+    spare = NULL;
 
     ftb_mem_set_phase("fwd norm");
-    residency_enter(m, RES_HEAD); /* final norm and LM head, left after the final norm's backward */
-    float *xf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
-    float *rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
+    ENTER(RES_HEAD); /* final norm and LM head, left after the final norm's backward */
+    xf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
+    rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
+    if (!xf || !rstdf) goto oom;
     rmsnorm_forward(xf, rstdf, resid[L], m->final_norm.data, N, D, cfg->norm_eps);
     if (!training) { ftb_free(resid[L]); resid[L] = NULL; }
     ftb_mem_set_phase("head");
-    float *dxf = training ? alloc_f(FTB_MEM_WORKSPACE, ND) : NULL;
-    float loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
-                           b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
-                           opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
-    ftb_free(xf);
-    if (!training) residency_leave(m, RES_HEAD);
+    if (training && !(dxf = alloc_f(FTB_MEM_WORKSPACE, ND))) goto oom;
+    loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
+                     b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
+                     opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
+    drop(&xf);
+    if (ftb_mem_failed()) goto oom;
+    if (!training) LEAVE(RES_HEAD);
     const double t_backward = ftb_now();
     last_forward_seconds = t_backward - t_start;
 
     if (training) {
         ftb_mem_set_phase("bwd norm");
-        float *dres = calloc_f(FTB_MEM_WORKSPACE, ND);
+        dres = calloc_f(FTB_MEM_WORKSPACE, ND);
+        if (!dres) goto oom;
         rmsnorm_backward(dres, m->final_norm.trainable ? m->final_norm.grad : NULL, dxf, resid[L], rstdf,
                          m->final_norm.data, N, D);
-        residency_leave(m, RES_HEAD);
-        ftb_free(dxf);
-        ftb_free(resid[L]);
+        LEAVE(RES_HEAD);
+        drop(&dxf);
+        drop(&resid[L]);
+        if (ftb_mem_failed()) goto oom;
         for (int l = L - 1; l >= first; l--) {
             char phase[32];
-            residency_enter(m, l);
+            ENTER(l);
             if (policy(opts_in, l) != FTB_KEEP_ALL) { /* recompute the block, this time keeping what backward needs */
                 snprintf(phase, sizeof phase, "recompute L%d", l);
                 ftb_mem_set_phase(phase);
                 float *out = alloc_f(FTB_MEM_WORKSPACE, ND);
-                block_forward(&rc, l, resid[l], out, &caches[l]);
+                if (!out) goto oom;
+                int bad = block_forward(&rc, l, resid[l], out, &caches[l]);
                 ftb_free(out);
+                if (bad) goto oom;
             }
             snprintf(phase, sizeof phase, "bwd L%d", l);
             ftb_mem_set_phase(phase);
-            block_backward(&rc, l, resid[l], &caches[l], dres);
-            residency_leave(m, l);
+            if (block_backward(&rc, l, resid[l], &caches[l], dres)) goto oom;
+            LEAVE(l);
             if (offloaded[l]) offload_free(resid[l]);
             else ftb_free(resid[l]);
+            resid[l] = NULL;
         }
         if (first == 0 && m->embed.trainable) {
             ftb_mem_set_phase("bwd embed");
             embedding_backward(m->embed.grad, dres, b->tokens, N, D);
         }
-        ftb_free(dres);
     }
+    if (ftb_mem_failed()) goto oom; /* a hook that could not allocate said nothing else */
+    last_backward_seconds = training ? ftb_now() - t_backward : 0.0;
+    goto done;
+
+oom:
+    ftb_mem_failure_message(err, errlen);
+failed: /* what was allocated goes back; gradients accumulated so far are partial */
+    loss = NAN;
+    if (resident != INT32_MIN) LEAVE(resident);
+done: /* on success every entry below is already NULL or cleared */
+    for (int l = 0; l <= L; l++) {
+        if (offloaded[l]) offload_free(resid[l]);
+        else ftb_free(resid[l]);
+    }
+    for (int l = 0; l < L; l++) release_cache(&rc, l, &caches[l]);
+    ftb_free(spare);
+    ftb_free(xf);
+    ftb_free(dxf);
+    ftb_free(dres);
     ftb_free(rstdf);
     ftb_free(rope);
     quant_workspace_release();
     free(resid);
     free(caches);
     free(offloaded);
-    last_backward_seconds = training ? ftb_now() - t_backward : 0.0;
     return loss;
+#undef ENTER
+#undef LEAVE
 }
 
 float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen) {

@@ -41,6 +41,7 @@ static void ia3_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float 
     const float *l = a->scale.data;
     if (saved) {
         float *y_base = ftb_alloc(FTB_MEM_SAVED, sizeof(float) * (size_t)(N * out));
+        if (!y_base) return; /* the core sees the failure (docs/CORE.md) */
         memcpy(y_base, y, sizeof(float) * (size_t)(N * out));
         *saved = y_base;
     }

@@ -31,6 +31,7 @@ static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     lora_adapter *a = (lora_adapter *)self;
     const int N = c->B * c->T;
     float *h = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    if (!h) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
     ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
     if (saved) *saved = h;
@@ -43,6 +44,10 @@ static void lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     const int N = c->B * c->T;
     const float *h = saved;
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    if (!dh) { /* the core sees the failure (docs/CORE.md) */
+        ftb_free(saved);
+        return;
+    }
     ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
     ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);

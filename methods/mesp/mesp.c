@@ -57,7 +57,7 @@ static void mesp_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     mesp_adapter *a = (mesp_adapter *)self;
     const int N = c->B * c->T;
     float *h = low_rank_projection(a, N, x);
-    if (!h) abort(); /* a hook has no way to report an error */
+    if (!h) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
     ftb_free(h);
 }
@@ -69,7 +69,11 @@ static void mesp_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     const int N = c->B * c->T;
     float *h = low_rank_projection(a, N, x);
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
-    if (!h || !dh) abort();
+    if (!h || !dh) { /* the core sees the failure (docs/CORE.md) */
+        ftb_free(h);
+        ftb_free(dh);
+        return;
+    }
     ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);      /* dB += s·dyᵀ·h */
     ftb_free(h);
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);     /* dh = s·dy·B   */

@@ -94,6 +94,7 @@ static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const 
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    if (!h) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
     ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
     ftb_free(h);
@@ -110,6 +111,7 @@ static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    if (!dh) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
     if (x && a->A.grad && a->B.grad) {
         float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);

@@ -131,6 +131,7 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     const prge_state *st = a->owner;
     const int N = c->B * c->T, r = a->r, out = a->out;
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * r);
+    if (!h) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 1, N, r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, r);
     const forward_plan *p = &st->plan;
     if (!p->active || !a->z || c->B != p->n_slices * p->rows_per_slice_seqs) {
@@ -141,6 +142,10 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     const int64_t nb = (int64_t)out * r;
     const int rows = p->rows_per_slice_seqs * c->T;
     float *Bj = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)nb);
+    if (!Bj) { /* the core sees the failure (docs/CORE.md) */
+        ftb_free(h);
+        return;
+    }
     for (int j = 0; j < p->n_slices; j++) {
         int q;
         float sign;
@@ -171,6 +176,7 @@ static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
         ftb_free(h);
     }
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    if (!dh) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
     ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
     ftb_free(dh);
