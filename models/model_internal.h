@@ -22,4 +22,10 @@ void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len);
  * becomes trainable is counted as trainable from then on). */
 void ftb_mem_recategorize(void *p, ftb_mem_category c);
 
+/* The inference forward (hooks applied) up to the final norm: hidden
+ * [B*T, dim] receives its output; no LM head, no loss (models/generate.c
+ * turns the rows it needs into logits).  0, or -1 with err. */
+int ftb_model_forward_hidden(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *hidden, char *err,
+                             size_t errlen);
+
 #endif

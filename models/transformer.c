@@ -304,8 +304,10 @@ void ftb_last_run_times(double *forward, double *backward) {
     if (backward) *backward = last_backward_seconds;
 }
 
-static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, int training, char *err,
-                 size_t errlen) {
+/* hidden_out (inference only, models/generate.c): receives the final norm's
+ * output [N,D] instead of the LM head and loss being computed. */
+static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, int training, float *hidden_out,
+                 char *err, size_t errlen) {
     ftb_run_opts defaults;
     if (!opts_in) {
         ftb_run_opts_default(&defaults);
@@ -388,7 +390,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     if (!training) { ftb_free(resid[L]); resid[L] = NULL; }
     ftb_mem_set_phase("head");
     float *dxf = training ? alloc_f(FTB_MEM_WORKSPACE, ND) : NULL;
-    float loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
+    if (hidden_out) memcpy(hidden_out, xf, sizeof(float) * (size_t)ND);
+    float loss = hidden_out ? 0.0f : head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
                            b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
                            opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
     ftb_free(xf);
@@ -438,10 +441,15 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
 }
 
 float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen) {
-    return run(m, b, o, 0, err, errlen);
+    return run(m, b, o, 0, NULL, err, errlen);
 }
 
 float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err,
                                  size_t errlen) {
-    return run(m, b, o, 1, err, errlen);
+    return run(m, b, o, 1, NULL, err, errlen);
+}
+
+int ftb_model_forward_hidden(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *hidden, char *err,
+                             size_t errlen) {
+    return isnan(run(m, b, o, 0, hidden, err, errlen)) ? -1 : 0;
 }
