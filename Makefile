@@ -4,6 +4,7 @@
 #   make bench      default benchmark sweep (DEVICE=host|rpi5|...)
 #   make bench-core one full fine-tuning step of qwen2.5-0.5b, vs sgemm rate
 #   make oracle     regenerate the PyTorch oracle fixtures (needs python3-torch)
+#   make starting-model  pretrain the default task model into build/starting-model
 # Every source file is found by wildcard: a new file or a new methods/<name>/
 # folder needs no edit here.
 
@@ -187,3 +188,14 @@ $(QBENCH): $(BUILD)/tests/bench/bench_quant.o $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $< $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
 bench-quant: all $(QBENCH)
 	./$(QBENCH) --model qwen2.5-0.5b --seq 256 --methods-dir $(BUILD)/methods --cache $(QBENCH_CACHE) $(QBENCH_ARGS)
+
+# ---- starting-model: a small trained model for accuracy runs ----------------
+# (docs/TASKS.md).  `ftbench pretrain` with the full method on the synthetic
+# language mixed with the tasks' format; seeded, so the same machine and
+# thread count give the same weights.  Used as --checkpoint by train/eval.
+STARTING_MODEL      ?= $(BUILD)/starting-model
+STARTING_MODEL_ARGS ?= --model starter-4m --steps 800 --seq 256 --batch 4 --seed 42 --threads 2
+.PHONY: starting-model
+starting-model: $(STARTING_MODEL)/model.safetensors
+$(STARTING_MODEL)/model.safetensors: $(BIN)
+	./$(BIN) pretrain --out $(STARTING_MODEL) $(STARTING_MODEL_ARGS)

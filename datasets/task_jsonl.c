@@ -231,6 +231,14 @@ void ftb_instr_free(ftb_instr *d)
 int64_t ftb_instr_count(const ftb_instr *d, ftb_split split) { return d->split_n[split]; }
 int ftb_instr_vocab_needed(const ftb_instr *d) { return d->vocab_needed; }
 
+int ftb_instr_max_tokens(const ftb_instr *d)
+{
+    int mx = 0;
+    for (int64_t i = 0; i < d->n_ex; i++)
+        mx = d->np[i] + d->na[i] > mx ? d->np[i] + d->na[i] : mx;
+    return mx;
+}
+
 void ftb_instr_get(const ftb_instr *d, ftb_split split, int64_t i, const int32_t **tokens, int *n_prompt,
                    int *n_answer)
 {

@@ -1,10 +1,12 @@
 /*
  * task_passkey.c — long-context retrieval: a pass key hidden in filler.
  *
- *   "There is important info hidden inside a lot of irrelevant text. ...
- *    The grass is green. ... The pass key is 48213. Remember it. 48213 is
- *    the pass key. ... The sun is yellow.\nWhat is the pass key? The pass
- *    key is" -> " 48213\n"
+ *   "Find and remember the pass key. The grass is green. ... The pass key
+ *    is 48213. Remember it. ... The sun is yellow.\nWhat is the pass key?
+ *    The pass key is" -> " 48213\n"
+ *
+ * The fixed text is 112 bytes with a 5-digit key, so a byte-tokenized
+ * example fits from len=128 up.
  *
  * The example is built in tokens, so `len` is exact whatever the
  * tokenizer: the fixed parts are tokenized, the filler is whole sentences
@@ -18,8 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const intro = "There is important info hidden inside a lot of irrelevant text. "
-                                 "Find it and memorize it. I will quiz you about the important information there.";
+static const char *const intro = "Find and remember the pass key.";
 static const char *const sentences[5] = { " The grass is green.", " The sky is blue.", " The sun is yellow.",
                                           " Here we go.", " There and back again." };
 static const char *const question = "\nWhat is the pass key? The pass key is";
@@ -43,7 +44,7 @@ long ftb_passkey_generate(const ftb_passkey_opts *o, const ftb_tokenizer *tok, u
     long key = lo + (long)ftb_task_below(rng, (uint64_t)(9 * lo));
     double depth = o->depth >= 0 ? o->depth : (double)(ftb_task_rand(rng) >> 11) * 0x1.0p-53;
     char needle[160], ans[64];
-    snprintf(needle, sizeof needle, " The pass key is %ld. Remember it. %ld is the pass key.", key, key);
+    snprintf(needle, sizeof needle, " The pass key is %ld. Remember it.", key);
     snprintf(ans, sizeof ans, " %ld\n", key);
 
     toks head = { 0 }, nd = { 0 }, tail = { 0 }, an = { 0 }, sent[5];

@@ -247,6 +247,26 @@ int64_t ftb_task_count(const ftb_task *t, ftb_split split)
     return t->kind == TASK_JSONL ? ftb_instr_count(t->instr, split) : -1;
 }
 
+int ftb_task_max_tokens(const ftb_task *t)
+{
+    switch (t->kind) {
+    case TASK_REASONING: {
+        /* "Compute " + parentheses + operands + operators + " =", and
+         * " -<value>\n" with |value| < 10^(digits·(steps+1)). */
+        int s = t->ro.steps, d = t->ro.digits;
+        return 8 + (s - 1) + (s + 1) * d + s + (s - 1) + 2 + 3 + d * (s + 1);
+    }
+    case TASK_UNDERSTANDING:
+        /* "Passage:" + words of at most 10 letters + "\nTopic:" + " science\n" */
+        return 8 + t->uo.words * 11 + 7 + 9;
+    case TASK_PASSKEY:
+        return t->po.len;
+    case TASK_JSONL:
+        return ftb_instr_max_tokens(t->instr);
+    }
+    return 0;
+}
+
 int ftb_task_vocab_needed(const ftb_task *t)
 {
     return t->kind == TASK_JSONL ? ftb_instr_vocab_needed(t->instr) : ftb_tokenizer_vocab(t->tok);

@@ -54,6 +54,10 @@ const char *ftb_task_kind(const ftb_task *t);
 const char *ftb_task_spec(const ftb_task *t);
 /* Examples available in a split: -1 = unlimited (generated tasks). */
 int64_t ftb_task_count(const ftb_task *t, ftb_split split);
+/* An upper bound on the tokens of any example (prompt + answer) of either
+ * split: from the options for generated tasks (a byte bound, which also
+ * bounds any BPE), the longest example for a file. */
+int ftb_task_max_tokens(const ftb_task *t);
 /* Largest token id any example can hold + 1 (256 for byte-tokenized text). */
 int ftb_task_vocab_needed(const ftb_task *t);
 /* The token ids of "\n": every answer ends with them. */
@@ -116,6 +120,7 @@ ftb_instr *ftb_instr_load(const char *path, const ftb_tokenizer *tok, int holdou
 void ftb_instr_free(ftb_instr *d);
 int64_t ftb_instr_count(const ftb_instr *d, ftb_split split);
 int ftb_instr_vocab_needed(const ftb_instr *d);
+int ftb_instr_max_tokens(const ftb_instr *d);
 /* Example i of a split: tokens [n_prompt + n_answer], owned by d. */
 void ftb_instr_get(const ftb_instr *d, ftb_split split, int64_t i, const int32_t **tokens, int *n_prompt,
                    int *n_answer);
