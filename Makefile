@@ -197,5 +197,5 @@ STARTING_MODEL      ?= $(BUILD)/starting-model
 STARTING_MODEL_ARGS ?= --model starter-4m --steps 800 --seq 256 --batch 4 --seed 42 --threads 2
 .PHONY: starting-model
 starting-model: $(STARTING_MODEL)/model.safetensors
-$(STARTING_MODEL)/model.safetensors: $(BIN)
+$(STARTING_MODEL)/model.safetensors: | $(BIN)
 	./$(BIN) pretrain --out $(STARTING_MODEL) $(STARTING_MODEL_ARGS)
