@@ -31,7 +31,7 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/i
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
+LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 LDFLAGS := -fopenmp $(SANFLAGS) -Wl,--export-dynamic
 
 CORE_SRC    := $(wildcard models/*.c datasets/*.c)
@@ -137,7 +137,7 @@ FUZZ_TARGETS    ?= $(FUZZ_NAMES)
 # any other undefined behaviour still ends the run as a crash.
 FUZZ_SANFLAGS   := -fsanitize=address,undefined -fsanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS     := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g $(FUZZ_SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS)
-FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
+FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 FUZZ_OBJ        := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(CORE_SRC) $(HARNESS_SRC) $(REPORT_SRC))
 FUZZ_LIB        := $(FUZZ_BUILD)/libftbench_fuzz.a
 FUZZ_BINS       := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)

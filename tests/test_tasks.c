@@ -589,3 +589,115 @@ Test(tasks, train_records_accuracy_beside_memory, .timeout = 300)
     snprintf(args, sizeof args, "rm -rf %s", dir);
     cr_expect_eq(system(args), 0);
 }
+
+/* ---- tokenizers ----------------------------------------------------------------------- */
+
+Test(tasks, bpe_matches_the_reference_tokenization)
+{
+    char err[512];
+    ftb_tokenizer *t = ftb_tokenizer_open("tests/fixtures/bpe/tokenizer.json", err, sizeof err);
+    cr_assert(t, "%s", err);
+    cr_assert_str_eq(ftb_tokenizer_kind(t), "bpe");
+    FILE *f = fopen("tests/fixtures/bpe/expected.jsonl", "r");
+    cr_assert(f);
+    char *line = NULL;
+    size_t cap = 0;
+    int lines = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *j = json_loads(line, 0, NULL);
+        cr_assert(j);
+        const char *text = json_string_value(json_object_get(j, "text"));
+        json_t *want = json_object_get(j, "ids");
+        int32_t *ids = NULL;
+        int n = 0, c = 0;
+        cr_assert_eq(ftb_tokenizer_encode(t, text, strlen(text), &ids, &n, &c, err, sizeof err), 0, "%s", err);
+        int same = n == (int)json_array_size(want);
+        for (int i = 0; same && i < n; i++)
+            same = ids[i] == json_integer_value(json_array_get(want, (size_t)i));
+        cr_expect(same, "'%s': %d ids, the reference %zu", text, n, json_array_size(want));
+        /* Decoding gives the text back. */
+        char back[4096];
+        ftb_tokenizer_decode(t, ids, n, back, sizeof back);
+        cr_expect_str_eq(back, text);
+        free(ids);
+        json_decref(j);
+        lines++;
+    }
+    free(line);
+    fclose(f);
+    cr_assert_geq(lines, 20);
+    /* A task through the BPE: lengths are in its tokens. */
+    ftb_task *pk = ftb_task_open("passkey:len=300,depth=0.3", t, 1, err, sizeof err);
+    cr_assert(pk, "%s", err);
+    ftb_example x;
+    cr_assert_eq(ftb_task_example(pk, FTB_SPLIT_TRAIN, 0, &x, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(x.n_prompt + x.n_answer, 300);
+    cr_expect_gt(ftb_task_vocab_needed(pk), 150000);
+    ftb_task_close(pk);
+    ftb_tokenizer_close(t);
+}
+
+static const char *write_json_tmp(const char *text)
+{
+    snprintf(tmp_path, sizeof tmp_path, "/tmp/ftbtok-XXXXXX.json");
+    int fd = mkstemps(tmp_path, 5);
+    cr_assert(fd >= 0);
+    size_t n = strlen(text);
+    cr_assert_eq(write(fd, text, n), (ssize_t)n);
+    close(fd);
+    return tmp_path;
+}
+
+Test(tasks, malformed_tokenizer_json_is_one_clear_line)
+{
+    /* The 256 byte characters of a valid vocabulary, as JSON members. */
+    static char bytes_vocab[8192];
+    size_t k = 0;
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        unsigned cp = printable ? (unsigned)b : 256u + (unsigned)n++;
+        k += (size_t)snprintf(bytes_vocab + k, sizeof bytes_vocab - k, "%s\"\\u%04x\": %d", b ? ", " : "", cp, b);
+    }
+    char good[9000];
+    snprintf(good, sizeof good,
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {%s, \"ab\": 256}, \"merges\": [\"a b\"]}, "
+             "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}}",
+             bytes_vocab);
+    char err[512];
+    ftb_tokenizer *t = ftb_tokenizer_open(write_json_tmp(good), err, sizeof err);
+    cr_assert(t, "the minimal tokenizer loads: %s", err);
+    int32_t *ids = NULL;
+    int ni = 0, cap = 0;
+    cr_assert_eq(ftb_tokenizer_encode(t, "abc ab", 6, &ids, &ni, &cap, err, sizeof err), 0);
+    cr_expect_eq(ni, 4, "ab c ␠ab -> 'ab' 'c' ' ' ... : %d", ni);
+    cr_expect_eq(ids[0], 256);
+    free(ids);
+    ftb_tokenizer_close(t);
+    unlink(tmp_path);
+
+    char bad[6][9000];
+    const char *want[6] = { "not valid JSON", "no \"model\" object", "model type 'WordPiece'",
+                            "byte 0x00 has no token", "uses or makes a token not in the vocabulary",
+                            "Split behavior 'Removed'" };
+    snprintf(bad[0], sizeof bad[0], "{\"model\": {\"vocab\": {");
+    snprintf(bad[1], sizeof bad[1], "{\"vocab\": {}}");
+    snprintf(bad[2], sizeof bad[2], "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}, \"merges\": []}}");
+    snprintf(bad[3], sizeof bad[3], "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                                    "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
+    snprintf(bad[4], sizeof bad[4],
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {%s}, \"merges\": [\"a b\"]}, "
+             "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", bytes_vocab);
+    snprintf(bad[5], sizeof bad[5],
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {%s}, \"merges\": []}, \"pre_tokenizer\": {\"type\": "
+             "\"Split\", \"pattern\": {\"Regex\": \"x\"}, \"behavior\": \"Removed\"}}", bytes_vocab);
+    for (int i = 0; i < 6; i++) {
+        const char *p = write_json_tmp(bad[i]);
+        cr_expect_null(ftb_tokenizer_open(p, err, sizeof err), "case %d accepted", i);
+        cr_expect(strstr(err, want[i]) && strstr(err, p), "case %d: '%s' lacks '%s' or the path", i, err, want[i]);
+        cr_expect_null(strchr(err, '\n'), "one line: %s", err);
+        unlink(p);
+    }
+    cr_assert_null(ftb_tokenizer_open("/nonexistent/tokenizer.json", err, sizeof err));
+    cr_assert(strstr(err, "/nonexistent/tokenizer.json"), "%s", err);
+}
