@@ -182,6 +182,25 @@ ftb_task *ftb_task_open(const char *spec, const ftb_tokenizer *tok, uint64_t see
     }
     snprintf(t->spec, sizeof t->spec, "%s", spec);
     t->seed = seed;
+    /* SPEC@TOKENIZER: the task's own tokenizer (a tokenizer.json), so that
+     * a spec alone says everything (train's cells open tasks from it). */
+    char base[512];
+    const char *at = strrchr(spec, '@');
+    if (at) {
+        snprintf(base, sizeof base, "%.*s", (int)(at - spec), spec);
+        spec = base;
+        if (tok) {
+            errf(err, errlen, "task %s: a tokenizer is given twice", t->spec);
+            free(t);
+            return NULL;
+        }
+        t->own_tok = ftb_tokenizer_open(at + 1, err, errlen);
+        if (!t->own_tok) {
+            free(t);
+            return NULL;
+        }
+        tok = t->own_tok;
+    }
     t->ro = (ftb_reasoning_opts){ 2, 1 };
     t->uo = (ftb_understanding_opts){ 4, 24 };
     t->po = (ftb_passkey_opts){ 512, 0.5, 5 };

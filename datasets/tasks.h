@@ -20,7 +20,9 @@
  *       (tokenized here) or {"input_ids": [...], "loss_mask": [0/1...]}
  *       (pre-tokenized; the answer is the masked-in span)
  * Every answer ends with the tokens of "\n", which greedy decoding stops at.
- * Text is tokenized with the task's tokenizer (tokenizer.h; byte by default).
+ * Text is tokenized with the task's tokenizer (tokenizer.h): the byte
+ * tokenizer by default, or the tokenizer.json named after an '@' at the end
+ * of the spec ("reasoning@/models/qwen/tokenizer.json").
  *
  * Splits: FTB_SPLIT_TRAIN and FTB_SPLIT_EVAL draw from disjoint random
  * streams; a JSON Lines file is split by line: every `eval_every`-th line

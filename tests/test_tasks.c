@@ -635,6 +635,17 @@ Test(tasks, bpe_matches_the_reference_tokenization)
     cr_expect_gt(ftb_task_vocab_needed(pk), 150000);
     ftb_task_close(pk);
     ftb_tokenizer_close(t);
+    /* The tokenizer named in the spec (what train's cells open). */
+    pk = ftb_task_open("reasoning@tests/fixtures/bpe/tokenizer.json", NULL, 1, err, sizeof err);
+    cr_assert(pk, "%s", err);
+    cr_expect_str_eq(ftb_tokenizer_kind(ftb_task_tokenizer(pk)), "bpe");
+    cr_assert_eq(ftb_task_example(pk, FTB_SPLIT_TRAIN, 0, &x, err, sizeof err), 0, "%s", err);
+    cr_expect_lt(x.n_prompt, 17, "BPE merges bytes: %d tokens", x.n_prompt);
+    ftb_task_close(pk);
+    cr_assert_null(ftb_dataset_open("task:reasoning@tests/fixtures/bpe/tokenizer.json", 320, 1, err, sizeof err));
+    cr_expect(strstr(err, "vocabulary of 151669"), "%s", err);
+    cr_assert_null(ftb_task_open("reasoning@/nonexistent.json", NULL, 1, err, sizeof err));
+    cr_expect(strstr(err, "/nonexistent.json"), "%s", err);
 }
 
 static const char *write_json_tmp(const char *text)
