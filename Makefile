@@ -5,6 +5,7 @@
 #   make bench      default benchmark sweep (DEVICE=host|rpi5|...)
 #   make bench-core one full fine-tuning step of qwen2.5-0.5b, vs sgemm rate
 #   make oracle     regenerate the PyTorch oracle fixtures (needs python3-torch)
+#   make starting-model  pretrain the default task model into build/starting-model
 # Every source file is found by wildcard: a new file or a new methods/<name>/
 # folder needs no edit here.
 
@@ -38,7 +39,7 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/i
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
+LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 LDFLAGS := -fopenmp $(SANFLAGS) -Wl,--export-dynamic
 
 CORE_SRC    := $(wildcard models/*.c datasets/*.c)
@@ -155,7 +156,7 @@ FUZZ_TARGETS    ?= $(FUZZ_NAMES)
 # any other undefined behaviour still ends the run as a crash.
 FUZZ_SANFLAGS   := -fsanitize=address,undefined -fsanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS     := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g $(FUZZ_SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS)
-FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpfm -ldl -lpthread -lm
+FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 FUZZ_OBJ        := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(CORE_SRC) $(HARNESS_SRC) $(REPORT_SRC))
 FUZZ_LIB        := $(FUZZ_BUILD)/libftbench_fuzz.a
 FUZZ_BINS       := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
@@ -215,3 +216,14 @@ ZO_ENV  ?=
 .PHONY: bench-zo
 bench-zo: all
 	env BIN=$(BIN) METHODS=$(BUILD)/methods $(ZO_ENV) sh tests/bench/bench_zo.sh $(ZO_PART)
+
+# ---- starting-model: a small trained model for accuracy runs ----------------
+# (docs/TASKS.md).  `ftbench pretrain` with the full method on the synthetic
+# language mixed with the tasks' format; seeded, so the same machine and
+# thread count give the same weights.  Used as --checkpoint by train/eval.
+STARTING_MODEL      ?= $(BUILD)/starting-model
+STARTING_MODEL_ARGS ?= --model starter-4m --steps 800 --seq 256 --batch 4 --seed 42 --threads 2
+.PHONY: starting-model
+starting-model: $(STARTING_MODEL)/model.safetensors
+$(STARTING_MODEL)/model.safetensors: | $(BIN)
+	./$(BIN) pretrain --out $(STARTING_MODEL) $(STARTING_MODEL_ARGS)

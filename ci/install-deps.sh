@@ -1,7 +1,7 @@
 #!/bin/sh
 # Checks the Debian packages ftbench builds and tests with.  As root it
 # installs what is missing; otherwise it prints the one apt-get line to run.
-PKGS="gcc make pkg-config libopenblas-dev libjemalloc-dev libpfm4-dev libcriterion-dev libjansson-dev gnuplot-nox valgrind"
+PKGS="gcc make pkg-config libopenblas-dev libjemalloc-dev libpfm4-dev libcriterion-dev libjansson-dev libpcre2-dev gnuplot-nox valgrind"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -4,6 +4,7 @@
  * open, so a malformed file is reported before any measurement starts.
  */
 #include "dataset.h"
+#include "tasks.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -14,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { DS_UNIFORM, DS_SYNLANG, DS_JSONL, DS_INT32 } ds_kind;
+typedef enum { DS_UNIFORM, DS_SYNLANG, DS_JSONL, DS_INT32, DS_TASK } ds_kind;
 
 #define SYN_SUCC 4          /* successors per state in synthetic-lang     */
 #define SYN_NOISE 0.03      /* probability of a uniform random next token */
@@ -39,6 +40,7 @@ struct ftb_dataset {
     int64_t n_ids;
     int64_t *ex_off;         /* jsonl: example i = ids[ex_off[i] .. ex_off[i+1]) */
     int64_t n_ex;
+    ftb_task *task;          /* task:SPEC (datasets/tasks.h)               */
 };
 
 static int errf(char *err, size_t errlen, const char *fmt, ...)
@@ -396,6 +398,16 @@ ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, c
         d = ds_new(DS_SYNLANG, vocab_size, seed);
         if (d)
             rc = synlang_build(d, (int)n, err, errlen);
+    } else if (!strncmp(spec, "task:", 5)) {
+        /* A task's training split, loss on the answers (datasets/tasks.h). */
+        d = ds_new(DS_TASK, vocab_size, seed);
+        if (d) {
+            d->task = ftb_task_open(spec + 5, NULL, seed, err, errlen);
+            rc = d->task ? 0 : -1;
+            if (rc == 0 && ftb_task_vocab_needed(d->task) > vocab_size)
+                rc = errf(err, errlen, "dataset %s: the task's tokens need a vocabulary of %d, the model has %d",
+                          spec, ftb_task_vocab_needed(d->task), vocab_size);
+        }
     } else {
         int jsonl = ends_with(spec, ".jsonl") || ends_with(spec, ".json");
         d = ds_new(jsonl ? DS_JSONL : DS_INT32, vocab_size, seed);
@@ -438,6 +450,15 @@ int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *ou
         return errf(err, errlen, "dataset: batch %dx%d is empty", B, T);
     if (ensure_buffers(d, (size_t)B * (size_t)T, err, errlen))
         return -1;
+    if (d->kind == DS_TASK) {
+        if (ftb_task_batch(d->task, FTB_SPLIT_TRAIN, index, B, T, 0, d->tokens, d->targets, err, errlen))
+            return -1;
+        out->B = B;
+        out->T = T;
+        out->tokens = d->tokens;
+        out->targets = d->targets;
+        return 0;
+    }
     if (d->kind == DS_INT32 && d->n_ids < (int64_t)T + 1)
         return errf(err, errlen, "dataset %s holds %lld tokens; a row of %d tokens needs %d", d->path,
                     (long long)d->n_ids, T, T + 1);
@@ -477,6 +498,8 @@ int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *ou
             }
             break;
         }
+        case DS_TASK:
+            break; /* handled above */
         case DS_JSONL: {
             /* Examples in file order, cycling; truncated or padded to T. */
             int64_t ex = row % d->n_ex;
@@ -506,7 +529,7 @@ int ftb_dataset_next(ftb_dataset *d, int B, int T, ftb_batch *out, char *err, si
 
 const char *ftb_dataset_kind(const ftb_dataset *d)
 {
-    static const char *const names[] = { "uniform", "synthetic-lang", "jsonl", "int32" };
+    static const char *const names[] = { "uniform", "synthetic-lang", "jsonl", "int32", "task" };
     return names[d->kind];
 }
 
@@ -526,5 +549,6 @@ void ftb_dataset_close(ftb_dataset *d)
     free(d->ids);
     free(d->labels);
     free(d->ex_off);
+    ftb_task_close(d->task);
     free(d);
 }

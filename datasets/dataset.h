@@ -10,6 +10,8 @@
  *   PATH.jsonl / PATH.json  JSON Lines, one example per line:
  *                           {"input_ids": [...], "labels": [...]} or
  *                           {"input_ids": [...], "loss_mask": [0/1 ...]}
+ *   task:SPEC               the training split of a task (datasets/tasks.h),
+ *                           loss on the answer tokens only
  *   any other PATH          flat little-endian int32 token ids, no header
  *
  * A batch row holds T tokens and T targets; target[i] is the token at i+1
@@ -34,7 +36,7 @@ int ftb_dataset_next(ftb_dataset *d, int B, int T, ftb_batch *out, char *err, si
  * batch(0), batch(1), ...). */
 int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *out,
                       char *err, size_t errlen);
-/* "uniform", "synthetic-lang", "jsonl", "int32". */
+/* "uniform", "synthetic-lang", "jsonl", "int32", "task". */
 const char *ftb_dataset_kind(const ftb_dataset *d);
 /* Examples (jsonl) or tokens (int32) in a file; 0 for synthetic sources. */
 int64_t ftb_dataset_size(const ftb_dataset *d);

@@ -602,7 +602,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     static const char *const copy_keys[] = {
         "timing", "loss_per_step", "step_seconds_all", "forward_passes_per_step", "trainable_params",
         "trainable_params_source", "threads", "load_seconds", "init_seconds", "hw_counters", "marks",
-        "timeline", "host", "error", "error_stage", NULL
+        "timeline", "host", "error", "error_stage", "eval", "eval_history", NULL
     };
     for (int i = 0; m && copy_keys[i]; i++) {
         json_t *v = json_object_get(m, copy_keys[i]);

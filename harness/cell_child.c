@@ -9,6 +9,7 @@
 #include "hwc.h"
 #include "plugin.h"
 #include "sampler.h"
+#include "train.h"
 #include "util.h"
 
 #include <errno.h>
@@ -328,6 +329,11 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     json_t *steps_wall = json_array();
     json_object_set_new(g_out, "step_seconds_all", steps_wall);
     int has_backward = 0;
+    /* Training cells (ftbench train) evaluate with the method's hooks
+     * attached, at step 0, every K steps and after the last (train.h). */
+    double train_sec = 0;
+    if (ftb_train_cell_eval(c, model, &s.run, 0, total, 0.0, g_out, err, sizeof err) != 0)
+        fail("eval", err);
     for (int i = 0; i < total; i++) {
         ftb_batch b;
         if (ftb_dataset_next(ds, c->batch, c->seq, &b, err, sizeof err) != 0)
@@ -362,6 +368,9 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         /* The harness's own work between steps gets its own label, so it is
          * not billed to whatever phase the method ended in. */
         ftb_mem_set_phase("harness");
+        train_sec += dt;
+        if (ftb_train_cell_eval(c, model, &s.run, i + 1, total, train_sec, g_out, err, sizeof err) != 0)
+            fail("eval", err);
         snapshot("step");
         report("step %d %d", i + 1, total);
     }

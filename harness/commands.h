@@ -17,6 +17,10 @@ int ftb_cmd_list(int argc, char **argv);
 int ftb_cmd_fidelity(int argc, char **argv);
 /* Implemented in harness/bench_core.c. */
 int ftb_cmd_bench_core(int argc, char **argv);
+/* harness/eval.c, harness/train.c, harness/pretrain.c (docs/TASKS.md). */
+int ftb_cmd_eval(int argc, char **argv);
+int ftb_cmd_train(int argc, char **argv);
+int ftb_cmd_pretrain(int argc, char **argv);
 
 /* What run, sweep and fit share once the command line is checked. */
 typedef struct {

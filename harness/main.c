@@ -22,6 +22,9 @@ static const command commands[] = {
     { "fidelity", ftb_cmd_fidelity, "a method's gradient (or estimate) against the exact gradient of its parameters" },
     { "list", ftb_cmd_list, "methods found, device profiles, models in the zoo" },
     { "bench-core", ftb_cmd_bench_core, "one full fine-tuning step vs the sgemm rate on the same shapes" },
+    { "eval", ftb_cmd_eval, "held-out loss and exact-match accuracy of greedy answers on a task" },
+    { "train", ftb_cmd_train, "fine-tune with a method on a task; loss curve and accuracy beside memory" },
+    { "pretrain", ftb_cmd_pretrain, "train a small starting model (full method) and save it as safetensors" },
     { "report", ftb_cmd_report, "tables and plots for papers (Markdown, HTML, LaTeX; PNG, SVG, PDF) from results directories" },
     { NULL, NULL, NULL },
 };
@@ -50,6 +53,6 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name))
             return c->fn(argc - 1, argv + 1);
-    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, fidelity, list, bench-core, report)\n", argv[1]);
+    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, fidelity, list, bench-core, eval, train, pretrain, report)\n", argv[1]);
     return FTB_EXIT_USAGE;
 }

@@ -612,6 +612,28 @@ int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_st
  * size): what lazy residency can drop; 0 for a model built in memory. */
 int64_t ftb_model_mapped_bytes(const ftb_model *m);
 
+/* ------------------------------------------------------------------------ */
+/* Generation (models/generate.c)                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Logits [n_rows, vocab] of the given positions (row = b·T + t) of one
+ * inference-mode forward: the core's forward with every attached hook, the
+ * LM head applied to those rows only.  0, or -1 with err. */
+int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, const int *rows, int n_rows,
+                     float *logits, char *err, size_t errlen);
+/* Logits [vocab] of the token after tokens[0..n) (one sequence, no loss
+ * mask: a hook sees only the prefix). */
+int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *tokens, int n, float *logits,
+                          char *err, size_t errlen);
+/* Index of the largest logit (the lowest on ties). */
+int32_t ftb_argmax(const float *logits, int V);
+/* Greedy decoding, causally, token by token: up to max_new tokens into out,
+ * stopping after the sequence stop[0..n_stop) (n_stop 0: no stop).  Each
+ * token recomputes the whole prefix (no KV cache): cost max_new forwards.
+ * Returns the number of tokens written, or -1 with err. */
+int ftb_generate_greedy(ftb_model *m, const ftb_run_opts *o, const int32_t *prompt, int n_prompt, int max_new,
+                        const int32_t *stop, int n_stop, int32_t *out, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -42,4 +42,10 @@ void ftb_mem_fail_after(int64_t n, int persistent);
 /* ftb_alloc calls so far (failed ones included). */
 int64_t ftb_mem_alloc_calls(void);
 
+/* The inference forward (hooks applied) up to the final norm: hidden
+ * [B*T, dim] receives its output; no LM head, no loss (models/generate.c
+ * turns the rows it needs into logits).  0, or -1 with err. */
+int ftb_model_forward_hidden(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *hidden, char *err,
+                             size_t errlen);
+
 #endif

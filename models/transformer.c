@@ -359,8 +359,10 @@ void ftb_last_run_times(double *forward, double *backward) {
     if (backward) *backward = last_backward_seconds;
 }
 
-static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, int training, char *err,
-                 size_t errlen) {
+/* hidden_out (inference only, models/generate.c): receives the final norm's
+ * output [N,D] instead of the LM head and loss being computed. */
+static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, int training, float *hidden_out,
+                 char *err, size_t errlen) {
     ftb_run_opts defaults;
     if (!opts_in) {
         ftb_run_opts_default(&defaults);
@@ -443,9 +445,14 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     if (!training) { ftb_free(resid[L]); resid[L] = NULL; }
     ftb_mem_set_phase("head");
     if (training && !(dxf = alloc_f(FTB_MEM_WORKSPACE, ND))) goto oom;
-    loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
-                     b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
-                     opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
+    if (hidden_out) { /* generation: the final norm's output, no head */
+        memcpy(hidden_out, xf, sizeof(float) * (size_t)ND);
+        loss = 0.0f;
+    } else {
+        loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
+                         b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
+                         opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
+    }
     drop(&xf);
     if (ftb_mem_failed()) goto oom;
     if (!training) LEAVE(RES_HEAD);
@@ -518,10 +525,15 @@ done: /* on success every entry below is already NULL or cleared */
 }
 
 float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen) {
-    return run(m, b, o, 0, err, errlen);
+    return run(m, b, o, 0, NULL, err, errlen);
 }
 
 float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err,
                                  size_t errlen) {
-    return run(m, b, o, 1, err, errlen);
+    return run(m, b, o, 1, NULL, err, errlen);
+}
+
+int ftb_model_forward_hidden(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *hidden, char *err,
+                             size_t errlen) {
+    return isnan(run(m, b, o, 0, hidden, err, errlen)) ? -1 : 0;
 }

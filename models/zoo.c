@@ -20,6 +20,11 @@ static const ftb_config zoo[] = {
     {"tiny",               64,   32,  2,  4,  2,   8,    64,   512,   10000.f, 1e-6f, 1, 0},
     {"tiny-tied",          64,   24,  2,  3,  3,   8,    48,   512,  500000.f, 1e-5f, 0, 1},
     {"small-20m",        4096,  384,  8,  6,  2,  64,  1024,  4096,   10000.f, 1e-6f, 1, 1},
+    /* Byte-level task models (docs/TASKS.md): vocab 512 = 256 bytes + room
+     * for the synthetic language's ids.  starter-4m is what `ftbench
+     * pretrain` trains by default (make starting-model): minutes on 2 cores. */
+    {"tiny-byte",         320,   32,  2,  4,  2,   8,    64,  2048,   10000.f, 1e-6f, 0, 1},
+    {"starter-4m",        512,  256,  4,  4,  2,  64,   768,  8192,   10000.f, 1e-6f, 0, 1},
 };
 
 int ftb_zoo_count(void) { return (int)(sizeof zoo / sizeof zoo[0]); }
