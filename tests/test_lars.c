@@ -131,6 +131,10 @@ static float st_f32(const st_entry *e, int64_t i) {
     return x;
 }
 
+static const char *st_meta_opt(const st_file *f, const char *key) {
+    return json_string_value(json_object_get(f->meta, key));
+}
+
 static const char *st_meta(const st_file *f, const char *key) {
     const char *s = json_string_value(json_object_get(f->meta, key));
     cr_assert(s, "fixture metadata has no '%s'", key);
@@ -218,8 +222,14 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
 
     ftb_plugin p;
     open_method("lars", &p);
-    const char *keys[] = {"rank", "targets", "pool", "dropout"};
-    const char *vals[] = {st_meta(&fx, "rank"), st_meta(&fx, "targets"), st_meta(&fx, "pool"), "0"};
+    const char *keys[4] = {"rank", "targets"}, *vals[4] = {st_meta(&fx, "rank"), st_meta(&fx, "targets")};
+    if (st_meta_opt(&fx, "variant")) { /* gated: no pool, no dropout */
+        keys[2] = "variant", vals[2] = st_meta(&fx, "variant");
+        keys[3] = "block", vals[3] = st_meta(&fx, "block");
+    } else {
+        keys[2] = "pool", vals[2] = st_meta(&fx, "pool");
+        keys[3] = "dropout", vals[3] = "0";
+    }
     ftb_options opts = {4, keys, vals};
     ftb_session s = session_for(m, &opts);
     s.run.attention = attn;
@@ -265,6 +275,11 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
             if (!(d <= maxdiff)) maxdiff = d; /* NaN propagates */
             maxref = fmax(maxref, fabs(st_f32(e, j)));
         }
+        /* a gated α's gradient is a sum whose terms cancel: its error is
+         * measured against the sum of their magnitudes (gen_lars.py) */
+        snprintf(name, sizeof name, "absterms.%s", params[i]->name);
+        const st_entry *abs_terms = st_get(&fx, name);
+        if (abs_terms) maxref = fmax(maxref, st_f32(abs_terms, 0));
         double rel = maxdiff / fmax(maxref, 1e-6);
         if (!(rel <= worst)) {
             worst = rel;
@@ -297,6 +312,14 @@ Test(lars, oracle_all_linears_pool_valid_eager) { run_oracle("lars_gqa_all", FTB
 Test(lars, oracle_all_linears_recomputed_blocks) { run_oracle("lars_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_INPUT); }
 Test(lars, oracle_tied_qv_pool_all_flash) { run_oracle("lars_tied_qv", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
 Test(lars, oracle_tied_qv_pool_all_eager) { run_oracle("lars_tied_qv", FTB_ATTN_EAGER, FTB_KEEP_ALL); }
+/* Variant gated: U, V, α of every adapter; layer 0's gradients also check
+ * the input gradient dx that layer 1's gated hooks pass down. */
+Test(lars, oracle_gated_all_linears_flash) { run_oracle("lars_gated_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
+Test(lars, oracle_gated_all_linears_eager) { run_oracle("lars_gated_gqa_all", FTB_ATTN_EAGER, FTB_KEEP_ALL); }
+Test(lars, oracle_gated_all_linears_recomputed_blocks) {
+    run_oracle("lars_gated_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_INPUT);
+}
+Test(lars, oracle_gated_partial_blocks_tied) { run_oracle("lars_gated_tied", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
 
 /* ---- finite differences ------------------------------------------------- */
 
