@@ -1,7 +1,9 @@
 /* lars — LARS, Low-memory Activation-Rank Subspace ("Parameter Efficiency Is
  * Not Memory Efficiency: Rethinking Fine-Tuning for On-Device LLM
- * Adaptation", arXiv 2604.22783), variant `pooled`.  docs/methods/lars.md
- * has the equations, the derived backward and the memory analysis.
+ * Adaptation", arXiv 2604.22783).  Option variant=pooled (the default, this
+ * file) or variant=gated (the authors' other published variant, gated.c).
+ * docs/methods/lars.md has the equations, the derived backward and the
+ * memory analysis of both.
  *
  * On each targeted linear (input X [B,T,H], frozen base output Y0) a small
  * network computes ONE vector per sequence from a pooled summary of X and
