@@ -950,3 +950,52 @@ Test(lars, causality_gated_does_not_leak) {
     cr_expect_eq(after, 0.0, "gated: a later token moved the loss at t by %.3g (relative)", after);
     cr_expect_gt(before, 1e-4, "gated: an earlier token moved the loss at t by only %.3g", before);
 }
+
+/* The gated hook's second product goes through ftb_linear_apply(_t), so a
+ * quantized base is gated too: an int8 base gives the loss and gradients of
+ * an fp32 base holding the same (dequantized) weights. */
+Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights) {
+    ftb_model *q = tiny_model(24), *ref = tiny_model(24);
+    char err[FTB_ERR_LEN] = "";
+    cr_assert_eq(ftb_model_quantize(q, "int8", 0, err, sizeof err), 0, "%s", err);
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            ftb_tensor *wq = ftb_layer_weight(&q->layers[l], k), *wr = ftb_layer_weight(&ref->layers[l], k);
+            ftb_tensor_read_rows(wq, 0, wq->shape[0], wr->data);
+        }
+    ftb_plugin p;
+    open_method("lars", &p);
+    const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "3", "all", "8"};
+    ftb_options opts = {4, keys, vals};
+    ftb_model *models[2] = {q, ref};
+    void *st[2];
+    ftb_tensor **params[2];
+    float loss[2];
+    int n = 0;
+    int32_t tok[2 * 12], tgt[2 * 12];
+    ftb_batch b = padded_batch(tok, tgt, 2, 12, q->cfg.vocab_size);
+    ftb_session s[2];
+    for (int i = 0; i < 2; i++) {
+        s[i] = session_for(models[i], &opts);
+        st[i] = init_lars(&p, &s[i]);
+        n = p.method->trainable(st[i], &params[i]);
+        randomise(params[i], n, 79);
+        zero_grads(params[i], n);
+        loss[i] = ftb_model_forward_backward(models[i], &b, &s[i].run, err, sizeof err);
+        cr_assert(isfinite(loss[i]), "%s", err);
+    }
+    cr_expect(fabsf(loss[0] - loss[1]) <= 1e-5f * fabsf(loss[1]), "int8 base %f, dequantized fp32 %f", loss[0], loss[1]);
+    for (int i = 0; i < n; i++) {
+        double maxdiff = 0, maxref = 1e-6;
+        for (int64_t j = 0; j < params[0][i]->numel; j++) {
+            maxdiff = fmax(maxdiff, fabs((double)params[0][i]->grad[j] - params[1][i]->grad[j]));
+            maxref = fmax(maxref, fabs(params[1][i]->grad[j]));
+        }
+        cr_expect(maxdiff / maxref <= 1e-4, "%s: int8 vs dequantized relative difference %g", params[0][i]->name,
+                  maxdiff / maxref);
+    }
+    for (int i = 0; i < 2; i++) p.method->destroy(st[i]);
+    ftb_model_free(q);
+    ftb_model_free(ref);
+    ftb_plugin_close(&p);
+}
