@@ -123,6 +123,7 @@ bench-core: all
 
 oracle:
 	/usr/bin/python3 tests/oracle/gen_oracle.py tests/oracle/fixtures
+	/usr/bin/python3 tests/oracle/gen_lars.py tests/oracle/fixtures
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/ftbench/methods $(DESTDIR)$(PREFIX)/lib/pkgconfig

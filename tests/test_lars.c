@@ -131,6 +131,10 @@ static float st_f32(const st_entry *e, int64_t i) {
     return x;
 }
 
+static const char *st_meta_opt(const st_file *f, const char *key) {
+    return json_string_value(json_object_get(f->meta, key));
+}
+
 static const char *st_meta(const st_file *f, const char *key) {
     const char *s = json_string_value(json_object_get(f->meta, key));
     cr_assert(s, "fixture metadata has no '%s'", key);
@@ -218,8 +222,14 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
 
     ftb_plugin p;
     open_method("lars", &p);
-    const char *keys[] = {"rank", "targets", "pool", "dropout"};
-    const char *vals[] = {st_meta(&fx, "rank"), st_meta(&fx, "targets"), st_meta(&fx, "pool"), "0"};
+    const char *keys[4] = {"rank", "targets"}, *vals[4] = {st_meta(&fx, "rank"), st_meta(&fx, "targets")};
+    if (st_meta_opt(&fx, "variant")) { /* gated: no pool, no dropout */
+        keys[2] = "variant", vals[2] = st_meta(&fx, "variant");
+        keys[3] = "block", vals[3] = st_meta(&fx, "block");
+    } else {
+        keys[2] = "pool", vals[2] = st_meta(&fx, "pool");
+        keys[3] = "dropout", vals[3] = "0";
+    }
     ftb_options opts = {4, keys, vals};
     ftb_session s = session_for(m, &opts);
     s.run.attention = attn;
@@ -265,6 +275,11 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
             if (!(d <= maxdiff)) maxdiff = d; /* NaN propagates */
             maxref = fmax(maxref, fabs(st_f32(e, j)));
         }
+        /* a gated α's gradient is a sum whose terms cancel: its error is
+         * measured against the sum of their magnitudes (gen_lars.py) */
+        snprintf(name, sizeof name, "absterms.%s", params[i]->name);
+        const st_entry *abs_terms = st_get(&fx, name);
+        if (abs_terms) maxref = fmax(maxref, st_f32(abs_terms, 0));
         double rel = maxdiff / fmax(maxref, 1e-6);
         if (!(rel <= worst)) {
             worst = rel;
@@ -297,6 +312,14 @@ Test(lars, oracle_all_linears_pool_valid_eager) { run_oracle("lars_gqa_all", FTB
 Test(lars, oracle_all_linears_recomputed_blocks) { run_oracle("lars_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_INPUT); }
 Test(lars, oracle_tied_qv_pool_all_flash) { run_oracle("lars_tied_qv", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
 Test(lars, oracle_tied_qv_pool_all_eager) { run_oracle("lars_tied_qv", FTB_ATTN_EAGER, FTB_KEEP_ALL); }
+/* Variant gated: U, V, α of every adapter; layer 0's gradients also check
+ * the input gradient dx that layer 1's gated hooks pass down. */
+Test(lars, oracle_gated_all_linears_flash) { run_oracle("lars_gated_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
+Test(lars, oracle_gated_all_linears_eager) { run_oracle("lars_gated_gqa_all", FTB_ATTN_EAGER, FTB_KEEP_ALL); }
+Test(lars, oracle_gated_all_linears_recomputed_blocks) {
+    run_oracle("lars_gated_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_INPUT);
+}
+Test(lars, oracle_gated_partial_blocks_tied) { run_oracle("lars_gated_tied", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
 
 /* ---- finite differences ------------------------------------------------- */
 
@@ -387,6 +410,89 @@ Test(lars, finite_differences_pool_prompt_with_dropout_recomputed) {
 Test(lars, finite_differences_with_dropout) { run_gradcheck("0.5", FTB_KEEP_ALL, "valid"); }
 Test(lars, finite_differences_with_dropout_recomputed) { run_gradcheck("0.5", FTB_KEEP_INPUT, "valid"); }
 
+/* Variant gated: the largest-|grad| entry of U, V and α of the first
+ * (layer 0 q) and last (layer 1 down) adapter, and of the four RMSNorm
+ * weights of the base (made trainable after init): their gradients are
+ * formed from dx of the gated hooks above them (ln1 feeds q/k/v, ln2
+ * gate/up), so they check the hook's input gradient — the direct e ⊙ gate
+ * term and the path through RMSNorm(x) — and blocks of 8 features (dim 32:
+ * 4 gate values; ffn 64: 8). */
+/* The gate multiplies a whole block of inputs, and with gates far from 1
+ * (V ~ 0.3) the loss is strongly curved in U: the default step's truncation
+ * error reaches 2 % there (U: −0.9527 vs −0.9721 at h = 1e-2, which the
+ * oracle confirms to 1.6e-5), so this test steps 5× finer. */
+#define GATED_FD_STEP 2e-3
+static void run_gated_gradcheck(ftb_keep_policy keep) {
+    ftb_plugin p;
+    open_method("lars", &p);
+    ftb_model *m = tiny_model(22);
+    const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "3", "all", "8"};
+    ftb_options opts = {4, keys, vals};
+    ftb_session s = session_for(m, &opts);
+    ftb_keep_policy policy[2] = {keep, keep};
+    s.run.keep = policy;
+    void *st = init_lars(&p, &s);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    cr_assert_eq(n, 3 * 7 * m->cfg.n_layers, "%d gated tensors", n);
+    randomise(params, n, 78);
+    const char *norms[] = {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                           "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight"};
+    ftb_tensor *check[6 + 4];
+    int nc = 0;
+    for (int i = 0; i < 3; i++) check[nc++] = params[i];
+    for (int i = n - 3; i < n; i++) check[nc++] = params[i];
+    char err[FTB_ERR_LEN] = "";
+    for (int i = 0; i < 4; i++) {
+        ftb_tensor *t = ftb_model_find(m, norms[i]);
+        cr_assert(t);
+        t->trainable = 1;
+        check[nc++] = t;
+    }
+    cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
+    int32_t tok[2 * 12], tgt[2 * 12];
+    ftb_batch b = padded_batch(tok, tgt, 2, 12, m->cfg.vocab_size);
+    zero_grads(params, n);
+    zero_grads(check + 6, 4);
+    fd_loss(m, &b, &s.run);
+    /* the finite-difference passes accumulate into .grad: pick the entries
+     * and read the analytic values first */
+    int64_t jmax_of[10];
+    double g_of[10];
+    for (int i = 0; i < nc; i++) {
+        int64_t jmax = 0;
+        for (int64_t j = 1; j < check[i]->numel; j++)
+            if (fabsf(check[i]->grad[j]) > fabsf(check[i]->grad[jmax])) jmax = j;
+        jmax_of[i] = jmax;
+        g_of[i] = check[i]->grad[jmax];
+    }
+    for (int i = 0; i < nc; i++) {
+        ftb_tensor *t = check[i];
+        const int64_t jmax = jmax_of[i];
+        const double g = g_of[i];
+        float w = t->data[jmax];
+        float h = (float)(GATED_FD_STEP * fmax(fabs(w), 1.0));
+        t->data[jmax] = w + h;
+        double lp = fd_loss(m, &b, &s.run);
+        t->data[jmax] = w - h;
+        double lm = fd_loss(m, &b, &s.run);
+        t->data[jmax] = w;
+        double fd = (lp - lm) / (2.0 * h);
+        int ok = fabs(fd - g) <= fmax(FD_REL * fabs(fd), FD_ABS);
+        cr_expect(ok, "[gated %s] %s[%lld]: analytic %.6g, finite difference %.6g", keep == FTB_KEEP_ALL ? "" : "recomputed",
+                  t->name, (long long)jmax, g, fd);
+        cr_expect(fabs(g) > 5 * FD_ABS, "%s: largest gradient %.3g is too small to check", t->name, g);
+        if (getenv("FTBENCH_GRADCHECK_VERBOSE"))
+            fprintf(stderr, "[gated] %-48s analytic %+.6e fd %+.6e\n", t->name, g, fd);
+    }
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+Test(lars, gated_finite_differences) { run_gated_gradcheck(FTB_KEEP_ALL); }
+Test(lars, gated_finite_differences_recomputed) { run_gated_gradcheck(FTB_KEEP_INPUT); }
+
 /* ---- memory ------------------------------------------------------------- */
 
 /* Saved-activation peak of one forward_backward. */
@@ -417,12 +523,15 @@ static int64_t frozen_base_saved(const ftb_batch *b) {
     return s;
 }
 
-static int64_t method_saved(const char *name, const ftb_batch *b, const char *rank) {
+/* Saved-activation peak of method `name` on all 7 linears, with rank and,
+ * if key is not NULL, one more option key=value. */
+static int64_t method_saved_opt(const char *name, const ftb_batch *b, const char *rank, const char *key,
+                                const char *value) {
     ftb_plugin p;
     open_method(name, &p);
     ftb_model *m = tiny_model(31);
-    const char *keys[] = {"rank", "targets"}, *vals[] = {rank, "all"};
-    ftb_options opts = {2, keys, vals};
+    const char *keys[] = {"rank", "targets", key}, *vals[] = {rank, "all", value};
+    ftb_options opts = {key ? 3 : 2, keys, vals};
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
     int64_t saved = saved_peak(m, b, &s.run);
@@ -430,6 +539,45 @@ static int64_t method_saved(const char *name, const ftb_batch *b, const char *ra
     ftb_model_free(m);
     ftb_plugin_close(&p);
     return saved;
+}
+
+static int64_t method_saved(const char *name, const ftb_batch *b, const char *rank) {
+    return method_saved_opt(name, b, rank, NULL, NULL);
+}
+
+/* Variant gated keeps per-position tensors: the layer input (the core keeps
+ * ln1, ln2 and the SwiGLU output h once each, as for LoRA; o's input is kept
+ * by attention anyway) plus, per adapter, rstd, a = z·U and c = a·V:
+ * 4·(1 + r + ⌈in/block⌉) bytes per token.  Exact at two lengths. */
+Test(lars, gated_saved_activations_are_the_documented_per_token_bytes) {
+    ftb_config cfg;
+    ftb_zoo_get("tiny", &cfg);
+    const int B = 2, r = 8, block = 8, Ts[2] = {64, 256};
+    const int in_of[FTB_LIN_COUNT] = {cfg.dim, cfg.dim, cfg.dim, cfg.n_heads * cfg.head_dim,
+                                      cfg.dim, cfg.dim, cfg.ffn_dim};
+    int64_t per_token = 4 * (2 * (int64_t)cfg.dim + cfg.ffn_dim); /* ln1, ln2, h */
+    for (int k = 0; k < FTB_LIN_COUNT; k++) per_token += 4 * (1 + r + (in_of[k] + block - 1) / block);
+    per_token *= cfg.n_layers;
+    for (int i = 0; i < 2; i++) {
+        int32_t *tok = malloc(sizeof(int32_t) * B * Ts[i]), *tgt = malloc(sizeof(int32_t) * B * Ts[i]);
+        ftb_batch b = padded_batch(tok, tgt, B, Ts[i], cfg.vocab_size);
+        int64_t base = frozen_base_saved(&b);
+        ftb_plugin p;
+        open_method("lars", &p);
+        ftb_model *m = tiny_model(31);
+        const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "8", "all", "8"};
+        ftb_options opts = {4, keys, vals};
+        ftb_session s = session_for(m, &opts);
+        void *st = init_lars(&p, &s);
+        int64_t extra = saved_peak(m, &b, &s.run) - base;
+        cr_expect_eq(extra, per_token * B * Ts[i], "gated keeps %lld bytes above the frozen base at T=%d, expected %lld",
+                     (long long)extra, Ts[i], (long long)(per_token * B * Ts[i]));
+        p.method->destroy(st);
+        ftb_model_free(m);
+        ftb_plugin_close(&p);
+        free(tok);
+        free(tgt);
+    }
 }
 
 Test(lars, saved_activations_do_not_grow_with_sequence_length) {
@@ -483,6 +631,9 @@ Test(lars, rejects_bad_options_clearly) {
         {"dropout", "-0.1", "option dropout"},
         {"pool", "first", "option pool: 'first' is not 'valid', 'all' or 'prompt'"},
         {"weight_decay", "x", "option weight_decay"},
+        {"variant", "fancy", "option variant: 'fancy' is not 'pooled' or 'gated'"},
+        {"block", "0", "option block: 0 is not in 1..65536"},
+        {"block", "16", "option block: not used by variant=pooled"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const char *keys[] = {cases[i].key}, *vals[] = {cases[i].value};
@@ -494,6 +645,65 @@ Test(lars, rejects_bad_options_clearly) {
         for (int l = 0; l < m->cfg.n_layers; l++)
             for (int k = 0; k < FTB_LIN_COUNT; k++) cr_expect_null(m->layers[l].adapter[k]);
     }
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* pool and dropout mean nothing to the gated variant: refused, not ignored. */
+Test(lars, gated_refuses_pooled_options) {
+    ftb_plugin p;
+    open_method("lars", &p);
+    ftb_model *m = tiny_model(14);
+    const char *bad[][2] = {{"pool", "prompt"}, {"dropout", "0.1"}};
+    for (int i = 0; i < 2; i++) {
+        const char *keys[] = {"variant", bad[i][0]}, *vals[] = {"gated", bad[i][1]};
+        ftb_options o = {2, keys, vals};
+        ftb_session s = session_for(m, &o);
+        char err[FTB_ERR_LEN] = "";
+        cr_expect_null(p.method->init(&s, err, sizeof err), "gated accepted %s", bad[i][0]);
+        char want[64];
+        snprintf(want, sizeof want, "option %s: not used by variant=gated", bad[i][0]);
+        cr_expect(strstr(err, want) != NULL, "error was '%s'", err);
+    }
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* Gated defaults: q,v, rank 8, blocks of 32; U ~ U(±√(6/r)), V ~ N(0, 1e-8)
+ * (std 1e-4), α = 0.1: the model starts within ~1e-4 of the base model. */
+Test(lars, gated_defaults_and_initial_state) {
+    ftb_plugin p;
+    open_method("lars", &p);
+    ftb_model *m = tiny_model(15);
+    const char *keys[] = {"variant"}, *vals[] = {"gated"};
+    ftb_options o = {1, keys, vals};
+    ftb_session s = session_for(m, &o);
+    int32_t tok[2 * 16], tgt[2 * 16];
+    ftb_batch b = padded_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
+    char err[FTB_ERR_LEN] = "";
+    float base_loss = ftb_model_forward(m, &b, NULL, err, sizeof err);
+    void *st = init_lars(&p, &s);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    cr_assert_eq(n, 3 * 2 * m->cfg.n_layers, "default targets q,v: %d tensors", n);
+    cr_expect(strstr(params[0]->name, "layers.0.q_proj.lars.U") != NULL, "%s", params[0]->name);
+    cr_expect_eq(params[0]->shape[0], m->cfg.dim);
+    cr_expect_eq(params[0]->shape[1], 8, "default rank 8");
+    cr_expect_eq(params[1]->shape[1], (m->cfg.dim + 31) / 32, "one gate value per 32 features");
+    cr_expect_eq(params[2]->data[0], 0.1f, "alpha");
+    double umax = 0, vss = 0;
+    int64_t vn = 0;
+    for (int i = 0; i < n; i += 3) {
+        for (int64_t j = 0; j < params[i]->numel; j++) umax = fmax(umax, fabs(params[i]->data[j]));
+        for (int64_t j = 0; j < params[i + 1]->numel; j++, vn++) vss += (double)params[i + 1]->data[j] * params[i + 1]->data[j];
+    }
+    cr_expect(umax <= sqrt(6.0 / 8) && umax > 0.5 * sqrt(6.0 / 8), "U: max |u| %g, bound %g", umax, sqrt(6.0 / 8));
+    double vstd = sqrt(vss / vn);
+    cr_expect(vstd > 0.5e-4 && vstd < 2e-4, "V: std %g over %lld values, expected 1e-4", vstd, (long long)vn);
+    float loss = ftb_model_forward(m, &b, NULL, err, sizeof err);
+    cr_expect(fabsf(loss - base_loss) < 1e-3f * base_loss && loss != base_loss,
+              "gates start near 1: loss %f vs base %f", loss, base_loss);
+    p.method->destroy(st);
     ftb_model_free(m);
     ftb_plugin_close(&p);
 }
@@ -638,7 +848,10 @@ static void measure_leak(const char *pool, double *after_t, double *before_t) {
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(23);
-    const char *keys[] = {"rank", "targets", "dropout", "pool"}, *vals[] = {"4", "all", "0", pool};
+    /* pool "gated": the gated variant (which has no pooling) */
+    const int gated = !strcmp(pool, "gated");
+    const char *keys[] = {"rank", "targets", gated ? "variant" : "dropout", gated ? "block" : "pool"};
+    const char *vals[] = {"4", "all", gated ? "gated" : "0", gated ? "8" : pool};
     ftb_options opts = {4, keys, vals};
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
@@ -727,5 +940,62 @@ Test(lars, pool_prompt_empty_prompt_stays_finite) {
     }
     p.method->destroy(st);
     ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
+/* The gated variant's gate at t reads x_t only: no leak. */
+Test(lars, causality_gated_does_not_leak) {
+    double after, before;
+    measure_leak("gated", &after, &before);
+    cr_expect_eq(after, 0.0, "gated: a later token moved the loss at t by %.3g (relative)", after);
+    cr_expect_gt(before, 1e-4, "gated: an earlier token moved the loss at t by only %.3g", before);
+}
+
+/* The gated hook's second product goes through ftb_linear_apply(_t), so a
+ * quantized base is gated too: an int8 base gives the loss and gradients of
+ * an fp32 base holding the same (dequantized) weights. */
+Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights) {
+    ftb_model *q = tiny_model(24), *ref = tiny_model(24);
+    char err[FTB_ERR_LEN] = "";
+    cr_assert_eq(ftb_model_quantize(q, "int8", 0, err, sizeof err), 0, "%s", err);
+    for (int l = 0; l < q->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            ftb_tensor *wq = ftb_layer_weight(&q->layers[l], k), *wr = ftb_layer_weight(&ref->layers[l], k);
+            ftb_tensor_read_rows(wq, 0, wq->shape[0], wr->data);
+        }
+    ftb_plugin p;
+    open_method("lars", &p);
+    const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "3", "all", "8"};
+    ftb_options opts = {4, keys, vals};
+    ftb_model *models[2] = {q, ref};
+    void *st[2];
+    ftb_tensor **params[2];
+    float loss[2];
+    int n = 0;
+    int32_t tok[2 * 12], tgt[2 * 12];
+    ftb_batch b = padded_batch(tok, tgt, 2, 12, q->cfg.vocab_size);
+    ftb_session s[2];
+    for (int i = 0; i < 2; i++) {
+        s[i] = session_for(models[i], &opts);
+        st[i] = init_lars(&p, &s[i]);
+        n = p.method->trainable(st[i], &params[i]);
+        randomise(params[i], n, 79);
+        zero_grads(params[i], n);
+        loss[i] = ftb_model_forward_backward(models[i], &b, &s[i].run, err, sizeof err);
+        cr_assert(isfinite(loss[i]), "%s", err);
+    }
+    cr_expect(fabsf(loss[0] - loss[1]) <= 1e-5f * fabsf(loss[1]), "int8 base %f, dequantized fp32 %f", loss[0], loss[1]);
+    for (int i = 0; i < n; i++) {
+        double maxdiff = 0, maxref = 1e-6;
+        for (int64_t j = 0; j < params[0][i]->numel; j++) {
+            maxdiff = fmax(maxdiff, fabs((double)params[0][i]->grad[j] - params[1][i]->grad[j]));
+            maxref = fmax(maxref, fabs(params[1][i]->grad[j]));
+        }
+        cr_expect(maxdiff / maxref <= 1e-4, "%s: int8 vs dequantized relative difference %g", params[0][i]->name,
+                  maxdiff / maxref);
+    }
+    for (int i = 0; i < 2; i++) p.method->destroy(st[i]);
+    ftb_model_free(q);
+    ftb_model_free(ref);
     ftb_plugin_close(&p);
 }

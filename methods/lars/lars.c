@@ -1,7 +1,9 @@
 /* lars — LARS, Low-memory Activation-Rank Subspace ("Parameter Efficiency Is
  * Not Memory Efficiency: Rethinking Fine-Tuning for On-Device LLM
- * Adaptation", arXiv 2604.22783), variant `pooled`.  docs/methods/lars.md
- * has the equations, the derived backward and the memory analysis.
+ * Adaptation", arXiv 2604.22783).  Option variant=pooled (the default, this
+ * file) or variant=gated (the authors' other published variant, gated.c).
+ * docs/methods/lars.md has the equations, the derived backward and the
+ * memory analysis of both.
  *
  * On each targeted linear (input X [B,T,H], frozen base output Y0) a small
  * network computes ONE vector per sequence from a pooled summary of X and
@@ -42,6 +44,7 @@
  * layer, linear): the forward that a recomputed block runs twice, and the
  * backward, regenerate the same mask instead of storing it. */
 #include "ftbench.h"
+#include "gated.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -91,10 +94,15 @@ typedef struct {
     const lars_shared *shared;
 } lars_adapter;
 
+typedef enum { VARIANT_POOLED = 0, VARIANT_GATED } lars_variant;
+
 typedef struct {
-    lars_adapter *adapters;
+    lars_variant variant;
+    lars_adapter *adapters;       /* variant pooled */
+    lars_gated_adapter *gated;    /* variant gated (gated.c) */
     int n_adapters;
-    ftb_tensor **params; /* n_adapters * P_COUNT */
+    int n_params;
+    ftb_tensor **params; /* n_adapters * (P_COUNT or G_COUNT) */
     ftb_adamw opt;
     ftb_model *model;
     lars_shared shared;
@@ -463,12 +471,16 @@ static const ftb_adapter_ops lars_ops = {lars_forward, lars_backward, lars_relea
 #define DEFAULT_TARGETS "q,v"
 
 static const ftb_option_doc lars_options[] = {
-    {"rank", "8", "rank r of the activation subspace"},
+    {"variant", "pooled",
+     "'pooled' (one vector per sequence from pooled inputs, added at every position) or 'gated' (per-token "
+     "block-wise input gate 1 + alpha*(RMSNorm(x)*U)*V)"},
+    {"rank", "8", "rank r of the activation subspace (pooled) or of U, V (gated)"},
     {"targets", DEFAULT_TARGETS, "linear layers to adapt (comma-separated q,k,v,o,gate,up,down, or 'all' / 'attn' / 'mlp')"},
-    {"dropout", "0.1", "dropout on the gated code h2 while training, in [0, 1)"},
+    {"dropout", "0.1", "pooled only: dropout on the gated code h2 while training, in [0, 1)"},
     {"pool", "valid",
-     "positions averaged into p: 'valid' (up to the last real token), 'all' (every position) or 'prompt' (only "
-     "positions before the first kept target: causal for prompt->answer data)"},
+     "pooled only: positions averaged into p: 'valid' (up to the last real token), 'all' (every position) or "
+     "'prompt' (only positions before the first kept target: causal for prompt->answer data)"},
+    {"block", "32", "gated only: input features scaled by one gate value"},
     {"weight_decay", "0.0", "AdamW weight decay (not on LayerNorm, biases, alpha, tau)"},
     {NULL, NULL, NULL},
 };
@@ -511,12 +523,29 @@ static int adapter_init(lars_adapter *a, int layer, int kind, ftb_rng *rng, char
 
 static void lars_destroy(void *state);
 
+/* Variant-specific options given to the other variant are refused rather
+ * than silently ignored: a record then never claims a setting that had no
+ * effect. */
+static int refuse_foreign_option(const ftb_options *o, const char *key, const char *variant, char *err,
+                                 size_t errlen) {
+    if (!ftb_opt_str(o, key, NULL)) return 0;
+    snprintf(err, errlen, "option %s: not used by variant=%s", key, variant);
+    return -1;
+}
+
 static void *lars_init(ftb_session *s, char *err, size_t errlen) {
     ftb_model *m = s->model;
+    const char *variant = ftb_opt_str(s->options, "variant", "pooled");
     long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
     double dropout = ftb_opt_double(s->options, "dropout", 0.1, err, errlen);
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
+    long block = ftb_opt_int(s->options, "block", 32, err, errlen);
     if (err[0]) return NULL;
+    if (strcmp(variant, "pooled") != 0 && strcmp(variant, "gated") != 0) {
+        snprintf(err, errlen, "option variant: '%s' is not 'pooled' or 'gated'", variant);
+        return NULL;
+    }
+    const int gated = !strcmp(variant, "gated");
     if (rank < 1 || rank > 4096) {
         snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
         return NULL;
@@ -529,11 +558,19 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
         snprintf(err, errlen, "option weight_decay: %g is negative", wd);
         return NULL;
     }
+    if (block < 1 || block > 65536) {
+        snprintf(err, errlen, "option block: %ld is not in 1..65536", block);
+        return NULL;
+    }
     const char *pool = ftb_opt_str(s->options, "pool", "valid");
     if (strcmp(pool, "valid") != 0 && strcmp(pool, "all") != 0 && strcmp(pool, "prompt") != 0) {
         snprintf(err, errlen, "option pool: '%s' is not 'valid', 'all' or 'prompt'", pool);
         return NULL;
     }
+    if (gated ? refuse_foreign_option(s->options, "pool", variant, err, errlen) ||
+                    refuse_foreign_option(s->options, "dropout", variant, err, errlen)
+              : refuse_foreign_option(s->options, "block", variant, err, errlen))
+        return NULL;
     int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", DEFAULT_TARGETS), err, errlen);
     if (mask < 0) return NULL;
 
@@ -543,13 +580,16 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
         return NULL;
     }
     st->model = m;
+    st->variant = gated ? VARIANT_GATED : VARIANT_POOLED;
     st->shared.dropout = (float)dropout;
     st->shared.pool = !strcmp(pool, "all") ? POOL_ALL : !strcmp(pool, "prompt") ? POOL_PROMPT : POOL_VALID;
     st->shared.seed = s->seed;
     const int per_layer = __builtin_popcount((unsigned)mask);
-    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-    st->params = calloc((size_t)m->cfg.n_layers * per_layer * P_COUNT, sizeof *st->params);
-    if (!st->adapters || !st->params) {
+    const int per_adapter = gated ? G_COUNT : P_COUNT;
+    if (gated) st->gated = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->gated);
+    else st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
+    st->params = calloc((size_t)m->cfg.n_layers * per_layer * per_adapter, sizeof *st->params);
+    if ((!st->adapters && !st->gated) || !st->params) {
         snprintf(err, errlen, "lars: out of memory");
         goto fail;
     }
@@ -559,22 +599,40 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             if (!(mask & (1 << k))) continue;
-            lars_adapter *a = &st->adapters[st->n_adapters++];
             ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
-            a->out = (int)W->shape[0];
-            a->in = (int)W->shape[1];
-            a->r = (int)rank;
-            a->layer = l;
-            a->kind = k;
-            a->shared = &st->shared;
-            if (adapter_init(a, l, k, &rng, err, errlen)) goto fail;
-            for (int i = 0; i < P_COUNT; i++) st->params[(size_t)(st->n_adapters - 1) * P_COUNT + i] = &a->t[i];
-            a->hook.ops = &lars_ops;
-            a->hook.needs_input = 0; /* the frozen base keeps no input on our account */
-            a->hook.state = a;
-            ftb_attach_adapter(m, l, k, &a->hook);
+            ftb_adapter *hook;
+            ftb_tensor *tensors;
+            if (gated) {
+                lars_gated_adapter *a = &st->gated[st->n_adapters++];
+                a->W = W;
+                a->out = (int)W->shape[0];
+                a->in = (int)W->shape[1];
+                a->r = (int)rank;
+                a->block = (int)block;
+                a->layer = l;
+                a->kind = k;
+                if (lars_gated_init(a, &rng, err, errlen)) goto fail;
+                hook = &a->hook;
+                tensors = a->t;
+            } else {
+                lars_adapter *a = &st->adapters[st->n_adapters++];
+                a->out = (int)W->shape[0];
+                a->in = (int)W->shape[1];
+                a->r = (int)rank;
+                a->layer = l;
+                a->kind = k;
+                a->shared = &st->shared;
+                if (adapter_init(a, l, k, &rng, err, errlen)) goto fail;
+                a->hook.ops = &lars_ops;
+                a->hook.needs_input = 0; /* the frozen base keeps no input on our account */
+                a->hook.state = a;
+                hook = &a->hook;
+                tensors = a->t;
+            }
+            for (int i = 0; i < per_adapter; i++) st->params[st->n_params++] = &tensors[i];
+            ftb_attach_adapter(m, l, k, hook);
         }
-    if (ftb_adamw_init(&st->opt, m, st->params, st->n_adapters * P_COUNT, s->lr, (float)wd, err, errlen)) goto fail;
+    if (ftb_adamw_init(&st->opt, m, st->params, st->n_params, s->lr, (float)wd, err, errlen)) goto fail;
     return st;
 fail:
     lars_destroy(st);
@@ -591,15 +649,22 @@ static int lars_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 static int lars_trainable(void *state, ftb_tensor ***tensors) {
     lars_state *st = state;
     *tensors = st->params;
-    return st->n_adapters * P_COUNT;
+    return st->n_params;
 }
 
 static void lars_destroy(void *state) {
     lars_state *st = state;
     if (!st) return;
     for (int i = 0; i < st->n_adapters; i++) {
+        ftb_adapter *hook = st->gated ? &st->gated[i].hook : &st->adapters[i].hook;
+        int layer = st->gated ? st->gated[i].layer : st->adapters[i].layer;
+        int kind = st->gated ? st->gated[i].kind : st->adapters[i].kind;
+        if (st->model->layers[layer].adapter[kind] == hook) ftb_attach_adapter(st->model, layer, kind, NULL);
+        if (st->gated) {
+            lars_gated_free(&st->gated[i]);
+            continue;
+        }
         lars_adapter *a = &st->adapters[i];
-        if (st->model->layers[a->layer].adapter[a->kind] == &a->hook) ftb_attach_adapter(st->model, a->layer, a->kind, NULL);
         for (int j = 0; j < P_COUNT; j++) {
             ftb_free(a->t[j].data);
             ftb_free(a->t[j].grad);
@@ -607,6 +672,7 @@ static void lars_destroy(void *state) {
     }
     ftb_adamw_free(&st->opt);
     free(st->adapters);
+    free(st->gated);
     free(st->params);
     free(st);
 }
@@ -614,7 +680,8 @@ static void lars_destroy(void *state) {
 static const ftb_method lars_method = {
     FTB_ABI_VERSION,
     "lars",
-    "LARS: per-sequence activation-subspace adapter, keeps no per-position activations",
+    "LARS: per-sequence activation-subspace adapter (variant pooled: no per-position activations kept) or "
+    "per-token block-wise input gate (variant gated)",
     lars_options,
     lars_init,
     lars_step,

@@ -45,6 +45,8 @@ static const ftb_option_doc mebp_options[] = {
     {"alpha", "16", "scale s = alpha / rank"},
     {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
     {"weight_decay", "0.0", "AdamW weight decay"},
+    {"dropout", "0", "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
+                     "dropped-out copy of the input and its mask per adapter"},
     {"offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)"},
     {"residency", "lazy", "base weights mapped from a file: lazy (brought in block by block, MeBP's scheme) "
                           "or as-given (keep the host's --residency)"},

@@ -15,6 +15,13 @@ with methods/lars/lars.c.  On each adapted linear with input X [B,T,H]:
     h3 = h2 + Linear2(GELU(Linear1(h2)))
     Y  = X W^T (+ b) + alpha * (h3 B^T)       at every position
 
+Variant `gated` (case option variant="gated"), on each adapted linear, per
+position:
+
+    z    = x / sqrt(mean(x^2) + 1e-6)        RMSNorm without learned scale
+    gate = 1 + alpha * ((z U) V)             U [H, r], V [r, nb], nb = ceil(H / block)
+    Y    = (x * gate.repeat_interleave(block)[:H]) W^T (+ b)
+
 Valid positions of a row: 0..last with last = min(t* + 1, T - 1), t* its last
 target != -100; a row without one has no last term and (pool=valid) p = 0.
 
@@ -26,6 +33,7 @@ For each case, <out>/lars_<case>/expected.safetensors holds
   loss             F32 [1]
   param.<name>     F32  LARS parameter values (non-zero B, Gx, Gh, M != I ...)
   grad.<name>      F32  d loss / d parameter, for every LARS parameter
+  absterms.<name>  F32 [1]  gated alpha only: sum of |terms| of its gradient
 Names are the plugin's: model.layers.<l>.<q_proj|...>.lars.<A|B|G_x|...>.
 Deterministic: rerunning gives identical bytes.
 """
@@ -43,6 +51,7 @@ IGNORE = -100
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SHORT = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
          "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+GATED_PARAMS = ["U", "V", "alpha"]
 PARAMS = ["A", "B", "G_x", "G_h", "M", "ln.weight", "ln.bias", "ffn1.weight", "ffn1.bias",
           "ffn2.weight", "ffn2.bias", "alpha", "tau1", "tau2"]
 
@@ -54,7 +63,19 @@ CASES = [
     # the default targets, pooling over every position, tied embeddings
     dict(case="lars_tied_qv", base="tied_mha", rank=4, targets="q,v",
          pool="all", B=2, T=9, seed=2278),
+    # variant gated on every linear, blocks of 8 (dim 32: 4 gate values;
+    # ffn 48: 6), padded rows
+    dict(case="lars_gated_gqa_all", base="gqa_bias", rank=3, targets="q,k,v,o,gate,up,down",
+         variant="gated", block=8, B=3, T=7, seed=3301),
+    # variant gated, blocks of 16 with a partial last block (dim 24: 16 + 8;
+    # ffn 40: 16 + 16 + 8), tied embeddings
+    dict(case="lars_gated_tied", base="tied_mha", rank=2, targets="q,v,o,up,down",
+         variant="gated", block=16, B=2, T=9, seed=3302),
 ]
+
+
+def variant(lc):
+    return lc.get("variant", "pooled")
 
 
 def base_case(name):
@@ -80,10 +101,25 @@ def adapted(lc):
     return [SHORT[t] for t in lc["targets"].split(",")]
 
 
+def gated_shapes(H, r, block):
+    return {"U": [H, r], "V": [r, -(-H // block)], "alpha": [1]}
+
+
 def make_lars_params(c, lc):
-    """Non-trivial values on every path: B, Gx, Gh non-zero, M != I."""
+    """Non-trivial values on every path: B, Gx, Gh non-zero, M != I; gated:
+    V large enough that gates range well away from 1."""
     g = torch.Generator().manual_seed(lc["seed"])
     out = {}
+    if variant(lc) == "gated":
+        for layer in range(c["layers"]):
+            for kind in adapted(lc):
+                H, _ = in_out(c, kind)
+                pre = "model.layers.%d.%s.lars." % (layer, kind)
+                for name, shape in gated_shapes(H, lc["rank"], lc["block"]).items():
+                    n = torch.randn(shape, generator=g, dtype=torch.float64)
+                    v = 0.8 + 0.2 * n if name == "alpha" else 0.3 * n
+                    out[pre + name] = v.to(torch.float32)
+        return out
     for layer in range(c["layers"]):
         for kind in adapted(lc):
             H, O = in_out(c, kind)
@@ -111,7 +147,7 @@ def make_batch(c, lc):
     B, T = lc["B"], lc["T"]
     seq = torch.randint(0, c["vocab"], (B, T + 1), generator=g, dtype=torch.int64)
     tokens, targets = seq[:, :T].clone(), seq[:, 1:].clone()
-    if lc["case"] == "lars_gqa_all":
+    if lc["case"] in ("lars_gqa_all", "lars_gated_gqa_all"):
         targets[0, 2] = IGNORE           # mid-sequence: still a valid position
         targets[1, T - 3:] = IGNORE      # padded: t* = T-4, last = T-3
         targets[2, :] = IGNORE           # no valid position at all
@@ -153,16 +189,43 @@ def lars_output(x, L, pre, sp, r):
     return (L[pre + "alpha"] * o)[:, None, :]
 
 
+# d loss / d alpha of a gated adapter is a sum over every position and
+# feature, sum(e * x * c) with e the gradient of the gated input; its terms
+# cancel (on the fixtures up to ~200x), so fp32 cannot match it to 1e-4 of
+# its own value.  The fixture stores sum(|e * x * c|), the scale against
+# which a floating-point sum's error is bounded, as absterms.<alpha name>.
+ABS_TERMS = {}
+
+
+def gated_input(x, L, pre, block):
+    """x * gate, the gate computed per position from RMSNorm(x) (no scale)."""
+    H = x.shape[-1]
+    z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    c = (z @ L[pre + "U"]) @ L[pre + "V"]
+    gate = 1 + L[pre + "alpha"] * c
+    xin = x * gate.repeat_interleave(block, dim=-1)[..., :H]
+    if xin.requires_grad:
+        xc = (x * c.repeat_interleave(block, dim=-1)[..., :H]).detach()
+        xin.register_hook(lambda e: ABS_TERMS.__setitem__(pre + "alpha", float((e * xc).abs().sum())))
+    return xin
+
+
 def forward(c, lc, P, L, tokens, targets):
     """Decoder (Llama/Qwen2, as gen_oracle.forward) with LARS on the adapted linears."""
     B, T = tokens.shape
     H, KV, hd, eps = c["heads"], c["kv_heads"], c["head_dim"], c["eps"]
-    sp = spans(targets, lc["pool"])
+    sp = spans(targets, lc["pool"]) if variant(lc) == "pooled" else None
     kinds = adapted(lc)
     r = lc["rank"]
 
     def linear(x, layer, kind, group):
         p = "model.layers.%d." % layer
+        if kind in kinds and variant(lc) == "gated":
+            xin = gated_input(x, L, "model.layers.%d.%s.lars." % (layer, kind), lc["block"])
+            y = xin @ P[p + group + "." + kind + ".weight"].t()
+            if c["bias"] and kind in ("q_proj", "k_proj", "v_proj"):
+                y = y + P[p + group + "." + kind + ".bias"]
+            return y
         y = x @ P[p + group + "." + kind + ".weight"].t()
         if c["bias"] and kind in ("q_proj", "k_proj", "v_proj"):
             y = y + P[p + group + "." + kind + ".bias"]
@@ -201,6 +264,7 @@ def forward(c, lc, P, L, tokens, targets):
 
 
 def compute(c, lc, params, lars, tokens, targets):
+    ABS_TERMS.clear()
     P = {k: v.to(torch.float64) for k, v in params.items()}
     L = {k: v.to(torch.float64).clone().requires_grad_(True) for k, v in lars.items()}
     loss = forward(c, lc, P, L, tokens, targets)
@@ -215,7 +279,8 @@ def selfcheck(c, lc, params, lars, tokens, targets, grads):
     P = {k: v.to(torch.float64) for k, v in params.items()}
     L0 = {k: v.to(torch.float64) for k, v in lars.items()}
     names = list(L0)
-    chosen = names[:len(PARAMS)] + names[-len(PARAMS):]
+    per = len(GATED_PARAMS) if variant(lc) == "gated" else len(PARAMS)
+    chosen = names[:per] + names[-per:]
     worst = 0.0
     for name in chosen:
         t = L0[name]
@@ -258,7 +323,12 @@ def main():
         items = [("tokens", tokens, "I32"), ("targets", targets, "I32"), ("loss", loss.reshape(1), "F32")]
         items += [("param." + n, lars[n], "F32") for n in lars]
         items += [("grad." + n, grads[n], "F32") for n in lars]
-        meta = {"base": lc["base"], "rank": str(lc["rank"]), "targets": lc["targets"], "pool": lc["pool"]}
+        items += [("absterms." + n, torch.tensor([ABS_TERMS[n]]), "F32") for n in lars if n in ABS_TERMS]
+        if variant(lc) == "gated":
+            meta = {"base": lc["base"], "rank": str(lc["rank"]), "targets": lc["targets"], "variant": "gated",
+                    "block": str(lc["block"])}
+        else:
+            meta = {"base": lc["base"], "rank": str(lc["rank"]), "targets": lc["targets"], "pool": lc["pool"]}
         go.write_safetensors(os.path.join(d, "expected.safetensors"), items, metadata=meta)
         msg = "%s: loss %.6f, %d LARS tensors" % (lc["case"], float(loss), len(lars))
         if check:
