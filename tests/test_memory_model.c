@@ -207,6 +207,8 @@ Test(memory_model, methods_full_lastk_lora_ia3) {
     expect_method_prediction("lora", 0, NULL, NULL, 1);
     const char *k[] = {"rank", "targets"}, *v[] = {"3", "q,v,down"};
     expect_method_prediction("lora", 2, k, v, 1);
+    const char *kd[] = {"dropout"}, *vd[] = {"0.05"};
+    expect_method_prediction("lora", 1, kd, vd, 1);
     expect_method_prediction("ia3", 0, NULL, NULL, 1);
 }
 

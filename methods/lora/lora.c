@@ -265,8 +265,9 @@ static void lora_destroy(void *state) {
     free(st);
 }
 
-/* Analytic memory (docs/methods/lora.md): the core's schedule, plus the
- * h = x·Aᵀ [N, r] each adapter saves for its backward. */
+/* Analytic memory (docs/methods/lora.md): the core's schedule, plus what
+ * each adapter saves for its backward: h = x·Aᵀ [N, r], and with dropout its
+ * dropped-out input and mask too. */
 static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
     lora_state *st = state;
     const ftb_model *m = st->model;
@@ -275,8 +276,11 @@ static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ft
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             const ftb_adapter *a = m->layers[l].adapter[k];
+            const lora_adapter *la = a ? a->state : NULL;
             if (a && a->ops == &lora_ops)
-                hook[l * FTB_LIN_COUNT + k] = (int64_t)sizeof(float) * B * T * ((const lora_adapter *)a->state)->r;
+                hook[l * FTB_LIN_COUNT + k] = (int64_t)sizeof(float) * B * T * la->r;
+            else if (a && a->ops == &lora_dropout_ops)
+                hook[l * FTB_LIN_COUNT + k] = (int64_t)dropout_saved_bytes(B * T, la->in, la->r);
         }
     ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
     free(hook);
