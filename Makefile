@@ -25,7 +25,7 @@ else ifeq ($(MEMCHECK),1)
 # decode AVX-512) and glibc's malloc, which valgrind replaces.
 BUILD   := build-memcheck
 SANFLAGS:=
-OPT     := -O2 -g
+OPT     := -O2 -g -DFTB_EXACT_ALLOC=1
 MALLOC  :=
 else
 BUILD   := build

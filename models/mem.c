@@ -18,6 +18,18 @@
 #include <time.h>
 
 #define HEADER 64
+#ifndef FTB_EXACT_ALLOC /* sizes not rounded up: ASan builds, make memcheck */
+#if defined(__SANITIZE_ADDRESS__)
+#define FTB_EXACT_ALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FTB_EXACT_ALLOC 1
+#endif
+#endif
+#endif
+#ifndef FTB_EXACT_ALLOC
+#define FTB_EXACT_ALLOC 0
+#endif
 #define MAGIC 0x6674626d656d3031ULL /* "ftbmem01" */
 #define MAX_PHASES 4096
 
@@ -207,14 +219,23 @@ void *ftb_alloc(ftb_mem_category c, size_t bytes) {
         fail_countdown--;
     }
     if ((unsigned)c >= FTB_MEM_NCAT) return alloc_failed(c, bytes, 0);
+#if FTB_EXACT_ALLOC
+    /* Checking builds: the exact size (posix_memalign, unlike aligned_alloc,
+     * needs no multiple of the alignment), so that an overrun of even one
+     * float is seen by ASan and valgrind. */
     size_t total = HEADER + bytes;
     if (total < bytes) return alloc_failed(c, bytes, 0); /* overflow */
-    /* The exact size (posix_memalign, unlike aligned_alloc, needs no
-     * multiple of the alignment): an overrun of even one float is then
-     * seen by ASan and valgrind. */
     void *block;
     if (posix_memalign(&block, 64, total)) return alloc_failed(c, bytes, 0);
     unsigned char *raw = block;
+#else
+    /* aligned_alloc wants a multiple of the alignment; it is the faster
+     * path in jemalloc (measured: posix_memalign costs 5-10 ns more). */
+    size_t total = HEADER + ((bytes + 63) & ~(size_t)63);
+    if (total < bytes) return alloc_failed(c, bytes, 0); /* overflow */
+    unsigned char *raw = aligned_alloc(64, total);
+    if (!raw) return alloc_failed(c, bytes, 0);
+#endif
     alloc_header *h = (alloc_header *)raw;
     h->magic = MAGIC;
     h->bytes = bytes;
