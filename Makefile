@@ -68,8 +68,8 @@ $(BIN): $(BUILD)/harness/main.o $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
 
 # A plugin is every .c file of its folder (rebuilt when a .h there changes),
-# linked as one shared object; its
-# core symbols resolve against the executable that loads it.
+# linked as one shared object; its core symbols resolve against the
+# executable that loads it.
 .SECONDEXPANSION:
 $(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c methods/$$*/*.h) include/ftbench.h
 	@mkdir -p $(dir $@)
