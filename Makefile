@@ -76,12 +76,13 @@ $(CORELIB): $(CORE_OBJ)
 $(BIN): $(BUILD)/harness/main.o $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
 
-# A plugin is every .c file of its folder, linked as one shared object; its
-# core symbols resolve against the executable that loads it.  ftb_method
-# grows by appending fields (ABI 2 added `gradient`): a positional
-# initialiser that stops before them leaves them NULL on purpose.
+# A plugin is every .c file of its folder (rebuilt when a .h there changes),
+# linked as one shared object; its core symbols resolve against the
+# executable that loads it.  ftb_method grows by appending fields (ABI 2
+# added `gradient` and `memory_model`): a positional initialiser that stops
+# before them leaves them NULL on purpose.
 .SECONDEXPANSION:
-$(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c) include/ftbench.h
+$(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c methods/$$*/*.h) include/ftbench.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Wno-missing-field-initializers -shared -o $@ $(wildcard methods/$*/*.c) -lm
 
