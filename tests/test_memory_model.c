@@ -5,6 +5,7 @@
  * quantized base), the predicted peak of a step equals the measured one,
  * byte for byte, and so does its split by category. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -162,8 +163,8 @@ Test(memory_model, hook_bytes_add_to_the_saved_peak) {
 
 /* One step of a plugin on the tiny model: the measured peak of the step
  * against what the harness would record as its prediction. */
-static void expect_method_prediction(const char *method, int n_opts, const char *const *keys,
-                                     const char *const *values, int ran_backward) {
+static void expect_method_prediction_within(const char *method, int n_opts, const char *const *keys,
+                                            const char *const *values, int ran_backward, double tolerance) {
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) cr_skip_test("FTBENCH_METHODS is set by make test");
     char path[4096], err[FTB_ERR_LEN] = "";
@@ -190,8 +191,10 @@ static void expect_method_prediction(const char *method, int n_opts, const char 
     cr_assert_eq(plug.method->step(state, &s, &b.batch, &res, err, sizeof err), 0, "%s: %s", method, err);
     ftb_mem_stats st;
     ftb_mem_get_stats(&st);
-    cr_expect_eq(est.peak_total, st.peak_total, "%s (%s): predicted peak %lld bytes (at %s), measured %lld", method,
-                 source, (long long)est.peak_total, est.peak_phase, (long long)st.peak_total);
+    double err_rel = (double)(st.peak_total - est.peak_total) / (double)st.peak_total;
+    cr_expect(tolerance > 0 ? fabs(err_rel) <= tolerance : est.peak_total == st.peak_total,
+              "%s (%s): predicted peak %lld bytes (at %s), measured %lld", method, source,
+              (long long)est.peak_total, est.peak_phase, (long long)st.peak_total);
     cr_expect_eq(est.saved_peak, st.peak[FTB_MEM_SAVED], "%s: saved peak predicted %lld, measured %lld", method,
                  (long long)est.saved_peak, (long long)st.peak[FTB_MEM_SAVED]);
     plug.method->destroy(state);
@@ -199,6 +202,12 @@ static void expect_method_prediction(const char *method, int n_opts, const char 
     free(b.tokens);
     free(b.targets);
     ftb_plugin_close(&plug);
+}
+
+/* Byte for byte. */
+static void expect_method_prediction(const char *method, int n_opts, const char *const *keys,
+                                     const char *const *values, int ran_backward) {
+    expect_method_prediction_within(method, n_opts, keys, values, ran_backward, 0.0);
 }
 
 Test(memory_model, methods_full_lastk_lora_ia3) {
@@ -225,4 +234,12 @@ Test(memory_model, zeroth_order_mezo_is_one_inference_forward) {
     expect_method_prediction("mezo", 0, NULL, NULL, 0);
     const char *k[] = {"params"}, *v[] = {"lora"};
     expect_method_prediction("mezo", 1, k, v, 0);
+}
+
+/* P-RGE leaves its hooks' transient products out of its model (documented):
+ * within 0.5% on the tiny model, far less on real shapes. */
+Test(memory_model, zeroth_order_prge_is_one_forward_of_the_repeated_batch) {
+    expect_method_prediction_within("prge", 0, NULL, NULL, 0, 5e-3);
+    const char *k[] = {"queries", "dual"}, *v[] = {"2", "0"};
+    expect_method_prediction_within("prge", 2, k, v, 0, 5e-3);
 }

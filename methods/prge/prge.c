@@ -566,6 +566,22 @@ static void prge_destroy(void *state) {
     free(st);
 }
 
+/* Analytic memory (docs/methods/prge.md): one inference forward of the
+ * repeated batch (2n·B rows, n with dual=0), plus what the step holds
+ * around it: every adapter's n perturbations z_i, the repeated tokens and
+ * targets, the per-sequence losses.  Not counted: each hook's transient
+ * h [N', r] and B_j [out, r] (well under 0.1% of a step). */
+static int prge_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    const prge_state *st = state;
+    const int n_slices = st->dual ? 2 * st->queries : st->queries;
+    ftb_memory_estimate_step(st->model, &s->run, n_slices * B, T, 0, NULL, out);
+    int64_t extra = (int64_t)sizeof(int32_t) * 2 * n_slices * B * T + (int64_t)sizeof(float) * n_slices * B;
+    for (int a = 0; a < st->n_adapters; a++) extra += (int64_t)sizeof(float) * st->adapters[a].B.numel * st->queries;
+    out->at_peak[FTB_MEM_WORKSPACE] += extra;
+    out->peak_total += extra;
+    return 0;
+}
+
 static const ftb_method prge_method = {
     FTB_ABI_VERSION,
     "prge",
@@ -576,6 +592,7 @@ static const ftb_method prge_method = {
     prge_trainable,
     prge_destroy,
     prge_gradient,
+    prge_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &prge_method; }
