@@ -51,6 +51,10 @@ int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_d
     if (ftb_task_vocab_needed(t) > m->cfg.vocab_size)
         return ftb_errf(err, errlen, "eval: task %s needs a vocabulary of %d, the model has %d", ftb_task_spec(t),
                         ftb_task_vocab_needed(t), m->cfg.vocab_size);
+    /* A file's eval split is finite: each example once. */
+    int64_t avail = ftb_task_count(t, FTB_SPLIT_EVAL);
+    if (avail > 0 && n > avail)
+        n = (int)avail;
     const int V = m->cfg.vocab_size;
     const int32_t *stop;
     int n_stop = ftb_task_stop(t, &stop);
