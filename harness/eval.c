@@ -179,6 +179,7 @@ static void eval_help(FILE *f)
             "(decoded token by token) on a task's eval split (docs/TASKS.md).\n\noptions:\n"
             "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
             "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
+            "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
             "  --checkpoint DIR             Hugging Face checkpoint (e.g. from ftbench pretrain)\n"
             "  --model NAME                 zoo model with seeded (untrained) weights\n"
             "  --examples N                 eval examples (default 100)\n"
