@@ -51,6 +51,10 @@ int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_d
     if (ftb_task_vocab_needed(t) > m->cfg.vocab_size)
         return ftb_errf(err, errlen, "eval: task %s needs a vocabulary of %d, the model has %d", ftb_task_spec(t),
                         ftb_task_vocab_needed(t), m->cfg.vocab_size);
+    /* A file's eval split is finite: each example once. */
+    int64_t avail = ftb_task_count(t, FTB_SPLIT_EVAL);
+    if (avail > 0 && n > avail)
+        n = (int)avail;
     const int V = m->cfg.vocab_size;
     const int32_t *stop;
     int n_stop = ftb_task_stop(t, &stop);
@@ -175,6 +179,7 @@ static void eval_help(FILE *f)
             "(decoded token by token) on a task's eval split (docs/TASKS.md).\n\noptions:\n"
             "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
             "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
+            "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
             "  --checkpoint DIR             Hugging Face checkpoint (e.g. from ftbench pretrain)\n"
             "  --model NAME                 zoo model with seeded (untrained) weights\n"
             "  --examples N                 eval examples (default 100)\n"

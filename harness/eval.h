@@ -32,7 +32,8 @@ typedef struct {
     double seconds;
 } ftb_eval_result;
 
-/* Evaluates examples 0..n-1 of the task's eval split.  show (optional):
+/* Evaluates examples 0..n-1 of the task's eval split (at most the split's
+ * size for a file).  show (optional):
  * the first show_n examples are printed there (prompt tail, gold, greedy).
  * 0, or -1 with err. */
 int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_decode_mode decode,

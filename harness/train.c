@@ -66,6 +66,7 @@ static void train_help(FILE *f)
             "task options:\n"
             "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
             "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
+            "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
             "  --eval-every K               evaluate every K steps (default 0: at step 0 and at the end)\n"
             "  --eval-examples N            held-out examples per evaluation (default 100)\n"
             "  --decode greedy|teacher-forced  (default greedy)\n"

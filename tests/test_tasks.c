@@ -393,6 +393,9 @@ Test(tasks, eval_scores_a_model_that_knows_the_answers_and_decodings_agree)
     cr_expect_eq(f.correct, g.correct, "teacher forcing agrees with token-by-token decoding");
     cr_expect_eq(f.loss, g.loss);
     cr_expect_eq(g.answer_tokens, 6);
+    /* A file's eval split is not cycled: asking for 10 scores the 2. */
+    cr_assert_eq(ftb_eval_task(m, &o, t, 10, FTB_DECODE_GREEDY, &g, NULL, 0, err, sizeof err), 0);
+    cr_expect_eq(g.examples, 2);
     /* One example only: 1.0. */
     cr_assert_eq(ftb_eval_task(m, &o, t, 1, FTB_DECODE_GREEDY, &g, NULL, 0, err, sizeof err), 0);
     cr_expect_eq(g.accuracy, 1.0);
