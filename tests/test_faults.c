@@ -331,6 +331,8 @@ FAULT_TEST(mezo, {"mezo", NULL, NULL, SRC_LOAD_MAP}, {"mezo", "params", "lora", 
 FAULT_TEST(other_methods, {"ia3", NULL, NULL, SRC_LOAD_MAP}, {"lastk", NULL, NULL, SRC_LOAD_MAP},
            {"mebp", NULL, NULL, SRC_LOAD_MAP}, {"mesp", NULL, NULL, SRC_LOAD_MAP},
            {"prge", NULL, NULL, SRC_LOAD_MAP})
+FAULT_TEST(lars_and_lora_dropout, {"lars", NULL, NULL, SRC_LOAD_MAP}, {"lars", "variant", "gated", SRC_LOAD_MAP},
+           {"lora", "dropout", "0.1", SRC_LOAD_MAP})
 
 /* The flag is per run: a failure before a run does not fail the run, and a
  * failed run leaves the model usable for the next one. */

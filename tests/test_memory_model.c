@@ -243,3 +243,10 @@ Test(memory_model, zeroth_order_prge_is_one_forward_of_the_repeated_batch) {
     const char *k[] = {"queries", "dual"}, *v[] = {"2", "0"};
     expect_method_prediction_within("prge", 2, k, v, 0, 5e-3);
 }
+
+/* LARS leaves its hooks' transient buffers out of its model (documented). */
+Test(memory_model, lars_pooled_and_gated) {
+    expect_method_prediction_within("lars", 0, NULL, NULL, 1, 5e-3);
+    const char *k[] = {"variant"}, *v[] = {"gated"};
+    expect_method_prediction_within("lars", 1, k, v, 1, 5e-3);
+}

@@ -75,7 +75,11 @@ static void gated_forward(ftb_adapter *self, const ftb_linear_ctx *ctx, const fl
     float *buf = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, lars_gated_saved_bytes(N, r, nb));
     const int R = chunk_rows(N, H);
     float *xg = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)R * H);
-    if (!buf || !xg) abort(); /* the hook ABI has no error path */
+    if (!buf || !xg) { /* the core saw the failure and ends the run (docs/PLUGINS.md) */
+        ftb_free(buf);
+        ftb_free(xg);
+        return;
+    }
     gated_acts s;
     acts_bind(&s, buf, N, r);
     for (int r0 = 0; r0 < N; r0 += R) {
@@ -108,7 +112,12 @@ static void gated_backward(ftb_adapter *self, const ftb_linear_ctx *ctx, const f
     const int R = chunk_rows(N, H);
     float *e = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)R * H * 2);
     float *dc = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)R * ((size_t)nb + r));
-    if (!e || !dc) abort();
+    if (!e || !dc) { /* the core saw the failure and ends the run */
+        ftb_free(e);
+        ftb_free(dc);
+        ftb_free(saved);
+        return;
+    }
     float *z = e + (size_t)R * H, *da = dc + (size_t)R * nb;
     double dalpha = 0;
     for (int r0 = 0; r0 < N; r0 += R) {

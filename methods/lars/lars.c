@@ -312,6 +312,12 @@ static void lars_net_forward(const lars_adapter *a, const ftb_linear_ctx *c, con
     const ftb_tensor *t = a->t;
     const float tau1 = t[P_TAU1].data[0], tau2 = t[P_TAU2].data[0];
     float *tmp = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * 2 * r);
+    float *act = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * r4);
+    if (!tmp || !act) { /* the core saw the failure and ends the run; o is not used */
+        ftb_free(tmp);
+        ftb_free(act);
+        return;
+    }
     float *h = tmp, *hhat = tmp + (size_t)B * r;
 
     pool_forward(s->p, x, spans, B, c->T, H);
@@ -330,7 +336,6 @@ static void lars_net_forward(const lars_adapter *a, const ftb_linear_ctx *c, con
         for (int64_t i = 0; i < (int64_t)B * r; i++) s->h2[i] *= keep[i];
     }
     /* h3 = h2 + FFN(h2) */
-    float *act = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * r4);
     for (int b = 0; b < B; b++) memcpy(s->u + (size_t)b * r4, t[P_FFN1_B].data, sizeof(float) * r4);
     ftb_gemm(0, 1, B, r4, r, 1.0f, s->h2, r, t[P_FFN1_W].data, r, 1.0f, s->u, r4);
     for (int64_t i = 0; i < (int64_t)B * r4; i++) act[i] = gelu(s->u[i]);
@@ -351,6 +356,7 @@ static void lars_net_backward(const lars_adapter *a, const ftb_linear_ctx *c, co
     const float alpha = t[P_ALPHA].data[0], tau1 = t[P_TAU1].data[0], tau2 = t[P_TAU2].data[0];
     const size_t Br = (size_t)B * r;
     float *buf = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (Br * 6 + (size_t)B * r4 * 2));
+    if (!buf) return; /* the core saw the failure and ends the run */
     float *bts = buf, *dh3 = bts + Br, *dh2 = dh3 + Br, *dz = dh2 + Br, *dhhat = dz + Br, *hhat = dhhat + Br;
     float *act = hhat + Br, *du = act + (size_t)B * r4;
 
@@ -419,18 +425,23 @@ static void lars_net_backward(const lars_adapter *a, const ftb_linear_ctx *c, co
 static void lars_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
     lars_adapter *a = (lars_adapter *)self;
     const int B = c->B;
-    seq_span *spans = malloc(sizeof *spans * (size_t)B);
+    seq_span *spans = ftb_alloc(FTB_MEM_WORKSPACE, sizeof *spans * (size_t)B);
     float *acts = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE,
                             sizeof(float) * acts_floats(B, a->in, a->r));
     float *o = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->out);
-    if (!spans || !acts || !o) abort(); /* the hook ABI has no error path */
+    if (!spans || !acts || !o) { /* the core saw the failure and ends the run (docs/PLUGINS.md) */
+        ftb_free(spans);
+        ftb_free(acts);
+        ftb_free(o);
+        return;
+    }
     lars_acts s;
     acts_bind(&s, acts, B, a->in, a->r);
     seq_spans(c->batch, a->shared->pool, spans);
     lars_net_forward(a, c, x, spans, &s, o);
     broadcast_forward(y, o, a->t[P_ALPHA].data[0], B, c->T, a->out);
     ftb_free(o);
-    free(spans);
+    ftb_free(spans);
     if (saved) *saved = acts;
     else ftb_free(acts);
 }
@@ -440,10 +451,16 @@ static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     (void)x; /* NULL: needs_input is 0 — the point of the method */
     lars_adapter *a = (lars_adapter *)self;
     const int B = c->B;
-    seq_span *spans = malloc(sizeof *spans * (size_t)B);
+    seq_span *spans = ftb_alloc(FTB_MEM_WORKSPACE, sizeof *spans * (size_t)B);
     float *sum_dy = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->out);
     float *dp = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->in);
-    if (!spans || !sum_dy || !dp) abort();
+    if (!spans || !sum_dy || !dp) { /* the core saw the failure and ends the run */
+        ftb_free(spans);
+        ftb_free(sum_dy);
+        ftb_free(dp);
+        ftb_free(saved);
+        return;
+    }
     lars_acts s;
     acts_bind(&s, saved, B, a->in, a->r);
     seq_spans(c->batch, a->shared->pool, spans);
@@ -453,7 +470,7 @@ static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     /* dy itself is unchanged: Y = Y0 + α·o is additive, so dY0 = dy. */
     ftb_free(dp);
     ftb_free(sum_dy);
-    free(spans);
+    ftb_free(spans);
     ftb_free(saved);
 }
 
@@ -677,6 +694,33 @@ static void lars_destroy(void *state) {
     free(st);
 }
 
+/* Analytic memory (docs/methods/lars.md): the core's schedule plus what each
+ * hook keeps — pooled: its per-sequence activations, B·(H + 10r + 1) floats,
+ * nothing per position; gated: rstd, z·U and the gate per token (the layer
+ * input is the core's, needs_input).  The hooks' transient buffers (o, the
+ * chunked gated input) are left out: well under 0.1% of a step. */
+static int lars_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    const lars_state *st = state;
+    const ftb_model *m = st->model;
+    int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
+    if (!hook) return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            const ftb_adapter *a = m->layers[l].adapter[k];
+            if (!a) continue;
+            if (a->ops == &lars_ops) {
+                const lars_adapter *p = (const lars_adapter *)a;
+                hook[l * FTB_LIN_COUNT + k] = (int64_t)(sizeof(float) * acts_floats(B, p->in, p->r));
+            } else if (st->variant == VARIANT_GATED) {
+                const lars_gated_adapter *g = (const lars_gated_adapter *)a;
+                hook[l * FTB_LIN_COUNT + k] = (int64_t)lars_gated_saved_bytes(B * T, g->r, g->nb);
+            }
+        }
+    ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
+    free(hook);
+    return 0;
+}
+
 static const ftb_method lars_method = {
     FTB_ABI_VERSION,
     "lars",
@@ -687,6 +731,7 @@ static const ftb_method lars_method = {
     lars_step,
     lars_trainable,
     lars_destroy,
+    .memory_model = lars_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &lars_method; }

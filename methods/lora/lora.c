@@ -117,7 +117,7 @@ static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, con
     const int N = c->B * c->T;
     /* the first forward of a recomputed block (saved NULL) keeps nothing */
     unsigned char *buf = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, dropout_saved_bytes(N, a->in, a->r));
-    if (!buf) abort(); /* the hook ABI has no error path */
+    if (!buf) return; /* the core saw the failure and ends the run (docs/PLUGINS.md) */
     float *h = (float *)buf, *xd = h + (size_t)N * a->r;
     uint8_t *mask = (uint8_t *)(xd + (size_t)N * a->in);
     dropout_rows(a, N, x, xd, mask);
@@ -138,7 +138,12 @@ static void lora_dropout_backward(ftb_adapter *self, const ftb_linear_ctx *c, co
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     const int R = N < MASK_CHUNK_ROWS ? N : MASK_CHUNK_ROWS;
     float *dxd = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)R * in);
-    if (!dh || !dxd) abort();
+    if (!dh || !dxd) { /* the core saw the failure and ends the run */
+        ftb_free(dh);
+        ftb_free(dxd);
+        ftb_free(saved);
+        return;
+    }
     ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
     ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
     ftb_gemm(1, 0, a->r, in, N, 1.0f, dh, a->r, xd, in, 1.0f, a->A.grad, in);
