@@ -38,7 +38,7 @@ static const opt_spec specs[] = {
     { "--warmup", CLI_TRAIN, 1, "N", "warm-up steps before the measured ones (default 1)" },
     { "--lr", CLI_TRAIN, 1, "X", "learning rate (default 1e-4)" },
     { "--seed", CLI_TRAIN, 1, "N", "seed for weights and data (default 42)" },
-    { "--dataset", CLI_TRAIN, 1, "SPEC", "uniform | synthetic-lang[:N] | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
+    { "--dataset", CLI_TRAIN, 1, "SPEC", "uniform | synthetic-lang[:N] | task:SPEC | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
     { "--attention", CLI_TRAIN, 1, "flash|eager", "attention implementation (default flash)" },
     { "--loss", CLI_TRAIN, 1, "chunked|full", "loss computation (default chunked)" },
     { "--loss-chunk", CLI_TRAIN, 1, "ROWS", "rows of logits per chunk of the chunked loss (default 128)" },
