@@ -17,6 +17,7 @@
  * backward's per-thread partial sums when a norm does not train. */
 #include "ftbench.h"
 #include "model_internal.h"
+#include "quant.h"
 
 #include <omp.h>
 #include <string.h>
@@ -24,7 +25,6 @@
 typedef struct {
     int64_t live[FTB_MEM_NCAT];
     ftb_memory_estimate *out;
-    int64_t saved_live;
 } ledger;
 
 static int64_t ledger_total(const ledger *g) {
@@ -199,12 +199,8 @@ static int64_t dequant_tile_floats(const ftb_model *m) {
     for (int i = 0; i < m->n_params; i++) {
         const ftb_tensor *t = m->params[i];
         if (t->dtype == FTB_DTYPE_F32 || !t->quant || t->ndim != 2) continue;
-        int64_t rows = t->shape[0], cols = t->shape[1];
-        int64_t tile = ftb_get_dequant_tile(), r = tile / (cols > 0 ? cols : 1);
-        if (tile == ((int64_t)1 << 20) && r < 256) r = 256;
-        if (r < 1) r = 1;
-        if (r > rows) r = rows;
-        if (r * cols > best) best = r * cols;
+        int64_t cols = t->shape[1], floats = quant_tile_rows(t->shape[0], cols) * cols;
+        if (floats > best) best = floats;
     }
     return best;
 }
@@ -221,7 +217,7 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     shape s = {m, opts, hook_saved, B, T, B * T, training, omp_get_max_threads(),
                c->dim, (int64_t)c->n_heads * c->head_dim, (int64_t)c->n_kv_heads * c->head_dim,
                c->ffn_dim, c->n_heads, c->head_dim};
-    ledger g = {{0}, out, 0};
+    ledger g = {{0}, out};
     ftb_mem_stats st;
     ftb_mem_get_stats(&st);
     /* The state between steps: weights, parameters, gradients, moments. */
