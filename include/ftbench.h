@@ -289,6 +289,24 @@ float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
 float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
                                  char *err, size_t errlen);
 
+/* Read-time perturbation of the weights (docs/CORE.md, "Perturbed reads"),
+ * for zeroth-order methods that must not write their perturbation into the
+ * weights (writing θ + εz and undoing it is not exact in fp32).  While set,
+ * every inference forward reads each weight, norm and bias tensor t of the
+ * model as t + what fn adds: the core copies (or dequantizes) a stretch of
+ * t's values — elements [offset, offset + n) of t in row-major order — into
+ * a buffer of its own and calls fn(ctx, t, offset, n, values), which adds
+ * its perturbation to values[0..n).  Stretches are linear-weight row tiles,
+ * embedding rows looked up, whole norm and bias vectors; the LM head tied to
+ * the embedding comes as &m->lm_head.  fn is called from the forward's own
+ * thread, never concurrently (it may parallelise itself) and must not
+ * allocate through the core's hooks.  Costs: linear weights go through the
+ * tile path (one tile of ftb dequantization size, FTB_MEM_WORKSPACE) and
+ * norms and biases through one vector buffer.  Training runs
+ * (ftb_model_forward_backward) refuse while it is set.  fn NULL clears it. */
+typedef void (*ftb_read_perturb_fn)(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values);
+void ftb_model_set_read_perturbation(ftb_model *m, ftb_read_perturb_fn fn, void *ctx);
+
 /* Wall time of the last forward_backward's forward part (embedding to loss)
  * and backward part, in seconds. */
 void ftb_last_run_times(double *forward, double *backward);

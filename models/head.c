@@ -48,7 +48,7 @@ static double rows_loss(float *z, const int32_t *targets, int rows, int V, float
 /* z[rows,V] = x·Wᵀ, and dx[rows,D] = dz·W: single sgemms for an fp32 W, tiles
  * of dequantized rows of W (a bounded workspace) for any other format. */
 static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V, int stream) {
-    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream)
+    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream && !quant_read_perturbed())
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, D, 1.0f, x, D, W->data, D, 0.0f, z, V);
     else
         linear_apply_ex(W, rows, x, z, 0.0f, stream);

@@ -192,19 +192,6 @@ static void block_backward(ledger *g, const shape *s, int l, const char *phase) 
 
 static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
 
-/* The largest dequantization tile any product of the step asks for (one is
- * kept for the whole step, grown to the largest). */
-static int64_t dequant_tile_floats(const ftb_model *m) {
-    int64_t best = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        const ftb_tensor *t = m->params[i];
-        if (t->dtype == FTB_DTYPE_F32 || !t->quant || t->ndim != 2) continue;
-        int64_t cols = t->shape[1], floats = quant_tile_rows(t->shape[0], cols) * cols;
-        if (floats > best) best = floats;
-    }
-    return best;
-}
-
 void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int B, int T, int training,
                               const int64_t *hook_saved, ftb_memory_estimate *out) {
     ftb_run_opts defaults;
@@ -227,7 +214,9 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     const int first = training ? ftb_model_lowest_trained_block(m, opts) : L;
 
     add(&g, FTB_MEM_WORKSPACE, (int64_t)T * s.hd); /* RoPE tables */
-    add(&g, FTB_MEM_WORKSPACE, dequant_tile_floats(m));
+    const int perturbed = !training && ftb_model_read_perturbation(m, NULL) != NULL;
+    if (perturbed) add(&g, FTB_MEM_WORKSPACE, perturbed_vector_floats(c));
+    add(&g, FTB_MEM_WORKSPACE, quant_largest_tile(m, perturbed)); /* one kept for the whole step */
     add(&g, training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND); /* resid[0] */
     mark(&g, "fwd embed");
     /* resid[l] lives in `kept[l]` (SAVED, offloaded, or a recycled workspace buffer). */

@@ -21,6 +21,8 @@ typedef struct {
     int n_qs, cap_qs;
     ftb_quant_error *errs;        /* measured when tensors were quantized */
     int n_errs, cap_errs;
+    ftb_read_perturb_fn perturb;  /* ftb_model_set_read_perturbation   */
+    void *perturb_ctx;
 } model_storage;
 
 /* Grows an array of elements of size sz to hold one more; aborts when a few
@@ -125,6 +127,18 @@ ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) 
     init_tensor(&m->lm_head, "lm_head.weight", V, D, 0);
     if (!cfg->tie_embeddings) m->params[m->n_params++] = &m->lm_head;
     return m;
+}
+
+void ftb_model_set_read_perturbation(ftb_model *m, ftb_read_perturb_fn fn, void *ctx) {
+    model_storage *st = m->storage;
+    st->perturb = fn;
+    st->perturb_ctx = fn ? ctx : NULL;
+}
+
+ftb_read_perturb_fn ftb_model_read_perturbation(const ftb_model *m, void **ctx) {
+    const model_storage *st = m->storage;
+    if (ctx) *ctx = st->perturb_ctx;
+    return st->perturb;
 }
 
 void ftb_model_own(ftb_model *m, void *buffer) {

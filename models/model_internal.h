@@ -18,6 +18,14 @@ int ftb_model_alloc_missing(ftb_model *m, char *err, size_t errlen);
 void ftb_model_own(ftb_model *m, void *buffer);
 void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len);
 
+/* The read perturbation set on m (ftb_model_set_read_perturbation), or
+ * NULL; *ctx receives its context. */
+ftb_read_perturb_fn ftb_model_read_perturbation(const ftb_model *m, void **ctx);
+
+/* Floats of the buffer a perturbed read of a norm or bias vector uses
+ * (transformer.c; the memory model counts it). */
+int64_t perturbed_vector_floats(const ftb_config *c);
+
 /* Moves an ftb_alloc'd buffer to another category (a base weight that
  * becomes trainable is counted as trainable from then on). */
 void ftb_mem_recategorize(void *p, ftb_mem_category c);

@@ -535,6 +535,25 @@ static void tile_done(float *t) {
     else ftb_free(t);
 }
 
+int quant_reserve_tile(int64_t floats) {
+    if (floats <= 0) return 0;
+    float *t = tile_alloc(floats);
+    if (!t) return -1;
+    tile_done(t);
+    return 0;
+}
+
+int64_t quant_largest_tile(const ftb_model *m, int include_f32) {
+    int64_t best = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ftb_tensor *t = m->params[i];
+        if (t->ndim != 2 || (!include_f32 && (t->dtype == FTB_DTYPE_F32 || !t->quant))) continue;
+        int64_t cols = t->shape[1], floats = quant_tile_rows(t->shape[0], cols) * cols;
+        if (floats > best) best = floats;
+    }
+    return best;
+}
+
 void quant_workspace_release(void) {
     ftb_free(tile_buf);
     tile_buf = NULL;
@@ -569,25 +588,39 @@ static int is_mapped(const ftb_tensor *W) {
     return W->dtype == FTB_DTYPE_F32 || !W->quant ? W->mapped : ((const ftb_qstore *)W->quant)->mapped;
 }
 
+/* The read perturbation of the run in progress (set by transformer.c for
+ * an inference forward of a model that has one): every product reads W
+ * through a tile, to which it is added. */
+static ftb_read_perturb_fn read_fn;
+static void *read_ctx;
+
+void quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx) {
+    read_fn = fn;
+    read_ctx = fn ? ctx : NULL;
+}
+
+int quant_read_perturbed(void) { return read_fn != NULL; }
+
 void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream) {
     const int64_t out = tensor_rows(W), in = tensor_cols(W);
     const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
+    const int perturbed = read_fn != NULL, copied = quantized || perturbed;
     stream = stream && is_mapped(W);
-    if (!quantized && !stream) {
+    if (!copied && !stream) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)out, (int)in, 1.0f, x, (int)in, W->data,
                     (int)in, beta, y, (int)out);
         return;
     }
     const int64_t tr = quant_tile_rows(out, in);
-    float *tile = quantized ? tile_alloc(tr * in) : NULL;
-    if (quantized && !tile) return;
+    float *tile = copied ? tile_alloc(tr * in) : NULL;
+    if (copied && !tile) return;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
-        if (quantized) {
-            qstore_dequant_rows(W->quant, r0, n, tile);
-            w = tile;
-        }
+        if (quantized) qstore_dequant_rows(W->quant, r0, n, tile);
+        else if (perturbed) memcpy(tile, w, sizeof(float) * (size_t)(n * in));
+        if (copied) w = tile;
+        if (perturbed) read_fn(read_ctx, W, r0 * in, n * in, tile);
         if (stream && quantized) drop_rows(W, r0, n);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)n, (int)in, 1.0f, x, (int)in, w, (int)in, beta,
                     y + r0, (int)out);

@@ -57,8 +57,23 @@ uint16_t ftb_f32_to_f16(float x);
 void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream);
 void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream);
 
+/* The read perturbation (ftb_model_set_read_perturbation) of the inference
+ * forward in progress, or NULL between runs: while set, ftb_linear_apply
+ * takes the tile path for fp32 weights too and adds the perturbation to each
+ * tile.  Backward products (linear_apply_t_ex) never see it. */
+void quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx);
+int quant_read_perturbed(void);
+
 /* Frees the dequantization tile kept between products (end of a run). */
 void quant_workspace_release(void);
+
+/* Allocates the kept tile at `floats` now (a forward that will need its
+ * largest tile holds it from the start: the memory model's schedule).
+ * 0, or -1 when the allocation fails. */
+int quant_reserve_tile(int64_t floats);
+/* The largest tile any product over m's 2-D weights asks for: the quantized
+ * ones, or every one (include_f32: the read-perturbation path). */
+int64_t quant_largest_tile(const ftb_model *m, int include_f32);
 
 /* Rows of the tiles ftb_linear_apply uses for a weight of `cols` columns. */
 int64_t quant_tile_rows(int64_t rows, int64_t cols);

@@ -35,6 +35,9 @@ typedef struct {
     const float *rope_cos, *rope_sin;
     int N;
     int training;
+    ftb_read_perturb_fn perturb; /* the model's read perturbation, or NULL */
+    void *perturb_ctx;
+    float *perturbed;            /* one norm or bias vector as read, when perturbed */
 } run_ctx;
 
 static float *alloc_f(ftb_mem_category c, int64_t n) { return ftb_alloc(c, sizeof(float) * (size_t)n); }
@@ -69,12 +72,21 @@ static ftb_linear_ctx hook_ctx(const run_ctx *rc, int l, ftb_linear_kind k) {
     return c;
 }
 
+/* A norm or bias vector as this run reads it: t itself, or a copy in
+ * rc->perturbed with the read perturbation added (valid until the next call). */
+static const float *read_vector(const run_ctx *rc, const ftb_tensor *t) {
+    if (!rc->perturb) return t->data;
+    memcpy(rc->perturbed, t->data, sizeof(float) * (size_t)t->numel);
+    rc->perturb(rc->perturb_ctx, t, 0, t->numel, rc->perturbed);
+    return rc->perturbed;
+}
+
 /* y = x·Wᵀ + b, then the hook (if any) adjusts y. */
 static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, const float *x, float *y,
                                   void **saved) {
     ftb_layer *ly = &rc->m->layers[l];
     ftb_tensor *W = ftb_layer_weight(ly, k), *b = ftb_layer_bias(ly, k);
-    linear_forward_w(y, x, W, b->numel ? b->data : NULL, rc->N, linear_in(&rc->m->cfg, k),
+    linear_forward_w(y, x, W, b->numel ? read_vector(rc, b) : NULL, rc->N, linear_in(&rc->m->cfg, k),
                      linear_out(&rc->m->cfg, k));
     ftb_adapter *a = ly->adapter[k];
     if (a) {
@@ -153,7 +165,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     /* attention half */
     ALLOC_OR_FAIL(c->ln1, CAT(keep_ln1), (int64_t)N * D);
     ALLOC_OR_FAIL(c->rstd1, CAT(1), N);
-    rmsnorm_forward(c->ln1, c->rstd1, x, ly->attn_norm.data, N, D, cfg->norm_eps);
+    rmsnorm_forward(c->ln1, c->rstd1, x, read_vector(rc, &ly->attn_norm), N, D, cfg->norm_eps);
     ALLOC_OR_FAIL(c->q, CAT(1), N * Q);
     ALLOC_OR_FAIL(c->k, CAT(1), N * KV);
     ALLOC_OR_FAIL(c->v, CAT(1), N * KV);
@@ -186,7 +198,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     /* MLP half */
     ALLOC_OR_FAIL(c->ln2, CAT(keep_ln2), (int64_t)N * D);
     ALLOC_OR_FAIL(c->rstd2, CAT(1), N);
-    rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, ly->mlp_norm.data, N, D, cfg->norm_eps);
+    rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, read_vector(rc, &ly->mlp_norm), N, D, cfg->norm_eps);
     ALLOC_OR_FAIL(c->g, CAT(1), (int64_t)N * F);
     ALLOC_OR_FAIL(c->u, CAT(1), (int64_t)N * F);
     hooked_linear_forward(rc, l, FTB_LIN_GATE, c->ln2, c->g, SAVED_SLOT(FTB_LIN_GATE));
@@ -308,6 +320,13 @@ fail: {
 
 static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
 
+int64_t perturbed_vector_floats(const ftb_config *c) {
+    int64_t n = c->dim, q = (int64_t)c->n_heads * c->head_dim;
+    if (q > n) n = q;
+    if (c->ffn_dim > n) n = c->ffn_dim; /* the widest norm or bias */
+    return n;
+}
+
 static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t errlen) {
     if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
         snprintf(err, errlen, "batch: B and T must be positive and tokens/targets given");
@@ -373,7 +392,12 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     const ftb_config *cfg = &m->cfg;
     const int L = cfg->n_layers, D = cfg->dim, N = b->B * b->T;
     const int64_t ND = (int64_t)N * D;
-    run_ctx rc = {m, b, opts_in, NULL, NULL, N, training};
+    run_ctx rc = {m, b, opts_in, NULL, NULL, N, training, NULL, NULL, NULL};
+    rc.perturb = ftb_model_read_perturbation(m, &rc.perturb_ctx);
+    if (rc.perturb && training) {
+        snprintf(err, errlen, "a read perturbation is set: only inference forwards run (clear it to train)");
+        return NAN;
+    }
     int half = cfg->head_dim / 2;
     float loss = NAN;
     float *rope = NULL, *spare = NULL, *xf = NULL, *rstdf = NULL, *dxf = NULL, *dres = NULL;
@@ -394,6 +418,11 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     }
     rope = alloc_f(FTB_MEM_WORKSPACE, 2 * (int64_t)b->T * half);
     if (!rope) goto oom;
+    if (rc.perturb) { /* one vector buffer and the largest weight tile, for the whole forward */
+        rc.perturbed = alloc_f(FTB_MEM_WORKSPACE, perturbed_vector_floats(cfg));
+        if (!rc.perturbed || quant_reserve_tile(quant_largest_tile(m, 1))) goto oom;
+        quant_set_read_perturbation(rc.perturb, rc.perturb_ctx);
+    }
     rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg->head_dim, cfg->rope_theta);
     rc.rope_cos = rope;
     rc.rope_sin = rope + (int64_t)b->T * half;
@@ -403,6 +432,9 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     if (!resid[0]) goto oom;
     ENTER(RES_EMBED);
     embedding_forward(resid[0], &m->embed, b->tokens, N, D);
+    if (rc.perturb)
+        for (int n = 0; n < N; n++)
+            rc.perturb(rc.perturb_ctx, &m->embed, (int64_t)b->tokens[n] * D, D, resid[0] + (int64_t)n * D);
     LEAVE(RES_EMBED);
     for (int l = 0; l < L; l++) {
         char phase[32];
@@ -441,7 +473,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     xf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
     rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
     if (!xf || !rstdf) goto oom;
-    rmsnorm_forward(xf, rstdf, resid[L], m->final_norm.data, N, D, cfg->norm_eps);
+    rmsnorm_forward(xf, rstdf, resid[L], read_vector(&rc, &m->final_norm), N, D, cfg->norm_eps);
     if (!training) { ftb_free(resid[L]); resid[L] = NULL; }
     ftb_mem_set_phase("head");
     if (training && !(dxf = alloc_f(FTB_MEM_WORKSPACE, ND))) goto oom;
@@ -515,6 +547,8 @@ done: /* on success every entry below is already NULL or cleared */
     ftb_free(dres);
     ftb_free(rstdf);
     ftb_free(rope);
+    ftb_free(rc.perturbed);
+    quant_set_read_perturbation(NULL, NULL);
     quant_workspace_release();
     free(resid);
     free(caches);

@@ -2,17 +2,32 @@
  * Forward Passes", arXiv:2305.17333): zeroth-order SGD with SPSA and the
  * seed trick.  One step, for trainable parameters θ and a fresh seed:
  *
- *   θ += ε·z          L₊ = loss(θ + εz)      (inference-mode forward)
- *   θ −= 2ε·z         L₋ = loss(θ − εz)      (inference-mode forward)
- *   θ += ε·z          (restored)
+ *   L₊ = loss(θ + εz)                        (inference-mode forward)
+ *   L₋ = loss(θ − εz)                        (inference-mode forward)
  *   pg = (L₊ − L₋) / (2ε)
  *   θ −= lr·(pg·z + wd·θ)                    (no decay on biases and norms)
  *
- * z ~ N(0, I) is never stored: every sweep regenerates it from the seed.
- * The restore and the update are one sweep (the same arithmetic, in the same
- * order, as two sweeps — one regeneration fewer).  What is resident is the
- * weights and one inference forward's workspace: nothing is saved for a
- * backward, there are no gradients and no optimizer state.
+ * z ~ N(0, I) is never stored: it is regenerated from the seed wherever it
+ * is needed.  How θ ± εz is formed is the option `perturb`:
+ *
+ *   read (default)  θ is never written by the forwards: the core reads each
+ *                   weight as θ + (±ε)·z (ftb_model_set_read_perturbation:
+ *                   one row tile of a weight, one embedding row, one norm or
+ *                   bias vector at a time; params=lora: the hook forms its
+ *                   perturbed A and B).  θ after a step with lr = 0 is θ bit
+ *                   for bit.  Cost: one weight tile and one vector of
+ *                   workspace, and z regenerated per read (the LM head's once
+ *                   per chunk of the chunked loss).
+ *   inplace         the paper's seed trick: θ += εz, forward, θ −= 2εz,
+ *                   forward, θ += εz (restored), sharing its sweep with the
+ *                   update.  In fp32 the restore is not exact: θ + εz rounds,
+ *                   and where |εz| ≫ |θ| or the sum changes binade the bits
+ *                   it drops cannot be recovered from θ + εz and z alone
+ *                   (docs/methods/mezo.md, "Exactness"); drift ≤ 2 ulp.
+ *
+ * What is resident is the weights and one inference forward's workspace:
+ * nothing is saved for a backward, there are no gradients and no optimizer
+ * state.
  *
  * Noise layout (tests/test_zo.c regenerates it independently): tensor t of
  * the trainable list is cut in blocks of ZO_BLOCK elements; block k's
@@ -24,9 +39,10 @@
  * ftb_rng_u64 draws of an ftb_rng seeded with session seed ^ MEZO_SEED_SALT.
  *
  * samples=K > 1 (MeZO's n): K seeds per step, each giving pg_k from its own
- * ± pair at the same θ (restored after each), and the update
+ * ± pair at the same θ, and the update
  *   θ −= lr·((1/K)·Σ_k pg_k·z_k + wd·θ),
- * the last sample's restore sharing a sweep with its part of the update.
+ * one sweep per sample (inplace: the last sample's restore sharing a sweep
+ * with its part of the update).
  *
  * params=lora: the trainable parameters are LoRA factors (y += s·x·Aᵀ·Bᵀ on
  * the targeted linears, A ~ U(±1/√in), B = 0, as methods/lora) and the base
@@ -34,8 +50,8 @@
  *
  * gradient (ABI 2, for `ftbench fidelity` only — a step never calls it):
  * exact = 0 writes the next step's estimate (1/K)·Σ pg_k·z_k into .grad
- * (allocated on first use), θ copied into .grad first and copied back after
- * each ± pair, so the parameters are bit-identical afterwards; exact = 1 is
+ * (allocated on first use); θ is left bit-identical (perturb=read never
+ * writes it; inplace copies θ into .grad first and back after each pair); exact = 1 is
  * a real backward: with params=full the core's, with params=lora the hook's
  * (dB = s·dyᵀ·h, dA = (s·dy·B)ᵀ·x with h = x·Aᵀ recomputed from the input
  * the core keeps while needs_input is raised for that call). */
@@ -81,23 +97,33 @@ static void fill_normal_pairs(float *z, int n, ftb_rng *r) {
 
 /* ---- the LoRA variant's forward hook ------------------------------------ */
 
+struct mezo_state;
+
 typedef struct {
     ftb_adapter hook; /* first: the core hands this pointer back */
     ftb_tensor A, B;
     float scale;
     int in, out, r;
+    const struct mezo_state *st; /* perturb=read: the current perturbation */
+    int index_A, index_B;        /* A's and B's places in the noise layout */
 } mezo_lora;
+
+static int perturbed_factors(const mezo_lora *a, float **A, float **B);
 
 /* y += s·(x·Aᵀ)·Bᵀ.  h is workspace: nothing is kept, in any mode. */
 static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
     (void)saved;
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
+    float *A = a->A.data, *B = a->B.data;
+    if (perturbed_factors(a, &A, &B)) return; /* the core sees the failure (docs/CORE.md) */
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
-    if (!h) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
-    ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
+    if (h) {
+        ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, A, a->in, 0.0f, h, a->r);
+        ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, B, a->r, 1.0f, y, a->out);
+    }
     ftb_free(h);
+    if (A != a->A.data) ftb_free(A); /* one allocation holds both */
 }
 
 /* A MeZO step never runs a backward.  The exact gradient (gradient() with
@@ -138,7 +164,7 @@ typedef struct {
     int64_t block;
 } noise_block;
 
-typedef struct {
+typedef struct mezo_state {
     ftb_model *model;
     ftb_tensor **params;    /* what is perturbed and updated, in noise order */
     int n_params;
@@ -148,7 +174,11 @@ typedef struct {
     int n_adapters;
     float eps, weight_decay;
     int samples;            /* K: ± pairs per step */
+    int inplace;            /* perturb=inplace: the seed trick writes θ */
     ftb_rng seeds;          /* K draws per step */
+    /* perturb=read: the perturbation forwards see now (scale 0: none) */
+    uint64_t read_seed;
+    float read_scale;
 } mezo_state;
 
 static const ftb_option_doc mezo_options[] = {
@@ -156,6 +186,7 @@ static const ftb_option_doc mezo_options[] = {
     {"eps", "auto", "perturbation scale ε; auto: 1e-3 with params=full, 1e-2 with params=lora (the paper's)"},
     {"weight_decay", "0.0", "decoupled weight decay wd in θ -= lr·(pg·z + wd·θ); none on biases and norms"},
     {"samples", "1", "K: perturbations per step (MeZO's n), 2K forwards, the update averages the K estimates (1..64)"},
+    {"perturb", "read", "how forwards see θ ± εz: read (added as the core reads θ, never written: exact) or inplace (the paper's seed trick: written and undone, within 2 ulp)"},
     {"rank", "8", "params=lora: rank r of A and B"},
     {"alpha", "16", "params=lora: scale s = alpha / rank"},
     {"targets", "q,v", "params=lora: linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
@@ -211,7 +242,10 @@ static int attach_lora(mezo_state *st, ftb_session *s, long rank, double alpha, 
             a->hook.ops = &mezo_lora_ops;
             a->hook.needs_input = 0;
             a->hook.state = a;
+            a->st = st;
+            a->index_A = st->n_params;
             st->params[st->n_params++] = &a->A;
+            a->index_B = st->n_params;
             st->params[st->n_params++] = &a->B;
             ftb_attach_adapter(m, l, k, &a->hook);
         }
@@ -262,6 +296,11 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
     double eps = strcmp(eps_s, "auto") == 0 ? eps_default : ftb_opt_double(s->options, "eps", eps_default, err, errlen);
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
     long samples = ftb_opt_int(s->options, "samples", 1, err, errlen);
+    const char *perturb = ftb_opt_str(s->options, "perturb", "read");
+    if (strcmp(perturb, "read") != 0 && strcmp(perturb, "inplace") != 0) {
+        snprintf(err, errlen, "option perturb: '%s' is neither 'read' nor 'inplace'", perturb);
+        return NULL;
+    }
     /* LoRA's options are checked even with params=full (a typo should not
      * pass silently) but not refused: a sweep hands unscoped options to
      * every method. */
@@ -299,6 +338,7 @@ static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
     st->eps = (float)eps;
     st->weight_decay = (float)wd;
     st->samples = (int)samples;
+    st->inplace = strcmp(perturb, "inplace") == 0;
     ftb_rng_seed(&st->seeds, s->seed ^ MEZO_SEED_SALT);
     if (lora) {
         ftb_model_set_trainable(s->model, 0);
@@ -314,11 +354,13 @@ fail:
 }
 
 /* What a sweep does with z. */
-enum { SWEEP_ADD, SWEEP_UPDATE, SWEEP_GRAD_SET, SWEEP_GRAD_ADD };
+enum { SWEEP_ADD, SWEEP_UPDATE, SWEEP_DESCEND, SWEEP_GRAD_SET, SWEEP_GRAD_ADD };
 
 /* One sweep over every trainable element with z regenerated:
  *   SWEEP_ADD:       θ += add·z;
  *   SWEEP_UPDATE:    θ += add·z, then θ −= lr·(pg·z + wd·θ) (wd 0 on no_decay);
+ *   SWEEP_DESCEND:   θ −= lr·(pg·z + wd·θ) alone, a zero change leaving θ's
+ *                    bits as they were (perturb=read: θ was never moved);
  *   SWEEP_GRAD_SET:  grad = pg·z;   SWEEP_GRAD_ADD: grad += pg·z  (θ untouched).
  * No allocation: each thread generates a block's z ZO_CHUNK at a time. */
 static void sweep_mode(const mezo_state *st, uint64_t step_seed, int mode, float add, float lr, float pg,
@@ -343,6 +385,11 @@ static void sweep_mode(const mezo_state *st, uint64_t step_seed, int mode, float
                     float v = x[c + i] + add * z[i];
                     x[c + i] = v - lr * (pg * z[i] + wd * v);
                 }
+            } else if (mode == SWEEP_DESCEND) {
+                for (int i = 0; i < m; i++) {
+                    float d = lr * (pg * z[i] + wd * x[c + i]);
+                    x[c + i] = d != 0.0f ? x[c + i] - d : x[c + i]; /* −0 − (−0) would be +0 */
+                }
             } else if (mode == SWEEP_GRAD_SET) {
                 for (int i = 0; i < m; i++) x[c + i] = pg * z[i];
             } else if (mode == SWEEP_GRAD_ADD) {
@@ -359,6 +406,72 @@ static void sweep(const mezo_state *st, uint64_t step_seed, float add, int updat
     sweep_mode(st, step_seed, update ? SWEEP_UPDATE : SWEEP_ADD, add, lr, pg, st->weight_decay);
 }
 
+/* ---- perturb=read: θ ± εz formed where θ is read ------------------------ */
+
+/* values[0..n) += scale·z for elements [offset, offset + n) of trainable
+ * tensor t: the same z as the sweeps draw.  Each block's generator is
+ * advanced past the pairs before offset (a draw each, no log or sine), so a
+ * stretch costs its own normals plus at most one block of skipped draws. */
+static void add_noise(uint64_t step_seed, int t, int64_t offset, int64_t n, float scale, float *values) {
+    if (n <= 0) return;
+    const int64_t k0 = offset / ZO_BLOCK, k1 = (offset + n - 1) / ZO_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1) if (k1 > k0)
+    for (int64_t k = k0; k <= k1; k++) {
+        const int64_t lo = k * ZO_BLOCK;
+        const int64_t a = offset > lo ? offset - lo : 0;                            /* within the block */
+        const int64_t b = offset + n < lo + ZO_BLOCK ? offset + n - lo : ZO_BLOCK;  /* end, exclusive */
+        ftb_rng r;
+        ftb_rng_seed(&r, zo_child(zo_child(step_seed, (uint64_t)t), (uint64_t)k));
+        for (int64_t i = 0; i < a / 2; i++) (void)ftb_rng_u64(&r); /* one draw per pair */
+        float z[ZO_CHUNK];
+        for (int64_t e = a & ~(int64_t)1; e < b; e += ZO_CHUNK) {
+            int m = b - e < ZO_CHUNK ? (int)(b - e) : ZO_CHUNK; /* even but at the stretch's end */
+            fill_normal_pairs(z, m, &r);
+            for (int i = e < a ? 1 : 0; i < m; i++) values[lo + e + i - offset] += scale * z[i];
+        }
+    }
+}
+
+/* The core's read hook (params=full): which trainable tensor t is — a tied
+ * LM head is the embedding, perturbed once — and its stretch of z. */
+static void read_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values) {
+    const mezo_state *st = ctx;
+    const ftb_model *m = st->model;
+    if (t == &m->lm_head && m->cfg.tie_embeddings) t = &m->embed;
+    for (int i = 0; i < st->n_params; i++)
+        if (st->params[i] == t) {
+            add_noise(st->read_seed, i, offset, n, st->read_scale, values);
+            return;
+        }
+}
+
+/* What the next forwards see: θ + scale·z of step_seed (scale 0: θ). */
+static void perturb_reads(mezo_state *st, uint64_t step_seed, float scale) {
+    st->read_seed = step_seed;
+    st->read_scale = scale;
+    if (!st->adapters) ftb_model_set_read_perturbation(st->model, scale != 0.0f ? read_perturbation : NULL, st);
+}
+
+/* params=lora under perturb=read: A + s·z_A and B + s·z_B in one workspace
+ * allocation (*A, *B point into it; the caller frees *A), or A and B
+ * themselves when nothing is perturbed.  -1 if it cannot be allocated. */
+static int perturbed_factors(const mezo_lora *a, float **A, float **B) {
+    const mezo_state *st = a->st;
+    if (st->inplace || st->read_scale == 0.0f) return 0;
+    const int64_t nA = a->A.numel, nB = a->B.numel;
+    float *buf = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)(nA + nB));
+    if (!buf) return -1;
+    memcpy(buf, a->A.data, sizeof(float) * (size_t)nA);
+    memcpy(buf + nA, a->B.data, sizeof(float) * (size_t)nB);
+    add_noise(st->read_seed, a->index_A, 0, nA, st->read_scale, buf);
+    add_noise(st->read_seed, a->index_B, 0, nB, st->read_scale, buf + nA);
+    *A = buf;
+    *B = buf + nA;
+    return 0;
+}
+
+/* ---- the step ------------------------------------------------------------ */
+
 /* Runs one inference-mode forward; adds its time to *t_forward. */
 static float timed_forward(ftb_session *s, const ftb_batch *b, double *t_forward, char *err, size_t errlen) {
     ftb_run_opts run = s->run;
@@ -370,9 +483,51 @@ static float timed_forward(ftb_session *s, const ftb_batch *b, double *t_forward
     return loss;
 }
 
-static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+/* pg of one ± pair under perturb=read: θ itself is not touched. */
+static int read_pair(mezo_state *st, ftb_session *s, const ftb_batch *b, uint64_t seed, double *pg, float *loss,
+                     double *t_forward, char *err, size_t errlen) {
+    perturb_reads(st, seed, st->eps);
+    float loss_plus = timed_forward(s, b, t_forward, err, errlen);
+    float loss_minus = NAN;
+    if (!isnan(loss_plus)) {
+        perturb_reads(st, seed, -st->eps);
+        loss_minus = timed_forward(s, b, t_forward, err, errlen);
+    }
+    perturb_reads(st, 0, 0.0f);
+    *pg = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)st->eps);
+    *loss = 0.5f * (loss_plus + loss_minus);
+    if (isfinite(*pg)) return 0;
+    if (!err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
+                          (double)loss_plus, (double)loss_minus);
+    return -1;
+}
+
+static int read_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
                      size_t errlen) {
-    mezo_state *st = state;
+    const int K = st->samples;
+    uint64_t seeds[MAX_SAMPLES];
+    double pg[MAX_SAMPLES], t_forward = 0;
+    float loss_sum = 0;
+    for (int k = 0; k < K; k++) seeds[k] = ftb_rng_u64(&st->seeds);
+    for (int k = 0; k < K; k++) {
+        float loss;
+        if (read_pair(st, s, b, seeds[k], &pg[k], &loss, &t_forward, err, errlen)) return -1; /* θ untouched */
+        loss_sum += loss;
+    }
+    double t0 = ftb_phase("zo update");
+    for (int k = 0; k < K; k++) /* weight decay once, with the last sample's share */
+        sweep_mode(st, seeds[k], SWEEP_DESCEND, 0.0f, s->lr, (float)(pg[k] / K), k == K - 1 ? st->weight_decay : 0.0f);
+    out->t_optim = ftb_now() - t0;
+    out->loss = loss_sum / (float)K; /* ≈ L(θ) up to O(ε²) */
+    out->forward_passes = 2 * K;
+    out->t_forward = t_forward;
+    out->t_backward = 0;
+    return 0;
+}
+
+/* perturb=inplace: the paper's seed trick, θ written and restored. */
+static int inplace_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                        size_t errlen) {
     const float eps = st->eps;
     const int K = st->samples;
     uint64_t seeds[MAX_SAMPLES];
@@ -419,6 +574,12 @@ static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
     return 0;
 }
 
+static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
+                     size_t errlen) {
+    mezo_state *st = state;
+    return st->inplace ? inplace_step(st, s, b, out, err, errlen) : read_step(st, s, b, out, err, errlen);
+}
+
 /* ---- gradient (ABI 2): for `ftbench fidelity` only ---------------------- */
 
 /* .grad for every trainable tensor, allocated on first use (FTB_MEM_GRADS). */
@@ -444,8 +605,8 @@ static void copy_params(mezo_state *st, int to_grad) {
 }
 
 /* exact = 0: the estimate (1/K)·Σ pg_k·z_k of the next step (its seeds
- * peeked, not drawn), θ saved in .grad and copied back after each pair;
- * exact = 1: backprop with every activation kept. */
+ * peeked, not drawn); inplace saves θ in .grad and copies it back after
+ * each pair; exact = 1: backprop with every activation kept. */
 static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
                          size_t errlen) {
     mezo_state *st = state;
@@ -468,8 +629,14 @@ static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
     uint64_t seeds[MAX_SAMPLES];
     double pg[MAX_SAMPLES], t_forward = 0, loss_sum = 0;
     for (int k = 0; k < K; k++) seeds[k] = ftb_rng_u64(&peek);
-    copy_params(st, 1);
+    if (st->inplace) copy_params(st, 1);
     for (int k = 0; k < K; k++) {
+        float pair_loss;
+        if (!st->inplace) {
+            if (read_pair(st, s, b, seeds[k], &pg[k], &pair_loss, &t_forward, err, errlen)) return -1;
+            loss_sum += pair_loss;
+            continue;
+        }
         sweep(st, seeds[k], eps, 0, 0, 0);
         float loss_plus = timed_forward(s, b, &t_forward, err, errlen);
         sweep(st, seeds[k], -2.0f * eps, 0, 0, 0);
@@ -489,6 +656,20 @@ static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
     return 0;
 }
 
+/* ---- memory model (ABI 2) ------------------------------------------------ */
+
+/* A step is inference forwards: the core's schedule of one, read through
+ * the perturbation when params=full and perturb=read (its tile and vector
+ * buffer).  The LoRA hook's transients (h, perturbed A and B) are not in it. */
+static int mezo_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+    mezo_state *st = state;
+    const int reads = !st->inplace && !st->adapters;
+    if (reads) ftb_model_set_read_perturbation(st->model, read_perturbation, st);
+    ftb_memory_estimate_step(st->model, &s->run, B, T, 0, NULL, out);
+    if (reads) ftb_model_set_read_perturbation(st->model, NULL, NULL);
+    return 0;
+}
+
 static int mezo_trainable(void *state, ftb_tensor ***tensors) {
     mezo_state *st = state;
     *tensors = st->params;
@@ -498,6 +679,7 @@ static int mezo_trainable(void *state, ftb_tensor ***tensors) {
 static void mezo_destroy(void *state) {
     mezo_state *st = state;
     if (!st) return;
+    if (!st->adapters && st->model) ftb_model_set_read_perturbation(st->model, NULL, NULL);
     if (st->adapters) {
         for (int l = 0; l < st->model->cfg.n_layers; l++)
             for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
@@ -524,6 +706,7 @@ static const ftb_method mezo_method = {
     mezo_trainable,
     mezo_destroy,
     mezo_gradient,
+    mezo_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &mezo_method; }
