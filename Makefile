@@ -219,6 +219,15 @@ ZO_ENV  ?=
 bench-zo: all
 	env BIN=$(BIN) METHODS=$(BUILD)/methods $(ZO_ENV) sh tests/bench/bench_zo.sh $(ZO_PART)
 
+# ---- bench-lars: LARS against LoRA, memory curves and speed ----------------
+# (docs/methods/lars.md "Measured").  e.g.
+#   make bench-lars LARS_PART=curves LARS_ENV="MODELS=qwen2.5-0.5b SEQS='2048 4096'"
+LARS_PART ?= all
+LARS_ENV  ?=
+.PHONY: bench-lars
+bench-lars: all
+	env BIN=$(BIN) METHODS=$(BUILD)/methods $(LARS_ENV) sh tests/bench/bench_lars.sh $(LARS_PART)
+
 # ---- starting-model: a small trained model for accuracy runs ----------------
 # (docs/TASKS.md).  `ftbench pretrain` with the full method on the synthetic
 # language mixed with the tasks' format; seeded, so the same machine and

@@ -53,12 +53,16 @@ EOF
 }
 
 speed() {
-    # Alternate the two methods within each repetition so that the load of
-    # a shared machine falls on both alike; medians over repetitions.
+    # Alternate the methods within each repetition so that the load of a
+    # shared machine falls on all alike; medians over repetitions.  MeZO runs
+    # both ways of forming θ ± εz (perturb=read, the default, and the
+    # paper's in-place seed trick).
     rep=1
     while [ "$rep" -le "$REPS" ]; do
         for n in $NS; do
-            for m in "prge --opt queries=$n" "mezo --opt params=lora --opt targets=all --opt samples=$n"; do
+            for m in "prge --opt queries=$n" \
+                     "mezo --opt params=lora --opt targets=all --opt samples=$n --opt perturb=read" \
+                     "mezo --opt params=lora --opt targets=all --opt samples=$n --opt perturb=inplace"; do
                 # shellcheck disable=SC2086
                 "$BIN" run --methods-dir "$METHODS" --model "$MODEL" --seq "$SEQ" --steps 2 --warmup 1 \
                     --threads "$THREADS" --no-timeline --quiet --force --out "$OUT/speed" --run-id "rep$rep" \
@@ -74,14 +78,26 @@ for line in sys.stdin:
     r = json.loads(line)
     if r.get("outcome") != "ok": continue
     m = r["method"]; o = m["options"]; lab = m["label"]
+    if lab == "mezo": lab += " " + o.get("perturb", "read")
     n = int(o.get("queries", o.get("samples", 1)))
-    rows.setdefault((n, lab), []).append(r["timing"]["step_seconds"]["median"])
-print("| n | P-RGE s/step | MeZO s/step | P-RGE s/query | MeZO s/query | MeZO / P-RGE | reps |")
-print("|---|---|---|---|---|---|---|")
+    t = r["timing"]
+    ph = t["method_phase_seconds"]
+    rows.setdefault((n, lab), []).append((t["step_seconds"]["median"], ph["forward"]["median"], ph["optim"]["median"]))
+labs = ["prge", "mezo read", "mezo inplace"]
+med = lambda n, l, i: st.median([x[i] for x in rows.get((n, l), [])] or [float("nan")])
+print("| n | " + " | ".join(l + " s/step" for l in labs) + " | " + " | ".join(l + " s/query" for l in labs) +
+      " | mezo read / prge | mezo inplace / prge | reps |")
+print("|---|" + "---|" * (2 * len(labs) + 3))
 for n in sorted({k[0] for k in rows}):
-    p = st.median(rows.get((n, "prge"), [float("nan")])); z = st.median(rows.get((n, "mezo"), [float("nan")]))
-    k = min(len(rows.get((n, "prge"), [])), len(rows.get((n, "mezo"), [])))
-    print(f"| {n} | {p:.3f} | {z:.3f} | {p/n:.3f} | {z/n:.3f} | {z/p:.2f} | {k} |")
+    s = [med(n, l, 0) for l in labs]
+    k = min(len(rows.get((n, l), [])) for l in labs)
+    print(f"| {n} | " + " | ".join(f"{x:.3f}" for x in s) + " | " + " | ".join(f"{x/n:.3f}" for x in s) +
+          f" | {s[1]/s[0]:.2f} | {s[2]/s[0]:.2f} | {k} |")
+print()
+print("| n | " + " | ".join(l + " forward s/query" for l in labs) + " | " + " | ".join(l + " noise+update s/query" for l in labs) + " |")
+print("|---|" + "---|" * (2 * len(labs)))
+for n in sorted({k[0] for k in rows}):
+    print(f"| {n} | " + " | ".join(f"{med(n, l, 1)/n:.3f}" for l in labs) + " | " + " | ".join(f"{med(n, l, 2)/n:.3f}" for l in labs) + " |")
 '
 }
 
