@@ -10,6 +10,7 @@
  * training uses — for everything a hook can see. */
 #include "ftbench.h"
 #include "model_internal.h"
+#include "quant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,12 @@ int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, co
         for (int i = 0; i < n_rows; i++)
             memcpy(picked + (int64_t)i * D, hidden + (int64_t)rows[i] * D, sizeof(float) * D);
         ftb_mem_set_phase("logits");
+        void *ctx; /* a read perturbation covers the head here as in the forward (docs/CORE.md) */
+        ftb_read_perturb_fn perturb = ftb_model_read_perturbation(m, &ctx);
+        quant_set_read_perturbation(perturb, ctx);
         ftb_linear_apply(&m->lm_head, n_rows, picked, logits, 0.0f);
+        quant_set_read_perturbation(NULL, NULL);
+        if (perturb) quant_workspace_release();
     }
     ftb_free(picked);
     ftb_free(hidden);

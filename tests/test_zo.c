@@ -370,7 +370,8 @@ static double ulp_of(float x) {
 
 /* perturb=read: the forwards read θ ± εz and never write θ, and a zero
  * update leaves every bit (−0 included), so a step with lr = 0 gives θ back
- * bit for bit — all weights, or the LoRA factors. */
+ * bit for bit — all weights, or the LoRA factors.  (That the reads add the
+ * right z is the next test's.) */
 static void expect_bitwise_restore(const char *params_opt, int samples) {
     ftb_plugin p;
     open_method("mezo", &p);
@@ -420,6 +421,79 @@ Test(zo, mezo_read_restores_parameters_bitwise_when_lr_is_zero) {
     expect_bitwise_restore("full", 1);
     expect_bitwise_restore("full", 3);
     expect_bitwise_restore("lora", 1);
+}
+
+static void no_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values) {
+    (void)ctx; (void)t; (void)offset; (void)n; (void)values;
+}
+
+/* perturb=read: the losses of a step are those of forwards at θ + εz and
+ * θ − εz written out in full, with z regenerated here — bit for bit (the
+ * reference reads its weights through the same tiles, perturbed by
+ * nothing).  The shapes make tiles start at odd offsets inside noise blocks
+ * (F = 63, tiles of 999 floats), the tokens reach every block of the
+ * embedding, the last block is partial (V = 8191), the head is untied and
+ * tied; ε = 0.05, so a wrong z in any stretch moves the loss. */
+Test(zo, mezo_read_forwards_see_exactly_theta_plus_minus_eps_z) {
+    const char *models[] = {"tiny", "tiny-tied"};
+    const float eps = 0.05f;
+    for (int mi = 0; mi < 2; mi++) {
+        ftb_plugin p;
+        open_method("mezo", &p);
+        ftb_config cfg;
+        ftb_zoo_get(models[mi], &cfg);
+        cfg.vocab_size = 8191;
+        cfg.ffn_dim = 63;
+        char err[FTB_ERR_LEN] = "";
+        ftb_set_dequant_tile(999);
+        ftb_model *m = ftb_model_create(&cfg, 47, err, sizeof err), *ref = ftb_model_create(&cfg, 47, err, sizeof err);
+        cr_assert(m && ref, "%s", err);
+        int32_t tok[2 * 16], tgt[2 * 16];
+        ftb_batch b = batch_of(tok, tgt, 2, 16, cfg.vocab_size);
+        for (int i = 0; i < 2 * 16; i++) tok[i] = (int32_t)((i * 2039 + 5) % cfg.vocab_size);
+        const char *keys[] = {"eps"}, *vals[] = {"0.05"};
+        ftb_options o = {1, keys, vals};
+        ftb_session s = session_for(m, &o, 0.0f);
+        void *st = p.method->init(&s, err, sizeof err);
+        cr_assert_not_null(st, "%s", err);
+        ftb_tensor **params;
+        int n = p.method->trainable(st, &params);
+        ftb_tensor **mine = malloc(sizeof *mine * (size_t)n);
+        int j = 0;
+        for (int i = 0; i < ref->n_params && j < n; i++)
+            if (ref->params[i]->numel > 0) mine[j++] = ref->params[i];
+        cr_assert_eq(j, n, "the reference has %d trainable tensors, mezo %d", j, n);
+        ftb_model_set_read_perturbation(ref, no_perturbation, NULL);
+        for (int step = 0; step < 2; step++) {
+            ftb_step_result r = {0};
+            cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
+            uint64_t seed = step_seed(s.seed, MEZO_SALT, step);
+            float L[2];
+            for (int sign = 0; sign < 2; sign++) {
+                for (int t = 0; t < n; t++) {
+                    float *z = malloc(sizeof(float) * (size_t)params[t]->numel);
+                    regen_noise(z, params[t]->numel, zo_child(seed, (uint64_t)t));
+                    for (int64_t i = 0; i < params[t]->numel; i++)
+                        mine[t]->data[i] = params[t]->data[i] + (sign ? -eps : eps) * z[i];
+                    free(z);
+                }
+                L[sign] = ftb_model_forward(ref, &b, &s.run, err, sizeof err);
+                cr_assert(!isnan(L[sign]), "%s", err);
+            }
+            float expected = 0.5f * (L[0] + L[1]);
+            SAY("mezo %s step %d: reported loss %.9g, forwards at θ ± εz written out %.9g / %.9g -> %.9g\n",
+                models[mi], step, (double)r.loss, (double)L[0], (double)L[1], (double)expected);
+            cr_expect(memcmp(&r.loss, &expected, sizeof expected) == 0, "%s step %d: %a reported, %a expected",
+                      models[mi], step, (double)r.loss, (double)expected);
+            cr_expect(L[0] != L[1], "the perturbation changed nothing");
+        }
+        ftb_set_dequant_tile(0);
+        free(mine);
+        p.method->destroy(st);
+        ftb_model_free(m);
+        ftb_model_free(ref);
+        ftb_plugin_close(&p);
+    }
 }
 
 /* perturb=read forms θ ± εz from the same z as the in-place sweeps: the two

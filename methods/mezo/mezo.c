@@ -515,8 +515,10 @@ static int read_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_ste
         loss_sum += loss;
     }
     double t0 = ftb_phase("zo update");
-    for (int k = 0; k < K; k++) /* weight decay once, with the last sample's share */
-        sweep_mode(st, seeds[k], SWEEP_DESCEND, 0.0f, s->lr, (float)(pg[k] / K), k == K - 1 ? st->weight_decay : 0.0f);
+    /* The last sample's share first, with the weight decay (once, on θ as
+     * it was: as inplace applies it), then the others'. */
+    sweep_mode(st, seeds[K - 1], SWEEP_DESCEND, 0.0f, s->lr, (float)(pg[K - 1] / K), st->weight_decay);
+    for (int k = 0; k < K - 1; k++) sweep_mode(st, seeds[k], SWEEP_DESCEND, 0.0f, s->lr, (float)(pg[k] / K), 0.0f);
     out->t_optim = ftb_now() - t0;
     out->loss = loss_sum / (float)K; /* ≈ L(θ) up to O(ε²) */
     out->forward_passes = 2 * K;
