@@ -8,7 +8,8 @@
 # Cells already recorded under OUT are not run again (ftbench run resumes),
 # so an interrupted run continues where it stopped.
 # Usage: tests/bench/bench_lars.sh [curves|speed|tables|all]   (make bench-lars)
-# Environment: BIN, METHODS, OUT, MODELS, SEQS, SPEED_MODEL, SPEED_SEQS, TIMEOUT.
+# Environment: BIN, METHODS, OUT, MODELS, SEQS, SPEED_MODEL, SPEED_SEQS, TIMEOUT,
+# THREADS (compute threads per cell; default: ftbench's, all host cores).
 set -eu
 BIN=${BIN:-build/ftbench}
 METHODS=${METHODS:-build/methods}
@@ -18,6 +19,7 @@ SEQS=${SEQS:-128 256 512 1024 2048 4096}
 SPEED_MODEL=${SPEED_MODEL:-smollm2-135m}
 SPEED_SEQS=${SPEED_SEQS:-$SEQS}
 TIMEOUT=${TIMEOUT:-3600}
+THREADS=${THREADS:-}
 WHAT=${1:-all}
 HERE=$(dirname "$0")
 
@@ -34,7 +36,8 @@ cell() { # run-id model seq steps warmup -- method options...
     shift 5
     # shellcheck disable=SC2068
     "$BIN" run --methods-dir "$METHODS" --model "$model" --seq "$seq" --steps "$steps" --warmup "$warmup" \
-        --timeout "$TIMEOUT" --no-timeline --quiet --out "$OUT" --run-id "$id" --method $@ > /dev/null || true
+        ${THREADS:+--threads "$THREADS"} --timeout "$TIMEOUT" --no-timeline --quiet --out "$OUT" --run-id "$id" \
+        --method $@ > /dev/null || true
 }
 
 curves() {
