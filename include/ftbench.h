@@ -639,14 +639,18 @@ int64_t ftb_model_mapped_bytes(const ftb_model *m);
  * LM head applied to those rows only.  0, or -1 with err. */
 int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, const int *rows, int n_rows,
                      float *logits, char *err, size_t errlen);
-/* Logits [vocab] of the token after tokens[0..n) (one sequence, no loss
- * mask: a hook sees only the prefix). */
-int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *tokens, int n, float *logits,
-                          char *err, size_t errlen);
+/* Logits [vocab] of the token after tokens[0..n) (one sequence), of which
+ * the first n_prompt are the prompt: the hooks see the loss mask a training
+ * row of prompt → answer has (targets kept from position n_prompt − 1 on),
+ * so a hook that pools the prompt finds the same prompt as in training.
+ * n_prompt ≤ 0: no position is marked (plain prefix). */
+int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *tokens, int n, int n_prompt,
+                          float *logits, char *err, size_t errlen);
 /* Index of the largest logit (the lowest on ties). */
 int32_t ftb_argmax(const float *logits, int V);
 /* Greedy decoding, causally, token by token: up to max_new tokens into out,
- * stopping after the sequence stop[0..n_stop) (n_stop 0: no stop).  Each
+ * stopping after the sequence stop[0..n_stop) (n_stop 0: no stop); each
+ * forward marks prompt and answer as ftb_next_token_logits does.  Each
  * token recomputes the whole prefix (no KV cache): cost max_new forwards.
  * Returns the number of tokens written, or -1 with err. */
 int ftb_generate_greedy(ftb_model *m, const ftb_run_opts *o, const int32_t *prompt, int n_prompt, int max_new,

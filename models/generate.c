@@ -50,10 +50,14 @@ int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, co
     return rc;
 }
 
-int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *tokens, int n, float *logits,
-                          char *err, size_t errlen) {
+int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *tokens, int n, int n_prompt,
+                          float *logits, char *err, size_t errlen) {
     if (n < 1) {
         snprintf(err, errlen, "logits: empty prompt");
+        return -1;
+    }
+    if (n_prompt > n) {
+        snprintf(err, errlen, "logits: a prompt of %d tokens in a prefix of %d", n_prompt, n);
         return -1;
     }
     int32_t *targets = malloc(sizeof(int32_t) * (size_t)n);
@@ -61,7 +65,14 @@ int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *to
         snprintf(err, errlen, "logits: out of memory");
         return -1;
     }
-    for (int i = 0; i < n; i++) targets[i] = FTB_IGNORE_INDEX; /* hooks see no loss mask: all prefix */
+    /* The loss mask a training row of prompt → answer has, so that a hook
+     * that reads it (LARS pool=prompt: the prompt is what precedes the
+     * first kept target) sees the same prompt as in training: kept from the
+     * prompt's last position on, the generated tokens as targets.  The last
+     * position's target is the token being predicted, unknown: 0 stands in
+     * for it (the forward computes no loss).  n_prompt ≤ 0: no mask. */
+    for (int i = 0; i < n; i++)
+        targets[i] = n_prompt <= 0 || i < n_prompt - 1 ? FTB_IGNORE_INDEX : i + 1 < n ? tokens[i + 1] : 0;
     ftb_batch b = {1, n, tokens, targets};
     int last = n - 1;
     int rc = ftb_model_logits(m, &b, o, &last, 1, logits, err, errlen);
@@ -86,7 +97,7 @@ int ftb_generate_greedy(ftb_model *m, const ftb_run_opts *o, const int32_t *prom
     memcpy(seq, prompt, sizeof(int32_t) * (size_t)n_prompt);
     int n = n_prompt, made = 0, rc = 0;
     while (made < max_new) {
-        if (ftb_next_token_logits(m, o, seq, n, logits, err, errlen)) {
+        if (ftb_next_token_logits(m, o, seq, n, n_prompt, logits, err, errlen)) {
             rc = -1;
             break;
         }

@@ -907,6 +907,58 @@ Test(lars, causality_pool_prompt_does_not_leak) {
     cr_expect_gt(before, 1e-4, "pool=prompt: an earlier token moved the loss at t by only %.3g", before);
 }
 
+/* Generation must show a hook the prompt that training showed it: greedy
+ * decoding of prompt + k generated tokens, with the prompt length given,
+ * gives the logits that one teacher-forced forward of prompt + answer (the
+ * training row's loss mask) gives at the same position.  Before the fix,
+ * generation passed no loss mask, pool=prompt pooled nothing (p = 0), and
+ * a trained LARS answered as an untrained one: 0 exact answers where its
+ * teacher-forced loss equalled LoRA's.  Without the prompt length (the
+ * plain-prefix form) the logits must differ, or the test could not fail. */
+Test(lars, generation_sees_the_prompt_that_training_saw) {
+    ftb_plugin p;
+    open_method("lars", &p);
+    ftb_model *m = tiny_model(29);
+    const char *keys[] = {"rank", "targets", "dropout", "pool"}, *vals[] = {"4", "all", "0", "prompt"};
+    ftb_options opts = {4, keys, vals};
+    ftb_session s = session_for(m, &opts);
+    void *st = init_lars(&p, &s);
+    ftb_tensor **params;
+    int n = p.method->trainable(st, &params);
+    randomise(params, n, 13);
+    enum { P = 7, A = 4, LEN = P + A };
+    const int V = m->cfg.vocab_size;
+    int32_t tok[LEN], tgt[LEN];
+    for (int i = 0; i < LEN; i++) tok[i] = (i * 5 + 2) % V;
+    for (int t = 0; t < LEN; t++) tgt[t] = t >= P - 1 && t + 1 < LEN ? tok[t + 1] : FTB_IGNORE_INDEX;
+    int rows[A];
+    for (int a = 0; a < A; a++) rows[a] = P - 1 + a;
+    float *teacher = malloc(sizeof(float) * A * V), *z = malloc(sizeof(float) * V);
+    char err[FTB_ERR_LEN] = "";
+    ftb_batch b = {1, LEN, tok, tgt};
+    cr_assert_eq(ftb_model_logits(m, &b, &s.run, rows, A, teacher, err, sizeof err), 0, "%s", err);
+    for (int k = 0; k < A; k++) {
+        const float *want = teacher + (size_t)k * V;
+        double scale = 0, worst = 0, plain = 0;
+        cr_assert_eq(ftb_next_token_logits(m, &s.run, tok, P + k, P, z, err, sizeof err), 0, "%s", err);
+        for (int j = 0; j < V; j++) {
+            scale = fmax(scale, fabs(want[j]));
+            worst = fmax(worst, fabs((double)z[j] - want[j]));
+        }
+        cr_expect_leq(worst, 1e-5 * scale, "after %d generated tokens: logits differ by %.3g (scale %.3g)", k, worst,
+                      scale);
+        cr_assert_eq(ftb_next_token_logits(m, &s.run, tok, P + k, 0, z, err, sizeof err), 0, "%s", err);
+        for (int j = 0; j < V; j++) plain = fmax(plain, fabs((double)z[j] - want[j]));
+        cr_expect_gt(plain, 1e-3 * scale, "without the prompt length the logits should change (p = 0): %.3g", plain);
+    }
+    cr_expect_eq(ftb_next_token_logits(m, &s.run, tok, 3, 5, z, err, sizeof err), -1, "a prompt longer than the prefix");
+    free(teacher);
+    free(z);
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
+
 /* Rows whose first target is at 0 (plain language modelling) pool the empty
  * set under pool=prompt: p = 0, finite loss and gradients; so do rows
  * without any target. */
