@@ -45,17 +45,17 @@ typedef struct {
 
 struct ftb_bpe {
     str_map vocab;
-    char **id_to_str;     /* [n_ids]: the token's characters (UTF-8) */
+    char **id_to_str; /* [n_ids]: the token's characters (UTF-8) */
     int n_ids;
     pair_map merges;
     int32_t byte_id[256]; /* the id of each byte's single-character token */
     char byte_char[256][4];
     int ignore_merges, add_prefix_space;
-    pcre2_code *split;    /* NULL: no regex split */
-    char **added;         /* added tokens' content, longest first */
+    pcre2_code *split; /* NULL: no regex split */
+    char **added;      /* added tokens' content, longest first */
     int32_t *added_id;
     int n_added;
-    int *is_added;        /* [n_ids] */
+    int *is_added; /* [n_ids] */
 };
 
 static int errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -71,16 +71,14 @@ static int errf(char *err, size_t errlen, const char *fmt, ...)
 static uint64_t fnv(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
     return h;
 }
 
 static int str_map_init(str_map *m, size_t n)
 {
     m->cap = 16;
-    while (m->cap < 2 * n + 16)
-        m->cap *= 2;
+    while (m->cap < 2 * n + 16) m->cap *= 2;
     m->keys = calloc(m->cap, sizeof *m->keys);
     m->vals = calloc(m->cap, sizeof *m->vals);
     return m->keys && m->vals ? 0 : -1;
@@ -89,10 +87,8 @@ static int str_map_init(str_map *m, size_t n)
 static int32_t str_map_get(const str_map *m, const char *s, size_t n)
 {
     for (size_t i = fnv(s, n) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->keys[i])
-            return -1;
-        if (strlen(m->keys[i]) == n && !memcmp(m->keys[i], s, n))
-            return m->vals[i];
+        if (!m->keys[i]) return -1;
+        if (strlen(m->keys[i]) == n && !memcmp(m->keys[i], s, n)) return m->vals[i];
     }
 }
 
@@ -118,8 +114,7 @@ static size_t pair_slot(const pair_map *m, uint64_t k)
 {
     uint64_t h = k * 0x9E3779B97F4A7C15ULL;
     size_t i = (size_t)(h >> 20) & (m->cap - 1);
-    while (m->keys[i] && m->keys[i] != k)
-        i = (i + 1) & (m->cap - 1);
+    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & (m->cap - 1);
     return i;
 }
 
@@ -143,20 +138,16 @@ static void byte_chars(char out[256][4])
 
 void ftb_bpe_free(ftb_bpe *b)
 {
-    if (!b)
-        return;
-    for (int i = 0; i < b->n_ids; i++)
-        free(b->id_to_str[i]);
+    if (!b) return;
+    for (int i = 0; i < b->n_ids; i++) free(b->id_to_str[i]);
     free(b->id_to_str);
     free(b->vocab.keys); /* the keys are id_to_str's strings */
     free(b->vocab.vals);
     free(b->merges.keys);
     free(b->merges.rank);
     free(b->merges.merged);
-    if (b->split)
-        pcre2_code_free(b->split);
-    for (int i = 0; i < b->n_added; i++)
-        free(b->added[i]);
+    if (b->split) pcre2_code_free(b->split);
+    for (int i = 0; i < b->n_added; i++) free(b->added[i]);
     free(b->added);
     free(b->added_id);
     free(b->is_added);
@@ -183,8 +174,7 @@ static int compile(ftb_bpe *b, const char *pattern, const char *path, char *err,
 static int pre_tokenizer(ftb_bpe *b, json_t *p, const char *path, char *err, size_t errlen)
 {
     const char *type = json_string_value(json_object_get(p, "type"));
-    if (!type)
-        return errf(err, errlen, "tokenizer %s: pre_tokenizer without a \"type\"", path);
+    if (!type) return errf(err, errlen, "tokenizer %s: pre_tokenizer without a \"type\"", path);
     if (!strcmp(type, "Sequence")) {
         json_t *list = json_object_get(p, "pretokenizers");
         size_t i;
@@ -197,15 +187,13 @@ static int pre_tokenizer(ftb_bpe *b, json_t *p, const char *path, char *err, siz
     if (!strcmp(type, "ByteLevel")) {
         b->add_prefix_space = json_is_true(json_object_get(p, "add_prefix_space"));
         json_t *ur = json_object_get(p, "use_regex");
-        if ((!ur || json_is_true(ur)) && !b->split)
-            return compile(b, gpt2_pattern, path, err, errlen);
+        if ((!ur || json_is_true(ur)) && !b->split) return compile(b, gpt2_pattern, path, err, errlen);
         return 0;
     }
     if (!strcmp(type, "Split")) {
         const char *re = json_string_value(json_object_get(json_object_get(p, "pattern"), "Regex"));
         const char *beh = json_string_value(json_object_get(p, "behavior"));
-        if (!re)
-            return errf(err, errlen, "tokenizer %s: Split pre_tokenizer without a Regex pattern", path);
+        if (!re) return errf(err, errlen, "tokenizer %s: Split pre_tokenizer without a Regex pattern", path);
         if (beh && strcmp(beh, "Isolated"))
             return errf(err, errlen, "tokenizer %s: Split behavior '%s' is not supported (Isolated is)", path, beh);
         if (json_is_true(json_object_get(p, "invert")))
@@ -261,8 +249,7 @@ ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
                 rc = errf(err, errlen, "tokenizer %s: vocab entry \"%.40s\" has no valid id", path, key);
                 break;
             }
-            if (json_integer_value(v) > max_id)
-                max_id = (int)json_integer_value(v);
+            if (json_integer_value(v) > max_id) max_id = (int)json_integer_value(v);
         }
         size_t i;
         json_t *a;
@@ -274,11 +261,9 @@ ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
                 rc = errf(err, errlen, "tokenizer %s: added_tokens[%zu] needs an id and a content", path, i);
                 break;
             }
-            if (json_integer_value(id) > max_id)
-                max_id = (int)json_integer_value(id);
+            if (json_integer_value(id) > max_id) max_id = (int)json_integer_value(id);
         }
-        if (rc == 0 && max_id < 0)
-            rc = errf(err, errlen, "tokenizer %s: empty vocabulary", path);
+        if (rc == 0 && max_id < 0) rc = errf(err, errlen, "tokenizer %s: empty vocabulary", path);
     }
     if (rc == 0) {
         b->n_ids = max_id + 1;
@@ -304,17 +289,14 @@ ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
         b->added_id = calloc(json_array_size(added) + 1, sizeof *b->added_id);
         json_array_foreach(added, i, a)
         {
-            if (rc)
-                break;
+            if (rc) break;
             int id = (int)json_integer_value(json_object_get(a, "id"));
             const char *content = json_string_value(json_object_get(a, "content"));
-            if (!*content)
-                continue;
+            if (!*content) continue;
             b->added[b->n_added] = strdup(content);
             b->added_id[b->n_added++] = id;
             b->is_added[id] = 1;
-            if (!b->id_to_str[id])
-                b->id_to_str[id] = strdup(content);
+            if (!b->id_to_str[id]) b->id_to_str[id] = strdup(content);
         }
         /* Longest first, so that a longer special token wins a tie. */
         for (int x = 1; x < b->n_added; x++)
@@ -334,15 +316,15 @@ ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
             if (b->byte_id[c] < 0)
                 rc = errf(err, errlen,
                           "tokenizer %s: byte 0x%02x has no token: not a byte-level BPE (every byte must be in the "
-                          "vocabulary)", path, c);
+                          "vocabulary)",
+                          path, c);
         }
     }
     /* Merges: "a b" strings or ["a", "b"] pairs, in rank order. */
     if (rc == 0) {
         size_t n = json_array_size(merges);
         b->merges.cap = 16;
-        while (b->merges.cap < 2 * n + 16)
-            b->merges.cap *= 2;
+        while (b->merges.cap < 2 * n + 16) b->merges.cap *= 2;
         b->merges.keys = calloc(b->merges.cap, sizeof *b->merges.keys);
         b->merges.rank = calloc(b->merges.cap, sizeof *b->merges.rank);
         b->merges.merged = calloc(b->merges.cap, sizeof *b->merges.merged);
@@ -374,8 +356,10 @@ ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
             snprintf(both, sizeof both, "%s%s", lbuf, rbuf);
             int32_t ab = str_map_get(&b->vocab, both, strlen(both));
             if (a < 0 || c < 0 || ab < 0) {
-                rc = errf(err, errlen, "tokenizer %s: merges[%zu] (\"%.40s\" + \"%.40s\") uses or makes a token not in "
-                                       "the vocabulary", path, r, lbuf, rbuf);
+                rc = errf(err, errlen,
+                          "tokenizer %s: merges[%zu] (\"%.40s\" + \"%.40s\") uses or makes a token not in "
+                          "the vocabulary",
+                          path, r, lbuf, rbuf);
                 break;
             }
             uint64_t k = pair_key(a, c);
@@ -408,8 +392,7 @@ static int push(int32_t **ids, int *n, int *cap, int32_t v)
     if (*n == *cap) {
         int c = *cap ? 2 * *cap : 64;
         int32_t *g = realloc(*ids, (size_t)c * sizeof *g);
-        if (!g)
-            return -1;
+        if (!g) return -1;
         *ids = g;
         *cap = c;
     }
@@ -420,8 +403,7 @@ static int push(int32_t **ids, int *n, int *cap, int32_t v)
 /* BPE of one pre-tokenized piece. */
 static int encode_piece(const ftb_bpe *b, const char *s, size_t len, int32_t **ids, int *n, int *cap)
 {
-    if (!len)
-        return 0;
+    if (!len) return 0;
     char *mapped = malloc(len * 2 + 1);
     int32_t *sym = malloc(len * sizeof *sym);
     if (!mapped || !sym) {
@@ -432,8 +414,7 @@ static int encode_piece(const ftb_bpe *b, const char *s, size_t len, int32_t **i
     size_t k = 0;
     for (size_t i = 0; i < len; i++) {
         const char *c = b->byte_char[(unsigned char)s[i]];
-        for (size_t j = 0; c[j]; j++)
-            mapped[k++] = c[j];
+        for (size_t j = 0; c[j]; j++) mapped[k++] = c[j];
         sym[i] = b->byte_id[(unsigned char)s[i]];
     }
     int32_t whole = b->ignore_merges ? str_map_get(&b->vocab, mapped, k) : -1;
@@ -451,8 +432,7 @@ static int encode_piece(const ftb_bpe *b, const char *s, size_t len, int32_t **i
                     best_id = b->merges.merged[slot];
                 }
             }
-            if (best_id < 0)
-                break;
+            if (best_id < 0) break;
             /* Merge every occurrence of that pair, left to right. */
             size_t w = 0;
             for (size_t i = 0; i < ns;) {
@@ -468,8 +448,7 @@ static int encode_piece(const ftb_bpe *b, const char *s, size_t len, int32_t **i
             }
             ns = w;
         }
-        for (size_t i = 0; i < ns && rc == 0; i++)
-            rc = push(ids, n, cap, sym[i]);
+        for (size_t i = 0; i < ns && rc == 0; i++) rc = push(ids, n, cap, sym[i]);
     }
     free(mapped);
     free(sym);
@@ -480,17 +459,14 @@ static int encode_piece(const ftb_bpe *b, const char *s, size_t len, int32_t **i
 static int encode_span(const ftb_bpe *b, const char *s, size_t len, int32_t **ids, int *n, int *cap, char *err,
                        size_t errlen)
 {
-    if (!b->split)
-        return encode_piece(b, s, len, ids, n, cap) ? errf(err, errlen, "tokenizer: out of memory") : 0;
+    if (!b->split) return encode_piece(b, s, len, ids, n, cap) ? errf(err, errlen, "tokenizer: out of memory") : 0;
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(b->split, NULL);
-    if (!md)
-        return errf(err, errlen, "tokenizer: out of memory");
+    if (!md) return errf(err, errlen, "tokenizer: out of memory");
     size_t pos = 0, gap = 0;
     int rc = 0;
     while (pos < len && rc == 0) {
         int r = pcre2_match(b->split, (PCRE2_SPTR)s, len, pos, 0, md, NULL);
-        if (r == PCRE2_ERROR_NOMATCH)
-            break;
+        if (r == PCRE2_ERROR_NOMATCH) break;
         if (r < 0) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(r, msg, sizeof msg);
@@ -501,8 +477,7 @@ static int encode_span(const ftb_bpe *b, const char *s, size_t len, int32_t **id
         size_t ms = ov[0], me = ov[1];
         if (me == ms) { /* empty match: step one character */
             pos = ms + 1;
-            while (pos < len && ((unsigned char)s[pos] & 0xC0) == 0x80)
-                pos++;
+            while (pos < len && ((unsigned char)s[pos] & 0xC0) == 0x80) pos++;
             continue;
         }
         if (ms > gap && encode_piece(b, s + gap, ms - gap, ids, n, cap))
@@ -523,8 +498,7 @@ int ftb_bpe_encode(const ftb_bpe *b, const char *text, size_t len, int32_t **ids
     char *buf = NULL;
     if (b->add_prefix_space && len && text[0] != ' ') {
         buf = malloc(len + 2);
-        if (!buf)
-            return errf(err, errlen, "tokenizer: out of memory");
+        if (!buf) return errf(err, errlen, "tokenizer: out of memory");
         buf[0] = ' ';
         memcpy(buf + 1, text, len);
         text = buf;
@@ -536,22 +510,18 @@ int ftb_bpe_encode(const ftb_bpe *b, const char *text, size_t len, int32_t **ids
         int hit = -1;
         for (int a = 0; a < b->n_added && hit < 0; a++) {
             size_t al = strlen(b->added[a]);
-            if (al <= len - i && !memcmp(text + i, b->added[a], al))
-                hit = a;
+            if (al <= len - i && !memcmp(text + i, b->added[a], al)) hit = a;
         }
         if (hit < 0) {
             i++;
             continue;
         }
-        if (i > start)
-            rc = encode_span(b, text + start, i - start, ids, n, cap, err, errlen);
-        if (rc == 0 && push(ids, n, cap, b->added_id[hit]))
-            rc = errf(err, errlen, "tokenizer: out of memory");
+        if (i > start) rc = encode_span(b, text + start, i - start, ids, n, cap, err, errlen);
+        if (rc == 0 && push(ids, n, cap, b->added_id[hit])) rc = errf(err, errlen, "tokenizer: out of memory");
         i += strlen(b->added[hit]);
         start = i;
     }
-    if (rc == 0 && start < len)
-        rc = encode_span(b, text + start, len - start, ids, n, cap, err, errlen);
+    if (rc == 0 && start < len) rc = encode_span(b, text + start, len - start, ids, n, cap, err, errlen);
     free(buf);
     return rc;
 }
@@ -559,16 +529,21 @@ int ftb_bpe_encode(const ftb_bpe *b, const char *text, size_t len, int32_t **ids
 size_t ftb_bpe_decode(const ftb_bpe *b, const int32_t *ids, int n, char *out, size_t outcap)
 {
     size_t k = 0;
-#define EMIT(ch) do { if (k + 1 < outcap) out[k] = (char)(ch); k++; } while (0)
+#define EMIT(ch)                                 \
+    do {                                         \
+        if (k + 1 < outcap) out[k] = (char)(ch); \
+        k++;                                     \
+    } while (0)
     for (int i = 0; i < n; i++) {
         const char *s = ids[i] >= 0 && ids[i] < b->n_ids ? b->id_to_str[ids[i]] : NULL;
         if (!s) {
-            EMIT(0xEF); EMIT(0xBF); EMIT(0xBD);
+            EMIT(0xEF);
+            EMIT(0xBF);
+            EMIT(0xBD);
             continue;
         }
         if (b->is_added[ids[i]]) {
-            for (; *s; s++)
-                EMIT(*s);
+            for (; *s; s++) EMIT(*s);
             continue;
         }
         /* Characters back to bytes (the inverse of byte_chars). */
@@ -580,10 +555,11 @@ size_t ftb_bpe_decode(const ftb_bpe *b, const int32_t *ids, int n, char *out, si
                     break;
                 }
             if (byte < 0) {
-                EMIT(0xEF); EMIT(0xBF); EMIT(0xBD);
+                EMIT(0xEF);
+                EMIT(0xBF);
+                EMIT(0xBD);
                 s++;
-                while (((unsigned char)*s & 0xC0) == 0x80)
-                    s++;
+                while (((unsigned char)*s & 0xC0) == 0x80) s++;
                 continue;
             }
             EMIT(byte);
@@ -591,7 +567,6 @@ size_t ftb_bpe_decode(const ftb_bpe *b, const int32_t *ids, int n, char *out, si
         }
     }
 #undef EMIT
-    if (outcap)
-        out[k < outcap ? k : outcap - 1] = 0;
+    if (outcap) out[k < outcap ? k : outcap - 1] = 0;
     return k;
 }

@@ -17,8 +17,8 @@
 
 typedef enum { DS_UNIFORM, DS_SYNLANG, DS_JSONL, DS_INT32, DS_TASK } ds_kind;
 
-#define SYN_SUCC 4          /* successors per state in synthetic-lang     */
-#define SYN_NOISE 0.03      /* probability of a uniform random next token */
+#define SYN_SUCC  4                                                   /* successors per state in synthetic-lang     */
+#define SYN_NOISE 0.03                                                /* probability of a uniform random next token */
 static const double syn_probs[SYN_SUCC] = { 0.55, 0.25, 0.12, 0.05 }; /* + noise = 1 */
 
 struct ftb_dataset {
@@ -31,20 +31,19 @@ struct ftb_dataset {
     size_t cap;
     /* synthetic-lang */
     int n_active;
-    int32_t *active_ids;     /* [n_active] token id of each active state */
-    int32_t *succ;           /* [n_active][SYN_SUCC] successor states     */
+    int32_t *active_ids; /* [n_active] token id of each active state */
+    int32_t *succ;       /* [n_active][SYN_SUCC] successor states     */
     /* files */
     char path[512];
-    int32_t *ids;            /* all token ids (int32) or all examples'    */
-    int32_t *labels;         /* jsonl: label per position (-100 = ignore) */
+    int32_t *ids;    /* all token ids (int32) or all examples'    */
+    int32_t *labels; /* jsonl: label per position (-100 = ignore) */
     int64_t n_ids;
-    int64_t *ex_off;         /* jsonl: example i = ids[ex_off[i] .. ex_off[i+1]) */
+    int64_t *ex_off; /* jsonl: example i = ids[ex_off[i] .. ex_off[i+1]) */
     int64_t n_ex;
-    ftb_task *task;          /* task:SPEC (datasets/tasks.h)               */
+    ftb_task *task; /* task:SPEC (datasets/tasks.h)               */
 };
 
-static int errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static int errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int errf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err && errlen) {
@@ -91,10 +90,8 @@ static ftb_dataset *ds_new(ds_kind kind, int vocab, uint64_t seed)
 
 static int synlang_build(ftb_dataset *d, int n_active, char *err, size_t errlen)
 {
-    if (n_active > d->vocab)
-        n_active = d->vocab;
-    if (n_active < 2)
-        return errf(err, errlen, "synthetic-lang needs a vocabulary of at least 2 tokens");
+    if (n_active > d->vocab) n_active = d->vocab;
+    if (n_active < 2) return errf(err, errlen, "synthetic-lang needs a vocabulary of at least 2 tokens");
     d->n_active = n_active;
     d->active_ids = malloc((size_t)n_active * sizeof(int32_t));
     d->succ = malloc((size_t)n_active * SYN_SUCC * sizeof(int32_t));
@@ -106,8 +103,7 @@ static int synlang_build(ftb_dataset *d, int n_active, char *err, size_t errlen)
     /* Active tokens: a seeded sample without replacement over the whole
      * vocabulary, so embedding rows all over the table get used. */
     uint64_t s = mix64(d->seed ^ 0x5eedULL);
-    for (int i = 0; i < d->vocab; i++)
-        perm[i] = i;
+    for (int i = 0; i < d->vocab; i++) perm[i] = i;
     for (int i = 0; i < n_active; i++) {
         int j = i + (int)below(&s, (uint64_t)(d->vocab - i));
         int32_t t = perm[i];
@@ -126,8 +122,7 @@ static int synlang_build(ftb_dataset *d, int n_active, char *err, size_t errlen)
             do {
                 c = (int32_t)below(&ss, (uint64_t)n_active);
                 dup = 0;
-                for (int q = 0; q < k && n_active > SYN_SUCC; q++)
-                    dup |= row[q] == c;
+                for (int q = 0; q < k && n_active > SYN_SUCC; q++) dup |= row[q] == c;
             } while (dup);
             row[k] = c;
         }
@@ -138,13 +133,11 @@ static int synlang_build(ftb_dataset *d, int n_active, char *err, size_t errlen)
 static int32_t synlang_step(const ftb_dataset *d, int32_t state, uint64_t *s)
 {
     double u = unit(s);
-    if (u < SYN_NOISE)
-        return (int32_t)below(s, (uint64_t)d->n_active);
+    if (u < SYN_NOISE) return (int32_t)below(s, (uint64_t)d->n_active);
     u -= SYN_NOISE;
     const int32_t *row = d->succ + (size_t)state * SYN_SUCC;
     for (int k = 0; k < SYN_SUCC - 1; k++) {
-        if (u < syn_probs[k])
-            return row[k];
+        if (u < syn_probs[k]) return row[k];
         u -= syn_probs[k];
     }
     return row[SYN_SUCC - 1];
@@ -152,26 +145,20 @@ static int32_t synlang_step(const ftb_dataset *d, int32_t state, uint64_t *s)
 
 double ftb_dataset_entropy_rate(const ftb_dataset *d)
 {
-    if (d->kind == DS_UNIFORM)
-        return log((double)d->vocab);
-    if (d->kind != DS_SYNLANG)
-        return NAN;
+    if (d->kind == DS_UNIFORM) return log((double)d->vocab);
+    if (d->kind != DS_SYNLANG) return NAN;
     /* Average over states of the next-token entropy (states are visited
      * close to uniformly: every state has the same noise inflow). */
     int n = d->n_active;
     double *p = calloc((size_t)n, sizeof(double));
-    if (!p)
-        return NAN;
+    if (!p) return NAN;
     double total = 0;
     for (int a = 0; a < n; a++) {
-        for (int i = 0; i < n; i++)
-            p[i] = SYN_NOISE / n;
-        for (int k = 0; k < SYN_SUCC; k++)
-            p[d->succ[(size_t)a * SYN_SUCC + k]] += syn_probs[k];
+        for (int i = 0; i < n; i++) p[i] = SYN_NOISE / n;
+        for (int k = 0; k < SYN_SUCC; k++) p[d->succ[(size_t)a * SYN_SUCC + k]] += syn_probs[k];
         double h = 0;
         for (int i = 0; i < n; i++)
-            if (p[i] > 0)
-                h -= p[i] * log(p[i]);
+            if (p[i] > 0) h -= p[i] * log(p[i]);
         total += h;
     }
     free(p);
@@ -189,8 +176,7 @@ static int ends_with(const char *s, const char *suf)
 static int load_int32(ftb_dataset *d, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
+    if (!f) return errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return errf(err, errlen, "dataset %s: cannot seek (not a regular file?)", path);
@@ -212,13 +198,11 @@ static int load_int32(ftb_dataset *d, const char *path, char *err, size_t errlen
     }
     size_t got = fread(d->ids, 4, (size_t)d->n_ids, f);
     fclose(f);
-    if ((int64_t)got != d->n_ids)
-        return errf(err, errlen, "dataset %s: short read", path);
+    if ((int64_t)got != d->n_ids) return errf(err, errlen, "dataset %s: short read", path);
     for (int64_t i = 0; i < d->n_ids; i++) {
         int32_t v = (int32_t)le32toh((uint32_t)d->ids[i]);
         if (v < 0 || v >= d->vocab)
-            return errf(err, errlen,
-                        "dataset %s: token %lld (byte offset %lld) is %d, outside the vocabulary 0..%d",
+            return errf(err, errlen, "dataset %s: token %lld (byte offset %lld) is %d, outside the vocabulary 0..%d",
                         path, (long long)i, (long long)i * 4, v, d->vocab - 1);
         d->ids[i] = v;
     }
@@ -226,14 +210,12 @@ static int load_int32(ftb_dataset *d, const char *path, char *err, size_t errlen
 }
 
 /* Reads an integer array member; returns its length, or -1 with err. */
-static int64_t json_int_array(json_t *obj, const char *key, const char *where, int line,
-                              json_t **arr, char *err, size_t errlen)
+static int64_t json_int_array(json_t *obj, const char *key, const char *where, int line, json_t **arr, char *err,
+                              size_t errlen)
 {
     *arr = json_object_get(obj, key);
-    if (!*arr)
-        return 0;
-    if (!json_is_array(*arr))
-        return errf(err, errlen, "%s:%d: \"%s\" is not an array", where, line, key);
+    if (!*arr) return 0;
+    if (!json_is_array(*arr)) return errf(err, errlen, "%s:%d: \"%s\" is not an array", where, line, key);
     size_t n = json_array_size(*arr);
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(*arr, i);
@@ -246,8 +228,7 @@ static int64_t json_int_array(json_t *obj, const char *key, const char *where, i
 static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
+    if (!f) return errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
     size_t cap_ids = 4096, cap_ex = 64;
     d->ids = malloc(cap_ids * sizeof(int32_t));
     d->labels = malloc(cap_ids * sizeof(int32_t));
@@ -264,15 +245,12 @@ static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen
     while ((len = getline(&line, &linecap, f)) >= 0) {
         lineno++;
         char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n')
-            s++;
-        if (!*s)
-            continue; /* blank lines (a trailing newline) are fine */
+        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+        if (!*s) continue; /* blank lines (a trailing newline) are fine */
         json_error_t je;
         json_t *obj = json_loads(s, JSON_REJECT_DUPLICATES, &je);
         if (!obj) {
-            rc = errf(err, errlen, "%s:%d: not valid JSON: %s (column %d)", path, lineno, je.text,
-                      je.column);
+            rc = errf(err, errlen, "%s:%d: not valid JSON: %s (column %d)", path, lineno, je.text, je.column);
             break;
         }
         json_t *ids, *labels, *mask;
@@ -290,21 +268,19 @@ static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen
         } else if (labels && mask) {
             rc = errf(err, errlen, "%s:%d: give \"labels\" or \"loss_mask\", not both", path, lineno);
         } else if (labels && nl != n) {
-            rc = errf(err, errlen, "%s:%d: \"labels\" has %lld entries, \"input_ids\" %lld", path,
-                      lineno, (long long)nl, (long long)n);
+            rc = errf(err, errlen, "%s:%d: \"labels\" has %lld entries, \"input_ids\" %lld", path, lineno,
+                      (long long)nl, (long long)n);
         } else if (mask && nm != n) {
-            rc = errf(err, errlen, "%s:%d: \"loss_mask\" has %lld entries, \"input_ids\" %lld", path,
-                      lineno, (long long)nm, (long long)n);
+            rc = errf(err, errlen, "%s:%d: \"loss_mask\" has %lld entries, \"input_ids\" %lld", path, lineno,
+                      (long long)nm, (long long)n);
         }
         if (rc == 0) {
             while ((size_t)(d->n_ids + n) > cap_ids) {
                 cap_ids *= 2;
                 int32_t *a = realloc(d->ids, cap_ids * sizeof(int32_t));
-                if (a)
-                    d->ids = a;
+                if (a) d->ids = a;
                 int32_t *b = realloc(d->labels, cap_ids * sizeof(int32_t));
-                if (b)
-                    d->labels = b;
+                if (b) d->labels = b;
                 if (!a || !b) {
                     rc = errf(err, errlen, "dataset %s: out of memory", path);
                     break;
@@ -314,17 +290,16 @@ static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen
         for (int64_t i = 0; rc == 0 && i < n; i++) {
             json_int_t v = json_integer_value(json_array_get(ids, (size_t)i));
             if (v < 0 || v >= d->vocab) {
-                rc = errf(err, errlen, "%s:%d: input_ids[%lld] is %lld, outside the vocabulary 0..%d",
-                          path, lineno, (long long)i, (long long)v, d->vocab - 1);
+                rc = errf(err, errlen, "%s:%d: input_ids[%lld] is %lld, outside the vocabulary 0..%d", path, lineno,
+                          (long long)i, (long long)v, d->vocab - 1);
                 break;
             }
             int32_t label = (int32_t)v;
             if (labels) {
                 json_int_t l = json_integer_value(json_array_get(labels, (size_t)i));
                 if (l != FTB_IGNORE_INDEX && (l < 0 || l >= d->vocab)) {
-                    rc = errf(err, errlen,
-                              "%s:%d: labels[%lld] is %lld, neither %d nor in the vocabulary 0..%d",
-                              path, lineno, (long long)i, (long long)l, FTB_IGNORE_INDEX, d->vocab - 1);
+                    rc = errf(err, errlen, "%s:%d: labels[%lld] is %lld, neither %d nor in the vocabulary 0..%d", path,
+                              lineno, (long long)i, (long long)l, FTB_IGNORE_INDEX, d->vocab - 1);
                     break;
                 }
                 label = (int32_t)l;
@@ -332,19 +307,17 @@ static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen
                 json_t *m = json_array_get(mask, (size_t)i);
                 json_int_t mv = json_is_boolean(m) ? json_is_true(m) : json_integer_value(m);
                 if (mv != 0 && mv != 1) {
-                    rc = errf(err, errlen, "%s:%d: loss_mask[%lld] is %lld, expected 0 or 1", path,
-                              lineno, (long long)i, (long long)mv);
+                    rc = errf(err, errlen, "%s:%d: loss_mask[%lld] is %lld, expected 0 or 1", path, lineno,
+                              (long long)i, (long long)mv);
                     break;
                 }
-                if (!mv)
-                    label = FTB_IGNORE_INDEX;
+                if (!mv) label = FTB_IGNORE_INDEX;
             }
             d->ids[d->n_ids + i] = (int32_t)v;
             d->labels[d->n_ids + i] = label;
         }
         json_decref(obj);
-        if (rc)
-            break;
+        if (rc) break;
         d->n_ids += n;
         if ((size_t)d->n_ex + 1 > cap_ex) {
             cap_ex *= 2;
@@ -358,18 +331,15 @@ static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen
         d->ex_off[++d->n_ex] = d->n_ids;
     }
     free(line);
-    if (rc == 0 && ferror(f))
-        rc = errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
+    if (rc == 0 && ferror(f)) rc = errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
     fclose(f);
-    if (rc == 0 && d->n_ex == 0)
-        rc = errf(err, errlen, "dataset %s: no examples (empty file)", path);
+    if (rc == 0 && d->n_ex == 0) rc = errf(err, errlen, "dataset %s: no examples (empty file)", path);
     return rc;
 }
 
 /* ---- public ------------------------------------------------------------ */
 
-ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, char *err,
-                              size_t errlen)
+ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, char *err, size_t errlen)
 {
     if (!spec || !*spec) {
         errf(err, errlen, "empty dataset name");
@@ -390,14 +360,12 @@ ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, c
             errno = 0;
             n = strtol(spec + 15, &end, 10);
             if (errno || *end || end == spec + 15 || n < 2 || n > 1L << 24) {
-                errf(err, errlen, "dataset '%s': the number of active tokens after ':' must be 2..16777216",
-                     spec);
+                errf(err, errlen, "dataset '%s': the number of active tokens after ':' must be 2..16777216", spec);
                 return NULL;
             }
         }
         d = ds_new(DS_SYNLANG, vocab_size, seed);
-        if (d)
-            rc = synlang_build(d, (int)n, err, errlen);
+        if (d) rc = synlang_build(d, (int)n, err, errlen);
     } else if (!strncmp(spec, "task:", 5)) {
         /* A task's training split, loss on the answers (datasets/tasks.h). */
         d = ds_new(DS_TASK, vocab_size, seed);
@@ -405,8 +373,8 @@ ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, c
             d->task = ftb_task_open(spec + 5, NULL, seed, err, errlen);
             rc = d->task ? 0 : -1;
             if (rc == 0 && ftb_task_vocab_needed(d->task) > vocab_size)
-                rc = errf(err, errlen, "dataset %s: the task's tokens need a vocabulary of %d, the model has %d",
-                          spec, ftb_task_vocab_needed(d->task), vocab_size);
+                rc = errf(err, errlen, "dataset %s: the task's tokens need a vocabulary of %d, the model has %d", spec,
+                          ftb_task_vocab_needed(d->task), vocab_size);
         }
     } else {
         int jsonl = ends_with(spec, ".jsonl") || ends_with(spec, ".json");
@@ -429,30 +397,22 @@ ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, c
 
 static int ensure_buffers(ftb_dataset *d, size_t n, char *err, size_t errlen)
 {
-    if (n <= d->cap)
-        return 0;
+    if (n <= d->cap) return 0;
     int32_t *t = realloc(d->tokens, n * sizeof(int32_t));
-    if (t)
-        d->tokens = t;
+    if (t) d->tokens = t;
     int32_t *g = realloc(d->targets, n * sizeof(int32_t));
-    if (g)
-        d->targets = g;
-    if (!t || !g)
-        return errf(err, errlen, "dataset: out of memory for a %zu-token batch", n);
+    if (g) d->targets = g;
+    if (!t || !g) return errf(err, errlen, "dataset: out of memory for a %zu-token batch", n);
     d->cap = n;
     return 0;
 }
 
-int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *out, char *err,
-                      size_t errlen)
+int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *out, char *err, size_t errlen)
 {
-    if (B < 1 || T < 1)
-        return errf(err, errlen, "dataset: batch %dx%d is empty", B, T);
-    if (ensure_buffers(d, (size_t)B * (size_t)T, err, errlen))
-        return -1;
+    if (B < 1 || T < 1) return errf(err, errlen, "dataset: batch %dx%d is empty", B, T);
+    if (ensure_buffers(d, (size_t)B * (size_t)T, err, errlen)) return -1;
     if (d->kind == DS_TASK) {
-        if (ftb_task_batch(d->task, FTB_SPLIT_TRAIN, index, B, T, 0, d->tokens, d->targets, err, errlen))
-            return -1;
+        if (ftb_task_batch(d->task, FTB_SPLIT_TRAIN, index, B, T, 0, d->tokens, d->targets, err, errlen)) return -1;
         out->B = B;
         out->T = T;
         out->tokens = d->tokens;
@@ -490,16 +450,14 @@ int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *ou
         case DS_INT32: {
             /* Consecutive windows of T+1 tokens with stride T, cycling. */
             int64_t span = d->n_ids - T; /* valid window starts: 0..span-1 */
-            int64_t start = (int64_t)(((unsigned long long)row * (unsigned long long)T) %
-                                      (unsigned long long)span);
+            int64_t start = (int64_t)(((unsigned long long)row * (unsigned long long)T) % (unsigned long long)span);
             for (int i = 0; i < T; i++) {
                 tok[i] = d->ids[start + i];
                 tgt[i] = d->ids[start + i + 1];
             }
             break;
         }
-        case DS_TASK:
-            break; /* handled above */
+        case DS_TASK: break; /* handled above */
         case DS_JSONL: {
             /* Examples in file order, cycling; truncated or padded to T. */
             int64_t ex = row % d->n_ex;
@@ -522,8 +480,7 @@ int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *ou
 int ftb_dataset_next(ftb_dataset *d, int B, int T, ftb_batch *out, char *err, size_t errlen)
 {
     int rc = ftb_dataset_batch(d, d->next_index, B, T, out, err, errlen);
-    if (rc == 0)
-        d->next_index++;
+    if (rc == 0) d->next_index++;
     return rc;
 }
 
@@ -540,8 +497,7 @@ int64_t ftb_dataset_size(const ftb_dataset *d)
 
 void ftb_dataset_close(ftb_dataset *d)
 {
-    if (!d)
-        return;
+    if (!d) return;
     free(d->tokens);
     free(d->targets);
     free(d->active_ids);

@@ -27,15 +27,13 @@ typedef struct ftb_dataset ftb_dataset;
 
 /* Opens (and for files, fully validates) a source.  NULL with err naming
  * the file and line (or token index) on failure. */
-ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed,
-                              char *err, size_t errlen);
+ftb_dataset *ftb_dataset_open(const char *spec, int vocab_size, uint64_t seed, char *err, size_t errlen);
 /* Fills the next batch into buffers the dataset owns (valid until the next
  * call or close).  0, or -1 with err filled. */
 int ftb_dataset_next(ftb_dataset *d, int B, int T, ftb_batch *out, char *err, size_t errlen);
 /* Batch number i, independent of call order (the next() stream is
  * batch(0), batch(1), ...). */
-int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *out,
-                      char *err, size_t errlen);
+int ftb_dataset_batch(ftb_dataset *d, int64_t index, int B, int T, ftb_batch *out, char *err, size_t errlen);
 /* "uniform", "synthetic-lang", "jsonl", "int32", "task". */
 const char *ftb_dataset_kind(const ftb_dataset *d);
 /* Examples (jsonl) or tokens (int32) in a file; 0 for synthetic sources. */

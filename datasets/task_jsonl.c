@@ -19,9 +19,9 @@
 #include <string.h>
 
 struct ftb_instr {
-    int32_t *ids;         /* every example's tokens, concatenated            */
+    int32_t *ids; /* every example's tokens, concatenated            */
     int64_t n_ids, cap_ids;
-    int64_t *off;         /* example i: ids[off[i] .. off[i] + np[i] + na[i]) */
+    int64_t *off; /* example i: ids[off[i] .. off[i] + np[i] + na[i]) */
     int *np, *na;
     int64_t n_ex, cap_ex;
     int64_t *split_idx[2]; /* example numbers of each split                  */
@@ -43,11 +43,9 @@ static int push_ids(ftb_instr *d, const int32_t *v, int64_t n)
 {
     if (d->n_ids + n > d->cap_ids) {
         int64_t c = d->cap_ids ? d->cap_ids : 4096;
-        while (c < d->n_ids + n)
-            c *= 2;
+        while (c < d->n_ids + n) c *= 2;
         int32_t *g = realloc(d->ids, (size_t)c * sizeof *g);
-        if (!g)
-            return -1;
+        if (!g) return -1;
         d->ids = g;
         d->cap_ids = c;
     }
@@ -61,16 +59,12 @@ static int push_example(ftb_instr *d, int64_t off, int np, int na)
     if (d->n_ex == d->cap_ex) {
         int64_t c = d->cap_ex ? 2 * d->cap_ex : 64;
         int64_t *o = realloc(d->off, (size_t)c * sizeof *o);
-        if (o)
-            d->off = o;
+        if (o) d->off = o;
         int *p = realloc(d->np, (size_t)c * sizeof *p);
-        if (p)
-            d->np = p;
+        if (p) d->np = p;
         int *a = realloc(d->na, (size_t)c * sizeof *a);
-        if (a)
-            d->na = a;
-        if (!o || !p || !a)
-            return -1;
+        if (a) d->na = a;
+        if (!o || !p || !a) return -1;
         d->cap_ex = c;
     }
     d->off[d->n_ex] = off;
@@ -85,8 +79,10 @@ static int parse_line(ftb_instr *d, const ftb_tokenizer *tok, json_t *obj, const
                       size_t errlen)
 {
     if (!json_is_object(obj))
-        return errf(err, errlen, "%s:%d: expected an object with \"prompt\" and \"answer\" (or \"input_ids\" and "
-                                 "\"loss_mask\")", path, line);
+        return errf(err, errlen,
+                    "%s:%d: expected an object with \"prompt\" and \"answer\" (or \"input_ids\" and "
+                    "\"loss_mask\")",
+                    path, line);
     json_t *p = json_object_get(obj, "prompt"), *a = json_object_get(obj, "answer");
     json_t *ids = json_object_get(obj, "input_ids"), *mask = json_object_get(obj, "loss_mask");
     int64_t off = d->n_ids;
@@ -108,11 +104,9 @@ static int parse_line(ftb_instr *d, const ftb_tokenizer *tok, json_t *obj, const
         }
         int rc = push_ids(d, buf, n) || push_example(d, off, np, n - np);
         free(buf);
-        if (rc)
-            return errf(err, errlen, "%s: out of memory", path);
+        if (rc) return errf(err, errlen, "%s: out of memory", path);
         int tv = ftb_tokenizer_vocab(tok);
-        if (tv > d->vocab_needed)
-            d->vocab_needed = tv;
+        if (tv > d->vocab_needed) d->vocab_needed = tv;
         return 0;
     }
     if (!ids || !mask)
@@ -128,33 +122,30 @@ static int parse_line(ftb_instr *d, const ftb_tokenizer *tok, json_t *obj, const
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(ids, i), *m = json_array_get(mask, i);
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24))
-            return errf(err, errlen, "%s:%d: input_ids[%zu] is not a token id (an integer in 0..16777215)", path,
-                        line, i);
+            return errf(err, errlen, "%s:%d: input_ids[%zu] is not a token id (an integer in 0..16777215)", path, line,
+                        i);
         json_int_t mv = json_is_boolean(m) ? json_is_true(m) : json_is_integer(m) ? json_integer_value(m) : -1;
-        if (mv != 0 && mv != 1)
-            return errf(err, errlen, "%s:%d: loss_mask[%zu] is not 0 or 1", path, line, i);
+        if (mv != 0 && mv != 1) return errf(err, errlen, "%s:%d: loss_mask[%zu] is not 0 or 1", path, line, i);
         if (mv) {
             if (first < 0)
                 first = (int)i;
             else if (last != (int)i - 1)
-                return errf(err, errlen, "%s:%d: loss_mask must be one run of 1s (the answer after the prompt); "
-                                         "a second run starts at %zu", path, line, i);
+                return errf(err, errlen,
+                            "%s:%d: loss_mask must be one run of 1s (the answer after the prompt); "
+                            "a second run starts at %zu",
+                            path, line, i);
             last = (int)i;
         }
     }
-    if (first < 0)
-        return errf(err, errlen, "%s:%d: loss_mask has no 1: no answer to learn or score", path, line);
+    if (first < 0) return errf(err, errlen, "%s:%d: loss_mask has no 1: no answer to learn or score", path, line);
     if (first == 0)
         return errf(err, errlen, "%s:%d: loss_mask starts with 1: the answer needs a prompt before it", path, line);
     for (int i = 0; i <= last; i++) {
         int32_t v = (int32_t)json_integer_value(json_array_get(ids, (size_t)i));
-        if (push_ids(d, &v, 1))
-            return errf(err, errlen, "%s: out of memory", path);
-        if (v + 1 > d->vocab_needed)
-            d->vocab_needed = v + 1;
+        if (push_ids(d, &v, 1)) return errf(err, errlen, "%s: out of memory", path);
+        if (v + 1 > d->vocab_needed) d->vocab_needed = v + 1;
     }
-    if (push_example(d, off, first, last + 1 - first))
-        return errf(err, errlen, "%s: out of memory", path);
+    if (push_example(d, off, first, last + 1 - first)) return errf(err, errlen, "%s: out of memory", path);
     return 0;
 }
 
@@ -172,10 +163,8 @@ ftb_instr *ftb_instr_load(const char *path, const ftb_tokenizer *tok, int holdou
     while (rc == 0 && getline(&line, &linecap, f) >= 0) {
         lineno++;
         const char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n')
-            s++;
-        if (!*s)
-            continue;
+        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+        if (!*s) continue;
         json_error_t je;
         json_t *obj = json_loads(s, JSON_REJECT_DUPLICATES, &je);
         if (!obj)
@@ -185,28 +174,21 @@ ftb_instr *ftb_instr_load(const char *path, const ftb_tokenizer *tok, int holdou
         json_decref(obj);
     }
     free(line);
-    if (rc == 0 && ferror(f))
-        rc = errf(err, errlen, "cannot read instruction data %s: %s", path, strerror(errno));
+    if (rc == 0 && ferror(f)) rc = errf(err, errlen, "cannot read instruction data %s: %s", path, strerror(errno));
     fclose(f);
-    if (rc == 0 && d->n_ex == 0)
-        rc = errf(err, errlen, "%s: no examples (empty file)", path);
+    if (rc == 0 && d->n_ex == 0) rc = errf(err, errlen, "%s: no examples (empty file)", path);
     if (rc == 0) {
-        for (int s = 0; s < 2; s++)
-            d->split_idx[s] = malloc((size_t)d->n_ex * sizeof(int64_t));
-        if (!d->split_idx[0] || !d->split_idx[1])
-            rc = errf(err, errlen, "%s: out of memory", path);
+        for (int s = 0; s < 2; s++) d->split_idx[s] = malloc((size_t)d->n_ex * sizeof(int64_t));
+        if (!d->split_idx[0] || !d->split_idx[1]) rc = errf(err, errlen, "%s: out of memory", path);
         for (int64_t i = 0; rc == 0 && i < d->n_ex; i++) {
             int held = holdout > 0 && (i + 1) % holdout == 0;
-            if (held || holdout <= 0)
-                d->split_idx[FTB_SPLIT_EVAL][d->split_n[FTB_SPLIT_EVAL]++] = i;
-            if (!held)
-                d->split_idx[FTB_SPLIT_TRAIN][d->split_n[FTB_SPLIT_TRAIN]++] = i;
+            if (held || holdout <= 0) d->split_idx[FTB_SPLIT_EVAL][d->split_n[FTB_SPLIT_EVAL]++] = i;
+            if (!held) d->split_idx[FTB_SPLIT_TRAIN][d->split_n[FTB_SPLIT_TRAIN]++] = i;
         }
         /* Too few lines to hold one out: evaluate on the training lines
          * rather than on nothing. */
         if (rc == 0 && d->split_n[FTB_SPLIT_EVAL] == 0)
-            for (int64_t i = 0; i < d->n_ex; i++)
-                d->split_idx[FTB_SPLIT_EVAL][d->split_n[FTB_SPLIT_EVAL]++] = i;
+            for (int64_t i = 0; i < d->n_ex; i++) d->split_idx[FTB_SPLIT_EVAL][d->split_n[FTB_SPLIT_EVAL]++] = i;
     }
     if (rc) {
         ftb_instr_free(d);
@@ -217,8 +199,7 @@ ftb_instr *ftb_instr_load(const char *path, const ftb_tokenizer *tok, int holdou
 
 void ftb_instr_free(ftb_instr *d)
 {
-    if (!d)
-        return;
+    if (!d) return;
     free(d->ids);
     free(d->off);
     free(d->np);
@@ -234,13 +215,11 @@ int ftb_instr_vocab_needed(const ftb_instr *d) { return d->vocab_needed; }
 int ftb_instr_max_tokens(const ftb_instr *d)
 {
     int mx = 0;
-    for (int64_t i = 0; i < d->n_ex; i++)
-        mx = d->np[i] + d->na[i] > mx ? d->np[i] + d->na[i] : mx;
+    for (int64_t i = 0; i < d->n_ex; i++) mx = d->np[i] + d->na[i] > mx ? d->np[i] + d->na[i] : mx;
     return mx;
 }
 
-void ftb_instr_get(const ftb_instr *d, ftb_split split, int64_t i, const int32_t **tokens, int *n_prompt,
-                   int *n_answer)
+void ftb_instr_get(const ftb_instr *d, ftb_split split, int64_t i, const int32_t **tokens, int *n_prompt, int *n_answer)
 {
     int64_t e = d->split_idx[split][i];
     *tokens = d->ids + d->off[e];

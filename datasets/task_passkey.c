@@ -39,8 +39,7 @@ long ftb_passkey_generate(const ftb_passkey_opts *o, const ftb_tokenizer *tok, u
                           int *cap, int *n_prompt, int *needle_pos, char *err, size_t errlen)
 {
     long lo = 1;
-    for (int i = 1; i < o->digits; i++)
-        lo *= 10;
+    for (int i = 1; i < o->digits; i++) lo *= 10;
     long key = lo + (long)ftb_task_below(rng, (uint64_t)(9 * lo));
     double depth = o->depth >= 0 ? o->depth : (double)(ftb_task_rand(rng) >> 11) * 0x1.0p-53;
     char needle[160], ans[64];
@@ -54,8 +53,7 @@ long ftb_passkey_generate(const ftb_passkey_opts *o, const ftb_tokenizer *tok, u
         enc(tok, &tail, question, err, errlen) || enc(tok, &an, ans, err, errlen))
         rc = -1;
     for (int i = 0; rc >= 0 && i < 5; i++)
-        if (enc(tok, &sent[i], sentences[i], err, errlen))
-            rc = -1;
+        if (enc(tok, &sent[i], sentences[i], err, errlen)) rc = -1;
     int fixed = head.n + nd.n + tail.n + an.n;
     int budget = o->len - fixed;
     if (rc >= 0 && budget < 0) {
@@ -109,7 +107,6 @@ long ftb_passkey_generate(const ftb_passkey_opts *o, const ftb_tokenizer *tok, u
     free(nd.ids);
     free(tail.ids);
     free(an.ids);
-    for (int i = 0; i < 5; i++)
-        free(sent[i].ids);
+    for (int i = 0; i < 5; i++) free(sent[i].ids);
     return rc;
 }

@@ -14,8 +14,7 @@
 long ftb_reasoning_generate(const ftb_reasoning_opts *o, uint64_t *rng, ftb_text *prompt, ftb_text *answer)
 {
     long maxv = 1;
-    for (int i = 0; i < o->digits; i++)
-        maxv *= 10;
+    for (int i = 0; i < o->digits; i++) maxv *= 10;
     long ops[16];
     char opc[16];
     int steps = o->steps < 16 ? o->steps : 15;
@@ -29,11 +28,9 @@ long ftb_reasoning_generate(const ftb_reasoning_opts *o, uint64_t *rng, ftb_text
     }
     ftb_text_clear(prompt);
     ftb_text_printf(prompt, "Compute ");
-    for (int i = 1; i < steps; i++)
-        ftb_text_printf(prompt, "(");
+    for (int i = 1; i < steps; i++) ftb_text_printf(prompt, "(");
     ftb_text_printf(prompt, "%ld", first);
-    for (int i = 0; i < steps; i++)
-        ftb_text_printf(prompt, "%c%ld%s", opc[i], ops[i], i + 1 < steps ? ")" : "");
+    for (int i = 0; i < steps; i++) ftb_text_printf(prompt, "%c%ld%s", opc[i], ops[i], i + 1 < steps ? ")" : "");
     ftb_text_printf(prompt, " =");
     ftb_text_clear(answer);
     ftb_text_printf(answer, " %ld\n", value);

@@ -19,8 +19,8 @@ static const char *const topic_words[4][TOPIC_WORDS] = {
     { "bread", "soup", "cheese", "recipe", "spice", "fruit", "dinner", "bake" },
 };
 #define FILLER_WORDS 16
-static const char *const filler[FILLER_WORDS] = { "the", "a", "of", "and", "to", "in", "was", "with",
-                                                  "on", "it", "they", "then", "very", "some", "after", "we" };
+static const char *const filler[FILLER_WORDS] = { "the", "a",  "of",   "and",  "to",   "in",   "was",   "with",
+                                                  "on",  "it", "they", "then", "very", "some", "after", "we" };
 
 const char *ftb_understanding_label(int i) { return i >= 0 && i < 4 ? labels[i] : "?"; }
 
@@ -34,8 +34,7 @@ int ftb_understanding_generate(const ftb_understanding_opts *o, uint64_t *rng, f
     int n_topic = nw / 3 < 3 ? 3 : nw / 3;
     int major = n_topic / 2 + 1;
     signed char slot[1024];
-    for (int i = 0; i < nw; i++)
-        slot[i] = -1;
+    for (int i = 0; i < nw; i++) slot[i] = -1;
     for (int i = 0; i < n_topic; i++) {
         int topic = label;
         if (i >= major) {

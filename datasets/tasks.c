@@ -37,8 +37,7 @@ struct ftb_task {
 void ftb_text_clear(ftb_text *x)
 {
     x->n = 0;
-    if (x->s)
-        x->s[0] = 0;
+    if (x->s) x->s[0] = 0;
 }
 
 void ftb_text_printf(ftb_text *x, const char *fmt, ...)
@@ -47,15 +46,12 @@ void ftb_text_printf(ftb_text *x, const char *fmt, ...)
     va_start(ap, fmt);
     int need = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (need < 0)
-        return;
+    if (need < 0) return;
     if (x->n + (size_t)need + 1 > x->cap) {
         size_t c = x->cap ? x->cap : 128;
-        while (c < x->n + (size_t)need + 1)
-            c *= 2;
+        while (c < x->n + (size_t)need + 1) c *= 2;
         char *g = realloc(x->s, c);
-        if (!g)
-            abort(); /* a few bytes of prompt text: nothing sensible remains */
+        if (!g) abort(); /* a few bytes of prompt text: nothing sensible remains */
         x->s = g;
         x->cap = c;
     }
@@ -114,8 +110,7 @@ static int parse_options(ftb_task *t, const char *opts, char *err, size_t errlen
     snprintf(buf, sizeof buf, "%s", opts);
     for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(kv, '=');
-        if (!eq)
-            return errf(err, errlen, "task %s: option '%s' is not key=value", name, kv);
+        if (!eq) return errf(err, errlen, "task %s: option '%s' is not key=value", name, kv);
         *eq = 0;
         const char *k = kv, *v = eq + 1;
         int rc = 1;
@@ -157,8 +152,7 @@ static int parse_options(ftb_task *t, const char *opts, char *err, size_t errlen
         } else {
             return errf(err, errlen, "task %s: takes no options", name);
         }
-        if (rc)
-            return -1;
+        if (rc) return -1;
     }
     return 0;
 }
@@ -232,11 +226,9 @@ ftb_task *ftb_task_open(const char *spec, const ftb_tokenizer *tok, uint64_t see
             rc = errf(err, errlen,
                       "unknown task '%.*s' (reasoning, understanding, passkey | long-context, or a .jsonl file)",
                       (int)nlen, spec);
-        if (rc == 0 && colon)
-            rc = parse_options(t, colon + 1, err, errlen);
+        if (rc == 0 && colon) rc = parse_options(t, colon + 1, err, errlen);
     }
-    if (rc == 0 && ftb_tokenizer_encode(tok, "\n", 1, &t->stop, &t->n_stop, &t->cap_stop, err, errlen))
-        rc = -1;
+    if (rc == 0 && ftb_tokenizer_encode(tok, "\n", 1, &t->stop, &t->n_stop, &t->cap_stop, err, errlen)) rc = -1;
     if (rc) {
         ftb_task_close(t);
         return NULL;
@@ -246,8 +238,7 @@ ftb_task *ftb_task_open(const char *spec, const ftb_tokenizer *tok, uint64_t see
 
 void ftb_task_close(ftb_task *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     ftb_instr_free(t->instr);
     ftb_tokenizer_close(t->own_tok);
     ftb_text_free(&t->prompt);
@@ -278,10 +269,8 @@ int ftb_task_max_tokens(const ftb_task *t)
     case TASK_UNDERSTANDING:
         /* "Passage:" + words of at most 10 letters + "\nTopic:" + " science\n" */
         return 8 + t->uo.words * 11 + 7 + 9;
-    case TASK_PASSKEY:
-        return t->po.len;
-    case TASK_JSONL:
-        return ftb_instr_max_tokens(t->instr);
+    case TASK_PASSKEY: return t->po.len;
+    case TASK_JSONL: return ftb_instr_max_tokens(t->instr);
     }
     return 0;
 }
@@ -310,8 +299,7 @@ int ftb_task_example(ftb_task *t, ftb_split split, int64_t index, ftb_example *o
 {
     memset(out, 0, sizeof *out);
     out->needle_pos = -1;
-    if (index < 0)
-        return errf(err, errlen, "task %s: example index %lld is negative", t->spec, (long long)index);
+    if (index < 0) return errf(err, errlen, "task %s: example index %lld is negative", t->spec, (long long)index);
     if (t->kind == TASK_JSONL) {
         int64_t n = ftb_instr_count(t->instr, split);
         if (n <= 0)
@@ -323,8 +311,7 @@ int ftb_task_example(ftb_task *t, ftb_split split, int64_t index, ftb_example *o
     t->n = 0;
     if (t->kind == TASK_PASSKEY) {
         int np = 0, pos = -1;
-        if (ftb_passkey_generate(&t->po, t->tok, &rng, &t->ids, &t->n, &t->cap, &np, &pos, err, errlen) < 0)
-            return -1;
+        if (ftb_passkey_generate(&t->po, t->tok, &rng, &t->ids, &t->n, &t->cap, &np, &pos, err, errlen) < 0) return -1;
         out->tokens = t->ids;
         out->n_prompt = np;
         out->n_answer = t->n - np;
@@ -335,11 +322,9 @@ int ftb_task_example(ftb_task *t, ftb_split split, int64_t index, ftb_example *o
         ftb_reasoning_generate(&t->ro, &rng, &t->prompt, &t->answer);
     else
         ftb_understanding_generate(&t->uo, &rng, &t->prompt, &t->answer);
-    if (ftb_tokenizer_encode(t->tok, t->prompt.s, t->prompt.n, &t->ids, &t->n, &t->cap, err, errlen))
-        return -1;
+    if (ftb_tokenizer_encode(t->tok, t->prompt.s, t->prompt.n, &t->ids, &t->n, &t->cap, err, errlen)) return -1;
     int np = t->n;
-    if (ftb_tokenizer_encode(t->tok, t->answer.s, t->answer.n, &t->ids, &t->n, &t->cap, err, errlen))
-        return -1;
+    if (ftb_tokenizer_encode(t->tok, t->answer.s, t->answer.n, &t->ids, &t->n, &t->cap, err, errlen)) return -1;
     out->tokens = t->ids;
     out->n_prompt = np;
     out->n_answer = t->n - np;
@@ -349,13 +334,11 @@ int ftb_task_example(ftb_task *t, ftb_split split, int64_t index, ftb_example *o
 int ftb_task_batch(ftb_task *t, ftb_split split, int64_t index, int B, int T, int all_tokens, int32_t *tokens,
                    int32_t *targets, char *err, size_t errlen)
 {
-    if (B < 1 || T < 2)
-        return errf(err, errlen, "task batch %dx%d: B must be >= 1 and T >= 2", B, T);
+    if (B < 1 || T < 2) return errf(err, errlen, "task batch %dx%d: B must be >= 1 and T >= 2", B, T);
     for (int r = 0; r < B; r++) {
         int64_t ex_index = index * B + r;
         ftb_example ex;
-        if (ftb_task_example(t, split, ex_index, &ex, err, errlen))
-            return -1;
+        if (ftb_task_example(t, split, ex_index, &ex, err, errlen)) return -1;
         int n = ex.n_prompt + ex.n_answer;
         if (n > T)
             return errf(err, errlen,

@@ -43,7 +43,7 @@ typedef enum { FTB_SPLIT_TRAIN = 0, FTB_SPLIT_EVAL = 1 } ftb_split;
 typedef struct {
     const int32_t *tokens;
     int n_prompt, n_answer;
-    int needle_pos;   /* passkey: token index where the needle starts; else -1 */
+    int needle_pos; /* passkey: token index where the needle starts; else -1 */
 } ftb_example;
 
 /* tok: NULL = the byte tokenizer (the task then owns one).  The tokenizer
@@ -93,18 +93,22 @@ void ftb_text_free(ftb_text *x);
 uint64_t ftb_task_rand(uint64_t *state);
 uint64_t ftb_task_below(uint64_t *state, uint64_t n);
 
-typedef struct { int steps, digits; } ftb_reasoning_opts;
+typedef struct {
+    int steps, digits;
+} ftb_reasoning_opts;
 /* Writes prompt and answer (with its "\n"); returns the answer's value. */
 long ftb_reasoning_generate(const ftb_reasoning_opts *o, uint64_t *rng, ftb_text *prompt, ftb_text *answer);
 
-typedef struct { int labels, words; } ftb_understanding_opts;
+typedef struct {
+    int labels, words;
+} ftb_understanding_opts;
 /* Returns the label index; the passage has exactly one majority topic. */
 int ftb_understanding_generate(const ftb_understanding_opts *o, uint64_t *rng, ftb_text *prompt, ftb_text *answer);
 const char *ftb_understanding_label(int i);
 
 typedef struct {
-    int len;          /* tokens of the whole example                        */
-    double depth;     /* 0..1, or < 0: random per example                   */
+    int len;      /* tokens of the whole example                        */
+    double depth; /* 0..1, or < 0: random per example                   */
     int digits;
 } ftb_passkey_opts;
 /* Builds the example directly as tokens (lengths are in tokens, whatever the

@@ -20,8 +20,7 @@ ftb_tokenizer *ftb_tokenizer_open(const char *spec, char *err, size_t errlen)
         snprintf(err, errlen, "tokenizer: out of memory");
         return NULL;
     }
-    if (!spec || !*spec || !strcmp(spec, "byte"))
-        return t;
+    if (!spec || !*spec || !strcmp(spec, "byte")) return t;
     t->bpe = ftb_bpe_load(spec, err, errlen);
     if (!t->bpe) {
         free(t);
@@ -32,8 +31,7 @@ ftb_tokenizer *ftb_tokenizer_open(const char *spec, char *err, size_t errlen)
 
 void ftb_tokenizer_close(ftb_tokenizer *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     ftb_bpe_free(t->bpe);
     free(t);
 }
@@ -45,16 +43,14 @@ int ftb_tokenizer_vocab(const ftb_tokenizer *t) { return t && t->bpe ? ftb_bpe_v
 int ftb_tokenizer_encode(const ftb_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap,
                          char *err, size_t errlen)
 {
-    if (t && t->bpe)
-        return ftb_bpe_encode(t->bpe, text, len, ids, n, cap, err, errlen);
+    if (t && t->bpe) return ftb_bpe_encode(t->bpe, text, len, ids, n, cap, err, errlen);
     if ((size_t)*n + len > (size_t)INT32_MAX / 2) {
         snprintf(err, errlen, "tokenizer: text of %zu bytes is too long", len);
         return -1;
     }
     if ((size_t)*n + len > (size_t)*cap) {
         int c = *cap ? *cap : 64;
-        while ((size_t)c < (size_t)*n + len)
-            c *= 2;
+        while ((size_t)c < (size_t)*n + len) c *= 2;
         int32_t *g = realloc(*ids, (size_t)c * sizeof **ids);
         if (!g) {
             snprintf(err, errlen, "tokenizer: out of memory");
@@ -63,15 +59,13 @@ int ftb_tokenizer_encode(const ftb_tokenizer *t, const char *text, size_t len, i
         *ids = g;
         *cap = c;
     }
-    for (size_t i = 0; i < len; i++)
-        (*ids)[(*n)++] = (unsigned char)text[i];
+    for (size_t i = 0; i < len; i++) (*ids)[(*n)++] = (unsigned char)text[i];
     return 0;
 }
 
 size_t ftb_tokenizer_decode(const ftb_tokenizer *t, const int32_t *ids, int n, char *out, size_t outcap)
 {
-    if (t && t->bpe)
-        return ftb_bpe_decode(t->bpe, ids, n, out, outcap);
+    if (t && t->bpe) return ftb_bpe_decode(t->bpe, ids, n, out, outcap);
     size_t k = 0;
     for (int i = 0; i < n; i++) {
         const char *s;
@@ -84,10 +78,8 @@ size_t ftb_tokenizer_decode(const ftb_tokenizer *t, const int32_t *ids, int n, c
         }
         size_t l = ids[i] == 0 ? 1 : strlen(s);
         for (size_t j = 0; j < l; j++, k++)
-            if (k + 1 < outcap)
-                out[k] = s[j];
+            if (k + 1 < outcap) out[k] = s[j];
     }
-    if (outcap)
-        out[k < outcap ? k : outcap - 1] = 0;
+    if (outcap) out[k < outcap ? k : outcap - 1] = 0;
     return k;
 }

@@ -30,8 +30,8 @@ int ftb_tokenizer_vocab(const ftb_tokenizer *t);
 
 /* Appends the ids of text[0..len) to *ids (grown with realloc; *n ids are
  * already there, *cap the capacity).  0, or -1 with err. */
-int ftb_tokenizer_encode(const ftb_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n,
-                         int *cap, char *err, size_t errlen);
+int ftb_tokenizer_encode(const ftb_tokenizer *t, const char *text, size_t len, int32_t **ids, int *n, int *cap,
+                         char *err, size_t errlen);
 /* Writes the text of ids (invalid ids as "\xEF\xBF\xBD") into out, NUL
  * terminated and truncated to outcap; returns the full length. */
 size_t ftb_tokenizer_decode(const ftb_tokenizer *t, const int32_t *ids, int n, char *out, size_t outcap);

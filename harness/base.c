@@ -32,13 +32,11 @@ int ftb_base_parse_option(ftb_base_spec *b, const char *opt, const char *val, ch
 {
     if (!strcmp(opt, "--base-dtype") || !strcmp(opt, "--embed-dtype")) {
         int d = ftb_dtype_parse(val);
-        if (d < 0)
-            return ftb_errf(err, errlen, "%s: '%s' is not f32, bf16, f16, int8, int4 or int4-asym", opt, val);
+        if (d < 0) return ftb_errf(err, errlen, "%s: '%s' is not f32, bf16, f16, int8, int4 or int4-asym", opt, val);
         if (!strcmp(opt, "--base-dtype")) {
             b->dtype = (ftb_dtype)d;
             /* The embedding follows the linears unless --embed-dtype is given. */
-            if (!(b->dtype_given & 2))
-                b->embed_dtype = (ftb_dtype)d;
+            if (!(b->dtype_given & 2)) b->embed_dtype = (ftb_dtype)d;
             b->dtype_given |= 1;
         } else {
             b->embed_dtype = (ftb_dtype)d;
@@ -49,7 +47,8 @@ int ftb_base_parse_option(ftb_base_spec *b, const char *opt, const char *val, ch
     if (!strcmp(opt, "--group")) {
         long g;
         if (ftb_parse_long(val, 1, 1 << 20, &g) != 0 || g % 2)
-            return ftb_errf(err, errlen, "--group: '%s' is not an even positive integer (int4 group size: 32, 64, 128)", val);
+            return ftb_errf(err, errlen, "--group: '%s' is not an even positive integer (int4 group size: 32, 64, 128)",
+                            val);
         b->group = (int)g;
         b->group_given = 1;
         return 0;
@@ -100,18 +99,15 @@ int ftb_base_needs_prepare(const ftb_base_spec *b, const char *checkpoint)
 static void format_part(const ftb_base_spec *b, char *out, size_t n)
 {
     char g[24] = "", e[48] = "";
-    if (is_int4(b->dtype) || is_int4(b->embed_dtype))
-        snprintf(g, sizeof g, "-g%d", b->group);
-    if (b->embed_dtype != b->dtype)
-        snprintf(e, sizeof e, "-emb-%s", ftb_dtype_name(b->embed_dtype));
+    if (is_int4(b->dtype) || is_int4(b->embed_dtype)) snprintf(g, sizeof g, "-g%d", b->group);
+    if (b->embed_dtype != b->dtype) snprintf(e, sizeof e, "-emb-%s", ftb_dtype_name(b->embed_dtype));
     snprintf(out, n, "%s%s%s", ftb_dtype_name(b->dtype), g, e);
 }
 
 void ftb_base_key_part(const ftb_base_spec *b, char *out, size_t n)
 {
     char f[96] = "";
-    if (b->dtype_given || b->residency_given)
-        format_part(b, f, sizeof f);
+    if (b->dtype_given || b->residency_given) format_part(b, f, sizeof f);
     snprintf(out, n, "%s%s%s", f, f[0] && b->residency == FTB_RESIDENT_LAZY_BLOCK ? "." : "",
              b->residency == FTB_RESIDENT_LAZY_BLOCK ? "lazy" : "");
 }
@@ -137,8 +133,7 @@ void ftb_base_cache_root(char *out, size_t n)
 static uint64_t checkpoint_hash(const char *dir)
 {
     char real[PATH_MAX];
-    if (!realpath(dir, real))
-        snprintf(real, sizeof real, "%s", dir);
+    if (!realpath(dir, real)) snprintf(real, sizeof real, "%s", dir);
     uint64_t h = ftb_fnv1a(real, strlen(real) + 1, FTB_FNV_INIT);
     struct dirent **names = NULL;
     int n = scandir(dir, &names, NULL, alphasort);
@@ -164,7 +159,8 @@ static void cache_dir(const ftb_base_spec *b, const char *model, const char *che
     ftb_base_cache_root(root, sizeof root);
     format_part(b, f, sizeof f);
     if (checkpoint)
-        snprintf(out, n, "%.3000s/ckpt-%.200s-%016llx-%s", root, model, (unsigned long long)checkpoint_hash(checkpoint), f);
+        snprintf(out, n, "%.3000s/ckpt-%.200s-%016llx-%s", root, model, (unsigned long long)checkpoint_hash(checkpoint),
+                 f);
     else
         snprintf(out, n, "%.3000s/%.200s-seed%llu-%s", root, model, (unsigned long long)seed, f);
 }
@@ -236,21 +232,17 @@ static int make_base(const ftb_base_spec *b, const ftb_config *cfg, const char *
     ftb_model *m;
     if (checkpoint) {
         m = ftb_model_load_quantized(checkpoint, 1, fmt, b->group, efmt, err, errlen);
-        if (!m)
-            return -1;
+        if (!m) return -1;
     } else {
         m = ftb_model_create(cfg, seed, err, errlen);
-        if (!m)
-            return -1;
+        if (!m) return -1;
         /* The loss difference against fp32 on one seeded batch. */
         int T = cfg->max_seq < LOSS_TOKENS ? cfg->max_seq : LOSS_TOKENS;
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)T), *tgt = malloc(sizeof(int32_t) * (size_t)T);
         ftb_rng r;
         ftb_rng_seed(&r, seed ^ 0x62617365ULL);
-        for (int i = 0; i < T; i++)
-            tok[i] = (int32_t)(ftb_rng_u64(&r) % (uint64_t)cfg->vocab_size);
-        for (int i = 0; i < T; i++)
-            tgt[i] = i + 1 < T ? tok[i + 1] : FTB_IGNORE_INDEX;
+        for (int i = 0; i < T; i++) tok[i] = (int32_t)(ftb_rng_u64(&r) % (uint64_t)cfg->vocab_size);
+        for (int i = 0; i < T; i++) tgt[i] = i + 1 < T ? tok[i + 1] : FTB_IGNORE_INDEX;
         float l32 = batch_loss(m, tok, tgt, T, err, errlen);
         if (ftb_model_quantize(m, fmt, b->group, err, errlen) != 0 ||
             (b->embed_dtype != FTB_DTYPE_F32 && ftb_model_quantize_embeddings(m, efmt, b->group, err, errlen) != 0)) {
@@ -273,8 +265,7 @@ static int make_base(const ftb_base_spec *b, const ftb_config *cfg, const char *
         return -1;
     }
     int64_t bytes = 0;
-    for (int i = 0; i < m->n_params; i++)
-        bytes += ftb_tensor_storage_bytes(m->params[i]);
+    for (int i = 0; i < m->n_params; i++) bytes += ftb_tensor_storage_bytes(m->params[i]);
     json_t *tensors = NULL;
     json_t *errs = error_summary(m, &tensors);
     ftb_model_free(m);
@@ -288,12 +279,12 @@ static int make_base(const ftb_base_spec *b, const ftb_config *cfg, const char *
         json_object_set_new(info, "seed", json_integer((json_int_t)seed));
     json_object_set_new(info, "dtype", json_string(fmt));
     json_object_set_new(info, "embed_dtype", json_string(efmt));
-    json_object_set_new(info, "group", is_int4(b->dtype) || is_int4(b->embed_dtype) ? json_integer(b->group) : json_null());
+    json_object_set_new(info, "group",
+                        is_int4(b->dtype) || is_int4(b->embed_dtype) ? json_integer(b->group) : json_null());
     json_object_set_new(info, "storage_bytes", json_integer(bytes));
     json_object_set_new(info, "prepare_seconds", json_real(ftb_now() - t0));
     json_object_set_new(info, "quantization_error", errs);
-    if (loss)
-        json_object_set_new(info, "loss_difference", loss);
+    if (loss) json_object_set_new(info, "loss_difference", loss);
     json_object_set_new(info, "tensors", tensors);
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s", tmp, FTB_BASE_INFO_FILE);
@@ -309,16 +300,14 @@ static json_t *load_info(const char *dir, const ftb_base_spec *b, const char *mo
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s", dir, FTB_BASE_INFO_FILE);
     json_t *j = json_load_file(path, 0, NULL);
-    if (!j)
-        return NULL;
+    if (!j) return NULL;
     const char *m = json_string_value(json_object_get(j, "model"));
     const char *d = json_string_value(json_object_get(j, "dtype"));
     const char *e = json_string_value(json_object_get(j, "embed_dtype"));
     int ok = json_integer_value(json_object_get(j, "format_version")) == FTB_BASE_FORMAT_VERSION && m &&
              !strcmp(m, model) && d && !strcmp(d, ftb_dtype_name(b->dtype)) && e &&
              !strcmp(e, ftb_dtype_name(b->embed_dtype));
-    if (ok && !checkpoint)
-        ok = (uint64_t)json_integer_value(json_object_get(j, "seed")) == seed;
+    if (ok && !checkpoint) ok = (uint64_t)json_integer_value(json_object_get(j, "seed")) == seed;
     if (ok && (is_int4(b->dtype) || is_int4(b->embed_dtype)))
         ok = json_integer_value(json_object_get(j, "group")) == b->group;
     if (!ok) {
@@ -334,25 +323,21 @@ int ftb_base_prepare(const ftb_base_spec *b, const ftb_config *cfg, const char *
 {
     *info = NULL;
     cache_dir(b, model, checkpoint, seed, dir, dirn);
-    if ((*info = load_info(dir, b, model, checkpoint, seed)))
-        return 0;
+    if ((*info = load_info(dir, b, model, checkpoint, seed))) return 0;
     if (ftb_is_dir(dir))
         return ftb_errf(err, errlen, "%s exists but holds no base prepared for this model and format; remove it", dir);
     char parent[PATH_MAX];
     snprintf(parent, sizeof parent, "%s", dir);
     char *slash = strrchr(parent, '/');
-    if (slash)
-        *slash = 0;
-    if (ftb_mkdirs(parent, err, errlen) != 0)
-        return -1;
+    if (slash) *slash = 0;
+    if (ftb_mkdirs(parent, err, errlen) != 0) return -1;
     char tmp[PATH_MAX + 32];
     snprintf(tmp, sizeof tmp, "%.4000s.tmp-%d", dir, (int)getpid());
     if (!quiet)
-        fprintf(stderr, "ftbench: preparing the %s base of %s (once, outside any measurement) in %s\n", strrchr(dir, '/') + 1,
-                model, dir);
+        fprintf(stderr, "ftbench: preparing the %s base of %s (once, outside any measurement) in %s\n",
+                strrchr(dir, '/') + 1, model, dir);
     int fds[2];
-    if (pipe(fds) != 0)
-        return ftb_errf(err, errlen, "pipe: %s", strerror(errno));
+    if (pipe(fds) != 0) return ftb_errf(err, errlen, "pipe: %s", strerror(errno));
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -367,17 +352,14 @@ int ftb_base_prepare(const ftb_base_spec *b, const ftb_config *cfg, const char *
         char e[FTB_ERR_LEN] = "";
         ftb_set_threads(threads);
         int rc = make_base(b, cfg, model, checkpoint, seed, tmp, e, sizeof e);
-        if (rc != 0 && write(fds[1], e, strlen(e)) < 0) {
-            /* the parent reports a failure without a message */
-        }
+        if (rc != 0 && write(fds[1], e, strlen(e)) < 0) { /* the parent reports a failure without a message */ }
         _exit(rc == 0 ? 0 : 1);
     }
     close(fds[1]);
     char msg[FTB_ERR_LEN] = "";
     size_t got = 0;
     ssize_t r;
-    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0)
-        got += (size_t)r;
+    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0) got += (size_t)r;
     msg[got] = 0;
     close(fds[0]);
     int st;
@@ -390,8 +372,7 @@ int ftb_base_prepare(const ftb_base_spec *b, const ftb_config *cfg, const char *
         return ftb_errf(err, errlen, "preparing the base in %s: %s", dir, msg[0] ? msg : "failed");
     }
     /* Atomic: a concurrent preparer that finished first keeps its entry. */
-    if (rename(tmp, dir) != 0)
-        nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (rename(tmp, dir) != 0) nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     if (!(*info = load_info(dir, b, model, checkpoint, seed)))
         return ftb_errf(err, errlen, "%s: the prepared base has no valid %s", dir, FTB_BASE_INFO_FILE);
     return 0;
@@ -402,18 +383,17 @@ json_t *ftb_base_record_json(const ftb_base_spec *b, const char *dir, json_t *in
     json_t *o = json_object();
     json_object_set_new(o, "dtype", json_string(ftb_dtype_name(b->dtype)));
     json_object_set_new(o, "embed_dtype", json_string(ftb_dtype_name(b->embed_dtype)));
-    json_object_set_new(o, "group", is_int4(b->dtype) || is_int4(b->embed_dtype) ? json_integer(b->group) : json_null());
+    json_object_set_new(o, "group",
+                        is_int4(b->dtype) || is_int4(b->embed_dtype) ? json_integer(b->group) : json_null());
     json_object_set_new(o, "residency", json_string(b->residency == FTB_RESIDENT_LAZY_BLOCK ? "lazy" : "all"));
     json_object_set_new(o, "given", json_boolean(b->dtype_given || b->residency_given));
-    if (dir && dir[0])
-        json_object_set_new(o, "prepared_checkpoint", json_string(dir));
+    if (dir && dir[0]) json_object_set_new(o, "prepared_checkpoint", json_string(dir));
     if (info) {
-        static const char *const keys[] = { "storage_bytes", "prepare_seconds", "quantization_error",
-                                            "loss_difference", NULL };
+        static const char *const keys[] = { "storage_bytes", "prepare_seconds", "quantization_error", "loss_difference",
+                                            NULL };
         for (int i = 0; keys[i]; i++) {
             json_t *v = json_object_get(info, keys[i]);
-            if (v)
-                json_object_set(o, keys[i], v);
+            if (v) json_object_set(o, keys[i], v);
         }
     }
     return o;

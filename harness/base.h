@@ -18,16 +18,16 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#define FTB_BASE_INFO_FILE "ftbench-base.json"
+#define FTB_BASE_INFO_FILE      "ftbench-base.json"
 #define FTB_BASE_FORMAT_VERSION 1
 
 typedef struct {
-    int dtype_given;         /* bit 0: --base-dtype given, bit 1: --embed-dtype */
-    int residency_given;     /* --residency given                            */
+    int dtype_given;     /* bit 0: --base-dtype given, bit 1: --embed-dtype */
+    int residency_given; /* --residency given                            */
     int group_given;
-    ftb_dtype dtype;         /* block linears                                */
-    ftb_dtype embed_dtype;   /* token embedding and (untied) LM head         */
-    int group;               /* int4: elements per group                     */
+    ftb_dtype dtype;       /* block linears                                */
+    ftb_dtype embed_dtype; /* token embedding and (untied) LM head         */
+    int group;             /* int4: elements per group                     */
     ftb_residency residency;
 } ftb_base_spec;
 

@@ -17,12 +17,13 @@
 int ftb_cmd_bench_core(int argc, char **argv);
 
 /* Seconds for C = op(A)·op(B) of one shape, best of reps. */
-static double time_gemm(int transa, int transb, int M, int N, int K, float *a, float *b, float *c, int reps) {
+static double time_gemm(int transa, int transb, int M, int N, int K, float *a, float *b, float *c, int reps)
+{
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = ftb_now();
-        cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, M, N,
-                    K, 1.0f, a, transa ? M : K, b, transb ? K : N, 0.0f, c, N);
+        cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, M, N, K,
+                    1.0f, a, transa ? M : K, b, transb ? K : N, 0.0f, c, N);
         double t = ftb_now() - t0;
         if (t < best) best = t;
     }
@@ -32,12 +33,15 @@ static double time_gemm(int transa, int transb, int M, int N, int K, float *a, f
 /* The sgemm rate on the step's own linear-layer shapes: for each linear
  * (rows N, in, out) the three products of forward and backward, weighted by
  * how often each occurs in the step. */
-static double sgemm_rate_for_model(const ftb_config *c, int N, int head_rows) {
+static double sgemm_rate_for_model(const ftb_config *c, int N, int head_rows)
+{
     int Q = c->n_heads * c->head_dim, KV = c->n_kv_heads * c->head_dim;
-    struct { int in, out, count, rows; } lin[] = {
-        {c->dim, Q, c->n_layers, N},        {c->dim, KV, 2 * c->n_layers, N}, {Q, c->dim, c->n_layers, N},
-        {c->dim, c->ffn_dim, 2 * c->n_layers, N}, {c->ffn_dim, c->dim, c->n_layers, N},
-        {c->dim, c->vocab_size, (N + head_rows - 1) / head_rows, head_rows},
+    struct {
+        int in, out, count, rows;
+    } lin[] = {
+        { c->dim, Q, c->n_layers, N },          { c->dim, KV, 2 * c->n_layers, N },
+        { Q, c->dim, c->n_layers, N },          { c->dim, c->ffn_dim, 2 * c->n_layers, N },
+        { c->ffn_dim, c->dim, c->n_layers, N }, { c->dim, c->vocab_size, (N + head_rows - 1) / head_rows, head_rows },
     };
     size_t maxa = 0, maxw = 0, maxc = 0;
     for (size_t i = 0; i < sizeof lin / sizeof *lin; i++) {
@@ -49,7 +53,12 @@ static double sgemm_rate_for_model(const ftb_config *c, int N, int head_rows) {
         if (w > maxc) maxc = w;
     }
     float *A = malloc(maxa * sizeof(float)), *W = malloc(maxw * sizeof(float)), *C = malloc(maxc * sizeof(float));
-    if (!A || !W || !C) { free(A); free(W); free(C); return 0; }
+    if (!A || !W || !C) {
+        free(A);
+        free(W);
+        free(C);
+        return 0;
+    }
     ftb_fill_normal(A, (int64_t)maxa, 1.0f, 1);
     ftb_fill_normal(W, (int64_t)maxw, 0.02f, 2);
     double flops = 0, secs = 0;
@@ -62,36 +71,53 @@ static double sgemm_rate_for_model(const ftb_config *c, int N, int head_rows) {
         flops += 3 * f * lin[i].count;
         secs += t * lin[i].count;
     }
-    free(A); free(W); free(C);
+    free(A);
+    free(W);
+    free(C);
     return flops / secs / 1e9;
 }
 
-int ftb_cmd_bench_core(int argc, char **argv) {
+int ftb_cmd_bench_core(int argc, char **argv)
+{
     const char *model_name = "qwen2.5-0.5b";
     long seq = 512, batch = 1, steps = 2, threads = 0;
     ftb_run_opts run;
     ftb_run_opts_default(&run);
-    static struct option longopts[] = {{"model", 1, 0, 'm'}, {"seq", 1, 0, 's'},    {"batch", 1, 0, 'b'},
-                                       {"steps", 1, 0, 'n'}, {"threads", 1, 0, 't'}, {"attention", 1, 0, 'a'},
-                                       {"loss", 1, 0, 'l'},  {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    static struct option longopts[] = { { "model", 1, 0, 'm' }, { "seq", 1, 0, 's' },     { "batch", 1, 0, 'b' },
+                                        { "steps", 1, 0, 'n' }, { "threads", 1, 0, 't' }, { "attention", 1, 0, 'a' },
+                                        { "loss", 1, 0, 'l' },  { "help", 0, 0, 'h' },    { 0, 0, 0, 0 } };
     optind = 1;
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
         case 'm': model_name = optarg; break;
-        case 's': if (ftb_parse_long(optarg, 1, 1 << 20, &seq)) goto bad; break;
-        case 'b': if (ftb_parse_long(optarg, 1, 4096, &batch)) goto bad; break;
-        case 'n': if (ftb_parse_long(optarg, 1, 1000, &steps)) goto bad; break;
-        case 't': if (ftb_parse_long(optarg, 1, 1024, &threads)) goto bad; break;
+        case 's':
+            if (ftb_parse_long(optarg, 1, 1 << 20, &seq)) goto bad;
+            break;
+        case 'b':
+            if (ftb_parse_long(optarg, 1, 4096, &batch)) goto bad;
+            break;
+        case 'n':
+            if (ftb_parse_long(optarg, 1, 1000, &steps)) goto bad;
+            break;
+        case 't':
+            if (ftb_parse_long(optarg, 1, 1024, &threads)) goto bad;
+            break;
         case 'a':
-            if (strcmp(optarg, "flash") == 0) run.attention = FTB_ATTN_FLASH;
-            else if (strcmp(optarg, "eager") == 0) run.attention = FTB_ATTN_EAGER;
-            else goto bad;
+            if (strcmp(optarg, "flash") == 0)
+                run.attention = FTB_ATTN_FLASH;
+            else if (strcmp(optarg, "eager") == 0)
+                run.attention = FTB_ATTN_EAGER;
+            else
+                goto bad;
             break;
         case 'l':
-            if (strcmp(optarg, "chunked") == 0) run.loss = FTB_LOSS_CHUNKED;
-            else if (strcmp(optarg, "full") == 0) run.loss = FTB_LOSS_FULL;
-            else goto bad;
+            if (strcmp(optarg, "chunked") == 0)
+                run.loss = FTB_LOSS_CHUNKED;
+            else if (strcmp(optarg, "full") == 0)
+                run.loss = FTB_LOSS_FULL;
+            else
+                goto bad;
             break;
         case 'h':
             printf("usage: ftbench bench-core [--model NAME] [--seq N] [--batch N] [--steps N] [--threads N]\n"
@@ -100,8 +126,7 @@ int ftb_cmd_bench_core(int argc, char **argv) {
                    "weights: tokens/s, achieved GFLOP/s beside cblas_sgemm on the same shapes, and\n"
                    "the core's memory categories against the process's peak RSS.\n");
             return 0;
-        default:
-            return 2;
+        default: return 2;
         }
     }
     if (optind < argc) {
@@ -120,18 +145,25 @@ int ftb_cmd_bench_core(int argc, char **argv) {
 
     printf("bench-core: %s, T=%ld, batch %ld, %d threads, BLAS kernel %s (%s), CPU: %s\n", cfg.name, seq, batch,
            nthreads, ftb_blas_corename(), ftb_blas_selection(), ftb_cpu_features());
-    double sgemm = sgemm_rate_for_model(&cfg, N, run.loss == FTB_LOSS_FULL ? N : (run.loss_chunk_rows < N ? run.loss_chunk_rows : N));
+    double sgemm = sgemm_rate_for_model(
+        &cfg, N, run.loss == FTB_LOSS_FULL ? N : (run.loss_chunk_rows < N ? run.loss_chunk_rows : N));
     printf("  sgemm on this step's shapes:  %8.1f GFLOP/s\n", sgemm);
 
     /* Baseline after the BLAS library has its buffers: the step's growth
      * above it is what the core's categories must explain. */
     FILE *cr = fopen("/proc/self/clear_refs", "w");
-    if (cr) { fputs("5", cr); fclose(cr); }
+    if (cr) {
+        fputs("5", cr);
+        fclose(cr);
+    }
     int64_t rss_base = ftb_self_vmrss();
     ftb_mem_reset_peaks();
 
     ftb_model *m = ftb_model_create(&cfg, 1234, err, sizeof err);
-    if (!m) { fprintf(stderr, "ftbench bench-core: %s\n", err); return 1; }
+    if (!m) {
+        fprintf(stderr, "ftbench bench-core: %s\n", err);
+        return 1;
+    }
     ftb_model_set_trainable(m, 1);
     ftb_adamw opt;
     if (ftb_model_alloc_grads(m, err, sizeof err) || ftb_adamw_init(&opt, m, NULL, 0, 1e-5f, 0.0f, err, sizeof err)) {
@@ -144,7 +176,7 @@ int ftb_cmd_bench_core(int argc, char **argv) {
     ftb_rng_seed(&rng, 99);
     for (int i = 0; i < N; i++) tokens[i] = (int32_t)(ftb_rng_u64(&rng) % (uint64_t)cfg.vocab_size);
     for (int i = 0; i < N; i++) targets[i] = (i + 1) % (int)seq ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    ftb_batch b = {(int)batch, (int)seq, tokens, targets};
+    ftb_batch b = { (int)batch, (int)seq, tokens, targets };
 
     double best = 1e30, tf = 0, to = 0;
     float loss = 0;
@@ -156,8 +188,15 @@ int ftb_cmd_bench_core(int argc, char **argv) {
         ftb_mem_set_phase("optim");
         ftb_adamw_step(&opt);
         double t2 = ftb_now();
-        if (isnan(loss)) { fprintf(stderr, "ftbench bench-core: %s\n", err); break; }
-        if (s > 0 && t2 - t0 < best) { best = t2 - t0; tf = t1 - t0; to = t2 - t1; }
+        if (isnan(loss)) {
+            fprintf(stderr, "ftbench bench-core: %s\n", err);
+            break;
+        }
+        if (s > 0 && t2 - t0 < best) {
+            best = t2 - t0;
+            tf = t1 - t0;
+            to = t2 - t1;
+        }
     }
     /* Useful FLOPs: 6 per GEMM weight per token (forward, input grad, weight
      * grad), plus causal attention: QKᵀ and PV over half the T×T pairs, so
@@ -176,8 +215,8 @@ int ftb_cmd_bench_core(int argc, char **argv) {
     int64_t hwm = ftb_self_vmhwm();
     size_t ja = 0, jact = 0, jres = 0;
     int have_je = ftb_jemalloc_stats(&ja, &jact, &jres) == 0;
-    printf("  step (fwd+bwd+AdamW):          %8.3f s  (fwd+bwd %.3f s, optimizer %.3f s), loss %.4f\n", best, tf,
-           to, loss);
+    printf("  step (fwd+bwd+AdamW):          %8.3f s  (fwd+bwd %.3f s, optimizer %.3f s), loss %.4f\n", best, tf, to,
+           loss);
     printf("  tokens/s:                      %8.1f\n", N / best);
     printf("  achieved:                      %8.1f GFLOP/s = %.0f%% of the sgemm rate (target >= 60%%)\n", achieved,
            100.0 * achieved / sgemm);
@@ -190,8 +229,8 @@ int ftb_cmd_bench_core(int argc, char **argv) {
            (hwm - rss_base) / 1048576.0, rss_base / 1048576.0, hwm / 1048576.0);
     printf("  core total / RSS growth:       %8.1f%%\n", 100.0 * st.peak_total / (double)(hwm - rss_base));
     if (have_je)
-        printf("  jemalloc: allocated %.1f MiB, active %.1f MiB, resident %.1f MiB\n", ja / 1048576.0,
-               jact / 1048576.0, jres / 1048576.0);
+        printf("  jemalloc: allocated %.1f MiB, active %.1f MiB, resident %.1f MiB\n", ja / 1048576.0, jact / 1048576.0,
+               jres / 1048576.0);
     free(tokens);
     free(targets);
     ftb_adamw_free(&opt);

@@ -54,8 +54,7 @@ void ftb_cell_make_key(ftb_cell *c)
          * short, safe file name (the record has them in full).  Sorted so
          * the order they were given in does not matter. */
         int idx[FTB_MAX_METHOD_OPTS];
-        for (int i = 0; i < c->n_opts; i++)
-            idx[i] = i;
+        for (int i = 0; i < c->n_opts; i++) idx[i] = i;
         for (int i = 1; i < c->n_opts; i++)
             for (int j = i; j > 0 && strcmp(c->opt_keys[idx[j - 1]], c->opt_keys[idx[j]]) > 0; j--) {
                 int t = idx[j];
@@ -74,23 +73,20 @@ void ftb_cell_make_key(ftb_cell *c)
     char base[96], extra[72];
     ftb_base_key_part(&c->base, base, sizeof base);
     char lc[24] = "";
-    if (c->loss_chunk)
-        snprintf(lc, sizeof lc, ".lc%d", c->loss_chunk);
+    if (c->loss_chunk) snprintf(lc, sizeof lc, ".lc%d", c->loss_chunk);
     snprintf(extra, sizeof extra, "%s%.40s%s%s", base[0] ? "." : "", base, c->optimizer == FTB_OPTIM_SGD ? ".sgd" : "",
              lc);
     snprintf(c->key, sizeof c->key, "%.100s%.9s.%.60s%.50s.s%d.b%d", c->method_label, opts, c->model_name, extra,
              c->seq, c->batch);
     for (char *p = c->key; *p; p++)
-        if (*p == '/' || *p == ' ')
-            *p = '_';
+        if (*p == '/' || *p == ' ') *p = '_';
 }
 
 int ftb_cell_prepare_base(ftb_cell *c, int quiet, char *err, size_t errlen)
 {
     c->base_dir[0] = 0;
     c->base_info = NULL;
-    if (!ftb_base_needs_prepare(&c->base, c->checkpoint))
-        return 0;
+    if (!ftb_base_needs_prepare(&c->base, c->checkpoint)) return 0;
     return ftb_base_prepare(&c->base, &c->cfg, c->model_name, c->checkpoint, c->seed, c->threads, quiet, c->base_dir,
                             sizeof c->base_dir, &c->base_info, err, errlen);
 }
@@ -101,8 +97,7 @@ int ftb_recorded_load(const char *path, ftb_recorded *out)
 {
     memset(out, 0, sizeof *out);
     FILE *f = fopen(path, "r");
-    if (!f)
-        return errno == ENOENT ? 0 : -1;
+    if (!f) return errno == ENOENT ? 0 : -1;
     char *line = NULL;
     size_t cap = 0;
     int alloc = 0;
@@ -130,8 +125,7 @@ int ftb_recorded_load(const char *path, ftb_recorded *out)
 json_t *ftb_recorded_find(const ftb_recorded *r, const char *key)
 {
     for (int i = r->n - 1; i >= 0; i--)
-        if (strcmp(r->keys[i], key) == 0)
-            return r->records[i];
+        if (strcmp(r->keys[i], key) == 0) return r->records[i];
     return NULL;
 }
 
@@ -148,9 +142,8 @@ void ftb_recorded_free(ftb_recorded *r)
 
 /* ---- roofline ----------------------------------------------------------- */
 
-json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, int B, int T,
-                                int64_t trainable, int forward_passes, int has_backward,
-                                int64_t saved_peak_bytes)
+json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, int B, int T, int64_t trainable,
+                                int forward_passes, int has_backward, int64_t saved_peak_bytes)
 {
     json_t *o = json_object();
     double N = (double)B * T;
@@ -170,8 +163,8 @@ json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, i
      * AdamW reads param, grad, m, v and writes param, m, v; saved
      * activations are written once and read once. */
     double wbytes = 4.0 * P;
-    double bytes = passes * wbytes + (has_backward ? wbytes + 2.0 * 4.0 * trainable : 0) +
-                   7.0 * 4.0 * trainable + 2.0 * (double)(saved_peak_bytes > 0 ? saved_peak_bytes : 0);
+    double bytes = passes * wbytes + (has_backward ? wbytes + 2.0 * 4.0 * trainable : 0) + 7.0 * 4.0 * trainable +
+                   2.0 * (double)(saved_peak_bytes > 0 ? saved_peak_bytes : 0);
     json_object_set_new(o, "flops_per_step", json_real(flops));
     json_object_set_new(o, "bytes_per_step", json_real(bytes));
     double tc = dev->peak_gflops_fp32 > 0 ? flops / (dev->peak_gflops_fp32 * 1e9) : NAN;
@@ -202,11 +195,9 @@ double ftb_host_sgemm_gflops(int threads)
      * peak. */
     static int cached_threads = -1;
     static double cached;
-    if (threads == cached_threads)
-        return cached;
+    if (threads == cached_threads) return cached;
     int fds[2];
-    if (pipe(fds) != 0)
-        return -1;
+    if (pipe(fds) != 0) return -1;
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -223,8 +214,7 @@ double ftb_host_sgemm_gflops(int threads)
     }
     close(fds[1]);
     double g = -1;
-    if (read(fds[0], &g, sizeof g) != (ssize_t)sizeof g)
-        g = -1;
+    if (read(fds[0], &g, sizeof g) != (ssize_t)sizeof g) g = -1;
     close(fds[0]);
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
@@ -240,8 +230,7 @@ static volatile sig_atomic_t g_child_pgid;
 
 static void on_signal(int sig)
 {
-    if (g_child_pgid > 0)
-        kill(-g_child_pgid, SIGKILL);
+    if (g_child_pgid > 0) kill(-g_child_pgid, SIGKILL);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -268,13 +257,11 @@ static json_t *config_json(const ftb_config *c)
 static int64_t jget_int(json_t *o, const char *a, const char *b)
 {
     json_t *x = json_object_get(o, a);
-    if (b)
-        x = json_object_get(x, b);
+    if (b) x = json_object_get(x, b);
     return json_is_integer(x) ? (int64_t)json_integer_value(x) : -1;
 }
 
-static void set_outcome(ftb_cell_result *r, const char *o, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void set_outcome(ftb_cell_result *r, const char *o, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_outcome(ftb_cell_result *r, const char *o, const char *fmt, ...)
 {
     snprintf(r->outcome, sizeof r->outcome, "%s", o);
@@ -296,8 +283,7 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_t *model = json_object();
     json_object_set_new(model, "name", json_string(c->model_name));
     json_object_set_new(model, "source", json_string(c->checkpoint ? "checkpoint" : "zoo"));
-    if (c->checkpoint)
-        json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
+    if (c->checkpoint) json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
     json_object_set_new(model, "params", json_integer(ftb_config_param_count(&c->cfg)));
     json_object_set_new(model, "config", config_json(&c->cfg));
     json_object_set_new(rec, "model", model);
@@ -305,8 +291,7 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
      * child measured of them (effective residency, storage bytes). */
     json_t *base = ftb_base_record_json(&c->base, c->base_dir, c->base_info);
     json_t *mb = m ? json_object_get(m, "base") : NULL;
-    if (mb)
-        json_object_update(base, mb);
+    if (mb) json_object_update(base, mb);
     json_object_set_new(rec, "base", base);
     json_object_set_new(rec, "optimizer", json_string(ftb_optimizer_name(c->optimizer)));
 
@@ -315,12 +300,10 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_t *mn = m ? json_object_get(m, "method_name") : NULL;
     json_object_set(meth, "name", mn ? mn : json_null());
     json_t *ms = m ? json_object_get(m, "method_summary") : NULL;
-    if (ms)
-        json_object_set(meth, "summary", ms);
+    if (ms) json_object_set(meth, "summary", ms);
     json_object_set_new(meth, "path", json_string(c->method_path));
     json_t *opts = json_object();
-    for (int i = 0; i < c->n_opts; i++)
-        json_object_set_new(opts, c->opt_keys[i], json_string(c->opt_values[i]));
+    for (int i = 0; i < c->n_opts; i++) json_object_set_new(opts, c->opt_keys[i], json_string(c->opt_values[i]));
     json_object_set_new(meth, "options", opts);
     json_object_set_new(rec, "method", meth);
 
@@ -350,8 +333,7 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
                         c->device.peak_gflops_fp32 > 0 ? json_real(c->device.peak_gflops_fp32) : json_null());
     json_object_set_new(dev, "budget_bytes", json_integer(c->budget_bytes));
     json_object_set_new(dev, "enforcement", json_string(ftb_enforce_name(enforce)));
-    if (enforce_note[0])
-        json_object_set_new(dev, "enforcement_note", json_string(enforce_note));
+    if (enforce_note[0]) json_object_set_new(dev, "enforcement_note", json_string(enforce_note));
     json_object_set_new(dev, "threads", json_integer(c->threads));
     json_object_set_new(rec, "device", dev);
     json_object_set_new(rec, "emulated", json_boolean(c->emulated));
@@ -364,8 +346,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
 {
     memset(r, 0, sizeof *r);
     r->peak_rss = -1;
-    if (ftb_mkdirs(c->run_dir, err, errlen) != 0)
-        return -1;
+    if (ftb_mkdirs(c->run_dir, err, errlen) != 0) return -1;
     char child_json[PATH_MAX], timeline[PATH_MAX], results[PATH_MAX];
     snprintf(child_json, sizeof child_json, "%.3800s/.%s.child.json", c->run_dir, c->key);
     snprintf(timeline, sizeof timeline, "%.3800s/%s.timeline.tsv", c->run_dir, c->key);
@@ -382,7 +363,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         char e[FTB_ERR_LEN];
         if (ftb_cgroup_create(&cg, c->budget_bytes, e, sizeof e) != 0) {
             enforce = FTB_ENFORCE_CHECK;
-            snprintf(enforce_note, sizeof enforce_note, "cgroup unavailable (%.400s); peak RSS checked after the run", e);
+            snprintf(enforce_note, sizeof enforce_note, "cgroup unavailable (%.400s); peak RSS checked after the run",
+                     e);
         }
     }
     /* In check mode the cell runs past the budget to measure its real
@@ -456,8 +438,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     plen = rest;
                     pbuf[plen] = 0;
                 }
-                if (plen >= sizeof pbuf - 1)
-                    plen = 0; /* garbage: drop */
+                if (plen >= sizeof pbuf - 1) plen = 0; /* garbage: drop */
             }
         }
         pid_t w = wait4(pid, &status, WNOHANG, &ru);
@@ -473,8 +454,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                 kill(pid, SIGKILL);
             } else if (enforce != FTB_ENFORCE_CGROUP) {
                 int64_t rss = ftb_pid_rss(pid);
-                if (rss > watch_max)
-                    watch_max = rss;
+                if (rss > watch_max) watch_max = rss;
                 if (enforce == FTB_ENFORCE_WATCH && rss > c->budget_bytes) {
                     watch_killed = 1;
                     kill(-pid, SIGKILL);
@@ -488,8 +468,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         }
         if (eof && !reaped && (timed_out || watch_killed || safety_killed)) {
             /* Killed: reap without spinning. */
-            if (wait4(pid, &status, 0, &ru) == pid)
-                reaped = 1;
+            if (wait4(pid, &status, 0, &ru) == pid) reaped = 1;
         }
     }
     close(fds[0]);
@@ -512,8 +491,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
      * bookkeeping (timeline, record), so it is only the fallback, with what
      * the parent saw, when the child died before reading VmHWM. */
     int64_t peak = vmhwm;
-    if (peak <= 0)
-        peak = maxrss > watch_max ? maxrss : watch_max;
+    if (peak <= 0) peak = maxrss > watch_max ? maxrss : watch_max;
     r->peak_rss = peak > 0 ? peak : -1;
     int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     char where[64];
@@ -538,10 +516,13 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         if (watch_max > c->budget_bytes)
             set_outcome(r, "over_budget",
                         "RSS reached %.0f MiB, over the budget of %.0f MiB, and was killed at the host's "
-                        "safety limit (90%% of MemAvailable)", mib(watch_max), mib(c->budget_bytes));
+                        "safety limit (90%% of MemAvailable)",
+                        mib(watch_max), mib(c->budget_bytes));
         else
-            set_outcome(r, "oom", "RSS reached %.0f MiB: killed at the host's safety limit (90%% of "
-                        "MemAvailable); this host has less memory than the device", mib(watch_max));
+            set_outcome(r, "oom",
+                        "RSS reached %.0f MiB: killed at the host's safety limit (90%% of "
+                        "MemAvailable); this host has less memory than the device",
+                        mib(watch_max));
     } else if (sig == SIGKILL) {
         if (oom_kills > 0)
             set_outcome(r, "oom", "killed by the cgroup memory.max limit of %.0f MiB (memory.events oom_kill=%lld)",
@@ -586,10 +567,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     json_t *mem = m ? json_object_get(m, "memory") : NULL;
     json_t *memo = mem ? json_deep_copy(mem) : json_object();
     json_object_set_new(memo, "peak_rss_ru_maxrss_bytes", maxrss > 0 ? json_integer(maxrss) : json_null());
-    if (!json_object_get(memo, "peak_rss_vmhwm_bytes"))
-        json_object_set_new(memo, "peak_rss_vmhwm_bytes", json_null());
-    if (watch_max > 0)
-        json_object_set_new(memo, "parent_observed_max_rss_bytes", json_integer(watch_max));
+    if (!json_object_get(memo, "peak_rss_vmhwm_bytes")) json_object_set_new(memo, "peak_rss_vmhwm_bytes", json_null());
+    if (watch_max > 0) json_object_set_new(memo, "parent_observed_max_rss_bytes", json_integer(watch_max));
     if (cg.active) {
         json_object_set_new(memo, "cgroup_peak_bytes", cg_peak >= 0 ? json_integer(cg_peak) : json_null());
         json_object_set_new(memo, "cgroup_oom_kills", oom_kills >= 0 ? json_integer(oom_kills) : json_null());
@@ -599,15 +578,27 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
      * is only what was seen before the end: a lower bound. */
     json_object_set_new(memo, "peak_is_lower_bound", json_boolean(vmhwm <= 0));
     json_object_set_new(rec, "memory", memo);
-    static const char *const copy_keys[] = {
-        "timing", "loss_per_step", "step_seconds_all", "forward_passes_per_step", "trainable_params",
-        "trainable_params_source", "threads", "load_seconds", "init_seconds", "hw_counters", "marks",
-        "timeline", "host", "error", "error_stage", "eval", "eval_history", NULL
-    };
+    static const char *const copy_keys[] = { "timing",
+                                             "loss_per_step",
+                                             "step_seconds_all",
+                                             "forward_passes_per_step",
+                                             "trainable_params",
+                                             "trainable_params_source",
+                                             "threads",
+                                             "load_seconds",
+                                             "init_seconds",
+                                             "hw_counters",
+                                             "marks",
+                                             "timeline",
+                                             "host",
+                                             "error",
+                                             "error_stage",
+                                             "eval",
+                                             "eval_history",
+                                             NULL };
     for (int i = 0; m && copy_keys[i]; i++) {
         json_t *v = json_object_get(m, copy_keys[i]);
-        if (v)
-            json_object_set(rec, copy_keys[i], v);
+        if (v) json_object_set(rec, copy_keys[i], v);
     }
     if (!json_object_get(rec, "hw_counters")) {
         json_t *h = json_object();
@@ -637,10 +628,9 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         int64_t saved = -1;
         json_t *core_peak = json_object_get(json_object_get(mem, "core"), "peak_bytes");
         json_t *sv = json_object_get(core_peak, "saved");
-        if (json_is_integer(sv))
-            saved = (int64_t)json_integer_value(sv);
-        json_t *proj = ftb_roofline_projection(&c->device, &c->cfg, c->batch, c->seq,
-                                               trainable > 0 ? trainable : 0, passes, hb, saved);
+        if (json_is_integer(sv)) saved = (int64_t)json_integer_value(sv);
+        json_t *proj = ftb_roofline_projection(&c->device, &c->cfg, c->batch, c->seq, trainable > 0 ? trainable : 0,
+                                               passes, hb, saved);
         json_object_set_new(proj, "device", json_string(c->device.name));
         json_object_set_new(rec, "projection", proj);
     }
@@ -673,8 +663,7 @@ void ftb_cell_result_free(ftb_cell_result *r)
 
 int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen)
 {
-    if (ftb_mkdirs(c->run_dir, err, errlen) != 0)
-        return -1;
+    if (ftb_mkdirs(c->run_dir, err, errlen) != 0) return -1;
     char results[PATH_MAX], ts[32];
     snprintf(results, sizeof results, "%.3800s/results.jsonl", c->run_dir);
     ftb_utc_timestamp(ts, sizeof ts);

@@ -18,14 +18,14 @@
 #include <jansson.h>
 #include <limits.h>
 
-#define FTB_RECORD_SCHEMA 1
+#define FTB_RECORD_SCHEMA   1
 #define FTB_MAX_METHOD_OPTS 64
 
 typedef enum {
-    FTB_ENFORCE_CGROUP,  /* kernel: cgroup v2 memory.max → "oom"           */
-    FTB_ENFORCE_WATCH,   /* parent polls the child's RSS and kills it at the
+    FTB_ENFORCE_CGROUP, /* kernel: cgroup v2 memory.max → "oom"           */
+    FTB_ENFORCE_WATCH,  /* parent polls the child's RSS and kills it at the
                             budget → "over_budget" (fast; fit's default)    */
-    FTB_ENFORCE_CHECK,   /* the cell runs to the end; peak RSS compared with
+    FTB_ENFORCE_CHECK,  /* the cell runs to the end; peak RSS compared with
                             the budget afterwards → "over_budget"           */
 } ftb_enforce;
 
@@ -34,14 +34,14 @@ const char *ftb_enforce_name(ftb_enforce e);
 typedef struct {
     /* model */
     char model_name[96];
-    const char *checkpoint;          /* NULL: zoo model built from cfg  */
+    const char *checkpoint; /* NULL: zoo model built from cfg  */
     ftb_config cfg;
-    ftb_base_spec base;              /* base weight format and residency */
-    char base_dir[PATH_MAX];         /* prepared checkpoint the cell maps
+    ftb_base_spec base;      /* base weight format and residency */
+    char base_dir[PATH_MAX]; /* prepared checkpoint the cell maps
                                         instead ("" = none; base.h)      */
-    json_t *base_info;               /* its ftbench-base.json, or NULL  */
-    ftb_optimizer optimizer;         /* selected before the method's init */
-    int loss_chunk;                  /* run.loss_chunk_rows; 0 = default */
+    json_t *base_info;       /* its ftbench-base.json, or NULL  */
+    ftb_optimizer optimizer; /* selected before the method's init */
+    int loss_chunk;          /* run.loss_chunk_rows; 0 = default */
     /* method */
     char method_path[PATH_MAX];
     char method_label[128];
@@ -60,14 +60,14 @@ typedef struct {
     int threads;
     int64_t budget_bytes;
     ftb_enforce enforce;
-    char enforce_note[200];          /* why this mechanism (e.g. no cgroup v2) */
+    char enforce_note[200]; /* why this mechanism (e.g. no cgroup v2) */
     double timeout_sec;
     /* output */
     char run_dir[PATH_MAX];
     char run_id[128];
     char key[256];
     int timeline;
-    json_t *extra;                   /* merged into the record if set    */
+    json_t *extra; /* merged into the record if set    */
     /* progress: called in the parent as the child reports milestones
      * ("load", "init", "step" with step index, "done"). */
     void (*progress)(void *ud, const char *what, int step, int nsteps);
@@ -75,12 +75,12 @@ typedef struct {
 } ftb_cell;
 
 typedef struct {
-    char outcome[16];          /* ok crashed timeout over_budget error oom */
+    char outcome[16]; /* ok crashed timeout over_budget error oom */
     char detail[FTB_ERR_LEN];
-    int64_t peak_rss;          /* VmHWM (or the last RSS seen), -1 if unknown */
-    double step_median;        /* seconds, 0 if none                        */
+    int64_t peak_rss;   /* VmHWM (or the last RSS seen), -1 if unknown */
+    double step_median; /* seconds, 0 if none                        */
     double wall;
-    json_t *record;            /* the record appended (owned)               */
+    json_t *record; /* the record appended (owned)               */
 } ftb_cell_result;
 
 /* Default values for everything not about the experiment itself. */
@@ -119,8 +119,7 @@ double ftb_host_sgemm_gflops(int threads);
 
 /* Roofline projection of one step's time on the device from the record's
  * counts: max(flops / peak, bytes / bandwidth).  Documented in HARNESS.md. */
-json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, int B, int T,
-                                int64_t trainable, int forward_passes, int has_backward,
-                                int64_t saved_peak_bytes);
+json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, int B, int T, int64_t trainable,
+                                int forward_passes, int has_backward, int64_t saved_peak_bytes);
 
 #endif

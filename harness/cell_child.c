@@ -22,10 +22,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#define SAMPLER_CAPACITY 131072   /* 3 MiB of samples; halves its rate when full */
+#define SAMPLER_CAPACITY  131072 /* 3 MiB of samples; halves its rate when full */
 #define TIMELINE_CAPACITY (1u << 20)
 
-static json_t *g_out;              /* what the child measured          */
+static json_t *g_out; /* what the child measured          */
 static const char *g_out_path;
 static int g_progress_fd = -1;
 
@@ -39,8 +39,7 @@ static void snapshot(const char *stage)
     json_object_set_new(g_out, "stage", json_string(stage));
     char tmp[PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", g_out_path);
-    if (json_dump_file(g_out, tmp, JSON_COMPACT) == 0)
-        rename(tmp, g_out_path);
+    if (json_dump_file(g_out, tmp, JSON_COMPACT) == 0) rename(tmp, g_out_path);
 }
 
 static void report(const char *fmt, ...)
@@ -50,12 +49,9 @@ static void report(const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof line - 1, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
+    if (n < 0) return;
     line[n++] = '\n';
-    if (write(g_progress_fd, line, (size_t)n) < 0) {
-        /* The parent is gone or stopped listening; measuring goes on. */
-    }
+    if (write(g_progress_fd, line, (size_t)n) < 0) { /* The parent is gone or stopped listening; measuring goes on. */ }
 }
 
 static _Noreturn void fail(const char *stage, const char *msg)
@@ -82,8 +78,7 @@ static int cmp_double(const void *a, const void *b)
 
 static double median(const double *v, int n)
 {
-    if (n <= 0)
-        return NAN;
+    if (n <= 0) return NAN;
     double *s = malloc((size_t)n * sizeof *s);
     memcpy(s, v, (size_t)n * sizeof *s);
     qsort(s, (size_t)n, sizeof *s, cmp_double);
@@ -109,12 +104,10 @@ static json_t *summary(const double *v, int n)
 /* One TSV: memory events and RSS samples merged by time.  Each line
  * carries the live bytes per category and the last RSS sample, so any line
  * is a complete picture of that moment (and gnuplot can plot columns). */
-static void write_timeline(const char *path, const ftb_cell *c, const ftb_sampler *smp,
-                           const int64_t *live0)
+static void write_timeline(const char *path, const ftb_cell *c, const ftb_sampler *smp, const int64_t *live0)
 {
     FILE *f = fopen(path, "w");
-    if (!f)
-        return;
+    if (!f) return;
     static char buf[1 << 16];
     setvbuf(f, buf, _IOFBF, sizeof buf);
     size_t ne = ftb_mem_timeline_count();
@@ -122,12 +115,12 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
     size_t ns = ftb_sampler_count(smp);
     const ftb_rss_sample *sm = ftb_sampler_samples(smp);
     fprintf(f, "# ftbench timeline, cell %s, run %s\n", c->key, c->run_id);
-    fprintf(f, "# kind=mem: one allocation (+) or free (-) of the core; kind=rss: a sample of "
-               "/proc/self/statm (period %.4f s%s)\n",
+    fprintf(f,
+            "# kind=mem: one allocation (+) or free (-) of the core; kind=rss: a sample of "
+            "/proc/self/statm (period %.4f s%s)\n",
             ftb_sampler_period(smp), ftb_mem_timeline_dropped() ? "; memory events were dropped" : "");
     fprintf(f, "t_sec\tkind\tphase\tcategory\tdelta_bytes\trss_bytes");
-    for (int k = 0; k < FTB_MEM_NCAT; k++)
-        fprintf(f, "\t%s", ftb_mem_category_name((ftb_mem_category)k));
+    for (int k = 0; k < FTB_MEM_NCAT; k++) fprintf(f, "\t%s", ftb_mem_category_name((ftb_mem_category)k));
     fprintf(f, "\tlive_total\n");
     int64_t live[FTB_MEM_NCAT];
     memcpy(live, live0, sizeof live);
@@ -137,8 +130,7 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
         int take_event = j >= ns || (i < ne && ev[i].t_sec <= sm[j].t);
         if (take_event) {
             const ftb_mem_event *e = &ev[i++];
-            if (e->category < FTB_MEM_NCAT)
-                live[e->category] += e->delta;
+            if (e->category < FTB_MEM_NCAT) live[e->category] += e->delta;
             const char *ph = ftb_mem_phase_name(e->phase);
             fprintf(f, "%.6f\tmem\t%s\t%s\t%lld\t%lld", e->t_sec, ph && *ph ? ph : "-",
                     e->category < FTB_MEM_NCAT ? ftb_mem_category_name((ftb_mem_category)e->category) : "?",
@@ -146,8 +138,7 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
         } else {
             const ftb_rss_sample *s = &sm[j++];
             rss = s->rss;
-            fprintf(f, "%.6f\trss\t%s\t-\t0\t%lld", s->t, s->phase && *s->phase ? s->phase : "-",
-                    (long long)rss);
+            fprintf(f, "%.6f\trss\t%s\t-\t0\t%lld", s->t, s->phase && *s->phase ? s->phase : "-", (long long)rss);
         }
         int64_t tot = 0;
         for (int k = 0; k < FTB_MEM_NCAT; k++) {
@@ -163,7 +154,8 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
  * what was measured: the core's prediction error, and the part of the peak
  * RSS that neither the model nor the process's baseline explains. */
 static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session *s, const ftb_cell *c,
-                             int has_backward, const ftb_mem_stats *st) {
+                             int has_backward, const ftb_mem_stats *st)
+{
     ftb_memory_estimate est;
     const char *source = ftb_method_memory_estimate(m, state, s, c->batch, c->seq, has_backward, &est);
     json_t *a = json_object();
@@ -172,9 +164,9 @@ static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session
     json_object_set_new(a, "split_at_peak_bytes", categories(est.at_peak));
     json_object_set_new(a, "saved_peak_bytes", json_integer(est.saved_peak));
     json_object_set_new(a, "peak_phase", json_string(est.peak_phase));
-    json_object_set_new(a, "core_peak_error", jnum(est.peak_total > 0 ? (double)(st->peak_total - est.peak_total) /
-                                                                            (double)est.peak_total
-                                                                      : NAN));
+    json_object_set_new(
+        a, "core_peak_error",
+        jnum(est.peak_total > 0 ? (double)(st->peak_total - est.peak_total) / (double)est.peak_total : NAN));
     int64_t rss = ftb_self_vmhwm();
     json_t *base = json_object_get(json_object_get(g_out, "memory"), "rss_baseline_bytes");
     if (rss > 0 && json_is_integer(base)) {
@@ -185,8 +177,8 @@ static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session
     return a;
 }
 
-_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *child_json,
-                              const char *timeline_path, const ftb_cgroup *cg)
+_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *child_json, const char *timeline_path,
+                              const ftb_cgroup *cg)
 {
     char err[FTB_ERR_LEN] = "";
     g_out = json_object();
@@ -194,8 +186,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     g_progress_fd = progress_fd;
     /* Die with the harness: an orphaned cell would run on, unmeasured. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() == 1)
-        _exit(CHILD_ERROR);
+    if (getppid() == 1) _exit(CHILD_ERROR);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_IGN);
@@ -211,8 +202,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     /* Time origin shared by the memory timeline and the RSS samples. */
     ftb_mem_stats st0;
     ftb_mem_get_stats(&st0);
-    if (c->timeline)
-        ftb_mem_timeline_enable(TIMELINE_CAPACITY);
+    if (c->timeline) ftb_mem_timeline_enable(TIMELINE_CAPACITY);
     double t0 = ftb_now();
     ftb_sampler *smp = c->timeline ? ftb_sampler_start(t0, 1e-3, SAMPLER_CAPACITY) : NULL;
     ftb_phase_stats *ps = ftb_phase_stats_start(1);
@@ -229,11 +219,10 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     double tl = ftb_now();
     /* A base in another format (or lazily resident) was prepared before the
      * cell (base.h): mapped here, never built in fp32 inside the cell. */
-    ftb_model *model = c->base_dir[0] ? ftb_model_load(c->base_dir, 1, err, sizeof err)
-                     : c->checkpoint  ? ftb_model_load(c->checkpoint, 1, err, sizeof err)
-                                      : ftb_model_create(&c->cfg, c->seed, err, sizeof err);
-    if (!model)
-        fail("load", err[0] ? err : "model load failed");
+    ftb_model *model = c->base_dir[0]  ? ftb_model_load(c->base_dir, 1, err, sizeof err)
+                       : c->checkpoint ? ftb_model_load(c->checkpoint, 1, err, sizeof err)
+                                       : ftb_model_create(&c->cfg, c->seed, err, sizeof err);
+    if (!model) fail("load", err[0] ? err : "model load failed");
     ftb_model_set_residency(model, c->base.residency);
     json_t *base = json_object();
     json_object_set_new(g_out, "base", base);
@@ -243,7 +232,10 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         storage += b;
         mapped += model->params[i]->mapped ? b : 0;
     }
-    json_object_set_new(base, "loaded_from", json_string(c->base_dir[0] ? "prepared" : c->checkpoint ? "checkpoint" : "created"));
+    json_object_set_new(base, "loaded_from",
+                        json_string(c->base_dir[0]  ? "prepared"
+                                    : c->checkpoint ? "checkpoint"
+                                                    : "created"));
     json_object_set_new(base, "storage_bytes_loaded", json_integer(storage));
     json_object_set_new(base, "mapped_bytes", json_integer(mapped));
     json_object_set_new(g_out, "load_seconds", json_real(ftb_now() - tl));
@@ -256,8 +248,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
 
     /* Method. */
     ftb_plugin plug;
-    if (ftb_plugin_open(c->method_path, &plug, err, sizeof err) != 0)
-        fail("plugin", err);
+    if (ftb_plugin_open(c->method_path, &plug, err, sizeof err) != 0) fail("plugin", err);
     const ftb_method *m = plug.method;
     json_object_set_new(g_out, "method_name", json_string(m->name ? m->name : c->method_label));
     json_object_set_new(g_out, "method_summary", json_string(m->summary ? m->summary : ""));
@@ -268,8 +259,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     ftb_run_opts_default(&s.run);
     s.run.attention = c->attention;
     s.run.loss = c->loss;
-    if (c->loss_chunk)
-        s.run.loss_chunk_rows = c->loss_chunk;
+    if (c->loss_chunk) s.run.loss_chunk_rows = c->loss_chunk;
     s.options = &opts;
     s.seed = c->seed;
     s.lr = c->lr;
@@ -281,8 +271,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     double ti = ftb_now();
     err[0] = 0;
     void *state = m->init(&s, err, sizeof err);
-    if (!state)
-        fail("init", err[0] ? err : "method init failed (no message)");
+    if (!state) fail("init", err[0] ? err : "method init failed (no message)");
     json_object_set_new(g_out, "init_seconds", json_real(ftb_now() - ti));
     /* A method may set the residency itself (mebp and mesp choose lazy). */
     json_object_set_new(base, "residency_effective",
@@ -299,13 +288,11 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         int nt = m->trainable(state, &ts);
         if (nt > 0 && ts) {
             trainable = 0;
-            for (int i = 0; i < nt; i++)
-                trainable += ts[i] ? ts[i]->numel : 0;
+            for (int i = 0; i < nt; i++) trainable += ts[i] ? ts[i]->numel : 0;
             trainable_source = "method";
         }
     }
-    if (trainable < 0)
-        trainable = ftb_model_trainable_count(model);
+    if (trainable < 0) trainable = ftb_model_trainable_count(model);
     json_object_set_new(g_out, "trainable_params", json_integer(trainable));
     json_object_set_new(g_out, "trainable_params_source", json_string(trainable_source));
     snapshot("initialised");
@@ -313,8 +300,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     /* Data: opened after the model so its (small) buffers are not counted
      * as model memory in the RSS-after-load figure. */
     ftb_dataset *ds = ftb_dataset_open(c->dataset, model->cfg.vocab_size, c->seed, err, sizeof err);
-    if (!ds)
-        fail("dataset", err);
+    if (!ds) fail("dataset", err);
 
     /* Steps. */
     int total = c->warmup + c->steps;
@@ -332,12 +318,10 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
     /* Training cells (ftbench train) evaluate with the method's hooks
      * attached, at step 0, every K steps and after the last (train.h). */
     double train_sec = 0;
-    if (ftb_train_cell_eval(c, model, &s.run, 0, total, 0.0, g_out, err, sizeof err) != 0)
-        fail("eval", err);
+    if (ftb_train_cell_eval(c, model, &s.run, 0, total, 0.0, g_out, err, sizeof err) != 0) fail("eval", err);
     for (int i = 0; i < total; i++) {
         ftb_batch b;
-        if (ftb_dataset_next(ds, c->batch, c->seq, &b, err, sizeof err) != 0)
-            fail("dataset", err);
+        if (ftb_dataset_next(ds, c->batch, c->seq, &b, err, sizeof err) != 0) fail("dataset", err);
         ftb_step_result res;
         memset(&res, 0, sizeof res);
         res.loss = NAN;
@@ -363,8 +347,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         json_array_append_new(rss_steps, jint(ftb_self_vmhwm()));
         json_array_append_new(passes, json_integer(res.forward_passes));
         json_array_append_new(steps_wall, json_real(dt));
-        json_object_set_new(marks, i < c->warmup ? "last_warmup_step_end" : "last_step_end",
-                            json_real(ftb_now() - t0));
+        json_object_set_new(marks, i < c->warmup ? "last_warmup_step_end" : "last_step_end", json_real(ftb_now() - t0));
         /* The harness's own work between steps gets its own label, so it is
          * not billed to whatever phase the method ended in. */
         ftb_mem_set_phase("harness");

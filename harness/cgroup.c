@@ -15,8 +15,7 @@
 static int write_file(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     size_t n = strlen(text);
     ssize_t w = write(fd, text, n);
     int saved = errno;
@@ -29,13 +28,11 @@ static int file_has_word(const char *path, const char *word)
 {
     char e[64];
     char *t = ftb_read_file(path, NULL, e, sizeof e);
-    if (!t)
-        return 0;
+    if (!t) return 0;
     int found = 0;
     size_t wl = strlen(word);
     for (char *p = t; (p = strstr(p, word)); p += wl)
-        if ((p == t || p[-1] == ' ' || p[-1] == '\n') && (!p[wl] || p[wl] == ' ' || p[wl] == '\n'))
-            found = 1;
+        if ((p == t || p[-1] == ' ' || p[-1] == '\n') && (!p[wl] || p[wl] == ' ' || p[wl] == '\n')) found = 1;
     free(t);
     return found;
 }
@@ -44,8 +41,7 @@ static int file_has_word(const char *path, const char *word)
 static int own_group(char *out, size_t n)
 {
     FILE *f = fopen("/proc/self/cgroup", "r");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     char line[1024];
     int rc = -1;
     while (fgets(line, sizeof line, f)) {
@@ -72,20 +68,18 @@ static int pick_parent(char *out, size_t n, char *why, size_t whyn)
     char cands[2][PATH_MAX];
     snprintf(cands[0], sizeof cands[0], "%s", CG_ROOT);
     int nc = 1;
-    if (own_group(cands[1], sizeof cands[1]) == 0 && strcmp(cands[1], CG_ROOT) != 0)
-        nc = 2;
+    if (own_group(cands[1], sizeof cands[1]) == 0 && strcmp(cands[1], CG_ROOT) != 0) nc = 2;
     for (int i = 0; i < nc; i++) {
         char sub[PATH_MAX + 32];
         snprintf(sub, sizeof sub, "%.4000s/cgroup.subtree_control", cands[i]);
-        if (access(cands[i], W_OK) != 0)
-            continue;
-        if (!file_has_word(sub, "memory") && write_file(sub, "+memory") != 0)
-            continue;
+        if (access(cands[i], W_OK) != 0) continue;
+        if (!file_has_word(sub, "memory") && write_file(sub, "+memory") != 0) continue;
         snprintf(out, n, "%.4000s", cands[i]);
         return 0;
     }
-    return ftb_errf(why, whyn, "no writable cgroup v2 group delegates the memory controller "
-                               "(not root, or our group has processes)");
+    return ftb_errf(why, whyn,
+                    "no writable cgroup v2 group delegates the memory controller "
+                    "(not root, or our group has processes)");
 }
 
 int ftb_cgroup_usable(char *why, size_t n)
@@ -99,8 +93,7 @@ int ftb_cgroup_create(ftb_cgroup *cg, int64_t limit, char *err, size_t errlen)
     static int seq;
     memset(cg, 0, sizeof *cg);
     char parent[PATH_MAX];
-    if (pick_parent(parent, sizeof parent, err, errlen) != 0)
-        return -1;
+    if (pick_parent(parent, sizeof parent, err, errlen) != 0) return -1;
     snprintf(cg->path, sizeof cg->path, "%.3900s/ftbench-%d-%d", parent, (int)getpid(), seq++);
     if (mkdir(cg->path, 0755) != 0)
         return ftb_errf(err, errlen, "cannot create cgroup %s: %s", cg->path, strerror(errno));
@@ -131,13 +124,11 @@ static int64_t read_key(const char *path, const char *key)
 {
     char e[64];
     char *t = ftb_read_file(path, NULL, e, sizeof e);
-    if (!t)
-        return -1;
+    if (!t) return -1;
     int64_t v = -1;
     size_t kl = strlen(key);
     for (char *line = t; line && *line;) {
-        if (strncmp(line, key, kl) == 0 && line[kl] == ' ')
-            v = strtoll(line + kl + 1, NULL, 10);
+        if (strncmp(line, key, kl) == 0 && line[kl] == ' ') v = strtoll(line + kl + 1, NULL, 10);
         char *nl = strchr(line, '\n');
         line = nl ? nl + 1 : NULL;
     }
@@ -157,8 +148,7 @@ int64_t ftb_cgroup_peak(const ftb_cgroup *cg)
     char file[PATH_MAX + 32], e[64];
     snprintf(file, sizeof file, "%s/memory.peak", cg->path);
     char *t = ftb_read_file(file, NULL, e, sizeof e);
-    if (!t)
-        return -1;
+    if (!t) return -1;
     int64_t v = strtoll(t, NULL, 10);
     free(t);
     return v;
@@ -166,11 +156,9 @@ int64_t ftb_cgroup_peak(const ftb_cgroup *cg)
 
 void ftb_cgroup_destroy(ftb_cgroup *cg)
 {
-    if (!cg->active)
-        return;
+    if (!cg->active) return;
     /* rmdir fails while the dying child is still being torn down; retry a
      * little. */
-    for (int i = 0; i < 50 && rmdir(cg->path) != 0 && errno == EBUSY; i++)
-        usleep(10000);
+    for (int i = 0; i < 50 && rmdir(cg->path) != 0 && errno == EBUSY; i++) usleep(10000);
     cg->active = 0;
 }

@@ -21,10 +21,12 @@ typedef struct {
 static const opt_spec specs[] = {
     { "--model", CLI_MODEL, 1, "NAME", "model from the built-in zoo (see `ftbench list`)" },
     { "--checkpoint", CLI_MODEL, 1, "DIR", "Hugging Face checkpoint directory instead of --model" },
-    { "--base-dtype", CLI_MODEL, 1, "FMT", "frozen base weights: f32 | bf16 | f16 | int8 | int4 | int4-asym (docs/QUANT.md)" },
+    { "--base-dtype", CLI_MODEL, 1, "FMT",
+      "frozen base weights: f32 | bf16 | f16 | int8 | int4 | int4-asym (docs/QUANT.md)" },
     { "--embed-dtype", CLI_MODEL, 1, "FMT", "embedding / LM head format (default: --base-dtype's)" },
     { "--group", CLI_MODEL, 1, "N", "int4 group size (default 64)" },
-    { "--residency", CLI_MODEL, 1, "all|lazy", "mapped base weights: all resident, or brought in block by block (default all)" },
+    { "--residency", CLI_MODEL, 1, "all|lazy",
+      "mapped base weights: all resident, or brought in block by block (default all)" },
     { "--method", CLI_METHOD, 1, "NAME|PATH.so", "method plugin: <methods-dir>/NAME.so or a path" },
     { "--methods", CLI_METHODS, 1, "A,B,..", "methods to sweep (default: every .so in the methods dir)" },
     { "--methods-dir", CLI_DIRS, 1, "DIR", "where method plugins are (default: next to the executable)" },
@@ -38,7 +40,8 @@ static const opt_spec specs[] = {
     { "--warmup", CLI_TRAIN, 1, "N", "warm-up steps before the measured ones (default 1)" },
     { "--lr", CLI_TRAIN, 1, "X", "learning rate (default 1e-4)" },
     { "--seed", CLI_TRAIN, 1, "N", "seed for weights and data (default 42)" },
-    { "--dataset", CLI_TRAIN, 1, "SPEC", "uniform | synthetic-lang[:N] | task:SPEC | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
+    { "--dataset", CLI_TRAIN, 1, "SPEC",
+      "uniform | synthetic-lang[:N] | task:SPEC | FILE.jsonl | FILE (int32) (default synthetic-lang)" },
     { "--attention", CLI_TRAIN, 1, "flash|eager", "attention implementation (default flash)" },
     { "--loss", CLI_TRAIN, 1, "chunked|full", "loss computation (default chunked)" },
     { "--loss-chunk", CLI_TRAIN, 1, "ROWS", "rows of logits per chunk of the chunked loss (default 128)" },
@@ -64,8 +67,7 @@ static const opt_spec specs[] = {
 void ftb_cli_print_options(FILE *f, unsigned allowed)
 {
     for (const opt_spec *s = specs; s->name; s++) {
-        if (!(s->group & allowed))
-            continue;
+        if (!(s->group & allowed)) continue;
         char left[64];
         snprintf(left, sizeof left, "%s%s%s", s->name, s->arg ? " " : "", s->arg ? s->arg : "");
         fprintf(f, "  %-28s %s\n", left, s->help);
@@ -78,8 +80,7 @@ static int pos_int(const char *opt, const char *v, long lo, long hi, int *out, c
     long x;
     if (ftb_parse_long(v, lo, hi, &x) != 0) {
         if (lo >= 1)
-            return ftb_errf(err, errlen, "%s: '%s' is not a positive integer%s", opt, v,
-                            hi < LONG_MAX ? "" : "");
+            return ftb_errf(err, errlen, "%s: '%s' is not a positive integer%s", opt, v, hi < LONG_MAX ? "" : "");
         return ftb_errf(err, errlen, "%s: '%s' is not an integer in %ld..%ld", opt, v, lo, hi);
     }
     *out = (int)x;
@@ -88,16 +89,13 @@ static int pos_int(const char *opt, const char *v, long lo, long hi, int *out, c
 
 static int valid_id(const char *s)
 {
-    if (!*s || *s == '.')
-        return 0;
+    if (!*s || *s == '.') return 0;
     for (; *s; s++)
-        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.'))
-            return 0;
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.')) return 0;
     return 1;
 }
 
-int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o, char *err,
-                  size_t errlen)
+int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o, char *err, size_t errlen)
 {
     memset(o, 0, sizeof *o);
     o->cmd = cmd;
@@ -119,8 +117,7 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-            return 1;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
         if (strncmp(a, "--", 2) != 0)
             return ftb_errf(err, errlen, "unexpected argument '%s' (options start with --)", a);
         char name[64];
@@ -134,39 +131,56 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
         }
         const opt_spec *s = NULL;
         for (const opt_spec *t = specs; t->name; t++)
-            if (strcmp(t->name, name) == 0)
-                s = t;
+            if (strcmp(t->name, name) == 0) s = t;
         if (!s || !(s->group & allowed))
             return ftb_errf(err, errlen, "unknown option '%s' (see ftbench %s --help)", name, cmd);
         if (s->has_value && !val) {
-            if (i + 1 >= argc)
-                return ftb_errf(err, errlen, "%s needs a value (%s)", name, s->arg);
+            if (i + 1 >= argc) return ftb_errf(err, errlen, "%s needs a value (%s)", name, s->arg);
             val = argv[++i];
         } else if (!s->has_value && val) {
             return ftb_errf(err, errlen, "%s takes no value", name);
         }
-        if (s->has_value && !*val && strcmp(name, "--opt") != 0)
-            return ftb_errf(err, errlen, "%s: empty value", name);
+        if (s->has_value && !*val && strcmp(name, "--opt") != 0) return ftb_errf(err, errlen, "%s: empty value", name);
 
         int rc = 0;
         double d;
-        if (!strcmp(name, "--model")) o->model = val;
-        else if (!strcmp(name, "--checkpoint")) o->checkpoint = val;
-        else if (!strcmp(name, "--method")) o->method = val;
-        else if (!strcmp(name, "--methods")) o->methods = val;
-        else if (!strcmp(name, "--methods-dir")) o->methods_dir = val;
-        else if (!strcmp(name, "--seq")) { rc = pos_int(name, val, 1, 1 << 22, &o->seq, err, errlen); o->seq_given = 1; }
-        else if (!strcmp(name, "--batch")) rc = pos_int(name, val, 1, 1 << 16, &o->batch, err, errlen);
-        else if (!strcmp(name, "--seqs")) o->seqs = val;
-        else if (!strcmp(name, "--batches")) o->batches = val;
-        else if (!strcmp(name, "--sweep")) o->sweep = val;
-        else if (!strcmp(name, "--steps")) { rc = pos_int(name, val, 1, 1000000, &o->steps, err, errlen); o->steps_given = 1; }
-        else if (!strcmp(name, "--warmup")) { rc = pos_int(name, val, 0, 1000000, &o->warmup, err, errlen); o->warmup_given = 1; }
-        else if (!strcmp(name, "--threads")) rc = pos_int(name, val, 1, 4096, &o->threads, err, errlen);
-        else if (!strcmp(name, "--seq-min")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_min, err, errlen);
-        else if (!strcmp(name, "--seq-max")) rc = pos_int(name, val, 1, 1 << 22, &o->seq_max, err, errlen);
-        else if (!strcmp(name, "--loss-chunk")) rc = pos_int(name, val, 1, 1 << 20, &o->loss_chunk, err, errlen);
-        else if (!strcmp(name, "--granularity")) rc = pos_int(name, val, 1, 1 << 22, &o->granularity, err, errlen);
+        if (!strcmp(name, "--model"))
+            o->model = val;
+        else if (!strcmp(name, "--checkpoint"))
+            o->checkpoint = val;
+        else if (!strcmp(name, "--method"))
+            o->method = val;
+        else if (!strcmp(name, "--methods"))
+            o->methods = val;
+        else if (!strcmp(name, "--methods-dir"))
+            o->methods_dir = val;
+        else if (!strcmp(name, "--seq")) {
+            rc = pos_int(name, val, 1, 1 << 22, &o->seq, err, errlen);
+            o->seq_given = 1;
+        } else if (!strcmp(name, "--batch"))
+            rc = pos_int(name, val, 1, 1 << 16, &o->batch, err, errlen);
+        else if (!strcmp(name, "--seqs"))
+            o->seqs = val;
+        else if (!strcmp(name, "--batches"))
+            o->batches = val;
+        else if (!strcmp(name, "--sweep"))
+            o->sweep = val;
+        else if (!strcmp(name, "--steps")) {
+            rc = pos_int(name, val, 1, 1000000, &o->steps, err, errlen);
+            o->steps_given = 1;
+        } else if (!strcmp(name, "--warmup")) {
+            rc = pos_int(name, val, 0, 1000000, &o->warmup, err, errlen);
+            o->warmup_given = 1;
+        } else if (!strcmp(name, "--threads"))
+            rc = pos_int(name, val, 1, 4096, &o->threads, err, errlen);
+        else if (!strcmp(name, "--seq-min"))
+            rc = pos_int(name, val, 1, 1 << 22, &o->seq_min, err, errlen);
+        else if (!strcmp(name, "--seq-max"))
+            rc = pos_int(name, val, 1, 1 << 22, &o->seq_max, err, errlen);
+        else if (!strcmp(name, "--loss-chunk"))
+            rc = pos_int(name, val, 1, 1 << 20, &o->loss_chunk, err, errlen);
+        else if (!strcmp(name, "--granularity"))
+            rc = pos_int(name, val, 1, 1 << 22, &o->granularity, err, errlen);
         else if (!strcmp(name, "--lr")) {
             if (ftb_parse_double(val, &d) != 0 || !(d > 0))
                 rc = ftb_errf(err, errlen, "--lr: '%s' is not a positive number", val);
@@ -183,8 +197,7 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
                 rc = ftb_errf(err, errlen, "--seed: '%s' is not a non-negative integer", val);
             else {
                 unsigned long long v = strtoull(val, &end, 10);
-                if (*end)
-                    rc = ftb_errf(err, errlen, "--seed: '%s' is not a non-negative integer", val);
+                if (*end) rc = ftb_errf(err, errlen, "--seed: '%s' is not a non-negative integer", val);
                 o->seed = v;
             }
         } else if (!strcmp(name, "--base-dtype") || !strcmp(name, "--embed-dtype") || !strcmp(name, "--group") ||
@@ -192,18 +205,24 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
             rc = ftb_base_parse_option(&o->base, name, val, err, errlen);
         } else if (!strcmp(name, "--optimizer")) {
             int k = ftb_optimizer_parse(val);
-            if (k < 0)
-                rc = ftb_errf(err, errlen, "--optimizer: '%s' is not adamw or sgd", val);
+            if (k < 0) rc = ftb_errf(err, errlen, "--optimizer: '%s' is not adamw or sgd", val);
             o->optimizer = k < 0 ? FTB_OPTIM_ADAMW : (ftb_optimizer)k;
-        } else if (!strcmp(name, "--dataset")) o->dataset = val;
+        } else if (!strcmp(name, "--dataset"))
+            o->dataset = val;
         else if (!strcmp(name, "--attention")) {
-            if (!strcmp(val, "flash")) o->attention = FTB_ATTN_FLASH;
-            else if (!strcmp(val, "eager")) o->attention = FTB_ATTN_EAGER;
-            else rc = ftb_errf(err, errlen, "--attention: '%s' is not flash or eager", val);
+            if (!strcmp(val, "flash"))
+                o->attention = FTB_ATTN_FLASH;
+            else if (!strcmp(val, "eager"))
+                o->attention = FTB_ATTN_EAGER;
+            else
+                rc = ftb_errf(err, errlen, "--attention: '%s' is not flash or eager", val);
         } else if (!strcmp(name, "--loss")) {
-            if (!strcmp(val, "chunked")) o->loss = FTB_LOSS_CHUNKED;
-            else if (!strcmp(val, "full")) o->loss = FTB_LOSS_FULL;
-            else rc = ftb_errf(err, errlen, "--loss: '%s' is not chunked or full", val);
+            if (!strcmp(val, "chunked"))
+                o->loss = FTB_LOSS_CHUNKED;
+            else if (!strcmp(val, "full"))
+                o->loss = FTB_LOSS_FULL;
+            else
+                rc = ftb_errf(err, errlen, "--loss: '%s' is not chunked or full", val);
         } else if (!strcmp(name, "--opt")) {
             const char *e2 = strchr(val, '=');
             if (!e2 || e2 == val)
@@ -215,8 +234,10 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
                 o->opt_values[o->n_opts] = strdup(e2 + 1);
                 o->n_opts++;
             }
-        } else if (!strcmp(name, "--device")) o->device = val;
-        else if (!strcmp(name, "--profiles-dir")) o->profiles_dir = val;
+        } else if (!strcmp(name, "--device"))
+            o->device = val;
+        else if (!strcmp(name, "--profiles-dir"))
+            o->profiles_dir = val;
         else if (!strcmp(name, "--budget")) {
             if (ftb_parse_size(val, &o->budget_bytes) != 0 || o->budget_bytes <= 0)
                 rc = ftb_errf(err, errlen, "--budget: '%s' is not a size like 512M or 3G", val);
@@ -224,20 +245,23 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
             if (strcmp(val, "auto") && strcmp(val, "cgroup") && strcmp(val, "watch") && strcmp(val, "check"))
                 rc = ftb_errf(err, errlen, "--enforce: '%s' is not auto, cgroup, watch or check", val);
             o->enforce = val;
-        } else if (!strcmp(name, "--out")) o->out_dir = val;
+        } else if (!strcmp(name, "--out"))
+            o->out_dir = val;
         else if (!strcmp(name, "--run-id")) {
             if (!valid_id(val))
                 rc = ftb_errf(err, errlen, "--run-id: '%s' may only use letters, digits, '.', '_' and '-'", val);
             o->run_id = val;
-        } else if (!strcmp(name, "--no-timeline")) o->no_timeline = 1;
-        else if (!strcmp(name, "--force")) o->force = 1;
-        else if (!strcmp(name, "--quiet")) o->quiet = 1;
-        else if (!strcmp(name, "--no-skip")) o->no_skip = 1;
-        if (rc)
-            return -1;
+        } else if (!strcmp(name, "--no-timeline"))
+            o->no_timeline = 1;
+        else if (!strcmp(name, "--force"))
+            o->force = 1;
+        else if (!strcmp(name, "--quiet"))
+            o->quiet = 1;
+        else if (!strcmp(name, "--no-skip"))
+            o->no_skip = 1;
+        if (rc) return -1;
     }
-    if (o->model && o->checkpoint)
-        return ftb_errf(err, errlen, "give --model or --checkpoint, not both");
+    if (o->model && o->checkpoint) return ftb_errf(err, errlen, "give --model or --checkpoint, not both");
     if (o->seq_max && o->seq_max < o->seq_min)
         return ftb_errf(err, errlen, "--seq-max %d is below --seq-min %d", o->seq_max, o->seq_min);
     return 0;
@@ -252,13 +276,12 @@ void ftb_cli_free(ftb_cli *o)
     o->n_opts = 0;
 }
 
-int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char *name, size_t name_n,
-                  char *err, size_t errlen)
+int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char *name, size_t name_n, char *err,
+                  size_t errlen)
 {
     char e[FTB_ERR_LEN];
     if (o->checkpoint) {
-        if (!ftb_is_dir(o->checkpoint))
-            return ftb_errf(err, errlen, "checkpoint %s: not a directory", o->checkpoint);
+        if (!ftb_is_dir(o->checkpoint)) return ftb_errf(err, errlen, "checkpoint %s: not a directory", o->checkpoint);
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/config.json", o->checkpoint);
         if (ftb_config_load_json(path, cfg, e, sizeof e) != 0)
@@ -267,31 +290,27 @@ int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char 
         snprintf(st, sizeof st, "%s/model.safetensors", o->checkpoint);
         snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", o->checkpoint);
         if (!ftb_is_file(st) && !ftb_is_file(idx))
-            return ftb_errf(err, errlen,
-                            "checkpoint %s: no model.safetensors or model.safetensors.index.json",
+            return ftb_errf(err, errlen, "checkpoint %s: no model.safetensors or model.safetensors.index.json",
                             o->checkpoint);
         /* The directory names the model: config.json's name is only the
          * architecture ("qwen2"), shared by every checkpoint of a family. */
         char dir[PATH_MAX];
         snprintf(dir, sizeof dir, "%s", o->checkpoint);
         size_t dl = strlen(dir);
-        while (dl > 1 && dir[dl - 1] == '/')
-            dir[--dl] = 0;
+        while (dl > 1 && dir[dl - 1] == '/') dir[--dl] = 0;
         const char *base = strrchr(dir, '/');
         base = base && base[1] ? base + 1 : dir;
         snprintf(name, name_n, "%s", base);
     } else {
         const char *m = o->model ? o->model : fallback;
-        if (!m)
-            return ftb_errf(err, errlen, "no model: give --model NAME or --checkpoint DIR");
+        if (!m) return ftb_errf(err, errlen, "no model: give --model NAME or --checkpoint DIR");
         if (ftb_zoo_get(m, cfg) != 0) {
             char avail[1024] = "";
             for (int i = 0; i < ftb_zoo_count(); i++) {
                 size_t used = strlen(avail);
                 snprintf(avail + used, sizeof avail - used, "%s%s", i ? ", " : "", ftb_zoo_at(i)->name);
             }
-            return ftb_errf(err, errlen, "unknown model '%s' (zoo: %s; or give --checkpoint DIR)", m,
-                            avail);
+            return ftb_errf(err, errlen, "unknown model '%s' (zoo: %s; or give --checkpoint DIR)", m, avail);
         }
         snprintf(name, name_n, "%s", m);
     }
@@ -307,8 +326,7 @@ int ftb_cli_device(const ftb_cli *o, ftb_profile *p, char *err, size_t errlen)
     return ftb_profile_find(o->profiles_dir, o->device, p, err, errlen);
 }
 
-int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **keys, const char **values,
-                           int max)
+int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **keys, const char **values, int max)
 {
     int n = 0;
     size_t ll = strlen(label);
@@ -316,25 +334,22 @@ int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **key
         const char *k = o->opt_keys[i];
         const char *dot = strchr(k, '.');
         if (dot) {
-            if ((size_t)(dot - k) != ll || strncmp(k, label, ll) != 0)
-                continue;
+            if ((size_t)(dot - k) != ll || strncmp(k, label, ll) != 0) continue;
             k = dot + 1;
         }
         /* A later --opt of the same key wins. */
         int j;
         for (j = 0; j < n; j++)
-            if (strcmp(keys[j], k) == 0)
-                break;
+            if (strcmp(keys[j], k) == 0) break;
         keys[j] = k;
         values[j] = o->opt_values[i];
-        if (j == n)
-            n++;
+        if (j == n) n++;
     }
     return n;
 }
 
-int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe_json,
-                          int strict_unscoped, char *err, size_t errlen)
+int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe_json, int strict_unscoped, char *err,
+                          size_t errlen)
 {
     json_t *j = json_loads(probe_json, 0, NULL);
     json_t *opts = j ? json_object_get(j, "options") : NULL;
@@ -344,8 +359,7 @@ int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe
         const char *k = o->opt_keys[i];
         const char *dot = strchr(k, '.');
         if (dot) {
-            if ((size_t)(dot - k) != ll || strncmp(k, label, ll) != 0)
-                continue;
+            if ((size_t)(dot - k) != ll || strncmp(k, label, ll) != 0) continue;
             k = dot + 1;
         } else if (!strict_unscoped) {
             continue;
@@ -354,10 +368,10 @@ int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe
         char names[400] = "";
         size_t idx;
         json_t *d;
-        json_array_foreach(opts, idx, d) {
+        json_array_foreach(opts, idx, d)
+        {
             const char *n = json_string_value(json_object_get(d, "name"));
-            if (n && strcmp(n, k) == 0)
-                found = 1;
+            if (n && strcmp(n, k) == 0) found = 1;
             size_t used = strlen(names);
             snprintf(names + used, sizeof names - used, "%s%s", idx ? ", " : "", n ? n : "?");
         }
@@ -409,8 +423,7 @@ int ftb_parse_int_list(const char *s, int lo, int hi, int **out, int *n, char *e
                 v = realloc(v, (size_t)cap * sizeof *v);
             }
             v[cnt++] = (int)x;
-            if (x == 0)
-                break;
+            if (x == 0) break;
         }
     }
     free(copy);
@@ -421,8 +434,7 @@ int ftb_parse_int_list(const char *s, int lo, int hi, int **out, int *n, char *e
     qsort(v, (size_t)cnt, sizeof *v, cmp_int);
     int m = 0;
     for (int i = 0; i < cnt; i++)
-        if (!m || v[m - 1] != v[i])
-            v[m++] = v[i];
+        if (!m || v[m - 1] != v[i]) v[m++] = v[i];
     *out = v;
     *n = m;
     return 0;

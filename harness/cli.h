@@ -11,24 +11,24 @@
 #include "profile.h"
 #include <stdint.h>
 
-#define FTB_EXIT_OK 0
-#define FTB_EXIT_FAIL 1   /* ran, but the measurement failed            */
-#define FTB_EXIT_USAGE 2  /* bad input: nothing was measured             */
+#define FTB_EXIT_OK    0
+#define FTB_EXIT_FAIL  1 /* ran, but the measurement failed            */
+#define FTB_EXIT_USAGE 2 /* bad input: nothing was measured             */
 
 #define FTB_CLI_MAX_OPTS 64
 
 /* Which options a command accepts. */
 enum {
-    CLI_MODEL = 1u << 0,    /* --model --checkpoint --base-dtype --embed-dtype --group --residency */
-    CLI_METHOD = 1u << 1,   /* --method                                    */
-    CLI_METHODS = 1u << 2,  /* --methods (list)                            */
-    CLI_SHAPE = 1u << 3,    /* --seq --batch                               */
-    CLI_LISTS = 1u << 4,    /* --seqs --batches --sweep                    */
-    CLI_TRAIN = 1u << 5,    /* --steps --warmup --lr --seed --dataset --attention --loss --opt --optimizer */
-    CLI_DEVICE = 1u << 6,   /* --device --profiles-dir --threads --budget --enforce */
-    CLI_OUT = 1u << 7,      /* --out --run-id --timeout --no-timeline --force */
-    CLI_FIT = 1u << 8,      /* --seq-min --seq-max --granularity            */
-    CLI_DIRS = 1u << 9,     /* --methods-dir (always useful)               */
+    CLI_MODEL = 1u << 0,   /* --model --checkpoint --base-dtype --embed-dtype --group --residency */
+    CLI_METHOD = 1u << 1,  /* --method                                    */
+    CLI_METHODS = 1u << 2, /* --methods (list)                            */
+    CLI_SHAPE = 1u << 3,   /* --seq --batch                               */
+    CLI_LISTS = 1u << 4,   /* --seqs --batches --sweep                    */
+    CLI_TRAIN = 1u << 5,   /* --steps --warmup --lr --seed --dataset --attention --loss --opt --optimizer */
+    CLI_DEVICE = 1u << 6,  /* --device --profiles-dir --threads --budget --enforce */
+    CLI_OUT = 1u << 7,     /* --out --run-id --timeout --no-timeline --force */
+    CLI_FIT = 1u << 8,     /* --seq-min --seq-max --granularity            */
+    CLI_DIRS = 1u << 9,    /* --methods-dir (always useful)               */
 };
 
 typedef struct {
@@ -42,21 +42,20 @@ typedef struct {
     ftb_loss_mode loss;
     double lr, timeout;
     uint64_t seed;
-    int64_t budget_bytes;          /* --budget; 0 = the device's        */
+    int64_t budget_bytes; /* --budget; 0 = the device's        */
     int n_opts;
     char *opt_keys[FTB_CLI_MAX_OPTS], *opt_values[FTB_CLI_MAX_OPTS];
     int no_timeline, force, quiet, no_skip;
-    ftb_base_spec base;            /* --base-dtype --embed-dtype --group --residency */
-    ftb_optimizer optimizer;       /* --optimizer (default adamw)        */
-    int loss_chunk;                /* --loss-chunk rows; 0 = the core's  */
+    ftb_base_spec base;      /* --base-dtype --embed-dtype --group --residency */
+    ftb_optimizer optimizer; /* --optimizer (default adamw)        */
+    int loss_chunk;          /* --loss-chunk rows; 0 = the core's  */
     /* Which of the defaultable values the user gave. */
     int seq_given, steps_given, warmup_given, timeout_given, lr_given;
 } ftb_cli;
 
 /* Parses argv[1..] (argv[0] is the subcommand).  Returns 0, 1 when --help
  * was asked, or -1 with err ("--seq: 'abc' is not a positive integer"). */
-int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o,
-                  char *err, size_t errlen);
+int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o, char *err, size_t errlen);
 void ftb_cli_free(ftb_cli *o);
 
 /* Prints the option help for the groups in `allowed`. */
@@ -64,21 +63,20 @@ void ftb_cli_print_options(FILE *f, unsigned allowed);
 
 /* The model named by --model/--checkpoint (or `fallback` when neither):
  * its config, a display name, and whether it comes from the zoo. */
-int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char *name,
-                  size_t name_n, char *err, size_t errlen);
+int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char *name, size_t name_n, char *err,
+                  size_t errlen);
 
 /* The device profile (--device, default "host"). */
 int ftb_cli_device(const ftb_cli *o, ftb_profile *p, char *err, size_t errlen);
 
 /* Options --opt key=value for one method (label): unscoped keys, and keys
  * scoped as "<label>.key". */
-int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **keys,
-                           const char **values, int max);
+int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **keys, const char **values, int max);
 
 /* Checks the --opt keys against a method's declared options (the probe's
  * JSON).  Keys scoped to another method are ignored. */
-int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe_json,
-                          int strict_unscoped, char *err, size_t errlen);
+int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe_json, int strict_unscoped, char *err,
+                          size_t errlen);
 
 /* "128..4096" (doubling), "128,256,1024" or "512" → sorted list. */
 int ftb_parse_int_list(const char *s, int lo, int hi, int **out, int *n, char *err, size_t errlen);

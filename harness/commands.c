@@ -26,13 +26,11 @@ int ftb_usage_error(const char *cmd, const char *msg)
 int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
 {
     ftb_cli *o = &s->cli;
-    if (ftb_cli_device(o, &s->device, err, errlen) != 0)
-        return -1;
+    if (ftb_cli_device(o, &s->device, err, errlen) != 0) return -1;
     /* A profile with detected figures describes this machine; any other
      * is emulated here. */
     s->emulated = !s->device.detected;
-    if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err,
-                      errlen) != 0)
+    if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err, errlen) != 0)
         return -1;
     if (o->methods_dir) {
         if (!ftb_is_dir(o->methods_dir))
@@ -43,14 +41,12 @@ int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
     }
     s->budget = o->budget_bytes ? o->budget_bytes : ftb_profile_budget_bytes(&s->device);
     int host = ftb_host_cores();
-    s->threads = o->threads ? o->threads
-               : s->emulated ? (s->device.cores < host ? s->device.cores : host) : host;
+    s->threads = o->threads ? o->threads : s->emulated ? (s->device.cores < host ? s->device.cores : host) : host;
 
     char why[FTB_ERR_LEN];
     s->enforce_note[0] = 0;
     if (!strcmp(o->enforce, "cgroup")) {
-        if (!ftb_cgroup_usable(why, sizeof why))
-            return ftb_errf(err, errlen, "--enforce cgroup: %s", why);
+        if (!ftb_cgroup_usable(why, sizeof why)) return ftb_errf(err, errlen, "--enforce cgroup: %s", why);
         s->enforce = FTB_ENFORCE_CGROUP;
     } else if (!strcmp(o->enforce, "watch")) {
         s->enforce = FTB_ENFORCE_WATCH;
@@ -94,19 +90,17 @@ void ftb_setup_cell(const ftb_setup *s, ftb_cell *c)
     c->timeline = !o->no_timeline;
 }
 
-int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, int strict_options,
-                     char **probe_json, char *err, size_t errlen)
+int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, int strict_options, char **probe_json,
+                     char *err, size_t errlen)
 {
-    if (ftb_plugin_resolve(name_or_path, s->methods_dir, c->method_path, sizeof c->method_path,
-                           c->method_label, sizeof c->method_label, err, errlen) != 0)
+    if (ftb_plugin_resolve(name_or_path, s->methods_dir, c->method_path, sizeof c->method_path, c->method_label,
+                           sizeof c->method_label, err, errlen) != 0)
         return -1;
     char *json = NULL;
-    if (ftb_plugin_probe(c->method_path, &json, err, errlen) != 0)
-        return -1;
+    if (ftb_plugin_probe(c->method_path, &json, err, errlen) != 0) return -1;
     int rc = ftb_cli_check_options(&s->cli, c->method_label, json, strict_options, err, errlen);
     if (rc == 0)
-        c->n_opts = ftb_cli_method_options(&s->cli, c->method_label, c->opt_keys, c->opt_values,
-                                           FTB_MAX_METHOD_OPTS);
+        c->n_opts = ftb_cli_method_options(&s->cli, c->method_label, c->opt_keys, c->opt_values, FTB_MAX_METHOD_OPTS);
     if (probe_json && rc == 0)
         *probe_json = json;
     else
@@ -122,8 +116,7 @@ void ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t
 int ftb_setup_check_dataset(const ftb_setup *s, char *err, size_t errlen)
 {
     ftb_dataset *d = ftb_dataset_open(s->cli.dataset, s->cfg.vocab_size, s->cli.seed, err, errlen);
-    if (!d)
-        return -1;
+    if (!d) return -1;
     ftb_dataset_close(d);
     return 0;
 }
@@ -153,10 +146,8 @@ static void run_progress(void *ud, const char *what, int step, int nsteps)
 static double jpath(json_t *o, const char *a, const char *b, const char *c)
 {
     json_t *x = json_object_get(o, a);
-    if (b)
-        x = json_object_get(x, b);
-    if (c)
-        x = json_object_get(x, c);
+    if (b) x = json_object_get(x, b);
+    if (c) x = json_object_get(x, c);
     return json_is_number(x) ? json_number_value(x) : NAN;
 }
 
@@ -170,15 +161,13 @@ int ftb_cmd_run(int argc, char **argv)
         run_help(stdout);
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("run", err);
+    if (pr < 0) return ftb_usage_error("run", err);
     int rc = FTB_EXIT_USAGE;
     if (!s.cli.method) {
         ftb_usage_error("run", "--method is required (see ftbench list)");
         goto out;
     }
-    if (!s.cli.seq_given)
-        s.cli.seq = 512;
+    if (!s.cli.seq_given) s.cli.seq = 512;
     if (ftb_setup_common(&s, 0, err, sizeof err) != 0 || ftb_setup_check_dataset(&s, err, sizeof err) != 0) {
         ftb_usage_error("run", err);
         goto out;
@@ -190,8 +179,8 @@ int ftb_cmd_run(int argc, char **argv)
         goto out;
     }
     if (c.seq > s.cfg.max_seq)
-        fprintf(stderr, "ftbench run: warning: --seq %d is longer than %s's max_seq %d\n", c.seq,
-                s.model_name, s.cfg.max_seq);
+        fprintf(stderr, "ftbench run: warning: --seq %d is longer than %s's max_seq %d\n", c.seq, s.model_name,
+                s.cfg.max_seq);
     ftb_cell_make_key(&c);
     char run_id[128];
     if (s.cli.run_id) {
@@ -203,8 +192,7 @@ int ftb_cmd_run(int argc, char **argv)
         char compact[32];
         size_t k = 0;
         for (const char *p = ts; *p && k < sizeof compact - 1; p++)
-            if (*p != '-' && *p != ':')
-                compact[k++] = *p;
+            if (*p != '-' && *p != ':') compact[k++] = *p;
         compact[k] = 0;
         snprintf(run_id, sizeof run_id, "run-%s-%d", compact, (int)getpid());
     }
@@ -226,8 +214,7 @@ int ftb_cmd_run(int argc, char **argv)
     if (!s.cli.quiet) {
         c.progress = run_progress;
         fprintf(stderr, "ftbench run: %s on %s%s (budget %.0f MiB, %s, %d threads)\n", c.key, s.device.name,
-                s.emulated ? " (emulated)" : "", (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce),
-                s.threads);
+                s.emulated ? " (emulated)" : "", (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads);
     }
     if (ftb_cell_prepare_base(&c, s.cli.quiet, err, sizeof err) != 0) {
         fprintf(stderr, "ftbench run: %s\n", err);
@@ -249,13 +236,11 @@ int ftb_cmd_run(int argc, char **argv)
         printf("peak RSS    %.1f MiB (budget %.0f MiB on %s)\n", (double)r.peak_rss / 1048576.0,
                (double)s.budget / 1048576.0, s.device.name);
     double cp = jpath(rec, "memory", "core", "peak_total_bytes");
-    if (isfinite(cp))
-        printf("core peak   %.1f MiB\n", cp / 1048576.0);
+    if (isfinite(cp)) printf("core peak   %.1f MiB\n", cp / 1048576.0);
     double ap = jpath(rec, "memory", "analytic", "peak_total_bytes");
     double un = jpath(rec, "memory", "analytic", "unexplained_rss_fraction");
     if (ap > 0)
-        printf("analytic    %.1f MiB predicted core peak; peak RSS unexplained %.1f%%\n", ap / 1048576.0,
-               100.0 * un);
+        printf("analytic    %.1f MiB predicted core peak; peak RSS unexplained %.1f%%\n", ap / 1048576.0, 100.0 * un);
     if (r.step_median > 0) {
         printf("step        %.3f s median, %.1f tokens/s\n", r.step_median,
                jpath(rec, "timing", "tokens_per_second", NULL));
@@ -266,7 +251,8 @@ int ftb_cmd_run(int argc, char **argv)
         const char *eff = json_string_value(json_object_get(base, "residency_effective"));
         double share = jpath(rec, "timing", "dequant_share", NULL);
         printf("base        %s linears, %s embedding, residency %s; dequantization %.1f%% of step time\n",
-               json_string_value(json_object_get(base, "dtype")), json_string_value(json_object_get(base, "embed_dtype")),
+               json_string_value(json_object_get(base, "dtype")),
+               json_string_value(json_object_get(base, "embed_dtype")),
                eff ? eff : json_string_value(json_object_get(base, "residency")), isfinite(share) ? 100 * share : 0.0);
     }
     json_t *losses = json_object_get(rec, "loss_per_step");
@@ -274,7 +260,8 @@ int ftb_cmd_run(int argc, char **argv)
         printf("loss       ");
         size_t i;
         json_t *v;
-        json_array_foreach(losses, i, v) {
+        json_array_foreach(losses, i, v)
+        {
             if (json_is_number(v))
                 printf(" %.4f", json_number_value(v));
             else
@@ -283,11 +270,9 @@ int ftb_cmd_run(int argc, char **argv)
         printf("\n");
     }
     double tp = jpath(rec, "trainable_params", NULL, NULL);
-    if (isfinite(tp))
-        printf("trainable   %.0f parameters\n", tp);
+    if (isfinite(tp)) printf("trainable   %.0f parameters\n", tp);
     double proj = jpath(rec, "projection", "projected_step_seconds_roofline", NULL);
-    if (s.emulated && isfinite(proj))
-        printf("projected   %.3f s/step on %s (roofline)\n", proj, s.device.name);
+    if (s.emulated && isfinite(proj)) printf("projected   %.3f s/step on %s (roofline)\n", proj, s.device.name);
     printf("record      %s\n", results);
     rc = strcmp(r.outcome, "ok") == 0 ? FTB_EXIT_OK : FTB_EXIT_FAIL;
     ftb_cell_result_free(&r);
@@ -308,8 +293,7 @@ int ftb_cmd_list(int argc, char **argv)
                "Lists the method plugins found, the device profiles and the models of the zoo.\n");
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("list", err);
+    if (pr < 0) return ftb_usage_error("list", err);
     int rc = FTB_EXIT_OK;
     const char *mdir = o.methods_dir ? o.methods_dir : ftb_methods_default_dir();
     if (o.methods_dir && !ftb_is_dir(o.methods_dir)) {
@@ -325,8 +309,7 @@ int ftb_cmd_list(int argc, char **argv)
     printf("methods (%s):\n", mdir ? mdir : "no methods directory found");
     char **labels = NULL;
     int n = 0;
-    if (mdir && ftb_plugin_list(mdir, &labels, &n, err, sizeof err) != 0)
-        printf("  (%s)\n", err);
+    if (mdir && ftb_plugin_list(mdir, &labels, &n, err, sizeof err) != 0) printf("  (%s)\n", err);
     for (int i = 0; i < n; i++) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%.3000s/%s.so", mdir, labels[i]);
@@ -339,18 +322,17 @@ int ftb_cmd_list(int argc, char **argv)
         printf("  %-14s %s\n", labels[i], json_string_value(json_object_get(j, "summary")));
         size_t k;
         json_t *d;
-        json_array_foreach(json_object_get(j, "options"), k, d) {
+        json_array_foreach(json_object_get(j, "options"), k, d)
+        {
             const char *def = json_string_value(json_object_get(d, "default"));
             char left[96];
-            snprintf(left, sizeof left, "%s=%s", json_string_value(json_object_get(d, "name")),
-                     def ? def : "");
+            snprintf(left, sizeof left, "%s=%s", json_string_value(json_object_get(d, "name")), def ? def : "");
             printf("  %14s   --opt %-20s %s\n", "", left, json_string_value(json_object_get(d, "help")));
         }
         json_decref(j);
         free(json);
     }
-    if (mdir && n == 0)
-        printf("  (none: build some with make)\n");
+    if (mdir && n == 0) printf("  (none: build some with make)\n");
     ftb_plugin_free_list(labels, n);
 
     const char *pdir = o.profiles_dir ? o.profiles_dir : ftb_profiles_default_dir();
@@ -368,13 +350,12 @@ int ftb_cmd_list(int argc, char **argv)
             size_t u = strlen(al);
             snprintf(al + u, sizeof al - u, "%s%s", a ? "," : " (", profs[i].aliases[a]);
         }
-        if (profs[i].n_aliases)
-            strncat(al, ")", sizeof al - strlen(al) - 1);
+        if (profs[i].n_aliases) strncat(al, ")", sizeof al - strlen(al) - 1);
         char name[128];
         snprintf(name, sizeof name, "%s%s", profs[i].name, al);
-        printf("  %-36s %2d cores %6.0f MiB RAM, budget %6.0f MiB, model %s%s\n", name, profs[i].cores,
-               profs[i].ram_mb, (double)ftb_profile_budget_bytes(&profs[i]) / 1048576.0,
-               profs[i].default_model, profs[i].detected ? "  [this machine]" : "");
+        printf("  %-36s %2d cores %6.0f MiB RAM, budget %6.0f MiB, model %s%s\n", name, profs[i].cores, profs[i].ram_mb,
+               (double)ftb_profile_budget_bytes(&profs[i]) / 1048576.0, profs[i].default_model,
+               profs[i].detected ? "  [this machine]" : "");
     }
     free(profs);
 

@@ -29,7 +29,7 @@ typedef struct {
     int emulated;
     ftb_config cfg;
     char model_name[96];
-    const char *methods_dir;   /* NULL if none found                    */
+    const char *methods_dir; /* NULL if none found                    */
     ftb_enforce enforce;
     char enforce_note[200];
     int64_t budget;
@@ -45,8 +45,8 @@ void ftb_setup_cell(const ftb_setup *s, ftb_cell *c);
 /* Resolves a method (name or path) into the cell: path, label, options;
  * probes the plugin (in a child) and checks the options against what it
  * declares.  probe_json (optional) receives the probe's description. */
-int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, int strict_options,
-                     char **probe_json, char *err, size_t errlen);
+int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, int strict_options, char **probe_json,
+                     char *err, size_t errlen);
 /* <out>/<device>/<run id> */
 void ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t n);
 /* Checks the dataset spec opens for the model (files are validated). */

@@ -13,10 +13,8 @@
 
 int ftb_decode_parse(const char *s)
 {
-    if (!strcmp(s, "greedy"))
-        return FTB_DECODE_GREEDY;
-    if (!strcmp(s, "teacher-forced"))
-        return FTB_DECODE_TEACHER_FORCED;
+    if (!strcmp(s, "greedy")) return FTB_DECODE_GREEDY;
+    if (!strcmp(s, "teacher-forced")) return FTB_DECODE_TEACHER_FORCED;
     return -1;
 }
 
@@ -27,12 +25,10 @@ static void show_text(FILE *f, const ftb_tokenizer *tok, const int32_t *ids, int
 {
     size_t len = ftb_tokenizer_decode(tok, ids, n, NULL, 0);
     char *s = malloc(len + 1);
-    if (!s)
-        return;
+    if (!s) return;
     ftb_tokenizer_decode(tok, ids, n, s, len + 1);
     const char *p = len > max ? s + len - max : s;
-    if (len > max)
-        fputs("...", f);
+    if (len > max) fputs("...", f);
     for (; *p; p++) {
         if (*p == '\n')
             fputs("\\n", f);
@@ -42,19 +38,17 @@ static void show_text(FILE *f, const ftb_tokenizer *tok, const int32_t *ids, int
     free(s);
 }
 
-int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_decode_mode decode,
-                  ftb_eval_result *r, FILE *show, int show_n, char *err, size_t errlen)
+int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_decode_mode decode, ftb_eval_result *r,
+                  FILE *show, int show_n, char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
-    if (n < 1)
-        return ftb_errf(err, errlen, "eval: needs at least one example");
+    if (n < 1) return ftb_errf(err, errlen, "eval: needs at least one example");
     if (ftb_task_vocab_needed(t) > m->cfg.vocab_size)
         return ftb_errf(err, errlen, "eval: task %s needs a vocabulary of %d, the model has %d", ftb_task_spec(t),
                         ftb_task_vocab_needed(t), m->cfg.vocab_size);
     /* A file's eval split is finite: each example once. */
     int64_t avail = ftb_task_count(t, FTB_SPLIT_EVAL);
-    if (avail > 0 && n > avail)
-        n = (int)avail;
+    if (avail > 0 && n > avail) n = (int)avail;
     const int V = m->cfg.vocab_size;
     const int32_t *stop;
     int n_stop = ftb_task_stop(t, &stop);
@@ -96,8 +90,7 @@ int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_d
          * position (row p predicts token p+1). */
         for (int p = 0; p < len; p++)
             targets[p] = p + 1 >= ex.n_prompt && p + 1 < len ? ex_copy[p + 1] : FTB_IGNORE_INDEX;
-        for (int a = 0; a < ex.n_answer; a++)
-            rows[a] = ex.n_prompt - 1 + a;
+        for (int a = 0; a < ex.n_answer; a++) rows[a] = ex.n_prompt - 1 + a;
         ftb_mem_set_phase("eval");
         ftb_batch b = { 1, len, ex_copy, targets };
         if (ftb_model_logits(m, &b, o, rows, ex.n_answer, logits, err, errlen)) {
@@ -109,11 +102,9 @@ int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_d
             const float *z = logits + (size_t)a * V;
             int32_t gold = ex_copy[ex.n_prompt + a];
             float mx = z[0];
-            for (int j = 1; j < V; j++)
-                mx = z[j] > mx ? z[j] : mx;
+            for (int j = 1; j < V; j++) mx = z[j] > mx ? z[j] : mx;
             double s = 0;
-            for (int j = 0; j < V; j++)
-                s += exp((double)z[j] - mx);
+            for (int j = 0; j < V; j++) s += exp((double)z[j] - mx);
             loss_sum += mx + log(s) - z[gold];
             tf_correct &= ftb_argmax(z, V) == gold;
         }
@@ -173,23 +164,22 @@ json_t *ftb_eval_json(const ftb_eval_result *r, const ftb_task *t, ftb_decode_mo
 
 static void eval_help(FILE *f)
 {
-    fprintf(f,
-            "usage: ftbench eval --task SPEC (--checkpoint DIR | --model NAME) [options]\n"
-            "Held-out loss on the answer tokens and exact-match accuracy of greedy answers\n"
-            "(decoded token by token) on a task's eval split (docs/TASKS.md).\n\noptions:\n"
-            "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
-            "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
-            "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
-            "  --checkpoint DIR             Hugging Face checkpoint (e.g. from ftbench pretrain)\n"
-            "  --model NAME                 zoo model with seeded (untrained) weights\n"
-            "  --examples N                 eval examples (default 100)\n"
-            "  --decode greedy|teacher-forced  how answers are produced (default greedy)\n"
-            "  --tokenizer byte|FILE        tokenizer.json for text tasks (default byte)\n"
-            "  --seed N                     task seed (default 42, as train's)\n"
-            "  --show N                     print the first N examples with their answers\n"
-            "  --threads N                  compute threads (default: all cores)\n"
-            "  --json                       one JSON object on stdout instead of text\n"
-            "  --help                       this text\n");
+    fprintf(f, "usage: ftbench eval --task SPEC (--checkpoint DIR | --model NAME) [options]\n"
+               "Held-out loss on the answer tokens and exact-match accuracy of greedy answers\n"
+               "(decoded token by token) on a task's eval split (docs/TASKS.md).\n\noptions:\n"
+               "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
+               "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
+               "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
+               "  --checkpoint DIR             Hugging Face checkpoint (e.g. from ftbench pretrain)\n"
+               "  --model NAME                 zoo model with seeded (untrained) weights\n"
+               "  --examples N                 eval examples (default 100)\n"
+               "  --decode greedy|teacher-forced  how answers are produced (default greedy)\n"
+               "  --tokenizer byte|FILE        tokenizer.json for text tasks (default byte)\n"
+               "  --seed N                     task seed (default 42, as train's)\n"
+               "  --show N                     print the first N examples with their answers\n"
+               "  --threads N                  compute threads (default: all cores)\n"
+               "  --json                       one JSON object on stdout instead of text\n"
+               "  --help                       this text\n");
 }
 
 int ftb_cmd_eval(int argc, char **argv)
@@ -228,8 +218,10 @@ int ftb_cmd_eval(int argc, char **argv)
             }
         } else if (!strcmp(a, "--examples") || !strcmp(a, "--seed") || !strcmp(a, "--show") ||
                    !strcmp(a, "--threads")) {
-            long *dst = !strcmp(a, "--examples") ? &examples : !strcmp(a, "--seed") ? &seed
-                      : !strcmp(a, "--show") ? &show : &threads;
+            long *dst = !strcmp(a, "--examples") ? &examples
+                        : !strcmp(a, "--seed")   ? &seed
+                        : !strcmp(a, "--show")   ? &show
+                                                 : &threads;
             long lo = !strcmp(a, "--examples") || !strcmp(a, "--threads") ? 1 : 0;
             if (ftb_parse_long(v, lo, 1L << 30, dst) != 0) {
                 snprintf(err, sizeof err, "%s: '%s' is not an integer >= %ld", a, v, lo);
@@ -240,10 +232,8 @@ int ftb_cmd_eval(int argc, char **argv)
             return ftb_usage_error("eval", err);
         }
     }
-    if (!task_spec)
-        return ftb_usage_error("eval", "--task is required");
-    if (!checkpoint == !model_name)
-        return ftb_usage_error("eval", "give one of --checkpoint DIR or --model NAME");
+    if (!task_spec) return ftb_usage_error("eval", "--task is required");
+    if (!checkpoint == !model_name) return ftb_usage_error("eval", "give one of --checkpoint DIR or --model NAME");
     char e[FTB_ERR_LEN];
     ftb_tokenizer *tok = ftb_tokenizer_open(tok_spec, e, sizeof e);
     if (!tok) {
@@ -272,8 +262,7 @@ int ftb_cmd_eval(int argc, char **argv)
         rc = ftb_usage_error("eval", err);
         goto out;
     }
-    if (threads)
-        ftb_set_threads((int)threads);
+    if (threads) ftb_set_threads((int)threads);
     ftb_run_opts o;
     ftb_run_opts_default(&o);
     ftb_eval_result r;

@@ -26,8 +26,8 @@ const char *ftb_decode_name(ftb_decode_mode d);
 
 typedef struct {
     int examples, correct;
-    double accuracy;          /* correct / examples                          */
-    double loss;              /* mean cross-entropy per answer token (nats)   */
+    double accuracy; /* correct / examples                          */
+    double loss;     /* mean cross-entropy per answer token (nats)   */
     int64_t answer_tokens;
     double seconds;
 } ftb_eval_result;
@@ -36,8 +36,8 @@ typedef struct {
  * size for a file).  show (optional):
  * the first show_n examples are printed there (prompt tail, gold, greedy).
  * 0, or -1 with err. */
-int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_decode_mode decode,
-                  ftb_eval_result *r, FILE *show, int show_n, char *err, size_t errlen);
+int ftb_eval_task(ftb_model *m, const ftb_run_opts *o, ftb_task *t, int n, ftb_decode_mode decode, ftb_eval_result *r,
+                  FILE *show, int show_n, char *err, size_t errlen);
 
 /* {"task","metric":"exact_match","accuracy","loss","examples",
  *  "answer_tokens","decode","seconds"} */

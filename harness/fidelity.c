@@ -57,8 +57,7 @@ static int grad_copy_take(grad_copy *c, ftb_tensor **t, int n, char *err, size_t
     c->n = n;
     c->names = calloc((size_t)n, sizeof *c->names);
     c->numel = calloc((size_t)n, sizeof *c->numel);
-    for (int i = 0; i < n; i++)
-        c->total += t[i]->numel;
+    for (int i = 0; i < n; i++) c->total += t[i]->numel;
     c->g = malloc(sizeof(float) * (size_t)(c->total ? c->total : 1));
     if (!c->names || !c->numel || !c->g) {
         grad_copy_free(c);
@@ -76,31 +75,25 @@ static int grad_copy_take(grad_copy *c, ftb_tensor **t, int n, char *err, size_t
 
 static void side_close(side *sd)
 {
-    if (sd->state && sd->plug.method && sd->plug.method->destroy)
-        sd->plug.method->destroy(sd->state);
+    if (sd->state && sd->plug.method && sd->plug.method->destroy) sd->plug.method->destroy(sd->state);
     sd->state = NULL;
-    if (sd->ds)
-        ftb_dataset_close(sd->ds);
+    if (sd->ds) ftb_dataset_close(sd->ds);
     sd->ds = NULL;
     ftb_plugin_close(&sd->plug);
-    if (sd->model)
-        ftb_model_free(sd->model);
+    if (sd->model) ftb_model_free(sd->model);
     sd->model = NULL;
 }
 
 /* Model, method, dataset, and `after_steps` ordinary steps on batches
  * 0..after_steps-1.  On failure err starts with the stage. */
-static int side_open(side *sd, const ftb_fidelity_spec *f, const ftb_fidelity_method *fm, char *err,
-                     size_t errlen)
+static int side_open(side *sd, const ftb_fidelity_spec *f, const ftb_fidelity_method *fm, char *err, size_t errlen)
 {
     char e[FTB_ERR_LEN] = "";
     memset(sd, 0, sizeof *sd);
-    sd->model = f->checkpoint ? ftb_model_load(f->checkpoint, 1, e, sizeof e)
-                              : ftb_model_create(&f->cfg, f->seed, e, sizeof e);
-    if (!sd->model)
-        return ftb_errf(err, errlen, "load: %s", e[0] ? e : "model load failed");
-    if (ftb_plugin_open(fm->path, &sd->plug, e, sizeof e) != 0)
-        return ftb_errf(err, errlen, "plugin: %s", e);
+    sd->model =
+        f->checkpoint ? ftb_model_load(f->checkpoint, 1, e, sizeof e) : ftb_model_create(&f->cfg, f->seed, e, sizeof e);
+    if (!sd->model) return ftb_errf(err, errlen, "load: %s", e[0] ? e : "model load failed");
+    if (ftb_plugin_open(fm->path, &sd->plug, e, sizeof e) != 0) return ftb_errf(err, errlen, "plugin: %s", e);
     const ftb_method *m = sd->plug.method;
     sd->gradient = ftb_plugin_gradient(m);
     sd->opts = (ftb_options){ fm->n_opts, fm->opt_keys, fm->opt_values };
@@ -117,8 +110,7 @@ static int side_open(side *sd, const ftb_fidelity_spec *f, const ftb_fidelity_me
     if (!sd->state)
         return ftb_errf(err, errlen, "init: %s: %s", fm->label, e[0] ? e : "method init failed (no message)");
     sd->ds = ftb_dataset_open(f->dataset, sd->model->cfg.vocab_size, f->seed, e, sizeof e);
-    if (!sd->ds)
-        return ftb_errf(err, errlen, "dataset: %s", e);
+    if (!sd->ds) return ftb_errf(err, errlen, "dataset: %s", e);
     for (int i = 0; i < f->after_steps; i++) {
         ftb_batch b;
         if (ftb_dataset_batch(sd->ds, i, f->batch, f->seq, &b, e, sizeof e) != 0)
@@ -146,10 +138,8 @@ static int side_open(side *sd, const ftb_fidelity_spec *f, const ftb_fidelity_me
 static float generic_gradient(side *sd, const ftb_batch *b, int exact, char *err, size_t errlen)
 {
     int missing = 0;
-    for (int i = 0; i < sd->n; i++)
-        missing |= sd->tensors[i]->grad == NULL;
-    if (missing && ftb_model_alloc_grads(sd->model, err, errlen) != 0)
-        return NAN;
+    for (int i = 0; i < sd->n; i++) missing |= sd->tensors[i]->grad == NULL;
+    if (missing && ftb_model_alloc_grads(sd->model, err, errlen) != 0) return NAN;
     for (int i = 0; i < sd->n; i++) {
         ftb_tensor *t = sd->tensors[i];
         if (!t->grad) {
@@ -177,8 +167,8 @@ static uint64_t params_hash(const side *sd)
 }
 
 /* One gradient (method's or exact) into *out.  *seconds: its wall time. */
-static int side_gradient(side *sd, const ftb_batch *b, int exact, grad_copy *out, float *loss,
-                         double *seconds, char *err, size_t errlen)
+static int side_gradient(side *sd, const ftb_batch *b, int exact, grad_copy *out, float *loss, double *seconds,
+                         char *err, size_t errlen)
 {
     char e[FTB_ERR_LEN] = "";
     *loss = NAN;
@@ -192,8 +182,7 @@ static int side_gradient(side *sd, const ftb_batch *b, int exact, grad_copy *out
     }
     *seconds = ftb_now() - t0;
     const char *what = exact ? "exact gradient" : "method gradient";
-    if (rc != 0)
-        return ftb_errf(err, errlen, "%s: %s: %s", what, sd->plug.label, e[0] ? e : "failed (no message)");
+    if (rc != 0) return ftb_errf(err, errlen, "%s: %s: %s", what, sd->plug.label, e[0] ? e : "failed (no message)");
     for (int i = 0; i < sd->n; i++)
         if (!sd->tensors[i]->grad)
             return ftb_errf(err, errlen, "%s: %s left tensor %s without a gradient", what, sd->plug.label,
@@ -220,8 +209,7 @@ static void sums_add(pair_sums *s, const float *g, const float *r, int64_t n)
         s->nn += a * a;
         s->rr += b * b;
         s->dd += d * d;
-        if (fabs(d) > s->maxabs)
-            s->maxabs = fabs(d);
+        if (fabs(d) > s->maxabs) s->maxabs = fabs(d);
     }
 }
 
@@ -250,8 +238,7 @@ static json_t *compare(const grad_copy *g, const grad_copy *r, int by_name, char
         return NULL;
     }
     off_r[0] = 0;
-    for (int j = 0; j < r->n; j++)
-        off_r[j + 1] = off_r[j] + r->numel[j];
+    for (int j = 0; j < r->n; j++) off_r[j + 1] = off_r[j] + r->numel[j];
     json_t *o = json_object(), *per = json_array();
     pair_sums all = { 0 };
     double worst = -1;
@@ -316,8 +303,7 @@ static json_t *method_json(const side *sd, const ftb_fidelity_method *fm)
     json_object_set_new(o, "name", json_string(m && m->name ? m->name : fm->label));
     json_object_set_new(o, "abi_version", json_integer(m ? m->abi_version : 0));
     json_t *opts = json_object();
-    for (int i = 0; i < fm->n_opts; i++)
-        json_object_set_new(opts, fm->opt_keys[i], json_string(fm->opt_values[i]));
+    for (int i = 0; i < fm->n_opts; i++) json_object_set_new(opts, fm->opt_keys[i], json_string(fm->opt_values[i]));
     json_object_set_new(o, "options", opts);
     json_object_set_new(o, "gradient", json_string(sd->gradient ? "method callback" : "host: forward_backward"));
     return o;
@@ -330,10 +316,8 @@ json_t *ftb_fidelity_measure(const ftb_fidelity_spec *f, char *err, size_t errle
     json_t *res = NULL, *cmp = NULL;
     ftb_batch b;
     char e[FTB_ERR_LEN];
-    if (f->threads > 0)
-        ftb_set_threads(f->threads);
-    if (side_open(&sd, f, &f->method, err, errlen) != 0)
-        goto fail;
+    if (f->threads > 0) ftb_set_threads(f->threads);
+    if (side_open(&sd, f, &f->method, err, errlen) != 0) goto fail;
     if (ftb_dataset_batch(sd.ds, f->after_steps, f->batch, f->seq, &b, e, sizeof e) != 0) {
         ftb_errf(err, errlen, "dataset: %s", e);
         goto fail;
@@ -341,14 +325,11 @@ json_t *ftb_fidelity_measure(const ftb_fidelity_spec *f, char *err, size_t errle
     uint64_t h0 = params_hash(&sd);
     float loss_m, loss_x;
     double sec_m, sec_x;
-    if (side_gradient(&sd, &b, 0, &gm, &loss_m, &sec_m, err, errlen) != 0)
-        goto fail;
+    if (side_gradient(&sd, &b, 0, &gm, &loss_m, &sec_m, err, errlen) != 0) goto fail;
     int unchanged = params_hash(&sd) == h0;
-    if (side_gradient(&sd, &b, 1, &gx, &loss_x, &sec_x, err, errlen) != 0)
-        goto fail;
+    if (side_gradient(&sd, &b, 1, &gx, &loss_x, &sec_x, err, errlen) != 0) goto fail;
     cmp = compare(&gm, &gx, 0, err, errlen);
-    if (!cmp)
-        goto fail;
+    if (!cmp) goto fail;
 
     res = json_object();
     json_object_set_new(res, "schema", json_integer(FIDELITY_SCHEMA));
@@ -380,16 +361,14 @@ json_t *ftb_fidelity_measure(const ftb_fidelity_spec *f, char *err, size_t errle
     if (f->against.path) {
         /* The reference method on a fresh model of the same seed, the same
          * steps and the same batch; its own (method) gradient. */
-        if (side_open(&sd, f, &f->against, err, errlen) != 0)
-            goto fail;
+        if (side_open(&sd, f, &f->against, err, errlen) != 0) goto fail;
         if (ftb_dataset_batch(sd.ds, f->after_steps, f->batch, f->seq, &b, e, sizeof e) != 0) {
             ftb_errf(err, errlen, "dataset: %s", e);
             goto fail;
         }
         float loss_a;
         double sec_a;
-        if (side_gradient(&sd, &b, 0, &ga, &loss_a, &sec_a, err, errlen) != 0)
-            goto fail;
+        if (side_gradient(&sd, &b, 0, &ga, &loss_a, &sec_a, err, errlen) != 0) goto fail;
         char ce[FTB_ERR_LEN];
         cmp = compare(&gm, &ga, 1, ce, sizeof ce);
         if (!cmp) {
@@ -439,8 +418,8 @@ static void print_cmp(FILE *out, const json_t *c, const char *ref)
     fprintf(out, "  max |difference|  %.3e\n", jget(c, "max_abs_diff"));
     const json_t *w = json_object_get(c, "worst_tensor");
     if (w)
-        fprintf(out, "  worst tensor      %s: cosine %.9f, relative error %.3e\n", jstr(w, "name"),
-                jget(w, "cosine"), jget(w, "rel_error"));
+        fprintf(out, "  worst tensor      %s: cosine %.9f, relative error %.3e\n", jstr(w, "name"), jget(w, "cosine"),
+                jget(w, "rel_error"));
 }
 
 static void print_options(FILE *out, const json_t *m)
@@ -448,12 +427,12 @@ static void print_options(FILE *out, const json_t *m)
     const char *k;
     json_t *v;
     int first = 1;
-    json_object_foreach((json_t *)json_object_get(m, "options"), k, v) {
+    json_object_foreach((json_t *)json_object_get(m, "options"), k, v)
+    {
         fprintf(out, "%s%s=%s", first ? " (" : ", ", k, json_string_value(v));
         first = 0;
     }
-    if (!first)
-        fprintf(out, ")");
+    if (!first) fprintf(out, ")");
 }
 
 void ftb_fidelity_print(FILE *out, const json_t *r)
@@ -461,9 +440,8 @@ void ftb_fidelity_print(FILE *out, const json_t *r)
     const json_t *m = json_object_get(r, "method"), *x = json_object_get(r, "exact");
     fprintf(out, "fidelity    %s", jstr(m, "label"));
     print_options(out, m);
-    fprintf(out, " on %s, seq %d, batch %d, seed %lld, after %d step(s)\n",
-            jstr(json_object_get(r, "model"), "name"), (int)jget(r, "seq"), (int)jget(r, "batch"),
-            (long long)jget(r, "seed"), (int)jget(r, "after_steps"));
+    fprintf(out, " on %s, seq %d, batch %d, seed %lld, after %d step(s)\n", jstr(json_object_get(r, "model"), "name"),
+            (int)jget(r, "seq"), (int)jget(r, "batch"), (long long)jget(r, "seed"), (int)jget(r, "after_steps"));
     fprintf(out, "g           the method's gradient (%s), loss %.6f, %.3f s\n", jstr(m, "gradient"),
             jget(r, "loss_method"), jget(r, "seconds_method"));
     fprintf(out, "g*          exact gradient of the same parameters, every activation kept, loss %.6f, %.3f s\n",
@@ -502,8 +480,8 @@ static void fidelity_help(FILE *f)
 
 /* The options only fidelity has, taken out of argv before the shared parser
  * sees the rest.  0, or -1 with err. */
-static int take_own_options(int *argc, char **argv, int *after_steps, const char **against, int *threads,
-                            char *err, size_t errlen)
+static int take_own_options(int *argc, char **argv, int *after_steps, const char **against, int *threads, char *err,
+                            size_t errlen)
 {
     int out = 1;
     for (int i = 1; i < *argc; i++) {
@@ -522,8 +500,7 @@ static int take_own_options(int *argc, char **argv, int *after_steps, const char
             continue;
         }
         if (!val) {
-            if (i + 1 >= *argc)
-                return ftb_errf(err, errlen, "%s needs a value", names[which]);
+            if (i + 1 >= *argc) return ftb_errf(err, errlen, "%s needs a value", names[which]);
             val = argv[++i];
         }
         long x;
@@ -532,8 +509,7 @@ static int take_own_options(int *argc, char **argv, int *after_steps, const char
                 return ftb_errf(err, errlen, "--after-steps: '%s' is not an integer in 0..1000000", val);
             *after_steps = (int)x;
         } else if (which == 1) {
-            if (!*val)
-                return ftb_errf(err, errlen, "--against: empty value");
+            if (!*val) return ftb_errf(err, errlen, "--against: empty value");
             *against = val;
         } else {
             if (ftb_parse_long(val, 1, 4096, &x) != 0)
@@ -577,8 +553,7 @@ static json_t *measure_in_child(const ftb_fidelity_spec *f, double timeout, char
         if (write(fds[1], &tag, 1) == 1)
             for (size_t off = 0; off < len;) {
                 ssize_t w = write(fds[1], text + off, len - off);
-                if (w <= 0)
-                    break;
+                if (w <= 0) break;
                 off += (size_t)w;
             }
         _exit(body ? 0 : 3);
@@ -597,21 +572,16 @@ static json_t *measure_in_child(const ftb_fidelity_spec *f, double timeout, char
         }
         struct pollfd p = { fds[0], POLLIN, 0 };
         int pr = poll(&p, 1, left > 1 ? 1000 : (int)(left * 1000) + 1);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0)
-            continue;
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr <= 0) continue;
         if (n + 4096 > cap) {
             char *nb = realloc(buf, cap *= 2);
-            if (!nb)
-                break;
+            if (!nb) break;
             buf = nb;
         }
         ssize_t r = read(fds[0], buf + n, cap - n - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
         n += (size_t)r;
     }
     close(fds[0]);
@@ -624,13 +594,12 @@ static json_t *measure_in_child(const ftb_fidelity_spec *f, double timeout, char
         ftb_errf(err, errlen, "method '%s' did not finish within %.0f s (--timeout)", f->method.label, timeout);
     else if (n > 0 && buf[0] == 'O' && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         res = json_loads(buf + 1, 0, NULL);
-        if (!res)
-            ftb_errf(err, errlen, "the measuring process sent a result that does not parse");
+        if (!res) ftb_errf(err, errlen, "the measuring process sent a result that does not parse");
     } else if (n > 0 && buf[0] == 'E')
         ftb_errf(err, errlen, "%s", buf + 1);
     else if (WIFSIGNALED(status))
-        ftb_errf(err, errlen, "method '%s' crashed: %s (signal %d)", f->method.label,
-                 ftb_signal_name(WTERMSIG(status)), WTERMSIG(status));
+        ftb_errf(err, errlen, "method '%s' crashed: %s (signal %d)", f->method.label, ftb_signal_name(WTERMSIG(status)),
+                 WTERMSIG(status));
     else
         ftb_errf(err, errlen, "the measuring process exited with status %d without a result",
                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
@@ -644,8 +613,7 @@ int ftb_cmd_fidelity(int argc, char **argv)
     int after_steps = 1, threads = 0;
     const char *against = NULL;
     char **args = calloc((size_t)argc + 1, sizeof *args);
-    if (!args)
-        return ftb_usage_error("fidelity", "out of memory");
+    if (!args) return ftb_usage_error("fidelity", "out of memory");
     memcpy(args, argv, sizeof *args * (size_t)argc);
     int nargs = argc;
     ftb_setup s;
@@ -662,16 +630,14 @@ int ftb_cmd_fidelity(int argc, char **argv)
         fidelity_help(stdout);
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("fidelity", err);
+    if (pr < 0) return ftb_usage_error("fidelity", err);
     ftb_cli *o = &s.cli;
     ftb_cell mc, ac;
     if (!o->method) {
         ftb_usage_error("fidelity", "--method is required (see ftbench list)");
         goto out;
     }
-    if (!o->seq_given)
-        o->seq = 128;
+    if (!o->seq_given) o->seq = 128;
     if (ftb_cli_model(o, NULL, &s.cfg, s.model_name, sizeof s.model_name, err, sizeof err) != 0) {
         ftb_usage_error("fidelity", err);
         goto out;

@@ -19,7 +19,7 @@
 #include <jansson.h>
 
 typedef struct {
-    const char *path;        /* plugin .so                              */
+    const char *path; /* plugin .so                              */
     const char *label;
     int n_opts;
     const char *const *opt_keys, *const *opt_values;
@@ -28,7 +28,7 @@ typedef struct {
 typedef struct {
     ftb_config cfg;
     const char *model_name;
-    const char *checkpoint;  /* NULL: the zoo model built from cfg      */
+    const char *checkpoint; /* NULL: the zoo model built from cfg      */
     ftb_fidelity_method method;
     ftb_fidelity_method against; /* path NULL: none                     */
     int seq, batch, after_steps;

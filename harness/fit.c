@@ -14,8 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const unsigned FIT_OPTS = CLI_MODEL | CLI_METHOD | CLI_TRAIN | CLI_DEVICE | CLI_OUT | CLI_FIT |
-                                 CLI_SHAPE;
+static const unsigned FIT_OPTS = CLI_MODEL | CLI_METHOD | CLI_TRAIN | CLI_DEVICE | CLI_OUT | CLI_FIT | CLI_SHAPE;
 
 static void fit_help(FILE *f)
 {
@@ -47,11 +46,9 @@ static int probe(fit_ctx *f, int seq, char *err, size_t errlen)
     json_t *owned = NULL;
     int reused = rec != NULL;
     if (!rec) {
-        if (!f->quiet)
-            fprintf(stderr, "ftbench fit: probing seq %d ...\n", seq);
+        if (!f->quiet) fprintf(stderr, "ftbench fit: probing seq %d ...\n", seq);
         ftb_cell_result r;
-        if (ftb_cell_run(&c, &r, err, errlen) != 0)
-            return -1;
+        if (ftb_cell_run(&c, &r, err, errlen) != 0) return -1;
         owned = rec = json_incref(r.record);
         ftb_cell_result_free(&r);
     }
@@ -61,10 +58,13 @@ static int probe(fit_ctx *f, int seq, char *err, size_t errlen)
     int res = !o ? -1 : !strcmp(o, "ok") ? 1 : (!strcmp(o, "over_budget") || !strcmp(o, "oom")) ? 0 : -1;
     char peak_s[48] = "";
     int lower = json_is_true(json_object_get(json_object_get(rec, "memory"), "peak_is_lower_bound"));
-    if (isfinite(peak))
-        snprintf(peak_s, sizeof peak_s, lower ? " (stopped at %.0f MiB)" : " (peak %.0f MiB)", peak);
-    printf("  seq %6d: %s%s%s\n", seq, res == 1 ? "fits" : res == 0 ? "does not fit" : o ? o : "?", peak_s,
-           reused ? ", recorded earlier" : "");
+    if (isfinite(peak)) snprintf(peak_s, sizeof peak_s, lower ? " (stopped at %.0f MiB)" : " (peak %.0f MiB)", peak);
+    printf("  seq %6d: %s%s%s\n", seq,
+           res == 1   ? "fits"
+           : res == 0 ? "does not fit"
+           : o        ? o
+                      : "?",
+           peak_s, reused ? ", recorded earlier" : "");
     fflush(stdout);
     json_t *p = json_object();
     json_object_set_new(p, "seq", json_integer(seq));
@@ -90,8 +90,7 @@ int ftb_cmd_fit(int argc, char **argv)
         fit_help(stdout);
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("fit", err);
+    if (pr < 0) return ftb_usage_error("fit", err);
     int rc = FTB_EXIT_USAGE;
     fit_ctx f;
     memset(&f, 0, sizeof f);
@@ -106,10 +105,8 @@ int ftb_cmd_fit(int argc, char **argv)
         goto out;
     }
     /* Memory needs one step; warm-up only costs time. */
-    if (!s.cli.steps_given)
-        s.cli.steps = 1;
-    if (!s.cli.warmup_given)
-        s.cli.warmup = 0;
+    if (!s.cli.steps_given) s.cli.steps = 1;
+    if (!s.cli.warmup_given) s.cli.warmup = 0;
     if (ftb_setup_common(&s, 1, err, sizeof err) != 0 || ftb_setup_check_dataset(&s, err, sizeof err) != 0) {
         ftb_usage_error("fit", err);
         goto out;
@@ -133,7 +130,8 @@ int ftb_cmd_fit(int argc, char **argv)
     char canon[2048], run_id[128];
     f.base.seq = 0;
     ftb_cell_make_key(&f.base);
-    snprintf(canon, sizeof canon, "%s|ckpt=%s|steps=%d|warmup=%d|dataset=%s|seed=%llu|budget=%lld|threads=%d|enforce=%d|attn=%d|loss=%d",
+    snprintf(canon, sizeof canon,
+             "%s|ckpt=%s|steps=%d|warmup=%d|dataset=%s|seed=%llu|budget=%lld|threads=%d|enforce=%d|attn=%d|loss=%d",
              f.base.key, s.cli.checkpoint ? s.cli.checkpoint : "", s.cli.steps, s.cli.warmup, s.cli.dataset,
              (unsigned long long)s.cli.seed, (long long)s.budget, s.threads, (int)s.enforce, s.cli.attention,
              s.cli.loss);
@@ -157,34 +155,28 @@ int ftb_cmd_fit(int argc, char **argv)
     printf("fit: %s with %s on %s%s, batch %d, budget %.0f MiB (%s)\n", s.model_name, f.base.method_label,
            s.device.name, s.emulated ? " (emulated)" : "", s.cli.batch, (double)s.budget / 1048576.0,
            ftb_enforce_name(s.enforce));
-    if (ftb_cell_prepare_base(&f.base, s.cli.quiet, err, sizeof err) != 0)
-        goto failed;
+    if (ftb_cell_prepare_base(&f.base, s.cli.quiet, err, sizeof err) != 0) goto failed;
     int lo = 0, hi = 0; /* longest that fits, shortest that does not */
     int x = seq_min, res = 0;
     while (x <= seq_max) {
         res = probe(&f, x, err, sizeof err);
-        if (res < 0)
-            goto failed;
+        if (res < 0) goto failed;
         if (!res) {
             hi = x;
             break;
         }
         lo = x;
-        if (x == seq_max)
-            break;
+        if (x == seq_max) break;
         x = x * 2 > seq_max ? seq_max : x * 2;
     }
     /* Refine between the last fit and the first failure. */
     while (lo && hi && hi - lo > gran) {
         int mid = lo + (hi - lo) / 2;
         mid = (mid / gran) * gran;
-        if (mid <= lo)
-            mid = lo + gran;
-        if (mid >= hi)
-            break;
+        if (mid <= lo) mid = lo + gran;
+        if (mid >= hi) break;
         res = probe(&f, mid, err, sizeof err);
-        if (res < 0)
-            goto failed;
+        if (res < 0) goto failed;
         if (res)
             lo = mid;
         else
@@ -207,13 +199,12 @@ int ftb_cmd_fit(int argc, char **argv)
     json_dump_file(out, fitpath, JSON_INDENT(2));
     json_decref(out);
     if (!lo)
-        printf("nothing fits: even seq %d is over the %.0f MiB budget of %s\n", seq_min,
-               (double)s.budget / 1048576.0, s.device.name);
+        printf("nothing fits: even seq %d is over the %.0f MiB budget of %s\n", seq_min, (double)s.budget / 1048576.0,
+               s.device.name);
     else if (!hi)
         printf("longest sequence that fits %s: %d tokens (every length up to %d fits)\n", s.device.name, lo, seq_max);
     else
-        printf("longest sequence that fits %s: %d tokens (%d does not; resolution %d)\n", s.device.name, lo, hi,
-               gran);
+        printf("longest sequence that fits %s: %d tokens (%d does not; resolution %d)\n", s.device.name, lo, hi, gran);
     printf("records: %s\n", results);
     rc = FTB_EXIT_OK;
     goto done;

@@ -12,7 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define NEV 3
+#define NEV        3
 #define MAX_PHASES 64
 
 /* Candidate encodings per counter, first that libpfm4 and the kernel take. */
@@ -37,23 +37,19 @@ struct ftb_phase_stats {
     char reason[320];
     phase_acc acc[MAX_PHASES];
     int n_acc;
-    int cur;             /* index of the open phase, -1 before any        */
+    int cur; /* index of the open phase, -1 before any        */
     double t_cur;
     uint64_t last[NEV];
 };
 
-static long perf_open(struct perf_event_attr *a)
-{
-    return syscall(SYS_perf_event_open, a, 0, -1, -1, 0);
-}
+static long perf_open(struct perf_event_attr *a) { return syscall(SYS_perf_event_open, a, 0, -1, -1, 0); }
 
 static int paranoid_level(void)
 {
     FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "r");
     int v = -99;
     if (f) {
-        if (fscanf(f, "%d", &v) != 1)
-            v = -99;
+        if (fscanf(f, "%d", &v) != 1) v = -99;
         fclose(f);
     }
     return v;
@@ -69,8 +65,7 @@ static void explain(char *out, size_t n, const char *ev, int e)
         hint = "; not permitted: run as root or lower /proc/sys/kernel/perf_event_paranoid";
     else if (e == ENOSYS)
         hint = "; the kernel has no perf_event support";
-    snprintf(out, n, "perf_event_open(%s) failed: %s (perf_event_paranoid=%d)%s", ev, strerror(e), par,
-             hint);
+    snprintf(out, n, "perf_event_open(%s) failed: %s (perf_event_paranoid=%d)%s", ev, strerror(e), par, hint);
 }
 
 static int open_counter(ftb_phase_stats *s, int i, char *why, size_t whyn)
@@ -83,12 +78,11 @@ static int open_counter(ftb_phase_stats *s, int i, char *why, size_t whyn)
         memset(&arg, 0, sizeof arg);
         arg.attr = &attr;
         arg.size = sizeof arg;
-        if (pfm_get_os_event_encoding(ev_cands[i][c], PFM_PLM3, PFM_OS_PERF_EVENT, &arg) != PFM_SUCCESS)
-            continue;
+        if (pfm_get_os_event_encoding(ev_cands[i][c], PFM_PLM3, PFM_OS_PERF_EVENT, &arg) != PFM_SUCCESS) continue;
         attr.size = sizeof attr;
         attr.disabled = 0;
-        attr.inherit = 1;          /* threads created later count too   */
-        attr.exclude_kernel = 1;   /* allowed at perf_event_paranoid=2  */
+        attr.inherit = 1;        /* threads created later count too   */
+        attr.exclude_kernel = 1; /* allowed at perf_event_paranoid=2  */
         attr.exclude_hv = 1;
         attr.read_format = PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING;
         long fd = perf_open(&attr);
@@ -107,10 +101,8 @@ static int open_counter(ftb_phase_stats *s, int i, char *why, size_t whyn)
 static uint64_t read_counter(int fd)
 {
     uint64_t v[3];
-    if (fd < 0 || read(fd, v, sizeof v) != (ssize_t)sizeof v)
-        return 0;
-    if (v[2] && v[2] < v[1])
-        return (uint64_t)((double)v[0] * (double)v[1] / (double)v[2]);
+    if (fd < 0 || read(fd, v, sizeof v) != (ssize_t)sizeof v) return 0;
+    if (v[2] && v[2] < v[1]) return (uint64_t)((double)v[0] * (double)v[1] / (double)v[2]);
     return v[0];
 }
 
@@ -123,13 +115,10 @@ static int phase_index(ftb_phase_stats *s, const char *label)
         n++;
     }
     w[n] = 0;
-    if (!n)
-        snprintf(w, sizeof w, "other");
+    if (!n) snprintf(w, sizeof w, "other");
     for (int i = 0; i < s->n_acc; i++)
-        if (strcmp(s->acc[i].name, w) == 0)
-            return i;
-    if (s->n_acc == MAX_PHASES)
-        return MAX_PHASES - 1; /* the last slot collects the overflow */
+        if (strcmp(s->acc[i].name, w) == 0) return i;
+    if (s->n_acc == MAX_PHASES) return MAX_PHASES - 1; /* the last slot collects the overflow */
     snprintf(s->acc[s->n_acc].name, sizeof s->acc[0].name, "%s", w);
     return s->n_acc++;
 }
@@ -140,14 +129,12 @@ static void close_phase(ftb_phase_stats *s)
     double now = ftb_now();
     uint64_t v[NEV] = { 0 };
     if (s->have_counters)
-        for (int i = 0; i < NEV; i++)
-            v[i] = read_counter(s->fd[i]);
+        for (int i = 0; i < NEV; i++) v[i] = read_counter(s->fd[i]);
     if (s->cur >= 0) {
         phase_acc *a = &s->acc[s->cur];
         a->seconds += now - s->t_cur;
         if (s->have_counters)
-            for (int i = 0; i < NEV; i++)
-                a->count[i] += v[i] - s->last[i];
+            for (int i = 0; i < NEV; i++) a->count[i] += v[i] - s->last[i];
     }
     memcpy(s->last, v, sizeof v);
     s->t_cur = now;
@@ -186,11 +173,9 @@ const char *ftb_hwc_unavailable_reason(void)
 ftb_phase_stats *ftb_phase_stats_start(int want_counters)
 {
     ftb_phase_stats *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->cur = -1;
-    for (int i = 0; i < NEV; i++)
-        s->fd[i] = -1;
+    for (int i = 0; i < NEV; i++) s->fd[i] = -1;
     if (!want_counters) {
         snprintf(s->reason, sizeof s->reason, "disabled");
     } else {
@@ -202,22 +187,19 @@ ftb_phase_stats *ftb_phase_stats_start(int want_counters)
             /* Cycles work; the others are best effort (reported as null). */
             char why[320];
             for (int i = 1; i < NEV; i++)
-                if (open_counter(s, i, why, sizeof why) != 0)
-                    s->fd[i] = -1;
+                if (open_counter(s, i, why, sizeof why) != 0) s->fd[i] = -1;
         }
     }
     s->t_cur = ftb_now();
     if (s->have_counters)
-        for (int i = 0; i < NEV; i++)
-            s->last[i] = read_counter(s->fd[i]);
+        for (int i = 0; i < NEV; i++) s->last[i] = read_counter(s->fd[i]);
     ftb_mem_set_phase_listener(listener, s);
     return s;
 }
 
 void ftb_phase_stats_stop(ftb_phase_stats *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     ftb_mem_set_phase_listener(NULL, NULL);
     close_phase(s);
     s->cur = -1;
@@ -265,10 +247,8 @@ json_t *ftb_phase_stats_times_json(const ftb_phase_stats *s)
 
 void ftb_phase_stats_free(ftb_phase_stats *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     for (int i = 0; i < NEV; i++)
-        if (s->fd[i] >= 0)
-            close(s->fd[i]);
+        if (s->fd[i] >= 0) close(s->fd[i]);
     free(s);
 }

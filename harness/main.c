@@ -25,7 +25,8 @@ static const command commands[] = {
     { "eval", ftb_cmd_eval, "held-out loss and exact-match accuracy of greedy answers on a task" },
     { "train", ftb_cmd_train, "fine-tune with a method on a task; loss curve and accuracy beside memory" },
     { "pretrain", ftb_cmd_pretrain, "train a small starting model (full method) and save it as safetensors" },
-    { "report", ftb_cmd_report, "tables and plots for papers (Markdown, HTML, LaTeX; PNG, SVG, PDF) from results directories" },
+    { "report", ftb_cmd_report,
+      "tables and plots for papers (Markdown, HTML, LaTeX; PNG, SVG, PDF) from results directories" },
     { NULL, NULL, NULL },
 };
 
@@ -34,8 +35,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: ftbench COMMAND [options]   (ftbench COMMAND --help for its options)\n\n"
                "What fine-tuning a language model costs in memory and time, method by method,\n"
                "on small devices (measured here, or emulated from a device profile).\n\ncommands:\n");
-    for (const command *c = commands; c->name; c++)
-        fprintf(f, "  %-11s %s\n", c->name, c->summary);
+    for (const command *c = commands; c->name; c++) fprintf(f, "  %-11s %s\n", c->name, c->summary);
 }
 
 int main(int argc, char **argv)
@@ -51,8 +51,10 @@ int main(int argc, char **argv)
         return FTB_EXIT_OK;
     }
     for (const command *c = commands; c->name; c++)
-        if (!strcmp(argv[1], c->name))
-            return c->fn(argc - 1, argv + 1);
-    fprintf(stderr, "ftbench: unknown command '%s' (commands: run, sweep, fit, fidelity, list, bench-core, eval, train, pretrain, report)\n", argv[1]);
+        if (!strcmp(argv[1], c->name)) return c->fn(argc - 1, argv + 1);
+    fprintf(stderr,
+            "ftbench: unknown command '%s' (commands: run, sweep, fit, fidelity, list, bench-core, eval, train, "
+            "pretrain, report)\n",
+            argv[1]);
     return FTB_EXIT_USAGE;
 }

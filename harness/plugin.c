@@ -17,18 +17,15 @@ const char *ftb_methods_default_dir(void)
 {
     static char dir[PATH_MAX];
     const char *env = getenv("FTBENCH_METHODS_DIR");
-    if (env && *env && ftb_is_dir(env))
-        return env;
+    if (env && *env && ftb_is_dir(env)) return env;
     const char *exe = ftb_exe_dir();
     const char *cands[] = { "%s/methods", "%s/../lib/ftbench/methods", NULL };
     for (int i = 0; exe[0] && cands[i]; i++) {
         char cand[PATH_MAX];
         snprintf(cand, sizeof cand, cands[i], exe);
-        if (ftb_is_dir(cand) && realpath(cand, dir))
-            return dir;
+        if (ftb_is_dir(cand) && realpath(cand, dir)) return dir;
     }
-    if (ftb_is_dir("/usr/local/lib/ftbench/methods"))
-        return "/usr/local/lib/ftbench/methods";
+    if (ftb_is_dir("/usr/local/lib/ftbench/methods")) return "/usr/local/lib/ftbench/methods";
     return NULL;
 }
 
@@ -38,15 +35,13 @@ static void label_of(const char *path, char *label, size_t n)
     base = base ? base + 1 : path;
     snprintf(label, n, "%s", base);
     size_t l = strlen(label);
-    if (l > 3 && strcmp(label + l - 3, ".so") == 0)
-        label[l - 3] = 0;
+    if (l > 3 && strcmp(label + l - 3, ".so") == 0) label[l - 3] = 0;
 }
 
-int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, size_t n,
-                       char *label, size_t label_n, char *err, size_t errlen)
+int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, size_t n, char *label, size_t label_n,
+                       char *err, size_t errlen)
 {
-    if (!name_or_path || !*name_or_path)
-        return ftb_errf(err, errlen, "empty method name");
+    if (!name_or_path || !*name_or_path) return ftb_errf(err, errlen, "empty method name");
     size_t l = strlen(name_or_path);
     int is_path = strchr(name_or_path, '/') || (l > 3 && strcmp(name_or_path + l - 3, ".so") == 0);
     if (is_path) {
@@ -58,8 +53,7 @@ int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, si
         return 0;
     }
     if (!dir)
-        return ftb_errf(err, errlen,
-                        "unknown method '%s': no methods directory found (give --methods-dir)",
+        return ftb_errf(err, errlen, "unknown method '%s': no methods directory found (give --methods-dir)",
                         name_or_path);
     snprintf(path, n, "%s/%s.so", dir, name_or_path);
     if (ftb_is_file(path)) {
@@ -77,8 +71,8 @@ int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, si
         }
     }
     ftb_plugin_free_list(labels, count);
-    return ftb_errf(err, errlen, "unknown method '%s': no %s.so in %s (available: %s)", name_or_path,
-                    name_or_path, dir, avail);
+    return ftb_errf(err, errlen, "unknown method '%s': no %s.so in %s (available: %s)", name_or_path, name_or_path, dir,
+                    avail);
 }
 
 int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
@@ -90,13 +84,11 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
      * here, with the symbol named, rather than in the middle of a step. */
     dlerror();
     p->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!p->handle)
-        return ftb_errf(err, errlen, "method '%s' (%s): cannot load: %s", p->label, path, dlerror());
+    if (!p->handle) return ftb_errf(err, errlen, "method '%s' (%s): cannot load: %s", p->label, path, dlerror());
     dlerror();
     void *sym = dlsym(p->handle, FTB_METHOD_ENTRY);
     if (!sym) {
-        ftb_errf(err, errlen, "method '%s' (%s) does not export %s()", p->label, path,
-                 FTB_METHOD_ENTRY);
+        ftb_errf(err, errlen, "method '%s' (%s) does not export %s()", p->label, path, FTB_METHOD_ENTRY);
         ftb_plugin_close(p);
         return -1;
     }
@@ -116,8 +108,7 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
         return -1;
     }
     if (!m->init || !m->step) {
-        ftb_errf(err, errlen, "method '%s' (%s) has no %s callback", p->label, path,
-                 !m->init ? "init" : "step");
+        ftb_errf(err, errlen, "method '%s' (%s) has no %s callback", p->label, path, !m->init ? "init" : "step");
         ftb_plugin_close(p);
         return -1;
     }
@@ -128,15 +119,13 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
 ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m)
 {
     /* A v1 struct ends at destroy: its memory holds nothing past it. */
-    if (!m || m->abi_version < 2)
-        return NULL;
+    if (!m || m->abi_version < 2) return NULL;
     return m->gradient;
 }
 
 ftb_memory_model_fn ftb_plugin_memory_model(const ftb_method *m)
 {
-    if (!m || m->abi_version < 2)
-        return NULL;
+    if (!m || m->abi_version < 2) return NULL;
     return m->memory_model;
 }
 
@@ -144,53 +133,43 @@ const char *ftb_method_memory_estimate(const ftb_method *m, void *state, const f
                                        int ran_backward, ftb_memory_estimate *out)
 {
     ftb_memory_model_fn own = ftb_plugin_memory_model(m);
-    if (own && own(state, s, B, T, out) == 0)
-        return "method";
+    if (own && own(state, s, B, T, out) == 0) return "method";
     ftb_memory_estimate_step(s->model, &s->run, B, T, ran_backward, NULL, out);
     return ran_backward ? "core schedule, training step" : "core schedule, inference forward";
 }
 
 void ftb_plugin_close(ftb_plugin *p)
 {
-    if (p->handle)
-        dlclose(p->handle);
+    if (p->handle) dlclose(p->handle);
     p->handle = NULL;
     p->method = NULL;
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t errlen)
 {
     *labels = NULL;
     *n = 0;
     DIR *d = opendir(dir);
-    if (!d)
-        return ftb_errf(err, errlen, "cannot read methods directory %s: %s", dir, strerror(errno));
+    if (!d) return ftb_errf(err, errlen, "cannot read methods directory %s: %s", dir, strerror(errno));
     char **list = NULL;
     int count = 0, cap = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
-        if (len <= 3 || strcmp(e->d_name + len - 3, ".so") != 0 || e->d_name[0] == '.')
-            continue;
+        if (len <= 3 || strcmp(e->d_name + len - 3, ".so") != 0 || e->d_name[0] == '.') continue;
         if (count == cap) {
             cap = cap ? cap * 2 : 8;
             char **nl = realloc(list, (size_t)cap * sizeof *list);
-            if (!nl)
-                break;
+            if (!nl) break;
             list = nl;
         }
         list[count] = strndup(e->d_name, len - 3);
-        if (list[count])
-            count++;
+        if (list[count]) count++;
     }
     closedir(d);
-    if (count)
-        qsort(list, (size_t)count, sizeof *list, cmp_str);
+    if (count) qsort(list, (size_t)count, sizeof *list, cmp_str);
     *labels = list;
     *n = count;
     return 0;
@@ -198,8 +177,7 @@ int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t e
 
 void ftb_plugin_free_list(char **labels, int n)
 {
-    for (int i = 0; i < n; i++)
-        free(labels[i]);
+    for (int i = 0; i < n; i++) free(labels[i]);
     free(labels);
 }
 
@@ -227,8 +205,7 @@ int ftb_plugin_probe(const char *path, char **json, char *err, size_t errlen)
 {
     *json = NULL;
     int fds[2];
-    if (pipe(fds) != 0)
-        return ftb_errf(err, errlen, "pipe: %s", strerror(errno));
+    if (pipe(fds) != 0) return ftb_errf(err, errlen, "pipe: %s", strerror(errno));
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -249,8 +226,7 @@ int ftb_plugin_probe(const char *path, char **json, char *err, size_t errlen)
         if (write(fds[1], &tag, 1) == 1) {
             for (size_t off = 0; off < len;) {
                 ssize_t w = write(fds[1], body + off, len - off);
-                if (w <= 0)
-                    break;
+                if (w <= 0) break;
                 off += (size_t)w;
             }
         }
@@ -263,15 +239,12 @@ int ftb_plugin_probe(const char *path, char **json, char *err, size_t errlen)
         if (n + 512 > cap) {
             cap *= 2;
             char *nb = realloc(buf, cap);
-            if (!nb)
-                break;
+            if (!nb) break;
             buf = nb;
         }
         ssize_t r = read(fds[0], buf + n, cap - n - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
         n += (size_t)r;
     }
     close(fds[0]);
@@ -283,8 +256,8 @@ int ftb_plugin_probe(const char *path, char **json, char *err, size_t errlen)
     if (WIFSIGNALED(status)) {
         char label[128];
         label_of(path, label, sizeof label);
-        rc = ftb_errf(err, errlen, "method '%s' (%s) crashed while loading: %s (signal %d)", label,
-                      path, ftb_signal_name(WTERMSIG(status)), WTERMSIG(status));
+        rc = ftb_errf(err, errlen, "method '%s' (%s) crashed while loading: %s (signal %d)", label, path,
+                      ftb_signal_name(WTERMSIG(status)), WTERMSIG(status));
     } else if (n > 0 && buf[0] == 'O') {
         *json = strdup(buf + 1);
     } else if (n > 0 && buf[0] == 'E') {

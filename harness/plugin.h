@@ -16,7 +16,7 @@ typedef struct {
     void *handle;
     const ftb_method *method;
     char path[PATH_MAX];
-    char label[128];     /* file name without .so: how the user named it */
+    char label[128]; /* file name without .so: how the user named it */
 } ftb_plugin;
 
 /* The methods directory used when none is given: $FTBENCH_METHODS_DIR,
@@ -26,8 +26,8 @@ const char *ftb_methods_default_dir(void);
 
 /* A name without '/' and without ".so" is looked up as <dir>/<name>.so;
  * anything else is a path.  0, or -1 with err listing what is available. */
-int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, size_t n,
-                       char *label, size_t label_n, char *err, size_t errlen);
+int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, size_t n, char *label, size_t label_n,
+                       char *err, size_t errlen);
 
 /* dlopen + entry point + ABI check, in this process. */
 int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen);
@@ -35,8 +35,8 @@ void ftb_plugin_close(ftb_plugin *p);
 
 /* The method's gradient callback (ABI 2), or NULL: for a v1 plugin, whose
  * struct ends before that field, without reading past its end. */
-typedef int (*ftb_gradient_fn)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss,
-                               char *err, size_t errlen);
+typedef int (*ftb_gradient_fn)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
+                               size_t errlen);
 ftb_gradient_fn ftb_plugin_gradient(const ftb_method *m);
 /* The method's analytic memory model (ABI 2), or NULL (v1, or none). */
 typedef int (*ftb_memory_model_fn)(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out);

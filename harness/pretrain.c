@@ -36,27 +36,26 @@ typedef struct {
 
 static void pretrain_help(FILE *f)
 {
-    fprintf(f,
-            "usage: ftbench pretrain --out DIR [options]\n"
-            "Trains a small model of a zoo shape with the full method on the synthetic\n"
-            "language mixed with the tasks' format, and saves it as config.json +\n"
-            "model.safetensors in DIR (docs/TASKS.md).\n\noptions:\n"
-            "  --model NAME        zoo shape (default starter-4m)\n"
-            "  --out DIR           checkpoint directory to write (required)\n"
-            "  --steps N           optimisation steps (default 800)\n"
-            "  --seq N             tokens per row (default 256)\n"
-            "  --batch N           rows per step (default 4)\n"
-            "  --lr X              peak learning rate (default 2e-3; 5%% warm-up, cosine to 10%%)\n"
-            "  --weight-decay X    AdamW weight decay (default 0.01)\n"
-            "  --mix F             fraction of rows drawn from tasks (default 0.5)\n"
-            "  --tasks A+B+..      task specs, '+'-separated (default\n"
-            "                      reasoning:steps=1+passkey:len=SEQ,depth=random; understanding\n"
-            "                      is left out so that fine-tuning has a task to learn)\n"
-            "  --seed N            weights and data (default 42)\n"
-            "  --threads N         compute threads (default: all cores)\n"
-            "  --eval-every N      held-out loss and accuracy every N steps (default 400)\n"
-            "  --eval-examples N   examples per task for that accuracy (default 32)\n"
-            "  --help              this text\n");
+    fprintf(f, "usage: ftbench pretrain --out DIR [options]\n"
+               "Trains a small model of a zoo shape with the full method on the synthetic\n"
+               "language mixed with the tasks' format, and saves it as config.json +\n"
+               "model.safetensors in DIR (docs/TASKS.md).\n\noptions:\n"
+               "  --model NAME        zoo shape (default starter-4m)\n"
+               "  --out DIR           checkpoint directory to write (required)\n"
+               "  --steps N           optimisation steps (default 800)\n"
+               "  --seq N             tokens per row (default 256)\n"
+               "  --batch N           rows per step (default 4)\n"
+               "  --lr X              peak learning rate (default 2e-3; 5%% warm-up, cosine to 10%%)\n"
+               "  --weight-decay X    AdamW weight decay (default 0.01)\n"
+               "  --mix F             fraction of rows drawn from tasks (default 0.5)\n"
+               "  --tasks A+B+..      task specs, '+'-separated (default\n"
+               "                      reasoning:steps=1+passkey:len=SEQ,depth=random; understanding\n"
+               "                      is left out so that fine-tuning has a task to learn)\n"
+               "  --seed N            weights and data (default 42)\n"
+               "  --threads N         compute threads (default: all cores)\n"
+               "  --eval-every N      held-out loss and accuracy every N steps (default 400)\n"
+               "  --eval-examples N   examples per task for that accuracy (default 32)\n"
+               "  --help              this text\n");
 }
 
 static uint64_t mix64(uint64_t x)
@@ -77,8 +76,7 @@ static int mixture_row(ftb_dataset *lang, ftb_task **tasks, int n_tasks, double 
     double u = (double)(h >> 11) * 0x1.0p-53;
     if (n_tasks == 0 || u >= mix) {
         ftb_batch b;
-        if (ftb_dataset_batch(lang, g, 1, T, &b, err, errlen))
-            return -1;
+        if (ftb_dataset_batch(lang, g, 1, T, &b, err, errlen)) return -1;
         memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)T);
         memcpy(tgt, b.targets, sizeof(int32_t) * (size_t)T);
         return 0;
@@ -87,15 +85,13 @@ static int mixture_row(ftb_dataset *lang, ftb_task **tasks, int n_tasks, double 
     int k = 0;
     for (int64_t j = 0; k < T; j++) {
         ftb_example ex;
-        if (ftb_task_example(t, FTB_SPLIT_TRAIN, g * 256 + j, &ex, err, errlen))
-            return -1;
+        if (ftb_task_example(t, FTB_SPLIT_TRAIN, g * 256 + j, &ex, err, errlen)) return -1;
         int n = ex.n_prompt + ex.n_answer;
         for (int i = 0; i < n && k < T; i++, k++) {
             tok[k] = ex.tokens[i];
             tgt[k] = i + 1 < n && k + 1 < T ? ex.tokens[i + 1] : FTB_IGNORE_INDEX;
         }
-        if (j > 255)
-            break;
+        if (j > 255) break;
     }
     for (; k < T; k++) {
         tok[k] = 0;
@@ -108,16 +104,22 @@ static int parse_args(int argc, char **argv, pretrain_opts *o, char *err, size_t
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
-            return 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return 1;
         if (i + 1 >= argc)
             return ftb_errf(err, errlen, "%s: unknown option or missing value (see ftbench pretrain --help)", a);
         const char *v = argv[++i];
-        long *lp = !strcmp(a, "--steps") ? &o->steps : !strcmp(a, "--seq") ? &o->seq : !strcmp(a, "--batch") ? &o->batch
-                 : !strcmp(a, "--seed") ? &o->seed : !strcmp(a, "--threads") ? &o->threads
-                 : !strcmp(a, "--eval-every") ? &o->eval_every : !strcmp(a, "--eval-examples") ? &o->eval_examples : NULL;
-        double *dp = !strcmp(a, "--lr") ? &o->lr : !strcmp(a, "--mix") ? &o->mix
-                   : !strcmp(a, "--weight-decay") ? &o->weight_decay : NULL;
+        long *lp = !strcmp(a, "--steps")           ? &o->steps
+                   : !strcmp(a, "--seq")           ? &o->seq
+                   : !strcmp(a, "--batch")         ? &o->batch
+                   : !strcmp(a, "--seed")          ? &o->seed
+                   : !strcmp(a, "--threads")       ? &o->threads
+                   : !strcmp(a, "--eval-every")    ? &o->eval_every
+                   : !strcmp(a, "--eval-examples") ? &o->eval_examples
+                                                   : NULL;
+        double *dp = !strcmp(a, "--lr")             ? &o->lr
+                     : !strcmp(a, "--mix")          ? &o->mix
+                     : !strcmp(a, "--weight-decay") ? &o->weight_decay
+                                                    : NULL;
         if (lp) {
             long lo = !strcmp(a, "--seed") || !strcmp(a, "--eval-every") ? 0 : 1;
             if (ftb_parse_long(v, lo, 1L << 30, lp))
@@ -149,8 +151,7 @@ static json_t *held_out(ftb_model *m, const ftb_run_opts *run, ftb_dataset *lang
     int nb = 4;
     for (int i = 0; i < nb; i++) {
         ftb_batch b;
-        if (ftb_dataset_batch(lang, (int64_t)1 << 40 | i, 1, (int)o->seq, &b, err, errlen))
-            return json_decref(j), NULL;
+        if (ftb_dataset_batch(lang, (int64_t)1 << 40 | i, 1, (int)o->seq, &b, err, errlen)) return json_decref(j), NULL;
         sum += ftb_model_forward(m, &b, run, err, errlen);
     }
     json_object_set_new(j, "lang_loss", json_real(sum / nb));
@@ -158,8 +159,7 @@ static json_t *held_out(ftb_model *m, const ftb_run_opts *run, ftb_dataset *lang
     json_t *acc = json_object();
     for (int k = 0; k < n_tasks; k++) {
         ftb_eval_result r;
-        if (ftb_eval_task(m, run, tasks[k], (int)o->eval_examples, FTB_DECODE_TEACHER_FORCED, &r, NULL, 0, err,
-                          errlen))
+        if (ftb_eval_task(m, run, tasks[k], (int)o->eval_examples, FTB_DECODE_TEACHER_FORCED, &r, NULL, 0, err, errlen))
             return json_decref(j), json_decref(acc), NULL;
         json_object_set_new(acc, ftb_task_spec(tasks[k]), ftb_eval_json(&r, tasks[k], FTB_DECODE_TEACHER_FORCED));
         fprintf(stderr, ", %s acc %.2f loss %.3f", ftb_task_kind(tasks[k]), r.accuracy, r.loss);
@@ -178,10 +178,8 @@ int ftb_cmd_pretrain(int argc, char **argv)
         pretrain_help(stdout);
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("pretrain", err);
-    if (!o.out)
-        return ftb_usage_error("pretrain", "--out DIR is required");
+    if (pr < 0) return ftb_usage_error("pretrain", err);
+    if (!o.out) return ftb_usage_error("pretrain", "--out DIR is required");
     ftb_config cfg;
     if (ftb_zoo_get(o.model, &cfg) != 0) {
         snprintf(err, sizeof err, "--model: unknown zoo shape '%s' (see ftbench list)", o.model);
@@ -192,8 +190,7 @@ int ftb_cmd_pretrain(int argc, char **argv)
         return ftb_usage_error("pretrain", err);
     }
     char default_tasks[128];
-    snprintf(default_tasks, sizeof default_tasks, "reasoning:steps=1+passkey:len=%ld,depth=random",
-             o.seq);
+    snprintf(default_tasks, sizeof default_tasks, "reasoning:steps=1+passkey:len=%ld,depth=random", o.seq);
     const char *task_list = o.tasks ? o.tasks : default_tasks;
 
     /* Data. */
@@ -242,8 +239,7 @@ int ftb_cmd_pretrain(int argc, char **argv)
 
     /* Model and the full method: every weight trainable, AdamW. */
     rc = FTB_EXIT_FAIL;
-    if (o.threads)
-        ftb_set_threads((int)o.threads);
+    if (o.threads) ftb_set_threads((int)o.threads);
     m = ftb_model_create(&cfg, (uint64_t)o.seed, e, sizeof e);
     if (!m) {
         fprintf(stderr, "ftbench pretrain: %s\n", e);
@@ -269,8 +265,9 @@ int ftb_cmd_pretrain(int argc, char **argv)
         fprintf(stderr, "ftbench pretrain: out of memory\n");
         goto out;
     }
-    fprintf(stderr, "ftbench pretrain: %s (%.2f M parameters), %ld steps of %d x %d tokens, %d tasks in %.0f%% of rows, "
-                    "%d threads\n",
+    fprintf(stderr,
+            "ftbench pretrain: %s (%.2f M parameters), %ld steps of %d x %d tokens, %d tasks in %.0f%% of rows, "
+            "%d threads\n",
             o.model, ftb_config_param_count(&cfg) / 1e6, o.steps, B, T, n_tasks, 100 * (n_tasks ? o.mix : 0),
             ftb_get_threads());
     long warm = o.steps / 20 > 0 ? o.steps / 20 : 1;
@@ -350,8 +347,7 @@ out:
     free(tgt);
     ftb_adamw_free(&opt);
     ftb_model_free(m);
-    for (int k = 0; k < n_tasks; k++)
-        ftb_task_close(tasks[k]);
+    for (int k = 0; k < n_tasks; k++) ftb_task_close(tasks[k]);
     ftb_dataset_close(lang);
     json_decref(log);
     json_decref(curve);

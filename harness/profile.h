@@ -27,11 +27,11 @@ typedef struct {
     int cores;
     double ram_mb;
     double usable_fraction;
-    double mem_bandwidth_gbs;   /* 0 = unknown */
-    double peak_gflops_fp32;    /* 0 = unknown */
+    double mem_bandwidth_gbs; /* 0 = unknown */
+    double peak_gflops_fp32;  /* 0 = unknown */
     char default_model[64];
-    int detected;               /* some figure was `auto` (the host)   */
-    char path[512];             /* file it came from                   */
+    int detected;   /* some figure was `auto` (the host)   */
+    char path[512]; /* file it came from                   */
     int n_sources;
     char source_key[FTB_PROFILE_MAX_SOURCES][32];
     char source_text[FTB_PROFILE_MAX_SOURCES][240];
@@ -39,19 +39,16 @@ typedef struct {
 
 /* Parses a profile's text; fname names it in errors
  * ("profiles/x.profile:7: ram_mb: 'lots' is not a positive number"). */
-int ftb_profile_parse(const char *text, const char *fname, ftb_profile *p,
-                      char *err, size_t errlen);
+int ftb_profile_parse(const char *text, const char *fname, ftb_profile *p, char *err, size_t errlen);
 int ftb_profile_load(const char *path, ftb_profile *p, char *err, size_t errlen);
 
 /* Every *.profile of dir, sorted by name.  Fails on the first malformed
  * file (a silently skipped profile would make `--device` lie). */
-int ftb_profiles_load_dir(const char *dir, ftb_profile **out, int *n,
-                          char *err, size_t errlen);
+int ftb_profiles_load_dir(const char *dir, ftb_profile **out, int *n, char *err, size_t errlen);
 
 /* Exact name, then alias, then unique prefix of a name.  Index or -1 with
  * err filled (unknown, or ambiguous with the candidates listed). */
-int ftb_profile_resolve(const ftb_profile *list, int n, const char *query,
-                        char *err, size_t errlen);
+int ftb_profile_resolve(const ftb_profile *list, int n, const char *query, char *err, size_t errlen);
 
 /* The directory profiles are read from when none is given:
  * $FTBENCH_PROFILES_DIR, <exe>/../profiles, <exe>/../share/ftbench/profiles,
@@ -59,8 +56,7 @@ int ftb_profile_resolve(const ftb_profile *list, int n, const char *query,
 const char *ftb_profiles_default_dir(void);
 
 /* Loads the directory (dir or the default) and resolves query into *out. */
-int ftb_profile_find(const char *dir, const char *query, ftb_profile *out,
-                     char *err, size_t errlen);
+int ftb_profile_find(const char *dir, const char *query, ftb_profile *out, char *err, size_t errlen);
 
 /* Memory a fine-tuning job may use on the device: ram × usable_fraction. */
 int64_t ftb_profile_budget_bytes(const ftb_profile *p);

@@ -28,18 +28,14 @@ static int64_t read_rss(ftb_sampler *s)
 {
     char b[96];
     ssize_t r = pread(s->fd, b, sizeof b - 1, 0);
-    if (r <= 0)
-        return -1;
+    if (r <= 0) return -1;
     b[r] = 0;
     /* statm: size resident shared ...; parse the second field by hand. */
     const char *p = b;
-    while (*p && *p != ' ')
-        p++;
+    while (*p && *p != ' ') p++;
     int64_t v = 0;
-    while (*p == ' ')
-        p++;
-    while (*p >= '0' && *p <= '9')
-        v = v * 10 + (*p++ - '0');
+    while (*p == ' ') p++;
+    while (*p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
     return v * s->page;
 }
 
@@ -59,14 +55,12 @@ static void *run(void *arg)
     clock_gettime(CLOCK_MONOTONIC, &next);
     while (!atomic_load_explicit(&s->stop, memory_order_relaxed)) {
         int64_t rss = read_rss(s);
-        if (rss > s->max_rss)
-            s->max_rss = rss;
+        if (rss > s->max_rss) s->max_rss = rss;
         if (s->n == s->cap) {
             /* Full: keep every other sample and sample half as often, so a
              * long cell keeps an even (coarser) record in fixed memory. */
             size_t m = 0;
-            for (size_t i = 0; i < s->n; i += 2)
-                s->buf[m++] = s->buf[i];
+            for (size_t i = 0; i < s->n; i += 2) s->buf[m++] = s->buf[i];
             s->n = m;
             s->period *= 2;
         }
@@ -87,8 +81,7 @@ static void *run(void *arg)
 ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity)
 {
     ftb_sampler *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->t0 = t0;
     s->period = period_sec > 0 ? period_sec : 1e-3;
     s->cap = capacity < 16 ? 16 : capacity;
@@ -112,8 +105,7 @@ ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity)
 
 void ftb_sampler_stop(ftb_sampler *s)
 {
-    if (!s || !s->running)
-        return;
+    if (!s || !s->running) return;
     atomic_store(&s->stop, 1);
     pthread_join(s->thread, NULL);
     s->running = 0;
@@ -127,11 +119,9 @@ size_t ftb_sampler_buffer_bytes(const ftb_sampler *s) { return s ? s->cap * size
 
 void ftb_sampler_free(ftb_sampler *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     ftb_sampler_stop(s);
-    if (s->fd >= 0)
-        close(s->fd);
+    if (s->fd >= 0) close(s->fd);
     free(s->buf);
     free(s);
 }

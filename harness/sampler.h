@@ -12,9 +12,9 @@
 #include <stdint.h>
 
 typedef struct {
-    double t;            /* seconds since the sampler's t0              */
-    int64_t rss;         /* bytes                                       */
-    const char *phase;   /* interned by the core; never freed           */
+    double t;          /* seconds since the sampler's t0              */
+    int64_t rss;       /* bytes                                       */
+    const char *phase; /* interned by the core; never freed           */
 } ftb_rss_sample;
 
 typedef struct ftb_sampler ftb_sampler;
@@ -25,7 +25,7 @@ ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity);
 void ftb_sampler_stop(ftb_sampler *s);
 size_t ftb_sampler_count(const ftb_sampler *s);
 const ftb_rss_sample *ftb_sampler_samples(const ftb_sampler *s);
-double ftb_sampler_period(const ftb_sampler *s);   /* after any halving */
+double ftb_sampler_period(const ftb_sampler *s); /* after any halving */
 int64_t ftb_sampler_max_rss(const ftb_sampler *s);
 size_t ftb_sampler_buffer_bytes(const ftb_sampler *s);
 void ftb_sampler_free(ftb_sampler *s);

@@ -39,8 +39,7 @@ const ftb_sweep_def *ftb_sweep_defs(int *n)
 const ftb_sweep_def *ftb_sweep_find(const char *name)
 {
     for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++)
-        if (!strcmp(defs[i].name, name))
-            return &defs[i];
+        if (!strcmp(defs[i].name, name)) return &defs[i];
     return NULL;
 }
 
@@ -58,10 +57,7 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
 static const char *short_outcome(const char *o)
 {
@@ -76,7 +72,7 @@ static const char *short_outcome(const char *o)
 void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t budget, const char *device)
 {
     /* Distinct rows (method label [+ batch]) and columns (seq). */
-    char (*rows)[160] = calloc((size_t)n + 1, sizeof *rows);
+    char(*rows)[160] = calloc((size_t)n + 1, sizeof *rows);
     int *seqs = calloc((size_t)n + 1, sizeof *seqs);
     int nr = 0, ns = 0, multi_batch = 0;
     for (int i = 0; i < n; i++)
@@ -100,34 +96,29 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
             snprintf(row + u, sizeof row - u, " b=%lld", (long long)json_integer_value(json_object_get(r, "batch")));
         }
         int found = 0;
-        for (int k = 0; k < nr; k++)
-            found |= !strcmp(rows[k], row);
-        if (!found)
-            snprintf(rows[nr++], sizeof rows[0], "%s", row);
+        for (int k = 0; k < nr; k++) found |= !strcmp(rows[k], row);
+        if (!found) snprintf(rows[nr++], sizeof rows[0], "%s", row);
         int s = (int)json_integer_value(json_object_get(r, "seq"));
         found = 0;
-        for (int k = 0; k < ns; k++)
-            found |= seqs[k] == s;
-        if (!found)
-            seqs[ns++] = s;
+        for (int k = 0; k < ns; k++) found |= seqs[k] == s;
+        if (!found) seqs[ns++] = s;
     }
     qsort(seqs, (size_t)ns, sizeof *seqs, cmp_int);
 
     for (int table = 0; table < 2; table++) {
         if (table == 0)
-            fprintf(f, "\npeak RSS (MiB) on %s, budget %.0f MiB\n"
-                       "  N* over budget (>N*: stopped at N); over*: not run, a shorter length was already over budget;\n"
-                       "  CRASH / TIMEOUT / OOM / ERROR: the cell failed; -: not recorded\n",
+            fprintf(f,
+                    "\npeak RSS (MiB) on %s, budget %.0f MiB\n"
+                    "  N* over budget (>N*: stopped at N); over*: not run, a shorter length was already over budget;\n"
+                    "  CRASH / TIMEOUT / OOM / ERROR: the cell failed; -: not recorded\n",
                     device, (double)budget / 1048576.0);
         else
             fprintf(f, "\nmedian step time (s)\n");
         int w0 = 8;
         for (int k = 0; k < nr; k++)
-            if ((int)strlen(rows[k]) > w0)
-                w0 = (int)strlen(rows[k]);
+            if ((int)strlen(rows[k]) > w0) w0 = (int)strlen(rows[k]);
         fprintf(f, "%-*s", w0, "method");
-        for (int j = 0; j < ns; j++)
-            fprintf(f, " %9d", seqs[j]);
+        for (int j = 0; j < ns; j++) fprintf(f, " %9d", seqs[j]);
         fprintf(f, "\n");
         for (int k = 0; k < nr; k++) {
             fprintf(f, "%-*s", w0, rows[k]);
@@ -150,24 +141,25 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
                         snprintf(row + u, sizeof row - u, " b=%lld",
                                  (long long)json_integer_value(json_object_get(r, "batch")));
                     }
-                    if (!strcmp(row, rows[k]) && json_integer_value(json_object_get(r, "seq")) == seqs[j])
-                        hit = r;
+                    if (!strcmp(row, rows[k]) && json_integer_value(json_object_get(r, "seq")) == seqs[j]) hit = r;
                 }
                 char cellbuf[32] = "-";
                 if (hit) {
                     const char *o = json_string_value(json_object_get(hit, "outcome"));
                     json_t *pk = json_object_get(json_object_get(hit, "memory"), "peak_rss_bytes");
-                    json_t *st = json_object_get(json_object_get(json_object_get(hit, "timing"), "step_seconds"), "median");
-                    if (!o)
-                        o = "?";
+                    json_t *st =
+                        json_object_get(json_object_get(json_object_get(hit, "timing"), "step_seconds"), "median");
+                    if (!o) o = "?";
                     if (table == 0) {
                         if (!strcmp(o, "ok") && json_is_integer(pk))
                             snprintf(cellbuf, sizeof cellbuf, "%.0f", (double)json_integer_value(pk) / 1048576.0);
                         else if (!strcmp(o, "over_budget") && json_is_integer(pk))
-                            snprintf(cellbuf, sizeof cellbuf, "%s%.0f*",
-                                     json_is_true(json_object_get(json_object_get(hit, "memory"), "peak_is_lower_bound"))
-                                         ? ">" : "",
-                                     (double)json_integer_value(pk) / 1048576.0);
+                            snprintf(
+                                cellbuf, sizeof cellbuf, "%s%.0f*",
+                                json_is_true(json_object_get(json_object_get(hit, "memory"), "peak_is_lower_bound"))
+                                    ? ">"
+                                    : "",
+                                (double)json_integer_value(pk) / 1048576.0);
                         else if (!strcmp(o, "over_budget"))
                             snprintf(cellbuf, sizeof cellbuf, ">budget*");
                         else
@@ -202,14 +194,13 @@ static void sweep_help(FILE *f)
                "completed (whatever the cells' outcomes), 2 on bad input.\n\nsweeps:\n");
     int n;
     const ftb_sweep_def *d = ftb_sweep_defs(&n);
-    for (int i = 0; i < n; i++)
-        fprintf(f, "  %-9s %s\n", d[i].name, d[i].about);
+    for (int i = 0; i < n; i++) fprintf(f, "  %-9s %s\n", d[i].name, d[i].about);
     fprintf(f, "\noptions:\n");
     ftb_cli_print_options(f, SWEEP_OPTS);
 }
 
 typedef struct {
-    int index, total;      /* 1-based cell index, cells in the sweep        */
+    int index, total; /* 1-based cell index, cells in the sweep        */
     const ftb_cell *cell;
     double sweep_start, cell_start;
     double done_cost, done_seconds, todo_cost; /* for the ETA            */
@@ -275,8 +266,7 @@ static void method_id(const ftb_cell *c, char *out, size_t n)
 static void note_over_budget(over_list *l, const ftb_cell *c, json_t *rec)
 {
     const char *o = json_string_value(json_object_get(rec, "outcome"));
-    if (!o || (strcmp(o, "over_budget") && strcmp(o, "oom")))
-        return;
+    if (!o || (strcmp(o, "over_budget") && strcmp(o, "oom"))) return;
     char id[160];
     method_id(c, id, sizeof id);
     for (int i = 0; i < l->n; i++)
@@ -300,8 +290,7 @@ static const over_mark *find_over(const over_list *l, const ftb_cell *c)
     char id[160];
     method_id(c, id, sizeof id);
     for (int i = 0; i < l->n; i++)
-        if (!strcmp(l->v[i].method, id) && l->v[i].batch == c->batch && c->seq > l->v[i].seq)
-            return &l->v[i];
+        if (!strcmp(l->v[i].method, id) && l->v[i].batch == c->batch && c->seq > l->v[i].seq) return &l->v[i];
     return NULL;
 }
 
@@ -315,8 +304,7 @@ int ftb_cmd_sweep(int argc, char **argv)
         sweep_help(stdout);
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("sweep", err);
+    if (pr < 0) return ftb_usage_error("sweep", err);
     int rc = FTB_EXIT_USAGE;
     int *seqs = NULL, *batches = NULL, nseq = 0, nbat = 0;
     char **labels = NULL;
@@ -334,17 +322,14 @@ int ftb_cmd_sweep(int argc, char **argv)
         ftb_usage_error("sweep", err);
         goto out;
     }
-    if (!s.cli.steps_given)
-        s.cli.steps = def->steps;
-    if (!s.cli.warmup_given)
-        s.cli.warmup = def->warmup;
+    if (!s.cli.steps_given) s.cli.steps = def->steps;
+    if (!s.cli.warmup_given) s.cli.warmup = def->warmup;
     if (ftb_parse_int_list(s.cli.seqs ? s.cli.seqs : def->seqs, 1, 1 << 22, &seqs, &nseq, err, sizeof err) != 0 ||
         ftb_parse_int_list(s.cli.batches ? s.cli.batches : def->batches, 1, 1 << 16, &batches, &nbat, err,
                            sizeof err) != 0) {
         char msg[FTB_ERR_LEN + 300];
         snprintf(msg, sizeof msg, "%s: %s", s.cli.seqs && !seqs ? "--seqs" : "--batches", err);
-        if (!seqs)
-            snprintf(msg, sizeof msg, "--seqs %s", err);
+        if (!seqs) snprintf(msg, sizeof msg, "--seqs %s", err);
         ftb_usage_error("sweep", msg);
         goto out;
     }
@@ -394,13 +379,12 @@ int ftb_cmd_sweep(int argc, char **argv)
             }
             free(json);
         }
-        tmpl[i].n_opts = ftb_cli_method_options(&s.cli, tmpl[i].method_label, tmpl[i].opt_keys,
-                                                tmpl[i].opt_values, FTB_MAX_METHOD_OPTS);
+        tmpl[i].n_opts = ftb_cli_method_options(&s.cli, tmpl[i].method_label, tmpl[i].opt_keys, tmpl[i].opt_values,
+                                                FTB_MAX_METHOD_OPTS);
     }
     /* Unscoped --opt keys must belong to at least one method. */
     for (int k = 0; k < s.cli.n_opts; k++) {
-        if (strchr(s.cli.opt_keys[k], '.'))
-            continue;
+        if (strchr(s.cli.opt_keys[k], '.')) continue;
         int used = 0;
         for (int i = 0; i < nlabels && !used; i++) {
             char *json = NULL;
@@ -439,19 +423,19 @@ int ftb_cmd_sweep(int argc, char **argv)
 
     /* Run id from the definition: everything that changes the numbers. */
     char canon[8192];
-    int off = snprintf(canon, sizeof canon, "model=%s|ckpt=%s|steps=%d|warmup=%d|dataset=%s|seed=%llu|lr=%g|attn=%d|loss=%d|budget=%lld|threads=%d|enforce=%d",
-                       s.model_name, s.cli.checkpoint ? s.cli.checkpoint : "", s.cli.steps, s.cli.warmup,
-                       s.cli.dataset, (unsigned long long)s.cli.seed, s.cli.lr, s.cli.attention, s.cli.loss,
-                       (long long)s.budget, s.threads, (int)s.enforce);
+    int off = snprintf(canon, sizeof canon,
+                       "model=%s|ckpt=%s|steps=%d|warmup=%d|dataset=%s|seed=%llu|lr=%g|attn=%d|loss=%d|budget=%lld|"
+                       "threads=%d|enforce=%d",
+                       s.model_name, s.cli.checkpoint ? s.cli.checkpoint : "", s.cli.steps, s.cli.warmup, s.cli.dataset,
+                       (unsigned long long)s.cli.seed, s.cli.lr, s.cli.attention, s.cli.loss, (long long)s.budget,
+                       s.threads, (int)s.enforce);
     /* Sorted keys: the order methods were listed in does not change the
      * sweep, so it must not change the run id. */
     const char **sorted = malloc((size_t)ncells * sizeof *sorted);
-    for (int i = 0; i < ncells; i++)
-        sorted[i] = cells[i].key;
+    for (int i = 0; i < ncells; i++) sorted[i] = cells[i].key;
     qsort(sorted, (size_t)ncells, sizeof *sorted, cmp_str);
     uint64_t kh = FTB_FNV_INIT;
-    for (int i = 0; i < ncells; i++)
-        kh = ftb_fnv1a(sorted[i], strlen(sorted[i]) + 1, kh);
+    for (int i = 0; i < ncells; i++) kh = ftb_fnv1a(sorted[i], strlen(sorted[i]) + 1, kh);
     free(sorted);
     off += snprintf(canon + off, sizeof canon - (size_t)off, "|cells=%d:%016llx", ncells, (unsigned long long)kh);
     char run_id[128], run_dir[PATH_MAX], results[PATH_MAX];
@@ -480,9 +464,10 @@ int ftb_cmd_sweep(int argc, char **argv)
             todo_cost += cell_cost(&cells[i]);
         }
     }
-    fprintf(stderr, "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
-                    "budget %.0f MiB (%s), %d threads\n"
-                    "  results: %s%s\n",
+    fprintf(stderr,
+            "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
+            "budget %.0f MiB (%s), %d threads\n"
+            "  results: %s%s\n",
             sweep_name, ncells, nlabels, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
             (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, results,
             todo < ncells ? " (resuming)" : "");
@@ -507,8 +492,7 @@ int ftb_cmd_sweep(int argc, char **argv)
     }
 
     int skip = def->skip_longer_after_over_budget;
-    if (s.cli.no_skip)
-        skip = 0;
+    if (s.cli.no_skip) skip = 0;
     progress_state ps;
     memset(&ps, 0, sizeof ps);
     ps.total = ncells;
@@ -565,8 +549,7 @@ int ftb_cmd_sweep(int argc, char **argv)
             ftb_format_duration(r.wall, w, sizeof w);
             fprintf(stderr, "%s[cell %d/%d] %s: %s%s%s", ps.tty ? "\r\033[K" : "", i + 1, ncells, c->key, r.outcome,
                     r.detail[0] ? " - " : "", r.detail);
-            if (r.peak_rss > 0)
-                fprintf(stderr, ", peak %.0f MiB", (double)r.peak_rss / 1048576.0);
+            if (r.peak_rss > 0) fprintf(stderr, ", peak %.0f MiB", (double)r.peak_rss / 1048576.0);
             fprintf(stderr, " (%s)\n", w);
         }
         ftb_cell_result_free(&r);
@@ -581,8 +564,7 @@ int ftb_cmd_sweep(int argc, char **argv)
     int nrec = 0;
     for (int i = 0; i < ncells; i++) {
         json_t *r = ftb_recorded_find(&done, cells[i].key);
-        if (r)
-            recs[nrec++] = r;
+        if (r) recs[nrec++] = r;
     }
     printf("sweep %s: %s, %s on %s%s\n", sweep_name, run_id, s.model_name, s.device.name,
            s.emulated ? " (emulated)" : "");
@@ -594,8 +576,7 @@ out:
     free(recs);
     ftb_recorded_free(&done);
     free(cells);
-    for (int i = 0; i < nlabels; i++)
-        free(labels[i]);
+    for (int i = 0; i < nlabels; i++) free(labels[i]);
     free(labels);
     free(seqs);
     free(batches);

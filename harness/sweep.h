@@ -11,7 +11,7 @@
 /* A named sweep's defaults; the command line may override each field. */
 typedef struct {
     const char *name;
-    const char *seqs;      /* list syntax of ftb_parse_int_list */
+    const char *seqs; /* list syntax of ftb_parse_int_list */
     const char *batches;
     int steps, warmup;
     /* Once a method's cell is over budget (or OOM) at some length, record
@@ -32,7 +32,6 @@ void ftb_sweep_run_id(const char *sweep, const char *canonical, char *out, size_
 /* Prints the peak-memory table (rows: method[, batch]; columns: seq) for
  * the given records, marking over-budget and failed cells, then the
  * median-step-time table. */
-void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t budget,
-                             const char *device);
+void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t budget, const char *device);
 
 #endif

@@ -21,22 +21,18 @@ int ftb_train_cell_eval(const ftb_cell *c, ftb_model *m, const ftb_run_opts *run
                         double train_seconds, json_t *out, char *err, size_t errlen)
 {
     json_t *cfg = c->extra ? json_object_get(c->extra, "train") : NULL;
-    if (!cfg)
-        return 0;
+    if (!cfg) return 0;
     int every = (int)json_integer_value(json_object_get(cfg, "eval_every"));
-    if (!(step == 0 || step == total || (every > 0 && step % every == 0)))
-        return 0;
+    if (!(step == 0 || step == total || (every > 0 && step % every == 0))) return 0;
     const char *spec = json_string_value(json_object_get(cfg, "task"));
     int n = (int)json_integer_value(json_object_get(cfg, "eval_examples"));
     const char *dec = json_string_value(json_object_get(cfg, "decode"));
     int decode = dec ? ftb_decode_parse(dec) : FTB_DECODE_GREEDY;
     if (!spec || n < 1 || decode < 0)
         return ftb_errf(err, errlen, "training cell without a valid \"train\" description");
-    if (!child_task && !(child_task = ftb_task_open(spec, NULL, c->seed, err, errlen)))
-        return -1;
+    if (!child_task && !(child_task = ftb_task_open(spec, NULL, c->seed, err, errlen))) return -1;
     ftb_eval_result r;
-    if (ftb_eval_task(m, run, child_task, n, (ftb_decode_mode)decode, &r, NULL, 0, err, errlen))
-        return -1;
+    if (ftb_eval_task(m, run, child_task, n, (ftb_decode_mode)decode, &r, NULL, 0, err, errlen)) return -1;
     json_t *e = ftb_eval_json(&r, child_task, (ftb_decode_mode)decode);
     json_object_set_new(e, "step", json_integer(step));
     json_object_set_new(e, "train_seconds", json_real(train_seconds));
@@ -56,22 +52,21 @@ static const unsigned TRAIN_OPTS = CLI_MODEL | CLI_METHOD | CLI_SHAPE | CLI_TRAI
 
 static void train_help(FILE *f)
 {
-    fprintf(f,
-            "usage: ftbench train --method NAME --task SPEC (--checkpoint DIR | --model NAME) [options]\n"
-            "Fine-tunes with a method on a task's training split (loss on the answer tokens)\n"
-            "in a measured cell, and evaluates held-out loss and exact-match accuracy of\n"
-            "greedy answers with the method's hooks attached at step 0, every --eval-every\n"
-            "steps and at the end.  The record (memory, loss curve, evaluations) is appended\n"
-            "to <out>/<device>/<run-id>/results.jsonl (docs/TASKS.md).\n\n"
-            "task options:\n"
-            "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
-            "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
-            "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
-            "  --eval-every K               evaluate every K steps (default 0: at step 0 and at the end)\n"
-            "  --eval-examples N            held-out examples per evaluation (default 100)\n"
-            "  --decode greedy|teacher-forced  (default greedy)\n"
-            "defaults that differ from run: --steps 100, --warmup 0, --lr 1e-3, --seq: the\n"
-            "task's longest example, --run-id train-<time>-<pid>\n\noptions:\n");
+    fprintf(f, "usage: ftbench train --method NAME --task SPEC (--checkpoint DIR | --model NAME) [options]\n"
+               "Fine-tunes with a method on a task's training split (loss on the answer tokens)\n"
+               "in a measured cell, and evaluates held-out loss and exact-match accuracy of\n"
+               "greedy answers with the method's hooks attached at step 0, every --eval-every\n"
+               "steps and at the end.  The record (memory, loss curve, evaluations) is appended\n"
+               "to <out>/<device>/<run-id>/results.jsonl (docs/TASKS.md).\n\n"
+               "task options:\n"
+               "  --task SPEC                  reasoning[:steps=2,digits=1] | understanding[:labels=4,words=24]\n"
+               "                               | passkey[:len=512,depth=0.5,digits=5] | FILE.jsonl\n"
+               "                               [@TOKENIZER.json: a byte-level BPE instead of bytes]\n"
+               "  --eval-every K               evaluate every K steps (default 0: at step 0 and at the end)\n"
+               "  --eval-examples N            held-out examples per evaluation (default 100)\n"
+               "  --decode greedy|teacher-forced  (default greedy)\n"
+               "defaults that differ from run: --steps 100, --warmup 0, --lr 1e-3, --seq: the\n"
+               "task's longest example, --run-id train-<time>-<pid>\n\noptions:\n");
     ftb_cli_print_options(f, TRAIN_OPTS);
 }
 
@@ -92,8 +87,7 @@ int ftb_cmd_train(int argc, char **argv)
     /* Take the task options out; the rest are run's. */
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     int nrest = 0;
-    if (!rest)
-        return ftb_usage_error("train", "out of memory");
+    if (!rest) return ftb_usage_error("train", "out of memory");
     rest[nrest++] = argv[0];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -140,8 +134,7 @@ int ftb_cmd_train(int argc, char **argv)
         train_help(stdout);
         return FTB_EXIT_OK;
     }
-    if (pr < 0)
-        return ftb_usage_error("train", err);
+    if (pr < 0) return ftb_usage_error("train", err);
     int rc = FTB_EXIT_USAGE;
     ftb_task *task = NULL;
     json_t *extra = NULL;
@@ -166,14 +159,10 @@ int ftb_cmd_train(int argc, char **argv)
     static char dataset[600];
     snprintf(dataset, sizeof dataset, "task:%s", task_spec);
     s.cli.dataset = dataset;
-    if (!s.cli.steps_given)
-        s.cli.steps = 100;
-    if (!s.cli.warmup_given)
-        s.cli.warmup = 0;
-    if (!s.cli.lr_given)
-        s.cli.lr = 1e-3;
-    if (!s.cli.seq_given)
-        s.cli.seq = (ftb_task_max_tokens(task) + 7) / 8 * 8;
+    if (!s.cli.steps_given) s.cli.steps = 100;
+    if (!s.cli.warmup_given) s.cli.warmup = 0;
+    if (!s.cli.lr_given) s.cli.lr = 1e-3;
+    if (!s.cli.seq_given) s.cli.seq = (ftb_task_max_tokens(task) + 7) / 8 * 8;
     if (ftb_setup_common(&s, 0, err, sizeof err) != 0 || ftb_setup_check_dataset(&s, err, sizeof err) != 0) {
         ftb_usage_error("train", err);
         goto out;
@@ -209,8 +198,7 @@ int ftb_cmd_train(int argc, char **argv)
         ftb_utc_timestamp(ts, sizeof ts);
         size_t k = 0;
         for (const char *p = ts; *p && k < sizeof compact - 1; p++)
-            if (*p != '-' && *p != ':')
-                compact[k++] = *p;
+            if (*p != '-' && *p != ':') compact[k++] = *p;
         compact[k] = 0;
         snprintf(run_id, sizeof run_id, "train-%s-%d", compact, (int)getpid());
     }
@@ -241,12 +229,12 @@ int ftb_cmd_train(int argc, char **argv)
     }
     printf("cell        %s\n", c.key);
     printf("outcome     %s%s%s\n", r.outcome, r.detail[0] ? ": " : "", r.detail);
-    if (r.peak_rss > 0)
-        printf("peak RSS    %.1f MiB\n", (double)r.peak_rss / 1048576.0);
+    if (r.peak_rss > 0) printf("peak RSS    %.1f MiB\n", (double)r.peak_rss / 1048576.0);
     json_t *hist = json_object_get(r.record, "eval_history");
     size_t i;
     json_t *ev;
-    json_array_foreach(hist, i, ev) {
+    json_array_foreach(hist, i, ev)
+    {
         printf("eval        step %4lld  accuracy %.4f  loss %.4f  (%lld examples, %s, after %.1f s of training)\n",
                (long long)json_integer_value(json_object_get(ev, "step")),
                json_number_value(json_object_get(ev, "accuracy")), json_number_value(json_object_get(ev, "loss")),

@@ -27,51 +27,55 @@ int ftb_errf(char *err, size_t errlen, const char *fmt, ...)
 
 int ftb_parse_long(const char *s, long lo, long hi, long *out)
 {
-    if (!s || !*s || isspace((unsigned char)*s))
-        return -1;
+    if (!s || !*s || isspace((unsigned char)*s)) return -1;
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return -1;
+    if (errno || *end || v < lo || v > hi) return -1;
     *out = v;
     return 0;
 }
 
 int ftb_parse_double(const char *s, double *out)
 {
-    if (!s || !*s || isspace((unsigned char)*s))
-        return -1;
+    if (!s || !*s || isspace((unsigned char)*s)) return -1;
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || *end || !isfinite(v))
-        return -1;
+    if (errno || *end || !isfinite(v)) return -1;
     *out = v;
     return 0;
 }
 
 int ftb_parse_size(const char *s, int64_t *out)
 {
-    if (!s || !*s)
-        return -1;
+    if (!s || !*s) return -1;
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || !isfinite(v) || v < 0)
-        return -1;
+    if (errno || end == s || !isfinite(v) || v < 0) return -1;
     double mul = 1;
     switch (*end) {
     case 0: break;
-    case 'k': case 'K': mul = 1024.0; end++; break;
-    case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
-    case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'k':
+    case 'K':
+        mul = 1024.0;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mul = 1024.0 * 1024;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mul = 1024.0 * 1024 * 1024;
+        end++;
+        break;
     default: return -1;
     }
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (*end)
-        return -1;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
     if (v * mul >= 9.2e18) /* beyond int64: converting would be undefined */
         return -1;
     *out = (int64_t)(v * mul);
@@ -80,11 +84,9 @@ int ftb_parse_size(const char *s, int64_t *out)
 
 char *ftb_trim(char *s)
 {
-    while (isspace((unsigned char)*s))
-        s++;
+    while (isspace((unsigned char)*s)) s++;
     size_t n = strlen(s);
-    while (n && isspace((unsigned char)s[n - 1]))
-        s[--n] = 0;
+    while (n && isspace((unsigned char)s[n - 1])) s[--n] = 0;
     return s;
 }
 
@@ -97,8 +99,7 @@ const char *ftb_exe_dir(void)
         if (n > 0) {
             dir[n] = 0;
             char *slash = strrchr(dir, '/');
-            if (slash)
-                *slash = 0;
+            if (slash) *slash = 0;
         } else {
             dir[0] = 0;
         }
@@ -124,19 +125,17 @@ int ftb_mkdirs(const char *path, char *err, size_t errlen)
     char buf[PATH_MAX];
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
         return ftb_errf(err, errlen, "path too long: %s", path);
-    for (char *p = buf + 1; ; p++) {
+    for (char *p = buf + 1;; p++) {
         if (*p == '/' || *p == 0) {
             char c = *p;
             *p = 0;
             if (mkdir(buf, 0777) != 0 && errno != EEXIST)
                 return ftb_errf(err, errlen, "cannot create directory %s: %s", buf, strerror(errno));
             *p = c;
-            if (!c)
-                break;
+            if (!c) break;
         }
     }
-    if (!ftb_is_dir(path))
-        return ftb_errf(err, errlen, "%s exists and is not a directory", path);
+    if (!ftb_is_dir(path)) return ftb_errf(err, errlen, "%s exists and is not a directory", path);
     return 0;
 }
 
@@ -163,8 +162,7 @@ char *ftb_read_file(const char *path, size_t *len, char *err, size_t errlen)
         }
         size_t r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
-        if (r == 0)
-            break;
+        if (r == 0) break;
     }
     if (ferror(f)) {
         free(buf);
@@ -174,8 +172,7 @@ char *ftb_read_file(const char *path, size_t *len, char *err, size_t errlen)
     }
     fclose(f);
     buf[n] = 0;
-    if (len)
-        *len = n;
+    if (len) *len = n;
     return buf;
 }
 
@@ -192,8 +189,7 @@ uint64_t ftb_fnv1a(const void *data, size_t n, uint64_t h)
 int ftb_append_line(const char *path, const char *line, char *err, size_t errlen)
 {
     int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return ftb_errf(err, errlen, "cannot open %s for appending: %s", path, strerror(errno));
+    if (fd < 0) return ftb_errf(err, errlen, "cannot open %s for appending: %s", path, strerror(errno));
     /* Repair a torn tail: the previous writer died mid-line. */
     off_t end = lseek(fd, 0, SEEK_END);
     if (end > 0) {
@@ -218,7 +214,7 @@ int ftb_append_line(const char *path, const char *line, char *err, size_t errlen
      * in one piece, so readers see either nothing or the whole line.
      * Past a file size limit (ulimit -f) the kernel would end the process
      * with SIGXFSZ: ignored while writing, so that it is EFBIG, an error. */
-    struct sigaction ignore = {.sa_handler = SIG_IGN}, before;
+    struct sigaction ignore = { .sa_handler = SIG_IGN }, before;
     sigemptyset(&ignore.sa_mask);
     int restore = sigaction(SIGXFSZ, &ignore, &before) == 0;
     ssize_t w = write(fd, buf, n);
@@ -264,25 +260,20 @@ void ftb_utc_timestamp(char *buf, size_t n)
 const char *ftb_git_revision(void)
 {
     static char rev[64];
-    if (rev[0])
-        return rev;
+    if (rev[0]) return rev;
     snprintf(rev, sizeof rev, "unknown");
     /* The revision of the tree the executable sits in (build/ is inside the
      * repository); run from anywhere. */
     const char *dir = ftb_exe_dir();
     char cmd[PATH_MAX + 128];
-    snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse --short HEAD 2>/dev/null",
-             dir[0] ? dir : ".");
-    if (strchr(dir, '\''))
-        return rev;
+    snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse --short HEAD 2>/dev/null", dir[0] ? dir : ".");
+    if (strchr(dir, '\'')) return rev;
     FILE *p = popen(cmd, "r");
-    if (!p)
-        return rev;
+    if (!p) return rev;
     char line[64];
     if (fgets(line, sizeof line, p)) {
         char *t = ftb_trim(line);
-        if (*t)
-            snprintf(rev, sizeof rev, "%s", t);
+        if (*t) snprintf(rev, sizeof rev, "%s", t);
     }
     pclose(p);
     return rev;
@@ -291,8 +282,7 @@ const char *ftb_git_revision(void)
 const char *ftb_hostname(void)
 {
     static char name[256];
-    if (!name[0] && gethostname(name, sizeof name - 1) != 0)
-        snprintf(name, sizeof name, "unknown");
+    if (!name[0] && gethostname(name, sizeof name - 1) != 0) snprintf(name, sizeof name, "unknown");
     return name;
 }
 
@@ -340,16 +330,14 @@ void ftb_format_duration(double sec, char *buf, size_t n)
 static int64_t proc_kb_field(const char *path, const char *key)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     char line[256];
     size_t kl = strlen(key);
     int64_t v = -1;
     while (fgets(line, sizeof line, f)) {
         if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
             long long kb;
-            if (sscanf(line + kl + 1, "%lld", &kb) == 1)
-                v = (int64_t)kb * 1024;
+            if (sscanf(line + kl + 1, "%lld", &kb) == 1) v = (int64_t)kb * 1024;
             break;
         }
     }
@@ -365,21 +353,15 @@ int64_t ftb_pid_rss(int pid)
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/statm", pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     char buf[128];
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
-    if (n <= 0)
-        return -1;
+    if (n <= 0) return -1;
     buf[n] = 0;
     long long size, res;
-    if (sscanf(buf, "%lld %lld", &size, &res) != 2)
-        return -1;
+    if (sscanf(buf, "%lld %lld", &size, &res) != 2) return -1;
     return (int64_t)res * sysconf(_SC_PAGESIZE);
 }
 
-int64_t ftb_meminfo(const char *key)
-{
-    return proc_kb_field("/proc/meminfo", key);
-}
+int64_t ftb_meminfo(const char *key) { return proc_kb_field("/proc/meminfo", key); }

@@ -12,8 +12,7 @@
 
 /* printf into err (NULL-safe, always terminated); returns -1 so callers can
  * write `return ftb_errf(err, n, "...")`. */
-int ftb_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int ftb_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Strict number parsing: whole string, no junk, range checked.  0 or -1. */
 int ftb_parse_long(const char *s, long lo, long hi, long *out);

@@ -27,22 +27,22 @@
 extern "C" {
 #endif
 
-#define FTB_ABI_VERSION 2
-#define FTB_ABI_MIN_VERSION 1   /* oldest abi_version the host still loads */
-#define FTB_IGNORE_INDEX (-100)
-#define FTB_ERR_LEN 512
+#define FTB_ABI_VERSION     2
+#define FTB_ABI_MIN_VERSION 1 /* oldest abi_version the host still loads */
+#define FTB_IGNORE_INDEX    (-100)
+#define FTB_ERR_LEN         512
 
 /* ------------------------------------------------------------------------ */
 /* Memory accounting                                                         */
 /* ------------------------------------------------------------------------ */
 
 typedef enum {
-    FTB_MEM_WEIGHTS = 0,   /* frozen or trainable base model weights        */
-    FTB_MEM_TRAINABLE,     /* method-owned trainable parameters (adapters)   */
-    FTB_MEM_GRADS,         /* parameter gradients                            */
-    FTB_MEM_OPTIM,         /* optimizer state (AdamW moments)                */
-    FTB_MEM_SAVED,         /* activations kept for the backward pass         */
-    FTB_MEM_WORKSPACE,     /* transient buffers of a single op or phase      */
+    FTB_MEM_WEIGHTS = 0, /* frozen or trainable base model weights        */
+    FTB_MEM_TRAINABLE,   /* method-owned trainable parameters (adapters)   */
+    FTB_MEM_GRADS,       /* parameter gradients                            */
+    FTB_MEM_OPTIM,       /* optimizer state (AdamW moments)                */
+    FTB_MEM_SAVED,       /* activations kept for the backward pass         */
+    FTB_MEM_WORKSPACE,   /* transient buffers of a single op or phase      */
     FTB_MEM_NCAT
 } ftb_mem_category;
 
@@ -58,9 +58,9 @@ void ftb_mem_account(ftb_mem_category c, int64_t delta);
 
 typedef struct {
     int64_t live[FTB_MEM_NCAT];
-    int64_t peak[FTB_MEM_NCAT];  /* each category's own peak            */
+    int64_t peak[FTB_MEM_NCAT]; /* each category's own peak            */
     int64_t live_total;
-    int64_t peak_total;          /* peak of the sum (not sum of peaks)  */
+    int64_t peak_total;                  /* peak of the sum (not sum of peaks)  */
     int64_t peak_total_at[FTB_MEM_NCAT]; /* category split at that peak */
 } ftb_mem_stats;
 
@@ -84,10 +84,10 @@ void ftb_mem_set_phase_listener(ftb_phase_listener fn, void *userdata);
 /* Timeline: one event per allocation/free (time, phase, category, delta).
  * Off by default; enabling with capacity 0 turns it off again. */
 typedef struct {
-    double t_sec;          /* since ftb_mem_timeline_enable()             */
-    uint16_t phase;        /* index for ftb_mem_phase_name()              */
+    double t_sec;   /* since ftb_mem_timeline_enable()             */
+    uint16_t phase; /* index for ftb_mem_phase_name()              */
     uint8_t category;
-    int64_t delta;         /* +bytes allocated, -bytes freed              */
+    int64_t delta; /* +bytes allocated, -bytes freed              */
 } ftb_mem_event;
 
 void ftb_mem_timeline_enable(size_t capacity);
@@ -95,7 +95,7 @@ size_t ftb_mem_timeline_count(void);
 const ftb_mem_event *ftb_mem_timeline_events(void);
 int ftb_mem_timeline_dropped(void); /* events lost because capacity ran out */
 const char *ftb_mem_phase_name(uint16_t phase);
-double ftb_now(void);               /* monotonic seconds                  */
+double ftb_now(void); /* monotonic seconds                  */
 
 /* jemalloc's own counters (stats.allocated, stats.active, stats.resident);
  * returns 0 on success, -1 if the process allocator is not jemalloc. */
@@ -112,10 +112,10 @@ int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident);
  * and re-executes the program with it set (the variable is read when the
  * library loads).  Never returns on re-exec.  Disabled by FTBENCH_BLAS_AUTO=0. */
 void ftb_blas_autoselect(int argc, char **argv);
-const char *ftb_blas_corename(void);   /* kernel OpenBLAS runs now        */
-const char *ftb_blas_selection(void);  /* "user", "auto", "default"       */
-const char *ftb_cpu_features(void);    /* e.g. "avx2 fma avx512f ..."     */
-void ftb_set_threads(int n);           /* BLAS and elementwise threads    */
+const char *ftb_blas_corename(void);  /* kernel OpenBLAS runs now        */
+const char *ftb_blas_selection(void); /* "user", "auto", "default"       */
+const char *ftb_cpu_features(void);   /* e.g. "avx2 fma avx512f ..."     */
+void ftb_set_threads(int n);          /* BLAS and elementwise threads    */
 int ftb_get_threads(void);
 /* Measured sgemm rate (GFLOP/s) for C[M,N] = A[M,K]·B[N,K]ᵀ, best of reps. */
 double ftb_sgemm_gflops(int M, int N, int K, int reps);
@@ -127,16 +127,16 @@ double ftb_sgemm_gflops(int M, int N, int K, int reps);
 typedef struct {
     char name[64];
     int vocab_size;
-    int dim;           /* hidden size                                   */
+    int dim; /* hidden size                                   */
     int n_layers;
     int n_heads;
-    int n_kv_heads;    /* grouped-query attention: n_kv_heads | n_heads */
+    int n_kv_heads; /* grouped-query attention: n_kv_heads | n_heads */
     int head_dim;
-    int ffn_dim;       /* SwiGLU intermediate size                      */
+    int ffn_dim; /* SwiGLU intermediate size                      */
     int max_seq;
     float rope_theta;
     float norm_eps;
-    int qkv_bias;      /* Qwen2: 1                                      */
+    int qkv_bias; /* Qwen2: 1                                      */
     int tie_embeddings;
 } ftb_config;
 
@@ -152,38 +152,43 @@ int64_t ftb_config_param_count(const ftb_config *c);
 /* How a tensor's values are stored (docs/QUANT.md).  Compute is fp32
  * whatever the storage: a non-fp32 weight is dequantized tile by tile. */
 typedef enum {
-    FTB_DTYPE_F32 = 0,    /* data holds the values                          */
-    FTB_DTYPE_BF16,       /* bfloat16, round to nearest even                */
-    FTB_DTYPE_F16,        /* IEEE half, round to nearest even, saturating   */
-    FTB_DTYPE_INT8,       /* int8, one fp32 scale per row (output channel)  */
-    FTB_DTYPE_INT4,       /* 4-bit symmetric, fp16 scale per group of a row */
-    FTB_DTYPE_INT4_ASYM,  /* 4-bit, fp16 scale and fp16 zero per group      */
+    FTB_DTYPE_F32 = 0,   /* data holds the values                          */
+    FTB_DTYPE_BF16,      /* bfloat16, round to nearest even                */
+    FTB_DTYPE_F16,       /* IEEE half, round to nearest even, saturating   */
+    FTB_DTYPE_INT8,      /* int8, one fp32 scale per row (output channel)  */
+    FTB_DTYPE_INT4,      /* 4-bit symmetric, fp16 scale per group of a row */
+    FTB_DTYPE_INT4_ASYM, /* 4-bit, fp16 scale and fp16 zero per group      */
     FTB_DTYPE_COUNT
 } ftb_dtype;
 
 typedef struct {
-    char name[96];      /* Hugging Face tensor name                      */
+    char name[96]; /* Hugging Face tensor name                      */
     int ndim;
     int64_t shape[2];
     int64_t numel;
     float *data;
-    float *grad;        /* NULL unless trainable (after ftb_model_alloc_grads) */
+    float *grad; /* NULL unless trainable (after ftb_model_alloc_grads) */
     int trainable;
-    int no_decay;       /* biases and norms: no weight decay             */
-    int mapped;         /* data points into a mapped checkpoint (read-only) */
-    int writable;       /* made writable and counted as trainable          */
+    int no_decay; /* biases and norms: no weight decay             */
+    int mapped;   /* data points into a mapped checkpoint (read-only) */
+    int writable; /* made writable and counted as trainable          */
     /* Storage format (added at the end, docs/QUANT.md).  For any dtype but FTB_DTYPE_F32, data is NULL
      * and the values live in core-private storage (quant); read them with
      * ftb_tensor_read_rows() or multiply with ftb_linear_apply().  A tensor
      * that becomes trainable is dequantized into fp32 data first. */
     ftb_dtype dtype;
-    int group;          /* int4: elements per group along a row; else 0    */
-    void *quant;        /* core-private; NULL for fp32                      */
+    int group;   /* int4: elements per group along a row; else 0    */
+    void *quant; /* core-private; NULL for fp32                      */
 } ftb_tensor;
 
 typedef enum {
-    FTB_LIN_Q = 0, FTB_LIN_K, FTB_LIN_V, FTB_LIN_O,
-    FTB_LIN_GATE, FTB_LIN_UP, FTB_LIN_DOWN,
+    FTB_LIN_Q = 0,
+    FTB_LIN_K,
+    FTB_LIN_V,
+    FTB_LIN_O,
+    FTB_LIN_GATE,
+    FTB_LIN_UP,
+    FTB_LIN_DOWN,
     FTB_LIN_COUNT
 } ftb_linear_kind;
 
@@ -196,7 +201,7 @@ typedef struct ftb_adapter ftb_adapter;
 typedef struct {
     ftb_tensor attn_norm;
     ftb_tensor wq, wk, wv, wo;
-    ftb_tensor bq, bk, bv;          /* numel 0 unless qkv_bias            */
+    ftb_tensor bq, bk, bv; /* numel 0 unless qkv_bias            */
     ftb_tensor mlp_norm;
     ftb_tensor w_gate, w_up, w_down;
     ftb_adapter *adapter[FTB_LIN_COUNT]; /* hooks on each linear, or NULL */
@@ -204,14 +209,14 @@ typedef struct {
 
 typedef struct ftb_model {
     ftb_config cfg;
-    ftb_tensor embed;       /* [V, dim]                                   */
-    ftb_tensor final_norm;  /* [dim]                                      */
-    ftb_tensor lm_head;     /* [V, dim]; data == embed.data when tied     */
+    ftb_tensor embed;      /* [V, dim]                                   */
+    ftb_tensor final_norm; /* [dim]                                      */
+    ftb_tensor lm_head;    /* [V, dim]; data == embed.data when tied     */
     ftb_layer *layers;
-    ftb_tensor **params;    /* every parameter tensor, in checkpoint order */
+    ftb_tensor **params; /* every parameter tensor, in checkpoint order */
     int n_params;
-    void *storage;          /* core-private: mappings, owned buffers      */
-    int residency;          /* ftb_residency; set with
+    void *storage; /* core-private: mappings, owned buffers      */
+    int residency; /* ftb_residency; set with
                                ftb_model_set_residency                    */
 } ftb_model;
 
@@ -243,8 +248,7 @@ int ftb_config_load_json(const char *path, ftb_config *cfg, char *err, size_t er
 /* Writes config.json + model.safetensors into dir (created if missing). */
 int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen);
 /* Writes the given tensors as one F32 safetensors file. */
-int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n,
-                          char *err, size_t errlen);
+int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, char *err, size_t errlen);
 
 /* ------------------------------------------------------------------------ */
 /* Running the model                                                          */
@@ -252,8 +256,8 @@ int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n,
 
 typedef struct {
     int B, T;
-    const int32_t *tokens;   /* [B*T]                                     */
-    const int32_t *targets;  /* [B*T] next-token ids, FTB_IGNORE_INDEX to skip */
+    const int32_t *tokens;  /* [B*T]                                     */
+    const int32_t *targets; /* [B*T] next-token ids, FTB_IGNORE_INDEX to skip */
 } ftb_batch;
 
 typedef enum { FTB_ATTN_FLASH = 0, FTB_ATTN_EAGER } ftb_attention_impl;
@@ -261,33 +265,31 @@ typedef enum { FTB_LOSS_CHUNKED = 0, FTB_LOSS_FULL } ftb_loss_mode;
 
 /* What a block keeps for backward. */
 typedef enum {
-    FTB_KEEP_ALL = 0,     /* every activation backward needs               */
-    FTB_KEEP_INPUT,       /* block input only; block recomputed in backward */
-    FTB_KEEP_OFFLOAD      /* like KEEP_INPUT, the input in a mapped file whose
+    FTB_KEEP_ALL = 0, /* every activation backward needs               */
+    FTB_KEEP_INPUT,   /* block input only; block recomputed in backward */
+    FTB_KEEP_OFFLOAD  /* like KEEP_INPUT, the input in a mapped file whose
                              pages leave the resident set until backward  */
 } ftb_keep_policy;
 
 typedef struct {
     ftb_attention_impl attention;
     ftb_loss_mode loss;
-    int loss_chunk_rows;          /* rows of logits per chunk; 0 = 128     */
-    const ftb_keep_policy *keep;  /* [n_layers] or NULL = all FTB_KEEP_ALL  */
-    const char *offload_dir;      /* for FTB_KEEP_OFFLOAD; NULL = $TMPDIR,
+    int loss_chunk_rows;         /* rows of logits per chunk; 0 = 128     */
+    const ftb_keep_policy *keep; /* [n_layers] or NULL = all FTB_KEEP_ALL  */
+    const char *offload_dir;     /* for FTB_KEEP_OFFLOAD; NULL = $TMPDIR,
                                      else /var/tmp                          */
-    float *seq_loss;              /* optional out [B]: mean loss per sequence */
-    int first_trainable_layer;    /* backward stops below this layer; 0 = all */
+    float *seq_loss;             /* optional out [B]: mean loss per sequence */
+    int first_trainable_layer;   /* backward stops below this layer; 0 = all */
 } ftb_run_opts;
 
 void ftb_run_opts_default(ftb_run_opts *o);
 
 /* Inference-mode forward: nothing kept for backward; returns mean loss over
  * the non-ignored targets (NaN on bad input, with err filled). */
-float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
-                        char *err, size_t errlen);
+float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen);
 /* Forward and exact backward: accumulates into .grad of trainable tensors
  * and adapters.  Returns the loss. */
-float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
-                                 char *err, size_t errlen);
+float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen);
 
 /* Read-time perturbation of the weights (docs/CORE.md, "Perturbed reads"),
  * for zeroth-order methods that must not write their perturbation into the
@@ -313,8 +315,8 @@ void ftb_last_run_times(double *forward, double *backward);
 
 /* C[M,N] = alpha·op(A)·op(B) + beta·C, row-major, on the core's BLAS: what
  * a method needs for its own products without depending on a BLAS header. */
-void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-              const float *B, int ldb, float beta, float *C, int ldc);
+void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+              int ldb, float beta, float *C, int ldc);
 
 /* ------------------------------------------------------------------------ */
 /* Analytic memory model (docs/CORE.md)                                      */
@@ -371,8 +373,8 @@ int ftb_model_quantize_embeddings(ftb_model *m, const char *format, int group, c
  * stored), tensor by tensor as they are read, so that no full fp32 copy of
  * the model ever exists.  A tensor the file already stores in the wanted
  * format is taken as it is (mapped when map != 0). */
-ftb_model *ftb_model_load_quantized(const char *dir, int map, const char *format, int group,
-                                    const char *embed_format, char *err, size_t errlen);
+ftb_model *ftb_model_load_quantized(const char *dir, int map, const char *format, int group, const char *embed_format,
+                                    char *err, size_t errlen);
 
 /* Rows [row0, row0+n) of t as fp32 into out [n, cols] (a 1-D tensor is one
  * row), whatever t's storage format. */
@@ -398,14 +400,14 @@ void ftb_dequant_stats_reset(void);
 /* Quantization error of one tensor, against fp32 values w → stored ŵ. */
 typedef struct {
     char name[96];
-    int layer;              /* block index; -1 for embedding and LM head    */
+    int layer; /* block index; -1 for embedding and LM head    */
     ftb_dtype dtype;
     int group;
     int64_t numel;
-    double max_abs_err;     /* max |w − ŵ|                                  */
-    double max_rel_err;     /* max |w − ŵ| / max |w|                        */
-    double mean_rel_err;    /* Σ|w − ŵ| / Σ|w|                              */
-    double rms_rel_err;     /* ‖w − ŵ‖₂ / ‖w‖₂                              */
+    double max_abs_err;  /* max |w − ŵ|                                  */
+    double max_rel_err;  /* max |w − ŵ| / max |w|                        */
+    double mean_rel_err; /* Σ|w − ŵ| / Σ|w|                              */
+    double rms_rel_err;  /* ‖w − ŵ‖₂ / ‖w‖₂                              */
 } ftb_quant_error;
 
 /* The errors measured when m's tensors were quantized (in quantization
@@ -419,8 +421,8 @@ int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error 
                       size_t errlen);
 /* Inference loss of both models on one batch; returns loss(m) − loss(ref)
  * (NaN with err on failure). */
-float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
-                           float *loss_ref, float *loss_m, char *err, size_t errlen);
+float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *loss_ref,
+                           float *loss_m, char *err, size_t errlen);
 
 /* Residency of mapped weights.  ALL: pages stay once touched (default).
  * LAZY_BLOCK: a block's mapped tensors are brought in (MADV_POPULATE_READ,
@@ -443,9 +445,9 @@ typedef struct {
     const ftb_model *model;
     int layer;
     ftb_linear_kind kind;
-    int B, T;           /* rows N = B*T                                     */
+    int B, T; /* rows N = B*T                                     */
     int in, out;
-    int training;       /* 0 in inference-mode forward                      */
+    int training;           /* 0 in inference-mode forward                      */
     const ftb_batch *batch; /* tokens and targets (padding shows as
                                FTB_IGNORE_INDEX targets)                    */
 } ftb_linear_ctx;
@@ -464,17 +466,15 @@ typedef struct {
  * of the base output (IA3 does; LoRA leaves it).  x is NULL unless
  * needs_input.  The hook frees its *saved there. */
 typedef struct {
-    void (*forward)(ftb_adapter *self, const ftb_linear_ctx *c, const float *x,
-                    float *y, void **saved);
-    void (*backward)(ftb_adapter *self, const ftb_linear_ctx *c, const float *x,
-                     float *dy, float *dx, void *saved);
+    void (*forward)(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved);
+    void (*backward)(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved);
     void (*release)(ftb_adapter *self, void *saved); /* drop saved, no backward */
 } ftb_adapter_ops;
 
 struct ftb_adapter {
     const ftb_adapter_ops *ops;
     int needs_input;
-    void *state;        /* the method's data for this hook                  */
+    void *state; /* the method's data for this hook                  */
 };
 
 /* Attach (or with NULL detach) a hook.  The adapter is not owned. */
@@ -494,8 +494,8 @@ typedef struct {
 
 /* Allocates moments for the tensors given (or, if params == NULL, every
  * trainable tensor of the model that has a grad). */
-int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n,
-                   float lr, float weight_decay, char *err, size_t errlen);
+int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, float lr, float weight_decay, char *err,
+                   size_t errlen);
 void ftb_adamw_step(ftb_adamw *opt);
 void ftb_adamw_free(ftb_adamw *opt);
 
@@ -509,17 +509,19 @@ void ftb_adamw_free(ftb_adamw *opt);
 typedef enum { FTB_OPTIM_ADAMW = 0, FTB_OPTIM_SGD } ftb_optimizer;
 void ftb_optimizer_select(ftb_optimizer o);
 ftb_optimizer ftb_optimizer_selected(void);
-const char *ftb_optimizer_name(ftb_optimizer o);  /* "adamw", "sgd"  */
-int ftb_optimizer_parse(const char *s);           /* -1 if unknown   */
+const char *ftb_optimizer_name(ftb_optimizer o); /* "adamw", "sgd"  */
+int ftb_optimizer_parse(const char *s);          /* -1 if unknown   */
 
 /* ------------------------------------------------------------------------ */
 /* Deterministic random numbers (methods regenerate perturbations with it)   */
 /* ------------------------------------------------------------------------ */
 
-typedef struct { uint64_t s[4]; } ftb_rng;
+typedef struct {
+    uint64_t s[4];
+} ftb_rng;
 void ftb_rng_seed(ftb_rng *r, uint64_t seed);
 uint64_t ftb_rng_u64(ftb_rng *r);
-float ftb_rng_uniform(ftb_rng *r);   /* [0,1) */
+float ftb_rng_uniform(ftb_rng *r); /* [0,1) */
 float ftb_rng_normal(ftb_rng *r);
 void ftb_fill_normal(float *x, int64_t n, float std, uint64_t seed);
 
@@ -549,7 +551,7 @@ double ftb_opt_double(const ftb_options *o, const char *key, double def, char *e
 /* What the host hands a method. */
 typedef struct {
     ftb_model *model;
-    ftb_run_opts run;     /* attention/loss modes chosen by the user; the
+    ftb_run_opts run; /* attention/loss modes chosen by the user; the
                              method may set keep policies (run.keep must
                              stay valid until the method's destroy)        */
     const ftb_options *options;
@@ -559,13 +561,13 @@ typedef struct {
 } ftb_session;
 
 typedef struct {
-    float loss;           /* the loss this step measured                    */
-    int forward_passes;   /* how many forward passes the step ran           */
+    float loss;                            /* the loss this step measured                    */
+    int forward_passes;                    /* how many forward passes the step ran           */
     double t_forward, t_backward, t_optim; /* seconds, as the method saw them */
 } ftb_step_result;
 
 typedef struct ftb_method {
-    uint32_t abi_version;          /* FTB_ABI_VERSION                        */
+    uint32_t abi_version; /* FTB_ABI_VERSION                        */
     const char *name;
     const char *summary;           /* one line                               */
     const ftb_option_doc *options; /* terminated by {NULL}                   */
@@ -573,8 +575,7 @@ typedef struct ftb_method {
      * Returns the method's state, or NULL with err filled. */
     void *(*init)(ftb_session *s, char *err, size_t errlen);
     /* One optimisation step on one batch.  0, or -1 with err filled. */
-    int (*step)(void *state, ftb_session *s, const ftb_batch *b,
-                ftb_step_result *out, char *err, size_t errlen);
+    int (*step)(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen);
     /* Trainable parameters the method owns (for counting and saving). */
     int (*trainable)(void *state, ftb_tensor ***tensors);
     void (*destroy)(void *state);
@@ -593,8 +594,7 @@ typedef struct ftb_method {
      * computes under the session's run options (as ftb_backprop_step): the
      * host computes both itself, the exact one with run.keep = NULL and
      * run.first_trainable_layer = 0. */
-    int (*gradient)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
-                    size_t errlen);
+    int (*gradient)(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err, size_t errlen);
     /* Analytic memory model (docs/CORE.md, "Analytic memory model"): what
      * one step of this method on B×T tokens holds at its peak, predicted
      * from shapes — usually ftb_memory_estimate_step with the bytes the
@@ -618,8 +618,8 @@ double ftb_phase(const char *label);
 int ftb_parse_linear_targets(const char *spec, char *err, size_t errlen);
 /* A method-owned tensor rows×cols (cols 0: a vector), zeroed, counted
  * under cat, trainable with a zeroed gradient when with_grad.  0 or -1. */
-int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, ftb_mem_category cat,
-                     int with_grad, char *err, size_t errlen);
+int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, ftb_mem_category cat, int with_grad,
+                     char *err, size_t errlen);
 void ftb_tensor_release(ftb_tensor *t);
 /* One backprop step: zero the gradients of opt's tensors, forward and
  * backward, the optimizer step (AdamW, or SGD: ftb_optimizer_select);

@@ -13,14 +13,16 @@ void ftb_optimizer_select(ftb_optimizer o) { selected = o == FTB_OPTIM_SGD ? FTB
 ftb_optimizer ftb_optimizer_selected(void) { return selected; }
 const char *ftb_optimizer_name(ftb_optimizer o) { return o == FTB_OPTIM_SGD ? "sgd" : "adamw"; }
 
-int ftb_optimizer_parse(const char *s) {
+int ftb_optimizer_parse(const char *s)
+{
     if (!strcmp(s, "adamw")) return FTB_OPTIM_ADAMW;
     if (!strcmp(s, "sgd")) return FTB_OPTIM_SGD;
     return -1;
 }
 
-int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, float lr, float weight_decay,
-                   char *err, size_t errlen) {
+int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, float lr, float weight_decay, char *err,
+                   size_t errlen)
+{
     memset(opt, 0, sizeof *opt);
     opt->lr = lr;
     opt->beta1 = 0.9f;
@@ -38,7 +40,8 @@ int ftb_adamw_init(ftb_adamw *opt, ftb_model *m, ftb_tensor **params, int n, flo
         opt->v = calloc((size_t)n + 1, sizeof *opt->v);
     }
     if (!opt->params || (!sgd && (!opt->m || !opt->v))) goto oom;
-    if (params) memcpy(opt->params, params, sizeof *params * (size_t)n);
+    if (params)
+        memcpy(opt->params, params, sizeof *params * (size_t)n);
     else
         for (int i = 0, j = 0; i < m->n_params; i++)
             if (m->params[i]->trainable && m->params[i]->grad) opt->params[j++] = m->params[i];
@@ -66,7 +69,8 @@ oom:
 
 /* θ ← θ − lr·(g + wd·θ): one rounding for lr·g when wd = 0, so that
  * θ − lr·g is exact to fp32 (tested). */
-static void sgd_step(ftb_adamw *opt) {
+static void sgd_step(ftb_adamw *opt)
+{
     for (int i = 0; i < opt->n; i++) {
         ftb_tensor *p = opt->params[i];
         float *w = p->data, *g = p->grad;
@@ -81,7 +85,8 @@ static void sgd_step(ftb_adamw *opt) {
     }
 }
 
-void ftb_adamw_step(ftb_adamw *opt) {
+void ftb_adamw_step(ftb_adamw *opt)
+{
     opt->t++;
     if (!opt->m) {
         sgd_step(opt);
@@ -103,7 +108,8 @@ void ftb_adamw_step(ftb_adamw *opt) {
     }
 }
 
-void ftb_adamw_free(ftb_adamw *opt) {
+void ftb_adamw_free(ftb_adamw *opt)
+{
     for (int i = 0; opt->m && opt->v && i < opt->n; i++) {
         ftb_free(opt->m[i]);
         ftb_free(opt->v[i]);

@@ -18,18 +18,20 @@
 
 enum { BR = 64, BC = 128 };
 
-#define QROW(base, b, t, h) ((base) + ((int64_t)(b) * s.T + (t)) * ldq + (int64_t)(h) * s.hd)
-#define KROW(base, b, t, h) ((base) + ((int64_t)(b) * s.T + (t)) * ldk + (int64_t)(h) * s.hd)
+#define QROW(base, b, t, h) ((base) + ((int64_t)(b)*s.T + (t)) * ldq + (int64_t)(h)*s.hd)
+#define KROW(base, b, t, h) ((base) + ((int64_t)(b)*s.T + (t)) * ldk + (int64_t)(h)*s.hd)
 
 /* OpenBLAS threads off while our own threads run one sgemm each. */
-static int blas_serial_begin(void) {
+static int blas_serial_begin(void)
+{
     int n = openblas_get_num_threads();
     openblas_set_num_threads(1);
     return n;
 }
 static void blas_serial_end(int n) { openblas_set_num_threads(n); }
 
-void attention_flash_forward(float *o, float *lse, const float *q, const float *k, const float *v, attn_shape s) {
+void attention_flash_forward(float *o, float *lse, const float *q, const float *k, const float *v, attn_shape s)
+{
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const int tiles = (s.T + BR - 1) / BR;
     const float scale = 1.0f / sqrtf((float)s.hd);
@@ -59,8 +61,10 @@ void attention_flash_forward(float *o, float *lse, const float *q, const float *
                     int last = i0 + r - j0; /* last visible column of this row */
                     float m = mx[r];
                     for (int c = 0; c < bc; c++) {
-                        if (c > last) row[c] = -INFINITY;
-                        else if (row[c] > m) m = row[c];
+                        if (c > last)
+                            row[c] = -INFINITY;
+                        else if (row[c] > m)
+                            m = row[c];
                     }
                     float corr = expf(mx[r] - m), z = 0; /* m is finite: column 0 is always seen first */
                     for (int c = 0; c < bc; c++) {
@@ -72,8 +76,8 @@ void attention_flash_forward(float *o, float *lse, const float *q, const float *
                     if (corr != 1.0f)
                         for (int d = 0; d < s.hd; d++) acc[r * s.hd + d] *= corr;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, br, s.hd, bc, 1.0f, S, BC,
-                            KROW(v, b, j0, kvh), ldk, 1.0f, acc, s.hd);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, br, s.hd, bc, 1.0f, S, BC, KROW(v, b, j0, kvh),
+                            ldk, 1.0f, acc, s.hd);
             }
             for (int r = 0; r < br; r++) {
                 float *out = QROW(o, b, i0 + r, h);
@@ -88,7 +92,8 @@ void attention_flash_forward(float *o, float *lse, const float *q, const float *
 }
 
 void attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
-                              const float *v, const float *o, const float *lse, attn_shape s) {
+                              const float *v, const float *o, const float *lse, attn_shape s)
+{
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const int tiles = (s.T + BR - 1) / BR;
     const float scale = 1.0f / sqrtf((float)s.hd);
@@ -121,18 +126,17 @@ void attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o,
                     }
                     for (int j0 = 0; j0 < i0 + br; j0 += BC) {
                         int bc = i0 + br - j0 < BC ? i0 + br - j0 : BC;
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, br, bc, s.hd, scale,
-                                    QROW(q, b, i0, h), ldq, KROW(k, b, j0, kvh), ldk, 0.0f, P, BC);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, br, bc, s.hd, scale, QROW(q, b, i0, h),
+                                    ldq, KROW(k, b, j0, kvh), ldk, 0.0f, P, BC);
                         for (int r = 0; r < br; r++) {
                             int last = i0 + r - j0;
-                            for (int c = 0; c < bc; c++)
-                                P[r * BC + c] = c > last ? 0.0f : expf(P[r * BC + c] - L[r]);
+                            for (int c = 0; c < bc; c++) P[r * BC + c] = c > last ? 0.0f : expf(P[r * BC + c] - L[r]);
                         }
                         /* dV += Pᵀ·dO;  dP = dO·Vᵀ */
                         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bc, s.hd, br, 1.0f, P, BC,
                                     QROW(d_o, b, i0, h), ldq, 1.0f, KROW(dv, b, j0, kvh), ldk);
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, br, bc, s.hd, 1.0f,
-                                    QROW(d_o, b, i0, h), ldq, KROW(v, b, j0, kvh), ldk, 0.0f, dP, BC);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, br, bc, s.hd, 1.0f, QROW(d_o, b, i0, h),
+                                    ldq, KROW(v, b, j0, kvh), ldk, 0.0f, dP, BC);
                         for (int r = 0; r < br; r++)
                             for (int c = 0; c < bc; c++) dP[r * BC + c] = P[r * BC + c] * (dP[r * BC + c] - Di[r]);
                         /* dQ += scale·dS·K;  dK += scale·dSᵀ·Q */
@@ -148,7 +152,8 @@ void attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o,
     ftb_free(ws);
 }
 
-void attention_eager_forward(float *o, float *probs, const float *q, const float *k, const float *v, attn_shape s) {
+void attention_eager_forward(float *o, float *probs, const float *q, const float *k, const float *v, attn_shape s)
+{
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const float scale = 1.0f / sqrtf((float)s.hd);
     int saved_threads = blas_serial_begin();
@@ -165,14 +170,15 @@ void attention_eager_forward(float *o, float *probs, const float *q, const float
             for (int j = 0; j <= i; j++) row[j] /= z;
             for (int j = i + 1; j < s.T; j++) row[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.T, s.hd, s.T, 1.0f, P, s.T, KROW(v, b, 0, kvh),
-                    ldk, 0.0f, QROW(o, b, 0, h), ldq);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.T, s.hd, s.T, 1.0f, P, s.T, KROW(v, b, 0, kvh), ldk,
+                    0.0f, QROW(o, b, 0, h), ldq);
     }
     blas_serial_end(saved_threads);
 }
 
 void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
-                              const float *v, const float *probs, attn_shape s) {
+                              const float *v, const float *probs, attn_shape s)
+{
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const float scale = 1.0f / sqrtf((float)s.hd);
     const int64_t N = (int64_t)s.B * s.T;
@@ -190,10 +196,10 @@ void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o,
             int b = (int)(job / s.Hkv), kvh = (int)(job % s.Hkv);
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
                 const float *P = probs + ((int64_t)b * s.H + h) * s.T * s.T;
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.T, s.hd, s.T, 1.0f, P, s.T,
-                            QROW(d_o, b, 0, h), ldq, 1.0f, KROW(dv, b, 0, kvh), ldk);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.T, s.T, s.hd, 1.0f, QROW(d_o, b, 0, h),
-                            ldq, KROW(v, b, 0, kvh), ldk, 0.0f, dS, s.T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.T, s.hd, s.T, 1.0f, P, s.T, QROW(d_o, b, 0, h),
+                            ldq, 1.0f, KROW(dv, b, 0, kvh), ldk);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.T, s.T, s.hd, 1.0f, QROW(d_o, b, 0, h), ldq,
+                            KROW(v, b, 0, kvh), ldk, 0.0f, dS, s.T);
                 for (int i = 0; i < s.T; i++) {
                     const float *p = P + (int64_t)i * s.T;
                     float *d = dS + (int64_t)i * s.T, dot = 0;
@@ -202,8 +208,8 @@ void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o,
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.T, s.hd, s.T, scale, dS, s.T,
                             KROW(k, b, 0, kvh), ldk, 0.0f, QROW(dq, b, 0, h), ldq);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.T, s.hd, s.T, scale, dS, s.T,
-                            QROW(q, b, 0, h), ldq, 1.0f, KROW(dk, b, 0, kvh), ldk);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.T, s.hd, s.T, scale, dS, s.T, QROW(q, b, 0, h),
+                            ldq, 1.0f, KROW(dk, b, 0, kvh), ldk);
             }
         }
     }

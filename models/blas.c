@@ -25,7 +25,8 @@ static char cpu_flags[4096];
 static char cpu_model[256];
 static char features[512];
 
-static void read_cpuinfo(void) {
+static void read_cpuinfo(void)
+{
     if (cpu_flags[0] || cpu_model[0]) return;
     FILE *f = fopen("/proc/cpuinfo", "r");
     if (!f) return;
@@ -43,18 +44,20 @@ static void read_cpuinfo(void) {
     fclose(f);
 }
 
-static int has_flag(const char *flag) {
+static int has_flag(const char *flag)
+{
     char pat[64];
     snprintf(pat, sizeof pat, " %s ", flag);
     return strstr(cpu_flags, pat) != NULL;
 }
 
-const char *ftb_cpu_features(void) {
+const char *ftb_cpu_features(void)
+{
     if (features[0]) return features;
     read_cpuinfo();
-    static const char *interesting[] = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
-                                        "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile",
-                                        "asimd", "asimdhp", "asimddp", "sve", "sve2", "bf16", "i8mm"};
+    static const char *interesting[] = { "sse4_2",   "avx",      "avx2",        "fma",         "f16c",     "avx512f",
+                                         "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd",
+                                         "asimdhp",  "asimddp",  "sve",         "sve2",        "bf16",     "i8mm" };
     size_t n = 0;
     for (size_t i = 0; i < sizeof interesting / sizeof *interesting; i++)
         if (has_flag(interesting[i]))
@@ -63,7 +66,8 @@ const char *ftb_cpu_features(void) {
     return features;
 }
 
-const char *ftb_blas_corename(void) {
+const char *ftb_blas_corename(void)
+{
     const char *s = openblas_get_corename();
     return s ? s : "unknown";
 }
@@ -71,7 +75,8 @@ const char *ftb_blas_corename(void) {
 static const char *selection = "default";
 const char *ftb_blas_selection(void) { return selection; }
 
-void ftb_set_threads(int n) {
+void ftb_set_threads(int n)
+{
     if (n < 1) n = 1;
     openblas_set_num_threads(n);
     omp_set_num_threads(n);
@@ -79,11 +84,14 @@ void ftb_set_threads(int n) {
 
 int ftb_get_threads(void) { return openblas_get_num_threads(); }
 
-double ftb_sgemm_gflops(int M, int N, int K, int reps) {
+double ftb_sgemm_gflops(int M, int N, int K, int reps)
+{
     float *a = malloc(sizeof(float) * (size_t)M * K), *b = malloc(sizeof(float) * (size_t)N * K),
           *c = malloc(sizeof(float) * (size_t)M * N);
     if (!a || !b || !c) {
-        free(a); free(b); free(c);
+        free(a);
+        free(b);
+        free(c);
         return 0;
     }
     ftb_fill_normal(a, (int64_t)M * K, 1.0f, 1);
@@ -95,15 +103,18 @@ double ftb_sgemm_gflops(int M, int N, int K, int reps) {
         double t = ftb_now() - t0;
         if (r > 0 && t < best) best = t;
     }
-    free(a); free(b); free(c);
+    free(a);
+    free(b);
+    free(c);
     return 2.0 * M * N * K / best / 1e9;
 }
 
 /* Correctness of the loaded kernel on shapes that exercise edge tiles and
  * all transpose modes, against a double reference.  Returns the worst
  * relative error. */
-static double sgemm_selftest_error(void) {
-    static const int shapes[][3] = {{67, 45, 129}, {128, 96, 64}, {1, 257, 33}, {300, 17, 200}};
+static double sgemm_selftest_error(void)
+{
+    static const int shapes[][3] = { { 67, 45, 129 }, { 128, 96, 64 }, { 1, 257, 33 }, { 300, 17, 200 } };
     double worst = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -114,8 +125,8 @@ static double sgemm_selftest_error(void) {
                 ftb_fill_normal(a, (int64_t)M * K, 1.0f, 10 + s);
                 ftb_fill_normal(b, (int64_t)N * K, 1.0f, 20 + s);
                 /* a is [M,K] or stored transposed [K,M]; b is [K,N] or [N,K]. */
-                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-                            K, 1.0f, a, ta ? M : K, b, tb ? K : N, 0.0f, c, N);
+                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
+                            1.0f, a, ta ? M : K, b, tb ? K : N, 0.0f, c, N);
                 for (int i = 0; i < M; i++)
                     for (int j = 0; j < N; j++) {
                         double ref = 0, mag = 0;
@@ -128,14 +139,17 @@ static double sgemm_selftest_error(void) {
                         double e = fabs(ref - c[i * N + j]) / (mag + 1e-30);
                         if (!(e <= worst)) worst = isnan(e) ? INFINITY : e;
                     }
-                free(a); free(b); free(c);
+                free(a);
+                free(b);
+                free(c);
             }
     }
     return worst;
 }
 
 /* Child side: run by the re-executed binary with FTBENCH_BLAS_SELFTEST=1. */
-static void run_selftest_child(void) {
+static void run_selftest_child(void)
+{
     openblas_set_num_threads(1);
     double err = sgemm_selftest_error();
     double gf = ftb_sgemm_gflops(384, 384, 384, 3);
@@ -145,7 +159,8 @@ static void run_selftest_child(void) {
 }
 
 /* Runs one candidate in a child; returns its GFLOP/s, or -1 if it failed. */
-static double try_candidate(const char *core, char **argv) {
+static double try_candidate(const char *core, char **argv)
+{
     int fd[2];
     if (pipe(fd)) return -1;
     pid_t pid = fork();
@@ -159,7 +174,7 @@ static double try_candidate(const char *core, char **argv) {
         _exit(127);
     }
     close(fd[1]);
-    char buf[256] = {0};
+    char buf[256] = { 0 };
     size_t n = 0;
     ssize_t r;
     while (n < sizeof buf - 1 && (r = read(fd[0], buf + n, sizeof buf - 1 - n)) > 0) n += (size_t)r;
@@ -173,34 +188,39 @@ static double try_candidate(const char *core, char **argv) {
     return gf;
 }
 
-static int is_generic_kernel(const char *core) {
+static int is_generic_kernel(const char *core)
+{
     /* Tests exercise the selection on machines whose kernel is already good. */
     if (getenv("FTBENCH_BLAS_PRETEND_GENERIC")) return 1;
     /* Kernels that leave AVX2/AVX-512 units idle on CPUs that have them. */
-    static const char *generic[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
-                                    "Katmai", "Coppermine", "Northwood", "Banias", "Opteron", "Barcelona",
-                                    "Bobcat", "Sandybridge", "Bulldozer", "Piledriver", "Steamroller",
-                                    "Excavator", "Unknown"};
+    static const char *generic[] = { "Prescott",   "Core2",       "Penryn",     "Dunnington",  "Nehalem",
+                                     "Atom",       "Katmai",      "Coppermine", "Northwood",   "Banias",
+                                     "Opteron",    "Barcelona",   "Bobcat",     "Sandybridge", "Bulldozer",
+                                     "Piledriver", "Steamroller", "Excavator",  "Unknown" };
     for (size_t i = 0; i < sizeof generic / sizeof *generic; i++)
         if (strcasecmp(core, generic[i]) == 0) return 1;
     if (has_flag("avx512f") && (strcasecmp(core, "Haswell") == 0 || strcasecmp(core, "Zen") == 0)) return 1;
     return 0;
 }
 
-static void cache_path(char *out, size_t len) {
+static void cache_path(char *out, size_t len)
+{
     const char *base = getenv("XDG_CACHE_HOME");
     char dir[900];
-    if (base && *base) snprintf(dir, sizeof dir, "%.800s/ftbench", base);
-    else snprintf(dir, sizeof dir, "%.800s/.cache/ftbench", getenv("HOME") ? getenv("HOME") : "/tmp");
+    if (base && *base)
+        snprintf(dir, sizeof dir, "%.800s/ftbench", base);
+    else
+        snprintf(dir, sizeof dir, "%.800s/.cache/ftbench", getenv("HOME") ? getenv("HOME") : "/tmp");
     /* Key: CPU model, its flags and the library build, hashed (FNV-1a). */
     uint64_t h = 1469598103934665603ULL;
-    const char *parts[] = {cpu_model, cpu_flags, openblas_get_config()};
+    const char *parts[] = { cpu_model, cpu_flags, openblas_get_config() };
     for (int p = 0; p < 3; p++)
         for (const char *c = parts[p]; c && *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ULL;
     snprintf(out, len, "%s/blas-coretype-%016llx", dir, (unsigned long long)h);
 }
 
-static void mkdir_parents(const char *path) {
+static void mkdir_parents(const char *path)
+{
     char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s", path);
     for (char *p = tmp + 1; *p; p++)
@@ -211,7 +231,8 @@ static void mkdir_parents(const char *path) {
         }
 }
 
-void ftb_blas_autoselect(int argc, char **argv) {
+void ftb_blas_autoselect(int argc, char **argv)
+{
     (void)argc;
     if (getenv("FTBENCH_BLAS_SELFTEST")) run_selftest_child();
     /* OpenMP threads that spin after a parallel region take the core that
@@ -255,8 +276,7 @@ void ftb_blas_autoselect(int argc, char **argv) {
         snprintf(chosen, sizeof chosen, "%s", current);
         for (int i = 0; i < n; i++) {
             double gf = try_candidate(candidates[i], argv);
-            fprintf(stderr, "ftbench: BLAS self-test %-10s %s\n", candidates[i],
-                    gf < 0 ? "failed" : "passed");
+            fprintf(stderr, "ftbench: BLAS self-test %-10s %s\n", candidates[i], gf < 0 ? "failed" : "passed");
             if (gf > best) {
                 best = gf;
                 snprintf(chosen, sizeof chosen, "%s", candidates[i]);

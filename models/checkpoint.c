@@ -34,10 +34,10 @@
 #error "checkpoint.c assumes a little-endian host (safetensors is little-endian)"
 #endif
 
-#define INDEX_FILE "model.safetensors.index.json"
+#define INDEX_FILE  "model.safetensors.index.json"
 #define SINGLE_FILE "model.safetensors"
 /* Metadata of quantized tensors (docs/QUANT.md). */
-#define QUANT_META_PREFIX "ftbench.quant."
+#define QUANT_META_PREFIX      "ftbench.quant."
 #define QUANT_META_VERSION_KEY "ftbench_quant_version"
 
 static void ck_error(char *err, size_t errlen, const char *fmt, ...)
@@ -77,7 +77,7 @@ static char *read_text_file(const char *path, size_t *len, char *err, size_t err
     while (buf) {
         used += fread(buf + used, 1, cap - used, fp);
         if (used < cap) break;
-        if (cap >= ((size_t)64 << 20)) {  /* no config is this large */
+        if (cap >= ((size_t)64 << 20)) { /* no config is this large */
             ck_error(err, errlen, "%s: larger than 64 MB, not a config", path);
             free(buf);
             fclose(fp);
@@ -118,8 +118,7 @@ static json_t *load_json_object(const char *path, char *err, size_t errlen)
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
     if (!root) {
-        ck_error(err, errlen, "%s: invalid JSON at line %d, column %d: %s", path, jerr.line, jerr.column,
-                 jerr.text);
+        ck_error(err, errlen, "%s: invalid JSON at line %d, column %d: %s", path, jerr.line, jerr.column, jerr.text);
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -151,8 +150,8 @@ static const char *json_kind(const json_t *v)
 
 /* A key that is absent or null takes its default (HF writes null for "use
  * the default", e.g. "head_dim": null); required keys have none. */
-static int get_int(const char *path, json_t *root, const char *key, int required, int def, int *out,
-                   char *err, size_t errlen)
+static int get_int(const char *path, json_t *root, const char *key, int required, int def, int *out, char *err,
+                   size_t errlen)
 {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) {
@@ -169,16 +168,14 @@ static int get_int(const char *path, json_t *root, const char *key, int required
     }
     json_int_t x = json_integer_value(v);
     if (x <= 0 || x > INT_MAX) {
-        ck_error(err, errlen, "%s: key '%s' = %lld must be a positive integer below 2^31", path, key,
-                 (long long)x);
+        ck_error(err, errlen, "%s: key '%s' = %lld must be a positive integer below 2^31", path, key, (long long)x);
         return -1;
     }
     *out = (int)x;
     return 0;
 }
 
-static int get_float(const char *path, json_t *root, const char *key, float def, float *out, char *err,
-                     size_t errlen)
+static int get_float(const char *path, json_t *root, const char *key, float def, float *out, char *err, size_t errlen)
 {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) {
@@ -198,8 +195,7 @@ static int get_float(const char *path, json_t *root, const char *key, float def,
     return 0;
 }
 
-static int get_bool(const char *path, json_t *root, const char *key, int def, int *out, char *err,
-                    size_t errlen)
+static int get_bool(const char *path, json_t *root, const char *key, int def, int *out, char *err, size_t errlen)
 {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) {
@@ -215,8 +211,7 @@ static int get_bool(const char *path, json_t *root, const char *key, int def, in
 }
 
 /* Optional string key: *out is NULL when absent or null. */
-static int get_string(const char *path, json_t *root, const char *key, const char **out, char *err,
-                      size_t errlen)
+static int get_string(const char *path, json_t *root, const char *key, const char **out, char *err, size_t errlen)
 {
     json_t *v = json_object_get(root, key);
     *out = NULL;
@@ -255,8 +250,8 @@ static int parse_config(const char *path, json_t *root, ftb_config *cfg, char *e
     /* The core's MLP is SwiGLU with SiLU and has no MLP biases: a model that
      * differs would load and silently compute something else. */
     if (hidden_act && strcmp(hidden_act, "silu") != 0 && strcmp(hidden_act, "swish") != 0) {
-        ck_error(err, errlen, "%s: hidden_act '%s' is not supported (the core's MLP is SwiGLU with silu)",
-                 path, hidden_act);
+        ck_error(err, errlen, "%s: hidden_act '%s' is not supported (the core's MLP is SwiGLU with silu)", path,
+                 hidden_act);
         return -1;
     }
     if (mlp_bias) {
@@ -265,7 +260,7 @@ static int parse_config(const char *path, json_t *root, ftb_config *cfg, char *e
     }
     cfg->qkv_bias = attention_bias || (model_type && !strcmp(model_type, "qwen2"));
 
-    const char *name = model_type && *model_type ? model_type
+    const char *name = model_type && *model_type       ? model_type
                        : name_or_path && *name_or_path ? name_or_path
                                                        : "hf-model";
     snprintf(cfg->name, sizeof cfg->name, "%s", name);
@@ -295,17 +290,17 @@ int ftb_config_load_json(const char *path, ftb_config *cfg, char *err, size_t er
 /* ------------------------------------------------------------------------ */
 
 typedef struct {
-    char *file_name;     /* as the index names it (relative to dir)    */
+    char *file_name; /* as the index names it (relative to dir)    */
     char *path;
     ftb_st_file file;
     int open;
-    int mapping_given;   /* the model owns (and will unmap) the mapping */
+    int mapping_given; /* the model owns (and will unmap) the mapping */
 } shard;
 
 typedef struct {
     const char *dir;
-    char *index_path;    /* NULL for a single-file checkpoint          */
-    json_t *weight_map;  /* borrowed from index_root                   */
+    char *index_path;   /* NULL for a single-file checkpoint          */
+    json_t *weight_map; /* borrowed from index_root                   */
     json_t *index_root;
     shard *shards;
     int n_shards, cap_shards;
@@ -326,8 +321,7 @@ static void source_close(checkpoint_source *src)
 
 /* The shard called file_name, opened on first use.  tensor names the tensor
  * that needed it, for the error message. */
-static shard *source_shard(checkpoint_source *src, const char *file_name, const char *tensor, char *err,
-                           size_t errlen)
+static shard *source_shard(checkpoint_source *src, const char *file_name, const char *tensor, char *err, size_t errlen)
 {
     for (int i = 0; i < src->n_shards; i++)
         if (!strcmp(src->shards[i].file_name, file_name)) return &src->shards[i];
@@ -355,8 +349,8 @@ static shard *source_shard(checkpoint_source *src, const char *file_name, const 
     char why[FTB_ERR_LEN];
     if (ftb_st_open(s->path, &s->file, why, sizeof why) != 0) {
         if (src->index_path && access(s->path, F_OK) != 0)
-            ck_error(err, errlen, "%s: tensor '%s': shard named in %s cannot be opened: %s", s->path,
-                     tensor, INDEX_FILE, strerror(errno));
+            ck_error(err, errlen, "%s: tensor '%s': shard named in %s cannot be opened: %s", s->path, tensor,
+                     INDEX_FILE, strerror(errno));
         else
             ck_error(err, errlen, "%s", why);
         return NULL;
@@ -414,10 +408,11 @@ static int source_open(checkpoint_source *src, const char *dir, char *err, size_
     }
     const char *tensor;
     json_t *file;
-    json_object_foreach(src->weight_map, tensor, file) {
+    json_object_foreach(src->weight_map, tensor, file)
+    {
         if (!json_is_string(file) || !shard_name_ok(json_string_value(file))) {
-            ck_error(err, errlen, "%s: tensor '%s': weight_map entry is not a file name in this directory",
-                     index, tensor);
+            ck_error(err, errlen, "%s: tensor '%s': weight_map entry is not a file name in this directory", index,
+                     tensor);
             return -1;
         }
     }
@@ -426,8 +421,8 @@ static int source_open(checkpoint_source *src, const char *dir, char *err, size_
 
 /* Finds where tensor name lives; *where is the file to blame if it is not
  * there.  Returns the shard (opened) and sets *found, or NULL on error. */
-static shard *source_locate(checkpoint_source *src, const char *name, const ftb_st_tensor **found,
-                            char *err, size_t errlen)
+static shard *source_locate(checkpoint_source *src, const char *name, const ftb_st_tensor **found, char *err,
+                            size_t errlen)
 {
     *found = NULL;
     const char *file_name = SINGLE_FILE;
@@ -444,8 +439,7 @@ static shard *source_locate(checkpoint_source *src, const char *name, const ftb_
     *found = ftb_st_find(&s->file, name);
     if (!*found) {
         if (src->index_path)
-            ck_error(err, errlen, "%s: tensor '%s': missing (%s places it in this shard)", s->path, name,
-                     INDEX_FILE);
+            ck_error(err, errlen, "%s: tensor '%s': missing (%s places it in this shard)", s->path, name, INDEX_FILE);
         else
             ck_error(err, errlen, "%s: tensor '%s': missing", s->path, name);
         return NULL;
@@ -473,8 +467,7 @@ static void give_mapping(ftb_model *m, shard *s)
 
 /* Storage of a bf16/f16 tensor kept in its own format: the file's bytes
  * (map) or an owned copy. */
-static int keep_half(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map, char *err,
-                     size_t errlen)
+static int keep_half(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map, char *err, size_t errlen)
 {
     ftb_dtype d = st->dtype == FTB_ST_BF16 ? FTB_DTYPE_BF16 : FTB_DTYPE_F16;
     const uint8_t *bytes = ftb_st_tensor_data(&s->file, st);
@@ -509,15 +502,14 @@ static int keep_half(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor 
 /* Points t at the file's bytes or copies/converts them into owned memory.
  * keep_as: a bf16/f16 tensor wanted in that same format is kept so (no
  * conversion); FTB_DTYPE_F32 converts everything to fp32 as before. */
-static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map,
-                       ftb_dtype keep_as, char *err, size_t errlen)
+static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, int map, ftb_dtype keep_as,
+                       char *err, size_t errlen)
 {
     if (!shapes_equal(t, st)) {
         char want[160], got[160];
         ftb_st_format_shape(want, sizeof want, t->ndim, t->shape);
         ftb_st_format_shape(got, sizeof got, st->ndim, st->shape);
-        ck_error(err, errlen, "%s: tensor '%s': shape %s does not match the config's %s", s->path, t->name,
-                 got, want);
+        ck_error(err, errlen, "%s: tensor '%s': shape %s does not match the config's %s", s->path, t->name, got, want);
         return -1;
     }
     if (st->dtype == FTB_ST_I8 || st->dtype == FTB_ST_U8) {
@@ -533,14 +525,13 @@ static int load_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tenso
     const uint8_t *bytes = ftb_st_tensor_data(&s->file, st);
     if (st->dtype == FTB_ST_F32 && map && ((uintptr_t)bytes % _Alignof(float)) == 0) {
         give_mapping(m, s);
-        t->data = (float *)(uintptr_t)bytes;  /* read-only pages: t->mapped says so */
+        t->data = (float *)(uintptr_t)bytes; /* read-only pages: t->mapped says so */
         t->mapped = 1;
         return 0;
     }
     float *data = ftb_alloc(FTB_MEM_WEIGHTS, (size_t)t->numel * sizeof(float));
     if (!data) {
-        ck_error(err, errlen, "%s: tensor '%s': out of memory for %" PRId64 " floats", s->path, t->name,
-                 t->numel);
+        ck_error(err, errlen, "%s: tensor '%s': out of memory for %" PRId64 " floats", s->path, t->name, t->numel);
         return -1;
     }
     ftb_model_own(m, data);
@@ -579,20 +570,19 @@ static int parse_quant_desc(const char *desc, ftb_dtype *d, int *group)
 
 /* One part of a quantized tensor as the file must hold it. */
 static int check_part(const char *path, const char *tensor, const char *part_name, const char *role,
-                      const ftb_st_tensor *st, ftb_st_dtype want_dtype, int ndim, int64_t d0, int64_t d1,
-                      char *err, size_t errlen)
+                      const ftb_st_tensor *st, ftb_st_dtype want_dtype, int ndim, int64_t d0, int64_t d1, char *err,
+                      size_t errlen)
 {
     if (!st) {
-        ck_error(err, errlen, "%s: tensor '%s': missing (%s of quantized weight '%s')", path, part_name, role,
-                 tensor);
+        ck_error(err, errlen, "%s: tensor '%s': missing (%s of quantized weight '%s')", path, part_name, role, tensor);
         return -1;
     }
     if (st->dtype != want_dtype) {
-        ck_error(err, errlen, "%s: tensor '%s': dtype %s, but the %s of a quantized weight are %s", path,
-                 part_name, ftb_st_dtype_name(st->dtype), role, ftb_st_dtype_name(want_dtype));
+        ck_error(err, errlen, "%s: tensor '%s': dtype %s, but the %s of a quantized weight are %s", path, part_name,
+                 ftb_st_dtype_name(st->dtype), role, ftb_st_dtype_name(want_dtype));
         return -1;
     }
-    int64_t want[2] = {d0, d1};
+    int64_t want[2] = { d0, d1 };
     int ok = st->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = st->shape[i] == want[i];
     if (!ok) {
@@ -606,8 +596,8 @@ static int check_part(const char *path, const char *tensor, const char *part_nam
 }
 
 /* A tensor the file stores quantized (desc from its metadata). */
-static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st,
-                                 const char *desc, int map, char *err, size_t errlen)
+static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor *st, const char *desc,
+                                 int map, char *err, size_t errlen)
 {
     ftb_dtype d;
     int group;
@@ -635,14 +625,13 @@ static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ft
         ck_error(err, errlen, "%s: tensor '%s': %s", s->path, t->name, why);
         return -1;
     }
-    static const ftb_st_dtype main_dtype[FTB_DTYPE_COUNT] = {FTB_ST_F32, FTB_ST_BF16, FTB_ST_F16,
-                                                             FTB_ST_I8,  FTB_ST_U8,   FTB_ST_U8};
+    static const ftb_st_dtype main_dtype[FTB_DTYPE_COUNT] = { FTB_ST_F32, FTB_ST_BF16, FTB_ST_F16,
+                                                              FTB_ST_I8,  FTB_ST_U8,   FTB_ST_U8 };
     const char *role = int4 ? "packed 4-bit codes (two per byte)" : "values";
-    if (check_part(s->path, t->name, t->name, role, st, main_dtype[d], 2, rows, int4 ? cols / 2 : cols, err,
-                   errlen))
+    if (check_part(s->path, t->name, t->name, role, st, main_dtype[d], 2, rows, int4 ? cols / 2 : cols, err, errlen))
         return -1;
     char name[160];
-    const ftb_st_tensor *parts[3] = {st, NULL, NULL};
+    const ftb_st_tensor *parts[3] = { st, NULL, NULL };
     if (d == FTB_DTYPE_INT8 || int4) {
         snprintf(name, sizeof name, "%s.scales", t->name);
         parts[QPART_SCALES] = ftb_st_find(&s->file, name);
@@ -653,13 +642,14 @@ static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ft
     if (d == FTB_DTYPE_INT4_ASYM) {
         snprintf(name, sizeof name, "%s.zeros", t->name);
         parts[QPART_ZEROS] = ftb_st_find(&s->file, name);
-        if (check_part(s->path, t->name, name, "zeros", parts[QPART_ZEROS], FTB_ST_F16, 2, rows, cols / group,
-                       err, errlen))
+        if (check_part(s->path, t->name, name, "zeros", parts[QPART_ZEROS], FTB_ST_F16, 2, rows, cols / group, err,
+                       errlen))
             return -1;
     }
     int aligned = 1;
     for (int p = 0; p < 3; p++)
-        if (parts[p]) aligned &= (uintptr_t)ftb_st_tensor_data(&s->file, parts[p]) % ftb_st_dtype_size(parts[p]->dtype) == 0;
+        if (parts[p])
+            aligned &= (uintptr_t)ftb_st_tensor_data(&s->file, parts[p]) % ftb_st_dtype_size(parts[p]->dtype) == 0;
     ftb_qstore *q;
     if (map && aligned) {
         q = calloc(1, sizeof *q);
@@ -678,8 +668,7 @@ static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ft
         q = qstore_alloc(d, group, rows, cols);
         for (int p = 0; q && p < 3; p++)
             if (parts[p])
-                memcpy(q->owned[p], ftb_st_tensor_data(&s->file, parts[p]),
-                       qstore_part_bytes(d, rows, cols, group, p));
+                memcpy(q->owned[p], ftb_st_tensor_data(&s->file, parts[p]), qstore_part_bytes(d, rows, cols, group, p));
     }
     if (!q) {
         ck_error(err, errlen, "%s: tensor '%s': out of memory", s->path, t->name);
@@ -704,8 +693,8 @@ static int check_quant_metadata(ftb_model *m, const shard *s, char *err, size_t 
         if (strncmp(key, QUANT_META_PREFIX, plen) != 0) continue;
         const ftb_tensor *t = ftb_model_find(m, key + plen);
         if (!t || t->numel == 0 || (m->cfg.tie_embeddings && t == &m->lm_head)) {
-            ck_error(err, errlen, "%s: metadata '%s' describes tensor '%s', which the model does not have",
-                     s->path, key, key + plen);
+            ck_error(err, errlen, "%s: metadata '%s' describes tensor '%s', which the model does not have", s->path,
+                     key, key + plen);
             return -1;
         }
     }
@@ -744,13 +733,15 @@ static ftb_model *load_model(const char *dir, int map, const load_plan *plan, ch
     if (source_open(&src, dir, err, errlen) != 0) goto fail;
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
-        if (t->numel == 0) continue;  /* nothing to read (absent bias) */
+        if (t->numel == 0) continue; /* nothing to read (absent bias) */
         const ftb_st_tensor *st;
         shard *s = source_locate(&src, t->name, &st, err, errlen);
         if (!s) goto fail;
         const char *want = NULL;
-        if (plan && is_block_linear(m, t)) want = plan->linears;
-        else if (plan && (t == &m->embed || t == &m->lm_head)) want = plan->embeddings;
+        if (plan && is_block_linear(m, t))
+            want = plan->linears;
+        else if (plan && (t == &m->embed || t == &m->lm_head))
+            want = plan->embeddings;
         int want_d = want ? ftb_dtype_parse(want) : FTB_DTYPE_F32;
         char key[160];
         snprintf(key, sizeof key, "%s%s", QUANT_META_PREFIX, t->name);
@@ -789,17 +780,17 @@ ftb_model *ftb_model_load(const char *dir, int map, char *err, size_t errlen)
     return load_model(dir, map, NULL, err, errlen);
 }
 
-ftb_model *ftb_model_load_quantized(const char *dir, int map, const char *format, int group,
-                                    const char *embed_format, char *err, size_t errlen)
+ftb_model *ftb_model_load_quantized(const char *dir, int map, const char *format, int group, const char *embed_format,
+                                    char *err, size_t errlen)
 {
-    const char *formats[2] = {format, embed_format};
+    const char *formats[2] = { format, embed_format };
     for (int i = 0; i < 2; i++)
         if (formats[i] && ftb_dtype_parse(formats[i]) < 0) {
             ck_error(err, errlen, "%s: unknown storage format '%s' (f32, bf16, f16, int8, int4, int4-asym)", dir,
                      formats[i]);
             return NULL;
         }
-    load_plan plan = {format, embed_format, group};
+    load_plan plan = { format, embed_format, group };
     return load_model(dir, map, &plan, err, errlen);
 }
 
@@ -881,14 +872,15 @@ static void fsync_parent_dir(const char *path)
     if (!copy) return;
     char *slash = strrchr(copy, '/');
     const char *dir = ".";
-    if (slash == copy) dir = "/";
+    if (slash == copy)
+        dir = "/";
     else if (slash) {
         *slash = '\0';
         dir = copy;
     }
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
-        fsync(fd);  /* best effort: some filesystems refuse a directory fsync */
+        fsync(fd); /* best effort: some filesystems refuse a directory fsync */
         close(fd);
     }
     free(copy);
@@ -923,20 +915,19 @@ static int atomic_commit(atomic_file *af, char *err, size_t errlen)
  * stored in another format written as its fp32 values. */
 typedef struct {
     char name[112];
-    const char *dtype;        /* "F32", "BF16", "F16", "I8", "U8"          */
+    const char *dtype; /* "F32", "BF16", "F16", "I8", "U8"          */
     int ndim;
     int64_t shape[2];
     const void *bytes;
     uint64_t nbytes;
     const ftb_tensor *deq;
-    int align;                /* 4, 2 or 1: the data section is ordered by it */
+    int align; /* 4, 2 or 1: the data section is ordered by it */
 } st_item;
 
 /* Builds the safetensors header: {"__metadata__": {"format": "pt", ...},
  * name: {...}} in items' order.  Transformers refuses a file without format
  * metadata.  meta (may be NULL) adds string entries; it is borrowed. */
-static json_t *build_header(const char *path, const st_item *items, int n, json_t *meta_extra, char *err,
-                            size_t errlen)
+static json_t *build_header(const char *path, const st_item *items, int n, json_t *meta_extra, char *err, size_t errlen)
 {
     json_t *header = json_object();
     json_t *meta = json_pack("{s:s}", "format", "pt");
@@ -1029,8 +1020,10 @@ static int write_items(const char *path, st_item *items, int n, json_t *meta_ext
     if (rc == 0) rc = atomic_write(&af, padded, 8 + header_len, err, errlen);
     for (int i = 0; rc == 0 && i < n; i++) {
         if (!items[i].nbytes) continue;
-        if (items[i].deq) rc = write_dequantized(&af, items[i].deq, err, errlen);
-        else rc = atomic_write(&af, items[i].bytes, (size_t)items[i].nbytes, err, errlen);
+        if (items[i].deq)
+            rc = write_dequantized(&af, items[i].deq, err, errlen);
+        else
+            rc = atomic_write(&af, items[i].bytes, (size_t)items[i].nbytes, err, errlen);
     }
     free(padded);
     if (rc != 0) {
@@ -1064,11 +1057,10 @@ int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, c
          * with data is written from it whatever else it holds (a method's
          * own tensor need not have set the storage fields). */
         int quantized = !t->data && t->quant && t->dtype > FTB_DTYPE_F32 && t->dtype < FTB_DTYPE_COUNT;
-        if (!t->name[0] || !strcmp(t->name, "__metadata__") || t->ndim < 0 || t->ndim > 2 ||
-            numel != t->numel || t->numel < 0 || (t->numel > 0 && !t->data && !quantized) ||
-            strlen(t->name) >= sizeof items[i].name) {
-            ck_error(err, errlen, "%s: tensor '%s': bad name, shape or data (ndim %d, numel %" PRId64 ")",
-                     path, t->name, t->ndim, t->numel);
+        if (!t->name[0] || !strcmp(t->name, "__metadata__") || t->ndim < 0 || t->ndim > 2 || numel != t->numel ||
+            t->numel < 0 || (t->numel > 0 && !t->data && !quantized) || strlen(t->name) >= sizeof items[i].name) {
+            ck_error(err, errlen, "%s: tensor '%s': bad name, shape or data (ndim %d, numel %" PRId64 ")", path,
+                     t->name, t->ndim, t->numel);
             free(items);
             return -1;
         }
@@ -1179,7 +1171,7 @@ static int save_weights(const ftb_model *m, const char *path, char *err, size_t 
         const ftb_tensor *t = m->params[i];
         /* A tied lm_head is the embedding; HF omits it and re-ties on load. */
         if (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
-        if (t->numel == 0) continue;  /* absent bias */
+        if (t->numel == 0) continue; /* absent bias */
         if (strlen(t->name) + 8 >= sizeof items[0].name) {
             ck_error(err, errlen, "%s: tensor '%s': name too long", path, t->name);
             goto fail;
@@ -1201,7 +1193,7 @@ static int save_weights(const ftb_model *m, const char *path, char *err, size_t 
             continue;
         }
         const ftb_qstore *q = t->quant;
-        static const char *main_dtype[FTB_DTYPE_COUNT] = {"F32", "BF16", "F16", "I8", "U8", "U8"};
+        static const char *main_dtype[FTB_DTYPE_COUNT] = { "F32", "BF16", "F16", "I8", "U8", "U8" };
         it->dtype = main_dtype[q->dtype];
         it->bytes = q->q;
         it->nbytes = qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, QPART_Q);
@@ -1228,8 +1220,10 @@ static int save_weights(const ftb_model *m, const char *path, char *err, size_t 
             }
         }
         char desc[64];
-        if (q->group) snprintf(desc, sizeof desc, "%s/%d", ftb_dtype_name(q->dtype), q->group);
-        else snprintf(desc, sizeof desc, "%s", ftb_dtype_name(q->dtype));
+        if (q->group)
+            snprintf(desc, sizeof desc, "%s/%d", ftb_dtype_name(q->dtype), q->group);
+        else
+            snprintf(desc, sizeof desc, "%s", ftb_dtype_name(q->dtype));
         char key[160];
         snprintf(key, sizeof key, "%s%s", QUANT_META_PREFIX, t->name);
         json_object_set_new(meta, key, json_string(desc));
@@ -1253,8 +1247,7 @@ int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen
     char *weights_path = path_join(dir, SINGLE_FILE);
     json_t *config = config_to_json(&m->cfg);
     /* Nine significant digits round-trip any float. */
-    char *text = config ? json_dumps(config, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9))
-                        : NULL;
+    char *text = config ? json_dumps(config, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(config);
     int rc = -1;
     if (!config_path || !weights_path || !text) {
@@ -1272,8 +1265,10 @@ int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen
     rc = atomic_begin(&af, config_path, err, errlen);
     if (rc == 0) rc = atomic_write(&af, text, len, err, errlen);
     if (rc == 0) rc = atomic_write(&af, "\n", 1, err, errlen);
-    if (rc == 0) rc = atomic_commit(&af, err, errlen);
-    else if (af.tmp_path) atomic_abort(&af);
+    if (rc == 0)
+        rc = atomic_commit(&af, err, errlen);
+    else if (af.tmp_path)
+        atomic_abort(&af);
 
 done:
     free(text);

@@ -4,7 +4,8 @@
 
 #include <string.h>
 
-void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D) {
+void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D)
+{
     if (E->dtype == FTB_DTYPE_F32 || !E->quant) {
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) memcpy(x + (int64_t)n * D, E->data + (int64_t)tokens[n] * D, sizeof(float) * D);
@@ -17,7 +18,8 @@ void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int
     ftb_dequant_account(ftb_now() - t0, (int64_t)N * D);
 }
 
-void embedding_backward(float *dE, const float *dx, const int32_t *tokens, int N, int D) {
+void embedding_backward(float *dE, const float *dx, const int32_t *tokens, int N, int D)
+{
     /* Each thread owns a band of columns, so repeated tokens never race. */
     enum { BAND = 64 };
     int bands = (D + BAND - 1) / BAND;

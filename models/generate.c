@@ -15,7 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t ftb_argmax(const float *logits, int V) {
+int32_t ftb_argmax(const float *logits, int V)
+{
     int32_t best = 0;
     for (int j = 1; j < V; j++)
         if (logits[j] > logits[best]) best = j; /* ties: the lowest id, deterministically */
@@ -23,7 +24,8 @@ int32_t ftb_argmax(const float *logits, int V) {
 }
 
 int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, const int *rows, int n_rows,
-                     float *logits, char *err, size_t errlen) {
+                     float *logits, char *err, size_t errlen)
+{
     const int D = m->cfg.dim;
     const int64_t N = (int64_t)b->B * b->T;
     for (int i = 0; i < n_rows; i++)
@@ -51,7 +53,8 @@ int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, co
 }
 
 int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *tokens, int n, int n_prompt,
-                          float *logits, char *err, size_t errlen) {
+                          float *logits, char *err, size_t errlen)
+{
     if (n < 1) {
         snprintf(err, errlen, "logits: empty prompt");
         return -1;
@@ -73,7 +76,7 @@ int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *to
      * for it (the forward computes no loss).  n_prompt ≤ 0: no mask. */
     for (int i = 0; i < n; i++)
         targets[i] = n_prompt <= 0 || i < n_prompt - 1 ? FTB_IGNORE_INDEX : i + 1 < n ? tokens[i + 1] : 0;
-    ftb_batch b = {1, n, tokens, targets};
+    ftb_batch b = { 1, n, tokens, targets };
     int last = n - 1;
     int rc = ftb_model_logits(m, &b, o, &last, 1, logits, err, errlen);
     free(targets);
@@ -81,7 +84,8 @@ int ftb_next_token_logits(ftb_model *m, const ftb_run_opts *o, const int32_t *to
 }
 
 int ftb_generate_greedy(ftb_model *m, const ftb_run_opts *o, const int32_t *prompt, int n_prompt, int max_new,
-                        const int32_t *stop, int n_stop, int32_t *out, char *err, size_t errlen) {
+                        const int32_t *stop, int n_stop, int32_t *out, char *err, size_t errlen)
+{
     const int V = m->cfg.vocab_size;
     if (n_prompt < 1 || max_new < 0) {
         snprintf(err, errlen, "generate: needs a prompt and max_new >= 0");
@@ -102,8 +106,7 @@ int ftb_generate_greedy(ftb_model *m, const ftb_run_opts *o, const int32_t *prom
             break;
         }
         seq[n++] = out[made++] = ftb_argmax(logits, V);
-        if (n_stop > 0 && made >= n_stop && !memcmp(out + made - n_stop, stop, sizeof(int32_t) * (size_t)n_stop))
-            break;
+        if (n_stop > 0 && made >= n_stop && !memcmp(out + made - n_stop, stop, sizeof(int32_t) * (size_t)n_stop)) break;
     }
     free(seq);
     ftb_free(logits);

@@ -18,8 +18,8 @@
 #include <string.h>
 
 /* Turns logits rows into per-row losses and, if grad, into dz in place. */
-static double rows_loss(float *z, const int32_t *targets, int rows, int V, float inv_valid, int grad,
-                        float *row_loss) {
+static double rows_loss(float *z, const int32_t *targets, int rows, int V, float inv_valid, int grad, float *row_loss)
+{
     double total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
     for (int r = 0; r < rows; r++) {
@@ -47,22 +47,25 @@ static double rows_loss(float *z, const int32_t *targets, int rows, int V, float
 
 /* z[rows,V] = x·Wᵀ, and dx[rows,D] = dz·W: single sgemms for an fp32 W, tiles
  * of dequantized rows of W (a bounded workspace) for any other format. */
-static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V, int stream) {
+static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V, int stream)
+{
     if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream && !quant_read_perturbed())
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, D, 1.0f, x, D, W->data, D, 0.0f, z, V);
     else
         linear_apply_ex(W, rows, x, z, 0.0f, stream);
 }
 
-static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, int D, int V, int stream) {
+static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, int D, int V, int stream)
+{
     if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, V, 1.0f, z, V, W->data, D, 0.0f, dx, D);
     else
         linear_apply_t_ex(W, rows, z, dx, 0.0f, stream);
 }
 
-float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
-                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream) {
+float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T, int D,
+                int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream)
+{
     const int N = B * T;
     int n_valid = 0;
     for (int n = 0; n < N; n++) n_valid += targets[n] != FTB_IGNORE_INDEX;
@@ -70,8 +73,8 @@ float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const
     const int grad = dx != NULL;
     int rows_per = mode == FTB_LOSS_FULL ? N : (chunk_rows > 0 ? chunk_rows : 128);
     if (rows_per > N) rows_per = N;
-    float *z = ftb_alloc(mode == FTB_LOSS_FULL ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE,
-                         sizeof(float) * (size_t)rows_per * V);
+    float *z =
+        ftb_alloc(mode == FTB_LOSS_FULL ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, sizeof(float) * (size_t)rows_per * V);
     float *row_loss = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N);
     if (!z || !row_loss) { /* the caller sees the failure flag (mem.c) */
         ftb_free(z);

@@ -5,7 +5,8 @@
 
 #include <cblas.h>
 
-void linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
+void linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out)
+{
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (b) {
 #pragma omp parallel for schedule(static)
@@ -14,8 +15,9 @@ void linear_forward(float *y, const float *x, const float *W, const float *b, in
     }
 }
 
-void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W,
-                     int N, int in, int out) {
+void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
+                     int out)
+{
     if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);
     if (dW) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
     if (db) {
@@ -28,13 +30,15 @@ void linear_backward(float *dx, float *dW, float *db, const float *dy, const flo
     }
 }
 
-static void add_bias(float *y, const float *b, int N, int out) {
+static void add_bias(float *y, const float *b, int N, int out)
+{
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
         for (int o = 0; o < out; o++) y[(int64_t)n * out + o] += b[o];
 }
 
-static void bias_grad(float *db, const float *dy, int N, int out) {
+static void bias_grad(float *db, const float *dy, int N, int out)
+{
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < out; o++) {
         float s = 0;
@@ -43,7 +47,8 @@ static void bias_grad(float *db, const float *dy, int N, int out) {
     }
 }
 
-void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out) {
+void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out)
+{
     if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !quant_read_perturbed()) {
         linear_forward(y, x, W->data, b, N, in, out);
         return;
@@ -52,8 +57,9 @@ void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float
     if (b) add_bias(y, b, N, out);
 }
 
-void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W,
-                       int N, int in, int out) {
+void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W, int N,
+                       int in, int out)
+{
     if (W->dtype == FTB_DTYPE_F32 || !W->quant) {
         linear_backward(dx, dW, db, dy, x, W->data, N, in, out);
         return;
@@ -62,8 +68,9 @@ void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const f
     if (db) bias_grad(db, dy, N, out);
 }
 
-void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-              const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-                alpha, A, lda, B, ldb, beta, C, ldc);
+void ftb_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+              int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                A, lda, B, ldb, beta, C, ldc);
 }

@@ -30,7 +30,7 @@
 #ifndef FTB_EXACT_ALLOC
 #define FTB_EXACT_ALLOC 0
 #endif
-#define MAGIC 0x6674626d656d3031ULL /* "ftbmem01" */
+#define MAGIC      0x6674626d656d3031ULL /* "ftbmem01" */
 #define MAX_PHASES 4096
 
 typedef struct {
@@ -45,14 +45,16 @@ static _Atomic int64_t live_sum;
 static int64_t peak_sum;
 static int64_t peak_split[FTB_MEM_NCAT];
 
-static const char *category_names[FTB_MEM_NCAT] = {
-    "weights", "trainable", "grads", "optimizer", "saved_activations", "workspace"};
+static const char *category_names[FTB_MEM_NCAT] = { "weights",   "trainable",         "grads",
+                                                    "optimizer", "saved_activations", "workspace" };
 
-const char *ftb_mem_category_name(ftb_mem_category c) {
+const char *ftb_mem_category_name(ftb_mem_category c)
+{
     return (unsigned)c < FTB_MEM_NCAT ? category_names[c] : "unknown";
 }
 
-double ftb_now(void) {
+double ftb_now(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -65,7 +67,8 @@ static _Atomic int current_phase;
 static ftb_phase_listener phase_listener;
 static void *phase_listener_data;
 
-static int intern_phase(const char *label) {
+static int intern_phase(const char *label)
+{
     for (int i = 0; i < n_phases; i++)
         if (strcmp(phase_names[i], label) == 0) return i;
     if (n_phases == MAX_PHASES) return MAX_PHASES - 1; /* last slot absorbs overflow */
@@ -73,27 +76,29 @@ static int intern_phase(const char *label) {
     return n_phases++;
 }
 
-void ftb_mem_set_phase(const char *label) {
+void ftb_mem_set_phase(const char *label)
+{
     if (n_phases == 0) intern_phase("init");
     atomic_store_explicit(&current_phase, intern_phase(label), memory_order_relaxed);
     if (phase_listener) phase_listener(label, phase_listener_data);
 }
 
-const char *ftb_mem_phase(void) {
+const char *ftb_mem_phase(void)
+{
     if (n_phases == 0) return "init";
     return phase_names[atomic_load_explicit(&current_phase, memory_order_relaxed)];
 }
 
-const char *ftb_mem_phase_name(uint16_t phase) {
-    return phase < n_phases ? phase_names[phase] : "init";
-}
+const char *ftb_mem_phase_name(uint16_t phase) { return phase < n_phases ? phase_names[phase] : "init"; }
 
-void ftb_mem_set_phase_listener(ftb_phase_listener fn, void *userdata) {
+void ftb_mem_set_phase_listener(ftb_phase_listener fn, void *userdata)
+{
     phase_listener = fn;
     phase_listener_data = userdata;
 }
 
-double ftb_phase(const char *label) {
+double ftb_phase(const char *label)
+{
     ftb_mem_set_phase(label);
     return ftb_now();
 }
@@ -104,7 +109,8 @@ static size_t event_capacity, event_count;
 static int events_dropped;
 static double timeline_t0;
 
-void ftb_mem_timeline_enable(size_t capacity) {
+void ftb_mem_timeline_enable(size_t capacity)
+{
     free(events);
     events = NULL;
     event_capacity = event_count = 0;
@@ -120,7 +126,8 @@ size_t ftb_mem_timeline_count(void) { return event_count; }
 const ftb_mem_event *ftb_mem_timeline_events(void) { return events; }
 int ftb_mem_timeline_dropped(void) { return events_dropped; }
 
-static void record(ftb_mem_category c, int64_t delta) {
+static void record(ftb_mem_category c, int64_t delta)
+{
     int64_t live = atomic_fetch_add_explicit(&live_bytes[c], delta, memory_order_relaxed) + delta;
     int64_t sum = atomic_fetch_add_explicit(&live_sum, delta, memory_order_relaxed) + delta;
     if (live > peak_bytes[c]) peak_bytes[c] = live;
@@ -141,7 +148,8 @@ static void record(ftb_mem_category c, int64_t delta) {
     }
 }
 
-void ftb_mem_account(ftb_mem_category c, int64_t delta) {
+void ftb_mem_account(ftb_mem_category c, int64_t delta)
+{
     if ((unsigned)c < FTB_MEM_NCAT && delta != 0) record(c, delta);
 }
 
@@ -153,7 +161,7 @@ void ftb_mem_account(ftb_mem_category c, int64_t delta) {
  * check and returns NaN with the failure's message.  The injection hook
  * (tests, FTBENCH_FAIL_ALLOC_AFTER) costs one predictable branch and one
  * increment per allocation. */
-static int64_t alloc_calls;        /* ftb_alloc calls since the process began */
+static int64_t alloc_calls;         /* ftb_alloc calls since the process began */
 static int64_t fail_countdown = -1; /* allocations left before one fails; -1: off */
 static int fail_persistent;
 static struct {
@@ -163,7 +171,8 @@ static struct {
     int phase;
 } failure;
 
-void ftb_mem_fail_after(int64_t n, int persistent) {
+void ftb_mem_fail_after(int64_t n, int persistent)
+{
     fail_countdown = n < 0 ? -1 : n;
     fail_persistent = persistent;
 }
@@ -172,7 +181,8 @@ int64_t ftb_mem_alloc_calls(void) { return alloc_calls; }
 int ftb_mem_failed(void) { return failure.failed; }
 void ftb_mem_clear_failure(void) { memset(&failure, 0, sizeof failure); }
 
-void ftb_mem_failure_message(char *err, size_t errlen) {
+void ftb_mem_failure_message(char *err, size_t errlen)
+{
     if (!err || !errlen) return;
     if (!failure.failed) {
         snprintf(err, errlen, "out of memory");
@@ -186,7 +196,8 @@ void ftb_mem_failure_message(char *err, size_t errlen) {
 /* FTBENCH_FAIL_ALLOC_AFTER=N: the process's allocation N+1 fails (one
  * failure; "N+" fails that one and every later one).  For fault tests of the
  * executable; read once, before main. */
-__attribute__((constructor)) static void read_fail_env(void) {
+__attribute__((constructor)) static void read_fail_env(void)
+{
     const char *v = getenv("FTBENCH_FAIL_ALLOC_AFTER");
     if (!v || !*v) return;
     char *end;
@@ -198,7 +209,8 @@ __attribute__((constructor)) static void read_fail_env(void) {
     ftb_mem_fail_after(n, *end == '+');
 }
 
-static void *alloc_failed(ftb_mem_category c, size_t bytes, int injected) {
+static void *alloc_failed(ftb_mem_category c, size_t bytes, int injected)
+{
     if (!failure.failed) {
         failure.failed = 1;
         failure.injected = injected;
@@ -209,7 +221,8 @@ static void *alloc_failed(ftb_mem_category c, size_t bytes, int injected) {
     return NULL;
 }
 
-void *ftb_alloc(ftb_mem_category c, size_t bytes) {
+void *ftb_alloc(ftb_mem_category c, size_t bytes)
+{
     alloc_calls++;
     if (__builtin_expect(fail_countdown >= 0, 0)) {
         if (fail_countdown == 0) {
@@ -244,13 +257,15 @@ void *ftb_alloc(ftb_mem_category c, size_t bytes) {
     return raw + HEADER;
 }
 
-void *ftb_calloc(ftb_mem_category c, size_t bytes) {
+void *ftb_calloc(ftb_mem_category c, size_t bytes)
+{
     void *p = ftb_alloc(c, bytes);
     if (p) memset(p, 0, bytes);
     return p;
 }
 
-void ftb_free(void *p) {
+void ftb_free(void *p)
+{
     if (!p) return;
     alloc_header *h = (alloc_header *)((unsigned char *)p - HEADER);
     if (h->magic != MAGIC) abort(); /* not ours: a core bug, fail loudly */
@@ -259,7 +274,8 @@ void ftb_free(void *p) {
     free(h);
 }
 
-void ftb_mem_recategorize(void *p, ftb_mem_category c) {
+void ftb_mem_recategorize(void *p, ftb_mem_category c)
+{
     alloc_header *h = (alloc_header *)((unsigned char *)p - HEADER);
     if (h->magic != MAGIC) abort();
     record((ftb_mem_category)h->category, -(int64_t)h->bytes);
@@ -267,7 +283,8 @@ void ftb_mem_recategorize(void *p, ftb_mem_category c) {
     record(c, (int64_t)h->bytes);
 }
 
-void ftb_mem_get_stats(ftb_mem_stats *out) {
+void ftb_mem_get_stats(ftb_mem_stats *out)
+{
     memset(out, 0, sizeof *out);
     for (int i = 0; i < FTB_MEM_NCAT; i++) {
         out->live[i] = atomic_load(&live_bytes[i]);
@@ -278,14 +295,16 @@ void ftb_mem_get_stats(ftb_mem_stats *out) {
     out->peak_total = peak_sum;
 }
 
-void ftb_mem_reset_peaks(void) {
+void ftb_mem_reset_peaks(void)
+{
     for (int i = 0; i < FTB_MEM_NCAT; i++) peak_split[i] = peak_bytes[i] = atomic_load(&live_bytes[i]);
     peak_sum = atomic_load(&live_sum);
 }
 
 /* jemalloc is found at run time so that sanitizer builds (which bring their
  * own allocator) still link; they report "not jemalloc". */
-int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident) {
+int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident)
+{
     typedef int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t);
     mallctl_fn mallctl = (mallctl_fn)dlsym(RTLD_DEFAULT, "mallctl");
     if (!mallctl) return -1;

@@ -27,14 +27,16 @@ typedef struct {
     ftb_memory_estimate *out;
 } ledger;
 
-static int64_t ledger_total(const ledger *g) {
+static int64_t ledger_total(const ledger *g)
+{
     int64_t t = 0;
     for (int c = 0; c < FTB_MEM_NCAT; c++) t += g->live[c];
     return t;
 }
 
 /* A point where the total may peak. */
-static void mark(ledger *g, const char *phase) {
+static void mark(ledger *g, const char *phase)
+{
     int64_t t = ledger_total(g);
     if (g->live[FTB_MEM_SAVED] > g->out->saved_peak) g->out->saved_peak = g->live[FTB_MEM_SAVED];
     if (t > g->out->peak_total) {
@@ -57,12 +59,14 @@ typedef struct {
     int64_t D, Q, KV, F, H, hd;
 } shape;
 
-static int needs_input(const ftb_layer *ly, ftb_linear_kind k) {
+static int needs_input(const ftb_layer *ly, ftb_linear_kind k)
+{
     const ftb_adapter *a = ly->adapter[k];
     return ftb_layer_weight((ftb_layer *)ly, k)->trainable || (a && a->needs_input);
 }
 
-static int64_t hook_bytes(const shape *s, int l, ftb_linear_kind k) {
+static int64_t hook_bytes(const shape *s, int l, ftb_linear_kind k)
+{
     if (!s->hook_saved || !s->m->layers[l].adapter[k]) return 0;
     return s->hook_saved[l * FTB_LIN_COUNT + k];
 }
@@ -73,38 +77,43 @@ typedef struct {
     int64_t hooks; /* bytes saved by the block's hooks */
 } block_keep;
 
-static block_keep block_keeps(const shape *s, int l) {
+static block_keep block_keeps(const shape *s, int l)
+{
     const ftb_layer *ly = &s->m->layers[l];
-    block_keep k = {needs_input(ly, FTB_LIN_Q) || needs_input(ly, FTB_LIN_K) || needs_input(ly, FTB_LIN_V),
-                    needs_input(ly, FTB_LIN_GATE) || needs_input(ly, FTB_LIN_UP), needs_input(ly, FTB_LIN_DOWN), 0};
+    block_keep k = { needs_input(ly, FTB_LIN_Q) || needs_input(ly, FTB_LIN_K) || needs_input(ly, FTB_LIN_V),
+                     needs_input(ly, FTB_LIN_GATE) || needs_input(ly, FTB_LIN_UP), needs_input(ly, FTB_LIN_DOWN), 0 };
     for (int j = 0; j < FTB_LIN_COUNT; j++) k.hooks += hook_bytes(s, l, (ftb_linear_kind)j);
     return k;
 }
 
-static int64_t attn_probs_floats(const shape *s) {
+static int64_t attn_probs_floats(const shape *s)
+{
     return s->o->attention == FTB_ATTN_EAGER ? (int64_t)s->B * s->H * s->T * s->T : (int64_t)s->B * s->H * s->T;
 }
 
 /* attention.c's per-thread tiles (BR = 64 query rows, BC = 128 keys). */
-static int64_t attn_forward_ws(const shape *s) {
+static int64_t attn_forward_ws(const shape *s)
+{
     if (s->o->attention == FTB_ATTN_EAGER) return 0;
     return (int64_t)s->threads * (64 * 128 + 64 * s->hd + 2 * 64);
 }
 
-static int64_t attn_backward_ws(const shape *s) {
+static int64_t attn_backward_ws(const shape *s)
+{
     if (s->o->attention == FTB_ATTN_EAGER) return (int64_t)s->threads * s->T * s->T;
     return (int64_t)s->threads * (2 * 64 * 128 + 64);
 }
 
 /* block_forward: keep != 0 keeps what backward needs (as SAVED), else every
  * buffer is workspace and is freed as soon as it is consumed. */
-static void block_forward(ledger *g, const shape *s, int l, int keep, const char *phase) {
+static void block_forward(ledger *g, const shape *s, int l, int keep, const char *phase)
+{
     block_keep k = block_keeps(s, l);
     const int64_t N = s->N;
 #define CAT(cond) (keep && (cond) ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE)
     add(g, CAT(k.keep_ln1), N * s->D);
-    add(g, CAT(1), N);                         /* rstd1 */
-    add(g, CAT(1), N * (s->Q + 2 * s->KV));    /* q, k, v */
+    add(g, CAT(1), N);                      /* rstd1 */
+    add(g, CAT(1), N * (s->Q + 2 * s->KV)); /* q, k, v */
     if (keep) {
         for (int j = FTB_LIN_Q; j <= FTB_LIN_V; j++) add_bytes(g, FTB_MEM_SAVED, hook_bytes(s, l, (ftb_linear_kind)j));
     }
@@ -120,7 +129,7 @@ static void block_forward(ledger *g, const shape *s, int l, int keep, const char
     mark(g, phase);
     if (!keep) sub(g, FTB_MEM_WORKSPACE, N * s->Q);
     add(g, CAT(k.keep_ln2), N * s->D);
-    add(g, CAT(1), N);          /* rstd2 */
+    add(g, CAT(1), N);            /* rstd2 */
     add(g, CAT(1), 2 * N * s->F); /* gate, up */
     if (keep) {
         add_bytes(g, FTB_MEM_SAVED, hook_bytes(s, l, FTB_LIN_GATE));
@@ -139,7 +148,8 @@ static void block_forward(ledger *g, const shape *s, int l, int keep, const char
 }
 
 /* block_backward: frees the block's kept buffers as it consumes them. */
-static void block_backward(ledger *g, const shape *s, int l, const char *phase) {
+static void block_backward(ledger *g, const shape *s, int l, const char *phase)
+{
     const ftb_layer *ly = &s->m->layers[l];
     block_keep k = block_keeps(s, l);
     const int64_t N = s->N, ND = N * s->D;
@@ -164,8 +174,8 @@ static void block_backward(ledger *g, const shape *s, int l, const char *phase) 
         mark(g, phase);
         sub(g, FTB_MEM_WORKSPACE, nt * s->D);
     }
-    sub(g, FTB_MEM_WORKSPACE, ND);     /* dln2 */
-    sub(g, FTB_MEM_SAVED, ND + N);     /* x_mid, rstd2 */
+    sub(g, FTB_MEM_WORKSPACE, ND); /* dln2 */
+    sub(g, FTB_MEM_SAVED, ND + N); /* x_mid, rstd2 */
     /* attention half */
     add(g, FTB_MEM_WORKSPACE, N * s->Q); /* datt */
     if (ly->adapter[FTB_LIN_O]) add(g, FTB_MEM_WORKSPACE, ND);
@@ -193,7 +203,8 @@ static void block_backward(ledger *g, const shape *s, int l, const char *phase) 
 static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
 
 void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int B, int T, int training,
-                              const int64_t *hook_saved, ftb_memory_estimate *out) {
+                              const int64_t *hook_saved, ftb_memory_estimate *out)
+{
     ftb_run_opts defaults;
     if (!opts) {
         ftb_run_opts_default(&defaults);
@@ -201,10 +212,21 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     }
     memset(out, 0, sizeof *out);
     const ftb_config *c = &m->cfg;
-    shape s = {m, opts, hook_saved, B, T, B * T, training, omp_get_max_threads(),
-               c->dim, (int64_t)c->n_heads * c->head_dim, (int64_t)c->n_kv_heads * c->head_dim,
-               c->ffn_dim, c->n_heads, c->head_dim};
-    ledger g = {{0}, out};
+    shape s = { m,
+                opts,
+                hook_saved,
+                B,
+                T,
+                B * T,
+                training,
+                omp_get_max_threads(),
+                c->dim,
+                (int64_t)c->n_heads * c->head_dim,
+                (int64_t)c->n_kv_heads * c->head_dim,
+                c->ffn_dim,
+                c->n_heads,
+                c->head_dim };
+    ledger g = { { 0 }, out };
     ftb_mem_stats st;
     ftb_mem_get_stats(&st);
     /* The state between steps: weights, parameters, gradients, moments. */
@@ -216,11 +238,11 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     add(&g, FTB_MEM_WORKSPACE, (int64_t)T * s.hd); /* RoPE tables */
     const int perturbed = !training && ftb_model_read_perturbation(m, NULL) != NULL;
     if (perturbed) add(&g, FTB_MEM_WORKSPACE, perturbed_vector_floats(c));
-    add(&g, FTB_MEM_WORKSPACE, quant_largest_tile(m, perturbed)); /* one kept for the whole step */
+    add(&g, FTB_MEM_WORKSPACE, quant_largest_tile(m, perturbed));            /* one kept for the whole step */
     add(&g, training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND); /* resid[0] */
     mark(&g, "fwd embed");
     /* resid[l] lives in `kept[l]` (SAVED, offloaded, or a recycled workspace buffer). */
-    int spare = 0;                 /* a freed inference buffer waiting to be reused */
+    int spare = 0; /* a freed inference buffer waiting to be reused */
     char phase[32];
     for (int l = 0; l < L; l++) {
         snprintf(phase, sizeof phase, "fwd L%d", l);
@@ -249,7 +271,7 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     add(&g, keep_cat, ND + N); /* xf, rstdf */
     mark(&g, "fwd norm");
     if (!training) sub(&g, FTB_MEM_WORKSPACE, ND); /* resid[L] */
-    if (training) add(&g, FTB_MEM_WORKSPACE, ND); /* dxf */
+    if (training) add(&g, FTB_MEM_WORKSPACE, ND);  /* dxf */
     int rows_per = opts->loss == FTB_LOSS_FULL ? (int)N : (opts->loss_chunk_rows > 0 ? opts->loss_chunk_rows : 128);
     if (rows_per > N) rows_per = (int)N;
     ftb_mem_category zcat = opts->loss == FTB_LOSS_FULL ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE;

@@ -6,7 +6,8 @@
 
 #include <string.h>
 
-int ftb_parse_linear_targets(const char *spec, char *err, size_t errlen) {
+int ftb_parse_linear_targets(const char *spec, char *err, size_t errlen)
+{
     if (strcmp(spec, "all") == 0) return (1 << FTB_LIN_COUNT) - 1;
     if (strcmp(spec, "attn") == 0) return (1 << FTB_LIN_Q) | (1 << FTB_LIN_K) | (1 << FTB_LIN_V) | (1 << FTB_LIN_O);
     if (strcmp(spec, "mlp") == 0) return (1 << FTB_LIN_GATE) | (1 << FTB_LIN_UP) | (1 << FTB_LIN_DOWN);
@@ -31,8 +32,9 @@ int ftb_parse_linear_targets(const char *spec, char *err, size_t errlen) {
     return mask;
 }
 
-int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, ftb_mem_category cat,
-                     int with_grad, char *err, size_t errlen) {
+int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, ftb_mem_category cat, int with_grad,
+                     char *err, size_t errlen)
+{
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = cols > 0 ? 2 : 1;
@@ -51,14 +53,16 @@ int ftb_tensor_alloc(ftb_tensor *t, const char *name, int64_t rows, int64_t cols
     return 0;
 }
 
-void ftb_tensor_release(ftb_tensor *t) {
+void ftb_tensor_release(ftb_tensor *t)
+{
     ftb_free(t->data);
     ftb_free(t->grad);
     t->data = t->grad = NULL;
 }
 
 int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_step_result *out, char *err,
-                      size_t errlen) {
+                      size_t errlen)
+{
     for (int i = 0; i < opt->n; i++) memset(opt->params[i]->grad, 0, sizeof(float) * (size_t)opt->params[i]->numel);
     out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
     if (out->loss != out->loss) return -1; /* NaN: err says why */
@@ -70,7 +74,8 @@ int ftb_backprop_step(ftb_session *s, ftb_adamw *opt, const ftb_batch *b, ftb_st
     return 0;
 }
 
-int64_t ftb_model_mapped_bytes(const ftb_model *m) {
+int64_t ftb_model_mapped_bytes(const ftb_model *m)
+{
     int64_t bytes = 0;
     for (int i = 0; i < m->n_params; i++)
         if (m->params[i]->mapped) bytes += ftb_tensor_storage_bytes(m->params[i]);

@@ -15,19 +15,23 @@ typedef struct {
     int n_owned, cap_owned;
     /* accounted: bytes of the mapping still counted as weights (a mapped
      * tensor that was quantized stops counting) */
-    struct { void *addr; size_t len, accounted; } *maps;
+    struct {
+        void *addr;
+        size_t len, accounted;
+    } * maps;
     int n_maps, cap_maps;
-    ftb_qstore **qs;              /* storage of non-fp32 tensors          */
+    ftb_qstore **qs; /* storage of non-fp32 tensors          */
     int n_qs, cap_qs;
-    ftb_quant_error *errs;        /* measured when tensors were quantized */
+    ftb_quant_error *errs; /* measured when tensors were quantized */
     int n_errs, cap_errs;
-    ftb_read_perturb_fn perturb;  /* ftb_model_set_read_perturbation   */
+    ftb_read_perturb_fn perturb; /* ftb_model_set_read_perturbation   */
     void *perturb_ctx;
 } model_storage;
 
 /* Grows an array of elements of size sz to hold one more; aborts when a few
  * bytes cannot be had (nothing sensible remains then). */
-static void grow(void **arr, int *cap, int n, size_t sz, int first) {
+static void grow(void **arr, int *cap, int n, size_t sz, int first)
+{
     if (n < *cap) return;
     int c = *cap ? 2 * *cap : first;
     void *g = realloc(*arr, sz * (size_t)c);
@@ -36,23 +40,22 @@ static void grow(void **arr, int *cap, int n, size_t sz, int first) {
     *cap = c;
 }
 
-static const char *linear_names[FTB_LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"};
+static const char *linear_names[FTB_LIN_COUNT] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj" };
 
-const char *ftb_linear_name(ftb_linear_kind k) {
-    return (unsigned)k < FTB_LIN_COUNT ? linear_names[k] : "unknown";
-}
+const char *ftb_linear_name(ftb_linear_kind k) { return (unsigned)k < FTB_LIN_COUNT ? linear_names[k] : "unknown"; }
 
-int ftb_linear_parse(const char *s) {
+int ftb_linear_parse(const char *s)
+{
     for (int k = 0; k < FTB_LIN_COUNT; k++) {
         size_t n = strlen(linear_names[k]) - 5; /* without "_proj" */
-        if (strcmp(s, linear_names[k]) == 0 || (strlen(s) == n && strncmp(s, linear_names[k], n) == 0))
-            return k;
+        if (strcmp(s, linear_names[k]) == 0 || (strlen(s) == n && strncmp(s, linear_names[k], n) == 0)) return k;
     }
     return -1;
 }
 
-static void init_tensor(ftb_tensor *t, const char *name, int64_t d0, int64_t d1, int no_decay) {
+static void init_tensor(ftb_tensor *t, const char *name, int64_t d0, int64_t d1, int no_decay)
+{
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = d1 ? 2 : 1;
     t->shape[0] = d0;
@@ -67,12 +70,14 @@ static void init_tensor(ftb_tensor *t, const char *name, int64_t d0, int64_t d1,
     t->quant = NULL;
 }
 
-ftb_tensor *ftb_layer_weight(ftb_layer *L, ftb_linear_kind k) {
-    ftb_tensor *w[FTB_LIN_COUNT] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+ftb_tensor *ftb_layer_weight(ftb_layer *L, ftb_linear_kind k)
+{
+    ftb_tensor *w[FTB_LIN_COUNT] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down };
     return (unsigned)k < FTB_LIN_COUNT ? w[k] : NULL;
 }
 
-ftb_tensor *ftb_layer_bias(ftb_layer *L, ftb_linear_kind k) {
+ftb_tensor *ftb_layer_bias(ftb_layer *L, ftb_linear_kind k)
+{
     static ftb_tensor none; /* numel 0: the linear has no bias */
     if (k == FTB_LIN_Q) return &L->bq;
     if (k == FTB_LIN_K) return &L->bk;
@@ -80,7 +85,8 @@ ftb_tensor *ftb_layer_bias(ftb_layer *L, ftb_linear_kind k) {
     return &none;
 }
 
-ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) {
+ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen)
+{
     if (ftb_config_validate(cfg, err, errlen)) return NULL;
     ftb_model *m = calloc(1, sizeof *m);
     model_storage *st = calloc(1, sizeof *st);
@@ -91,8 +97,12 @@ ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) 
     }
     if (!m || !st || !m->layers || !m->params) {
         snprintf(err, errlen, "out of memory building the model's tensor table");
-        if (m) { free(m->layers); free(m->params); }
-        free(m); free(st);
+        if (m) {
+            free(m->layers);
+            free(m->params);
+        }
+        free(m);
+        free(st);
         return NULL;
     }
     m->storage = st;
@@ -104,10 +114,10 @@ ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) 
     m->params[m->n_params++] = &m->embed;
     for (int l = 0; l < L; l++) {
         ftb_layer *ly = &m->layers[l];
-#define T(field, suffix, d0, d1, nd)                                            \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);          \
-        init_tensor(&ly->field, name, d0, d1, nd);                             \
-        if ((d0) > 0) m->params[m->n_params++] = &ly->field;
+#define T(field, suffix, d0, d1, nd)                              \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix); \
+    init_tensor(&ly->field, name, d0, d1, nd);                    \
+    if ((d0) > 0) m->params[m->n_params++] = &ly->field;
         T(attn_norm, "input_layernorm.weight", D, 0, 1);
         T(wq, "self_attn.q_proj.weight", Q, D, 0);
         T(bq, "self_attn.q_proj.bias", cfg->qkv_bias ? Q : 0, 0, 1);
@@ -129,19 +139,22 @@ ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen) 
     return m;
 }
 
-void ftb_model_set_read_perturbation(ftb_model *m, ftb_read_perturb_fn fn, void *ctx) {
+void ftb_model_set_read_perturbation(ftb_model *m, ftb_read_perturb_fn fn, void *ctx)
+{
     model_storage *st = m->storage;
     st->perturb = fn;
     st->perturb_ctx = fn ? ctx : NULL;
 }
 
-ftb_read_perturb_fn ftb_model_read_perturbation(const ftb_model *m, void **ctx) {
+ftb_read_perturb_fn ftb_model_read_perturbation(const ftb_model *m, void **ctx)
+{
     const model_storage *st = m->storage;
     if (ctx) *ctx = st->perturb_ctx;
     return st->perturb;
 }
 
-void ftb_model_own(ftb_model *m, void *buffer) {
+void ftb_model_own(ftb_model *m, void *buffer)
+{
     model_storage *st = m->storage;
     if (st->n_owned == st->cap_owned) {
         int cap = st->cap_owned ? 2 * st->cap_owned : 64;
@@ -153,7 +166,8 @@ void ftb_model_own(ftb_model *m, void *buffer) {
     st->owned[st->n_owned++] = buffer;
 }
 
-void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len) {
+void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len)
+{
     model_storage *st = m->storage;
     if (st->n_maps == st->cap_maps) {
         int cap = st->cap_maps ? 2 * st->cap_maps : 8;
@@ -169,7 +183,8 @@ void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len) {
     ftb_mem_account(FTB_MEM_WEIGHTS, (int64_t)len);
 }
 
-void ftb_model_disown(ftb_model *m, void *buffer) {
+void ftb_model_disown(ftb_model *m, void *buffer)
+{
     model_storage *st = m->storage;
     if (!buffer) return;
     for (int i = st->n_owned - 1; i >= 0; i--)
@@ -180,13 +195,15 @@ void ftb_model_disown(ftb_model *m, void *buffer) {
         }
 }
 
-void ftb_model_track_qstore(ftb_model *m, ftb_qstore *q) {
+void ftb_model_track_qstore(ftb_model *m, ftb_qstore *q)
+{
     model_storage *st = m->storage;
     grow((void **)&st->qs, &st->cap_qs, st->n_qs, sizeof *st->qs, 64);
     st->qs[st->n_qs++] = q;
 }
 
-void ftb_model_forget_qstore(ftb_model *m, ftb_qstore *q) {
+void ftb_model_forget_qstore(ftb_model *m, ftb_qstore *q)
+{
     model_storage *st = m->storage;
     for (int i = 0; i < st->n_qs; i++)
         if (st->qs[i] == q) {
@@ -194,14 +211,15 @@ void ftb_model_forget_qstore(ftb_model *m, ftb_qstore *q) {
             break;
         }
     if (q->mapped) {
-        const void *parts[3] = {q->q, q->scales, q->zeros};
+        const void *parts[3] = { q->q, q->scales, q->zeros };
         for (int p = 0; p < 3; p++)
             ftb_model_release_mapped(m, parts[p], qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p));
     }
     qstore_free(q);
 }
 
-void ftb_model_record_error(ftb_model *m, const ftb_quant_error *e) {
+void ftb_model_record_error(ftb_model *m, const ftb_quant_error *e)
+{
     model_storage *st = m->storage;
     for (int i = 0; i < st->n_errs; i++) /* re-quantized: the latest counts */
         if (!strcmp(st->errs[i].name, e->name)) {
@@ -212,13 +230,15 @@ void ftb_model_record_error(ftb_model *m, const ftb_quant_error *e) {
     st->errs[st->n_errs++] = *e;
 }
 
-int ftb_model_quant_errors(const ftb_model *m, ftb_quant_error *out, int cap) {
+int ftb_model_quant_errors(const ftb_model *m, ftb_quant_error *out, int cap)
+{
     const model_storage *st = m->storage;
     for (int i = 0; i < st->n_errs && i < cap && out; i++) out[i] = st->errs[i];
     return st->n_errs;
 }
 
-void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes) {
+void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes)
+{
     model_storage *st = m->storage;
     if (!p || !bytes) return;
     for (int i = 0; i < st->n_maps; i++) {
@@ -235,7 +255,8 @@ void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes) {
     }
 }
 
-void ftb_model_retie(ftb_model *m) {
+void ftb_model_retie(ftb_model *m)
+{
     if (!m->cfg.tie_embeddings) return;
     m->lm_head.data = m->embed.data;
     m->lm_head.grad = m->embed.grad;
@@ -248,7 +269,8 @@ void ftb_model_retie(ftb_model *m) {
 
 static void tie_head(ftb_model *m) { ftb_model_retie(m); }
 
-int ftb_model_alloc_missing(ftb_model *m, char *err, size_t errlen) {
+int ftb_model_alloc_missing(ftb_model *m, char *err, size_t errlen)
+{
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
         if (t->data || t->quant) continue;
@@ -263,13 +285,15 @@ int ftb_model_alloc_missing(ftb_model *m, char *err, size_t errlen) {
     return 0;
 }
 
-static uint64_t hash_name(const char *s, uint64_t seed) {
+static uint64_t hash_name(const char *s, uint64_t seed)
+{
     uint64_t h = 1469598103934665603ULL ^ seed;
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
     return h;
 }
 
-ftb_model *ftb_model_create(const ftb_config *cfg, uint64_t seed, char *err, size_t errlen) {
+ftb_model *ftb_model_create(const ftb_config *cfg, uint64_t seed, char *err, size_t errlen)
+{
     ftb_model *m = ftb_model_new_empty(cfg, err, errlen);
     if (!m) return NULL;
     if (ftb_model_alloc_missing(m, err, errlen)) {
@@ -303,7 +327,8 @@ ftb_model *ftb_model_create(const ftb_config *cfg, uint64_t seed, char *err, siz
     return m;
 }
 
-void ftb_model_free(ftb_model *m) {
+void ftb_model_free(ftb_model *m)
+{
     if (!m) return;
     model_storage *st = m->storage;
     for (int i = 0; i < m->n_params; i++) {
@@ -328,14 +353,16 @@ void ftb_model_free(ftb_model *m) {
     free(m);
 }
 
-ftb_tensor *ftb_model_find(ftb_model *m, const char *hf_name) {
+ftb_tensor *ftb_model_find(ftb_model *m, const char *hf_name)
+{
     for (int i = 0; i < m->n_params; i++)
         if (strcmp(m->params[i]->name, hf_name) == 0) return m->params[i];
     if (strcmp(hf_name, "lm_head.weight") == 0) return &m->lm_head;
     return NULL;
 }
 
-void ftb_model_set_trainable(ftb_model *m, int trainable) {
+void ftb_model_set_trainable(ftb_model *m, int trainable)
+{
     for (int i = 0; i < m->n_params; i++) m->params[i]->trainable = trainable;
     tie_head(m);
 }
@@ -344,7 +371,8 @@ void ftb_model_set_trainable(ftb_model *m, int trainable) {
  * one is copied out of the checkpoint, an owned one changes category, and
  * one stored in another format is dequantized into fp32 (its compressed
  * storage is released). */
-static int make_writable(ftb_model *m, ftb_tensor *t, char *err, size_t errlen) {
+static int make_writable(ftb_model *m, ftb_tensor *t, char *err, size_t errlen)
+{
     size_t bytes = sizeof(float) * (size_t)t->numel;
     if (t->quant) {
         float *copy = ftb_alloc(FTB_MEM_TRAINABLE, bytes);
@@ -377,7 +405,8 @@ static int make_writable(ftb_model *m, ftb_tensor *t, char *err, size_t errlen) 
     return 0;
 }
 
-int ftb_model_make_writable(ftb_model *m, char *err, size_t errlen) {
+int ftb_model_make_writable(ftb_model *m, char *err, size_t errlen)
+{
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
         if (t->trainable && !t->writable && make_writable(m, t, err, errlen)) return -1;
@@ -386,7 +415,8 @@ int ftb_model_make_writable(ftb_model *m, char *err, size_t errlen) {
     return 0;
 }
 
-int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen) {
+int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen)
+{
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
         if (!t->trainable || t->grad) continue;
@@ -401,23 +431,27 @@ int ftb_model_alloc_grads(ftb_model *m, char *err, size_t errlen) {
     return 0;
 }
 
-void ftb_model_zero_grads(ftb_model *m) {
+void ftb_model_zero_grads(ftb_model *m)
+{
     for (int i = 0; i < m->n_params; i++)
         if (m->params[i]->grad) memset(m->params[i]->grad, 0, sizeof(float) * (size_t)m->params[i]->numel);
 }
 
-int64_t ftb_model_trainable_count(const ftb_model *m) {
+int64_t ftb_model_trainable_count(const ftb_model *m)
+{
     int64_t n = 0;
     for (int i = 0; i < m->n_params; i++)
         if (m->params[i]->trainable) n += m->params[i]->numel;
     return n;
 }
 
-void ftb_attach_adapter(ftb_model *m, int layer, ftb_linear_kind k, ftb_adapter *a) {
+void ftb_attach_adapter(ftb_model *m, int layer, ftb_linear_kind k, ftb_adapter *a)
+{
     if (layer >= 0 && layer < m->cfg.n_layers && (unsigned)k < FTB_LIN_COUNT) m->layers[layer].adapter[k] = a;
 }
 
-void ftb_run_opts_default(ftb_run_opts *o) {
+void ftb_run_opts_default(ftb_run_opts *o)
+{
     memset(o, 0, sizeof *o);
     o->attention = FTB_ATTN_FLASH;
     o->loss = FTB_LOSS_CHUNKED;

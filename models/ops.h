@@ -12,20 +12,20 @@
 /* y[N,out] = x[N,in]·Wᵀ (+ b) */
 void linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
 /* dx[N,in] += dy·W (if dx); dW[out,in] += dyᵀ·x (if dW); db += Σrows dy (if db) */
-void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W,
-                     int N, int in, int out);
+void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
+                     int out);
 /* The same with W in any storage format (models/quant.c): an fp32 W takes
  * the paths above; another format is dequantized tile by tile, and has no
  * dW (a weight that trains is fp32). */
 void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out);
-void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W,
-                       int N, int in, int out);
+void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W, int N,
+                       int in, int out);
 
 /* y = x / sqrt(mean(x²)+eps) * w, per row; rstd[N] saved for backward */
 void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps);
 /* dx[N,D] += ∂; dw[D] += ∂ (if dw) */
-void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *rstd, const float *w,
-                      int N, int D);
+void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *rstd, const float *w, int N,
+                      int D);
 
 /* Rotary tables for positions 0..T-1: cos/sin [T, head_dim/2]. */
 void rope_tables(float *cos_t, float *sin_t, int T, int head_dim, float theta);
@@ -60,8 +60,8 @@ void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o,
  * optional.  full mode: the N×V logits are held as a saved activation
  * between the forward and backward halves, as frameworks do.  stream: W's
  * mapped pages are dropped tile by tile once used (lazy residency). */
-float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
-                int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream);
+float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T, int D,
+                int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream);
 
 /* x[N,D] = E[tokens] (E in any storage format: rows dequantized) */
 void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D);

@@ -6,14 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *ftb_opt_str(const ftb_options *o, const char *key, const char *def) {
+const char *ftb_opt_str(const ftb_options *o, const char *key, const char *def)
+{
     if (!o) return def;
     for (int i = o->n - 1; i >= 0; i--) /* the last one given wins */
         if (strcmp(o->keys[i], key) == 0) return o->values[i];
     return def;
 }
 
-long ftb_opt_int(const ftb_options *o, const char *key, long def, char *err, size_t errlen) {
+long ftb_opt_int(const ftb_options *o, const char *key, long def, char *err, size_t errlen)
+{
     const char *s = ftb_opt_str(o, key, NULL);
     if (!s) return def;
     char *end;
@@ -26,7 +28,8 @@ long ftb_opt_int(const ftb_options *o, const char *key, long def, char *err, siz
     return v;
 }
 
-double ftb_opt_double(const ftb_options *o, const char *key, double def, char *err, size_t errlen) {
+double ftb_opt_double(const ftb_options *o, const char *key, double def, char *err, size_t errlen)
+{
     const char *s = ftb_opt_str(o, key, NULL);
     if (!s) return def;
     char *end;

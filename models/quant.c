@@ -41,18 +41,26 @@ typedef _Float16 f16_t;
 /* Formats                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static const char *dtype_names[FTB_DTYPE_COUNT] = {"f32", "bf16", "f16", "int8", "int4", "int4-asym"};
+static const char *dtype_names[FTB_DTYPE_COUNT] = { "f32", "bf16", "f16", "int8", "int4", "int4-asym" };
 
 const char *ftb_dtype_name(ftb_dtype d) { return (unsigned)d < FTB_DTYPE_COUNT ? dtype_names[d] : "unknown"; }
 
-int ftb_dtype_parse(const char *s) {
+int ftb_dtype_parse(const char *s)
+{
     if (!s) return -1;
     for (int d = 0; d < FTB_DTYPE_COUNT; d++)
         if (!strcmp(s, dtype_names[d])) return d;
-    static const struct { const char *alias; ftb_dtype d; } aliases[] = {
-        {"fp32", FTB_DTYPE_F32},    {"float32", FTB_DTYPE_F32}, {"bfloat16", FTB_DTYPE_BF16},
-        {"fp16", FTB_DTYPE_F16},    {"float16", FTB_DTYPE_F16}, {"int4-sym", FTB_DTYPE_INT4},
-        {"int4_asym", FTB_DTYPE_INT4_ASYM},
+    static const struct {
+        const char *alias;
+        ftb_dtype d;
+    } aliases[] = {
+        { "fp32", FTB_DTYPE_F32 },
+        { "float32", FTB_DTYPE_F32 },
+        { "bfloat16", FTB_DTYPE_BF16 },
+        { "fp16", FTB_DTYPE_F16 },
+        { "float16", FTB_DTYPE_F16 },
+        { "int4-sym", FTB_DTYPE_INT4 },
+        { "int4_asym", FTB_DTYPE_INT4_ASYM },
     };
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
         if (!strcmp(s, aliases[i].alias)) return aliases[i].d;
@@ -61,7 +69,8 @@ int ftb_dtype_parse(const char *s) {
 
 static int is_int4(ftb_dtype d) { return d == FTB_DTYPE_INT4 || d == FTB_DTYPE_INT4_ASYM; }
 
-size_t qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part) {
+size_t qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part)
+{
     size_t n = (size_t)rows * (size_t)cols;
     switch (d) {
     case FTB_DTYPE_F32: return part == QPART_Q ? 4 * n : 0;
@@ -78,14 +87,16 @@ size_t qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int
     }
 }
 
-int64_t ftb_dtype_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group) {
+int64_t ftb_dtype_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group)
+{
     if (is_int4(d) && group <= 0) group = FTB_QUANT_DEFAULT_GROUP;
     int64_t b = 0;
     for (int p = 0; p < 3; p++) b += (int64_t)qstore_part_bytes(d, rows, cols, group, p);
     return b;
 }
 
-int qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len) {
+int qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len)
+{
     if ((unsigned)d >= FTB_DTYPE_COUNT) {
         snprintf(why, len, "unknown storage format %d", (int)d);
         return -1;
@@ -111,7 +122,8 @@ int qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, 
 /* Half formats                                                               */
 /* ------------------------------------------------------------------------ */
 
-uint16_t ftb_f32_to_bf16(float x) {
+uint16_t ftb_f32_to_bf16(float x)
+{
     uint32_t u;
     memcpy(&u, &x, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
@@ -121,7 +133,8 @@ uint16_t ftb_f32_to_bf16(float x) {
     return (uint16_t)(r >> 16);
 }
 
-static inline float h2f(uint16_t h) {
+static inline float h2f(uint16_t h)
+{
 #if HAVE_FLOAT16
     f16_t v;
     memcpy(&v, &h, 2);
@@ -131,7 +144,8 @@ static inline float h2f(uint16_t h) {
 #endif
 }
 
-uint16_t ftb_f32_to_f16(float x) {
+uint16_t ftb_f32_to_f16(float x)
+{
     if (x > 65504.0f) x = 65504.0f;
     if (x < -65504.0f) x = -65504.0f;
 #if HAVE_FLOAT16
@@ -162,11 +176,14 @@ uint16_t ftb_f32_to_f16(float x) {
 }
 
 /* The smallest f16 ≥ x (x finite, |x| ≤ 65504). */
-static uint16_t f16_up(float x) {
+static uint16_t f16_up(float x)
+{
     uint16_t h = ftb_f32_to_f16(x);
     if (h2f(h) < x) {
-        if (h & 0x8000u) h = h == 0x8000u ? 0x0001u : (uint16_t)(h - 1);
-        else if (h < 0x7bffu) h++;
+        if (h & 0x8000u)
+            h = h == 0x8000u ? 0x0001u : (uint16_t)(h - 1);
+        else if (h < 0x7bffu)
+            h++;
     }
     return h;
 }
@@ -177,7 +194,8 @@ static uint16_t f16_down(float x) { return (uint16_t)(f16_up(-x) ^ 0x8000u); }
 /* Storage                                                                    */
 /* ------------------------------------------------------------------------ */
 
-ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols) {
+ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols)
+{
     ftb_qstore *q = calloc(1, sizeof *q);
     if (!q) return NULL;
     q->dtype = d;
@@ -199,7 +217,8 @@ ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols) {
     return q;
 }
 
-void qstore_free(ftb_qstore *q) {
+void qstore_free(ftb_qstore *q)
+{
     if (!q) return;
     for (int p = 0; p < 3; p++) ftb_free(q->owned[p]);
     free(q);
@@ -214,22 +233,30 @@ void qstore_free(ftb_qstore *q) {
  * width, so this is what turns them into AVX2/AVX-512 or NEON code. */
 #define BLOCK 16
 
-static void deq_bf16(const uint16_t *restrict src, float *restrict out, int64_t n) {
+static void deq_bf16(const uint16_t *restrict src, float *restrict out, int64_t n)
+{
     int64_t i = 0;
     for (; i + BLOCK <= n; i += BLOCK)
         for (int j = 0; j < BLOCK; j++) {
-            union { uint32_t u; float f; } v;
+            union {
+                uint32_t u;
+                float f;
+            } v;
             v.u = (uint32_t)src[i + j] << 16;
             out[i + j] = v.f;
         }
     for (; i < n; i++) {
-        union { uint32_t u; float f; } v;
+        union {
+            uint32_t u;
+            float f;
+        } v;
         v.u = (uint32_t)src[i] << 16;
         out[i] = v.f;
     }
 }
 
-static void deq_f16(const uint16_t *restrict src, float *restrict out, int64_t n) {
+static void deq_f16(const uint16_t *restrict src, float *restrict out, int64_t n)
+{
 #if HAVE_FLOAT16
     const f16_t *h = (const f16_t *)src;
     int64_t i = 0;
@@ -238,8 +265,7 @@ static void deq_f16(const uint16_t *restrict src, float *restrict out, int64_t n
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
 #elif defined(__F16C__) && defined(__AVX__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
 #endif
     for (; i + BLOCK <= n; i += BLOCK)
         for (int j = 0; j < BLOCK; j++) out[i + j] = (float)h[i + j];
@@ -249,7 +275,8 @@ static void deq_f16(const uint16_t *restrict src, float *restrict out, int64_t n
 #endif
 }
 
-static void deq_int8(const int8_t *restrict src, float s, float *restrict out, int64_t n) {
+static void deq_int8(const int8_t *restrict src, float s, float *restrict out, int64_t n)
+{
     int64_t i = 0;
     for (; i + BLOCK <= n; i += BLOCK)
         for (int j = 0; j < BLOCK; j++) out[i + j] = s * (float)src[i + j];
@@ -257,14 +284,16 @@ static void deq_int8(const int8_t *restrict src, float s, float *restrict out, i
 }
 
 /* One group: low nibbles are its first half, high nibbles its second. */
-static inline void deq_int4_sym_group(const uint8_t *restrict b, float s, float *restrict o, int half) {
+static inline void deq_int4_sym_group(const uint8_t *restrict b, float s, float *restrict o, int half)
+{
     for (int j = 0; j < half; j++) {
         o[j] = s * (float)((int)(b[j] & 15) - 8);
         o[j + half] = s * (float)((int)(b[j] >> 4) - 8);
     }
 }
 
-static inline void deq_int4_asym_group(const uint8_t *restrict b, float s, float z, float *restrict o, int half) {
+static inline void deq_int4_asym_group(const uint8_t *restrict b, float s, float z, float *restrict o, int half)
+{
     for (int j = 0; j < half; j++) {
         o[j] = s * (float)(b[j] & 15) + z;
         o[j + half] = s * (float)(b[j] >> 4) + z;
@@ -272,15 +301,18 @@ static inline void deq_int4_asym_group(const uint8_t *restrict b, float s, float
 }
 
 static void deq_int4_row(const uint8_t *restrict b, const uint16_t *restrict sc, const uint16_t *restrict zp,
-                         int64_t cols, int group, float *restrict out) {
+                         int64_t cols, int group, float *restrict out)
+{
     const int half = group / 2;
     const int64_t ng = cols / group;
     /* Constant trip counts for the usual group sizes let the compiler unroll
      * each group into whole vectors. */
-#define GROUPS(H)                                                                                       \
-    for (int64_t g = 0; g < ng; g++) {                                                                  \
-        if (zp) deq_int4_asym_group(b + g * (H), h2f(sc[g]), h2f(zp[g]), out + g * 2 * (H), (H));       \
-        else deq_int4_sym_group(b + g * (H), h2f(sc[g]), out + g * 2 * (H), (H));                       \
+#define GROUPS(H)                                                                             \
+    for (int64_t g = 0; g < ng; g++) {                                                        \
+        if (zp)                                                                               \
+            deq_int4_asym_group(b + g * (H), h2f(sc[g]), h2f(zp[g]), out + g * 2 * (H), (H)); \
+        else                                                                                  \
+            deq_int4_sym_group(b + g * (H), h2f(sc[g]), out + g * 2 * (H), (H));              \
     }
     switch (half) {
     case 16: GROUPS(16); break;
@@ -291,7 +323,8 @@ static void deq_int4_row(const uint8_t *restrict b, const uint16_t *restrict sc,
 #undef GROUPS
 }
 
-void qstore_dequant_row(const ftb_qstore *q, int64_t r, float *out) {
+void qstore_dequant_row(const ftb_qstore *q, int64_t r, float *out)
+{
     const int64_t C = q->cols;
     switch (q->dtype) {
     case FTB_DTYPE_BF16: deq_bf16((const uint16_t *)q->q + r * C, out, C); break;
@@ -301,8 +334,7 @@ void qstore_dequant_row(const ftb_qstore *q, int64_t r, float *out) {
     case FTB_DTYPE_INT4_ASYM: {
         const int64_t ng = C / q->group;
         deq_int4_row((const uint8_t *)q->q + r * (C / 2), (const uint16_t *)q->scales + r * ng,
-                     q->dtype == FTB_DTYPE_INT4_ASYM ? (const uint16_t *)q->zeros + r * ng : NULL, C, q->group,
-                     out);
+                     q->dtype == FTB_DTYPE_INT4_ASYM ? (const uint16_t *)q->zeros + r * ng : NULL, C, q->group, out);
         break;
     }
     default: memset(out, 0, sizeof(float) * (size_t)C); break;
@@ -312,22 +344,26 @@ void qstore_dequant_row(const ftb_qstore *q, int64_t r, float *out) {
 static double deq_seconds;
 static int64_t deq_elements;
 
-void ftb_dequant_stats(double *seconds, int64_t *elements) {
+void ftb_dequant_stats(double *seconds, int64_t *elements)
+{
     if (seconds) *seconds = deq_seconds;
     if (elements) *elements = deq_elements;
 }
 
-void ftb_dequant_stats_reset(void) {
+void ftb_dequant_stats_reset(void)
+{
     deq_seconds = 0;
     deq_elements = 0;
 }
 
-void ftb_dequant_account(double seconds, int64_t elements) {
+void ftb_dequant_account(double seconds, int64_t elements)
+{
     deq_seconds += seconds;
     deq_elements += elements;
 }
 
-void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out) {
+void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out)
+{
     double t0 = ftb_now();
     const int64_t C = q->cols;
 #pragma omp parallel for schedule(static) if (n * C >= 65536)
@@ -343,12 +379,14 @@ void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out)
 /* A code from a rounded value: a NaN or an out-of-range value must never
  * reach an int conversion (undefined behaviour).  NaN weights quantize to
  * nan_code (the code of zero), ±inf to the ends of the range. */
-static int to_code(float v, int lo, int hi, int nan_code) {
+static int to_code(float v, int lo, int hi, int nan_code)
+{
     if (v != v) return nan_code;
     return v < (float)lo ? lo : v > (float)hi ? hi : (int)v;
 }
 
-static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
+static void quant_row(ftb_qstore *q, int64_t r, const float *w)
+{
     const int64_t C = q->cols;
     switch (q->dtype) {
     case FTB_DTYPE_BF16: {
@@ -426,7 +464,8 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w) {
     }
 }
 
-void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e) {
+void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e)
+{
     const int64_t R = q->rows, C = q->cols;
     double max_abs = 0, max_w = 0, sum_err = 0, sum_w = 0, sq_err = 0, sq_w = 0;
 #pragma omp parallel reduction(max : max_abs, max_w) reduction(+ : sum_err, sum_w, sq_err, sq_w)
@@ -468,18 +507,22 @@ void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e) {
 static int64_t tensor_rows(const ftb_tensor *t) { return t->ndim == 2 ? t->shape[0] : 1; }
 static int64_t tensor_cols(const ftb_tensor *t) { return t->ndim == 2 ? t->shape[1] : t->numel; }
 
-void ftb_tensor_read_rows(const ftb_tensor *t, int64_t row0, int64_t n, float *out) {
+void ftb_tensor_read_rows(const ftb_tensor *t, int64_t row0, int64_t n, float *out)
+{
     if (n <= 0) return;
     const int64_t C = tensor_cols(t);
     if (t->dtype == FTB_DTYPE_F32 || !t->quant) {
-        if (t->data) memcpy(out, t->data + row0 * C, sizeof(float) * (size_t)(n * C));
-        else memset(out, 0, sizeof(float) * (size_t)(n * C));
+        if (t->data)
+            memcpy(out, t->data + row0 * C, sizeof(float) * (size_t)(n * C));
+        else
+            memset(out, 0, sizeof(float) * (size_t)(n * C));
         return;
     }
     qstore_dequant_rows(t->quant, row0, n, out);
 }
 
-int64_t ftb_tensor_storage_bytes(const ftb_tensor *t) {
+int64_t ftb_tensor_storage_bytes(const ftb_tensor *t)
+{
     if (t->dtype == FTB_DTYPE_F32 || !t->quant) return 4 * t->numel;
     const ftb_qstore *q = t->quant;
     return ftb_dtype_bytes(q->dtype, q->rows, q->cols, q->group);
@@ -495,7 +538,8 @@ static int64_t tile_floats = DEFAULT_TILE;
 void ftb_set_dequant_tile(int64_t floats) { tile_floats = floats > 0 ? floats : DEFAULT_TILE; }
 int64_t ftb_get_dequant_tile(void) { return tile_floats; }
 
-int64_t quant_tile_rows(int64_t rows, int64_t cols) {
+int64_t quant_tile_rows(int64_t rows, int64_t cols)
+{
     int64_t r = tile_floats / (cols > 0 ? cols : 1);
     /* By default at least 256 rows: backward's sgemm (dx += dy·W_tile) has
      * the tile's rows as its inner dimension.  A size set explicitly is
@@ -513,7 +557,8 @@ static float *tile_buf;
 static int64_t tile_cap;
 static int tile_busy;
 
-static float *tile_alloc(int64_t floats) {
+static float *tile_alloc(int64_t floats)
+{
     if (tile_busy || floats > tile_cap) {
         if (!tile_busy) {
             ftb_free(tile_buf);
@@ -521,7 +566,7 @@ static float *tile_alloc(int64_t floats) {
             tile_cap = 0;
         }
         float *t = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)floats);
-        if (!t) return NULL; /* the caller sees the failure flag (mem.c) */
+        if (!t) return NULL;     /* the caller sees the failure flag (mem.c) */
         if (tile_busy) return t; /* nested use: a buffer of its own */
         tile_buf = t;
         tile_cap = floats;
@@ -530,12 +575,16 @@ static float *tile_alloc(int64_t floats) {
     return tile_buf;
 }
 
-static void tile_done(float *t) {
-    if (t == tile_buf) tile_busy = 0;
-    else ftb_free(t);
+static void tile_done(float *t)
+{
+    if (t == tile_buf)
+        tile_busy = 0;
+    else
+        ftb_free(t);
 }
 
-int quant_reserve_tile(int64_t floats) {
+int quant_reserve_tile(int64_t floats)
+{
     if (floats <= 0) return 0;
     float *t = tile_alloc(floats);
     if (!t) return -1;
@@ -543,7 +592,8 @@ int quant_reserve_tile(int64_t floats) {
     return 0;
 }
 
-int64_t quant_largest_tile(const ftb_model *m, int include_f32) {
+int64_t quant_largest_tile(const ftb_model *m, int include_f32)
+{
     int64_t best = 0;
     for (int i = 0; i < m->n_params; i++) {
         const ftb_tensor *t = m->params[i];
@@ -554,7 +604,8 @@ int64_t quant_largest_tile(const ftb_model *m, int include_f32) {
     return best;
 }
 
-void quant_workspace_release(void) {
+void quant_workspace_release(void)
+{
     ftb_free(tile_buf);
     tile_buf = NULL;
     tile_cap = 0;
@@ -563,28 +614,31 @@ void quant_workspace_release(void) {
 
 /* Drops the whole pages inside [p, p+n) from the resident set (a streamed
  * tile of a mapped weight, done with). */
-static void drop_inner_pages(const void *p, size_t n) {
+static void drop_inner_pages(const void *p, size_t n)
+{
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 /* Rows [r0, r0+n) of a mapped W are done with. */
-static void drop_rows(const ftb_tensor *W, int64_t r0, int64_t n) {
+static void drop_rows(const ftb_tensor *W, int64_t r0, int64_t n)
+{
     const int64_t C = tensor_cols(W);
     if (W->dtype == FTB_DTYPE_F32 || !W->quant) {
         drop_inner_pages(W->data + r0 * C, sizeof(float) * (size_t)(n * C));
         return;
     }
     const ftb_qstore *q = W->quant;
-    const void *parts[3] = {q->q, q->scales, q->zeros};
+    const void *parts[3] = { q->q, q->scales, q->zeros };
     for (int p = 0; p < 3; p++) {
         size_t row_bytes = qstore_part_bytes(q->dtype, 1, q->cols, q->group, p);
         if (parts[p] && row_bytes) drop_inner_pages((const char *)parts[p] + r0 * row_bytes, row_bytes * (size_t)n);
     }
 }
 
-static int is_mapped(const ftb_tensor *W) {
+static int is_mapped(const ftb_tensor *W)
+{
     return W->dtype == FTB_DTYPE_F32 || !W->quant ? W->mapped : ((const ftb_qstore *)W->quant)->mapped;
 }
 
@@ -594,21 +648,23 @@ static int is_mapped(const ftb_tensor *W) {
 static ftb_read_perturb_fn read_fn;
 static void *read_ctx;
 
-void quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx) {
+void quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx)
+{
     read_fn = fn;
     read_ctx = fn ? ctx : NULL;
 }
 
 int quant_read_perturbed(void) { return read_fn != NULL; }
 
-void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream) {
+void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream)
+{
     const int64_t out = tensor_rows(W), in = tensor_cols(W);
     const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
     const int perturbed = read_fn != NULL, copied = quantized || perturbed;
     stream = stream && is_mapped(W);
     if (!copied && !stream) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)out, (int)in, 1.0f, x, (int)in, W->data,
-                    (int)in, beta, y, (int)out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)out, (int)in, 1.0f, x, (int)in, W->data, (int)in,
+                    beta, y, (int)out);
         return;
     }
     const int64_t tr = quant_tile_rows(out, in);
@@ -617,8 +673,10 @@ void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
-        if (quantized) qstore_dequant_rows(W->quant, r0, n, tile);
-        else if (perturbed) memcpy(tile, w, sizeof(float) * (size_t)(n * in));
+        if (quantized)
+            qstore_dequant_rows(W->quant, r0, n, tile);
+        else if (perturbed)
+            memcpy(tile, w, sizeof(float) * (size_t)(n * in));
         if (copied) w = tile;
         if (perturbed) read_fn(read_ctx, W, r0 * in, n * in, tile);
         if (stream && quantized) drop_rows(W, r0, n);
@@ -629,7 +687,8 @@ void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float
     if (tile) tile_done(tile);
 }
 
-void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream) {
+void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream)
+{
     const int64_t out = tensor_rows(W), in = tensor_cols(W);
     const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
     stream = stream && is_mapped(W);
@@ -649,18 +708,20 @@ void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, f
             w = tile;
         }
         if (stream && quantized) drop_rows(W, r0, n);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, (int)in, (int)n, 1.0f, dy + r0, (int)out, w,
-                    (int)in, r0 == 0 ? beta : 1.0f, dx, (int)in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, (int)in, (int)n, 1.0f, dy + r0, (int)out, w, (int)in,
+                    r0 == 0 ? beta : 1.0f, dx, (int)in);
         if (stream && !quantized) drop_rows(W, r0, n);
     }
     if (tile) tile_done(tile);
 }
 
-void ftb_linear_apply(const ftb_tensor *W, int N, const float *x, float *y, float beta) {
+void ftb_linear_apply(const ftb_tensor *W, int N, const float *x, float *y, float beta)
+{
     linear_apply_ex(W, N, x, y, beta, 0);
 }
 
-void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, float beta) {
+void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, float beta)
+{
     linear_apply_t_ex(W, N, dy, dx, beta, 0);
 }
 
@@ -668,12 +729,14 @@ void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, 
 /* Quantizing a model                                                         */
 /* ------------------------------------------------------------------------ */
 
-static int tensor_layer(const ftb_tensor *t) {
+static int tensor_layer(const ftb_tensor *t)
+{
     int l;
     return sscanf(t->name, "model.layers.%d.", &l) == 1 ? l : -1;
 }
 
-int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int group, char *err, size_t errlen) {
+int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int group, char *err, size_t errlen)
+{
     if (m->cfg.tie_embeddings && t == &m->lm_head) t = &m->embed; /* one storage for both */
     int d = ftb_dtype_parse(format);
     if (d < 0) {
@@ -750,25 +813,26 @@ int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int gro
     return 0;
 }
 
-int ftb_model_quantize(ftb_model *m, const char *format, int group, char *err, size_t errlen) {
+int ftb_model_quantize(ftb_model *m, const char *format, int group, char *err, size_t errlen)
+{
     if (ftb_dtype_parse(format) == FTB_DTYPE_F32) return 0;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++)
-            if (ftb_tensor_quantize(m, ftb_layer_weight(&m->layers[l], (ftb_linear_kind)k), format, group, err,
-                                    errlen))
+            if (ftb_tensor_quantize(m, ftb_layer_weight(&m->layers[l], (ftb_linear_kind)k), format, group, err, errlen))
                 return -1;
     return 0;
 }
 
-int ftb_model_quantize_embeddings(ftb_model *m, const char *format, int group, char *err, size_t errlen) {
+int ftb_model_quantize_embeddings(ftb_model *m, const char *format, int group, char *err, size_t errlen)
+{
     if (ftb_dtype_parse(format) == FTB_DTYPE_F32) return 0;
     if (ftb_tensor_quantize(m, &m->embed, format, group, err, errlen)) return -1;
     if (!m->cfg.tie_embeddings && ftb_tensor_quantize(m, &m->lm_head, format, group, err, errlen)) return -1;
     return 0;
 }
 
-int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error *out, int cap, char *err,
-                      size_t errlen) {
+int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error *out, int cap, char *err, size_t errlen)
+{
     int count = 0;
     for (int i = 0; i < m->n_params; i++) {
         const ftb_tensor *t = m->params[i];
@@ -823,8 +887,9 @@ int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error 
     return count;
 }
 
-float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, const ftb_run_opts *o,
-                           float *loss_ref, float *loss_m, char *err, size_t errlen) {
+float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *loss_ref,
+                           float *loss_m, char *err, size_t errlen)
+{
     float a = ftb_model_forward(ref, b, o, err, errlen);
     if (isnan(a)) return NAN;
     float c = ftb_model_forward(m, b, o, err, errlen);
@@ -842,7 +907,8 @@ void ftb_model_set_residency(ftb_model *m, ftb_residency r) { m->residency = (in
 
 static int populate_works = 1;
 
-static void advise(const void *p, size_t n, int advice) {
+static void advise(const void *p, size_t n, int advice)
+{
     if (!p || !n) return;
     static uintptr_t page;
     if (!page) page = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -853,7 +919,8 @@ static void advise(const void *p, size_t n, int advice) {
     }
 }
 
-static void advise_tensor(const ftb_tensor *t, int advice) {
+static void advise_tensor(const ftb_tensor *t, int advice)
+{
     if (t->numel == 0) return;
     if (t->dtype == FTB_DTYPE_F32 || !t->quant) {
         if (t->mapped && t->data) advise(t->data, sizeof(float) * (size_t)t->numel, advice);
@@ -861,14 +928,15 @@ static void advise_tensor(const ftb_tensor *t, int advice) {
     }
     const ftb_qstore *q = t->quant;
     if (!q->mapped) return;
-    const void *parts[3] = {q->q, q->scales, q->zeros};
+    const void *parts[3] = { q->q, q->scales, q->zeros };
     for (int p = 0; p < 3; p++) advise(parts[p], qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p), advice);
 }
 
 /* The embedding and the LM head are not brought in whole: a lookup touches
  * only its tokens' rows, and the head streams its tiles (head.c drops each
  * tile's pages once used).  Leaving drops whatever is left. */
-static void advise_unit(ftb_model *m, int unit, int advice) {
+static void advise_unit(ftb_model *m, int unit, int advice)
+{
     const int entering = advice != MADV_DONTNEED;
     if (unit == RES_EMBED) {
         if (!entering) advise_tensor(&m->embed, advice);
@@ -877,8 +945,8 @@ static void advise_unit(ftb_model *m, int unit, int advice) {
         if (!entering) advise_tensor(&m->lm_head, advice);
     } else if (unit >= 0 && unit < m->cfg.n_layers) {
         ftb_layer *L = &m->layers[unit];
-        ftb_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk,
-                            &L->bv,        &L->mlp_norm, &L->w_gate, &L->w_up, &L->w_down};
+        ftb_tensor *ts[] = { &L->attn_norm, &L->wq, &L->wk,       &L->wv,     &L->wo,   &L->bq,
+                             &L->bk,        &L->bv, &L->mlp_norm, &L->w_gate, &L->w_up, &L->w_down };
         for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) advise_tensor(ts[i], advice);
     }
 }
@@ -887,7 +955,8 @@ static void advise_unit(ftb_model *m, int unit, int advice) {
  * one call, reading what the page cache lacks; older kernels refuse it and
  * get MADV_WILLNEED (read-ahead; the pages are then faulted in as used). */
 
-void residency_enter(ftb_model *m, int unit) {
+void residency_enter(ftb_model *m, int unit)
+{
     if (m->residency != FTB_RESIDENT_LAZY_BLOCK) return;
 #ifdef MADV_POPULATE_READ
     if (populate_works) {
@@ -898,6 +967,7 @@ void residency_enter(ftb_model *m, int unit) {
     advise_unit(m, unit, MADV_WILLNEED);
 }
 
-void residency_leave(ftb_model *m, int unit) {
+void residency_leave(ftb_model *m, int unit)
+{
     if (m->residency == FTB_RESIDENT_LAZY_BLOCK) advise_unit(m, unit, MADV_DONTNEED);
 }

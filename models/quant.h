@@ -20,8 +20,8 @@ typedef struct ftb_qstore {
     int group;
     int64_t rows, cols;
     const void *q, *scales, *zeros;
-    void *owned[3];     /* ftb_alloc'd (FTB_MEM_WEIGHTS) parts, or NULL    */
-    int mapped;         /* the parts point into a file mapping             */
+    void *owned[3]; /* ftb_alloc'd (FTB_MEM_WEIGHTS) parts, or NULL    */
+    int mapped;     /* the parts point into a file mapping             */
 } ftb_qstore;
 
 enum { QPART_Q = 0, QPART_SCALES, QPART_ZEROS };

@@ -5,7 +5,8 @@
 
 #include <math.h>
 
-void rope_tables(float *cos_t, float *sin_t, int T, int head_dim, float theta) {
+void rope_tables(float *cos_t, float *sin_t, int T, int head_dim, float theta)
+{
     int half = head_dim / 2;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
@@ -16,7 +17,8 @@ void rope_tables(float *cos_t, float *sin_t, int T, int head_dim, float theta) {
 }
 
 static void rotate(float *x, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim,
-                   float sign) {
+                   float sign)
+{
     int half = head_dim / 2, width = n_heads * head_dim;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -32,10 +34,12 @@ static void rotate(float *x, const float *cos_t, const float *sin_t, int N, int 
     }
 }
 
-void rope_forward(float *x, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim) {
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim)
+{
     rotate(x, cos_t, sin_t, N, T, n_heads, head_dim, 1.0f);
 }
 
-void rope_backward(float *dx, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim) {
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim)
+{
     rotate(dx, cos_t, sin_t, N, T, n_heads, head_dim, -1.0f);
 }

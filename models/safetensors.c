@@ -118,15 +118,13 @@ float ftb_f16_to_f32(uint16_t bits)
 void ftb_bf16_to_f32_array(const void *src, float *dst, int64_t n)
 {
     const uint8_t *p = src;
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = ftb_bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+    for (int64_t i = 0; i < n; i++) dst[i] = ftb_bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
 }
 
 void ftb_f16_to_f32_array(const void *src, float *dst, int64_t n)
 {
     const uint8_t *p = src;
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = ftb_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+    for (int64_t i = 0; i < n; i++) dst[i] = ftb_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
 }
 
 const ftb_st_tensor *ftb_st_find(const ftb_st_file *f, const char *name)
@@ -181,8 +179,8 @@ static const char *json_kind(const json_t *v)
 }
 
 /* Fills t from one header entry.  0, or -1 with err filled. */
-static int parse_entry(const char *path, const char *name, json_t *entry, uint64_t data_len,
-                       ftb_st_tensor *t, char *err, size_t errlen)
+static int parse_entry(const char *path, const char *name, json_t *entry, uint64_t data_len, ftb_st_tensor *t,
+                       char *err, size_t errlen)
 {
     if (!json_is_object(entry)) {
         st_error(err, errlen, "%s: tensor '%s': entry is %s, not an object", path, name, json_kind(entry));
@@ -197,9 +195,10 @@ static int parse_entry(const char *path, const char *name, json_t *entry, uint64
     }
     int d = ftb_st_dtype_parse(json_string_value(dtype));
     if (d < 0) {
-        st_error(err, errlen,
-                 "%s: tensor '%s': unsupported dtype '%s' (F32, BF16 and F16 are read; I8 and U8 for quantized weights)",
-                 path, name, json_string_value(dtype));
+        st_error(
+            err, errlen,
+            "%s: tensor '%s': unsupported dtype '%s' (F32, BF16 and F16 are read; I8 and U8 for quantized weights)",
+            path, name, json_string_value(dtype));
         return -1;
     }
     t->dtype = (ftb_st_dtype)d;
@@ -211,8 +210,8 @@ static int parse_entry(const char *path, const char *name, json_t *entry, uint64
         return -1;
     }
     if (json_array_size(shape) > FTB_ST_MAX_DIMS) {
-        st_error(err, errlen, "%s: tensor '%s': shape has %zu dimensions (at most %d are read)", path,
-                 name, json_array_size(shape), FTB_ST_MAX_DIMS);
+        st_error(err, errlen, "%s: tensor '%s': shape has %zu dimensions (at most %d are read)", path, name,
+                 json_array_size(shape), FTB_ST_MAX_DIMS);
         return -1;
     }
     t->ndim = (int)json_array_size(shape);
@@ -223,13 +222,11 @@ static int parse_entry(const char *path, const char *name, json_t *entry, uint64
     for (int i = 0; i < t->ndim; i++) {
         json_t *dim = json_array_get(shape, (size_t)i);
         if (!json_is_integer(dim) || json_integer_value(dim) < 0) {
-            st_error(err, errlen, "%s: tensor '%s': shape entry %d is not a non-negative integer", path,
-                     name, i);
+            st_error(err, errlen, "%s: tensor '%s': shape entry %d is not a non-negative integer", path, name, i);
             return -1;
         }
         t->shape[i] = (int64_t)json_integer_value(dim);
-        if (__builtin_mul_overflow(numel, t->shape[i], &numel) ||
-            __builtin_mul_overflow(bytes, t->shape[i], &bytes)) {
+        if (__builtin_mul_overflow(numel, t->shape[i], &numel) || __builtin_mul_overflow(bytes, t->shape[i], &bytes)) {
             st_error(err, errlen, "%s: tensor '%s': shape's element count overflows", path, name);
             return -1;
         }
@@ -237,31 +234,28 @@ static int parse_entry(const char *path, const char *name, json_t *entry, uint64
     t->numel = numel;
 
     json_t *offsets = json_object_get(entry, "data_offsets");
-    if (!json_is_array(offsets) || json_array_size(offsets) != 2 ||
-        !json_is_integer(json_array_get(offsets, 0)) || !json_is_integer(json_array_get(offsets, 1))) {
-        st_error(err, errlen, "%s: tensor '%s': \"data_offsets\" is not a list [begin, end] of integers",
-                 path, name);
+    if (!json_is_array(offsets) || json_array_size(offsets) != 2 || !json_is_integer(json_array_get(offsets, 0)) ||
+        !json_is_integer(json_array_get(offsets, 1))) {
+        st_error(err, errlen, "%s: tensor '%s': \"data_offsets\" is not a list [begin, end] of integers", path, name);
         return -1;
     }
     json_int_t begin = json_integer_value(json_array_get(offsets, 0));
     json_int_t end = json_integer_value(json_array_get(offsets, 1));
     if (begin < 0 || end < begin) {
-        st_error(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] need 0 <= begin <= end", path,
-                 name, (long long)begin, (long long)end);
+        st_error(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] need 0 <= begin <= end", path, name,
+                 (long long)begin, (long long)end);
         return -1;
     }
     if ((uint64_t)end > data_len) {
         st_error(err, errlen,
-                 "%s: tensor '%s': data_offsets [%lld, %lld] out of range of the %" PRIu64
-                 "-byte data section",
-                 path, name, (long long)begin, (long long)end, data_len);
+                 "%s: tensor '%s': data_offsets [%lld, %lld] out of range of the %" PRIu64 "-byte data section", path,
+                 name, (long long)begin, (long long)end, data_len);
         return -1;
     }
     if (end - begin != bytes) {
         char shape_text[160];
         ftb_st_format_shape(shape_text, sizeof shape_text, t->ndim, t->shape);
-        st_error(err, errlen,
-                 "%s: tensor '%s': data_offsets span %lld bytes but %s %s needs %" PRId64, path, name,
+        st_error(err, errlen, "%s: tensor '%s': data_offsets span %lld bytes but %s %s needs %" PRId64, path, name,
                  (long long)(end - begin), ftb_st_dtype_name(t->dtype), shape_text, bytes);
         return -1;
     }
@@ -295,8 +289,8 @@ static int check_overlaps(const ftb_st_file *f, char *err, size_t errlen)
     }
     int n = 0;
     for (int i = 0; i < f->n_tensors; i++)
-        if (f->tensors[i].begin != f->tensors[i].end)  /* empty tensors occupy no bytes */
-            ranges[n++] = (byte_range){f->tensors[i].begin, f->tensors[i].end, i};
+        if (f->tensors[i].begin != f->tensors[i].end) /* empty tensors occupy no bytes */
+            ranges[n++] = (byte_range){ f->tensors[i].begin, f->tensors[i].end, i };
     qsort(ranges, (size_t)n, sizeof *ranges, by_begin);
     int rc = 0;
     for (int i = 1; i < n; i++) {
@@ -320,8 +314,8 @@ static int parse_header(ftb_st_file *f, const char *text, size_t len, char *err,
     /* Duplicate names would make "which one is the tensor" ambiguous. */
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        st_error(err, errlen, "%s: header is not valid JSON (line %d, column %d): %s", f->path, jerr.line,
-                 jerr.column, jerr.text);
+        st_error(err, errlen, "%s: header is not valid JSON (line %d, column %d): %s", f->path, jerr.line, jerr.column,
+                 jerr.text);
         return -1;
     }
     if (!json_is_object(root)) {
@@ -338,7 +332,8 @@ static int parse_header(ftb_st_file *f, const char *text, size_t len, char *err,
     }
     const char *key;
     json_t *value;
-    json_object_foreach(root, key, value) {
+    json_object_foreach(root, key, value)
+    {
         if (!strcmp(key, "__metadata__")) {
             /* String entries are kept (the format allows nothing else; other
              * values are ignored, as before). */
@@ -353,7 +348,8 @@ static int parse_header(ftb_st_file *f, const char *text, size_t len, char *err,
             }
             const char *mk;
             json_t *mv;
-            json_object_foreach(value, mk, mv) {
+            json_object_foreach(value, mk, mv)
+            {
                 if (!json_is_string(mv)) continue;
                 f->meta_keys[f->n_meta] = strdup(mk);
                 f->meta_values[f->n_meta] = strdup(json_string_value(mv));
@@ -411,8 +407,8 @@ int ftb_st_open(const char *path, ftb_st_file *f, char *err, size_t errlen)
     }
     uint64_t file_size = (uint64_t)st.st_size;
     if (file_size < 8) {
-        st_error(err, errlen, "%s: truncated: %" PRIu64 " bytes, shorter than the 8-byte header length",
-                 path, file_size);
+        st_error(err, errlen, "%s: truncated: %" PRIu64 " bytes, shorter than the 8-byte header length", path,
+                 file_size);
         close(fd);
         goto fail;
     }
@@ -422,7 +418,7 @@ int ftb_st_open(const char *path, ftb_st_file *f, char *err, size_t errlen)
         goto fail;
     }
     void *map = mmap(NULL, (size_t)file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);  /* the mapping keeps the file alive */
+    close(fd); /* the mapping keeps the file alive */
     if (map == MAP_FAILED) {
         st_error(err, errlen, "%s: cannot map: %s", path, strerror(errno));
         goto fail;
@@ -439,8 +435,7 @@ int ftb_st_open(const char *path, ftb_st_file *f, char *err, size_t errlen)
         goto fail;
     }
     if (header_len > file_size - 8) {
-        st_error(err, errlen,
-                 "%s: truncated: header length %" PRIu64 " runs past the end of the %" PRIu64 "-byte file",
+        st_error(err, errlen, "%s: truncated: header length %" PRIu64 " runs past the end of the %" PRIu64 "-byte file",
                  path, header_len, file_size);
         goto fail;
     }

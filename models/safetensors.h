@@ -20,7 +20,7 @@
 
 /* The spec's own cap on the header (100 MB); anything larger is corrupt. */
 #define FTB_ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
-#define FTB_ST_MAX_DIMS 8
+#define FTB_ST_MAX_DIMS   8
 
 /* I8 and U8 hold quantized weights (docs/QUANT.md); the loader reads them
  * only where the file's metadata describes a quantized tensor. */
@@ -32,16 +32,16 @@ typedef struct {
     int ndim;
     int64_t shape[FTB_ST_MAX_DIMS];
     int64_t numel;
-    uint64_t begin, end;      /* byte range inside the data section */
+    uint64_t begin, end; /* byte range inside the data section */
 } ftb_st_tensor;
 
 typedef struct {
     char *path;
-    void *map;                /* whole-file mapping, NULL once released     */
+    void *map; /* whole-file mapping, NULL once released     */
     size_t map_len;
-    const uint8_t *data;      /* start of the data section inside map       */
+    const uint8_t *data; /* start of the data section inside map       */
     uint64_t data_len;
-    ftb_st_tensor *tensors;   /* in header order                           */
+    ftb_st_tensor *tensors; /* in header order                           */
     int n_tensors;
     char **meta_keys, **meta_values; /* "__metadata__" string entries    */
     int n_meta;
@@ -73,7 +73,7 @@ void ftb_st_format_shape(char *buf, size_t len, int ndim, const int64_t *shape);
 
 /* Half-precision → fp32.  src may be unaligned (it points into a file). */
 float ftb_bf16_to_f32(uint16_t bits);
-float ftb_f16_to_f32(uint16_t bits);   /* subnormals, ±inf, NaN exact */
+float ftb_f16_to_f32(uint16_t bits); /* subnormals, ±inf, NaN exact */
 void ftb_bf16_to_f32_array(const void *src, float *dst, int64_t n);
 void ftb_f16_to_f32_array(const void *src, float *dst, int64_t n);
 

@@ -4,7 +4,8 @@
 
 #include <math.h>
 
-void swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
+void swiglu_forward(float *h, const float *g, const float *u, int64_t n)
+{
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float s = 1.0f / (1.0f + expf(-g[i]));
@@ -12,7 +13,8 @@ void swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
     }
 }
 
-void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n)
+{
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float s = 1.0f / (1.0f + expf(-g[i]));

@@ -37,19 +37,21 @@ typedef struct {
     int training;
     ftb_read_perturb_fn perturb; /* the model's read perturbation, or NULL */
     void *perturb_ctx;
-    float *perturbed;            /* one norm or bias vector as read, when perturbed */
+    float *perturbed; /* one norm or bias vector as read, when perturbed */
 } run_ctx;
 
 static float *alloc_f(ftb_mem_category c, int64_t n) { return ftb_alloc(c, sizeof(float) * (size_t)n); }
 static float *calloc_f(ftb_mem_category c, int64_t n) { return ftb_calloc(c, sizeof(float) * (size_t)n); }
 
-static int linear_in(const ftb_config *c, ftb_linear_kind k) {
+static int linear_in(const ftb_config *c, ftb_linear_kind k)
+{
     if (k == FTB_LIN_O) return c->n_heads * c->head_dim;
     if (k == FTB_LIN_DOWN) return c->ffn_dim;
     return c->dim;
 }
 
-static int linear_out(const ftb_config *c, ftb_linear_kind k) {
+static int linear_out(const ftb_config *c, ftb_linear_kind k)
+{
     switch (k) {
     case FTB_LIN_Q: return c->n_heads * c->head_dim;
     case FTB_LIN_K:
@@ -61,20 +63,25 @@ static int linear_out(const ftb_config *c, ftb_linear_kind k) {
 }
 
 /* Whether backward needs this linear's input kept. */
-static int needs_input(ftb_layer *ly, ftb_linear_kind k) {
+static int needs_input(ftb_layer *ly, ftb_linear_kind k)
+{
     ftb_adapter *a = ly->adapter[k];
     return ftb_layer_weight(ly, k)->trainable || (a && a->needs_input);
 }
 
-static ftb_linear_ctx hook_ctx(const run_ctx *rc, int l, ftb_linear_kind k) {
-    ftb_linear_ctx c = {rc->m, l, k, rc->batch->B, rc->batch->T, linear_in(&rc->m->cfg, k),
-                        linear_out(&rc->m->cfg, k), rc->training, rc->batch};
+static ftb_linear_ctx hook_ctx(const run_ctx *rc, int l, ftb_linear_kind k)
+{
+    ftb_linear_ctx c = {
+        rc->m,        l,        k, rc->batch->B, rc->batch->T, linear_in(&rc->m->cfg, k), linear_out(&rc->m->cfg, k),
+        rc->training, rc->batch
+    };
     return c;
 }
 
 /* A norm or bias vector as this run reads it: t itself, or a copy in
  * rc->perturbed with the read perturbation added (valid until the next call). */
-static const float *read_vector(const run_ctx *rc, const ftb_tensor *t) {
+static const float *read_vector(const run_ctx *rc, const ftb_tensor *t)
+{
     if (!rc->perturb) return t->data;
     memcpy(rc->perturbed, t->data, sizeof(float) * (size_t)t->numel);
     rc->perturb(rc->perturb_ctx, t, 0, t->numel, rc->perturbed);
@@ -82,8 +89,8 @@ static const float *read_vector(const run_ctx *rc, const ftb_tensor *t) {
 }
 
 /* y = x·Wᵀ + b, then the hook (if any) adjusts y. */
-static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, const float *x, float *y,
-                                  void **saved) {
+static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, const float *x, float *y, void **saved)
+{
     ftb_layer *ly = &rc->m->layers[l];
     ftb_tensor *W = ftb_layer_weight(ly, k), *b = ftb_layer_bias(ly, k);
     linear_forward_w(y, x, W, b->numel ? read_vector(rc, b) : NULL, rc->N, linear_in(&rc->m->cfg, k),
@@ -97,8 +104,9 @@ static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, c
 
 /* dx += (hook and base) input gradient; parameter gradients accumulated.
  * dy may be rewritten by the hook: callers pass a copy if they need it. */
-static void hooked_linear_backward(const run_ctx *rc, int l, ftb_linear_kind k, const float *x, float *dy,
-                                   float *dx, void *saved) {
+static void hooked_linear_backward(const run_ctx *rc, int l, ftb_linear_kind k, const float *x, float *dy, float *dx,
+                                   void *saved)
+{
     ftb_layer *ly = &rc->m->layers[l];
     ftb_tensor *W = ftb_layer_weight(ly, k), *b = ftb_layer_bias(ly, k);
     ftb_adapter *a = ly->adapter[k];
@@ -106,24 +114,27 @@ static void hooked_linear_backward(const run_ctx *rc, int l, ftb_linear_kind k, 
         ftb_linear_ctx c = hook_ctx(rc, l, k);
         a->ops->backward(a, &c, a->needs_input ? x : NULL, dy, dx, saved);
     }
-    linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W,
-                      rc->N, linear_in(&rc->m->cfg, k), linear_out(&rc->m->cfg, k));
+    linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W, rc->N,
+                      linear_in(&rc->m->cfg, k), linear_out(&rc->m->cfg, k));
 }
 
-static void add_inplace(float *y, const float *x, int64_t n) {
+static void add_inplace(float *y, const float *x, int64_t n)
+{
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-static void drop(float **p) {
+static void drop(float **p)
+{
     ftb_free(*p);
     *p = NULL;
 }
 
 /* Frees what a block kept, when its backward will not run (or failed). */
-static void release_cache(const run_ctx *rc, int l, block_cache *c) {
-    float *bufs[] = {c->ln1, c->rstd1, c->q, c->k, c->v, c->att, c->lse, c->probs,
-                     c->x_mid, c->ln2, c->rstd2, c->g, c->u, c->h};
+static void release_cache(const run_ctx *rc, int l, block_cache *c)
+{
+    float *bufs[] = { c->ln1,   c->rstd1, c->q,   c->k,     c->v, c->att, c->lse,
+                      c->probs, c->x_mid, c->ln2, c->rstd2, c->g, c->u,   c->h };
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) ftb_free(bufs[i]);
     for (int k = 0; k < FTB_LIN_COUNT; k++) {
         ftb_adapter *a = rc->m->layers[l].adapter[k];
@@ -134,19 +145,20 @@ static void release_cache(const run_ctx *rc, int l, block_cache *c) {
 
 /* An allocation that failed here, or inside a hook or an op (the sticky
  * flag of mem.c), ends the block: what it holds is released, -1 returned. */
-#define ALLOC_OR_FAIL(p, cat, n)                                                                                       \
-    do {                                                                                                               \
-        if (!((p) = alloc_f((cat), (n)))) goto fail;                                                                   \
+#define ALLOC_OR_FAIL(p, cat, n)                     \
+    do {                                             \
+        if (!((p) = alloc_f((cat), (n)))) goto fail; \
     } while (0)
-#define CHECK_FAILED()                                                                                                 \
-    do {                                                                                                               \
-        if (ftb_mem_failed()) goto fail;                                                                               \
+#define CHECK_FAILED()                   \
+    do {                                 \
+        if (ftb_mem_failed()) goto fail; \
     } while (0)
 
 /* One block.  With c == NULL nothing is kept (inference, or a block that
  * will be recomputed); with c, what backward needs is kept in c.  0, or -1
  * when an allocation failed (nothing left allocated, c cleared). */
-static int block_forward(const run_ctx *rc, int l, const float *x, float *out, block_cache *c) {
+static int block_forward(const run_ctx *rc, int l, const float *x, float *out, block_cache *c)
+{
     const ftb_config *cfg = &rc->m->cfg;
     ftb_layer *ly = &rc->m->layers[l];
     const int N = rc->N, D = cfg->dim, F = cfg->ffn_dim;
@@ -156,7 +168,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     if (!c) c = &tmp;
     memset(c, 0, sizeof *c);
     void **saved = keep ? c->hook_saved : NULL;
-#define CAT(cond) (keep && (cond) ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE)
+#define CAT(cond)     (keep && (cond) ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE)
 #define SAVED_SLOT(k) (saved ? &saved[k] : NULL)
     int keep_ln1 = needs_input(ly, FTB_LIN_Q) || needs_input(ly, FTB_LIN_K) || needs_input(ly, FTB_LIN_V);
     int keep_ln2 = needs_input(ly, FTB_LIN_GATE) || needs_input(ly, FTB_LIN_UP);
@@ -176,7 +188,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     if (!(keep && keep_ln1)) drop(&c->ln1);
     rope_forward(c->q, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
     rope_forward(c->k, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
-    attn_shape as = {rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim};
+    attn_shape as = { rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim };
     ALLOC_OR_FAIL(c->att, CAT(1), N * Q);
     if (rc->opts->attention == FTB_ATTN_EAGER) {
         ALLOC_OR_FAIL(c->probs, CAT(1), (int64_t)as.B * as.H * as.T * as.T);
@@ -187,7 +199,11 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     }
     CHECK_FAILED();
     if (!keep) {
-        drop(&c->q); drop(&c->k); drop(&c->v); drop(&c->probs); drop(&c->lse);
+        drop(&c->q);
+        drop(&c->k);
+        drop(&c->v);
+        drop(&c->probs);
+        drop(&c->lse);
     }
     ALLOC_OR_FAIL(c->x_mid, CAT(1), (int64_t)N * D);
     hooked_linear_forward(rc, l, FTB_LIN_O, c->att, c->x_mid, SAVED_SLOT(FTB_LIN_O));
@@ -207,12 +223,19 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     if (!(keep && keep_ln2)) drop(&c->ln2);
     ALLOC_OR_FAIL(c->h, CAT(keep_h), (int64_t)N * F);
     swiglu_forward(c->h, c->g, c->u, (int64_t)N * F);
-    if (!keep) { drop(&c->g); drop(&c->u); }
+    if (!keep) {
+        drop(&c->g);
+        drop(&c->u);
+    }
     hooked_linear_forward(rc, l, FTB_LIN_DOWN, c->h, out, SAVED_SLOT(FTB_LIN_DOWN));
     CHECK_FAILED();
     add_inplace(out, c->x_mid, (int64_t)N * D);
     if (!(keep && keep_h)) drop(&c->h);
-    if (!keep) { drop(&c->x_mid); drop(&c->rstd1); drop(&c->rstd2); }
+    if (!keep) {
+        drop(&c->x_mid);
+        drop(&c->rstd1);
+        drop(&c->rstd2);
+    }
     return 0;
 fail:
     release_cache(rc, l, c);
@@ -223,7 +246,8 @@ fail:
 
 /* dres holds d(block output) on entry and d(block input) on return.
  * Frees everything c kept, also when an allocation fails (then -1). */
-static int block_backward(const run_ctx *rc, int l, const float *x, block_cache *c, float *dres) {
+static int block_backward(const run_ctx *rc, int l, const float *x, block_cache *c, float *dres)
+{
     const ftb_config *cfg = &rc->m->cfg;
     ftb_layer *ly = &rc->m->layers[l];
     const int N = rc->N, D = cfg->dim, F = cfg->ffn_dim;
@@ -232,10 +256,10 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     float *dh = NULL, *dy_copy = NULL, *du = NULL, *dln2 = NULL, *datt = NULL, *dq = NULL, *dk = NULL, *dv = NULL,
           *dln1 = NULL, *dy;
     /* A hook frees its saved data in its backward: forget it once called. */
-#define HOOK_BACKWARD(k, xin, dy, dx)                                                                                  \
-    do {                                                                                                               \
-        hooked_linear_backward(rc, l, (k), (xin), (dy), (dx), c->hook_saved[k]);                                       \
-        c->hook_saved[k] = NULL;                                                                                       \
+#define HOOK_BACKWARD(k, xin, dy, dx)                                            \
+    do {                                                                         \
+        hooked_linear_backward(rc, l, (k), (xin), (dy), (dx), c->hook_saved[k]); \
+        c->hook_saved[k] = NULL;                                                 \
     } while (0)
 
     /* MLP half: down, SwiGLU, gate/up, RMSNorm; the residual passes dres through. */
@@ -285,12 +309,18 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     ALLOC_OR_FAIL(dq, FTB_MEM_WORKSPACE, N * Q);
     ALLOC_OR_FAIL(dk, FTB_MEM_WORKSPACE, N * KV);
     ALLOC_OR_FAIL(dv, FTB_MEM_WORKSPACE, N * KV);
-    attn_shape as = {rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim};
-    if (c->probs) attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
-    else attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
+    attn_shape as = { rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim };
+    if (c->probs)
+        attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
+    else
+        attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
     drop(&datt);
-    drop(&c->att); drop(&c->probs); drop(&c->lse);
-    drop(&c->q); drop(&c->k); drop(&c->v);
+    drop(&c->att);
+    drop(&c->probs);
+    drop(&c->lse);
+    drop(&c->q);
+    drop(&c->k);
+    drop(&c->v);
     CHECK_FAILED();
     rope_backward(dq, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
     rope_backward(dk, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
@@ -299,18 +329,20 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     HOOK_BACKWARD(FTB_LIN_Q, c->ln1, dq, dln1);
     HOOK_BACKWARD(FTB_LIN_K, c->ln1, dk, dln1);
     HOOK_BACKWARD(FTB_LIN_V, c->ln1, dv, dln1);
-    drop(&dq); drop(&dk); drop(&dv);
+    drop(&dq);
+    drop(&dk);
+    drop(&dv);
     drop(&c->ln1);
     CHECK_FAILED();
-    rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1,
-                     ly->attn_norm.data, N, D);
+    rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1, ly->attn_norm.data,
+                     N, D);
     drop(&dln1);
     drop(&c->rstd1);
     CHECK_FAILED();
     memset(c, 0, sizeof *c);
     return 0;
-fail: {
-    float *ws[] = {dh, dy_copy, du, dln2, datt, dq, dk, dv, dln1};
+fail : {
+    float *ws[] = { dh, dy_copy, du, dln2, datt, dq, dk, dv, dln1 };
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) ftb_free(ws[i]);
     release_cache(rc, l, c);
     return -1;
@@ -320,14 +352,16 @@ fail: {
 
 static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
 
-int64_t perturbed_vector_floats(const ftb_config *c) {
+int64_t perturbed_vector_floats(const ftb_config *c)
+{
     int64_t n = c->dim, q = (int64_t)c->n_heads * c->head_dim;
     if (q > n) n = q;
     if (c->ffn_dim > n) n = c->ffn_dim; /* the widest norm or bias */
     return n;
 }
 
-static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t errlen) {
+static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t errlen)
+{
     if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
         snprintf(err, errlen, "batch: B and T must be positive and tokens/targets given");
         return -1;
@@ -357,7 +391,8 @@ static int check_batch(const ftb_model *m, const ftb_batch *b, char *err, size_t
 }
 
 /* Lowest block whose backward is needed: below it nothing trains. */
-int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o) {
+int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o)
+{
     int L = m->cfg.n_layers, first = L;
     if (m->embed.trainable) first = 0;
     for (int l = 0; l < L && first == L; l++) {
@@ -373,7 +408,8 @@ int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o) {
 
 static double last_forward_seconds, last_backward_seconds;
 
-void ftb_last_run_times(double *forward, double *backward) {
+void ftb_last_run_times(double *forward, double *backward)
+{
     if (forward) *forward = last_forward_seconds;
     if (backward) *backward = last_backward_seconds;
 }
@@ -381,7 +417,8 @@ void ftb_last_run_times(double *forward, double *backward) {
 /* hidden_out (inference only, models/generate.c): receives the final norm's
  * output [N,D] instead of the LM head and loss being computed. */
 static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, int training, float *hidden_out,
-                 char *err, size_t errlen) {
+                 char *err, size_t errlen)
+{
     ftb_run_opts defaults;
     if (!opts_in) {
         ftb_run_opts_default(&defaults);
@@ -392,7 +429,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     const ftb_config *cfg = &m->cfg;
     const int L = cfg->n_layers, D = cfg->dim, N = b->B * b->T;
     const int64_t ND = (int64_t)N * D;
-    run_ctx rc = {m, b, opts_in, NULL, NULL, N, training, NULL, NULL, NULL};
+    run_ctx rc = { m, b, opts_in, NULL, NULL, N, training, NULL, NULL, NULL };
     rc.perturb = ftb_model_read_perturbation(m, &rc.perturb_ctx);
     if (rc.perturb && training) {
         snprintf(err, errlen, "a read perturbation is set: only inference forwards run (clear it to train)");
@@ -412,7 +449,9 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     char *offloaded = calloc((size_t)L + 1, 1);
     block_cache *caches = calloc((size_t)L, sizeof *caches);
     if (!resid || !caches || !offloaded) {
-        free(resid); free(caches); free(offloaded);
+        free(resid);
+        free(caches);
+        free(offloaded);
         snprintf(err, errlen, "out of memory");
         return NAN;
     }
@@ -459,7 +498,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
             goto oom;
         LEAVE(l);
         if (offloaded[l]) offload_evict(resid[l]); /* consumed: out of RAM until backward */
-        if (!trained) { /* an inference-mode input is done with: recycle it */
+        if (!trained) {                            /* an inference-mode input is done with: recycle it */
             ftb_free(spare);
             spare = resid[l];
             resid[l] = NULL;
@@ -474,16 +513,19 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
     if (!xf || !rstdf) goto oom;
     rmsnorm_forward(xf, rstdf, resid[L], read_vector(&rc, &m->final_norm), N, D, cfg->norm_eps);
-    if (!training) { ftb_free(resid[L]); resid[L] = NULL; }
+    if (!training) {
+        ftb_free(resid[L]);
+        resid[L] = NULL;
+    }
     ftb_mem_set_phase("head");
     if (training && !(dxf = alloc_f(FTB_MEM_WORKSPACE, ND))) goto oom;
     if (hidden_out) { /* generation: the final norm's output, no head */
         memcpy(hidden_out, xf, sizeof(float) * (size_t)ND);
         loss = 0.0f;
     } else {
-        loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head,
-                         b->targets, b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows,
-                         opts_in->seq_loss, m->residency == FTB_RESIDENT_LAZY_BLOCK);
+        loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head, b->targets,
+                         b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows, opts_in->seq_loss,
+                         m->residency == FTB_RESIDENT_LAZY_BLOCK);
     }
     drop(&xf);
     if (ftb_mem_failed()) goto oom;
@@ -517,8 +559,10 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
             ftb_mem_set_phase(phase);
             if (block_backward(&rc, l, resid[l], &caches[l], dres)) goto oom;
             LEAVE(l);
-            if (offloaded[l]) offload_free(resid[l]);
-            else ftb_free(resid[l]);
+            if (offloaded[l])
+                offload_free(resid[l]);
+            else
+                ftb_free(resid[l]);
             resid[l] = NULL;
         }
         if (first == 0 && m->embed.trainable) {
@@ -537,8 +581,10 @@ failed: /* what was allocated goes back; gradients accumulated so far are partia
     if (resident != INT32_MIN) LEAVE(resident);
 done: /* on success every entry below is already NULL or cleared */
     for (int l = 0; l <= L; l++) {
-        if (offloaded[l]) offload_free(resid[l]);
-        else ftb_free(resid[l]);
+        if (offloaded[l])
+            offload_free(resid[l]);
+        else
+            ftb_free(resid[l]);
     }
     for (int l = 0; l < L; l++) release_cache(&rc, l, &caches[l]);
     ftb_free(spare);
@@ -558,16 +604,18 @@ done: /* on success every entry below is already NULL or cleared */
 #undef LEAVE
 }
 
-float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen) {
+float ftb_model_forward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen)
+{
     return run(m, b, o, 0, NULL, err, errlen);
 }
 
-float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err,
-                                 size_t errlen) {
+float ftb_model_forward_backward(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, char *err, size_t errlen)
+{
     return run(m, b, o, 1, NULL, err, errlen);
 }
 
 int ftb_model_forward_hidden(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, float *hidden, char *err,
-                             size_t errlen) {
+                             size_t errlen)
+{
     return isnan(run(m, b, o, 0, hidden, err, errlen)) ? -1 : 0;
 }

@@ -8,29 +8,30 @@
 
 /*  name            vocab    dim   L  heads kv  hd   ffn    maxseq  theta     eps   bias tied */
 static const ftb_config zoo[] = {
-    {"qwen2.5-0.5b",   151936,  896, 24, 14,  2,  64,  4864, 32768, 1000000.f, 1e-6f, 1, 1},
-    {"qwen2.5-1.5b",   151936, 1536, 28, 12,  2, 128,  8960, 32768, 1000000.f, 1e-6f, 1, 1},
-    {"qwen2.5-3b",     151936, 2048, 36, 16,  2, 128, 11008, 32768, 1000000.f, 1e-6f, 1, 1},
-    {"llama-3.2-1b",   128256, 2048, 16, 32,  8,  64,  8192, 131072, 500000.f, 1e-5f, 0, 1},
-    {"llama-3.2-3b",   128256, 3072, 28, 24,  8, 128,  8192, 131072, 500000.f, 1e-5f, 0, 1},
-    {"smollm2-135m",    49152,  576, 30,  9,  3,  64,  1536,  8192,  100000.f, 1e-5f, 0, 1},
-    {"smollm2-360m",    49152,  960, 32, 15,  5,  64,  2560,  8192,  100000.f, 1e-5f, 0, 1},
-    {"tinyllama-1.1b",  32000, 2048, 22, 32,  4,  64,  5632,  2048,   10000.f, 1e-5f, 0, 0},
+    { "qwen2.5-0.5b", 151936, 896, 24, 14, 2, 64, 4864, 32768, 1000000.f, 1e-6f, 1, 1 },
+    { "qwen2.5-1.5b", 151936, 1536, 28, 12, 2, 128, 8960, 32768, 1000000.f, 1e-6f, 1, 1 },
+    { "qwen2.5-3b", 151936, 2048, 36, 16, 2, 128, 11008, 32768, 1000000.f, 1e-6f, 1, 1 },
+    { "llama-3.2-1b", 128256, 2048, 16, 32, 8, 64, 8192, 131072, 500000.f, 1e-5f, 0, 1 },
+    { "llama-3.2-3b", 128256, 3072, 28, 24, 8, 128, 8192, 131072, 500000.f, 1e-5f, 0, 1 },
+    { "smollm2-135m", 49152, 576, 30, 9, 3, 64, 1536, 8192, 100000.f, 1e-5f, 0, 1 },
+    { "smollm2-360m", 49152, 960, 32, 15, 5, 64, 2560, 8192, 100000.f, 1e-5f, 0, 1 },
+    { "tinyllama-1.1b", 32000, 2048, 22, 32, 4, 64, 5632, 2048, 10000.f, 1e-5f, 0, 0 },
     /* Test and development shapes. */
-    {"tiny",               64,   32,  2,  4,  2,   8,    64,   512,   10000.f, 1e-6f, 1, 0},
-    {"tiny-tied",          64,   24,  2,  3,  3,   8,    48,   512,  500000.f, 1e-5f, 0, 1},
-    {"small-20m",        4096,  384,  8,  6,  2,  64,  1024,  4096,   10000.f, 1e-6f, 1, 1},
+    { "tiny", 64, 32, 2, 4, 2, 8, 64, 512, 10000.f, 1e-6f, 1, 0 },
+    { "tiny-tied", 64, 24, 2, 3, 3, 8, 48, 512, 500000.f, 1e-5f, 0, 1 },
+    { "small-20m", 4096, 384, 8, 6, 2, 64, 1024, 4096, 10000.f, 1e-6f, 1, 1 },
     /* Byte-level task models (docs/TASKS.md): vocab 512 = 256 bytes + room
      * for the synthetic language's ids.  starter-4m is what `ftbench
      * pretrain` trains by default (make starting-model): minutes on 2 cores. */
-    {"tiny-byte",         320,   32,  2,  4,  2,   8,    64,  2048,   10000.f, 1e-6f, 0, 1},
-    {"starter-4m",        512,  256,  4,  4,  2,  64,   768,  8192,   10000.f, 1e-6f, 0, 1},
+    { "tiny-byte", 320, 32, 2, 4, 2, 8, 64, 2048, 10000.f, 1e-6f, 0, 1 },
+    { "starter-4m", 512, 256, 4, 4, 2, 64, 768, 8192, 10000.f, 1e-6f, 0, 1 },
 };
 
 int ftb_zoo_count(void) { return (int)(sizeof zoo / sizeof zoo[0]); }
 const ftb_config *ftb_zoo_at(int i) { return i >= 0 && i < ftb_zoo_count() ? &zoo[i] : NULL; }
 
-int ftb_zoo_get(const char *name, ftb_config *out) {
+int ftb_zoo_get(const char *name, ftb_config *out)
+{
     for (int i = 0; i < ftb_zoo_count(); i++)
         if (strcmp(zoo[i].name, name) == 0) {
             *out = zoo[i];
@@ -39,15 +40,25 @@ int ftb_zoo_get(const char *name, ftb_config *out) {
     return -1;
 }
 
-int ftb_config_validate(const ftb_config *c, char *err, size_t errlen) {
-#define CHECK(cond, ...) do { if (!(cond)) { snprintf(err, errlen, __VA_ARGS__); return -1; } } while (0)
+int ftb_config_validate(const ftb_config *c, char *err, size_t errlen)
+{
+#define CHECK(cond, ...)                        \
+    do {                                        \
+        if (!(cond)) {                          \
+            snprintf(err, errlen, __VA_ARGS__); \
+            return -1;                          \
+        }                                       \
+    } while (0)
     CHECK(c->vocab_size > 0 && c->vocab_size <= (1 << 24), "vocab_size %d out of range", c->vocab_size);
     CHECK(c->dim > 0 && c->dim <= 65536, "hidden_size %d out of range", c->dim);
     CHECK(c->n_layers > 0 && c->n_layers <= 1024, "num_hidden_layers %d out of range", c->n_layers);
     CHECK(c->n_heads > 0 && c->n_heads <= 1024, "num_attention_heads %d out of range", c->n_heads);
-    CHECK(c->n_kv_heads > 0 && c->n_kv_heads <= c->n_heads, "num_key_value_heads %d must be in 1..%d", c->n_kv_heads, c->n_heads);
-    CHECK(c->n_heads % c->n_kv_heads == 0, "num_attention_heads %d is not a multiple of num_key_value_heads %d", c->n_heads, c->n_kv_heads);
-    CHECK(c->head_dim > 0 && c->head_dim % 2 == 0 && c->head_dim <= 1024, "head_dim %d must be even and in 2..1024", c->head_dim);
+    CHECK(c->n_kv_heads > 0 && c->n_kv_heads <= c->n_heads, "num_key_value_heads %d must be in 1..%d", c->n_kv_heads,
+          c->n_heads);
+    CHECK(c->n_heads % c->n_kv_heads == 0, "num_attention_heads %d is not a multiple of num_key_value_heads %d",
+          c->n_heads, c->n_kv_heads);
+    CHECK(c->head_dim > 0 && c->head_dim % 2 == 0 && c->head_dim <= 1024, "head_dim %d must be even and in 2..1024",
+          c->head_dim);
     CHECK(c->ffn_dim > 0 && c->ffn_dim <= 1 << 20, "intermediate_size %d out of range", c->ffn_dim);
     CHECK(c->max_seq > 0, "max_position_embeddings %d out of range", c->max_seq);
     CHECK(c->rope_theta > 1.0f, "rope_theta %g must be > 1", (double)c->rope_theta);
@@ -56,7 +67,8 @@ int ftb_config_validate(const ftb_config *c, char *err, size_t errlen) {
     return 0;
 }
 
-int64_t ftb_config_param_count(const ftb_config *c) {
+int64_t ftb_config_param_count(const ftb_config *c)
+{
     int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
     int64_t per_layer = 2 * D + D * Q + 2 * D * KV + Q * D + 3 * D * c->ffn_dim;
     if (c->qkv_bias) per_layer += Q + 2 * KV;

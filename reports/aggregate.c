@@ -28,16 +28,14 @@ static int cmp_int(const void *a, const void *b)
 
 double ftr_median(double *v, int n)
 {
-    if (n <= 0)
-        return NAN;
+    if (n <= 0) return NAN;
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 double ftr_reduction(double x, double ref)
 {
-    if (!isfinite(x) || !isfinite(ref) || ref <= 0)
-        return NAN;
+    if (!isfinite(x) || !isfinite(ref) || ref <= 0) return NAN;
     return 100.0 * (1.0 - x / ref);
 }
 
@@ -58,8 +56,7 @@ static double median_of(const ftr_rec *const *v, int n, size_t off)
     int m = 0;
     for (int i = 0; i < n; i++) {
         double d = *(const double *)((const char *)v[i] + off);
-        if (isfinite(d))
-            x[m++] = d;
+        if (isfinite(d)) x[m++] = d;
     }
     double r = ftr_median(x, m);
     free(x);
@@ -71,8 +68,7 @@ static const ftr_set *g_set; /* for the series sort */
 static int cmp_series(const void *a, const void *b)
 {
     const ftr_series *x = &g_set->series[*(const int *)a], *y = &g_set->series[*(const int *)b];
-    if (x->order != y->order)
-        return x->order < y->order ? -1 : 1;
+    if (x->order != y->order) return x->order < y->order ? -1 : 1;
     return strcmp(x->name, y->name);
 }
 
@@ -89,21 +85,16 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
     sc->budget_mib = NAN;
     for (int i = 0; i < s->n; i++) {
         const ftr_rec *r = &s->r[i];
-        if (!in_scope(r, sc))
-            continue;
+        if (!in_scope(r, sc)) continue;
         if (isfinite(r->budget_mib))
             sc->budget_mib = r->budget_mib; /* the last record's: budgets of one device agree */
         sc->emulated |= r->emulated;
         int found = 0;
-        for (int k = 0; k < sc->nseries; k++)
-            found |= sc->series[k] == r->series;
-        if (!found)
-            sc->series[sc->nseries++] = r->series;
+        for (int k = 0; k < sc->nseries; k++) found |= sc->series[k] == r->series;
+        if (!found) sc->series[sc->nseries++] = r->series;
         found = 0;
-        for (int k = 0; k < sc->nseq; k++)
-            found |= sc->seqs[k] == r->seq;
-        if (!found)
-            sc->seqs[sc->nseq++] = r->seq;
+        for (int k = 0; k < sc->nseq; k++) found |= sc->seqs[k] == r->seq;
+        if (!found) sc->seqs[sc->nseq++] = r->seq;
     }
     g_set = s;
     qsort(sc->series, (size_t)sc->nseries, sizeof *sc->series, cmp_series);
@@ -118,8 +109,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
             const ftr_rec *last = NULL;
             for (int i = 0; i < s->n; i++) {
                 const ftr_rec *r = &s->r[i];
-                if (!in_scope(r, sc) || r->series != sc->series[row] || r->seq != sc->seqs[k])
-                    continue;
+                if (!in_scope(r, sc) || r->series != sc->series[row] || r->seq != sc->seqs[k]) continue;
                 a->n++;
                 last = r;
                 if (measured(r)) {
@@ -134,8 +124,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
             a->tokens_per_s = median_of(v, n, offsetof(ftr_rec, tokens_per_s));
             a->step_s = median_of(v, n, offsetof(ftr_rec, step_s));
             a->over = n > 0 && (over_outcome || (isfinite(sc->budget_mib) && a->peak_mib > sc->budget_mib));
-            if (n == 0 && last)
-                a->failure = last->outcome;
+            if (n == 0 && last) a->failure = last->outcome;
             /* The representative: the record whose peak is nearest the
              * median (the first of equals). */
             double best = INFINITY;
@@ -153,8 +142,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
         int m = 0;
         for (int k = 0; k < sc->nseq; k++) {
             ftr_agg *a = ftr_scope_agg(sc, row, k);
-            if (!a->n_measured || !isfinite(a->saved_mib))
-                continue;
+            if (!a->n_measured || !isfinite(a->saved_mib)) continue;
             double x = (double)sc->seqs[k] * sc->batch, y = a->saved_mib * 1024.0;
             sx += x;
             sy += y;
@@ -177,8 +165,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
     int best = -1;
     for (int k = 0; k < sc->nseq; k++) {
         int cnt = 0;
-        for (int row = 0; row < sc->nseries; row++)
-            cnt += ftr_scope_agg(sc, row, k)->n_measured > 0;
+        for (int row = 0; row < sc->nseries; row++) cnt += ftr_scope_agg(sc, row, k)->n_measured > 0;
         if (at_seq > 0 && sc->seqs[k] == at_seq && cnt > 0) {
             sc->at_seq = at_seq;
             break;
@@ -193,8 +180,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
     for (int pass = 0; pass < 2 && sc->ref < 0; pass++)
         for (int row = 0; row < sc->nseries && sc->ref < 0; row++) {
             const ftr_series *x = &s->series[sc->series[row]];
-            if (!strcmp(x->label, "lora") && (pass || !x->options[0]))
-                sc->ref = row;
+            if (!strcmp(x->label, "lora") && (pass || !x->options[0])) sc->ref = row;
         }
     char raw[512];
     snprintf(raw, sizeof raw, "%s_%s_b%d", sc->device, sc->model, sc->batch);
@@ -207,10 +193,8 @@ static int cmp_scope(const void *a, const void *b)
 {
     const ftr_scope *x = a, *y = b;
     int c = strcmp(x->device, y->device);
-    if (!c)
-        c = strcmp(x->model, y->model);
-    if (!c)
-        c = (x->batch > y->batch) - (x->batch < y->batch);
+    if (!c) c = strcmp(x->model, y->model);
+    if (!c) c = (x->batch > y->batch) - (x->batch < y->batch);
     return c;
 }
 
@@ -238,12 +222,9 @@ static int cmp_max(const void *a, const void *b)
 {
     const ftr_maxctx *x = a, *y = b;
     int c = strcmp(x->device, y->device);
-    if (!c)
-        c = strcmp(x->model, y->model);
-    if (!c)
-        c = (x->batch > y->batch) - (x->batch < y->batch);
-    if (!c)
-        c = cmp_series(&x->series, &y->series);
+    if (!c) c = strcmp(x->model, y->model);
+    if (!c) c = (x->batch > y->batch) - (x->batch < y->batch);
+    if (!c) c = cmp_series(&x->series, &y->series);
     return c;
 }
 
@@ -252,13 +233,10 @@ void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out)
     memset(out, 0, sizeof *out);
     for (int i = 0; i < s->n; i++) {
         const ftr_rec *r = &s->r[i];
-        if (r->fit || r->train)
-            continue;
+        if (r->fit || r->train) continue;
         int found = 0;
-        for (int k = 0; k < out->nscopes && !found; k++)
-            found = in_scope(r, &out->scopes[k]);
-        if (found)
-            continue;
+        for (int k = 0; k < out->nscopes && !found; k++) found = in_scope(r, &out->scopes[k]);
+        if (found) continue;
         out->scopes = realloc(out->scopes, (size_t)(out->nscopes + 1) * sizeof *out->scopes);
         ftr_scope *sc = &out->scopes[out->nscopes++];
         memset(sc, 0, sizeof *sc);
@@ -266,28 +244,22 @@ void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out)
         snprintf(sc->model, sizeof sc->model, "%s", r->model);
         sc->batch = r->batch;
     }
-    if (out->nscopes)
-        qsort(out->scopes, (size_t)out->nscopes, sizeof *out->scopes, cmp_scope);
-    for (int k = 0; k < out->nscopes; k++)
-        build_scope(s, &out->scopes[k], at_seq);
+    if (out->nscopes) qsort(out->scopes, (size_t)out->nscopes, sizeof *out->scopes, cmp_scope);
+    for (int k = 0; k < out->nscopes; k++) build_scope(s, &out->scopes[k], at_seq);
 
     /* Max context: `fit` probes, and the swept lengths within budget. */
     g_set = s;
     for (int i = 0; i < s->n; i++) {
         const ftr_rec *r = &s->r[i];
-        if (!r->fit || r->train)
-            continue;
+        if (!r->fit || r->train) continue;
         ftr_maxctx *m = maxctx_get(out, r);
-        if (isfinite(r->budget_mib))
-            m->budget_mib = r->budget_mib;
-        if (m->fit_longest < 0)
-            m->fit_longest = 0;
-        if (!strcmp(r->outcome, "ok") && !(isfinite(r->peak_mib) && isfinite(r->budget_mib) && r->peak_mib > r->budget_mib)) {
-            if (r->seq > m->fit_longest)
-                m->fit_longest = r->seq;
+        if (isfinite(r->budget_mib)) m->budget_mib = r->budget_mib;
+        if (m->fit_longest < 0) m->fit_longest = 0;
+        if (!strcmp(r->outcome, "ok") &&
+            !(isfinite(r->peak_mib) && isfinite(r->budget_mib) && r->peak_mib > r->budget_mib)) {
+            if (r->seq > m->fit_longest) m->fit_longest = r->seq;
         } else if (!strcmp(r->outcome, "over_budget") || !strcmp(r->outcome, "oom") || !strcmp(r->outcome, "ok")) {
-            if (!m->fit_failing || r->seq < m->fit_failing)
-                m->fit_failing = r->seq;
+            if (!m->fit_failing || r->seq < m->fit_failing) m->fit_failing = r->seq;
         }
     }
     for (int k = 0; k < out->nscopes; k++) {
@@ -295,17 +267,13 @@ void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out)
         for (int row = 0; row < sc->nseries; row++)
             for (int q = 0; q < sc->nseq; q++) {
                 ftr_agg *a = ftr_scope_agg(sc, row, q);
-                if (!a->rep)
-                    continue;
+                if (!a->rep) continue;
                 ftr_maxctx *m = maxctx_get(out, a->rep);
-                if (isfinite(sc->budget_mib))
-                    m->budget_mib = sc->budget_mib;
-                if (!a->over && sc->seqs[q] > m->sweep_longest)
-                    m->sweep_longest = sc->seqs[q];
+                if (isfinite(sc->budget_mib)) m->budget_mib = sc->budget_mib;
+                if (!a->over && sc->seqs[q] > m->sweep_longest) m->sweep_longest = sc->seqs[q];
             }
     }
-    if (out->nmax)
-        qsort(out->max, (size_t)out->nmax, sizeof *out->max, cmp_max);
+    if (out->nmax) qsort(out->max, (size_t)out->nmax, sizeof *out->max, cmp_max);
 
     for (int i = 0; i < s->n; i++)
         if (s->r[i].train) {

@@ -16,13 +16,10 @@
 
 #define SCAN_DEPTH 5
 
-static const char *const cat_keys[FTR_NCAT] = { "weights", "trainable", "grads", "optimizer",
-                                                "saved_activations", "workspace" };
+static const char *const cat_keys[FTR_NCAT] = { "weights",   "trainable",         "grads",
+                                                "optimizer", "saved_activations", "workspace" };
 
-static double mib(json_t *v)
-{
-    return json_is_number(v) ? json_number_value(v) / 1048576.0 : NAN;
-}
+static double mib(json_t *v) { return json_is_number(v) ? json_number_value(v) / 1048576.0 : NAN; }
 
 static double num(json_t *v) { return json_is_number(v) ? json_number_value(v) : NAN; }
 
@@ -32,10 +29,7 @@ static json_t *path2(json_t *o, const char *a, const char *b)
     return b ? json_object_get(x, b) : x;
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static void push_str(char ***v, int *n, const char *s)
 {
@@ -46,14 +40,12 @@ static void push_str(char ***v, int *n, const char *s)
 static void scan(const char *dir, int depth, char ***files, int *n)
 {
     DIR *d = opendir(dir);
-    if (!d)
-        return;
+    if (!d) return;
     struct dirent *e;
     char **subdirs = NULL;
     int nsub = 0;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
+        if (e->d_name[0] == '.') continue;
         size_t need = strlen(dir) + strlen(e->d_name) + 2;
         char *p = malloc(need);
         snprintf(p, need, "%s/%s", dir, e->d_name);
@@ -67,8 +59,7 @@ static void scan(const char *dir, int depth, char ***files, int *n)
         free(p);
     }
     closedir(d);
-    if (nsub)
-        qsort(subdirs, (size_t)nsub, sizeof *subdirs, cmp_str);
+    if (nsub) qsort(subdirs, (size_t)nsub, sizeof *subdirs, cmp_str);
     for (int i = 0; i < nsub; i++) {
         scan(subdirs[i], depth + 1, files, n);
         free(subdirs[i]);
@@ -87,8 +78,7 @@ static void skip(ftr_set *s, FILE *warn, const char *path, int line, const char 
     va_end(ap);
     snprintf(msg, sizeof msg, "%.1000s:%d: %s", path, line, why);
     push_str(&s->skipped, &s->nskipped, msg);
-    if (warn)
-        fprintf(warn, "ftbench report: %s (line skipped)\n", msg);
+    if (warn) fprintf(warn, "ftbench report: %s (line skipped)\n", msg);
 }
 
 static void extract(ftr_rec *r)
@@ -97,40 +87,32 @@ static void extract(ftr_rec *r)
     r->cell = json_string_value(json_object_get(j, "cell"));
     r->run_id = json_string_value(json_object_get(j, "run_id"));
     r->outcome = json_string_value(json_object_get(j, "outcome"));
-    if (!r->outcome)
-        r->outcome = "?";
+    if (!r->outcome) r->outcome = "?";
     r->device = json_string_value(path2(j, "device", "name"));
-    if (!r->device)
-        r->device = "?";
+    if (!r->device) r->device = "?";
     r->model = json_string_value(path2(j, "model", "name"));
-    if (!r->model)
-        r->model = "?";
+    if (!r->model) r->model = "?";
     /* A base in another format or lazily resident is another model to
      * compare with: "qwen2.5-0.5b int4/64 lazy" (kept in the record, so it
      * lives as long as r->j). */
     json_t *base = json_object_get(j, "base");
     const char *bd = json_string_value(json_object_get(base, "dtype"));
     const char *res = json_string_value(json_object_get(base, "residency_effective"));
-    if (!res)
-        res = json_string_value(json_object_get(base, "residency"));
+    if (!res) res = json_string_value(json_object_get(base, "residency"));
     int lazy = res && !strcmp(res, "lazy");
     if (bd && (json_is_true(json_object_get(base, "given")) || lazy)) {
         const char *ed = json_string_value(json_object_get(base, "embed_dtype"));
         json_t *g = json_object_get(base, "group");
         char name[192], grp[24] = "", emb[48] = "";
-        if (json_is_integer(g))
-            snprintf(grp, sizeof grp, "/%lld", (long long)json_integer_value(g));
-        if (ed && strcmp(ed, bd))
-            snprintf(emb, sizeof emb, " emb %s", ed);
+        if (json_is_integer(g)) snprintf(grp, sizeof grp, "/%lld", (long long)json_integer_value(g));
+        if (ed && strcmp(ed, bd)) snprintf(emb, sizeof emb, " emb %s", ed);
         snprintf(name, sizeof name, "%.96s %s%s%s%s", r->model, bd, grp, emb, lazy ? " lazy" : "");
         json_object_set_new(j, "_report_model", json_string(name));
         r->model = json_string_value(json_object_get(j, "_report_model"));
     }
     r->label = json_string_value(path2(j, "method", "label"));
-    if (!r->label)
-        r->label = json_string_value(path2(j, "method", "name"));
-    if (!r->label)
-        r->label = "?";
+    if (!r->label) r->label = json_string_value(path2(j, "method", "name"));
+    if (!r->label) r->label = "?";
     /* Options, sorted: part of the series' identity. */
     json_t *opts = path2(j, "method", "options");
     const char *keys[64];
@@ -139,8 +121,7 @@ static void extract(ftr_rec *r)
     json_t *v;
     json_object_foreach(opts, k, v)
     {
-        if (nk < 64)
-            keys[nk++] = k;
+        if (nk < 64) keys[nk++] = k;
     }
     for (int a = 1; a < nk; a++)
         for (int b = a; b > 0 && strcmp(keys[b - 1], keys[b]) > 0; b--) {
@@ -159,14 +140,12 @@ static void extract(ftr_rec *r)
             val = tmp;
         }
         int w = snprintf(r->options + off, sizeof r->options - off, "%s%s=%s", a ? "," : "", keys[a], val);
-        if (w < 0 || (size_t)w >= sizeof r->options - off)
-            break;
+        if (w < 0 || (size_t)w >= sizeof r->options - off) break;
         off += (size_t)w;
     }
     r->seq = (int)json_integer_value(json_object_get(j, "seq"));
     r->batch = (int)json_integer_value(json_object_get(j, "batch"));
-    if (r->batch <= 0)
-        r->batch = 1;
+    if (r->batch <= 0) r->batch = 1;
     r->emulated = json_is_true(json_object_get(j, "emulated"));
     r->fit = json_is_true(json_object_get(j, "fit"));
     r->budget_mib = mib(path2(j, "device", "budget_bytes"));
@@ -176,8 +155,7 @@ static void extract(ftr_rec *r)
     json_t *core = json_object_get(mem, "core");
     r->core_peak_mib = mib(json_object_get(core, "peak_total_bytes"));
     r->saved_peak_mib = mib(path2(core, "peak_bytes", "saved_activations"));
-    for (int c = 0; c < FTR_NCAT; c++)
-        r->split_mib[c] = mib(path2(core, "split_at_peak_bytes", cat_keys[c]));
+    for (int c = 0; c < FTR_NCAT; c++) r->split_mib[c] = mib(path2(core, "split_at_peak_bytes", cat_keys[c]));
     json_t *an = json_object_get(mem, "analytic");
     r->analytic_peak_mib = mib(json_object_get(an, "peak_total_bytes"));
     r->unexplained_pct = 100.0 * num(json_object_get(an, "unexplained_rss_fraction"));
@@ -195,10 +173,8 @@ static void extract(ftr_rec *r)
      * (or a top-level accuracy), gradient_fidelity.cosine / relative_error. */
     json_t *ev = json_object_get(j, "eval");
     r->accuracy = num(json_object_get(ev, "accuracy"));
-    if (!isfinite(r->accuracy))
-        r->accuracy = num(json_object_get(j, "accuracy"));
-    if (r->accuracy > 1.0)
-        r->accuracy /= 100.0; /* given in percent */
+    if (!isfinite(r->accuracy)) r->accuracy = num(json_object_get(j, "accuracy"));
+    if (r->accuracy > 1.0) r->accuracy /= 100.0; /* given in percent */
     r->eval_task = json_string_value(json_object_get(ev, "task"));
     r->eval_metric = json_string_value(json_object_get(ev, "metric"));
     json_t *gf = json_object_get(j, "gradient_fidelity");
@@ -231,10 +207,8 @@ static int load_file(ftr_set *s, const char *path, FILE *warn)
         lineno++;
         int has_nl = len > 0 && line[len - 1] == '\n';
         char *p = line;
-        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
-            p++;
-        if (!*p)
-            continue;
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+        if (!*p) continue;
         json_error_t je;
         json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
         if (!j) {
@@ -242,13 +216,14 @@ static int load_file(ftr_set *s, const char *path, FILE *warn)
                 skip(s, warn, src, lineno, "truncated record (the file ends mid-line: a writer was killed?): %s",
                      je.text);
             else
-                skip(s, warn, src, lineno, "not valid JSON (a torn or truncated record?): %s at column %d",
-                     je.text, je.column);
+                skip(s, warn, src, lineno, "not valid JSON (a torn or truncated record?): %s at column %d", je.text,
+                     je.column);
             continue;
         }
         if (!json_is_object(j) || !json_is_string(json_object_get(j, "cell")) ||
             !json_is_integer(json_object_get(j, "schema"))) {
-            skip(s, warn, src, lineno, "foreign line: valid JSON but not an ftbench record (no \"cell\" and \"schema\")");
+            skip(s, warn, src, lineno,
+                 "foreign line: valid JSON but not an ftbench record (no \"cell\" and \"schema\")");
             json_decref(j);
             continue;
         }
@@ -282,8 +257,7 @@ int ftr_load(ftr_set *s, const char *path, FILE *warn, char *err, size_t errlen)
     if (S_ISDIR(st.st_mode)) {
         size_t n = strlen(path);
         char *p = strdup(path);
-        while (n > 1 && p[n - 1] == '/')
-            p[--n] = 0;
+        while (n > 1 && p[n - 1] == '/') p[--n] = 0;
         scan(p, 0, &files, &nf);
         free(p);
     } else {
@@ -309,8 +283,7 @@ void ftr_finish(ftr_set *s)
         ftr_rec *r = &s->r[i];
         int found = -1;
         for (int k = 0; k < s->nseries && found < 0; k++)
-            if (!strcmp(s->series[k].label, r->label) && !strcmp(s->series[k].options, r->options))
-                found = k;
+            if (!strcmp(s->series[k].label, r->label) && !strcmp(s->series[k].options, r->options)) found = k;
         if (found < 0) {
             s->series = realloc(s->series, (size_t)(s->nseries + 1) * sizeof *s->series);
             ftr_series *x = &s->series[s->nseries];
@@ -326,11 +299,9 @@ void ftr_finish(ftr_set *s)
         ftr_series *x = &s->series[k];
         int variants = 0, variant = 0;
         for (int m = 0; m < s->nseries; m++) {
-            if (strcmp(s->series[m].label, x->label))
-                continue;
+            if (strcmp(s->series[m].label, x->label)) continue;
             variants++;
-            if (strcmp(s->series[m].options, x->options) < 0)
-                variant++;
+            if (strcmp(s->series[m].options, x->options) < 0) variant++;
         }
         if (variants > 1 && x->options[0])
             snprintf(x->name, sizeof x->name, "%s[%s]", x->label, x->options);
@@ -343,8 +314,7 @@ void ftr_finish(ftr_set *s)
 
 void ftr_set_free(ftr_set *s)
 {
-    for (int i = 0; i < s->n; i++)
-        json_decref(s->r[i].j);
+    for (int i = 0; i < s->n; i++) json_decref(s->r[i].j);
     free(s->r);
     for (int i = 0; i < s->nseries; i++) {
         free(s->series[i].label);
@@ -357,8 +327,7 @@ void ftr_set_free(ftr_set *s)
     }
     free(s->sources);
     free(s->dirs);
-    for (int i = 0; i < s->nskipped; i++)
-        free(s->skipped[i]);
+    for (int i = 0; i < s->nskipped; i++) free(s->skipped[i]);
     free(s->skipped);
     memset(s, 0, sizeof *s);
 }

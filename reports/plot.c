@@ -43,8 +43,7 @@ static int run_sh(const char *cmd)
 static int in_path(const char *name, char *out, size_t n)
 {
     const char *path = getenv("PATH");
-    if (!path || !*path)
-        return 0;
+    if (!path || !*path) return 0;
     char *copy = strdup(path), *save = NULL;
     int found = 0;
     for (char *d = strtok_r(copy, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
@@ -66,21 +65,18 @@ static char *terminals(const char *gnuplot)
     fflush(NULL);
     FILE *f = popen(b.s, "r");
     ftr_buf_free(&b);
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     ftr_buf out = { 0 };
     ftr_buf_puts(&out, " ");
     char line[4096];
-    while (fgets(line, sizeof line, f))
-        ftr_buf_puts(&out, line);
+    while (fgets(line, sizeof line, f)) ftr_buf_puts(&out, line);
     int st = pclose(f);
     if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !strstr(out.s, " svg")) {
         ftr_buf_free(&out);
         return NULL;
     }
     for (char *c = out.s; *c; c++)
-        if (*c == '\n' || *c == '\t')
-            *c = ' ';
+        if (*c == '\n' || *c == '\t') *c = ' ';
     ftr_buf_puts(&out, " ");
     return out.s;
 }
@@ -97,8 +93,7 @@ void ftr_plotter_init(ftr_plotter *p, const char *out, const int want[3], int lo
     memset(p, 0, sizeof *p);
     p->out = out;
     p->log_axes = log_axes;
-    for (int i = 0; i < 3; i++)
-        p->want[i] = want[i];
+    for (int i = 0; i < 3; i++) p->want[i] = want[i];
     const char *env = getenv("FTBENCH_GNUPLOT");
     char found[4096];
     if (env && *env) {
@@ -124,8 +119,7 @@ void ftr_plotter_init(ftr_plotter *p, const char *out, const int want[3], int lo
         snprintf(p->missing_why, sizeof p->missing_why, "%.400s does not run (or lists no terminals)", p->gnuplot);
         p->gnuplot[0] = 0;
     }
-    if (!p->gnuplot[0])
-        return;
+    if (!p->gnuplot[0]) return;
     /* PNG: cairo, else libgd.  SVG: built in.  PDF: cairo, else EPS through
      * ps2pdf (ghostscript) or epstopdf. */
     if (term_ok(terms, "pngcairo")) {
@@ -176,8 +170,8 @@ static long file_size(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode) ? (long)st.st_size : -1;
 }
 
-int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const char *script,
-                    const char *fmt_caption, ...)
+int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const char *script, const char *fmt_caption,
+                    ...)
 {
     if (p->nplots == p->cap) {
         p->cap = p->cap ? p->cap * 2 : 16;
@@ -223,8 +217,7 @@ int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const
      * good (gnuplot reading a pipe goes on after an error, and exits 1). */
     int wanted = 0, ok = 0;
     for (int f = 0; f < 3; f++) {
-        if (!p->want[f] || !p->have[f])
-            continue;
+        if (!p->want[f] || !p->have[f]) continue;
         wanted++;
         const char *fmt = f == 2 && p->pdf_via_eps ? "eps" : ftr_formats[f];
         snprintf(path, sizeof path, "%s/plots/%s.%s", p->out, name, ftr_formats[f]);
@@ -255,16 +248,14 @@ int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const
         if (!good || file_size(path) <= 0) {
             unlink(path); /* nothing half-written stays behind */
             if (!pl->problem[0])
-                snprintf(pl->problem, sizeof pl->problem, "gnuplot failed on the %s (see gnuplot.log)",
-                         ftr_formats[f]);
+                snprintf(pl->problem, sizeof pl->problem, "gnuplot failed on the %s (see gnuplot.log)", ftr_formats[f]);
         } else {
             ok++;
         }
     }
     ftr_buf_free(&cmd);
     pl->drawn = wanted > 0 && ok == wanted;
-    if (!wanted && !pl->problem[0])
-        snprintf(pl->problem, sizeof pl->problem, "no requested format is available");
+    if (!wanted && !pl->problem[0]) snprintf(pl->problem, sizeof pl->problem, "no requested format is available");
     return p->nplots++;
 }
 
@@ -291,15 +282,12 @@ static void xaxis_seq(const ftr_plotter *p, ftr_buf *s, const ftr_scope *sc)
     ftr_buf_puts(s, "set xlabel 'sequence length (tokens)'\n");
     if (p->log_axes) {
         ftr_buf_puts(s, "set logscale x 2\nset xtics (");
-        for (int k = 0; k < sc->nseq; k++)
-            ftr_buf_printf(s, "%s%d", k ? ", " : "", sc->seqs[k]);
+        for (int k = 0; k < sc->nseq; k++) ftr_buf_printf(s, "%s%d", k ? ", " : "", sc->seqs[k]);
         ftr_buf_puts(s, ")\n");
-        if (sc->nseq)
-            ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] / 1.25, sc->seqs[sc->nseq - 1] * 1.25);
+        if (sc->nseq) ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] / 1.25, sc->seqs[sc->nseq - 1] * 1.25);
     } else if (sc->nseq) {
         double span = sc->seqs[sc->nseq - 1] - sc->seqs[0];
-        if (span <= 0)
-            span = sc->seqs[0];
+        if (span <= 0) span = sc->seqs[0];
         ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] - 0.05 * span, sc->seqs[sc->nseq - 1] + 0.05 * span);
     }
 }
@@ -307,19 +295,16 @@ static void xaxis_seq(const ftr_plotter *p, ftr_buf *s, const ftr_scope *sc)
 /* Log-scale y tics at 1, 2, 5 × 10^k within [lo, hi]. */
 static void log_ytics(ftr_buf *s, double lo, double hi)
 {
-    if (!(lo > 0) || !(hi > lo))
-        return;
+    if (!(lo > 0) || !(hi > lo)) return;
     ftr_buf_puts(s, "set ytics (");
     int n = 0;
     for (int e = (int)floor(log10(lo)); e <= (int)ceil(log10(hi)); e++)
         for (int m = 0; m < 3; m++) {
             double v = (m == 0 ? 1 : m == 1 ? 2 : 5) * pow(10, e);
-            if (v >= lo && v <= hi)
-                ftr_buf_printf(s, "%s%g", n++ ? ", " : "", v);
+            if (v >= lo && v <= hi) ftr_buf_printf(s, "%s%g", n++ ? ", " : "", v);
         }
     ftr_buf_puts(s, ")\n");
-    if (!n)
-        s->s[s->n -= strlen("set ytics ()\n")] = 0;
+    if (!n) s->s[s->n -= strlen("set ytics ()\n")] = 0;
 }
 
 /* ---- memory scaling ----------------------------------------------------------------- */
@@ -336,18 +321,15 @@ static double seq_data(const ftr_set *s, const ftr_scope *sc, agg_field fn, ftr_
     double mx = 0;
     *minpos = INFINITY;
     ftr_buf_printf(d, "# %s: %s\n# seq", what, sc->title);
-    for (int row = 0; row < sc->nseries; row++)
-        ftr_buf_printf(d, "\t%s", s->series[sc->series[row]].name);
+    for (int row = 0; row < sc->nseries; row++) ftr_buf_printf(d, "\t%s", s->series[sc->series[row]].name);
     ftr_buf_puts(d, "\n");
     for (int k = 0; k < sc->nseq; k++) {
         ftr_buf_printf(d, "%d", sc->seqs[k]);
         for (int row = 0; row < sc->nseries; row++) {
             double v = fn(ftr_scope_agg(sc, row, k));
             tsv_num(d, v, "%.4f");
-            if (isfinite(v) && v > mx)
-                mx = v;
-            if (isfinite(v) && v > 0 && v < *minpos)
-                *minpos = v;
+            if (isfinite(v) && v > mx) mx = v;
+            if (isfinite(v) && v > 0 && v < *minpos) *minpos = v;
         }
         ftr_buf_puts(d, "\n");
     }
@@ -390,17 +372,20 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
         double lo = isfinite(minpos) ? minpos / 1.3 : 1;
         ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", lo, top * 1.6);
         log_ytics(&g, lo, top * 1.6);
-    }
-    else
+    } else
         ftr_buf_printf(&g, "set yrange [0:%g]\n", top > 0 ? top * 1.12 : 1);
     if (show_budget) {
         ftr_buf_printf(&g, "budget = %.3f\n", sc->budget_mib);
         ftr_buf_puts(&g, "set arrow 1 from graph 0, first budget to graph 1, first budget nohead ls 90 front\n");
-        ftr_buf_printf(&g, "set label 1 sprintf('budget of %s: %%.0f MiB', budget) at graph 0.02, first budget "
-                           "left offset 0,0.7 tc rgb '#B00000' front\n", sc->device);
+        ftr_buf_printf(&g,
+                       "set label 1 sprintf('budget of %s: %%.0f MiB', budget) at graph 0.02, first budget "
+                       "left offset 0,0.7 tc rgb '#B00000' front\n",
+                       sc->device);
     } else if (isfinite(sc->budget_mib)) {
-        ftr_buf_printf(&g, "set label 1 'budget %.0f MiB: off the scale' at graph 0.98, graph 0.04 right tc rgb "
-                           "'#B00000'\n", sc->budget_mib);
+        ftr_buf_printf(&g,
+                       "set label 1 'budget %.0f MiB: off the scale' at graph 0.98, graph 0.04 right tc rgb "
+                       "'#B00000'\n",
+                       sc->budget_mib);
     }
     ftr_buf_puts(&g, "plot \\\n");
     for (int row = 0; row < sc->nseries; row++) {
@@ -409,11 +394,9 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
         ftr_gp_quote(&g, x->name);
         ftr_buf_puts(&g, ", \\\n");
     }
-    if (nover)
-        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:2 with points ls 91 title 'over budget', \\\n", oname);
+    if (nover) ftr_buf_printf(&g, "  'data/%s.tsv' using 1:2 with points ls 91 title 'over budget', \\\n", oname);
     ftr_buf_puts(&g, "  NaN notitle\n");
-    ftr_plot_render(p, name, si, 0, g.s,
-                    "Peak RSS against sequence length, one line per method: %s%s%s.", sc->title,
+    ftr_plot_render(p, name, si, 0, g.s, "Peak RSS against sequence length, one line per method: %s%s%s.", sc->title,
                     show_budget ? "; the dashed line is the device's memory budget" : "",
                     nover ? ", circled points exceed it" : "");
     ftr_buf_free(&d);
@@ -441,8 +424,7 @@ static void act_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
         double lo = isfinite(minpos) ? minpos / 1.3 : 0.01, hi = mx > 0 ? mx * 1.6 : 1;
         ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", lo, hi);
         log_ytics(&g, lo, hi);
-    }
-    else
+    } else
         ftr_buf_printf(&g, "set yrange [0:%g]\n", mx > 0 ? mx * 1.12 : 1);
     ftr_buf_puts(&g, "plot \\\n");
     for (int row = 0; row < sc->nseries; row++) {
@@ -459,7 +441,8 @@ static void act_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
     ftr_buf_puts(&g, "  NaN notitle\n");
     ftr_plot_render(p, name, si, 0, g.s,
                     "Bytes kept for the backward pass (the core's saved_activations peak) against sequence length: "
-                    "%s; the key gives each method's slope per token.", sc->title);
+                    "%s; the key gives each method's slope per token.",
+                    sc->title);
     ftr_buf_free(&d);
     ftr_buf_free(&g);
 }
@@ -487,8 +470,7 @@ static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *
     if (p->log_axes) {
         ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", minpos / 1.3, mx * 1.6);
         log_ytics(&g, minpos / 1.3, mx * 1.6);
-    }
-    else
+    } else
         ftr_buf_printf(&g, "set yrange [0:%g]\n", mx * 1.12);
     ftr_buf_puts(&g, "plot \\\n");
     for (int row = 0; row < sc->nseries; row++) {
@@ -498,9 +480,10 @@ static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *
         ftr_buf_puts(&g, ", \\\n");
     }
     ftr_buf_puts(&g, "  NaN notitle\n");
-    ftr_plot_render(p, name, si, 0, g.s, "Training throughput (tokens per second of the median step) against "
-                    "sequence length: %s%s.", sc->title,
-                    sc->emulated ? "; an emulated device's steps run on this host" : "");
+    ftr_plot_render(p, name, si, 0, g.s,
+                    "Training throughput (tokens per second of the median step) against "
+                    "sequence length: %s%s.",
+                    sc->title, sc->emulated ? "; an emulated device's steps run on this host" : "");
     ftr_buf_free(&d);
     ftr_buf_free(&g);
 }
@@ -512,25 +495,22 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
     const ftr_scope *sc = &r->scopes[si];
     int k = -1;
     for (int q = 0; q < sc->nseq; q++)
-        if (sc->seqs[q] == sc->at_seq)
-            k = q;
-    if (k < 0)
-        return;
+        if (sc->seqs[q] == sc->at_seq) k = q;
+    if (k < 0) return;
     char name[320];
     snprintf(name, sizeof name, "breakdown_%s_s%d", sc->id, sc->at_seq);
     ftr_buf d = { 0 }, g = { 0 };
-    ftr_buf_printf(&d, "# split of each method's peak at seq %d (MiB): the core's categories at the core's peak, "
-                       "then other = peak RSS - core peak (runtime, allocator, libraries): %s\n# method",
+    ftr_buf_printf(&d,
+                   "# split of each method's peak at seq %d (MiB): the core's categories at the core's peak, "
+                   "then other = peak RSS - core peak (runtime, allocator, libraries): %s\n# method",
                    sc->at_seq, sc->title);
-    for (int c = 0; c < FTR_NCAT; c++)
-        ftr_buf_printf(&d, "\t%s", ftr_category_name(c));
+    for (int c = 0; c < FTR_NCAT; c++) ftr_buf_printf(&d, "\t%s", ftr_category_name(c));
     ftr_buf_puts(&d, "\tother_rss\tpeak_rss\n");
     int rows = 0;
     double mx = 0;
     for (int row = 0; row < sc->nseries; row++) {
         const ftr_agg *a = ftr_scope_agg(sc, row, k);
-        if (!a->rep)
-            continue;
+        if (!a->rep) continue;
         const ftr_rec *x = a->rep;
         ftr_buf_printf(&d, "%s", s->series[sc->series[row]].name);
         double core = 0;
@@ -542,8 +522,7 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
         tsv_num(&d, other, "%.4f");
         tsv_num(&d, x->peak_mib, "%.4f");
         ftr_buf_puts(&d, "\n");
-        if (core + other > mx)
-            mx = core + other;
+        if (core + other > mx) mx = core + other;
         rows++;
     }
     if (!rows) {
@@ -562,8 +541,7 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
     ftr_buf_puts(&g, "set style data histograms\nset style histogram rowstacked\nset boxwidth 0.62 relative\n"
                      "set grid noxtics ytics\nset xtics nomirror scale 0\n"
                      "set key outside right top vertical Left reverse invert noopaque nobox\n");
-    if (rows > 8)
-        ftr_buf_puts(&g, "set xtics rotate by -30\n");
+    if (rows > 8) ftr_buf_puts(&g, "set xtics rotate by -30\n");
     if (show_budget) {
         ftr_buf_printf(&g, "budget = %.3f\n", sc->budget_mib);
         ftr_buf_puts(&g, "set arrow 1 from graph 0, first budget to graph 1, first budget nohead ls 90 front\n");
@@ -571,8 +549,8 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
                          "0,0.7 tc rgb '#B00000' front\n");
     }
     ftr_buf_puts(&g, "set style fill border rgb '#333333'\n");
-    ftr_buf_printf(&g, "plot 'data/%s.tsv' using 2:xtic(1) title '%s' lw 0.5 lc rgb cat_col_1 fs @cat_fs_1, \\\n",
-                   name, ftr_category_title(0));
+    ftr_buf_printf(&g, "plot 'data/%s.tsv' using 2:xtic(1) title '%s' lw 0.5 lc rgb cat_col_1 fs @cat_fs_1, \\\n", name,
+                   ftr_category_title(0));
     for (int c = 1; c < FTR_NCAT; c++)
         ftr_buf_printf(&g, "  '' using %d title '%s' lw 0.5 lc rgb cat_col_%d fs @cat_fs_%d, \\\n", c + 2,
                        ftr_category_title(c), c + 1, c + 1);
@@ -587,20 +565,18 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
 
 /* ---- loss curves ---------------------------------------------------------------------- */
 
-static void loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_rec *const *recs, int n, const char *name,
-                      int scope, const char *title, const char *caption)
+static void loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_rec *const *recs, int n, const char *name, int scope,
+                      const char *title, const char *caption)
 {
     int maxsteps = 0;
     for (int i = 0; i < n; i++) {
         int m = (int)json_array_size(json_object_get(recs[i]->j, "loss_per_step"));
         maxsteps = m > maxsteps ? m : maxsteps;
     }
-    if (maxsteps < 2 || n == 0)
-        return; /* one step is a point, not a curve */
+    if (maxsteps < 2 || n == 0) return; /* one step is a point, not a curve */
     ftr_buf d = { 0 }, g = { 0 };
     ftr_buf_printf(&d, "# loss per step (warm-up steps included): %s\n# step", title);
-    for (int i = 0; i < n; i++)
-        ftr_buf_printf(&d, "\t%s", s->series[recs[i]->series].name);
+    for (int i = 0; i < n; i++) ftr_buf_printf(&d, "\t%s", s->series[recs[i]->series].name);
     ftr_buf_puts(&d, "\n");
     for (int st = 0; st < maxsteps; st++) {
         ftr_buf_printf(&d, "%d", st + 1);
@@ -613,10 +589,11 @@ static void loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_rec *const *re
     write_data(p, name, &d);
     ftr_buf_puts(&g, "set title ");
     ftr_gp_quote(&g, title);
-    ftr_buf_printf(&g, "\nset xlabel 'step'\nset ylabel 'training loss'\n"
-                       "set xrange [0.7:%g]\n", maxsteps + 0.3);
-    if (maxsteps <= 20)
-        ftr_buf_puts(&g, "set xtics 1\n");
+    ftr_buf_printf(&g,
+                   "\nset xlabel 'step'\nset ylabel 'training loss'\n"
+                   "set xrange [0.7:%g]\n",
+                   maxsteps + 0.3);
+    if (maxsteps <= 20) ftr_buf_puts(&g, "set xtics 1\n");
     ftr_buf_puts(&g, "plot \\\n");
     for (int i = 0; i < n; i++) {
         const ftr_series *x = &s->series[recs[i]->series];
@@ -638,13 +615,14 @@ static void scope_loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *
     for (int k = 0; k < sc->nseq; k++)
         if (sc->seqs[k] == sc->at_seq)
             for (int row = 0; row < sc->nseries; row++)
-                if (ftr_scope_agg(sc, row, k)->rep)
-                    v[n++] = ftr_scope_agg(sc, row, k)->rep;
+                if (ftr_scope_agg(sc, row, k)->rep) v[n++] = ftr_scope_agg(sc, row, k)->rep;
     char name[320], title[512], cap[700];
     snprintf(name, sizeof name, "loss_%s_s%d", sc->id, sc->at_seq);
     snprintf(title, sizeof title, "Loss per step, seq %d: %s", sc->at_seq, sc->title);
-    snprintf(cap, sizeof cap, "Training loss at each step (warm-up steps included) at %d tokens, one line per "
-                              "method: %s.", sc->at_seq, sc->title);
+    snprintf(cap, sizeof cap,
+             "Training loss at each step (warm-up steps included) at %d tokens, one line per "
+             "method: %s.",
+             sc->at_seq, sc->title);
     loss_plot(p, s, v, n, name, si, title, cap);
     free(v);
 }
@@ -663,31 +641,23 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
     for (int i = 0; i < r->nmax; i++) {
         const char *model = r->max[i].model;
         int first = 1;
-        for (int j = 0; j < i; j++)
-            first &= strcmp(r->max[j].model, model) != 0;
-        if (!first)
-            continue;
+        for (int j = 0; j < i; j++) first &= strcmp(r->max[j].model, model) != 0;
+        if (!first) continue;
         int series[256], ns = 0;
         const char *devs[64];
         int nd = 0, anyfit = 0;
         for (int j = i; j < r->nmax; j++) {
             const ftr_maxctx *m = &r->max[j];
-            if (strcmp(m->model, model) || m->fit_longest < 0)
-                continue;
+            if (strcmp(m->model, model) || m->fit_longest < 0) continue;
             anyfit = 1;
             int f = 0;
-            for (int q = 0; q < ns; q++)
-                f |= series[q] == m->series;
-            if (!f && ns < 256)
-                series[ns++] = m->series;
+            for (int q = 0; q < ns; q++) f |= series[q] == m->series;
+            if (!f && ns < 256) series[ns++] = m->series;
             f = 0;
-            for (int q = 0; q < nd; q++)
-                f |= !strcmp(devs[q], m->device);
-            if (!f && nd < 64)
-                devs[nd++] = m->device;
+            for (int q = 0; q < nd; q++) f |= !strcmp(devs[q], m->device);
+            if (!f && nd < 64) devs[nd++] = m->device;
         }
-        if (!anyfit)
-            continue;
+        if (!anyfit) continue;
         /* Series in display order. */
         for (int a = 1; a < ns; a++)
             for (int b = a; b > 0 && s->series[series[b - 1]].order > s->series[series[b]].order; b--) {
@@ -699,10 +669,11 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         ftr_safe_name(safe, sizeof safe, model);
         snprintf(name, sizeof name, "maxctx_%s", safe);
         ftr_buf d = { 0 }, g = { 0 };
-        ftr_buf_printf(&d, "# longest sequence that fits (ftbench fit), %s; 0 = nothing fits, '-' = not searched\n"
-                           "# device", model);
-        for (int q = 0; q < ns; q++)
-            ftr_buf_printf(&d, "\t%s", s->series[series[q]].name);
+        ftr_buf_printf(&d,
+                       "# longest sequence that fits (ftbench fit), %s; 0 = nothing fits, '-' = not searched\n"
+                       "# device",
+                       model);
+        for (int q = 0; q < ns; q++) ftr_buf_printf(&d, "\t%s", s->series[series[q]].name);
         ftr_buf_puts(&d, "\n");
         double mx = 0;
         for (int dv = 0; dv < nd; dv++) {
@@ -716,8 +687,7 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
                         v = m->fit_longest;
                 }
                 tsv_num(&d, v, "%.0f");
-                if (isfinite(v) && v > mx)
-                    mx = v;
+                if (isfinite(v) && v > mx) mx = v;
             }
             ftr_buf_puts(&d, "\n");
         }
@@ -726,11 +696,13 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         snprintf(t, sizeof t, "Longest sequence that fits: %s", model);
         ftr_buf_puts(&g, "set title ");
         ftr_gp_quote(&g, t);
-        ftr_buf_printf(&g, "\nset ylabel 'tokens'\nset yrange [0:%g]\nset style data histograms\n"
-                           "set style histogram clustered gap 1\nset boxwidth 0.9 relative\n"
-                           "set grid noxtics ytics\nset xtics nomirror scale 0\n"
-                           "set key outside right top vertical Left reverse noopaque nobox\n"
-                           "set xrange [-0.6:%g]\n", mx > 0 ? mx * 1.15 : 1, nd - 0.4);
+        ftr_buf_printf(&g,
+                       "\nset ylabel 'tokens'\nset yrange [0:%g]\nset style data histograms\n"
+                       "set style histogram clustered gap 1\nset boxwidth 0.9 relative\n"
+                       "set grid noxtics ytics\nset xtics nomirror scale 0\n"
+                       "set key outside right top vertical Left reverse noopaque nobox\n"
+                       "set xrange [-0.6:%g]\n",
+                       mx > 0 ? mx * 1.15 : 1, nd - 0.4);
         ftr_buf_puts(&g, "plot \\\n");
         for (int q = 0; q < ns; q++) {
             const ftr_series *x = &s->series[series[q]];
@@ -740,15 +712,16 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
                 snprintf(fs, sizeof fs, "pattern %d", f);
             else
                 snprintf(fs, sizeof fs, "solid 0.9");
-            ftr_buf_printf(&g, "  'data/%s.tsv' using %d%s ls %d dt 1 fs %s border lc rgb '#333333' title ", name, q + 2,
-                           q == 0 ? ":xtic(1)" : "", x->style, fs);
+            ftr_buf_printf(&g, "  'data/%s.tsv' using %d%s ls %d dt 1 fs %s border lc rgb '#333333' title ", name,
+                           q + 2, q == 0 ? ":xtic(1)" : "", x->style, fs);
             ftr_gp_quote(&g, x->name);
             ftr_buf_puts(&g, ", \\\n");
         }
         ftr_buf_puts(&g, "  NaN notitle\n");
         ftr_plot_render(p, name, -1, 0, g.s,
                         "Longest sequence length that fits each device's memory budget (from ftbench fit), per "
-                        "method: %s.", model);
+                        "method: %s.",
+                        model);
         ftr_buf_free(&d);
         ftr_buf_free(&g);
     }
@@ -763,10 +736,9 @@ static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
     double mxp = 0;
     for (int i = 0; i < r->ntrain; i++) {
         const ftr_rec *x = r->train[i];
-        if (!isfinite(x->accuracy) || !isfinite(x->peak_mib))
-            continue;
-        ftr_buf_printf(&d, "%.4f\t%.4f\t%s\t%s\t%s\t%d\n", x->peak_mib, 100.0 * x->accuracy,
-                       s->series[x->series].name, x->device, x->model, x->seq);
+        if (!isfinite(x->accuracy) || !isfinite(x->peak_mib)) continue;
+        ftr_buf_printf(&d, "%.4f\t%.4f\t%s\t%s\t%s\t%d\n", x->peak_mib, 100.0 * x->accuracy, s->series[x->series].name,
+                       x->device, x->model, x->seq);
         mxp = x->peak_mib > mxp ? x->peak_mib : mxp;
         n++;
     }
@@ -775,14 +747,15 @@ static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         return;
     }
     write_data(p, "accuracy_vs_memory", &d);
-    ftr_buf_printf(&g, "set title 'Task accuracy against peak memory'\nset xlabel 'peak RSS (MiB)'\n"
-                       "set ylabel 'accuracy (%%)'\nset xrange [0:%g]\nset offsets 0,0,graph 0.1,graph 0.1\n"
-                       "", mxp * 1.15);
+    ftr_buf_printf(&g,
+                   "set title 'Task accuracy against peak memory'\nset xlabel 'peak RSS (MiB)'\n"
+                   "set ylabel 'accuracy (%%)'\nset xrange [0:%g]\nset offsets 0,0,graph 0.1,graph 0.1\n"
+                   "",
+                   mxp * 1.15);
     ftr_buf_puts(&g, "plot \\\n");
     /* One plot element per series, so each gets its style and key entry. */
     int *order = malloc(((size_t)s->nseries + 1) * sizeof *order);
-    for (int k = 0; k < s->nseries; k++)
-        order[k] = k;
+    for (int k = 0; k < s->nseries; k++) order[k] = k;
     for (int a = 1; a < s->nseries; a++)
         for (int b = a; b > 0 && s->series[order[b - 1]].order > s->series[order[b]].order; b--) {
             int t = order[b];
@@ -794,15 +767,15 @@ static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         int has = 0;
         for (int i = 0; i < r->ntrain; i++)
             has |= r->train[i]->series == k && isfinite(r->train[i]->accuracy) && isfinite(r->train[i]->peak_mib);
-        if (!has)
-            continue;
+        if (!has) continue;
         ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:(strcol(3) eq ");
         ftr_gp_quote(&g, s->series[k].name);
         ftr_buf_printf(&g, " ? $2 : NaN) with points ls %d ps 1.6 title ", s->series[k].style);
         ftr_gp_quote(&g, s->series[k].name);
         ftr_buf_puts(&g, ", \\\n");
     }
-    ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:2:3 with labels offset 0,1 font ',9' notitle\n");    free(order);
+    ftr_buf_puts(&g, "  'data/accuracy_vs_memory.tsv' using 1:2:3 with labels offset 0,1 font ',9' notitle\n");
+    free(order);
     ftr_plot_render(p, "accuracy_vs_memory", -1, 0, g.s,
                     "Task accuracy against peak RSS, one point per method and training run.");
     ftr_buf_free(&d);
@@ -821,8 +794,7 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
         breakdown_plot(p, s, r, si);
         throughput_plot(p, s, r, si);
         scope_loss_plot(p, s, r, si);
-        if (ncells)
-            continue;
+        if (ncells) continue;
         /* Default timelines: every method at the breakdown length. */
         const ftr_scope *sc = &r->scopes[si];
         for (int k = 0; k < sc->nseq; k++)
@@ -837,15 +809,12 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
     /* Timelines asked for by --cell: every record whose cell matches. */
     for (int c = 0; c < ncells; c++) {
         int hit = 0;
-        for (int i = 0; i < s->n && !hit; i++)
-            hit = cell_wanted(&s->r[i], &cells[c], 1);
-        if (!hit)
-            fprintf(stderr, "ftbench report: --cell %s: no record has such a cell\n", cells[c]);
+        for (int i = 0; i < s->n && !hit; i++) hit = cell_wanted(&s->r[i], &cells[c], 1);
+        if (!hit) fprintf(stderr, "ftbench report: --cell %s: no record has such a cell\n", cells[c]);
     }
     for (int i = 0; ncells && i < s->n; i++) {
         const ftr_rec *x = &s->r[i];
-        if (!cell_wanted(x, cells, ncells))
-            continue;
+        if (!cell_wanted(x, cells, ncells)) continue;
         int scope = -1;
         for (int k = 0; k < r->nscopes; k++)
             if (!strcmp(r->scopes[k].device, x->device) && !strcmp(r->scopes[k].model, x->model) &&
@@ -861,8 +830,7 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
         const ftr_rec **v = calloc((size_t)r->ntrain + 1, sizeof *v);
         int n = 0;
         for (int i = 0; i < r->ntrain; i++)
-            if (json_array_size(json_object_get(r->train[i]->j, "loss_per_step")))
-                v[n++] = r->train[i];
+            if (json_array_size(json_object_get(r->train[i]->j, "loss_per_step"))) v[n++] = r->train[i];
         loss_plot(p, s, v, n, "loss_training", -1, "Training loss per step",
                   "Training loss at each step of the training runs, one line per method.");
         free(v);
@@ -874,8 +842,7 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
 static int cell_wanted(const ftr_rec *x, char *const *cells, int ncells)
 {
     for (int i = 0; i < ncells; i++)
-        if (x->cell && (!strcmp(cells[i], x->cell) || fnmatch(cells[i], x->cell, 0) == 0))
-            return 1;
+        if (x->cell && (!strcmp(cells[i], x->cell) || fnmatch(cells[i], x->cell, 0) == 0)) return 1;
     return 0;
 }
 
@@ -885,13 +852,11 @@ int ftr_png_size(const char *path, int *w, int *h)
 {
     unsigned char b[24];
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     size_t n = fread(b, 1, sizeof b, f);
     fclose(f);
     static const unsigned char sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
-    if (n < 24 || memcmp(b, sig, 8) || memcmp(b + 12, "IHDR", 4))
-        return -1;
+    if (n < 24 || memcmp(b, sig, 8) || memcmp(b + 12, "IHDR", 4)) return -1;
     *w = (int)((unsigned)b[16] << 24 | (unsigned)b[17] << 16 | (unsigned)b[18] << 8 | b[19]);
     *h = (int)((unsigned)b[20] << 24 | (unsigned)b[21] << 16 | (unsigned)b[22] << 8 | b[23]);
     return 0;

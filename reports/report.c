@@ -16,31 +16,30 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define EXIT_OK 0
-#define EXIT_FAIL 1
+#define EXIT_OK    0
+#define EXIT_FAIL  1
 #define EXIT_USAGE 2
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: ftbench report RESULTS_DIR [RESULTS_DIR...] [options]\n"
-            "Tables and plots for papers from the records of run/sweep/fit (results.jsonl files,\n"
-            "found up to 5 directory levels under each RESULTS_DIR; several directories are merged\n"
-            "into one set of figures: one memory-scaling figure per device x model x batch).\n\n"
-            "options:\n"
-            "  --out DIR           where to write (default: RESULTS_DIR/report for one directory,\n"
-            "                      ./report for several)\n"
-            "  --formats LIST      plot formats among png,svg,pdf (default: all three)\n"
-            "  --log               logarithmic axes in the scaling plots (length base 2, memory base 10)\n"
-            "  --cell KEY          allocation timeline of this cell (a cell key or a glob such as\n"
-            "                      'lora.*.s1024.b1'; repeatable); default: every method at the\n"
-            "                      breakdown length\n"
-            "  --seq N             the length of the breakdown bars, the loss curves and the default\n"
-            "                      timelines (default: the longest length most methods measured)\n"
-            "  --help              this text\n\n"
-            "writes: report.md, report.html (self-contained), table.tex (booktabs), plots/*.{png,svg,pdf},\n"
-            "data/*.tsv, gnuplot/*.gp (+ style.gp) and replot.sh.  Without gnuplot (or with\n"
-            "FTBENCH_GNUPLOT=/nonexistent) the tables, data and scripts are still written.\n");
+    fprintf(f, "usage: ftbench report RESULTS_DIR [RESULTS_DIR...] [options]\n"
+               "Tables and plots for papers from the records of run/sweep/fit (results.jsonl files,\n"
+               "found up to 5 directory levels under each RESULTS_DIR; several directories are merged\n"
+               "into one set of figures: one memory-scaling figure per device x model x batch).\n\n"
+               "options:\n"
+               "  --out DIR           where to write (default: RESULTS_DIR/report for one directory,\n"
+               "                      ./report for several)\n"
+               "  --formats LIST      plot formats among png,svg,pdf (default: all three)\n"
+               "  --log               logarithmic axes in the scaling plots (length base 2, memory base 10)\n"
+               "  --cell KEY          allocation timeline of this cell (a cell key or a glob such as\n"
+               "                      'lora.*.s1024.b1'; repeatable); default: every method at the\n"
+               "                      breakdown length\n"
+               "  --seq N             the length of the breakdown bars, the loss curves and the default\n"
+               "                      timelines (default: the longest length most methods measured)\n"
+               "  --help              this text\n\n"
+               "writes: report.md, report.html (self-contained), table.tex (booktabs), plots/*.{png,svg,pdf},\n"
+               "data/*.tsv, gnuplot/*.gp (+ style.gp) and replot.sh.  Without gnuplot (or with\n"
+               "FTBENCH_GNUPLOT=/nonexistent) the tables, data and scripts are still written.\n");
 }
 
 /* ---- base64 ------------------------------------------------------------------------ */
@@ -87,12 +86,9 @@ static void time_range(const ftr_set *s, char *lo, char *hi, size_t n)
     lo[0] = hi[0] = 0;
     for (int i = 0; i < s->n; i++) {
         const char *ts = json_string_value(json_object_get(s->r[i].j, "timestamp_utc"));
-        if (!ts)
-            continue;
-        if (!lo[0] || strcmp(ts, lo) < 0)
-            snprintf(lo, n, "%s", ts);
-        if (!hi[0] || strcmp(ts, hi) > 0)
-            snprintf(hi, n, "%s", ts);
+        if (!ts) continue;
+        if (!lo[0] || strcmp(ts, lo) < 0) snprintf(lo, n, "%s", ts);
+        if (!hi[0] || strcmp(ts, hi) > 0) snprintf(hi, n, "%s", ts);
     }
 }
 
@@ -102,33 +98,28 @@ static void git_revs(const ftr_set *s, ftr_buf *b)
     int n = 0;
     for (int i = 0; i < s->n && n < 32; i++) {
         const char *g = json_string_value(json_object_get(s->r[i].j, "git_rev"));
-        if (!g)
-            continue;
+        if (!g) continue;
         int f = 0;
-        for (int k = 0; k < n; k++)
-            f |= !strcmp(seen[k], g);
+        for (int k = 0; k < n; k++) f |= !strcmp(seen[k], g);
         if (!f) {
             seen[n++] = g;
             ftr_buf_printf(b, "%s%s", n > 1 ? ", " : "", g);
         }
     }
-    if (!n)
-        ftr_buf_puts(b, "unknown");
+    if (!n) ftr_buf_puts(b, "unknown");
 }
 
 static int records_of_source(const ftr_set *s, const char *src)
 {
     int n = 0;
-    for (int i = 0; i < s->n; i++)
-        n += s->r[i].source == src;
+    for (int i = 0; i < s->n; i++) n += s->r[i].source == src;
     return n;
 }
 
 static int count_fit(const ftr_set *s)
 {
     int n = 0;
-    for (int i = 0; i < s->n; i++)
-        n += s->r[i].fit;
+    for (int i = 0; i < s->n; i++) n += s->r[i].fit;
     return n;
 }
 
@@ -136,18 +127,15 @@ static int count_fit(const ftr_set *s)
 
 static void md_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
 {
-    if (plot_has(c->p, pl, 0))
-        ftr_buf_printf(b, "![%s](plots/%s.png)\n\n", pl->name, pl->name);
+    if (plot_has(c->p, pl, 0)) ftr_buf_printf(b, "![%s](plots/%s.png)\n\n", pl->name, pl->name);
     ftr_buf_printf(b, "*%s*", pl->caption);
     int any = 0;
     for (int f = 0; f < 3; f++)
         if (plot_has(c->p, pl, f)) {
-            ftr_buf_printf(b, "%s[%s](plots/%s.%s)", any ? " · " : " — ", ftr_formats[f], pl->name,
-                           ftr_formats[f]);
+            ftr_buf_printf(b, "%s[%s](plots/%s.%s)", any ? " · " : " — ", ftr_formats[f], pl->name, ftr_formats[f]);
             any = 1;
         }
-    if (!any)
-        ftr_buf_printf(b, " — not drawn (%s)", pl->problem[0] ? pl->problem : "no format requested");
+    if (!any) ftr_buf_printf(b, " — not drawn (%s)", pl->problem[0] ? pl->problem : "no format requested");
     ftr_buf_printf(b, " · [data](data/%s.tsv) · [script](gnuplot/%s.gp)\n\n", pl->name, pl->name);
 }
 
@@ -158,8 +146,7 @@ static void header_md(const ctx *c, ftr_buf *b)
     time_range(s, lo, hi, sizeof lo);
     ftr_buf_puts(b, "# ftbench report\n\n");
     ftr_buf_printf(b, "%d records from %d results file%s", s->n, s->nsources, s->nsources == 1 ? "" : "s");
-    if (lo[0])
-        ftr_buf_printf(b, ", measured %s to %s", lo, hi);
+    if (lo[0]) ftr_buf_printf(b, ", measured %s to %s", lo, hi);
     ftr_buf_puts(b, ", ftbench revision ");
     git_revs(s, b);
     ftr_buf_puts(b, ".\n\n");
@@ -167,8 +154,7 @@ static void header_md(const ctx *c, ftr_buf *b)
         ftr_buf_printf(b, "- `%s`: %d records\n", s->sources[i], records_of_source(s, s->sources[i]));
     if (s->nskipped) {
         ftr_buf_printf(b, "\n%d line%s skipped:\n\n", s->nskipped, s->nskipped == 1 ? "" : "s");
-        for (int i = 0; i < s->nskipped; i++)
-            ftr_buf_printf(b, "- `%s`\n", s->skipped[i]);
+        for (int i = 0; i < s->nskipped; i++) ftr_buf_printf(b, "- `%s`\n", s->skipped[i]);
     }
     ftr_buf_puts(b, "\nFigures: `plots/` (png, svg, pdf), their data in `data/`, their gnuplot scripts in "
                     "`gnuplot/`; restyle with `gnuplot/style.gp` and `./replot.sh` (docs/REPORTS.md). "
@@ -181,20 +167,16 @@ static void write_md(const ctx *c, ftr_buf *b)
     for (int si = 0; si < c->r->nscopes; si++) {
         const ftr_scope *sc = &c->r->scopes[si];
         ftr_buf_printf(b, "## %s\n\n", sc->title);
-        if (isfinite(sc->budget_mib))
-            ftr_buf_printf(b, "Memory budget of %s: %.0f MiB. ", sc->device, sc->budget_mib);
+        if (isfinite(sc->budget_mib)) ftr_buf_printf(b, "Memory budget of %s: %.0f MiB. ", sc->device, sc->budget_mib);
         ftr_buf_printf(b, "Breakdown, loss curves and timelines at %d tokens.\n\n", sc->at_seq);
         for (int i = 0; i < c->p->nplots; i++)
-            if (c->p->plots[i].scope == si)
-                md_figure(c, &c->p->plots[i], b);
+            if (c->p->plots[i].scope == si) md_figure(c, &c->p->plots[i], b);
         for (int i = 0; i < c->t->n; i++)
-            if (c->t->scope[i] == si)
-                ftr_table_markdown(c->t->t[i], b);
+            if (c->t->scope[i] == si) ftr_table_markdown(c->t->t[i], b);
     }
     ftr_buf_puts(b, "## Across devices and models\n\n");
     for (int i = 0; i < c->t->n; i++)
-        if (c->t->scope[i] < 0)
-            ftr_table_markdown(c->t->t[i], b);
+        if (c->t->scope[i] < 0) ftr_table_markdown(c->t->t[i], b);
     if (!c->r->nmax || !count_fit(c->s))
         ftr_buf_puts(b, "No `ftbench fit` records: the longest context that fits comes from the swept lengths only "
                         "(run `ftbench fit --device D --method M` for the exact limit).\n\n");
@@ -203,8 +185,7 @@ static void write_md(const ctx *c, ftr_buf *b)
                         "plot and the quality table are left out. The fields they read are listed in "
                         "docs/REPORTS.md.\n\n");
     for (int i = 0; i < c->p->nplots; i++)
-        if (c->p->plots[i].scope < 0)
-            md_figure(c, &c->p->plots[i], b);
+        if (c->p->plots[i].scope < 0) md_figure(c, &c->p->plots[i], b);
 }
 
 /* ---- HTML ---------------------------------------------------------------------------- */
@@ -220,8 +201,7 @@ static void html_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
         struct stat a, b;
         snprintf(sv, sizeof sv, "%s/plots/%s.svg", c->out, pl->name);
         snprintf(pn, sizeof pn, "%s/plots/%s.png", c->out, pl->name);
-        if (stat(sv, &a) == 0 && stat(pn, &b) == 0 && a.st_size > 2 * b.st_size)
-            emb = 0;
+        if (stat(sv, &a) == 0 && stat(pn, &b) == 0 && a.st_size > 2 * b.st_size) emb = 0;
     }
     if (emb >= 0) {
         char path[8192];
@@ -255,30 +235,29 @@ static void html_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
 static void write_html(const ctx *c, ftr_buf *b)
 {
     const ftr_set *s = c->s;
-    ftr_buf_puts(b,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<title>ftbench report</title>\n<style>\n"
-        "body{font-family:Helvetica,Arial,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}\n"
-        "h1,h2,h3{font-weight:600}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\n"
-        "figure{margin:1em 0;display:inline-block;vertical-align:top}figure.std img{width:640px;max-width:100%}\n"
-        "figure.wide{display:block}figure.wide img{width:100%;max-width:1440px}\n"
-        "figcaption{font-size:.85em;color:#444;max-width:640px}figure.wide figcaption{max-width:none}\n"
-        ".files a{margin-right:.4em}\n"
-        "table{border-collapse:collapse;margin:1em 0 .3em;font-size:.9em}\n"
-        "caption{text-align:left;font-weight:600;padding-bottom:.3em}\n"
-        "th,td{padding:.2em .7em;border-bottom:1px solid #e5e5e5}thead th{border-bottom:1.5px solid #333}\n"
-        "th.span{border-bottom:1px solid #999;text-align:center}td.num,th.num{text-align:right;"
-        "font-variant-numeric:tabular-nums}\n"
-        "td.over{color:#b00000;font-style:italic}td.fail{color:#b00000;font-weight:600}\n"
-        "tr.rule td{border-top:1.5px solid #999}\n"
-        "p.note{font-size:.85em;color:#555;margin-top:0}div.missing{padding:2em;border:1px dashed #999;color:#777}\n"
-        "code{background:#f4f4f4;padding:0 .2em}\n"
-        "</style>\n</head>\n<body>\n<h1>ftbench report</h1>\n");
+    ftr_buf_puts(
+        b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+           "<title>ftbench report</title>\n<style>\n"
+           "body{font-family:Helvetica,Arial,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}\n"
+           "h1,h2,h3{font-weight:600}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\n"
+           "figure{margin:1em 0;display:inline-block;vertical-align:top}figure.std img{width:640px;max-width:100%}\n"
+           "figure.wide{display:block}figure.wide img{width:100%;max-width:1440px}\n"
+           "figcaption{font-size:.85em;color:#444;max-width:640px}figure.wide figcaption{max-width:none}\n"
+           ".files a{margin-right:.4em}\n"
+           "table{border-collapse:collapse;margin:1em 0 .3em;font-size:.9em}\n"
+           "caption{text-align:left;font-weight:600;padding-bottom:.3em}\n"
+           "th,td{padding:.2em .7em;border-bottom:1px solid #e5e5e5}thead th{border-bottom:1.5px solid #333}\n"
+           "th.span{border-bottom:1px solid #999;text-align:center}td.num,th.num{text-align:right;"
+           "font-variant-numeric:tabular-nums}\n"
+           "td.over{color:#b00000;font-style:italic}td.fail{color:#b00000;font-weight:600}\n"
+           "tr.rule td{border-top:1.5px solid #999}\n"
+           "p.note{font-size:.85em;color:#555;margin-top:0}div.missing{padding:2em;border:1px dashed #999;color:#777}\n"
+           "code{background:#f4f4f4;padding:0 .2em}\n"
+           "</style>\n</head>\n<body>\n<h1>ftbench report</h1>\n");
     char lo[64], hi[64];
     time_range(s, lo, hi, sizeof lo);
     ftr_buf_printf(b, "<p>%d records from %d results file%s", s->n, s->nsources, s->nsources == 1 ? "" : "s");
-    if (lo[0])
-        ftr_buf_printf(b, ", measured %s to %s", lo, hi);
+    if (lo[0]) ftr_buf_printf(b, ", measured %s to %s", lo, hi);
     ftr_buf_puts(b, ", ftbench revision ");
     ftr_buf gr = { 0 };
     git_revs(s, &gr);
@@ -320,17 +299,14 @@ static void write_html(const ctx *c, ftr_buf *b)
         }
         ftr_buf_printf(b, "Breakdown, loss curves and timelines at %d tokens.</p>\n", sc->at_seq);
         for (int i = 0; i < c->p->nplots; i++)
-            if (c->p->plots[i].scope == si)
-                html_figure(c, &c->p->plots[i], b);
+            if (c->p->plots[i].scope == si) html_figure(c, &c->p->plots[i], b);
         for (int i = 0; i < c->t->n; i++)
-            if (c->t->scope[i] == si)
-                ftr_table_html(c->t->t[i], b);
+            if (c->t->scope[i] == si) ftr_table_html(c->t->t[i], b);
         ftr_buf_puts(b, "</section>\n");
     }
     ftr_buf_puts(b, "<section id=\"across\">\n<h2>Across devices and models</h2>\n");
     for (int i = 0; i < c->t->n; i++)
-        if (c->t->scope[i] < 0)
-            ftr_table_html(c->t->t[i], b);
+        if (c->t->scope[i] < 0) ftr_table_html(c->t->t[i], b);
     if (!c->r->nmax || !count_fit(c->s))
         ftr_buf_puts(b, "<p>No <code>ftbench fit</code> records: the longest context that fits comes from the swept "
                         "lengths only.</p>\n");
@@ -338,8 +314,7 @@ static void write_html(const ctx *c, ftr_buf *b)
         ftr_buf_puts(b, "<p>No training records (task accuracy, gradient fidelity): the accuracy-against-memory plot "
                         "and the quality table are left out (fields: docs/REPORTS.md).</p>\n");
     for (int i = 0; i < c->p->nplots; i++)
-        if (c->p->plots[i].scope < 0)
-            html_figure(c, &c->p->plots[i], b);
+        if (c->p->plots[i].scope < 0) html_figure(c, &c->p->plots[i], b);
     ftr_buf_puts(b, "</section>\n</body>\n</html>\n");
 }
 
@@ -349,8 +324,7 @@ static void write_tex(const ctx *c, ftr_buf *b)
 {
     ftr_buf_puts(b, "% ftbench report: tables for a paper.  Needs \\usepackage{booktabs}.\n"
                     "% Over-budget cells are italic with an asterisk; failed cells in small caps.\n\n");
-    for (int i = 0; i < c->t->n; i++)
-        ftr_table_latex(c->t->t[i], b);
+    for (int i = 0; i < c->t->n; i++) ftr_table_latex(c->t->t[i], b);
 }
 
 /* ---- replot.sh ------------------------------------------------------------------------- */
@@ -370,20 +344,21 @@ static void write_replot(const ftr_plotter *p, const char *path)
             ftr_buf_printf(&b, "%s%s", any ? " " : "", ftr_formats[f]);
             any = 1;
         }
-    ftr_buf_printf(&b, "\"}\nGNUPLOT=${GNUPLOT:-gnuplot}\n"
-                       "for f in gnuplot/*.gp; do\n"
-                       "    [ \"$f\" = gnuplot/style.gp ] && continue\n"
-                       "    for fmt in $FORMATS; do\n"
-                       "        if [ \"$fmt\" = pdf ] && ! \"$GNUPLOT\" -e 'set terminal pdfcairo' >/dev/null 2>&1; then\n"
-                       "            # no pdfcairo: EPS, then ps2pdf (ghostscript)\n"
-                       "            \"$GNUPLOT\" -e \"fmt='eps'\" \"$f\"\n"
-                       "            n=$(basename \"$f\" .gp)\n"
-                       "            (cd plots && ps2pdf -dEPSCrop \"$n.eps\" \"$n.pdf\" && rm -f \"$n.eps\")\n"
-                       "        else\n"
-                       "            \"$GNUPLOT\" -e \"fmt='$fmt'\" \"$f\"\n"
-                       "        fi\n"
-                       "    done\n"
-                       "done\n");
+    ftr_buf_printf(&b,
+                   "\"}\nGNUPLOT=${GNUPLOT:-gnuplot}\n"
+                   "for f in gnuplot/*.gp; do\n"
+                   "    [ \"$f\" = gnuplot/style.gp ] && continue\n"
+                   "    for fmt in $FORMATS; do\n"
+                   "        if [ \"$fmt\" = pdf ] && ! \"$GNUPLOT\" -e 'set terminal pdfcairo' >/dev/null 2>&1; then\n"
+                   "            # no pdfcairo: EPS, then ps2pdf (ghostscript)\n"
+                   "            \"$GNUPLOT\" -e \"fmt='eps'\" \"$f\"\n"
+                   "            n=$(basename \"$f\" .gp)\n"
+                   "            (cd plots && ps2pdf -dEPSCrop \"$n.eps\" \"$n.pdf\" && rm -f \"$n.eps\")\n"
+                   "        else\n"
+                   "            \"$GNUPLOT\" -e \"fmt='$fmt'\" \"$f\"\n"
+                   "        fi\n"
+                   "    done\n"
+                   "done\n");
     ftr_buf_write(&b, path);
     chmod(path, 0755);
     ftr_buf_free(&b);
@@ -400,8 +375,7 @@ static int parse_formats(const char *s, int want[3], char *err, size_t n)
         t = ftb_trim(t);
         int f = -1;
         for (int k = 0; k < 3; k++)
-            if (!strcmp(t, ftr_formats[k]))
-                f = k;
+            if (!strcmp(t, ftr_formats[k])) f = k;
         if (f < 0) {
             snprintf(err, n, "--formats: unknown format '%.40s' (png, svg, pdf)", t);
             free(copy);
@@ -558,19 +532,17 @@ int ftb_cmd_report(int argc, char **argv)
     }
     snprintf(path, sizeof path, "%s/gnuplot.log", out);
     struct stat st;
-    if (stat(path, &st) == 0 && st.st_size == 0)
-        unlink(path);
+    if (stat(path, &st) == 0 && st.st_size == 0) unlink(path);
 
     /* What happened. */
     int drawn = 0;
-    for (int i = 0; i < plt.nplots; i++)
-        drawn += plt.plots[i].drawn;
+    for (int i = 0; i < plt.nplots; i++) drawn += plt.plots[i].drawn;
     if (!plt.gnuplot[0] && plt.nplots) {
         ftr_buf names = { 0 };
-        for (int i = 0; i < plt.nplots; i++)
-            ftr_buf_printf(&names, "%s%s", i ? ", " : "", plt.plots[i].name);
-        fprintf(stderr, "ftbench report: %s: skipped %d plots (%s); install gnuplot (apt-get install gnuplot-nox) "
-                        "and re-run, or run %s/replot.sh - tables, plot data and scripts are written\n",
+        for (int i = 0; i < plt.nplots; i++) ftr_buf_printf(&names, "%s%s", i ? ", " : "", plt.plots[i].name);
+        fprintf(stderr,
+                "ftbench report: %s: skipped %d plots (%s); install gnuplot (apt-get install gnuplot-nox) "
+                "and re-run, or run %s/replot.sh - tables, plot data and scripts are written\n",
                 plt.missing_why, plt.nplots, names.s, out);
         ftr_buf_free(&names);
     } else {
@@ -582,8 +554,7 @@ int ftb_cmd_report(int argc, char **argv)
                 fprintf(stderr, "ftbench report: plot %s: %s\n", plt.plots[i].name, plt.plots[i].problem);
     }
     printf("report: %s/report.html, report.md, table.tex (%d records, %d scopes, %d tables, %d of %d plots drawn%s)\n",
-           out, set.n, rep.nscopes, tabs.n, drawn, plt.nplots,
-           set.nskipped ? "; some lines skipped, see above" : "");
+           out, set.n, rep.nscopes, tabs.n, drawn, plt.nplots, set.nskipped ? "; some lines skipped, see above" : "");
     rc = EXIT_OK;
 done:
     ftr_plotter_free(&plt);

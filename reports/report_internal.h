@@ -37,17 +37,17 @@ int ftr_buf_write(const ftr_buf *b, const char *path);
 /* ---- records --------------------------------------------------------------- */
 
 typedef struct {
-    const char *source;  /* results.jsonl it came from (owned by the set) */
-    int line;            /* 1-based line number there                    */
-    const char *dir;     /* that file's directory (timelines are beside)  */
-    json_t *j;           /* the whole record                              */
+    const char *source; /* results.jsonl it came from (owned by the set) */
+    int line;           /* 1-based line number there                    */
+    const char *dir;    /* that file's directory (timelines are beside)  */
+    json_t *j;          /* the whole record                              */
     /* identity */
     const char *cell, *run_id, *outcome, *device, *model, *label;
-    char options[256];   /* "k=v,k=v" sorted; "" for the defaults        */
-    int series;          /* index into ftr_set.series                     */
+    char options[256]; /* "k=v,k=v" sorted; "" for the defaults        */
+    int series;        /* index into ftr_set.series                     */
     int seq, batch, emulated;
-    int fit;             /* written by `ftbench fit`                       */
-    int train;           /* carries task accuracy or gradient fidelity     */
+    int fit;   /* written by `ftbench fit`                       */
+    int train; /* carries task accuracy or gradient fidelity     */
     /* measurements (NaN when absent) */
     double budget_mib, peak_mib, core_peak_mib, saved_peak_mib, baseline_mib;
     double split_mib[FTR_NCAT]; /* the core's categories at the core's peak */
@@ -59,11 +59,11 @@ typedef struct {
 } ftr_rec;
 
 typedef struct {
-    char *label;         /* method label                                  */
-    char *options;       /* "" or "k=v,..."                                */
-    char name[320];      /* display name: label, or label[options]        */
-    int style;           /* gnuplot line style number (style.c)           */
-    int order;           /* sort key                                      */
+    char *label;    /* method label                                  */
+    char *options;  /* "" or "k=v,..."                                */
+    char name[320]; /* display name: label, or label[options]        */
+    int style;      /* gnuplot line style number (style.c)           */
+    int order;      /* sort key                                      */
 } ftr_series;
 
 typedef struct {
@@ -72,10 +72,10 @@ typedef struct {
     int nseries;
     ftr_series *series;
     int nsources;
-    char **sources;      /* results files read, in order                 */
-    char **dirs;         /* [nsources] their directories                  */
+    char **sources; /* results files read, in order                 */
+    char **dirs;    /* [nsources] their directories                  */
     int nskipped;
-    char **skipped;      /* "path:LINE: reason"                           */
+    char **skipped; /* "path:LINE: reason"                           */
 } ftr_set;
 
 /* Adds every results.jsonl under path (a directory, searched a few levels
@@ -92,8 +92,8 @@ void ftr_set_free(ftr_set *s);
 
 /* One (series, seq) of a scope: every sweep/run record of it. */
 typedef struct {
-    int n;               /* records                                       */
-    int n_measured;      /* with a peak RSS (ok or over_budget)           */
+    int n;                                                           /* records                                       */
+    int n_measured;                                                  /* with a peak RSS (ok or over_budget)           */
     double peak_mib, core_peak_mib, saved_mib, tokens_per_s, step_s; /* medians */
     int over;            /* over the budget (median peak or an over_budget outcome) */
     const char *failure; /* outcome of the last record when none was measured */
@@ -103,15 +103,15 @@ typedef struct {
 typedef struct {
     char device[96], model[96];
     int batch, emulated;
-    double budget_mib;   /* NaN if unknown                                */
-    char id[256];        /* file-name-safe: device_model_bN               */
-    char title[320];     /* "smollm2-135m on rpi4-4gb (emulated), batch 1" */
-    int nseries, *series;    /* indices into the set's series, display order */
+    double budget_mib;    /* NaN if unknown                                */
+    char id[256];         /* file-name-safe: device_model_bN               */
+    char title[320];      /* "smollm2-135m on rpi4-4gb (emulated), batch 1" */
+    int nseries, *series; /* indices into the set's series, display order */
     int nseq, *seqs;
-    ftr_agg *agg;        /* [nseries × nseq]: agg[i * nseq + k]           */
-    int at_seq;          /* the breakdown length                          */
-    int ref;             /* row of the LoRA reference, -1 if none         */
-    double *slope_kib;   /* [nseries] saved activations KiB per token, NaN */
+    ftr_agg *agg;      /* [nseries × nseq]: agg[i * nseq + k]           */
+    int at_seq;        /* the breakdown length                          */
+    int ref;           /* row of the LoRA reference, -1 if none         */
+    double *slope_kib; /* [nseries] saved activations KiB per token, NaN */
 } ftr_scope;
 
 ftr_agg *ftr_scope_agg(const ftr_scope *sc, int row, int k);
@@ -121,9 +121,9 @@ typedef struct {
     char device[96], model[96];
     int batch, series;
     double budget_mib;
-    int fit_longest;     /* longest `fit` probe that fitted; 0 none; -1 no fit records */
-    int fit_failing;     /* shortest probe that did not fit; 0 none       */
-    int sweep_longest;   /* longest swept length measured within budget; 0 none */
+    int fit_longest;   /* longest `fit` probe that fitted; 0 none; -1 no fit records */
+    int fit_failing;   /* shortest probe that did not fit; 0 none       */
+    int sweep_longest; /* longest swept length measured within budget; 0 none */
 } ftr_maxctx;
 
 typedef struct {
@@ -147,8 +147,8 @@ double ftr_reduction(double x, double ref);
 
 typedef struct {
     char *title;
-    char *caption;       /* a sentence under the table                     */
-    char *label;         /* LaTeX label, file-name-safe                    */
+    char *caption; /* a sentence under the table                     */
+    char *label;   /* LaTeX label, file-name-safe                    */
     int ncols, nrows;
     char **head;         /* [ncols]                                        */
     char **cell;         /* [nrows × ncols]                                */
@@ -173,7 +173,7 @@ void ftr_table_latex(const ftr_table *t, ftr_buf *b);
 typedef struct {
     int n;
     ftr_table **t;
-    int *scope;          /* scope index, or -1 for cross-scope tables      */
+    int *scope; /* scope index, or -1 for cross-scope tables      */
 } ftr_tables;
 
 void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *out);
@@ -204,22 +204,22 @@ const char *ftr_category_title(int c); /* "saved activations" */
 /* ---- plots ------------------------------------------------------------------- */
 
 typedef struct {
-    char name[256];      /* file stem: plots/<name>.<fmt>                 */
+    char name[256]; /* file stem: plots/<name>.<fmt>                 */
     char caption[512];
-    int scope;           /* -1 cross-scope                                */
-    int wide;            /* timeline: a full-width figure                 */
-    int drawn;           /* every requested format produced               */
-    char problem[256];   /* why it was not drawn                          */
+    int scope;         /* -1 cross-scope                                */
+    int wide;          /* timeline: a full-width figure                 */
+    int drawn;         /* every requested format produced               */
+    char problem[256]; /* why it was not drawn                          */
 } ftr_plot;
 
 typedef struct {
-    const char *out;     /* output directory                               */
-    char gnuplot[4096];  /* executable; "" when missing                   */
+    const char *out;    /* output directory                               */
+    char gnuplot[4096]; /* executable; "" when missing                   */
     char missing_why[512];
-    int want[3];         /* png, svg, pdf                                  */
-    int have[3];         /* the format can be produced                     */
+    int want[3];           /* png, svg, pdf                                  */
+    int have[3];           /* the format can be produced                     */
     char fmt_note[3][256]; /* how, or why not                              */
-    int pdf_via_eps;     /* pdfcairo missing: postscript eps + ps2pdf      */
+    int pdf_via_eps;       /* pdfcairo missing: postscript eps + ps2pdf      */
     int log_axes;
     int nplots, cap;
     ftr_plot *plots;
@@ -232,8 +232,8 @@ void ftr_plotter_init(ftr_plotter *p, const char *out, const int want[3], int lo
 void ftr_plotter_free(ftr_plotter *p);
 /* Registers a plot whose data files and gnuplot/<name>.gp script are
  * written already, and renders it in every wanted format.  Returns its index. */
-int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const char *script,
-                    const char *fmt_caption, ...) __attribute__((format(printf, 6, 7)));
+int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const char *script, const char *fmt_caption,
+                    ...) __attribute__((format(printf, 6, 7)));
 
 /* Every plot of the report (data, script, images). */
 void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char *const *cells, int ncells);

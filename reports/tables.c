@@ -17,8 +17,7 @@ ftr_table *ftr_table_new(const char *title, const char *label, int ncols, const 
     t->label = strdup(label);
     t->ncols = ncols;
     t->head = calloc((size_t)ncols, sizeof *t->head);
-    for (int c = 0; c < ncols; c++)
-        t->head[c] = strdup(head[c] ? head[c] : "");
+    for (int c = 0; c < ncols; c++) t->head[c] = strdup(head[c] ? head[c] : "");
     return t;
 }
 
@@ -70,12 +69,9 @@ void ftr_table_span(ftr_table *t, int from, int to, const char *text)
 
 void ftr_table_free(ftr_table *t)
 {
-    if (!t)
-        return;
-    for (int c = 0; c < t->ncols; c++)
-        free(t->head[c]);
-    for (size_t i = 0; i < (size_t)t->nrows * (size_t)t->ncols; i++)
-        free(t->cell[i]);
+    if (!t) return;
+    for (int c = 0; c < t->ncols; c++) free(t->head[c]);
+    for (size_t i = 0; i < (size_t)t->nrows * (size_t)t->ncols; i++) free(t->cell[i]);
     free(t->head);
     free(t->cell);
     free(t->mark);
@@ -87,10 +83,7 @@ void ftr_table_free(ftr_table *t)
     free(t);
 }
 
-static const char *cell(const ftr_table *t, int r, int c)
-{
-    return t->cell[(size_t)r * (size_t)t->ncols + (size_t)c];
-}
+static const char *cell(const ftr_table *t, int r, int c) { return t->cell[(size_t)r * (size_t)t->ncols + (size_t)c]; }
 
 static unsigned char mark(const ftr_table *t, int r, int c)
 {
@@ -101,16 +94,13 @@ static unsigned char mark(const ftr_table *t, int r, int c)
  * possibly signed or marked: "12.5", "-3.0", "4118.1*". */
 static int numeric_col(const ftr_table *t, int c)
 {
-    if (c == 0)
-        return 0;
+    if (c == 0) return 0;
     int any = 0;
     for (int r = 0; r < t->nrows; r++) {
         const char *x = cell(t, r, c);
-        if (!x || mark(t, r, c) == 2)
-            continue;
+        if (!x || mark(t, r, c) == 2) continue;
         const char *p = x + (x[0] == '-');
-        if (!(*p >= '0' && *p <= '9'))
-            return 0;
+        if (!(*p >= '0' && *p <= '9')) return 0;
         any = 1;
     }
     return any || t->nrows == 0;
@@ -133,8 +123,7 @@ static void md_text(ftr_buf *b, const char *s)
 void ftr_table_markdown(const ftr_table *t, ftr_buf *b)
 {
     ftr_buf_printf(b, "**%s**", t->title);
-    if (t->span)
-        ftr_buf_printf(b, " — columns: %s", t->span);
+    if (t->span) ftr_buf_printf(b, " — columns: %s", t->span);
     ftr_buf_puts(b, "\n\n|");
     for (int c = 0; c < t->ncols; c++) {
         ftr_buf_puts(b, " ");
@@ -142,8 +131,7 @@ void ftr_table_markdown(const ftr_table *t, ftr_buf *b)
         ftr_buf_puts(b, " |");
     }
     ftr_buf_puts(b, "\n|");
-    for (int c = 0; c < t->ncols; c++)
-        ftr_buf_puts(b, numeric_col(t, c) ? "---:|" : ":---|");
+    for (int c = 0; c < t->ncols; c++) ftr_buf_puts(b, numeric_col(t, c) ? "---:|" : ":---|");
     ftr_buf_puts(b, "\n");
     for (int r = 0; r < t->nrows; r++) {
         ftr_buf_puts(b, "|");
@@ -155,8 +143,7 @@ void ftr_table_markdown(const ftr_table *t, ftr_buf *b)
         }
         ftr_buf_puts(b, "\n");
     }
-    if (t->caption)
-        ftr_buf_printf(b, "\n%s\n", t->caption);
+    if (t->caption) ftr_buf_printf(b, "\n%s\n", t->caption);
     ftr_buf_puts(b, "\n");
 }
 
@@ -228,13 +215,11 @@ void ftr_table_latex(const ftr_table *t, ftr_buf *b)
     ftr_buf_puts(b, "}\n\\label{tab:");
     ftr_buf_puts(b, t->label);
     ftr_buf_puts(b, "}\n\\begin{tabular}{");
-    for (int c = 0; c < t->ncols; c++)
-        ftr_buf_puts(b, numeric_col(t, c) ? "r" : "l");
+    for (int c = 0; c < t->ncols; c++) ftr_buf_puts(b, numeric_col(t, c) ? "r" : "l");
     ftr_buf_puts(b, "}\n\\toprule\n");
     if (t->span) {
         for (int c = 0; c < t->ncols; c++) {
-            if (c)
-                ftr_buf_puts(b, " & ");
+            if (c) ftr_buf_puts(b, " & ");
             if (c == t->span_from) {
                 ftr_buf_printf(b, "\\multicolumn{%d}{c}{", t->span_to - t->span_from + 1);
                 ftr_latex_escape(b, t->span);
@@ -245,17 +230,14 @@ void ftr_table_latex(const ftr_table *t, ftr_buf *b)
         ftr_buf_printf(b, " \\\\\n\\cmidrule(lr){%d-%d}\n", t->span_from + 1, t->span_to + 1);
     }
     for (int c = 0; c < t->ncols; c++) {
-        if (c)
-            ftr_buf_puts(b, " & ");
+        if (c) ftr_buf_puts(b, " & ");
         ftr_latex_escape(b, t->head[c]);
     }
     ftr_buf_puts(b, " \\\\\n\\midrule\n");
     for (int r = 0; r < t->nrows; r++) {
-        if (t->rowrule[r] && r)
-            ftr_buf_puts(b, "\\midrule\n");
+        if (t->rowrule[r] && r) ftr_buf_puts(b, "\\midrule\n");
         for (int c = 0; c < t->ncols; c++) {
-            if (c)
-                ftr_buf_puts(b, " & ");
+            if (c) ftr_buf_puts(b, " & ");
             const char *x = cell(t, r, c);
             unsigned char m = mark(t, r, c);
             if (!x)
@@ -268,8 +250,7 @@ void ftr_table_latex(const ftr_table *t, ftr_buf *b)
                 /* "123.4*" → \textit{123.4}$^{*}$ */
                 size_t n = strlen(x);
                 char *y = strdup(x);
-                if (n && y[n - 1] == '*')
-                    y[n - 1] = 0;
+                if (n && y[n - 1] == '*') y[n - 1] = 0;
                 ftr_buf_puts(b, "\\textit{");
                 ftr_latex_escape(b, y);
                 ftr_buf_puts(b, "}$^{*}$");
@@ -302,8 +283,7 @@ static void add(ftr_tables *ts, ftr_table *t, int scope)
 
 static const char *short_outcome(const char *o)
 {
-    if (!o)
-        return "?";
+    if (!o) return "?";
     if (!strcmp(o, "crashed")) return "CRASH";
     if (!strcmp(o, "timeout")) return "TIMEOUT";
     if (!strcmp(o, "oom")) return "OOM";
@@ -313,25 +293,23 @@ static const char *short_outcome(const char *o)
 }
 
 /* A table with one row per series and one column per length. */
-static ftr_table *seq_table(const ftr_set *s, const ftr_scope *sc, const char *title, const char *kind,
-                            int extra_cols, const char *const *extra_head)
+static ftr_table *seq_table(const ftr_set *s, const ftr_scope *sc, const char *title, const char *kind, int extra_cols,
+                            const char *const *extra_head)
 {
     int ncols = 1 + sc->nseq + extra_cols;
     const char **head = calloc((size_t)ncols, sizeof *head);
-    char (*nums)[32] = calloc((size_t)sc->nseq + 1, sizeof *nums);
+    char(*nums)[32] = calloc((size_t)sc->nseq + 1, sizeof *nums);
     head[0] = "method";
     for (int k = 0; k < sc->nseq; k++) {
         snprintf(nums[k], sizeof nums[k], "%d", sc->seqs[k]);
         head[1 + k] = nums[k];
     }
-    for (int e = 0; e < extra_cols; e++)
-        head[1 + sc->nseq + e] = extra_head[e];
+    for (int e = 0; e < extra_cols; e++) head[1 + sc->nseq + e] = extra_head[e];
     char label[320], full_title[512];
     snprintf(label, sizeof label, "%s-%s", kind, sc->id);
     snprintf(full_title, sizeof full_title, "%s: %s", title, sc->title);
     ftr_table *t = ftr_table_new(full_title, label, ncols, head);
-    if (sc->nseq)
-        ftr_table_span(t, 1, sc->nseq, "sequence length (tokens)");
+    if (sc->nseq) ftr_table_span(t, 1, sc->nseq, "sequence length (tokens)");
     free(head);
     free(nums);
     (void)s;
@@ -341,16 +319,14 @@ static ftr_table *seq_table(const ftr_set *s, const ftr_scope *sc, const char *t
 static int multi_records(const ftr_scope *sc)
 {
     for (int i = 0; i < sc->nseries * sc->nseq; i++)
-        if (sc->agg[i].n_measured > 1)
-            return 1;
+        if (sc->agg[i].n_measured > 1) return 1;
     return 0;
 }
 
 static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tables *ts)
 {
     char budget[96] = "unknown";
-    if (isfinite(sc->budget_mib))
-        snprintf(budget, sizeof budget, "%.0f MiB", sc->budget_mib);
+    if (isfinite(sc->budget_mib)) snprintf(budget, sizeof budget, "%.0f MiB", sc->budget_mib);
     const char *med = multi_records(sc) ? " Where a cell was measured more than once the median is shown." : "";
 
     /* Peak RSS. */
@@ -368,9 +344,11 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
                 ftr_table_set(t, row, 1 + k, 2, "%s", short_outcome(a->failure));
         }
     }
-    ftr_table_caption(t, "Peak resident set size of the cell's process (VmHWM), budget %s; * over the budget "
-                         "(over*: not run, the method was over it at a shorter length); "
-                         "OOM/CRASH/TIMEOUT/ERROR: the cell failed.%s", budget, med);
+    ftr_table_caption(t,
+                      "Peak resident set size of the cell's process (VmHWM), budget %s; * over the budget "
+                      "(over*: not run, the method was over it at a shorter length); "
+                      "OOM/CRASH/TIMEOUT/ERROR: the cell failed.%s",
+                      budget, med);
     add(ts, t, si);
 
     /* Reduction vs LoRA. */
@@ -378,20 +356,20 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
         t = seq_table(s, sc, "Peak RSS reduction vs LoRA (%)", "reduction", 0, NULL);
         int row_out = 0;
         for (int row = 0; row < sc->nseries; row++) {
-            if (row == sc->ref)
-                continue;
+            if (row == sc->ref) continue;
             ftr_table_add_row(t);
             ftr_table_set(t, row_out, 0, 0, "%s", s->series[sc->series[row]].name);
             for (int k = 0; k < sc->nseq; k++) {
                 ftr_agg *a = ftr_scope_agg(sc, row, k), *l = ftr_scope_agg(sc, sc->ref, k);
                 double red = a->n_measured && l->n_measured ? ftr_reduction(a->peak_mib, l->peak_mib) : NAN;
-                if (isfinite(red))
-                    ftr_table_set(t, row_out, 1 + k, 0, "%.1f", red);
+                if (isfinite(red)) ftr_table_set(t, row_out, 1 + k, 0, "%.1f", red);
             }
             row_out++;
         }
-        ftr_table_caption(t, "100 x (1 - peak / peak of %s) at each length: positive = less memory than LoRA, "
-                             "negative = more.", s->series[sc->series[sc->ref]].name);
+        ftr_table_caption(t,
+                          "100 x (1 - peak / peak of %s) at each length: positive = less memory than LoRA, "
+                          "negative = more.",
+                          s->series[sc->series[sc->ref]].name);
         add(ts, t, si);
     }
 
@@ -403,14 +381,14 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
         ftr_table_set(t, row, 0, 0, "%s", s->series[sc->series[row]].name);
         for (int k = 0; k < sc->nseq; k++) {
             ftr_agg *a = ftr_scope_agg(sc, row, k);
-            if (a->n_measured && isfinite(a->saved_mib))
-                ftr_table_set(t, row, 1 + k, 0, "%.1f", a->saved_mib);
+            if (a->n_measured && isfinite(a->saved_mib)) ftr_table_set(t, row, 1 + k, 0, "%.1f", a->saved_mib);
         }
-        if (isfinite(sc->slope_kib[row]))
-            ftr_table_set(t, row, 1 + sc->nseq, 0, "%.1f", sc->slope_kib[row]);
+        if (isfinite(sc->slope_kib[row])) ftr_table_set(t, row, 1 + sc->nseq, 0, "%.1f", sc->slope_kib[row]);
     }
-    ftr_table_caption(t, "Peak of the core's saved_activations category (bytes kept for the backward pass); "
-                         "KiB/token: least-squares slope over the lengths measured (batch %d).", sc->batch);
+    ftr_table_caption(t,
+                      "Peak of the core's saved_activations category (bytes kept for the backward pass); "
+                      "KiB/token: least-squares slope over the lengths measured (batch %d).",
+                      sc->batch);
     add(ts, t, si);
 
     /* The analytic memory model against the measured peak (only for records that carry it). */
@@ -453,12 +431,11 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
 void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)
 {
     memset(ts, 0, sizeof *ts);
-    for (int k = 0; k < r->nscopes; k++)
-        scope_tables(s, &r->scopes[k], k, ts);
+    for (int k = 0; k < r->nscopes; k++) scope_tables(s, &r->scopes[k], k, ts);
 
     if (r->nmax) {
-        const char *head[] = { "method", "device", "model", "batch", "budget MiB", "fit: longest", "fit: fails at",
-                               "sweep: longest" };
+        const char *head[] = { "method",     "device",       "model",         "batch",
+                               "budget MiB", "fit: longest", "fit: fails at", "sweep: longest" };
         ftr_table *t = ftr_table_new("Longest sequence that fits", "maxctx", 8, head);
         ftr_table_span(t, 5, 7, "sequence length (tokens)");
         int any_fit = 0;
@@ -470,26 +447,24 @@ void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)
             ftr_table_set(t, i, 1, 0, "%s", m->device);
             ftr_table_set(t, i, 2, 0, "%s", m->model);
             ftr_table_set(t, i, 3, 0, "%d", m->batch);
-            if (isfinite(m->budget_mib))
-                ftr_table_set(t, i, 4, 0, "%.0f", m->budget_mib);
+            if (isfinite(m->budget_mib)) ftr_table_set(t, i, 4, 0, "%.0f", m->budget_mib);
             if (m->fit_longest > 0)
                 ftr_table_set(t, i, 5, 0, "%d", m->fit_longest);
             else if (m->fit_longest == 0)
                 ftr_table_set(t, i, 5, 2, "none");
-            if (m->fit_failing > 0)
-                ftr_table_set(t, i, 6, 0, "%d", m->fit_failing);
-            if (m->sweep_longest > 0)
-                ftr_table_set(t, i, 7, 0, "%d", m->sweep_longest);
+            if (m->fit_failing > 0) ftr_table_set(t, i, 6, 0, "%d", m->fit_failing);
+            if (m->sweep_longest > 0) ftr_table_set(t, i, 7, 0, "%d", m->sweep_longest);
             any_fit |= m->fit_longest >= 0;
         }
-        ftr_table_caption(t, "fit: the longest length a `ftbench fit` probe ran within the budget, and the shortest "
-                             "that did not (%s); sweep: the longest swept length measured within the budget.",
+        ftr_table_caption(t,
+                          "fit: the longest length a `ftbench fit` probe ran within the budget, and the shortest "
+                          "that did not (%s); sweep: the longest swept length measured within the budget.",
                           any_fit ? "from fit records" : "no fit records in these results");
         add(ts, t, -1);
     }
 
     if (r->ntrain) {
-        const char *head[] = { "method", "device", "model", "seq", "peak MiB", "task", "accuracy",
+        const char *head[] = { "method",       "device",           "model",     "seq", "peak MiB", "task", "accuracy",
                                "grad. cosine", "grad. rel. error", "final loss" };
         ftr_table *t = ftr_table_new("Task accuracy and gradient fidelity", "quality", 10, head);
         for (int i = 0; i < r->ntrain; i++) {
@@ -499,18 +474,12 @@ void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)
             ftr_table_set(t, i, 1, 0, "%s", x->device);
             ftr_table_set(t, i, 2, 0, "%s", x->model);
             ftr_table_set(t, i, 3, 0, "%d", x->seq);
-            if (isfinite(x->peak_mib))
-                ftr_table_set(t, i, 4, 0, "%.1f", x->peak_mib);
-            if (x->eval_task)
-                ftr_table_set(t, i, 5, 0, "%s", x->eval_task);
-            if (isfinite(x->accuracy))
-                ftr_table_set(t, i, 6, 0, "%.2f%%", 100.0 * x->accuracy);
-            if (isfinite(x->fidelity_cos))
-                ftr_table_set(t, i, 7, 0, "%.4f", x->fidelity_cos);
-            if (isfinite(x->fidelity_relerr))
-                ftr_table_set(t, i, 8, 0, "%.2e", x->fidelity_relerr);
-            if (isfinite(x->final_loss))
-                ftr_table_set(t, i, 9, 0, "%.4f", x->final_loss);
+            if (isfinite(x->peak_mib)) ftr_table_set(t, i, 4, 0, "%.1f", x->peak_mib);
+            if (x->eval_task) ftr_table_set(t, i, 5, 0, "%s", x->eval_task);
+            if (isfinite(x->accuracy)) ftr_table_set(t, i, 6, 0, "%.2f%%", 100.0 * x->accuracy);
+            if (isfinite(x->fidelity_cos)) ftr_table_set(t, i, 7, 0, "%.4f", x->fidelity_cos);
+            if (isfinite(x->fidelity_relerr)) ftr_table_set(t, i, 8, 0, "%.2e", x->fidelity_relerr);
+            if (isfinite(x->final_loss)) ftr_table_set(t, i, 9, 0, "%.4f", x->final_loss);
         }
         ftr_table_caption(t, "From training records (eval.accuracy, gradient_fidelity; docs/REPORTS.md).");
         add(ts, t, -1);
@@ -519,8 +488,7 @@ void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)
 
 void ftr_tables_free(ftr_tables *ts)
 {
-    for (int i = 0; i < ts->n; i++)
-        ftr_table_free(ts->t[i]);
+    for (int i = 0; i < ts->n; i++) ftr_table_free(ts->t[i]);
     free(ts->t);
     free(ts->scope);
     memset(ts, 0, sizeof *ts);

@@ -9,14 +9,11 @@
 
 static void grow(ftr_buf *b, size_t need)
 {
-    if (b->n + need + 1 <= b->cap)
-        return;
+    if (b->n + need + 1 <= b->cap) return;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + need + 1)
-        cap *= 2;
+    while (cap < b->n + need + 1) cap *= 2;
     char *s = realloc(b->s, cap);
-    if (!s)
-        abort();
+    if (!s) abort();
     b->s = s;
     b->cap = cap;
 }
@@ -27,8 +24,7 @@ void ftr_buf_printf(ftr_buf *b, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
+    if (n < 0) return;
     grow(b, (size_t)n);
     va_start(ap, fmt);
     vsnprintf(b->s + b->n, (size_t)n + 1, fmt, ap);
@@ -53,12 +49,10 @@ void ftr_buf_free(ftr_buf *b)
 int ftr_buf_write(const ftr_buf *b, const char *path)
 {
     FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     size_t w = b->n ? fwrite(b->s, 1, b->n, f) : 0;
     int bad = ferror(f);
-    if (fclose(f) != 0 || bad || w != b->n)
-        return -1;
+    if (fclose(f) != 0 || bad || w != b->n) return -1;
     return 0;
 }
 
@@ -87,9 +81,13 @@ void ftr_latex_escape(ftr_buf *b, const char *s)
             ftr_buf_puts(b, code ? "}" : "\\texttt{");
             code = !code;
             break;
-        case '_': case '%': case '&': case '#': case '$': case '{': case '}':
-            ftr_buf_printf(b, "\\%c", *s);
-            break;
+        case '_':
+        case '%':
+        case '&':
+        case '#':
+        case '$':
+        case '{':
+        case '}': ftr_buf_printf(b, "\\%c", *s); break;
         case '~': ftr_buf_puts(b, "\\textasciitilde{}"); break;
         case '^': ftr_buf_puts(b, "\\textasciicircum{}"); break;
         case '\\': ftr_buf_puts(b, "\\textbackslash{}"); break;
@@ -101,8 +99,7 @@ void ftr_latex_escape(ftr_buf *b, const char *s)
         }
         }
     }
-    if (code)
-        ftr_buf_puts(b, "}");
+    if (code) ftr_buf_puts(b, "}");
 }
 
 void ftr_safe_name(char *out, size_t n, const char *s)
@@ -110,12 +107,11 @@ void ftr_safe_name(char *out, size_t n, const char *s)
     size_t i = 0;
     for (; s && *s && i + 1 < n; s++) {
         char c = *s;
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                 c == '-' || c == '_';
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+                 c == '_';
         out[i++] = ok ? c : '_';
     }
-    if (n)
-        out[i] = 0;
+    if (n) out[i] = 0;
 }
 
 void ftr_gp_quote(ftr_buf *b, const char *s)

@@ -19,20 +19,17 @@
 #define MAX_POINTS 1500
 
 typedef struct {
-    double t, rss;             /* rss in MiB, NaN before the first sample */
-    double cat[FTR_NCAT];      /* MiB                                       */
-    double live;               /* MiB                                       */
-    unsigned char phase;       /* 1 forward, 2 backward, 3 optimizer, 4 other */
+    double t, rss;        /* rss in MiB, NaN before the first sample */
+    double cat[FTR_NCAT]; /* MiB                                       */
+    double live;          /* MiB                                       */
+    unsigned char phase;  /* 1 forward, 2 backward, 3 optimizer, 4 other */
 } row;
 
 static unsigned char phase_class(const char *p)
 {
-    if (!strncmp(p, "fwd", 3) || !strncmp(p, "head", 4))
-        return 1;
-    if (!strncmp(p, "bwd", 3))
-        return 2;
-    if (!strncmp(p, "optim", 5))
-        return 3;
+    if (!strncmp(p, "fwd", 3) || !strncmp(p, "head", 4)) return 1;
+    if (!strncmp(p, "bwd", 3)) return 2;
+    if (!strncmp(p, "optim", 5)) return 3;
     return 4;
 }
 
@@ -46,14 +43,12 @@ static int split_tabs(char *line, char **f, int max)
     while (n < max) {
         f[n++] = p;
         char *t = strchr(p, '\t');
-        if (!t)
-            break;
+        if (!t) break;
         *t = 0;
         p = t + 1;
     }
     char *nl = strchr(f[n - 1], '\n');
-    if (nl)
-        *nl = 0;
+    if (nl) *nl = 0;
     return n;
 }
 
@@ -65,27 +60,29 @@ static int read_timeline(const char *path, row **out, int *nout, char *err, size
         return -1;
     }
     int col_t = -1, col_kind = -1, col_phase = -1, col_rss = -1, col_cat[FTR_NCAT], col_live = -1;
-    for (int c = 0; c < FTR_NCAT; c++)
-        col_cat[c] = -1;
+    for (int c = 0; c < FTR_NCAT; c++) col_cat[c] = -1;
     char *line = NULL;
     size_t cap = 0;
     int n = 0, alloc = 0, have_header = 0;
     row *rows = NULL;
     while (getline(&line, &cap, f) >= 0) {
-        if (line[0] == '#' || line[0] == '\n')
-            continue;
+        if (line[0] == '#' || line[0] == '\n') continue;
         char *fld[64];
         int nf = split_tabs(line, fld, 64);
         if (!have_header) {
             for (int i = 0; i < nf; i++) {
-                if (!strcmp(fld[i], "t_sec")) col_t = i;
-                else if (!strcmp(fld[i], "kind")) col_kind = i;
-                else if (!strcmp(fld[i], "phase")) col_phase = i;
-                else if (!strcmp(fld[i], "rss_bytes")) col_rss = i;
-                else if (!strcmp(fld[i], "live_total")) col_live = i;
+                if (!strcmp(fld[i], "t_sec"))
+                    col_t = i;
+                else if (!strcmp(fld[i], "kind"))
+                    col_kind = i;
+                else if (!strcmp(fld[i], "phase"))
+                    col_phase = i;
+                else if (!strcmp(fld[i], "rss_bytes"))
+                    col_rss = i;
+                else if (!strcmp(fld[i], "live_total"))
+                    col_live = i;
                 for (int c = 0; c < FTR_NCAT; c++)
-                    if (!strcmp(fld[i], ftr_category_name(c)))
-                        col_cat[c] = i;
+                    if (!strcmp(fld[i], ftr_category_name(c))) col_cat[c] = i;
             }
             have_header = 1;
             if (col_t < 0 || col_rss < 0) {
@@ -97,8 +94,7 @@ static int read_timeline(const char *path, row **out, int *nout, char *err, size
             continue;
         }
         int need = col_t > col_rss ? col_t : col_rss;
-        if (nf <= need)
-            continue; /* a torn last line */
+        if (nf <= need) continue; /* a torn last line */
         if (n == alloc) {
             alloc = alloc ? alloc * 2 : 4096;
             rows = realloc(rows, (size_t)alloc * sizeof *rows);
@@ -112,8 +108,7 @@ static int read_timeline(const char *path, row **out, int *nout, char *err, size
             r->cat[c] = col_cat[c] >= 0 && col_cat[c] < nf ? strtod(fld[col_cat[c]], NULL) / 1048576.0 : 0;
             r->live += r->cat[c];
         }
-        if (col_live >= 0 && col_live < nf)
-            r->live = strtod(fld[col_live], NULL) / 1048576.0;
+        if (col_live >= 0 && col_live < nf) r->live = strtod(fld[col_live], NULL) / 1048576.0;
         r->phase = col_phase >= 0 && col_phase < nf ? phase_class(fld[col_phase]) : 4;
         (void)col_kind;
         n++;
@@ -155,8 +150,7 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     }
     row *rows;
     int n;
-    if (read_timeline(path, &rows, &n, err, errlen) != 0)
-        return -1;
+    if (read_timeline(path, &rows, &n, err, errlen) != 0) return -1;
 
     /* Name: device + cell, and the run when a name is taken already. */
     char raw[600], name[300];
@@ -177,20 +171,18 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     /* Peaks over the full resolution. */
     int ipk_live = 0, ipk_rss = -1;
     for (int i = 0; i < n; i++) {
-        if (rows[i].live > rows[ipk_live].live)
-            ipk_live = i;
-        if (isfinite(rows[i].rss) && (ipk_rss < 0 || rows[i].rss > rows[ipk_rss].rss))
-            ipk_rss = i;
+        if (rows[i].live > rows[ipk_live].live) ipk_live = i;
+        if (isfinite(rows[i].rss) && (ipk_rss < 0 || rows[i].rss > rows[ipk_rss].rss)) ipk_rss = i;
     }
     double t0 = rows[0].t, t1 = rows[n - 1].t;
     double dt = (t1 - t0) / MAX_POINTS;
 
     ftr_buf d = { 0 }, ph = { 0 }, g = { 0 };
-    ftr_buf_printf(&d, "# allocation timeline of %s (run %s, %s), reduced from %d lines to buckets of %.6f s "
-                       "(each keeps its highest core total and highest RSS); MiB\n# t_sec",
+    ftr_buf_printf(&d,
+                   "# allocation timeline of %s (run %s, %s), reduced from %d lines to buckets of %.6f s "
+                   "(each keeps its highest core total and highest RSS); MiB\n# t_sec",
                    rec->cell, rec->run_id ? rec->run_id : "?", rec->device, n, dt);
-    for (int c = 0; c < FTR_NCAT; c++)
-        ftr_buf_printf(&d, "\t%s", ftr_category_name(c));
+    for (int c = 0; c < FTR_NCAT; c++) ftr_buf_printf(&d, "\t%s", ftr_category_name(c));
     ftr_buf_puts(&d, "\trss\tlive_total\tphase\n");
     int i = 0;
     double ymax = 0;
@@ -200,28 +192,22 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
         double rssmax = rows[i].rss;
         int j = i;
         while (j < n && (j == i || rows[j].t < end)) {
-            if (rows[j].live > rows[best].live)
-                best = j;
-            if (isfinite(rows[j].rss) && (!isfinite(rssmax) || rows[j].rss > rssmax))
-                rssmax = rows[j].rss;
+            if (rows[j].live > rows[best].live) best = j;
+            if (isfinite(rows[j].rss) && (!isfinite(rssmax) || rows[j].rss > rssmax)) rssmax = rows[j].rss;
             j++;
         }
         /* The peak rows themselves, exactly. */
-        if (ipk_live >= i && ipk_live < j)
-            best = ipk_live;
+        if (ipk_live >= i && ipk_live < j) best = ipk_live;
         const row *b = &rows[best];
         ftr_buf_printf(&d, "%.6f", b->t);
-        for (int c = 0; c < FTR_NCAT; c++)
-            ftr_buf_printf(&d, "\t%.5f", b->cat[c]);
+        for (int c = 0; c < FTR_NCAT; c++) ftr_buf_printf(&d, "\t%.5f", b->cat[c]);
         if (isfinite(rssmax))
             ftr_buf_printf(&d, "\t%.5f", rssmax);
         else
             ftr_buf_puts(&d, "\t-");
         ftr_buf_printf(&d, "\t%.5f\t%d\n", b->live, b->phase);
-        if (b->live > ymax)
-            ymax = b->live;
-        if (isfinite(rssmax) && rssmax > ymax)
-            ymax = rssmax;
+        if (b->live > ymax) ymax = b->live;
+        if (isfinite(rssmax) && rssmax > ymax) ymax = rssmax;
         i = j;
     }
     /* Phase intervals at full resolution. */
@@ -229,8 +215,7 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     int nint = 0;
     for (int a = 0; a < n;) {
         int bnd = a;
-        while (bnd < n && rows[bnd].phase == rows[a].phase)
-            bnd++;
+        while (bnd < n && rows[bnd].phase == rows[a].phase) bnd++;
         double te = bnd < n ? rows[bnd].t : rows[n - 1].t;
         ftr_buf_printf(&ph, "%.6f\t%.6f\t%d\t%s\n", rows[a].t, te, rows[a].phase, phase_names[rows[a].phase]);
         nint++;
@@ -249,8 +234,7 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     snprintf(dname, sizeof dname, "%s/data/%s.tsv", p->out, pname);
     ftr_buf_write(&ph, dname);
 
-    if (ymax <= 0)
-        ymax = 1;
+    if (ymax <= 0) ymax = 1;
     double peak_rss_rec = rec->peak_mib;
     char title[600];
     snprintf(title, sizeof title, "%s on %s%s: allocation timeline", rec->cell, rec->device,
@@ -258,11 +242,12 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     ftr_buf_puts(&g, "set title ");
     ftr_gp_quote(&g, title);
     ftr_buf_puts(&g, "\n");
-    ftr_buf_printf(&g, "set xlabel 'time since the cell started (s)'\nset ylabel 'MiB'\n"
-                       "ymax = %.5f\nstrip_lo = ymax * 1.045; strip_hi = ymax * 1.095\n"
-                       "set yrange [0:ymax * 1.13]\nset xrange [%.6f:%.6f]\n"
-                       "set key outside right top vertical Left reverse noopaque nobox\n"
-                       "set style fill solid 0.9 noborder\n",
+    ftr_buf_printf(&g,
+                   "set xlabel 'time since the cell started (s)'\nset ylabel 'MiB'\n"
+                   "ymax = %.5f\nstrip_lo = ymax * 1.045; strip_hi = ymax * 1.095\n"
+                   "set yrange [0:ymax * 1.13]\nset xrange [%.6f:%.6f]\n"
+                   "set key outside right top vertical Left reverse noopaque nobox\n"
+                   "set style fill solid 0.9 noborder\n",
                    ymax, t0, t1);
     /* Tics only below the strip: a round step to ymax. */
     double step = pow(10, floor(log10(ymax / 5)));
@@ -278,34 +263,38 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     double mid = t0 + 0.6 * (t1 - t0);
     if (ipk_rss >= 0) {
         int left = rows[ipk_rss].t > mid;
-        ftr_buf_printf(&g, "set label 3 sprintf('RSS peak %%.1f MiB', %.5f) at %.6f, %.5f %s point ls 93 "
-                           "offset %s,0.9 boxed front\n",
+        ftr_buf_printf(&g,
+                       "set label 3 sprintf('RSS peak %%.1f MiB', %.5f) at %.6f, %.5f %s point ls 93 "
+                       "offset %s,0.9 boxed front\n",
                        rows[ipk_rss].rss, rows[ipk_rss].t, rows[ipk_rss].rss, left ? "right" : "left",
                        left ? "-0.8" : "0.8");
     }
     int left = rows[ipk_live].t > mid;
-    ftr_buf_printf(&g, "set label 4 sprintf('core peak %%.1f MiB', %.5f) at %.6f, %.5f %s point ls 93 "
-                       "offset %s,-1.1 boxed front\n",
+    ftr_buf_printf(&g,
+                   "set label 4 sprintf('core peak %%.1f MiB', %.5f) at %.6f, %.5f %s point ls 93 "
+                   "offset %s,-1.1 boxed front\n",
                    rows[ipk_live].live, rows[ipk_live].t, rows[ipk_live].live, left ? "right" : "left",
                    left ? "-0.8" : "0.8");
-    if (isfinite(peak_rss_rec))
-        ftr_buf_printf(&g, "# the record's peak RSS (VmHWM): %.1f MiB\n", peak_rss_rec);
+    if (isfinite(peak_rss_rec)) ftr_buf_printf(&g, "# the record's peak RSS (VmHWM): %.1f MiB\n", peak_rss_rec);
     ftr_buf_printf(&g, "f = 'data/%s.tsv'\nph = 'data/%s.tsv'\n", name, pname);
     ftr_buf_puts(&g, "plot \\\n");
-    const char *cum[FTR_NCAT + 1] = { "(0)", "($2)", "($2+$3)", "($2+$3+$4)", "($2+$3+$4+$5)", "($2+$3+$4+$5+$6)",
-                                      "($2+$3+$4+$5+$6+$7)" };
+    const char *cum[FTR_NCAT + 1] = {
+        "(0)", "($2)", "($2+$3)", "($2+$3+$4)", "($2+$3+$4+$5)", "($2+$3+$4+$5+$6)", "($2+$3+$4+$5+$6+$7)"
+    };
     for (int c = 0; c < FTR_NCAT; c++)
         ftr_buf_printf(&g, "  f using 1:%s:%s with filledcurves lc rgb cat_col_%d fs @cat_fs_%d title '%s', \\\n",
                        cum[c], cum[c + 1], c + 1, c + 1, ftr_category_title(c));
     ftr_buf_puts(&g, "  f using 1:8 with steps ls 92 title 'RSS (sampled)', \\\n");
     for (int k = 1; k <= 4; k++)
-        ftr_buf_printf(&g, "  ph using (($1+$2)/2):($3==%d ? (strip_lo+strip_hi)/2 : NaN):(($2-$1)/2):"
-                           "((strip_hi-strip_lo)/2) with boxxyerror fs solid 1.0 noborder lc rgb ph_col_%d "
-                           "title '%s'%s\n",
+        ftr_buf_printf(&g,
+                       "  ph using (($1+$2)/2):($3==%d ? (strip_lo+strip_hi)/2 : NaN):(($2-$1)/2):"
+                       "((strip_hi-strip_lo)/2) with boxxyerror fs solid 1.0 noborder lc rgb ph_col_%d "
+                       "title '%s'%s\n",
                        k, k, phase_names[k], k < 4 ? ", \\" : "");
     char cap[512];
-    snprintf(cap, sizeof cap, "Allocation timeline of %s on %s: the core's categories stacked, the sampled RSS on top, "
-                              "phases in the strip; the core's and the RSS peaks marked.",
+    snprintf(cap, sizeof cap,
+             "Allocation timeline of %s on %s: the core's categories stacked, the sampled RSS on top, "
+             "phases in the strip; the core's and the RSS peaks marked.",
              rec->cell, rec->device);
     ftr_plot_render(p, name, scope, 1, g.s, "%s", cap);
     (void)nint;

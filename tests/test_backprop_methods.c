@@ -22,7 +22,8 @@
 
 /* ---- helpers --------------------------------------------------------------- */
 
-static void open_method(const char *name, ftb_plugin *p) {
+static void open_method(const char *name, ftb_plugin *p)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) dir = "build/methods";
     char path[4096], err[FTB_ERR_LEN];
@@ -32,7 +33,8 @@ static void open_method(const char *name, ftb_plugin *p) {
 
 /* "tiny" (GQA, qkv biases), optionally with more blocks; weights std 0.2 so
  * that gradients are well above rounding. */
-static ftb_model *tiny_model(uint64_t seed, int n_layers) {
+static ftb_model *tiny_model(uint64_t seed, int n_layers)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     if (n_layers) cfg.n_layers = n_layers;
@@ -45,13 +47,15 @@ static ftb_model *tiny_model(uint64_t seed, int n_layers) {
     return m;
 }
 
-static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V) {
+static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
+{
     for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
     for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    return (ftb_batch){B, T, tokens, targets};
+    return (ftb_batch){ B, T, tokens, targets };
 }
 
-static ftb_session session_for(ftb_model *m, const ftb_options *o) {
+static ftb_session session_for(ftb_model *m, const ftb_options *o)
+{
     ftb_session s;
     memset(&s, 0, sizeof s);
     s.model = m;
@@ -70,7 +74,8 @@ typedef struct {
     ftb_options o;
 } opt_list;
 
-static void opts_of(opt_list *l, const char *const *kv) {
+static void opts_of(opt_list *l, const char *const *kv)
+{
     memset(l, 0, sizeof *l);
     int n = 0;
     for (; kv && kv[n]; n++) {
@@ -82,7 +87,7 @@ static void opts_of(opt_list *l, const char *const *kv) {
         l->keys[n] = l->buf[n];
         l->values[n] = eq + 1;
     }
-    l->o = (ftb_options){n, l->keys, l->values};
+    l->o = (ftb_options){ n, l->keys, l->values };
 }
 
 /* What one step of a method did: its loss, every trainable tensor's
@@ -96,7 +101,8 @@ typedef struct {
     int64_t saved_peak, offload_peak;
 } step_record;
 
-static void free_record(step_record *r) {
+static void free_record(step_record *r)
+{
     free(r->grads);
     free(r->init_values);
     memset(r, 0, sizeof *r);
@@ -105,7 +111,8 @@ static void free_record(step_record *r) {
 /* Gives every trainable tensor seeded values (LoRA's B starts at zero, which
  * would make dA zero and the comparison empty); scaling vectors (1-D) stay
  * near one. */
-static void randomize_trainable(ftb_tensor **t, int n, uint64_t seed) {
+static void randomize_trainable(ftb_tensor **t, int n, uint64_t seed)
+{
     ftb_rng rng;
     ftb_rng_seed(&rng, seed);
     for (int i = 0; i < n; i++)
@@ -114,8 +121,8 @@ static void randomize_trainable(ftb_tensor **t, int n, uint64_t seed) {
 }
 
 /* One step of `method` with `kv` options on a fresh tiny model. */
-static step_record run_one_step(const char *method, const char *const *kv, int n_layers, int B, int T,
-                                int randomize) {
+static step_record run_one_step(const char *method, const char *const *kv, int n_layers, int B, int T, int randomize)
+{
     ftb_plugin p;
     open_method(method, &p);
     ftb_model *m = tiny_model(21, n_layers);
@@ -125,7 +132,7 @@ static step_record run_one_step(const char *method, const char *const *kv, int n
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s: %s", method, err);
-    step_record r = {0};
+    step_record r = { 0 };
     ftb_tensor **t;
     r.n_tensors = p.method->trainable(st, &t);
     cr_assert_gt(r.n_tensors, 0, "%s lists no trainable tensors", method);
@@ -142,7 +149,7 @@ static step_record run_one_step(const char *method, const char *const *kv, int n
     ftb_mem_stats before, after;
     ftb_mem_get_stats(&before);
     cr_assert_eq(before.live[FTB_MEM_SAVED], 0);
-    ftb_step_result res = {0};
+    ftb_step_result res = { 0 };
     cr_assert_eq(p.method->step(st, &s, &b, &res, err, sizeof err), 0, "%s step: %s", method, err);
     ftb_mem_get_stats(&after);
     r.loss = res.loss;
@@ -161,7 +168,8 @@ static step_record run_one_step(const char *method, const char *const *kv, int n
     return r;
 }
 
-static double max_rel_diff(const float *a, const float *b, int64_t n) {
+static double max_rel_diff(const float *a, const float *b, int64_t n)
+{
     double num = 0, den = 1e-12;
     for (int64_t i = 0; i < n; i++) {
         num = fmax(num, fabs(a[i] - b[i]));
@@ -170,12 +178,13 @@ static double max_rel_diff(const float *a, const float *b, int64_t n) {
     return num / den;
 }
 
-static void expect_same_gradients(const step_record *a, const step_record *b, const char *what) {
+static void expect_same_gradients(const step_record *a, const step_record *b, const char *what)
+{
     cr_assert_eq(a->n_values, b->n_values, "%s: %lld vs %lld trainable values", what, (long long)a->n_values,
                  (long long)b->n_values);
     cr_expect_eq(a->loss, b->loss, "%s: loss %.9g vs %.9g", what, a->loss, b->loss);
-    cr_expect_eq(memcmp(a->grads, b->grads, sizeof(float) * a->n_values), 0,
-                 "%s: gradients differ (max rel %g)", what, max_rel_diff(a->grads, b->grads, a->n_values));
+    cr_expect_eq(memcmp(a->grads, b->grads, sizeof(float) * a->n_values), 0, "%s: gradients differ (max rel %g)", what,
+                 max_rel_diff(a->grads, b->grads, a->n_values));
     double norm = 0;
     for (int64_t i = 0; i < a->n_values; i++) norm += fabs(a->grads[i]);
     cr_expect_gt(norm, 0.0, "%s: all gradients are zero, the comparison says nothing", what);
@@ -187,10 +196,16 @@ typedef struct {
     int64_t N, D, Q, KV, F, BHT, L;
 } dims;
 
-static dims dims_of(const ftb_model *m, int B, int T) {
+static dims dims_of(const ftb_model *m, int B, int T)
+{
     const ftb_config *c = &m->cfg;
-    dims d = {(int64_t)B * T, c->dim, (int64_t)c->n_heads * c->head_dim, (int64_t)c->n_kv_heads * c->head_dim,
-              c->ffn_dim, (int64_t)B * c->n_heads * T, c->n_layers};
+    dims d = { (int64_t)B * T,
+               c->dim,
+               (int64_t)c->n_heads * c->head_dim,
+               (int64_t)c->n_kv_heads * c->head_dim,
+               c->ffn_dim,
+               (int64_t)B * c->n_heads * T,
+               c->n_layers };
     return d;
 }
 
@@ -198,7 +213,8 @@ static dims dims_of(const ftb_model *m, int B, int T) {
  * rstd1, rstd2, q, k, v, att, x_mid, g, u and the flash lse, plus the
  * inputs the hooks or trained weights need: ln1 (q/k/v), ln2 (gate/up),
  * h (down).  LoRA on all seven linears needs all three. */
-static int64_t frozen_block_floats(dims d, int keep_ln1, int keep_ln2, int keep_h) {
+static int64_t frozen_block_floats(dims d, int keep_ln1, int keep_ln2, int keep_h)
+{
     return d.N * (2 + 2 * d.Q + 2 * d.KV + d.D + 2 * d.F) + d.BHT + keep_ln1 * d.N * d.D + keep_ln2 * d.N * d.D +
            keep_h * d.N * d.F;
 }
@@ -210,14 +226,16 @@ static int64_t keep_all_peak_floats(dims d, int64_t block) { return d.L * (block
 /* Every block recomputed, inputs on the heap: the larger of the end of
  * forward (L+1 inputs, final norm) and the recompute of the top block
  * (L inputs, rstd of the final norm, one block's activations). */
-static int64_t recompute_peak_floats(dims d, int64_t block) {
+static int64_t recompute_peak_floats(dims d, int64_t block)
+{
     int64_t fwd = (d.L + 1) * d.N * d.D + d.N * d.D + d.N, bwd = d.L * d.N * d.D + d.N + block;
     return fwd > bwd ? fwd : bwd;
 }
 
 /* Inputs of blocks 1..L-1 in files: block 0's input (the embedding output)
  * and the final norm's stay on the heap. */
-static int64_t offload_peak_floats(dims d, int64_t block) {
+static int64_t offload_peak_floats(dims d, int64_t block)
+{
     int64_t fwd = 3 * d.N * d.D + d.N, bwd = d.N * d.D + d.N + block;
     return fwd > bwd ? fwd : bwd;
 }
@@ -228,11 +246,12 @@ static int64_t offload_peak_floats(dims d, int64_t block) {
  * b' = l ⊙ b.  With G = dL/dW' and g = dL/db' from the core's full backward
  * on that merged model, dL/dl_j = Σ_i G[j,i]·W[j,i] + g_j·b_j: the chain rule,
  * independent of the hook's own backward. */
-Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule) {
+Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule)
+{
     ftb_plugin p;
     open_method("ia3", &p);
     ftb_model *m = tiny_model(11, 0), *merged = tiny_model(11, 0);
-    const char *kv[] = {"targets=all", NULL};
+    const char *kv[] = { "targets=all", NULL };
     opt_list ol;
     opts_of(&ol, kv);
     ftb_session s = session_for(m, &ol.o);
@@ -295,11 +314,12 @@ Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule) {
 /* Central differences on the (inference-mode) loss, for the largest-gradient
  * entry and one other entry of every vector, as tests/test_gradcheck.c does
  * for the core: fp32 loss, so a large step and a loose tolerance. */
-Test(backprop, ia3_gradients_match_finite_differences) {
+Test(backprop, ia3_gradients_match_finite_differences)
+{
     ftb_plugin p;
     open_method("ia3", &p);
     ftb_model *m = tiny_model(12, 0);
-    ftb_options none = {0, NULL, NULL};
+    ftb_options none = { 0, NULL, NULL };
     ftb_session s = session_for(m, &none);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -315,7 +335,7 @@ Test(backprop, ia3_gradients_match_finite_differences) {
         int64_t largest = 0;
         for (int64_t j = 1; j < l[t]->numel; j++)
             if (fabsf(l[t]->grad[j]) > fabsf(l[t]->grad[largest])) largest = j;
-        int64_t entries[2] = {largest, (largest + 5) % l[t]->numel};
+        int64_t entries[2] = { largest, (largest + 5) % l[t]->numel };
         for (int e = 0; e < 2; e++) {
             float *w = &l[t]->data[entries[e]], w0 = *w;
             const double h = 1e-2 * fmax(fabs(w0), 1.0);
@@ -334,7 +354,8 @@ Test(backprop, ia3_gradients_match_finite_differences) {
     ftb_plugin_close(&p);
 }
 
-Test(backprop, ia3_starts_as_the_base_model_and_keeps_base_outputs_not_inputs) {
+Test(backprop, ia3_starts_as_the_base_model_and_keeps_base_outputs_not_inputs)
+{
     ftb_plugin p;
     open_method("ia3", &p);
     ftb_model *m = tiny_model(13, 0);
@@ -342,7 +363,7 @@ Test(backprop, ia3_starts_as_the_base_model_and_keeps_base_outputs_not_inputs) {
     ftb_batch b = batch_of(tok, tgt, 2, 24, m->cfg.vocab_size);
     char err[FTB_ERR_LEN] = "";
     float base = ftb_model_forward(m, &b, NULL, err, sizeof err);
-    ftb_options none = {0, NULL, NULL};
+    ftb_options none = { 0, NULL, NULL };
     ftb_session s = session_for(m, &none);
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -372,9 +393,10 @@ Test(backprop, ia3_starts_as_the_base_model_and_keeps_base_outputs_not_inputs) {
 
 /* ---- gc --------------------------------------------------------------------- */
 
-Test(backprop, gc_around_lora_gives_lora_gradients_bitwise_with_less_saved) {
-    const char *lora_kv[] = {"rank=3", "alpha=6", "targets=q,v,o,down", NULL};
-    const char *gc_kv[] = {"inner=lora", "inner.rank=3", "alpha=6", "targets=q,v,o,down", NULL};
+Test(backprop, gc_around_lora_gives_lora_gradients_bitwise_with_less_saved)
+{
+    const char *lora_kv[] = { "rank=3", "alpha=6", "targets=q,v,o,down", NULL };
+    const char *gc_kv[] = { "inner=lora", "inner.rank=3", "alpha=6", "targets=q,v,o,down", NULL };
     step_record plain = run_one_step("lora", lora_kv, 4, 2, 24, 1);
     step_record gc = run_one_step("gc", gc_kv, 4, 2, 24, 1);
     expect_same_gradients(&gc, &plain, "gc(lora) vs lora");
@@ -384,12 +406,13 @@ Test(backprop, gc_around_lora_gives_lora_gradients_bitwise_with_less_saved) {
     free_record(&gc);
 }
 
-Test(backprop, gc_around_full_and_ia3_gives_their_gradients_bitwise_with_less_saved) {
-    const char *inner[] = {"full", "ia3"};
+Test(backprop, gc_around_full_and_ia3_gives_their_gradients_bitwise_with_less_saved)
+{
+    const char *inner[] = { "full", "ia3" };
     for (int i = 0; i < 2; i++) {
         char opt[64];
         snprintf(opt, sizeof opt, "inner=%s", inner[i]);
-        const char *gc_kv[] = {opt, NULL};
+        const char *gc_kv[] = { opt, NULL };
         step_record plain = run_one_step(inner[i], NULL, 4, 2, 24, i == 1);
         step_record gc = run_one_step("gc", gc_kv, 4, 2, 24, i == 1);
         char what[64];
@@ -403,14 +426,15 @@ Test(backprop, gc_around_full_and_ia3_gives_their_gradients_bitwise_with_less_sa
 }
 
 /* lars is another engineer's plugin: checked when it is built. */
-Test(backprop, gc_around_lars_gives_lars_gradients_bitwise) {
+Test(backprop, gc_around_lars_gives_lars_gradients_bitwise)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     char path[4096];
     snprintf(path, sizeof path, "%s/lars.so", dir ? dir : "build/methods");
     FILE *f = fopen(path, "rb");
     if (!f) cr_skip_test("no lars.so in %s", dir ? dir : "build/methods");
     fclose(f);
-    const char *gc_kv[] = {"inner=lars", NULL};
+    const char *gc_kv[] = { "inner=lars", NULL };
     step_record plain = run_one_step("lars", NULL, 4, 2, 24, 0);
     step_record gc = run_one_step("gc", gc_kv, 4, 2, 24, 0);
     expect_same_gradients(&gc, &plain, "gc(lars) vs lars");
@@ -420,11 +444,12 @@ Test(backprop, gc_around_lars_gives_lars_gradients_bitwise) {
     free_record(&gc);
 }
 
-Test(backprop, gc_sets_every_block_to_recompute_and_passes_options_through) {
+Test(backprop, gc_sets_every_block_to_recompute_and_passes_options_through)
+{
     ftb_plugin p;
     open_method("gc", &p);
     ftb_model *m = tiny_model(14, 3);
-    const char *kv[] = {"rank=2", "inner.rank=5", NULL}; /* the prefixed one wins */
+    const char *kv[] = { "rank=2", "inner.rank=5", NULL }; /* the prefixed one wins */
     opt_list ol;
     opts_of(&ol, kv);
     ftb_session s = session_for(m, &ol.o);
@@ -445,15 +470,16 @@ Test(backprop, gc_sets_every_block_to_recompute_and_passes_options_through) {
 
 /* ---- mesp ------------------------------------------------------------------- */
 
-Test(backprop, mesp_gives_lora_gradients_bitwise_under_every_checkpoint_policy) {
-    const char *lora_kv[] = {"rank=4", "alpha=8", NULL};
+Test(backprop, mesp_gives_lora_gradients_bitwise_under_every_checkpoint_policy)
+{
+    const char *lora_kv[] = { "rank=4", "alpha=8", NULL };
     step_record lora = run_one_step("lora", lora_kv, 3, 2, 24, 1);
     step_record lora_init = run_one_step("lora", lora_kv, 3, 2, 24, 0);
-    const char *policy[] = {"offload", "recompute", "none"};
+    const char *policy[] = { "offload", "recompute", "none" };
     for (int i = 0; i < 3; i++) {
         char opt[64];
         snprintf(opt, sizeof opt, "checkpoint=%s", policy[i]);
-        const char *kv[] = {"rank=4", "alpha=8", opt, NULL};
+        const char *kv[] = { "rank=4", "alpha=8", opt, NULL };
         step_record mesp = run_one_step("mesp", kv, 3, 2, 24, 1);
         char what[64];
         snprintf(what, sizeof what, "mesp(%s) vs lora", policy[i]);
@@ -463,7 +489,7 @@ Test(backprop, mesp_gives_lora_gradients_bitwise_under_every_checkpoint_policy) 
         free_record(&mesp);
     }
     /* and with lora's own initialisation (B = 0: only dB is nonzero) */
-    const char *kv[] = {"rank=4", "alpha=8", NULL};
+    const char *kv[] = { "rank=4", "alpha=8", NULL };
     step_record mesp_init = run_one_step("mesp", kv, 3, 2, 24, 0);
     expect_same_gradients(&mesp_init, &lora_init, "mesp vs lora from init");
     free_record(&mesp_init);
@@ -471,7 +497,8 @@ Test(backprop, mesp_gives_lora_gradients_bitwise_under_every_checkpoint_policy) 
     free_record(&lora);
 }
 
-Test(backprop, mesp_keeps_less_than_lora_and_offloads_checkpoints) {
+Test(backprop, mesp_keeps_less_than_lora_and_offloads_checkpoints)
+{
     step_record lora = run_one_step("lora", NULL, 4, 2, 24, 1);
     step_record mesp = run_one_step("mesp", NULL, 4, 2, 24, 1);
     cr_expect_lt(mesp.saved_peak, lora.saved_peak, "mesp saved %lld, lora %lld", (long long)mesp.saved_peak,
@@ -485,14 +512,15 @@ Test(backprop, mesp_keeps_less_than_lora_and_offloads_checkpoints) {
 /* The test that fails if mesp stored h = x·Aᵀ: with every block keeping all
  * it needs (checkpoint=none), mesp keeps exactly lora's activations minus
  * one [N, r] float buffer per adapted linear. */
-Test(backprop, mesp_keeps_exactly_one_n_by_r_less_per_adapted_linear_than_lora) {
+Test(backprop, mesp_keeps_exactly_one_n_by_r_less_per_adapted_linear_than_lora)
+{
     const int B = 2, T = 24, L = 3;
-    const char *targets[] = {"q,k,v,o,gate,up,down", "v,down"};
-    const int per_layer[] = {7, 2};
+    const char *targets[] = { "q,k,v,o,gate,up,down", "v,down" };
+    const int per_layer[] = { 7, 2 };
     for (int i = 0; i < 2; i++) {
         char t[64];
         snprintf(t, sizeof t, "targets=%s", targets[i]);
-        const char *lora_kv[] = {"rank=5", t, NULL}, *mesp_kv[] = {"rank=5", t, "checkpoint=none", NULL};
+        const char *lora_kv[] = { "rank=5", t, NULL }, *mesp_kv[] = { "rank=5", t, "checkpoint=none", NULL };
         step_record lora = run_one_step("lora", lora_kv, L, B, T, 1);
         step_record mesp = run_one_step("mesp", mesp_kv, L, B, T, 1);
         int64_t want = (int64_t)L * per_layer[i] * B * T * 5 * 4;
@@ -506,9 +534,10 @@ Test(backprop, mesp_keeps_exactly_one_n_by_r_less_per_adapted_linear_than_lora) 
 
 /* ---- mebp ------------------------------------------------------------------- */
 
-Test(backprop, mebp_gives_lora_gradients_bitwise_with_block_activations_out_of_ram) {
+Test(backprop, mebp_gives_lora_gradients_bitwise_with_block_activations_out_of_ram)
+{
     const int B = 2, T = 24, L = 4;
-    const char *kv[] = {"rank=4", "alpha=8", NULL};
+    const char *kv[] = { "rank=4", "alpha=8", NULL };
     step_record lora = run_one_step("lora", kv, L, B, T, 1);
     step_record mebp = run_one_step("mebp", kv, L, B, T, 1);
     expect_same_gradients(&mebp, &lora, "mebp vs lora");
@@ -525,7 +554,8 @@ Test(backprop, mebp_gives_lora_gradients_bitwise_with_block_activations_out_of_r
     free_record(&mebp);
 }
 
-Test(backprop, mebp_documents_every_lora_option_with_lora_defaults) {
+Test(backprop, mebp_documents_every_lora_option_with_lora_defaults)
+{
     ftb_plugin lora, mebp;
     open_method("lora", &lora);
     open_method("mebp", &mebp);
@@ -543,7 +573,8 @@ Test(backprop, mebp_documents_every_lora_option_with_lora_defaults) {
 
 /* The saved-activation peak of each method, byte for byte, against the
  * formulas of docs/methods/{lora,mesp,mebp,gc,full}.md. */
-Test(backprop, saved_peaks_equal_the_documented_formulas) {
+Test(backprop, saved_peaks_equal_the_documented_formulas)
+{
     const int B = 2, T = 24, L = 4, r = 8;
     ftb_model *shape = tiny_model(1, L);
     dims d = dims_of(shape, B, T);
@@ -556,51 +587,51 @@ Test(backprop, saved_peaks_equal_the_documented_formulas) {
         const char *kv[3];
         int64_t floats;
     } cases[] = {
-        {"lora", {NULL}, keep_all_peak_floats(d, lora_block)},
-        {"full", {NULL}, keep_all_peak_floats(d, full_block)},
-        {"mesp", {"checkpoint=none", NULL}, keep_all_peak_floats(d, mesp_block)},
-        {"mesp", {"checkpoint=recompute", NULL}, recompute_peak_floats(d, mesp_block)},
-        {"mesp", {NULL}, offload_peak_floats(d, mesp_block)},
-        {"mebp", {NULL}, offload_peak_floats(d, lora_block)},
-        {"gc", {NULL}, recompute_peak_floats(d, lora_block)},
+        { "lora", { NULL }, keep_all_peak_floats(d, lora_block) },
+        { "full", { NULL }, keep_all_peak_floats(d, full_block) },
+        { "mesp", { "checkpoint=none", NULL }, keep_all_peak_floats(d, mesp_block) },
+        { "mesp", { "checkpoint=recompute", NULL }, recompute_peak_floats(d, mesp_block) },
+        { "mesp", { NULL }, offload_peak_floats(d, mesp_block) },
+        { "mebp", { NULL }, offload_peak_floats(d, lora_block) },
+        { "gc", { NULL }, recompute_peak_floats(d, lora_block) },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         step_record rec = run_one_step(cases[i].method, cases[i].kv, L, B, T, 0);
-        cr_expect_eq(rec.saved_peak, 4 * cases[i].floats, "%s %s: saved peak %lld bytes, formula %lld",
-                     cases[i].method, cases[i].kv[0] ? cases[i].kv[0] : "", (long long)rec.saved_peak,
-                     (long long)(4 * cases[i].floats));
+        cr_expect_eq(rec.saved_peak, 4 * cases[i].floats, "%s %s: saved peak %lld bytes, formula %lld", cases[i].method,
+                     cases[i].kv[0] ? cases[i].kv[0] : "", (long long)rec.saved_peak, (long long)(4 * cases[i].floats));
         free_record(&rec);
     }
 }
 
 /* ---- bad options ------------------------------------------------------------ */
 
-Test(backprop, bad_options_give_clear_errors) {
+Test(backprop, bad_options_give_clear_errors)
+{
     struct {
         const char *method, *kv, *expect;
     } cases[] = {
-        {"ia3", "targets=k,zz", "unknown linear layer 'zz'"},
-        {"ia3", "weight_decay=x", "option weight_decay"},
-        {"gc", "inner=nosuch", "no nosuch.so in"},
-        {"gc", "inner=gc", "option inner"},
-        {"gc", "inner=../lora", "option inner"},
-        {"gc", "inner.rank=abc", "option rank"},
-        {"gc", "rank=0", "option rank"},
-        {"gc", "inner.=3", "no option name"},
-        {"gc", "bogus=1", "the inner method lora has no option 'bogus'"},
-        {"mesp", "checkpoint=disk", "option checkpoint: 'disk'"},
-        {"mesp", "rank=0", "option rank"},
-        {"mesp", "targets=", "option targets"},
-        {"mesp", "offload_dir=/nonexistent-dir", "option offload_dir: '/nonexistent-dir'"},
-        {"mebp", "offload_dir=/nonexistent-dir", "option offload_dir"},
-        {"mebp", "rank=abc", "option rank"},
-        {"mebp", "checkpoint=none", "mebp has no option 'checkpoint'"},
+        { "ia3", "targets=k,zz", "unknown linear layer 'zz'" },
+        { "ia3", "weight_decay=x", "option weight_decay" },
+        { "gc", "inner=nosuch", "no nosuch.so in" },
+        { "gc", "inner=gc", "option inner" },
+        { "gc", "inner=../lora", "option inner" },
+        { "gc", "inner.rank=abc", "option rank" },
+        { "gc", "rank=0", "option rank" },
+        { "gc", "inner.=3", "no option name" },
+        { "gc", "bogus=1", "the inner method lora has no option 'bogus'" },
+        { "mesp", "checkpoint=disk", "option checkpoint: 'disk'" },
+        { "mesp", "rank=0", "option rank" },
+        { "mesp", "targets=", "option targets" },
+        { "mesp", "offload_dir=/nonexistent-dir", "option offload_dir: '/nonexistent-dir'" },
+        { "mebp", "offload_dir=/nonexistent-dir", "option offload_dir" },
+        { "mebp", "rank=abc", "option rank" },
+        { "mebp", "checkpoint=none", "mebp has no option 'checkpoint'" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         ftb_plugin p;
         open_method(cases[i].method, &p);
         ftb_model *m = tiny_model(15, 0);
-        const char *kv[] = {cases[i].kv, NULL};
+        const char *kv[] = { cases[i].kv, NULL };
         opt_list ol;
         opts_of(&ol, kv);
         ftb_session s = session_for(m, &ol.o);
@@ -622,7 +653,7 @@ Test(backprop, bad_options_give_clear_errors) {
     ftb_plugin p;
     open_method("gc", &p);
     ftb_model *m = tiny_model(16, 0);
-    const char *kv[] = {"inner=full", "rank=3", NULL};
+    const char *kv[] = { "inner=full", "rank=3", NULL };
     opt_list ol;
     opts_of(&ol, kv);
     ftb_session s = session_for(m, &ol.o);
@@ -635,11 +666,12 @@ Test(backprop, bad_options_give_clear_errors) {
 
 /* A missing inner plugin is named, with where it was looked for: lars is
  * written elsewhere and may not be built. */
-Test(backprop, gc_names_a_missing_inner_plugin_and_its_directory) {
+Test(backprop, gc_names_a_missing_inner_plugin_and_its_directory)
+{
     ftb_plugin p;
     open_method("gc", &p);
     ftb_model *m = tiny_model(17, 0);
-    const char *kv[] = {"inner=not-built-yet", NULL};
+    const char *kv[] = { "inner=not-built-yet", NULL };
     opt_list ol;
     opts_of(&ol, kv);
     ftb_session s = session_for(m, &ol.o);

@@ -10,7 +10,8 @@
 
 #include "ftbench.h"
 
-static char *run_capture(const char *cmd) {
+static char *run_capture(const char *cmd)
+{
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
     static char buf[1 << 16];
@@ -20,7 +21,8 @@ static char *run_capture(const char *cmd) {
     return buf;
 }
 
-Test(blas, selftest_child_reports_a_correct_kernel) {
+Test(blas, selftest_child_reports_a_correct_kernel)
+{
     const char *bin = getenv("FTBENCH_BIN");
     cr_assert_not_null(bin, "FTBENCH_BIN is not set (run through make test)");
     char cmd[4096];
@@ -34,7 +36,8 @@ Test(blas, selftest_child_reports_a_correct_kernel) {
     cr_expect_gt(gflops, 0.1);
 }
 
-Test(blas, user_choice_is_respected_and_recorded) {
+Test(blas, user_choice_is_respected_and_recorded)
+{
     const char *bin = getenv("FTBENCH_BIN");
     cr_assert_not_null(bin);
     char dir[] = "/tmp/ftbench-blas-XXXXXX", cmd[8192];
@@ -51,7 +54,8 @@ Test(blas, user_choice_is_respected_and_recorded) {
     (void)!system(cmd);
 }
 
-Test(blas, generic_kernel_triggers_selftests_and_a_cached_choice) {
+Test(blas, generic_kernel_triggers_selftests_and_a_cached_choice)
+{
     const char *bin = getenv("FTBENCH_BIN");
     cr_assert_not_null(bin);
     char dir[] = "/tmp/ftbench-blascache-XXXXXX", cmd[8192];

@@ -57,8 +57,7 @@ static void assert_same_config(const ftb_config *a, const ftb_config *b)
     cr_assert_eq(a->head_dim, b->head_dim, "head_dim");
     cr_assert_eq(a->ffn_dim, b->ffn_dim, "ffn_dim");
     cr_assert_eq(a->max_seq, b->max_seq, "max_seq");
-    cr_assert_eq(a->rope_theta, b->rope_theta, "rope_theta %g != %g", (double)a->rope_theta,
-                 (double)b->rope_theta);
+    cr_assert_eq(a->rope_theta, b->rope_theta, "rope_theta %g != %g", (double)a->rope_theta, (double)b->rope_theta);
     cr_assert_eq(a->norm_eps, b->norm_eps, "norm_eps %g != %g", (double)a->norm_eps, (double)b->norm_eps);
     cr_assert_eq(a->qkv_bias, b->qkv_bias, "qkv_bias");
     cr_assert_eq(a->tie_embeddings, b->tie_embeddings, "tie_embeddings");
@@ -74,8 +73,7 @@ static void assert_same_weights(const ftb_model *want, const ftb_model *got, int
         cr_assert_eq(a->numel, b->numel, "%s: numel", a->name);
         cr_assert_not_null(b->data, "%s: no data after load", b->name);
         cr_assert_eq(memcmp(a->data, b->data, (size_t)a->numel * 4), 0, "%s: data differs", a->name);
-        cr_assert_eq(b->mapped, expect_mapped, "%s: mapped=%d, expected %d", b->name, b->mapped,
-                     expect_mapped);
+        cr_assert_eq(b->mapped, expect_mapped, "%s: mapped=%d, expected %d", b->name, b->mapped, expect_mapped);
     }
 }
 
@@ -92,14 +90,14 @@ static void assert_error_mentions(const char *err, ...)
 }
 
 /* Loading dir must fail (map on and off) with an error naming the needles. */
-#define assert_load_fails(dir, ...)                                                                  \
-    do {                                                                                             \
-        for (int map_ = 0; map_ <= 1; map_++) {                                                      \
-            char err_[FTB_ERR_LEN] = "";                                                             \
-            ftb_model *m_ = ftb_model_load((dir), map_, err_, sizeof err_);                          \
-            cr_assert_null(m_, "loading a broken checkpoint succeeded (map=%d)", map_);              \
-            assert_error_mentions(err_, __VA_ARGS__, NULL);                                          \
-        }                                                                                            \
+#define assert_load_fails(dir, ...)                                                     \
+    do {                                                                                \
+        for (int map_ = 0; map_ <= 1; map_++) {                                         \
+            char err_[FTB_ERR_LEN] = "";                                                \
+            ftb_model *m_ = ftb_model_load((dir), map_, err_, sizeof err_);             \
+            cr_assert_null(m_, "loading a broken checkpoint succeeded (map=%d)", map_); \
+            assert_error_mentions(err_, __VA_ARGS__, NULL);                             \
+        }                                                                               \
     } while (0)
 
 /* ------------------------------------------------------------------------ */
@@ -133,11 +131,10 @@ Test(checkpoint, save_leaves_no_temporary_and_overwrites)
     char path[4096];
     ftb_model *a = tiny_model(0, 1), *b = tiny_model(0, 2);
     save_or_die(a, dir);
-    save_or_die(b, dir);  /* over an existing checkpoint */
+    save_or_die(b, dir); /* over an existing checkpoint */
     cr_assert_neq(access(ckpt_path(path, sizeof path, dir, SINGLE ".tmp"), F_OK), 0,
                   "model.safetensors.tmp left behind");
-    cr_assert_neq(access(ckpt_path(path, sizeof path, dir, "config.json.tmp"), F_OK), 0,
-                  "config.json.tmp left behind");
+    cr_assert_neq(access(ckpt_path(path, sizeof path, dir, "config.json.tmp"), F_OK), 0, "config.json.tmp left behind");
     ftb_model *loaded = load_or_die(dir, 0);
     assert_same_weights(b, loaded, 0);
     ftb_model_free(loaded);
@@ -155,7 +152,7 @@ Test(checkpoint, save_over_own_mapped_checkpoint)
     save_or_die(orig, dir);
     ftb_model *mapped = load_or_die(dir, 1);
     save_or_die(mapped, dir);
-    assert_same_weights(orig, mapped, 1);  /* still readable after the save */
+    assert_same_weights(orig, mapped, 1); /* still readable after the save */
     ftb_model *again = load_or_die(dir, 0);
     assert_same_weights(orig, again, 0);
     ftb_model_free(again);
@@ -195,11 +192,10 @@ Test(checkpoint, saved_file_is_aligned_and_has_format_metadata)
     ftb_st_close(&f);
     /* Transformers needs {"__metadata__": {"format": "pt"}}. */
     FILE *fp = fopen(path, "rb");
-    char head[512] = {0};
+    char head[512] = { 0 };
     cr_assert_gt(fread(head, 1, sizeof head - 1, fp), 8, "short file");
     fclose(fp);
-    cr_assert_not_null(strstr(head + 8, "\"__metadata__\":{\"format\":\"pt\"}"), "no format metadata: %s",
-                       head + 8);
+    cr_assert_not_null(strstr(head + 8, "\"__metadata__\":{\"format\":\"pt\"}"), "no format metadata: %s", head + 8);
     ftb_model_free(m);
     ckpt_rm_rf(dir);
 }
@@ -262,8 +258,8 @@ Test(checkpoint, bf16_loads_exact_values)
             cr_assert_eq(got->mapped, 0, "%s: a converted tensor cannot be mapped", got->name);
             for (int64_t i = 0; i < want->numel; i++) {
                 float expect = ckpt_bf16_value(ckpt_bf16_bits(want->data[i]));
-                cr_assert_eq(memcmp(&expect, &got->data[i], 4), 0, "%s[%lld]: %g, expected %g", got->name,
-                             (long long)i, (double)got->data[i], (double)expect);
+                cr_assert_eq(memcmp(&expect, &got->data[i], 4), 0, "%s[%lld]: %g, expected %g", got->name, (long long)i,
+                             (double)got->data[i], (double)expect);
             }
         }
         ftb_model_free(loaded);
@@ -297,8 +293,8 @@ Test(checkpoint, f16_loads_exact_values_including_specials)
             }
             seen_inf |= isinf(expect);
             seen_subnormal |= ((h >> 10) & 31) == 0 && (h & 1023) != 0;
-            cr_assert_eq(memcmp(&expect, &t->data[i], 4), 0, "%s[%lld]: f16 0x%04x gave %g, expected %g",
-                         t->name, (long long)i, h, (double)t->data[i], (double)expect);
+            cr_assert_eq(memcmp(&expect, &t->data[i], 4), 0, "%s[%lld]: f16 0x%04x gave %g, expected %g", t->name,
+                         (long long)i, h, (double)t->data[i], (double)expect);
         }
     }
     cr_assert(seen_subnormal && seen_nan, "pattern missed subnormals or NaN (inf: %d)", seen_inf);
@@ -343,12 +339,12 @@ Test(checkpoint, sharded_index)
     int half = m->n_params / 2;
     for (int k = 0; k < m->n_params; k++) {
         stb_add_tensor(k < half ? &first : &second, m->params[k], "F32", k);
-        json_object_set_new(weight_map, m->params[k]->name,
-                            json_string(k < half ? "model-00001-of-00002.safetensors"
-                                                 : "model-00002-of-00002.safetensors"));
+        json_object_set_new(
+            weight_map, m->params[k]->name,
+            json_string(k < half ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors"));
     }
-    float extra[3] = {1, 2, 3};
-    int64_t extra_shape[1] = {3};
+    float extra[3] = { 1, 2, 3 };
+    int64_t extra_shape[1] = { 3 };
     stb_add_bytes(&second, "model.rotary_emb.inv_freq", "F32", 1, extra_shape, extra, sizeof extra);
     json_object_set_new(weight_map, "model.rotary_emb.inv_freq", json_string("model-00002-of-00002.safetensors"));
     cr_assert_eq(stb_write(&first, ckpt_path(path, sizeof path, dir, "model-00001-of-00002.safetensors"), 0), 0, "w1");
@@ -367,8 +363,7 @@ Test(checkpoint, sharded_index)
             cr_assert_eq(memcmp(a->data, b->data, (size_t)a->numel * 4), 0, "%s differs (map=%d)", a->name, map);
             /* first shard aligned → mapped; second misaligned → copied */
             int expect_mapped = map && k < half;
-            cr_assert_eq(b->mapped, expect_mapped, "%s: mapped=%d, expected %d", b->name, b->mapped,
-                         expect_mapped);
+            cr_assert_eq(b->mapped, expect_mapped, "%s: mapped=%d, expected %d", b->name, b->mapped, expect_mapped);
         }
         ftb_model_free(loaded);
     }
@@ -409,7 +404,7 @@ Test(checkpoint, mapped_tensors_become_writable_when_trained)
     ftb_model_set_trainable(loaded, 1);
     cr_assert_eq(ftb_model_alloc_grads(loaded, err, sizeof err), 0, "alloc_grads: %s", err);
     assert_same_weights(m, loaded, 0);
-    for (int k = 0; k < loaded->n_params; k++) loaded->params[k]->data[0] += 1.0f;  /* must not fault */
+    for (int k = 0; k < loaded->n_params; k++) loaded->params[k]->data[0] += 1.0f; /* must not fault */
     cr_assert_eq(loaded->lm_head.data, loaded->embed.data, "tying lost by the copy");
     ftb_model_free(loaded);
     ftb_model_free(m);
@@ -479,15 +474,15 @@ Test(checkpoint, config_roundtrip_through_save)
 {
     char *dir = ckpt_tmpdir();
     char path[4096], err[FTB_ERR_LEN] = "";
-    const char *names[] = {"tiny", "tiny-tied"};
+    const char *names[] = { "tiny", "tiny-tied" };
     for (int i = 0; i < 2; i++) {
         ftb_config cfg, back;
         cr_assert_eq(ftb_zoo_get(names[i], &cfg), 0, "zoo %s", names[i]);
         ftb_model *m = ftb_model_create(&cfg, 1, err, sizeof err);
         cr_assert_not_null(m, "%s", err);
         save_or_die(m, dir);
-        cr_assert_eq(ftb_config_load_json(ckpt_path(path, sizeof path, dir, "config.json"), &back, err, sizeof err),
-                     0, "%s", err);
+        cr_assert_eq(ftb_config_load_json(ckpt_path(path, sizeof path, dir, "config.json"), &back, err, sizeof err), 0,
+                     "%s", err);
         assert_same_config(&cfg, &back);
         ftb_model_free(m);
     }
@@ -504,8 +499,10 @@ static char *good_checkpoint(ftb_model **model_out)
     char *dir = ckpt_tmpdir();
     ftb_model *m = tiny_model(0, 2024);
     save_or_die(m, dir);
-    if (model_out) *model_out = m;
-    else ftb_model_free(m);
+    if (model_out)
+        *model_out = m;
+    else
+        ftb_model_free(m);
     return dir;
 }
 
@@ -551,7 +548,7 @@ Test(malformed, header_length_past_end)
     char *dir = good_checkpoint(NULL);
     ckpt_path(path, sizeof path, dir, SINGLE);
     const char header[] = "{\"__metadata__\":{}}     ";
-    ckpt_write_raw(path, sizeof header, header, sizeof header - 1, NULL, 0);  /* one byte short */
+    ckpt_write_raw(path, sizeof header, header, sizeof header - 1, NULL, 0); /* one byte short */
     assert_load_fails(dir, SINGLE, "header length", "past the end");
     ckpt_write_raw(path, (uint64_t)1 << 62, header, sizeof header - 1, NULL, 0);
     assert_load_fails(dir, SINGLE, "header length");
@@ -652,30 +649,29 @@ static void edit_metadata(st_builder *b, const ftb_model *m)
     json_object_set_new(b->header, "__metadata__", json_pack("{s:s}", "format", "pt"));
 }
 
-#define MALFORMED_HEADER(test_name, edit, ...)                                                        \
-    Test(malformed, test_name)                                                                        \
-    {                                                                                                 \
-        ftb_model *m;                                                                                 \
-        char *dir = good_checkpoint(&m);                                                              \
-        rewrite_weights(dir, m, NULL, edit);                                                          \
-        assert_load_fails(dir, SINGLE, __VA_ARGS__);                                                  \
-        ftb_model_free(m);                                                                            \
-        ckpt_rm_rf(dir);                                                                              \
+#define MALFORMED_HEADER(test_name, edit, ...)       \
+    Test(malformed, test_name)                       \
+    {                                                \
+        ftb_model *m;                                \
+        char *dir = good_checkpoint(&m);             \
+        rewrite_weights(dir, m, NULL, edit);         \
+        assert_load_fails(dir, SINGLE, __VA_ARGS__); \
+        ftb_model_free(m);                           \
+        ckpt_rm_rf(dir);                             \
     }
 
 MALFORMED_HEADER(entry_not_object, edit_entry_not_object, "tensor 'model.norm.weight'", "not an object")
 MALFORMED_HEADER(unknown_dtype, edit_unknown_dtype, "tensor 'model.layers.0.mlp.up_proj.weight'", "F64")
 MALFORMED_HEADER(offsets_out_of_range, edit_offsets_out_of_range, "tensor 'model.norm.weight'", "out of range")
-MALFORMED_HEADER(offsets_overlap, edit_offsets_overlap, "model.norm.weight", "model.embed_tokens.weight",
-                 "overlap")
+MALFORMED_HEADER(offsets_overlap, edit_offsets_overlap, "model.norm.weight", "model.embed_tokens.weight", "overlap")
 MALFORMED_HEADER(offsets_reversed, edit_offsets_reversed, "tensor 'model.norm.weight'", "begin <= end")
 MALFORMED_HEADER(offsets_not_a_pair, edit_offsets_not_pair, "tensor 'model.norm.weight'", "data_offsets")
 MALFORMED_HEADER(byte_size_disagrees_with_shape, edit_size_mismatch, "tensor 'model.norm.weight'", "bytes")
 MALFORMED_HEADER(shape_negative, edit_shape_negative, "tensor 'model.norm.weight'", "shape")
 MALFORMED_HEADER(shape_not_integers, edit_shape_not_ints, "tensor 'model.norm.weight'", "shape")
 MALFORMED_HEADER(shape_overflow, edit_shape_overflow, "tensor 'model.norm.weight'", "overflow")
-MALFORMED_HEADER(shape_disagrees_with_config, edit_transposed_gate,
-                 "tensor 'model.layers.1.mlp.gate_proj.weight'", "[32, 64]", "[64, 32]")
+MALFORMED_HEADER(shape_disagrees_with_config, edit_transposed_gate, "tensor 'model.layers.1.mlp.gate_proj.weight'",
+                 "[32, 64]", "[64, 32]")
 
 Test(malformed, metadata_is_skipped_not_rejected)
 {
@@ -863,7 +859,7 @@ Test(malformed, writer_rejects_bad_tensor_lists)
     char path[4096], err[FTB_ERR_LEN] = "";
     ftb_model *m = tiny_model(0, 8);
     ckpt_path(path, sizeof path, dir, "out.safetensors");
-    ftb_tensor *twice[2] = {&m->embed, &m->embed};
+    ftb_tensor *twice[2] = { &m->embed, &m->embed };
     cr_assert_eq(ftb_safetensors_write(path, twice, 2, err, sizeof err), -1, "duplicate accepted");
     assert_error_mentions(err, "out.safetensors", "model.embed_tokens.weight", NULL);
     cr_assert_neq(access(path, F_OK), 0, "a failed write left a file");
@@ -871,7 +867,7 @@ Test(malformed, writer_rejects_bad_tensor_lists)
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     cr_assert_neq(access(tmp, F_OK), 0, "a failed write left a temporary");
     snprintf(path, sizeof path, "%s/no/such/dir/out.safetensors", dir);
-    ftb_tensor *one[1] = {&m->embed};
+    ftb_tensor *one[1] = { &m->embed };
     cr_assert_eq(ftb_safetensors_write(path, one, 1, err, sizeof err), -1, "missing directory accepted");
     assert_error_mentions(err, "out.safetensors", NULL);
     ftb_model_free(m);

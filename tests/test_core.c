@@ -15,22 +15,25 @@ typedef struct {
     ftb_batch batch;
 } test_batch;
 
-static test_batch make_batch(int vocab, int B, int T, uint64_t seed) {
-    test_batch tb = {B, T, malloc(sizeof(int32_t) * B * T), malloc(sizeof(int32_t) * B * T), {0}};
+static test_batch make_batch(int vocab, int B, int T, uint64_t seed)
+{
+    test_batch tb = { B, T, malloc(sizeof(int32_t) * B * T), malloc(sizeof(int32_t) * B * T), { 0 } };
     ftb_rng r;
     ftb_rng_seed(&r, seed);
     for (int i = 0; i < B * T; i++) tb.tokens[i] = (int32_t)(ftb_rng_u64(&r) % (uint64_t)vocab);
     for (int i = 0; i < B * T; i++) tb.targets[i] = (i + 1) % T ? tb.tokens[i + 1] : FTB_IGNORE_INDEX;
-    tb.batch = (ftb_batch){B, T, tb.tokens, tb.targets};
+    tb.batch = (ftb_batch){ B, T, tb.tokens, tb.targets };
     return tb;
 }
 
-static void free_batch(test_batch *tb) {
+static void free_batch(test_batch *tb)
+{
     free(tb->tokens);
     free(tb->targets);
 }
 
-static ftb_model *model(const char *name, int trainable) {
+static ftb_model *model(const char *name, int trainable)
+{
     ftb_config cfg;
     cr_assert_eq(ftb_zoo_get(name, &cfg), 0, "zoo has no '%s'", name);
     char err[FTB_ERR_LEN];
@@ -44,7 +47,8 @@ static ftb_model *model(const char *name, int trainable) {
 }
 
 /* Copies every gradient (in params order) into one buffer. */
-static float *grads_of(ftb_model *m, int64_t *n) {
+static float *grads_of(ftb_model *m, int64_t *n)
+{
     int64_t total = 0;
     for (int i = 0; i < m->n_params; i++) total += m->params[i]->grad ? m->params[i]->numel : 0;
     float *g = malloc(sizeof(float) * total), *p = g;
@@ -57,7 +61,8 @@ static float *grads_of(ftb_model *m, int64_t *n) {
     return g;
 }
 
-static double max_rel_diff(const float *a, const float *b, int64_t n) {
+static double max_rel_diff(const float *a, const float *b, int64_t n)
+{
     double num = 0, den = 1e-12;
     for (int64_t i = 0; i < n; i++) {
         num = fmax(num, fabs(a[i] - b[i]));
@@ -66,11 +71,15 @@ static double max_rel_diff(const float *a, const float *b, int64_t n) {
     return num / den;
 }
 
-Test(core, zoo_shapes_match_published_parameter_counts) {
+Test(core, zoo_shapes_match_published_parameter_counts)
+{
     /* Published totals (tied embeddings counted once). */
-    struct { const char *name; double params; } expect[] = {
-        {"qwen2.5-0.5b", 494.0e6}, {"qwen2.5-1.5b", 1543.7e6}, {"llama-3.2-1b", 1235.8e6},
-        {"smollm2-135m", 134.5e6}, {"tinyllama-1.1b", 1100.0e6},
+    struct {
+        const char *name;
+        double params;
+    } expect[] = {
+        { "qwen2.5-0.5b", 494.0e6 }, { "qwen2.5-1.5b", 1543.7e6 },   { "llama-3.2-1b", 1235.8e6 },
+        { "smollm2-135m", 134.5e6 }, { "tinyllama-1.1b", 1100.0e6 },
     };
     for (size_t i = 0; i < sizeof expect / sizeof *expect; i++) {
         ftb_config c;
@@ -83,7 +92,8 @@ Test(core, zoo_shapes_match_published_parameter_counts) {
     cr_expect_neq(ftb_zoo_get("no-such-model", &c), 0);
 }
 
-Test(core, seeded_weights_are_reproducible_and_seed_dependent) {
+Test(core, seeded_weights_are_reproducible_and_seed_dependent)
+{
     ftb_model *a = model("tiny", 0), *b = model("tiny", 0);
     for (int i = 0; i < a->n_params; i++)
         cr_assert_eq(memcmp(a->params[i]->data, b->params[i]->data, sizeof(float) * a->params[i]->numel), 0,
@@ -96,7 +106,8 @@ Test(core, seeded_weights_are_reproducible_and_seed_dependent) {
     ftb_model_free(c);
 }
 
-Test(core, config_validation_names_the_problem) {
+Test(core, config_validation_names_the_problem)
+{
     ftb_config c;
     ftb_zoo_get("tiny", &c);
     char err[FTB_ERR_LEN];
@@ -110,7 +121,8 @@ Test(core, config_validation_names_the_problem) {
     cr_expect_null(ftb_model_create(&c, 1, err, sizeof err));
 }
 
-Test(core, bad_batches_give_an_error_not_a_crash) {
+Test(core, bad_batches_give_an_error_not_a_crash)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 1, 8, 1);
     char err[FTB_ERR_LEN] = "";
@@ -121,7 +133,7 @@ Test(core, bad_batches_give_an_error_not_a_crash) {
     tb.targets[2] = -7;
     cr_expect(isnan(ftb_model_forward(m, &tb.batch, NULL, err, sizeof err)));
     tb.targets[2] = FTB_IGNORE_INDEX;
-    ftb_batch too_long = {1, m->cfg.max_seq + 1, tb.tokens, tb.targets};
+    ftb_batch too_long = { 1, m->cfg.max_seq + 1, tb.tokens, tb.targets };
     cr_expect(isnan(ftb_model_forward(m, &too_long, NULL, err, sizeof err)));
     cr_expect(strstr(err, "max_position_embeddings") != NULL, "error was: %s", err);
     ftb_mem_stats st;
@@ -131,7 +143,8 @@ Test(core, bad_batches_give_an_error_not_a_crash) {
     ftb_model_free(m);
 }
 
-Test(core, every_allocation_is_returned) {
+Test(core, every_allocation_is_returned)
+{
     ftb_mem_stats before, after;
     ftb_mem_get_stats(&before);
     ftb_model *m = model("tiny", 1);
@@ -161,15 +174,16 @@ Test(core, every_allocation_is_returned) {
                      (long long)(after.live[c] - before.live[c]));
 }
 
-Test(core, categories_hold_what_they_say) {
+Test(core, categories_hold_what_they_say)
+{
     ftb_mem_reset_peaks();
     ftb_model *m = model("tiny", 1);
     int64_t P = ftb_config_param_count(&m->cfg) * 4;
     ftb_mem_stats st;
     ftb_mem_get_stats(&st);
     /* full fine-tuning: every weight is a trainable parameter with a gradient */
-    cr_expect_eq(st.live[FTB_MEM_TRAINABLE], P, "trainable %lld, parameters %lld", (long long)st.live[FTB_MEM_TRAINABLE],
-                 (long long)P);
+    cr_expect_eq(st.live[FTB_MEM_TRAINABLE], P, "trainable %lld, parameters %lld",
+                 (long long)st.live[FTB_MEM_TRAINABLE], (long long)P);
     cr_expect_eq(st.live[FTB_MEM_GRADS], P);
     cr_expect_eq(st.live[FTB_MEM_WEIGHTS], 0);
     ftb_adamw opt;
@@ -181,7 +195,8 @@ Test(core, categories_hold_what_they_say) {
     ftb_model_free(m);
 }
 
-Test(core, inference_forward_keeps_nothing_and_matches_training_loss) {
+Test(core, inference_forward_keeps_nothing_and_matches_training_loss)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 2, 40, 3);
     char err[FTB_ERR_LEN];
@@ -199,14 +214,15 @@ Test(core, inference_forward_keeps_nothing_and_matches_training_loss) {
     ftb_model_free(m);
 }
 
-Test(core, recomputation_gives_identical_gradients_with_less_saved) {
+Test(core, recomputation_gives_identical_gradients_with_less_saved)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 2, 48, 4);
     char err[FTB_ERR_LEN];
     ftb_run_opts keep_all, keep_input;
     ftb_run_opts_default(&keep_all);
     ftb_run_opts_default(&keep_input);
-    ftb_keep_policy policy[2] = {FTB_KEEP_INPUT, FTB_KEEP_INPUT};
+    ftb_keep_policy policy[2] = { FTB_KEEP_INPUT, FTB_KEEP_INPUT };
     keep_input.keep = policy;
 
     ftb_model_zero_grads(m);
@@ -234,11 +250,13 @@ Test(core, recomputation_gives_identical_gradients_with_less_saved) {
     ftb_model_free(m);
 }
 
-Test(core, offloaded_checkpoints_give_identical_gradients_outside_ram) {
+Test(core, offloaded_checkpoints_give_identical_gradients_outside_ram)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 2, 48, 4);
     char err[FTB_ERR_LEN];
-    ftb_keep_policy keep_input[2] = {FTB_KEEP_INPUT, FTB_KEEP_INPUT}, offload[2] = {FTB_KEEP_OFFLOAD, FTB_KEEP_OFFLOAD};
+    ftb_keep_policy keep_input[2] = { FTB_KEEP_INPUT, FTB_KEEP_INPUT },
+                    offload[2] = { FTB_KEEP_OFFLOAD, FTB_KEEP_OFFLOAD };
     ftb_run_opts o;
     ftb_run_opts_default(&o);
     o.keep = keep_input;
@@ -279,7 +297,8 @@ Test(core, offloaded_checkpoints_give_identical_gradients_outside_ram) {
     ftb_model_free(m);
 }
 
-Test(core, eager_attention_and_full_logits_are_visible_in_memory) {
+Test(core, eager_attention_and_full_logits_are_visible_in_memory)
+{
     ftb_model *m = model("tiny", 1);
     const int T = 128;
     test_batch tb = make_batch(m->cfg.vocab_size, 1, T, 5);
@@ -309,7 +328,8 @@ Test(core, eager_attention_and_full_logits_are_visible_in_memory) {
     ftb_model_free(m);
 }
 
-Test(core, frozen_lower_blocks_keep_nothing_and_gradients_agree) {
+Test(core, frozen_lower_blocks_keep_nothing_and_gradients_agree)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 1, 64, 6);
     char err[FTB_ERR_LEN];
@@ -340,7 +360,8 @@ Test(core, frozen_lower_blocks_keep_nothing_and_gradients_agree) {
     ftb_model_free(m);
 }
 
-Test(core, timeline_records_phases_and_balances) {
+Test(core, timeline_records_phases_and_balances)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 1, 32, 7);
     char err[FTB_ERR_LEN];
@@ -368,7 +389,8 @@ Test(core, timeline_records_phases_and_balances) {
     ftb_model_free(m);
 }
 
-Test(core, adamw_lowers_the_loss) {
+Test(core, adamw_lowers_the_loss)
+{
     ftb_model *m = model("tiny", 1);
     test_batch tb = make_batch(m->cfg.vocab_size, 2, 24, 8);
     char err[FTB_ERR_LEN];
@@ -391,9 +413,13 @@ Test(core, adamw_lowers_the_loss) {
 /* Issue #2's criterion: for a full fine-tuning step the core's categories
  * explain the process's RSS growth to within 5%.  Not under ASan, whose
  * shadow memory is RSS that no allocation accounts for. */
-Test(core, categories_explain_peak_rss) {
+Test(core, categories_explain_peak_rss)
+{
     FILE *cr = fopen("/proc/self/clear_refs", "w");
-    if (cr) { fputs("5", cr); fclose(cr); }
+    if (cr) {
+        fputs("5", cr);
+        fclose(cr);
+    }
     char line[256];
     int64_t base = -1, hwm = -1;
     FILE *f = fopen("/proc/self/status", "r");

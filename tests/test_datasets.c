@@ -28,8 +28,7 @@ static const char *write_tmp(const char *suffix, const void *data, size_t n)
 
 static void cleanup(void)
 {
-    if (tmpfile_path[0])
-        unlink(tmpfile_path);
+    if (tmpfile_path[0]) unlink(tmpfile_path);
     tmpfile_path[0] = 0;
 }
 
@@ -56,8 +55,7 @@ Test(datasets, synthetic_batches_are_seeded_and_shifted)
             for (int i = 0; i < 64; i++) {
                 int32_t t = x.tokens[r * 64 + i], g = x.targets[r * 64 + i];
                 cr_assert(t >= 0 && t < 1000 && g >= 0 && g < 1000);
-                if (i + 1 < 64)
-                    cr_assert_eq(g, x.tokens[r * 64 + i + 1], "%s: targets are the next tokens", specs[k]);
+                if (i + 1 < 64) cr_assert_eq(g, x.tokens[r * 64 + i + 1], "%s: targets are the next tokens", specs[k]);
             }
         /* next() walks batch 0, 1, ... */
         ftb_dataset_next(b, 2, 64, &y, err, sizeof err);
@@ -97,13 +95,10 @@ Test(datasets, synthetic_lang_has_structure)
         for (int i = 0; i < 4 * 512; i++) {
             int a = -1, c = -1;
             for (int q = 0; q < nid; q++) {
-                if (ids[q] == b.tokens[i])
-                    a = q;
-                if (ids[q] == b.targets[i])
-                    c = q;
+                if (ids[q] == b.tokens[i]) a = q;
+                if (ids[q] == b.targets[i]) c = q;
             }
-            if (a >= 0 && c >= 0)
-                pair[a][c]++;
+            if (a >= 0 && c >= 0) pair[a][c]++;
         }
     }
     int top = 0, all = 0;
@@ -145,15 +140,13 @@ Test(datasets, a_model_learns_synthetic_lang)
         float loss = ftb_model_forward_backward(m, &b, &o, err, sizeof err);
         cr_assert(isfinite(loss), "%s", err);
         ftb_adamw_step(&opt);
-        if (s < 5)
-            first += loss / 5;
-        if (s >= 55)
-            last += loss / 5;
+        if (s < 5) first += loss / 5;
+        if (s >= 55) last += loss / 5;
     }
     double h = ftb_dataset_entropy_rate(d);
     cr_expect(last < first - 1.0, "loss %.3f -> %.3f did not fall", first, last);
-    cr_expect(last < log(16.0), "loss %.3f still at or above uniform over the active tokens (%.3f); floor %.3f",
-              last, log(16.0), h);
+    cr_expect(last < log(16.0), "loss %.3f still at or above uniform over the active tokens (%.3f); floor %.3f", last,
+              log(16.0), h);
     ftb_dataset_close(d);
     ftb_adamw_free(&opt);
     ftb_model_free(m);
@@ -162,8 +155,7 @@ Test(datasets, a_model_learns_synthetic_lang)
 Test(datasets, int32_file_windows, .fini = cleanup)
 {
     int32_t ids[100];
-    for (int i = 0; i < 100; i++)
-        ids[i] = i % 50;
+    for (int i = 0; i < 100; i++) ids[i] = i % 50;
     const char *p = write_tmp(".bin", ids, sizeof ids);
     char err[512];
     ftb_dataset *d = ftb_dataset_open(p, 64, 0, err, sizeof err);

@@ -46,7 +46,8 @@
 
 extern char **environ;
 
-static int rm_entry(const char *p, const struct stat *s, int f, struct FTW *w) {
+static int rm_entry(const char *p, const struct stat *s, int f, struct FTW *w)
+{
     (void)s;
     (void)f;
     (void)w;
@@ -55,12 +56,14 @@ static int rm_entry(const char *p, const struct stat *s, int f, struct FTW *w) {
 
 static char tmpdir[64];
 
-static void make_tmp(void) {
+static void make_tmp(void)
+{
     snprintf(tmpdir, sizeof tmpdir, "/tmp/ftbfaults-XXXXXX");
     cr_assert(mkdtemp(tmpdir) != NULL);
 }
 
-static void remove_tmp(void) {
+static void remove_tmp(void)
+{
     if (tmpdir[0]) {
         char p[128];
         snprintf(p, sizeof p, "%s/ro", tmpdir);
@@ -75,7 +78,7 @@ static void remove_tmp(void) {
 /* ------------------------------------------------------------------------ */
 
 typedef enum { SRC_CREATE, SRC_LOAD_COPY, SRC_LOAD_MAP } model_source;
-static const char *source_name[] = {"create", "load", "load-mapped"};
+static const char *source_name[] = { "create", "load", "load-mapped" };
 
 typedef struct {
     const char *method;
@@ -93,15 +96,16 @@ enum {
     CHILD_SETUP = 15,       /* the scenario failed with no allocation failing */
 };
 
-static void tiny_batch(int32_t *tokens, int32_t *targets, int T, int V) {
+static void tiny_batch(int32_t *tokens, int32_t *targets, int T, int V)
+{
     for (int i = 0; i < T; i++) tokens[i] = (i * 7 + 3) % V;
     for (int i = 0; i < T; i++) targets[i] = i + 1 < T ? tokens[i + 1] : FTB_IGNORE_INDEX;
 }
 
 /* Model from its source, method init, one step, teardown.  0 on success, -1
  * with err; what was made is always freed. */
-static int run_scenario(const fault_case *fc, const ftb_method *method, const char *ckpt, char *err,
-                        size_t errlen) {
+static int run_scenario(const fault_case *fc, const ftb_method *method, const char *ckpt, char *err, size_t errlen)
+{
     ftb_model *m;
     if (fc->source == SRC_CREATE) {
         ftb_config cfg;
@@ -111,8 +115,8 @@ static int run_scenario(const fault_case *fc, const ftb_method *method, const ch
         m = ftb_model_load(ckpt, fc->source == SRC_LOAD_MAP, err, errlen);
     }
     if (!m) return -1;
-    const char *keys[1] = {fc->opt_key}, *values[1] = {fc->opt_value};
-    ftb_options o = {fc->opt_key ? 1 : 0, keys, values};
+    const char *keys[1] = { fc->opt_key }, *values[1] = { fc->opt_value };
+    ftb_options o = { fc->opt_key ? 1 : 0, keys, values };
     ftb_session s;
     memset(&s, 0, sizeof s);
     s.model = m;
@@ -128,7 +132,7 @@ static int run_scenario(const fault_case *fc, const ftb_method *method, const ch
         enum { T = 16 };
         int32_t tokens[T], targets[T];
         tiny_batch(tokens, targets, T, m->cfg.vocab_size);
-        ftb_batch b = {1, T, tokens, targets};
+        ftb_batch b = { 1, T, tokens, targets };
         ftb_step_result res;
         memset(&res, 0, sizeof res);
         rc = method->step(st, &s, &b, &res, err, errlen);
@@ -150,7 +154,8 @@ typedef struct {
 
 /* One scenario with allocation n+1 failing (n < 0: none). */
 static step_report one_scenario(const fault_case *fc, const ftb_method *method, const char *ckpt, int64_t n,
-                                int persistent) {
+                                int persistent)
+{
     step_report r;
     memset(&r, 0, sizeof r);
     r.n = n;
@@ -188,7 +193,8 @@ static step_report one_scenario(const fault_case *fc, const ftb_method *method, 
  * at as the first one not reported.  Returns how many n went wrong (at most
  * 5 are printed). */
 static int sweep_in_child(const fault_case *fc, const ftb_method *method, const char *ckpt, int persistent,
-                          int64_t *total) {
+                          int64_t *total)
+{
     int fds[2];
     cr_assert(pipe(fds) == 0);
     FILE *lsan_out = tmpfile();
@@ -270,7 +276,8 @@ static char ckpt_dir[128];
  * OpenMP again in a forked child (libgomp's pool does not survive fork; the
  * child waits for threads that are not there), so this test process itself
  * never runs the model. */
-static void write_checkpoint(void) {
+static void write_checkpoint(void)
+{
     make_tmp();
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s/ckpt", tmpdir);
     fflush(stdout);
@@ -292,7 +299,8 @@ static void write_checkpoint(void) {
               "the checkpoint could not be written");
 }
 
-static void open_method(const char *name, ftb_plugin *p) {
+static void open_method(const char *name, ftb_plugin *p)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) dir = "build/methods";
     char path[4096], err[FTB_ERR_LEN];
@@ -303,40 +311,43 @@ static void open_method(const char *name, ftb_plugin *p) {
 /* Every allocation of the scenario fails once in turn (one-shot: later
  * allocations succeed, so the core must notice a failure it no longer
  * sees), then, when persistent, every allocation from the n-th on. */
-static void sweep_case(const fault_case *fc, int persistent) {
+static void sweep_case(const fault_case *fc, int persistent)
+{
     ftb_plugin p;
     open_method(fc->method, &p);
     int64_t total;
     int bad = sweep_in_child(fc, p.method, ckpt_dir, persistent, &total);
-    cr_log_info("%s%s%s (%s, %s): %lld allocations, each failed in turn: %d wrong", fc->method,
-                fc->opt_key ? " " : "", fc->opt_key ? fc->opt_value : "", source_name[fc->source],
-                persistent ? "persistent" : "one-shot", (long long)total, bad);
+    cr_log_info("%s%s%s (%s, %s): %lld allocations, each failed in turn: %d wrong", fc->method, fc->opt_key ? " " : "",
+                fc->opt_key ? fc->opt_value : "", source_name[fc->source], persistent ? "persistent" : "one-shot",
+                (long long)total, bad);
     ftb_plugin_close(&p);
 }
 
-#define FAULT_TEST(name, ...)                                                                                          \
-    Test(faults, alloc_failure_##name, .init = write_checkpoint, .fini = remove_tmp, .timeout = 600) {                 \
-        const fault_case cases[] = {__VA_ARGS__};                                                                      \
-        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {                                                    \
-            sweep_case(&cases[i], 0);                                                                                  \
-            sweep_case(&cases[i], 1);                                                                                  \
-        }                                                                                                              \
+#define FAULT_TEST(name, ...)                                                                        \
+    Test(faults, alloc_failure_##name, .init = write_checkpoint, .fini = remove_tmp, .timeout = 600) \
+    {                                                                                                \
+        const fault_case cases[] = { __VA_ARGS__ };                                                  \
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {                                  \
+            sweep_case(&cases[i], 0);                                                                \
+            sweep_case(&cases[i], 1);                                                                \
+        }                                                                                            \
     }
 
-FAULT_TEST(full, {"full", NULL, NULL, SRC_CREATE}, {"full", NULL, NULL, SRC_LOAD_COPY},
-           {"full", NULL, NULL, SRC_LOAD_MAP})
-FAULT_TEST(lora, {"lora", NULL, NULL, SRC_LOAD_MAP})
-FAULT_TEST(gc, {"gc", NULL, NULL, SRC_LOAD_MAP})
-FAULT_TEST(mezo, {"mezo", NULL, NULL, SRC_LOAD_MAP}, {"mezo", "params", "lora", SRC_LOAD_MAP})
-FAULT_TEST(other_methods, {"ia3", NULL, NULL, SRC_LOAD_MAP}, {"lastk", NULL, NULL, SRC_LOAD_MAP},
-           {"mebp", NULL, NULL, SRC_LOAD_MAP}, {"mesp", NULL, NULL, SRC_LOAD_MAP},
-           {"prge", NULL, NULL, SRC_LOAD_MAP})
-FAULT_TEST(lars_and_lora_dropout, {"lars", NULL, NULL, SRC_LOAD_MAP}, {"lars", "variant", "gated", SRC_LOAD_MAP},
-           {"lora", "dropout", "0.1", SRC_LOAD_MAP})
+FAULT_TEST(full, { "full", NULL, NULL, SRC_CREATE }, { "full", NULL, NULL, SRC_LOAD_COPY },
+           { "full", NULL, NULL, SRC_LOAD_MAP })
+FAULT_TEST(lora, { "lora", NULL, NULL, SRC_LOAD_MAP })
+FAULT_TEST(gc, { "gc", NULL, NULL, SRC_LOAD_MAP })
+FAULT_TEST(mezo, { "mezo", NULL, NULL, SRC_LOAD_MAP }, { "mezo", "params", "lora", SRC_LOAD_MAP })
+FAULT_TEST(other_methods, { "ia3", NULL, NULL, SRC_LOAD_MAP }, { "lastk", NULL, NULL, SRC_LOAD_MAP },
+           { "mebp", NULL, NULL, SRC_LOAD_MAP }, { "mesp", NULL, NULL, SRC_LOAD_MAP },
+           { "prge", NULL, NULL, SRC_LOAD_MAP })
+FAULT_TEST(lars_and_lora_dropout, { "lars", NULL, NULL, SRC_LOAD_MAP }, { "lars", "variant", "gated", SRC_LOAD_MAP },
+           { "lora", "dropout", "0.1", SRC_LOAD_MAP })
 
 /* The flag is per run: a failure before a run does not fail the run, and a
  * failed run leaves the model usable for the next one. */
-Test(faults, a_failed_run_leaves_the_model_usable) {
+Test(faults, a_failed_run_leaves_the_model_usable)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     char err[FTB_ERR_LEN] = "";
@@ -347,7 +358,7 @@ Test(faults, a_failed_run_leaves_the_model_usable) {
     enum { T = 16 };
     int32_t tokens[T], targets[T];
     tiny_batch(tokens, targets, T, cfg.vocab_size);
-    ftb_batch b = {1, T, tokens, targets};
+    ftb_batch b = { 1, T, tokens, targets };
     ftb_mem_stats before, after;
     ftb_mem_get_stats(&before);
     float ref = ftb_model_forward_backward(m, &b, NULL, err, sizeof err);
@@ -375,7 +386,8 @@ typedef struct {
     char *out, *err;
 } proc;
 
-static char *slurp(const char *path, long *len) {
+static char *slurp(const char *path, long *len)
+{
     FILE *f = fopen(path, "rb");
     if (!f) {
         if (len) *len = -1;
@@ -392,13 +404,15 @@ static char *slurp(const char *path, long *len) {
     return b;
 }
 
-static int count_lines(const char *s) {
+static int count_lines(const char *s)
+{
     int n = 0;
     for (; *s; s++) n += *s == '\n';
     return n;
 }
 
-static int need_bin(void) {
+static int need_bin(void)
+{
     if (!getenv("FTBENCH_BIN") || !getenv("FTBENCH_METHODS"))
         cr_skip_test("FTBENCH_BIN and FTBENCH_METHODS are set by make test");
     return 1;
@@ -407,7 +421,8 @@ static int need_bin(void) {
 /* Runs ftbench with args, extra environment entries (NULL-terminated) and,
  * if fsize > 0, a file size limit with SIGXFSZ ignored: a disk that is full
  * past fsize bytes (writes end with EFBIG), which works as root too. */
-static proc run_ftbench(const char *const *args, const char *const *extra_env, long fsize) {
+static proc run_ftbench(const char *const *args, const char *const *extra_env, long fsize)
+{
     char outp[] = "/tmp/ftbfaults-out-XXXXXX", errp[] = "/tmp/ftbfaults-err-XXXXXX";
     close(mkstemp(outp));
     close(mkstemp(errp));
@@ -436,7 +451,7 @@ static proc run_ftbench(const char *const *args, const char *const *extra_env, l
         dup2(er, 2);
         if (fsize > 0) {
             signal(SIGXFSZ, SIG_IGN); /* inherited through exec */
-            struct rlimit rl = {(rlim_t)fsize, (rlim_t)fsize};
+            struct rlimit rl = { (rlim_t)fsize, (rlim_t)fsize };
             if (setrlimit(RLIMIT_FSIZE, &rl) != 0) _exit(126);
         }
         execve(argv[0], (char *const *)argv, (char *const *)envp);
@@ -454,13 +469,15 @@ static proc run_ftbench(const char *const *args, const char *const *extra_env, l
     return p;
 }
 
-static void proc_free(proc *p) {
+static void proc_free(proc *p)
+{
     free(p->out);
     free(p->err);
 }
 
 /* Every line of a results file: how many parse as records, how many do not. */
-static void count_records(const char *path, int *records, int *bad, int *errors, char *detail, size_t dlen) {
+static void count_records(const char *path, int *records, int *bad, int *errors, char *detail, size_t dlen)
+{
     *records = *bad = *errors = 0;
     if (detail) detail[0] = 0;
     FILE *f = fopen(path, "r");
@@ -489,13 +506,14 @@ static void count_records(const char *path, int *records, int *bad, int *errors,
 /* A cell whose core allocation fails is an error with the message; `run`
  * exits non-zero with one line; a sweep records every such cell and goes
  * on. */
-Test(faults, executable_alloc_failure_is_an_error_record, .fini = remove_tmp, .timeout = 300) {
+Test(faults, executable_alloc_failure_is_an_error_record, .fini = remove_tmp, .timeout = 300)
+{
     need_bin();
     make_tmp();
-    const char *env[] = {"FTBENCH_FAIL_ALLOC_AFTER=40", NULL};
-    proc p = run_ftbench((const char *[]){"run", "--methods-dir", getenv("FTBENCH_METHODS"), "--method", "lora",
-                                          "--model", "tiny", "--seq", "16", "--steps", "1", "--warmup", "0", "--out",
-                                          tmpdir, "--run-id", "r", "--quiet", NULL},
+    const char *env[] = { "FTBENCH_FAIL_ALLOC_AFTER=40", NULL };
+    proc p = run_ftbench((const char *[]){ "run", "--methods-dir", getenv("FTBENCH_METHODS"), "--method", "lora",
+                                           "--model", "tiny", "--seq", "16", "--steps", "1", "--warmup", "0", "--out",
+                                           tmpdir, "--run-id", "r", "--quiet", NULL },
                          env, 0);
     /* run's summary (stdout) names the outcome; nothing else is said */
     cr_expect_eq(p.code, 1, "run exit %d: %s%s", p.code, p.out, p.err);
@@ -512,10 +530,27 @@ Test(faults, executable_alloc_failure_is_an_error_record, .fini = remove_tmp, .t
     cr_expect(records == 1 && bad == 0 && errors == 1, "%d records, %d errors, %d bad lines", records, errors, bad);
     cr_expect(strstr(detail, "out of memory") != NULL, "outcome_detail: %s", detail);
 
-    const char *every[] = {"FTBENCH_FAIL_ALLOC_AFTER=40+", NULL};
-    p = run_ftbench((const char *[]){"sweep", "--methods-dir", getenv("FTBENCH_METHODS"), "--methods", "full,lora,mezo",
-                                     "--model", "tiny", "--seqs", "16,32", "--steps", "1", "--warmup", "0",
-                                     "--no-skip", "--out", tmpdir, "--run-id", "s", "--quiet", NULL},
+    const char *every[] = { "FTBENCH_FAIL_ALLOC_AFTER=40+", NULL };
+    p = run_ftbench((const char *[]){ "sweep",
+                                      "--methods-dir",
+                                      getenv("FTBENCH_METHODS"),
+                                      "--methods",
+                                      "full,lora,mezo",
+                                      "--model",
+                                      "tiny",
+                                      "--seqs",
+                                      "16,32",
+                                      "--steps",
+                                      "1",
+                                      "--warmup",
+                                      "0",
+                                      "--no-skip",
+                                      "--out",
+                                      tmpdir,
+                                      "--run-id",
+                                      "s",
+                                      "--quiet",
+                                      NULL },
                     every, 0);
     cr_expect_eq(p.code, 0, "sweep exit %d: %s", p.code, p.err);
     proc_free(&p);
@@ -527,7 +562,8 @@ Test(faults, executable_alloc_failure_is_an_error_record, .fini = remove_tmp, .t
 
 /* A results directory that cannot be made (its parent is a regular file:
  * refused as root too) is one line and a non-zero exit. */
-Test(faults, unwritable_results_directory, .fini = remove_tmp, .timeout = 120) {
+Test(faults, unwritable_results_directory, .fini = remove_tmp, .timeout = 120)
+{
     need_bin();
     make_tmp();
     char file[256];
@@ -536,12 +572,12 @@ Test(faults, unwritable_results_directory, .fini = remove_tmp, .timeout = 120) {
     cr_assert_not_null(f);
     fputs("x\n", f);
     fclose(f);
-    const char *cmds[] = {"run", "sweep"};
+    const char *cmds[] = { "run", "sweep" };
     for (int i = 0; i < 2; i++) {
-        proc p = run_ftbench((const char *[]){cmds[i], "--methods-dir", getenv("FTBENCH_METHODS"),
-                                              i ? "--methods" : "--method", "lora", "--model", "tiny",
-                                              i ? "--seqs" : "--seq", "16", "--steps", "1", "--warmup", "0",
-                                              "--out", file, "--quiet", NULL},
+        proc p = run_ftbench((const char *[]){ cmds[i], "--methods-dir", getenv("FTBENCH_METHODS"),
+                                               i ? "--methods" : "--method", "lora", "--model", "tiny",
+                                               i ? "--seqs" : "--seq", "16", "--steps", "1", "--warmup", "0", "--out",
+                                               file, "--quiet", NULL },
                              NULL, 0);
         cr_expect(p.code != 0 && p.code < 128, "%s exit %d: %s", cmds[i], p.code, p.err);
         cr_expect(strstr(p.err, "not-a-dir") && strstr(p.err, "Not a directory"), "%s stderr: %s", cmds[i], p.err);
@@ -558,11 +594,27 @@ Test(faults, unwritable_results_directory, .fini = remove_tmp, .timeout = 120) {
  * append gets part of the line in, then EFBIG).  The record is refused with
  * one line, the file is cut back to its whole lines, and a resumed sweep
  * counts only the complete records. */
-Test(faults, disk_full_mid_record_keeps_whole_lines, .fini = remove_tmp, .timeout = 300) {
+Test(faults, disk_full_mid_record_keeps_whole_lines, .fini = remove_tmp, .timeout = 300)
+{
     need_bin();
     make_tmp();
-    const char *base[] = {"sweep", "--methods-dir", getenv("FTBENCH_METHODS"), "--methods", "lora", "--model", "tiny",
-                          "--steps", "1", "--warmup", "0", "--out", tmpdir, "--run-id", "d", "--quiet", "--seqs"};
+    const char *base[] = { "sweep",
+                           "--methods-dir",
+                           getenv("FTBENCH_METHODS"),
+                           "--methods",
+                           "lora",
+                           "--model",
+                           "tiny",
+                           "--steps",
+                           "1",
+                           "--warmup",
+                           "0",
+                           "--out",
+                           tmpdir,
+                           "--run-id",
+                           "d",
+                           "--quiet",
+                           "--seqs" };
     const int nb = sizeof base / sizeof *base;
     const char *args[32];
     memcpy(args, base, sizeof base);
@@ -607,13 +659,13 @@ Test(faults, disk_full_mid_record_keeps_whole_lines, .fini = remove_tmp, .timeou
     cr_expect_eq(p.code, 0, "resumed sweep exit %d: %s", p.code, p.err);
     proc_free(&p);
     count_records(path, &records, &bad, &errors, NULL, 0);
-    cr_expect(records == 2 && bad == 1 && errors == 0, "%d records (%d errors), %d other lines", records, errors,
-              bad);
+    cr_expect(records == 2 && bad == 1 && errors == 0, "%d records (%d errors), %d other lines", records, errors, bad);
 }
 
 /* ftb_append_line itself on a full device: /dev/full fails every write
  * with ENOSPC; nothing is claimed written. */
-Test(faults, append_to_a_full_device_is_an_error) {
+Test(faults, append_to_a_full_device_is_an_error)
+{
     char err[FTB_ERR_LEN] = "";
     if (access("/dev/full", W_OK) != 0) cr_skip_test("no /dev/full");
     cr_expect_neq(ftb_append_line("/dev/full", "{\"cell\": \"x\"}", err, sizeof err), 0);

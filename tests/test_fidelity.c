@@ -51,8 +51,7 @@ typedef struct {
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
+    if (!f) return strdup("");
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     rewind(f);
@@ -70,8 +69,7 @@ static char **child_env(void)
     static char blas[] = "FTBENCH_BLAS_AUTO=0";
     int n = 0;
     for (char **e = environ; *e && n < 500; e++)
-        if (strncmp(*e, "ASAN_OPTIONS=", 13) && strncmp(*e, "FTBENCH_BLAS_AUTO=", 18))
-            env[n++] = *e;
+        if (strncmp(*e, "ASAN_OPTIONS=", 13) && strncmp(*e, "FTBENCH_BLAS_AUTO=", 18)) env[n++] = *e;
     env[n++] = asan;
     env[n++] = blas;
     env[n] = NULL;
@@ -86,8 +84,7 @@ static proc run(const char *const *args)
     const char *argv[64];
     int n = 0;
     argv[n++] = bin();
-    for (int i = 0; args[i] && n < 63; i++)
-        argv[n++] = args[i];
+    for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
     argv[n] = NULL;
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -118,8 +115,7 @@ static void proc_free(proc *p)
 static int count_lines(const char *s)
 {
     int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
+    for (; *s; s++) n += *s == '\n';
     return n;
 }
 
@@ -141,8 +137,7 @@ static void make_tmp(void)
 
 static void rm_tmp(void)
 {
-    if (tmpdir[0])
-        nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    if (tmpdir[0]) nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
     tmpdir[0] = 0;
 }
 
@@ -154,11 +149,10 @@ TestSuite(fidelity, .fini = rm_tmp);
  * returns the record it appended (caller decrefs), asserting exit 0. */
 static json_t *fidelity(const char *const *extra)
 {
-    const char *args[MAX_ARGS] = { "fidelity", "--model", "tiny", "--seq", "24", "--batch", "2", "--threads", "1",
-                                   "--methods-dir", methods(), "--out", tmpdir };
+    const char *args[MAX_ARGS] = { "fidelity",  "--model", "tiny",          "--seq",   "24",    "--batch", "2",
+                                   "--threads", "1",       "--methods-dir", methods(), "--out", tmpdir };
     int n = 13;
-    for (int i = 0; extra[i] && n < MAX_ARGS - 1; i++)
-        args[n++] = extra[i];
+    for (int i = 0; extra[i] && n < MAX_ARGS - 1; i++) args[n++] = extra[i];
     args[n] = NULL;
     char path[512];
     snprintf(path, sizeof path, "%s/fidelity.jsonl", tmpdir);
@@ -178,8 +172,7 @@ static json_t *fidelity(const char *const *extra)
 static double num(const json_t *o, const char *a, const char *b)
 {
     json_t *x = json_object_get(o, a);
-    if (b)
-        x = json_object_get(x, b);
+    if (b) x = json_object_get(x, b);
     cr_assert(json_is_number(x), "%s.%s is not a number", a, b ? b : "");
     return json_number_value(x);
 }
@@ -187,8 +180,7 @@ static double num(const json_t *o, const char *a, const char *b)
 static const char *str(const json_t *o, const char *a, const char *b)
 {
     json_t *x = json_object_get(o, a);
-    if (b)
-        x = json_object_get(x, b);
+    if (b) x = json_object_get(x, b);
     const char *s = json_string_value(x);
     return s ? s : "";
 }
@@ -209,7 +201,8 @@ static void expect_exact(const char *label, const char *const *extra)
     cr_expect_str_eq(str(r, "method", "gradient"), "host: forward_backward", "%s", label);
     size_t i;
     json_t *t;
-    json_array_foreach(json_object_get(x, "per_tensor"), i, t) {
+    json_array_foreach(json_object_get(x, "per_tensor"), i, t)
+    {
         /* (a zero exact gradient must be matched exactly: rel_error 0, not null) */
         cr_expect(num(t, "rel_error", NULL) <= 1e-5, "%s: tensor %s relative error %.3e", label, str(t, "name", NULL),
                   num(t, "rel_error", NULL));
@@ -329,8 +322,9 @@ Test(fidelity, bad_input_is_one_line_and_exit_2)
 {
     need_env();
     const char *md = methods();
-    expect_usage_error((const char *[]){ "fidelity", "--methods-dir", md, "--method", "nosuch", "--model", "tiny", NULL },
-                       "unknown method 'nosuch'");
+    expect_usage_error(
+        (const char *[]){ "fidelity", "--methods-dir", md, "--method", "nosuch", "--model", "tiny", NULL },
+        "unknown method 'nosuch'");
     expect_usage_error((const char *[]){ "fidelity", "--methods-dir", md, "--method", "lora", "--model", "tiny",
                                          "--after-steps", "x", NULL },
                        "--after-steps: 'x' is not an integer");
@@ -366,7 +360,8 @@ Test(fidelity, a_failing_or_crashing_method_is_one_line_and_exit_1)
     make_tmp();
     char path[512];
     snprintf(path, sizeof path, "%s/segv.so", plugins());
-    proc p = run((const char *[]){ "fidelity", "--model", "tiny", "--seq", "16", "--method", path, "--out", tmpdir, NULL });
+    proc p =
+        run((const char *[]){ "fidelity", "--model", "tiny", "--seq", "16", "--method", path, "--out", tmpdir, NULL });
     cr_expect_eq(p.code, 1, "exit %d: %s", p.code, p.err);
     cr_expect_eq(count_lines(p.err), 1, "%s", p.err);
     cr_expect(strstr(p.err, "crashed: SIGSEGV"), "%s", p.err);
@@ -397,7 +392,9 @@ Test(fidelity, more_queries_give_a_higher_cosine, .timeout = 300)
     make_tmp();
     struct {
         const char *method, *key, *extra;
-    } cases[] = { { "prge", "queries", NULL }, { "mezo", "samples", "params=lora" }, { "mezo", "samples", "params=full" } };
+    } cases[] = { { "prge", "queries", NULL },
+                  { "mezo", "samples", "params=lora" },
+                  { "mezo", "samples", "params=full" } };
     for (size_t c = 0; c < 3; c++) {
         double mean_cos[2] = { 0, 0 }, d = 0;
         const char *ns[2] = { "1", "64" };
@@ -450,17 +447,14 @@ static ftb_model *tiny_model(uint64_t seed)
     /* weights ×10 (norms kept): gradients well above fp32 rounding */
     for (int i = 0; i < m->n_params; i++)
         if (!strstr(m->params[i]->name, "norm"))
-            for (int64_t j = 0; j < m->params[i]->numel; j++)
-                m->params[i]->data[j] *= 10.0f;
+            for (int64_t j = 0; j < m->params[i]->numel; j++) m->params[i]->data[j] *= 10.0f;
     return m;
 }
 
 static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
 {
-    for (int i = 0; i < B * T; i++)
-        tokens[i] = (i * 7 + 3) % V;
-    for (int i = 0; i < B * T; i++)
-        targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
+    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
+    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
     return (ftb_batch){ B, T, tokens, targets };
 }
 
@@ -492,8 +486,7 @@ static void inst_open(inst *x, const char *name, int n_opts, const char **keys, 
     x->st = x->p.method->init(&x->s, err, sizeof err);
     cr_assert_not_null(x->st, "%s: %s", name, err);
     x->n = x->p.method->trainable(x->st, &x->t);
-    for (int i = 0; i < x->n; i++)
-        x->d += x->t[i]->numel;
+    for (int i = 0; i < x->n; i++) x->d += x->t[i]->numel;
 }
 
 static void inst_close(inst *x)
@@ -541,8 +534,8 @@ static void estimate_changes_nothing(const char *name, int n_opts, const char **
     ftb_batch b = batch_of(tok, tgt, 2, 16, a.m->cfg.vocab_size);
     step(&a, &b); /* B not zero */
     step(&twin, &b);
-    float *before = malloc(sizeof(float) * a.d), *after = malloc(sizeof(float) * a.d),
-          *g = malloc(sizeof(float) * a.d), *g2 = malloc(sizeof(float) * a.d), *tw = malloc(sizeof(float) * a.d);
+    float *before = malloc(sizeof(float) * a.d), *after = malloc(sizeof(float) * a.d), *g = malloc(sizeof(float) * a.d),
+          *g2 = malloc(sizeof(float) * a.d), *tw = malloc(sizeof(float) * a.d);
     gather(&a, before, 0);
     gradient(&a, &b, 0);
     gather(&a, after, 0);
@@ -566,7 +559,11 @@ static void estimate_changes_nothing(const char *name, int n_opts, const char **
     gather(&a, after, 0);
     gather(&twin, tw, 0);
     cr_expect_eq(memcmp(after, tw, sizeof(float) * a.d), 0, "%s: the step after gradient() is not the twin's", name);
-    free(before); free(after); free(g); free(g2); free(tw);
+    free(before);
+    free(after);
+    free(g);
+    free(g2);
+    free(tw);
     inst_close(&a);
     inst_close(&twin);
 }
@@ -610,9 +607,11 @@ static void estimate_is_the_update(const char *name, int n_opts, const char **ke
         max_ref = fmax(max_ref, fabs(expect));
     }
     cr_expect(max_ref > 0, "%s: nothing moved", name);
-    cr_expect(max_err <= tol * max_ref, "%s %s=%s: step moved θ by −lr·g ± %.3e (max |lr·g| %.3e)", name, keys[n_opts - 1],
-              vals[n_opts - 1], max_err, max_ref);
-    free(before); free(after); free(g);
+    cr_expect(max_err <= tol * max_ref, "%s %s=%s: step moved θ by −lr·g ± %.3e (max |lr·g| %.3e)", name,
+              keys[n_opts - 1], vals[n_opts - 1], max_err, max_ref);
+    free(before);
+    free(after);
+    free(g);
     inst_close(&a);
 }
 
@@ -635,15 +634,13 @@ static void set_random(ftb_tensor *t, uint64_t seed)
 {
     ftb_rng r;
     ftb_rng_seed(&r, seed);
-    for (int64_t i = 0; i < t->numel; i++)
-        t->data[i] = 0.05f * ftb_rng_normal(&r);
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = 0.05f * ftb_rng_normal(&r);
 }
 
 static ftb_tensor *by_name(inst *x, const char *name)
 {
     for (int i = 0; i < x->n; i++)
-        if (!strcmp(x->t[i]->name, name))
-            return x->t[i];
+        if (!strcmp(x->t[i]->name, name)) return x->t[i];
     return NULL;
 }
 
@@ -668,10 +665,8 @@ Test(fidelity, zo_exact_gradients_are_loras)
     inst_open(&lora, "lora", 1, kl, vl, 1e-2f);
     ftb_batch b = batch_of(tok, tgt, 2, 16, lora.m->cfg.vocab_size);
     for (int i = 0; i < lora.n; i++)
-        if (strstr(lora.t[i]->name, "lora_B"))
-            set_random(lora.t[i], 100 + (uint64_t)i);
-    for (int i = 0; i < lora.n; i++)
-        memset(lora.t[i]->grad, 0, sizeof(float) * (size_t)lora.t[i]->numel);
+        if (strstr(lora.t[i]->name, "lora_B")) set_random(lora.t[i], 100 + (uint64_t)i);
+    for (int i = 0; i < lora.n; i++) memset(lora.t[i]->grad, 0, sizeof(float) * (size_t)lora.t[i]->numel);
     cr_assert(!isnan(ftb_model_forward_backward(lora.m, &b, &lora.s.run, err, sizeof err)), "%s", err);
 
     const char *km[] = { "params", "targets" }, *vm[] = { "lora", "all" };
@@ -694,8 +689,7 @@ Test(fidelity, zo_exact_gradients_are_loras)
         gradient(x, &b, 1);
         for (int i = 0; i < lora.n; i++) {
             ftb_tensor *t = by_name(x, lora.t[i]->name);
-            if (!t)
-                continue; /* prge: A is frozen, not trainable */
+            if (!t) continue; /* prge: A is frozen, not trainable */
             double rel = rel_diff(t->grad, lora.t[i]->grad, t->numel);
             cr_expect(rel <= 1e-5, "%s: %s relative error %.3e against lora", x->p.label, t->name, rel);
             matched++;
@@ -712,8 +706,7 @@ Test(fidelity, zo_exact_gradients_are_loras)
     const char *kf[] = { "params" }, *vf[] = { "full" };
     inst_open(&mz, "mezo", 1, kf, vf, 1e-2f);
     cr_assert_eq(full.d, mz.d);
-    for (int i = 0; i < full.n; i++)
-        memset(full.t[i]->grad, 0, sizeof(float) * (size_t)full.t[i]->numel);
+    for (int i = 0; i < full.n; i++) memset(full.t[i]->grad, 0, sizeof(float) * (size_t)full.t[i]->numel);
     cr_assert(!isnan(ftb_model_forward_backward(full.m, &b, &full.s.run, err, sizeof err)), "%s", err);
     gradient(&mz, &b, 1);
     float *g = malloc(sizeof(float) * full.d), *r = malloc(sizeof(float) * full.d);

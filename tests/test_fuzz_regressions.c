@@ -51,14 +51,14 @@ static const struct {
     const char *name;
     fz_target_fn fn;
 } fz_targets[] = {
-    {"checkpoint", fuzz_checkpoint_one},
-    {"cli", fuzz_cli_one},
-    {"config", fuzz_config_one},
-    {"dataset_bin", fuzz_dataset_bin_one},
-    {"dataset_jsonl", fuzz_dataset_jsonl_one},
-    {"profile", fuzz_profile_one},
-    {"report", fuzz_report_one},
-    {"safetensors", fuzz_safetensors_one},
+    { "checkpoint", fuzz_checkpoint_one },
+    { "cli", fuzz_cli_one },
+    { "config", fuzz_config_one },
+    { "dataset_bin", fuzz_dataset_bin_one },
+    { "dataset_jsonl", fuzz_dataset_jsonl_one },
+    { "profile", fuzz_profile_one },
+    { "report", fuzz_report_one },
+    { "safetensors", fuzz_safetensors_one },
 };
 #define FZ_NTARGETS ((int)(sizeof fz_targets / sizeof fz_targets[0]))
 
@@ -71,8 +71,7 @@ static uint8_t *fz_read_all(const char *path, size_t *size)
     size_t got;
     while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
         n += got;
-        if (n == cap)
-            buf = realloc(buf, cap *= 2);
+        if (n == cap) buf = realloc(buf, cap *= 2);
     }
     cr_assert_not_null(buf, "%s: out of memory", path);
     fclose(f);
@@ -84,17 +83,14 @@ static uint8_t *fz_read_all(const char *path, size_t *size)
 static int fz_known_open(const char *target, const char *file)
 {
     FILE *f = fopen(FZ_DIR "/regressions/KNOWN_OPEN", "r");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     char line[1024], want[600];
     snprintf(want, sizeof want, "%s/%s", target, file);
     int hit = 0;
     while (!hit && fgets(line, sizeof line, f)) {
         char *s = line;
-        while (*s == ' ' || *s == '\t')
-            s++;
-        if (*s == '#')
-            continue;
+        while (*s == ' ' || *s == '\t') s++;
+        if (*s == '#') continue;
         size_t n = strcspn(s, " \t\r\n");
         hit = n == strlen(want) && !strncmp(s, want, n);
     }
@@ -134,23 +130,15 @@ static int fz_run_child(fz_target_fn fn, const char *path)
     rewind(lsan_out);
     char line[1024];
     while (fgets(line, sizeof line, lsan_out))
-        if (!strstr(line, "was not suspended. False leaks are possible"))
-            fputs(line, stderr);
+        if (!strstr(line, "was not suspended. False leaks are possible")) fputs(line, stderr);
     fclose(lsan_out);
-    if (WIFEXITED(status))
-        return WEXITSTATUS(status);
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
     return 128 + WTERMSIG(status);
 }
 
-static int fz_cmp_names(const struct dirent **a, const struct dirent **b)
-{
-    return strcmp((*a)->d_name, (*b)->d_name);
-}
+static int fz_cmp_names(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
 
-static int fz_visible(const struct dirent *e)
-{
-    return e->d_name[0] != '.' && strcmp(e->d_name, "README.md") != 0;
-}
+static int fz_visible(const struct dirent *e) { return e->d_name[0] != '.' && strcmp(e->d_name, "README.md") != 0; }
 
 /* Replays every file of FZ_DIR/<kind>/<target>/; returns how many ran. */
 static int fz_replay_dir(int t, const char *kind, int must_accept)
@@ -159,8 +147,7 @@ static int fz_replay_dir(int t, const char *kind, int must_accept)
     snprintf(dir, sizeof dir, FZ_DIR "/%s/%s", kind, fz_targets[t].name);
     struct dirent **list;
     int n = scandir(dir, &list, fz_visible, fz_cmp_names);
-    if (n < 0)
-        return 0; /* no regressions for this target */
+    if (n < 0) return 0; /* no regressions for this target */
     int ran = 0;
     for (int i = 0; i < n; i++) {
         char path[1024];
@@ -173,8 +160,7 @@ static int fz_replay_dir(int t, const char *kind, int must_accept)
         int code = fz_run_child(fz_targets[t].fn, path);
         cr_expect(code == 10 || code == 11, "%s: %s (exit %d): a crash, a failed check or a leak", path,
                   code >= 128 ? "killed by a signal" : "failed", code);
-        if (must_accept)
-            cr_expect(code != 11, "%s: a seed the parser rejects (seeds must be valid inputs)", path);
+        if (must_accept) cr_expect(code != 11, "%s: a seed the parser rejects (seeds must be valid inputs)", path);
         ran++;
         free(list[i]);
     }
@@ -186,8 +172,7 @@ static void fz_replay(const char *name)
 {
     int t = -1;
     for (int i = 0; i < FZ_NTARGETS; i++)
-        if (!strcmp(fz_targets[i].name, name))
-            t = i;
+        if (!strcmp(fz_targets[i].name, name)) t = i;
     cr_assert(t >= 0, "no target %s", name);
     int seeds = fz_replay_dir(t, "corpus", 1);
     cr_expect(seeds > 0, "%s: no seed corpus in " FZ_DIR "/corpus/%s", name, name);
@@ -211,13 +196,11 @@ Test(fuzz_regressions, every_target_is_replayed)
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, "fuzz_", 5) != 0 || n < 8 || strcmp(e->d_name + n - 2, ".c") != 0)
-            continue;
+        if (strncmp(e->d_name, "fuzz_", 5) != 0 || n < 8 || strcmp(e->d_name + n - 2, ".c") != 0) continue;
         char name[256];
         snprintf(name, sizeof name, "%.*s", (int)(n - 7), e->d_name + 5);
         int found = 0;
-        for (int i = 0; i < FZ_NTARGETS; i++)
-            found |= !strcmp(fz_targets[i].name, name);
+        for (int i = 0; i < FZ_NTARGETS; i++) found |= !strcmp(fz_targets[i].name, name);
         cr_expect(found, "tests/fuzz/%s is not replayed by tests/test_fuzz_regressions.c", e->d_name);
     }
     closedir(d);

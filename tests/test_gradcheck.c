@@ -23,17 +23,17 @@
 
 #include "ftbench.h"
 
-#define GC_STEP 1e-2
-#define GC_REL 2e-2
-#define GC_ABS 1e-4
-#define GC_B 2
-#define GC_T 6
+#define GC_STEP        1e-2
+#define GC_REL         2e-2
+#define GC_ABS         1e-4
+#define GC_B           2
+#define GC_T           6
 #define GC_MAX_ENTRIES 256
 
 typedef struct {
     char name[96];
     int64_t idx;
-    int largest;      /* chosen as the tensor's largest |grad| entry     */
+    int largest; /* chosen as the tensor's largest |grad| entry     */
     double analytic, fd;
 } gc_entry;
 
@@ -85,8 +85,8 @@ static void gc_batch(const ftb_model *m, int32_t *tok, int32_t *tgt)
     for (int b = 0; b < GC_B; b++)
         for (int t = 0; t < GC_T; t++)
             tgt[b * GC_T + t] = t + 1 < GC_T ? tok[b * GC_T + t + 1] : (int32_t)(splitmix(&s) % (uint64_t)V);
-    tgt[1] = FTB_IGNORE_INDEX;                 /* one ignored mid-sequence   */
-    tgt[2 * GC_T - 1] = FTB_IGNORE_INDEX;      /* padded end of sequence 1   */
+    tgt[1] = FTB_IGNORE_INDEX;            /* one ignored mid-sequence   */
+    tgt[2 * GC_T - 1] = FTB_IGNORE_INDEX; /* padded end of sequence 1   */
 }
 
 /* Fills entries with analytic and finite-difference values; returns count. */
@@ -146,10 +146,7 @@ static int gc_collect(ftb_model *m, ftb_attention_impl attn, gc_entry *out)
     return n;
 }
 
-static int gc_ok(double analytic, double fd)
-{
-    return fabs(fd - analytic) <= fmax(GC_REL * fabs(fd), GC_ABS);
-}
+static int gc_ok(double analytic, double fd) { return fabs(fd - analytic) <= fmax(GC_REL * fabs(fd), GC_ABS); }
 
 static void gc_run(const char *zoo_name, ftb_attention_impl attn)
 {
@@ -166,16 +163,16 @@ static void gc_run(const char *zoo_name, ftb_attention_impl attn)
         if (ratio > worst) worst = ratio;
         if (!gc_ok(e[k].analytic, e[k].fd)) {
             if (!bad++)
-                snprintf(first, sizeof first, "%.95s[%lld]: analytic %.6g, finite difference %.6g",
-                         e[k].name, (long long)e[k].idx, e[k].analytic, e[k].fd);
+                snprintf(first, sizeof first, "%.95s[%lld]: analytic %.6g, finite difference %.6g", e[k].name,
+                         (long long)e[k].idx, e[k].analytic, e[k].fd);
         }
     }
     cr_expect_eq(bad, 0, "[%s %s] %d of %d entries disagree, first: %s", zoo_name,
                  attn == FTB_ATTN_FLASH ? "flash" : "eager", bad, n, first);
     if (getenv("FTBENCH_GRADCHECK_VERBOSE")) {
         for (int k = 0; k < n; k++)
-            fprintf(stderr, "%-48s %6lld %c analytic %+.6e fd %+.6e\n", e[k].name,
-                    (long long)e[k].idx, e[k].largest ? '*' : ' ', e[k].analytic, e[k].fd);
+            fprintf(stderr, "%-48s %6lld %c analytic %+.6e fd %+.6e\n", e[k].name, (long long)e[k].idx,
+                    e[k].largest ? '*' : ' ', e[k].analytic, e[k].fd);
         fprintf(stderr, "worst |diff|/tolerance %.3f\n", worst);
     }
     ftb_model_free(m);
@@ -197,9 +194,11 @@ Test(gradcheck, detects_scaled_gradient)
     for (int k = 0; k < n; k++) {
         if (!e[k].largest) continue;
         largest++;
-        if (!gc_ok(1.1 * e[k].analytic, e[k].fd)) caught++;
-        else cr_log_warn("a 10%% error in %s[%lld] (grad %.3g) would pass", e[k].name,
-                         (long long)e[k].idx, e[k].analytic);
+        if (!gc_ok(1.1 * e[k].analytic, e[k].fd))
+            caught++;
+        else
+            cr_log_warn("a 10%% error in %s[%lld] (grad %.3g) would pass", e[k].name, (long long)e[k].idx,
+                        e[k].analytic);
     }
     cr_expect_eq(caught, largest, "only %d of %d scaled gradients detected", caught, largest);
     ftb_model_free(m);

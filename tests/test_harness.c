@@ -34,15 +34,14 @@ static void need_env(void)
 }
 
 typedef struct {
-    int code;     /* exit code, or 128+signal */
+    int code; /* exit code, or 128+signal */
     char *out, *err;
 } proc;
 
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
+    if (!f) return strdup("");
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     rewind(f);
@@ -62,8 +61,7 @@ static char **child_env(void)
     static char blas[] = "FTBENCH_BLAS_AUTO=0";
     int n = 0;
     for (char **e = environ; *e && n < 500; e++)
-        if (strncmp(*e, "ASAN_OPTIONS=", 13) && strncmp(*e, "FTBENCH_BLAS_AUTO=", 18))
-            env[n++] = *e;
+        if (strncmp(*e, "ASAN_OPTIONS=", 13) && strncmp(*e, "FTBENCH_BLAS_AUTO=", 18)) env[n++] = *e;
     env[n++] = asan;
     env[n++] = blas;
     env[n] = NULL;
@@ -75,8 +73,7 @@ static pid_t spawn(const char *const *args, const char *outp, const char *errp)
     const char *argv[64];
     int n = 0;
     argv[n++] = bin();
-    for (int i = 0; args[i] && n < 63; i++)
-        argv[n++] = args[i];
+    for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
     argv[n] = NULL;
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -116,8 +113,7 @@ static void proc_free(proc *p)
 static int count_lines(const char *s)
 {
     int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
+    for (; *s; s++) n += *s == '\n';
     return n;
 }
 
@@ -139,8 +135,7 @@ static void make_tmp(void)
 
 static void remove_tmp(void)
 {
-    if (tmpdir[0])
-        nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (tmpdir[0]) nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     tmpdir[0] = 0;
 }
 
@@ -159,8 +154,7 @@ static json_t **read_records(const char *path, int *n, int *bad)
     FILE *f = fopen(path, "r");
     *n = 0;
     *bad = 0;
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     json_t **v = calloc(256, sizeof *v);
     char *line = NULL;
     size_t cap = 0;
@@ -171,8 +165,7 @@ static json_t **read_records(const char *path, int *n, int *bad)
             (*bad)++;
             continue;
         }
-        if (*n < 255)
-            v[(*n)++] = j;
+        if (*n < 255) v[(*n)++] = j;
     }
     free(line);
     fclose(f);
@@ -181,8 +174,7 @@ static json_t **read_records(const char *path, int *n, int *bad)
 
 static void free_records(json_t **v, int n)
 {
-    for (int i = 0; i < n; i++)
-        json_decref(v[i]);
+    for (int i = 0; i < n; i++) json_decref(v[i]);
     free(v);
 }
 
@@ -197,8 +189,7 @@ static json_t *find_cell(json_t **v, int n, const char *prefix, int seq)
 {
     for (int i = 0; i < n; i++) {
         const char *c = jstr(v[i], "cell");
-        if (!strncmp(c, prefix, strlen(prefix)) && json_integer_value(json_object_get(v[i], "seq")) == seq)
-            return v[i];
+        if (!strncmp(c, prefix, strlen(prefix)) && json_integer_value(json_object_get(v[i], "seq")) == seq) return v[i];
     }
     return NULL;
 }
@@ -244,21 +235,21 @@ Test(harness, cli_unknown_names)
                        "unknown method 'nosuch'");
     expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "nosuch", NULL },
                        "unknown model 'nosuch'");
-    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
-                                         "--device", "nosuch", NULL },
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny", "--device",
+                                         "nosuch", NULL },
                        "unknown device 'nosuch'");
-    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
-                                         "--device", "rpi", NULL },
-                       "ambiguous");
-    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
-                                         "--dataset", "/nonexistent/data.bin", NULL },
+    expect_usage_error(
+        (const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny", "--device", "rpi", NULL },
+        "ambiguous");
+    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny", "--dataset",
+                                         "/nonexistent/data.bin", NULL },
                        "/nonexistent/data.bin");
-    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--checkpoint",
-                                         "/nonexistent/ckpt", NULL },
-                       "/nonexistent/ckpt");
-    expect_usage_error((const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny",
-                                         "--opt", "rnak=4", NULL },
-                       "has no option 'rnak'");
+    expect_usage_error(
+        (const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--checkpoint", "/nonexistent/ckpt", NULL },
+        "/nonexistent/ckpt");
+    expect_usage_error(
+        (const char *[]){ "run", "--methods-dir", md, "--method", "lora", "--model", "tiny", "--opt", "rnak=4", NULL },
+        "has no option 'rnak'");
     expect_usage_error((const char *[]){ "run", "--methods-dir", "/nonexistent/dir", "--method", "lora", NULL },
                        "/nonexistent/dir");
     expect_usage_error((const char *[]){ "run", "--method", plugin("badabi"), "--model", "tiny", NULL },
@@ -291,9 +282,9 @@ Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
 {
     need_env();
     make_tmp();
-    proc p = run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq",
-                                   "32", "--steps", "2", "--warmup", "1", "--out", tmpdir, "--run-id", "r1",
-                                   "--quiet", NULL });
+    proc p =
+        run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
+                              "--steps", "2", "--warmup", "1", "--out", tmpdir, "--run-id", "r1", "--quiet", NULL });
     cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
     proc_free(&p);
     char path[512];
@@ -309,8 +300,8 @@ Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
     cr_expect(json_is_string(json_object_get(r, "git_rev")) && json_is_string(json_object_get(r, "hostname")));
     cr_expect(strlen(jstr(r, "timestamp_utc")) == 20 && jstr(r, "timestamp_utc")[19] == 'Z');
     json_t *mem = json_object_get(r, "memory");
-    const char *mkeys[] = { "peak_rss_vmhwm_bytes", "peak_rss_ru_maxrss_bytes", "rss_after_model_load_bytes",
-                            "rss_after_method_init_bytes", "peak_rss_bytes", NULL };
+    const char *mkeys[] = { "peak_rss_vmhwm_bytes",        "peak_rss_ru_maxrss_bytes", "rss_after_model_load_bytes",
+                            "rss_after_method_init_bytes", "peak_rss_bytes",           NULL };
     for (int i = 0; mkeys[i]; i++)
         cr_expect(json_integer_value(json_object_get(mem, mkeys[i])) > 0, "memory.%s", mkeys[i]);
     json_t *core = json_object_get(mem, "core");
@@ -325,8 +316,7 @@ Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
     cr_expect(json_integer_value(json_object_get(r, "trainable_params")) > 0);
     json_t *hw = json_object_get(r, "hw_counters");
     cr_expect(json_is_boolean(json_object_get(hw, "available")));
-    if (!json_is_true(json_object_get(hw, "available")))
-        cr_expect(json_is_string(json_object_get(hw, "reason")));
+    if (!json_is_true(json_object_get(hw, "available"))) cr_expect(json_is_string(json_object_get(hw, "reason")));
     json_t *host = json_object_get(r, "host");
     cr_expect(json_is_string(json_object_get(host, "blas_core")) &&
               json_is_string(json_object_get(host, "blas_selection")) &&
@@ -348,9 +338,9 @@ Test(harness, emulated_device_record, .fini = remove_tmp)
 {
     need_env();
     make_tmp();
-    proc p = run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq",
-                                   "32", "--steps", "1", "--device", "rpi5", "--out", tmpdir, "--run-id", "e",
-                                   "--quiet", NULL });
+    proc p =
+        run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
+                              "--steps", "1", "--device", "rpi5", "--out", tmpdir, "--run-id", "e", "--quiet", NULL });
     cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
     proc_free(&p);
     char path[512];
@@ -384,9 +374,10 @@ Test(harness, sweep_records_every_fault_and_resumes, .fini = remove_tmp, .timeou
 {
     need_env();
     make_tmp();
-    const char *const args[] = { "sweep", "--methods", fault_methods(), "--model", "tiny", "--seqs", "16,32",
-                                 "--steps", "1", "--warmup", "0", "--budget", "64M", "--timeout", "5", "--no-skip",
-                                 "--out", tmpdir, "--run-id", "faults", "--quiet", NULL };
+    const char *const args[] = { "sweep",   "--methods", fault_methods(), "--model", "tiny",     "--seqs", "16,32",
+                                 "--steps", "1",         "--warmup",      "0",       "--budget", "64M",    "--timeout",
+                                 "5",       "--no-skip", "--out",         tmpdir,    "--run-id", "faults", "--quiet",
+                                 NULL };
     proc p = run(args);
     cr_assert((p.code) == (0), "sweep exit %d: %s", p.code, p.err);
     cr_expect(strstr(p.out, "CRASH") && strstr(p.out, "TIMEOUT") && strstr(p.out, "ERROR") && strstr(p.out, "*"),
@@ -442,9 +433,9 @@ Test(harness, killed_sweep_leaves_valid_lines_and_resumes, .fini = remove_tmp, .
     make_tmp();
     char list[2048];
     snprintf(list, sizeof list, "%s,%s", plugin("fwdonly"), plugin("hang"));
-    const char *const args[] = { "sweep", "--methods", list, "--model", "tiny", "--seqs", "16..128", "--steps", "1",
-                                 "--warmup", "0", "--timeout", "1", "--out", tmpdir, "--run-id", "k", "--quiet",
-                                 NULL };
+    const char *const args[] = { "sweep",   "--methods", list,       "--model", "tiny",      "--seqs", "16..128",
+                                 "--steps", "1",         "--warmup", "0",       "--timeout", "1",      "--out",
+                                 tmpdir,    "--run-id",  "k",        "--quiet", NULL };
     char outp[600], errp[600], path[512];
     snprintf(outp, sizeof outp, "%s/out", tmpdir);
     snprintf(errp, sizeof errp, "%s/err", tmpdir);
@@ -486,8 +477,8 @@ Test(harness, sweep_skips_lengths_beyond_an_over_budget_one, .fini = remove_tmp,
     make_tmp();
     char list[2048];
     snprintf(list, sizeof list, "%s,%s", plugin("hog"), plugin("fwdonly"));
-    proc p = run((const char *[]){ "sweep", "--methods", list, "--model", "tiny", "--seqs", "16..64", "--budget",
-                                   "64M", "--out", tmpdir, "--run-id", "skip", "--quiet", NULL });
+    proc p = run((const char *[]){ "sweep", "--methods", list, "--model", "tiny", "--seqs", "16..64", "--budget", "64M",
+                                   "--out", tmpdir, "--run-id", "skip", "--quiet", NULL });
     cr_assert((p.code) == (0), "%s", p.err);
     cr_expect(strstr(p.out, "over*") != NULL, "%s", p.out);
     proc_free(&p);
@@ -514,8 +505,7 @@ static void copy_file(const char *from, const char *to)
     cr_assert(a && b, "copy %s -> %s", from, to);
     char buf[65536];
     size_t k;
-    while ((k = fread(buf, 1, sizeof buf, a)) > 0)
-        fwrite(buf, 1, k, b);
+    while ((k = fread(buf, 1, sizeof buf, a)) > 0) fwrite(buf, 1, k, b);
     fclose(a);
     fclose(b);
 }
@@ -557,9 +547,10 @@ Test(harness, fit_bisects_to_the_budget_and_resumes, .fini = remove_tmp, .timeou
     need_env();
     make_tmp();
     /* hog allocates 200 KiB per token: memory grows with the length. */
-    const char *const args[] = { "fit", "--method", plugin("hog"), "--opt", "kb_per_token=200", "--model", "tiny",
-                                 "--budget", "80M", "--seq-min", "64", "--out", tmpdir, "--run-id", "fit", "--quiet",
-                                 NULL };
+    const char *const args[] = { "fit",     "--method", plugin("hog"), "--opt",    "kb_per_token=200",
+                                 "--model", "tiny",     "--budget",    "80M",      "--seq-min",
+                                 "64",      "--out",    tmpdir,        "--run-id", "fit",
+                                 "--quiet", NULL };
     proc p = run(args);
     cr_assert((p.code) == (0), "%s%s", p.out, p.err);
     int lo = 0, hi = 0;
@@ -595,9 +586,9 @@ Test(harness, watch_enforcement_kills_at_the_budget, .fini = remove_tmp)
 {
     need_env();
     make_tmp();
-    proc p = run((const char *[]){ "run", "--method", plugin("hog"), "--opt", "mb=512", "--model", "tiny", "--seq",
-                                   "16", "--steps", "1", "--warmup", "0", "--budget", "32M", "--enforce", "watch",
-                                   "--out", tmpdir, "--quiet", NULL });
+    proc p = run((const char *[]){ "run",   "--method",  plugin("hog"), "--opt", "mb=512",   "--model", "tiny",
+                                   "--seq", "16",        "--steps",     "1",     "--warmup", "0",       "--budget",
+                                   "32M",   "--enforce", "watch",       "--out", tmpdir,     "--quiet", NULL });
     cr_expect((p.code) == (1), "%s%s", p.out, p.err);
     cr_expect(strstr(p.out, "over_budget") != NULL, "%s", p.out);
     proc_free(&p);
@@ -617,9 +608,19 @@ Test(harness, run_with_an_int4_lazy_base_and_sgd_records_them, .fini = remove_tm
     char cache[256], path[512];
     snprintf(cache, sizeof cache, "%s/cache", tmpdir);
     setenv("FTBENCH_MODEL_CACHE", cache, 1);
-    const char *args[] = { "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
-                           "--steps", "2", "--warmup", "1", "--base-dtype", "int4", "--group", "32", "--residency",
-                           "lazy", "--optimizer", "sgd", "--out", tmpdir, "--run-id", "q", NULL };
+    const char *args[] = { "run",     "--methods-dir",
+                           methods(), "--method",
+                           "lora",    "--model",
+                           "tiny",    "--seq",
+                           "32",      "--steps",
+                           "2",       "--warmup",
+                           "1",       "--base-dtype",
+                           "int4",    "--group",
+                           "32",      "--residency",
+                           "lazy",    "--optimizer",
+                           "sgd",     "--out",
+                           tmpdir,    "--run-id",
+                           "q",       NULL };
     proc p = run(args);
     cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
     cr_expect(strstr(p.err, "preparing the tiny-seed42-int4-g32 base") != NULL, "%s", p.err);
@@ -657,9 +658,10 @@ Test(harness, run_with_an_int4_lazy_base_and_sgd_records_them, .fini = remove_tm
     cr_expect(json_integer_value(json_object_get(json_object_get(core, "peak_bytes"), "optimizer")) == 0);
     free_records(v, n);
     /* Again (--force): the prepared base is found, not made again. */
-    const char *again[] = { "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
-                            "--steps", "1", "--warmup", "0", "--base-dtype", "int4", "--group", "32", "--out", tmpdir,
-                            "--run-id", "q", NULL };
+    const char *again[] = { "run",  "--methods-dir", methods(), "--method", "lora", "--model",
+                            "tiny", "--seq",         "32",      "--steps",  "1",    "--warmup",
+                            "0",    "--base-dtype",  "int4",    "--group",  "32",   "--out",
+                            tmpdir, "--run-id",      "q",       NULL };
     p = run(again);
     cr_expect((p.code) == (0), "exit %d: %s%s", p.code, p.err, p.out);
     cr_expect(strstr(p.err, "preparing") == NULL, "prepared twice: %s", p.err);
@@ -685,9 +687,10 @@ Test(harness, mesp_sets_lazy_residency_and_checkpoints_quantize_at_load, .fini =
     cr_assert(m != NULL, "%s", err);
     cr_assert(ftb_model_save(m, ckpt, err, sizeof err) == 0, "%s", err);
     ftb_model_free(m);
-    proc p = run((const char *[]){ "run", "--methods-dir", methods(), "--method", "mesp", "--checkpoint", ckpt,
-                                   "--seq", "32", "--steps", "1", "--warmup", "0", "--base-dtype", "int8", "--out",
-                                   tmpdir, "--run-id", "c", "--quiet", NULL });
+    proc p =
+        run((const char *[]){ "run",  "--methods-dir", methods(), "--method", "mesp", "--checkpoint", ckpt,   "--seq",
+                              "32",   "--steps",       "1",       "--warmup", "0",    "--base-dtype", "int8", "--out",
+                              tmpdir, "--run-id",      "c",       "--quiet",  NULL });
     cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
     proc_free(&p);
     snprintf(path, sizeof path, "%s/host/c/results.jsonl", tmpdir);

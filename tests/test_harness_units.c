@@ -86,8 +86,7 @@ Test(harness, int_lists)
     cr_assert_eq(ftb_parse_int_list("512, 64,512,100..300", 1, 1 << 20, &v, &n, err, sizeof err), 0, "%s", err);
     int want[] = { 64, 100, 200, 512 };
     cr_expect_eq(n, 4);
-    for (int i = 0; i < 4 && i < n; i++)
-        cr_expect_eq(v[i], want[i]);
+    for (int i = 0; i < 4 && i < n; i++) cr_expect_eq(v[i], want[i]);
     free(v);
     cr_expect_neq(ftb_parse_int_list("0", 1, 100, &v, &n, err, sizeof err), 0);
     cr_expect_neq(ftb_parse_int_list("5..2", 1, 100, &v, &n, err, sizeof err), 0);
@@ -99,8 +98,8 @@ Test(harness, option_parsing_and_scoping)
 {
     ftb_cli o;
     char err[256];
-    char *argv[] = { "run", "--seq=256", "--opt", "rank=4", "--opt", "lora.alpha=32", "--opt", "full.x=1",
-                     "--opt", "rank=8", NULL };
+    char *argv[] = { "run",   "--seq=256", "--opt", "rank=4", "--opt", "lora.alpha=32",
+                     "--opt", "full.x=1",  "--opt", "rank=8", NULL };
     cr_assert_eq(ftb_cli_parse("run", CLI_SHAPE | CLI_TRAIN, 10, argv, &o, err, sizeof err), 0, "%s", err);
     cr_expect_eq(o.seq, 256);
     const char *k[8], *v[8];
@@ -167,8 +166,7 @@ Test(harness, sampler_samples_rss_about_every_millisecond)
     const ftb_rss_sample *v = ftb_sampler_samples(s);
     for (size_t i = 0; i < n; i++) {
         cr_expect(v[i].rss > 0);
-        if (i)
-            cr_expect(v[i].t >= v[i - 1].t);
+        if (i) cr_expect(v[i].t >= v[i - 1].t);
     }
     cr_expect(ftb_sampler_max_rss(s) > 0);
     ftb_sampler_free(s);
@@ -190,15 +188,15 @@ Test(harness, sweep_definitions)
 Test(harness, plugin_resolution_errors)
 {
     char path[512], label[64], err[512];
-    cr_expect_neq(ftb_plugin_resolve("nosuch", "/nonexistent", path, sizeof path, label, sizeof label, err,
-                                     sizeof err), 0);
+    cr_expect_neq(ftb_plugin_resolve("nosuch", "/nonexistent", path, sizeof path, label, sizeof label, err, sizeof err),
+                  0);
     cr_expect(strstr(err, "unknown method 'nosuch'"), "%s", err);
     cr_expect_neq(ftb_plugin_resolve("./nosuch.so", NULL, path, sizeof path, label, sizeof label, err, sizeof err), 0);
     cr_expect(strstr(err, "no such file"), "%s", err);
     const char *dir = getenv("FTBENCH_METHODS");
     if (dir) {
-        cr_assert_eq(ftb_plugin_resolve("lora", dir, path, sizeof path, label, sizeof label, err, sizeof err), 0,
-                     "%s", err);
+        cr_assert_eq(ftb_plugin_resolve("lora", dir, path, sizeof path, label, sizeof label, err, sizeof err), 0, "%s",
+                     err);
         cr_expect_str_eq(label, "lora");
         char *json = NULL;
         cr_assert_eq(ftb_plugin_probe(path, &json, err, sizeof err), 0, "%s", err);

@@ -76,8 +76,8 @@ static inline long ckpt_file_size(const char *path)
 
 /* Writes exactly: 8-byte LE header_len_field, header bytes, data bytes.  The
  * length field need not match the header (that is the point). */
-static inline int ckpt_write_raw(const char *path, uint64_t header_len_field, const void *header,
-                                 size_t header_bytes, const void *data, size_t data_bytes)
+static inline int ckpt_write_raw(const char *path, uint64_t header_len_field, const void *header, size_t header_bytes,
+                                 const void *data, size_t data_bytes)
 {
     FILE *fp = fopen(path, "wb");
     if (!fp) return -1;
@@ -113,8 +113,8 @@ static inline void stb_free(st_builder *b)
 }
 
 /* Appends bytes to the data section and a matching header entry. */
-static inline void stb_add_bytes(st_builder *b, const char *name, const char *dtype, int ndim,
-                                 const int64_t *shape, const void *bytes, size_t nbytes)
+static inline void stb_add_bytes(st_builder *b, const char *name, const char *dtype, int ndim, const int64_t *shape,
+                                 const void *bytes, size_t nbytes)
 {
     if (b->len + nbytes > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
@@ -131,10 +131,7 @@ static inline void stb_add_bytes(st_builder *b, const char *name, const char *dt
     b->len += nbytes;
 }
 
-static inline json_t *stb_entry(st_builder *b, const char *name)
-{
-    return json_object_get(b->header, name);
-}
+static inline json_t *stb_entry(st_builder *b, const char *name) { return json_object_get(b->header, name); }
 
 /* fp32 → bf16 by truncation: the expected value after loading is then
  * exactly bits << 16. */
@@ -158,9 +155,12 @@ static inline float ckpt_f16_value(uint16_t h)
 {
     int sign = h >> 15, exponent = (h >> 10) & 31, mantissa = h & 1023;
     double v;
-    if (exponent == 0) v = ldexp(mantissa, -24);
-    else if (exponent == 31) v = mantissa ? NAN : INFINITY;
-    else v = ldexp(mantissa + 1024, exponent - 25);
+    if (exponent == 0)
+        v = ldexp(mantissa, -24);
+    else if (exponent == 31)
+        v = mantissa ? NAN : INFINITY;
+    else
+        v = ldexp(mantissa + 1024, exponent - 25);
     return (float)(sign ? -v : v);
 }
 

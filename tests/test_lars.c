@@ -34,17 +34,19 @@
 
 #define LARS_LOSS_TOL 1e-5
 #define LARS_GRAD_TOL 1e-4
-#define FD_STEP 1e-2
-#define FD_REL 2e-2
-#define FD_ABS 1e-4
-#define LARS_NT 14 /* tensors per adapter */
+#define FD_STEP       1e-2
+#define FD_REL        2e-2
+#define FD_ABS        1e-4
+#define LARS_NT       14 /* tensors per adapter */
 
-static const char *fixtures_dir(void) {
+static const char *fixtures_dir(void)
+{
     const char *d = getenv("FTBENCH_ORACLE_DIR");
     return d && *d ? d : "tests/oracle/fixtures";
 }
 
-static void open_method(const char *name, ftb_plugin *p) {
+static void open_method(const char *name, ftb_plugin *p)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) dir = "build/methods";
     char path[4096], err[FTB_ERR_LEN];
@@ -69,7 +71,8 @@ typedef struct {
     json_t *meta;
 } st_file;
 
-static void st_open(st_file *f, const char *path) {
+static void st_open(st_file *f, const char *path)
+{
     memset(f, 0, sizeof *f);
     FILE *fp = fopen(path, "rb");
     cr_assert(fp, "cannot open %s (run tests/oracle/gen_lars.py)", path);
@@ -89,7 +92,8 @@ static void st_open(st_file *f, const char *path) {
     const unsigned char *base = f->buf + 8 + hl;
     const char *key;
     json_t *v;
-    json_object_foreach(h, key, v) {
+    json_object_foreach(h, key, v)
+    {
         if (!strcmp(key, "__metadata__")) {
             f->meta = json_incref(v);
             continue;
@@ -113,29 +117,34 @@ static void st_open(st_file *f, const char *path) {
     json_decref(h);
 }
 
-static void st_close(st_file *f) {
+static void st_close(st_file *f)
+{
     json_decref(f->meta);
     free(f->buf);
     free(f->e);
 }
 
-static const st_entry *st_get(const st_file *f, const char *name) {
+static const st_entry *st_get(const st_file *f, const char *name)
+{
     for (int i = 0; i < f->n; i++)
         if (!strcmp(f->e[i].name, name)) return &f->e[i];
     return NULL;
 }
 
-static float st_f32(const st_entry *e, int64_t i) {
+static float st_f32(const st_entry *e, int64_t i)
+{
     float x;
     memcpy(&x, e->data + 4 * i, 4);
     return x;
 }
 
-static const char *st_meta_opt(const st_file *f, const char *key) {
+static const char *st_meta_opt(const st_file *f, const char *key)
+{
     return json_string_value(json_object_get(f->meta, key));
 }
 
-static const char *st_meta(const st_file *f, const char *key) {
+static const char *st_meta(const st_file *f, const char *key)
+{
     const char *s = json_string_value(json_object_get(f->meta, key));
     cr_assert(s, "fixture metadata has no '%s'", key);
     return s;
@@ -143,7 +152,8 @@ static const char *st_meta(const st_file *f, const char *key) {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static ftb_session session_for(ftb_model *m, const ftb_options *o) {
+static ftb_session session_for(ftb_model *m, const ftb_options *o)
+{
     ftb_session s;
     memset(&s, 0, sizeof s);
     s.model = m;
@@ -155,20 +165,23 @@ static ftb_session session_for(ftb_model *m, const ftb_options *o) {
     return s;
 }
 
-static void *init_lars(ftb_plugin *p, ftb_session *s) {
+static void *init_lars(ftb_plugin *p, ftb_session *s)
+{
     char err[FTB_ERR_LEN] = "";
     void *st = p->method->init(s, err, sizeof err);
     cr_assert_not_null(st, "lars init: %s", err);
     return st;
 }
 
-static void zero_grads(ftb_tensor **t, int n) {
+static void zero_grads(ftb_tensor **t, int n)
+{
     for (int i = 0; i < n; i++) memset(t[i]->grad, 0, sizeof(float) * (size_t)t[i]->numel);
 }
 
 /* The tiny zoo model (GQA, qkv bias) with weights std ~0.2 so that
  * gradients are well above fp32 rounding. */
-static ftb_model *tiny_model(uint64_t seed) {
+static ftb_model *tiny_model(uint64_t seed)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     char err[FTB_ERR_LEN];
@@ -182,16 +195,18 @@ static ftb_model *tiny_model(uint64_t seed) {
 
 /* Rows of T tokens; targets are the next token, none on the last position,
  * and row 1 (if any) padded: its last third carries no target. */
-static ftb_batch padded_batch(int32_t *tok, int32_t *tgt, int B, int T, int V) {
+static ftb_batch padded_batch(int32_t *tok, int32_t *tgt, int B, int T, int V)
+{
     for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V;
     for (int i = 0; i < B * T; i++) tgt[i] = (i + 1) % T ? tok[i + 1] : FTB_IGNORE_INDEX;
     if (B > 1)
         for (int t = T - T / 3; t < T; t++) tgt[T + t] = FTB_IGNORE_INDEX;
-    return (ftb_batch){B, T, tok, tgt};
+    return (ftb_batch){ B, T, tok, tgt };
 }
 
 /* Non-trivial LARS parameters (B, G ≠ 0, M ≠ I), as the oracle uses. */
-static void randomise(ftb_tensor **t, int n, uint64_t seed) {
+static void randomise(ftb_tensor **t, int n, uint64_t seed)
+{
     ftb_rng rng;
     ftb_rng_seed(&rng, seed);
     for (int i = 0; i < n; i++) {
@@ -199,11 +214,16 @@ static void randomise(ftb_tensor **t, int n, uint64_t seed) {
         for (int64_t j = 0; j < t[i]->numel; j++) {
             float z = ftb_rng_normal(&rng);
             float v = 0.3f * z;
-            if (!strcmp(name, "M")) v = (j % (t[i]->shape[1] + 1) == 0 ? 1.0f : 0.0f) + 0.3f * z;
-            else if (!strcmp(name, "ln.weight")) v = 1.0f + 0.2f * z;
-            else if (!strcmp(name, "alpha") || !strcmp(name, "tau1") || !strcmp(name, "tau2")) v = 0.8f + 0.2f * z;
-            else if (!strcmp(name, "G_x")) v = 0.15f * z;
-            else if (strstr(name, "bias")) v = 0.1f * z;
+            if (!strcmp(name, "M"))
+                v = (j % (t[i]->shape[1] + 1) == 0 ? 1.0f : 0.0f) + 0.3f * z;
+            else if (!strcmp(name, "ln.weight"))
+                v = 1.0f + 0.2f * z;
+            else if (!strcmp(name, "alpha") || !strcmp(name, "tau1") || !strcmp(name, "tau2"))
+                v = 0.8f + 0.2f * z;
+            else if (!strcmp(name, "G_x"))
+                v = 0.15f * z;
+            else if (strstr(name, "bias"))
+                v = 0.1f * z;
             t[i]->data[j] = v;
         }
     }
@@ -211,7 +231,8 @@ static void randomise(ftb_tensor **t, int n, uint64_t seed) {
 
 /* ---- oracle ------------------------------------------------------------- */
 
-static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_policy keep) {
+static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_policy keep)
+{
     char path[1024], err[FTB_ERR_LEN] = "";
     snprintf(path, sizeof path, "%s/%s/expected.safetensors", fixtures_dir(), case_name);
     st_file fx;
@@ -222,7 +243,7 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
 
     ftb_plugin p;
     open_method("lars", &p);
-    const char *keys[4] = {"rank", "targets"}, *vals[4] = {st_meta(&fx, "rank"), st_meta(&fx, "targets")};
+    const char *keys[4] = { "rank", "targets" }, *vals[4] = { st_meta(&fx, "rank"), st_meta(&fx, "targets") };
     if (st_meta_opt(&fx, "variant")) { /* gated: no pool, no dropout */
         keys[2] = "variant", vals[2] = st_meta(&fx, "variant");
         keys[3] = "block", vals[3] = st_meta(&fx, "block");
@@ -230,7 +251,7 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
         keys[2] = "pool", vals[2] = st_meta(&fx, "pool");
         keys[3] = "dropout", vals[3] = "0";
     }
-    ftb_options opts = {4, keys, vals};
+    ftb_options opts = { 4, keys, vals };
     ftb_session s = session_for(m, &opts);
     s.run.attention = attn;
     ftb_keep_policy *policy = malloc(sizeof *policy * m->cfg.n_layers);
@@ -253,7 +274,7 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
         for (int64_t j = 0; j < e->numel; j++) params[i]->data[j] = st_f32(e, j);
     }
     const st_entry *tok = st_get(&fx, "tokens"), *tgt = st_get(&fx, "targets");
-    ftb_batch b = {(int)tok->shape[0], (int)tok->shape[1], (const int32_t *)tok->data, (const int32_t *)tgt->data};
+    ftb_batch b = { (int)tok->shape[0], (int)tok->shape[1], (const int32_t *)tok->data, (const int32_t *)tgt->data };
     float ref_loss = st_f32(st_get(&fx, "loss"), 0);
     const char *tag = attn == FTB_ATTN_FLASH ? (keep == FTB_KEEP_ALL ? "flash" : "flash/recompute") : "eager";
 
@@ -291,7 +312,8 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
     if (getenv("FTBENCH_ORACLE_VERBOSE"))
         fprintf(stderr, "[%s %s] loss rel err %.2e, worst grad rel err %.2e in %s\n", case_name, tag,
                 fabs(loss - ref_loss) / fabs(ref_loss), worst, worst_name);
-    for (int i = 0; i < m->n_params; i++) cr_expect_null(m->params[i]->grad, "LARS trained base tensor %s", m->params[i]->name);
+    for (int i = 0; i < m->n_params; i++)
+        cr_expect_null(m->params[i]->grad, "LARS trained base tensor %s", m->params[i]->name);
 
     /* inference mode: the same function (dropout is 0) */
     float floss = ftb_model_forward(m, &b, &s.run, err, sizeof err);
@@ -316,14 +338,16 @@ Test(lars, oracle_tied_qv_pool_all_eager) { run_oracle("lars_tied_qv", FTB_ATTN_
  * the input gradient dx that layer 1's gated hooks pass down. */
 Test(lars, oracle_gated_all_linears_flash) { run_oracle("lars_gated_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
 Test(lars, oracle_gated_all_linears_eager) { run_oracle("lars_gated_gqa_all", FTB_ATTN_EAGER, FTB_KEEP_ALL); }
-Test(lars, oracle_gated_all_linears_recomputed_blocks) {
+Test(lars, oracle_gated_all_linears_recomputed_blocks)
+{
     run_oracle("lars_gated_gqa_all", FTB_ATTN_FLASH, FTB_KEEP_INPUT);
 }
 Test(lars, oracle_gated_partial_blocks_tied) { run_oracle("lars_gated_tied", FTB_ATTN_FLASH, FTB_KEEP_ALL); }
 
 /* ---- finite differences ------------------------------------------------- */
 
-static float fd_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o) {
+static float fd_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o)
+{
     char err[FTB_ERR_LEN] = "";
     /* forward_backward, not forward: a training pass, so dropout (if any)
      * applies with this step's mask.  Its gradients are not read. */
@@ -334,19 +358,21 @@ static float fd_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o) {
 
 /* Prompt→answer rows: row 0's targets start at position 4, row 1's at 2
  * (and row 1 is padded), so pool=prompt pools 4 and 2 positions. */
-static void prompt_targets(int32_t *tgt, int T) {
+static void prompt_targets(int32_t *tgt, int T)
+{
     for (int t = 0; t < 4; t++) tgt[t] = FTB_IGNORE_INDEX;
     for (int t = 0; t < 2; t++) tgt[T + t] = FTB_IGNORE_INDEX;
 }
 
-static void run_gradcheck(const char *dropout, ftb_keep_policy keep, const char *pool) {
+static void run_gradcheck(const char *dropout, ftb_keep_policy keep, const char *pool)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(21);
-    const char *keys[] = {"rank", "targets", "dropout", "pool"}, *vals[] = {"4", "q,v,o,down", dropout, pool};
-    ftb_options opts = {4, keys, vals};
+    const char *keys[] = { "rank", "targets", "dropout", "pool" }, *vals[] = { "4", "q,v,o,down", dropout, pool };
+    ftb_options opts = { 4, keys, vals };
     ftb_session s = session_for(m, &opts);
-    ftb_keep_policy policy[2] = {keep, keep};
+    ftb_keep_policy policy[2] = { keep, keep };
     s.run.keep = policy;
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
@@ -381,8 +407,8 @@ static void run_gradcheck(const char *dropout, ftb_keep_policy keep, const char 
         t->data[jmax] = w;
         double fd = (lp - lm) / (2.0 * h), g = analytic[i][jmax];
         int ok = fabs(fd - g) <= fmax(FD_REL * fabs(fd), FD_ABS);
-        cr_expect(ok, "[dropout %s pool %s] %s[%lld]: analytic %.6g, finite difference %.6g", dropout, pool,
-                  t->name, (long long)jmax, g, fd);
+        cr_expect(ok, "[dropout %s pool %s] %s[%lld]: analytic %.6g, finite difference %.6g", dropout, pool, t->name,
+                  (long long)jmax, g, fd);
         cr_expect(fabs(g) > 5 * FD_ABS, "%s: largest gradient %.3g is too small to check", t->name, g);
         if (getenv("FTBENCH_GRADCHECK_VERBOSE"))
             fprintf(stderr, "[dropout %s pool %s] %-40s analytic %+.6e fd %+.6e\n", dropout, pool, t->name, g, fd);
@@ -401,9 +427,7 @@ Test(lars, finite_differences) { run_gradcheck("0", FTB_KEEP_ALL, "valid"); }
 /* pool=prompt on prompt→answer rows: the gradient of p goes only to the
  * prompt positions (A, G_x and every layer below see it). */
 Test(lars, finite_differences_pool_prompt) { run_gradcheck("0", FTB_KEEP_ALL, "prompt"); }
-Test(lars, finite_differences_pool_prompt_with_dropout_recomputed) {
-    run_gradcheck("0.5", FTB_KEEP_INPUT, "prompt");
-}
+Test(lars, finite_differences_pool_prompt_with_dropout_recomputed) { run_gradcheck("0.5", FTB_KEEP_INPUT, "prompt"); }
 /* With dropout the function is fixed by the step's masks: the finite
  * difference then checks that backward regenerated forward's mask, also
  * when the block's forward runs twice (recomputed in backward). */
@@ -422,22 +446,23 @@ Test(lars, finite_differences_with_dropout_recomputed) { run_gradcheck("0.5", FT
  * error reaches 2 % there (U: −0.9527 vs −0.9721 at h = 1e-2, which the
  * oracle confirms to 1.6e-5), so this test steps 5× finer. */
 #define GATED_FD_STEP 2e-3
-static void run_gated_gradcheck(ftb_keep_policy keep) {
+static void run_gated_gradcheck(ftb_keep_policy keep)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(22);
-    const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "3", "all", "8"};
-    ftb_options opts = {4, keys, vals};
+    const char *keys[] = { "variant", "rank", "targets", "block" }, *vals[] = { "gated", "3", "all", "8" };
+    ftb_options opts = { 4, keys, vals };
     ftb_session s = session_for(m, &opts);
-    ftb_keep_policy policy[2] = {keep, keep};
+    ftb_keep_policy policy[2] = { keep, keep };
     s.run.keep = policy;
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
     int n = p.method->trainable(st, &params);
     cr_assert_eq(n, 3 * 7 * m->cfg.n_layers, "%d gated tensors", n);
     randomise(params, n, 78);
-    const char *norms[] = {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-                           "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight"};
+    const char *norms[] = { "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                            "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight" };
     ftb_tensor *check[6 + 4];
     int nc = 0;
     for (int i = 0; i < 3; i++) check[nc++] = params[i];
@@ -479,8 +504,8 @@ static void run_gated_gradcheck(ftb_keep_policy keep) {
         t->data[jmax] = w;
         double fd = (lp - lm) / (2.0 * h);
         int ok = fabs(fd - g) <= fmax(FD_REL * fabs(fd), FD_ABS);
-        cr_expect(ok, "[gated %s] %s[%lld]: analytic %.6g, finite difference %.6g", keep == FTB_KEEP_ALL ? "" : "recomputed",
-                  t->name, (long long)jmax, g, fd);
+        cr_expect(ok, "[gated %s] %s[%lld]: analytic %.6g, finite difference %.6g",
+                  keep == FTB_KEEP_ALL ? "" : "recomputed", t->name, (long long)jmax, g, fd);
         cr_expect(fabs(g) > 5 * FD_ABS, "%s: largest gradient %.3g is too small to check", t->name, g);
         if (getenv("FTBENCH_GRADCHECK_VERBOSE"))
             fprintf(stderr, "[gated] %-48s analytic %+.6e fd %+.6e\n", t->name, g, fd);
@@ -496,7 +521,8 @@ Test(lars, gated_finite_differences_recomputed) { run_gated_gradcheck(FTB_KEEP_I
 /* ---- memory ------------------------------------------------------------- */
 
 /* Saved-activation peak of one forward_backward. */
-static int64_t saved_peak(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o) {
+static int64_t saved_peak(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o)
+{
     char err[FTB_ERR_LEN] = "";
     ftb_mem_reset_peaks();
     ftb_mem_stats before, after;
@@ -510,7 +536,8 @@ static int64_t saved_peak(ftb_model *m, const ftb_batch *b, const ftb_run_opts *
 /* What the frozen base keeps by itself: a model whose every block runs
  * backward (layer 0's norm trains, so nothing is skipped) but in which no
  * linear trains or has a hook: exactly what LARS's base keeps. */
-static int64_t frozen_base_saved(const ftb_batch *b) {
+static int64_t frozen_base_saved(const ftb_batch *b)
+{
     ftb_model *m = tiny_model(31);
     char err[FTB_ERR_LEN] = "";
     ftb_model_set_trainable(m, 0);
@@ -526,12 +553,13 @@ static int64_t frozen_base_saved(const ftb_batch *b) {
 /* Saved-activation peak of method `name` on all 7 linears, with rank and,
  * if key is not NULL, one more option key=value. */
 static int64_t method_saved_opt(const char *name, const ftb_batch *b, const char *rank, const char *key,
-                                const char *value) {
+                                const char *value)
+{
     ftb_plugin p;
     open_method(name, &p);
     ftb_model *m = tiny_model(31);
-    const char *keys[] = {"rank", "targets", key}, *vals[] = {rank, "all", value};
-    ftb_options opts = {key ? 3 : 2, keys, vals};
+    const char *keys[] = { "rank", "targets", key }, *vals[] = { rank, "all", value };
+    ftb_options opts = { key ? 3 : 2, keys, vals };
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
     int64_t saved = saved_peak(m, b, &s.run);
@@ -541,7 +569,8 @@ static int64_t method_saved_opt(const char *name, const ftb_batch *b, const char
     return saved;
 }
 
-static int64_t method_saved(const char *name, const ftb_batch *b, const char *rank) {
+static int64_t method_saved(const char *name, const ftb_batch *b, const char *rank)
+{
     return method_saved_opt(name, b, rank, NULL, NULL);
 }
 
@@ -549,12 +578,13 @@ static int64_t method_saved(const char *name, const ftb_batch *b, const char *ra
  * ln1, ln2 and the SwiGLU output h once each, as for LoRA; o's input is kept
  * by attention anyway) plus, per adapter, rstd, a = z·U and c = a·V:
  * 4·(1 + r + ⌈in/block⌉) bytes per token.  Exact at two lengths. */
-Test(lars, gated_saved_activations_are_the_documented_per_token_bytes) {
+Test(lars, gated_saved_activations_are_the_documented_per_token_bytes)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
-    const int B = 2, r = 8, block = 8, Ts[2] = {64, 256};
-    const int in_of[FTB_LIN_COUNT] = {cfg.dim, cfg.dim, cfg.dim, cfg.n_heads * cfg.head_dim,
-                                      cfg.dim, cfg.dim, cfg.ffn_dim};
+    const int B = 2, r = 8, block = 8, Ts[2] = { 64, 256 };
+    const int in_of[FTB_LIN_COUNT] = { cfg.dim, cfg.dim, cfg.dim,    cfg.n_heads * cfg.head_dim,
+                                       cfg.dim, cfg.dim, cfg.ffn_dim };
     int64_t per_token = 4 * (2 * (int64_t)cfg.dim + cfg.ffn_dim); /* ln1, ln2, h */
     for (int k = 0; k < FTB_LIN_COUNT; k++) per_token += 4 * (1 + r + (in_of[k] + block - 1) / block);
     per_token *= cfg.n_layers;
@@ -565,13 +595,14 @@ Test(lars, gated_saved_activations_are_the_documented_per_token_bytes) {
         ftb_plugin p;
         open_method("lars", &p);
         ftb_model *m = tiny_model(31);
-        const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "8", "all", "8"};
-        ftb_options opts = {4, keys, vals};
+        const char *keys[] = { "variant", "rank", "targets", "block" }, *vals[] = { "gated", "8", "all", "8" };
+        ftb_options opts = { 4, keys, vals };
         ftb_session s = session_for(m, &opts);
         void *st = init_lars(&p, &s);
         int64_t extra = saved_peak(m, &b, &s.run) - base;
-        cr_expect_eq(extra, per_token * B * Ts[i], "gated keeps %lld bytes above the frozen base at T=%d, expected %lld",
-                     (long long)extra, Ts[i], (long long)(per_token * B * Ts[i]));
+        cr_expect_eq(extra, per_token * B * Ts[i],
+                     "gated keeps %lld bytes above the frozen base at T=%d, expected %lld", (long long)extra, Ts[i],
+                     (long long)(per_token * B * Ts[i]));
         p.method->destroy(st);
         ftb_model_free(m);
         ftb_plugin_close(&p);
@@ -580,18 +611,19 @@ Test(lars, gated_saved_activations_are_the_documented_per_token_bytes) {
     }
 }
 
-Test(lars, saved_activations_do_not_grow_with_sequence_length) {
+Test(lars, saved_activations_do_not_grow_with_sequence_length)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     const int B = 2, r = 8, T1 = 64, T2 = 4 * T1;
     /* per sequence and adapter: p [in] + nhat, gx, gh, g, h2, h3 [r] + u [4r] + rstd */
-    const int in_of[FTB_LIN_COUNT] = {cfg.dim, cfg.dim, cfg.dim, cfg.n_heads * cfg.head_dim,
-                                      cfg.dim, cfg.dim, cfg.ffn_dim};
+    const int in_of[FTB_LIN_COUNT] = { cfg.dim, cfg.dim, cfg.dim,    cfg.n_heads * cfg.head_dim,
+                                       cfg.dim, cfg.dim, cfg.ffn_dim };
     int64_t expected = 0;
     for (int k = 0; k < FTB_LIN_COUNT; k++) expected += (int64_t)cfg.n_layers * 4 * B * (in_of[k] + 10 * r + 1);
 
     int64_t lars_extra[2], lora_extra[2];
-    const int Ts[2] = {T1, T2};
+    const int Ts[2] = { T1, T2 };
     for (int i = 0; i < 2; i++) {
         int32_t *tok = malloc(sizeof(int32_t) * B * Ts[i]), *tgt = malloc(sizeof(int32_t) * B * Ts[i]);
         ftb_batch b = padded_batch(tok, tgt, B, Ts[i], cfg.vocab_size);
@@ -615,29 +647,30 @@ Test(lars, saved_activations_do_not_grow_with_sequence_length) {
 
 /* ---- options, learning, masks ------------------------------------------- */
 
-Test(lars, rejects_bad_options_clearly) {
+Test(lars, rejects_bad_options_clearly)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(14);
     struct {
         const char *key, *value, *expect;
     } cases[] = {
-        {"rank", "0", "option rank: 0 is not in 1..4096"},
-        {"rank", "abc", "option rank"},
-        {"targets", "q,zz", "unknown linear layer 'zz'"},
-        {"targets", ",", "option targets"},
-        {"dropout", "2", "option dropout: 2 is not in [0, 1)"},
-        {"dropout", "1", "option dropout"},
-        {"dropout", "-0.1", "option dropout"},
-        {"pool", "first", "option pool: 'first' is not 'valid', 'all' or 'prompt'"},
-        {"weight_decay", "x", "option weight_decay"},
-        {"variant", "fancy", "option variant: 'fancy' is not 'pooled' or 'gated'"},
-        {"block", "0", "option block: 0 is not in 1..65536"},
-        {"block", "16", "option block: not used by variant=pooled"},
+        { "rank", "0", "option rank: 0 is not in 1..4096" },
+        { "rank", "abc", "option rank" },
+        { "targets", "q,zz", "unknown linear layer 'zz'" },
+        { "targets", ",", "option targets" },
+        { "dropout", "2", "option dropout: 2 is not in [0, 1)" },
+        { "dropout", "1", "option dropout" },
+        { "dropout", "-0.1", "option dropout" },
+        { "pool", "first", "option pool: 'first' is not 'valid', 'all' or 'prompt'" },
+        { "weight_decay", "x", "option weight_decay" },
+        { "variant", "fancy", "option variant: 'fancy' is not 'pooled' or 'gated'" },
+        { "block", "0", "option block: 0 is not in 1..65536" },
+        { "block", "16", "option block: not used by variant=pooled" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        const char *keys[] = {cases[i].key}, *vals[] = {cases[i].value};
-        ftb_options o = {1, keys, vals};
+        const char *keys[] = { cases[i].key }, *vals[] = { cases[i].value };
+        ftb_options o = { 1, keys, vals };
         ftb_session s = session_for(m, &o);
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(p.method->init(&s, err, sizeof err), "%s=%s accepted", cases[i].key, cases[i].value);
@@ -650,14 +683,15 @@ Test(lars, rejects_bad_options_clearly) {
 }
 
 /* pool and dropout mean nothing to the gated variant: refused, not ignored. */
-Test(lars, gated_refuses_pooled_options) {
+Test(lars, gated_refuses_pooled_options)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(14);
-    const char *bad[][2] = {{"pool", "prompt"}, {"dropout", "0.1"}};
+    const char *bad[][2] = { { "pool", "prompt" }, { "dropout", "0.1" } };
     for (int i = 0; i < 2; i++) {
-        const char *keys[] = {"variant", bad[i][0]}, *vals[] = {"gated", bad[i][1]};
-        ftb_options o = {2, keys, vals};
+        const char *keys[] = { "variant", bad[i][0] }, *vals[] = { "gated", bad[i][1] };
+        ftb_options o = { 2, keys, vals };
         ftb_session s = session_for(m, &o);
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(p.method->init(&s, err, sizeof err), "gated accepted %s", bad[i][0]);
@@ -671,12 +705,13 @@ Test(lars, gated_refuses_pooled_options) {
 
 /* Gated defaults: q,v, rank 8, blocks of 32; U ~ U(±√(6/r)), V ~ N(0, 1e-8)
  * (std 1e-4), α = 0.1: the model starts within ~1e-4 of the base model. */
-Test(lars, gated_defaults_and_initial_state) {
+Test(lars, gated_defaults_and_initial_state)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(15);
-    const char *keys[] = {"variant"}, *vals[] = {"gated"};
-    ftb_options o = {1, keys, vals};
+    const char *keys[] = { "variant" }, *vals[] = { "gated" };
+    ftb_options o = { 1, keys, vals };
     ftb_session s = session_for(m, &o);
     int32_t tok[2 * 16], tgt[2 * 16];
     ftb_batch b = padded_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
@@ -695,7 +730,8 @@ Test(lars, gated_defaults_and_initial_state) {
     int64_t vn = 0;
     for (int i = 0; i < n; i += 3) {
         for (int64_t j = 0; j < params[i]->numel; j++) umax = fmax(umax, fabs(params[i]->data[j]));
-        for (int64_t j = 0; j < params[i + 1]->numel; j++, vn++) vss += (double)params[i + 1]->data[j] * params[i + 1]->data[j];
+        for (int64_t j = 0; j < params[i + 1]->numel; j++, vn++)
+            vss += (double)params[i + 1]->data[j] * params[i + 1]->data[j];
     }
     cr_expect(umax <= sqrt(6.0 / 8) && umax > 0.5 * sqrt(6.0 / 8), "U: max |u| %g, bound %g", umax, sqrt(6.0 / 8));
     double vstd = sqrt(vss / vn);
@@ -708,11 +744,12 @@ Test(lars, gated_defaults_and_initial_state) {
     ftb_plugin_close(&p);
 }
 
-Test(lars, defaults_and_initial_state) {
+Test(lars, defaults_and_initial_state)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(15);
-    ftb_options none = {0, NULL, NULL};
+    ftb_options none = { 0, NULL, NULL };
     ftb_session s = session_for(m, &none);
     /* at init B = 0: the model is the base model */
     int32_t tok[2 * 16], tgt[2 * 16];
@@ -735,19 +772,20 @@ Test(lars, defaults_and_initial_state) {
     ftb_plugin_close(&p);
 }
 
-Test(lars, learns_and_redraws_masks_per_step) {
+Test(lars, learns_and_redraws_masks_per_step)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(16);
-    const char *keys[] = {"targets", "dropout"}, *vals[] = {"all", "0.1"};
-    ftb_options opts = {2, keys, vals};
+    const char *keys[] = { "targets", "dropout" }, *vals[] = { "all", "0.1" };
+    ftb_options opts = { 2, keys, vals };
     ftb_session s = session_for(m, &opts);
     s.lr = 1e-2f;
     void *st = init_lars(&p, &s);
     int32_t tok[2 * 32], tgt[2 * 32];
     ftb_batch b = padded_batch(tok, tgt, 2, 32, m->cfg.vocab_size);
     char err[FTB_ERR_LEN] = "";
-    ftb_step_result r = {0}, first = {0};
+    ftb_step_result r = { 0 }, first = { 0 };
     for (int step = 0; step < 20; step++) {
         cr_assert_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
         cr_assert(isfinite(r.loss));
@@ -766,14 +804,15 @@ Test(lars, learns_and_redraws_masks_per_step) {
 
 /* Each step draws new masks: at lr 0 the parameters stay put, so two steps
  * differ only by their masks; without dropout they agree exactly. */
-Test(lars, dropout_masks_change_between_steps) {
+Test(lars, dropout_masks_change_between_steps)
+{
     ftb_plugin p;
     open_method("lars", &p);
-    const char *rates[] = {"0.5", "0"};
+    const char *rates[] = { "0.5", "0" };
     for (int i = 0; i < 2; i++) {
         ftb_model *m = tiny_model(18);
-        const char *keys[] = {"dropout"}, *vals[] = {rates[i]};
-        ftb_options opts = {1, keys, vals};
+        const char *keys[] = { "dropout" }, *vals[] = { rates[i] };
+        ftb_options opts = { 1, keys, vals };
         ftb_session s = session_for(m, &opts);
         s.lr = 0.0f;
         void *st = init_lars(&p, &s);
@@ -783,11 +822,13 @@ Test(lars, dropout_masks_change_between_steps) {
         int32_t tok[2 * 16], tgt[2 * 16];
         ftb_batch b = padded_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
         char err[FTB_ERR_LEN] = "";
-        ftb_step_result r1 = {0}, r2 = {0};
+        ftb_step_result r1 = { 0 }, r2 = { 0 };
         cr_assert_eq(p.method->step(st, &s, &b, &r1, err, sizeof err), 0, "%s", err);
         cr_assert_eq(p.method->step(st, &s, &b, &r2, err, sizeof err), 0, "%s", err);
-        if (i == 0) cr_expect_neq(r1.loss, r2.loss, "dropout 0.5: two steps drew the same masks");
-        else cr_expect_eq(r1.loss, r2.loss, "dropout 0 at lr 0: losses %f and %f differ", r1.loss, r2.loss);
+        if (i == 0)
+            cr_expect_neq(r1.loss, r2.loss, "dropout 0.5: two steps drew the same masks");
+        else
+            cr_expect_eq(r1.loss, r2.loss, "dropout 0 at lr 0: losses %f and %f differ", r1.loss, r2.loss);
         p.method->destroy(st);
         ftb_model_free(m);
     }
@@ -795,12 +836,13 @@ Test(lars, dropout_masks_change_between_steps) {
 }
 
 /* A row with no kept target has no valid position: finite everything. */
-Test(lars, row_without_targets_stays_finite) {
+Test(lars, row_without_targets_stays_finite)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(17);
-    const char *keys[] = {"targets", "dropout"}, *vals[] = {"all", "0"};
-    ftb_options opts = {2, keys, vals};
+    const char *keys[] = { "targets", "dropout" }, *vals[] = { "all", "0" };
+    ftb_options opts = { 2, keys, vals };
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
@@ -826,11 +868,12 @@ Test(lars, row_without_targets_stays_finite) {
 /* Loss of row b when only its target at position t is kept (so seq_loss[b]
  * is the loss at t alone), with tokens tok. */
 static void single_target_losses(ftb_model *m, const ftb_run_opts *run, const int32_t *tok, const int *t_of, int B,
-                                 int T, float *seq_loss) {
+                                 int T, float *seq_loss)
+{
     int32_t *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
     for (int i = 0; i < B * T; i++) tgt[i] = FTB_IGNORE_INDEX;
     for (int b = 0; b < B; b++) tgt[b * T + t_of[b]] = (t_of[b] * 5 + b + 1) % m->cfg.vocab_size; /* fixed label */
-    ftb_batch batch = {B, T, tok, tgt};
+    ftb_batch batch = { B, T, tok, tgt };
     ftb_run_opts o = *run;
     o.seq_loss = seq_loss;
     char err[FTB_ERR_LEN] = "";
@@ -844,22 +887,23 @@ static void single_target_losses(ftb_model *m, const ftb_run_opts *run, const in
  * that is t's own target); with pool=prompt it does not, while changing a
  * token before t (t'' = t−1) does move it under every mode (the check is
  * sensitive).  Returns, per mode, the largest relative change seen. */
-static void measure_leak(const char *pool, double *after_t, double *before_t) {
+static void measure_leak(const char *pool, double *after_t, double *before_t)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(23);
     /* pool "gated": the gated variant (which has no pooling) */
     const int gated = !strcmp(pool, "gated");
-    const char *keys[] = {"rank", "targets", gated ? "variant" : "dropout", gated ? "block" : "pool"};
-    const char *vals[] = {"4", "all", gated ? "gated" : "0", gated ? "8" : pool};
-    ftb_options opts = {4, keys, vals};
+    const char *keys[] = { "rank", "targets", gated ? "variant" : "dropout", gated ? "block" : "pool" };
+    const char *vals[] = { "4", "all", gated ? "gated" : "0", gated ? "8" : pool };
+    ftb_options opts = { 4, keys, vals };
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
     int n = p.method->trainable(st, &params);
     randomise(params, n, 9);
     enum { B = 3, T = 12 };
-    const int t_of[B] = {3, 6, 9};
+    const int t_of[B] = { 3, 6, 9 };
     int32_t tok[B * T], tok2[B * T];
     for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % m->cfg.vocab_size;
     float ref[B], pert[B];
@@ -882,15 +926,16 @@ static void measure_leak(const char *pool, double *after_t, double *before_t) {
         }
     }
     if (getenv("FTBENCH_LEAK_VERBOSE"))
-        fprintf(stderr, "[pool=%s] loss at t: max rel change %.3e from a later token, %.3e from an earlier one\n",
-                pool, *after_t, *before_t);
+        fprintf(stderr, "[pool=%s] loss at t: max rel change %.3e from a later token, %.3e from an earlier one\n", pool,
+                *after_t, *before_t);
     p.method->destroy(st);
     ftb_model_free(m);
     ftb_plugin_close(&p);
 }
 
-Test(lars, causality_leak_pool_all_and_valid_detected) {
-    const char *pools[] = {"all", "valid"};
+Test(lars, causality_leak_pool_all_and_valid_detected)
+{
+    const char *pools[] = { "all", "valid" };
     for (int i = 0; i < 2; i++) {
         double after, before;
         measure_leak(pools[i], &after, &before);
@@ -900,7 +945,8 @@ Test(lars, causality_leak_pool_all_and_valid_detected) {
     }
 }
 
-Test(lars, causality_pool_prompt_does_not_leak) {
+Test(lars, causality_pool_prompt_does_not_leak)
+{
     double after, before;
     measure_leak("prompt", &after, &before);
     cr_expect_eq(after, 0.0, "pool=prompt: a later token moved the loss at t by %.3g (relative)", after);
@@ -915,12 +961,13 @@ Test(lars, causality_pool_prompt_does_not_leak) {
  * a trained LARS answered as an untrained one: 0 exact answers where its
  * teacher-forced loss equalled LoRA's.  Without the prompt length (the
  * plain-prefix form) the logits must differ, or the test could not fail. */
-Test(lars, generation_sees_the_prompt_that_training_saw) {
+Test(lars, generation_sees_the_prompt_that_training_saw)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(29);
-    const char *keys[] = {"rank", "targets", "dropout", "pool"}, *vals[] = {"4", "all", "0", "prompt"};
-    ftb_options opts = {4, keys, vals};
+    const char *keys[] = { "rank", "targets", "dropout", "pool" }, *vals[] = { "4", "all", "0", "prompt" };
+    ftb_options opts = { 4, keys, vals };
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
@@ -935,7 +982,7 @@ Test(lars, generation_sees_the_prompt_that_training_saw) {
     for (int a = 0; a < A; a++) rows[a] = P - 1 + a;
     float *teacher = malloc(sizeof(float) * A * V), *z = malloc(sizeof(float) * V);
     char err[FTB_ERR_LEN] = "";
-    ftb_batch b = {1, LEN, tok, tgt};
+    ftb_batch b = { 1, LEN, tok, tgt };
     cr_assert_eq(ftb_model_logits(m, &b, &s.run, rows, A, teacher, err, sizeof err), 0, "%s", err);
     for (int k = 0; k < A; k++) {
         const float *want = teacher + (size_t)k * V;
@@ -951,7 +998,8 @@ Test(lars, generation_sees_the_prompt_that_training_saw) {
         for (int j = 0; j < V; j++) plain = fmax(plain, fabs((double)z[j] - want[j]));
         cr_expect_gt(plain, 1e-3 * scale, "without the prompt length the logits should change (p = 0): %.3g", plain);
     }
-    cr_expect_eq(ftb_next_token_logits(m, &s.run, tok, 3, 5, z, err, sizeof err), -1, "a prompt longer than the prefix");
+    cr_expect_eq(ftb_next_token_logits(m, &s.run, tok, 3, 5, z, err, sizeof err), -1,
+                 "a prompt longer than the prefix");
     free(teacher);
     free(z);
     p.method->destroy(st);
@@ -962,12 +1010,13 @@ Test(lars, generation_sees_the_prompt_that_training_saw) {
 /* Rows whose first target is at 0 (plain language modelling) pool the empty
  * set under pool=prompt: p = 0, finite loss and gradients; so do rows
  * without any target. */
-Test(lars, pool_prompt_empty_prompt_stays_finite) {
+Test(lars, pool_prompt_empty_prompt_stays_finite)
+{
     ftb_plugin p;
     open_method("lars", &p);
     ftb_model *m = tiny_model(19);
-    const char *keys[] = {"targets", "dropout", "pool"}, *vals[] = {"all", "0", "prompt"};
-    ftb_options opts = {3, keys, vals};
+    const char *keys[] = { "targets", "dropout", "pool" }, *vals[] = { "all", "0", "prompt" };
+    ftb_options opts = { 3, keys, vals };
     ftb_session s = session_for(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
@@ -996,7 +1045,8 @@ Test(lars, pool_prompt_empty_prompt_stays_finite) {
 }
 
 /* The gated variant's gate at t reads x_t only: no leak. */
-Test(lars, causality_gated_does_not_leak) {
+Test(lars, causality_gated_does_not_leak)
+{
     double after, before;
     measure_leak("gated", &after, &before);
     cr_expect_eq(after, 0.0, "gated: a later token moved the loss at t by %.3g (relative)", after);
@@ -1006,7 +1056,8 @@ Test(lars, causality_gated_does_not_leak) {
 /* The gated hook's second product goes through ftb_linear_apply(_t), so a
  * quantized base is gated too: an int8 base gives the loss and gradients of
  * an fp32 base holding the same (dequantized) weights. */
-Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights) {
+Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights)
+{
     ftb_model *q = tiny_model(24), *ref = tiny_model(24);
     char err[FTB_ERR_LEN] = "";
     cr_assert_eq(ftb_model_quantize(q, "int8", 0, err, sizeof err), 0, "%s", err);
@@ -1017,9 +1068,9 @@ Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights) {
         }
     ftb_plugin p;
     open_method("lars", &p);
-    const char *keys[] = {"variant", "rank", "targets", "block"}, *vals[] = {"gated", "3", "all", "8"};
-    ftb_options opts = {4, keys, vals};
-    ftb_model *models[2] = {q, ref};
+    const char *keys[] = { "variant", "rank", "targets", "block" }, *vals[] = { "gated", "3", "all", "8" };
+    ftb_options opts = { 4, keys, vals };
+    ftb_model *models[2] = { q, ref };
     void *st[2];
     ftb_tensor **params[2];
     float loss[2];
@@ -1036,7 +1087,8 @@ Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights) {
         loss[i] = ftb_model_forward_backward(models[i], &b, &s[i].run, err, sizeof err);
         cr_assert(isfinite(loss[i]), "%s", err);
     }
-    cr_expect(fabsf(loss[0] - loss[1]) <= 1e-5f * fabsf(loss[1]), "int8 base %f, dequantized fp32 %f", loss[0], loss[1]);
+    cr_expect(fabsf(loss[0] - loss[1]) <= 1e-5f * fabsf(loss[1]), "int8 base %f, dequantized fp32 %f", loss[0],
+              loss[1]);
     for (int i = 0; i < n; i++) {
         double maxdiff = 0, maxref = 1e-6;
         for (int64_t j = 0; j < params[0][i]->numel; j++) {

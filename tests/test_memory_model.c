@@ -16,15 +16,17 @@ typedef struct {
     ftb_batch batch;
 } mm_batch;
 
-static mm_batch mm_make_batch(int vocab, int B, int T) {
-    mm_batch b = {malloc(sizeof(int32_t) * B * T), malloc(sizeof(int32_t) * B * T), {0}};
+static mm_batch mm_make_batch(int vocab, int B, int T)
+{
+    mm_batch b = { malloc(sizeof(int32_t) * B * T), malloc(sizeof(int32_t) * B * T), { 0 } };
     for (int i = 0; i < B * T; i++) b.tokens[i] = (int32_t)((i * 7919) % vocab);
     for (int i = 0; i < B * T; i++) b.targets[i] = (i + 1) % T ? b.tokens[i + 1] : FTB_IGNORE_INDEX;
-    b.batch = (ftb_batch){B, T, b.tokens, b.targets};
+    b.batch = (ftb_batch){ B, T, b.tokens, b.targets };
     return b;
 }
 
-static ftb_model *mm_model(const char *name) {
+static ftb_model *mm_model(const char *name)
+{
     ftb_config cfg;
     cr_assert_eq(ftb_zoo_get(name, &cfg), 0);
     char err[FTB_ERR_LEN];
@@ -34,7 +36,8 @@ static ftb_model *mm_model(const char *name) {
 }
 
 /* Runs one step of m and requires the measured peak to be the predicted one. */
-static void expect_prediction(ftb_model *m, const ftb_run_opts *o, int B, int T, int training, const char *what) {
+static void expect_prediction(ftb_model *m, const ftb_run_opts *o, int B, int T, int training, const char *what)
+{
     char err[FTB_ERR_LEN] = "";
     mm_batch b = mm_make_batch(m->cfg.vocab_size, B, T);
     ftb_memory_estimate est;
@@ -57,20 +60,23 @@ static void expect_prediction(ftb_model *m, const ftb_run_opts *o, int B, int T,
     free(b.targets);
 }
 
-static void train_all(ftb_model *m) {
+static void train_all(ftb_model *m)
+{
     char err[FTB_ERR_LEN];
     ftb_model_set_trainable(m, 1);
     cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
 }
 
 /* Only block l's query projection trains: blocks below run in inference mode. */
-static void train_one_linear(ftb_model *m, int l) {
+static void train_one_linear(ftb_model *m, int l)
+{
     char err[FTB_ERR_LEN];
     m->layers[l].wq.trainable = 1;
     cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
 }
 
-Test(memory_model, full_training_flash_and_chunked_loss) {
+Test(memory_model, full_training_flash_and_chunked_loss)
+{
     ftb_model *m = mm_model("tiny");
     train_all(m);
     ftb_run_opts o;
@@ -81,7 +87,8 @@ Test(memory_model, full_training_flash_and_chunked_loss) {
     ftb_model_free(m);
 }
 
-Test(memory_model, eager_attention_and_full_loss) {
+Test(memory_model, eager_attention_and_full_loss)
+{
     ftb_model *m = mm_model("tiny");
     train_all(m);
     ftb_run_opts o;
@@ -92,7 +99,8 @@ Test(memory_model, eager_attention_and_full_loss) {
     ftb_model_free(m);
 }
 
-Test(memory_model, frozen_base_trained_from_a_middle_block) {
+Test(memory_model, frozen_base_trained_from_a_middle_block)
+{
     ftb_model *m = mm_model("tiny");
     train_one_linear(m, m->cfg.n_layers - 1);
     ftb_run_opts o;
@@ -101,7 +109,8 @@ Test(memory_model, frozen_base_trained_from_a_middle_block) {
     ftb_model_free(m);
 }
 
-Test(memory_model, recomputed_and_offloaded_blocks) {
+Test(memory_model, recomputed_and_offloaded_blocks)
+{
     ftb_model *m = mm_model("tiny");
     for (int l = 0; l < m->cfg.n_layers; l++) m->layers[l].wv.trainable = 1;
     char err[FTB_ERR_LEN];
@@ -118,7 +127,8 @@ Test(memory_model, recomputed_and_offloaded_blocks) {
     ftb_model_free(m);
 }
 
-Test(memory_model, inference_forward) {
+Test(memory_model, inference_forward)
+{
     ftb_model *m = mm_model("tiny");
     ftb_run_opts o;
     ftb_run_opts_default(&o);
@@ -126,7 +136,8 @@ Test(memory_model, inference_forward) {
     ftb_model_free(m);
 }
 
-Test(memory_model, quantized_base_with_trained_norms) {
+Test(memory_model, quantized_base_with_trained_norms)
+{
     ftb_model *m = mm_model("tiny");
     char err[FTB_ERR_LEN];
     cr_assert_eq(ftb_model_quantize(m, "int4", 32, err, sizeof err), 0, "%s", err);
@@ -141,7 +152,8 @@ Test(memory_model, quantized_base_with_trained_norms) {
 
 /* The model must notice when the schedule changes: a method keeping more
  * than the core does (hook bytes) moves the prediction by exactly that. */
-Test(memory_model, hook_bytes_add_to_the_saved_peak) {
+Test(memory_model, hook_bytes_add_to_the_saved_peak)
+{
     ftb_model *m = mm_model("tiny");
     train_all(m);
     ftb_run_opts o;
@@ -164,7 +176,8 @@ Test(memory_model, hook_bytes_add_to_the_saved_peak) {
 /* One step of a plugin on the tiny model: the measured peak of the step
  * against what the harness would record as its prediction. */
 static void expect_method_prediction_within(const char *method, int n_opts, const char *const *keys,
-                                            const char *const *values, int ran_backward, double tolerance) {
+                                            const char *const *values, int ran_backward, double tolerance)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) cr_skip_test("FTBENCH_METHODS is set by make test");
     char path[4096], err[FTB_ERR_LEN] = "";
@@ -172,7 +185,7 @@ static void expect_method_prediction_within(const char *method, int n_opts, cons
     ftb_plugin plug;
     cr_assert_eq(ftb_plugin_open(path, &plug, err, sizeof err), 0, "%s", err);
     ftb_model *m = mm_model("tiny");
-    ftb_options opts = {n_opts, keys, values};
+    ftb_options opts = { n_opts, keys, values };
     ftb_session s;
     memset(&s, 0, sizeof s);
     s.model = m;
@@ -193,8 +206,8 @@ static void expect_method_prediction_within(const char *method, int n_opts, cons
     ftb_mem_get_stats(&st);
     double err_rel = (double)(st.peak_total - est.peak_total) / (double)st.peak_total;
     cr_expect(tolerance > 0 ? fabs(err_rel) <= tolerance : est.peak_total == st.peak_total,
-              "%s (%s): predicted peak %lld bytes (at %s), measured %lld", method, source,
-              (long long)est.peak_total, est.peak_phase, (long long)st.peak_total);
+              "%s (%s): predicted peak %lld bytes (at %s), measured %lld", method, source, (long long)est.peak_total,
+              est.peak_phase, (long long)st.peak_total);
     cr_expect_eq(est.saved_peak, st.peak[FTB_MEM_SAVED], "%s: saved peak predicted %lld, measured %lld", method,
                  (long long)est.saved_peak, (long long)st.peak[FTB_MEM_SAVED]);
     plug.method->destroy(state);
@@ -205,48 +218,54 @@ static void expect_method_prediction_within(const char *method, int n_opts, cons
 }
 
 /* Byte for byte. */
-static void expect_method_prediction(const char *method, int n_opts, const char *const *keys,
-                                     const char *const *values, int ran_backward) {
+static void expect_method_prediction(const char *method, int n_opts, const char *const *keys, const char *const *values,
+                                     int ran_backward)
+{
     expect_method_prediction_within(method, n_opts, keys, values, ran_backward, 0.0);
 }
 
-Test(memory_model, methods_full_lastk_lora_ia3) {
+Test(memory_model, methods_full_lastk_lora_ia3)
+{
     expect_method_prediction("full", 0, NULL, NULL, 1);
     expect_method_prediction("lastk", 0, NULL, NULL, 1);
     expect_method_prediction("lora", 0, NULL, NULL, 1);
-    const char *k[] = {"rank", "targets"}, *v[] = {"3", "q,v,down"};
+    const char *k[] = { "rank", "targets" }, *v[] = { "3", "q,v,down" };
     expect_method_prediction("lora", 2, k, v, 1);
-    const char *kd[] = {"dropout"}, *vd[] = {"0.05"};
+    const char *kd[] = { "dropout" }, *vd[] = { "0.05" };
     expect_method_prediction("lora", 1, kd, vd, 1);
     expect_method_prediction("ia3", 0, NULL, NULL, 1);
 }
 
-Test(memory_model, methods_gc_mebp_mesp) {
+Test(memory_model, methods_gc_mebp_mesp)
+{
     expect_method_prediction("gc", 0, NULL, NULL, 1);
-    const char *k[] = {"inner"}, *v1[] = {"ia3"}, *v2[] = {"full"};
+    const char *k[] = { "inner" }, *v1[] = { "ia3" }, *v2[] = { "full" };
     expect_method_prediction("gc", 1, k, v1, 1);
     expect_method_prediction("gc", 1, k, v2, 1);
     expect_method_prediction("mebp", 0, NULL, NULL, 1);
     expect_method_prediction("mesp", 0, NULL, NULL, 1);
 }
 
-Test(memory_model, zeroth_order_mezo_is_one_inference_forward) {
+Test(memory_model, zeroth_order_mezo_is_one_inference_forward)
+{
     expect_method_prediction("mezo", 0, NULL, NULL, 0);
-    const char *k[] = {"params"}, *v[] = {"lora"};
+    const char *k[] = { "params" }, *v[] = { "lora" };
     expect_method_prediction("mezo", 1, k, v, 0);
 }
 
 /* P-RGE leaves its hooks' transient products out of its model (documented):
  * within 0.5% on the tiny model, far less on real shapes. */
-Test(memory_model, zeroth_order_prge_is_one_forward_of_the_repeated_batch) {
+Test(memory_model, zeroth_order_prge_is_one_forward_of_the_repeated_batch)
+{
     expect_method_prediction_within("prge", 0, NULL, NULL, 0, 5e-3);
-    const char *k[] = {"queries", "dual"}, *v[] = {"2", "0"};
+    const char *k[] = { "queries", "dual" }, *v[] = { "2", "0" };
     expect_method_prediction_within("prge", 2, k, v, 0, 5e-3);
 }
 
 /* LARS leaves its hooks' transient buffers out of its model (documented). */
-Test(memory_model, lars_pooled_and_gated) {
+Test(memory_model, lars_pooled_and_gated)
+{
     expect_method_prediction_within("lars", 0, NULL, NULL, 1, 5e-3);
-    const char *k[] = {"variant"}, *v[] = {"gated"};
+    const char *k[] = { "variant" }, *v[] = { "gated" };
     expect_method_prediction_within("lars", 1, k, v, 1, 5e-3);
 }

@@ -11,7 +11,8 @@
 #include "ftbench.h"
 #include "plugin.h"
 
-static void open_method(const char *name, ftb_plugin *p) {
+static void open_method(const char *name, ftb_plugin *p)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) dir = "build/methods";
     char path[4096], err[FTB_ERR_LEN];
@@ -19,7 +20,8 @@ static void open_method(const char *name, ftb_plugin *p) {
     cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
 }
 
-static ftb_model *tiny_model(uint64_t seed) {
+static ftb_model *tiny_model(uint64_t seed)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     char err[FTB_ERR_LEN];
@@ -32,13 +34,15 @@ static ftb_model *tiny_model(uint64_t seed) {
     return m;
 }
 
-static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V) {
+static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
+{
     for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
     for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    return (ftb_batch){B, T, tokens, targets};
+    return (ftb_batch){ B, T, tokens, targets };
 }
 
-static ftb_session session_for(ftb_model *m, const ftb_options *o) {
+static ftb_session session_for(ftb_model *m, const ftb_options *o)
+{
     ftb_session s;
     memset(&s, 0, sizeof s);
     s.model = m;
@@ -54,12 +58,13 @@ static ftb_session session_for(ftb_model *m, const ftb_options *o) {
  * rule: with G = dL/dW', dB = s·G·Aᵀ and dA = s·Bᵀ·G.  G comes from the
  * core's own full backward (oracle-checked), so this checks LoRA's hand-
  * written backward independently of its forward. */
-Test(methods, lora_gradients_equal_the_merged_weight_chain_rule) {
+Test(methods, lora_gradients_equal_the_merged_weight_chain_rule)
+{
     ftb_plugin p;
     open_method("lora", &p);
     ftb_model *m = tiny_model(11), *merged = tiny_model(11);
-    const char *keys[] = {"rank", "alpha", "targets"}, *vals[] = {"3", "6", "q,v,o,down"};
-    ftb_options opts = {3, keys, vals};
+    const char *keys[] = { "rank", "alpha", "targets" }, *vals[] = { "3", "6", "q,v,o,down" };
+    ftb_options opts = { 3, keys, vals };
     ftb_session s = session_for(m, &opts);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -80,7 +85,7 @@ Test(methods, lora_gradients_equal_the_merged_weight_chain_rule) {
 
     /* merged model: W' = W + s·B·A, fully trainable */
     const float scale = 2.0f;
-    const int kinds[] = {FTB_LIN_Q, FTB_LIN_V, FTB_LIN_O, FTB_LIN_DOWN};
+    const int kinds[] = { FTB_LIN_Q, FTB_LIN_V, FTB_LIN_O, FTB_LIN_DOWN };
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < 4; k++) {
             ftb_tensor *A = params[2 * (l * 4 + k)], *B = params[2 * (l * 4 + k) + 1];
@@ -122,17 +127,18 @@ Test(methods, lora_gradients_equal_the_merged_weight_chain_rule) {
     ftb_plugin_close(&p);
 }
 
-Test(methods, lora_keeps_less_than_full_and_learns) {
+Test(methods, lora_keeps_less_than_full_and_learns)
+{
     ftb_plugin lora, full;
     open_method("lora", &lora);
     open_method("full", &full);
     int32_t tok[64], tgt[64];
     int64_t peak[2];
-    ftb_plugin *methods[2] = {&full, &lora};
+    ftb_plugin *methods[2] = { &full, &lora };
     for (int i = 0; i < 2; i++) {
         ftb_model *m = tiny_model(12);
         ftb_batch b = batch_of(tok, tgt, 1, 64, m->cfg.vocab_size);
-        ftb_options none = {0, NULL, NULL};
+        ftb_options none = { 0, NULL, NULL };
         ftb_session s = session_for(m, &none);
         s.lr = 1e-2f;
         char err[FTB_ERR_LEN] = "";
@@ -141,7 +147,7 @@ Test(methods, lora_keeps_less_than_full_and_learns) {
         ftb_mem_get_stats(&before);
         void *st = methods[i]->method->init(&s, err, sizeof err);
         cr_assert_not_null(st, "%s", err);
-        ftb_step_result r = {0}, first = {0};
+        ftb_step_result r = { 0 }, first = { 0 };
         for (int step = 0; step < 15; step++) {
             cr_assert_eq(methods[i]->method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
             if (step == 0) first = r;
@@ -159,12 +165,13 @@ Test(methods, lora_keeps_less_than_full_and_learns) {
     ftb_plugin_close(&full);
 }
 
-Test(methods, lastk_trains_only_its_blocks) {
+Test(methods, lastk_trains_only_its_blocks)
+{
     ftb_plugin p;
     open_method("lastk", &p);
     ftb_model *m = tiny_model(13);
-    const char *keys[] = {"k"}, *vals[] = {"1"};
-    ftb_options opts = {1, keys, vals};
+    const char *keys[] = { "k" }, *vals[] = { "1" };
+    ftb_options opts = { 1, keys, vals };
     ftb_session s = session_for(m, &opts);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -175,8 +182,8 @@ Test(methods, lastk_trains_only_its_blocks) {
         cr_expect_eq(m->params[i]->trainable, want, "%s trainable=%d", m->params[i]->name, m->params[i]->trainable);
     }
     p.method->destroy(st);
-    const char *bad[] = {"0"};
-    ftb_options bad_opts = {1, keys, bad};
+    const char *bad[] = { "0" };
+    ftb_options bad_opts = { 1, keys, bad };
     s.options = &bad_opts;
     err[0] = 0;
     cr_expect_null(p.method->init(&s, err, sizeof err));
@@ -185,17 +192,22 @@ Test(methods, lastk_trains_only_its_blocks) {
     ftb_plugin_close(&p);
 }
 
-Test(methods, lora_rejects_bad_options_clearly) {
+Test(methods, lora_rejects_bad_options_clearly)
+{
     ftb_plugin p;
     open_method("lora", &p);
     ftb_model *m = tiny_model(14);
-    struct { const char *key, *value, *expect; } cases[] = {
-        {"rank", "abc", "option rank"}, {"rank", "0", "option rank"}, {"targets", "q,zz", "unknown linear layer 'zz'"},
-        {"alpha", "1e999", "option alpha"},
+    struct {
+        const char *key, *value, *expect;
+    } cases[] = {
+        { "rank", "abc", "option rank" },
+        { "rank", "0", "option rank" },
+        { "targets", "q,zz", "unknown linear layer 'zz'" },
+        { "alpha", "1e999", "option alpha" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        const char *keys[] = {cases[i].key}, *vals[] = {cases[i].value};
-        ftb_options o = {1, keys, vals};
+        const char *keys[] = { cases[i].key }, *vals[] = { cases[i].value };
+        ftb_options o = { 1, keys, vals };
         ftb_session s = session_for(m, &o);
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(p.method->init(&s, err, sizeof err), "%s=%s accepted", cases[i].key, cases[i].value);
@@ -208,7 +220,8 @@ Test(methods, lora_rejects_bad_options_clearly) {
 /* ---- LoRA with PEFT's lora_dropout (option dropout) --------------------- */
 
 /* One training pass (dropout applies with this step's masks). */
-static float train_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o) {
+static float train_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o)
+{
     char err[FTB_ERR_LEN] = "";
     float l = ftb_model_forward_backward(m, b, o, err, sizeof err);
     cr_assert(isfinite(l), "%s", err);
@@ -221,14 +234,15 @@ static float train_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o)
  * weights (made trainable after init), whose gradients come through the
  * hooks' dx = (dh·A) ⊙ mask/(1 − p).  Also with blocks recomputed in
  * backward: the recomputed forward must draw the same masks. */
-static void lora_dropout_gradcheck(ftb_keep_policy keep) {
+static void lora_dropout_gradcheck(ftb_keep_policy keep)
+{
     ftb_plugin p;
     open_method("lora", &p);
     ftb_model *m = tiny_model(41);
-    const char *keys[] = {"rank", "alpha", "targets", "dropout"}, *vals[] = {"3", "6", "all", "0.3"};
-    ftb_options opts = {4, keys, vals};
+    const char *keys[] = { "rank", "alpha", "targets", "dropout" }, *vals[] = { "3", "6", "all", "0.3" };
+    ftb_options opts = { 4, keys, vals };
     ftb_session s = session_for(m, &opts);
-    ftb_keep_policy policy[2] = {keep, keep};
+    ftb_keep_policy policy[2] = { keep, keep };
     s.run.keep = policy;
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -239,9 +253,9 @@ static void lora_dropout_gradcheck(ftb_keep_policy keep) {
     ftb_rng_seed(&rng, 8);
     for (int i = 0; i < n; i++)
         for (int64_t j = 0; j < params[i]->numel; j++) params[i]->data[j] = 0.3f * ftb_rng_normal(&rng);
-    const char *norms[] = {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-                           "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight"};
-    ftb_tensor *check[8] = {params[0], params[1], params[n - 2], params[n - 1]};
+    const char *norms[] = { "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                            "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight" };
+    ftb_tensor *check[8] = { params[0], params[1], params[n - 2], params[n - 1] };
     for (int i = 0; i < 4; i++) {
         check[4 + i] = ftb_model_find(m, norms[i]);
         check[4 + i]->trainable = 1;
@@ -285,12 +299,13 @@ Test(methods, lora_dropout_gradients_match_finite_differences) { lora_dropout_gr
 Test(methods, lora_dropout_gradients_match_finite_differences_recomputed) { lora_dropout_gradcheck(FTB_KEEP_INPUT); }
 
 /* Saved-activation peak of one training pass of lora with the given dropout. */
-static int64_t lora_saved_peak(const char *dropout, const ftb_batch *b) {
+static int64_t lora_saved_peak(const char *dropout, const ftb_batch *b)
+{
     ftb_plugin p;
     open_method("lora", &p);
     ftb_model *m = tiny_model(42);
-    const char *keys[] = {"rank", "targets", "dropout"}, *vals[] = {"4", "all", dropout};
-    ftb_options opts = {3, keys, vals};
+    const char *keys[] = { "rank", "targets", "dropout" }, *vals[] = { "4", "all", dropout };
+    ftb_options opts = { 3, keys, vals };
     ftb_session s = session_for(m, &opts);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -311,12 +326,13 @@ static int64_t lora_saved_peak(const char *dropout, const ftb_batch *b) {
  * (4 bytes) and mask (1 byte), while the shared inputs the core kept for
  * dA (ln1, ln2, the SwiGLU output h) are no longer needed.  Per token and
  * layer, all 7 linears: 5·Σin − 4·(2D + F) bytes more; exact, at two lengths. */
-Test(methods, lora_dropout_saved_bytes_grow_by_the_expected_amount) {
+Test(methods, lora_dropout_saved_bytes_grow_by_the_expected_amount)
+{
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     const int64_t sum_in = 5 * (int64_t)cfg.dim + (int64_t)cfg.n_heads * cfg.head_dim + cfg.ffn_dim;
     const int64_t per_token = (int64_t)cfg.n_layers * (5 * sum_in - 4 * (2 * (int64_t)cfg.dim + cfg.ffn_dim));
-    const int Ts[2] = {32, 128};
+    const int Ts[2] = { 32, 128 };
     for (int i = 0; i < 2; i++) {
         const int B = 2, T = Ts[i];
         int32_t *tok = malloc(sizeof(int32_t) * B * T), *tgt = malloc(sizeof(int32_t) * B * T);
@@ -331,14 +347,15 @@ Test(methods, lora_dropout_saved_bytes_grow_by_the_expected_amount) {
 
 /* Inference is dropout-free; a training pass repeats its masks within a
  * step and draws new ones the next step; rate 1 is refused. */
-Test(methods, lora_dropout_masks_and_inference) {
+Test(methods, lora_dropout_masks_and_inference)
+{
     ftb_plugin p;
     open_method("lora", &p);
     ftb_model *m = tiny_model(43), *ref = tiny_model(43);
-    const char *keys[] = {"rank", "dropout"}, *vals[] = {"4", "0.5"};
-    ftb_options opts = {2, keys, vals};
-    const char *ref_vals[] = {"4", "0"};
-    ftb_options ref_opts = {2, keys, ref_vals};
+    const char *keys[] = { "rank", "dropout" }, *vals[] = { "4", "0.5" };
+    ftb_options opts = { 2, keys, vals };
+    const char *ref_vals[] = { "4", "0" };
+    ftb_options ref_opts = { 2, keys, ref_vals };
     ftb_session s = session_for(m, &opts), rs = session_for(ref, &ref_opts);
     s.lr = rs.lr = 0.0f; /* steps change nothing but the masks */
     char err[FTB_ERR_LEN] = "";
@@ -351,22 +368,24 @@ Test(methods, lora_dropout_masks_and_inference) {
     ftb_rng rng;
     ftb_rng_seed(&rng, 9);
     for (int i = 0; i < n; i++)
-        for (int64_t j = 0; j < params[i]->numel; j++) rparams[i]->data[j] = params[i]->data[j] = 0.3f * ftb_rng_normal(&rng);
+        for (int64_t j = 0; j < params[i]->numel; j++)
+            rparams[i]->data[j] = params[i]->data[j] = 0.3f * ftb_rng_normal(&rng);
     int32_t tok[2 * 16], tgt[2 * 16];
     ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
-    float inf = ftb_model_forward(m, &b, &s.run, err, sizeof err), inf_ref = ftb_model_forward(ref, &b, &rs.run, err, sizeof err);
+    float inf = ftb_model_forward(m, &b, &s.run, err, sizeof err),
+          inf_ref = ftb_model_forward(ref, &b, &rs.run, err, sizeof err);
     cr_expect_eq(inf, inf_ref, "inference with dropout 0.5: %f, without: %f", inf, inf_ref);
     float l1 = train_loss(m, &b, &s.run), l2 = train_loss(m, &b, &s.run);
     cr_expect_eq(l1, l2, "same step, different masks: %f vs %f", l1, l2);
     cr_expect_neq(l1, train_loss(ref, &b, &rs.run), "dropout 0.5 changed nothing");
-    ftb_step_result r1 = {0}, r2 = {0};
+    ftb_step_result r1 = { 0 }, r2 = { 0 };
     cr_assert_eq(p.method->step(st, &s, &b, &r1, err, sizeof err), 0, "%s", err);
     cr_assert_eq(p.method->step(st, &s, &b, &r2, err, sizeof err), 0, "%s", err);
     cr_expect_neq(r1.loss, r2.loss, "two steps drew the same masks");
     p.method->destroy(st);
     p.method->destroy(rst);
-    const char *bad[] = {"4", "1"};
-    ftb_options bad_opts = {2, keys, bad};
+    const char *bad[] = { "4", "1" };
+    ftb_options bad_opts = { 2, keys, bad };
     ftb_session bs = session_for(m, &bad_opts);
     err[0] = 0;
     cr_expect_null(p.method->init(&bs, err, sizeof err));

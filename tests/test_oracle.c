@@ -23,8 +23,8 @@
 
 #include "ftbench.h"
 
-#define ORACLE_REL_TOL 1e-4   /* per-tensor relative tolerance           */
-#define ORACLE_LOSS_TOL 1e-5  /* relative, on loss and seq_loss          */
+#define ORACLE_REL_TOL  1e-4 /* per-tensor relative tolerance           */
+#define ORACLE_LOSS_TOL 1e-5 /* relative, on loss and seq_loss          */
 
 static const char *oracle_dir(void)
 {
@@ -40,7 +40,7 @@ typedef struct {
     int ndim;
     int64_t shape[4];
     int64_t numel;
-    void *data;          /* points into buf                                 */
+    void *data; /* points into buf                                 */
 } st_entry;
 
 typedef struct {
@@ -60,7 +60,10 @@ static int st_open(st_file *f, const char *path, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
     FILE *fp = fopen(path, "rb");
-    if (!fp) { snprintf(err, errlen, "cannot open %s", path); return -1; }
+    if (!fp) {
+        snprintf(err, errlen, "cannot open %s", path);
+        return -1;
+    }
     fseek(fp, 0, SEEK_END);
     long sz = ftell(fp);
     fseek(fp, 0, SEEK_SET);
@@ -92,7 +95,8 @@ static int st_open(st_file *f, const char *path, char *err, size_t errlen)
     f->e = calloc(json_object_size(h) + 1, sizeof *f->e);
     const char *key;
     json_t *v;
-    json_object_foreach(h, key, v) {
+    json_object_foreach(h, key, v)
+    {
         if (!strcmp(key, "__metadata__")) continue;
         st_entry *e = &f->e[f->n];
         snprintf(e->name, sizeof e->name, "%s", key);
@@ -123,8 +127,7 @@ static int st_open(st_file *f, const char *path, char *err, size_t errlen)
 static const st_entry *st_get(const st_file *f, const char *name, const char *dtype)
 {
     for (int i = 0; i < f->n; i++)
-        if (!strcmp(f->e[i].name, name))
-            return strcmp(f->e[i].dtype, dtype) ? NULL : &f->e[i];
+        if (!strcmp(f->e[i].name, name)) return strcmp(f->e[i].dtype, dtype) ? NULL : &f->e[i];
     return NULL;
 }
 
@@ -176,15 +179,11 @@ static void fixture_free(fixture *fx)
     free(fx->seq_loss);
 }
 
-static double rel_err(float a, float b)
-{
-    return fabs((double)a - (double)b) / fmax(fabs((double)b), 1e-6);
-}
+static double rel_err(float a, float b) { return fabs((double)a - (double)b) / fmax(fabs((double)b), 1e-6); }
 
 /* Compares every parameter gradient with scale * oracle; returns the worst
  * relative error and its tensor name.  Fails on a missing or extra tensor. */
-static double compare_grads(ftb_model *m, const fixture *fx, double scale,
-                            char *worst_name, size_t wlen)
+static double compare_grads(ftb_model *m, const fixture *fx, double scale, char *worst_name, size_t wlen)
 {
     double worst = 0;
     int matched = 0;
@@ -200,14 +199,14 @@ static double compare_grads(ftb_model *m, const fixture *fx, double scale,
             continue;
         }
         cr_assert(e, "parameter %s has no oracle gradient", t->name);
-        cr_assert_eq(e->numel, t->numel, "%s: numel %lld vs oracle %lld", t->name,
-                     (long long)t->numel, (long long)e->numel);
+        cr_assert_eq(e->numel, t->numel, "%s: numel %lld vs oracle %lld", t->name, (long long)t->numel,
+                     (long long)e->numel);
         cr_assert(t->grad, "%s: no grad after ftb_model_alloc_grads", t->name);
         double maxref = 0, maxdiff = 0;
         for (int64_t j = 0; j < t->numel; j++) {
             double ref = scale * st_f32(e, j);
             double d = fabs((double)t->grad[j] - ref);
-            if (!(d <= maxdiff)) maxdiff = d;   /* NaN propagates */
+            if (!(d <= maxdiff)) maxdiff = d; /* NaN propagates */
             if (fabs(ref) > maxref) maxref = fabs(ref);
         }
         double r = maxdiff / fmax(maxref, 1e-6);
@@ -220,8 +219,7 @@ static double compare_grads(ftb_model *m, const fixture *fx, double scale,
     int expected_grads = 0;
     for (int i = 0; i < fx->exp.n; i++)
         if (!strncmp(fx->exp.e[i].name, "grad.", 5)) expected_grads++;
-    cr_assert_eq(matched, expected_grads, "model has %d parameters with grads, oracle has %d",
-                 matched, expected_grads);
+    cr_assert_eq(matched, expected_grads, "model has %d parameters with grads, oracle has %d", matched, expected_grads);
     return worst;
 }
 
@@ -246,7 +244,7 @@ static void run_case(const char *case_name, ftb_attention_impl attn, ftb_loss_mo
     ftb_run_opts_default(&o);
     o.attention = attn;
     o.loss = lm;
-    o.loss_chunk_rows = 3;   /* B*T is 9 or 14: several chunks, a ragged last one */
+    o.loss_chunk_rows = 3; /* B*T is 9 or 14: several chunks, a ragged last one */
     o.seq_loss = sl;
 
     const char *tag_fmt = "[%s %s/%s map=%d] ";
@@ -255,8 +253,8 @@ static void run_case(const char *case_name, ftb_attention_impl attn, ftb_loss_mo
 
     float loss = ftb_model_forward_backward(m, &b, &o, err, sizeof err);
     cr_assert(isfinite(loss), "%sforward_backward: %s", tag, err);
-    cr_expect(rel_err(loss, fx.loss) <= ORACLE_LOSS_TOL, "%sloss %.8g vs oracle %.8g (rel %.3g)",
-              tag, loss, fx.loss, rel_err(loss, fx.loss));
+    cr_expect(rel_err(loss, fx.loss) <= ORACLE_LOSS_TOL, "%sloss %.8g vs oracle %.8g (rel %.3g)", tag, loss, fx.loss,
+              rel_err(loss, fx.loss));
     for (int i = 0; i < fx.B; i++)
         cr_expect(rel_err(sl[i], fx.seq_loss[i]) <= ORACLE_LOSS_TOL,
                   "%sforward_backward seq_loss[%d] %.8g vs oracle %.8g", tag, i, sl[i], fx.seq_loss[i]);
@@ -265,8 +263,7 @@ static void run_case(const char *case_name, ftb_attention_impl attn, ftb_loss_mo
     double r = compare_grads(m, &fx, 1.0, worst, sizeof worst);
     cr_expect(r <= ORACLE_REL_TOL, "%sgradients: worst relative error %.3g in %s", tag, r, worst);
     if (getenv("FTBENCH_ORACLE_VERBOSE"))
-        fprintf(stderr, "%sloss rel err %.2e, worst grad rel err %.2e in %s\n", tag,
-                rel_err(loss, fx.loss), r, worst);
+        fprintf(stderr, "%sloss rel err %.2e, worst grad rel err %.2e in %s\n", tag, rel_err(loss, fx.loss), r, worst);
 
     float **snap = calloc(m->n_params, sizeof *snap);
     for (int i = 0; i < m->n_params; i++) {
@@ -280,11 +277,10 @@ static void run_case(const char *case_name, ftb_attention_impl attn, ftb_loss_mo
     memset(sl, 0, sizeof(float) * fx.B);
     float floss = ftb_model_forward(m, &b, &o, err, sizeof err);
     cr_assert(isfinite(floss), "%sforward: %s", tag, err);
-    cr_expect(rel_err(floss, fx.loss) <= ORACLE_LOSS_TOL, "%sforward loss %.8g vs oracle %.8g",
-              tag, floss, fx.loss);
+    cr_expect(rel_err(floss, fx.loss) <= ORACLE_LOSS_TOL, "%sforward loss %.8g vs oracle %.8g", tag, floss, fx.loss);
     for (int i = 0; i < fx.B; i++)
-        cr_expect(rel_err(sl[i], fx.seq_loss[i]) <= ORACLE_LOSS_TOL,
-                  "%sforward seq_loss[%d] %.8g vs oracle %.8g", tag, i, sl[i], fx.seq_loss[i]);
+        cr_expect(rel_err(sl[i], fx.seq_loss[i]) <= ORACLE_LOSS_TOL, "%sforward seq_loss[%d] %.8g vs oracle %.8g", tag,
+                  i, sl[i], fx.seq_loss[i]);
     /* forward must leave the gradients exactly as they were */
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
@@ -300,11 +296,8 @@ static void run_case(const char *case_name, ftb_attention_impl attn, ftb_loss_mo
     fixture_free(&fx);
 }
 
-#define ORACLE_CASE(cname, attn, lm)                                         \
-    Test(oracle, cname##_##attn##_##lm)                                      \
-    {                                                                        \
-        run_case(#cname, FTB_ATTN_##attn, FTB_LOSS_##lm, 1);                 \
-    }
+#define ORACLE_CASE(cname, attn, lm) \
+    Test(oracle, cname##_##attn##_##lm) { run_case(#cname, FTB_ATTN_##attn, FTB_LOSS_##lm, 1); }
 
 ORACLE_CASE(gqa_bias, FLASH, CHUNKED)
 ORACLE_CASE(gqa_bias, FLASH, FULL)
@@ -320,14 +313,8 @@ ORACLE_CASE(gqa_bias_bf16, EAGER, CHUNKED)
 ORACLE_CASE(gqa_bias_bf16, EAGER, FULL)
 
 /* Owned (not memory-mapped) F32 weights take the same path to the same numbers. */
-Test(oracle, gqa_bias_unmapped)
-{
-    run_case("gqa_bias", FTB_ATTN_FLASH, FTB_LOSS_CHUNKED, 0);
-}
-Test(oracle, tied_mha_unmapped)
-{
-    run_case("tied_mha", FTB_ATTN_EAGER, FTB_LOSS_FULL, 0);
-}
+Test(oracle, gqa_bias_unmapped) { run_case("gqa_bias", FTB_ATTN_FLASH, FTB_LOSS_CHUNKED, 0); }
+Test(oracle, tied_mha_unmapped) { run_case("tied_mha", FTB_ATTN_EAGER, FTB_LOSS_FULL, 0); }
 
 /* Gradients accumulate: two forward_backward calls without zeroing give
  * twice the oracle gradient; zero_grads resets them. */
@@ -345,8 +332,7 @@ Test(oracle, grads_accumulate)
     ftb_batch b = { .B = fx.B, .T = fx.T, .tokens = fx.tokens, .targets = fx.targets };
     ftb_run_opts o;
     ftb_run_opts_default(&o);
-    for (int k = 0; k < 2; k++)
-        cr_assert(isfinite(ftb_model_forward_backward(m, &b, &o, err, sizeof err)), "%s", err);
+    for (int k = 0; k < 2; k++) cr_assert(isfinite(ftb_model_forward_backward(m, &b, &o, err, sizeof err)), "%s", err);
     char worst[256];
     double r = compare_grads(m, &fx, 2.0, worst, sizeof worst);
     cr_expect(r <= ORACLE_REL_TOL, "accumulated gradients: worst relative error %.3g in %s", r, worst);

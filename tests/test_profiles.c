@@ -13,22 +13,21 @@
 #include "ftbench.h"
 #include "profile.h"
 
-static const char *good =
-    "# a comment\n"
-    "name = testdev\n"
-    "alias = td, tdev\n"
-    "description = A test device\n"
-    "arch = aarch64\n"
-    "cores = 4\n"
-    "source_cores = a data sheet\n"
-    "ram_mb = 2048\n"
-    "source_ram_mb = a data sheet\n"
-    "usable_fraction = 0.5\n"
-    "source_usable_fraction = an assumption\n"
-    "mem_bandwidth_gbs = 10\n"
-    "source_mem_bandwidth_gbs = derived\n"
-    "peak_gflops_fp32 = unknown\n"
-    "default_model = tiny\n";
+static const char *good = "# a comment\n"
+                          "name = testdev\n"
+                          "alias = td, tdev\n"
+                          "description = A test device\n"
+                          "arch = aarch64\n"
+                          "cores = 4\n"
+                          "source_cores = a data sheet\n"
+                          "ram_mb = 2048\n"
+                          "source_ram_mb = a data sheet\n"
+                          "usable_fraction = 0.5\n"
+                          "source_usable_fraction = an assumption\n"
+                          "mem_bandwidth_gbs = 10\n"
+                          "source_mem_bandwidth_gbs = derived\n"
+                          "peak_gflops_fp32 = unknown\n"
+                          "default_model = tiny\n";
 
 Test(profiles, parses_a_good_profile)
 {
@@ -66,8 +65,7 @@ static char *variant(const char *key, const char *repl)
         }
         line += len;
     }
-    if (repl && key == NULL && !strstr(buf, repl))
-        strcat(buf, repl);
+    if (repl && key == NULL && !strstr(buf, repl)) strcat(buf, repl);
     return buf;
 }
 
@@ -120,12 +118,11 @@ Test(profiles, repository_profiles_load_and_use_zoo_models)
     int n;
     char err[512];
     cr_assert_eq(ftb_profiles_load_dir("profiles", &list, &n, err, sizeof err), 0, "%s", err);
-    const char *required[] = { "host", "rpi5-4gb", "rpi5-8gb", "rpi4-4gb", "jetson-orin-nano-8gb", "pixel-8",
-                               "iphone-15-pro", "laptop-16gb", NULL };
+    const char *required[] = { "host",    "rpi5-4gb",      "rpi5-8gb",    "rpi4-4gb", "jetson-orin-nano-8gb",
+                               "pixel-8", "iphone-15-pro", "laptop-16gb", NULL };
     for (int r = 0; required[r]; r++) {
         int found = 0;
-        for (int i = 0; i < n; i++)
-            found |= !strcmp(list[i].name, required[r]);
+        for (int i = 0; i < n; i++) found |= !strcmp(list[i].name, required[r]);
         cr_expect(found, "no profile %s", required[r]);
     }
     for (int i = 0; i < n; i++) {

@@ -25,19 +25,21 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *FORMATS[] = {"bf16", "f16", "int8", "int4", "int4-asym"};
+static const char *FORMATS[] = { "bf16", "f16", "int8", "int4", "int4-asym" };
 #define N_FORMATS 5
 
 /* Every width a multiple of 128, so groups of 32, 64 and 128 all fit. */
-static ftb_config qcfg(int tied) {
-    ftb_config c = {"quant-test", 96, 128, 2, 4, 2, 32, 256, 64, 10000.f, 1e-6f, 1, 0};
+static ftb_config qcfg(int tied)
+{
+    ftb_config c = { "quant-test", 96, 128, 2, 4, 2, 32, 256, 64, 10000.f, 1e-6f, 1, 0 };
     c.tie_embeddings = tied;
     return c;
 }
 
 /* Weights of std 0.2 (×10 the seeded 0.02), so that gradients and errors are
  * well above fp32 rounding. */
-static ftb_model *qmodel(int tied, uint64_t seed) {
+static ftb_model *qmodel(int tied, uint64_t seed)
+{
     ftb_config c = qcfg(tied);
     char err[FTB_ERR_LEN] = "";
     ftb_model *m = ftb_model_create(&c, seed, err, sizeof err);
@@ -48,7 +50,8 @@ static ftb_model *qmodel(int tied, uint64_t seed) {
     return m;
 }
 
-static void quantize_or_die(ftb_model *m, const char *fmt, int group, int embeddings) {
+static void quantize_or_die(ftb_model *m, const char *fmt, int group, int embeddings)
+{
     char err[FTB_ERR_LEN] = "";
     cr_assert_eq(ftb_model_quantize(m, fmt, group, err, sizeof err), 0, "%s", err);
     if (embeddings) cr_assert_eq(ftb_model_quantize_embeddings(m, fmt, group, err, sizeof err), 0, "%s", err);
@@ -59,13 +62,15 @@ typedef struct {
     ftb_batch b;
 } qbatch;
 
-static void make_batch(qbatch *q, int V, uint64_t seed) {
+static void make_batch(qbatch *q, int V, uint64_t seed)
+{
     for (int i = 0; i < 48; i++) q->tok[i] = (int32_t)((i * 37 + seed * 11 + 5) % (uint64_t)V);
     for (int i = 0; i < 48; i++) q->tgt[i] = (i + 1) % 24 ? q->tok[i + 1] : FTB_IGNORE_INDEX;
-    q->b = (ftb_batch){2, 24, q->tok, q->tgt};
+    q->b = (ftb_batch){ 2, 24, q->tok, q->tgt };
 }
 
-static float loss_of(ftb_model *m, const ftb_batch *b) {
+static float loss_of(ftb_model *m, const ftb_batch *b)
+{
     char err[FTB_ERR_LEN] = "";
     float l = ftb_model_forward(m, b, NULL, err, sizeof err);
     cr_assert(!isnan(l), "%s", err);
@@ -73,7 +78,8 @@ static float loss_of(ftb_model *m, const ftb_batch *b) {
 }
 
 /* A copy of m with every weight dequantized to fp32. */
-static ftb_model *dequantized_copy(const ftb_model *m) {
+static ftb_model *dequantized_copy(const ftb_model *m)
+{
     char err[FTB_ERR_LEN] = "";
     ftb_model *c = ftb_model_create(&m->cfg, 1, err, sizeof err);
     cr_assert_not_null(c, "%s", err);
@@ -86,7 +92,8 @@ static ftb_model *dequantized_copy(const ftb_model *m) {
 
 /* ---- an independent decoder of the documented layouts -------------------- */
 
-static float ref_value(const ftb_tensor *t, int64_t r, int64_t c) {
+static float ref_value(const ftb_tensor *t, int64_t r, int64_t c)
+{
     const ftb_qstore *q = t->quant;
     const int64_t C = q->cols;
     switch (q->dtype) {
@@ -107,42 +114,53 @@ static float ref_value(const ftb_tensor *t, int64_t r, int64_t c) {
 }
 
 /* Per-element error bound of the stored value of w at (r, c). */
-static double bound_of(const ftb_tensor *t, int64_t r, int64_t c, float w) {
+static double bound_of(const ftb_tensor *t, int64_t r, int64_t c, float w)
+{
     const ftb_qstore *q = t->quant;
     const int64_t C = q->cols;
     double a = fabs((double)w);
     switch (q->dtype) {
-    case FTB_DTYPE_BF16: return ldexp(a, -8) + 1e-38;          /* half an ulp of 8 significant bits */
+    case FTB_DTYPE_BF16: return ldexp(a, -8) + 1e-38;                /* half an ulp of 8 significant bits */
     case FTB_DTYPE_F16: return fmax(ldexp(a, -11), ldexp(1.0, -25)); /* 11 bits; subnormal step 2^-24 */
     case FTB_DTYPE_INT8: return ((const float *)q->scales)[r] / 2 * (1 + 1e-6) + 1e-7 * a;
     default: {
         const int64_t g = c / q->group;
         double s = ckpt_f16_value(((const uint16_t *)q->scales)[r * (C / q->group) + g]);
         double z = q->zeros ? fabs(ckpt_f16_value(((const uint16_t *)q->zeros)[r * (C / q->group) + g])) : 0;
-        return s / 2 * (1 + 1e-6) + 2e-7 * (a + z + 16 * s);  /* + fp32 rounding of the dequantization */
+        return s / 2 * (1 + 1e-6) + 2e-7 * (a + z + 16 * s); /* + fp32 rounding of the dequantization */
     }
     }
 }
 
 /* A [rows, cols] fp32 tensor with awkward groups: all zero, constant,
  * negative only, positive only, one outlier, tiny, and a normal spread. */
-static void fill_awkward(float *w, int64_t rows, int64_t cols, uint64_t seed) {
+static void fill_awkward(float *w, int64_t rows, int64_t cols, uint64_t seed)
+{
     ftb_fill_normal(w, rows * cols, 0.5f, seed);
     for (int64_t r = 0; r < rows; r++) {
         float *x = w + r * cols;
         switch (r % 8) {
         case 0: memset(x, 0, sizeof(float) * (size_t)cols); break;
-        case 1: for (int64_t i = 0; i < cols; i++) x[i] = 0.37f; break;
-        case 2: for (int64_t i = 0; i < cols; i++) x[i] = -fabsf(x[i]) - 0.1f; break;
-        case 3: for (int64_t i = 0; i < cols; i++) x[i] = fabsf(x[i]); break;
+        case 1:
+            for (int64_t i = 0; i < cols; i++) x[i] = 0.37f;
+            break;
+        case 2:
+            for (int64_t i = 0; i < cols; i++) x[i] = -fabsf(x[i]) - 0.1f;
+            break;
+        case 3:
+            for (int64_t i = 0; i < cols; i++) x[i] = fabsf(x[i]);
+            break;
         case 4: x[cols / 3] = 40.0f; break;
-        case 5: for (int64_t i = 0; i < cols; i++) x[i] *= 1e-5f; break;
+        case 5:
+            for (int64_t i = 0; i < cols; i++) x[i] *= 1e-5f;
+            break;
         default: break;
         }
     }
 }
 
-Test(quant, formats_have_names_and_sizes) {
+Test(quant, formats_have_names_and_sizes)
+{
     for (int d = 0; d < FTB_DTYPE_COUNT; d++)
         cr_expect_eq(ftb_dtype_parse(ftb_dtype_name((ftb_dtype)d)), d, "%s", ftb_dtype_name((ftb_dtype)d));
     cr_expect_eq(ftb_dtype_parse("fp16"), FTB_DTYPE_F16);
@@ -160,8 +178,9 @@ Test(quant, formats_have_names_and_sizes) {
 
 /* The stored codes decode (by the layout alone) to exactly what the core
  * computes with, and every element is within its format's bound. */
-Test(quant, dequantization_matches_the_layout_within_the_bound) {
-    const int groups[] = {32, 64, 128};
+Test(quant, dequantization_matches_the_layout_within_the_bound)
+{
+    const int groups[] = { 32, 64, 128 };
     for (int f = 0; f < N_FORMATS; f++)
         for (int gi = 0; gi < 3; gi++) {
             int is4 = !strncmp(FORMATS[f], "int4", 4);
@@ -206,7 +225,8 @@ Test(quant, dequantization_matches_the_layout_within_the_bound) {
         }
 }
 
-Test(quant, half_formats_round_to_nearest_even_and_saturate) {
+Test(quant, half_formats_round_to_nearest_even_and_saturate)
+{
     /* bf16: 1 + 2^-8 is a tie between 1 and 1 + 2^-7: even is 1 */
     cr_expect_eq(ftb_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
     cr_expect_eq(ftb_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
@@ -229,7 +249,8 @@ Test(quant, half_formats_round_to_nearest_even_and_saturate) {
 
 /* ---- round trips ---------------------------------------------------------- */
 
-static void assert_same_storage(const ftb_tensor *a, const ftb_tensor *b) {
+static void assert_same_storage(const ftb_tensor *a, const ftb_tensor *b)
+{
     cr_assert_eq(a->dtype, b->dtype, "%s: dtype %d vs %d", a->name, a->dtype, b->dtype);
     cr_assert_eq(a->group, b->group, "%s: group", a->name);
     if (a->dtype == FTB_DTYPE_F32) {
@@ -237,14 +258,15 @@ static void assert_same_storage(const ftb_tensor *a, const ftb_tensor *b) {
         return;
     }
     const ftb_qstore *p = a->quant, *q = b->quant;
-    const void *pa[3] = {p->q, p->scales, p->zeros}, *pb[3] = {q->q, q->scales, q->zeros};
+    const void *pa[3] = { p->q, p->scales, p->zeros }, *pb[3] = { q->q, q->scales, q->zeros };
     for (int k = 0; k < 3; k++) {
         size_t n = qstore_part_bytes(p->dtype, p->rows, p->cols, p->group, k);
         if (n) cr_assert_eq(memcmp(pa[k], pb[k], n), 0, "%s: part %d differs", a->name, k);
     }
 }
 
-Test(quant, roundtrip_every_format_same_bytes_and_loss) {
+Test(quant, roundtrip_every_format_same_bytes_and_loss)
+{
     for (int tied = 0; tied <= 1; tied++)
         for (int f = 0; f < N_FORMATS; f++) {
             int group = !strcmp(FORMATS[f], "int4") ? 32 : 128;
@@ -279,7 +301,8 @@ Test(quant, roundtrip_every_format_same_bytes_and_loss) {
 
 /* Quantizing while loading an fp32 (or bf16) checkpoint is the same as
  * quantizing in memory, and never holds the whole model in fp32. */
-Test(quant, load_quantized_equals_quantize_in_memory) {
+Test(quant, load_quantized_equals_quantize_in_memory)
+{
     ftb_model *m = qmodel(0, 6);
     char *dir = ckpt_tmpdir(), err[FTB_ERR_LEN] = "";
     cr_assert_eq(ftb_model_save(m, dir, err, sizeof err), 0, "%s", err);
@@ -301,8 +324,8 @@ Test(quant, load_quantized_equals_quantize_in_memory) {
         if (!map)
             cr_expect_leq(after.peak[FTB_MEM_WEIGHTS] - before.live[FTB_MEM_WEIGHTS], quantized + biggest,
                           "peak weights %lld while loading: more than the quantized model %lld + one fp32 tensor %lld",
-                          (long long)(after.peak[FTB_MEM_WEIGHTS] - before.live[FTB_MEM_WEIGHTS]),
-                          (long long)quantized, (long long)biggest);
+                          (long long)(after.peak[FTB_MEM_WEIGHTS] - before.live[FTB_MEM_WEIGHTS]), (long long)quantized,
+                          (long long)biggest);
         cr_expect_eq(ftb_model_quant_errors(l, NULL, 0), 2 * 7 + 2);
         ftb_model_free(l);
     }
@@ -350,12 +373,13 @@ Test(quant, load_quantized_equals_quantize_in_memory) {
     ftb_model_free(m);
 }
 
-Test(quant, safetensors_write_gives_fp32_values_of_a_quantized_tensor) {
+Test(quant, safetensors_write_gives_fp32_values_of_a_quantized_tensor)
+{
     ftb_model *m = qmodel(0, 7);
     quantize_or_die(m, "int4", 64, 0);
     char *dir = ckpt_tmpdir(), path[4096], err[FTB_ERR_LEN] = "";
     ckpt_path(path, sizeof path, dir, "w.safetensors");
-    ftb_tensor *list[] = {&m->layers[1].wo};
+    ftb_tensor *list[] = { &m->layers[1].wo };
     cr_assert_eq(ftb_safetensors_write(path, list, 1, err, sizeof err), 0, "%s", err);
     ftb_st_file f;
     cr_assert_eq(ftb_st_open(path, &f, err, sizeof err), 0, "%s", err);
@@ -373,7 +397,8 @@ Test(quant, safetensors_write_gives_fp32_values_of_a_quantized_tensor) {
 
 /* ---- what is refused ------------------------------------------------------ */
 
-Test(quant, bad_requests_name_the_tensor) {
+Test(quant, bad_requests_name_the_tensor)
+{
     ftb_model *m = qmodel(0, 8);
     char err[FTB_ERR_LEN] = "";
     cr_expect_eq(ftb_model_quantize(m, "int4", 48, err, sizeof err), -1);
@@ -409,7 +434,8 @@ typedef struct {
     size_t data_len;
 } st_parts;
 
-static void read_parts(const char *path, st_parts *p) {
+static void read_parts(const char *path, st_parts *p)
+{
     FILE *fp = fopen(path, "rb");
     cr_assert_not_null(fp, "%s", path);
     unsigned char len8[8];
@@ -431,7 +457,8 @@ static void read_parts(const char *path, st_parts *p) {
     fclose(fp);
 }
 
-static void write_parts(const char *path, st_parts *p) {
+static void write_parts(const char *path, st_parts *p)
+{
     char *text = json_dumps(p->header, JSON_COMPACT | JSON_PRESERVE_ORDER);
     size_t n = strlen(text), padded = (n + 7) & ~(size_t)7;
     char *h = malloc(padded);
@@ -445,7 +472,8 @@ static void write_parts(const char *path, st_parts *p) {
 }
 
 /* A saved quantized model whose file the caller then breaks. */
-static char *quantized_checkpoint(const char *fmt, int group, char *path, size_t len) {
+static char *quantized_checkpoint(const char *fmt, int group, char *path, size_t len)
+{
     ftb_model *m = qmodel(0, 9);
     quantize_or_die(m, fmt, group, 0);
     char *dir = ckpt_tmpdir(), err[FTB_ERR_LEN] = "";
@@ -455,7 +483,8 @@ static char *quantized_checkpoint(const char *fmt, int group, char *path, size_t
     return dir;
 }
 
-static void expect_load_error(const char *dir, const char *path, const char *tensor, const char *what) {
+static void expect_load_error(const char *dir, const char *path, const char *tensor, const char *what)
+{
     for (int map = 0; map <= 1; map++) {
         char err[FTB_ERR_LEN] = "";
         ftb_model *m = ftb_model_load(dir, map, err, sizeof err);
@@ -470,7 +499,8 @@ static void expect_load_error(const char *dir, const char *path, const char *ten
 
 #define QNAME "model.layers.1.self_attn.q_proj.weight"
 
-Test(quant, malformed_scales_missing) {
+Test(quant, malformed_scales_missing)
+{
     char path[4096];
     char *dir = quantized_checkpoint("int4", 64, path, sizeof path);
     st_parts p;
@@ -481,7 +511,8 @@ Test(quant, malformed_scales_missing) {
     ckpt_rm_rf(dir);
 }
 
-Test(quant, malformed_zeros_missing_or_wrong_dtype) {
+Test(quant, malformed_zeros_missing_or_wrong_dtype)
+{
     char path[4096];
     char *dir = quantized_checkpoint("int4-asym", 32, path, sizeof path);
     st_parts p;
@@ -502,7 +533,8 @@ Test(quant, malformed_zeros_missing_or_wrong_dtype) {
     ckpt_rm_rf(dir);
 }
 
-Test(quant, malformed_group_does_not_divide_the_row) {
+Test(quant, malformed_group_does_not_divide_the_row)
+{
     char path[4096];
     char *dir = quantized_checkpoint("int4", 64, path, sizeof path);
     st_parts p;
@@ -521,7 +553,8 @@ Test(quant, malformed_group_does_not_divide_the_row) {
     ckpt_rm_rf(dir);
 }
 
-Test(quant, malformed_truncated_file) {
+Test(quant, malformed_truncated_file)
+{
     char path[4096];
     char *dir = quantized_checkpoint("int4", 64, path, sizeof path);
     long size = ckpt_file_size(path);
@@ -530,14 +563,14 @@ Test(quant, malformed_truncated_file) {
     for (int map = 0; map <= 1; map++) {
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(ftb_model_load(dir, map, err, sizeof err));
-        cr_expect(strstr(err, path) && strstr(err, "tensor 'model.layers.") && strstr(err, "out of range"), "%s",
-                  err);
+        cr_expect(strstr(err, path) && strstr(err, "tensor 'model.layers.") && strstr(err, "out of range"), "%s", err);
         cr_expect_null(strchr(err, '\n'));
     }
     ckpt_rm_rf(dir);
 }
 
-Test(quant, malformed_metadata_and_dtypes) {
+Test(quant, malformed_metadata_and_dtypes)
+{
     char path[4096];
     st_parts p;
     /* an unknown format */
@@ -595,7 +628,8 @@ Test(quant, malformed_metadata_and_dtypes) {
 
 /* ---- exact gradients through a quantized frozen base --------------------- */
 
-static void open_method(const char *name, ftb_plugin *p) {
+static void open_method(const char *name, ftb_plugin *p)
+{
     const char *dir = getenv("FTBENCH_METHODS");
     if (!dir) dir = "build/methods";
     char path[4096], err[FTB_ERR_LEN];
@@ -615,12 +649,13 @@ typedef struct {
 
 /* LoRA on q, v, o, down with both factors nonzero, plus every norm and
  * bias of the base trainable. */
-static void lora_setup(lora_run *r, ftb_model *m) {
+static void lora_setup(lora_run *r, ftb_model *m)
+{
     memset(r, 0, sizeof *r);
     open_method("lora", &r->plugin);
     r->keys[0] = "rank", r->keys[1] = "alpha", r->keys[2] = "targets";
     r->vals[0] = "4", r->vals[1] = "8", r->vals[2] = "q,v,o,down";
-    r->opts = (ftb_options){3, r->keys, r->vals};
+    r->opts = (ftb_options){ 3, r->keys, r->vals };
     r->s.model = m;
     ftb_run_opts_default(&r->s.run);
     r->s.options = &r->opts;
@@ -640,12 +675,14 @@ static void lora_setup(lora_run *r, ftb_model *m) {
     cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
 }
 
-static void lora_teardown(lora_run *r) {
+static void lora_teardown(lora_run *r)
+{
     r->plugin.method->destroy(r->state);
     ftb_plugin_close(&r->plugin);
 }
 
-static float fwd_bwd(ftb_model *m, lora_run *r, const ftb_batch *b, const ftb_run_opts *o) {
+static float fwd_bwd(ftb_model *m, lora_run *r, const ftb_batch *b, const ftb_run_opts *o)
+{
     char err[FTB_ERR_LEN] = "";
     ftb_model_zero_grads(m);
     for (int i = 0; i < r->n; i++) memset(r->params[i]->grad, 0, sizeof(float) * r->params[i]->numel);
@@ -654,7 +691,8 @@ static float fwd_bwd(ftb_model *m, lora_run *r, const ftb_batch *b, const ftb_ru
     return loss;
 }
 
-static double rel_diff(const float *a, const float *b, int64_t n) {
+static double rel_diff(const float *a, const float *b, int64_t n)
+{
     double e = 0, ref = 1e-30;
     for (int64_t i = 0; i < n; i++) {
         e = fmax(e, fabs((double)a[i] - b[i]));
@@ -668,7 +706,8 @@ static double rel_diff(const float *a, const float *b, int64_t n) {
  * small tiles (several per weight, a partial last one) backward's dx sums
  * over the tiles in another order: equal to fp32 rounding amplified through
  * two blocks (~1e-5). */
-static void gradients_equal_dequantized(int64_t tile, double tol) {
+static void gradients_equal_dequantized(int64_t tile, double tol)
+{
     ftb_set_dequant_tile(tile);
     for (int f = 0; f < N_FORMATS; f++) {
         ftb_model *q = qmodel(f % 2, 21);
@@ -712,7 +751,8 @@ Test(quant, gradients_through_small_tiles_equal_to_rounding) { gradients_equal_d
 
 /* A quantized weight that becomes trainable is dequantized into an owned
  * fp32 buffer (the compressed storage goes), and trains as any other. */
-Test(quant, a_quantized_weight_made_trainable_becomes_fp32) {
+Test(quant, a_quantized_weight_made_trainable_becomes_fp32)
+{
     ftb_model *m = qmodel(1, 22);
     quantize_or_die(m, "int4", 64, 1);
     ftb_tensor *t = &m->layers[1].w_down;
@@ -748,7 +788,8 @@ Test(quant, a_quantized_weight_made_trainable_becomes_fp32) {
 
 /* ---- errors ----------------------------------------------------------------- */
 
-Test(quant, errors_per_tensor_and_loss_difference) {
+Test(quant, errors_per_tensor_and_loss_difference)
+{
     double rms[N_FORMATS];
     for (int f = 0; f < N_FORMATS; f++) {
         ftb_model *ref = qmodel(0, 31), *m = qmodel(0, 31);
@@ -795,7 +836,8 @@ Test(quant, errors_per_tensor_and_loss_difference) {
 
 /* ---- memory and residency -------------------------------------------------- */
 
-Test(quant, weights_category_shrinks_as_the_format_says) {
+Test(quant, weights_category_shrinks_as_the_format_says)
+{
     ftb_config c = qcfg(1);
     char err[FTB_ERR_LEN] = "";
     int64_t lin = 0, lin_rows = 0, fp32_all = 0;
@@ -810,8 +852,8 @@ Test(quant, weights_category_shrinks_as_the_format_says) {
         ftb_model_free(m);
     }
     /* bytes of the seven linears, by the layouts of docs/QUANT.md (group 64) */
-    const int64_t want[N_FORMATS] = {2 * lin, 2 * lin, lin + 4 * lin_rows, lin / 2 + 2 * (lin / 64),
-                                     lin / 2 + 4 * (lin / 64)};
+    const int64_t want[N_FORMATS] = { 2 * lin, 2 * lin, lin + 4 * lin_rows, lin / 2 + 2 * (lin / 64),
+                                      lin / 2 + 4 * (lin / 64) };
     for (int f = 0; f < N_FORMATS; f++) {
         ftb_mem_stats a, b;
         ftb_mem_get_stats(&a);
@@ -833,7 +875,8 @@ Test(quant, weights_category_shrinks_as_the_format_says) {
     cr_expect(fabs(32.0 * (double)want[3] / (4.0 * lin) - 4.25) < 1e-9);
 }
 
-static long status_kb(const char *field) {
+static long status_kb(const char *field)
+{
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     long v = -1;
@@ -847,29 +890,33 @@ static long status_kb(const char *field) {
 /* Mapped pages are sampled at every phase change and, through a hook on
  * gate_proj that changes nothing, inside every block's forward and backward. */
 static long peak_file_kb;
-static void sample_rss(const char *label, void *ud) {
+static void sample_rss(const char *label, void *ud)
+{
     (void)label, (void)ud;
     long v = status_kb("RssFile");
     if (v > peak_file_kb) peak_file_kb = v;
 }
-static void probe_fwd(ftb_adapter *a, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void probe_fwd(ftb_adapter *a, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     (void)a, (void)c, (void)x, (void)y, (void)saved;
     sample_rss(NULL, NULL);
 }
-static void probe_bwd(ftb_adapter *a, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved) {
+static void probe_bwd(ftb_adapter *a, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
+{
     (void)a, (void)c, (void)x, (void)dy, (void)dx, (void)saved;
     sample_rss(NULL, NULL);
 }
-static const ftb_adapter_ops probe_ops = {probe_fwd, probe_bwd, NULL};
+static const ftb_adapter_ops probe_ops = { probe_fwd, probe_bwd, NULL };
 
 /* Lazy residency: identical losses and gradients (bitwise for a quantized
  * base; for an fp32 one the streamed LM head sums dx over its row tiles,
  * so equal to rounding), and a resident set of mapped weights that never
  * holds much more than one block: the LM head streams its tiles. */
-Test(quant, lazy_residency_identical_results_smaller_resident_set) {
-    ftb_config c = {"quant-rss", 256, 256, 8, 4, 2, 64, 1024, 64, 10000.f, 1e-6f, 1, 1};
+Test(quant, lazy_residency_identical_results_smaller_resident_set)
+{
+    ftb_config c = { "quant-rss", 256, 256, 8, 4, 2, 64, 1024, 64, 10000.f, 1e-6f, 1, 1 };
     char err[FTB_ERR_LEN] = "";
-    const char *fmts[] = {"f32", "int4"};
+    const char *fmts[] = { "f32", "int4" };
     for (int f = 0; f < 2; f++) {
         ftb_model *m = ftb_model_create(&c, 41, err, sizeof err);
         cr_assert_not_null(m, "%s", err);
@@ -881,7 +928,7 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
         cr_assert_not_null(m, "%s", err);
         lora_run r;
         lora_setup(&r, m);
-        ftb_adapter probe = {&probe_ops, 0, NULL};
+        ftb_adapter probe = { &probe_ops, 0, NULL };
         for (int l = 0; l < c.n_layers; l++) ftb_attach_adapter(m, l, FTB_LIN_GATE, &probe);
         qbatch qb;
         make_batch(&qb, c.vocab_size, 5);
@@ -890,7 +937,7 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
         ftb_run_opts_default(&o);
         float loss[2][2];
         float *grads[2][2];
-        long peak[2] = {0, 0};
+        long peak[2] = { 0, 0 };
         ftb_model_set_residency(m, FTB_RESIDENT_LAZY_BLOCK);
         fwd_bwd(m, &r, &qb.b, &o); /* warm-up: code pages, allocator */
         for (int pol = 0; pol < 2; pol++) {
@@ -935,13 +982,16 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
         }
         for (int i = 0; i < 2; i++)
             for (int j = 0; j < 2; j++) free(grads[i][j]);
-        long file_kb = ckpt_file_size(ckpt_path((char[4096]){0}, 4096, dir, "model.safetensors")) / 1024;
+        long file_kb = ckpt_file_size(ckpt_path((char[4096]){ 0 }, 4096, dir, "model.safetensors")) / 1024;
         long block_kb = 0;
-        for (int k = 0; k < FTB_LIN_COUNT; k++) block_kb += ftb_tensor_storage_bytes(ftb_layer_weight(&m->layers[0], k)) / 1024;
+        for (int k = 0; k < FTB_LIN_COUNT; k++)
+            block_kb += ftb_tensor_storage_bytes(ftb_layer_weight(&m->layers[0], k)) / 1024;
         long head_kb = ftb_tensor_storage_bytes(&m->embed) / 1024;
-        cr_log_info("%s: file %ld KiB, one block %ld KiB, embedding %ld KiB; peak mapped RSS growth: all %ld KiB, lazy %ld KiB",
-                    fmts[f], file_kb, block_kb, head_kb, peak[0], peak[1]);
-        cr_expect_gt(peak[0], file_kb * 8 / 10, "%s: all-resident run touched %ld of %ld KiB", fmts[f], peak[0], file_kb);
+        cr_log_info(
+            "%s: file %ld KiB, one block %ld KiB, embedding %ld KiB; peak mapped RSS growth: all %ld KiB, lazy %ld KiB",
+            fmts[f], file_kb, block_kb, head_kb, peak[0], peak[1]);
+        cr_expect_gt(peak[0], file_kb * 8 / 10, "%s: all-resident run touched %ld of %ld KiB", fmts[f], peak[0],
+                     file_kb);
         long bound = 2 * block_kb + 256; /* a block, the next one's first pages, a head tile */
         cr_expect_lt(peak[1], bound, "%s: lazy resident peak %ld KiB, more than ~one block (%ld KiB)", fmts[f], peak[1],
                      bound);
@@ -955,7 +1005,8 @@ Test(quant, lazy_residency_identical_results_smaller_resident_set) {
 /* No fp32 copy of a quantized model exists while it runs: the workspace
  * peak grows by at most one dequantized tile (here one weight, the largest),
  * and the tile is returned when the step ends. */
-Test(quant, a_step_holds_one_dequantized_tile_at_most) {
+Test(quant, a_step_holds_one_dequantized_tile_at_most)
+{
     int64_t peak[2], after[2], before[2];
     int64_t largest = 0, linears = 0;
     for (int q = 0; q < 2; q++) {
@@ -990,7 +1041,8 @@ Test(quant, a_step_holds_one_dequantized_tile_at_most) {
 /* ---- SGD (--optimizer sgd) -------------------------------------------------- */
 
 /* θ − lr·g with one fp32 rounding per operation, as the update must do it. */
-static float sgd_expected(float w, float g, float lr, float wd) {
+static float sgd_expected(float w, float g, float lr, float wd)
+{
     volatile float step = wd == 0.0f ? lr * g : lr * (g + wd * w);
     volatile float r = w - step;
     return r;
@@ -999,7 +1051,8 @@ static float sgd_expected(float w, float g, float lr, float wd) {
 /* SGD keeps no state and updates θ ← θ − lr·g exactly (θ − lr·(g + wd·θ)
  * with weight decay, none on no_decay tensors); AdamW, selected again,
  * allocates its moments as before. */
-Test(quant, sgd_is_theta_minus_lr_g_exactly_and_keeps_no_state) {
+Test(quant, sgd_is_theta_minus_lr_g_exactly_and_keeps_no_state)
+{
     for (int decay = 0; decay < 2; decay++) {
         ftb_model *m = qmodel(0, 61);
         char err[FTB_ERR_LEN] = "";
@@ -1056,7 +1109,8 @@ Test(quant, sgd_is_theta_minus_lr_g_exactly_and_keeps_no_state) {
 /* Through a plugin: a backprop step of lora with SGD selected moves each
  * adapter by exactly −lr times the gradient that step computed (the
  * gradients are left in place after the step). */
-Test(quant, sgd_through_a_plugin_step_is_exact) {
+Test(quant, sgd_through_a_plugin_step_is_exact)
+{
     ftb_model *m = qmodel(0, 62);
     ftb_optimizer_select(FTB_OPTIM_SGD);
     lora_run r;
@@ -1093,12 +1147,13 @@ Test(quant, sgd_through_a_plugin_step_is_exact) {
 
 /* ---- mebp and mesp bring a mapped base in block by block ------------------- */
 
-static void *init_method(ftb_plugin *p, ftb_session *s, ftb_model *m, const char *residency_opt) {
-    static const char *keys[1] = {"residency"};
+static void *init_method(ftb_plugin *p, ftb_session *s, ftb_model *m, const char *residency_opt)
+{
+    static const char *keys[1] = { "residency" };
     static const char *vals[1];
     static ftb_options o;
     vals[0] = residency_opt;
-    o = (ftb_options){residency_opt ? 1 : 0, keys, vals};
+    o = (ftb_options){ residency_opt ? 1 : 0, keys, vals };
     memset(s, 0, sizeof *s);
     s->model = m;
     ftb_run_opts_default(&s->run);
@@ -1112,8 +1167,9 @@ static void *init_method(ftb_plugin *p, ftb_session *s, ftb_model *m, const char
     return st;
 }
 
-Test(quant, mebp_and_mesp_set_lazy_residency_on_a_mapped_base) {
-    const char *methods[] = {"mebp", "mesp"};
+Test(quant, mebp_and_mesp_set_lazy_residency_on_a_mapped_base)
+{
+    const char *methods[] = { "mebp", "mesp" };
     char err[FTB_ERR_LEN] = "";
     ftb_model *q = qmodel(1, 63);
     quantize_or_die(q, "int4", 64, 1);
@@ -1149,8 +1205,8 @@ Test(quant, mebp_and_mesp_set_lazy_residency_on_a_mapped_base) {
         ftb_model_free(m);
         /* A bad value is one clear error. */
         m = qmodel(1, 65);
-        static const char *keys[1] = {"residency"}, *vals[1] = {"sometimes"};
-        ftb_options o = {1, keys, vals};
+        static const char *keys[1] = { "residency" }, *vals[1] = { "sometimes" };
+        ftb_options o = { 1, keys, vals };
         memset(&s, 0, sizeof s);
         s.model = m;
         ftb_run_opts_default(&s.run);

@@ -25,8 +25,8 @@
 #include "../reports/report.h"
 #include "../reports/report_internal.h"
 
-#define FIXTURE "tests/fixtures/results"
-#define HOST_RUN "host/default-035401b0b1dde7c1"
+#define FIXTURE       "tests/fixtures/results"
+#define HOST_RUN      "host/default-035401b0b1dde7c1"
 #define TIMELINE_PLOT "timeline_host_lora.smollm2-135m.s256.b1"
 
 /* Every plot the fixture gives: per scope (host; rpi4-4gb) scaling, saved
@@ -34,10 +34,18 @@
  * curves of the host (the rpi4-4gb sweep ran one step: no curve); the one
  * timeline kept in the fixture; max context from the fit probes. */
 static const char *const expected_plots[] = {
-    "mem_host_smollm2-135m_b1", "act_host_smollm2-135m_b1", "breakdown_host_smollm2-135m_b1_s256",
-    "throughput_host_smollm2-135m_b1", "loss_host_smollm2-135m_b1_s256", TIMELINE_PLOT,
-    "mem_rpi4-4gb_smollm2-135m_b1", "act_rpi4-4gb_smollm2-135m_b1", "breakdown_rpi4-4gb_smollm2-135m_b1_s2048",
-    "throughput_rpi4-4gb_smollm2-135m_b1", "maxctx_smollm2-135m", NULL,
+    "mem_host_smollm2-135m_b1",
+    "act_host_smollm2-135m_b1",
+    "breakdown_host_smollm2-135m_b1_s256",
+    "throughput_host_smollm2-135m_b1",
+    "loss_host_smollm2-135m_b1_s256",
+    TIMELINE_PLOT,
+    "mem_rpi4-4gb_smollm2-135m_b1",
+    "act_rpi4-4gb_smollm2-135m_b1",
+    "breakdown_rpi4-4gb_smollm2-135m_b1_s2048",
+    "throughput_rpi4-4gb_smollm2-135m_b1",
+    "maxctx_smollm2-135m",
+    NULL,
 };
 
 static char tmpdir[256];
@@ -45,8 +53,7 @@ static char tmpdir[256];
 static void need_fixture(void)
 {
     struct stat st;
-    if (stat(FIXTURE, &st) != 0)
-        cr_skip_test("run from the source tree (make test): %s not found", FIXTURE);
+    if (stat(FIXTURE, &st) != 0) cr_skip_test("run from the source tree (make test): %s not found", FIXTURE);
 }
 
 static void make_tmp(void)
@@ -65,15 +72,13 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
 
 static void remove_tmp(void)
 {
-    if (tmpdir[0])
-        nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (tmpdir[0]) nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     rewind(f);
@@ -96,8 +101,7 @@ static int run_report(const char *const *args, char **err_out)
     char *argv[32];
     int argc = 0;
     argv[argc++] = (char *)"report";
-    for (int i = 0; args[i]; i++)
-        argv[argc++] = (char *)args[i];
+    for (int i = 0; args[i]; i++) argv[argc++] = (char *)args[i];
     argv[argc] = NULL;
     char errpath[512];
     snprintf(errpath, sizeof errpath, "%s/.stderr", tmpdir);
@@ -138,8 +142,7 @@ static void load_fixture(ftr_set *s, ftr_report *r)
 static const ftr_scope *scope_of(const ftr_report *r, const char *device)
 {
     for (int k = 0; k < r->nscopes; k++)
-        if (!strcmp(r->scopes[k].device, device))
-            return &r->scopes[k];
+        if (!strcmp(r->scopes[k].device, device)) return &r->scopes[k];
     cr_assert_fail("no scope for %s", device);
     return NULL;
 }
@@ -147,8 +150,7 @@ static const ftr_scope *scope_of(const ftr_report *r, const char *device)
 static int row_of(const ftr_set *s, const ftr_scope *sc, const char *name)
 {
     for (int i = 0; i < sc->nseries; i++)
-        if (!strcmp(s->series[sc->series[i]].name, name))
-            return i;
+        if (!strcmp(s->series[sc->series[i]].name, name)) return i;
     cr_assert_fail("no series %s", name);
     return -1;
 }
@@ -156,8 +158,7 @@ static int row_of(const ftr_set *s, const ftr_scope *sc, const char *name)
 static int col_of(const ftr_scope *sc, int seq)
 {
     for (int k = 0; k < sc->nseq; k++)
-        if (sc->seqs[k] == seq)
-            return k;
+        if (sc->seqs[k] == seq) return k;
     cr_assert_fail("no length %d", seq);
     return -1;
 }
@@ -175,10 +176,8 @@ Test(report, bad_lines_are_reported_by_number_and_the_rest_is_used)
     cr_expect_eq(s.nskipped, 2, "one foreign and one truncated line");
     int foreign = 0, truncated = 0;
     for (int i = 0; i < s.nskipped; i++) {
-        if (strstr(s.skipped[i], "/" HOST_RUN "/results.jsonl:6: foreign line"))
-            foreign = 1;
-        if (strstr(s.skipped[i], "/" HOST_RUN "/results.jsonl:16: truncated record"))
-            truncated = 1;
+        if (strstr(s.skipped[i], "/" HOST_RUN "/results.jsonl:6: foreign line")) foreign = 1;
+        if (strstr(s.skipped[i], "/" HOST_RUN "/results.jsonl:16: truncated record")) truncated = 1;
     }
     cr_expect(foreign, "foreign line reported with its number: %s", s.nskipped ? s.skipped[0] : "");
     cr_expect(truncated, "truncated line reported with its number: %s", s.nskipped > 1 ? s.skipped[1] : "");
@@ -214,8 +213,14 @@ Test(report, medians_reductions_and_slopes_are_exact)
     int k256 = col_of(h, 256);
     const double lora256 = MIB(889987072);
     cr_expect_eq(ftr_scope_agg(h, lora, k256)->peak_mib, lora256);
-    struct { const char *m; double bytes; const char *pct; } red[] = {
-        { "full", 2484453376.0, "-179.2" }, { "lars", 779673600.0, "12.4" }, { "mesp", 632098816.0, "29.0" },
+    struct {
+        const char *m;
+        double bytes;
+        const char *pct;
+    } red[] = {
+        { "full", 2484453376.0, "-179.2" },
+        { "lars", 779673600.0, "12.4" },
+        { "mesp", 632098816.0, "29.0" },
     };
     for (int i = 0; i < 3; i++) {
         const ftr_agg *x = ftr_scope_agg(h, row_of(&s, h, red[i].m), k256);
@@ -243,8 +248,7 @@ Test(report, medians_reductions_and_slopes_are_exact)
     int found = 0;
     for (int i = 0; i < r.nmax; i++) {
         const ftr_maxctx *m = &r.max[i];
-        if (strcmp(m->device, "rpi4-4gb"))
-            continue;
+        if (strcmp(m->device, "rpi4-4gb")) continue;
         const char *name = s.series[m->series].name;
         if (!strcmp(name, "lora")) {
             cr_expect_eq(m->fit_longest, 2560);
@@ -321,10 +325,8 @@ Test(report, markdown_and_latex_tables_golden)
         cr_expect_not_null(strstr(tex.s, tex_lines[i]), "missing in table.tex: %s\n%s", tex_lines[i], tex.s);
     /* booktabs structure: as many \begin{table} as \end{table}. */
     int b = 0, e = 0;
-    for (const char *p = tex.s; (p = strstr(p, "\\begin{table}")); p++)
-        b++;
-    for (const char *p = tex.s; (p = strstr(p, "\\end{table}")); p++)
-        e++;
+    for (const char *p = tex.s; (p = strstr(p, "\\begin{table}")); p++) b++;
+    for (const char *p = tex.s; (p = strstr(p, "\\end{table}")); p++) e++;
     cr_expect_eq(b, t.n);
     cr_expect_eq(e, t.n);
     cr_expect_not_null(strstr(tex.s, "\\toprule"));
@@ -362,8 +364,7 @@ static int html_balanced(const char *h, char *why, size_t n)
         snprintf(name, sizeof name, "%.*s", (int)(len < 31 ? len : 31), nm);
         int self = q[-1] == '/';
         int isvoid = 0;
-        for (int i = 0; voids[i]; i++)
-            isvoid |= !strcmp(voids[i], name);
+        for (int i = 0; voids[i]; i++) isvoid |= !strcmp(voids[i], name);
         if (closing) {
             if (!depth || strcmp(stack[depth - 1], name)) {
                 snprintf(why, n, "</%s> closes <%s>", name, depth ? stack[depth - 1] : "nothing");
@@ -371,8 +372,7 @@ static int html_balanced(const char *h, char *why, size_t n)
             }
             depth--;
         } else if (!self && !isvoid) {
-            if (depth == 256)
-                return 0;
+            if (depth == 256) return 0;
             snprintf(stack[depth++], sizeof stack[0], "%s", name);
         }
         p = q + 1;
@@ -393,8 +393,7 @@ static void expect_png(const char *out, const char *name, int w, int h)
     cr_expect(pw == w && ph == h, "%s is %dx%d, not %dx%d", path, pw, ph, w, h);
 }
 
-Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_tmp, .fini = remove_tmp,
-     .timeout = 120)
+Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_tmp, .fini = remove_tmp, .timeout = 120)
 {
     need_fixture();
     if (system("gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1") != 0)
@@ -431,8 +430,7 @@ Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_t
     cr_assert_eq(fscanf(ls, "%d", &n), 1);
     pclose(ls);
     int np = 0;
-    while (plots[np])
-        np++;
+    while (plots[np]) np++;
     cr_expect_eq(n, 3 * np, "%d files in plots/, expected %d", n, 3 * np);
 
     snprintf(path, sizeof path, "%s/report.html", out);
@@ -448,8 +446,7 @@ Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_t
         cr_expect_not_null(strstr(html, id), "%s.pdf not linked", plots[i]);
     }
     int embedded = 0;
-    for (const char *p = html; (p = strstr(p, "src=\"data:image/")); p++)
-        embedded++;
+    for (const char *p = html; (p = strstr(p, "src=\"data:image/")); p++) embedded++;
     cr_expect_eq(embedded, np, "every plot embedded once");
     cr_expect_not_null(strstr(html, "<img alt=\"mem_host_smollm2-135m_b1\" src=\"data:image/svg+xml;base64,"),
                        "a line plot is embedded as SVG");
@@ -493,8 +490,12 @@ Test(report, without_gnuplot_the_tables_are_written_and_one_line_names_the_skipp
     cr_expect_null(strstr(eol, "skipped "), "%s", err);
     free(one);
     free(err);
-    static const char *const docs[] = { "report.md", "report.html", "table.tex", "gnuplot/style.gp",
-                                        "data/mem_host_smollm2-135m_b1.tsv", "gnuplot/mem_host_smollm2-135m_b1.gp",
+    static const char *const docs[] = { "report.md",
+                                        "report.html",
+                                        "table.tex",
+                                        "gnuplot/style.gp",
+                                        "data/mem_host_smollm2-135m_b1.tsv",
+                                        "gnuplot/mem_host_smollm2-135m_b1.gp",
                                         NULL };
     for (int i = 0; docs[i]; i++) {
         snprintf(path, sizeof path, "%s/%s", out, docs[i]);
@@ -621,8 +622,8 @@ Test(report, usage_errors, .init = make_tmp, .fini = remove_tmp)
 
 Test(report, png_header_reader)
 {
-    static const unsigned char png[] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
-                                         0, 0, 3, 0xc0, 0, 0, 2, 0x80 };
+    static const unsigned char png[] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13,
+                                         'I',  'H', 'D', 'R', 0,    0,    3,    0xc0, 0, 0, 2, 0x80 };
     char path[] = "/tmp/ftbpng-XXXXXX";
     int fd = mkstemp(path);
     cr_assert_eq(write(fd, png, sizeof png), (ssize_t)sizeof png);

@@ -72,11 +72,9 @@ static void example_text(const ftb_example *x, char *prompt, size_t pn, char *an
 {
     cr_assert_lt((size_t)x->n_prompt, pn);
     cr_assert_lt((size_t)x->n_answer, an);
-    for (int i = 0; i < x->n_prompt; i++)
-        prompt[i] = (char)x->tokens[i];
+    for (int i = 0; i < x->n_prompt; i++) prompt[i] = (char)x->tokens[i];
     prompt[x->n_prompt] = 0;
-    for (int i = 0; i < x->n_answer; i++)
-        answer[i] = (char)x->tokens[x->n_prompt + i];
+    for (int i = 0; i < x->n_answer; i++) answer[i] = (char)x->tokens[x->n_prompt + i];
     answer[x->n_answer] = 0;
 }
 
@@ -106,8 +104,7 @@ Test(tasks, reasoning_answers_recomputed_from_the_prompt)
             cr_assert(end != p, "%s", prompt);
             v = op == '+' ? v + x2 : op == '-' ? v - x2 : v * x2;
             p = end;
-            while (*p == ')')
-                p++;
+            while (*p == ')') p++;
             if (*p == '+' || *p == '-' || *p == '*') {
                 op = *p++;
                 ops++;
@@ -142,26 +139,21 @@ Test(tasks, understanding_label_is_the_majority_topic)
         int count[4] = { 0 }, nw = 0;
         char *save = NULL;
         for (char *w = strtok_r(prompt + 8, " \n", &save); w; w = strtok_r(NULL, " \n", &save)) {
-            if (!strcmp(w, "Topic:"))
-                break;
+            if (!strcmp(w, "Topic:")) break;
             nw++;
             for (int k = 0; k < 4; k++)
-                for (int j = 0; j < 8; j++)
-                    count[k] += !strcmp(w, words[k][j]);
+                for (int j = 0; j < 8; j++) count[k] += !strcmp(w, words[k][j]);
         }
         cr_assert_eq(nw, 30);
         int best = 0;
-        for (int k = 1; k < 4; k++)
-            best = count[k] > count[best] ? k : best;
-        for (int k = 0; k < 4; k++)
-            cr_assert(k == best || count[k] < count[best], "a strict majority");
+        for (int k = 1; k < 4; k++) best = count[k] > count[best] ? k : best;
+        for (int k = 0; k < 4; k++) cr_assert(k == best || count[k] < count[best], "a strict majority");
         char want[32];
         snprintf(want, sizeof want, " %s\n", labels[best]);
         cr_assert_str_eq(answer, want);
         seen[best]++;
     }
-    for (int k = 0; k < 4; k++)
-        cr_expect_gt(seen[k], 20, "every label occurs (%s: %d)", labels[k], seen[k]);
+    for (int k = 0; k < 4; k++) cr_expect_gt(seen[k], 20, "every label occurs (%s: %d)", labels[k], seen[k]);
     ftb_task_close(t);
 }
 
@@ -192,8 +184,7 @@ Test(tasks, passkey_length_exact_and_needle_at_depth)
                     key[k] = (char)x.tokens[x.needle_pos + (int)ll + k];
                     k++;
                 }
-                for (int j = 0; j < x.n_answer && j < 15; j++)
-                    ans[j] = (char)x.tokens[x.n_prompt + j];
+                for (int j = 0; j < x.n_answer && j < 15; j++) ans[j] = (char)x.tokens[x.n_prompt + j];
                 char want[24];
                 snprintf(want, sizeof want, " %s\n", key);
                 cr_assert_str_eq(ans, want, "%s", spec);
@@ -359,8 +350,7 @@ static ftb_model *bigram_model(const int *next, int n_next)
     memset(m->lm_head.data, 0, sizeof(float) * (size_t)m->lm_head.numel);
     int basis = 0;
     for (int t = 0; t < n_next; t++) {
-        if (next[t] < 0)
-            continue;
+        if (next[t] < 0) continue;
         cr_assert_lt(basis, c.dim);
         m->embed.data[(size_t)t * c.dim + basis] = 1.0f;
         m->lm_head.data[(size_t)next[t] * c.dim + basis] = 1.0f;
@@ -379,8 +369,7 @@ Test(tasks, eval_scores_a_model_that_knows_the_answers_and_decodings_agree)
     ftb_task *t = ftb_task_open(p, NULL, 1, err, sizeof err);
     cr_assert(t, "%s", err);
     int next[16];
-    for (int i = 0; i < 16; i++)
-        next[i] = -1;
+    for (int i = 0; i < 16; i++) next[i] = -1;
     next[6] = 7, next[7] = 8, next[8] = 10, next[9] = 11, next[11] = 12, next[12] = 13;
     ftb_model *m = bigram_model(next, 16);
     ftb_run_opts o;
@@ -413,8 +402,7 @@ static void push_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     for (int64_t i = 0; i < (int64_t)c->B * c->T * c->out; i++)
         y[i] -= 100.0f; /* every known token's logit now negative: id 0 wins */
 }
-static void push_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                          void *saved)
+static void push_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
 {
     (void)self, (void)c, (void)x, (void)dy, (void)dx, (void)saved;
 }
@@ -426,8 +414,7 @@ Test(tasks, generation_goes_through_the_hooks)
     ftb_task *t = ftb_task_open(p, NULL, 1, err, sizeof err);
     cr_assert(t, "%s", err);
     int next[16];
-    for (int i = 0; i < 16; i++)
-        next[i] = -1;
+    for (int i = 0; i < 16; i++) next[i] = -1;
     next[6] = 7, next[7] = 8, next[8] = 10;
     ftb_model *m = bigram_model(next, 16);
     ftb_run_opts o;
@@ -519,8 +506,8 @@ static int run_bin(const char *args, char **errout)
     int fd = mkstemp(ep);
     cr_assert(fd >= 0);
     close(fd);
-    snprintf(cmd, sizeof cmd,
-             "FTBENCH_BLAS_AUTO=0 ASAN_OPTIONS=detect_leaks=0 %s %s > /dev/null 2> %s", bin(), args, ep);
+    snprintf(cmd, sizeof cmd, "FTBENCH_BLAS_AUTO=0 ASAN_OPTIONS=detect_leaks=0 %s %s > /dev/null 2> %s", bin(), args,
+             ep);
     int st = system(cmd);
     FILE *f = fopen(ep, "r");
     char *buf = calloc(1, 65536);
@@ -536,8 +523,7 @@ static int run_bin(const char *args, char **errout)
 
 Test(tasks, commands_report_bad_input_in_one_line)
 {
-    if (!bin())
-        cr_skip_test("FTBENCH_BIN is set by make test");
+    if (!bin()) cr_skip_test("FTBENCH_BIN is set by make test");
     const char *p = write_tmp("{\"prompt\": \"a\", \"answer\": \"b\"}\n{\"prompt\": \"a\", \"answer\": 5}\n");
     char args[512], *e;
     snprintf(args, sizeof args, "eval --task %s --model tiny-byte", p);
@@ -559,8 +545,7 @@ Test(tasks, commands_report_bad_input_in_one_line)
 Test(tasks, train_records_accuracy_beside_memory, .timeout = 300)
 {
     const char *meth = getenv("FTBENCH_METHODS");
-    if (!bin() || !meth)
-        cr_skip_test("FTBENCH_BIN and FTBENCH_METHODS are set by make test");
+    if (!bin() || !meth) cr_skip_test("FTBENCH_BIN and FTBENCH_METHODS are set by make test");
     char dir[] = "/tmp/ftbtask-train-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
     char args[1024], *e;
@@ -615,8 +600,7 @@ Test(tasks, bpe_matches_the_reference_tokenization)
         int n = 0, c = 0;
         cr_assert_eq(ftb_tokenizer_encode(t, text, strlen(text), &ids, &n, &c, err, sizeof err), 0, "%s", err);
         int same = n == (int)json_array_size(want);
-        for (int i = 0; same && i < n; i++)
-            same = ids[i] == json_integer_value(json_array_get(want, (size_t)i));
+        for (int i = 0; same && i < n; i++) same = ids[i] == json_integer_value(json_array_get(want, (size_t)i));
         cr_expect(same, "'%s': %d ids, the reference %zu", text, n, json_array_size(want));
         /* Decoding gives the text back. */
         char back[4096];
@@ -691,20 +675,26 @@ Test(tasks, malformed_tokenizer_json_is_one_clear_line)
     unlink(tmp_path);
 
     char bad[6][9000];
-    const char *want[6] = { "not valid JSON", "no \"model\" object", "model type 'WordPiece'",
-                            "byte 0x00 has no token", "uses or makes a token not in the vocabulary",
+    const char *want[6] = { "not valid JSON",
+                            "no \"model\" object",
+                            "model type 'WordPiece'",
+                            "byte 0x00 has no token",
+                            "uses or makes a token not in the vocabulary",
                             "Split behavior 'Removed'" };
     snprintf(bad[0], sizeof bad[0], "{\"model\": {\"vocab\": {");
     snprintf(bad[1], sizeof bad[1], "{\"vocab\": {}}");
     snprintf(bad[2], sizeof bad[2], "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}, \"merges\": []}}");
-    snprintf(bad[3], sizeof bad[3], "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
-                                    "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
+    snprintf(bad[3], sizeof bad[3],
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+             "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
     snprintf(bad[4], sizeof bad[4],
              "{\"model\": {\"type\": \"BPE\", \"vocab\": {%s}, \"merges\": [\"a b\"]}, "
-             "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", bytes_vocab);
+             "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}",
+             bytes_vocab);
     snprintf(bad[5], sizeof bad[5],
              "{\"model\": {\"type\": \"BPE\", \"vocab\": {%s}, \"merges\": []}, \"pre_tokenizer\": {\"type\": "
-             "\"Split\", \"pattern\": {\"Regex\": \"x\"}, \"behavior\": \"Removed\"}}", bytes_vocab);
+             "\"Split\", \"pattern\": {\"Regex\": \"x\"}, \"behavior\": \"Removed\"}}",
+             bytes_vocab);
     for (int i = 0; i < 6; i++) {
         const char *p = write_json_tmp(bad[i]);
         cr_expect_null(ftb_tokenizer_open(p, err, sizeof err), "case %d accepted", i);

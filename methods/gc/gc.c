@@ -25,31 +25,34 @@
 #include <string.h>
 #include <unistd.h>
 
-#define INNER_PREFIX "inner."
+#define INNER_PREFIX  "inner."
 #define DEFAULT_INNER "lora"
 
 typedef struct {
-    void *handle;                 /* the inner plugin, dlopen'ed by gc */
+    void *handle; /* the inner plugin, dlopen'ed by gc */
     const ftb_method *inner;
     void *inner_state;
-    ftb_keep_policy *keep;        /* s->run.keep points here until destroy */
-    const char **keys, **values;  /* the inner's options (strings are the host's) */
+    ftb_keep_policy *keep;       /* s->run.keep points here until destroy */
+    const char **keys, **values; /* the inner's options (strings are the host's) */
     ftb_options inner_options;
 } gc_state;
 
 /* The directory this plugin was loaded from ("." if the path had none). */
-static int own_directory(char *dir, size_t n) {
+static int own_directory(char *dir, size_t n)
+{
     Dl_info info;
     if (!dladdr((void *)&own_directory, &info) || !info.dli_fname) return -1;
     const char *slash = strrchr(info.dli_fname, '/');
-    if (!slash) snprintf(dir, n, ".");
-    else snprintf(dir, n, "%.*s", (int)(slash - info.dli_fname), info.dli_fname);
+    if (!slash)
+        snprintf(dir, n, ".");
+    else
+        snprintf(dir, n, "%.*s", (int)(slash - info.dli_fname), info.dli_fname);
     return 0;
 }
 
 /* Loads <gc's dir>/<name>.so and checks it as the host checks a plugin. */
-static int open_sibling_method(const char *name, void **handle, const ftb_method **method, char *err,
-                               size_t errlen) {
+static int open_sibling_method(const char *name, void **handle, const ftb_method **method, char *err, size_t errlen)
+{
     char dir[PATH_MAX], path[PATH_MAX + 256];
     *handle = NULL;
     *method = NULL;
@@ -76,8 +79,7 @@ static int open_sibling_method(const char *name, void **handle, const ftb_method
         m = entry();
     }
     if (!m) {
-        snprintf(err, errlen, "gc: %s is not a method plugin (no %s() or it returned NULL)", path,
-                 FTB_METHOD_ENTRY);
+        snprintf(err, errlen, "gc: %s is not a method plugin (no %s() or it returned NULL)", path, FTB_METHOD_ENTRY);
     } else if (m->abi_version != FTB_ABI_VERSION) {
         snprintf(err, errlen, "gc: inner method '%s' was built for ABI %u, this ftbench has ABI %d", name,
                  m->abi_version, FTB_ABI_VERSION);
@@ -95,7 +97,8 @@ static int open_sibling_method(const char *name, void **handle, const ftb_method
     return 0;
 }
 
-static int is_documented(const ftb_method *m, const char *key) {
+static int is_documented(const ftb_method *m, const char *key)
+{
     for (const ftb_option_doc *d = m->options; d && d->name; d++)
         if (strcmp(d->name, key) == 0) return 1;
     return 0;
@@ -104,8 +107,8 @@ static int is_documented(const ftb_method *m, const char *key) {
 /* The inner method's options: unprefixed ones first, then the `inner.`
  * ones, so that (the last given winning) a prefixed option overrides.
  * Each must be one the inner method documents. */
-static int build_inner_options(gc_state *st, const ftb_options *o, const char *inner_name, char *err,
-                               size_t errlen) {
+static int build_inner_options(gc_state *st, const ftb_options *o, const char *inner_name, char *err, size_t errlen)
+{
     int n = o ? o->n : 0, count = 0;
     st->keys = calloc((size_t)n + 1, sizeof *st->keys);
     st->values = calloc((size_t)n + 1, sizeof *st->values);
@@ -138,22 +141,23 @@ static int build_inner_options(gc_state *st, const ftb_options *o, const char *i
             st->values[count] = o->values[i];
             count++;
         }
-    st->inner_options = (ftb_options){count, st->keys, st->values};
+    st->inner_options = (ftb_options){ count, st->keys, st->values };
     return 0;
 }
 
-static void set_recompute_every_block(gc_state *st, ftb_session *s) {
+static void set_recompute_every_block(gc_state *st, ftb_session *s)
+{
     for (int l = 0; l < s->model->cfg.n_layers; l++) st->keep[l] = FTB_KEEP_INPUT;
     s->run.keep = st->keep;
 }
 
 static void gc_destroy(void *state);
 
-static void *gc_init(ftb_session *s, char *err, size_t errlen) {
+static void *gc_init(ftb_session *s, char *err, size_t errlen)
+{
     const char *inner_name = ftb_opt_str(s->options, "inner", DEFAULT_INNER);
     if (!*inner_name || strchr(inner_name, '/') || strcmp(inner_name, "gc") == 0) {
-        snprintf(err, errlen, "option inner: '%s' is not a method to wrap (lora, full, ia3, lars, ...)",
-                 inner_name);
+        snprintf(err, errlen, "option inner: '%s' is not a method to wrap (lora, full, ia3, lars, ...)", inner_name);
         return NULL;
     }
     gc_state *st = calloc(1, sizeof *st);
@@ -187,8 +191,8 @@ fail:
     return NULL;
 }
 
-static int gc_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                   size_t errlen) {
+static int gc_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     gc_state *st = state;
     const ftb_options *host_options = s->options;
     s->options = &st->inner_options; /* the inner method sees what it saw at init */
@@ -197,7 +201,8 @@ static int gc_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_res
     return rc;
 }
 
-static int gc_trainable(void *state, ftb_tensor ***tensors) {
+static int gc_trainable(void *state, ftb_tensor ***tensors)
+{
     gc_state *st = state;
     if (!st->inner->trainable) {
         *tensors = NULL;
@@ -206,7 +211,8 @@ static int gc_trainable(void *state, ftb_tensor ***tensors) {
     return st->inner->trainable(st->inner_state, tensors);
 }
 
-static void gc_destroy(void *state) {
+static void gc_destroy(void *state)
+{
     gc_state *st = state;
     if (!st) return;
     if (st->inner_state) st->inner->destroy(st->inner_state);
@@ -218,7 +224,8 @@ static void gc_destroy(void *state) {
 }
 
 /* The inner method's model, under the keep policies gc has set in s->run. */
-static int gc_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int gc_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     gc_state *st = state;
     if (st->inner->abi_version >= 2 && st->inner->memory_model)
         return st->inner->memory_model(st->inner_state, s, B, T, out);
@@ -229,22 +236,26 @@ static int gc_memory_model(void *state, const ftb_session *s, int B, int T, ftb_
 /* ---- the option list ------------------------------------------------------ */
 
 /* Backprop plugins whose options gc lists when they sit next to it. */
-static const char *const listed_inner_methods[] = {"lora", "full", "ia3", "lars"};
+static const char *const listed_inner_methods[] = { "lora", "full", "ia3", "lars" };
 
 static ftb_option_doc *option_docs; /* gc's own + the inner plugins' */
 static int n_option_docs;
 
 static const ftb_option_doc gc_own_option = {
-    "inner", DEFAULT_INNER, "backprop method whose blocks are recomputed: lora, full, ia3, lars or any "
-                            "plugin in this directory; its options pass through (an inner. prefix is stripped)"};
+    "inner", DEFAULT_INNER,
+    "backprop method whose blocks are recomputed: lora, full, ia3, lars or any "
+    "plugin in this directory; its options pass through (an inner. prefix is stripped)"
+};
 
-static int docs_have(const char *name) {
+static int docs_have(const char *name)
+{
     for (int i = 0; i < n_option_docs; i++)
         if (strcmp(option_docs[i].name, name) == 0) return 1;
     return 0;
 }
 
-static void add_doc(const char *name, const char *def, const char *help) {
+static void add_doc(const char *name, const char *def, const char *help)
+{
     ftb_option_doc *d = &option_docs[n_option_docs++];
     d->name = strdup(name);
     d->default_value = strdup(def ? def : "");
@@ -253,10 +264,11 @@ static void add_doc(const char *name, const char *def, const char *help) {
 
 /* Each inner option twice: as KEY (what `--opt KEY=...` checks against) and
  * as inner.KEY (what `--opt gc.inner.KEY=...` checks against). */
-static void build_option_docs(void) {
+static void build_option_docs(void)
+{
     int cap = 1;
-    void *handles[sizeof listed_inner_methods / sizeof *listed_inner_methods] = {0};
-    const ftb_method *methods[sizeof listed_inner_methods / sizeof *listed_inner_methods] = {0};
+    void *handles[sizeof listed_inner_methods / sizeof *listed_inner_methods] = { 0 };
+    const ftb_method *methods[sizeof listed_inner_methods / sizeof *listed_inner_methods] = { 0 };
     const int n_listed = (int)(sizeof listed_inner_methods / sizeof *listed_inner_methods);
     char err[FTB_ERR_LEN];
     for (int i = 0; i < n_listed; i++)
@@ -272,8 +284,7 @@ static void build_option_docs(void) {
                 for (int j = i; j < n_listed; j++) /* which inner methods take it */
                     if (methods[j] && is_documented(methods[j], d->name)) {
                         size_t used = strlen(users);
-                        snprintf(users + used, sizeof users - used, "%s%s", used ? "," : "",
-                                 listed_inner_methods[j]);
+                        snprintf(users + used, sizeof users - used, "%s%s", used ? "," : "", listed_inner_methods[j]);
                     }
                 int shared = strchr(users, ',') != NULL; /* defaults may differ: say whose is shown */
                 snprintf(help, sizeof help, "(inner %s) %s%s%s", users, d->help ? d->help : "",
@@ -290,7 +301,8 @@ static void build_option_docs(void) {
 
 /* The strings are gc's for the process's life, unless gc itself is
  * unloaded: then they go with it. */
-__attribute__((destructor)) static void free_option_docs(void) {
+__attribute__((destructor)) static void free_option_docs(void)
+{
     for (int i = 1; i < n_option_docs; i++) { /* [0] is the static own option */
         free((char *)option_docs[i].name);
         free((char *)option_docs[i].default_value);
@@ -302,14 +314,22 @@ __attribute__((destructor)) static void free_option_docs(void) {
 }
 
 static ftb_method gc_method = {
-    FTB_ABI_VERSION, "gc", "gradient checkpointing: every block recomputed in backward, around an inner method",
-    NULL,            gc_init, gc_step, gc_trainable, gc_destroy, .memory_model = gc_memory_model,
+    FTB_ABI_VERSION,
+    "gc",
+    "gradient checkpointing: every block recomputed in backward, around an inner method",
+    NULL,
+    gc_init,
+    gc_step,
+    gc_trainable,
+    gc_destroy,
+    .memory_model = gc_memory_model,
 };
 
-const ftb_method *ftbench_method(void) {
+const ftb_method *ftbench_method(void)
+{
     static const ftb_option_doc own_only[] = {
-        {"inner", DEFAULT_INNER, "backprop method whose blocks are recomputed (lora, full, ia3, lars)"},
-        {NULL, NULL, NULL},
+        { "inner", DEFAULT_INNER, "backprop method whose blocks are recomputed (lora, full, ia3, lars)" },
+        { NULL, NULL, NULL },
     };
     if (!option_docs) build_option_docs();
     gc_method.options = option_docs ? option_docs : own_only;

@@ -34,7 +34,8 @@ typedef struct {
     ftb_model *model;
 } ia3_state;
 
-static void ia3_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void ia3_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     (void)x;
     ia3_adapter *a = (ia3_adapter *)self;
     const int64_t N = (int64_t)c->B * c->T, out = a->out;
@@ -50,8 +51,8 @@ static void ia3_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float 
         for (int64_t j = 0; j < out; j++) y[i * out + j] *= l[j];
 }
 
-static void ia3_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                         void *saved) {
+static void ia3_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
+{
     (void)x;
     (void)dx; /* the hook adds nothing to dx itself: the rescaled dy carries it */
     ia3_adapter *a = (ia3_adapter *)self;
@@ -67,23 +68,26 @@ static void ia3_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     ftb_free(saved);
 }
 
-static void ia3_release(ftb_adapter *self, void *saved) {
+static void ia3_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops ia3_ops = {ia3_forward, ia3_backward, ia3_release};
+static const ftb_adapter_ops ia3_ops = { ia3_forward, ia3_backward, ia3_release };
 
 static const ftb_option_doc ia3_options[] = {
-    {"targets", "k,v,up", "linear outputs to rescale (comma-separated, or 'all' / 'attn' / 'mlp'); "
-                          "up = the MLP intermediate"},
-    {"weight_decay", "0.0", "AdamW weight decay"},
-    {NULL, NULL, NULL},
+    { "targets", "k,v,up",
+      "linear outputs to rescale (comma-separated, or 'all' / 'attn' / 'mlp'); "
+      "up = the MLP intermediate" },
+    { "weight_decay", "0.0", "AdamW weight decay" },
+    { NULL, NULL, NULL },
 };
 
 static void ia3_destroy(void *state);
 
-static void *ia3_init(ftb_session *s, char *err, size_t errlen) {
+static void *ia3_init(ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
     if (err[0]) return NULL;
@@ -137,19 +141,21 @@ static void *ia3_init(ftb_session *s, char *err, size_t errlen) {
     return st;
 }
 
-static int ia3_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                    size_t errlen) {
+static int ia3_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     ia3_state *st = state;
     return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
-static int ia3_trainable(void *state, ftb_tensor ***tensors) {
+static int ia3_trainable(void *state, ftb_tensor ***tensors)
+{
     ia3_state *st = state;
     *tensors = st->params;
     return st->n_adapters;
 }
 
-static void ia3_destroy(void *state) {
+static void ia3_destroy(void *state)
+{
     ia3_state *st = state;
     if (!st) return;
     for (int l = 0; l < st->model->cfg.n_layers; l++)
@@ -166,7 +172,8 @@ static void ia3_destroy(void *state) {
 
 /* Analytic memory (docs/methods/ia3.md): the core's schedule, plus the base
  * output y_base [N, out] each hooked linear saves for dl. */
-static int ia3_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int ia3_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     ia3_state *st = state;
     const ftb_model *m = st->model;
     int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
@@ -183,8 +190,9 @@ static int ia3_memory_model(void *state, const ftb_session *s, int B, int T, ftb
 }
 
 static const ftb_method ia3_method = {
-    FTB_ABI_VERSION, "ia3", "IA3: learned scaling of keys, values and the MLP intermediate, base frozen",
-    ia3_options,     ia3_init, ia3_step, ia3_trainable, ia3_destroy, .memory_model = ia3_memory_model,
+    FTB_ABI_VERSION, "ia3",       "IA3: learned scaling of keys, values and the MLP intermediate, base frozen",
+    ia3_options,     ia3_init,    ia3_step,
+    ia3_trainable,   ia3_destroy, .memory_model = ia3_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &ia3_method; }

@@ -30,14 +30,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK_FLOATS (1 << 20) /* one [rows, H] temporary: 4 MiB */
+#define CHUNK_FLOATS   (1 << 20) /* one [rows, H] temporary: 4 MiB */
 #define CHUNK_MIN_ROWS 64
 
-static const char *const gated_names[G_COUNT] = {"U", "V", "alpha"};
+static const char *const gated_names[G_COUNT] = { "U", "V", "alpha" };
 
 size_t lars_gated_saved_bytes(int N, int r, int nb) { return sizeof(float) * (size_t)N * (1 + (size_t)r + nb); }
 
-static int chunk_rows(int N, int H) {
+static int chunk_rows(int N, int H)
+{
     int rows = CHUNK_FLOATS / H;
     if (rows < CHUNK_MIN_ROWS) rows = CHUNK_MIN_ROWS;
     return rows < N ? rows : N;
@@ -48,14 +49,16 @@ typedef struct {
     float *rstd, *a, *c;
 } gated_acts;
 
-static void acts_bind(gated_acts *s, float *base, int N, int r) {
+static void acts_bind(gated_acts *s, float *base, int N, int r)
+{
     s->rstd = base;
     s->a = base + N;
     s->c = s->a + (size_t)N * r;
 }
 
 /* rstd of n rows of x, and z = x·rstd into z. */
-static void rms_forward(float *z, float *rstd, const float *x, int n, int H) {
+static void rms_forward(float *z, float *rstd, const float *x, int n, int H)
+{
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * H;
@@ -67,7 +70,8 @@ static void rms_forward(float *z, float *rstd, const float *x, int n, int H) {
     }
 }
 
-static void gated_forward(ftb_adapter *self, const ftb_linear_ctx *ctx, const float *x, float *y, void **saved) {
+static void gated_forward(ftb_adapter *self, const ftb_linear_ctx *ctx, const float *x, float *y, void **saved)
+{
     lars_gated_adapter *g = (lars_gated_adapter *)self;
     const int N = ctx->B * ctx->T, H = g->in, r = g->r, nb = g->nb, bs = g->block, out = g->out;
     const float alpha = g->t[G_ALPHA].data[0];
@@ -97,12 +101,15 @@ static void gated_forward(ftb_adapter *self, const ftb_linear_ctx *ctx, const fl
         ftb_linear_apply(g->W, n, xg, y + (size_t)r0 * out, 1.0f);
     }
     ftb_free(xg);
-    if (saved) *saved = buf;
-    else ftb_free(buf);
+    if (saved)
+        *saved = buf;
+    else
+        ftb_free(buf);
 }
 
 static void gated_backward(ftb_adapter *self, const ftb_linear_ctx *ctx, const float *x, float *dy, float *dx,
-                           void *saved) {
+                           void *saved)
+{
     lars_gated_adapter *g = (lars_gated_adapter *)self;
     const int N = ctx->B * ctx->T, H = g->in, r = g->r, nb = g->nb, bs = g->block, out = g->out;
     const float alpha = g->t[G_ALPHA].data[0];
@@ -169,20 +176,22 @@ static void gated_backward(ftb_adapter *self, const ftb_linear_ctx *ctx, const f
     ftb_free(saved);
 }
 
-static void gated_release(ftb_adapter *self, void *saved) {
+static void gated_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops gated_ops = {gated_forward, gated_backward, gated_release};
+static const ftb_adapter_ops gated_ops = { gated_forward, gated_backward, gated_release };
 
 /* U: PyTorch's kaiming_uniform_ with its defaults (a = 0, fan_in, gain √2)
  * on a tensor of the stated shape H × r, whose fan_in is size(1) = r:
  * U(±√(6/r)).  V ~ N(0, 10⁻⁸) (variance: std 1e-4), so every gate starts
  * within ~1e-3 of 1.  α = 0.1. */
-int lars_gated_init(lars_gated_adapter *a, ftb_rng *rng, char *err, size_t errlen) {
+int lars_gated_init(lars_gated_adapter *a, ftb_rng *rng, char *err, size_t errlen)
+{
     a->nb = (a->in + a->block - 1) / a->block;
-    const int64_t shape[G_COUNT][2] = {[G_U] = {a->in, a->r}, [G_V] = {a->r, a->nb}, [G_ALPHA] = {1, 0}};
+    const int64_t shape[G_COUNT][2] = { [G_U] = { a->in, a->r }, [G_V] = { a->r, a->nb }, [G_ALPHA] = { 1, 0 } };
     for (int i = 0; i < G_COUNT; i++) {
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.%s.lars.%s", a->layer, ftb_linear_name(a->kind), gated_names[i]);
@@ -199,7 +208,8 @@ int lars_gated_init(lars_gated_adapter *a, ftb_rng *rng, char *err, size_t errle
     return 0;
 }
 
-void lars_gated_free(lars_gated_adapter *a) {
+void lars_gated_free(lars_gated_adapter *a)
+{
     for (int i = 0; i < G_COUNT; i++) {
         ftb_free(a->t[i].data);
         ftb_free(a->t[i].grad);

@@ -11,9 +11,9 @@ enum { G_U, G_V, G_ALPHA, G_COUNT }; /* trainable tensors of one gated adapter *
 #define GATED_RMS_EPS 1e-6f /* RMSNorm(x) without learned scale */
 
 typedef struct {
-    ftb_adapter hook;        /* first: the core hands this pointer back     */
-    ftb_tensor t[G_COUNT];   /* U [H, r], V [r, nb], alpha [1]              */
-    const ftb_tensor *W;     /* the frozen base weight [out, H]             */
+    ftb_adapter hook;          /* first: the core hands this pointer back     */
+    ftb_tensor t[G_COUNT];     /* U [H, r], V [r, nb], alpha [1]              */
+    const ftb_tensor *W;       /* the frozen base weight [out, H]             */
     int in, out, r, block, nb; /* nb = ceil(H / block) gate values per token */
     int layer, kind;
 } lars_gated_adapter;

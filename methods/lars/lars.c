@@ -52,26 +52,26 @@
 
 /* The trainable tensors of one adapter, in the order trainable() lists them. */
 enum {
-    P_A,       /* [r, H]   down-projection of the pooled input              */
-    P_B,       /* [out, r] up-projection to the layer's output              */
-    P_GX,      /* [r, H]   gate from the pooled input                        */
-    P_GH,      /* [r, r]   gate from the normalised code                     */
-    P_M,       /* [r, r]   gated mixing: h2 = ĥ + g·M                        */
-    P_LN_W,    /* [r]      LayerNorm scale                                   */
-    P_LN_B,    /* [r]      LayerNorm shift                                   */
-    P_FFN1_W,  /* [4r, r]                                                    */
-    P_FFN1_B,  /* [4r]                                                       */
-    P_FFN2_W,  /* [r, 4r]                                                    */
-    P_FFN2_B,  /* [r]                                                        */
-    P_ALPHA,   /* [1]      output scale α                                    */
-    P_TAU1,    /* [1]      gate temperature on the input path                */
-    P_TAU2,    /* [1]      gate temperature on the code path                 */
+    P_A,      /* [r, H]   down-projection of the pooled input              */
+    P_B,      /* [out, r] up-projection to the layer's output              */
+    P_GX,     /* [r, H]   gate from the pooled input                        */
+    P_GH,     /* [r, r]   gate from the normalised code                     */
+    P_M,      /* [r, r]   gated mixing: h2 = ĥ + g·M                        */
+    P_LN_W,   /* [r]      LayerNorm scale                                   */
+    P_LN_B,   /* [r]      LayerNorm shift                                   */
+    P_FFN1_W, /* [4r, r]                                                    */
+    P_FFN1_B, /* [4r]                                                       */
+    P_FFN2_W, /* [r, 4r]                                                    */
+    P_FFN2_B, /* [r]                                                        */
+    P_ALPHA,  /* [1]      output scale α                                    */
+    P_TAU1,   /* [1]      gate temperature on the input path                */
+    P_TAU2,   /* [1]      gate temperature on the code path                 */
     P_COUNT
 };
 
 static const char *const param_names[P_COUNT] = {
-    "A", "B", "G_x", "G_h", "M", "ln.weight", "ln.bias", "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias",
-    "alpha", "tau1", "tau2",
+    "A",           "B",         "G_x",         "G_h",       "M",     "ln.weight", "ln.bias",
+    "ffn1.weight", "ffn1.bias", "ffn2.weight", "ffn2.bias", "alpha", "tau1",      "tau2",
 };
 
 #define LN_EPS 1e-5f /* PyTorch's LayerNorm default */
@@ -98,8 +98,8 @@ typedef enum { VARIANT_POOLED = 0, VARIANT_GATED } lars_variant;
 
 typedef struct {
     lars_variant variant;
-    lars_adapter *adapters;       /* variant pooled */
-    lars_gated_adapter *gated;    /* variant gated (gated.c) */
+    lars_adapter *adapters;    /* variant pooled */
+    lars_gated_adapter *gated; /* variant gated (gated.c) */
     int n_adapters;
     int n_params;
     ftb_tensor **params; /* n_adapters * (P_COUNT or G_COUNT) */
@@ -127,7 +127,8 @@ typedef struct {
 /* Floats of a lars_acts block: B·(H + 10r + 1).  No factor of T. */
 static size_t acts_floats(int B, int H, int r) { return (size_t)B * ((size_t)H + 10 * (size_t)r + 1); }
 
-static void acts_bind(lars_acts *a, float *base, int B, int H, int r) {
+static void acts_bind(lars_acts *a, float *base, int B, int H, int r)
+{
     a->p = base;
     a->nhat = a->p + (size_t)B * H;
     a->rstd = a->nhat + (size_t)B * r;
@@ -150,7 +151,8 @@ typedef struct {
     int last;
 } seq_span;
 
-static void seq_spans(const ftb_batch *batch, lars_pool pool, seq_span *spans) {
+static void seq_spans(const ftb_batch *batch, lars_pool pool, seq_span *spans)
+{
     const int B = batch->B, T = batch->T;
     for (int b = 0; b < B; b++) {
         const int32_t *tgt = batch->targets + (size_t)b * T;
@@ -176,7 +178,8 @@ static void seq_spans(const ftb_batch *batch, lars_pool pool, seq_span *spans) {
 #define COL_BLOCK 64 /* columns per thread task: each thread streams its own slice of every row */
 
 /* p[b] = mean over pooled rows of x[b] + x[b, last]. */
-static void pool_forward(float *p, const float *x, const seq_span *spans, int B, int T, int H) {
+static void pool_forward(float *p, const float *x, const seq_span *spans, int B, int T, int H)
+{
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * T * H;
         const int n = spans[b].n_pooled, last = spans[b].last;
@@ -184,7 +187,7 @@ static void pool_forward(float *p, const float *x, const seq_span *spans, int B,
 #pragma omp parallel for schedule(static)
         for (int j0 = 0; j0 < H; j0 += COL_BLOCK) {
             const int j1 = j0 + COL_BLOCK < H ? j0 + COL_BLOCK : H;
-            double acc[COL_BLOCK] = {0};
+            double acc[COL_BLOCK] = { 0 };
             for (int t = 0; t < n; t++)
                 for (int j = j0; j < j1; j++) acc[j - j0] += xb[(size_t)t * H + j];
             for (int j = j0; j < j1; j++)
@@ -194,7 +197,8 @@ static void pool_forward(float *p, const float *x, const seq_span *spans, int B,
 }
 
 /* dx[b, t] += dp[b]/n for pooled t; dx[b, last] += dp[b]. */
-static void pool_backward(float *dx, const float *dp, const seq_span *spans, int B, int T, int H) {
+static void pool_backward(float *dx, const float *dp, const seq_span *spans, int B, int T, int H)
+{
     for (int b = 0; b < B; b++) {
         float *dxb = dx + (size_t)b * T * H;
         const float *dpb = dp + (size_t)b * H;
@@ -210,7 +214,8 @@ static void pool_backward(float *dx, const float *dp, const seq_span *spans, int
 }
 
 /* y[b, t] += alpha·o[b] at every position t. */
-static void broadcast_forward(float *y, const float *o, float alpha, int B, int T, int out) {
+static void broadcast_forward(float *y, const float *o, float alpha, int B, int T, int out)
+{
 #pragma omp parallel for schedule(static)
     for (int64_t row = 0; row < (int64_t)B * T; row++) {
         const float *ob = o + (size_t)(row / T) * out;
@@ -220,13 +225,14 @@ static void broadcast_forward(float *y, const float *o, float alpha, int B, int 
 }
 
 /* s[b] = Σ_t dy[b, t]: all broadcast positions receive o. */
-static void broadcast_backward(float *s, const float *dy, int B, int T, int out) {
+static void broadcast_backward(float *s, const float *dy, int B, int T, int out)
+{
     for (int b = 0; b < B; b++) {
         const float *dyb = dy + (size_t)b * T * out;
 #pragma omp parallel for schedule(static)
         for (int j0 = 0; j0 < out; j0 += COL_BLOCK) {
             const int j1 = j0 + COL_BLOCK < out ? j0 + COL_BLOCK : out;
-            double acc[COL_BLOCK] = {0};
+            double acc[COL_BLOCK] = { 0 };
             for (int t = 0; t < T; t++)
                 for (int j = j0; j < j1; j++) acc[j - j0] += dyb[(size_t)t * out + j];
             for (int j = j0; j < j1; j++) s[(size_t)b * out + j] = (float)acc[j - j0];
@@ -239,8 +245,9 @@ static void broadcast_backward(float *s, const float *dy, int B, int T, int out)
 /* ------------------------------------------------------------------------ */
 
 /* hhat = w·nhat + b with nhat = (h − mean)·rstd over each row of r. */
-static void layernorm_forward(float *hhat, float *nhat, float *rstd, const float *h, const float *w,
-                              const float *bias, int B, int r) {
+static void layernorm_forward(float *hhat, float *nhat, float *rstd, const float *h, const float *w, const float *bias,
+                              int B, int r)
+{
     for (int b = 0; b < B; b++) {
         const float *hb = h + (size_t)b * r;
         double mean = 0, var = 0;
@@ -259,7 +266,8 @@ static void layernorm_forward(float *hhat, float *nhat, float *rstd, const float
 }
 
 static void layernorm_backward(float *dh, float *dw, float *dbias, const float *dhhat, const float *nhat,
-                               const float *rstd, const float *w, int B, int r) {
+                               const float *rstd, const float *w, int B, int r)
+{
     for (int b = 0; b < B; b++) {
         const float *dhb = dhhat + (size_t)b * r, *nb = nhat + (size_t)b * r;
         double mean_dn = 0, mean_dn_n = 0;
@@ -281,33 +289,38 @@ static float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 /* Exact (erf) GELU, PyTorch's default. */
 static float gelu(float u) { return 0.5f * u * (1.0f + erff(u * (float)M_SQRT1_2)); }
-static float gelu_grad(float u) {
+static float gelu_grad(float u)
+{
     return 0.5f * (1.0f + erff(u * (float)M_SQRT1_2)) + u * expf(-0.5f * u * u) * (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
 }
 
 /* Dropout on the [B, r] code.  keep[i] is 0 or 1/(1−rate); the mask is a
  * pure function of its seed, so backward regenerates it. */
-static void dropout_mask(float *keep, int64_t n, float rate, uint64_t seed) {
+static void dropout_mask(float *keep, int64_t n, float rate, uint64_t seed)
+{
     ftb_rng rng;
     ftb_rng_seed(&rng, seed);
     const float scale = 1.0f / (1.0f - rate);
     for (int64_t i = 0; i < n; i++) keep[i] = ftb_rng_uniform(&rng) >= rate ? scale : 0.0f;
 }
 
-static uint64_t dropout_seed(const lars_adapter *a) {
+static uint64_t dropout_seed(const lars_adapter *a)
+{
     uint64_t z = a->shared->seed ^ 0x6c617273ULL; /* "lars" */
     z = z * 0x9e3779b97f4a7c15ULL + a->shared->step;
     z = z * 0x9e3779b97f4a7c15ULL + (uint64_t)a->layer * FTB_LIN_COUNT + (uint64_t)a->kind;
     return z;
 }
 
-static int dropout_active(const lars_adapter *a, const ftb_linear_ctx *c) {
+static int dropout_active(const lars_adapter *a, const ftb_linear_ctx *c)
+{
     return c->training && a->shared->dropout > 0.0f;
 }
 
 /* Everything from x to o [B,out], activations into acts. */
 static void lars_net_forward(const lars_adapter *a, const ftb_linear_ctx *c, const float *x, const seq_span *spans,
-                             const lars_acts *s, float *o) {
+                             const lars_acts *s, float *o)
+{
     const int B = c->B, H = a->in, r = a->r, r4 = 4 * r;
     const ftb_tensor *t = a->t;
     const float tau1 = t[P_TAU1].data[0], tau2 = t[P_TAU2].data[0];
@@ -350,7 +363,8 @@ static void lars_net_forward(const lars_adapter *a, const ftb_linear_ctx *c, con
 
 /* From s[b] = Σ_t dy[b,t] back to dp [B,H]; accumulates parameter grads. */
 static void lars_net_backward(const lars_adapter *a, const ftb_linear_ctx *c, const float *sum_dy, const lars_acts *s,
-                              float *dp) {
+                              float *dp)
+{
     const int B = c->B, H = a->in, r = a->r, r4 = 4 * r, out = a->out;
     const ftb_tensor *t = a->t;
     const float alpha = t[P_ALPHA].data[0], tau1 = t[P_TAU1].data[0], tau2 = t[P_TAU2].data[0];
@@ -422,12 +436,12 @@ static void lars_net_backward(const lars_adapter *a, const ftb_linear_ctx *c, co
 /* Hooks                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static void lars_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void lars_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     lars_adapter *a = (lars_adapter *)self;
     const int B = c->B;
     seq_span *spans = ftb_alloc(FTB_MEM_WORKSPACE, sizeof *spans * (size_t)B);
-    float *acts = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE,
-                            sizeof(float) * acts_floats(B, a->in, a->r));
+    float *acts = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, sizeof(float) * acts_floats(B, a->in, a->r));
     float *o = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)B * a->out);
     if (!spans || !acts || !o) { /* the core saw the failure and ends the run (docs/PLUGINS.md) */
         ftb_free(spans);
@@ -442,12 +456,14 @@ static void lars_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     broadcast_forward(y, o, a->t[P_ALPHA].data[0], B, c->T, a->out);
     ftb_free(o);
     ftb_free(spans);
-    if (saved) *saved = acts;
-    else ftb_free(acts);
+    if (saved)
+        *saved = acts;
+    else
+        ftb_free(acts);
 }
 
-static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                          void *saved) {
+static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
+{
     (void)x; /* NULL: needs_input is 0 — the point of the method */
     lars_adapter *a = (lars_adapter *)self;
     const int B = c->B;
@@ -474,12 +490,13 @@ static void lars_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     ftb_free(saved);
 }
 
-static void lars_release(ftb_adapter *self, void *saved) {
+static void lars_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops lars_ops = {lars_forward, lars_backward, lars_release};
+static const ftb_adapter_ops lars_ops = { lars_forward, lars_backward, lars_release };
 
 /* ------------------------------------------------------------------------ */
 /* Method                                                                   */
@@ -488,21 +505,23 @@ static const ftb_adapter_ops lars_ops = {lars_forward, lars_backward, lars_relea
 #define DEFAULT_TARGETS "q,v"
 
 static const ftb_option_doc lars_options[] = {
-    {"variant", "pooled",
-     "'pooled' (one vector per sequence from pooled inputs, added at every position) or 'gated' (per-token "
-     "block-wise input gate 1 + alpha*(RMSNorm(x)*U)*V)"},
-    {"rank", "8", "rank r of the activation subspace (pooled) or of U, V (gated)"},
-    {"targets", DEFAULT_TARGETS, "linear layers to adapt (comma-separated q,k,v,o,gate,up,down, or 'all' / 'attn' / 'mlp')"},
-    {"dropout", "0.1", "pooled only: dropout on the gated code h2 while training, in [0, 1)"},
-    {"pool", "valid",
-     "pooled only: positions averaged into p: 'valid' (up to the last real token), 'all' (every position) or "
-     "'prompt' (only positions before the first kept target: causal for prompt->answer data)"},
-    {"block", "32", "gated only: input features scaled by one gate value"},
-    {"weight_decay", "0.0", "AdamW weight decay (not on LayerNorm, biases, alpha, tau)"},
-    {NULL, NULL, NULL},
+    { "variant", "pooled",
+      "'pooled' (one vector per sequence from pooled inputs, added at every position) or 'gated' (per-token "
+      "block-wise input gate 1 + alpha*(RMSNorm(x)*U)*V)" },
+    { "rank", "8", "rank r of the activation subspace (pooled) or of U, V (gated)" },
+    { "targets", DEFAULT_TARGETS,
+      "linear layers to adapt (comma-separated q,k,v,o,gate,up,down, or 'all' / 'attn' / 'mlp')" },
+    { "dropout", "0.1", "pooled only: dropout on the gated code h2 while training, in [0, 1)" },
+    { "pool", "valid",
+      "pooled only: positions averaged into p: 'valid' (up to the last real token), 'all' (every position) or "
+      "'prompt' (only positions before the first kept target: causal for prompt->answer data)" },
+    { "block", "32", "gated only: input features scaled by one gate value" },
+    { "weight_decay", "0.0", "AdamW weight decay (not on LayerNorm, biases, alpha, tau)" },
+    { NULL, NULL, NULL },
 };
 
-static void fill_uniform(ftb_tensor *t, float bound, ftb_rng *rng) {
+static void fill_uniform(ftb_tensor *t, float bound, ftb_rng *rng)
+{
     for (int64_t i = 0; i < t->numel; i++) t->data[i] = bound * (2.0f * ftb_rng_uniform(rng) - 1.0f);
 }
 
@@ -510,13 +529,14 @@ static void fill_uniform(ftb_tensor *t, float bound, ftb_rng *rng) {
  * model starts as the base model), G_x = G_h = 0, M = I, LayerNorm (1, 0),
  * FFN as PyTorch's Linear (U(±1/√fan_in) for weight and bias), α = 0.5,
  * τ1 = τ2 = 1. */
-static int adapter_init(lars_adapter *a, int layer, int kind, ftb_rng *rng, char *err, size_t errlen) {
+static int adapter_init(lars_adapter *a, int layer, int kind, ftb_rng *rng, char *err, size_t errlen)
+{
     const int r = a->r, H = a->in, out = a->out;
     const int64_t shape[P_COUNT][2] = {
-        [P_A] = {r, H},      [P_B] = {out, r},        [P_GX] = {r, H},         [P_GH] = {r, r},
-        [P_M] = {r, r},      [P_LN_W] = {r, 0},       [P_LN_B] = {r, 0},       [P_FFN1_W] = {4 * r, r},
-        [P_FFN1_B] = {4 * r, 0}, [P_FFN2_W] = {r, 4 * r}, [P_FFN2_B] = {r, 0}, [P_ALPHA] = {1, 0},
-        [P_TAU1] = {1, 0},   [P_TAU2] = {1, 0},
+        [P_A] = { r, H },          [P_B] = { out, r },        [P_GX] = { r, H },     [P_GH] = { r, r },
+        [P_M] = { r, r },          [P_LN_W] = { r, 0 },       [P_LN_B] = { r, 0 },   [P_FFN1_W] = { 4 * r, r },
+        [P_FFN1_B] = { 4 * r, 0 }, [P_FFN2_W] = { r, 4 * r }, [P_FFN2_B] = { r, 0 }, [P_ALPHA] = { 1, 0 },
+        [P_TAU1] = { 1, 0 },       [P_TAU2] = { 1, 0 },
     };
     for (int i = 0; i < P_COUNT; i++) {
         char name[96];
@@ -543,14 +563,15 @@ static void lars_destroy(void *state);
 /* Variant-specific options given to the other variant are refused rather
  * than silently ignored: a record then never claims a setting that had no
  * effect. */
-static int refuse_foreign_option(const ftb_options *o, const char *key, const char *variant, char *err,
-                                 size_t errlen) {
+static int refuse_foreign_option(const ftb_options *o, const char *key, const char *variant, char *err, size_t errlen)
+{
     if (!ftb_opt_str(o, key, NULL)) return 0;
     snprintf(err, errlen, "option %s: not used by variant=%s", key, variant);
     return -1;
 }
 
-static void *lars_init(ftb_session *s, char *err, size_t errlen) {
+static void *lars_init(ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     const char *variant = ftb_opt_str(s->options, "variant", "pooled");
     long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
@@ -603,8 +624,10 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen) {
     st->shared.seed = s->seed;
     const int per_layer = __builtin_popcount((unsigned)mask);
     const int per_adapter = gated ? G_COUNT : P_COUNT;
-    if (gated) st->gated = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->gated);
-    else st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
+    if (gated)
+        st->gated = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->gated);
+    else
+        st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
     st->params = calloc((size_t)m->cfg.n_layers * per_layer * per_adapter, sizeof *st->params);
     if ((!st->adapters && !st->gated) || !st->params) {
         snprintf(err, errlen, "lars: out of memory");
@@ -656,20 +679,22 @@ fail:
     return NULL;
 }
 
-static int lars_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int lars_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     lars_state *st = state;
     st->shared.step++; /* fresh dropout masks */
     return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
-static int lars_trainable(void *state, ftb_tensor ***tensors) {
+static int lars_trainable(void *state, ftb_tensor ***tensors)
+{
     lars_state *st = state;
     *tensors = st->params;
     return st->n_params;
 }
 
-static void lars_destroy(void *state) {
+static void lars_destroy(void *state)
+{
     lars_state *st = state;
     if (!st) return;
     for (int i = 0; i < st->n_adapters; i++) {
@@ -699,7 +724,8 @@ static void lars_destroy(void *state) {
  * nothing per position; gated: rstd, z·U and the gate per token (the layer
  * input is the core's, needs_input).  The hooks' transient buffers (o, the
  * chunked gated input) are left out: well under 0.1% of a step. */
-static int lars_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int lars_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     const lars_state *st = state;
     const ftb_model *m = st->model;
     int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);

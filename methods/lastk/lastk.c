@@ -11,11 +11,12 @@ typedef struct {
 } lastk_state;
 
 static const ftb_option_doc lastk_options[] = {
-    {"k", "2", "number of final blocks to train"},
-    {NULL, NULL, NULL},
+    { "k", "2", "number of final blocks to train" },
+    { NULL, NULL, NULL },
 };
 
-static void *lastk_init(ftb_session *s, char *err, size_t errlen) {
+static void *lastk_init(ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     long k = ftb_opt_int(s->options, "k", 2, err, errlen);
     if (err[0]) return NULL;
@@ -41,19 +42,21 @@ static void *lastk_init(ftb_session *s, char *err, size_t errlen) {
     return st;
 }
 
-static int lastk_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                      size_t errlen) {
+static int lastk_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     lastk_state *st = state;
     return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
-static int lastk_trainable(void *state, ftb_tensor ***tensors) {
+static int lastk_trainable(void *state, ftb_tensor ***tensors)
+{
     lastk_state *st = state;
     *tensors = st->opt.params;
     return st->opt.n;
 }
 
-static void lastk_destroy(void *state) {
+static void lastk_destroy(void *state)
+{
     lastk_state *st = state;
     if (!st) return;
     ftb_adamw_free(&st->opt);
@@ -61,8 +64,9 @@ static void lastk_destroy(void *state) {
 }
 
 static const ftb_method lastk_method = {
-    FTB_ABI_VERSION, "lastk", "train only the last k blocks (tutorial plugin)", lastk_options,
-    lastk_init,      lastk_step, lastk_trainable, lastk_destroy,
+    FTB_ABI_VERSION, "lastk",       "train only the last k blocks (tutorial plugin)",
+    lastk_options,   lastk_init,    lastk_step,
+    lastk_trainable, lastk_destroy,
 };
 
 const ftb_method *ftbench_method(void) { return &lastk_method; }

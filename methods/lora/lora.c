@@ -49,19 +49,22 @@ typedef struct {
     ftb_model *model;
 } lora_state;
 
-static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     lora_adapter *a = (lora_adapter *)self;
     const int N = c->B * c->T;
     float *h = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     if (!h) return; /* the core sees the failure (docs/CORE.md) */
     ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
     ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
-    if (saved) *saved = h;
-    else ftb_free(h);
+    if (saved)
+        *saved = h;
+    else
+        ftb_free(h);
 }
 
-static void lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                          void *saved) {
+static void lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
+{
     lora_adapter *a = (lora_adapter *)self;
     const int N = c->B * c->T;
     const float *h = saved;
@@ -82,7 +85,8 @@ static void lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
 
 /* What a dropout adapter keeps per call, in one block: h [N, r] and
  * x_drop [N, in] as floats, then mask [N, in] as bytes (PyTorch's bool). */
-static size_t dropout_saved_bytes(int N, int in, int r) {
+static size_t dropout_saved_bytes(int N, int in, int r)
+{
     return sizeof(float) * (size_t)N * ((size_t)r + in) + (size_t)N * in;
 }
 
@@ -90,7 +94,8 @@ static size_t dropout_saved_bytes(int N, int in, int r) {
 
 /* mask and x_drop = x ⊙ mask/(1 − p) of rows 0..N−1; each row's mask from
  * its own seed, so threads and recomputation draw the same bits. */
-static void dropout_rows(const lora_adapter *a, int N, const float *x, float *xd, uint8_t *mask) {
+static void dropout_rows(const lora_adapter *a, int N, const float *x, float *xd, uint8_t *mask)
+{
     const float p = a->shared->dropout, keep_scale = 1.0f / (1.0f - p);
     uint64_t base = a->shared->seed ^ 0x6c6f7261ULL; /* "lora" */
     base = base * 0x9e3779b97f4a7c15ULL + a->shared->step;
@@ -107,8 +112,8 @@ static void dropout_rows(const lora_adapter *a, int N, const float *x, float *xd
     }
 }
 
-static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y,
-                                 void **saved) {
+static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     lora_adapter *a = (lora_adapter *)self;
     if (!c->training) { /* inference: PEFT's dropout is the identity in eval mode */
         lora_forward(self, c, x, y, NULL);
@@ -123,12 +128,15 @@ static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, con
     dropout_rows(a, N, x, xd, mask);
     ftb_gemm(0, 1, N, a->r, a->in, 1.0f, xd, a->in, a->A.data, a->in, 0.0f, h, a->r);
     ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
-    if (saved) *saved = buf;
-    else ftb_free(buf);
+    if (saved)
+        *saved = buf;
+    else
+        ftb_free(buf);
 }
 
 static void lora_dropout_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                                  void *saved) {
+                                  void *saved)
+{
     (void)x; /* NULL: the hook keeps x_drop itself */
     lora_adapter *a = (lora_adapter *)self;
     const int N = c->B * c->T, in = a->in;
@@ -162,27 +170,30 @@ static void lora_dropout_backward(ftb_adapter *self, const ftb_linear_ctx *c, co
     ftb_free(saved);
 }
 
-static void lora_release(ftb_adapter *self, void *saved) {
+static void lora_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops lora_ops = {lora_forward, lora_backward, lora_release};
-static const ftb_adapter_ops lora_dropout_ops = {lora_dropout_forward, lora_dropout_backward, lora_release};
+static const ftb_adapter_ops lora_ops = { lora_forward, lora_backward, lora_release };
+static const ftb_adapter_ops lora_dropout_ops = { lora_dropout_forward, lora_dropout_backward, lora_release };
 
 static const ftb_option_doc lora_options[] = {
-    {"rank", "8", "rank r of A and B"},
-    {"alpha", "16", "scale s = alpha / rank"},
-    {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
-    {"weight_decay", "0.0", "AdamW weight decay"},
-    {"dropout", "0", "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
-                     "dropped-out copy of the input and its mask per adapter"},
-    {NULL, NULL, NULL},
+    { "rank", "8", "rank r of A and B" },
+    { "alpha", "16", "scale s = alpha / rank" },
+    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
+    { "weight_decay", "0.0", "AdamW weight decay" },
+    { "dropout", "0",
+      "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
+      "dropped-out copy of the input and its mask per adapter" },
+    { NULL, NULL, NULL },
 };
 
 static void lora_destroy(void *state);
 
-static void *lora_init(ftb_session *s, char *err, size_t errlen) {
+static void *lora_init(ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
     double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
@@ -242,28 +253,32 @@ fail:
     return NULL;
 }
 
-static int lora_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int lora_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     lora_state *st = state;
     st->shared.step++; /* fresh dropout masks */
     return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
-static int lora_trainable(void *state, ftb_tensor ***tensors) {
+static int lora_trainable(void *state, ftb_tensor ***tensors)
+{
     lora_state *st = state;
     *tensors = st->params;
     return 2 * st->n_adapters;
 }
 
-static void lora_destroy(void *state) {
+static void lora_destroy(void *state)
+{
     lora_state *st = state;
     if (!st) return;
     for (int l = 0; l < st->model->cfg.n_layers; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
     ftb_adamw_free(&st->opt);
     for (int i = 0; i < st->n_adapters; i++) {
-        ftb_free(st->adapters[i].A.data); ftb_free(st->adapters[i].A.grad);
-        ftb_free(st->adapters[i].B.data); ftb_free(st->adapters[i].B.grad);
+        ftb_free(st->adapters[i].A.data);
+        ftb_free(st->adapters[i].A.grad);
+        ftb_free(st->adapters[i].B.data);
+        ftb_free(st->adapters[i].B.grad);
     }
     free(st->adapters);
     free(st->params);
@@ -273,7 +288,8 @@ static void lora_destroy(void *state) {
 /* Analytic memory (docs/methods/lora.md): the core's schedule, plus what
  * each adapter saves for its backward: h = x·Aᵀ [N, r], and with dropout its
  * dropped-out input and mask too. */
-static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     lora_state *st = state;
     const ftb_model *m = st->model;
     int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
@@ -293,8 +309,9 @@ static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ft
 }
 
 static const ftb_method lora_method = {
-    FTB_ABI_VERSION, "lora", "LoRA: low-rank A·B on chosen linear layers, base frozen", lora_options,
-    lora_init,       lora_step, lora_trainable, lora_destroy, .memory_model = lora_memory_model,
+    FTB_ABI_VERSION, "lora",       "LoRA: low-rank A·B on chosen linear layers, base frozen",
+    lora_options,    lora_init,    lora_step,
+    lora_trainable,  lora_destroy, .memory_model = lora_memory_model,
 };
 
 const ftb_method *ftbench_method(void) { return &lora_method; }

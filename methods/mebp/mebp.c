@@ -28,7 +28,7 @@
 #define ADAPTER_METHOD "lora"
 
 typedef struct {
-    void *handle;                /* lora.so, dlopen'ed by mebp */
+    void *handle; /* lora.so, dlopen'ed by mebp */
     const ftb_method *lora;
     void *lora_state;
     ftb_keep_policy *keep;       /* s->run.keep points here until destroy */
@@ -36,26 +36,28 @@ typedef struct {
     const char **keys, **values; /* lora's options (strings are the host's) */
     ftb_options lora_options;
     ftb_model *model;
-    int residency_before;        /* restored at destroy */
+    int residency_before; /* restored at destroy */
 } mebp_state;
 
 /* The lora plugin's options (tests check the two lists agree) and mebp's own. */
 static const ftb_option_doc mebp_options[] = {
-    {"rank", "8", "rank r of A and B"},
-    {"alpha", "16", "scale s = alpha / rank"},
-    {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
-    {"weight_decay", "0.0", "AdamW weight decay"},
-    {"dropout", "0", "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
-                     "dropped-out copy of the input and its mask per adapter"},
-    {"offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)"},
-    {"residency", "lazy", "base weights mapped from a file: lazy (brought in block by block, MeBP's scheme) "
-                          "or as-given (keep the host's --residency)"},
-    {NULL, NULL, NULL},
+    { "rank", "8", "rank r of A and B" },
+    { "alpha", "16", "scale s = alpha / rank" },
+    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
+    { "weight_decay", "0.0", "AdamW weight decay" },
+    { "dropout", "0",
+      "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
+      "dropped-out copy of the input and its mask per adapter" },
+    { "offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)" },
+    { "residency", "lazy",
+      "base weights mapped from a file: lazy (brought in block by block, MeBP's scheme) "
+      "or as-given (keep the host's --residency)" },
+    { NULL, NULL, NULL },
 };
 
 /* Loads <mebp's dir>/<name>.so and checks it as the host checks a plugin. */
-static int open_sibling_method(const char *name, void **handle, const ftb_method **method, char *err,
-                               size_t errlen) {
+static int open_sibling_method(const char *name, void **handle, const ftb_method **method, char *err, size_t errlen)
+{
     Dl_info info;
     char dir[PATH_MAX], path[PATH_MAX + 256];
     *handle = NULL;
@@ -65,12 +67,13 @@ static int open_sibling_method(const char *name, void **handle, const ftb_method
         return -1;
     }
     const char *slash = strrchr(info.dli_fname, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - info.dli_fname), info.dli_fname);
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - info.dli_fname), info.dli_fname);
     snprintf(path, sizeof path, "%s/%s.so", dir, name);
     if (access(path, F_OK) != 0) {
-        snprintf(err, errlen, "mebp: its adapters are the %s plugin's, and there is no %s.so in %s", name, name,
-                 dir);
+        snprintf(err, errlen, "mebp: its adapters are the %s plugin's, and there is no %s.so in %s", name, name, dir);
         return -1;
     }
     dlerror();
@@ -99,7 +102,8 @@ static int open_sibling_method(const char *name, void **handle, const ftb_method
 
 static void mebp_destroy(void *state);
 
-static void *mebp_init(ftb_session *s, char *err, size_t errlen) {
+static void *mebp_init(ftb_session *s, char *err, size_t errlen)
+{
     const ftb_options *o = s->options;
     const char *dir = ftb_opt_str(o, "offload_dir", "");
     const char *residency = ftb_opt_str(o, "residency", "lazy");
@@ -133,15 +137,17 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen) {
         const ftb_option_doc *d = mebp_options;
         while (d->name && strcmp(d->name, o->keys[i]) != 0) d++;
         if (!d->name) {
-            snprintf(err, errlen, "mebp has no option '%s' (options: rank, alpha, targets, weight_decay, "
-                                  "offload_dir, residency)", o->keys[i]);
+            snprintf(err, errlen,
+                     "mebp has no option '%s' (options: rank, alpha, targets, weight_decay, "
+                     "offload_dir, residency)",
+                     o->keys[i]);
             goto fail;
         }
         st->keys[count] = o->keys[i];
         st->values[count] = o->values[i];
         count++;
     }
-    st->lora_options = (ftb_options){count, st->keys, st->values};
+    st->lora_options = (ftb_options){ count, st->keys, st->values };
     if (open_sibling_method(ADAPTER_METHOD, &st->handle, &st->lora, err, errlen)) goto fail;
 
     s->options = &st->lora_options;
@@ -166,8 +172,8 @@ fail:
     return NULL;
 }
 
-static int mebp_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int mebp_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     mebp_state *st = state;
     const ftb_options *host_options = s->options;
     s->options = &st->lora_options;
@@ -176,7 +182,8 @@ static int mebp_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
     return rc;
 }
 
-static int mebp_trainable(void *state, ftb_tensor ***tensors) {
+static int mebp_trainable(void *state, ftb_tensor ***tensors)
+{
     mebp_state *st = state;
     if (!st->lora->trainable) {
         *tensors = NULL;
@@ -185,7 +192,8 @@ static int mebp_trainable(void *state, ftb_tensor ***tensors) {
     return st->lora->trainable(st->lora_state, tensors);
 }
 
-static void mebp_destroy(void *state) {
+static void mebp_destroy(void *state)
+{
     mebp_state *st = state;
     if (!st) return;
     if (st->model) ftb_model_set_residency(st->model, (ftb_residency)st->residency_before);
@@ -200,7 +208,8 @@ static void mebp_destroy(void *state) {
 
 /* Its LoRA adapters' model, under the keep policies mebp has set in s->run
  * (checkpoints offloaded: not resident, so not in the prediction). */
-static int mebp_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int mebp_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     mebp_state *st = state;
     if (st->lora->abi_version >= 2 && st->lora->memory_model)
         return st->lora->memory_model(st->lora_state, s, B, T, out);

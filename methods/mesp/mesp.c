@@ -46,13 +46,15 @@ typedef struct {
 } mesp_state;
 
 /* h = x·Aᵀ [N, r], in a workspace buffer: never kept. */
-static float *low_rank_projection(const mesp_adapter *a, int N, const float *x) {
+static float *low_rank_projection(const mesp_adapter *a, int N, const float *x)
+{
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     if (h) ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
     return h;
 }
 
-static void mesp_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void mesp_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     (void)saved; /* nothing to keep: backward recomputes h from x */
     mesp_adapter *a = (mesp_adapter *)self;
     const int N = c->B * c->T;
@@ -62,8 +64,8 @@ static void mesp_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     ftb_free(h);
 }
 
-static void mesp_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                          void *saved) {
+static void mesp_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
+{
     (void)saved;
     mesp_adapter *a = (mesp_adapter *)self;
     const int N = c->B * c->T;
@@ -74,39 +76,46 @@ static void mesp_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
         ftb_free(dh);
         return;
     }
-    ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);      /* dB += s·dyᵀ·h */
+    ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r); /* dB += s·dyᵀ·h */
     ftb_free(h);
-    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);     /* dh = s·dy·B   */
-    ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);           /* dA += dhᵀ·x   */
-    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);          /* dx += dh·A    */
+    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r); /* dh = s·dy·B   */
+    ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);       /* dA += dhᵀ·x   */
+    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);      /* dx += dh·A    */
     ftb_free(dh);
 }
 
-static void mesp_release(ftb_adapter *self, void *saved) {
+static void mesp_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     (void)saved; /* never set */
 }
 
-static const ftb_adapter_ops mesp_ops = {mesp_forward, mesp_backward, mesp_release};
+static const ftb_adapter_ops mesp_ops = { mesp_forward, mesp_backward, mesp_release };
 
 static const ftb_option_doc mesp_options[] = {
-    {"rank", "8", "rank r of A and B"},
-    {"alpha", "16", "scale s = alpha / rank"},
-    {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
-    {"weight_decay", "0.0", "AdamW weight decay"},
-    {"checkpoint", "offload", "block checkpoints: offload (input in a mapped file, MeBP), "
-                              "recompute (input on the heap), none (keep every activation)"},
-    {"offload_dir", "", "directory for offloaded checkpoints (default $TMPDIR, else /var/tmp)"},
-    {"residency", "lazy", "base weights mapped from a file: lazy (brought in block by block, as MeBP/MeSP) "
-                          "or as-given (keep the host's --residency)"},
-    {NULL, NULL, NULL},
+    { "rank", "8", "rank r of A and B" },
+    { "alpha", "16", "scale s = alpha / rank" },
+    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
+    { "weight_decay", "0.0", "AdamW weight decay" },
+    { "checkpoint", "offload",
+      "block checkpoints: offload (input in a mapped file, MeBP), "
+      "recompute (input on the heap), none (keep every activation)" },
+    { "offload_dir", "", "directory for offloaded checkpoints (default $TMPDIR, else /var/tmp)" },
+    { "residency", "lazy",
+      "base weights mapped from a file: lazy (brought in block by block, as MeBP/MeSP) "
+      "or as-given (keep the host's --residency)" },
+    { NULL, NULL, NULL },
 };
 
 /* "offload" | "recompute" | "none" → the keep policy of every block. */
-static int parse_checkpoint(const char *s, ftb_keep_policy *out, char *err, size_t errlen) {
-    if (strcmp(s, "offload") == 0) *out = FTB_KEEP_OFFLOAD;
-    else if (strcmp(s, "recompute") == 0) *out = FTB_KEEP_INPUT;
-    else if (strcmp(s, "none") == 0) *out = FTB_KEEP_ALL;
+static int parse_checkpoint(const char *s, ftb_keep_policy *out, char *err, size_t errlen)
+{
+    if (strcmp(s, "offload") == 0)
+        *out = FTB_KEEP_OFFLOAD;
+    else if (strcmp(s, "recompute") == 0)
+        *out = FTB_KEEP_INPUT;
+    else if (strcmp(s, "none") == 0)
+        *out = FTB_KEEP_ALL;
     else {
         snprintf(err, errlen, "option checkpoint: '%s' is not offload, recompute or none", s);
         return -1;
@@ -116,7 +125,8 @@ static int parse_checkpoint(const char *s, ftb_keep_policy *out, char *err, size
 
 static void mesp_destroy(void *state);
 
-static void *mesp_init(ftb_session *s, char *err, size_t errlen) {
+static void *mesp_init(ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
     double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
@@ -191,26 +201,29 @@ static void *mesp_init(ftb_session *s, char *err, size_t errlen) {
     if (st->offload_dir) s->run.offload_dir = st->offload_dir;
     /* A base mapped from a file is brought in block by block; a model built
      * in memory has nothing to drop and keeps its residency. */
-    if (!strcmp(residency, "lazy") && ftb_model_mapped_bytes(m) > 0) ftb_model_set_residency(m, FTB_RESIDENT_LAZY_BLOCK);
+    if (!strcmp(residency, "lazy") && ftb_model_mapped_bytes(m) > 0)
+        ftb_model_set_residency(m, FTB_RESIDENT_LAZY_BLOCK);
     return st;
 fail:
     mesp_destroy(st);
     return NULL;
 }
 
-static int mesp_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int mesp_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     mesp_state *st = state;
     return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
 }
 
-static int mesp_trainable(void *state, ftb_tensor ***tensors) {
+static int mesp_trainable(void *state, ftb_tensor ***tensors)
+{
     mesp_state *st = state;
     *tensors = st->params;
     return 2 * st->n_adapters;
 }
 
-static void mesp_destroy(void *state) {
+static void mesp_destroy(void *state)
+{
     mesp_state *st = state;
     if (!st) return;
     ftb_model_set_residency(st->model, (ftb_residency)st->residency_before);
@@ -218,8 +231,10 @@ static void mesp_destroy(void *state) {
         for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
     ftb_adamw_free(&st->opt);
     for (int i = 0; i < st->n_adapters; i++) {
-        ftb_free(st->adapters[i].A.data); ftb_free(st->adapters[i].A.grad);
-        ftb_free(st->adapters[i].B.data); ftb_free(st->adapters[i].B.grad);
+        ftb_free(st->adapters[i].A.data);
+        ftb_free(st->adapters[i].A.grad);
+        ftb_free(st->adapters[i].B.data);
+        ftb_free(st->adapters[i].B.grad);
     }
     free(st->adapters);
     free(st->params);

@@ -61,29 +61,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ZO_BLOCK 65536                     /* elements per independently seeded block */
-#define ZO_CHUNK 256                       /* normals generated at a time, on the stack (even) */
-#define MAX_SAMPLES 64
-#define MEZO_SEED_SALT 0x6d657a6fULL       /* "mezo" */
-#define LORA_SEED_SALT 0x6c6f7261ULL       /* "lora": same A as methods/lora for a seed */
+#define ZO_BLOCK       65536 /* elements per independently seeded block */
+#define ZO_CHUNK       256   /* normals generated at a time, on the stack (even) */
+#define MAX_SAMPLES    64
+#define MEZO_SEED_SALT 0x6d657a6fULL /* "mezo" */
+#define LORA_SEED_SALT 0x6c6f7261ULL /* "lora": same A as methods/lora for a seed */
 
 /* ---- seeded noise ------------------------------------------------------- */
 
 /* splitmix64's finaliser: a bijection that scatters nearby inputs. */
-static uint64_t zo_mix(uint64_t z) {
+static uint64_t zo_mix(uint64_t z)
+{
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
 
 /* The seed of child `index` of a seed: tensors of a step, blocks of a tensor. */
-static uint64_t zo_child(uint64_t parent, uint64_t index) {
+static uint64_t zo_child(uint64_t parent, uint64_t index)
+{
     return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1));
 }
 
 /* z[0..n) ~ N(0,1), continuing r's stream.  n even, except at the very end
  * of a block.  u1 ∈ (0,1] keeps the log finite; |z| ≤ 5.8 (24-bit u1). */
-static void fill_normal_pairs(float *z, int n, ftb_rng *r) {
+static void fill_normal_pairs(float *z, int n, ftb_rng *r)
+{
     for (int i = 0; i < n; i += 2) {
         uint64_t x = ftb_rng_u64(r);
         float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
@@ -111,7 +114,8 @@ typedef struct {
 static int perturbed_factors(const mezo_lora *a, float **A, float **B);
 
 /* y += s·(x·Aᵀ)·Bᵀ.  h is workspace: nothing is kept, in any mode. */
-static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     (void)saved;
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
@@ -132,7 +136,8 @@ static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const 
  * dh = s·dy·B.  Without x (a backward run by someone else) the adapter only
  * passes the gradient through, dx += dh·A, so other gradients stay exact. */
 static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                               void *saved) {
+                               void *saved)
+{
     (void)saved;
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
@@ -150,12 +155,13 @@ static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const
     ftb_free(dh);
 }
 
-static void mezo_lora_release(ftb_adapter *self, void *saved) {
+static void mezo_lora_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     (void)saved; /* nothing was saved */
 }
 
-static const ftb_adapter_ops mezo_lora_ops = {mezo_lora_forward, mezo_lora_backward, mezo_lora_release};
+static const ftb_adapter_ops mezo_lora_ops = { mezo_lora_forward, mezo_lora_backward, mezo_lora_release };
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -166,35 +172,38 @@ typedef struct {
 
 typedef struct mezo_state {
     ftb_model *model;
-    ftb_tensor **params;    /* what is perturbed and updated, in noise order */
+    ftb_tensor **params; /* what is perturbed and updated, in noise order */
     int n_params;
-    noise_block *blocks;    /* every (tensor, block) pair: one parallel loop */
+    noise_block *blocks; /* every (tensor, block) pair: one parallel loop */
     int64_t n_blocks;
-    mezo_lora *adapters;    /* params=lora only */
+    mezo_lora *adapters; /* params=lora only */
     int n_adapters;
     float eps, weight_decay;
-    int samples;            /* K: ± pairs per step */
-    int inplace;            /* perturb=inplace: the seed trick writes θ */
-    ftb_rng seeds;          /* K draws per step */
+    int samples;   /* K: ± pairs per step */
+    int inplace;   /* perturb=inplace: the seed trick writes θ */
+    ftb_rng seeds; /* K draws per step */
     /* perturb=read: the perturbation forwards see now (scale 0: none) */
     uint64_t read_seed;
     float read_scale;
 } mezo_state;
 
 static const ftb_option_doc mezo_options[] = {
-    {"params", "full", "what is trained: full (every weight, as in the paper) or lora"},
-    {"eps", "auto", "perturbation scale ε; auto: 1e-3 with params=full, 1e-2 with params=lora (the paper's)"},
-    {"weight_decay", "0.0", "decoupled weight decay wd in θ -= lr·(pg·z + wd·θ); none on biases and norms"},
-    {"samples", "1", "K: perturbations per step (MeZO's n), 2K forwards, the update averages the K estimates (1..64)"},
-    {"perturb", "read", "how forwards see θ ± εz: read (added as the core reads θ, never written: exact) or inplace (the paper's seed trick: written and undone, within 2 ulp)"},
-    {"rank", "8", "params=lora: rank r of A and B"},
-    {"alpha", "16", "params=lora: scale s = alpha / rank"},
-    {"targets", "q,v", "params=lora: linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
-    {NULL, NULL, NULL},
+    { "params", "full", "what is trained: full (every weight, as in the paper) or lora" },
+    { "eps", "auto", "perturbation scale ε; auto: 1e-3 with params=full, 1e-2 with params=lora (the paper's)" },
+    { "weight_decay", "0.0", "decoupled weight decay wd in θ -= lr·(pg·z + wd·θ); none on biases and norms" },
+    { "samples", "1",
+      "K: perturbations per step (MeZO's n), 2K forwards, the update averages the K estimates (1..64)" },
+    { "perturb", "read",
+      "how forwards see θ ± εz: read (added as the core reads θ, never written: exact) or inplace (the paper's seed "
+      "trick: written and undone, within 2 ulp)" },
+    { "rank", "8", "params=lora: rank r of A and B" },
+    { "alpha", "16", "params=lora: scale s = alpha / rank" },
+    { "targets", "q,v", "params=lora: linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
+    { NULL, NULL, NULL },
 };
 
-static int new_lora_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, char *err,
-                           size_t errlen) {
+static int new_lora_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, char *err, size_t errlen)
+{
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = 2;
@@ -211,8 +220,8 @@ static int new_lora_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_
     return 0;
 }
 
-static int attach_lora(mezo_state *st, ftb_session *s, long rank, double alpha, int mask, char *err,
-                       size_t errlen) {
+static int attach_lora(mezo_state *st, ftb_session *s, long rank, double alpha, int mask, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     int per_layer = __builtin_popcount((unsigned)mask);
     st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
@@ -255,7 +264,8 @@ static int attach_lora(mezo_state *st, ftb_session *s, long rank, double alpha, 
 /* The base weights themselves: written in place, so they must be writable;
  * ftb_model_make_writable copies mapped ones out of the checkpoint without
  * allocating gradients. */
-static int train_full_model(mezo_state *st, ftb_session *s, char *err, size_t errlen) {
+static int train_full_model(mezo_state *st, ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     ftb_model_set_trainable(m, 1);
     if (ftb_model_make_writable(m, err, errlen)) return -1;
@@ -269,7 +279,8 @@ static int train_full_model(mezo_state *st, ftb_session *s, char *err, size_t er
     return 0;
 }
 
-static int list_noise_blocks(mezo_state *st, char *err, size_t errlen) {
+static int list_noise_blocks(mezo_state *st, char *err, size_t errlen)
+{
     for (int t = 0; t < st->n_params; t++) st->n_blocks += (st->params[t]->numel + ZO_BLOCK - 1) / ZO_BLOCK;
     st->blocks = malloc(sizeof *st->blocks * (size_t)(st->n_blocks ? st->n_blocks : 1));
     if (!st->blocks) {
@@ -278,13 +289,14 @@ static int list_noise_blocks(mezo_state *st, char *err, size_t errlen) {
     }
     int64_t j = 0;
     for (int t = 0; t < st->n_params; t++)
-        for (int64_t k = 0; k * ZO_BLOCK < st->params[t]->numel; k++) st->blocks[j++] = (noise_block){t, k};
+        for (int64_t k = 0; k * ZO_BLOCK < st->params[t]->numel; k++) st->blocks[j++] = (noise_block){ t, k };
     return 0;
 }
 
 static void mezo_destroy(void *state);
 
-static void *mezo_init(ftb_session *s, char *err, size_t errlen) {
+static void *mezo_init(ftb_session *s, char *err, size_t errlen)
+{
     const char *params = ftb_opt_str(s->options, "params", "full");
     int lora = strcmp(params, "lora") == 0;
     if (!lora && strcmp(params, "full") != 0) {
@@ -364,7 +376,8 @@ enum { SWEEP_ADD, SWEEP_UPDATE, SWEEP_DESCEND, SWEEP_GRAD_SET, SWEEP_GRAD_ADD };
  *   SWEEP_GRAD_SET:  grad = pg·z;   SWEEP_GRAD_ADD: grad += pg·z  (θ untouched).
  * No allocation: each thread generates a block's z ZO_CHUNK at a time. */
 static void sweep_mode(const mezo_state *st, uint64_t step_seed, int mode, float add, float lr, float pg,
-                       float weight_decay) {
+                       float weight_decay)
+{
     const noise_block *blocks = st->blocks;
     const int update = mode == SWEEP_UPDATE;
 #pragma omp parallel for schedule(dynamic, 4)
@@ -402,7 +415,8 @@ static void sweep_mode(const mezo_state *st, uint64_t step_seed, int mode, float
 }
 
 /* The step's sweeps: perturb (update 0) or restore and update (update 1). */
-static void sweep(const mezo_state *st, uint64_t step_seed, float add, int update, float lr, float pg) {
+static void sweep(const mezo_state *st, uint64_t step_seed, float add, int update, float lr, float pg)
+{
     sweep_mode(st, step_seed, update ? SWEEP_UPDATE : SWEEP_ADD, add, lr, pg, st->weight_decay);
 }
 
@@ -412,14 +426,15 @@ static void sweep(const mezo_state *st, uint64_t step_seed, float add, int updat
  * tensor t: the same z as the sweeps draw.  Each block's generator is
  * advanced past the pairs before offset (a draw each, no log or sine), so a
  * stretch costs its own normals plus at most one block of skipped draws. */
-static void add_noise(uint64_t step_seed, int t, int64_t offset, int64_t n, float scale, float *values) {
+static void add_noise(uint64_t step_seed, int t, int64_t offset, int64_t n, float scale, float *values)
+{
     if (n <= 0) return;
     const int64_t k0 = offset / ZO_BLOCK, k1 = (offset + n - 1) / ZO_BLOCK;
 #pragma omp parallel for schedule(dynamic, 1) if (k1 > k0)
     for (int64_t k = k0; k <= k1; k++) {
         const int64_t lo = k * ZO_BLOCK;
-        const int64_t a = offset > lo ? offset - lo : 0;                            /* within the block */
-        const int64_t b = offset + n < lo + ZO_BLOCK ? offset + n - lo : ZO_BLOCK;  /* end, exclusive */
+        const int64_t a = offset > lo ? offset - lo : 0;                           /* within the block */
+        const int64_t b = offset + n < lo + ZO_BLOCK ? offset + n - lo : ZO_BLOCK; /* end, exclusive */
         ftb_rng r;
         ftb_rng_seed(&r, zo_child(zo_child(step_seed, (uint64_t)t), (uint64_t)k));
         for (int64_t i = 0; i < a / 2; i++) (void)ftb_rng_u64(&r); /* one draw per pair */
@@ -434,7 +449,8 @@ static void add_noise(uint64_t step_seed, int t, int64_t offset, int64_t n, floa
 
 /* The core's read hook (params=full): which trainable tensor t is — a tied
  * LM head is the embedding, perturbed once — and its stretch of z. */
-static void read_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values) {
+static void read_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values)
+{
     const mezo_state *st = ctx;
     const ftb_model *m = st->model;
     if (t == &m->lm_head && m->cfg.tie_embeddings) t = &m->embed;
@@ -446,7 +462,8 @@ static void read_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, in
 }
 
 /* What the next forwards see: θ + scale·z of step_seed (scale 0: θ). */
-static void perturb_reads(mezo_state *st, uint64_t step_seed, float scale) {
+static void perturb_reads(mezo_state *st, uint64_t step_seed, float scale)
+{
     st->read_seed = step_seed;
     st->read_scale = scale;
     if (!st->adapters) ftb_model_set_read_perturbation(st->model, scale != 0.0f ? read_perturbation : NULL, st);
@@ -455,7 +472,8 @@ static void perturb_reads(mezo_state *st, uint64_t step_seed, float scale) {
 /* params=lora under perturb=read: A + s·z_A and B + s·z_B in one workspace
  * allocation (*A, *B point into it; the caller frees *A), or A and B
  * themselves when nothing is perturbed.  -1 if it cannot be allocated. */
-static int perturbed_factors(const mezo_lora *a, float **A, float **B) {
+static int perturbed_factors(const mezo_lora *a, float **A, float **B)
+{
     const mezo_state *st = a->st;
     if (st->inplace || st->read_scale == 0.0f) return 0;
     const int64_t nA = a->A.numel, nB = a->B.numel;
@@ -473,7 +491,8 @@ static int perturbed_factors(const mezo_lora *a, float **A, float **B) {
 /* ---- the step ------------------------------------------------------------ */
 
 /* Runs one inference-mode forward; adds its time to *t_forward. */
-static float timed_forward(ftb_session *s, const ftb_batch *b, double *t_forward, char *err, size_t errlen) {
+static float timed_forward(ftb_session *s, const ftb_batch *b, double *t_forward, char *err, size_t errlen)
+{
     ftb_run_opts run = s->run;
     run.seq_loss = NULL;
     float loss = ftb_model_forward(s->model, b, &run, err, errlen);
@@ -485,7 +504,8 @@ static float timed_forward(ftb_session *s, const ftb_batch *b, double *t_forward
 
 /* pg of one ± pair under perturb=read: θ itself is not touched. */
 static int read_pair(mezo_state *st, ftb_session *s, const ftb_batch *b, uint64_t seed, double *pg, float *loss,
-                     double *t_forward, char *err, size_t errlen) {
+                     double *t_forward, char *err, size_t errlen)
+{
     perturb_reads(st, seed, st->eps);
     float loss_plus = timed_forward(s, b, t_forward, err, errlen);
     float loss_minus = NAN;
@@ -497,13 +517,14 @@ static int read_pair(mezo_state *st, ftb_session *s, const ftb_batch *b, uint64_
     *pg = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)st->eps);
     *loss = 0.5f * (loss_plus + loss_minus);
     if (isfinite(*pg)) return 0;
-    if (!err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
-                          (double)loss_plus, (double)loss_minus);
+    if (!err[0])
+        snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)", (double)loss_plus,
+                 (double)loss_minus);
     return -1;
 }
 
-static int read_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int read_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     const int K = st->samples;
     uint64_t seeds[MAX_SAMPLES];
     double pg[MAX_SAMPLES], t_forward = 0;
@@ -529,7 +550,8 @@ static int read_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_ste
 
 /* perturb=inplace: the paper's seed trick, θ written and restored. */
 static int inplace_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                        size_t errlen) {
+                        size_t errlen)
+{
     const float eps = st->eps;
     const int K = st->samples;
     uint64_t seeds[MAX_SAMPLES];
@@ -551,8 +573,9 @@ static int inplace_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_
         float loss_minus = timed_forward(s, b, &t_forward, err, errlen);
         pg[k] = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)eps);
         int ok = !isnan(loss_minus) && isfinite(pg[k]);
-        if (!ok && !err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
-                                     (double)loss_plus, (double)loss_minus);
+        if (!ok && !err[0])
+            snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)", (double)loss_plus,
+                     (double)loss_minus);
 
         /* Restore (+εz).  The last sample's restore and its share of the
          * update are one sweep; a failed step only restores. */
@@ -576,8 +599,8 @@ static int inplace_step(mezo_state *st, ftb_session *s, const ftb_batch *b, ftb_
     return 0;
 }
 
-static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     mezo_state *st = state;
     return st->inplace ? inplace_step(st, s, b, out, err, errlen) : read_step(st, s, b, out, err, errlen);
 }
@@ -585,7 +608,8 @@ static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 /* ---- gradient (ABI 2): for `ftbench fidelity` only ---------------------- */
 
 /* .grad for every trainable tensor, allocated on first use (FTB_MEM_GRADS). */
-static int ensure_grads(mezo_state *st, char *err, size_t errlen) {
+static int ensure_grads(mezo_state *st, char *err, size_t errlen)
+{
     if (!st->adapters) return ftb_model_alloc_grads(st->model, err, errlen);
     for (int i = 0; i < st->n_params; i++) {
         ftb_tensor *t = st->params[i];
@@ -598,11 +622,14 @@ static int ensure_grads(mezo_state *st, char *err, size_t errlen) {
     return 0;
 }
 
-static void copy_params(mezo_state *st, int to_grad) {
+static void copy_params(mezo_state *st, int to_grad)
+{
     for (int i = 0; i < st->n_params; i++) {
         ftb_tensor *t = st->params[i];
-        if (to_grad) memcpy(t->grad, t->data, sizeof(float) * (size_t)t->numel);
-        else memcpy(t->data, t->grad, sizeof(float) * (size_t)t->numel);
+        if (to_grad)
+            memcpy(t->grad, t->data, sizeof(float) * (size_t)t->numel);
+        else
+            memcpy(t->data, t->grad, sizeof(float) * (size_t)t->numel);
     }
 }
 
@@ -610,12 +637,14 @@ static void copy_params(mezo_state *st, int to_grad) {
  * peeked, not drawn); inplace saves θ in .grad and copies it back after
  * each pair; exact = 1: backprop with every activation kept. */
 static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
-                         size_t errlen) {
+                         size_t errlen)
+{
     mezo_state *st = state;
     *loss = NAN;
     if (ensure_grads(st, err, errlen)) return -1;
     if (exact) {
-        for (int i = 0; i < st->n_params; i++) memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
+        for (int i = 0; i < st->n_params; i++)
+            memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
         for (int i = 0; i < st->n_adapters; i++) st->adapters[i].hook.needs_input = 1;
         ftb_run_opts run = s->run;
         run.keep = NULL;
@@ -646,8 +675,9 @@ static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
         copy_params(st, 0);
         pg[k] = ((double)loss_plus - (double)loss_minus) / (2.0 * (double)eps);
         if (!isfinite(pg[k])) {
-            if (!err[0]) snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)",
-                                  (double)loss_plus, (double)loss_minus);
+            if (!err[0])
+                snprintf(err, errlen, "mezo: the projected gradient is not finite (L+ %g, L- %g)", (double)loss_plus,
+                         (double)loss_minus);
             return -1;
         }
         loss_sum += 0.5 * ((double)loss_plus + (double)loss_minus);
@@ -663,7 +693,8 @@ static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
 /* A step is inference forwards: the core's schedule of one, read through
  * the perturbation when params=full and perturb=read (its tile and vector
  * buffer).  The LoRA hook's transients (h, perturbed A and B) are not in it. */
-static int mezo_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int mezo_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     mezo_state *st = state;
     const int reads = !st->inplace && !st->adapters;
     if (reads) ftb_model_set_read_perturbation(st->model, read_perturbation, st);
@@ -672,13 +703,15 @@ static int mezo_memory_model(void *state, const ftb_session *s, int B, int T, ft
     return 0;
 }
 
-static int mezo_trainable(void *state, ftb_tensor ***tensors) {
+static int mezo_trainable(void *state, ftb_tensor ***tensors)
+{
     mezo_state *st = state;
     *tensors = st->params;
     return st->n_params;
 }
 
-static void mezo_destroy(void *state) {
+static void mezo_destroy(void *state)
+{
     mezo_state *st = state;
     if (!st) return;
     if (!st->adapters && st->model) ftb_model_set_read_perturbation(st->model, NULL, NULL);

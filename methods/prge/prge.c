@@ -47,25 +47,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ZO_BLOCK 65536
-#define ZO_CHUNK 256
+#define ZO_BLOCK       65536
+#define ZO_CHUNK       256
 #define PRGE_SEED_SALT 0x70726765ULL /* "prge" */
 #define LORA_SEED_SALT 0x6c6f7261ULL /* "lora": same A as methods/lora for a seed */
-#define MAX_QUERIES 64
+#define MAX_QUERIES    64
 
 /* ---- seeded noise (the same scheme as methods/mezo) --------------------- */
 
-static uint64_t zo_mix(uint64_t z) {
+static uint64_t zo_mix(uint64_t z)
+{
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
 
-static uint64_t zo_child(uint64_t parent, uint64_t index) {
+static uint64_t zo_child(uint64_t parent, uint64_t index)
+{
     return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1));
 }
 
-static void fill_normal_pairs(float *z, int n, ftb_rng *r) {
+static void fill_normal_pairs(float *z, int n, ftb_rng *r)
+{
     for (int i = 0; i < n; i += 2) {
         uint64_t x = ftb_rng_u64(r);
         float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
@@ -87,16 +90,16 @@ typedef struct {
     ftb_tensor A, B;  /* A [r, in] frozen; B [out, r] trained */
     float scale;
     int in, out, r;
-    float *z;         /* during a step: [queries][out·r], query i at i·out·r */
+    float *z; /* during a step: [queries][out·r], query i at i·out·r */
     prge_state *owner;
 } prge_adapter;
 
 /* The forward in flight, as the hooks need to see it. */
 typedef struct {
-    int active;       /* a step's repeated forward is running */
+    int active;              /* a step's repeated forward is running */
     int rows_per_slice_seqs; /* B_orig: sequences per slice */
     int n_slices;
-    int all_minus;    /* dual=0, second forward: every slice is B − εz_i */
+    int all_minus; /* dual=0, second forward: every slice is B − εz_i */
 } forward_plan;
 
 struct prge_state {
@@ -111,7 +114,8 @@ struct prge_state {
 };
 
 /* Slice j → (query, sign): dual puts + in slices 0..n-1 and − in n..2n-1. */
-static void slice_query(const prge_state *st, int j, int *query, float *sign) {
+static void slice_query(const prge_state *st, int j, int *query, float *sign)
+{
     if (st->dual) {
         *query = j % st->queries;
         *sign = j < st->queries ? 1.0f : -1.0f;
@@ -125,7 +129,8 @@ static void slice_query(const prge_state *st, int j, int *query, float *sign) {
 
 /* y += s·(x·Aᵀ)·B_jᵀ with B_j = B ± ε·z_i for the rows of slice j.  h and
  * B_j are workspace; nothing is kept in any mode. */
-static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved) {
+static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
+{
     (void)saved;
     prge_adapter *a = (prge_adapter *)self;
     const prge_state *st = a->owner;
@@ -153,8 +158,8 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
         const float step = sign * st->eps;
         const float *z = a->z + (int64_t)q * nb;
         for (int64_t k = 0; k < nb; k++) Bj[k] = a->B.data[k] + step * z[k];
-        ftb_gemm(0, 1, rows, out, r, a->scale, h + (int64_t)j * rows * r, r, Bj, r, 1.0f,
-                 y + (int64_t)j * rows * out, out);
+        ftb_gemm(0, 1, rows, out, r, a->scale, h + (int64_t)j * rows * r, r, Bj, r, 1.0f, y + (int64_t)j * rows * out,
+                 out);
     }
     ftb_free(Bj);
     ftb_free(h);
@@ -164,8 +169,8 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
  * exact = 1) does, with needs_input raised: h = x·Aᵀ is recomputed and
  * dB += s·dyᵀ·h.  In any backward the gradient passes through the adapter
  * (dx += s·dy·B·A, unperturbed B), so other gradients stay exact. */
-static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx,
-                          void *saved) {
+static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
+{
     (void)saved;
     prge_adapter *a = (prge_adapter *)self;
     const int N = c->B * c->T;
@@ -182,28 +187,30 @@ static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     ftb_free(dh);
 }
 
-static void prge_release(ftb_adapter *self, void *saved) {
+static void prge_release(ftb_adapter *self, void *saved)
+{
     (void)self;
     (void)saved; /* nothing was saved */
 }
 
-static const ftb_adapter_ops prge_ops = {prge_forward, prge_backward, prge_release};
+static const ftb_adapter_ops prge_ops = { prge_forward, prge_backward, prge_release };
 
 /* ---- options and init --------------------------------------------------- */
 
 static const ftb_option_doc prge_options[] = {
-    {"queries", "4", "query budget n: perturbations per step, run as slices of one batched forward (1..64)"},
-    {"dual", "1", "1: +ε and −ε slices in the same forward (one forward per step); 0: two forwards"},
-    {"eps", "1e-2", "perturbation scale ε"},
-    {"rank", "8", "rank r of A (frozen) and B (trained)"},
-    {"alpha", "16", "scale s = alpha / rank"},
-    {"targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')"},
-    {NULL, NULL, NULL},
+    { "queries", "4", "query budget n: perturbations per step, run as slices of one batched forward (1..64)" },
+    { "dual", "1", "1: +ε and −ε slices in the same forward (one forward per step); 0: two forwards" },
+    { "eps", "1e-2", "perturbation scale ε" },
+    { "rank", "8", "rank r of A (frozen) and B (trained)" },
+    { "alpha", "16", "scale s = alpha / rank" },
+    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
+    { NULL, NULL, NULL },
 };
 
 static void prge_destroy(void *state);
 
-static void *prge_init(ftb_session *s, char *err, size_t errlen) {
+static void *prge_init(ftb_session *s, char *err, size_t errlen)
+{
     ftb_model *m = s->model;
     long queries = ftb_opt_int(s->options, "queries", 4, err, errlen);
     long dual = ftb_opt_int(s->options, "dual", 1, err, errlen);
@@ -241,7 +248,11 @@ static void *prge_init(ftb_session *s, char *err, size_t errlen) {
     }
     if (!st || !st->adapters || !st->params) {
         snprintf(err, errlen, "prge: out of memory");
-        if (st) { free(st->adapters); free(st->params); free(st); }
+        if (st) {
+            free(st->adapters);
+            free(st->params);
+            free(st);
+        }
         return NULL;
     }
     st->model = m;
@@ -285,7 +296,8 @@ fail:
 
 /* ---- the step ----------------------------------------------------------- */
 
-static void free_perturbations(prge_state *st) {
+static void free_perturbations(prge_state *st)
+{
     for (int a = 0; a < st->n_adapters; a++) {
         ftb_free(st->adapters[a].z);
         st->adapters[a].z = NULL;
@@ -294,7 +306,8 @@ static void free_perturbations(prge_state *st) {
 
 /* z_i of every B for this step's seed: the n query copies, held until the
  * update.  Generated in parallel over (adapter, query, block). */
-static int draw_perturbations(prge_state *st, uint64_t step_seed, char *err, size_t errlen) {
+static int draw_perturbations(prge_state *st, uint64_t step_seed, char *err, size_t errlen)
+{
     const int n = st->queries;
     int64_t jobs = 0;
     for (int a = 0; a < st->n_adapters; a++) {
@@ -336,7 +349,8 @@ static int draw_perturbations(prge_state *st, uint64_t step_seed, char *err, siz
 }
 
 /* Token-weighted mean loss of each slice from the per-sequence losses. */
-static void slice_losses(const float *seq_loss, const int *valid, int b_orig, int n_slices, double *loss) {
+static void slice_losses(const float *seq_loss, const int *valid, int b_orig, int n_slices, double *loss)
+{
     for (int j = 0; j < n_slices; j++) {
         double sum = 0;
         long count = 0;
@@ -354,7 +368,8 @@ typedef struct {
     int *valid; /* non-ignored targets per original sequence */
 } repeated_batch;
 
-static void free_repeated(repeated_batch *rb) {
+static void free_repeated(repeated_batch *rb)
+{
     ftb_free(rb->tokens);
     ftb_free(rb->targets);
     ftb_free(rb->seq_loss);
@@ -362,7 +377,8 @@ static void free_repeated(repeated_batch *rb) {
 }
 
 /* A batch the repeated forward can take (checked before a seed is drawn). */
-static int check_batch(const prge_state *st, const ftb_batch *b, char *err, size_t errlen) {
+static int check_batch(const prge_state *st, const ftb_batch *b, char *err, size_t errlen)
+{
     const int n_slices = st->dual ? 2 * st->queries : st->queries;
     if (!b || b->B <= 0 || b->T <= 0 || !b->tokens || !b->targets) {
         snprintf(err, errlen, "batch: B and T must be positive and tokens/targets given");
@@ -381,8 +397,8 @@ static int check_batch(const prge_state *st, const ftb_batch *b, char *err, size
  * forward(s).  pg[i] = (L₊ᵢ − L₋ᵢ)/(2ε); *mean_loss = mean of the 2n losses.
  * 0, or -1 with err (perturbations freed). */
 static int run_queries(prge_state *st, ftb_session *s, const ftb_batch *b, uint64_t step_seed, double *pg,
-                       double *mean_loss, int *passes_out, double *t_forward, double *t_optim, char *err,
-                       size_t errlen) {
+                       double *mean_loss, int *passes_out, double *t_forward, double *t_optim, char *err, size_t errlen)
+{
     const int n = st->queries, n_slices = st->dual ? 2 * n : n;
     const int64_t per_slice = (int64_t)b->B * b->T;
     double t0 = ftb_phase("zo perturb");
@@ -390,7 +406,7 @@ static int run_queries(prge_state *st, ftb_session *s, const ftb_batch *b, uint6
 
     /* The batch repeated once per slice, batch-major: slice j's sequences
      * are rows [j·B·T, (j+1)·B·T). */
-    repeated_batch rb = {0};
+    repeated_batch rb = { 0 };
     rb.tokens = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(int32_t) * (size_t)(per_slice * n_slices));
     rb.targets = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(int32_t) * (size_t)(per_slice * n_slices));
     rb.seq_loss = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)n_slices * b->B);
@@ -413,8 +429,8 @@ static int run_queries(prge_state *st, ftb_session *s, const ftb_batch *b, uint6
     run.seq_loss = rb.seq_loss;
     int passes = st->dual ? 1 : 2, rc = 0;
     for (int pass = 0; pass < passes && rc == 0; pass++) {
-        ftb_batch rep = {n_slices * b->B, b->T, rb.tokens, rb.targets};
-        st->plan = (forward_plan){1, b->B, n_slices, pass == 1};
+        ftb_batch rep = { n_slices * b->B, b->T, rb.tokens, rb.targets };
+        st->plan = (forward_plan){ 1, b->B, n_slices, pass == 1 };
         float loss = ftb_model_forward(s->model, &rep, &run, err, errlen);
         st->plan.active = 0;
         double fwd = 0;
@@ -429,8 +445,10 @@ static int run_queries(prge_state *st, ftb_session *s, const ftb_batch *b, uint6
             int q;
             float sign;
             slice_query(st, j, &q, &sign);
-            if (sign > 0) loss_plus[q] = slice[j];
-            else loss_minus[q] = slice[j];
+            if (sign > 0)
+                loss_plus[q] = slice[j];
+            else
+                loss_minus[q] = slice[j];
         }
     }
     free_repeated(&rb);
@@ -453,8 +471,8 @@ static int run_queries(prge_state *st, ftb_session *s, const ftb_batch *b, uint6
     return 0;
 }
 
-static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                     size_t errlen) {
+static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
+{
     prge_state *st = state;
     const int n = st->queries;
     if (check_batch(st, b, err, errlen)) return -1;
@@ -490,7 +508,8 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 
 /* ---- gradient (ABI 2): for `ftbench fidelity` only ---------------------- */
 
-static int ensure_grads(prge_state *st, char *err, size_t errlen) {
+static int ensure_grads(prge_state *st, char *err, size_t errlen)
+{
     for (int a = 0; a < st->n_adapters; a++) {
         ftb_tensor *B = &st->adapters[a].B;
         if (!B->grad) B->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)B->numel);
@@ -503,7 +522,8 @@ static int ensure_grads(prge_state *st, char *err, size_t errlen) {
 }
 
 static int prge_gradient(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
-                         size_t errlen) {
+                         size_t errlen)
+{
     prge_state *st = state;
     *loss = NAN;
     if (ensure_grads(st, err, errlen)) return -1;
@@ -544,13 +564,15 @@ static int prge_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
     return 0;
 }
 
-static int prge_trainable(void *state, ftb_tensor ***tensors) {
+static int prge_trainable(void *state, ftb_tensor ***tensors)
+{
     prge_state *st = state;
     *tensors = st->params;
     return st->n_adapters;
 }
 
-static void prge_destroy(void *state) {
+static void prge_destroy(void *state)
+{
     prge_state *st = state;
     if (!st) return;
     for (int l = 0; l < st->model->cfg.n_layers; l++)
@@ -571,7 +593,8 @@ static void prge_destroy(void *state) {
  * around it: every adapter's n perturbations z_i, the repeated tokens and
  * targets, the per-sequence losses.  Not counted: each hook's transient
  * h [N', r] and B_j [out, r] (well under 0.1% of a step). */
-static int prge_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out) {
+static int prge_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
+{
     const prge_state *st = state;
     const int n_slices = st->dual ? 2 * st->queries : st->queries;
     ftb_memory_estimate_step(st->model, &s->run, n_slices * B, T, 0, NULL, out);

@@ -41,7 +41,8 @@ typedef struct {
 
 /* ---- /proc/self/status ---------------------------------------------------- */
 
-static long status_kb(const char *field) {
+static long status_kb(const char *field)
+{
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     long v = -1;
@@ -56,7 +57,8 @@ static atomic_long peak_file_kb, peak_anon_kb;
 static atomic_int sampling;
 static char peak_file_phase[64];
 
-static void *sampler(void *arg) {
+static void *sampler(void *arg)
+{
     (void)arg;
     while (atomic_load(&sampling)) {
         long f = status_kb("RssFile"), a = status_kb("RssAnon");
@@ -72,11 +74,13 @@ static void *sampler(void *arg) {
 
 /* ---- preparing one format's checkpoint ------------------------------------ */
 
-static const char *embed_format(const bench_opts *o, const char *fmt) {
+static const char *embed_format(const bench_opts *o, const char *fmt)
+{
     return !strcmp(o->embed, "same") ? fmt : o->embed;
 }
 
-static void fill_batch(int32_t *tok, int32_t *tgt, int n, int V, uint64_t seed) {
+static void fill_batch(int32_t *tok, int32_t *tgt, int n, int V, uint64_t seed)
+{
     ftb_rng r;
     ftb_rng_seed(&r, seed);
     for (int i = 0; i < n; i++) tok[i] = (int32_t)(ftb_rng_u64(&r) % (uint64_t)V);
@@ -85,7 +89,8 @@ static void fill_batch(int32_t *tok, int32_t *tgt, int n, int V, uint64_t seed) 
 
 /* The harness's preparation (in a child of its own): seeded model →
  * quantize (errors, loss difference) → save; cached. */
-static int prepare(const bench_opts *o, const char *fmt, char *dir, size_t dirn, json_t **info) {
+static int prepare(const bench_opts *o, const char *fmt, char *dir, size_t dirn, json_t **info)
+{
     char err[FTB_ERR_LEN] = "";
     ftb_config cfg;
     if (ftb_zoo_get(o->model, &cfg)) {
@@ -120,7 +125,8 @@ typedef struct {
     int ok;
 } cell_result;
 
-static int run_cell(const bench_opts *o, const char *dir, int residency, cell_result *r) {
+static int run_cell(const bench_opts *o, const char *dir, int residency, cell_result *r)
+{
     char err[FTB_ERR_LEN] = "";
     memset(r, 0, sizeof *r);
     if (o->threads > 0) ftb_set_threads(o->threads);
@@ -139,7 +145,7 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    ftb_options opts = {o->n_opts, o->opt_keys, o->opt_values};
+    ftb_options opts = { o->n_opts, o->opt_keys, o->opt_values };
     ftb_session s;
     memset(&s, 0, sizeof s);
     s.model = m;
@@ -168,7 +174,7 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
     ftb_step_result sr;
     for (int step = 0; step < o->warmup + o->steps; step++) {
         fill_batch(tok, tgt, N, m->cfg.vocab_size, 1000 + (uint64_t)step);
-        ftb_batch b = {o->batch, o->seq, tok, tgt};
+        ftb_batch b = { o->batch, o->seq, tok, tgt };
         memset(&sr, 0, sizeof sr);
         double d0;
         ftb_dequant_stats(&d0, NULL);
@@ -220,7 +226,8 @@ static int run_cell(const bench_opts *o, const char *dir, int residency, cell_re
 
 /* Forks: f runs in the child; its result comes back through a pipe. */
 static int in_child(int (*f)(const bench_opts *, const char *, int, cell_result *), const bench_opts *o,
-                    const char *dir, int arg, cell_result *r) {
+                    const char *dir, int arg, cell_result *r)
+{
     int fd[2];
     if (pipe(fd)) return -1;
     fflush(stdout);
@@ -244,7 +251,8 @@ static int in_child(int (*f)(const bench_opts *, const char *, int, cell_result 
 
 /* ---- main ----------------------------------------------------------------- */
 
-static void usage(void) {
+static void usage(void)
+{
     fprintf(stderr,
             "usage: bench_quant [--model qwen2.5-0.5b] [--seq 256] [--batch 1] [--steps 3] [--warmup 1]\n"
             "                   [--formats f32,bf16,f16,int8,int4,int4-asym] [--group 64] [--embed same|f32|int8|...]\n"
@@ -253,18 +261,28 @@ static void usage(void) {
             "                   [--threads N] [--seed 42]\n");
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     ftb_blas_autoselect(argc, argv);
-    bench_opts o = {.model = "qwen2.5-0.5b", .cache = NULL, .methods_dir = "build/methods", .seed = 42,
-                    .method = "lora", .embed = "same", .keep = "all", .seq = 256, .batch = 1, .steps = 3,
-                    .warmup = 1, .group = 64};
+    bench_opts o = { .model = "qwen2.5-0.5b",
+                     .cache = NULL,
+                     .methods_dir = "build/methods",
+                     .seed = 42,
+                     .method = "lora",
+                     .embed = "same",
+                     .keep = "all",
+                     .seq = 256,
+                     .batch = 1,
+                     .steps = 3,
+                     .warmup = 1,
+                     .group = 64 };
     const char *formats = "f32,bf16,f16,int8,int4,int4-asym", *residency = "all,lazy";
-    static struct option lo[] = {{"model", 1, 0, 'm'},   {"seq", 1, 0, 's'},       {"batch", 1, 0, 'b'},
-                                 {"steps", 1, 0, 'n'},   {"warmup", 1, 0, 'w'},    {"formats", 1, 0, 'f'},
-                                 {"group", 1, 0, 'g'},   {"embed", 1, 0, 'e'},     {"residency", 1, 0, 'r'},
-                                 {"keep", 1, 0, 'k'},    {"method", 1, 0, 'M'},    {"opt", 1, 0, 'o'},
-                                 {"methods-dir", 1, 0, 'd'}, {"cache", 1, 0, 'c'}, {"threads", 1, 0, 't'},
-                                 {"seed", 1, 0, 'S'},    {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    static struct option lo[] = { { "model", 1, 0, 'm' },       { "seq", 1, 0, 's' },    { "batch", 1, 0, 'b' },
+                                  { "steps", 1, 0, 'n' },       { "warmup", 1, 0, 'w' }, { "formats", 1, 0, 'f' },
+                                  { "group", 1, 0, 'g' },       { "embed", 1, 0, 'e' },  { "residency", 1, 0, 'r' },
+                                  { "keep", 1, 0, 'k' },        { "method", 1, 0, 'M' }, { "opt", 1, 0, 'o' },
+                                  { "methods-dir", 1, 0, 'd' }, { "cache", 1, 0, 'c' },  { "threads", 1, 0, 't' },
+                                  { "seed", 1, 0, 'S' },        { "help", 0, 0, 'h' },   { 0, 0, 0, 0 } };
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -285,7 +303,10 @@ int main(int argc, char **argv) {
         case 'S': o.seed = strtoull(optarg, NULL, 10); break;
         case 'o': {
             char *eq = strchr(optarg, '=');
-            if (!eq || o.n_opts == 16) { usage(); return 2; }
+            if (!eq || o.n_opts == 16) {
+                usage();
+                return 2;
+            }
             *eq = 0;
             o.opt_keys[o.n_opts] = optarg;
             o.opt_values[o.n_opts++] = eq + 1;
@@ -294,7 +315,10 @@ int main(int argc, char **argv) {
         default: usage(); return ch == 'h' ? 0 : 2;
         }
     }
-    if (o.seq <= 0 || o.batch <= 0 || o.steps <= 0 || o.warmup < 0) { usage(); return 2; }
+    if (o.seq <= 0 || o.batch <= 0 || o.steps <= 0 || o.warmup < 0) {
+        usage();
+        return 2;
+    }
     char *fl = strdup(formats);
     for (char *tok = strtok(fl, ","); tok && o.n_formats < 16; tok = strtok(NULL, ",")) {
         if (ftb_dtype_parse(tok) < 0) {
@@ -314,8 +338,8 @@ int main(int argc, char **argv) {
 
     printf("# bench_quant: %s, T=%d, batch %d, method %s", o.model, o.seq, o.batch, o.method);
     for (int i = 0; i < o.n_opts; i++) printf(" %s=%s", o.opt_keys[i], o.opt_values[i]);
-    printf(", keep %s, %d warm-up + %d measured steps, group %d, embeddings %s\n", o.keep, o.warmup, o.steps,
-           o.group, o.embed);
+    printf(", keep %s, %d warm-up + %d measured steps, group %d, embeddings %s\n", o.keep, o.warmup, o.steps, o.group,
+           o.embed);
     printf("# BLAS %s (%s), threads %d, CPU %s\n", ftb_blas_corename(), ftb_blas_selection(), ftb_get_threads(),
            ftb_cpu_features());
     double load[3];
@@ -342,9 +366,11 @@ int main(int argc, char **argv) {
                json_number_value(json_object_get(qe, "embedding_max_rel_err")));
         printf("   loss on %lld tokens: fp32 %.6f quantized %.6f delta %.6f\n",
                (long long)json_integer_value(json_object_get(ld, "tokens")),
-               json_number_value(json_object_get(ld, "loss_f32")), json_number_value(json_object_get(ld, "loss_quantized")),
+               json_number_value(json_object_get(ld, "loss_f32")),
+               json_number_value(json_object_get(ld, "loss_quantized")),
                json_number_value(json_object_get(ld, "delta")));
-        printf("   prepare_seconds %.1f (when it was made)\n", json_number_value(json_object_get(info, "prepare_seconds")));
+        printf("   prepare_seconds %.1f (when it was made)\n",
+               json_number_value(json_object_get(info, "prepare_seconds")));
         json_decref(info);
     }
 
@@ -353,7 +379,8 @@ int main(int argc, char **argv) {
            "best step: the fastest one (less exposed to other load).  dequant share: wall time inside\n"
            "dequantization / step time, over the measured steps.\n");
     printf("\n| format | embed | residency | file MiB | weights MiB | peak RSS MiB | peak mapped MiB | peak anon MiB | "
-           "tokens/s | best step tokens/s | step s | fwd s | bwd s | dequant share | workspace peak MiB | loss | mapped peak in |\n");
+           "tokens/s | best step tokens/s | step s | fwd s | bwd s | dequant share | workspace peak MiB | loss | "
+           "mapped peak in |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int f = 0; f < o.n_formats; f++)
         for (int ri = 0; ri < o.n_residency; ri++) {
@@ -363,13 +390,13 @@ int main(int argc, char **argv) {
                        o.residency[ri] ? "lazy" : "all");
                 continue;
             }
-            printf("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f%% | %.1f | "
+            printf("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f%% | "
+                   "%.1f | "
                    "%.4f | %s |\n",
                    o.formats[f], embed_format(&o, o.formats[f]), o.residency[ri] ? "lazy" : "all", r.file_mib,
                    r.weights_mib, r.hwm_kb / 1024.0, (r.peak_file_kb - r.file_after_load_kb) / 1024.0,
-                   r.peak_anon_kb / 1024.0,
-                   r.tokens_per_s, (double)o.batch * o.seq / r.best_step_s, r.step_s, r.fwd_s, r.bwd_s, 100 * r.dequant_share, r.workspace_peak_mib, r.loss,
-                   r.peak_phase);
+                   r.peak_anon_kb / 1024.0, r.tokens_per_s, (double)o.batch * o.seq / r.best_step_s, r.step_s, r.fwd_s,
+                   r.bwd_s, 100 * r.dequant_share, r.workspace_peak_mib, r.loss, r.peak_phase);
             fflush(stdout);
         }
     if (getloadavg(load, 3) == 3) printf("# load average at end: %.2f %.2f %.2f\n", load[0], load[1], load[2]);

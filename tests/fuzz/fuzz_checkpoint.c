@@ -19,7 +19,7 @@
 #include "fuzz_common.h"
 #include "fuzz_models.h"
 
-#define FZ_CK_SEP "\n==ftb-part==\n"
+#define FZ_CK_SEP       "\n==ftb-part==\n"
 #define FZ_CK_MAX_PARTS 6
 
 int fuzz_checkpoint_one(const uint8_t *data, size_t size)

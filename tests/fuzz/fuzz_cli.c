@@ -24,10 +24,10 @@ static const struct {
     const char *cmd;
     unsigned allowed;
 } fz_cli_cmds[] = {
-    {"run", CLI_MODEL | CLI_METHOD | CLI_SHAPE | CLI_TRAIN | CLI_DEVICE | CLI_OUT},
-    {"sweep", CLI_MODEL | CLI_METHODS | CLI_LISTS | CLI_TRAIN | CLI_DEVICE | CLI_OUT},
-    {"fit", CLI_MODEL | CLI_METHOD | CLI_TRAIN | CLI_DEVICE | CLI_OUT | CLI_FIT | CLI_SHAPE},
-    {"list", CLI_DEVICE},
+    { "run", CLI_MODEL | CLI_METHOD | CLI_SHAPE | CLI_TRAIN | CLI_DEVICE | CLI_OUT },
+    { "sweep", CLI_MODEL | CLI_METHODS | CLI_LISTS | CLI_TRAIN | CLI_DEVICE | CLI_OUT },
+    { "fit", CLI_MODEL | CLI_METHOD | CLI_TRAIN | CLI_DEVICE | CLI_OUT | CLI_FIT | CLI_SHAPE },
+    { "list", CLI_DEVICE },
 };
 
 int fuzz_cli_one(const uint8_t *data, size_t size)
@@ -45,16 +45,14 @@ int fuzz_cli_one(const uint8_t *data, size_t size)
 
     unsigned allowed = 0x3ffu;
     for (size_t k = 0; k < sizeof fz_cli_cmds / sizeof fz_cli_cmds[0]; k++)
-        if (!strcmp(argv[0], fz_cli_cmds[k].cmd))
-            allowed = fz_cli_cmds[k].allowed;
+        if (!strcmp(argv[0], fz_cli_cmds[k].cmd)) allowed = fz_cli_cmds[k].allowed;
 
     ftb_cli o;
     char err[512];
     err[0] = 0;
     int rc = ftb_cli_parse(argv[0], allowed, argc, argv, &o, err, sizeof err);
     FZ_CHECK(rc == 0 || rc == 1 || rc == -1, "ftb_cli_parse returned %d", rc);
-    if (rc == -1)
-        fz_check_error(err, sizeof err, 0);
+    if (rc == -1) fz_check_error(err, sizeof err, 0);
     if (rc != 0) {
         ftb_cli_free(&o);
         free(buf);
@@ -81,13 +79,11 @@ int fuzz_cli_one(const uint8_t *data, size_t size)
     const char *label = o.method ? o.method : "lora";
     int nk = ftb_cli_method_options(&o, label, keys, values, FTB_CLI_MAX_OPTS);
     FZ_CHECK(nk >= 0 && nk <= o.n_opts, "%d options for %s out of %d", nk, label, o.n_opts);
-    for (int i = 0; i < nk; i++)
-        FZ_CHECK(keys[i] && values[i], "option %d unset", i);
-    static const char probe[] =
-        "{\"name\":\"lora\",\"options\":[{\"name\":\"rank\",\"default\":\"8\"},{\"name\":\"alpha\"},{\"name\":\"targets\"}]}";
+    for (int i = 0; i < nk; i++) FZ_CHECK(keys[i] && values[i], "option %d unset", i);
+    static const char probe[] = "{\"name\":\"lora\",\"options\":[{\"name\":\"rank\",\"default\":\"8\"},{\"name\":"
+                                "\"alpha\"},{\"name\":\"targets\"}]}";
     for (int strict = 0; strict < 2; strict++)
-        if (ftb_cli_check_options(&o, label, probe, strict, err, sizeof err) != 0)
-            fz_check_error(err, sizeof err, 0);
+        if (ftb_cli_check_options(&o, label, probe, strict, err, sizeof err) != 0) fz_check_error(err, sizeof err, 0);
     /* --model from the zoo (a --checkpoint would read the file system). */
     if (!o.checkpoint) {
         ftb_config cfg;

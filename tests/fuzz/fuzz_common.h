@@ -44,17 +44,14 @@
 /* The fuzz build compiles UBSan in recover mode (so that a known, reported
  * bug can be suppressed: tests/fuzz/known_open.ubsan); every other report
  * must still stop the run, and libFuzzer then saves the input. */
-#define FTB_FUZZ_ENTRY(fn)                                                      \
-    const char *__ubsan_default_options(void);                                  \
-    const char *__ubsan_default_options(void)                                   \
-    {                                                                           \
-        return "halt_on_error=1:print_stacktrace=1";                            \
-    }                                                                           \
-    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);               \
-    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)                \
-    {                                                                           \
-        (void)fn(data, size);                                                   \
-        return 0;                                                               \
+#define FTB_FUZZ_ENTRY(fn)                                                                     \
+    const char *__ubsan_default_options(void);                                                 \
+    const char *__ubsan_default_options(void) { return "halt_on_error=1:print_stacktrace=1"; } \
+    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);                              \
+    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)                               \
+    {                                                                                          \
+        (void)fn(data, size);                                                                  \
+        return 0;                                                                              \
     }
 #else
 #define FTB_FUZZ_ENTRY(fn)
@@ -62,15 +59,14 @@
 
 /* A broken promise: print why and abort, so that libFuzzer saves the input
  * and the replay test fails. */
-#define FZ_CHECK(cond, ...)                                                     \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "fuzz: %s:%d: check failed: %s: ", __FILE__,        \
-                    __LINE__, #cond);                                           \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            abort();                                                            \
-        }                                                                       \
+#define FZ_CHECK(cond, ...)                                                                \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "fuzz: %s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                                  \
+            fputc('\n', stderr);                                                           \
+            abort();                                                                       \
+        }                                                                                  \
     } while (0)
 
 static char fz_scratch_dir[512];
@@ -79,8 +75,7 @@ static inline int fz_rm_entry(const char *path, const struct stat *st, int flag,
 {
     (void)st;
     (void)flag;
-    if (ftw->level == 0)
-        return 0; /* the scratch directory itself stays */
+    if (ftw->level == 0) return 0; /* the scratch directory itself stays */
     remove(path);
     return 0;
 }
@@ -88,14 +83,12 @@ static inline int fz_rm_entry(const char *path, const struct stat *st, int flag,
 /* Empties the scratch directory. */
 static inline void fz_clear(void)
 {
-    if (fz_scratch_dir[0])
-        nftw(fz_scratch_dir, fz_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (fz_scratch_dir[0]) nftw(fz_scratch_dir, fz_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static inline void fz_remove_scratch(void)
 {
-    if (!fz_scratch_dir[0])
-        return;
+    if (!fz_scratch_dir[0]) return;
     fz_clear();
     rmdir(fz_scratch_dir);
     fz_scratch_dir[0] = 0;
@@ -116,16 +109,13 @@ static inline int fz_rm_any(const char *path, const struct stat *st, int flag, s
 static inline void fz_remove_stale(const char *base)
 {
     DIR *d = opendir(base);
-    if (!d)
-        return;
+    if (!d) return;
     struct dirent *e;
     while ((e = readdir(d))) {
         long pid;
         char rest[64];
-        if (sscanf(e->d_name, "ftbfuzz.%ld.%63s", &pid, rest) != 2 || pid <= 0)
-            continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue;
+        if (sscanf(e->d_name, "ftbfuzz.%ld.%63s", &pid, rest) != 2 || pid <= 0) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", base, e->d_name);
         nftw(path, fz_rm_any, 16, FTW_DEPTH | FTW_PHYS);
@@ -138,15 +128,13 @@ static inline void fz_remove_stale(const char *base)
 static inline const char *fz_scratch(void)
 {
     if (!fz_scratch_dir[0]) {
-        const char *bases[4] = {getenv("FTB_FUZZ_TMPDIR"), "/dev/shm", getenv("TMPDIR"), "/tmp"};
+        const char *bases[4] = { getenv("FTB_FUZZ_TMPDIR"), "/dev/shm", getenv("TMPDIR"), "/tmp" };
         for (int i = 0; i < 4 && !fz_scratch_dir[0]; i++) {
             const char *b = bases[i];
-            if (!b || !*b || access(b, W_OK | X_OK) != 0)
-                continue;
+            if (!b || !*b || access(b, W_OK | X_OK) != 0) continue;
             fz_remove_stale(b);
             snprintf(fz_scratch_dir, sizeof fz_scratch_dir, "%s/ftbfuzz.%ld.XXXXXX", b, (long)getpid());
-            if (!mkdtemp(fz_scratch_dir))
-                fz_scratch_dir[0] = 0;
+            if (!mkdtemp(fz_scratch_dir)) fz_scratch_dir[0] = 0;
         }
         FZ_CHECK(fz_scratch_dir[0], "cannot create a scratch directory: %s", strerror(errno));
         atexit(fz_remove_scratch);
@@ -207,8 +195,7 @@ static inline char *fz_strndup(const uint8_t *data, size_t size)
 {
     char *s = malloc(size + 1);
     FZ_CHECK(s != NULL, "out of memory");
-    if (size)
-        memcpy(s, data, size);
+    if (size) memcpy(s, data, size);
     s[size] = 0;
     return s;
 }
@@ -219,8 +206,7 @@ static inline void fz_check_error(const char *err, size_t errlen, int one_line)
 {
     FZ_CHECK(memchr(err, 0, errlen) != NULL, "error message not NUL-terminated");
     FZ_CHECK(err[0] != 0, "rejected without an error message");
-    if (one_line)
-        FZ_CHECK(strchr(err, '\n') == NULL, "error message spans lines: %s", err);
+    if (one_line) FZ_CHECK(strchr(err, '\n') == NULL, "error message spans lines: %s", err);
 }
 
 #endif

@@ -9,9 +9,6 @@
  */
 #include "fuzz_dataset_common.h"
 
-int fuzz_dataset_bin_one(const uint8_t *data, size_t size)
-{
-    return fz_ds_run("tokens.bin", data, size);
-}
+int fuzz_dataset_bin_one(const uint8_t *data, size_t size) { return fz_ds_run("tokens.bin", data, size); }
 
 FTB_FUZZ_ENTRY(fuzz_dataset_bin_one)

@@ -17,8 +17,7 @@
 
 static inline void fz_ds_check_batch(const ftb_batch *b, int B, int T, int vocab)
 {
-    FZ_CHECK(b->B == B && b->T == T && b->tokens && b->targets, "batch %dx%d came back as %dx%d", B, T, b->B,
-             b->T);
+    FZ_CHECK(b->B == B && b->T == T && b->tokens && b->targets, "batch %dx%d came back as %dx%d", B, T, b->B, b->T);
     for (int64_t i = 0; i < (int64_t)B * T; i++) {
         FZ_CHECK(b->tokens[i] >= 0 && b->tokens[i] < vocab, "token %lld is %d", (long long)i, b->tokens[i]);
         FZ_CHECK(b->targets[i] == FTB_IGNORE_INDEX || (b->targets[i] >= 0 && b->targets[i] < vocab),
@@ -28,8 +27,8 @@ static inline void fz_ds_check_batch(const ftb_batch *b, int B, int T, int vocab
 
 static inline void fz_ds_exercise(ftb_dataset *d, int vocab)
 {
-    static const int shapes[][2] = {{1, 1}, {2, 3}, {1, 16}, {3, 7}, {1, 100}};
-    static const int64_t indices[] = {0, 1, 2, 7, 1000003};
+    static const int shapes[][2] = { { 1, 1 }, { 2, 3 }, { 1, 16 }, { 3, 7 }, { 1, 100 } };
+    static const int64_t indices[] = { 0, 1, 2, 7, 1000003 };
     char err[512];
     (void)ftb_dataset_kind(d);
     FZ_CHECK(ftb_dataset_size(d) > 0, "an opened file with no examples or tokens");
@@ -49,16 +48,14 @@ static inline void fz_ds_exercise(ftb_dataset *d, int vocab)
             fz_ds_check_batch(&b, B, T, vocab);
             int32_t first_tok = b.tokens[0], first_tgt = b.targets[0];
             ftb_batch again;
-            FZ_CHECK(ftb_dataset_batch(d, indices[k], B, T, &again, err, sizeof err) == 0, "second call: %s",
-                     err);
+            FZ_CHECK(ftb_dataset_batch(d, indices[k], B, T, &again, err, sizeof err) == 0, "second call: %s", err);
             FZ_CHECK(again.tokens[0] == first_tok && again.targets[0] == first_tgt,
                      "batch %lld differs on a second call", (long long)indices[k]);
         }
     }
     ftb_batch b;
     for (int i = 0; i < 3; i++)
-        if (ftb_dataset_next(d, 2, 4, &b, err, sizeof err) == 0)
-            fz_ds_check_batch(&b, 2, 4, vocab);
+        if (ftb_dataset_next(d, 2, 4, &b, err, sizeof err) == 0) fz_ds_check_batch(&b, 2, 4, vocab);
 }
 
 /* Writes the input as name and opens it; returns 1 if accepted. */

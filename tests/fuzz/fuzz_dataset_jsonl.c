@@ -10,9 +10,6 @@
  */
 #include "fuzz_dataset_common.h"
 
-int fuzz_dataset_jsonl_one(const uint8_t *data, size_t size)
-{
-    return fz_ds_run("data.jsonl", data, size);
-}
+int fuzz_dataset_jsonl_one(const uint8_t *data, size_t size) { return fz_ds_run("data.jsonl", data, size); }
 
 FTB_FUZZ_ENTRY(fuzz_dataset_jsonl_one)

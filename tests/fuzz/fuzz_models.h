@@ -15,23 +15,23 @@
 #include <string.h>
 
 /* The same figures as fz_micro_config(c, 0), as Hugging Face writes them. */
-#define FZ_MICRO_CONFIG_JSON                                                    \
-    "{\n"                                                                       \
-    "  \"architectures\": [\"Qwen2ForCausalLM\"],\n"                            \
-    "  \"model_type\": \"qwen2\",\n"                                            \
-    "  \"hidden_act\": \"silu\",\n"                                             \
-    "  \"hidden_size\": 8,\n"                                                   \
-    "  \"intermediate_size\": 8,\n"                                             \
-    "  \"num_hidden_layers\": 1,\n"                                             \
-    "  \"num_attention_heads\": 2,\n"                                           \
-    "  \"num_key_value_heads\": 1,\n"                                           \
-    "  \"head_dim\": 4,\n"                                                      \
-    "  \"vocab_size\": 16,\n"                                                   \
-    "  \"max_position_embeddings\": 64,\n"                                      \
-    "  \"rope_theta\": 10000.0,\n"                                              \
-    "  \"rms_norm_eps\": 1e-06,\n"                                              \
-    "  \"tie_word_embeddings\": false,\n"                                       \
-    "  \"torch_dtype\": \"float32\"\n"                                          \
+#define FZ_MICRO_CONFIG_JSON                         \
+    "{\n"                                            \
+    "  \"architectures\": [\"Qwen2ForCausalLM\"],\n" \
+    "  \"model_type\": \"qwen2\",\n"                 \
+    "  \"hidden_act\": \"silu\",\n"                  \
+    "  \"hidden_size\": 8,\n"                        \
+    "  \"intermediate_size\": 8,\n"                  \
+    "  \"num_hidden_layers\": 1,\n"                  \
+    "  \"num_attention_heads\": 2,\n"                \
+    "  \"num_key_value_heads\": 1,\n"                \
+    "  \"head_dim\": 4,\n"                           \
+    "  \"vocab_size\": 16,\n"                        \
+    "  \"max_position_embeddings\": 64,\n"           \
+    "  \"rope_theta\": 10000.0,\n"                   \
+    "  \"rms_norm_eps\": 1e-06,\n"                   \
+    "  \"tie_word_embeddings\": false,\n"            \
+    "  \"torch_dtype\": \"float32\"\n"               \
     "}\n"
 
 /* variant 0: Qwen2-like (q/k/v biases, untied head) — FZ_MICRO_CONFIG_JSON;
@@ -65,8 +65,7 @@ static inline double fz_touch_model(const ftb_model *m)
     for (int i = 0; i < m->n_params; i++) {
         const ftb_tensor *t = m->params[i];
         int64_t numel = 1;
-        for (int d = 0; d < t->ndim; d++)
-            numel *= t->shape[d];
+        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
         int f32 = t->dtype == FTB_DTYPE_F32;
         if (numel != t->numel || t->ndim < 1 || t->ndim > 2 || (t->numel > 0 && f32 && !t->data) ||
             (!f32 && (t->data || !t->quant || ftb_tensor_storage_bytes(t) <= 0))) {
@@ -75,18 +74,15 @@ static inline double fz_touch_model(const ftb_model *m)
             abort();
         }
         if (f32) {
-            for (int64_t k = 0; k < t->numel; k++)
-                sum += t->data[k];
+            for (int64_t k = 0; k < t->numel; k++) sum += t->data[k];
             continue;
         }
         int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->numel / (rows ? rows : 1);
         float *row = malloc(((size_t)cols + 1) * sizeof *row);
-        if (!row)
-            abort();
+        if (!row) abort();
         for (int64_t r = 0; r < rows; r++) {
             ftb_tensor_read_rows(t, r, 1, row);
-            for (int64_t k = 0; k < cols; k++)
-                sum += row[k];
+            for (int64_t k = 0; k < cols; k++) sum += row[k];
         }
         free(row);
     }

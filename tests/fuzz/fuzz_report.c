@@ -31,21 +31,19 @@ int fuzz_report_one(const uint8_t *data, size_t size)
     fz_part parts[2];
     int n = fz_split(data, size, FZ_RP_SEP, parts, 2);
     fz_write("results.jsonl", parts[0].p, parts[0].n);
-    if (n > 1)
-        fz_write("cell.timeline.tsv", parts[1].p, parts[1].n);
+    if (n > 1) fz_write("cell.timeline.tsv", parts[1].p, parts[1].n);
 
     char results[1024], out[1024];
     fz_path(results, sizeof results, "results.jsonl");
     fz_path(out, sizeof out, "out");
-    char *argv[] = {"report", results, "--out", out, "--formats", "svg", NULL};
+    char *argv[] = { "report", results, "--out", out, "--formats", "svg", NULL };
     setenv("FTBENCH_GNUPLOT", "/nonexistent/gnuplot", 1);
 
     /* The command reports skipped lines and missing plots on stderr and a
      * summary on stdout: quiet while it runs.  (Sanitizers write to file
      * descriptor 2 directly, which stays open.) */
     static FILE *devnull;
-    if (!devnull)
-        devnull = fopen("/dev/null", "w");
+    if (!devnull) devnull = fopen("/dev/null", "w");
     FZ_CHECK(devnull != NULL, "cannot open /dev/null");
     FILE *saved_out = stdout, *saved_err = stderr;
     fflush(stdout);

@@ -49,24 +49,21 @@ static void fz_st_check(const ftb_st_file *f)
         FZ_CHECK(t->name != NULL, "tensor %d has no name", i);
         FZ_CHECK(ftb_st_find(f, t->name) == t, "tensor '%s' is not found by its name (duplicate?)", t->name);
         FZ_CHECK(t->ndim >= 0 && t->ndim <= FTB_ST_MAX_DIMS, "tensor '%s': ndim %d", t->name, t->ndim);
-        FZ_CHECK(strcmp(ftb_st_dtype_name(t->dtype), "?") != 0, "tensor '%s': dtype %d", t->name,
-                 (int)t->dtype);
+        FZ_CHECK(strcmp(ftb_st_dtype_name(t->dtype), "?") != 0, "tensor '%s': dtype %d", t->name, (int)t->dtype);
         int64_t numel = 1;
         for (int d = 0; d < t->ndim; d++) {
             FZ_CHECK(t->shape[d] >= 0, "tensor '%s': negative dimension", t->name);
-            FZ_CHECK(!__builtin_mul_overflow(numel, t->shape[d], &numel), "tensor '%s': numel overflows",
-                     t->name);
+            FZ_CHECK(!__builtin_mul_overflow(numel, t->shape[d], &numel), "tensor '%s': numel overflows", t->name);
         }
         FZ_CHECK(numel == t->numel, "tensor '%s': numel %lld, shape says %lld", t->name, (long long)t->numel,
                  (long long)numel);
         FZ_CHECK(t->begin <= t->end && t->end <= f->data_len,
-                 "tensor '%s': [%llu, %llu) outside the %llu-byte data section", t->name,
-                 (unsigned long long)t->begin, (unsigned long long)t->end, (unsigned long long)f->data_len);
+                 "tensor '%s': [%llu, %llu) outside the %llu-byte data section", t->name, (unsigned long long)t->begin,
+                 (unsigned long long)t->end, (unsigned long long)f->data_len);
         FZ_CHECK(t->end - t->begin == (uint64_t)numel * ftb_st_dtype_size(t->dtype),
-                 "tensor '%s': %llu bytes for %lld elements of %s", t->name,
-                 (unsigned long long)(t->end - t->begin), (long long)numel, ftb_st_dtype_name(t->dtype));
-        if (t->end > t->begin)
-            r[nr++] = (fz_st_range){t->begin, t->end};
+                 "tensor '%s': %llu bytes for %lld elements of %s", t->name, (unsigned long long)(t->end - t->begin),
+                 (long long)numel, ftb_st_dtype_name(t->dtype));
+        if (t->end > t->begin) r[nr++] = (fz_st_range){ t->begin, t->end };
 
         /* Read it all, as the loader would: floats converted, any other
          * dtype (quantized weights) byte by byte. */
@@ -81,11 +78,9 @@ static void fz_st_check(const ftb_st_file *f)
         else if (t->dtype == FTB_ST_F16)
             ftb_f16_to_f32_array(bytes, out, numel);
         else
-            for (uint64_t k = t->begin; k < t->end; k++)
-                sink += f->data[k];
+            for (uint64_t k = t->begin; k < t->end; k++) sink += f->data[k];
         if (t->dtype == FTB_ST_F32 || t->dtype == FTB_ST_BF16 || t->dtype == FTB_ST_F16)
-            for (int64_t k = 0; k < numel; k++)
-                sink += out[k];
+            for (int64_t k = 0; k < numel; k++) sink += out[k];
         (void)sink;
         free(out);
 
@@ -96,8 +91,8 @@ static void fz_st_check(const ftb_st_file *f)
     qsort(r, (size_t)nr, sizeof *r, fz_st_by_begin);
     for (int i = 1; i < nr; i++)
         FZ_CHECK(r[i - 1].end <= r[i].begin, "accepted overlapping tensors [%llu, %llu) and [%llu, %llu)",
-                 (unsigned long long)r[i - 1].begin, (unsigned long long)r[i - 1].end,
-                 (unsigned long long)r[i].begin, (unsigned long long)r[i].end);
+                 (unsigned long long)r[i - 1].begin, (unsigned long long)r[i - 1].end, (unsigned long long)r[i].begin,
+                 (unsigned long long)r[i].end);
     free(r);
 }
 
@@ -140,11 +135,11 @@ int fuzz_safetensors_one(const uint8_t *data, size_t size)
         const char *format;
         int group;
         const char *embed;
-    } fz_quant[] = {{"int4", 8, "int8"}, {"int4-asym", 4, "bf16"}, {"int8", 8, "int4"}, {"f16", 2, NULL}};
+    } fz_quant[] = { { "int4", 8, "int8" }, { "int4-asym", 4, "bf16" }, { "int8", 8, "int4" }, { "f16", 2, NULL } };
     int q = size ? data[size / 2] % 4 : 0;
     err[0] = 0;
-    ftb_model *m = ftb_model_load_quantized(dir, q & 1, fz_quant[q].format, fz_quant[q].group,
-                                            fz_quant[q].embed, err, sizeof err);
+    ftb_model *m =
+        ftb_model_load_quantized(dir, q & 1, fz_quant[q].format, fz_quant[q].group, fz_quant[q].embed, err, sizeof err);
     if (m) {
         fz_touch_model(m);
         ftb_model_free(m);

@@ -44,21 +44,18 @@ static void die(const char *what, const char *why)
 
 static void mkdir_or_die(const char *path)
 {
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        die(path, strerror(errno));
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) die(path, strerror(errno));
 }
 
 static char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        die(path, strerror(errno));
+    if (!f) die(path, strerror(errno));
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     rewind(f);
     char *buf = malloc((size_t)n + 1);
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n)
-        die(path, "cannot read");
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) die(path, "cannot read");
     fclose(f);
     buf[n] = 0;
     *len = (size_t)n;
@@ -76,8 +73,7 @@ static void put(bytes *b, const void *data, size_t n)
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 64;
         b->p = realloc(b->p, b->cap);
-        if (!b->p)
-            die("memory", "out of memory");
+        if (!b->p) die("memory", "out of memory");
     }
     memcpy(b->p + b->n, data, n);
     b->n += n;
@@ -98,14 +94,10 @@ static void emit(const char *target, const char *name, const void *data, size_t 
     mkdir_or_die(path);
     snprintf(path, sizeof path, "%s/%s/%s", out_root, target, name);
     FILE *f = fopen(path, "wb");
-    if (!f || (n && fwrite(data, 1, n, f) != n) || fclose(f) != 0)
-        die(path, "cannot write");
+    if (!f || (n && fwrite(data, 1, n, f) != n) || fclose(f) != 0) die(path, "cannot write");
 }
 
-static void emit_str(const char *target, const char *name, const char *s)
-{
-    emit(target, name, s, strlen(s));
-}
+static void emit_str(const char *target, const char *name, const char *s) { emit(target, name, s, strlen(s)); }
 
 static void emit_file(const char *target, const char *name, const char *src)
 {
@@ -130,8 +122,7 @@ static ftb_model *micro(int variant)
     char err[FTB_ERR_LEN];
     fz_micro_config(&c, variant);
     ftb_model *m = ftb_model_create(&c, 1234 + (uint64_t)variant, err, sizeof err);
-    if (!m)
-        die("micro model", err);
+    if (!m) die("micro model", err);
     return m;
 }
 
@@ -153,13 +144,11 @@ static uint16_t to_f16(float x)
     int e = (int)((u >> 23) & 0xff) - 127 + 15;
     uint32_t mant = u & 0x7fffffu;
     if (e <= 0) {
-        if (e < -10)
-            return (uint16_t)sign;
+        if (e < -10) return (uint16_t)sign;
         mant |= 0x800000u;
         return (uint16_t)(sign | (mant >> (14 - e)));
     }
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7c00u);
+    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
     return (uint16_t)(sign | ((uint32_t)e << 10) | (mant >> 13));
 }
 
@@ -193,24 +182,21 @@ static void write_safetensors(bytes *out, const st_entry *e, int n)
     json_decref(h);
     size_t len = strlen(text), padded = (len + 7) & ~(size_t)7;
     uint8_t hl[8];
-    for (int i = 0; i < 8; i++)
-        hl[i] = (uint8_t)(((uint64_t)padded >> (8 * i)) & 0xff);
+    for (int i = 0; i < 8; i++) hl[i] = (uint8_t)(((uint64_t)padded >> (8 * i)) & 0xff);
     put(out, hl, 8);
     put(out, text, len);
-    for (size_t i = len; i < padded; i++)
-        put(out, " ", 1);
+    for (size_t i = len; i < padded; i++) put(out, " ", 1);
     free(text);
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
-        for (int d = 0; d < e[i].ndim; d++)
-            numel *= e[i].shape[d];
+        for (int d = 0; d < e[i].ndim; d++) numel *= e[i].shape[d];
         for (int64_t k = 0; k < numel; k++) {
             float x = e[i].data ? e[i].data[k] : 0.0f;
             if (!strcmp(e[i].dtype, "F32")) {
                 put(out, &x, 4);
             } else {
                 uint16_t v = !strcmp(e[i].dtype, "BF16") ? to_bf16(x) : to_f16(x);
-                uint8_t le[2] = {(uint8_t)(v & 0xff), (uint8_t)(v >> 8)};
+                uint8_t le[2] = { (uint8_t)(v & 0xff), (uint8_t)(v >> 8) };
                 put(out, le, 2);
             }
         }
@@ -223,16 +209,23 @@ static int model_entries(const ftb_model *m, st_entry *e, const char *(*pick)(in
     int n = 0;
     for (int i = 0; i < m->n_params; i++) {
         const ftb_tensor *t = m->params[i];
-        if (t->numel == 0 || (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")))
-            continue;
-        e[n] = (st_entry){t->name, pick(i), t->ndim, {t->shape[0], t->shape[1], 0}, t->data};
+        if (t->numel == 0 || (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight"))) continue;
+        e[n] = (st_entry){ t->name, pick(i), t->ndim, { t->shape[0], t->shape[1], 0 }, t->data };
         n++;
     }
     return n;
 }
 
-static const char *all_bf16(int i) { (void)i; return "BF16"; }
-static const char *all_f16(int i) { (void)i; return "F16"; }
+static const char *all_bf16(int i)
+{
+    (void)i;
+    return "BF16";
+}
+static const char *all_f16(int i)
+{
+    (void)i;
+    return "F16";
+}
 static const char *mixed(int i) { return i % 3 == 0 ? "F32" : i % 3 == 1 ? "BF16" : "F16"; }
 
 /* ---- seeds ---------------------------------------------------------------- */
@@ -254,15 +247,13 @@ static void quantized_save(int variant, const char *format, int g, const char *e
 static void safetensors_seeds(ftb_model *m0, ftb_model *m1)
 {
     char err[FTB_ERR_LEN];
-    if (ftb_model_save(m0, tmp_path("micro"), err, sizeof err) != 0)
-        die("ftb_model_save", err);
-    if (ftb_model_save(m1, tmp_path("micro-tied"), err, sizeof err) != 0)
-        die("ftb_model_save", err);
+    if (ftb_model_save(m0, tmp_path("micro"), err, sizeof err) != 0) die("ftb_model_save", err);
+    if (ftb_model_save(m1, tmp_path("micro-tied"), err, sizeof err) != 0) die("ftb_model_save", err);
     emit_file("safetensors", "micro-f32.safetensors", tmp_path("micro/model.safetensors"));
     emit_file("safetensors", "micro-tied-f32.safetensors", tmp_path("micro-tied/model.safetensors"));
 
     st_entry e[64];
-    bytes b = {0};
+    bytes b = { 0 };
     int n = model_entries(m0, e, all_bf16);
     write_safetensors(&b, e, n);
     emit("safetensors", "micro-bf16.safetensors", b.p, b.n);
@@ -272,9 +263,9 @@ static void safetensors_seeds(ftb_model *m0, ftb_model *m1)
     emit("safetensors", "micro-f16.safetensors", b.p, b.n);
     b.n = 0;
     n = model_entries(m0, e, mixed);
-    e[n++] = (st_entry){"extra.3d", "F16", 3, {2, 3, 2}, NULL};
-    e[n++] = (st_entry){"extra.empty", "F32", 2, {0, 4, 0}, NULL};
-    e[n++] = (st_entry){"extra.scalar", "BF16", 0, {0, 0, 0}, NULL};
+    e[n++] = (st_entry){ "extra.3d", "F16", 3, { 2, 3, 2 }, NULL };
+    e[n++] = (st_entry){ "extra.empty", "F32", 2, { 0, 4, 0 }, NULL };
+    e[n++] = (st_entry){ "extra.scalar", "BF16", 0, { 0, 0, 0 }, NULL };
     write_safetensors(&b, e, n);
     emit("safetensors", "micro-mixed-extra.safetensors", b.p, b.n);
     b.n = 0;
@@ -297,35 +288,32 @@ static void sharded_seed(const char *name, ftb_model *m, const char *config_path
 {
     char err[FTB_ERR_LEN];
     ftb_tensor *list[8][64];
-    int count[8] = {0};
+    int count[8] = { 0 };
     json_t *wm = json_object();
     int k = 0;
     for (int i = 0; i < m->n_params; i++) {
         ftb_tensor *t = m->params[i];
-        if (t->numel == 0 || (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight")))
-            continue;
+        if (t->numel == 0 || (m->cfg.tie_embeddings && !strcmp(t->name, "lm_head.weight"))) continue;
         int s = (k++ * nshards) / (m->n_params);
-        if (s >= nshards)
-            s = nshards - 1;
+        if (s >= nshards) s = nshards - 1;
         list[s][count[s]++] = t;
         char file[64];
         snprintf(file, sizeof file, "model-%05d.safetensors", s + 1);
         json_object_set_new(wm, t->name, json_string(file));
     }
-    json_t *index = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t)(4 * ftb_config_param_count(&m->cfg)),
-                              "weight_map", wm);
+    json_t *index = json_pack("{s:{s:I},s:o}", "metadata", "total_size",
+                              (json_int_t)(4 * ftb_config_param_count(&m->cfg)), "weight_map", wm);
     char *text = json_dumps(index, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(index);
 
-    bytes b = {0};
+    bytes b = { 0 };
     put_file(&b, config_path);
     put(&b, FZ_CK_SEP, strlen(FZ_CK_SEP));
     put(&b, text, strlen(text));
     free(text);
     for (int s = 0; s < nshards; s++) {
         const char *p = tmp_path("shard.safetensors");
-        if (ftb_safetensors_write(p, list[s], count[s], err, sizeof err) != 0)
-            die("ftb_safetensors_write", err);
+        if (ftb_safetensors_write(p, list[s], count[s], err, sizeof err) != 0) die("ftb_safetensors_write", err);
         put(&b, FZ_CK_SEP, strlen(FZ_CK_SEP));
         put_file(&b, p);
     }
@@ -339,7 +327,7 @@ static void checkpoint_seeds(ftb_model *m0, ftb_model *m1)
     sharded_seed("micro-2-shards", m0, tmp_path("micro/config.json"), 2);
     sharded_seed("micro-tied-3-shards", m1, tmp_path("micro-tied/config.json"), 3);
     sharded_seed("micro-1-shard", m0, tmp_path("micro/config.json"), 1);
-    bytes b = {0};
+    bytes b = { 0 };
     put_file(&b, tmp_path("micro/config.json"));
     put(&b, FZ_CK_SEP FZ_CK_SEP, 2 * strlen(FZ_CK_SEP)); /* empty index: single file */
     put_file(&b, tmp_path("micro/model.safetensors"));
@@ -394,8 +382,8 @@ static void config_seeds(void)
         if (!qwen && c->max_seq > 100000)
             json_object_set_new(o, "rope_scaling",
                                 json_pack("{s:f,s:f,s:f,s:i,s:s}", "factor", 32.0, "high_freq_factor", 4.0,
-                                          "low_freq_factor", 1.0, "original_max_position_embeddings", 8192,
-                                          "rope_type", "llama3"));
+                                          "low_freq_factor", 1.0, "original_max_position_embeddings", 8192, "rope_type",
+                                          "llama3"));
         else
             json_object_set_new(o, "rope_scaling", json_null());
         json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
@@ -421,16 +409,15 @@ static void config_seeds(void)
 
 static void put_le32(bytes *b, int32_t v)
 {
-    uint8_t le[4] = {(uint8_t)(v & 0xff), (uint8_t)((v >> 8) & 0xff), (uint8_t)((v >> 16) & 0xff),
-                     (uint8_t)((v >> 24) & 0xff)};
+    uint8_t le[4] = { (uint8_t)(v & 0xff), (uint8_t)((v >> 8) & 0xff), (uint8_t)((v >> 16) & 0xff),
+                      (uint8_t)((v >> 24) & 0xff) };
     put(b, le, 4);
 }
 
 static void dataset_seeds(void)
 {
-    bytes b = {0};
-    for (int i = 0; i < 100; i++)
-        put_le32(&b, i);
+    bytes b = { 0 };
+    for (int i = 0; i < 100; i++) put_le32(&b, i);
     emit("dataset_bin", "ascending-100.bin", b.p, b.n);
     b.n = 0;
     uint64_t s = 42;
@@ -444,8 +431,7 @@ static void dataset_seeds(void)
     put_le32(&b, 49999);
     emit("dataset_bin", "two-tokens.bin", b.p, b.n);
     b.n = 0;
-    for (int i = 0; i < 17; i++)
-        put_le32(&b, 0);
+    for (int i = 0; i < 17; i++) put_le32(&b, 0);
     emit("dataset_bin", "zeros-17.bin", b.p, b.n);
     free(b.p);
 
@@ -463,7 +449,7 @@ static void dataset_seeds(void)
              "{\"input_ids\": [9, 10, 11], \"loss_mask\": [false, true, true]}\n");
     emit_str("dataset_jsonl", "blank-lines-crlf.jsonl",
              "\n{\"input_ids\": [3, 1, 4, 1, 5, 9, 2, 6]}\r\n\r\n  {\"input_ids\": [2, 7, 1, 8]}  \n\n");
-    bytes l = {0};
+    bytes l = { 0 };
     put(&l, "{\"input_ids\": [", 15);
     for (int i = 0; i < 150; i++) {
         char num[16];
@@ -492,8 +478,7 @@ int main(int argc, char **argv)
     mkdir_or_die(out_root);
     const char *t = getenv("TMPDIR");
     snprintf(tmp_root, sizeof tmp_root, "%s/ftb-gen-corpus.XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmp_root))
-        die(tmp_root, strerror(errno));
+    if (!mkdtemp(tmp_root)) die(tmp_root, strerror(errno));
     ftb_model *m0 = micro(0), *m1 = micro(1);
     safetensors_seeds(m0, m1);
     checkpoint_seeds(m0, m1);

@@ -18,7 +18,8 @@
 #include "ftbench.h"
 #include "plugin.h"
 
-static int step_one(const char *dir, const char *name, const char *ckpt) {
+static int step_one(const char *dir, const char *name, const char *ckpt)
+{
     char path[4096], err[FTB_ERR_LEN] = "";
     snprintf(path, sizeof path, "%s/%s.so", dir, name);
     ftb_plugin p;
@@ -29,7 +30,7 @@ static int step_one(const char *dir, const char *name, const char *ckpt) {
     int rc = -1;
     ftb_model *m = ftb_model_load(ckpt, 1, err, sizeof err);
     if (m) {
-        ftb_options none = {0, NULL, NULL};
+        ftb_options none = { 0, NULL, NULL };
         ftb_session s;
         memset(&s, 0, sizeof s);
         s.model = m;
@@ -45,7 +46,7 @@ static int step_one(const char *dir, const char *name, const char *ckpt) {
             int32_t tokens[T], targets[T];
             for (int i = 0; i < T; i++) tokens[i] = (i * 7 + 3) % m->cfg.vocab_size;
             for (int i = 0; i < T; i++) targets[i] = i + 1 < T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-            ftb_batch b = {1, T, tokens, targets};
+            ftb_batch b = { 1, T, tokens, targets };
             ftb_step_result res;
             memset(&res, 0, sizeof res);
             rc = p.method->step(st, &s, &b, &res, err, sizeof err);
@@ -59,7 +60,8 @@ static int step_one(const char *dir, const char *name, const char *ckpt) {
     return rc;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     if (argc < 2) {
         fprintf(stderr, "usage: memcheck_step METHODS_DIR [METHOD...]\n");
         return 2;

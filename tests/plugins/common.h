@@ -27,12 +27,13 @@ static inline int forward_once(ftb_session *s, const ftb_batch *b, ftb_step_resu
     return out->loss == out->loss ? 0 : -1;
 }
 
-#define TEST_PLUGIN(NAME, SUMMARY, STEP, ABI)                                         \
-    static const ftb_option_doc test_opts[] = { { "mb", "256", "MiB to allocate (hog)" }, \
-                                                { "kb_per_token", "0", "KiB per token (hog)" }, \
-                                                { NULL, NULL, NULL } };               \
-    static const ftb_method test_method = { .abi_version = ABI, .name = NAME, .summary = SUMMARY, \
-                                            .options = test_opts, .init = noop_init, .step = STEP }; \
+#define TEST_PLUGIN(NAME, SUMMARY, STEP, ABI)                                                                       \
+    static const ftb_option_doc test_opts[] = { { "mb", "256", "MiB to allocate (hog)" },                           \
+                                                { "kb_per_token", "0", "KiB per token (hog)" },                     \
+                                                { NULL, NULL, NULL } };                                             \
+    static const ftb_method test_method = {                                                                         \
+        .abi_version = ABI, .name = NAME, .summary = SUMMARY, .options = test_opts, .init = noop_init, .step = STEP \
+    };                                                                                                              \
     const ftb_method *ftbench_method(void) { return &test_method; }
 
 #endif

@@ -10,8 +10,7 @@ static int step(void *st, ftb_session *s, const ftb_batch *b, ftb_step_result *o
     (void)out;
     (void)err;
     (void)errlen;
-    for (;;)
-        pause();
+    for (;;) pause();
     return 0;
 }
 TEST_PLUGIN("hang", "test: hangs in step", step, FTB_ABI_VERSION)

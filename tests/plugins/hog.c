@@ -11,10 +11,8 @@ static int step(void *st, ftb_session *s, const ftb_batch *b, ftb_step_result *o
     err[0] = 0;
     long mb = ftb_opt_int(s->options, "mb", 256, err, errlen);
     long kpt = ftb_opt_int(s->options, "kb_per_token", 0, err, errlen);
-    if (err[0])
-        return -1;
-    if (forward_once(s, b, out, err, errlen))
-        return -1;
+    if (err[0]) return -1;
+    if (forward_once(s, b, out, err, errlen)) return -1;
     size_t n = kpt > 0 ? (size_t)kpt * 1024 * (size_t)b->B * (size_t)b->T : (size_t)mb << 20;
     char *p = ftb_alloc(FTB_MEM_WORKSPACE, n);
     if (!p) {

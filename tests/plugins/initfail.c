@@ -12,6 +12,7 @@ static int step(void *st, ftb_session *s, const ftb_batch *b, ftb_step_result *o
     (void)st;
     return forward_once(s, b, out, err, errlen);
 }
-static const ftb_method m = { .abi_version = FTB_ABI_VERSION, .name = "initfail", .summary = "test: init fails",
-                                .init = fail_init, .step = step };
+static const ftb_method m = {
+    .abi_version = FTB_ABI_VERSION, .name = "initfail", .summary = "test: init fails", .init = fail_init, .step = step
+};
 const ftb_method *ftbench_method(void) { return &m; }

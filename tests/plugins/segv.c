@@ -6,8 +6,7 @@
 static int step(void *st, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
 {
     (void)st;
-    if (forward_once(s, b, out, err, errlen))
-        return -1;
+    if (forward_once(s, b, out, err, errlen)) return -1;
     volatile char *p = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     p[0] = 1;
     return 0;

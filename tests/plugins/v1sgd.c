@@ -21,8 +21,7 @@ typedef struct {
     const char *summary;
     const ftb_option_doc *options;
     void *(*init)(ftb_session *s, char *err, size_t errlen);
-    int (*step)(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                size_t errlen);
+    int (*step)(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen);
     int (*trainable)(void *state, ftb_tensor ***tensors);
     void (*destroy)(void *state);
 } ftb_method_v1;
@@ -47,8 +46,7 @@ static void *v1_init(ftb_session *s, char *err, size_t errlen)
     st->params[st->n++] = &m->final_norm;
     st->params[st->n++] = &last->attn_norm;
     st->params[st->n++] = &last->mlp_norm;
-    for (int i = 0; i < st->n; i++)
-        st->params[i]->trainable = 1;
+    for (int i = 0; i < st->n; i++) st->params[i]->trainable = 1;
     if (ftb_model_alloc_grads(m, err, errlen)) {
         free(st);
         return NULL;
@@ -56,19 +54,15 @@ static void *v1_init(ftb_session *s, char *err, size_t errlen)
     return st;
 }
 
-static int v1_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err,
-                   size_t errlen)
+static int v1_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
 {
     v1_state *st = state;
-    for (int i = 0; i < st->n; i++)
-        memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
+    for (int i = 0; i < st->n; i++) memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
     out->loss = ftb_model_forward_backward(s->model, b, &s->run, err, errlen);
-    if (out->loss != out->loss)
-        return -1;
+    if (out->loss != out->loss) return -1;
     ftb_last_run_times(&out->t_forward, &out->t_backward);
     for (int i = 0; i < st->n; i++)
-        for (int64_t j = 0; j < st->params[i]->numel; j++)
-            st->params[i]->data[j] -= s->lr * st->params[i]->grad[j];
+        for (int64_t j = 0; j < st->params[i]->numel; j++) st->params[i]->data[j] -= s->lr * st->params[i]->grad[j];
     out->forward_passes = 1;
     return 0;
 }
@@ -83,8 +77,7 @@ static int v1_trainable(void *state, ftb_tensor ***tensors)
 static void v1_destroy(void *state) { free(state); }
 
 static const ftb_method_v1 v1_method = {
-    1, "v1sgd", "test: an ABI 1 plugin (SGD on the last norms)", v1_options,
-    v1_init, v1_step, v1_trainable, v1_destroy,
+    1, "v1sgd", "test: an ABI 1 plugin (SGD on the last norms)", v1_options, v1_init, v1_step, v1_trainable, v1_destroy,
 };
 
 const ftb_method *ftbench_method(void)
@@ -93,10 +86,8 @@ const ftb_method *ftbench_method(void)
     if (!placed) {
         long page = sysconf(_SC_PAGESIZE);
         char *p = mmap(NULL, 2 * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
-            return NULL;
-        if (mprotect(p + page, (size_t)page, PROT_NONE) != 0)
-            return NULL;
+        if (p == MAP_FAILED) return NULL;
+        if (mprotect(p + page, (size_t)page, PROT_NONE) != 0) return NULL;
         placed = (ftb_method_v1 *)(p + page - sizeof v1_method);
         memcpy(placed, &v1_method, sizeof v1_method);
     }
