@@ -5,6 +5,7 @@
  * for the timeout and (in watch mode) one read of the child's statm.
  */
 #include "cell_internal.h"
+#include "kmsg.h"
 #include "util.h"
 
 #include <errno.h>
@@ -340,6 +341,14 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
 }
 
 
+/* Signals a process gets for its own faults (or abort()): a crash.  Any
+ * other deadly signal was sent to it: "killed". */
+static int is_fault_signal(int sig)
+{
+    return sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGABRT || sig == SIGTRAP ||
+           sig == SIGSYS || sig == SIGXCPU || sig == SIGXFSZ;
+}
+
 static double mib(int64_t b) { return (double)b / (1024.0 * 1024.0); }
 
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen)
@@ -494,6 +503,13 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     if (peak <= 0) peak = maxrss > watch_max ? maxrss : watch_max;
     r->peak_rss = peak > 0 ? peak : -1;
     int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    /* A SIGKILL the harness did not send is an out-of-memory kill only with
+     * evidence: the cgroup's oom_kill count, the kernel log naming the pid,
+     * or a peak at the limit that was enforced. */
+    char kernel_log[300] = "";
+    int kernel_oom = 0;
+    if (sig == SIGKILL && !timed_out && !watch_killed && !safety_killed && oom_kills <= 0)
+        kernel_oom = ftb_kmsg_find_oom_kill(pid, t_start - 1.0, kernel_log, sizeof kernel_log);
     char where[64];
     if (!strcmp(last_what, "load"))
         snprintf(where, sizeof where, "model load");
@@ -523,13 +539,27 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                         "RSS reached %.0f MiB: killed at the host's safety limit (90%% of "
                         "MemAvailable); this host has less memory than the device",
                         mib(watch_max));
-    } else if (sig == SIGKILL) {
-        if (oom_kills > 0)
-            set_outcome(r, "oom", "killed by the cgroup memory.max limit of %.0f MiB (memory.events oom_kill=%lld)",
-                        mib(c->budget_bytes), (long long)oom_kills);
-        else
-            set_outcome(r, "oom", "SIGKILL from outside the harness during %s (the kernel OOM killer, presumably)",
-                        where);
+    } else if (sig == SIGKILL && oom_kills > 0) {
+        set_outcome(r, "oom", "killed by the cgroup memory.max limit of %.0f MiB (memory.events oom_kill=%lld)",
+                    mib(c->budget_bytes), (long long)oom_kills);
+    } else if (sig == SIGKILL && kernel_oom > 0) {
+        set_outcome(r, "oom", "killed by the kernel OOM killer during %s; the kernel log says: %s", where, kernel_log);
+    } else if (sig == SIGKILL && enforce == FTB_ENFORCE_CGROUP && cg_peak >= c->budget_bytes * 0.95) {
+        set_outcome(r, "oom", "SIGKILL during %s with the cgroup's peak at %.0f MiB, at its memory.max of %.0f MiB",
+                    where, mib(cg_peak), mib(c->budget_bytes));
+    } else if (sig == SIGKILL && watch_max >= safety * 0.95) {
+        set_outcome(r, "oom", "SIGKILL during %s with RSS at %.0f MiB, at the host's available memory", where,
+                    mib(watch_max));
+    } else if (sig && !is_fault_signal(sig)) {
+        /* Sent from outside, with no sign of a memory limit: not "oom", and
+         * no reason to skip the method's longer lengths. */
+        char seen[64] = "";
+        int64_t at = watch_max > 0 ? watch_max : cg_peak;
+        if (at > 0) snprintf(seen, sizeof seen, " at %.0f MiB RSS", mib(at));
+        set_outcome(r, "killed",
+                    "%s (signal %d) from outside the harness during %s%s; no sign of an out-of-memory kill "
+                    "(%s)",
+                    ftb_signal_name(sig), sig, where, seen, kernel_oom < 0 ? kernel_log : "nothing in the kernel log");
     } else if (sig) {
         set_outcome(r, "crashed", "%s (signal %d) during %s", ftb_signal_name(sig), sig, where);
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK && stage && !strcmp(stage, "done")) {

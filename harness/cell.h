@@ -75,7 +75,7 @@ typedef struct {
 } ftb_cell;
 
 typedef struct {
-    char outcome[16]; /* ok crashed timeout over_budget error oom */
+    char outcome[16]; /* ok crashed killed timeout over_budget error oom */
     char detail[FTB_ERR_LEN];
     int64_t peak_rss;   /* VmHWM (or the last RSS seen), -1 if unknown */
     double step_median; /* seconds, 0 if none                        */

@@ -62,6 +62,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *c
 static const char *short_outcome(const char *o)
 {
     if (!strcmp(o, "crashed")) return "CRASH";
+    if (!strcmp(o, "killed")) return "KILLED";
     if (!strcmp(o, "timeout")) return "TIMEOUT";
     if (!strcmp(o, "oom")) return "OOM";
     if (!strcmp(o, "error")) return "ERROR";

@@ -285,6 +285,7 @@ static const char *short_outcome(const char *o)
 {
     if (!o) return "?";
     if (!strcmp(o, "crashed")) return "CRASH";
+    if (!strcmp(o, "killed")) return "KILLED";
     if (!strcmp(o, "timeout")) return "TIMEOUT";
     if (!strcmp(o, "oom")) return "OOM";
     if (!strcmp(o, "error")) return "ERROR";

@@ -8,6 +8,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -494,6 +495,72 @@ Test(harness, sweep_skips_lengths_beyond_an_over_budget_one, .fini = remove_tmp,
         cr_expect_str_eq(jstr(r, "skipped_because"), "hog.tiny.s16.b1");
         cr_expect_str_eq(jstr(find_cell(v, n, "fwdonly.", seq), "outcome"), "ok");
     }
+    free_records(v, n);
+}
+
+/* The cell process of a running sweep: the child of `parent` that leads
+ * its own process group (the harness makes each cell a group leader); 0
+ * while there is none. */
+static pid_t find_cell_process(pid_t parent)
+{
+    DIR *d = opendir("/proc");
+    cr_assert(d != NULL);
+    pid_t found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t k = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[k] = 0;
+        const char *rp = strrchr(buf, ')');
+        int ppid = 0, pgid = 0;
+        if (rp && sscanf(rp + 2, "%*c %d %d", &ppid, &pgid) == 2 && ppid == parent && pgid == atoi(e->d_name))
+            found = pgid;
+    }
+    closedir(d);
+    return found;
+}
+
+/* A SIGKILL from outside at a few MiB of RSS is "killed", not "oom": there
+ * is no evidence of a memory limit (no cgroup, nothing in the kernel log,
+ * a peak far from any budget), and the longer length still runs. */
+Test(harness, outside_sigkill_is_killed_not_oom, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    const char *const args[] = { "sweep",   "--methods", plugin("hang"), "--model",  "tiny",     "--seqs",  "16,32",
+                                 "--steps", "1",         "--warmup",     "0",        "--budget", "8G",      "--timeout",
+                                 "3",       "--out",     tmpdir,         "--run-id", "killed",   "--quiet", NULL };
+    char outp[600], errp[600], path[512];
+    snprintf(outp, sizeof outp, "%s/out", tmpdir);
+    snprintf(errp, sizeof errp, "%s/err", tmpdir);
+    pid_t sweep = spawn(args, outp, errp);
+    pid_t cell = 0;
+    for (int i = 0; i < 400 && !cell; i++) {
+        usleep(10000);
+        cell = find_cell_process(sweep);
+    }
+    cr_assert(cell > 0, "no cell process appeared");
+    usleep(300000); /* into its (hanging) step */
+    cr_assert(kill(cell, SIGKILL) == 0);
+    int st;
+    while (waitpid(sweep, &st, 0) < 0 && errno == EINTR)
+        ;
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "sweep status %d", st);
+    snprintf(path, sizeof path, "%s/host/killed/results.jsonl", tmpdir);
+    int n, bad;
+    json_t **v = read_records(path, &n, &bad);
+    cr_assert((n) == (2), "%d records", n);
+    json_t *r = find_cell(v, n, "hang.", 16);
+    cr_expect_str_eq(jstr(r, "outcome"), "killed");
+    cr_expect_str_eq(jstr(json_object_get(r, "signal"), "name"), "SIGKILL");
+    cr_expect(strstr(jstr(r, "outcome_detail"), "from outside the harness") != NULL, "%s", jstr(r, "outcome_detail"));
+    /* Not skipped: the longer length ran (and hung until its timeout). */
+    cr_expect_str_eq(jstr(find_cell(v, n, "hang.", 32), "outcome"), "timeout");
     free_records(v, n);
 }
 
