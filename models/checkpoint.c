@@ -483,7 +483,7 @@ static int keep_half(ftb_model *m, ftb_tensor *t, shard *s, const ftb_st_tensor 
             q->mapped = 1;
         }
     } else {
-        q = qstore_alloc(d, 0, t->shape[0], t->shape[1]);
+        q = ftb_qstore_alloc(d, 0, t->shape[0], t->shape[1]);
         if (q) memcpy(q->owned[QPART_Q], bytes, (size_t)t->numel * 2);
     }
     if (!q) {
@@ -621,7 +621,7 @@ static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ft
     if (!int4) group = 0;
     const int64_t rows = t->shape[0], cols = t->shape[1];
     char why[256];
-    if (qstore_check(d, group, rows, cols, why, sizeof why) != 0) {
+    if (ftb_qstore_check(d, group, rows, cols, why, sizeof why) != 0) {
         ck_error(err, errlen, "%s: tensor '%s': %s", s->path, t->name, why);
         return -1;
     }
@@ -665,10 +665,11 @@ static int load_quantized_tensor(ftb_model *m, ftb_tensor *t, shard *s, const ft
             q->mapped = 1;
         }
     } else {
-        q = qstore_alloc(d, group, rows, cols);
+        q = ftb_qstore_alloc(d, group, rows, cols);
         for (int p = 0; q && p < 3; p++)
             if (parts[p])
-                memcpy(q->owned[p], ftb_st_tensor_data(&s->file, parts[p]), qstore_part_bytes(d, rows, cols, group, p));
+                memcpy(q->owned[p], ftb_st_tensor_data(&s->file, parts[p]),
+                       ftb_qstore_part_bytes(d, rows, cols, group, p));
     }
     if (!q) {
         ck_error(err, errlen, "%s: tensor '%s': out of memory", s->path, t->name);
@@ -1196,11 +1197,11 @@ static int save_weights(const ftb_model *m, const char *path, char *err, size_t 
         static const char *main_dtype[FTB_DTYPE_COUNT] = { "F32", "BF16", "F16", "I8", "U8", "U8" };
         it->dtype = main_dtype[q->dtype];
         it->bytes = q->q;
-        it->nbytes = qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, QPART_Q);
+        it->nbytes = ftb_qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, QPART_Q);
         it->align = q->dtype == FTB_DTYPE_BF16 || q->dtype == FTB_DTYPE_F16 ? 2 : 1;
         if (q->dtype == FTB_DTYPE_INT4 || q->dtype == FTB_DTYPE_INT4_ASYM) it->shape[1] = q->cols / 2;
         for (int part = QPART_SCALES; part <= QPART_ZEROS; part++) {
-            uint64_t b = qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, part);
+            uint64_t b = ftb_qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, part);
             if (!b) continue;
             st_item *c = &items[n++];
             snprintf(c->name, sizeof c->name, "%s%s", t->name, part == QPART_SCALES ? ".scales" : ".zeros");

@@ -14,7 +14,7 @@ void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int
     /* Only the rows looked up are dequantized. */
     double t0 = ftb_now();
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) qstore_dequant_row(E->quant, tokens[n], x + (int64_t)n * D);
+    for (int n = 0; n < N; n++) ftb_qstore_dequant_row(E->quant, tokens[n], x + (int64_t)n * D);
     ftb_dequant_account(ftb_now() - t0, (int64_t)N * D);
 }
 

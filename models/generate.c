@@ -42,10 +42,10 @@ int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, co
         ftb_mem_set_phase("logits");
         void *ctx; /* a read perturbation covers the head here as in the forward (docs/CORE.md) */
         ftb_read_perturb_fn perturb = ftb_model_read_perturbation(m, &ctx);
-        quant_set_read_perturbation(perturb, ctx);
+        ftb_quant_set_read_perturbation(perturb, ctx);
         ftb_linear_apply(&m->lm_head, n_rows, picked, logits, 0.0f);
-        quant_set_read_perturbation(NULL, NULL);
-        if (perturb) quant_workspace_release();
+        ftb_quant_set_read_perturbation(NULL, NULL);
+        if (perturb) ftb_quant_workspace_release();
     }
     ftb_free(picked);
     ftb_free(hidden);

@@ -49,10 +49,10 @@ static double rows_loss(float *z, const int32_t *targets, int rows, int V, float
  * of dequantized rows of W (a bounded workspace) for any other format. */
 static void head_logits(float *z, const float *x, const ftb_tensor *W, int rows, int D, int V, int stream)
 {
-    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream && !quant_read_perturbed())
+    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream && !ftb_quant_read_perturbed())
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, D, 1.0f, x, D, W->data, D, 0.0f, z, V);
     else
-        linear_apply_ex(W, rows, x, z, 0.0f, stream);
+        ftb_linear_apply_ex(W, rows, x, z, 0.0f, stream);
 }
 
 static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, int D, int V, int stream)
@@ -60,7 +60,7 @@ static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, in
     if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !stream)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, V, 1.0f, z, V, W->data, D, 0.0f, dx, D);
     else
-        linear_apply_t_ex(W, rows, z, dx, 0.0f, stream);
+        ftb_linear_apply_t_ex(W, rows, z, dx, 0.0f, stream);
 }
 
 float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T, int D,

@@ -49,7 +49,7 @@ static void bias_grad(float *db, const float *dy, int N, int out)
 
 void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out)
 {
-    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !quant_read_perturbed()) {
+    if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !ftb_quant_read_perturbed()) {
         linear_forward(y, x, W->data, b, N, in, out);
         return;
     }

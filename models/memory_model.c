@@ -238,7 +238,7 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     add(&g, FTB_MEM_WORKSPACE, (int64_t)T * s.hd); /* RoPE tables */
     const int perturbed = !training && ftb_model_read_perturbation(m, NULL) != NULL;
     if (perturbed) add(&g, FTB_MEM_WORKSPACE, perturbed_vector_floats(c));
-    add(&g, FTB_MEM_WORKSPACE, quant_largest_tile(m, perturbed));            /* one kept for the whole step */
+    add(&g, FTB_MEM_WORKSPACE, ftb_quant_largest_tile(m, perturbed));        /* one kept for the whole step */
     add(&g, training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND); /* resid[0] */
     mark(&g, "fwd embed");
     /* resid[l] lives in `kept[l]` (SAVED, offloaded, or a recycled workspace buffer). */

@@ -213,9 +213,9 @@ void ftb_model_forget_qstore(ftb_model *m, ftb_qstore *q)
     if (q->mapped) {
         const void *parts[3] = { q->q, q->scales, q->zeros };
         for (int p = 0; p < 3; p++)
-            ftb_model_release_mapped(m, parts[p], qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p));
+            ftb_model_release_mapped(m, parts[p], ftb_qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p));
     }
-    qstore_free(q);
+    ftb_qstore_free(q);
 }
 
 void ftb_model_record_error(ftb_model *m, const ftb_quant_error *e)
@@ -337,7 +337,7 @@ void ftb_model_free(ftb_model *m)
     }
     if (st) {
         for (int i = 0; i < st->n_owned; i++) ftb_free(st->owned[i]);
-        for (int i = 0; i < st->n_qs; i++) qstore_free(st->qs[i]);
+        for (int i = 0; i < st->n_qs; i++) ftb_qstore_free(st->qs[i]);
         for (int i = 0; i < st->n_maps; i++) {
             munmap(st->maps[i].addr, st->maps[i].len);
             ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)st->maps[i].accounted);

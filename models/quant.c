@@ -69,7 +69,7 @@ int ftb_dtype_parse(const char *s)
 
 static int is_int4(ftb_dtype d) { return d == FTB_DTYPE_INT4 || d == FTB_DTYPE_INT4_ASYM; }
 
-size_t qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part)
+size_t ftb_qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part)
 {
     size_t n = (size_t)rows * (size_t)cols;
     switch (d) {
@@ -91,11 +91,11 @@ int64_t ftb_dtype_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group)
 {
     if (is_int4(d) && group <= 0) group = FTB_QUANT_DEFAULT_GROUP;
     int64_t b = 0;
-    for (int p = 0; p < 3; p++) b += (int64_t)qstore_part_bytes(d, rows, cols, group, p);
+    for (int p = 0; p < 3; p++) b += (int64_t)ftb_qstore_part_bytes(d, rows, cols, group, p);
     return b;
 }
 
-int qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len)
+int ftb_qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len)
 {
     if ((unsigned)d >= FTB_DTYPE_COUNT) {
         snprintf(why, len, "unknown storage format %d", (int)d);
@@ -194,7 +194,7 @@ static uint16_t f16_down(float x) { return (uint16_t)(f16_up(-x) ^ 0x8000u); }
 /* Storage                                                                    */
 /* ------------------------------------------------------------------------ */
 
-ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols)
+ftb_qstore *ftb_qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols)
 {
     ftb_qstore *q = calloc(1, sizeof *q);
     if (!q) return NULL;
@@ -203,11 +203,11 @@ ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols)
     q->rows = rows;
     q->cols = cols;
     for (int p = 0; p < 3; p++) {
-        size_t b = qstore_part_bytes(d, rows, cols, q->group, p);
+        size_t b = ftb_qstore_part_bytes(d, rows, cols, q->group, p);
         if (!b) continue;
         q->owned[p] = ftb_alloc(FTB_MEM_WEIGHTS, b);
         if (!q->owned[p]) {
-            qstore_free(q);
+            ftb_qstore_free(q);
             return NULL;
         }
     }
@@ -217,7 +217,7 @@ ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols)
     return q;
 }
 
-void qstore_free(ftb_qstore *q)
+void ftb_qstore_free(ftb_qstore *q)
 {
     if (!q) return;
     for (int p = 0; p < 3; p++) ftb_free(q->owned[p]);
@@ -323,7 +323,7 @@ static void deq_int4_row(const uint8_t *restrict b, const uint16_t *restrict sc,
 #undef GROUPS
 }
 
-void qstore_dequant_row(const ftb_qstore *q, int64_t r, float *out)
+void ftb_qstore_dequant_row(const ftb_qstore *q, int64_t r, float *out)
 {
     const int64_t C = q->cols;
     switch (q->dtype) {
@@ -362,12 +362,12 @@ void ftb_dequant_account(double seconds, int64_t elements)
     deq_elements += elements;
 }
 
-void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out)
+void ftb_qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out)
 {
     double t0 = ftb_now();
     const int64_t C = q->cols;
 #pragma omp parallel for schedule(static) if (n * C >= 65536)
-    for (int64_t i = 0; i < n; i++) qstore_dequant_row(q, r0 + i, out + i * C);
+    for (int64_t i = 0; i < n; i++) ftb_qstore_dequant_row(q, r0 + i, out + i * C);
     deq_seconds += ftb_now() - t0;
     deq_elements += n * C;
 }
@@ -464,7 +464,7 @@ static void quant_row(ftb_qstore *q, int64_t r, const float *w)
     }
 }
 
-void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e)
+void ftb_qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e)
 {
     const int64_t R = q->rows, C = q->cols;
     double max_abs = 0, max_w = 0, sum_err = 0, sum_w = 0, sq_err = 0, sq_w = 0;
@@ -476,7 +476,7 @@ void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e)
             const float *w = src + r * C;
             quant_row(q, r, w);
             if (!back) continue;
-            qstore_dequant_row(q, r, back);
+            ftb_qstore_dequant_row(q, r, back);
             for (int64_t i = 0; i < C; i++) {
                 double a = fabs((double)w[i]), d = fabs((double)w[i] - (double)back[i]);
                 max_abs = d > max_abs ? d : max_abs;
@@ -518,7 +518,7 @@ void ftb_tensor_read_rows(const ftb_tensor *t, int64_t row0, int64_t n, float *o
             memset(out, 0, sizeof(float) * (size_t)(n * C));
         return;
     }
-    qstore_dequant_rows(t->quant, row0, n, out);
+    ftb_qstore_dequant_rows(t->quant, row0, n, out);
 }
 
 int64_t ftb_tensor_storage_bytes(const ftb_tensor *t)
@@ -538,7 +538,7 @@ static int64_t tile_floats = DEFAULT_TILE;
 void ftb_set_dequant_tile(int64_t floats) { tile_floats = floats > 0 ? floats : DEFAULT_TILE; }
 int64_t ftb_get_dequant_tile(void) { return tile_floats; }
 
-int64_t quant_tile_rows(int64_t rows, int64_t cols)
+int64_t ftb_quant_tile_rows(int64_t rows, int64_t cols)
 {
     int64_t r = tile_floats / (cols > 0 ? cols : 1);
     /* By default at least 256 rows: backward's sgemm (dx += dy·W_tile) has
@@ -550,7 +550,7 @@ int64_t quant_tile_rows(int64_t rows, int64_t cols)
 }
 
 /* One tile buffer, kept between products and released at the end of a
- * forward/backward (quant_workspace_release): allocating a 4 MiB tile per
+ * forward/backward (ftb_quant_workspace_release): allocating a 4 MiB tile per
  * product between the activations' allocations fragments the heap (measured:
  * +45 MiB of RSS for qwen2.5-0.5b at 256 tokens). */
 static float *tile_buf;
@@ -583,7 +583,7 @@ static void tile_done(float *t)
         ftb_free(t);
 }
 
-int quant_reserve_tile(int64_t floats)
+int ftb_quant_reserve_tile(int64_t floats)
 {
     if (floats <= 0) return 0;
     float *t = tile_alloc(floats);
@@ -592,19 +592,19 @@ int quant_reserve_tile(int64_t floats)
     return 0;
 }
 
-int64_t quant_largest_tile(const ftb_model *m, int include_f32)
+int64_t ftb_quant_largest_tile(const ftb_model *m, int include_f32)
 {
     int64_t best = 0;
     for (int i = 0; i < m->n_params; i++) {
         const ftb_tensor *t = m->params[i];
         if (t->ndim != 2 || (!include_f32 && (t->dtype == FTB_DTYPE_F32 || !t->quant))) continue;
-        int64_t cols = t->shape[1], floats = quant_tile_rows(t->shape[0], cols) * cols;
+        int64_t cols = t->shape[1], floats = ftb_quant_tile_rows(t->shape[0], cols) * cols;
         if (floats > best) best = floats;
     }
     return best;
 }
 
-void quant_workspace_release(void)
+void ftb_quant_workspace_release(void)
 {
     ftb_free(tile_buf);
     tile_buf = NULL;
@@ -632,7 +632,7 @@ static void drop_rows(const ftb_tensor *W, int64_t r0, int64_t n)
     const ftb_qstore *q = W->quant;
     const void *parts[3] = { q->q, q->scales, q->zeros };
     for (int p = 0; p < 3; p++) {
-        size_t row_bytes = qstore_part_bytes(q->dtype, 1, q->cols, q->group, p);
+        size_t row_bytes = ftb_qstore_part_bytes(q->dtype, 1, q->cols, q->group, p);
         if (parts[p] && row_bytes) drop_inner_pages((const char *)parts[p] + r0 * row_bytes, row_bytes * (size_t)n);
     }
 }
@@ -648,15 +648,15 @@ static int is_mapped(const ftb_tensor *W)
 static ftb_read_perturb_fn read_fn;
 static void *read_ctx;
 
-void quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx)
+void ftb_quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx)
 {
     read_fn = fn;
     read_ctx = fn ? ctx : NULL;
 }
 
-int quant_read_perturbed(void) { return read_fn != NULL; }
+int ftb_quant_read_perturbed(void) { return read_fn != NULL; }
 
-void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream)
+void ftb_linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream)
 {
     const int64_t out = tensor_rows(W), in = tensor_cols(W);
     const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
@@ -667,14 +667,14 @@ void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float
                     beta, y, (int)out);
         return;
     }
-    const int64_t tr = quant_tile_rows(out, in);
+    const int64_t tr = ftb_quant_tile_rows(out, in);
     float *tile = copied ? tile_alloc(tr * in) : NULL;
     if (copied && !tile) return;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
         if (quantized)
-            qstore_dequant_rows(W->quant, r0, n, tile);
+            ftb_qstore_dequant_rows(W->quant, r0, n, tile);
         else if (perturbed)
             memcpy(tile, w, sizeof(float) * (size_t)(n * in));
         if (copied) w = tile;
@@ -687,7 +687,7 @@ void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float
     if (tile) tile_done(tile);
 }
 
-void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream)
+void ftb_linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream)
 {
     const int64_t out = tensor_rows(W), in = tensor_cols(W);
     const int quantized = W->dtype != FTB_DTYPE_F32 && W->quant;
@@ -697,14 +697,14 @@ void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, f
                     (int)in, beta, dx, (int)in);
         return;
     }
-    const int64_t tr = quant_tile_rows(out, in);
+    const int64_t tr = ftb_quant_tile_rows(out, in);
     float *tile = quantized ? tile_alloc(tr * in) : NULL;
     if (quantized && !tile) return;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
         if (quantized) {
-            qstore_dequant_rows(W->quant, r0, n, tile);
+            ftb_qstore_dequant_rows(W->quant, r0, n, tile);
             w = tile;
         }
         if (stream && quantized) drop_rows(W, r0, n);
@@ -717,12 +717,12 @@ void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, f
 
 void ftb_linear_apply(const ftb_tensor *W, int N, const float *x, float *y, float beta)
 {
-    linear_apply_ex(W, N, x, y, beta, 0);
+    ftb_linear_apply_ex(W, N, x, y, beta, 0);
 }
 
 void ftb_linear_apply_t(const ftb_tensor *W, int N, const float *dy, float *dx, float beta)
 {
-    linear_apply_t_ex(W, N, dy, dx, beta, 0);
+    ftb_linear_apply_t_ex(W, N, dy, dx, beta, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -766,7 +766,7 @@ int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int gro
         return -1;
     }
     char why[256];
-    if (qstore_check(d, group, t->shape[0], t->shape[1], why, sizeof why)) {
+    if (ftb_qstore_check(d, group, t->shape[0], t->shape[1], why, sizeof why)) {
         snprintf(err, errlen, "tensor '%s': %s", t->name, why);
         return -1;
     }
@@ -781,7 +781,7 @@ int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int gro
         ftb_tensor_read_rows(t, 0, t->shape[0], tmp);
         src = tmp;
     }
-    ftb_qstore *q = qstore_alloc((ftb_dtype)d, group, t->shape[0], t->shape[1]);
+    ftb_qstore *q = ftb_qstore_alloc((ftb_dtype)d, group, t->shape[0], t->shape[1]);
     if (!q) {
         ftb_free(tmp);
         snprintf(err, errlen, "tensor '%s': out of memory for its %s storage", t->name, ftb_dtype_name(d));
@@ -789,7 +789,7 @@ int ftb_tensor_quantize(ftb_model *m, ftb_tensor *t, const char *format, int gro
     }
     ftb_quant_error e;
     memset(&e, 0, sizeof e);
-    qstore_quantize(q, src, &e);
+    ftb_qstore_quantize(q, src, &e);
     snprintf(e.name, sizeof e.name, "%s", t->name);
     e.layer = tensor_layer(t);
     ftb_model_record_error(m, &e);
@@ -842,7 +842,7 @@ int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error 
             snprintf(err, errlen, "tensor '%s': the reference model has no tensor of this name and shape", t->name);
             return -1;
         }
-        const int64_t R = tensor_rows(t), C = tensor_cols(t), tr = quant_tile_rows(R, C);
+        const int64_t R = tensor_rows(t), C = tensor_cols(t), tr = ftb_quant_tile_rows(R, C);
         float *a = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)(tr * C));
         float *b = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)(tr * C));
         if (!a || !b) {
@@ -929,7 +929,8 @@ static void advise_tensor(const ftb_tensor *t, int advice)
     const ftb_qstore *q = t->quant;
     if (!q->mapped) return;
     const void *parts[3] = { q->q, q->scales, q->zeros };
-    for (int p = 0; p < 3; p++) advise(parts[p], qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p), advice);
+    for (int p = 0; p < 3; p++)
+        advise(parts[p], ftb_qstore_part_bytes(q->dtype, q->rows, q->cols, q->group, p), advice);
 }
 
 /* The embedding and the LM head are not brought in whole: a lookup touches
@@ -955,7 +956,7 @@ static void advise_unit(ftb_model *m, int unit, int advice)
  * one call, reading what the page cache lacks; older kernels refuse it and
  * get MADV_WILLNEED (read-ahead; the pages are then faulted in as used). */
 
-void residency_enter(ftb_model *m, int unit)
+void ftb_residency_enter(ftb_model *m, int unit)
 {
     if (m->residency != FTB_RESIDENT_LAZY_BLOCK) return;
 #ifdef MADV_POPULATE_READ
@@ -967,7 +968,7 @@ void residency_enter(ftb_model *m, int unit)
     advise_unit(m, unit, MADV_WILLNEED);
 }
 
-void residency_leave(ftb_model *m, int unit)
+void ftb_residency_leave(ftb_model *m, int unit)
 {
     if (m->residency == FTB_RESIDENT_LAZY_BLOCK) advise_unit(m, unit, MADV_DONTNEED);
 }

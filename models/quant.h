@@ -27,22 +27,22 @@ typedef struct ftb_qstore {
 enum { QPART_Q = 0, QPART_SCALES, QPART_ZEROS };
 
 /* Bytes of one part of the storage (0 if the format has no such part). */
-size_t qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part);
+size_t ftb_qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part);
 /* Checks a (dtype, group, shape) combination; 0 or -1 with a reason in why. */
-int qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len);
+int ftb_qstore_check(ftb_dtype d, int group, int64_t rows, int64_t cols, char *why, size_t len);
 /* Owned storage with uninitialised contents; NULL when out of memory. */
-ftb_qstore *qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols);
+ftb_qstore *ftb_qstore_alloc(ftb_dtype d, int group, int64_t rows, int64_t cols);
 /* Frees owned parts (and the descriptor); mapped parts are left alone. */
-void qstore_free(ftb_qstore *q);
+void ftb_qstore_free(ftb_qstore *q);
 
 /* Quantizes src [rows, cols] into q (whose parts must be writable), and
  * measures the error of every element (e may be NULL). */
-void qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e);
+void ftb_qstore_quantize(ftb_qstore *q, const float *src, ftb_quant_error *e);
 /* One row of q as fp32 (no threading). */
-void qstore_dequant_row(const ftb_qstore *q, int64_t row, float *out);
+void ftb_qstore_dequant_row(const ftb_qstore *q, int64_t row, float *out);
 /* Rows [r0, r0+n) into out [n, cols], threaded across rows and timed into
  * the dequantization statistics. */
-void qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out);
+void ftb_qstore_dequant_rows(const ftb_qstore *q, int64_t r0, int64_t n, float *out);
 
 /* Adds to the dequantization statistics (work done outside the above). */
 void ftb_dequant_account(double seconds, int64_t elements);
@@ -54,29 +54,29 @@ uint16_t ftb_f32_to_f16(float x);
 /* ftb_linear_apply[_t] that, when stream is set and W is mapped, goes
  * through W in row tiles even in fp32 and drops each tile's pages once used:
  * the LM head under lazy residency never holds more than a tile. */
-void linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream);
-void linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream);
+void ftb_linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, float beta, int stream);
+void ftb_linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *dx, float beta, int stream);
 
 /* The read perturbation (ftb_model_set_read_perturbation) of the inference
  * forward in progress, or NULL between runs: while set, ftb_linear_apply
  * takes the tile path for fp32 weights too and adds the perturbation to each
- * tile.  Backward products (linear_apply_t_ex) never see it. */
-void quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx);
-int quant_read_perturbed(void);
+ * tile.  Backward products (ftb_linear_apply_t_ex) never see it. */
+void ftb_quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx);
+int ftb_quant_read_perturbed(void);
 
 /* Frees the dequantization tile kept between products (end of a run). */
-void quant_workspace_release(void);
+void ftb_quant_workspace_release(void);
 
 /* Allocates the kept tile at `floats` now (a forward that will need its
  * largest tile holds it from the start: the memory model's schedule).
  * 0, or -1 when the allocation fails. */
-int quant_reserve_tile(int64_t floats);
+int ftb_quant_reserve_tile(int64_t floats);
 /* The largest tile any product over m's 2-D weights asks for: the quantized
  * ones, or every one (include_f32: the read-perturbation path). */
-int64_t quant_largest_tile(const ftb_model *m, int include_f32);
+int64_t ftb_quant_largest_tile(const ftb_model *m, int include_f32);
 
 /* Rows of the tiles ftb_linear_apply uses for a weight of `cols` columns. */
-int64_t quant_tile_rows(int64_t rows, int64_t cols);
+int64_t ftb_quant_tile_rows(int64_t rows, int64_t cols);
 
 /* Core-private per-model bookkeeping (model.c). */
 void ftb_model_track_qstore(ftb_model *m, ftb_qstore *q);
@@ -92,7 +92,7 @@ void ftb_model_retie(ftb_model *m);
 
 /* Lazy residency units: a block index, or one of these. */
 enum { RES_EMBED = -1, RES_HEAD = -2 };
-void residency_enter(ftb_model *m, int unit);
-void residency_leave(ftb_model *m, int unit);
+void ftb_residency_enter(ftb_model *m, int unit);
+void ftb_residency_leave(ftb_model *m, int unit);
 
 #endif

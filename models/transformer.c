@@ -439,8 +439,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     float loss = NAN;
     float *rope = NULL, *spare = NULL, *xf = NULL, *rstdf = NULL, *dxf = NULL, *dres = NULL;
     int resident = INT32_MIN; /* the residency unit entered and not yet left */
-#define ENTER(u) (residency_enter(m, (u)), resident = (u))
-#define LEAVE(u) (residency_leave(m, (u)), resident = INT32_MIN)
+#define ENTER(u) (ftb_residency_enter(m, (u)), resident = (u))
+#define LEAVE(u) (ftb_residency_leave(m, (u)), resident = INT32_MIN)
     const double t_start = ftb_now();
     const int first = training ? ftb_model_lowest_trained_block(m, opts_in) : L;
     /* resid[l] is block l's input; resid[L] feeds the final norm.  Kept
@@ -459,8 +459,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     if (!rope) goto oom;
     if (rc.perturb) { /* one vector buffer and the largest weight tile, for the whole forward */
         rc.perturbed = alloc_f(FTB_MEM_WORKSPACE, perturbed_vector_floats(cfg));
-        if (!rc.perturbed || quant_reserve_tile(quant_largest_tile(m, 1))) goto oom;
-        quant_set_read_perturbation(rc.perturb, rc.perturb_ctx);
+        if (!rc.perturbed || ftb_quant_reserve_tile(ftb_quant_largest_tile(m, 1))) goto oom;
+        ftb_quant_set_read_perturbation(rc.perturb, rc.perturb_ctx);
     }
     rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg->head_dim, cfg->rope_theta);
     rc.rope_cos = rope;
@@ -594,8 +594,8 @@ done: /* on success every entry below is already NULL or cleared */
     ftb_free(rstdf);
     ftb_free(rope);
     ftb_free(rc.perturbed);
-    quant_set_read_perturbation(NULL, NULL);
-    quant_workspace_release();
+    ftb_quant_set_read_perturbation(NULL, NULL);
+    ftb_quant_workspace_release();
     free(resid);
     free(caches);
     free(offloaded);

@@ -260,7 +260,7 @@ static void assert_same_storage(const ftb_tensor *a, const ftb_tensor *b)
     const ftb_qstore *p = a->quant, *q = b->quant;
     const void *pa[3] = { p->q, p->scales, p->zeros }, *pb[3] = { q->q, q->scales, q->zeros };
     for (int k = 0; k < 3; k++) {
-        size_t n = qstore_part_bytes(p->dtype, p->rows, p->cols, p->group, k);
+        size_t n = ftb_qstore_part_bytes(p->dtype, p->rows, p->cols, p->group, k);
         if (n) cr_assert_eq(memcmp(pa[k], pb[k], n), 0, "%s: part %d differs", a->name, k);
     }
 }
