@@ -130,11 +130,15 @@ oracle:
 	/usr/bin/python3 tests/oracle/gen_oracle.py tests/oracle/fixtures
 	/usr/bin/python3 tests/oracle/gen_lars.py tests/oracle/fixtures
 
+# The installed ftbench finds its methods and device profiles from its own
+# path (bin/../lib/ftbench/methods, bin/../share/ftbench/profiles).
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/ftbench/methods $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ftbench
 	install -m 644 include/ftbench.h $(DESTDIR)$(PREFIX)/include/ftbench.h
 	install -m 755 $(PLUGINS) $(DESTDIR)$(PREFIX)/lib/ftbench/methods/
+	install -d $(DESTDIR)$(PREFIX)/share/ftbench/profiles
+	install -m 644 $(wildcard profiles/*.profile) $(DESTDIR)$(PREFIX)/share/ftbench/profiles/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' ci/ftbench.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ftbench.pc
 
 clean:
