@@ -72,22 +72,30 @@ static int cmp_series(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* Budgets in MiB, equal to the MiB (NaN: unknown, equal to itself).  Records
+ * measured under different budgets are never merged: a cell over 1200 MiB
+ * may fit in 3482. */
+int ftr_same_budget(double a, double b) { return isnan(a) ? isnan(b) : !isnan(b) && fabs(a - b) < 0.5; }
+
+static int cmp_budget(double a, double b)
+{
+    if (ftr_same_budget(a, b)) return 0;
+    return isnan(a) || (!isnan(b) && a > b) ? 1 : -1;
+}
+
 static int in_scope(const ftr_rec *r, const ftr_scope *sc)
 {
     return !r->fit && !r->train && r->batch == sc->batch && !strcmp(r->device, sc->device) &&
-           !strcmp(r->model, sc->model);
+           !strcmp(r->model, sc->model) && ftr_same_budget(r->budget_mib, sc->budget_mib);
 }
 
 static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
 {
     sc->series = calloc((size_t)s->nseries + 1, sizeof *sc->series);
     sc->seqs = calloc((size_t)s->n + 1, sizeof *sc->seqs);
-    sc->budget_mib = NAN;
     for (int i = 0; i < s->n; i++) {
         const ftr_rec *r = &s->r[i];
         if (!in_scope(r, sc)) continue;
-        if (isfinite(r->budget_mib))
-            sc->budget_mib = r->budget_mib; /* the last record's: budgets of one device agree */
         sc->emulated |= r->emulated;
         int found = 0;
         for (int k = 0; k < sc->nseries; k++) found |= sc->series[k] == r->series;
@@ -195,6 +203,7 @@ static int cmp_scope(const void *a, const void *b)
     int c = strcmp(x->device, y->device);
     if (!c) c = strcmp(x->model, y->model);
     if (!c) c = (x->batch > y->batch) - (x->batch < y->batch);
+    if (!c) c = cmp_budget(x->budget_mib, y->budget_mib);
     return c;
 }
 
@@ -203,7 +212,7 @@ static ftr_maxctx *maxctx_get(ftr_report *r, const ftr_rec *rec)
     for (int i = 0; i < r->nmax; i++) {
         ftr_maxctx *m = &r->max[i];
         if (m->series == rec->series && m->batch == rec->batch && !strcmp(m->device, rec->device) &&
-            !strcmp(m->model, rec->model))
+            !strcmp(m->model, rec->model) && ftr_same_budget(m->budget_mib, rec->budget_mib))
             return m;
     }
     r->max = realloc(r->max, (size_t)(r->nmax + 1) * sizeof *r->max);
@@ -224,6 +233,7 @@ static int cmp_max(const void *a, const void *b)
     int c = strcmp(x->device, y->device);
     if (!c) c = strcmp(x->model, y->model);
     if (!c) c = (x->batch > y->batch) - (x->batch < y->batch);
+    if (!c) c = cmp_budget(x->budget_mib, y->budget_mib);
     if (!c) c = cmp_series(&x->series, &y->series);
     return c;
 }
@@ -243,9 +253,29 @@ void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out)
         snprintf(sc->device, sizeof sc->device, "%s", r->device);
         snprintf(sc->model, sizeof sc->model, "%s", r->model);
         sc->batch = r->batch;
+        sc->budget_mib = r->budget_mib;
     }
     if (out->nscopes) qsort(out->scopes, (size_t)out->nscopes, sizeof *out->scopes, cmp_scope);
     for (int k = 0; k < out->nscopes; k++) build_scope(s, &out->scopes[k], at_seq);
+    /* The same device, model and batch under two budgets: two scopes, whose
+     * names and titles say which budget each is. */
+    for (int k = 0; k < out->nscopes; k++) {
+        ftr_scope *sc = &out->scopes[k];
+        int twin = 0;
+        for (int j = 0; j < out->nscopes; j++)
+            twin |= j != k && sc->batch == out->scopes[j].batch && !strcmp(sc->device, out->scopes[j].device) &&
+                    !strcmp(sc->model, out->scopes[j].model);
+        if (!twin) continue;
+        char b[48];
+        if (isnan(sc->budget_mib))
+            snprintf(b, sizeof b, "unknown");
+        else
+            snprintf(b, sizeof b, "%.0f MiB", sc->budget_mib);
+        size_t n = strlen(sc->id);
+        snprintf(sc->id + n, sizeof sc->id - n, "_budget%.0fM", isnan(sc->budget_mib) ? 0.0 : sc->budget_mib);
+        n = strlen(sc->title);
+        snprintf(sc->title + n, sizeof sc->title - n, ", budget %s", b);
+    }
 
     /* Max context: `fit` probes, and the swept lengths within budget. */
     g_set = s;
@@ -253,7 +283,6 @@ void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out)
         const ftr_rec *r = &s->r[i];
         if (!r->fit || r->train) continue;
         ftr_maxctx *m = maxctx_get(out, r);
-        if (isfinite(r->budget_mib)) m->budget_mib = r->budget_mib;
         if (m->fit_longest < 0) m->fit_longest = 0;
         if (!strcmp(r->outcome, "ok") &&
             !(isfinite(r->peak_mib) && isfinite(r->budget_mib) && r->peak_mib > r->budget_mib)) {
@@ -269,7 +298,6 @@ void ftr_aggregate(const ftr_set *s, int at_seq, ftr_report *out)
                 ftr_agg *a = ftr_scope_agg(sc, row, q);
                 if (!a->rep) continue;
                 ftr_maxctx *m = maxctx_get(out, a->rep);
-                if (isfinite(sc->budget_mib)) m->budget_mib = sc->budget_mib;
                 if (!a->over && sc->seqs[q] > m->sweep_longest) m->sweep_longest = sc->seqs[q];
             }
     }

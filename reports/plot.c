@@ -644,7 +644,7 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         for (int j = 0; j < i; j++) first &= strcmp(r->max[j].model, model) != 0;
         if (!first) continue;
         int series[256], ns = 0;
-        const char *devs[64];
+        const ftr_maxctx *devs[64]; /* one cluster per device and budget */
         int nd = 0, anyfit = 0;
         for (int j = i; j < r->nmax; j++) {
             const ftr_maxctx *m = &r->max[j];
@@ -654,8 +654,9 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
             for (int q = 0; q < ns; q++) f |= series[q] == m->series;
             if (!f && ns < 256) series[ns++] = m->series;
             f = 0;
-            for (int q = 0; q < nd; q++) f |= !strcmp(devs[q], m->device);
-            if (!f && nd < 64) devs[nd++] = m->device;
+            for (int q = 0; q < nd; q++)
+                f |= !strcmp(devs[q]->device, m->device) && ftr_same_budget(devs[q]->budget_mib, m->budget_mib);
+            if (!f && nd < 64) devs[nd++] = m;
         }
         if (!anyfit) continue;
         /* Series in display order. */
@@ -671,18 +672,23 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         ftr_buf d = { 0 }, g = { 0 };
         ftr_buf_printf(&d,
                        "# longest sequence that fits (ftbench fit), %s; 0 = nothing fits, '-' = not searched\n"
-                       "# device",
+                       "# device, budget",
                        model);
         for (int q = 0; q < ns; q++) ftr_buf_printf(&d, "\t%s", s->series[series[q]].name);
         ftr_buf_puts(&d, "\n");
         double mx = 0;
         for (int dv = 0; dv < nd; dv++) {
-            ftr_buf_printf(&d, "%s", devs[dv]);
+            /* The cluster's label carries the budget the fit ran under. */
+            if (isfinite(devs[dv]->budget_mib))
+                ftr_buf_printf(&d, "%s, %.0f MiB", devs[dv]->device, devs[dv]->budget_mib);
+            else
+                ftr_buf_printf(&d, "%s, budget unknown", devs[dv]->device);
             for (int q = 0; q < ns; q++) {
                 double v = NAN;
                 for (int j = 0; j < r->nmax; j++) {
                     const ftr_maxctx *m = &r->max[j];
-                    if (!strcmp(m->model, model) && !strcmp(m->device, devs[dv]) && m->series == series[q] &&
+                    if (!strcmp(m->model, model) && !strcmp(m->device, devs[dv]->device) &&
+                        ftr_same_budget(m->budget_mib, devs[dv]->budget_mib) && m->series == series[q] &&
                         m->fit_longest >= 0)
                         v = m->fit_longest;
                 }
@@ -719,8 +725,8 @@ static void maxctx_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
         }
         ftr_buf_puts(&g, "  NaN notitle\n");
         ftr_plot_render(p, name, -1, 0, g.s,
-                        "Longest sequence length that fits each device's memory budget (from ftbench fit), per "
-                        "method: %s.",
+                        "Longest sequence length that fits each device's memory budget (from ftbench fit; each "
+                        "cluster is one device under the budget its fit ran with), per method: %s.",
                         model);
         ftr_buf_free(&d);
         ftr_buf_free(&g);

@@ -115,8 +115,10 @@ typedef struct {
 } ftr_scope;
 
 ftr_agg *ftr_scope_agg(const ftr_scope *sc, int row, int k);
+/* Two budgets (MiB) are the same to the MiB; NaN (unknown) only to NaN. */
+int ftr_same_budget(double a, double b);
 
-/* Max context that fits, per device × model × batch × series. */
+/* Max context that fits, per device × budget × model × batch × series. */
 typedef struct {
     char device[96], model[96];
     int batch, series;

@@ -635,3 +635,67 @@ Test(report, png_header_reader)
     unlink(path);
     cr_expect_eq(ftr_png_size("/nonexistent.png", &w, &h), -1);
 }
+
+/* ---- budgets ------------------------------------------------------------------- */
+
+/* One record line: a lora cell on rpi5-4gb under `budget_mib`. */
+static void put_record(FILE *f, int fit, int seq, const char *outcome, int peak_mib, int budget_mib)
+{
+    fprintf(f,
+            "{\"schema\":1,\"cell\":\"lora.smollm2-135m.s%d.b1\",\"outcome\":\"%s\",\"seq\":%d,\"batch\":1,"
+            "\"fit\":%s,\"emulated\":true,\"device\":{\"name\":\"rpi5-4gb\",\"budget_bytes\":%lld},"
+            "\"model\":{\"name\":\"smollm2-135m\"},\"method\":{\"label\":\"lora\",\"options\":{}},"
+            "\"memory\":{\"peak_rss_bytes\":%lld}}\n",
+            seq, outcome, seq, fit ? "true" : "false", (long long)budget_mib << 20, (long long)peak_mib << 20);
+}
+
+/* A fit under --budget 1200M beside a sweep under the device's 3482 MiB:
+ * two rows of the max-context table, each with its own budget, two
+ * clusters in the plot's data, and sweeps under two budgets two scopes
+ * whose names say which. */
+Test(report, figures_under_different_budgets_are_not_merged, .init = make_tmp, .fini = remove_tmp)
+{
+    char dir[512], path[1400];
+    snprintf(dir, sizeof dir, "%s/rpi5-4gb", tmpdir);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    put_record(f, 0, 256, "ok", 700, 3482);
+    put_record(f, 0, 512, "ok", 1500, 3482);
+    put_record(f, 1, 256, "ok", 700, 1200);
+    put_record(f, 1, 512, "over_budget", 1250, 1200);
+    put_record(f, 0, 256, "ok", 700, 1200);
+    fclose(f);
+    ftr_set s;
+    ftr_report r;
+    memset(&s, 0, sizeof s);
+    char err[512];
+    cr_assert_gt(ftr_load(&s, tmpdir, NULL, err, sizeof err), 0, "%s", err);
+    ftr_finish(&s);
+    ftr_aggregate(&s, 0, &r);
+    cr_assert_eq(r.nmax, 2, "one max-context row per budget, got %d", r.nmax);
+    const ftr_maxctx *lo = &r.max[0], *hi = &r.max[1];
+    cr_expect_eq(lo->budget_mib, 1200.0, "%f", lo->budget_mib);
+    cr_expect_eq(lo->fit_longest, 256);
+    cr_expect_eq(lo->fit_failing, 512);
+    cr_expect_eq(hi->budget_mib, 3482.0, "%f", hi->budget_mib);
+    cr_expect_eq(hi->fit_longest, -1, "no fit ran under 3482 MiB");
+    cr_expect_eq(hi->sweep_longest, 512);
+    cr_assert_eq(r.nscopes, 2, "sweeps under 1200 and 3482 MiB: %d scopes", r.nscopes);
+    cr_expect_str_eq(r.scopes[0].id, "rpi5-4gb_smollm2-135m_b1_budget1200M");
+    cr_expect_not_null(strstr(r.scopes[1].title, "budget 3482 MiB"), "%s", r.scopes[1].title);
+    cr_expect_eq(r.scopes[1].budget_mib, 3482.0);
+    ftr_report_free(&r);
+    ftr_set_free(&s);
+
+    char out[600];
+    snprintf(out, sizeof out, "%s/report", tmpdir);
+    cr_assert_eq(run_report((const char *[]){ tmpdir, "--out", out, "--formats", "svg", NULL }, NULL), 0);
+    snprintf(path, sizeof path, "%s/data/maxctx_smollm2-135m.tsv", out);
+    char *tsv = slurp(path);
+    cr_assert_not_null(tsv, "%s", path);
+    cr_expect_not_null(strstr(tsv, "rpi5-4gb, 1200 MiB\t256"), "%s", tsv);
+    cr_expect_null(strstr(tsv, "3482"), "no fit ran under the device budget: %s", tsv);
+    free(tsv);
+}
