@@ -152,6 +152,8 @@ static uint64_t checkpoint_hash(const char *dir)
     return h;
 }
 
+uint64_t ftb_base_checkpoint_hash(const char *dir) { return checkpoint_hash(dir); }
+
 static void cache_dir(const ftb_base_spec *b, const char *model, const char *checkpoint, uint64_t seed, char *out,
                       size_t n)
 {
@@ -352,7 +354,8 @@ int ftb_base_prepare(const ftb_base_spec *b, const ftb_config *cfg, const char *
         char e[FTB_ERR_LEN] = "";
         ftb_set_threads(threads);
         int rc = make_base(b, cfg, model, checkpoint, seed, tmp, e, sizeof e);
-        if (rc != 0 && write(fds[1], e, strlen(e)) < 0) { /* the parent reports a failure without a message */ }
+        if (rc != 0 && write(fds[1], e, strlen(e)) < 0) { /* the parent reports a failure without a message */
+        }
         _exit(rc == 0 ? 0 : 1);
     }
     close(fds[1]);

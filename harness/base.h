@@ -62,6 +62,9 @@ int ftb_base_prepare(const ftb_base_spec *b, const ftb_config *cfg, const char *
 
 /* What goes into a record's "base" from the prepared info (everything but
  * the per-tensor error list); a new reference. */
+/* A checkpoint directory's identity: its real path and each file's name,
+ * size and modification time, hashed (the cache key; resume compares it). */
+uint64_t ftb_base_checkpoint_hash(const char *dir);
 json_t *ftb_base_record_json(const ftb_base_spec *b, const char *dir, json_t *info);
 
 #endif

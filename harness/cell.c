@@ -6,8 +6,11 @@
  */
 #include "cell_internal.h"
 #include "kmsg.h"
+#include "rundir.h"
+#include "safe_file.h"
 #include "util.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -17,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -79,8 +83,12 @@ void ftb_cell_make_key(ftb_cell *c)
              lc);
     snprintf(c->key, sizeof c->key, "%.100s%.9s.%.60s%.50s.s%d.b%d", c->method_label, opts, c->model_name, extra,
              c->seq, c->batch);
+    /* The key names files (cells/<key>.json, <key>.timeline.tsv): only
+     * characters that are safe in a file name, and never a leading dot
+     * (hidden files in a run directory are ftbench's own temporaries). */
     for (char *p = c->key; *p; p++)
-        if (*p == '/' || *p == ' ') *p = '_';
+        if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '-' || *p == '_' || *p == '+')) *p = '_';
+    if (c->key[0] == '.') c->key[0] = '_';
 }
 
 int ftb_cell_prepare_base(ftb_cell *c, int quiet, char *err, size_t errlen)
@@ -228,13 +236,27 @@ double ftb_host_sgemm_gflops(int threads)
 /* ---- running a cell ------------------------------------------------------ */
 
 static volatile sig_atomic_t g_child_pgid;
+static volatile sig_atomic_t g_interrupted;
 
+/* SIGINT/SIGTERM: the cell being measured is killed (its process group) and
+ * the command stops after it, saying so (ftb_interrupted). */
 static void on_signal(int sig)
 {
+    g_interrupted = sig;
     if (g_child_pgid > 0) kill(-g_child_pgid, SIGKILL);
-    signal(sig, SIG_DFL);
-    raise(sig);
 }
+
+void ftb_catch_interrupts(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int ftb_interrupted(void) { return g_interrupted; }
 
 static json_t *config_json(const ftb_config *c)
 {
@@ -284,7 +306,12 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_t *model = json_object();
     json_object_set_new(model, "name", json_string(c->model_name));
     json_object_set_new(model, "source", json_string(c->checkpoint ? "checkpoint" : "zoo"));
-    if (c->checkpoint) json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
+    if (c->checkpoint) {
+        json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
+        char id[24];
+        snprintf(id, sizeof id, "%016llx", (unsigned long long)ftb_base_checkpoint_hash(c->checkpoint));
+        json_object_set_new(model, "checkpoint_id", json_string(id));
+    }
     json_object_set_new(model, "params", json_integer(ftb_config_param_count(&c->cfg)));
     json_object_set_new(model, "config", config_json(&c->cfg));
     json_object_set_new(rec, "model", model);
@@ -334,12 +361,131 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
                         c->device.peak_gflops_fp32 > 0 ? json_real(c->device.peak_gflops_fp32) : json_null());
     json_object_set_new(dev, "budget_bytes", json_integer(c->budget_bytes));
     json_object_set_new(dev, "enforcement", json_string(ftb_enforce_name(enforce)));
+    json_object_set_new(dev, "enforcement_requested", json_string(ftb_enforce_name(c->enforce)));
     if (enforce_note[0]) json_object_set_new(dev, "enforcement_note", json_string(enforce_note));
     json_object_set_new(dev, "threads", json_integer(c->threads));
     json_object_set_new(rec, "device", dev);
     json_object_set_new(rec, "emulated", json_boolean(c->emulated));
 }
 
+
+/* ---- resume: the settings a record was measured with ------------------------
+ * Everything that changes a cell's numbers, read from a record by path, so
+ * the same code reads old records (made before `settings` was stored) and
+ * describes a cell about to run.  docs/HARNESS.md lists them. */
+
+static const struct {
+    const char *name, *path[3];
+} setting_paths[] = {
+    { "model", { "model", "name" } },
+    { "checkpoint", { "model", "checkpoint" } },
+    { "checkpoint_id", { "model", "checkpoint_id" } },
+    { "model_config", { "model", "config" } },
+    { "method", { "method", "label" } },
+    { "options", { "method", "options" } },
+    { "seq", { "seq" } },
+    { "batch", { "batch" } },
+    { "steps", { "steps" } },
+    { "warmup", { "warmup_steps" } },
+    { "seed", { "seed" } },
+    { "lr", { "lr" } },
+    { "dataset", { "dataset" } },
+    { "attention", { "attention" } },
+    { "loss", { "loss_mode" } },
+    { "loss_chunk", { "loss_chunk_rows" } },
+    { "optimizer", { "optimizer" } },
+    { "base_dtype", { "base", "dtype" } },
+    { "embed_dtype", { "base", "embed_dtype" } },
+    { "group", { "base", "group" } },
+    { "residency", { "base", "residency" } },
+    { "device", { "device", "name" } },
+    { "budget", { "device", "budget_bytes" } },
+    { "enforcement", { "device", "enforcement_requested" } },
+    { "threads", { "device", "threads" } },
+    { "train", { "train" } },
+};
+
+json_t *ftb_record_settings(json_t *rec)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; i < sizeof setting_paths / sizeof *setting_paths; i++) {
+        json_t *x = rec;
+        for (int k = 0; k < 3 && setting_paths[i].path[k]; k++) x = json_object_get(x, setting_paths[i].path[k]);
+        /* Records before enforcement_requested: the one in effect. */
+        if (!x && !strcmp(setting_paths[i].name, "enforcement"))
+            x = json_object_get(json_object_get(rec, "device"), "enforcement");
+        if (x) json_object_set(o, setting_paths[i].name, x);
+    }
+    return o;
+}
+
+json_t *ftb_cell_settings(const ftb_cell *c)
+{
+    json_t *rec = json_object();
+    char ts[32];
+    ftb_utc_timestamp(ts, sizeof ts);
+    describe_cell(rec, c, NULL, ts, "", c->enforce, "");
+    if (c->extra) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
+    }
+    json_t *o = ftb_record_settings(rec);
+    json_decref(rec);
+    return o;
+}
+
+static void append_value(char *out, size_t n, json_t *v)
+{
+    size_t u = strlen(out);
+    if (u >= n) return;
+    char *d = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    snprintf(out + u, n - u, "%.60s%s", d ? d : "(none)", d && strlen(d) > 60 ? "..." : "");
+    free(d);
+}
+
+int ftb_cell_settings_differ(const ftb_cell *c, json_t *rec, char *msg, size_t n)
+{
+    json_t *now = ftb_cell_settings(c), *then = ftb_record_settings(rec);
+    int differ = 0;
+    if (msg && n) msg[0] = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(now, k, v)
+    {
+        json_t *w = json_object_get(then, k);
+        /* A setting the record predates is not held against it. */
+        if (!w || json_equal(v, w)) continue;
+        /* Reals: the same to float precision (lr is a float). */
+        if (json_is_number(v) && json_is_number(w) &&
+            fabs(json_number_value(v) - json_number_value(w)) <= 1e-6 * fabs(json_number_value(v)))
+            continue;
+        if (msg && n) {
+            size_t u = strlen(msg);
+            snprintf(msg + u, n - u, "%s%s recorded ", differ ? ", " : "", k);
+            append_value(msg, n, w);
+            u = strlen(msg);
+            snprintf(msg + u, n - u, ", now ");
+            append_value(msg, n, v);
+        }
+        differ++;
+    }
+    json_object_foreach(then, k, v)
+    {
+        if (json_object_get(now, k)) continue;
+        if (msg && n) {
+            size_t u = strlen(msg);
+            snprintf(msg + u, n - u, "%s%s recorded ", differ ? ", " : "", k);
+            append_value(msg, n, v);
+            u = strlen(msg);
+            snprintf(msg + u, n - u, ", now none");
+        }
+        differ++;
+    }
+    json_decref(now);
+    json_decref(then);
+    return differ;
+}
 
 /* Signals a process gets for its own faults (or abort()): a crash.  Any
  * other deadly signal was sent to it: "killed". */
@@ -355,12 +501,15 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
 {
     memset(r, 0, sizeof *r);
     r->peak_rss = -1;
-    if (ftb_mkdirs(c->run_dir, err, errlen) != 0) return -1;
-    char child_json[PATH_MAX], timeline[PATH_MAX], results[PATH_MAX];
-    snprintf(child_json, sizeof child_json, "%.3800s/.%s.child.json", c->run_dir, c->key);
-    snprintf(timeline, sizeof timeline, "%.3800s/%s.timeline.tsv", c->run_dir, c->key);
-    snprintf(results, sizeof results, "%.3800s/results.jsonl", c->run_dir);
-    unlink(child_json);
+    if (g_interrupted) return FTB_CELL_INTERRUPTED;
+    /* The run directory, opened without following links: the child writes
+     * its snapshot and timeline relative to this descriptor. */
+    int run_fd = ftb_rundir_open(c->run_dir, 1, err, errlen);
+    if (run_fd < 0) return -1;
+    char child_json[300], timeline[300];
+    snprintf(child_json, sizeof child_json, ".%.260s.child.json", c->key);
+    snprintf(timeline, sizeof timeline, "%.260s.timeline.tsv", c->key);
+    unlinkat(run_fd, child_json, 0);
 
     /* Enforcement. */
     ftb_enforce enforce = c->enforce;
@@ -384,6 +533,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
         ftb_cgroup_destroy(&cg);
+        close(run_fd);
         return ftb_errf(err, errlen, "pipe: %s", strerror(errno));
     }
     char ts[32];
@@ -395,24 +545,32 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     if (pid < 0) {
         close(fds[0]);
         close(fds[1]);
+        close(run_fd);
         ftb_cgroup_destroy(&cg);
         return ftb_errf(err, errlen, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
         close(fds[0]);
+        /* The run directory's lock is the harness's: nothing the cell
+         * leaves behind may hold it. */
+        if (ftb_rundir_lock_fd() >= 0) close(ftb_rundir_lock_fd());
         setpgid(0, 0);
-        ftb_cell_child(c, fds[1], child_json, timeline, cg.active ? &cg : NULL);
+        ftb_cell_child(c, fds[1], run_fd, child_json, timeline, cg.active ? &cg : NULL);
     }
     setpgid(pid, pid); /* both sides set it: whichever runs first wins the race */
     close(fds[1]);
     g_child_pgid = pid;
+    /* Without a command's own handlers (ftb_catch_interrupts), the cell's
+     * are installed for its duration. */
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
     int timed_out = 0, watch_killed = 0, safety_killed = 0, eof = 0, reaped = 0, status = 0;
+    int io_errno = 0, timeline_errno = 0, interrupt_killed = 0;
     int64_t watch_max = -1;
     struct rusage ru;
     memset(&ru, 0, sizeof ru);
@@ -435,7 +593,14 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     *nl = 0;
                     int a = 0, b = 0;
                     char what[32] = "";
-                    if (sscanf(pbuf, "%31s %d %d", what, &a, &b) >= 1) {
+                    if (sscanf(pbuf, "ioerror %31s %d", what, &a) == 2) {
+                        /* The child could not write a file (errno a):
+                         * its measurements or its timeline. */
+                        if (!strcmp(what, "timeline"))
+                            timeline_errno = a;
+                        else
+                            io_errno = a;
+                    } else if (sscanf(pbuf, "%31s %d %d", what, &a, &b) >= 1) {
                         snprintf(last_what, sizeof last_what, "%s", what);
                         last_step = a;
                         last_total = b;
@@ -456,6 +621,16 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
             break;
         }
         double el = ftb_now() - t_start;
+        if (g_interrupted && !interrupt_killed) {
+            /* Also when the signal came before the child's group was known. */
+            interrupt_killed = 1;
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+        }
+        if (eof && !reaped && interrupt_killed) {
+            if (wait4(pid, &status, 0, &ru) == pid) reaped = 1;
+            break;
+        }
         if (!timed_out && !watch_killed && !safety_killed) {
             if (el > c->timeout_sec) {
                 timed_out = 1;
@@ -488,8 +663,26 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     sigaction(SIGTERM, &old_term, NULL);
     r->wall = ftb_now() - t_start;
 
-    json_error_t je;
-    json_t *m = json_load_file(child_json, 0, &je);
+    if (g_interrupted) {
+        /* Stopped by the user: not a measurement, and nothing of it stays
+         * (no snapshot, no timeline, no record): the cell runs again on
+         * resume. */
+        unlinkat(run_fd, child_json, 0);
+        unlinkat(run_fd, timeline, 0);
+        close(run_fd);
+        ftb_cgroup_destroy(&cg);
+        return FTB_CELL_INTERRUPTED;
+    }
+    json_t *m = NULL;
+    {
+        int mfd = openat(run_fd, child_json, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        struct stat mst;
+        if (mfd >= 0 && fstat(mfd, &mst) == 0 && S_ISREG(mst.st_mode)) {
+            json_error_t je;
+            m = json_loadfd(mfd, 0, &je);
+        }
+        if (mfd >= 0) close(mfd);
+    }
     const char *stage = m ? json_string_value(json_object_get(m, "stage")) : NULL;
     int64_t vmhwm = jget_int(m, "memory", "peak_rss_vmhwm_bytes");
     int64_t maxrss = (int64_t)ru.ru_maxrss * 1024;
@@ -562,6 +755,14 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     ftb_signal_name(sig), sig, where, seen, kernel_oom < 0 ? kernel_log : "nothing in the kernel log");
     } else if (sig) {
         set_outcome(r, "crashed", "%s (signal %d) during %s", ftb_signal_name(sig), sig, where);
+    } else if (io_errno) {
+        /* A full disk (or an I/O error) where the child keeps its
+         * measurements: what it measured is lost, the cause is not. */
+        set_outcome(r, "error",
+                    "the cell could not write its measurements (%s/%s) during %s: %s (%s); nothing it "
+                    "measured was kept",
+                    c->run_dir, child_json, where, strerror(io_errno),
+                    strerrorname_np(io_errno) ? strerrorname_np(io_errno) : "?");
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK && stage && !strcmp(stage, "done")) {
         if (enforce != FTB_ENFORCE_CGROUP && peak > c->budget_bytes)
             set_outcome(r, "over_budget", "peak RSS %.0f MiB exceeds the budget of %.0f MiB (%s)", mib(peak),
@@ -664,9 +865,18 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         json_object_set_new(proj, "device", json_string(c->device.name));
         json_object_set_new(rec, "projection", proj);
     }
-    if (m && json_object_get(m, "timeline") && ftb_is_file(timeline)) {
-        const char *base = strrchr(timeline, '/');
-        json_object_set_new(rec, "timeline_file", json_string(base ? base + 1 : timeline));
+    struct stat tst;
+    if (m && json_object_get(m, "timeline") && !timeline_errno &&
+        fstatat(run_fd, timeline, &tst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(tst.st_mode))
+        json_object_set_new(rec, "timeline_file", json_string(timeline));
+    if (io_errno || timeline_errno) {
+        json_t *ioe = json_object();
+        int e = io_errno ? io_errno : timeline_errno;
+        json_object_set_new(ioe, "file", json_string(io_errno ? child_json : timeline));
+        json_object_set_new(ioe, "errno", json_integer(e));
+        json_object_set_new(ioe, "name", json_string(strerrorname_np(e) ? strerrorname_np(e) : "?"));
+        json_object_set_new(ioe, "message", json_string(strerror(e)));
+        json_object_set_new(rec, io_errno ? "io_error" : "timeline_error", ioe);
     }
     json_object_set_new(rec, "cell_wall_seconds", json_real(r->wall));
     if (c->extra) {
@@ -674,13 +884,13 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         json_t *v;
         json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
     }
+    json_object_set_new(rec, "settings", ftb_cell_settings(c));
     json_decref(m);
-    unlink(child_json);
+    unlinkat(run_fd, child_json, 0);
+    close(run_fd);
     ftb_cgroup_destroy(&cg);
 
-    char *line = json_dumps(rec, JSON_COMPACT);
-    int rc = line ? ftb_append_line(results, line, err, errlen) : ftb_errf(err, errlen, "cannot serialise the record");
-    free(line);
+    int rc = ftb_rundir_write_record(c->run_dir, c->key, rec, err, errlen);
     r->record = rec;
     return rc;
 }
@@ -693,9 +903,7 @@ void ftb_cell_result_free(ftb_cell_result *r)
 
 int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen)
 {
-    if (ftb_mkdirs(c->run_dir, err, errlen) != 0) return -1;
-    char results[PATH_MAX], ts[32];
-    snprintf(results, sizeof results, "%.3800s/results.jsonl", c->run_dir);
+    char ts[32];
     ftb_utc_timestamp(ts, sizeof ts);
     json_t *rec = json_object();
     json_object_set_new(rec, "schema", json_integer(FTB_RECORD_SCHEMA));
@@ -714,9 +922,8 @@ int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, cha
         json_t *v;
         json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
     }
-    char *line = json_dumps(rec, JSON_COMPACT);
-    int rc = line ? ftb_append_line(results, line, err, errlen) : ftb_errf(err, errlen, "cannot serialise the record");
-    free(line);
+    json_object_set_new(rec, "settings", ftb_cell_settings(c));
+    int rc = ftb_rundir_write_record(c->run_dir, c->key, rec, err, errlen);
     json_decref(rec);
     return rc;
 }

@@ -93,9 +93,30 @@ void ftb_cell_make_key(ftb_cell *c);
  * c->base_info (the caller json_decref's it).  0 (also when nothing is
  * needed), or -1 with err. */
 int ftb_cell_prepare_base(ftb_cell *c, int quiet, char *err, size_t errlen);
-/* Runs the cell and appends its record.  Returns 0 when a record was
- * written (whatever the outcome), -1 with err when even that failed. */
+/* Runs the cell and records it (rundir.h: cells/<key>.json and a line of
+ * results.jsonl).  Returns 0 when a record was written (whatever the
+ * outcome), -1 with err when even that failed, FTB_CELL_INTERRUPTED when
+ * SIGINT/SIGTERM stopped it (the child is killed, nothing is recorded and
+ * nothing of it is left in the run directory). */
+#define FTB_CELL_INTERRUPTED 1
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen);
+
+/* SIGINT and SIGTERM, for the whole command: they kill the running cell
+ * and set the flag ftb_interrupted() returns (the signal number), so the
+ * command can stop with a message instead of dying mid-record. */
+void ftb_catch_interrupts(void);
+int ftb_interrupted(void);
+
+/* Resume.  The settings a record was measured with (everything that changes
+ * its numbers: model and checkpoint identity, method and options, shape,
+ * steps, warm-up, seed, lr, dataset, attention, loss, optimizer, base
+ * format and residency, device, budget, enforcement, threads, a training
+ * task), read from the record; those of a cell about to run; and whether
+ * they differ (msg: "budget recorded 1048576, now 8589934592, ...").  A
+ * setting the record predates is not compared. */
+json_t *ftb_record_settings(json_t *rec);
+json_t *ftb_cell_settings(const ftb_cell *c);
+int ftb_cell_settings_differ(const ftb_cell *c, json_t *rec, char *msg, size_t n);
 void ftb_cell_result_free(ftb_cell_result *r);
 /* Appends a record with outcome "skipped" for a cell not run because the
  * same method was already over budget at the shorter length `seq` (cell

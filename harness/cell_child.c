@@ -10,6 +10,7 @@
 #include "plugin.h"
 #include "sampler.h"
 #include "train.h"
+#include "safe_file.h"
 #include "util.h"
 
 #include <errno.h>
@@ -26,20 +27,33 @@
 #define TIMELINE_CAPACITY (1u << 20)
 
 static json_t *g_out; /* what the child measured          */
-static const char *g_out_path;
+static const char *g_out_name;
+static int g_run_fd = -1;
 static int g_progress_fd = -1;
+
+static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 static json_t *jint(int64_t v) { return v >= 0 ? json_integer((json_int_t)v) : json_null(); }
 
-/* Rewrites the measurement file atomically (write + rename), so the
- * parent reads either the previous or the new snapshot, never half. */
+/* Rewrites the measurement file atomically (a new file, fsync, rename),
+ * so the parent reads either the previous or the new snapshot, never half.
+ * A write that fails (a full disk) ends the cell: what it measures from
+ * here on could not be kept.  The parent is told the errno, so the record
+ * says why instead of "exited without a result". */
 static void snapshot(const char *stage)
 {
     json_object_set_new(g_out, "stage", json_string(stage));
-    char tmp[PATH_MAX + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", g_out_path);
-    if (json_dump_file(g_out, tmp, JSON_COMPACT) == 0) rename(tmp, g_out_path);
+    char *text = json_dumps(g_out, JSON_COMPACT);
+    int e = ENOMEM;
+    if (text && ftb_sf_write_atomic(g_run_fd, g_out_name, text, strlen(text), g_out_name, NULL, 0) == 0) {
+        free(text);
+        return;
+    }
+    if (text) e = errno;
+    free(text);
+    report("ioerror measurements %d", e);
+    _exit(CHILD_IO_ERROR);
 }
 
 static void report(const char *fmt, ...)
@@ -51,7 +65,8 @@ static void report(const char *fmt, ...)
     va_end(ap);
     if (n < 0) return;
     line[n++] = '\n';
-    if (write(g_progress_fd, line, (size_t)n) < 0) { /* The parent is gone or stopped listening; measuring goes on. */ }
+    if (write(g_progress_fd, line, (size_t)n) < 0) { /* The parent is gone or stopped listening; measuring goes on. */
+    }
 }
 
 static _Noreturn void fail(const char *stage, const char *msg)
@@ -104,10 +119,11 @@ static json_t *summary(const double *v, int n)
 /* One TSV: memory events and RSS samples merged by time.  Each line
  * carries the live bytes per category and the last RSS sample, so any line
  * is a complete picture of that moment (and gnuplot can plot columns). */
-static void write_timeline(const char *path, const ftb_cell *c, const ftb_sampler *smp, const int64_t *live0)
+static int write_timeline(const char *name, const ftb_cell *c, const ftb_sampler *smp, const int64_t *live0)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return;
+    ftb_sf_stream st;
+    if (ftb_sf_stream_open(&st, g_run_fd, name) != 0) return -1;
+    FILE *f = st.f;
     static char buf[1 << 16];
     setvbuf(f, buf, _IOFBF, sizeof buf);
     size_t ne = ftb_mem_timeline_count();
@@ -147,7 +163,9 @@ static void write_timeline(const char *path, const ftb_cell *c, const ftb_sample
         }
         fprintf(f, "\t%lld\n", (long long)tot);
     }
-    fclose(f);
+    /* Written under a temporary name and renamed: a partial timeline (a
+     * full disk) is removed, never left looking whole. */
+    return ftb_sf_stream_commit(&st);
 }
 
 /* The analytic memory model of one step (ftb_memory_estimate_step) beside
@@ -177,12 +195,13 @@ static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session
     return a;
 }
 
-_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *child_json, const char *timeline_path,
-                              const ftb_cgroup *cg)
+_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, const char *child_json,
+                              const char *timeline_name, const ftb_cgroup *cg)
 {
     char err[FTB_ERR_LEN] = "";
     g_out = json_object();
-    g_out_path = child_json;
+    g_out_name = child_json;
+    g_run_fd = run_fd;
     g_progress_fd = progress_fd;
     /* Die with the harness: an orphaned cell would run on, unmeasured. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -421,7 +440,9 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *ch
         json_object_set_new(tl, "rss_samples", json_integer((json_int_t)ftb_sampler_count(smp)));
         json_object_set_new(tl, "rss_sample_period_seconds", json_real(ftb_sampler_period(smp)));
         json_object_set_new(g_out, "timeline", tl);
-        write_timeline(timeline_path, c, smp, st0.live);
+        /* A timeline that cannot be written (a full disk) costs the
+         * timeline only: the measurements are complete. */
+        if (write_timeline(timeline_name, c, smp, st0.live) != 0) report("ioerror timeline %d", errno);
         ftb_mem_timeline_enable(0);
     }
     snapshot("measured");

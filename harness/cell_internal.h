@@ -7,14 +7,17 @@
 #include "cgroup.h"
 
 /* Exit codes of the child. */
-#define CHILD_OK    0
-#define CHILD_ERROR 3
+#define CHILD_OK       0
+#define CHILD_ERROR    3
+#define CHILD_IO_ERROR 4 /* could not write its measurements ("ioerror" line) */
 
 /* Runs the measurement in the forked child; never returns.  progress_fd
- * receives "load", "init", "step I N", "done" lines; the measurements go
- * to child_json (rewritten at each milestone) and the timeline to
- * timeline_path. */
-_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, const char *child_json, const char *timeline_path,
-                              const ftb_cgroup *cg);
+ * receives "load", "init", "step I N", "done" lines, and
+ * "ioerror measurements|timeline ERRNO" when a write fails (a full disk);
+ * the measurements go to child_json (rewritten at each milestone) and the
+ * timeline to timeline_name, both file names in the run directory run_fd
+ * (created without following links, safe_file.h). */
+_Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, const char *child_json,
+                              const char *timeline_name, const ftb_cgroup *cg);
 
 #endif

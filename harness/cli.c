@@ -56,7 +56,8 @@ static const opt_spec specs[] = {
     { "--run-id", CLI_OUT, 1, "ID", "results go to <out>/<device>/<run-id>/ (default: derived)" },
     { "--timeout", CLI_OUT, 1, "SEC", "per-cell time limit (default 1200)" },
     { "--no-timeline", CLI_OUT, 0, NULL, "do not write the per-cell timeline file" },
-    { "--force", CLI_OUT, 0, NULL, "re-run cells already recorded" },
+    { "--force", CLI_OUT, 0, NULL, "re-run cells already recorded (also those recorded with other settings)" },
+    { "--wait-lock", CLI_OUT, 0, NULL, "wait for another ftbench writing the same run directory, instead of exit 2" },
     { "--quiet", CLI_OUT, 0, NULL, "no progress lines on stderr" },
     { "--seq-min", CLI_FIT, 1, "N", "shortest length probed (default 128)" },
     { "--seq-max", CLI_FIT, 1, "N", "longest length probed (default: the model's max_seq)" },
@@ -248,13 +249,20 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
         } else if (!strcmp(name, "--out"))
             o->out_dir = val;
         else if (!strcmp(name, "--run-id")) {
-            if (!valid_id(val))
+            /* Never cut: two long ids cut to the same prefix would share a
+             * run directory. */
+            if (strlen(val) > FTB_CLI_MAX_RUN_ID)
+                rc = ftb_errf(err, errlen, "--run-id: '%.40s...' is %zu characters long; at most %d are allowed", val,
+                              strlen(val), FTB_CLI_MAX_RUN_ID);
+            else if (!valid_id(val))
                 rc = ftb_errf(err, errlen, "--run-id: '%s' may only use letters, digits, '.', '_' and '-'", val);
             o->run_id = val;
         } else if (!strcmp(name, "--no-timeline"))
             o->no_timeline = 1;
         else if (!strcmp(name, "--force"))
             o->force = 1;
+        else if (!strcmp(name, "--wait-lock"))
+            o->wait_lock = 1;
         else if (!strcmp(name, "--quiet"))
             o->quiet = 1;
         else if (!strcmp(name, "--no-skip"))

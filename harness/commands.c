@@ -8,9 +8,11 @@
 #include "cgroup.h"
 #include "dataset.h"
 #include "plugin.h"
+#include "rundir.h"
 #include "util.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,9 +110,21 @@ int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, 
     return rc;
 }
 
-void ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t n)
+int ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t n)
 {
-    snprintf(out, n, "%.2000s/%s/%s", s->cli.out_dir, s->device.name, run_id);
+    /* Never cut: a cut path is another directory (a sibling of the one
+     * asked for). */
+    size_t need = strlen(s->cli.out_dir) + strlen(s->device.name) + strlen(run_id) + 2;
+    size_t most = PATH_MAX - FTB_RUNDIR_NAME_ROOM;
+    if (need > most || need >= n) {
+        if (n) out[0] = 0;
+        fprintf(stderr,
+                "ftbench %s: --out: the run directory %.60s/... would be %zu characters long; at most %zu fit\n",
+                s->cli.cmd ? s->cli.cmd : "run", s->cli.out_dir, need, most < n ? most : n - 1);
+        return -1;
+    }
+    snprintf(out, n, "%s/%s/%s", s->cli.out_dir, s->device.name, run_id);
+    return 0;
 }
 
 int ftb_setup_check_dataset(const ftb_setup *s, char *err, size_t errlen)
@@ -197,19 +211,36 @@ int ftb_cmd_run(int argc, char **argv)
         snprintf(run_id, sizeof run_id, "run-%s-%d", compact, (int)getpid());
     }
     snprintf(c.run_id, sizeof c.run_id, "%s", run_id);
-    ftb_setup_run_dir(&s, run_id, c.run_dir, sizeof c.run_dir);
+    if (ftb_setup_run_dir(&s, run_id, c.run_dir, sizeof c.run_dir) != 0) goto out;
 
-    char results[PATH_MAX];
-    snprintf(results, sizeof results, "%.3900s/results.jsonl", c.run_dir);
-    if (!s.cli.force) {
-        ftb_recorded rec;
-        if (ftb_recorded_load(results, &rec) == 0 && ftb_recorded_find(&rec, c.key)) {
-            printf("%s: already recorded in %s (--force to measure again)\n", c.key, results);
-            ftb_recorded_free(&rec);
-            rc = FTB_EXIT_OK;
-            goto out;
-        }
-        ftb_recorded_free(&rec);
+    char results[PATH_MAX + 32];
+    snprintf(results, sizeof results, "%s/%s", c.run_dir, FTB_RUNDIR_RESULTS);
+    ftb_catch_interrupts();
+    ftb_recorded done;
+    int brc = ftb_rundir_begin("run", c.run_dir, s.cli.wait_lock, s.cli.quiet, &done);
+    if (brc) {
+        rc = brc;
+        goto out;
+    }
+    char why[FTB_ERR_LEN];
+    ftb_resume res = ftb_resume_check(&c, &done, s.cli.force, why, sizeof why);
+    if (res == FTB_RESUME_KEEP) {
+        json_t *prev = ftb_recorded_find(&done, c.key);
+        ftb_resume_warn_git("run", &prev, 1);
+        printf("%s: already recorded in %s/%s/%s.json (--force to measure again)\n", c.key, c.run_dir, FTB_RUNDIR_CELLS,
+               c.key);
+        ftb_recorded_free(&done);
+        rc = FTB_EXIT_OK;
+        goto out;
+    }
+    ftb_recorded_free(&done);
+    if (res == FTB_RESUME_MISMATCH) {
+        fprintf(stderr,
+                "ftbench run: %s already has %s measured with other settings (%s); give --force to measure it "
+                "again, or another --run-id\n",
+                c.run_dir, c.key, why);
+        rc = FTB_EXIT_USAGE;
+        goto out;
     }
     if (!s.cli.quiet) {
         c.progress = run_progress;
@@ -224,6 +255,11 @@ int ftb_cmd_run(int argc, char **argv)
     ftb_cell_result r;
     int crc = ftb_cell_run(&c, &r, err, sizeof err);
     json_decref(c.base_info);
+    if (crc == FTB_CELL_INTERRUPTED) {
+        fprintf(stderr, "ftbench run: interrupted; nothing was recorded for %s\n", c.key);
+        rc = 128 + ftb_interrupted();
+        goto out;
+    }
     if (crc != 0) {
         fprintf(stderr, "ftbench run: %s\n", err);
         rc = FTB_EXIT_FAIL;
@@ -273,7 +309,7 @@ int ftb_cmd_run(int argc, char **argv)
     if (isfinite(tp)) printf("trainable   %.0f parameters\n", tp);
     double proj = jpath(rec, "projection", "projected_step_seconds_roofline", NULL);
     if (s.emulated && isfinite(proj)) printf("projected   %.3f s/step on %s (roofline)\n", proj, s.device.name);
-    printf("record      %s\n", results);
+    printf("record      %s/%s/%s.json (and a line of %s)\n", c.run_dir, FTB_RUNDIR_CELLS, c.key, results);
     rc = strcmp(r.outcome, "ok") == 0 ? FTB_EXIT_OK : FTB_EXIT_FAIL;
     ftb_cell_result_free(&r);
 out:

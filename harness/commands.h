@@ -47,8 +47,9 @@ void ftb_setup_cell(const ftb_setup *s, ftb_cell *c);
  * declares.  probe_json (optional) receives the probe's description. */
 int ftb_setup_method(const ftb_setup *s, const char *name_or_path, ftb_cell *c, int strict_options, char **probe_json,
                      char *err, size_t errlen);
-/* <out>/<device>/<run id> */
-void ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t n);
+/* <out>/<device>/<run id>; -1 (the one line printed) when it would not
+ * fit: never cut. */
+int ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t n);
 /* Checks the dataset spec opens for the model (files are validated). */
 int ftb_setup_check_dataset(const ftb_setup *s, char *err, size_t errlen);
 

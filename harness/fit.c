@@ -6,6 +6,8 @@
  * recorded cell; probes already recorded are reused, so fit resumes too.
  */
 #include "commands.h"
+#include "rundir.h"
+#include "safe_file.h"
 #include "sweep.h"
 #include "util.h"
 
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const unsigned FIT_OPTS = CLI_MODEL | CLI_METHOD | CLI_TRAIN | CLI_DEVICE | CLI_OUT | CLI_FIT | CLI_SHAPE;
 
@@ -36,19 +39,32 @@ typedef struct {
     int quiet;
 } fit_ctx;
 
-/* 1 fits, 0 does not fit, -1 failed otherwise (err filled). */
+/* 1 fits, 0 does not fit, -1 failed otherwise (err filled), -2 recorded
+ * with other settings (err), -3 interrupted. */
 static int probe(fit_ctx *f, int seq, char *err, size_t errlen)
 {
     ftb_cell c = f->base;
     c.seq = seq;
     ftb_cell_make_key(&c);
-    json_t *rec = f->s->cli.force ? NULL : ftb_recorded_find(&f->done, c.key);
+    char why[FTB_ERR_LEN];
+    ftb_resume res0 = ftb_resume_check(&c, &f->done, f->s->cli.force, why, sizeof why);
+    if (res0 == FTB_RESUME_MISMATCH) {
+        ftb_errf(err, errlen,
+                 "%s already has %s measured with other settings (%s); give --force to measure it again, or another "
+                 "--run-id",
+                 c.run_dir, c.key, why);
+        return -2;
+    }
+    json_t *rec = res0 == FTB_RESUME_KEEP ? ftb_recorded_find(&f->done, c.key) : NULL;
     json_t *owned = NULL;
     int reused = rec != NULL;
+    if (reused) ftb_resume_warn_git("fit", &rec, 1);
     if (!rec) {
         if (!f->quiet) fprintf(stderr, "ftbench fit: probing seq %d ...\n", seq);
         ftb_cell_result r;
-        if (ftb_cell_run(&c, &r, err, errlen) != 0) return -1;
+        int crc = ftb_cell_run(&c, &r, err, errlen);
+        if (crc == FTB_CELL_INTERRUPTED) return -3;
+        if (crc != 0) return -1;
         owned = rec = json_incref(r.record);
         ftb_cell_result_free(&r);
     }
@@ -91,7 +107,7 @@ int ftb_cmd_fit(int argc, char **argv)
         return FTB_EXIT_OK;
     }
     if (pr < 0) return ftb_usage_error("fit", err);
-    int rc = FTB_EXIT_USAGE;
+    int rc = FTB_EXIT_USAGE, res = 0;
     fit_ctx f;
     memset(&f, 0, sizeof f);
     f.s = &s;
@@ -143,10 +159,15 @@ int ftb_cmd_fit(int argc, char **argv)
         ftb_sweep_run_id(pre, canon, run_id, sizeof run_id);
     }
     snprintf(f.base.run_id, sizeof f.base.run_id, "%s", run_id);
-    ftb_setup_run_dir(&s, run_id, f.base.run_dir, sizeof f.base.run_dir);
-    char results[PATH_MAX];
-    snprintf(results, sizeof results, "%.3900s/results.jsonl", f.base.run_dir);
-    ftb_recorded_load(results, &f.done);
+    if (ftb_setup_run_dir(&s, run_id, f.base.run_dir, sizeof f.base.run_dir) != 0) goto out;
+    char results[PATH_MAX + 32];
+    snprintf(results, sizeof results, "%s/%s", f.base.run_dir, FTB_RUNDIR_RESULTS);
+    ftb_catch_interrupts();
+    int brc = ftb_rundir_begin("fit", f.base.run_dir, s.cli.wait_lock, s.cli.quiet, &f.done);
+    if (brc) {
+        rc = brc;
+        goto out;
+    }
     json_t *extra = json_object();
     json_object_set_new(extra, "fit", json_true());
     f.base.extra = extra;
@@ -157,7 +178,8 @@ int ftb_cmd_fit(int argc, char **argv)
            ftb_enforce_name(s.enforce));
     if (ftb_cell_prepare_base(&f.base, s.cli.quiet, err, sizeof err) != 0) goto failed;
     int lo = 0, hi = 0; /* longest that fits, shortest that does not */
-    int x = seq_min, res = 0;
+    int x = seq_min;
+    res = 0;
     while (x <= seq_max) {
         res = probe(&f, x, err, sizeof err);
         if (res < 0) goto failed;
@@ -194,10 +216,15 @@ int ftb_cmd_fit(int argc, char **argv)
     json_object_set_new(out, "granularity", json_integer(gran));
     json_object_set_new(out, "seq_max_searched", json_integer(seq_max));
     json_object_set_new(out, "probes", json_incref(f.probes));
-    char fitpath[PATH_MAX];
-    snprintf(fitpath, sizeof fitpath, "%.3900s/fit.json", f.base.run_dir);
-    json_dump_file(out, fitpath, JSON_INDENT(2));
+    char *fit_text = json_dumps(out, JSON_INDENT(2));
     json_decref(out);
+    int run_fd = fit_text ? ftb_rundir_open(f.base.run_dir, 1, err, sizeof err) : -1;
+    char fitpath[PATH_MAX + 16];
+    snprintf(fitpath, sizeof fitpath, "%s/fit.json", f.base.run_dir);
+    if (run_fd < 0 || ftb_sf_write_atomic(run_fd, "fit.json", fit_text, strlen(fit_text), fitpath, err, sizeof err))
+        fprintf(stderr, "ftbench fit: %s\n", err);
+    if (run_fd >= 0) close(run_fd);
+    free(fit_text);
     if (!lo)
         printf("nothing fits: even seq %d is over the %.0f MiB budget of %s\n", seq_min, (double)s.budget / 1048576.0,
                s.device.name);
@@ -209,8 +236,14 @@ int ftb_cmd_fit(int argc, char **argv)
     rc = FTB_EXIT_OK;
     goto done;
 failed:
-    fprintf(stderr, "ftbench fit: %s\n", err);
-    rc = FTB_EXIT_FAIL;
+    if (res == -3) {
+        fprintf(stderr, "ftbench fit: interrupted; the probes recorded so far are kept: run the same command again to "
+                        "resume\n");
+        rc = 128 + ftb_interrupted();
+    } else {
+        fprintf(stderr, "ftbench fit: %s\n", err);
+        rc = res == -2 ? FTB_EXIT_USAGE : FTB_EXIT_FAIL;
+    }
 done:
     json_decref(f.base.base_info);
     json_decref(extra);

@@ -7,9 +7,11 @@
 #include "sweep.h"
 #include "commands.h"
 #include "plugin.h"
+#include "rundir.h"
 #include "util.h"
 
 #include <math.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -407,20 +409,24 @@ int ftb_cmd_sweep(int argc, char **argv)
         }
     }
 
-    /* Cells: short sequences first (early results, early ETA). */
-    int ncells = nseq * nbat * nlabels;
-    cells = calloc((size_t)ncells, sizeof *cells);
-    int ci = 0;
+    /* Cells: short sequences first (early results, early ETA).  A method
+     * named twice (--methods lora,lora) is one set of cells: each key once. */
+    int ncells = 0;
+    cells = calloc((size_t)(nseq * nbat * nlabels), sizeof *cells);
     for (int a = 0; a < nseq; a++)
         for (int b = 0; b < nbat; b++)
             for (int i = 0; i < nlabels; i++) {
-                ftb_cell *c = &cells[ci++];
+                ftb_cell *c = &cells[ncells];
                 *c = tmpl[i];
                 c->seq = seqs[a];
                 c->batch = batches[b];
                 ftb_cell_make_key(c);
+                int dup = 0;
+                for (int k = 0; k < ncells && !dup; k++) dup = !strcmp(cells[k].key, c->key);
+                if (!dup) ncells++;
             }
     free(tmpl);
+    int nmethods = ncells / (nseq * nbat);
 
     /* Run id from the definition: everything that changes the numbers. */
     char canon[8192];
@@ -439,37 +445,60 @@ int ftb_cmd_sweep(int argc, char **argv)
     for (int i = 0; i < ncells; i++) kh = ftb_fnv1a(sorted[i], strlen(sorted[i]) + 1, kh);
     free(sorted);
     off += snprintf(canon + off, sizeof canon - (size_t)off, "|cells=%d:%016llx", ncells, (unsigned long long)kh);
-    char run_id[128], run_dir[PATH_MAX], results[PATH_MAX];
+    char run_id[128], run_dir[PATH_MAX], results[PATH_MAX + 32];
     if (s.cli.run_id)
         snprintf(run_id, sizeof run_id, "%s", s.cli.run_id);
     else
         ftb_sweep_run_id(sweep_name, canon, run_id, sizeof run_id);
-    ftb_setup_run_dir(&s, run_id, run_dir, sizeof run_dir);
-    snprintf(results, sizeof results, "%.3900s/results.jsonl", run_dir);
-    if (ftb_mkdirs(run_dir, err, sizeof err) != 0) {
-        ftb_usage_error("sweep", err);
+    if (ftb_setup_run_dir(&s, run_id, run_dir, sizeof run_dir) != 0) goto out;
+    snprintf(results, sizeof results, "%s/%s", run_dir, FTB_RUNDIR_RESULTS);
+    /* Ctrl-C from here on: the running cell is killed and not recorded,
+     * and the sweep says how far it got (exit 130). */
+    ftb_catch_interrupts();
+    int brc = ftb_rundir_begin("sweep", run_dir, s.cli.wait_lock, s.cli.quiet, &done);
+    if (brc) {
+        rc = brc;
         goto out;
     }
-    ftb_recorded_load(results, &done);
 
     json_t *extra = json_object();
     json_object_set_new(extra, "sweep", json_string(sweep_name));
-    int todo = 0;
+    int todo = 0, mismatched = 0;
     double todo_cost = 0;
+    char why[FTB_ERR_LEN], first_bad[300] = "";
+    json_t **kept = calloc((size_t)ncells + 1, sizeof *kept);
+    int nkept = 0;
     for (int i = 0; i < ncells; i++) {
         snprintf(cells[i].run_id, sizeof cells[i].run_id, "%s", run_id);
         snprintf(cells[i].run_dir, sizeof cells[i].run_dir, "%s", run_dir);
         cells[i].extra = extra;
-        if (s.cli.force || !ftb_recorded_find(&done, cells[i].key)) {
+        ftb_resume res = ftb_resume_check(&cells[i], &done, s.cli.force, mismatched ? NULL : why, sizeof why);
+        if (res == FTB_RESUME_MISMATCH && !mismatched++) snprintf(first_bad, sizeof first_bad, "%s", cells[i].key);
+        if (res == FTB_RESUME_KEEP) kept[nkept++] = ftb_recorded_find(&done, cells[i].key);
+        if (res == FTB_RESUME_RUN) {
             todo++;
             todo_cost += cell_cost(&cells[i]);
         }
     }
+    if (mismatched) {
+        /* Measured under other settings: reusing them would mix two
+         * experiments under one header. */
+        fprintf(stderr,
+                "ftbench sweep: %s has %d cell%s recorded with other settings (%s: %s); give --force to measure "
+                "them again, or another --run-id\n",
+                run_dir, mismatched, mismatched == 1 ? "" : "s", first_bad, why);
+        free(kept);
+        json_decref(extra);
+        rc = FTB_EXIT_USAGE;
+        goto out;
+    }
+    ftb_resume_warn_git("sweep", kept, nkept);
+    free(kept);
     fprintf(stderr,
             "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
             "budget %.0f MiB (%s), %d threads\n"
             "  results: %s%s\n",
-            sweep_name, ncells, nlabels, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
+            sweep_name, ncells, nmethods, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
             (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, results,
             todo < ncells ? " (resuming)" : "");
     if (todo < ncells)
@@ -500,11 +529,15 @@ int ftb_cmd_sweep(int argc, char **argv)
     ps.sweep_start = ftb_now();
     ps.todo_cost = todo_cost;
     ps.tty = isatty(2) && !s.cli.quiet;
-    for (int i = 0; i < ncells; i++) {
+    int interrupted = 0;
+    for (int i = 0; i < ncells && !interrupted; i++) {
         ftb_cell *c = &cells[i];
-        json_t *prev = ftb_recorded_find(&done, c->key);
-        if (!s.cli.force && prev) {
-            note_over_budget(&over, c, prev);
+        if (ftb_interrupted()) {
+            interrupted = 1;
+            break;
+        }
+        if (ftb_resume_check(c, &done, s.cli.force, NULL, 0) == FTB_RESUME_KEEP) {
+            note_over_budget(&over, c, ftb_recorded_find(&done, c->key));
             continue;
         }
         const over_mark *om = skip ? find_over(&over, c) : NULL;
@@ -531,7 +564,12 @@ int ftb_cmd_sweep(int argc, char **argv)
             progress_cb(&ps, "start", 0, 0);
         }
         ftb_cell_result r;
-        if (ftb_cell_run(c, &r, err, sizeof err) != 0) {
+        int crc = ftb_cell_run(c, &r, err, sizeof err);
+        if (crc == FTB_CELL_INTERRUPTED) {
+            interrupted = 1;
+            break;
+        }
+        if (crc != 0) {
             /* Not even a record could be written (disk full, permissions):
              * going on would only repeat it. */
             fprintf(stderr, "%sftbench sweep: %s\n", ps.tty ? "\r\033[K" : "", err);
@@ -560,12 +598,19 @@ int ftb_cmd_sweep(int argc, char **argv)
 
     /* Summary over every recorded cell of this sweep (resumed ones too). */
     ftb_recorded_free(&done);
-    ftb_recorded_load(results, &done);
+    if (ftb_rundir_load(run_dir, &done, err, sizeof err) != 0) fprintf(stderr, "ftbench sweep: %s\n", err);
     recs = calloc((size_t)ncells + 1, sizeof *recs);
     int nrec = 0;
     for (int i = 0; i < ncells; i++) {
         json_t *r = ftb_recorded_find(&done, cells[i].key);
         if (r) recs[nrec++] = r;
+    }
+    if (interrupted) {
+        int sig = ftb_interrupted();
+        fprintf(stderr, "%sftbench sweep: interrupted after %d of %d cells; run the same command again to resume\n",
+                ps.tty ? "\r\033[K" : "", nrec, ncells);
+        rc = 128 + (sig ? sig : 2);
+        goto out;
     }
     printf("sweep %s: %s, %s on %s%s\n", sweep_name, run_id, s.model_name, s.device.name,
            s.emulated ? " (emulated)" : "");

@@ -2,6 +2,7 @@
  * train.c — `ftbench train` and the evaluation its cells run.  See train.h.
  */
 #include "train.h"
+#include "rundir.h"
 #include "commands.h"
 #include "eval.h"
 #include "tasks.h"
@@ -203,18 +204,31 @@ int ftb_cmd_train(int argc, char **argv)
         snprintf(run_id, sizeof run_id, "train-%s-%d", compact, (int)getpid());
     }
     snprintf(c.run_id, sizeof c.run_id, "%s", run_id);
-    ftb_setup_run_dir(&s, run_id, c.run_dir, sizeof c.run_dir);
-    char results[PATH_MAX];
-    snprintf(results, sizeof results, "%.3900s/results.jsonl", c.run_dir);
-    if (!s.cli.force) {
-        ftb_recorded recd;
-        if (ftb_recorded_load(results, &recd) == 0 && ftb_recorded_find(&recd, c.key)) {
-            printf("%s: already recorded in %s (--force to train again)\n", c.key, results);
-            ftb_recorded_free(&recd);
-            rc = FTB_EXIT_OK;
-            goto out;
-        }
-        ftb_recorded_free(&recd);
+    if (ftb_setup_run_dir(&s, run_id, c.run_dir, sizeof c.run_dir) != 0) goto out;
+    char results[PATH_MAX + 32];
+    snprintf(results, sizeof results, "%s/%s", c.run_dir, FTB_RUNDIR_RESULTS);
+    ftb_catch_interrupts();
+    ftb_recorded recd;
+    int brc = ftb_rundir_begin("train", c.run_dir, s.cli.wait_lock, s.cli.quiet, &recd);
+    if (brc) {
+        rc = brc;
+        goto out;
+    }
+    char why[FTB_ERR_LEN];
+    ftb_resume res = ftb_resume_check(&c, &recd, s.cli.force, why, sizeof why);
+    ftb_recorded_free(&recd);
+    if (res == FTB_RESUME_KEEP) {
+        printf("%s: already recorded in %s (--force to train again)\n", c.key, results);
+        rc = FTB_EXIT_OK;
+        goto out;
+    }
+    if (res == FTB_RESUME_MISMATCH) {
+        fprintf(stderr,
+                "ftbench train: %s already has %s trained with other settings (%s); give --force to train again, or "
+                "another --run-id\n",
+                c.run_dir, c.key, why);
+        rc = FTB_EXIT_USAGE;
+        goto out;
     }
     if (!s.cli.quiet) {
         c.progress = train_progress;
@@ -222,7 +236,13 @@ int ftb_cmd_train(int argc, char **argv)
                 task_spec, c.warmup + c.steps, c.batch, c.seq, (double)c.lr, s.device.name, s.threads);
     }
     ftb_cell_result r;
-    if (ftb_cell_run(&c, &r, err, sizeof err) != 0) {
+    int crc = ftb_cell_run(&c, &r, err, sizeof err);
+    if (crc == FTB_CELL_INTERRUPTED) {
+        fprintf(stderr, "ftbench train: interrupted; nothing was recorded for %s\n", c.key);
+        rc = 128 + ftb_interrupted();
+        goto out;
+    }
+    if (crc != 0) {
         fprintf(stderr, "ftbench train: %s\n", err);
         rc = FTB_EXIT_FAIL;
         goto out;

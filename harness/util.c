@@ -188,26 +188,30 @@ uint64_t ftb_fnv1a(const void *data, size_t n, uint64_t h)
 
 int ftb_append_line(const char *path, const char *line, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) return ftb_errf(err, errlen, "cannot open %s for appending: %s", path, strerror(errno));
+    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        if (errno == ELOOP) return ftb_errf(err, errlen, "%s: is a symbolic link; refusing to write through it", path);
+        return ftb_errf(err, errlen, "cannot open %s for appending: %s", path, strerror(errno));
+    }
+    int rc = ftb_append_line_fd(fd, path, line, err, errlen);
+    close(fd);
+    return rc;
+}
+
+int ftb_append_line_fd(int fd, const char *path, const char *line, char *err, size_t errlen)
+{
     /* Repair a torn tail: the previous writer died mid-line. */
     off_t end = lseek(fd, 0, SEEK_END);
     if (end > 0) {
         char last = '\n';
         if (pread(fd, &last, 1, end - 1) == 1 && last != '\n') {
-            if (write(fd, "\n", 1) != 1) {
-                close(fd);
-                return ftb_errf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-            }
+            if (write(fd, "\n", 1) != 1) return ftb_errf(err, errlen, "cannot write %s: %s", path, strerror(errno));
         }
     }
     end = lseek(fd, 0, SEEK_END); /* the whole lines end here */
     size_t n = strlen(line);
     char *buf = malloc(n + 2);
-    if (!buf) {
-        close(fd);
-        return ftb_errf(err, errlen, "out of memory");
-    }
+    if (!buf) return ftb_errf(err, errlen, "out of memory");
     memcpy(buf, line, n);
     buf[n++] = '\n';
     /* One write() for the whole record: O_APPEND makes it land at the end
@@ -235,17 +239,13 @@ int ftb_append_line(const char *path, const char *line, char *err, size_t errlen
          * taken back the same way.  EINVAL: this file cannot be synced. */
         const char *what = w != (ssize_t)n ? "write" : "fsync";
         if (w == (ssize_t)n) saved = errno;
-        if (w == (ssize_t)n && saved == EINVAL) {
-            close(fd);
-            return 0;
-        }
+        if (w == (ssize_t)n && saved == EINVAL) return 0;
         int cut = !partial || (end >= 0 && ftruncate(fd, end) == 0);
-        close(fd);
+        errno = saved;
         return ftb_errf(err, errlen, "cannot %s %s: %s; the record was not kept%s", what, path,
                         w < 0 || w == (ssize_t)n ? strerror(saved) : "short write",
                         cut ? "" : " (and its partial line could not be removed)");
     }
-    close(fd);
     return 0;
 }
 

@@ -42,6 +42,8 @@ uint64_t ftb_fnv1a(const void *data, size_t n, uint64_t h);
  * during an earlier write), a newline is written first so the new record
  * starts on its own line. */
 int ftb_append_line(const char *path, const char *line, char *err, size_t errlen);
+/* The same on an open O_APPEND descriptor (path: for messages). */
+int ftb_append_line_fd(int fd, const char *path, const char *line, char *err, size_t errlen);
 
 /* Current UTC time as "2025-01-31T12:34:56Z". */
 void ftb_utc_timestamp(char *buf, size_t n);

@@ -9,10 +9,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define SCAN_DEPTH 5
 
@@ -37,6 +39,20 @@ static void push_str(char ***v, int *n, const char *s)
     (*v)[(*n)++] = strdup(s);
 }
 
+/* A run directory with cells/ (docs/HARNESS.md, "The run directory"):
+ * its cell files are the records, whoever wrote them, and results.jsonl
+ * beside them is only their merged view.  Listed as "<dir>/cells/". */
+static int has_cells(const char *dir)
+{
+    size_t need = strlen(dir) + 8;
+    char *p = malloc(need);
+    snprintf(p, need, "%s/cells", dir);
+    struct stat st;
+    int yes = lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
+    free(p);
+    return yes;
+}
+
 static void scan(const char *dir, int depth, char ***files, int *n)
 {
     DIR *d = opendir(dir);
@@ -44,8 +60,17 @@ static void scan(const char *dir, int depth, char ***files, int *n)
     struct dirent *e;
     char **subdirs = NULL;
     int nsub = 0;
+    int cells = has_cells(dir);
+    if (cells) {
+        size_t need = strlen(dir) + 8;
+        char *p = malloc(need);
+        snprintf(p, need, "%s/cells/", dir);
+        push_str(files, n, p);
+        free(p);
+    }
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
+        if (cells && (!strcmp(e->d_name, "cells") || !strcmp(e->d_name, "results.jsonl"))) continue;
         size_t need = strlen(dir) + strlen(e->d_name) + 2;
         char *p = malloc(need);
         snprintf(p, need, "%s/%s", dir, e->d_name);
@@ -184,8 +209,77 @@ static void extract(ftr_rec *r)
     r->timeline_file = json_string_value(json_object_get(j, "timeline_file"));
 }
 
+static int add_record(ftr_set *s, FILE *warn, const char *src, const char *dir, int lineno, json_t *j);
+
+/* The records of a cells/ directory (path ends with "cells/"): one record
+ * per <key>.json file, read without following links. */
+static int load_cells(ftr_set *s, const char *path, FILE *warn)
+{
+    DIR *d = opendir(path);
+    if (!d) {
+        skip(s, warn, path, 0, "cannot open: %s", strerror(errno));
+        return 0;
+    }
+    char *dir = strndup(path, strlen(path) - strlen("/cells/"));
+    s->sources = realloc(s->sources, (size_t)(s->nsources + 1) * sizeof *s->sources);
+    s->dirs = realloc(s->dirs, (size_t)(s->nsources + 1) * sizeof *s->dirs);
+    s->sources[s->nsources] = strdup(path);
+    s->dirs[s->nsources] = dir;
+    const char *src = s->sources[s->nsources++];
+    char **names = NULL;
+    int nn = 0, added = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (e->d_name[0] != '.' && l > 5 && !strcmp(e->d_name + l - 5, ".json")) push_str(&names, &nn, e->d_name);
+    }
+    if (nn) qsort(names, (size_t)nn, sizeof *names, cmp_str);
+    for (int i = 0; i < nn; i++) {
+        int fd = openat(dirfd(d), names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        struct stat st;
+        json_error_t je;
+        json_t *j = NULL;
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) j = json_loadfd(fd, JSON_REJECT_DUPLICATES, &je);
+        if (fd >= 0) close(fd);
+        if (!j) {
+            skip(s, warn, src, i + 1, "%s: not a record file (not valid JSON, or not a regular file)", names[i]);
+        } else {
+            added += add_record(s, warn, src, dir, i + 1, j);
+        }
+        free(names[i]);
+    }
+    free(names);
+    closedir(d);
+    return added;
+}
+
+/* Adds a parsed record (takes j); 0 when it is not an ftbench record. */
+static int add_record(ftr_set *s, FILE *warn, const char *src, const char *dir, int lineno, json_t *j)
+{
+    if (!json_is_object(j) || !json_is_string(json_object_get(j, "cell")) ||
+        !json_is_integer(json_object_get(j, "schema"))) {
+        skip(s, warn, src, lineno, "foreign line: valid JSON but not an ftbench record (no \"cell\" and \"schema\")");
+        json_decref(j);
+        return 0;
+    }
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 64;
+        s->r = realloc(s->r, (size_t)s->cap * sizeof *s->r);
+    }
+    ftr_rec *r = &s->r[s->n++];
+    memset(r, 0, sizeof *r);
+    r->source = src;
+    r->dir = dir;
+    r->line = lineno;
+    r->j = j;
+    extract(r);
+    return 1;
+}
+
 static int load_file(ftr_set *s, const char *path, FILE *warn)
 {
+    size_t pl = strlen(path);
+    if (pl > 7 && !strcmp(path + pl - 7, "/cells/")) return load_cells(s, path, warn);
     FILE *f = fopen(path, "r");
     if (!f) {
         skip(s, warn, path, 0, "cannot open: %s", strerror(errno));
@@ -220,25 +314,7 @@ static int load_file(ftr_set *s, const char *path, FILE *warn)
                      je.column);
             continue;
         }
-        if (!json_is_object(j) || !json_is_string(json_object_get(j, "cell")) ||
-            !json_is_integer(json_object_get(j, "schema"))) {
-            skip(s, warn, src, lineno,
-                 "foreign line: valid JSON but not an ftbench record (no \"cell\" and \"schema\")");
-            json_decref(j);
-            continue;
-        }
-        if (s->n == s->cap) {
-            s->cap = s->cap ? s->cap * 2 : 64;
-            s->r = realloc(s->r, (size_t)s->cap * sizeof *s->r);
-        }
-        ftr_rec *r = &s->r[s->n++];
-        memset(r, 0, sizeof *r);
-        r->source = src;
-        r->dir = dir;
-        r->line = lineno;
-        r->j = j;
-        extract(r);
-        added++;
+        added += add_record(s, warn, src, dir, lineno, j);
     }
     free(line);
     fclose(f);
