@@ -277,6 +277,8 @@ int ftb_cmd_run(int argc, char **argv)
     double un = jpath(rec, "memory", "analytic", "unexplained_rss_fraction");
     if (ap > 0)
         printf("analytic    %.1f MiB predicted core peak; peak RSS unexplained %.1f%%\n", ap / 1048576.0, 100.0 * un);
+    const char *no_hwc = json_string_value(json_object_get(json_object_get(rec, "hw_counters"), "reason"));
+    if (no_hwc) printf("counters    unavailable: %s\n", no_hwc); /* the reason is only there when unavailable */
     if (r.step_median > 0) {
         printf("step        %.3f s median, %.1f tokens/s\n", r.step_median,
                jpath(rec, "timing", "tokens_per_second", NULL));

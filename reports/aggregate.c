@@ -63,6 +63,53 @@ static double median_of(const ftr_rec *const *v, int n, size_t off)
     return r;
 }
 
+/* tokens/s of every measured step of the records: from step_seconds_all
+ * after the warm-up, else (older records) the min and max of
+ * timing.step_seconds.  A cell whose only measured step had no warm-up
+ * before it is a cold step: marked, not a timing. */
+static void step_spread(const ftr_rec *const *v, int n, ftr_agg *a)
+{
+    a->tps_min = a->tps_med = a->tps_max = NAN;
+    a->n_steps = 0;
+    a->cold_single = 0;
+    int cap = 64, m = 0, any_warm = 0;
+    double *tps = malloc((size_t)cap * sizeof *tps);
+    for (int i = 0; i < n; i++) {
+        const ftr_rec *r = v[i];
+        double tokens = (double)r->batch * r->seq;
+        json_t *steps = json_object_get(r->j, "steps");
+        int nmeas = json_is_integer(steps) ? (int)json_integer_value(steps) : -1;
+        any_warm |= r->warmup_steps != 0;
+        if (r->step_wall) {
+            int len = (int)json_array_size(r->step_wall);
+            if (nmeas < 0 || nmeas > len) nmeas = len - (r->warmup_steps > 0 ? r->warmup_steps : 0);
+            for (int k = len - nmeas; k < len; k++) {
+                double t = json_number_value(json_array_get(r->step_wall, (size_t)k));
+                if (!(t > 0)) continue;
+                if (m == cap) tps = realloc(tps, (size_t)(cap *= 2) * sizeof *tps);
+                tps[m++] = tokens / t;
+            }
+        } else if (nmeas > 0) {
+            json_t *ss = json_object_get(json_object_get(r->j, "timing"), "step_seconds");
+            double lo = json_number_value(json_object_get(ss, "min")),
+                   hi = json_number_value(json_object_get(ss, "max"));
+            if (!(lo > 0) || !(hi > 0)) continue;
+            if (m + 2 > cap) tps = realloc(tps, (size_t)(cap *= 2) * sizeof *tps);
+            tps[m++] = tokens / hi;
+            if (nmeas > 1) tps[m++] = tokens / lo;
+            a->n_steps += nmeas - (nmeas > 1 ? 2 : 1); /* counted below with the others */
+        }
+    }
+    a->n_steps += m;
+    if (m) {
+        a->tps_med = ftr_median(tps, m); /* sorts */
+        a->tps_min = tps[0];
+        a->tps_max = tps[m - 1];
+    }
+    a->cold_single = a->n_steps == 1 && !any_warm;
+    free(tps);
+}
+
 static const ftr_set *g_set; /* for the series sort */
 
 static int cmp_series(const void *a, const void *b)
@@ -131,6 +178,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
             a->saved_mib = median_of(v, n, offsetof(ftr_rec, saved_peak_mib));
             a->tokens_per_s = median_of(v, n, offsetof(ftr_rec, tokens_per_s));
             a->step_s = median_of(v, n, offsetof(ftr_rec, step_s));
+            step_spread(v, n, a);
             a->over = n > 0 && (over_outcome || (isfinite(sc->budget_mib) && a->peak_mib > sc->budget_mib));
             if (n == 0 && last) a->failure = last->outcome;
             /* The representative: the record whose peak is nearest the

@@ -78,7 +78,8 @@ static void scan(const char *dir, int depth, char ***files, int *n)
         if (stat(p, &st) == 0) {
             if (S_ISDIR(st.st_mode) && depth < SCAN_DEPTH)
                 push_str(&subdirs, &nsub, p);
-            else if (S_ISREG(st.st_mode) && !strcmp(e->d_name, "results.jsonl"))
+            else if (S_ISREG(st.st_mode) &&
+                     (!strcmp(e->d_name, "results.jsonl") || !strcmp(e->d_name, "fidelity.jsonl")))
                 push_str(files, n, p);
         }
         free(p);
@@ -104,6 +105,39 @@ static void skip(ftr_set *s, FILE *warn, const char *path, int line, const char 
     snprintf(msg, sizeof msg, "%.1000s:%d: %s", path, line, why);
     push_str(&s->skipped, &s->nskipped, msg);
     if (warn) fprintf(warn, "ftbench report: %s (line skipped)\n", msg);
+}
+
+/* "k=v,k=v" of an options object, keys sorted, without the key `skip`. */
+static void options_string(json_t *opts, const char *skip, char *out, size_t cap)
+{
+    const char *keys[64];
+    int nk = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(opts, k, v)
+    {
+        if (nk < 64 && !(skip && !strcmp(k, skip))) keys[nk++] = k;
+    }
+    for (int a = 1; a < nk; a++)
+        for (int b = a; b > 0 && strcmp(keys[b - 1], keys[b]) > 0; b--) {
+            const char *t = keys[b];
+            keys[b] = keys[b - 1];
+            keys[b - 1] = t;
+        }
+    size_t off = 0;
+    out[0] = 0;
+    for (int a = 0; a < nk; a++) {
+        json_t *x = json_object_get(opts, keys[a]);
+        const char *val = json_string_value(x);
+        char tmp[64];
+        if (!val) {
+            snprintf(tmp, sizeof tmp, "%g", num(x));
+            val = tmp;
+        }
+        int w = snprintf(out + off, cap - off, "%s%s=%s", a ? "," : "", keys[a], val);
+        if (w < 0 || (size_t)w >= cap - off) break;
+        off += (size_t)w;
+    }
 }
 
 static void extract(ftr_rec *r)
@@ -139,35 +173,7 @@ static void extract(ftr_rec *r)
     if (!r->label) r->label = json_string_value(path2(j, "method", "name"));
     if (!r->label) r->label = "?";
     /* Options, sorted: part of the series' identity. */
-    json_t *opts = path2(j, "method", "options");
-    const char *keys[64];
-    int nk = 0;
-    const char *k;
-    json_t *v;
-    json_object_foreach(opts, k, v)
-    {
-        if (nk < 64) keys[nk++] = k;
-    }
-    for (int a = 1; a < nk; a++)
-        for (int b = a; b > 0 && strcmp(keys[b - 1], keys[b]) > 0; b--) {
-            const char *t = keys[b];
-            keys[b] = keys[b - 1];
-            keys[b - 1] = t;
-        }
-    size_t off = 0;
-    r->options[0] = 0;
-    for (int a = 0; a < nk; a++) {
-        json_t *x = json_object_get(opts, keys[a]);
-        const char *val = json_string_value(x);
-        char tmp[64];
-        if (!val) {
-            snprintf(tmp, sizeof tmp, "%g", num(x));
-            val = tmp;
-        }
-        int w = snprintf(r->options + off, sizeof r->options - off, "%s%s=%s", a ? "," : "", keys[a], val);
-        if (w < 0 || (size_t)w >= sizeof r->options - off) break;
-        off += (size_t)w;
-    }
+    options_string(path2(j, "method", "options"), NULL, r->options, sizeof r->options);
     r->seq = (int)json_integer_value(json_object_get(j, "seq"));
     r->batch = (int)json_integer_value(json_object_get(j, "batch"));
     if (r->batch <= 0) r->batch = 1;
@@ -207,6 +213,61 @@ static void extract(ftr_rec *r)
     r->fidelity_relerr = num(json_object_get(gf, "relative_error"));
     r->train = isfinite(r->accuracy) || isfinite(r->fidelity_cos) || isfinite(r->fidelity_relerr);
     r->timeline_file = json_string_value(json_object_get(j, "timeline_file"));
+    json_t *wu = json_object_get(j, "warmup_steps");
+    r->warmup_steps = json_is_integer(wu) ? (int)json_integer_value(wu) : -1;
+    r->step_wall =
+        json_is_array(json_object_get(j, "step_seconds_all")) ? json_object_get(j, "step_seconds_all") : NULL;
+    json_t *hw = json_object_get(j, "hw_counters");
+    r->hwc = !json_is_object(hw) ? -1 : json_is_true(json_object_get(hw, "available")) ? 1 : 0;
+    r->hwc_reason = json_string_value(json_object_get(hw, "reason"));
+}
+
+/* The query budget of a zeroth-order estimate: the option that sets it, or
+ * the method's default (P-RGE queries=4, MeZO samples=1); 0 for a method
+ * that computes a gradient. */
+static int query_budget(const char *label, json_t *opts, const char **key)
+{
+    static const struct {
+        const char *label, *key;
+        int dflt;
+    } zo[] = { { "prge", "queries", 4 }, { "mezo", "samples", 1 } };
+    for (size_t i = 0; i < sizeof zo / sizeof zo[0]; i++) {
+        json_t *v = json_object_get(opts, zo[i].key);
+        if (strcmp(label, zo[i].label) && !v) continue;
+        *key = zo[i].key;
+        if (!v) return zo[i].dflt;
+        double d = json_is_string(v) ? atof(json_string_value(v)) : num(v);
+        return d >= 1 && d < 1e9 ? (int)d : zo[i].dflt;
+    }
+    *key = NULL;
+    return 0;
+}
+
+static void add_fidelity(ftr_set *s, const char *src, int line, json_t *j)
+{
+    s->fid = realloc(s->fid, (size_t)(s->nfid + 1) * sizeof *s->fid);
+    ftr_fid *f = &s->fid[s->nfid++];
+    memset(f, 0, sizeof *f);
+    f->source = src;
+    f->line = line;
+    f->j = j;
+    f->model = json_string_value(path2(j, "model", "name"));
+    if (!f->model) f->model = "?";
+    f->label = json_string_value(path2(j, "method", "label"));
+    if (!f->label) f->label = "?";
+    json_t *opts = path2(j, "method", "options");
+    const char *nkey;
+    f->n = query_budget(f->label, opts, &nkey);
+    options_string(opts, nkey, f->options, sizeof f->options);
+    options_string(opts, NULL, f->all_options, sizeof f->all_options);
+    if (f->options[0])
+        snprintf(f->name, sizeof f->name, "%s[%s]", f->label, f->options);
+    else
+        snprintf(f->name, sizeof f->name, "%s", f->label);
+    f->seq = (int)json_integer_value(json_object_get(j, "seq"));
+    f->cosine = num(path2(j, "exact", "cosine"));
+    f->relerr = num(path2(j, "exact", "rel_error"));
+    f->params = num(path2(j, "exact", "params"));
 }
 
 static int add_record(ftr_set *s, FILE *warn, const char *src, const char *dir, int lineno, json_t *j);
@@ -314,6 +375,12 @@ static int load_file(ftr_set *s, const char *path, FILE *warn)
                      je.column);
             continue;
         }
+        if (json_is_object(j) && !json_object_get(j, "cell") && json_is_object(json_object_get(j, "exact")) &&
+            json_is_object(json_object_get(j, "method"))) {
+            add_fidelity(s, src, lineno, j); /* `ftbench fidelity`'s record */
+            added++;
+            continue;
+        }
         added += add_record(s, warn, src, dir, lineno, j);
     }
     free(line);
@@ -340,10 +407,12 @@ int ftr_load(ftr_set *s, const char *path, FILE *warn, char *err, size_t errlen)
         push_str(&files, &nf, path);
     }
     if (nf == 0) {
-        snprintf(err, errlen, "%s: no results.jsonl found (looked %d directory levels down)", path, SCAN_DEPTH);
+        snprintf(err, errlen, "%s: no results.jsonl or fidelity.jsonl found (looked %d directory levels down)", path,
+                 SCAN_DEPTH);
         free(files);
         return -1;
     }
+    push_str(&s->given, &s->ngiven, path);
     int added = 0;
     for (int i = 0; i < nf; i++) {
         added += load_file(s, files[i], warn);
@@ -405,5 +474,9 @@ void ftr_set_free(ftr_set *s)
     free(s->dirs);
     for (int i = 0; i < s->nskipped; i++) free(s->skipped[i]);
     free(s->skipped);
+    for (int i = 0; i < s->nfid; i++) json_decref(s->fid[i].j);
+    free(s->fid);
+    for (int i = 0; i < s->ngiven; i++) free(s->given[i]);
+    free(s->given);
     memset(s, 0, sizeof *s);
 }

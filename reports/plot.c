@@ -832,6 +832,7 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
     }
     maxctx_plot(p, s, r);
     accuracy_plot(p, s, r);
+    ftr_fidelity_plots(p, s);
     if (r->ntrain) {
         const ftr_rec **v = calloc((size_t)r->ntrain + 1, sizeof *v);
         int n = 0;

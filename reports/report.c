@@ -96,8 +96,9 @@ static void git_revs(const ftr_set *s, ftr_buf *b)
 {
     const char *seen[32];
     int n = 0;
-    for (int i = 0; i < s->n && n < 32; i++) {
-        const char *g = json_string_value(json_object_get(s->r[i].j, "git_rev"));
+    for (int i = 0; i < s->n + s->nfid && n < 32; i++) {
+        json_t *j = i < s->n ? s->r[i].j : s->fid[i - s->n].j;
+        const char *g = json_string_value(json_object_get(j, "git_rev"));
         if (!g) continue;
         int f = 0;
         for (int k = 0; k < n; k++) f |= !strcmp(seen[k], g);
@@ -114,6 +115,78 @@ static int records_of_source(const ftr_set *s, const char *src)
     int n = 0;
     for (int i = 0; i < s->n; i++) n += s->r[i].source == src;
     return n;
+}
+
+/* "12 records (sweep default, run default-0123, rpi5-8gb, qwen2.5-0.5b; 3 fit
+ * probes)" or "6 fidelity records (smollm2-135m)": what one file brought. */
+static void source_summary(const ftr_set *s, const char *src, ftr_buf *b)
+{
+    int n = records_of_source(s, src), nfit = 0, ntrain = 0, nfid = 0;
+    const char *vals[4][8];
+    int nv[4] = { 0 };
+    for (int i = 0; i < s->n; i++) {
+        const ftr_rec *r = &s->r[i];
+        if (r->source != src) continue;
+        nfit += r->fit;
+        ntrain += r->train;
+        const char *v[4] = { json_string_value(json_object_get(r->j, "sweep")), r->run_id, r->device, r->model };
+        for (int k = 0; k < 4; k++) {
+            if (!v[k]) continue;
+            int seen = 0;
+            for (int q = 0; q < nv[k]; q++) seen |= !strcmp(vals[k][q], v[k]);
+            if (!seen && nv[k] < 8) vals[k][nv[k]++] = v[k];
+        }
+    }
+    for (int i = 0; i < s->nfid; i++) nfid += s->fid[i].source == src;
+    if (n || !nfid) ftr_buf_printf(b, "%d record%s", n, n == 1 ? "" : "s");
+    if (nfid) ftr_buf_printf(b, "%s%d fidelity record%s", n ? ", " : "", nfid, nfid == 1 ? "" : "s");
+    static const char *const what[4] = { "sweep ", "run ", "", "" };
+    int any = 0;
+    for (int k = 0; k < 4; k++)
+        for (int q = 0; q < nv[k]; q++) {
+            ftr_buf_printf(b, "%s%s%s", any ? ", " : " (", what[k], vals[k][q]);
+            any = 1;
+        }
+    if (nfit) ftr_buf_printf(b, "%s%d fit probe%s", any ? "; " : " (", nfit, nfit == 1 ? "" : "s");
+    if (ntrain) ftr_buf_printf(b, "%s%d training record%s", any || nfit ? "; " : " (", ntrain, ntrain == 1 ? "" : "s");
+    if (any || nfit || ntrain) ftr_buf_puts(b, ")");
+}
+
+/* Hardware counters of a scope's records: read, or unavailable and why
+ * (hw_counters.reason, distinct reasons listed).  Empty when no record says. */
+static void counters_note(const ftr_set *s, const ftr_scope *sc, ftr_buf *b)
+{
+    int n = 0, unavailable = 0;
+    const char *why[4];
+    int nwhy = 0, more = 0;
+    for (int i = 0; i < s->n; i++) {
+        const ftr_rec *r = &s->r[i];
+        if (r->fit || r->train || r->hwc < 0 || r->batch != sc->batch || strcmp(r->device, sc->device) ||
+            strcmp(r->model, sc->model))
+            continue;
+        n++;
+        if (r->hwc) continue;
+        unavailable++;
+        const char *w = r->hwc_reason ? r->hwc_reason : "no reason recorded";
+        int seen = 0;
+        for (int k = 0; k < nwhy; k++) seen |= !strcmp(why[k], w);
+        if (!seen && nwhy < 4)
+            why[nwhy++] = w;
+        else if (!seen)
+            more = 1;
+    }
+    if (!n) return;
+    if (!unavailable) {
+        ftr_buf_printf(b, "Hardware counters: read in all %d records (per phase in each record's hw_counters).", n);
+        return;
+    }
+    if (unavailable == n)
+        ftr_buf_printf(b, "Hardware counters: unavailable in %s %d records: ", n == 1 ? "the" : "all", n);
+    else
+        ftr_buf_printf(b, "Hardware counters: read in %d of %d records, unavailable in %d: ", n - unavailable, n,
+                       unavailable);
+    for (int k = 0; k < nwhy; k++) ftr_buf_printf(b, "%s%s", k ? "; " : "", why[k]);
+    ftr_buf_printf(b, "%s.", more ? "; and other reasons" : "");
 }
 
 static int count_fit(const ftr_set *s)
@@ -145,13 +218,21 @@ static void header_md(const ctx *c, ftr_buf *b)
     char lo[64], hi[64];
     time_range(s, lo, hi, sizeof lo);
     ftr_buf_puts(b, "# ftbench report\n\n");
-    ftr_buf_printf(b, "%d records from %d results file%s", s->n, s->nsources, s->nsources == 1 ? "" : "s");
+    ftr_buf_printf(b, "%s%d records", "", s->n);
+    if (s->nfid) ftr_buf_printf(b, " and %d fidelity records", s->nfid);
+    ftr_buf_printf(b, " from %d file%s", s->nsources, s->nsources == 1 ? "" : "s");
     if (lo[0]) ftr_buf_printf(b, ", measured %s to %s", lo, hi);
     ftr_buf_puts(b, ", ftbench revision ");
     git_revs(s, b);
     ftr_buf_puts(b, ".\n\n");
-    for (int i = 0; i < s->nsources; i++)
-        ftr_buf_printf(b, "- `%s`: %d records\n", s->sources[i], records_of_source(s, s->sources[i]));
+    ftr_buf_puts(b, "Sources (`ftbench report");
+    for (int i = 0; i < s->ngiven; i++) ftr_buf_printf(b, " %s", s->given[i]);
+    ftr_buf_puts(b, "`):\n\n");
+    for (int i = 0; i < s->nsources; i++) {
+        ftr_buf_printf(b, "- `%s`: ", s->sources[i]);
+        source_summary(s, s->sources[i], b);
+        ftr_buf_puts(b, "\n");
+    }
     if (s->nskipped) {
         ftr_buf_printf(b, "\n%d line%s skipped:\n\n", s->nskipped, s->nskipped == 1 ? "" : "s");
         for (int i = 0; i < s->nskipped; i++) ftr_buf_printf(b, "- `%s`\n", s->skipped[i]);
@@ -168,7 +249,12 @@ static void write_md(const ctx *c, ftr_buf *b)
         const ftr_scope *sc = &c->r->scopes[si];
         ftr_buf_printf(b, "## %s\n\n", sc->title);
         if (isfinite(sc->budget_mib)) ftr_buf_printf(b, "Memory budget of %s: %.0f MiB. ", sc->device, sc->budget_mib);
-        ftr_buf_printf(b, "Breakdown, loss curves and timelines at %d tokens.\n\n", sc->at_seq);
+        ftr_buf_printf(b, "Breakdown, loss curves and timelines at %d tokens.", sc->at_seq);
+        ftr_buf hw = { 0 };
+        counters_note(c->s, sc, &hw);
+        if (hw.s) ftr_buf_printf(b, " %s", hw.s);
+        ftr_buf_free(&hw);
+        ftr_buf_puts(b, "\n\n");
         for (int i = 0; i < c->p->nplots; i++)
             if (c->p->plots[i].scope == si) md_figure(c, &c->p->plots[i], b);
         for (int i = 0; i < c->t->n; i++)
@@ -181,9 +267,10 @@ static void write_md(const ctx *c, ftr_buf *b)
         ftr_buf_puts(b, "No `ftbench fit` records: the longest context that fits comes from the swept lengths only "
                         "(run `ftbench fit --device D --method M` for the exact limit).\n\n");
     if (!c->r->ntrain)
-        ftr_buf_puts(b, "No training records (task accuracy, gradient fidelity): the accuracy-against-memory "
-                        "plot and the quality table are left out. The fields they read are listed in "
-                        "docs/REPORTS.md.\n\n");
+        ftr_buf_puts(b, "No training records (task accuracy): the accuracy-against-memory plot and the quality "
+                        "table are left out. The fields they read are listed in docs/REPORTS.md.\n\n");
+    if (!c->s->nfid)
+        ftr_buf_puts(b, "No `ftbench fidelity` records (fidelity.jsonl): no gradient fidelity table or plot.\n\n");
     for (int i = 0; i < c->p->nplots; i++)
         if (c->p->plots[i].scope < 0) md_figure(c, &c->p->plots[i], b);
 }
@@ -256,18 +343,31 @@ static void write_html(const ctx *c, ftr_buf *b)
            "</style>\n</head>\n<body>\n<h1>ftbench report</h1>\n");
     char lo[64], hi[64];
     time_range(s, lo, hi, sizeof lo);
-    ftr_buf_printf(b, "<p>%d records from %d results file%s", s->n, s->nsources, s->nsources == 1 ? "" : "s");
+    ftr_buf_printf(b, "%s%d records", "<p>", s->n);
+    if (s->nfid) ftr_buf_printf(b, " and %d fidelity records", s->nfid);
+    ftr_buf_printf(b, " from %d file%s", s->nsources, s->nsources == 1 ? "" : "s");
     if (lo[0]) ftr_buf_printf(b, ", measured %s to %s", lo, hi);
     ftr_buf_puts(b, ", ftbench revision ");
     ftr_buf gr = { 0 };
     git_revs(s, &gr);
     ftr_html_escape(b, gr.s);
     ftr_buf_free(&gr);
-    ftr_buf_puts(b, ".</p>\n<ul>\n");
+    ftr_buf_puts(b, ".</p>\n");
+    ftr_buf_puts(b, "<p>Sources (<code>ftbench report");
+    for (int i = 0; i < s->ngiven; i++) {
+        ftr_buf_puts(b, " ");
+        ftr_html_escape(b, s->given[i]);
+    }
+    ftr_buf_puts(b, "</code>):</p>\n<ul>\n");
     for (int i = 0; i < s->nsources; i++) {
         ftr_buf_puts(b, "<li><code>");
         ftr_html_escape(b, s->sources[i]);
-        ftr_buf_printf(b, "</code>: %d records</li>\n", records_of_source(s, s->sources[i]));
+        ftr_buf_puts(b, "</code>: ");
+        ftr_buf sum = { 0 };
+        source_summary(s, s->sources[i], &sum);
+        ftr_html_escape(b, sum.s);
+        ftr_buf_free(&sum);
+        ftr_buf_puts(b, "</li>\n");
     }
     ftr_buf_puts(b, "</ul>\n");
     if (s->nskipped) {
@@ -297,7 +397,15 @@ static void write_html(const ctx *c, ftr_buf *b)
             ftr_html_escape(b, sc->device);
             ftr_buf_printf(b, ": %.0f MiB. ", sc->budget_mib);
         }
-        ftr_buf_printf(b, "Breakdown, loss curves and timelines at %d tokens.</p>\n", sc->at_seq);
+        ftr_buf_printf(b, "Breakdown, loss curves and timelines at %d tokens.", sc->at_seq);
+        ftr_buf hw = { 0 };
+        counters_note(c->s, sc, &hw);
+        if (hw.s) {
+            ftr_buf_puts(b, " ");
+            ftr_html_escape(b, hw.s);
+        }
+        ftr_buf_free(&hw);
+        ftr_buf_puts(b, "</p>\n");
         for (int i = 0; i < c->p->nplots; i++)
             if (c->p->plots[i].scope == si) html_figure(c, &c->p->plots[i], b);
         for (int i = 0; i < c->t->n; i++)
@@ -311,8 +419,11 @@ static void write_html(const ctx *c, ftr_buf *b)
         ftr_buf_puts(b, "<p>No <code>ftbench fit</code> records: the longest context that fits comes from the swept "
                         "lengths only.</p>\n");
     if (!c->r->ntrain)
-        ftr_buf_puts(b, "<p>No training records (task accuracy, gradient fidelity): the accuracy-against-memory plot "
-                        "and the quality table are left out (fields: docs/REPORTS.md).</p>\n");
+        ftr_buf_puts(b, "<p>No training records (task accuracy): the accuracy-against-memory plot and the quality "
+                        "table are left out (fields: docs/REPORTS.md).</p>\n");
+    if (!c->s->nfid)
+        ftr_buf_puts(b, "<p>No <code>ftbench fidelity</code> records (fidelity.jsonl): no gradient fidelity table or "
+                        "plot.</p>\n");
     for (int i = 0; i < c->p->nplots; i++)
         if (c->p->plots[i].scope < 0) html_figure(c, &c->p->plots[i], b);
     ftr_buf_puts(b, "</section>\n</body>\n</html>\n");
@@ -469,7 +580,7 @@ int ftb_cmd_report(int argc, char **argv)
             goto done;
         }
     }
-    if (set.n == 0) {
+    if (set.n == 0 && set.nfid == 0) {
         fprintf(stderr, "ftbench report: no records in %s%s\n", dirs[0], ndirs > 1 ? " and the others" : "");
         rc = EXIT_FAIL;
         goto done;

@@ -56,7 +56,28 @@ typedef struct {
     double analytic_peak_mib, unexplained_pct; /* memory.analytic (docs/CORE.md) */
     const char *eval_task, *eval_metric;
     const char *timeline_file; /* relative to dir, or NULL                */
+    /* timing of each step (step_seconds_all, warm-up steps first) */
+    int warmup_steps;  /* -1 when the record does not say               */
+    json_t *step_wall; /* borrowed from j; NULL when absent            */
+    /* hardware counters: 1 read, 0 unavailable (hwc_reason says why), -1 no field */
+    int hwc;
+    const char *hwc_reason;
 } ftr_rec;
+
+/* One `ftbench fidelity` record (fidelity.jsonl): a method's gradient, or
+ * zeroth-order estimate with a query budget n, against the exact one. */
+typedef struct {
+    const char *source;
+    int line;
+    json_t *j;
+    const char *model, *label;
+    char options[256];     /* "k=v,..." sorted, without the query budget   */
+    char all_options[256]; /* with it: as a training record's options read */
+    char name[320];        /* label, or label[options]                      */
+    int n;                 /* query budget (queries, samples) of a zeroth-order estimate; 0: a gradient */
+    int seq;
+    double cosine, relerr, params;
+} ftr_fid;
 
 typedef struct {
     char *label;    /* method label                                  */
@@ -76,9 +97,13 @@ typedef struct {
     char **dirs;    /* [nsources] their directories                  */
     int nskipped;
     char **skipped; /* "path:LINE: reason"                           */
+    int nfid;
+    ftr_fid *fid; /* fidelity records, in file order               */
+    int ngiven;
+    char **given; /* the paths the report was asked for            */
 } ftr_set;
 
-/* Adds every results.jsonl under path (a directory, searched a few levels
+/* Adds every results.jsonl and fidelity.jsonl under path (a directory, searched a few levels
  * deep, or a results file itself).  Bad lines are kept in s->skipped and
  * printed on warn (NULL: silent).  Returns the number of records added, or
  * -1 when path holds no results file (err filled). */
@@ -95,6 +120,11 @@ typedef struct {
     int n;                                                           /* records                                       */
     int n_measured;                                                  /* with a peak RSS (ok or over_budget)           */
     double peak_mib, core_peak_mib, saved_mib, tokens_per_s, step_s; /* medians */
+    /* tokens/s of every measured step of the cell's records (step_seconds_all
+     * after the warm-up): min, median, max; NaN when the records lack them */
+    int n_steps;
+    double tps_min, tps_med, tps_max;
+    int cold_single;     /* one measured step and no warm-up before it: not a timing */
     int over;            /* over the budget (median peak or an over_budget outcome) */
     const char *failure; /* outcome of the last record when none was measured */
     const ftr_rec *rep;  /* the record whose peak is the median (split, loss, timeline) */
@@ -179,6 +209,22 @@ typedef struct {
 } ftr_tables;
 
 void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *out);
+
+/* Fidelity records grouped by model, method (without n), n and length:
+ * what the fidelity table and plot show. */
+typedef struct {
+    const char *model, *name;
+    int n, seq, runs;
+    double cos_mean, cos_min, cos_max, rel_mean, rel_min, rel_max, params;
+} ftr_fid_group;
+/* Sorted by model, method, length, n; *out is malloc'd (free it). */
+int ftr_fid_groups(const ftr_set *s, ftr_fid_group **out);
+/* The fidelity record matching a training record (same model, method label
+ * and options, nearest length), or NULL. */
+const ftr_fid *ftr_fid_for(const ftr_set *s, const ftr_rec *r);
+/* The fidelity table (NULL without fidelity records), and one figure per
+ * model (fidelity.c). */
+ftr_table *ftr_fidelity_table(const ftr_set *s);
 void ftr_tables_free(ftr_tables *t);
 
 /* Escapers. */
@@ -242,6 +288,9 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
 
 /* Timeline of one record: reduced data file + script; 0 or -1 (why in err). */
 int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, size_t errlen);
+
+/* Fidelity against the query budget n, one figure per model (fidelity.c). */
+void ftr_fidelity_plots(ftr_plotter *p, const ftr_set *s);
 
 /* PNG width and height from the IHDR chunk; 0 or -1. */
 int ftr_png_size(const char *path, int *w, int *h);

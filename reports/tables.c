@@ -468,6 +468,7 @@ void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)
         const char *head[] = { "method",       "device",           "model",     "seq", "peak MiB", "task", "accuracy",
                                "grad. cosine", "grad. rel. error", "final loss" };
         ftr_table *t = ftr_table_new("Task accuracy and gradient fidelity", "quality", 10, head);
+        int from_fid = 0;
         for (int i = 0; i < r->ntrain; i++) {
             const ftr_rec *x = r->train[i];
             ftr_table_add_row(t);
@@ -478,13 +479,28 @@ void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)
             if (isfinite(x->peak_mib)) ftr_table_set(t, i, 4, 0, "%.1f", x->peak_mib);
             if (x->eval_task) ftr_table_set(t, i, 5, 0, "%s", x->eval_task);
             if (isfinite(x->accuracy)) ftr_table_set(t, i, 6, 0, "%.2f%%", 100.0 * x->accuracy);
-            if (isfinite(x->fidelity_cos)) ftr_table_set(t, i, 7, 0, "%.4f", x->fidelity_cos);
-            if (isfinite(x->fidelity_relerr)) ftr_table_set(t, i, 8, 0, "%.2e", x->fidelity_relerr);
+            /* The record's own fidelity, else `ftbench fidelity`'s for the same
+             * method and model (marked (f)). */
+            const ftr_fid *f = isfinite(x->fidelity_cos) ? NULL : ftr_fid_for(s, x);
+            if (isfinite(x->fidelity_cos))
+                ftr_table_set(t, i, 7, 0, "%.4f", x->fidelity_cos);
+            else if (f)
+                ftr_table_set(t, i, 7, 0, "%.4f (f)", f->cosine);
+            if (isfinite(x->fidelity_relerr))
+                ftr_table_set(t, i, 8, 0, "%.2e", x->fidelity_relerr);
+            else if (f && isfinite(f->relerr))
+                ftr_table_set(t, i, 8, 0, "%.2e (f)", f->relerr);
+            from_fid |= f != NULL;
             if (isfinite(x->final_loss)) ftr_table_set(t, i, 9, 0, "%.4f", x->final_loss);
         }
-        ftr_table_caption(t, "From training records (eval.accuracy, gradient_fidelity; docs/REPORTS.md).");
+        ftr_table_caption(t, "From training records (eval.accuracy, gradient_fidelity; docs/REPORTS.md)%s.",
+                          from_fid ? "; (f): gradient fidelity from `ftbench fidelity` of the same method, options and "
+                                     "model (fidelity.jsonl, nearest length)"
+                                   : "");
         add(ts, t, -1);
     }
+    ftr_table *ft = ftr_fidelity_table(s);
+    if (ft) add(ts, ft, -1);
 }
 
 void ftr_tables_free(ftr_tables *ts)

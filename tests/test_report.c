@@ -608,7 +608,7 @@ Test(report, usage_errors, .init = make_tmp, .fini = remove_tmp)
     cr_expect_not_null(strstr(err, "/nonexistent/dir"), "%s", err);
     free(err);
     cr_expect_eq(run_report((const char *[]){ tmpdir, NULL }, &err), 2);
-    cr_expect_not_null(strstr(err, "no results.jsonl found"), "%s", err);
+    cr_expect_not_null(strstr(err, "no results.jsonl or fidelity.jsonl found"), "%s", err);
     free(err);
     cr_expect_eq(run_report((const char *[]){ FIXTURE, "--formats", "png,jpg", NULL }, &err), 2);
     cr_expect_not_null(strstr(err, "unknown format 'jpg'"), "%s", err);
