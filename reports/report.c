@@ -137,7 +137,13 @@ static void source_summary(const ftr_set *s, const char *src, ftr_buf *b)
             if (!seen && nv[k] < 8) vals[k][nv[k]++] = v[k];
         }
     }
-    for (int i = 0; i < s->nfid; i++) nfid += s->fid[i].source == src;
+    for (int i = 0; i < s->nfid; i++) {
+        if (s->fid[i].source != src) continue;
+        nfid++;
+        int seen = 0;
+        for (int q = 0; q < nv[3]; q++) seen |= !strcmp(vals[3][q], s->fid[i].model);
+        if (!seen && nv[3] < 8) vals[3][nv[3]++] = s->fid[i].model;
+    }
     if (n || !nfid) ftr_buf_printf(b, "%d record%s", n, n == 1 ? "" : "s");
     if (nfid) ftr_buf_printf(b, "%s%d fidelity record%s", n ? ", " : "", nfid, nfid == 1 ? "" : "s");
     static const char *const what[4] = { "sweep ", "run ", "", "" };
@@ -177,11 +183,14 @@ static void counters_note(const ftr_set *s, const ftr_scope *sc, ftr_buf *b)
     }
     if (!n) return;
     if (!unavailable) {
-        ftr_buf_printf(b, "Hardware counters: read in all %d records (per phase in each record's hw_counters).", n);
+        ftr_buf_printf(b, "Hardware counters: read in %s %d record%s (per phase in each record's hw_counters).",
+                       n == 1 ? "the" : "all", n, n == 1 ? "" : "s");
         return;
     }
     if (unavailable == n)
-        ftr_buf_printf(b, "Hardware counters: unavailable in %s %d records: ", n == 1 ? "the" : "all", n);
+        ftr_buf_printf(b, n == 1 ? "Hardware counters: unavailable in the one record: "
+                                 : "Hardware counters: unavailable in all %d records: ",
+                       n);
     else
         ftr_buf_printf(b, "Hardware counters: read in %d of %d records, unavailable in %d: ", n - unavailable, n,
                        unavailable);

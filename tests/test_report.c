@@ -698,4 +698,139 @@ Test(report, figures_under_different_budgets_are_not_merged, .init = make_tmp, .
     cr_expect_not_null(strstr(tsv, "rpi5-4gb, 1200 MiB\t256"), "%s", tsv);
     cr_expect_null(strstr(tsv, "3482"), "no fit ran under the device budget: %s", tsv);
     free(tsv);
+/* ---- sources, fidelity, hardware counters (issue 20 items 1, 2, 6) ------------------- */
+
+#define FIDELITY_FIXTURE "tests/fixtures/fidelity"
+
+static char *report_md(const char *const *args)
+{
+    char out[512], path[1024];
+    snprintf(out, sizeof out, "%s/rep", tmpdir);
+    const char *argv[16];
+    int n = 0;
+    for (int i = 0; args[i]; i++) argv[n++] = args[i];
+    argv[n++] = "--out";
+    argv[n++] = out;
+    argv[n] = NULL;
+    char *err = NULL;
+    int rc = run_report(argv, &err);
+    cr_assert_eq(rc, 0, "%s", err);
+    free(err);
+    snprintf(path, sizeof path, "%s/report.md", out);
+    char *md = slurp(path);
+    cr_assert_not_null(md);
+    return md;
+}
+
+Test(report, the_header_names_what_was_asked_for_and_what_each_file_brought, .init = make_tmp, .fini = remove_tmp)
+{
+    need_fixture();
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    char *md = report_md((const char *[]){ FIXTURE "/" HOST_RUN, FIDELITY_FIXTURE, NULL });
+    cr_expect_not_null(strstr(md, "14 records and 13 fidelity records from 2 files"), "%s", md);
+    cr_expect_not_null(strstr(md, "Sources (`ftbench report " FIXTURE "/" HOST_RUN " " FIDELITY_FIXTURE "`):"), "%s",
+                       md);
+    cr_expect_not_null(strstr(md, "- `" FIXTURE "/" HOST_RUN "/results.jsonl`: 14 records (sweep default, run "
+                                  "default-035401b0b1dde7c1, host, smollm2-135m)\n"),
+                       "%s", md);
+    cr_expect_not_null(strstr(md, "- `" FIDELITY_FIXTURE "/fidelity.jsonl`: 13 fidelity records (tiny)\n"), "%s", md);
+    /* Only what was named: the rpi4-4gb runs beside it stay out. */
+    cr_expect_null(strstr(md, "rpi4-4gb"), "%s", md);
+    free(md);
+}
+
+Test(report, fidelity_records_give_a_table_and_a_plot_against_n, .init = make_tmp, .fini = remove_tmp)
+{
+    need_fixture();
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    char *md = report_md((const char *[]){ FIDELITY_FIXTURE, NULL });
+    /* Worked out with a few lines of Python over the fixture: mean, min, max
+     * of the cosine, mean relative error, per method (options without n) and n. */
+    static const char *const rows[] = {
+        "| mesp | tiny | 32 | grad. | 1 | 1.000000 | 1.000000 | 1.000000 | 0.000e+00 | 8192 |\n",
+        "| mezo[params=lora] | tiny | 32 | 1 | 2 | 0.018193 | 0.001917 | 0.034470 | 3.032e+01 | 1792 |\n",
+        "| mezo[params=lora] | tiny | 32 | 16 | 2 | 0.089145 | 0.083649 | 0.094641 | 1.014e+01 | 1792 |\n",
+        "| prge | tiny | 32 | 4 | 2 | 0.019708 | 0.015264 | 0.024151 | 1.974e+01 | 4096 |\n",
+        "| prge | tiny | 32 | 16 | 2 | 0.053524 | 0.046778 | 0.060270 | 1.314e+01 | 4096 |\n",
+        NULL,
+    };
+    for (int i = 0; rows[i]; i++) cr_expect_not_null(strstr(md, rows[i]), "missing %s in\n%s", rows[i], md);
+    cr_expect_not_null(strstr(md, "](plots/fidelity_tiny.png)") ? md : strstr(md, "fidelity_tiny"), "%s", md);
+    free(md);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/rep/gnuplot/fidelity_tiny.gp", tmpdir);
+    char *gp = slurp(path);
+    cr_assert_not_null(gp, "no fidelity plot script");
+    cr_expect_not_null(strstr(gp, "set logscale x 2\nset xtics (1, 4, 16)"), "%s", gp);
+    cr_expect_not_null(strstr(gp, "'mesp (gradient)'"), "%s", gp);
+    free(gp);
+    snprintf(path, sizeof path, "%s/rep/data/fidelity_tiny.tsv", tmpdir);
+    char *d = slurp(path);
+    cr_assert_not_null(d);
+    cr_expect_not_null(strstr(d, "# prge, seq 32\n# x\tcos_mean\tcos_min\tcos_max\trel_mean\trel_min\trel_max\truns\n1\t"),
+                       "%s", d);
+    free(d);
+}
+
+Test(report, a_training_records_gradient_cosine_comes_from_fidelity, .init = make_tmp, .fini = remove_tmp)
+{
+    need_fixture();
+    char dir[512], path[1024], cmd[1200];
+    snprintf(dir, sizeof dir, "%s/train/host/run-1", tmpdir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp " FIDELITY_FIXTURE "/fidelity.jsonl '%s/../..'", dir, dir);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "{\"schema\":1,\"cell\":\"mesp.tiny.s32.b1\",\"run_id\":\"run-1\",\"outcome\":\"ok\","
+               "\"device\":{\"name\":\"host\"},\"model\":{\"name\":\"tiny\"},\"method\":{\"label\":\"mesp\","
+               "\"options\":{}},\"seq\":32,\"batch\":1,\"memory\":{\"peak_rss_bytes\":10485760},"
+               "\"eval\":{\"task\":\"reasoning\",\"metric\":\"exact_match\",\"accuracy\":0.5}}\n");
+    fclose(f);
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    snprintf(dir, sizeof dir, "%s/train", tmpdir);
+    char *md = report_md((const char *[]){ dir, NULL });
+    cr_expect_not_null(strstr(md, "| mesp | host | tiny | 32 | 10.0 | reasoning | 50.00% | 1.0000 (f) | 0.00e+00 (f) | - |"),
+                       "%s", md);
+    cr_expect_not_null(strstr(md, "(f): gradient fidelity from `ftbench fidelity`"), "%s", md);
+    free(md);
+}
+
+Test(report, run_and_report_say_why_hardware_counters_are_missing, .init = make_tmp, .fini = remove_tmp,
+     .timeout = 120)
+{
+    need_fixture();
+    const char *bin = getenv("FTBENCH_BIN");
+    if (!bin) cr_skip_test("FTBENCH_BIN is set by make test");
+    char cmd[2048], path[1024];
+    snprintf(cmd, sizeof cmd,
+             "'%s' run --model tiny --method lora --seq 32 --steps 1 --warmup 0 --threads 1 --run-id hw "
+             "--out '%s/res' > '%s/run.out' 2>/dev/null",
+             bin, tmpdir, tmpdir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    snprintf(path, sizeof path, "%s/run.out", tmpdir);
+    char *out = slurp(path);
+    snprintf(path, sizeof path, "%s/res/host/hw/results.jsonl", tmpdir);
+    json_error_t je;
+    json_t *rec = json_load_file(path, 0, &je);
+    cr_assert_not_null(rec, "%s: %s", path, je.text);
+    json_t *hw = json_object_get(rec, "hw_counters");
+    cr_assert(json_is_object(hw), "the record has hw_counters");
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    snprintf(path, sizeof path, "%s/res", tmpdir);
+    char *md = report_md((const char *[]){ path, NULL });
+    if (json_is_true(json_object_get(hw, "available"))) {
+        cr_expect_null(strstr(out, "counters    unavailable"), "%s", out);
+        cr_expect_not_null(strstr(md, "Hardware counters: read in the 1 record "), "%s", md);
+    } else {
+        const char *why = json_string_value(json_object_get(hw, "reason"));
+        cr_assert_not_null(why);
+        char line[700];
+        snprintf(line, sizeof line, "\ncounters    unavailable: %s\n", why);
+        cr_expect_not_null(strstr(out, line), "run output lacks '%s':\n%s", line, out);
+        snprintf(line, sizeof line, "Hardware counters: unavailable in the one record: %s.", why);
+        cr_expect_not_null(strstr(md, line), "report lacks '%s':\n%s", line, md);
+    }
+    json_decref(rec);
+    free(out);
+    free(md);
 }
