@@ -2,7 +2,8 @@
 #   make            build everything (core, harness, method plugins, tests)
 #   make test       build and run the Criterion suite (SAN=1: ASan + UBSan)
 #   make memcheck   valgrind over one tiny training step of every method
-#   make bench      default benchmark sweep (DEVICE=host|rpi5|...)
+#   make bench      default benchmark sweep (DEVICE=host|rpi5|...), then its report
+#   make report     RESULTS="dir ...": tables and plots of those runs (docs/REPORTS.md)
 #   make bench-core one full fine-tuning step of qwen2.5-0.5b, vs sgemm rate
 #   make oracle     regenerate the PyTorch oracle fixtures (needs python3-torch)
 #   make starting-model  pretrain the default task model into build/starting-model
@@ -114,14 +115,35 @@ memcheck:
 	$(MAKE) MEMCHECK=1 all build-memcheck/tests/memcheck/memcheck_step
 	sh ci/memcheck.sh build-memcheck
 
+# make bench reports the run it made, and only that run: the sweep's last
+# stdout line names its results file; the run directory is kept in
+# $(LAST_BENCH) for a later `make report`.  The report goes to <run>/report.
+# BENCH_ARGS: more sweep options (e.g. "--model tiny --seqs 32,64 --out DIR").
+LAST_BENCH := $(BUILD)/last-bench-run
 bench: all
-	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods
-	./$(BIN) report results --out results/report
+	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods $(BENCH_ARGS) >$(LAST_BENCH).out; \
+	  rc=$$?; cat $(LAST_BENCH).out; [ $$rc -eq 0 ] || exit $$rc; \
+	  sed -n 's|^records: \(.*\)/results\.jsonl$$|\1|p' $(LAST_BENCH).out >$(LAST_BENCH); \
+	  [ -s $(LAST_BENCH) ] || { echo "make bench: the sweep named no results file" >&2; exit 1; }
+	./$(BIN) report "$$(cat $(LAST_BENCH))" $(REPORT_ARGS)
 
-REPORT_DIRS ?= results
-REPORT_OUT  ?= results/report
+# make report RESULTS="results/host/default-0123… results/rpi5-8gb/…" names
+# what goes in (run directories, device directories, results.jsonl or
+# fidelity.jsonl files; RESULTS=results merges everything); without it, the
+# run of the last `make bench`.  REPORT_OUT: where (default: <dir>/report for
+# one directory, results/report for several).
+RESULTS    ?=
+REPORT_OUT ?=
 report: $(BIN)
-	./$(BIN) report $(REPORT_DIRS) --out $(REPORT_OUT) $(REPORT_ARGS)
+	@set -e; src="$(RESULTS)"; \
+	if [ -z "$$src" ]; then \
+	  if [ -s $(LAST_BENCH) ]; then src=$$(cat $(LAST_BENCH)); echo "make report: the run of the last make bench ($$src); RESULTS=\"dir ...\" names others"; \
+	  else echo "make report: name the results: make report RESULTS=\"dir ...\" (RESULTS=results merges every run); runs here:" >&2; \
+	    find results -name results.jsonl -printf '  %h\n' 2>/dev/null | sort >&2; exit 2; fi; \
+	fi; \
+	out="$(REPORT_OUT)"; set -- $$src; \
+	if [ -z "$$out" ] && [ $$# -gt 1 ]; then out=results/report; fi; \
+	./$(BIN) report "$$@" $${out:+--out "$$out"} $(REPORT_ARGS)
 
 bench-core: all
 	./$(BIN) bench-core --model qwen2.5-0.5b --seq 512 --batch 1

@@ -698,6 +698,8 @@ Test(report, figures_under_different_budgets_are_not_merged, .init = make_tmp, .
     cr_expect_not_null(strstr(tsv, "rpi5-4gb, 1200 MiB\t256"), "%s", tsv);
     cr_expect_null(strstr(tsv, "3482"), "no fit ran under the device budget: %s", tsv);
     free(tsv);
+}
+
 /* ---- sources, fidelity, hardware counters (issue 20 items 1, 2, 6) ------------------- */
 
 #define FIDELITY_FIXTURE "tests/fixtures/fidelity"
