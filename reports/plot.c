@@ -277,19 +277,81 @@ static int write_data(const ftr_plotter *p, const char *name, const ftr_buf *b)
     return ftr_buf_write(b, path);
 }
 
+/* Lengths double from one to the next: a base-2 axis with the measured
+ * lengths as its tics (--linear-x: a linear axis). */
 static void xaxis_seq(const ftr_plotter *p, ftr_buf *s, const ftr_scope *sc)
 {
     ftr_buf_puts(s, "set xlabel 'sequence length (tokens)'\n");
-    if (p->log_axes) {
+    if (!p->linear_x && sc->nseq && sc->seqs[0] > 0) {
         ftr_buf_puts(s, "set logscale x 2\nset xtics (");
         for (int k = 0; k < sc->nseq; k++) ftr_buf_printf(s, "%s%d", k ? ", " : "", sc->seqs[k]);
-        ftr_buf_puts(s, ")\n");
-        if (sc->nseq) ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] / 1.25, sc->seqs[sc->nseq - 1] * 1.25);
+        ftr_buf_puts(s, ")\nset mxtics 1\n");
+        ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] / 1.25, sc->seqs[sc->nseq - 1] * 1.25);
     } else if (sc->nseq) {
         double span = sc->seqs[sc->nseq - 1] - sc->seqs[0];
         if (span <= 0) span = sc->seqs[0];
         ftr_buf_printf(s, "set xrange [%g:%g]\n", sc->seqs[0] - 0.05 * span, sc->seqs[sc->nseq - 1] + 0.05 * span);
     }
+}
+
+/* Where each series' label goes, as a fraction of the plot's height: at its
+ * last point's height, then pushed apart to at least `gap` (sorted by
+ * height, pushed up, then back down below the top). */
+void ftr_spread_labels(double *f, int n, double gap)
+{
+    int *o = malloc(((size_t)n + 1) * sizeof *o);
+    for (int i = 0; i < n; i++) o[i] = i;
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && f[o[b - 1]] > f[o[b]]; b--) {
+            int t = o[b];
+            o[b] = o[b - 1];
+            o[b - 1] = t;
+        }
+    for (int i = 1; i < n; i++)
+        if (f[o[i]] < f[o[i - 1]] + gap) f[o[i]] = f[o[i - 1]] + gap;
+    for (int i = n - 1; i >= 0; i--) {
+        double cap = i == n - 1 ? 1.0 : f[o[i + 1]] - gap;
+        if (f[o[i]] > cap) f[o[i]] = cap;
+    }
+    free(o);
+}
+
+/* Direct labels: each series named in its colour where its line ends —
+ * beside the plot for the lines that reach the longest length (spread so
+ * that none overlaps), at the last point for the others. */
+static void end_labels(ftr_buf *g, const ftr_set *s, const ftr_scope *sc, double (*fn)(const ftr_agg *), double ylo,
+                       double yhi, int logy, int first_id)
+{
+    int n = sc->nseries, id = first_id;
+    double *f = calloc((size_t)n + 1, sizeof *f);
+    int *rows = calloc((size_t)n + 1, sizeof *rows), m = 0;
+    for (int row = 0; row < n; row++) {
+        int last = -1;
+        for (int k = 0; k < sc->nseq; k++)
+            if (isfinite(fn(ftr_scope_agg(sc, row, k)))) last = k;
+        if (last < 0) continue;
+        double y = fn(ftr_scope_agg(sc, row, last));
+        const ftr_series *x = &s->series[sc->series[row]];
+        if (last == sc->nseq - 1) {
+            double fr = logy ? (log(y) - log(ylo)) / (log(yhi) - log(ylo)) : (y - ylo) / (yhi - ylo);
+            f[m] = isfinite(fr) ? fr : 0;
+            rows[m++] = row;
+            continue;
+        }
+        ftr_buf_printf(g, "set label %d ", id++);
+        ftr_gp_quote(g, x->name);
+        ftr_buf_printf(g, " at first %d, first %.4f left offset 0.6,0.4 tc rgb '%s' font ',10' front\n", sc->seqs[last],
+                       y, ftr_style_colour(x->style));
+    }
+    ftr_spread_labels(f, m, 0.065);
+    for (int i = 0; i < m; i++) {
+        const ftr_series *x = &s->series[sc->series[rows[i]]];
+        ftr_buf_printf(g, "set label %d ", id++);
+        ftr_gp_quote(g, x->name);
+        ftr_buf_printf(g, " at graph 1.02, graph %.4f left tc rgb '%s' front\n", f[i], ftr_style_colour(x->style));
+    }
+    free(f);
+    free(rows);
 }
 
 /* Log-scale y tics at 1, 2, 5 × 10^k within [lo, hi]. */
@@ -365,15 +427,67 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
     snprintf(t, sizeof t, "Peak RSS: %s", sc->title);
     ftr_gp_quote(&g, t);
     ftr_buf_puts(&g, "\n");
+    /* Difference to LoRA at each length: a second panel under the curves,
+     * where methods within a few percent of each other separate. */
+    int diff = sc->ref >= 0 && sc->nseries >= 2;
+    char dname[340];
+    snprintf(dname, sizeof dname, "%s_vs_lora", name);
+    double dlo = 0, dhi = 0;
+    ftr_buf offscale = { 0 };
+    if (diff) {
+        ftr_buf dd = { 0 };
+        ftr_buf_printf(&dd, "# peak RSS minus %s's at the same length (MiB): %s\n# seq",
+                       s->series[sc->series[sc->ref]].name, sc->title);
+        for (int row = 0; row < sc->nseries; row++) ftr_buf_printf(&dd, "\t%s", s->series[sc->series[row]].name);
+        ftr_buf_puts(&dd, "\n");
+        for (int k = 0; k < sc->nseq; k++) {
+            ftr_buf_printf(&dd, "%d", sc->seqs[k]);
+            double ref = f_peak(ftr_scope_agg(sc, sc->ref, k));
+            for (int row = 0; row < sc->nseries; row++) tsv_num(&dd, f_peak(ftr_scope_agg(sc, row, k)) - ref, "%.4f");
+            ftr_buf_puts(&dd, "\n");
+        }
+        /* The panel is for the methods the curves above cannot tell apart:
+         * a method further from LoRA than a fifth of the panel above is
+         * apart already; it leaves the scale, named in a note. */
+        double limit = 0.2 * mx;
+        for (int row = 0; row < sc->nseries; row++) {
+            double lo = 0, hi = 0;
+            for (int k = 0; k < sc->nseq; k++) {
+                double v = f_peak(ftr_scope_agg(sc, row, k)) - f_peak(ftr_scope_agg(sc, sc->ref, k));
+                if (isfinite(v)) {
+                    lo = fmin(lo, v);
+                    hi = fmax(hi, v);
+                }
+            }
+            if (hi - lo <= limit && fmax(hi, -lo) <= limit) {
+                dlo = fmin(dlo, lo);
+                dhi = fmax(dhi, hi);
+            } else {
+                ftr_buf_printf(&offscale, "%s%s %+.0f",
+                               offscale.n ? ", " : "off the scale: ", s->series[sc->series[row]].name,
+                               fabs(hi) > fabs(lo) ? hi : lo);
+            }
+        }
+        write_data(p, dname, &dd);
+        ftr_buf_free(&dd);
+    }
+    ftr_buf_puts(&g, "set multiplot\nset key off\nset lmargin at screen 0.12\nset rmargin at screen 0.78\n");
+    ftr_buf_printf(&g, "set tmargin at screen 0.9\nset bmargin at screen %s\n", diff ? "0.42" : "0.12");
     xaxis_seq(p, &g, sc);
+    if (diff) ftr_buf_puts(&g, "set xlabel ''\nset format x ''\n");
     ftr_buf_puts(&g, "set ylabel 'peak RSS (MiB)'\n");
     double top = show_budget && sc->budget_mib > mx ? sc->budget_mib : mx;
+    double ylo, yhi;
     if (p->log_axes) {
-        double lo = isfinite(minpos) ? minpos / 1.3 : 1;
-        ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", lo, top * 1.6);
-        log_ytics(&g, lo, top * 1.6);
-    } else
-        ftr_buf_printf(&g, "set yrange [0:%g]\n", top > 0 ? top * 1.12 : 1);
+        ylo = isfinite(minpos) ? minpos / 1.3 : 1;
+        yhi = top * 1.6;
+        ftr_buf_printf(&g, "set logscale y 10\nset yrange [%g:%g]\n", ylo, yhi);
+        log_ytics(&g, ylo, yhi);
+    } else {
+        ylo = 0;
+        yhi = top > 0 ? top * 1.12 : 1;
+        ftr_buf_printf(&g, "set yrange [0:%g]\n", yhi);
+    }
     if (show_budget) {
         ftr_buf_printf(&g, "budget = %.3f\n", sc->budget_mib);
         ftr_buf_puts(&g, "set arrow 1 from graph 0, first budget to graph 1, first budget nohead ls 90 front\n");
@@ -387,6 +501,7 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
                        "'#B00000'\n",
                        sc->budget_mib);
     }
+    end_labels(&g, s, sc, f_peak, ylo, yhi, p->log_axes, 10);
     ftr_buf_puts(&g, "plot \\\n");
     for (int row = 0; row < sc->nseries; row++) {
         const ftr_series *x = &s->series[sc->series[row]];
@@ -396,9 +511,40 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
     }
     if (nover) ftr_buf_printf(&g, "  'data/%s.tsv' using 1:2 with points ls 91 title 'over budget', \\\n", oname);
     ftr_buf_puts(&g, "  NaN notitle\n");
-    ftr_plot_render(p, name, si, 0, g.s, "Peak RSS against sequence length, one line per method: %s%s%s.", sc->title,
+    if (diff) {
+        double pad = 0.08 * (dhi - dlo > 0 ? dhi - dlo : 1);
+        /* About four tics. */
+        double span = dhi - dlo + 2 * pad, step = pow(10, floor(log10(span / 4)));
+        if (span / step > 10)
+            step *= 5;
+        else if (span / step > 5)
+            step *= 2;
+        ftr_buf_printf(&g,
+                       "unset label\nunset arrow\nunset title\nunset logscale y\nset format x '%%g'\n"
+                       "set xlabel 'sequence length (tokens)'\nset tmargin at screen 0.36\nset bmargin at screen 0.12\n"
+                       "set ylabel 'vs %s (MiB)'\nset yrange [%g:%g]\nset ytics %g\nset mytics default\n"
+                       "set arrow 2 from graph 0, first 0 to graph 1, first 0 nohead lc rgb '#555555' lw 1 back\n",
+                       s->series[sc->series[sc->ref]].name, dlo - pad, dhi + pad, step);
+        if (offscale.n) {
+            ftr_buf_puts(&g, "set label 3 ");
+            ftr_buf_puts(&offscale, " MiB");
+            ftr_gp_quote(&g, offscale.s);
+            ftr_buf_puts(&g, " at graph 0.01, graph 0.07 left font ',10' tc rgb '#555555' boxed front\n"
+                             "set style textbox opaque noborder margins 0.5,0.5\n");
+        }
+        ftr_buf_puts(&g, "plot \\\n");
+        for (int row = 0; row < sc->nseries; row++)
+            ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d notitle, \\\n", dname, row + 2,
+                           s->series[sc->series[row]].style);
+        ftr_buf_puts(&g, "  NaN notitle\n");
+    }
+    ftr_buf_puts(&g, "unset multiplot\n");
+    ftr_buf_free(&offscale);
+    ftr_plot_render(p, name, si, 0, g.s,
+                    "Peak RSS against sequence length, one line per method, named at its end: %s%s%s%s.", sc->title,
                     show_budget ? "; the dashed line is the device's memory budget" : "",
-                    nover ? ", circled points exceed it" : "");
+                    nover ? ", circled points exceed it" : "",
+                    diff ? "; below, each method's peak minus LoRA's at the same length" : "");
     ftr_buf_free(&d);
     ftr_buf_free(&o);
     ftr_buf_free(&g);
@@ -447,12 +593,18 @@ static void act_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
     ftr_buf_free(&g);
 }
 
+/* Tokens/s per method: the median step's line; bars from the slowest to the
+ * fastest measured step where a cell has two or more; a cell whose only
+ * measured step had no warm-up before it (the default sweep) is a cold
+ * step, drawn with its own mark and named so in the key. */
 static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
 {
     const ftr_scope *sc = &r->scopes[si];
-    char name[320];
+    char name[320], sname[340], cname[340];
     snprintf(name, sizeof name, "throughput_%s", sc->id);
-    ftr_buf d = { 0 }, g = { 0 };
+    snprintf(sname, sizeof sname, "%s_steps", name);
+    snprintf(cname, sizeof cname, "%s_cold", name);
+    ftr_buf d = { 0 }, sp = { 0 }, cold = { 0 }, g = { 0 };
     double minpos;
     double mx = seq_data(s, sc, f_tps, &d, "tokens per second (median step), '-' = not measured", &minpos);
     if (mx <= 0) {
@@ -460,6 +612,40 @@ static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *
         return;
     }
     write_data(p, name, &d);
+    /* Spread: per series three columns (median, slowest, fastest step), '-'
+     * where a cell has fewer than two measured steps. */
+    ftr_buf_printf(&sp,
+                   "# tokens/s of the measured steps (step_seconds_all after the warm-up): median, min, max "
+                   "where a cell has >= 2 steps: %s\n# seq",
+                   sc->title);
+    for (int row = 0; row < sc->nseries; row++) {
+        const char *n = s->series[sc->series[row]].name;
+        ftr_buf_printf(&sp, "\t%s\t%s_min\t%s_max\t%s_steps", n, n, n, n);
+    }
+    ftr_buf_puts(&sp, "\n");
+    ftr_buf_puts(&cold, "# cells measured by one step with no warm-up before it (cold: not a timing): seq, tokens/s, "
+                        "method\n");
+    int nspread = 0, ncold = 0;
+    for (int k = 0; k < sc->nseq; k++) {
+        ftr_buf_printf(&sp, "%d", sc->seqs[k]);
+        for (int row = 0; row < sc->nseries; row++) {
+            const ftr_agg *a = ftr_scope_agg(sc, row, k);
+            int bars = a->n_measured && a->n_steps >= 2 && isfinite(a->tps_min);
+            tsv_num(&sp, bars ? a->tokens_per_s : NAN, "%.4f");
+            tsv_num(&sp, bars ? a->tps_min : NAN, "%.4f");
+            tsv_num(&sp, bars ? a->tps_max : NAN, "%.4f");
+            ftr_buf_printf(&sp, "\t%d", a->n_steps);
+            nspread += bars;
+            if (bars && a->tps_max > mx) mx = a->tps_max;
+            if (a->n_measured && a->cold_single && isfinite(a->tokens_per_s)) {
+                ftr_buf_printf(&cold, "%d\t%.4f\t%s\n", sc->seqs[k], a->tokens_per_s, s->series[sc->series[row]].name);
+                ncold++;
+            }
+        }
+        ftr_buf_puts(&sp, "\n");
+    }
+    write_data(p, sname, &sp);
+    write_data(p, cname, &cold);
     char t[512];
     snprintf(t, sizeof t, "Throughput: %s%s", sc->title, sc->emulated ? " (measured on the host)" : "");
     ftr_buf_puts(&g, "set title ");
@@ -472,19 +658,35 @@ static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *
         log_ytics(&g, minpos / 1.3, mx * 1.6);
     } else
         ftr_buf_printf(&g, "set yrange [0:%g]\n", mx * 1.12);
-    ftr_buf_puts(&g, "plot \\\n");
+    ftr_buf_puts(&g, "set style line 94 lc rgb '#B00000' lw 1.2 pt 6 ps 2.2\nset errorbars small\nplot \\\n");
     for (int row = 0; row < sc->nseries; row++) {
         const ftr_series *x = &s->series[sc->series[row]];
         ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d title ", name, row + 2, x->style);
         ftr_gp_quote(&g, x->name);
         ftr_buf_puts(&g, ", \\\n");
+        int bars = 0;
+        for (int k = 0; k < sc->nseq; k++) {
+            const ftr_agg *a = ftr_scope_agg(sc, row, k);
+            bars |= a->n_measured && a->n_steps >= 2 && isfinite(a->tps_min);
+        }
+        if (bars) /* gnuplot warns about a column with no point */
+            ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d:%d:%d with yerrorbars ls %d ps 0 dt 1 notitle, \\\n", sname,
+                           4 * row + 2, 4 * row + 3, 4 * row + 4, x->style);
     }
+    if (ncold)
+        ftr_buf_printf(&g,
+                       "  'data/%s.tsv' using 1:2 with points ls 94 title 'one cold step (no warm-up): not a "
+                       "timing', \\\n",
+                       cname);
     ftr_buf_puts(&g, "  NaN notitle\n");
     ftr_plot_render(p, name, si, 0, g.s,
-                    "Training throughput (tokens per second of the median step) against "
-                    "sequence length: %s%s.",
-                    sc->title, sc->emulated ? "; an emulated device's steps run on this host" : "");
+                    "Training throughput (tokens per second of the median step) against sequence length: %s%s%s%s.",
+                    sc->title, nspread ? "; bars from the slowest to the fastest measured step" : "",
+                    ncold ? "; circled: one cold step with no warm-up, not a timing" : "",
+                    sc->emulated ? "; an emulated device's steps run on this host" : "");
     ftr_buf_free(&d);
+    ftr_buf_free(&sp);
+    ftr_buf_free(&cold);
     ftr_buf_free(&g);
 }
 

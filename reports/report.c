@@ -30,7 +30,8 @@ static void usage(FILE *f)
                "  --out DIR           where to write (default: RESULTS_DIR/report for one directory,\n"
                "                      ./report for several)\n"
                "  --formats LIST      plot formats among png,svg,pdf (default: all three)\n"
-               "  --log               logarithmic axes in the scaling plots (length base 2, memory base 10)\n"
+               "  --log               logarithmic memory axes in the scaling plots (base 10)\n"
+               "  --linear-x          lengths on a linear axis (default: base 2, the measured lengths as tics)\n"
                "  --cell KEY          allocation timeline of this cell (a cell key or a glob such as\n"
                "                      'lora.*.s1024.b1'; repeatable); default: every method at the\n"
                "                      breakdown length\n"
@@ -188,8 +189,9 @@ static void counters_note(const ftr_set *s, const ftr_scope *sc, ftr_buf *b)
         return;
     }
     if (unavailable == n)
-        ftr_buf_printf(b, n == 1 ? "Hardware counters: unavailable in the one record: "
-                                 : "Hardware counters: unavailable in all %d records: ",
+        ftr_buf_printf(b,
+                       n == 1 ? "Hardware counters: unavailable in the one record: "
+                              : "Hardware counters: unavailable in all %d records: ",
                        n);
     else
         ftr_buf_printf(b, "Hardware counters: read in %d of %d records, unavailable in %d: ", n - unavailable, n,
@@ -521,7 +523,7 @@ static int usage_error(const char *msg)
 int ftb_cmd_report(int argc, char **argv)
 {
     const char *out_opt = NULL;
-    int want[3] = { 1, 1, 1 }, log_axes = 0, at_seq = 0;
+    int want[3] = { 1, 1, 1 }, log_axes = 0, linear_x = 0, at_seq = 0;
     char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     char **cells = calloc((size_t)argc + 1, sizeof *cells);
     int ndirs = 0, ncells = 0, rc = EXIT_USAGE;
@@ -561,6 +563,8 @@ int ftb_cmd_report(int argc, char **argv)
             }
         } else if (!strcmp(a, "--log")) {
             log_axes = 1;
+        } else if (!strcmp(a, "--linear-x")) {
+            linear_x = 1;
         } else if (!strcmp(a, "--cell")) {
             cells[ncells++] = (char *)val;
         } else if (!strcmp(a, "--seq")) {
@@ -620,6 +624,7 @@ int ftb_cmd_report(int argc, char **argv)
 
     /* Plots. */
     ftr_plotter_init(&plt, out, want, log_axes);
+    plt.linear_x = linear_x;
     ftr_buf style = { 0 };
     ftr_style_file(&style, &set, plt.have[0] && strstr(plt.fmt_note[0], "libgd") != NULL);
     snprintf(path, sizeof path, "%s/gnuplot/style.gp", out);

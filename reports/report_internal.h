@@ -246,7 +246,11 @@ int ftr_style_order(const char *label);
 /* The whole style file (terminals, method styles used, category colours);
  * png_libgd: this gnuplot has no pngcairo. */
 void ftr_style_file(ftr_buf *b, const ftr_set *s, int png_libgd);
-const char *ftr_category_name(int c);  /* "weights", ... "saved_activations" */
+const char *ftr_category_name(int c);    /* "weights", ... "saved_activations" */
+const char *ftr_style_colour(int style); /* "#0072B2" */
+/* Label heights (fractions of the plot's height) pushed at least gap apart,
+ * kept below 1 (plot.c). */
+void ftr_spread_labels(double *f, int n, double gap);
 const char *ftr_category_title(int c); /* "saved activations" */
 
 /* ---- plots ------------------------------------------------------------------- */
@@ -268,7 +272,8 @@ typedef struct {
     int have[3];           /* the format can be produced                     */
     char fmt_note[3][256]; /* how, or why not                              */
     int pdf_via_eps;       /* pdfcairo missing: postscript eps + ps2pdf      */
-    int log_axes;
+    int log_axes;          /* --log: memory axes in base 10                   */
+    int linear_x;          /* --linear-x: lengths on a linear axis (default base 2) */
     int nplots, cap;
     ftr_plot *plots;
 } ftr_plotter;

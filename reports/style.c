@@ -82,6 +82,8 @@ static const char *const cat_names[FTR_NCAT] = { "weights",   "trainable",      
 static const char *const cat_titles[FTR_NCAT] = { "weights",   "trainable",         "gradients",
                                                   "optimizer", "saved activations", "workspace" };
 
+const char *ftr_style_colour(int style) { return style_of(style % 100)->colour; }
+
 const char *ftr_category_name(int c) { return c >= 0 && c < FTR_NCAT ? cat_names[c] : "?"; }
 const char *ftr_category_title(int c) { return c >= 0 && c < FTR_NCAT ? cat_titles[c] : "?"; }
 

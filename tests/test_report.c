@@ -769,8 +769,8 @@ Test(report, fidelity_records_give_a_table_and_a_plot_against_n, .init = make_tm
     snprintf(path, sizeof path, "%s/rep/data/fidelity_tiny.tsv", tmpdir);
     char *d = slurp(path);
     cr_assert_not_null(d);
-    cr_expect_not_null(strstr(d, "# prge, seq 32\n# x\tcos_mean\tcos_min\tcos_max\trel_mean\trel_min\trel_max\truns\n1\t"),
-                       "%s", d);
+    cr_expect_not_null(
+        strstr(d, "# prge, seq 32\n# x\tcos_mean\tcos_min\tcos_max\trel_mean\trel_min\trel_max\truns\n1\t"), "%s", d);
     free(d);
 }
 
@@ -791,14 +791,14 @@ Test(report, a_training_records_gradient_cosine_comes_from_fidelity, .init = mak
     setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
     snprintf(dir, sizeof dir, "%s/train", tmpdir);
     char *md = report_md((const char *[]){ dir, NULL });
-    cr_expect_not_null(strstr(md, "| mesp | host | tiny | 32 | 10.0 | reasoning | 50.00% | 1.0000 (f) | 0.00e+00 (f) | - |"),
-                       "%s", md);
+    cr_expect_not_null(
+        strstr(md, "| mesp | host | tiny | 32 | 10.0 | reasoning | 50.00% | 1.0000 (f) | 0.00e+00 (f) | - |"), "%s",
+        md);
     cr_expect_not_null(strstr(md, "(f): gradient fidelity from `ftbench fidelity`"), "%s", md);
     free(md);
 }
 
-Test(report, run_and_report_say_why_hardware_counters_are_missing, .init = make_tmp, .fini = remove_tmp,
-     .timeout = 120)
+Test(report, run_and_report_say_why_hardware_counters_are_missing, .init = make_tmp, .fini = remove_tmp, .timeout = 120)
 {
     need_fixture();
     const char *bin = getenv("FTBENCH_BIN");
@@ -835,4 +835,161 @@ Test(report, run_and_report_say_why_hardware_counters_are_missing, .init = make_
     json_decref(rec);
     free(out);
     free(md);
+}
+
+/* ---- memory against length, throughput spread (items 3, 5) --------------------------- */
+
+static char *report_file(const char *rel)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/rep/%s", tmpdir, rel);
+    char *t = slurp(path);
+    cr_assert_not_null(t, "%s not written", path);
+    return t;
+}
+
+Test(report, memory_plot_has_a_log2_axis_direct_labels_and_a_difference_to_lora_panel, .init = make_tmp,
+     .fini = remove_tmp)
+{
+    need_fixture();
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    free(report_md((const char *[]){ FIXTURE, NULL }));
+    char *gp = report_file("gnuplot/mem_host_smollm2-135m_b1.gp");
+    cr_expect_not_null(strstr(gp, "set logscale x 2\nset xtics (64, 128, 256)\n"), "%s", gp);
+    /* Every method named at its line's end, beside the plot, none closer
+     * than the spread's gap to another. */
+    double ys[8];
+    int n = 0;
+    static const char *const names[] = { "full", "lora", "lars", "mesp" };
+    for (int i = 0; i < 4; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "'%s' at graph 1.02, graph ", names[i]);
+        const char *at = strstr(gp, want);
+        cr_assert_not_null(at, "no end label for %s:\n%s", names[i], gp);
+        ys[n++] = atof(at + strlen(want));
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            cr_expect_geq(fabs(ys[i] - ys[j]), 0.065 - 1e-9, "labels %d and %d overlap", i, j);
+    cr_expect_not_null(strstr(gp, "set key off"), "direct labels replace the key");
+    cr_expect_not_null(strstr(gp, "set ylabel 'vs lora (MiB)'"), "%s", gp);
+    cr_expect_not_null(strstr(gp, "'off the scale: full +1522 MiB'"), "full, far from LoRA, leaves the panel:\n%s", gp);
+    free(gp);
+    /* The panel's numbers: peak minus LoRA's, exact (bytes from the fixture). */
+    char *d = report_file("data/mem_host_smollm2-135m_b1_vs_lora.tsv");
+    char row[160];
+    snprintf(row, sizeof row, "256\t%.4f\t0.0000\t%.4f\t%.4f\n", MIB(2484453376.0) - MIB(889987072),
+             MIB(779673600.0) - MIB(889987072), MIB(632098816.0) - MIB(889987072));
+    cr_expect_not_null(strstr(d, row), "missing %s in\n%s", row, d);
+    free(d);
+    /* --linear-x keeps the old axis. */
+    free(report_md((const char *[]){ FIXTURE, "--linear-x", NULL }));
+    gp = report_file("gnuplot/mem_host_smollm2-135m_b1.gp");
+    cr_expect_null(strstr(gp, "logscale x"), "%s", gp);
+    free(gp);
+}
+
+Test(report, spread_labels_keep_their_order_and_never_overlap)
+{
+    double f[6] = { 0.5, 0.51, 0.49, 0.98, 0.99, 0.02 };
+    ftr_spread_labels(f, 6, 0.06);
+    /* order by height kept: 5 < 2 < 0 < 1 < 3 < 4 */
+    int order[6] = { 5, 2, 0, 1, 3, 4 };
+    for (int i = 1; i < 6; i++)
+        cr_expect_geq(f[order[i]] - f[order[i - 1]], 0.06 - 1e-12, "%d: %f after %f", i, f[order[i]], f[order[i - 1]]);
+    cr_expect_leq(f[4], 1.0);
+    double one = 0.3;
+    ftr_spread_labels(&one, 1, 0.06);
+    cr_expect_eq(one, 0.3, "a lone label stays where its line ends");
+}
+
+Test(report, known_methods_differ_in_dash_and_point_so_greyscale_tells_them_apart)
+{
+    ftr_buf b = { 0 };
+    ftr_style_file(&b, NULL, 0);
+    char dash[16][40], seen_pt[16];
+    int n = 0;
+    for (const char *p = b.s; (p = strstr(p, "set style line ")); p++) {
+        int no = atoi(p + 15);
+        if (no < 1 || no > 10) continue;
+        const char *dt = strstr(p, " dt "), *pt = strstr(p, " pt ");
+        cr_assert(dt && pt);
+        snprintf(dash[n], sizeof dash[n], "%.*s", (int)(pt - dt - 4), dt + 4);
+        seen_pt[n] = (char)atoi(pt + 4);
+        for (int k = 0; k < n; k++) {
+            cr_expect(strcmp(dash[k], dash[n]), "styles %d and %d share the dash %s", k + 1, no, dash[n]);
+            cr_expect_neq(seen_pt[k], seen_pt[n], "styles %d and %d share the point type", k + 1, no);
+        }
+        n++;
+    }
+    cr_expect_eq(n, 10);
+    ftr_buf_free(&b);
+}
+
+Test(report, throughput_bars_span_the_measured_steps, .init = make_tmp, .fini = remove_tmp)
+{
+    need_fixture();
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    free(report_md((const char *[]){ FIXTURE, NULL }));
+    /* lora s128: three records of one warm step each (128 tokens in
+     * 1.0842, 1.2145 and 8.7960 s: 118.07, 105.39, 14.55 tokens/s). */
+    char *d = report_file("data/throughput_host_smollm2-135m_b1_steps.tsv");
+    cr_expect_not_null(strstr(d, "128\t-\t-\t-\t1\t105.3917\t14.5520\t118.0679\t3\t"), "%s", d);
+    cr_expect_not_null(strstr(d, "64\t-\t-\t-\t1\t-\t-\t-\t1\t"), "one step: no bar\n%s", d);
+    free(d);
+    char *gp = report_file("gnuplot/throughput_host_smollm2-135m_b1.gp");
+    cr_expect_not_null(strstr(gp, "_steps.tsv' using 1:6:7:8 with yerrorbars ls 2"), "%s", gp);
+    cr_expect_null(strstr(gp, "cold step"), "warm steps are not cold:\n%s", gp);
+    free(gp);
+}
+
+Test(report, a_single_cold_step_is_drawn_as_such_and_repeated_steps_get_bars, .init = make_tmp, .fini = remove_tmp,
+     .timeout = 120)
+{
+    need_fixture();
+    const char *bin = getenv("FTBENCH_BIN");
+    if (!bin) cr_skip_test("FTBENCH_BIN is set by make test");
+    char cmd[2048], path[1024];
+    snprintf(cmd, sizeof cmd,
+             "'%s' run --model tiny --method lora --seq 32 --steps 1 --warmup 0 --threads 1 --run-id t --out '%s/res' "
+             ">/dev/null 2>&1 && '%s' run --model tiny --method lora --seq 64 --steps 4 --warmup 1 --threads 1 "
+             "--run-id t --out '%s/res' >/dev/null 2>&1",
+             bin, tmpdir, bin, tmpdir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    /* The expected spread, from the record's own step times. */
+    snprintf(path, sizeof path, "%s/res/host/t/results.jsonl", tmpdir);
+    FILE *f = fopen(path, "r");
+    char line[1 << 16];
+    double lo = INFINITY, hi = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (json_integer_value(json_object_get(j, "seq")) == 64) {
+            json_t *w = json_object_get(j, "step_seconds_all");
+            cr_assert_eq(json_array_size(w), 5, "1 warm-up + 4 steps");
+            for (size_t i = 1; i < 5; i++) {
+                double t = json_number_value(json_array_get(w, i));
+                lo = fmin(lo, 64 / t);
+                hi = fmax(hi, 64 / t);
+            }
+        }
+        json_decref(j);
+    }
+    fclose(f);
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    snprintf(path, sizeof path, "%s/res", tmpdir);
+    free(report_md((const char *[]){ path, NULL }));
+    char *d = report_file("data/throughput_host_tiny_b1_steps.tsv");
+    char want[200];
+    snprintf(want, sizeof want, "\t%.4f\t%.4f\t4\n", lo, hi);
+    cr_expect_not_null(strstr(d, want), "missing %s in\n%s", want, d);
+    cr_expect_not_null(strstr(d, "32\t-\t-\t-\t1\n"), "%s", d);
+    free(d);
+    d = report_file("data/throughput_host_tiny_b1_cold.tsv");
+    cr_expect_not_null(strstr(d, "\n32\t"), "the cold step is listed:\n%s", d);
+    cr_expect_null(strstr(d, "\n64\t"), "%s", d);
+    free(d);
+    char *gp = report_file("gnuplot/throughput_host_tiny_b1.gp");
+    cr_expect_not_null(strstr(gp, "with points ls 94 title 'one cold step (no warm-up): not a timing'"), "%s", gp);
+    cr_expect_not_null(strstr(gp, "with yerrorbars"), "%s", gp);
+    free(gp);
 }
