@@ -19,7 +19,7 @@ run=$(cat "$tmp/last")
 case "$run" in "$tmp/results/host/"*) ;; *) fail "last run '$run' is not the sweep's directory" ;; esac
 md="$run/report/report.md"
 [ -s "$md" ] || fail "make bench wrote no $md"
-grep -q "^- \`$run/results.jsonl\`: 4 records (sweep default, run " "$md" || { cat "$md"; fail "the report's sources do not name the run"; }
+grep -q "^- \`$run/cells/\`: 4 records (sweep default, run " "$md" || { cat "$md"; fail "the report's sources do not name the run"; }
 [ "$(grep -c '^- `' "$md")" -ge 1 ] || fail "no sources listed"
 if grep -q "rpi4-4gb" "$md"; then fail "the older run leaked into make bench's report"; fi
 
