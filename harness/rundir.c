@@ -123,17 +123,8 @@ int ftb_rundir_write_record(const char *run_dir, const char *key, json_t *rec, c
     dfd = ftb_rundir_open(run_dir, 1, err, errlen);
     if (dfd < 0) goto out;
     snprintf(shown, sizeof shown, "%.4000s/%s", run_dir, FTB_RUNDIR_CELLS);
-    if (mkdirat(dfd, FTB_RUNDIR_CELLS, 0777) != 0 && errno != EEXIST) {
-        ftb_errf(err, errlen, "cannot create directory %s: %s", shown, strerror(errno));
-        goto out;
-    }
-    cfd = openat(dfd, FTB_RUNDIR_CELLS, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (cfd < 0) {
-        ftb_errf(err, errlen, "%s: %s", shown,
-                 errno == ELOOP || errno == ENOTDIR ? "is a symbolic link or not a directory; refusing to write there"
-                                                    : strerror(errno));
-        goto out;
-    }
+    cfd = ftb_sf_open_subdir(dfd, FTB_RUNDIR_CELLS, 1, shown, err, errlen);
+    if (cfd < 0) goto out;
     size_t n = strlen(line);
     line[n] = '\n'; /* json_dumps leaves room: the NUL becomes the newline */
     snprintf(shown, sizeof shown, "%.4000s/%s/%s", run_dir, FTB_RUNDIR_CELLS, name);

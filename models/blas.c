@@ -10,11 +10,13 @@
  * double-precision reference, then timed; the fastest correct one wins.  The
  * choice is cached per CPU and library so later runs pay nothing. */
 #include "ftbench.h"
+#include "safe_file.h"
 
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -209,8 +211,20 @@ static void cache_path(char *out, size_t len)
     char dir[900];
     if (base && *base)
         snprintf(dir, sizeof dir, "%.800s/ftbench", base);
-    else
-        snprintf(dir, sizeof dir, "%.800s/.cache/ftbench", getenv("HOME") ? getenv("HOME") : "/tmp");
+    else {
+        /* The user's own home, from the password database when HOME is
+         * unset: never a shared directory such as /tmp, where anyone could
+         * plant the cache file (or a link in its place).  No home: no
+         * cache. */
+        const char *home = getenv("HOME");
+        struct passwd *pw = home && *home ? NULL : getpwuid(geteuid());
+        if (pw) home = pw->pw_dir;
+        if (!home || !*home) {
+            out[0] = 0;
+            return;
+        }
+        snprintf(dir, sizeof dir, "%.800s/.cache/ftbench", home);
+    }
     /* Key: CPU model, its flags and the library build, hashed (FNV-1a). */
     uint64_t h = 1469598103934665603ULL;
     const char *parts[] = { cpu_model, cpu_flags, openblas_get_config() };
@@ -258,7 +272,7 @@ void ftb_blas_autoselect(int argc, char **argv)
 
     char path[1100], chosen[64] = "";
     cache_path(path, sizeof path);
-    FILE *f = fopen(path, "r");
+    FILE *f = path[0] ? fopen(path, "r") : NULL;
     if (f) {
         if (!fgets(chosen, sizeof chosen, f)) chosen[0] = 0;
         chosen[strcspn(chosen, "\n")] = 0;
@@ -282,11 +296,11 @@ void ftb_blas_autoselect(int argc, char **argv)
                 snprintf(chosen, sizeof chosen, "%s", candidates[i]);
             }
         }
-        mkdir_parents(path);
-        f = fopen(path, "w");
+        if (path[0]) mkdir_parents(path);
+        f = path[0] ? ftb_sf_fopen_w(path) : NULL; /* never through a link (safe_file.h) */
         if (f) {
             fprintf(f, "%s\n", chosen);
-            fclose(f);
+            ftb_sf_fclose(f);
         }
     }
     if (strcasecmp(chosen, current) == 0) {

@@ -837,7 +837,12 @@ static int atomic_begin(atomic_file *af, const char *path, char *err, size_t err
     }
     memcpy(af->tmp_path, path, len);
     memcpy(af->tmp_path + len, ".tmp", 5);
-    af->fd = open(af->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* A new file, never through a link planted at the temporary name; a
+     * stale one (a crashed save) is removed first: unlink removes a link
+     * itself, not what it points to. */
+    af->fd = open(af->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (af->fd < 0 && errno == EEXIST && unlink(af->tmp_path) == 0)
+        af->fd = open(af->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (af->fd < 0) {
         ck_error(err, errlen, "%s: cannot create: %s", af->tmp_path, strerror(errno));
         free(af->tmp_path);

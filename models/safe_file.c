@@ -51,7 +51,7 @@ static int check_dir_owner(int fd, const char *shown, char *err, size_t errlen)
 
 /* Opens (making it if asked) one component below dirfd, without following
  * a link.  Returns the new fd, -1 with err. */
-static int open_component(int dirfd, const char *name, int create, const char *shown, char *err, size_t errlen)
+int ftb_sf_open_subdir(int dirfd, const char *name, int create, const char *shown, char *err, size_t errlen)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -147,7 +147,7 @@ int ftb_sf_open_tree(const char *base, const char *sub, int create, char *err, s
             return errf(err, errlen, "%s: '..' in a results path", sub);
         }
         if (sl < sizeof shown) sl += (size_t)snprintf(shown + sl, sizeof shown - sl, "/%s", comp);
-        int next = open_component(fd, comp, create, shown, err, errlen);
+        int next = ftb_sf_open_subdir(fd, comp, create, shown, err, errlen);
         int e = errno;
         close(fd);
         if (next < 0) {
@@ -387,12 +387,8 @@ FILE *ftb_sf_fopen_w(const char *path)
     return e->s.f;
 }
 
-int ftb_sf_fclose(FILE *f)
+static open_entry *take_entry(FILE *f)
 {
-    if (!f) {
-        errno = EBADF;
-        return EOF;
-    }
     pthread_mutex_lock(&g_open_mu);
     open_entry **pp = &g_open, *e = NULL;
     for (; *pp; pp = &(*pp)->next)
@@ -402,6 +398,29 @@ int ftb_sf_fclose(FILE *f)
             break;
         }
     pthread_mutex_unlock(&g_open_mu);
+    return e;
+}
+
+void ftb_sf_fabort(FILE *f)
+{
+    if (!f) return;
+    open_entry *e = take_entry(f);
+    if (!e) {
+        fclose(f);
+        return;
+    }
+    ftb_sf_stream_abort(&e->s);
+    close(e->s.dirfd);
+    free(e);
+}
+
+int ftb_sf_fclose(FILE *f)
+{
+    if (!f) {
+        errno = EBADF;
+        return EOF;
+    }
+    open_entry *e = take_entry(f);
     if (!e) return fclose(f);
     int rc = ftb_sf_stream_commit(&e->s);
     int er = errno;

@@ -35,6 +35,10 @@
  * -1 with err ("<path>: is a symbolic link; refusing to write through it"). */
 int ftb_sf_open_tree(const char *base, const char *sub, int create, char *err, size_t errlen);
 
+/* One directory `name` directly below dirfd, with the same checks (made if
+ * `create`); `shown` names it in messages. */
+int ftb_sf_open_subdir(int dirfd, const char *name, int create, const char *shown, char *err, size_t errlen);
+
 /* The same for one path: its parent is opened as given, its last component
  * with O_NOFOLLOW (made if `create`).  For directories a report or cache
  * writes into. */
@@ -79,6 +83,10 @@ FILE *ftb_sf_fopen_w(const char *path);
 /* Commits a FILE from ftb_sf_fopen_w (or fclose()s any other FILE).
  * 0, or EOF with errno (nothing replaced). */
 int ftb_sf_fclose(FILE *f);
+
+/* Closes a FILE from ftb_sf_fopen_w and removes its temporary: path is
+ * left as it was. */
+void ftb_sf_fabort(FILE *f);
 
 /* 1 if writes to files named like `name` are to fail (FTBENCH_FAIL_WRITE). */
 int ftb_sf_injected_failure(const char *name);

@@ -2,6 +2,7 @@
  * text.c — growable strings, escaping for HTML and LaTeX, safe file names.
  */
 #include "report_internal.h"
+#include "safe_file.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,12 +49,16 @@ void ftr_buf_free(ftr_buf *b)
 
 int ftr_buf_write(const ftr_buf *b, const char *path)
 {
-    FILE *f = fopen(path, "w");
+    /* Never through a link planted at path (safe_file.h): written under a
+     * temporary name and renamed onto it. */
+    FILE *f = ftb_sf_fopen_w(path);
     if (!f) return -1;
     size_t w = b->n ? fwrite(b->s, 1, b->n, f) : 0;
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad || w != b->n) return -1;
-    return 0;
+    if (w != b->n || ferror(f)) {
+        ftb_sf_fabort(f); /* nothing half-written is left under path */
+        return -1;
+    }
+    return ftb_sf_fclose(f) == 0 ? 0 : -1;
 }
 
 void ftr_html_escape(ftr_buf *b, const char *s)

@@ -10,6 +10,7 @@
  */
 #include <criterion/criterion.h>
 
+#include "ftbench.h"
 #include "rundir.h"
 #include "safe_file.h"
 
@@ -429,6 +430,7 @@ Test(rundir, cell_files_from_other_writers_are_records, .fini = remove_tmp, .tim
     char *text = slurp(from);
     json_t *r = json_loads(text, 0, NULL);
     free(text);
+    cr_assert(r != NULL, "no cell file %s", from);
     json_object_set_new(r, "run_id", json_string("arr"));
     text = json_dumps(r, JSON_COMPACT);
     json_decref(r);
@@ -740,4 +742,30 @@ Test(safe_file, rundir_records_and_loads, .fini = remove_tmp)
     cr_expect_eq(r.n, 1);
     ftb_recorded_free(&r);
     json_decref(rec);
+}
+
+/* The checkpoint saver's temporary file (<path>.tmp) was opened with
+ * O_TRUNC and followed a link planted there; now a link is removed and a
+ * new file made in its place. */
+Test(safe_file, the_checkpoint_saver_does_not_follow_a_planted_temporary, .fini = remove_tmp)
+{
+    make_tmp();
+    char victim[300], path[300], tmp[320], err[512];
+    snprintf(victim, sizeof victim, "%s/victim", tmpdir);
+    write_text(victim, "precious\n");
+    snprintf(path, sizeof path, "%s/w.safetensors", tmpdir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    cr_assert(symlink(victim, tmp) == 0);
+    ftb_config cfg;
+    cr_assert_eq(ftb_zoo_get("tiny", &cfg), 0);
+    ftb_model *m = ftb_model_create(&cfg, 1, err, sizeof err);
+    cr_assert(m != NULL, "%s", err);
+    cr_expect_eq(ftb_safetensors_write(path, m->params, m->n_params, err, sizeof err), 0, "%s", err);
+    ftb_model_free(m);
+    char *text = slurp(victim);
+    cr_expect_str_eq(text, "precious\n", "the victim was written through the saver's temporary");
+    free(text);
+    struct stat st;
+    cr_expect(lstat(path, &st) == 0 && S_ISREG(st.st_mode));
+    cr_expect(lstat(tmp, &st) != 0, "the temporary was left behind");
 }
