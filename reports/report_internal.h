@@ -291,6 +291,44 @@ int ftr_plot_render(ftr_plotter *p, const char *name, int scope, int wide, const
 /* Every plot of the report (data, script, images). */
 void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char *const *cells, int ncells);
 
+/* ---- timelines (timeline.c, timeline_html.c) ------------------------------------ */
+
+typedef struct {
+    double t, rss;        /* rss in MiB, NaN before the first sample */
+    double cat[FTR_NCAT]; /* MiB                                       */
+    double live;          /* MiB                                       */
+    int phase;            /* index into ftr_timeline.names             */
+    unsigned char cls;    /* 1 forward, 2 backward, 3 optimizer, 4 other */
+} ftr_tl_row;
+
+typedef struct {
+    int n;
+    ftr_tl_row *rows; /* every line, in time order                    */
+    int nnames;
+    char **names; /* phase names ("fwd L3", "optim", "load", ...)  */
+    int nsteps;   /* steps: between the harness's own phases       */
+    double *step_t0, *step_t1;
+} ftr_timeline;
+
+extern const char *const ftr_phase_class_names[5]; /* "", "forward", ... "other" */
+unsigned char ftr_phase_class(const char *phase);
+/* Reads a <cell>.timeline.tsv; 0 or -1 (why in err). */
+int ftr_timeline_read(const char *path, ftr_timeline *tl, char *err, size_t errlen);
+void ftr_timeline_free(ftr_timeline *tl);
+/* Rows kept to draw [t_lo, t_hi] in `buckets` time buckets: per bucket its
+ * first, last, highest-core and highest-RSS rows, every row on either side
+ * of a phase change, and the window's two peaks.  keep[] (room for tl->n)
+ * gets the row indices in time order; returns their count. */
+int ftr_timeline_decimate(const ftr_timeline *tl, double t_lo, double t_hi, int buckets, int *keep);
+/* Rows of the highest core total and highest RSS among rows [lo, hi). */
+void ftr_timeline_peaks(const ftr_timeline *tl, int lo, int hi, int *ipk_live, int *ipk_rss);
+/* The measured steps (after `warmup` steps): [lo, hi] and the first
+ * measured step's index; the whole cell and -1 when there are no steps. */
+void ftr_timeline_window(const ftr_timeline *tl, int warmup, double *lo, double *hi, int *first_step);
+/* The timeline file of a record (a regular file beside it), or -1. */
+int ftr_timeline_path(const ftr_rec *rec, char *path, size_t n, char *err, size_t errlen);
+/* The plot name of a record's timeline (device + cell, + run if taken). */
+void ftr_timeline_name(const ftr_plotter *p, const ftr_rec *rec, char *name, size_t n);
 /* Timeline of one record: reduced data file + script; 0 or -1 (why in err). */
 int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, size_t errlen);
 

@@ -993,3 +993,131 @@ Test(report, a_single_cold_step_is_drawn_as_such_and_repeated_steps_get_bars, .i
     cr_expect_not_null(strstr(gp, "with yerrorbars"), "%s", gp);
     free(gp);
 }
+
+/* ---- timelines (item 4) ---------------------------------------------------------------- */
+
+/* A synthetic timeline: n lines, phases changing every few hundred lines
+ * (names repeating as steps do), one spike of the core total and one of
+ * RSS at lines of their own, noise elsewhere. */
+static void write_timeline(const char *path, int n, int spike_live, int spike_rss)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "# test timeline\nt_sec\tkind\tphase\tcategory\tdelta_bytes\trss_bytes\tweights\ttrainable\tgrads\t"
+               "optimizer\tsaved_activations\tworkspace\tlive_total\n");
+    static const char *const phases[] = { "load",   "init",   "fwd L0", "fwd L1", "head",
+                                          "bwd L1", "bwd L0", "optim",  "harness" };
+    unsigned s = 12345;
+    for (int i = 0; i < n; i++) {
+        s = s * 1103515245u + 12345u;
+        long long noise = (long long)(s >> 8) % 1000000;
+        long long w = 100000000, saved = 5000000 + noise, rss = 200000000 + noise * 3;
+        if (i == spike_live) saved += 90000000;
+        if (i == spike_rss) rss += 400000000;
+        const char *ph = phases[(i / 337) % 9];
+        fprintf(f, "%.6f\t%s\t%s\t-\t0\t%lld\t%lld\t0\t0\t0\t%lld\t0\t%lld\n", i * 0.001, i % 3 ? "mem" : "rss", ph,
+                rss, w, saved, w + saved);
+    }
+    fclose(f);
+}
+
+Test(report, timeline_decimation_keeps_every_peak_and_phase_boundary, .init = make_tmp, .fini = remove_tmp)
+{
+    char path[512], err[256];
+    snprintf(path, sizeof path, "%s/t.timeline.tsv", tmpdir);
+    const int n = 200000, spike_live = 123457, spike_rss = 54321;
+    write_timeline(path, n, spike_live, spike_rss);
+    ftr_timeline tl;
+    cr_assert_eq(ftr_timeline_read(path, &tl, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(tl.n, n);
+    cr_expect_eq(tl.nnames, 9);
+    int *keep = malloc((size_t)n * sizeof *keep);
+    for (int buckets = 1; buckets <= 4096; buckets *= 8) {
+        int nk = ftr_timeline_decimate(&tl, tl.rows[0].t, tl.rows[n - 1].t, buckets, keep);
+        int boundaries = 0, has_live = 0, has_rss = 0;
+        for (int i = 1; i < n; i++) boundaries += tl.rows[i].phase != tl.rows[i - 1].phase;
+        cr_expect_leq(nk, 4 * buckets + 2 * boundaries + 2, "%d buckets: %d rows kept", buckets, nk);
+        for (int q = 0; q < nk; q++) {
+            if (q) cr_assert_gt(keep[q], keep[q - 1], "in time order, no repeats");
+            has_live |= keep[q] == spike_live;
+            has_rss |= keep[q] == spike_rss;
+        }
+        cr_expect(has_live, "%d buckets: the core peak (line %d) dropped", buckets, spike_live);
+        cr_expect(has_rss, "%d buckets: the RSS peak (line %d) dropped", buckets, spike_rss);
+        /* Every phase boundary: the last line of one phase and the first of the next. */
+        int q = 0;
+        for (int i = 1; i < n; i++) {
+            if (tl.rows[i].phase == tl.rows[i - 1].phase) continue;
+            while (q < nk && keep[q] < i - 1) q++;
+            cr_expect(q + 1 < nk && keep[q] == i - 1 && keep[q + 1] == i, "%d buckets: boundary at line %d dropped",
+                      buckets, i);
+        }
+    }
+    /* A window: its own peaks, nothing outside it. */
+    int nk = ftr_timeline_decimate(&tl, 50.0, 60.0, 10, keep);
+    cr_assert_gt(nk, 0);
+    cr_expect_geq(tl.rows[keep[0]].t, 50.0);
+    cr_expect_leq(tl.rows[keep[nk - 1]].t, 60.0);
+    free(keep);
+    /* Steps: what lies between load/init/harness phases. */
+    cr_expect_gt(tl.nsteps, 10);
+    cr_expect_eq(tl.step_t0[0], 2 * 337 * 0.001, "the first step starts with fwd L0 at line 674");
+    ftr_timeline_free(&tl);
+}
+
+Test(report, timeline_figure_shows_the_measured_steps_from_their_low_point, .init = make_tmp, .fini = remove_tmp,
+     .timeout = 120)
+{
+    need_fixture();
+    const char *bin = getenv("FTBENCH_BIN");
+    if (!bin) cr_skip_test("FTBENCH_BIN is set by make test");
+    char cmd[2048], path[1024], err[256];
+    snprintf(cmd, sizeof cmd,
+             "'%s' run --model tiny --method lora --seq 64 --steps 2 --warmup 1 --threads 1 --run-id tl "
+             "--out '%s/res' >/dev/null 2>&1",
+             bin, tmpdir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    snprintf(path, sizeof path, "%s/res/host/tl/lora.tiny.s64.b1.timeline.tsv", tmpdir);
+    ftr_timeline tl;
+    cr_assert_eq(ftr_timeline_read(path, &tl, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(tl.nsteps, 3, "1 warm-up + 2 measured steps");
+    double lo, hi;
+    int first;
+    ftr_timeline_window(&tl, 1, &lo, &hi, &first);
+    cr_expect_eq(first, 1);
+    cr_expect_eq(lo, tl.step_t0[1]);
+    cr_expect_eq(hi, tl.step_t1[2]);
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    snprintf(path, sizeof path, "%s/res", tmpdir);
+    free(report_md((const char *[]){ path, NULL }));
+    char *gp = report_file("gnuplot/timeline_host_lora.tiny.s64.b1.gp");
+    char want[200];
+    snprintf(want, sizeof want, "set xrange [%.6f:%.6f]\n", lo, hi);
+    const char *main_panel = strstr(gp, "# right: the measured steps");
+    cr_assert_not_null(main_panel, "%s", gp);
+    cr_expect_not_null(strstr(main_panel, want), "the main panel is the measured steps: %s\n%s", want, gp);
+    /* y from the steps' low point: not 0, not above any drawn value. */
+    const char *y = strstr(main_panel, "ylo = ");
+    cr_assert_not_null(y);
+    double ylo = atof(y + 6);
+    double dmin = INFINITY, dmax = 0;
+    for (int i = 0; i < tl.n; i++)
+        if (tl.rows[i].t >= lo && tl.rows[i].t <= hi) {
+            dmin = fmin(dmin, fmin(tl.rows[i].live, tl.rows[i].rss));
+            dmax = fmax(dmax, fmax(tl.rows[i].live, tl.rows[i].rss));
+        }
+    /* (tiny's core is a fraction of a MiB under 8 MiB of RSS: here the low
+     * point is near 0; a real model's is its weights, docs/REPORTS.md) */
+    cr_expect(fabs(ylo - fmax(0, dmin - 0.08 * (dmax - dmin))) < 1e-4, "ylo %f, data from %f to %f", ylo, dmin, dmax);
+    /* The strip above the data, the peak labels below their marks. */
+    cr_expect_not_null(strstr(main_panel, "strip_lo = ymax + 0.09 * (ymax - ylo)"), "%s", main_panel);
+    cr_expect_not_null(strstr(main_panel, "offset 0.8,-1.1 boxed") ? main_panel
+                                                                   : strstr(main_panel, "offset -0.8,-1.1 boxed"),
+                       "%s", main_panel);
+    cr_expect_null(strstr(main_panel, ",0.9 boxed"), "no label above a mark (into the strip)");
+    /* The whole cell beside it, the window shaded. */
+    snprintf(want, sizeof want, "set object 1 rect from %.6f, graph 0 to %.6f, graph 1", lo, hi);
+    cr_expect_not_null(strstr(gp, want), "%s", gp);
+    free(gp);
+    ftr_timeline_free(&tl);
+}
