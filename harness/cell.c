@@ -274,6 +274,17 @@ static json_t *config_json(const ftb_config *c)
     json_object_set_new(o, "norm_eps", json_real(c->norm_eps));
     json_object_set_new(o, "qkv_bias", json_boolean(c->qkv_bias));
     json_object_set_new(o, "tie_embeddings", json_boolean(c->tie_embeddings));
+    /* RoPE scaling changes the numbers (not the memory): say which. */
+    const ftb_rope_scaling *r = &c->rope_scaling;
+    if (r->kind == FTB_ROPE_LINEAR)
+        json_object_set_new(o, "rope_scaling",
+                            json_pack("{s:s,s:f}", "rope_type", "linear", "factor", (double)r->factor));
+    else if (r->kind == FTB_ROPE_LLAMA3)
+        json_object_set_new(o, "rope_scaling",
+                            json_pack("{s:s,s:f,s:f,s:f,s:i}", "rope_type", "llama3", "factor", (double)r->factor,
+                                      "low_freq_factor", (double)r->low_freq_factor, "high_freq_factor",
+                                      (double)r->high_freq_factor, "original_max_position_embeddings",
+                                      r->original_max_seq));
     return o;
 }
 

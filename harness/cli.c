@@ -294,6 +294,8 @@ int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char 
         snprintf(path, sizeof path, "%s/config.json", o->checkpoint);
         if (ftb_config_load_json(path, cfg, e, sizeof e) != 0)
             return ftb_errf(err, errlen, "checkpoint %s: %s", o->checkpoint, e);
+        /* Every command that takes a model computes with it. */
+        if (ftb_config_check_computable(cfg, e, sizeof e) != 0) return ftb_errf(err, errlen, "%s: %s", path, e);
         char st[PATH_MAX], idx[PATH_MAX];
         snprintf(st, sizeof st, "%s/model.safetensors", o->checkpoint);
         snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", o->checkpoint);

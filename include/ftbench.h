@@ -124,6 +124,28 @@ double ftb_sgemm_gflops(int M, int N, int K, int reps);
 /* Model                                                                      */
 /* ------------------------------------------------------------------------ */
 
+/* RoPE frequency scaling, config.json's "rope_scaling" (docs/CORE.md):
+ * inv_freq[i] = theta^(-2i/head_dim), then, as Hugging Face transformers'
+ * modeling_rope_utils.py computes it,
+ *   linear: inv_freq[i] / factor;
+ *   llama3: wavelengths 2π/inv_freq above original_max_seq/low_freq_factor
+ *           are divided by factor, those below original_max_seq /
+ *           high_freq_factor are kept, and those between interpolate with
+ *           s = (original_max_seq/wavelen − low) / (high − low):
+ *           (1 − s)·inv_freq/factor + s·inv_freq. */
+typedef enum {
+    FTB_ROPE_DEFAULT = 0, /* no scaling ("rope_scaling" absent, null or "default") */
+    FTB_ROPE_LINEAR,
+    FTB_ROPE_LLAMA3,
+} ftb_rope_kind;
+
+typedef struct {
+    int kind;                                /* ftb_rope_kind                  */
+    float factor;                            /* linear, llama3                 */
+    float low_freq_factor, high_freq_factor; /* llama3                       */
+    int original_max_seq;                    /* llama3: original_max_position_embeddings */
+} ftb_rope_scaling;
+
 typedef struct {
     char name[64];
     int vocab_size;
@@ -138,6 +160,14 @@ typedef struct {
     float norm_eps;
     int qkv_bias; /* Qwen2: 1                                      */
     int tie_embeddings;
+    ftb_rope_scaling rope_scaling;
+    /* "" when the core computes this model as its checkpoint defines it.
+     * Otherwise why it cannot (e.g. "rope_scaling rope_type 'yarn' is not
+     * supported"): the shapes, and so the memory, are still the model's, so
+     * a shape-only use (a memory planner) may take the config and say
+     * "rope scaling ignored for memory"; ftb_config_check_computable()
+     * refuses it for anything that computes. */
+    char shape_only[128];
 } ftb_config;
 
 /* Built-in zoo: published shapes of real models (qwen2.5-0.5b, ...) and
@@ -147,6 +177,9 @@ int ftb_zoo_count(void);
 const ftb_config *ftb_zoo_at(int i);
 /* Checks a config's consistency; 0 or -1 with err filled. */
 int ftb_config_validate(const ftb_config *c, char *err, size_t errlen);
+/* 0 if the core computes this model exactly; -1 with err naming what it
+ * does not compute (c->shape_only). */
+int ftb_config_check_computable(const ftb_config *c, char *err, size_t errlen);
 int64_t ftb_config_param_count(const ftb_config *c);
 
 /* How a tensor's values are stored (docs/QUANT.md).  Compute is fp32

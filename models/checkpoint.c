@@ -224,11 +224,105 @@ static int get_string(const char *path, json_t *root, const char *key, const cha
     return 0;
 }
 
+/* A number of the "rope_scaling" object: required, finite and positive. */
+static int rope_number(const char *path, json_t *scaling, const char *type, const char *key, double *out, char *err,
+                       size_t errlen)
+{
+    json_t *v = json_object_get(scaling, key);
+    if (!v || json_is_null(v)) {
+        ck_error(err, errlen, "%s: rope_scaling of rope_type '%s' needs '%s'", path, type, key);
+        return -1;
+    }
+    if (!json_is_number(v)) {
+        ck_error(err, errlen, "%s: rope_scaling.%s must be a number, found %s", path, key, json_kind(v));
+        return -1;
+    }
+    *out = json_number_value(v);
+    if (!isfinite(*out) || *out <= 0.0 || *out > 1e30) {
+        ck_error(err, errlen, "%s: rope_scaling.%s = %g must be positive", path, key, *out);
+        return -1;
+    }
+    return 0;
+}
+
+/* Appends a reason this config can only be used for its shapes. */
+static void add_shape_only(ftb_config *cfg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_shape_only(ftb_config *cfg, const char *fmt, ...)
+{
+    size_t used = strlen(cfg->shape_only);
+    if (used && used + 2 < sizeof cfg->shape_only) {
+        memcpy(cfg->shape_only + used, "; ", 3);
+        used += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cfg->shape_only + used, sizeof cfg->shape_only - used, fmt, ap);
+    va_end(ap);
+    for (char *c = cfg->shape_only; *c; c++)
+        if ((unsigned char)*c < 0x20) *c = '?';
+}
+
+/* "rope_scaling" as transformers reads it: "rope_type" (or the older
+ * "type") selects the formula.  linear and llama3 are computed; any other
+ * type is a valid config whose frequencies the core does not compute, so it
+ * is marked shape-only rather than refused here. */
+static int parse_rope_scaling(const char *path, json_t *root, ftb_config *cfg, char *err, size_t errlen)
+{
+    json_t *scaling = json_object_get(root, "rope_scaling");
+    cfg->rope_scaling = (ftb_rope_scaling){ FTB_ROPE_DEFAULT, 0.f, 0.f, 0.f, 0 };
+    if (!scaling || json_is_null(scaling)) return 0;
+    if (!json_is_object(scaling)) {
+        ck_error(err, errlen, "%s: key 'rope_scaling' must be an object or null, found %s", path, json_kind(scaling));
+        return -1;
+    }
+    json_t *t = json_object_get(scaling, "rope_type");
+    if (!t || json_is_null(t)) t = json_object_get(scaling, "type");
+    if (!t || json_is_null(t)) {
+        ck_error(err, errlen, "%s: rope_scaling has no 'rope_type' (or 'type')", path);
+        return -1;
+    }
+    if (!json_is_string(t)) {
+        ck_error(err, errlen, "%s: rope_scaling.rope_type must be a string, found %s", path, json_kind(t));
+        return -1;
+    }
+    const char *type = json_string_value(t);
+    ftb_rope_scaling *r = &cfg->rope_scaling;
+    double factor, low, high, original;
+    if (!strcmp(type, "default")) return 0;
+    if (!strcmp(type, "linear")) {
+        if (rope_number(path, scaling, type, "factor", &factor, err, errlen)) return -1;
+        *r = (ftb_rope_scaling){ FTB_ROPE_LINEAR, (float)factor, 0.f, 0.f, 0 };
+        return 0;
+    }
+    if (!strcmp(type, "llama3")) {
+        if (rope_number(path, scaling, type, "factor", &factor, err, errlen) ||
+            rope_number(path, scaling, type, "low_freq_factor", &low, err, errlen) ||
+            rope_number(path, scaling, type, "high_freq_factor", &high, err, errlen) ||
+            rope_number(path, scaling, type, "original_max_position_embeddings", &original, err, errlen))
+            return -1;
+        if (original != floor(original) || original > INT_MAX) {
+            ck_error(err, errlen, "%s: rope_scaling.original_max_position_embeddings = %g must be an integer", path,
+                     original);
+            return -1;
+        }
+        if (high <= low) {
+            ck_error(err, errlen, "%s: rope_scaling.high_freq_factor %g must be greater than low_freq_factor %g", path,
+                     high, low);
+            return -1;
+        }
+        *r = (ftb_rope_scaling){ FTB_ROPE_LLAMA3, (float)factor, (float)low, (float)high, (int)original };
+        return 0;
+    }
+    add_shape_only(
+        cfg, "rope_scaling rope_type '%.40s' is not supported (the core computes default, linear and llama3)", type);
+    return 0;
+}
+
 static int parse_config(const char *path, json_t *root, ftb_config *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof *cfg);
     const char *model_type, *name_or_path, *hidden_act;
-    int attention_bias, mlp_bias;
+    int attention_bias, mlp_bias, sliding_window;
     if (get_string(path, root, "model_type", &model_type, err, errlen) ||
         get_string(path, root, "_name_or_path", &name_or_path, err, errlen) ||
         get_string(path, root, "hidden_act", &hidden_act, err, errlen) ||
@@ -244,8 +338,14 @@ static int parse_config(const char *path, json_t *root, ftb_config *cfg, char *e
         get_float(path, root, "rms_norm_eps", 1e-6f, &cfg->norm_eps, err, errlen) ||
         get_bool(path, root, "tie_word_embeddings", 0, &cfg->tie_embeddings, err, errlen) ||
         get_bool(path, root, "attention_bias", 0, &attention_bias, err, errlen) ||
-        get_bool(path, root, "mlp_bias", 0, &mlp_bias, err, errlen))
+        get_bool(path, root, "mlp_bias", 0, &mlp_bias, err, errlen) ||
+        get_bool(path, root, "use_sliding_window", 0, &sliding_window, err, errlen) ||
+        parse_rope_scaling(path, root, cfg, err, errlen))
         return -1;
+    /* Qwen2's sliding-window attention: the core attends to every earlier
+     * position, so the numbers would differ (memory would not). */
+    if (sliding_window)
+        add_shape_only(cfg, "use_sliding_window true is not supported (the core computes full causal attention)");
 
     /* The core's MLP is SwiGLU with SiLU and has no MLP biases: a model that
      * differs would load and silently compute something else. */
@@ -724,6 +824,12 @@ static ftb_model *load_model(const char *dir, int map, const load_plan *plan, ch
     }
     ftb_config cfg;
     int rc = ftb_config_load_json(config_path, &cfg, err, errlen);
+    /* Loading is for computing: a model the core would compute differently
+     * (cfg.shape_only says why) is refused here. */
+    if (rc == 0 && cfg.shape_only[0]) {
+        ck_error(err, errlen, "%s: %s", config_path, cfg.shape_only);
+        rc = -1;
+    }
     free(config_path);
     if (rc != 0) return NULL;
 
@@ -1148,6 +1254,16 @@ static json_t *config_to_json(const ftb_config *c)
     bad |= json_object_set_new(o, "max_position_embeddings", json_integer(c->max_seq));
     bad |= json_object_set_new(o, "rope_theta", json_float(c->rope_theta));
     bad |= json_object_set_new(o, "rms_norm_eps", json_float(c->norm_eps));
+    const ftb_rope_scaling *r = &c->rope_scaling;
+    if (r->kind == FTB_ROPE_LINEAR)
+        bad |= json_object_set_new(o, "rope_scaling",
+                                   json_pack("{s:s,s:o}", "rope_type", "linear", "factor", json_float(r->factor)));
+    else if (r->kind == FTB_ROPE_LLAMA3)
+        bad |= json_object_set_new(o, "rope_scaling",
+                                   json_pack("{s:o,s:o,s:o,s:i,s:s}", "factor", json_float(r->factor),
+                                             "low_freq_factor", json_float(r->low_freq_factor), "high_freq_factor",
+                                             json_float(r->high_freq_factor), "original_max_position_embeddings",
+                                             r->original_max_seq, "rope_type", "llama3"));
     bad |= json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
     bad |= json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
     bad |= json_object_set_new(o, "torch_dtype", json_string("float32"));

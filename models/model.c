@@ -87,7 +87,7 @@ ftb_tensor *ftb_layer_bias(ftb_layer *L, ftb_linear_kind k)
 
 ftb_model *ftb_model_new_empty(const ftb_config *cfg, char *err, size_t errlen)
 {
-    if (ftb_config_validate(cfg, err, errlen)) return NULL;
+    if (ftb_config_validate(cfg, err, errlen) || ftb_config_check_computable(cfg, err, errlen)) return NULL;
     ftb_model *m = calloc(1, sizeof *m);
     model_storage *st = calloc(1, sizeof *st);
     int L = cfg->n_layers;

@@ -27,8 +27,10 @@ void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int 
 void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *rstd, const float *w, int N,
                       int D);
 
+/* inv_freq[i] of RoPE pair i (i < head_dim/2), rope_scaling applied. */
+double rope_inv_freq(const ftb_config *cfg, int i);
 /* Rotary tables for positions 0..T-1: cos/sin [T, head_dim/2]. */
-void rope_tables(float *cos_t, float *sin_t, int T, int head_dim, float theta);
+void rope_tables(float *cos_t, float *sin_t, int T, const ftb_config *cfg);
 /* Rotates x[N, n_heads*head_dim] in place (position = row % T). */
 void rope_forward(float *x, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim);
 /* The transpose rotation: turns d(rotated) into d(unrotated), in place. */

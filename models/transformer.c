@@ -462,7 +462,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         if (!rc.perturbed || ftb_quant_reserve_tile(ftb_quant_largest_tile(m, 1))) goto oom;
         ftb_quant_set_read_perturbation(rc.perturb, rc.perturb_ctx);
     }
-    rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg->head_dim, cfg->rope_theta);
+    rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg);
     rc.rope_cos = rope;
     rc.rope_sin = rope + (int64_t)b->T * half;
 

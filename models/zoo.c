@@ -3,28 +3,37 @@
  * download.  Figures are those of each model's Hugging Face config.json. */
 #include "ftbench.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-/*  name            vocab    dim   L  heads kv  hd   ffn    maxseq  theta     eps   bias tied */
+/* Llama 3.1/3.2's published "rope_scaling" (config.json of meta-llama/
+ * Llama-3.2-1B and -3B): factor 32, low_freq_factor 1, high_freq_factor 4,
+ * original_max_position_embeddings 8192. */
+/* clang-format off */
+#define NO_SCALING     { FTB_ROPE_DEFAULT, 0.f, 0.f, 0.f, 0 }
+#define LLAMA3_SCALING { FTB_ROPE_LLAMA3, 32.f, 1.f, 4.f, 8192 }
+/* clang-format on */
+
+/*  name            vocab    dim   L  heads kv  hd   ffn    maxseq  theta     eps   bias tied rope_scaling shape_only */
 static const ftb_config zoo[] = {
-    { "qwen2.5-0.5b", 151936, 896, 24, 14, 2, 64, 4864, 32768, 1000000.f, 1e-6f, 1, 1 },
-    { "qwen2.5-1.5b", 151936, 1536, 28, 12, 2, 128, 8960, 32768, 1000000.f, 1e-6f, 1, 1 },
-    { "qwen2.5-3b", 151936, 2048, 36, 16, 2, 128, 11008, 32768, 1000000.f, 1e-6f, 1, 1 },
-    { "llama-3.2-1b", 128256, 2048, 16, 32, 8, 64, 8192, 131072, 500000.f, 1e-5f, 0, 1 },
-    { "llama-3.2-3b", 128256, 3072, 28, 24, 8, 128, 8192, 131072, 500000.f, 1e-5f, 0, 1 },
-    { "smollm2-135m", 49152, 576, 30, 9, 3, 64, 1536, 8192, 100000.f, 1e-5f, 0, 1 },
-    { "smollm2-360m", 49152, 960, 32, 15, 5, 64, 2560, 8192, 100000.f, 1e-5f, 0, 1 },
-    { "tinyllama-1.1b", 32000, 2048, 22, 32, 4, 64, 5632, 2048, 10000.f, 1e-5f, 0, 0 },
+    { "qwen2.5-0.5b", 151936, 896, 24, 14, 2, 64, 4864, 32768, 1000000.f, 1e-6f, 1, 1, NO_SCALING, "" },
+    { "qwen2.5-1.5b", 151936, 1536, 28, 12, 2, 128, 8960, 32768, 1000000.f, 1e-6f, 1, 1, NO_SCALING, "" },
+    { "qwen2.5-3b", 151936, 2048, 36, 16, 2, 128, 11008, 32768, 1000000.f, 1e-6f, 1, 1, NO_SCALING, "" },
+    { "llama-3.2-1b", 128256, 2048, 16, 32, 8, 64, 8192, 131072, 500000.f, 1e-5f, 0, 1, LLAMA3_SCALING, "" },
+    { "llama-3.2-3b", 128256, 3072, 28, 24, 8, 128, 8192, 131072, 500000.f, 1e-5f, 0, 1, LLAMA3_SCALING, "" },
+    { "smollm2-135m", 49152, 576, 30, 9, 3, 64, 1536, 8192, 100000.f, 1e-5f, 0, 1, NO_SCALING, "" },
+    { "smollm2-360m", 49152, 960, 32, 15, 5, 64, 2560, 8192, 100000.f, 1e-5f, 0, 1, NO_SCALING, "" },
+    { "tinyllama-1.1b", 32000, 2048, 22, 32, 4, 64, 5632, 2048, 10000.f, 1e-5f, 0, 0, NO_SCALING, "" },
     /* Test and development shapes. */
-    { "tiny", 64, 32, 2, 4, 2, 8, 64, 512, 10000.f, 1e-6f, 1, 0 },
-    { "tiny-tied", 64, 24, 2, 3, 3, 8, 48, 512, 500000.f, 1e-5f, 0, 1 },
-    { "small-20m", 4096, 384, 8, 6, 2, 64, 1024, 4096, 10000.f, 1e-6f, 1, 1 },
+    { "tiny", 64, 32, 2, 4, 2, 8, 64, 512, 10000.f, 1e-6f, 1, 0, NO_SCALING, "" },
+    { "tiny-tied", 64, 24, 2, 3, 3, 8, 48, 512, 500000.f, 1e-5f, 0, 1, NO_SCALING, "" },
+    { "small-20m", 4096, 384, 8, 6, 2, 64, 1024, 4096, 10000.f, 1e-6f, 1, 1, NO_SCALING, "" },
     /* Byte-level task models (docs/TASKS.md): vocab 512 = 256 bytes + room
      * for the synthetic language's ids.  starter-4m is what `ftbench
      * pretrain` trains by default (make starting-model): minutes on 2 cores. */
-    { "tiny-byte", 320, 32, 2, 4, 2, 8, 64, 2048, 10000.f, 1e-6f, 0, 1 },
-    { "starter-4m", 512, 256, 4, 4, 2, 64, 768, 8192, 10000.f, 1e-6f, 0, 1 },
+    { "tiny-byte", 320, 32, 2, 4, 2, 8, 64, 2048, 10000.f, 1e-6f, 0, 1, NO_SCALING, "" },
+    { "starter-4m", 512, 256, 4, 4, 2, 64, 768, 8192, 10000.f, 1e-6f, 0, 1, NO_SCALING, "" },
 };
 
 int ftb_zoo_count(void) { return (int)(sizeof zoo / sizeof zoo[0]); }
@@ -63,8 +72,31 @@ int ftb_config_validate(const ftb_config *c, char *err, size_t errlen)
     CHECK(c->max_seq > 0, "max_position_embeddings %d out of range", c->max_seq);
     CHECK(c->rope_theta > 1.0f, "rope_theta %g must be > 1", (double)c->rope_theta);
     CHECK(c->norm_eps > 0.0f && c->norm_eps < 1.0f, "rms_norm_eps %g out of range", (double)c->norm_eps);
+    CHECK(memchr(c->shape_only, 0, sizeof c->shape_only) != NULL, "shape_only is not a string");
+    const ftb_rope_scaling *r = &c->rope_scaling;
+    CHECK(r->kind == FTB_ROPE_DEFAULT || r->kind == FTB_ROPE_LINEAR || r->kind == FTB_ROPE_LLAMA3,
+          "rope_scaling kind %d unknown", r->kind);
+    if (r->kind != FTB_ROPE_DEFAULT)
+        CHECK(isfinite(r->factor) && r->factor > 0.0f, "rope_scaling factor %g must be positive", (double)r->factor);
+    if (r->kind == FTB_ROPE_LLAMA3) {
+        CHECK(isfinite(r->low_freq_factor) && r->low_freq_factor > 0.0f,
+              "rope_scaling low_freq_factor %g must be positive", (double)r->low_freq_factor);
+        /* Equal factors would make the interpolation 0/0. */
+        CHECK(isfinite(r->high_freq_factor) && r->high_freq_factor > r->low_freq_factor,
+              "rope_scaling high_freq_factor %g must be greater than low_freq_factor %g", (double)r->high_freq_factor,
+              (double)r->low_freq_factor);
+        CHECK(r->original_max_seq > 0, "rope_scaling original_max_position_embeddings %d must be positive",
+              r->original_max_seq);
+    }
 #undef CHECK
     return 0;
+}
+
+int ftb_config_check_computable(const ftb_config *c, char *err, size_t errlen)
+{
+    if (!c->shape_only[0]) return 0;
+    snprintf(err, errlen, "%s", c->shape_only);
+    return -1;
 }
 
 int64_t ftb_config_param_count(const ftb_config *c)

@@ -311,6 +311,16 @@ ORACLE_CASE(gqa_bias_bf16, FLASH, CHUNKED)
 ORACLE_CASE(gqa_bias_bf16, FLASH, FULL)
 ORACLE_CASE(gqa_bias_bf16, EAGER, CHUNKED)
 ORACLE_CASE(gqa_bias_bf16, EAGER, FULL)
+/* rope_scaling: Llama 3's (every branch of its formula) and linear (legacy
+ * "type" key), on a Qwen2 layout with bias and tied embeddings. */
+ORACLE_CASE(llama3_rope, FLASH, CHUNKED)
+ORACLE_CASE(llama3_rope, FLASH, FULL)
+ORACLE_CASE(llama3_rope, EAGER, CHUNKED)
+ORACLE_CASE(llama3_rope, EAGER, FULL)
+ORACLE_CASE(linear_rope, FLASH, CHUNKED)
+ORACLE_CASE(linear_rope, FLASH, FULL)
+ORACLE_CASE(linear_rope, EAGER, CHUNKED)
+ORACLE_CASE(linear_rope, EAGER, FULL)
 
 /* Owned (not memory-mapped) F32 weights take the same path to the same numbers. */
 Test(oracle, gqa_bias_unmapped) { run_case("gqa_bias", FTB_ATTN_FLASH, FTB_LOSS_CHUNKED, 0); }

@@ -31,7 +31,7 @@ static const char *FORMATS[] = { "bf16", "f16", "int8", "int4", "int4-asym" };
 /* Every width a multiple of 128, so groups of 32, 64 and 128 all fit. */
 static ftb_config qcfg(int tied)
 {
-    ftb_config c = { "quant-test", 96, 128, 2, 4, 2, 32, 256, 64, 10000.f, 1e-6f, 1, 0 };
+    ftb_config c = { "quant-test", 96, 128, 2, 4, 2, 32, 256, 64, 10000.f, 1e-6f, 1, 0, { 0 }, "" };
     c.tie_embeddings = tied;
     return c;
 }
@@ -914,7 +914,7 @@ static const ftb_adapter_ops probe_ops = { probe_fwd, probe_bwd, NULL };
  * holds much more than one block: the LM head streams its tiles. */
 Test(quant, lazy_residency_identical_results_smaller_resident_set)
 {
-    ftb_config c = { "quant-rss", 256, 256, 8, 4, 2, 64, 1024, 64, 10000.f, 1e-6f, 1, 1 };
+    ftb_config c = { "quant-rss", 256, 256, 8, 4, 2, 64, 1024, 64, 10000.f, 1e-6f, 1, 1, { 0 }, "" };
     char err[FTB_ERR_LEN] = "";
     const char *fmts[] = { "f32", "int4" };
     for (int f = 0; f < 2; f++) {

@@ -234,7 +234,7 @@ def forward(c, lc, P, L, tokens, targets):
         return y
 
     x = P["model.embed_tokens.weight"][tokens]
-    cos, sin = go.rope_cos_sin(T, hd, c["theta"])
+    cos, sin = go.rope_cos_sin(c, T, hd, c["theta"])
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     rep = H // KV
     for i in range(c["layers"]):

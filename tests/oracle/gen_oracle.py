@@ -37,6 +37,21 @@ CASES = [
     dict(case="gqa_bias_bf16", model_type="qwen2", vocab=61, dim=32, layers=2,
          heads=4, kv_heads=2, head_dim=8, ffn=48, bias=True, tied=False,
          theta=10000.0, eps=1e-6, B=2, T=7, seed=1234, bf16=True),
+    # Llama 3.1/3.2 rope scaling.  head_dim 16 and theta 5e5 give
+    # wavelengths 6.3, 33, 167, 862, ... so that with an original context of
+    # 256 (high_freq_wavelen 64, low_freq_wavelen 256) pairs 0-1 are kept,
+    # pair 2 is interpolated and pairs 3-7 are divided by the factor: every
+    # branch of the formula is used.
+    dict(case="llama3_rope", model_type="llama", vocab=53, dim=32, layers=2,
+         heads=4, kv_heads=2, head_dim=16, ffn=40, bias=False, tied=False,
+         theta=500000.0, eps=1e-5, B=2, T=24, seed=2024, bf16=False, max_pos=2048,
+         rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 256, "rope_type": "llama3"}),
+    # Linear scaling, written with the legacy "type" key older configs use.
+    dict(case="linear_rope", model_type="qwen2", vocab=61, dim=32, layers=2,
+         heads=4, kv_heads=2, head_dim=8, ffn=48, bias=True, tied=True,
+         theta=10000.0, eps=1e-6, B=2, T=12, seed=77, bf16=False, max_pos=256,
+         rope_scaling={"type": "linear", "factor": 4.0}),
 ]
 
 
@@ -196,9 +211,59 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def rope_cos_sin(T, hd, theta):
+def rope_type(c):
+    rs = c.get("rope_scaling")
+    if rs is None:
+        return "default"
+    return rs.get("rope_type", rs.get("type"))
+
+
+def scale_inv_freq(c, inv_freq):
+    """rope_scaling applied to the inverse frequencies, as transformers'
+    modeling_rope_utils.py (_compute_linear_scaling_rope_parameters,
+    _compute_llama3_parameters) computes it, here in float64."""
+    kind, rs = rope_type(c), c.get("rope_scaling")
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / rs["factor"]
+    assert kind == "llama3", kind
+    factor = rs["factor"]
+    low_freq_factor = rs["low_freq_factor"]
+    high_freq_factor = rs["high_freq_factor"]
+    old_context_len = rs["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+
+
+def scaled_freq_scalar(c, i):
+    """The same frequency for one pair, written as branches (Meta's
+    apply_scaling of the Llama 3.1 reference code) for the loop forward."""
+    f = c["theta"] ** (-2.0 * i / c["head_dim"])
+    kind, rs = rope_type(c), c.get("rope_scaling")
+    if kind == "linear":
+        return f / rs["factor"]
+    if kind != "llama3":
+        return f
+    old = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / f
+    if wavelen < old / rs["high_freq_factor"]:
+        return f
+    if wavelen > old / rs["low_freq_factor"]:
+        return f / rs["factor"]
+    smooth = (old / wavelen - rs["low_freq_factor"]) / (rs["high_freq_factor"] - rs["low_freq_factor"])
+    return (1 - smooth) * f / rs["factor"] + smooth * f
+
+
+def rope_cos_sin(c, T, hd, theta):
     i = torch.arange(0, hd // 2, dtype=torch.float64)
-    inv_freq = theta ** (-2.0 * i / hd)
+    inv_freq = scale_inv_freq(c, theta ** (-2.0 * i / hd))
     pos = torch.arange(T, dtype=torch.float64)
     ang = pos[:, None] * inv_freq[None, :]          # [T, hd/2]
     emb = torch.cat((ang, ang), dim=-1)             # [T, hd]
@@ -210,7 +275,7 @@ def forward(c, P, tokens, targets):
     B, T = tokens.shape
     H, KV, hd, eps = c["heads"], c["kv_heads"], c["head_dim"], c["eps"]
     x = P["model.embed_tokens.weight"][tokens]      # [B,T,D]
-    cos, sin = rope_cos_sin(T, hd, c["theta"])
+    cos, sin = rope_cos_sin(c, T, hd, c["theta"])
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     rep = H // KV
     for i in range(c["layers"]):
@@ -274,7 +339,7 @@ def naive_loss(c, params, tokens, targets):
     def rope(v, pos):
         out = v.clone()
         for i in range(half):
-            ang = pos * c["theta"] ** (-2.0 * i / hd)
+            ang = pos * scaled_freq_scalar(c, i)
             a, b = v[i], v[i + half]
             out[i] = a * math.cos(ang) - b * math.sin(ang)
             out[i + half] = b * math.cos(ang) + a * math.sin(ang)
@@ -361,7 +426,7 @@ def selfcheck(c, params, tokens, targets, grads, n_per=2):
 # --------------------------------------------------------------------------
 
 def hf_config(c):
-    return {
+    cfg = {
         "architectures": ["Qwen2ForCausalLM" if c["model_type"] == "qwen2" else "LlamaForCausalLM"],
         "model_type": c["model_type"],
         "hidden_size": c["dim"],
@@ -371,7 +436,7 @@ def hf_config(c):
         "head_dim": c["head_dim"],
         "intermediate_size": c["ffn"],
         "vocab_size": c["vocab"],
-        "max_position_embeddings": 64,
+        "max_position_embeddings": c.get("max_pos", 64),
         "rope_theta": c["theta"],
         "rms_norm_eps": c["eps"],
         "tie_word_embeddings": c["tied"],
@@ -379,6 +444,9 @@ def hf_config(c):
         "hidden_act": "silu",
         "torch_dtype": "bfloat16" if c["bf16"] else "float32",
     }
+    if "rope_scaling" in c:
+        cfg["rope_scaling"] = c["rope_scaling"]
+    return cfg
 
 
 def main():
