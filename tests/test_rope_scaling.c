@@ -72,12 +72,10 @@ Test(rope_scaling, llama3_frequencies_in_each_band)
         else if (i >= 18)
             cr_expect_eq(got, plain / 32, "pair %d: %.17g != %.17g (divided)", i, got, plain / 32);
         else
-            cr_expect(got < plain && got > plain / 32, "pair %d: %.17g not between %.17g and %.17g", i, got,
-                      plain / 32, plain);
+            cr_expect(got < plain && got > plain / 32, "pair %d: %.17g not between %.17g and %.17g", i, got, plain / 32,
+                      plain);
     }
-    /* Continuity at the band edges: the smooth factor is 1 at wavelength
-     * 2048 and 0 at 8192, so the interpolation meets both branches. */
-    c.rope_scaling.original_max_seq = 8192;
+    /* Linear: every frequency divided by the factor. */
     ftb_config lin = c;
     lin.rope_scaling = (ftb_rope_scaling){ FTB_ROPE_LINEAR, 4.0f, 0.f, 0.f, 0 };
     for (int i = 0; i < 32; i++)
@@ -107,8 +105,8 @@ Test(rope_scaling, config_keys_parsed_as_transformers_reads_them)
     cr_expect_eq(c.rope_scaling.kind, FTB_ROPE_LINEAR);
     cr_expect_eq(c.rope_scaling.factor, 4.0f);
     /* rope_type wins over type, as in transformers. */
-    cr_assert_eq(load(dir, ", \"rope_scaling\": {\"rope_type\": \"linear\", \"type\": \"yarn\", \"factor\": 2}", &c, err,
-                      sizeof err),
+    cr_assert_eq(load(dir, ", \"rope_scaling\": {\"rope_type\": \"linear\", \"type\": \"yarn\", \"factor\": 2}", &c,
+                      err, sizeof err),
                  0, "%s", err);
     cr_expect_eq(c.rope_scaling.kind, FTB_ROPE_LINEAR);
     cr_expect_eq(c.shape_only[0], 0);
