@@ -184,7 +184,7 @@ static void eval_help(FILE *f)
 
 int ftb_cmd_eval(int argc, char **argv)
 {
-    const char *task_spec = NULL, *checkpoint = NULL, *model_name = NULL, *tok_spec = "byte";
+    const char *task_spec = NULL, *checkpoint = NULL, *model_name = NULL, *tok_spec = NULL;
     long examples = 100, seed = 42, show = 0, threads = 0;
     int decode = FTB_DECODE_GREEDY, as_json = 0;
     char err[FTB_ERR_LEN + 256];
@@ -235,8 +235,11 @@ int ftb_cmd_eval(int argc, char **argv)
     if (!task_spec) return ftb_usage_error("eval", "--task is required");
     if (!checkpoint == !model_name) return ftb_usage_error("eval", "give one of --checkpoint DIR or --model NAME");
     char e[FTB_ERR_LEN];
-    ftb_tokenizer *tok = ftb_tokenizer_open(tok_spec, e, sizeof e);
-    if (!tok) {
+    /* Only an explicit --tokenizer is opened here: without one the task
+     * takes its own (SPEC@TOKENIZER.json) or the byte tokenizer, so that
+     * the two ways of naming a tokenizer clash only when both are used. */
+    ftb_tokenizer *tok = NULL;
+    if (tok_spec && !(tok = ftb_tokenizer_open(tok_spec, e, sizeof e))) {
         snprintf(err, sizeof err, "--tokenizer: %s", e);
         return ftb_usage_error("eval", err);
     }
@@ -282,7 +285,7 @@ int ftb_cmd_eval(int argc, char **argv)
         json_decref(j);
     } else {
         printf("task        %s (%s split, seed %ld, %s tokenizer)\n", ftb_task_spec(task), "eval", seed,
-               ftb_tokenizer_kind(tok));
+               ftb_tokenizer_kind(ftb_task_tokenizer(task)));
         printf("model       %s\n", checkpoint ? checkpoint : model_name);
         printf("examples    %d\n", r.examples);
         printf("accuracy    %.4f (%d/%d exact match, %s)\n", r.accuracy, r.correct, r.examples,
