@@ -550,6 +550,10 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     char ts[32];
     ftb_utc_timestamp(ts, sizeof ts);
     const char *git = ftb_git_revision(); /* before fork: popen in the parent */
+    /* The child's sampler publishes the RSS of its whole process tree here;
+     * the parent enforces the budget on it and keeps its peak even if the
+     * child is killed. */
+    ftb_tree_shared *tree = ftb_tree_shared_new();
     fflush(NULL);
     double t_start = ftb_now();
     pid_t pid = fork();
@@ -558,6 +562,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         close(fds[1]);
         close(run_fd);
         ftb_cgroup_destroy(&cg);
+        ftb_tree_shared_free(tree);
         return ftb_errf(err, errlen, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
@@ -566,7 +571,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
          * leaves behind may hold it. */
         if (ftb_rundir_lock_fd() >= 0) close(ftb_rundir_lock_fd());
         setpgid(0, 0);
-        ftb_cell_child(c, fds[1], run_fd, child_json, timeline, cg.active ? &cg : NULL);
+        ftb_cell_child(c, fds[1], run_fd, child_json, timeline, cg.active ? &cg : NULL, tree);
     }
     setpgid(pid, pid); /* both sides set it: whichever runs first wins the race */
     close(fds[1]);
@@ -582,7 +587,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
 
     int timed_out = 0, watch_killed = 0, safety_killed = 0, eof = 0, reaped = 0, status = 0;
     int io_errno = 0, timeline_errno = 0, interrupt_killed = 0;
-    int64_t watch_max = -1;
+    int64_t watch_max = -1;      /* the tree's RSS as the parent saw it     */
+    int64_t watch_proc_max = -1; /* the cell process's own RSS, likewise   */
     struct rusage ru;
     memset(&ru, 0, sizeof ru);
     char pbuf[512];
@@ -648,7 +654,12 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                 kill(-pid, SIGKILL);
                 kill(pid, SIGKILL);
             } else if (enforce != FTB_ENFORCE_CGROUP) {
+                /* The process's own RSS, fresh, and the tree's sum from the
+                 * sampler (at most ~10 ms old): the budget is the tree's. */
                 int64_t rss = ftb_pid_rss(pid);
+                if (rss > watch_proc_max) watch_proc_max = rss;
+                int64_t tree_now = tree ? atomic_load(&tree->now_bytes) : -1;
+                if (tree_now > rss) rss = tree_now;
                 if (rss > watch_max) watch_max = rss;
                 if (enforce == FTB_ENFORCE_WATCH && rss > c->budget_bytes) {
                     watch_killed = 1;
@@ -703,9 +714,28 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
      * the measurement itself.  ru_maxrss also covers the child's final
      * bookkeeping (timeline, record), so it is only the fallback, with what
      * the parent saw, when the child died before reading VmHWM. */
-    int64_t peak = vmhwm;
-    if (peak <= 0) peak = maxrss > watch_max ? maxrss : watch_max;
+    int64_t process_peak = vmhwm;
+    if (process_peak <= 0) process_peak = maxrss > watch_proc_max ? maxrss : watch_proc_max;
+    /* The cell's peak is its process tree's: the largest of the process's
+     * own peak, the sampled sums over the tree (child and parent views),
+     * and the largest waited-for descendant (the kernel's ru_maxrss). */
+    int64_t tree_sampled = tree ? atomic_load(&tree->max_bytes) : -1;
+    int tree_procs = tree ? atomic_load(&tree->max_procs) : 0;
+    ftb_tree_shared_free(tree);
+    int64_t descendants = jget_int(m, "memory", "descendants_max_rss_bytes");
+    int had_children = tree_procs > 1 || descendants > 0;
+    int64_t peak = process_peak;
+    /* Only when there were descendants: a lone process's peak is its VmHWM
+     * (the parent's view also covers the child's bookkeeping after the
+     * measurement, so it only stands in when the child died first). */
+    if (had_children && tree_sampled > peak) peak = tree_sampled;
+    if (had_children && descendants > peak) peak = descendants;
+    if (vmhwm <= 0 && watch_max > peak) peak = watch_max;
     r->peak_rss = peak > 0 ? peak : -1;
+    char tree_note[96] = "";
+    if (had_children && peak > 0 && process_peak > 0 && peak > process_peak)
+        snprintf(tree_note, sizeof tree_note, " (process tree of %d; the cell's own process %.0f MiB)",
+                 tree_procs > 1 ? tree_procs : 2, mib(process_peak));
     int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     /* A SIGKILL the harness did not send is an out-of-memory kill only with
      * evidence: the cgroup's oom_kill count, the kernel log naming the pid,
@@ -730,8 +760,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         set_outcome(r, "timeout", "no result within %.0f s (during %s); the cell's process group was killed",
                     c->timeout_sec, where);
     } else if (watch_killed) {
-        set_outcome(r, "over_budget", "RSS reached %.0f MiB, over the budget of %.0f MiB; killed by the rss watch",
-                    mib(watch_max), mib(c->budget_bytes));
+        set_outcome(r, "over_budget", "RSS reached %.0f MiB%s, over the budget of %.0f MiB; killed by the rss watch",
+                    mib(watch_max), tree_note, mib(c->budget_bytes));
     } else if (safety_killed) {
         if (watch_max > c->budget_bytes)
             set_outcome(r, "over_budget",
@@ -776,8 +806,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     strerrorname_np(io_errno) ? strerrorname_np(io_errno) : "?");
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK && stage && !strcmp(stage, "done")) {
         if (enforce != FTB_ENFORCE_CGROUP && peak > c->budget_bytes)
-            set_outcome(r, "over_budget", "peak RSS %.0f MiB exceeds the budget of %.0f MiB (%s)", mib(peak),
-                        mib(c->budget_bytes), ftb_enforce_name(enforce));
+            set_outcome(r, "over_budget", "peak RSS %.0f MiB%s exceeds the budget of %.0f MiB (%s)", mib(peak),
+                        tree_note, mib(c->budget_bytes), ftb_enforce_name(enforce));
         else
             set_outcome(r, "ok", "%s", "");
     } else {
@@ -816,6 +846,9 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         json_object_set_new(memo, "cgroup_oom_kills", oom_kills >= 0 ? json_integer(oom_kills) : json_null());
     }
     json_object_set_new(memo, "peak_rss_bytes", r->peak_rss > 0 ? json_integer(r->peak_rss) : json_null());
+    json_object_set_new(memo, "process_peak_rss_bytes", process_peak > 0 ? json_integer(process_peak) : json_null());
+    json_object_set_new(memo, "tree_peak_rss_bytes", r->peak_rss > 0 ? json_integer(r->peak_rss) : json_null());
+    json_object_set_new(memo, "tree_max_processes", json_integer(tree_procs > 0 ? tree_procs : 1));
     /* Without the child's own VmHWM (it was killed or died first) the peak
      * is only what was seen before the end: a lower bound. */
     json_object_set_new(memo, "peak_is_lower_bound", json_boolean(vmhwm <= 0));

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define SAMPLER_CAPACITY  131072 /* 3 MiB of samples; halves its rate when full */
@@ -196,7 +197,7 @@ static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session
 }
 
 _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, const char *child_json,
-                              const char *timeline_name, const ftb_cgroup *cg)
+                              const char *timeline_name, const ftb_cgroup *cg, ftb_tree_shared *tree)
 {
     char err[FTB_ERR_LEN] = "";
     g_out = json_object();
@@ -205,6 +206,10 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     g_progress_fd = progress_fd;
     /* Die with the harness: an orphaned cell would run on, unmeasured. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* A helper the method forks stays in the cell's tree even if its own
+     * parent exits first (it is reparented here, not to init), so its
+     * memory keeps counting. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     if (getppid() == 1) _exit(CHILD_ERROR);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
@@ -223,7 +228,9 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     ftb_mem_get_stats(&st0);
     if (c->timeline) ftb_mem_timeline_enable(TIMELINE_CAPACITY);
     double t0 = ftb_now();
-    ftb_sampler *smp = c->timeline ? ftb_sampler_start(t0, 1e-3, SAMPLER_CAPACITY) : NULL;
+    /* Without a timeline the sampler still runs, keeping only the peaks of
+     * the process and of its process tree. */
+    ftb_sampler *smp = ftb_sampler_start(t0, 1e-3, c->timeline ? SAMPLER_CAPACITY : 0, tree);
     ftb_phase_stats *ps = ftb_phase_stats_start(1);
     json_t *mem = json_object();
     json_object_set_new(g_out, "memory", mem);
@@ -384,6 +391,16 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     ftb_mem_get_stats(&st);
     json_object_set_new(mem, "peak_rss_vmhwm_bytes", jint(ftb_self_vmhwm()));
     json_object_set_new(mem, "sampled_peak_rss_bytes", smp ? jint(ftb_sampler_max_rss(smp)) : json_null());
+    /* The process tree: the sampled peak of the sum over the cell and its
+     * descendants, and the largest peak of a descendant that was waited for
+     * (the kernel keeps it; a short-lived helper between samples still
+     * shows). */
+    json_object_set_new(mem, "tree_sampled_peak_rss_bytes", smp ? jint(ftb_sampler_max_tree_rss(smp)) : json_null());
+    struct rusage ruc;
+    json_object_set_new(mem, "descendants_max_rss_bytes",
+                        getrusage(RUSAGE_CHILDREN, &ruc) == 0 && ruc.ru_maxrss > 0
+                            ? json_integer((json_int_t)ruc.ru_maxrss * 1024)
+                            : json_null());
     json_t *core = json_object();
     json_object_set_new(core, "peak_total_bytes", json_integer(st.peak_total));
     json_object_set_new(core, "peak_bytes", categories(st.peak));
@@ -433,7 +450,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     json_object_set_new(g_out, "has_backward", json_boolean(has_backward));
     json_object_set_new(g_out, "hw_counters", ftb_phase_stats_counters_json(ps));
 
-    if (smp) {
+    if (smp && c->timeline) {
         json_t *tl = json_object();
         json_object_set_new(tl, "memory_events", json_integer((json_int_t)ftb_mem_timeline_count()));
         json_object_set_new(tl, "memory_events_dropped", json_integer(ftb_mem_timeline_dropped()));

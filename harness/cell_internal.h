@@ -5,6 +5,7 @@
 
 #include "cell.h"
 #include "cgroup.h"
+#include "proctree.h"
 
 /* Exit codes of the child. */
 #define CHILD_OK       0
@@ -16,8 +17,10 @@
  * "ioerror measurements|timeline ERRNO" when a write fails (a full disk);
  * the measurements go to child_json (rewritten at each milestone) and the
  * timeline to timeline_name, both file names in the run directory run_fd
- * (created without following links, safe_file.h). */
+ * (created without following links, safe_file.h).  The sampler publishes
+ * the RSS of the cell's process tree in `tree` (shared with the parent;
+ * may be NULL). */
 _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, const char *child_json,
-                              const char *timeline_name, const ftb_cgroup *cg);
+                              const char *timeline_name, const ftb_cgroup *cg, ftb_tree_shared *tree);
 
 #endif

@@ -21,8 +21,31 @@ struct ftb_sampler {
     long page;
     ftb_rss_sample *buf;
     size_t cap, n;
-    int64_t max_rss;
+    int64_t max_rss, max_tree;
+    ftb_tree_shared *tree;
+    pid_t self;
+    int tree_countdown;
 };
+
+#define TREE_PERIOD 0.01 /* seconds between sums over the process tree */
+
+/* The tree's RSS now: the process alone when it has no child (one
+ * syscall), else the /proc scan. */
+static void sample_tree(ftb_sampler *s, int64_t self_rss)
+{
+    int64_t t = self_rss;
+    int np = 1;
+    if (ftb_has_children()) {
+        int64_t sum = ftb_proctree_rss(s->self, &np);
+        if (sum > t) t = sum;
+        if (s->tree) atomic_fetch_add(&s->tree->samples, 1);
+    }
+    if (t > s->max_tree) s->max_tree = t;
+    if (!s->tree) return;
+    atomic_store(&s->tree->now_bytes, t);
+    if (t > atomic_load(&s->tree->max_bytes)) atomic_store(&s->tree->max_bytes, t);
+    if (np > atomic_load(&s->tree->max_procs)) atomic_store(&s->tree->max_procs, np);
+}
 
 static int64_t read_rss(ftb_sampler *s)
 {
@@ -56,7 +79,13 @@ static void *run(void *arg)
     while (!atomic_load_explicit(&s->stop, memory_order_relaxed)) {
         int64_t rss = read_rss(s);
         if (rss > s->max_rss) s->max_rss = rss;
-        if (s->n == s->cap) {
+        if (--s->tree_countdown <= 0) {
+            sample_tree(s, rss);
+            s->tree_countdown = s->period >= TREE_PERIOD ? 1 : (int)(TREE_PERIOD / s->period);
+        }
+        if (s->cap == 0) {
+            /* No timeline: only the maxima are kept. */
+        } else if (s->n == s->cap) {
             /* Full: keep every other sample and sample half as often, so a
              * long cell keeps an even (coarser) record in fixed memory. */
             size_t m = 0;
@@ -64,13 +93,15 @@ static void *run(void *arg)
             s->n = m;
             s->period *= 2;
         }
-        ftb_rss_sample *x = &s->buf[s->n];
-        x->t = ftb_now() - s->t0;
-        x->rss = rss;
-        /* The phase pointer is read racily; labels are interned and never
-         * freed, so the worst case is the neighbouring phase's label. */
-        x->phase = ftb_mem_phase();
-        s->n++;
+        if (s->cap) {
+            ftb_rss_sample *x = &s->buf[s->n];
+            x->t = ftb_now() - s->t0;
+            x->rss = rss;
+            /* The phase pointer is read racily; labels are interned and never
+             * freed, so the worst case is the neighbouring phase's label. */
+            x->phase = ftb_mem_phase();
+            s->n++;
+        }
         add_ns(&next, (long)(s->period * 1e9));
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
             ;
@@ -78,18 +109,21 @@ static void *run(void *arg)
     return NULL;
 }
 
-ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity)
+ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity, ftb_tree_shared *tree)
 {
     ftb_sampler *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->t0 = t0;
     s->period = period_sec > 0 ? period_sec : 1e-3;
-    s->cap = capacity < 16 ? 16 : capacity;
+    s->cap = capacity == 0 ? 0 : capacity < 16 ? 16 : capacity;
+    s->max_tree = -1;
+    s->tree = tree;
+    s->self = getpid();
     s->page = sysconf(_SC_PAGESIZE);
     s->fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
     /* Touch the buffer now so its pages count before the measurement, not
      * as a slow creep inside it. */
-    s->buf = calloc(s->cap, sizeof *s->buf);
+    s->buf = calloc(s->cap ? s->cap : 1, sizeof *s->buf);
     if (s->fd < 0 || !s->buf) {
         ftb_sampler_free(s);
         return NULL;
@@ -115,6 +149,7 @@ size_t ftb_sampler_count(const ftb_sampler *s) { return s ? s->n : 0; }
 const ftb_rss_sample *ftb_sampler_samples(const ftb_sampler *s) { return s ? s->buf : NULL; }
 double ftb_sampler_period(const ftb_sampler *s) { return s ? s->period : 0; }
 int64_t ftb_sampler_max_rss(const ftb_sampler *s) { return s ? s->max_rss : -1; }
+int64_t ftb_sampler_max_tree_rss(const ftb_sampler *s) { return s ? s->max_tree : -1; }
 size_t ftb_sampler_buffer_bytes(const ftb_sampler *s) { return s ? s->cap * sizeof *s->buf : 0; }
 
 void ftb_sampler_free(ftb_sampler *s)

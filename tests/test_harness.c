@@ -673,6 +673,45 @@ Test(harness, watch_enforcement_kills_at_the_budget, .fini = remove_tmp)
     proc_free(&p);
 }
 
+/* A helper process the method forks is the device's memory too: the
+ * budget is enforced on the cell's whole process tree, under both check
+ * (after the run) and watch (killed at the budget), and the record keeps
+ * the process's own peak beside the tree's. */
+Test(harness, memory_of_a_forked_helper_counts_against_the_budget, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    const char *modes[] = { "check", "watch" };
+    for (int i = 0; i < 2; i++) {
+        char out[600];
+        snprintf(out, sizeof out, "%s/%s", tmpdir, modes[i]);
+        proc p = run(
+            (const char *[]){ "run",     "--method",  plugin("forkhog"), "--opt", "mb=256",   "--model",  "tiny",
+                              "--seq",   "16",        "--steps",         "1",     "--warmup", "0",        "--budget",
+                              "64M",     "--enforce", modes[i],          "--out", out,        "--run-id", "tree",
+                              "--quiet", NULL });
+        cr_expect((p.code) == (1), "%s: exit %d %s%s", modes[i], p.code, p.out, p.err);
+        proc_free(&p);
+        char path[700];
+        snprintf(path, sizeof path, "%s/host/tree/results.jsonl", out);
+        int n, bad;
+        json_t **v = read_records(path, &n, &bad);
+        cr_assert((n) == (1), "%s: %d records", modes[i], n);
+        cr_expect_str_eq(jstr(v[0], "outcome"), "over_budget", "%s: %s", modes[i], jstr(v[0], "outcome_detail"));
+        cr_expect(strstr(jstr(v[0], "outcome_detail"), "process tree") != NULL, "%s", jstr(v[0], "outcome_detail"));
+        json_t *mem = json_object_get(v[0], "memory");
+        json_int_t tree = json_integer_value(json_object_get(mem, "tree_peak_rss_bytes"));
+        json_int_t own = json_integer_value(json_object_get(mem, "process_peak_rss_bytes"));
+        cr_expect(tree > (64 << 20), "%s: tree peak %lld", modes[i], (long long)tree);
+        cr_expect(own > 0 && own < (64 << 20), "%s: the cell's own peak %lld", modes[i], (long long)own);
+        cr_expect(json_integer_value(json_object_get(mem, "peak_rss_bytes")) == tree);
+        if (!strcmp(modes[i], "check"))
+            cr_expect(tree >= (256 << 20), "check runs to the end: the helper's whole 256 MiB, got %lld",
+                      (long long)tree);
+        free_records(v, n);
+    }
+}
+
 /* ---- base weight formats, residency, optimizer (--base-dtype ...) ------------ */
 
 #include "ftbench.h"

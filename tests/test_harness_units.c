@@ -11,11 +11,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cell.h"
 #include "cli.h"
 #include "plugin.h"
+#include "proctree.h"
 #include "sampler.h"
 #include "sweep.h"
 #include "util.h"
@@ -154,7 +159,7 @@ Test(harness, roofline_projection)
 
 Test(harness, sampler_samples_rss_about_every_millisecond)
 {
-    ftb_sampler *s = ftb_sampler_start(ftb_now(), 1e-3, 32);
+    ftb_sampler *s = ftb_sampler_start(ftb_now(), 1e-3, 32, NULL);
     cr_assert(s);
     struct timespec ts = { 0, 80 * 1000000L };
     nanosleep(&ts, NULL);
@@ -170,6 +175,57 @@ Test(harness, sampler_samples_rss_about_every_millisecond)
     }
     cr_expect(ftb_sampler_max_rss(s) > 0);
     ftb_sampler_free(s);
+}
+
+/* The tree's RSS is the sum over the process and its descendants (a
+ * child and a grandchild holding 32 MiB each), and the sampler publishes
+ * it in the shared page. */
+Test(harness, process_tree_rss_sums_the_descendants)
+{
+    cr_expect_eq(ftb_has_children(), 0);
+    int pipefd[2];
+    cr_assert_eq(pipe(pipefd), 0);
+    pid_t child = fork();
+    cr_assert(child >= 0);
+    if (child == 0) {
+        /* Both die with the test, whatever it asserts. */
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(pipefd[0]);
+        pid_t gc = fork();
+        if (gc == 0) prctl(PR_SET_PDEATHSIG, SIGKILL);
+        size_t n = (size_t)32 << 20;
+        char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(p, 1, n);
+        if (gc != 0 && write(pipefd[1], "x", 1) != 1) _exit(1);
+        pause(); /* until killed */
+        _exit(0);
+    }
+    close(pipefd[1]);
+    char x;
+    cr_assert_eq(read(pipefd[0], &x, 1), 1);
+    close(pipefd[0]);
+    usleep(100000); /* the grandchild's pages too */
+    cr_expect_eq(ftb_has_children(), 1);
+    int np = 0;
+    int64_t self = ftb_pid_rss(getpid());
+    int64_t sum = ftb_proctree_rss(getpid(), &np);
+    cr_expect_eq(np, 3, "self, child, grandchild: %d", np);
+    cr_expect(sum >= self + ((int64_t)60 << 20), "tree %lld, self %lld", (long long)sum, (long long)self);
+    ftb_tree_shared *t = ftb_tree_shared_new();
+    cr_assert(t);
+    ftb_sampler *s = ftb_sampler_start(ftb_now(), 1e-3, 0, t);
+    usleep(50000);
+    ftb_sampler_stop(s);
+    cr_expect(ftb_sampler_max_tree_rss(s) >= self + ((int64_t)60 << 20));
+    cr_expect(atomic_load(&t->max_bytes) >= self + ((int64_t)60 << 20));
+    cr_expect_eq(atomic_load(&t->max_procs), 3);
+    cr_expect_eq(ftb_sampler_count(s), 0, "capacity 0 keeps no samples");
+    ftb_sampler_free(s);
+    ftb_tree_shared_free(t);
+    kill(-child, SIGKILL);
+    waitpid(child, NULL, 0);
+    cr_expect(ftb_proctree_rss(getpid(), &np) > 0);
 }
 
 Test(harness, sweep_definitions)
