@@ -7,6 +7,7 @@
 #include "cell_internal.h"
 #include "dataset.h"
 #include "hwc.h"
+#include "nonfinite.h"
 #include "plugin.h"
 #include "sampler.h"
 #include "train.h"
@@ -196,6 +197,32 @@ static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session
     return a;
 }
 
+/* A failed step, or one whose loss is not finite: what the method said,
+ * and what went non-finite where (nonfinite.h). */
+static _Noreturn void fail_step(const ftb_method *m, void *state, const ftb_model *model, int i, int total,
+                                float loss, const char *method_err)
+{
+    char where[FTB_ERR_LEN], v[32], msg[3 * FTB_ERR_LEN];
+    int found = ftb_nonfinite_find(m, state, model, where, sizeof where);
+    int n = snprintf(msg, sizeof msg, "step %d of %d: ", i + 1, total);
+    if (n < 0) n = 0;
+    if (method_err[0])
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "%s", method_err);
+    else if (!isfinite(loss))
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "the loss is %s", ftb_nonfinite_name(loss, v, sizeof v));
+    else
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "the method's step failed without a message");
+    if ((size_t)n < sizeof msg) {
+        if (found)
+            snprintf(msg + n, sizeof msg - (size_t)n, "; %s", where);
+        else if (!isfinite(loss))
+            snprintf(msg + n, sizeof msg - (size_t)n,
+                     "; every trainable value and gradient is finite, so the forward pass itself overflowed "
+                     "(an option scaling activations too far, or a learning rate that diverged earlier)");
+    }
+    fail("step", msg);
+}
+
 _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, const char *child_json,
                               const char *timeline_name, const ftb_cgroup *cg, ftb_tree_shared *tree)
 {
@@ -359,11 +386,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
         double dt = ftb_now() - ts;
         ftb_dequant_stats(&dq1, NULL);
         tdq[i] = dq1 - dq0;
-        if (rc != 0) {
-            char msg[FTB_ERR_LEN + 32];
-            snprintf(msg, sizeof msg, "step %d: %s", i, err[0] ? err : "method step failed (no message)");
-            fail("step", msg);
-        }
+        if (rc != 0 || !isfinite(res.loss)) fail_step(m, state, model, i, total, res.loss, err);
         wall[i] = dt;
         tf[i] = res.t_forward;
         tb[i] = res.t_backward;
@@ -382,6 +405,14 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
             fail("eval", err);
         snapshot("step");
         report("step %d %d", i + 1, total);
+    }
+    /* The last update is not checked by a following loss: look once at
+     * every trainable value, outside the measured steps. */
+    char bad[FTB_ERR_LEN];
+    if (ftb_nonfinite_find(m, state, model, bad, sizeof bad)) {
+        char msg[FTB_ERR_LEN + 96];
+        snprintf(msg, sizeof msg, "step %d of %d: its loss was finite, but after its update %s", total, total, bad);
+        fail("step", msg);
     }
     ftb_mem_set_phase("end");
     ftb_phase_stats_stop(ps);

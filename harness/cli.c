@@ -183,8 +183,10 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
         else if (!strcmp(name, "--granularity"))
             rc = pos_int(name, val, 1, 1 << 22, &o->granularity, err, errlen);
         else if (!strcmp(name, "--lr")) {
-            if (ftb_parse_double(val, &d) != 0 || !(d > 0))
-                rc = ftb_errf(err, errlen, "--lr: '%s' is not a positive number", val);
+            /* Above 1000 every optimizer here diverges at once (and beyond
+             * float's range the rate is infinite). */
+            if (ftb_parse_double(val, &d) != 0 || !(d > 0) || d > 1000)
+                rc = ftb_errf(err, errlen, "--lr: '%s' is not a number in (0, 1000]", val);
             o->lr = d;
             o->lr_given = 1;
         } else if (!strcmp(name, "--timeout")) {
@@ -385,9 +387,27 @@ int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe
             size_t used = strlen(names);
             snprintf(names + used, sizeof names - used, "%s%s", idx ? ", " : "", n ? n : "?");
         }
-        if (!found)
+        if (!found) {
             rc = ftb_errf(err, errlen, "method %s has no option '%s' (%s%s)", label, k,
                           names[0] ? "options: " : "it takes no options", names);
+            break;
+        }
+        /* A numeric value gets the checks every method's ftb_opt_double
+         * makes (float's range, the ranges of options common to methods),
+         * here, before anything runs: bad input, not a failed cell. */
+        const char *val = o->opt_values[i];
+        char *end;
+        (void)strtod(val, &end);
+        if (end != val && !*end) {
+            const char *kk[1] = { k }, *vv[1] = { val };
+            ftb_options one = { 1, kk, vv };
+            char e[FTB_ERR_LEN] = "";
+            (void)ftb_opt_double(&one, k, 0, e, sizeof e);
+            if (e[0]) {
+                ftb_errf(err, errlen, "method %s: %s", label, e);
+                rc = -2;
+            }
+        }
     }
     json_decref(j);
     return rc;

@@ -76,7 +76,10 @@ int ftb_cli_device(const ftb_cli *o, ftb_profile *p, char *err, size_t errlen);
 int ftb_cli_method_options(const ftb_cli *o, const char *label, const char **keys, const char **values, int max);
 
 /* Checks the --opt keys against a method's declared options (the probe's
- * JSON).  Keys scoped to another method are ignored. */
+ * JSON), and numeric values against float's range and the ranges of
+ * options common to methods (ftb_opt_double).  Keys scoped to another
+ * method are ignored.  0; -1 with err for an unknown key; -2 with err for
+ * a known key with a bad value. */
 int ftb_cli_check_options(const ftb_cli *o, const char *label, const char *probe_json, int strict_unscoped, char *err,
                           size_t errlen);
 

@@ -397,8 +397,14 @@ int ftb_cmd_sweep(int argc, char **argv)
                 ol.n_opts = 1;
                 ol.opt_keys[0] = s.cli.opt_keys[k];
                 ol.opt_values[0] = s.cli.opt_values[k];
-                used = ftb_cli_check_options(&ol, tmpl[i].method_label, json, 1, e2, sizeof e2) == 0;
+                int rc2 = ftb_cli_check_options(&ol, tmpl[i].method_label, json, 1, e2, sizeof e2);
                 free(json);
+                used = rc2 != -1;
+                if (rc2 == -2) { /* the method has it; the value is bad */
+                    ftb_usage_error("sweep", e2);
+                    free(tmpl);
+                    goto out;
+                }
             }
         }
         if (!used) {

@@ -712,6 +712,70 @@ Test(harness, memory_of_a_forked_helper_counts_against_the_budget, .fini = remov
     }
 }
 
+/* A step that goes non-finite says what and where: the loss, which
+ * tensor's gradient or values, which step (tests/plugins/nonfinite.c). */
+Test(harness, a_non_finite_step_says_what_went_non_finite_and_where, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    static const struct {
+        const char *where, *want[3];
+    } cases[] = {
+        { "where=loss", { "step 1 of 2: the loss is inf", "every trainable value and gradient is finite", NULL } },
+        { "where=grad",
+          { "step 1 of 2: the loss is nan", "the gradient of test.w has 1 of 64 values non-finite (first [5] = nan)",
+            "parameter test.w has 1 of 64 values non-finite" } },
+        { "where=update",
+          { "step 2 of 2: its loss was finite, but after its update parameter test.w", "(first [3] = inf)", NULL } },
+    };
+    for (int i = 0; i < 3; i++) {
+        char out[600];
+        snprintf(out, sizeof out, "%s/%d", tmpdir, i);
+        proc p = run((const char *[]){ "run", "--method", plugin("nonfinite"), "--opt", cases[i].where, "--model",
+                                       "tiny", "--seq", "16", "--steps", "1", "--warmup", "1", "--out", out, "--run-id",
+                                       "nf", "--quiet", NULL });
+        cr_expect((p.code) == (1), "%s: exit %d", cases[i].where, p.code);
+        proc_free(&p);
+        char path[700];
+        snprintf(path, sizeof path, "%s/host/nf/results.jsonl", out);
+        int n, bad;
+        json_t **v = read_records(path, &n, &bad);
+        cr_assert((n) == (1), "%s: %d records", cases[i].where, n);
+        cr_expect_str_eq(jstr(v[0], "outcome"), "error");
+        const char *d = jstr(v[0], "outcome_detail");
+        cr_expect(strstr(d, "no message") == NULL, "%s", d);
+        for (int k = 0; k < 3 && cases[i].want[k]; k++)
+            cr_expect(strstr(d, cases[i].want[k]) != NULL, "%s: '%s' not in: %s", cases[i].where, cases[i].want[k], d);
+        free_records(v, n);
+    }
+}
+
+/* Option values that can only make a method non-finite are bad input:
+ * exit 2, one line, before any cell runs. */
+Test(harness, option_values_that_make_a_method_non_finite_are_refused, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--opt", "alpha=1e40", "--model", "tiny", "--seq",
+                                         "16", "--out", tmpdir, NULL },
+                       "option alpha: '1e40' is beyond the range of a 32-bit float");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--opt", "alpha=1e7", "--model", "tiny", "--seq",
+                                         "16", "--out", tmpdir, NULL },
+                       "option alpha: 1e7 is not in (0, 1e+06]");
+    expect_usage_error((const char *[]){ "sweep", "--methods", "lora,full", "--opt", "alpha=-1", "--model", "tiny",
+                                         "--seqs", "16", "--out", tmpdir, NULL },
+                       "method lora: option alpha: -1 is not in");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--opt", "weight_decay=1e39", "--model", "tiny",
+                                         "--seq", "16", "--out", tmpdir, NULL },
+                       "option weight_decay: '1e39' is beyond the range of a 32-bit float");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--lr", "1e39", "--model", "tiny", "--seq", "16",
+                                         "--out", tmpdir, NULL },
+                       "--lr: '1e39' is not a number in (0, 1000]");
+    char results[600];
+    snprintf(results, sizeof results, "%s/host", tmpdir);
+    cr_expect(access(results, F_OK) != 0, "nothing may be recorded for bad input");
+}
+
 /* ---- base weight formats, residency, optimizer (--base-dtype ...) ------------ */
 
 #include "ftbench.h"
