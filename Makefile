@@ -40,6 +40,8 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/i
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
+# Plugins see the method ABI alone (include/ftbench_method.h, ftbench_kit.h).
+PLUGIN_CFLAGS := $(filter-out -Imodels -Idatasets -Iharness $(BLAS_CFLAGS),$(CFLAGS))
 LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 LDFLAGS := -fopenmp $(SANFLAGS) -Wl,--export-dynamic
 
@@ -47,7 +49,7 @@ CORE_SRC    := $(wildcard models/*.c datasets/*.c)
 HARNESS_SRC := $(filter-out harness/main.c,$(wildcard harness/*.c))
 REPORT_SRC  := $(wildcard reports/*.c)
 METHOD_DIRS := $(patsubst %/,%,$(dir $(wildcard methods/*/*.c)))
-METHODS     := $(sort $(notdir $(METHOD_DIRS)))
+METHODS     := $(filter-out kit,$(sort $(notdir $(METHOD_DIRS))))
 TEST_SRC    := $(wildcard tests/*.c)
 
 CORE_OBJ    := $(CORE_SRC:%.c=$(BUILD)/%.o)
@@ -81,15 +83,21 @@ $(CORELIB): $(CORE_OBJ)
 $(BIN): $(BUILD)/harness/main.o $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
 
-# A plugin is every .c file of its folder (rebuilt when a .h there changes),
-# linked as one shared object; its core symbols resolve against the
-# executable that loads it.  ftb_method grows by appending fields (ABI 2
-# added `gradient` and `memory_model`): a positional initialiser that stops
-# before them leaves them NULL on purpose.
-.SECONDEXPANSION:
-$(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c methods/$$*/*.h) include/ftbench.h
+# A plugin is every .c file of its folder (rebuilt when a .h there or a
+# public header changes), compiled against include/ only and linked as one
+# shared object with the method kit (methods/kit/, a static library: not a
+# plugin); its core symbols resolve against the executable that loads it.
+KIT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard methods/kit/*.c))
+KITLIB  := $(BUILD)/libftbench_methodkit.a
+$(BUILD)/methods/kit/%.o: methods/kit/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Wno-missing-field-initializers -shared -o $@ $(wildcard methods/$*/*.c) -lm
+	$(CC) $(PLUGIN_CFLAGS) $(DEPFLAGS) -c $< -o $@
+$(KITLIB): $(KIT_OBJ)
+	ar rcs $@ $^
+.SECONDEXPANSION:
+$(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c methods/$$*/*.h) $(wildcard include/*.h) $(KITLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -shared -o $@ $(wildcard methods/$*/*.c) $(KITLIB) -lm
 
 $(TESTBIN): $(TEST_OBJ) $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive -lcriterion $(LDLIBS)
@@ -97,9 +105,9 @@ $(TESTBIN): $(TEST_OBJ) $(HARNESS_OBJ) $(CORELIB)
 # Fault-injection plugins for the harness tests (tests/plugins/*.c), one .so
 # each, built like methods; `make test` passes their directory to the tests.
 TEST_PLUGINS := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(wildcard tests/plugins/*.c))
-$(BUILD)/tests/plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) include/ftbench.h
+$(BUILD)/tests/plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) $(wildcard include/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -shared -o $@ $< -lm
+	$(CC) $(PLUGIN_CFLAGS) -shared -o $@ $< -lm
 
 test: all $(TEST_PLUGINS)
 	FTBENCH_BIN=$(abspath $(BIN)) FTBENCH_METHODS=$(abspath $(BUILD)/methods) \
@@ -157,7 +165,8 @@ oracle:
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/ftbench/methods $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ftbench
-	install -m 644 include/ftbench.h $(DESTDIR)$(PREFIX)/include/ftbench.h
+	install -m 644 include/ftbench_method.h include/ftbench_kit.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(KITLIB) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(PLUGINS) $(DESTDIR)$(PREFIX)/lib/ftbench/methods/
 	install -d $(DESTDIR)$(PREFIX)/share/ftbench/profiles
 	install -m 644 $(wildcard profiles/*.profile) $(DESTDIR)$(PREFIX)/share/ftbench/profiles/
@@ -199,7 +208,7 @@ FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 FUZZ_OBJ        := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(CORE_SRC) $(HARNESS_SRC) $(REPORT_SRC))
 FUZZ_LIB        := $(FUZZ_BUILD)/libftbench_fuzz.a
 FUZZ_BINS       := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
-FUZZ_HEADERS    := include/ftbench.h $(wildcard models/*.h datasets/*.h harness/*.h reports/*.h)
+FUZZ_HEADERS    := $(wildcard include/*.h models/*.h datasets/*.h harness/*.h reports/*.h)
 
 .PHONY: fuzz fuzz-ci fuzz-build fuzz-corpus fuzz-clean
 fuzz-build: $(FUZZ_BINS)

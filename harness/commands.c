@@ -37,10 +37,8 @@ int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
     if (o->methods_dir) {
         if (!ftb_is_dir(o->methods_dir))
             return ftb_errf(err, errlen, "--methods-dir %s: not a directory", o->methods_dir);
-        s->methods_dir = o->methods_dir;
-    } else {
-        s->methods_dir = ftb_methods_default_dir();
     }
+    s->methods_dir = ftb_methods_search_path(o->methods_dir); /* user dirs first, then the built-ins */
     s->budget = o->budget_bytes ? o->budget_bytes : ftb_profile_budget_bytes(&s->device);
     int host = ftb_host_cores();
     s->threads = o->threads ? o->threads : s->emulated ? (s->device.cores < host ? s->device.cores : host) : host;
@@ -333,7 +331,7 @@ int ftb_cmd_list(int argc, char **argv)
     }
     if (pr < 0) return ftb_usage_error("list", err);
     int rc = FTB_EXIT_OK;
-    const char *mdir = o.methods_dir ? o.methods_dir : ftb_methods_default_dir();
+    const char *mdir = ftb_methods_search_path(o.methods_dir);
     if (o.methods_dir && !ftb_is_dir(o.methods_dir)) {
         snprintf(err, sizeof err, "--methods-dir %s: not a directory", o.methods_dir);
         ftb_cli_free(&o);
@@ -349,10 +347,10 @@ int ftb_cmd_list(int argc, char **argv)
     int n = 0;
     if (mdir && ftb_plugin_list(mdir, &labels, &n, err, sizeof err) != 0) printf("  (%s)\n", err);
     for (int i = 0; i < n; i++) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%.3000s/%s.so", mdir, labels[i]);
+        char path[PATH_MAX], label[128];
         char *json = NULL;
-        if (ftb_plugin_probe(path, &json, err, sizeof err) != 0) {
+        if (ftb_plugin_resolve(labels[i], mdir, path, sizeof path, label, sizeof label, err, sizeof err) != 0 ||
+            ftb_plugin_probe(path, &json, err, sizeof err) != 0) {
             printf("  %-14s UNUSABLE: %s\n", labels[i], err);
             continue;
         }

@@ -647,7 +647,7 @@ int ftb_cmd_fidelity(int argc, char **argv)
         ftb_usage_error("fidelity", err);
         goto out;
     }
-    s.methods_dir = o->methods_dir ? o->methods_dir : ftb_methods_default_dir();
+    s.methods_dir = ftb_methods_search_path(o->methods_dir); /* user dirs first, then the built-ins */
     ftb_cell_init(&mc);
     ftb_cell_init(&ac);
     if (ftb_setup_method(&s, o->method, &mc, 1, NULL, err, sizeof err) != 0 ||

@@ -13,11 +13,35 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-const char *ftb_methods_default_dir(void)
+/* ---- the search path -------------------------------------------------------- */
+
+/* The process's search path once composed (ftb_methods_search_path); what
+ * ftb_method_open resolves names against.  Entries are separated by ':'. */
+static char search_path[4 * PATH_MAX];
+static int search_path_set;
+
+/* Appends dir to path if it is a directory not yet listed. */
+static void path_append(char *path, size_t n, const char *dir)
+{
+    if (!dir || !*dir || !ftb_is_dir(dir)) return;
+    size_t len = strlen(dir);
+    for (const char *p = path; *p;) {
+        const char *colon = strchr(p, ':');
+        size_t plen = colon ? (size_t)(colon - p) : strlen(p);
+        if (plen == len && strncmp(p, dir, len) == 0) return;
+        p += plen + (colon ? 1 : 0);
+    }
+    size_t used = strlen(path);
+    if (used + len + 2 > n) return; /* would not fit: dropped rather than cut */
+    snprintf(path + used, n - used, "%s%s", used ? ":" : "", dir);
+}
+
+/* Where this ftbench's own methods are: <exe dir>/methods (the build
+ * tree), <exe dir>/../lib/ftbench/methods (installed), else
+ * /usr/local/lib/ftbench/methods.  NULL if none exists. */
+static const char *builtin_dir(void)
 {
     static char dir[PATH_MAX];
-    const char *env = getenv("FTBENCH_METHODS_DIR");
-    if (env && *env && ftb_is_dir(env)) return env;
     const char *exe = ftb_exe_dir();
     const char *cands[] = { "%s/methods", "%s/../lib/ftbench/methods", NULL };
     for (int i = 0; exe[0] && cands[i]; i++) {
@@ -29,6 +53,43 @@ const char *ftb_methods_default_dir(void)
     return NULL;
 }
 
+const char *ftb_methods_search_path(const char *user_dirs)
+{
+    char path[sizeof search_path] = "";
+    const char *lists[2] = { user_dirs, getenv("FTBENCH_METHODS_DIR") };
+    for (int i = 0; i < 2; i++) {
+        if (!lists[i]) continue;
+        char *copy = strdup(lists[i]), *save = NULL;
+        for (char *d = copy ? strtok_r(copy, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save))
+            path_append(path, sizeof path, d);
+        free(copy);
+    }
+    path_append(path, sizeof path, builtin_dir());
+    memcpy(search_path, path, sizeof search_path);
+    search_path_set = 1;
+    return search_path[0] ? search_path : NULL;
+}
+
+const char *ftb_methods_default_dir(void) { return ftb_methods_search_path(NULL); }
+
+/* Calls fn on each directory of a search path until it returns nonzero. */
+static int each_dir(const char *path, int (*fn)(const char *dir, void *ctx), void *ctx)
+{
+    for (const char *p = path; p && *p;) {
+        const char *colon = strchr(p, ':');
+        size_t len = colon ? (size_t)(colon - p) : strlen(p);
+        char dir[PATH_MAX];
+        if (len && len < sizeof dir) {
+            memcpy(dir, p, len);
+            dir[len] = 0;
+            int rc = fn(dir, ctx);
+            if (rc) return rc;
+        }
+        p += len + (colon ? 1 : 0);
+    }
+    return 0;
+}
+
 static void label_of(const char *path, char *label, size_t n)
 {
     const char *base = strrchr(path, '/');
@@ -38,7 +99,20 @@ static void label_of(const char *path, char *label, size_t n)
     if (l > 3 && strcmp(label + l - 3, ".so") == 0) label[l - 3] = 0;
 }
 
-int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, size_t n, char *label, size_t label_n,
+typedef struct {
+    const char *name;
+    char *path;
+    size_t n;
+} find_ctx;
+
+static int find_in(const char *dir, void *ctx)
+{
+    find_ctx *f = ctx;
+    snprintf(f->path, f->n, "%s/%s.so", dir, f->name);
+    return ftb_is_file(f->path);
+}
+
+int ftb_plugin_resolve(const char *name_or_path, const char *dirs, char *path, size_t n, char *label, size_t label_n,
                        char *err, size_t errlen)
 {
     if (!name_or_path || !*name_or_path) return ftb_errf(err, errlen, "empty method name");
@@ -52,18 +126,19 @@ int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, si
         label_of(name_or_path, label, label_n);
         return 0;
     }
-    if (!dir)
-        return ftb_errf(err, errlen, "unknown method '%s': no methods directory found (give --methods-dir)",
+    if (!dirs || !*dirs)
+        return ftb_errf(err, errlen,
+                        "unknown method '%s': no methods directory found (give --methods-dir or FTBENCH_METHODS_DIR)",
                         name_or_path);
-    snprintf(path, n, "%s/%s.so", dir, name_or_path);
-    if (ftb_is_file(path)) {
+    find_ctx f = { name_or_path, path, n };
+    if (each_dir(dirs, find_in, &f)) {
         snprintf(label, label_n, "%s", name_or_path);
         return 0;
     }
     char **labels = NULL;
     int count = 0;
     char avail[512] = "none";
-    if (ftb_plugin_list(dir, &labels, &count, NULL, 0) == 0 && count) {
+    if (ftb_plugin_list(dirs, &labels, &count, NULL, 0) == 0 && count) {
         avail[0] = 0;
         for (int i = 0; i < count; i++) {
             size_t used = strlen(avail);
@@ -71,8 +146,8 @@ int ftb_plugin_resolve(const char *name_or_path, const char *dir, char *path, si
         }
     }
     ftb_plugin_free_list(labels, count);
-    return ftb_errf(err, errlen, "unknown method '%s': no %s.so in %s (available: %s)", name_or_path, name_or_path, dir,
-                    avail);
+    return ftb_errf(err, errlen, "unknown method '%s': no %s.so in %s (available: %s)", name_or_path, name_or_path,
+                    dirs, avail);
 }
 
 int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
@@ -102,7 +177,9 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
         return -1;
     }
     if (m->abi_version < FTB_ABI_MIN_VERSION || m->abi_version > FTB_ABI_VERSION) {
-        ftb_errf(err, errlen, "method '%s' (%s) was built for ABI %u, this ftbench has ABI %d (and loads %d..%d)",
+        ftb_errf(err, errlen,
+                 "method '%s' (%s) was built for ABI %u, this ftbench has ABI %d (and loads %d..%d): rebuild it "
+                 "against include/ftbench_method.h",
                  p->label, path, m->abi_version, FTB_ABI_VERSION, FTB_ABI_MIN_VERSION, FTB_ABI_VERSION);
         ftb_plugin_close(p);
         return -1;
@@ -129,6 +206,87 @@ ftb_memory_model_fn ftb_plugin_memory_model(const ftb_method *m)
     return m->memory_model;
 }
 
+int ftb_method_plan(const ftb_method *m, const ftb_model_shape *shape, const ftb_options *o, const ftb_run_opts *run,
+                    int B, int T, ftb_memory_estimate *out, char *err, size_t errlen)
+{
+    if (!m || m->abi_version < 3 || !m->memory_plan)
+        return ftb_errf(err, errlen, "method %s has no shape-only memory plan", m && m->name ? m->name : "?");
+    ftb_plan *p = ftb_plan_new(shape, run, err, errlen);
+    if (!p) return -1;
+    err[0] = 0;
+    int rc = m->memory_plan(p, o, B, T, out, err, errlen);
+    if (rc && !err[0]) ftb_errf(err, errlen, "method %s: no plan for these options", m->name ? m->name : "?");
+    ftb_plan_free(p);
+    return rc ? -1 : 0;
+}
+
+/* ---- methods that open other methods (ftb_method_open) ------------------------ */
+
+typedef struct opened {
+    ftb_plugin plug;
+    struct opened *next;
+} opened;
+static opened *opened_list; /* init and destroy run on one thread: no lock */
+
+/* Every key of o must be an option m documents. */
+static int check_options(const ftb_method *m, const char *label, const ftb_options *o, char *err, size_t errlen)
+{
+    for (int i = 0; o && i < o->n; i++) {
+        const ftb_option_doc *d = m->options;
+        while (d && d->name && strcmp(d->name, o->keys[i]) != 0) d++;
+        if (d && d->name) continue;
+        char names[256] = "";
+        for (d = m->options; d && d->name; d++) {
+            size_t used = strlen(names);
+            snprintf(names + used, sizeof names - used, "%s%s", used ? ", " : "", d->name);
+        }
+        return ftb_errf(err, errlen, "method %s has no option '%s' (%s%s)", label, o->keys[i],
+                        names[0] ? "its options: " : "it takes none", names);
+    }
+    return 0;
+}
+
+const ftb_method *ftb_method_open(const char *name_or_path, const ftb_options *options, char *err, size_t errlen)
+{
+    char path[PATH_MAX], label[128];
+    const char *dirs = search_path_set ? (search_path[0] ? search_path : NULL) : ftb_methods_search_path(NULL);
+    char why[FTB_ERR_LEN];
+    if (ftb_plugin_resolve(name_or_path, dirs, path, sizeof path, label, sizeof label, why, sizeof why)) {
+        ftb_errf(err, errlen, "method '%s' is not available: %s", name_or_path, why);
+        return NULL;
+    }
+    opened *o = calloc(1, sizeof *o);
+    if (!o) {
+        ftb_errf(err, errlen, "out of memory opening method %s", label);
+        return NULL;
+    }
+    if (ftb_plugin_open(path, &o->plug, err, errlen)) {
+        free(o);
+        return NULL;
+    }
+    const ftb_method *m = o->plug.method;
+    if (check_options(m, label, options, err, errlen) == 0) {
+        o->next = opened_list;
+        opened_list = o;
+        return m;
+    }
+    ftb_plugin_close(&o->plug);
+    free(o);
+    return NULL;
+}
+
+void ftb_method_close(const ftb_method *m)
+{
+    for (opened **p = &opened_list; *p; p = &(*p)->next)
+        if ((*p)->plug.method == m) {
+            opened *o = *p;
+            *p = o->next;
+            ftb_plugin_close(&o->plug);
+            free(o);
+            return;
+        }
+}
+
 const char *ftb_method_memory_estimate(const ftb_method *m, void *state, const ftb_session *s, int B, int T,
                                        int ran_backward, ftb_memory_estimate *out)
 {
@@ -147,32 +305,51 @@ void ftb_plugin_close(ftb_plugin *p)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-int ftb_plugin_list(const char *dir, char ***labels, int *n, char *err, size_t errlen)
+typedef struct {
+    char **list;
+    int count, cap;
+    char *err;
+    size_t errlen;
+} list_ctx;
+
+static int list_has(const list_ctx *c, const char *label, size_t len)
 {
-    *labels = NULL;
-    *n = 0;
+    for (int i = 0; i < c->count; i++)
+        if (strlen(c->list[i]) == len && strncmp(c->list[i], label, len) == 0) return 1;
+    return 0;
+}
+
+static int list_dir(const char *dir, void *ctx)
+{
+    list_ctx *c = ctx;
     DIR *d = opendir(dir);
-    if (!d) return ftb_errf(err, errlen, "cannot read methods directory %s: %s", dir, strerror(errno));
-    char **list = NULL;
-    int count = 0, cap = 0;
+    if (!d) return ftb_errf(c->err, c->errlen, "cannot read methods directory %s: %s", dir, strerror(errno));
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
         if (len <= 3 || strcmp(e->d_name + len - 3, ".so") != 0 || e->d_name[0] == '.') continue;
-        if (count == cap) {
-            cap = cap ? cap * 2 : 8;
-            char **nl = realloc(list, (size_t)cap * sizeof *list);
+        if (list_has(c, e->d_name, len - 3)) continue; /* an earlier directory's wins */
+        if (c->count == c->cap) {
+            c->cap = c->cap ? c->cap * 2 : 8;
+            char **nl = realloc(c->list, (size_t)c->cap * sizeof *c->list);
             if (!nl) break;
-            list = nl;
+            c->list = nl;
         }
-        list[count] = strndup(e->d_name, len - 3);
-        if (list[count]) count++;
+        c->list[c->count] = strndup(e->d_name, len - 3);
+        if (c->list[c->count]) c->count++;
     }
     closedir(d);
-    if (count) qsort(list, (size_t)count, sizeof *list, cmp_str);
-    *labels = list;
-    *n = count;
     return 0;
+}
+
+int ftb_plugin_list(const char *dirs, char ***labels, int *n, char *err, size_t errlen)
+{
+    list_ctx c = { NULL, 0, 0, err, errlen };
+    int rc = each_dir(dirs, list_dir, &c);
+    if (c.count) qsort(c.list, (size_t)c.count, sizeof *c.list, cmp_str);
+    *labels = c.list;
+    *n = c.count;
+    return rc ? -1 : 0;
 }
 
 void ftb_plugin_free_list(char **labels, int n)

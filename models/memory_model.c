@@ -205,6 +205,17 @@ static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o
 void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int B, int T, int training,
                               const int64_t *hook_saved, ftb_memory_estimate *out)
 {
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    const int perturbed = !training && ftb_model_read_perturbation(m, NULL) != NULL;
+    ftb_memory_estimate_from(m, opts, B, T, training, hook_saved, st.live, ftb_quant_largest_tile(m, perturbed),
+                             omp_get_max_threads(), out);
+}
+
+void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int B, int T, int training,
+                              const int64_t *hook_saved, const int64_t state[FTB_MEM_NCAT], int64_t tile_floats,
+                              int threads, ftb_memory_estimate *out)
+{
     ftb_run_opts defaults;
     if (!opts) {
         ftb_run_opts_default(&defaults);
@@ -219,7 +230,7 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
                 T,
                 B * T,
                 training,
-                omp_get_max_threads(),
+                threads,
                 c->dim,
                 (int64_t)c->n_heads * c->head_dim,
                 (int64_t)c->n_kv_heads * c->head_dim,
@@ -227,10 +238,8 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
                 c->n_heads,
                 c->head_dim };
     ledger g = { { 0 }, out };
-    ftb_mem_stats st;
-    ftb_mem_get_stats(&st);
     /* The state between steps: weights, parameters, gradients, moments. */
-    for (int k = FTB_MEM_WEIGHTS; k <= FTB_MEM_OPTIM; k++) g.live[k] = st.live[k];
+    for (int k = FTB_MEM_WEIGHTS; k <= FTB_MEM_OPTIM; k++) g.live[k] = state[k];
     const int L = c->n_layers;
     const int64_t N = s.N, ND = N * s.D;
     const int first = training ? ftb_model_lowest_trained_block(m, opts) : L;
@@ -238,7 +247,7 @@ void ftb_memory_estimate_step(const ftb_model *m, const ftb_run_opts *opts, int 
     add(&g, FTB_MEM_WORKSPACE, (int64_t)T * s.hd); /* RoPE tables */
     const int perturbed = !training && ftb_model_read_perturbation(m, NULL) != NULL;
     if (perturbed) add(&g, FTB_MEM_WORKSPACE, perturbed_vector_floats(c));
-    add(&g, FTB_MEM_WORKSPACE, ftb_quant_largest_tile(m, perturbed));        /* one kept for the whole step */
+    add(&g, FTB_MEM_WORKSPACE, tile_floats);                                 /* one kept for the whole step */
     add(&g, training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND); /* resid[0] */
     mark(&g, "fwd embed");
     /* resid[l] lives in `kept[l]` (SAVED, offloaded, or a recycled workspace buffer). */

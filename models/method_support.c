@@ -1,10 +1,82 @@
-/* method_support.c — pieces every method plugin would otherwise write
- * again: parsing which linear layers to adapt, method-owned tensors, the
- * backprop step (zero gradients, forward and backward, the optimizer) and
- * whether the base is mapped. */
+/* method_support.c — the core's side of the method ABI
+ * (include/ftbench_method.h): the accessors through which plugins see the
+ * opaque model and optimizer, and pieces every method plugin would
+ * otherwise write again: parsing which linear layers to adapt,
+ * method-owned tensors, the backprop step (zero gradients, forward and
+ * backward, the optimizer) and whether the base is mapped. */
 #include "ftbench.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+/* ---- the model, seen from a plugin ---------------------------------------- */
+
+const ftb_config *ftb_model_config(const ftb_model *m) { return &m->cfg; }
+
+ftb_tensor *ftb_model_linear(ftb_model *m, int layer, ftb_linear_kind k)
+{
+    if (layer < 0 || layer >= m->cfg.n_layers || (unsigned)k >= FTB_LIN_COUNT) return NULL;
+    return ftb_layer_weight(&m->layers[layer], k);
+}
+
+ftb_adapter *ftb_model_adapter(const ftb_model *m, int layer, ftb_linear_kind k)
+{
+    if (layer < 0 || layer >= m->cfg.n_layers || (unsigned)k >= FTB_LIN_COUNT) return NULL;
+    return m->layers[layer].adapter[k];
+}
+
+int ftb_model_params(ftb_model *m, ftb_tensor ***params)
+{
+    *params = m->params;
+    return m->n_params;
+}
+
+ftb_tensor *ftb_model_part_tensor(ftb_model *m, ftb_model_part part)
+{
+    switch (part) {
+    case FTB_TENSOR_EMBED: return &m->embed;
+    case FTB_TENSOR_FINAL_NORM: return &m->final_norm;
+    case FTB_TENSOR_LM_HEAD: return &m->lm_head;
+    }
+    return NULL;
+}
+
+ftb_residency ftb_model_residency(const ftb_model *m) { return (ftb_residency)m->residency; }
+
+/* ---- the optimizer, seen from a plugin ------------------------------------ */
+
+ftb_adamw *ftb_adamw_create(ftb_model *m, ftb_tensor **params, int n, float lr, float weight_decay, char *err,
+                            size_t errlen)
+{
+    ftb_adamw *opt = calloc(1, sizeof *opt);
+    if (!opt) {
+        snprintf(err, errlen, "out of memory for the optimizer");
+        return NULL;
+    }
+    if (ftb_adamw_init(opt, m, params, n, lr, weight_decay, err, errlen)) {
+        ftb_adamw_destroy(opt);
+        return NULL;
+    }
+    return opt;
+}
+
+void ftb_adamw_destroy(ftb_adamw *opt)
+{
+    if (!opt) return;
+    ftb_adamw_free(opt);
+    free(opt);
+}
+
+int ftb_adamw_params(const ftb_adamw *opt, ftb_tensor ***params)
+{
+    *params = opt ? opt->params : NULL;
+    return opt ? opt->n : 0;
+}
+
+int64_t ftb_optimizer_state_bytes(int64_t floats)
+{
+    return ftb_optimizer_selected() == FTB_OPTIM_SGD ? 0 : 2 * (int64_t)sizeof(float) * floats;
+}
 
 int ftb_parse_linear_targets(const char *spec, char *err, size_t errlen)
 {

@@ -35,6 +35,15 @@ void ftb_mem_recategorize(void *p, ftb_mem_category c);
  * the analytic memory model (memory_model.c) follows too. */
 int ftb_model_lowest_trained_block(const ftb_model *m, const ftb_run_opts *o);
 
+/* The analytic memory model's walk (memory_model.c) with its inputs given:
+ * the state between steps by category (weights … optim), the dequantization
+ * tile kept for the step, in floats, and the thread count.
+ * ftb_memory_estimate_step reads them from the live accounting and the
+ * model's storage; a plan (memory_plan.c) computes them from shapes. */
+void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int B, int T, int training,
+                              const int64_t *hook_saved, const int64_t state[FTB_MEM_NCAT], int64_t tile_floats,
+                              int threads, ftb_memory_estimate *out);
+
 /* Allocation failure (docs/CORE.md, "When an allocation fails").  The first
  * ftb_alloc that returns NULL sets a sticky flag, kept until cleared;
  * forward/backward clear it on entry and check it after every step that

@@ -254,7 +254,7 @@ Test(harness, cli_unknown_names)
     expect_usage_error((const char *[]){ "run", "--methods-dir", "/nonexistent/dir", "--method", "lora", NULL },
                        "/nonexistent/dir");
     expect_usage_error((const char *[]){ "run", "--method", plugin("badabi"), "--model", "tiny", NULL },
-                       "was built for ABI 3, this ftbench has ABI 2");
+                       "was built for ABI 4, this ftbench has ABI 3");
     expect_usage_error((const char *[]){ "run", "--method", plugin("nosym"), "--model", "tiny", NULL },
                        "does not export ftbench_method()");
     expect_usage_error((const char *[]){ "run", "--method", "/nonexistent/m.so", "--model", "tiny", NULL },

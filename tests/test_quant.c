@@ -906,7 +906,7 @@ static void probe_bwd(ftb_adapter *a, const ftb_linear_ctx *c, const float *x, f
     (void)a, (void)c, (void)x, (void)dy, (void)dx, (void)saved;
     sample_rss(NULL, NULL);
 }
-static const ftb_adapter_ops probe_ops = { probe_fwd, probe_bwd, NULL };
+static const ftb_adapter_ops probe_ops = { FTB_ADAPTER_OPS_VERSION, probe_fwd, probe_bwd, NULL };
 
 /* Lazy residency: identical losses and gradients (bitwise for a quantized
  * base; for an fp32 one the streamed LM head sums dx over its row tiles,

@@ -422,7 +422,7 @@ Test(tasks, generation_goes_through_the_hooks)
     ftb_eval_result r;
     cr_assert_eq(ftb_eval_task(m, &o, t, 1, FTB_DECODE_GREEDY, &r, NULL, 0, err, sizeof err), 0);
     cr_assert_eq(r.accuracy, 1.0);
-    static const ftb_adapter_ops ops = { push_forward, push_backward, NULL };
+    static const ftb_adapter_ops ops = { FTB_ADAPTER_OPS_VERSION, push_forward, push_backward, NULL };
     ftb_adapter a = { &ops, 0, NULL };
     ftb_attach_adapter(m, m->cfg.n_layers - 1, FTB_LIN_DOWN, &a);
     cr_assert_eq(ftb_eval_task(m, &o, t, 1, FTB_DECODE_GREEDY, &r, NULL, 0, err, sizeof err), 0);

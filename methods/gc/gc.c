@@ -4,98 +4,35 @@
  * at a time, during backward.  Gradients are those of the inner method,
  * bit for bit; what changes is how many blocks' activations are alive.
  *
- * The inner method (--opt inner=lora|full|ia3|lars, default lora) is the
- * plugin <dir>/<inner>.so next to this one: gc finds its own directory with
- * dladdr, loads the inner plugin there, and hands it the options meant for
+ * The inner method (--opt inner=lora|full|ia3|lars or a path to a plugin,
+ * default lora) is opened by the host's own loader (ftb_method_open: the
+ * plugin search path, the ABI check), and gc hands it the options meant for
  * it — every option but gc's own `inner`, with an `inner.` prefix stripped
  * (inner.rank=16 and rank=16 both reach the inner method as rank=16; the
- * prefixed one wins if both are given).  gc sets the keep policy before the
+ * prefixed one wins if both are given); the host checks that the inner
+ * method documents each.  gc sets the keep policy before the
  * inner init (so an inner method that reads it sees it) and again after (so
  * one that sets its own is overridden), then delegates step, trainable and
  * destroy.
  *
  * The option list gc shows (and the harness checks --opt against) is its
- * own plus those of the backprop plugins found next to it, built when the
+ * own plus those of the backprop plugins on the search path, built when the
  * plugin is first asked for its description. */
-#include "ftbench.h"
+#include "ftbench_method.h"
 
-#include <dlfcn.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define INNER_PREFIX  "inner."
 #define DEFAULT_INNER "lora"
 
 typedef struct {
-    void *handle; /* the inner plugin, dlopen'ed by gc */
-    const ftb_method *inner;
+    const ftb_method *inner; /* opened with ftb_method_open */
     void *inner_state;
     ftb_keep_policy *keep;       /* s->run.keep points here until destroy */
     const char **keys, **values; /* the inner's options (strings are the host's) */
     ftb_options inner_options;
 } gc_state;
-
-/* The directory this plugin was loaded from ("." if the path had none). */
-static int own_directory(char *dir, size_t n)
-{
-    Dl_info info;
-    if (!dladdr((void *)&own_directory, &info) || !info.dli_fname) return -1;
-    const char *slash = strrchr(info.dli_fname, '/');
-    if (!slash)
-        snprintf(dir, n, ".");
-    else
-        snprintf(dir, n, "%.*s", (int)(slash - info.dli_fname), info.dli_fname);
-    return 0;
-}
-
-/* Loads <gc's dir>/<name>.so and checks it as the host checks a plugin. */
-static int open_sibling_method(const char *name, void **handle, const ftb_method **method, char *err, size_t errlen)
-{
-    char dir[PATH_MAX], path[PATH_MAX + 256];
-    *handle = NULL;
-    *method = NULL;
-    if (own_directory(dir, sizeof dir)) {
-        snprintf(err, errlen, "gc: cannot tell which directory the gc plugin was loaded from");
-        return -1;
-    }
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    if (access(path, F_OK) != 0) {
-        snprintf(err, errlen, "gc: inner method '%s' is not available: no %s.so in %s", name, name, dir);
-        return -1;
-    }
-    dlerror();
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        snprintf(err, errlen, "gc: cannot load inner method '%s' (%s): %s", name, path, dlerror());
-        return -1;
-    }
-    void *sym = dlsym(h, FTB_METHOD_ENTRY);
-    ftb_method_entry_fn entry = NULL;
-    const ftb_method *m = NULL;
-    if (sym) {
-        memcpy(&entry, &sym, sizeof entry); /* POSIX: dlsym's object pointer is the function */
-        m = entry();
-    }
-    if (!m) {
-        snprintf(err, errlen, "gc: %s is not a method plugin (no %s() or it returned NULL)", path, FTB_METHOD_ENTRY);
-    } else if (m->abi_version != FTB_ABI_VERSION) {
-        snprintf(err, errlen, "gc: inner method '%s' was built for ABI %u, this ftbench has ABI %d", name,
-                 m->abi_version, FTB_ABI_VERSION);
-        m = NULL;
-    } else if (!m->init || !m->step || !m->destroy) {
-        snprintf(err, errlen, "gc: inner method '%s' lacks an init, step or destroy callback", name);
-        m = NULL;
-    }
-    if (!m) {
-        dlclose(h);
-        return -1;
-    }
-    *handle = h;
-    *method = m;
-    return 0;
-}
 
 static int is_documented(const ftb_method *m, const char *key)
 {
@@ -105,9 +42,8 @@ static int is_documented(const ftb_method *m, const char *key)
 }
 
 /* The inner method's options: unprefixed ones first, then the `inner.`
- * ones, so that (the last given winning) a prefixed option overrides.
- * Each must be one the inner method documents. */
-static int build_inner_options(gc_state *st, const ftb_options *o, const char *inner_name, char *err, size_t errlen)
+ * ones, so that (the last given winning) a prefixed option overrides. */
+static int build_inner_options(gc_state *st, const ftb_options *o, char *err, size_t errlen)
 {
     int n = o ? o->n : 0, count = 0;
     st->keys = calloc((size_t)n + 1, sizeof *st->keys);
@@ -127,16 +63,6 @@ static int build_inner_options(gc_state *st, const ftb_options *o, const char *i
                 snprintf(err, errlen, "option %s: no option name after the prefix", o->keys[i]);
                 return -1;
             }
-            if (!is_documented(st->inner, k)) {
-                char names[256] = "";
-                for (const ftb_option_doc *d = st->inner->options; d && d->name; d++) {
-                    size_t used = strlen(names);
-                    snprintf(names + used, sizeof names - used, "%s%s", used ? ", " : "", d->name);
-                }
-                snprintf(err, errlen, "option %s: the inner method %s has no option '%s' (%s%s)", o->keys[i],
-                         inner_name, k, names[0] ? "its options: " : "it takes none", names);
-                return -1;
-            }
             st->keys[count] = k;
             st->values[count] = o->values[i];
             count++;
@@ -147,7 +73,7 @@ static int build_inner_options(gc_state *st, const ftb_options *o, const char *i
 
 static void set_recompute_every_block(gc_state *st, ftb_session *s)
 {
-    for (int l = 0; l < s->model->cfg.n_layers; l++) st->keep[l] = FTB_KEEP_INPUT;
+    for (int l = 0; l < ftb_model_config(s->model)->n_layers; l++) st->keep[l] = FTB_KEEP_INPUT;
     s->run.keep = st->keep;
 }
 
@@ -156,7 +82,8 @@ static void gc_destroy(void *state);
 static void *gc_init(ftb_session *s, char *err, size_t errlen)
 {
     const char *inner_name = ftb_opt_str(s->options, "inner", DEFAULT_INNER);
-    if (!*inner_name || strchr(inner_name, '/') || strcmp(inner_name, "gc") == 0) {
+    const char *base = strrchr(inner_name, '/') ? strrchr(inner_name, '/') + 1 : inner_name;
+    if (!*base || strcmp(base, "gc") == 0 || strcmp(base, "gc.so") == 0) {
         snprintf(err, errlen, "option inner: '%s' is not a method to wrap (lora, full, ia3, lars, ...)", inner_name);
         return NULL;
     }
@@ -165,13 +92,17 @@ static void *gc_init(ftb_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "gc: out of memory");
         return NULL;
     }
-    st->keep = calloc((size_t)s->model->cfg.n_layers, sizeof *st->keep);
+    st->keep = calloc((size_t)ftb_model_config(s->model)->n_layers, sizeof *st->keep);
     if (!st->keep) {
         snprintf(err, errlen, "gc: out of memory");
         goto fail;
     }
-    if (open_sibling_method(inner_name, &st->handle, &st->inner, err, errlen)) goto fail;
-    if (build_inner_options(st, s->options, inner_name, err, errlen)) goto fail;
+    if (build_inner_options(st, s->options, err, errlen)) goto fail;
+    char why[FTB_ERR_LEN];
+    if (!(st->inner = ftb_method_open(inner_name, &st->inner_options, why, sizeof why))) {
+        snprintf(err, errlen, "gc: option inner=%s: the inner %s", inner_name, why);
+        goto fail;
+    }
 
     const ftb_run_opts host_run = s->run;
     set_recompute_every_block(st, s);
@@ -215,8 +146,8 @@ static void gc_destroy(void *state)
 {
     gc_state *st = state;
     if (!st) return;
-    if (st->inner_state) st->inner->destroy(st->inner_state);
-    if (st->handle) dlclose(st->handle);
+    if (st->inner_state && st->inner->destroy) st->inner->destroy(st->inner_state);
+    if (st->inner) ftb_method_close(st->inner);
     free(st->keep);
     free(st->keys);
     free(st->values);
@@ -233,6 +164,44 @@ static int gc_memory_model(void *state, const ftb_session *s, int B, int T, ftb_
     return 0;
 }
 
+/* Shape-only (`ftbench plan`): the inner method's plan with every block
+ * recomputed (set before, as gc_init sets it before the inner init, and
+ * again after). */
+static int gc_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err, size_t errlen)
+{
+    const char *inner_name = ftb_opt_str(o, "inner", DEFAULT_INNER);
+    gc_state st = { 0 };
+    char why[FTB_ERR_LEN];
+    int rc = -1;
+    if (build_inner_options(&st, o, err, errlen)) goto out;
+    if (!(st.inner = ftb_method_open(inner_name, &st.inner_options, why, sizeof why))) {
+        snprintf(err, errlen, "gc: option inner=%s: the inner %s", inner_name, why);
+        goto out;
+    }
+    if (st.inner->abi_version < 3 || !st.inner->memory_plan) {
+        snprintf(err, errlen, "gc: the inner method %s has no plan", inner_name);
+        goto out;
+    }
+    ftb_plan_keep_all(p, FTB_KEEP_INPUT);
+    /* the inner plan estimates under the plan's keep policies: an inner
+     * method that sets its own would override gc's, so they are reset and
+     * the estimate repeated if it did */
+    rc = st.inner->memory_plan(p, &st.inner_options, B, T, out, err, errlen);
+    const ftb_run_opts *run = ftb_plan_run(p);
+    int overridden = 0;
+    for (int l = 0; rc == 0 && l < ftb_model_config(ftb_plan_model(p))->n_layers; l++)
+        overridden |= !run->keep || run->keep[l] != FTB_KEEP_INPUT;
+    if (overridden) {
+        snprintf(err, errlen, "gc: the inner method %s sets its own keep policies: no plan", inner_name);
+        rc = -1;
+    }
+out:
+    if (st.inner) ftb_method_close(st.inner);
+    free(st.keys);
+    free(st.values);
+    return rc;
+}
+
 /* ---- the option list ------------------------------------------------------ */
 
 /* Backprop plugins whose options gc lists when they sit next to it. */
@@ -243,8 +212,8 @@ static int n_option_docs;
 
 static const ftb_option_doc gc_own_option = {
     "inner", DEFAULT_INNER,
-    "backprop method whose blocks are recomputed: lora, full, ia3, lars or any "
-    "plugin in this directory; its options pass through (an inner. prefix is stripped)"
+    "backprop method whose blocks are recomputed: lora, full, ia3, lars, any plugin on the search path or a "
+    "path to one (/path/x.so); its options pass through (an inner. prefix is stripped)"
 };
 
 static int docs_have(const char *name)
@@ -267,12 +236,11 @@ static void add_doc(const char *name, const char *def, const char *help)
 static void build_option_docs(void)
 {
     int cap = 1;
-    void *handles[sizeof listed_inner_methods / sizeof *listed_inner_methods] = { 0 };
     const ftb_method *methods[sizeof listed_inner_methods / sizeof *listed_inner_methods] = { 0 };
     const int n_listed = (int)(sizeof listed_inner_methods / sizeof *listed_inner_methods);
     char err[FTB_ERR_LEN];
     for (int i = 0; i < n_listed; i++)
-        if (open_sibling_method(listed_inner_methods[i], &handles[i], &methods[i], err, sizeof err) == 0)
+        if ((methods[i] = ftb_method_open(listed_inner_methods[i], NULL, err, sizeof err)))
             for (const ftb_option_doc *d = methods[i]->options; d && d->name; d++) cap += 2;
     option_docs = calloc((size_t)cap + 1, sizeof *option_docs); /* + the terminator */
     if (option_docs) {
@@ -296,7 +264,7 @@ static void build_option_docs(void)
             }
     }
     for (int i = 0; i < n_listed; i++) /* their strings are copied: unload them */
-        if (handles[i]) dlclose(handles[i]);
+        if (methods[i]) ftb_method_close(methods[i]);
 }
 
 /* The strings are gc's for the process's life, unless gc itself is
@@ -314,15 +282,15 @@ __attribute__((destructor)) static void free_option_docs(void)
 }
 
 static ftb_method gc_method = {
-    FTB_ABI_VERSION,
-    "gc",
-    "gradient checkpointing: every block recomputed in backward, around an inner method",
-    NULL,
-    gc_init,
-    gc_step,
-    gc_trainable,
-    gc_destroy,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "gc",
+    .summary = "gradient checkpointing: every block recomputed in backward, around an inner method",
+    .init = gc_init,
+    .step = gc_step,
+    .trainable = gc_trainable,
+    .destroy = gc_destroy,
     .memory_model = gc_memory_model,
+    .memory_plan = gc_plan,
 };
 
 const ftb_method *ftbench_method(void)

@@ -15,7 +15,8 @@
  * Backward:  dl += Σ_rows dy ⊙ y_base,  then dy := l ⊙ dy in place (the
  * gradient of the base output, which the core's frozen backward turns
  * into dx = dy·W). */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -23,14 +24,15 @@
 typedef struct {
     ftb_adapter hook; /* first: the core hands this pointer back */
     ftb_tensor scale; /* l [out] */
-    int out;
+    int out, layer;
+    ftb_linear_kind kind;
 } ia3_adapter;
 
 typedef struct {
     ia3_adapter *adapters;
     int n_adapters;
     ftb_tensor **params;
-    ftb_adamw opt;
+    ftb_adamw *opt;
     ftb_model *model;
 } ia3_state;
 
@@ -74,7 +76,7 @@ static void ia3_release(ftb_adapter *self, void *saved)
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops ia3_ops = { ia3_forward, ia3_backward, ia3_release };
+static const ftb_adapter_ops ia3_ops = { FTB_ADAPTER_OPS_VERSION, ia3_forward, ia3_backward, ia3_release };
 
 static const ftb_option_doc ia3_options[] = {
     { "targets", "k,v,up",
@@ -98,22 +100,22 @@ static void *ia3_init(ftb_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "ia3: out of memory");
         return NULL;
     }
-    int per_layer = __builtin_popcount((unsigned)mask);
+    const int L = ftb_model_config(m)->n_layers, per_layer = __builtin_popcount((unsigned)mask);
     st->model = m;
-    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-    st->params = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->params);
+    st->adapters = calloc((size_t)L * per_layer, sizeof *st->adapters);
+    st->params = calloc((size_t)L * per_layer, sizeof *st->params);
     if (!st->adapters || !st->params) {
         snprintf(err, errlen, "ia3: out of memory");
         ia3_destroy(st);
         return NULL;
     }
     ftb_model_set_trainable(m, 0);
-    for (int l = 0; l < m->cfg.n_layers; l++)
+    for (int l = 0; l < L; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             if (!(mask & (1 << k))) continue;
             ia3_adapter *a = &st->adapters[st->n_adapters++];
             ftb_tensor *t = &a->scale;
-            a->out = (int)ftb_layer_weight(&m->layers[l], k)->shape[0];
+            a->out = (int)ftb_model_linear(m, l, (ftb_linear_kind)k)->shape[0];
             snprintf(t->name, sizeof t->name, "model.layers.%d.%s.ia3_l", l, ftb_linear_name(k));
             t->ndim = 1;
             t->shape[0] = a->out;
@@ -129,12 +131,14 @@ static void *ia3_init(ftb_session *s, char *err, size_t errlen)
                 return NULL;
             }
             for (int j = 0; j < a->out; j++) t->data[j] = 1.0f; /* identity: training starts from the base model */
+            a->layer = l;
+            a->kind = (ftb_linear_kind)k;
             a->hook.ops = &ia3_ops;
             a->hook.needs_input = 0;
             a->hook.state = a;
-            ftb_attach_adapter(m, l, k, &a->hook);
+            ftb_attach_adapter(m, l, (ftb_linear_kind)k, &a->hook);
         }
-    if (ftb_adamw_init(&st->opt, m, st->params, st->n_adapters, s->lr, (float)wd, err, errlen)) {
+    if (!(st->opt = ftb_adamw_create(m, st->params, st->n_adapters, s->lr, (float)wd, err, errlen))) {
         ia3_destroy(st);
         return NULL;
     }
@@ -144,7 +148,7 @@ static void *ia3_init(ftb_session *s, char *err, size_t errlen)
 static int ia3_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
 {
     ia3_state *st = state;
-    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
+    return ftb_backprop_step(s, st->opt, b, out, err, errlen);
 }
 
 static int ia3_trainable(void *state, ftb_tensor ***tensors)
@@ -158,9 +162,9 @@ static void ia3_destroy(void *state)
 {
     ia3_state *st = state;
     if (!st) return;
-    for (int l = 0; l < st->model->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
-    ftb_adamw_free(&st->opt);
+    for (int i = 0; i < st->n_adapters; i++)
+        ftb_attach_adapter(st->model, st->adapters[i].layer, st->adapters[i].kind, NULL);
+    ftb_adamw_destroy(st->opt);
     for (int i = 0; i < st->n_adapters; i++) {
         ftb_free(st->adapters[i].scale.data);
         ftb_free(st->adapters[i].scale.grad);
@@ -171,28 +175,62 @@ static void ia3_destroy(void *state)
 }
 
 /* Analytic memory (docs/methods/ia3.md): the core's schedule, plus the base
- * output y_base [N, out] each hooked linear saves for dl. */
+ * output y_base [N, out] each hooked linear saves for dl — on a built model
+ * the hooks that are ia3's, on a plan every placeholder. */
+static int64_t adapter_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_linear_kind kind, int B, int T,
+                             void *planned)
+{
+    if (!planned && a->ops != &ia3_ops) return 0;
+    return (int64_t)sizeof(float) * B * T * ftb_model_linear(m, layer, kind)->shape[0];
+}
+
 static int ia3_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
 {
     ia3_state *st = state;
-    const ftb_model *m = st->model;
-    int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
+    int64_t *hook = ftb_kit_hook_saved(st->model, B, T, adapter_bytes, NULL);
     if (!hook) return -1;
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            const ftb_adapter *a = m->layers[l].adapter[k];
-            if (a && a->ops == &ia3_ops)
-                hook[l * FTB_LIN_COUNT + k] = (int64_t)sizeof(float) * B * T * ((const ia3_adapter *)a->state)->out;
-        }
-    ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
+    ftb_memory_estimate_step(st->model, &s->run, B, T, 1, hook, out);
     free(hook);
     return 0;
 }
 
+/* Shape-only (`ftbench plan`): a vector l [out] per target with its
+ * gradient and optimizer state, hooks that keep no input. */
+static int ia3_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err, size_t errlen)
+{
+    (void)ftb_opt_double(o, "weight_decay", 0.0, err, errlen);
+    if (err[0]) return -1;
+    int mask = ftb_parse_linear_targets(ftb_opt_str(o, "targets", "k,v,up"), err, errlen);
+    if (mask < 0) return -1;
+    ftb_model *m = ftb_plan_model(p);
+    ftb_model_set_trainable(m, 0);
+    int64_t floats = 0;
+    for (int l = 0; l < ftb_model_config(m)->n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++)
+            if (mask & (1 << k)) floats += ftb_model_linear(m, l, (ftb_linear_kind)k)->shape[0];
+    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
+    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, 0);
+    int64_t *hook = hooks ? ftb_kit_hook_saved(m, B, T, adapter_bytes, p) : NULL;
+    if (hook) ftb_plan_estimate(p, B, T, 1, hook, out);
+    free(hook);
+    free(hooks);
+    if (!hook) snprintf(err, errlen, "ia3: out of memory");
+    return hook ? 0 : -1;
+}
+
 static const ftb_method ia3_method = {
-    FTB_ABI_VERSION, "ia3",       "IA3: learned scaling of keys, values and the MLP intermediate, base frozen",
-    ia3_options,     ia3_init,    ia3_step,
-    ia3_trainable,   ia3_destroy, .memory_model = ia3_memory_model,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "ia3",
+    .summary = "IA3: learned scaling of keys, values and the MLP intermediate, base frozen",
+    .options = ia3_options,
+    .init = ia3_init,
+    .step = ia3_step,
+    .trainable = ia3_trainable,
+    .destroy = ia3_destroy,
+    .memory_model = ia3_memory_model,
+    .memory_plan = ia3_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &ia3_method; }

@@ -182,7 +182,7 @@ static void gated_release(ftb_adapter *self, void *saved)
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops gated_ops = { gated_forward, gated_backward, gated_release };
+static const ftb_adapter_ops gated_ops = { FTB_ADAPTER_OPS_VERSION, gated_forward, gated_backward, gated_release };
 
 /* U: PyTorch's kaiming_uniform_ with its defaults (a = 0, fan_in, gain √2)
  * on a tensor of the stated shape H × r, whose fan_in is size(1) = r:

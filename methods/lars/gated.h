@@ -4,7 +4,7 @@
 #ifndef LARS_GATED_H
 #define LARS_GATED_H
 
-#include "ftbench.h"
+#include "ftbench_method.h"
 
 enum { G_U, G_V, G_ALPHA, G_COUNT }; /* trainable tensors of one gated adapter */
 

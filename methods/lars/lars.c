@@ -43,7 +43,8 @@
  * Dropout masks are [B,r] and drawn from a seed made of (session seed, step,
  * layer, linear): the forward that a recomputed block runs twice, and the
  * backward, regenerate the same mask instead of storing it. */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 #include "gated.h"
 
 #include <math.h>
@@ -103,7 +104,7 @@ typedef struct {
     int n_adapters;
     int n_params;
     ftb_tensor **params; /* n_adapters * (P_COUNT or G_COUNT) */
-    ftb_adamw opt;
+    ftb_adamw *opt;
     ftb_model *model;
     lars_shared shared;
 } lars_state;
@@ -496,7 +497,7 @@ static void lars_release(ftb_adapter *self, void *saved)
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops lars_ops = { lars_forward, lars_backward, lars_release };
+static const ftb_adapter_ops lars_ops = { FTB_ADAPTER_OPS_VERSION, lars_forward, lars_backward, lars_release };
 
 /* ------------------------------------------------------------------------ */
 /* Method                                                                   */
@@ -622,13 +623,13 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen)
     st->shared.dropout = (float)dropout;
     st->shared.pool = !strcmp(pool, "all") ? POOL_ALL : !strcmp(pool, "prompt") ? POOL_PROMPT : POOL_VALID;
     st->shared.seed = s->seed;
-    const int per_layer = __builtin_popcount((unsigned)mask);
+    const int L = ftb_model_config(m)->n_layers, per_layer = __builtin_popcount((unsigned)mask);
     const int per_adapter = gated ? G_COUNT : P_COUNT;
     if (gated)
-        st->gated = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->gated);
+        st->gated = calloc((size_t)L * per_layer, sizeof *st->gated);
     else
-        st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-    st->params = calloc((size_t)m->cfg.n_layers * per_layer * per_adapter, sizeof *st->params);
+        st->adapters = calloc((size_t)L * per_layer, sizeof *st->adapters);
+    st->params = calloc((size_t)L * per_layer * per_adapter, sizeof *st->params);
     if ((!st->adapters && !st->gated) || !st->params) {
         snprintf(err, errlen, "lars: out of memory");
         goto fail;
@@ -636,10 +637,10 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen)
     ftb_model_set_trainable(m, 0);
     ftb_rng rng;
     ftb_rng_seed(&rng, s->seed ^ 0x6c617273ULL);
-    for (int l = 0; l < m->cfg.n_layers; l++)
+    for (int l = 0; l < L; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             if (!(mask & (1 << k))) continue;
-            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
+            ftb_tensor *W = ftb_model_linear(m, l, (ftb_linear_kind)k);
             ftb_adapter *hook;
             ftb_tensor *tensors;
             if (gated) {
@@ -672,7 +673,7 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen)
             for (int i = 0; i < per_adapter; i++) st->params[st->n_params++] = &tensors[i];
             ftb_attach_adapter(m, l, k, hook);
         }
-    if (ftb_adamw_init(&st->opt, m, st->params, st->n_params, s->lr, (float)wd, err, errlen)) goto fail;
+    if (!(st->opt = ftb_adamw_create(m, st->params, st->n_params, s->lr, (float)wd, err, errlen))) goto fail;
     return st;
 fail:
     lars_destroy(st);
@@ -683,7 +684,7 @@ static int lars_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 {
     lars_state *st = state;
     st->shared.step++; /* fresh dropout masks */
-    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
+    return ftb_backprop_step(s, st->opt, b, out, err, errlen);
 }
 
 static int lars_trainable(void *state, ftb_tensor ***tensors)
@@ -701,7 +702,7 @@ static void lars_destroy(void *state)
         ftb_adapter *hook = st->gated ? &st->gated[i].hook : &st->adapters[i].hook;
         int layer = st->gated ? st->gated[i].layer : st->adapters[i].layer;
         int kind = st->gated ? st->gated[i].kind : st->adapters[i].kind;
-        if (st->model->layers[layer].adapter[kind] == hook) ftb_attach_adapter(st->model, layer, kind, NULL);
+        if (ftb_model_adapter(st->model, layer, kind) == hook) ftb_attach_adapter(st->model, layer, kind, NULL);
         if (st->gated) {
             lars_gated_free(&st->gated[i]);
             continue;
@@ -712,7 +713,7 @@ static void lars_destroy(void *state)
             ftb_free(a->t[j].grad);
         }
     }
-    ftb_adamw_free(&st->opt);
+    ftb_adamw_destroy(st->opt);
     free(st->adapters);
     free(st->gated);
     free(st->params);
@@ -724,40 +725,98 @@ static void lars_destroy(void *state)
  * nothing per position; gated: rstd, z·U and the gate per token (the layer
  * input is the core's, needs_input).  The hooks' transient buffers (o, the
  * chunked gated input) are left out: well under 0.1% of a step. */
+static int64_t adapter_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_linear_kind kind, int B, int T,
+                             void *ctx)
+{
+    (void)m, (void)layer, (void)kind;
+    const lars_state *st = ctx;
+    if (a->ops == &lars_ops) {
+        const lars_adapter *p = (const lars_adapter *)a;
+        return (int64_t)(sizeof(float) * acts_floats(B, p->in, p->r));
+    }
+    if (st->variant != VARIANT_GATED) return 0;
+    const lars_gated_adapter *g = (const lars_gated_adapter *)a;
+    return (int64_t)lars_gated_saved_bytes(B * T, g->r, g->nb);
+}
+
 static int lars_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
 {
     const lars_state *st = state;
-    const ftb_model *m = st->model;
-    int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
+    int64_t *hook = ftb_kit_hook_saved(st->model, B, T, adapter_bytes, (void *)st);
     if (!hook) return -1;
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            const ftb_adapter *a = m->layers[l].adapter[k];
-            if (!a) continue;
-            if (a->ops == &lars_ops) {
-                const lars_adapter *p = (const lars_adapter *)a;
-                hook[l * FTB_LIN_COUNT + k] = (int64_t)(sizeof(float) * acts_floats(B, p->in, p->r));
-            } else if (st->variant == VARIANT_GATED) {
-                const lars_gated_adapter *g = (const lars_gated_adapter *)a;
-                hook[l * FTB_LIN_COUNT + k] = (int64_t)lars_gated_saved_bytes(B * T, g->r, g->nb);
-            }
-        }
-    ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
+    ftb_memory_estimate_step(st->model, &s->run, B, T, 1, hook, out);
     free(hook);
     return 0;
 }
 
+/* What a plan needs to size an adapter and its saved bytes. */
+typedef struct {
+    int gated;
+    long rank, block;
+} lars_planned;
+
+static int64_t planned_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_linear_kind kind, int B, int T,
+                             void *ctx)
+{
+    (void)a;
+    const lars_planned *c = ctx;
+    const int64_t H = ftb_model_linear(m, layer, kind)->shape[1];
+    if (!c->gated) return (int64_t)(sizeof(float) * acts_floats(B, (int)H, (int)c->rank));
+    return (int64_t)lars_gated_saved_bytes(B * T, (int)c->rank, (int)((H + c->block - 1) / c->block));
+}
+
+/* Shape-only (`ftbench plan`): the tensors adapter_init / lars_gated_init
+ * allocate (with gradients and optimizer state), and what the hooks save. */
+static int lars_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err,
+                     size_t errlen)
+{
+    lars_planned c = { !strcmp(ftb_opt_str(o, "variant", "pooled"), "gated"), 0, 0 };
+    c.rank = ftb_opt_int(o, "rank", 8, err, errlen);
+    c.block = ftb_opt_int(o, "block", 32, err, errlen);
+    if (err[0]) return -1;
+    if (c.rank < 1 || c.rank > 4096 || c.block < 1 || c.block > 65536) {
+        snprintf(err, errlen, "lars: rank or block out of range");
+        return -1;
+    }
+    int mask = ftb_parse_linear_targets(ftb_opt_str(o, "targets", DEFAULT_TARGETS), err, errlen);
+    if (mask < 0) return -1;
+    ftb_model *m = ftb_plan_model(p);
+    ftb_model_set_trainable(m, 0);
+    const int64_t r = c.rank;
+    int64_t floats = 0;
+    for (int l = 0; l < ftb_model_config(m)->n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++) {
+            if (!(mask & (1 << k))) continue;
+            const ftb_tensor *W = ftb_model_linear(m, l, (ftb_linear_kind)k);
+            const int64_t out_ = W->shape[0], H = W->shape[1], nb = (H + c.block - 1) / c.block;
+            /* pooled: A, G_x [r,H]; B [out,r]; G_h, M [r,r]; LayerNorm 2r;
+             * FFN 4r·r + 4r + r·4r + r; α, τ1, τ2.  gated: U [H,r], V [r,nb], α. */
+            floats += c.gated ? H * r + r * nb + 1 : 2 * r * H + out_ * r + 10 * r * r + 7 * r + 3;
+        }
+    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
+    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, c.gated);
+    int64_t *hook = hooks ? ftb_kit_hook_saved(m, B, T, planned_bytes, &c) : NULL;
+    if (hook) ftb_plan_estimate(p, B, T, 1, hook, out);
+    free(hook);
+    free(hooks);
+    if (!hook) snprintf(err, errlen, "lars: out of memory");
+    return hook ? 0 : -1;
+}
+
 static const ftb_method lars_method = {
-    FTB_ABI_VERSION,
-    "lars",
-    "LARS: per-sequence activation-subspace adapter (variant pooled: no per-position activations kept) or "
-    "per-token block-wise input gate (variant gated)",
-    lars_options,
-    lars_init,
-    lars_step,
-    lars_trainable,
-    lars_destroy,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "lars",
+    .summary = "LARS: per-sequence activation-subspace adapter (variant pooled: no per-position activations kept) "
+               "or per-token block-wise input gate (variant gated)",
+    .options = lars_options,
+    .init = lars_init,
+    .step = lars_step,
+    .trainable = lars_trainable,
+    .destroy = lars_destroy,
     .memory_model = lars_memory_model,
+    .memory_plan = lars_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &lars_method; }

@@ -17,7 +17,8 @@
  *   dB += s·dyᵀ·h,  dh = s·dy·B,  dA += dhᵀ·x_drop,  dx += (dh·A) ⊙ mask/(1 − p).
  * Masks are drawn from (seed, step, layer, linear, row), so a block that is
  * recomputed in backward draws the same mask again. */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -32,26 +33,22 @@ typedef struct {
 } lora_shared;
 
 typedef struct {
-    ftb_adapter hook; /* first: the core hands this pointer back */
-    ftb_tensor A, B;
-    float scale;
-    int in, out, r;
-    int layer, kind;
+    ftb_kit_lora lora; /* first: hook, A, B and shapes (the method kit) */
     const lora_shared *shared;
 } lora_adapter;
 
 typedef struct {
     lora_shared shared;
     lora_adapter *adapters;
-    int n_adapters;
+    ftb_kit_lora_set set; /* the adapters, as the kit sees them */
     ftb_tensor **params;
-    ftb_adamw opt;
+    ftb_adamw *opt;
     ftb_model *model;
 } lora_state;
 
 static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
 {
-    lora_adapter *a = (lora_adapter *)self;
+    ftb_kit_lora *a = (ftb_kit_lora *)self;
     const int N = c->B * c->T;
     float *h = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     if (!h) return; /* the core sees the failure (docs/CORE.md) */
@@ -65,7 +62,7 @@ static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
 
 static void lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
 {
-    lora_adapter *a = (lora_adapter *)self;
+    ftb_kit_lora *a = (ftb_kit_lora *)self;
     const int N = c->B * c->T;
     const float *h = saved;
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
@@ -94,11 +91,12 @@ static size_t dropout_saved_bytes(int N, int in, int r)
 
 /* mask and x_drop = x ⊙ mask/(1 − p) of rows 0..N−1; each row's mask from
  * its own seed, so threads and recomputation draw the same bits. */
-static void dropout_rows(const lora_adapter *a, int N, const float *x, float *xd, uint8_t *mask)
+static void dropout_rows(const lora_adapter *d, int N, const float *x, float *xd, uint8_t *mask)
 {
-    const float p = a->shared->dropout, keep_scale = 1.0f / (1.0f - p);
-    uint64_t base = a->shared->seed ^ 0x6c6f7261ULL; /* "lora" */
-    base = base * 0x9e3779b97f4a7c15ULL + a->shared->step;
+    const ftb_kit_lora *a = &d->lora;
+    const float p = d->shared->dropout, keep_scale = 1.0f / (1.0f - p);
+    uint64_t base = d->shared->seed ^ FTB_KIT_LORA_SEED_SALT;
+    base = base * 0x9e3779b97f4a7c15ULL + d->shared->step;
     base = base * 0x9e3779b97f4a7c15ULL + (uint64_t)a->layer * FTB_LIN_COUNT + (uint64_t)a->kind;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
@@ -114,7 +112,8 @@ static void dropout_rows(const lora_adapter *a, int N, const float *x, float *xd
 
 static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
 {
-    lora_adapter *a = (lora_adapter *)self;
+    lora_adapter *d = (lora_adapter *)self;
+    ftb_kit_lora *a = &d->lora;
     if (!c->training) { /* inference: PEFT's dropout is the identity in eval mode */
         lora_forward(self, c, x, y, NULL);
         return;
@@ -125,7 +124,7 @@ static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, con
     if (!buf) return; /* the core saw the failure and ends the run (docs/PLUGINS.md) */
     float *h = (float *)buf, *xd = h + (size_t)N * a->r;
     uint8_t *mask = (uint8_t *)(xd + (size_t)N * a->in);
-    dropout_rows(a, N, x, xd, mask);
+    dropout_rows(d, N, x, xd, mask);
     ftb_gemm(0, 1, N, a->r, a->in, 1.0f, xd, a->in, a->A.data, a->in, 0.0f, h, a->r);
     ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
     if (saved)
@@ -138,11 +137,12 @@ static void lora_dropout_backward(ftb_adapter *self, const ftb_linear_ctx *c, co
                                   void *saved)
 {
     (void)x; /* NULL: the hook keeps x_drop itself */
-    lora_adapter *a = (lora_adapter *)self;
+    const lora_adapter *d = (const lora_adapter *)self;
+    const ftb_kit_lora *a = &d->lora;
     const int N = c->B * c->T, in = a->in;
     const float *h = saved, *xd = h + (size_t)N * a->r;
     const uint8_t *mask = (const uint8_t *)(xd + (size_t)N * in);
-    const float keep_scale = 1.0f / (1.0f - a->shared->dropout);
+    const float keep_scale = 1.0f / (1.0f - d->shared->dropout);
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     const int R = N < MASK_CHUNK_ROWS ? N : MASK_CHUNK_ROWS;
     float *dxd = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)R * in);
@@ -176,77 +176,70 @@ static void lora_release(ftb_adapter *self, void *saved)
     ftb_free(saved);
 }
 
-static const ftb_adapter_ops lora_ops = { lora_forward, lora_backward, lora_release };
-static const ftb_adapter_ops lora_dropout_ops = { lora_dropout_forward, lora_dropout_backward, lora_release };
+static const ftb_adapter_ops lora_ops = { FTB_ADAPTER_OPS_VERSION, lora_forward, lora_backward, lora_release };
+static const ftb_adapter_ops lora_dropout_ops = { FTB_ADAPTER_OPS_VERSION, lora_dropout_forward, lora_dropout_backward,
+                                                  lora_release };
 
 static const ftb_option_doc lora_options[] = {
-    { "rank", "8", "rank r of A and B" },
-    { "alpha", "16", "scale s = alpha / rank" },
-    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
-    { "weight_decay", "0.0", "AdamW weight decay" },
-    { "dropout", "0",
-      "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
-      "dropped-out copy of the input and its mask per adapter" },
+    FTB_KIT_LORA_OPTION_DOCS,
+    FTB_KIT_LORA_DROPOUT_DOC,
     { NULL, NULL, NULL },
 };
 
 static void lora_destroy(void *state);
 
+/* The options init and the plan read alike. */
+typedef struct {
+    long rank;
+    double alpha, weight_decay, dropout;
+    int targets;
+} lora_config;
+
+static int read_options(const ftb_options *o, lora_config *c, char *err, size_t errlen)
+{
+    c->weight_decay = ftb_opt_double(o, "weight_decay", 0.0, err, errlen);
+    c->dropout = ftb_opt_double(o, "dropout", 0.0, err, errlen);
+    if (err[0]) return -1;
+    if (!(c->dropout >= 0.0 && c->dropout < 1.0)) {
+        snprintf(err, errlen, "option dropout: %g is not in [0, 1)", c->dropout);
+        return -1;
+    }
+    return ftb_kit_lora_options(o, "q,k,v,o,gate,up,down", &c->rank, &c->alpha, &c->targets, err, errlen);
+}
+
 static void *lora_init(ftb_session *s, char *err, size_t errlen)
 {
     ftb_model *m = s->model;
-    long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
-    double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
-    double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
-    double dropout = ftb_opt_double(s->options, "dropout", 0.0, err, errlen);
-    if (err[0]) return NULL;
-    if (!(dropout >= 0.0 && dropout < 1.0)) {
-        snprintf(err, errlen, "option dropout: %g is not in [0, 1)", dropout);
-        return NULL;
-    }
-    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
-    if (mask < 0) return NULL;
-    if (rank < 1 || rank > 4096) {
-        snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
-        return NULL;
-    }
+    lora_config c;
+    if (read_options(s->options, &c, err, errlen)) return NULL;
     lora_state *st = calloc(1, sizeof *st);
-    int per_layer = __builtin_popcount((unsigned)mask);
-    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-    st->params = calloc((size_t)m->cfg.n_layers * per_layer * 2, sizeof *st->params);
+    if (!st) {
+        snprintf(err, errlen, "lora: out of memory");
+        return NULL;
+    }
+    const int n = ftb_kit_lora_count(m, c.targets);
     st->model = m;
-    st->shared.dropout = (float)dropout;
+    st->adapters = calloc((size_t)n, sizeof *st->adapters);
+    st->params = calloc((size_t)n * 2, sizeof *st->params);
+    st->set = (ftb_kit_lora_set){ st->adapters, sizeof *st->adapters, 0 };
+    if (!st->adapters || !st->params) {
+        snprintf(err, errlen, "lora: out of memory");
+        goto fail;
+    }
+    st->shared.dropout = (float)c.dropout;
     st->shared.seed = s->seed;
     ftb_model_set_trainable(m, 0);
-    ftb_rng rng;
-    ftb_rng_seed(&rng, s->seed ^ 0x6c6f7261ULL);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            if (!(mask & (1 << k))) continue;
-            lora_adapter *a = &st->adapters[st->n_adapters++];
-            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
-            a->out = (int)W->shape[0];
-            a->in = (int)W->shape[1];
-            a->r = (int)rank;
-            a->scale = (float)(alpha / rank);
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
-            if (ftb_tensor_alloc(&a->A, name, rank, a->in, FTB_MEM_TRAINABLE, 1, err, errlen)) goto fail;
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
-            if (ftb_tensor_alloc(&a->B, name, a->out, rank, FTB_MEM_TRAINABLE, 1, err, errlen)) goto fail;
-            float bound = 1.0f / sqrtf((float)a->in);
-            for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
-            a->layer = l;
-            a->kind = k;
-            a->shared = &st->shared;
-            a->hook.ops = dropout > 0.0 ? &lora_dropout_ops : &lora_ops;
-            a->hook.needs_input = dropout == 0.0; /* with dropout it keeps x_drop instead */
-            a->hook.state = a;
-            st->params[2 * (st->n_adapters - 1)] = &a->A;
-            st->params[2 * (st->n_adapters - 1) + 1] = &a->B;
-            ftb_attach_adapter(m, l, k, &a->hook);
-        }
-    if (ftb_adamw_init(&st->opt, m, st->params, 2 * st->n_adapters, s->lr, (float)wd, err, errlen)) goto fail;
+    for (int i = 0; i < n; i++) st->adapters[i].shared = &st->shared;
+    /* with dropout the hook keeps x_drop instead of the core keeping x */
+    if (ftb_kit_lora_attach_all(m, c.targets, c.rank, c.alpha, s->seed, FTB_KIT_LORA_BACKPROP,
+                                c.dropout > 0.0 ? &lora_dropout_ops : &lora_ops, c.dropout == 0.0, &st->set, err,
+                                errlen))
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        st->params[2 * i] = &st->adapters[i].lora.A;
+        st->params[2 * i + 1] = &st->adapters[i].lora.B;
+    }
+    if (!(st->opt = ftb_adamw_create(m, st->params, 2 * n, s->lr, (float)c.weight_decay, err, errlen))) goto fail;
     return st;
 fail:
     lora_destroy(st);
@@ -257,29 +250,22 @@ static int lora_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 {
     lora_state *st = state;
     st->shared.step++; /* fresh dropout masks */
-    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
+    return ftb_backprop_step(s, st->opt, b, out, err, errlen);
 }
 
 static int lora_trainable(void *state, ftb_tensor ***tensors)
 {
     lora_state *st = state;
     *tensors = st->params;
-    return 2 * st->n_adapters;
+    return 2 * st->set.n;
 }
 
 static void lora_destroy(void *state)
 {
     lora_state *st = state;
     if (!st) return;
-    for (int l = 0; l < st->model->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
-    ftb_adamw_free(&st->opt);
-    for (int i = 0; i < st->n_adapters; i++) {
-        ftb_free(st->adapters[i].A.data);
-        ftb_free(st->adapters[i].A.grad);
-        ftb_free(st->adapters[i].B.data);
-        ftb_free(st->adapters[i].B.grad);
-    }
+    ftb_adamw_destroy(st->opt);
+    ftb_kit_lora_release(st->model, &st->set);
     free(st->adapters);
     free(st->params);
     free(st);
@@ -287,31 +273,74 @@ static void lora_destroy(void *state)
 
 /* Analytic memory (docs/methods/lora.md): the core's schedule, plus what
  * each adapter saves for its backward: h = x·Aᵀ [N, r], and with dropout its
- * dropped-out input and mask too. */
+ * dropped-out input and mask too.  The same rule for a built adapter and
+ * for a plan's placeholder (ctx: the options; in from the linear). */
+static int64_t saved_bytes(const lora_config *c, int64_t in, int B, int T)
+{
+    return c->dropout > 0.0 ? (int64_t)dropout_saved_bytes(B * T, (int)in, (int)c->rank)
+                            : (int64_t)sizeof(float) * B * T * c->rank;
+}
+
+static int64_t adapter_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_linear_kind kind, int B, int T,
+                             void *ctx)
+{
+    (void)m, (void)layer, (void)kind, (void)ctx;
+    if (a->ops != &lora_ops && a->ops != &lora_dropout_ops) return 0;
+    const ftb_kit_lora *la = a->state;
+    const lora_config c = { la->r, 0, 0, a->ops == &lora_dropout_ops ? 1.0 : 0.0, 0 };
+    return saved_bytes(&c, la->in, B, T);
+}
+
 static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
 {
     lora_state *st = state;
-    const ftb_model *m = st->model;
-    int64_t *hook = calloc((size_t)m->cfg.n_layers * FTB_LIN_COUNT, sizeof *hook);
+    int64_t *hook = ftb_kit_hook_saved(st->model, B, T, adapter_bytes, NULL);
     if (!hook) return -1;
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            const ftb_adapter *a = m->layers[l].adapter[k];
-            const lora_adapter *la = a ? a->state : NULL;
-            if (a && a->ops == &lora_ops)
-                hook[l * FTB_LIN_COUNT + k] = (int64_t)sizeof(float) * B * T * la->r;
-            else if (a && a->ops == &lora_dropout_ops)
-                hook[l * FTB_LIN_COUNT + k] = (int64_t)dropout_saved_bytes(B * T, la->in, la->r);
-        }
-    ftb_memory_estimate_step(m, &s->run, B, T, 1, hook, out);
+    ftb_memory_estimate_step(st->model, &s->run, B, T, 1, hook, out);
     free(hook);
     return 0;
 }
 
+static int64_t planned_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_linear_kind kind, int B, int T,
+                             void *ctx)
+{
+    (void)a;
+    return saved_bytes(ctx, ftb_model_linear(m, layer, kind)->shape[1], B, T);
+}
+
+/* Shape-only (`ftbench plan`): the adapters init would make — A and B with
+ * gradients and optimizer state — and the bytes their hooks save. */
+static int lora_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err,
+                     size_t errlen)
+{
+    lora_config c;
+    if (read_options(o, &c, err, errlen)) return -1;
+    ftb_model *m = ftb_plan_model(p);
+    ftb_model_set_trainable(m, 0);
+    const int64_t floats = ftb_kit_lora_floats(m, c.targets, c.rank);
+    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
+    ftb_adapter *hooks = ftb_kit_plan_hooks(m, c.targets, c.dropout == 0.0);
+    int64_t *hook = hooks ? ftb_kit_hook_saved(m, B, T, planned_bytes, &c) : NULL;
+    if (hook) ftb_plan_estimate(p, B, T, 1, hook, out);
+    free(hook);
+    free(hooks);
+    if (!hook) snprintf(err, errlen, "lora: out of memory");
+    return hook ? 0 : -1;
+}
+
 static const ftb_method lora_method = {
-    FTB_ABI_VERSION, "lora",       "LoRA: low-rank A·B on chosen linear layers, base frozen",
-    lora_options,    lora_init,    lora_step,
-    lora_trainable,  lora_destroy, .memory_model = lora_memory_model,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "lora",
+    .summary = "LoRA: low-rank A·B on chosen linear layers, base frozen",
+    .options = lora_options,
+    .init = lora_init,
+    .step = lora_step,
+    .trainable = lora_trainable,
+    .destroy = lora_destroy,
+    .memory_model = lora_memory_model,
+    .memory_plan = lora_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &lora_method; }

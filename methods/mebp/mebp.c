@@ -5,10 +5,10 @@
  * backward, the block recomputed there (FTB_KEEP_OFFLOAD for every block);
  * the adapters, their gradients and AdamW state in RAM.
  *
- * The adapters are the lora plugin's own: mebp loads <dir>/lora.so from the
- * directory it was itself loaded from and hands it every option but
- * offload_dir, so that mebp and lora differ in nothing but where block
- * activations live — the gradients are bitwise lora's.
+ * The adapters are the lora plugin's own: mebp opens lora through the
+ * host's loader (ftb_method_open: the plugin search path) and hands it
+ * every option but its own, so that mebp and lora differ in nothing but
+ * where block activations live — the gradients are bitwise lora's.
  *
  * MeBP's base weights are compressed (symmetric INT4), memory-mapped and
  * decompressed one block at a time: run with `--base-dtype int4` (the core
@@ -16,10 +16,9 @@
  * the base is mapped from a file (option residency=lazy, the default), so a
  * block's weight pages are brought in when it runs and dropped after
  * (docs/methods/mebp.md). */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 
-#include <dlfcn.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,26 +27,21 @@
 #define ADAPTER_METHOD "lora"
 
 typedef struct {
-    void *handle; /* lora.so, dlopen'ed by mebp */
-    const ftb_method *lora;
+    const ftb_method *lora; /* opened with ftb_method_open */
     void *lora_state;
     ftb_keep_policy *keep;       /* s->run.keep points here until destroy */
     char *offload_dir;           /* s->run.offload_dir points here, or NULL */
     const char **keys, **values; /* lora's options (strings are the host's) */
     ftb_options lora_options;
     ftb_model *model;
-    int residency_before; /* restored at destroy */
+    ftb_residency residency_before; /* restored at destroy */
 } mebp_state;
 
-/* The lora plugin's options (tests check the two lists agree) and mebp's own. */
+/* The lora plugin's options (the kit's list, which lora shows too) and
+ * mebp's own. */
 static const ftb_option_doc mebp_options[] = {
-    { "rank", "8", "rank r of A and B" },
-    { "alpha", "16", "scale s = alpha / rank" },
-    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
-    { "weight_decay", "0.0", "AdamW weight decay" },
-    { "dropout", "0",
-      "PEFT's lora_dropout on each adapter's input while training, in [0, 1); > 0 keeps a "
-      "dropped-out copy of the input and its mask per adapter" },
+    FTB_KIT_LORA_OPTION_DOCS,
+    FTB_KIT_LORA_DROPOUT_DOC,
     { "offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)" },
     { "residency", "lazy",
       "base weights mapped from a file: lazy (brought in block by block, MeBP's scheme) "
@@ -55,49 +49,39 @@ static const ftb_option_doc mebp_options[] = {
     { NULL, NULL, NULL },
 };
 
-/* Loads <mebp's dir>/<name>.so and checks it as the host checks a plugin. */
-static int open_sibling_method(const char *name, void **handle, const ftb_method **method, char *err, size_t errlen)
+static int is_own_option(const char *key) { return !strcmp(key, "offload_dir") || !strcmp(key, "residency"); }
+
+/* Every option but mebp's own is lora's; one lora does not know would be
+ * silently ignored there, so it is refused here. */
+static int lora_options_of(const ftb_options *o, const char **keys, const char **values, ftb_options *out, char *err,
+                           size_t errlen)
 {
-    Dl_info info;
-    char dir[PATH_MAX], path[PATH_MAX + 256];
-    *handle = NULL;
-    *method = NULL;
-    if (!dladdr((void *)&open_sibling_method, &info) || !info.dli_fname) {
-        snprintf(err, errlen, "mebp: cannot tell which directory the mebp plugin was loaded from");
-        return -1;
+    int n = o ? o->n : 0, count = 0;
+    for (int i = 0; i < n; i++) {
+        if (is_own_option(o->keys[i])) continue;
+        const ftb_option_doc *d = mebp_options;
+        while (d->name && strcmp(d->name, o->keys[i]) != 0) d++;
+        if (!d->name) {
+            snprintf(err, errlen,
+                     "mebp has no option '%s' (options: rank, alpha, targets, weight_decay, dropout, "
+                     "offload_dir, residency)",
+                     o->keys[i]);
+            return -1;
+        }
+        keys[count] = o->keys[i];
+        values[count] = o->values[i];
+        count++;
     }
-    const char *slash = strrchr(info.dli_fname, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - info.dli_fname), info.dli_fname);
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    if (access(path, F_OK) != 0) {
-        snprintf(err, errlen, "mebp: its adapters are the %s plugin's, and there is no %s.so in %s", name, name, dir);
-        return -1;
-    }
-    dlerror();
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        snprintf(err, errlen, "mebp: cannot load %s: %s", path, dlerror());
-        return -1;
-    }
-    void *sym = dlsym(h, FTB_METHOD_ENTRY);
-    ftb_method_entry_fn entry = NULL;
-    const ftb_method *m = NULL;
-    if (sym) {
-        memcpy(&entry, &sym, sizeof entry); /* POSIX: dlsym's object pointer is the function */
-        m = entry();
-    }
-    if (!m || m->abi_version != FTB_ABI_VERSION || !m->init || !m->step || !m->destroy) {
-        snprintf(err, errlen, "mebp: %s is not a method plugin of ABI %d with init, step and destroy", path,
-                 FTB_ABI_VERSION);
-        dlclose(h);
-        return -1;
-    }
-    *handle = h;
-    *method = m;
+    *out = (ftb_options){ count, keys, values };
     return 0;
+}
+
+static const ftb_method *open_lora(const ftb_options *lora_options, char *err, size_t errlen)
+{
+    char why[FTB_ERR_LEN];
+    const ftb_method *m = ftb_method_open(ADAPTER_METHOD, lora_options, why, sizeof why);
+    if (!m) snprintf(err, errlen, "mebp: its adapters are the lora plugin's: %s", why);
+    return m;
 }
 
 static void mebp_destroy(void *state);
@@ -121,8 +105,8 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "mebp: out of memory");
         return NULL;
     }
-    int n = o ? o->n : 0, count = 0;
-    st->keep = calloc((size_t)s->model->cfg.n_layers, sizeof *st->keep);
+    const int n = o ? o->n : 0, L = ftb_model_config(s->model)->n_layers;
+    st->keep = calloc((size_t)L, sizeof *st->keep);
     st->keys = calloc((size_t)n + 1, sizeof *st->keys);
     st->values = calloc((size_t)n + 1, sizeof *st->values);
     st->offload_dir = dir[0] ? strdup(dir) : NULL;
@@ -130,25 +114,9 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "mebp: out of memory");
         goto fail;
     }
-    /* Every option but offload_dir is lora's; one lora does not know would
-     * be silently ignored there, so it is refused here. */
-    for (int i = 0; i < n; i++) {
-        if (strcmp(o->keys[i], "offload_dir") == 0 || strcmp(o->keys[i], "residency") == 0) continue;
-        const ftb_option_doc *d = mebp_options;
-        while (d->name && strcmp(d->name, o->keys[i]) != 0) d++;
-        if (!d->name) {
-            snprintf(err, errlen,
-                     "mebp has no option '%s' (options: rank, alpha, targets, weight_decay, "
-                     "offload_dir, residency)",
-                     o->keys[i]);
-            goto fail;
-        }
-        st->keys[count] = o->keys[i];
-        st->values[count] = o->values[i];
-        count++;
-    }
-    st->lora_options = (ftb_options){ count, st->keys, st->values };
-    if (open_sibling_method(ADAPTER_METHOD, &st->handle, &st->lora, err, errlen)) goto fail;
+    if (lora_options_of(o, st->keys, st->values, &st->lora_options, err, errlen) ||
+        !(st->lora = open_lora(&st->lora_options, err, errlen)))
+        goto fail;
 
     s->options = &st->lora_options;
     st->lora_state = st->lora->init(s, err, errlen);
@@ -157,13 +125,13 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen)
         if (!err[0]) snprintf(err, errlen, "mebp: the lora adapters failed to initialise");
         goto fail;
     }
-    for (int l = 0; l < s->model->cfg.n_layers; l++) st->keep[l] = FTB_KEEP_OFFLOAD;
+    for (int l = 0; l < L; l++) st->keep[l] = FTB_KEEP_OFFLOAD;
     s->run.keep = st->keep;
     if (st->offload_dir) s->run.offload_dir = st->offload_dir;
     /* A base mapped from a file is brought in block by block.  A model built
      * in memory has nothing to drop: its residency is left alone. */
     st->model = s->model;
-    st->residency_before = s->model->residency;
+    st->residency_before = ftb_model_residency(s->model);
     if (!strcmp(residency, "lazy") && ftb_model_mapped_bytes(s->model) > 0)
         ftb_model_set_residency(s->model, FTB_RESIDENT_LAZY_BLOCK);
     return st;
@@ -196,9 +164,9 @@ static void mebp_destroy(void *state)
 {
     mebp_state *st = state;
     if (!st) return;
-    if (st->model) ftb_model_set_residency(st->model, (ftb_residency)st->residency_before);
-    if (st->lora_state) st->lora->destroy(st->lora_state);
-    if (st->handle) dlclose(st->handle);
+    if (st->model) ftb_model_set_residency(st->model, st->residency_before);
+    if (st->lora_state && st->lora->destroy) st->lora->destroy(st->lora_state);
+    if (st->lora) ftb_method_close(st->lora);
     free(st->keep);
     free(st->offload_dir);
     free(st->keys);
@@ -216,17 +184,44 @@ static int mebp_memory_model(void *state, const ftb_session *s, int B, int T, ft
     return -1;
 }
 
+/* Shape-only (`ftbench plan`): lora's plan with every block offloaded. */
+static int mebp_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err,
+                     size_t errlen)
+{
+    const int n = o ? o->n : 0;
+    const char **keys = calloc((size_t)n + 1, sizeof *keys), **values = calloc((size_t)n + 1, sizeof *values);
+    ftb_options lora_options;
+    const ftb_method *lora = NULL;
+    int rc = -1;
+    if (!keys || !values)
+        snprintf(err, errlen, "mebp: out of memory");
+    else if (lora_options_of(o, keys, values, &lora_options, err, errlen) == 0 &&
+             (lora = open_lora(&lora_options, err, errlen))) {
+        if (lora->abi_version < 3 || !lora->memory_plan) {
+            snprintf(err, errlen, "mebp: the lora plugin has no plan");
+        } else {
+            ftb_plan_keep_all(p, FTB_KEEP_OFFLOAD);
+            rc = lora->memory_plan(p, &lora_options, B, T, out, err, errlen);
+        }
+    }
+    if (lora) ftb_method_close(lora);
+    free(keys);
+    free(values);
+    return rc;
+}
+
 static const ftb_method mebp_method = {
-    FTB_ABI_VERSION,
-    "mebp",
-    "MeBP: LoRA with every block checkpoint in a memory-mapped file, blocks recomputed in backward, "
-    "a mapped base brought in block by block",
-    mebp_options,
-    mebp_init,
-    mebp_step,
-    mebp_trainable,
-    mebp_destroy,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "mebp",
+    .summary = "MeBP: LoRA with every block checkpoint in a memory-mapped file, blocks recomputed in backward, "
+               "a mapped base brought in block by block",
+    .options = mebp_options,
+    .init = mebp_init,
+    .step = mebp_step,
+    .trainable = mebp_trainable,
+    .destroy = mebp_destroy,
     .memory_model = mebp_memory_model,
+    .memory_plan = mebp_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &mebp_method; }

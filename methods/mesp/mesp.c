@@ -19,7 +19,8 @@
  *
  * Initialisation is the lora plugin's (same seed, same order), so the two
  * methods start from the same adapters and save the same tensor names. */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -27,22 +28,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-typedef struct {
-    ftb_adapter hook; /* first: the core hands this pointer back */
-    ftb_tensor A, B;
-    float scale;
-    int in, out, r;
-} mesp_adapter;
+/* The adapter is the kit's LoRA adapter (the lora plugin's). */
+typedef ftb_kit_lora mesp_adapter;
 
 typedef struct {
     mesp_adapter *adapters;
-    int n_adapters;
+    ftb_kit_lora_set set;
     ftb_tensor **params;
-    ftb_adamw opt;
+    ftb_adamw *opt;
     ftb_model *model;
-    ftb_keep_policy *keep; /* s->run.keep points here until destroy */
-    char *offload_dir;     /* s->run.offload_dir points here, or NULL */
-    int residency_before;  /* the model's, restored at destroy */
+    ftb_keep_policy *keep;          /* s->run.keep points here until destroy */
+    char *offload_dir;              /* s->run.offload_dir points here, or NULL */
+    ftb_residency residency_before; /* the model's, restored at destroy */
 } mesp_state;
 
 /* h = x·Aᵀ [N, r], in a workspace buffer: never kept. */
@@ -90,13 +87,10 @@ static void mesp_release(ftb_adapter *self, void *saved)
     (void)saved; /* never set */
 }
 
-static const ftb_adapter_ops mesp_ops = { mesp_forward, mesp_backward, mesp_release };
+static const ftb_adapter_ops mesp_ops = { FTB_ADAPTER_OPS_VERSION, mesp_forward, mesp_backward, mesp_release };
 
 static const ftb_option_doc mesp_options[] = {
-    { "rank", "8", "rank r of A and B" },
-    { "alpha", "16", "scale s = alpha / rank" },
-    { "targets", "q,k,v,o,gate,up,down", "linear layers to adapt (comma-separated, or 'all' / 'attn' / 'mlp')" },
-    { "weight_decay", "0.0", "AdamW weight decay" },
+    FTB_KIT_LORA_OPTION_DOCS,
     { "checkpoint", "offload",
       "block checkpoints: offload (input in a mapped file, MeBP), "
       "recompute (input on the heap), none (keep every activation)" },
@@ -128,16 +122,12 @@ static void mesp_destroy(void *state);
 static void *mesp_init(ftb_session *s, char *err, size_t errlen)
 {
     ftb_model *m = s->model;
-    long rank = ftb_opt_int(s->options, "rank", 8, err, errlen);
-    double alpha = ftb_opt_double(s->options, "alpha", 16.0, err, errlen);
+    long rank;
+    double alpha;
+    int mask;
     double wd = ftb_opt_double(s->options, "weight_decay", 0.0, err, errlen);
-    if (err[0]) return NULL;
-    int mask = ftb_parse_linear_targets(ftb_opt_str(s->options, "targets", "q,k,v,o,gate,up,down"), err, errlen);
-    if (mask < 0) return NULL;
-    if (rank < 1 || rank > 4096) {
-        snprintf(err, errlen, "option rank: %ld is not in 1..4096", rank);
+    if (err[0] || ftb_kit_lora_options(s->options, "q,k,v,o,gate,up,down", &rank, &alpha, &mask, err, errlen))
         return NULL;
-    }
     ftb_keep_policy policy;
     if (parse_checkpoint(ftb_opt_str(s->options, "checkpoint", "offload"), &policy, err, errlen)) return NULL;
     const char *dir = ftb_opt_str(s->options, "offload_dir", "");
@@ -157,46 +147,29 @@ static void *mesp_init(ftb_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "mesp: out of memory");
         return NULL;
     }
-    int per_layer = __builtin_popcount((unsigned)mask);
+    const int n = ftb_kit_lora_count(m, mask), L = ftb_model_config(m)->n_layers;
     st->model = m;
-    st->residency_before = m->residency;
-    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-    st->params = calloc((size_t)m->cfg.n_layers * per_layer * 2, sizeof *st->params);
-    st->keep = calloc((size_t)m->cfg.n_layers, sizeof *st->keep);
+    st->residency_before = ftb_model_residency(m);
+    st->adapters = calloc((size_t)n, sizeof *st->adapters);
+    st->params = calloc((size_t)n * 2, sizeof *st->params);
+    st->set = (ftb_kit_lora_set){ st->adapters, sizeof *st->adapters, 0 };
+    st->keep = calloc((size_t)L, sizeof *st->keep);
     st->offload_dir = dir[0] ? strdup(dir) : NULL;
     if (!st->adapters || !st->params || !st->keep || (dir[0] && !st->offload_dir)) {
         snprintf(err, errlen, "mesp: out of memory");
         goto fail;
     }
     ftb_model_set_trainable(m, 0);
-    /* The lora plugin's initialisation, draw for draw. */
-    ftb_rng rng;
-    ftb_rng_seed(&rng, s->seed ^ 0x6c6f7261ULL);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            if (!(mask & (1 << k))) continue;
-            mesp_adapter *a = &st->adapters[st->n_adapters++];
-            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
-            a->out = (int)W->shape[0];
-            a->in = (int)W->shape[1];
-            a->r = (int)rank;
-            a->scale = (float)(alpha / rank);
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
-            if (ftb_tensor_alloc(&a->A, name, rank, a->in, FTB_MEM_TRAINABLE, 1, err, errlen)) goto fail;
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
-            if (ftb_tensor_alloc(&a->B, name, a->out, rank, FTB_MEM_TRAINABLE, 1, err, errlen)) goto fail;
-            float bound = 1.0f / sqrtf((float)a->in);
-            for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
-            a->hook.ops = &mesp_ops;
-            a->hook.needs_input = 1;
-            a->hook.state = a;
-            st->params[2 * (st->n_adapters - 1)] = &a->A;
-            st->params[2 * (st->n_adapters - 1) + 1] = &a->B;
-            ftb_attach_adapter(m, l, k, &a->hook);
-        }
-    if (ftb_adamw_init(&st->opt, m, st->params, 2 * st->n_adapters, s->lr, (float)wd, err, errlen)) goto fail;
-    for (int l = 0; l < m->cfg.n_layers; l++) st->keep[l] = policy;
+    /* The lora plugin's adapters (the kit's), draw for draw. */
+    if (ftb_kit_lora_attach_all(m, mask, rank, alpha, s->seed, FTB_KIT_LORA_BACKPROP, &mesp_ops, 1, &st->set, err,
+                                errlen))
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        st->params[2 * i] = &st->adapters[i].A;
+        st->params[2 * i + 1] = &st->adapters[i].B;
+    }
+    if (!(st->opt = ftb_adamw_create(m, st->params, 2 * n, s->lr, (float)wd, err, errlen))) goto fail;
+    for (int l = 0; l < L; l++) st->keep[l] = policy;
     s->run.keep = st->keep;
     if (st->offload_dir) s->run.offload_dir = st->offload_dir;
     /* A base mapped from a file is brought in block by block; a model built
@@ -212,30 +185,23 @@ fail:
 static int mesp_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
 {
     mesp_state *st = state;
-    return ftb_backprop_step(s, &st->opt, b, out, err, errlen);
+    return ftb_backprop_step(s, st->opt, b, out, err, errlen);
 }
 
 static int mesp_trainable(void *state, ftb_tensor ***tensors)
 {
     mesp_state *st = state;
     *tensors = st->params;
-    return 2 * st->n_adapters;
+    return 2 * st->set.n;
 }
 
 static void mesp_destroy(void *state)
 {
     mesp_state *st = state;
     if (!st) return;
-    ftb_model_set_residency(st->model, (ftb_residency)st->residency_before);
-    for (int l = 0; l < st->model->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
-    ftb_adamw_free(&st->opt);
-    for (int i = 0; i < st->n_adapters; i++) {
-        ftb_free(st->adapters[i].A.data);
-        ftb_free(st->adapters[i].A.grad);
-        ftb_free(st->adapters[i].B.data);
-        ftb_free(st->adapters[i].B.grad);
-    }
+    ftb_model_set_residency(st->model, st->residency_before);
+    ftb_adamw_destroy(st->opt);
+    ftb_kit_lora_release(st->model, &st->set);
     free(st->adapters);
     free(st->params);
     free(st->keep);
@@ -243,15 +209,46 @@ static void mesp_destroy(void *state)
     free(st);
 }
 
+/* Shape-only (`ftbench plan`): lora's adapters, whose hooks save nothing
+ * (the core keeps their input), under the blocks' keep policy. */
+static int mesp_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err,
+                     size_t errlen)
+{
+    long rank;
+    double alpha;
+    int mask;
+    ftb_keep_policy policy;
+    (void)ftb_opt_double(o, "weight_decay", 0.0, err, errlen);
+    if (err[0] || ftb_kit_lora_options(o, "q,k,v,o,gate,up,down", &rank, &alpha, &mask, err, errlen) ||
+        parse_checkpoint(ftb_opt_str(o, "checkpoint", "offload"), &policy, err, errlen))
+        return -1;
+    ftb_model *m = ftb_plan_model(p);
+    ftb_model_set_trainable(m, 0);
+    const int64_t floats = ftb_kit_lora_floats(m, mask, rank);
+    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
+    ftb_plan_keep_all(p, policy);
+    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, 1);
+    if (!hooks) {
+        snprintf(err, errlen, "mesp: out of memory");
+        return -1;
+    }
+    ftb_plan_estimate(p, B, T, 1, NULL, out);
+    free(hooks);
+    return 0;
+}
+
 static const ftb_method mesp_method = {
-    FTB_ABI_VERSION,
-    "mesp",
-    "MeSP: LoRA with a structured backward that recomputes x·Aᵀ, blocks checkpointed to mapped files",
-    mesp_options,
-    mesp_init,
-    mesp_step,
-    mesp_trainable,
-    mesp_destroy,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "mesp",
+    .summary = "MeSP: LoRA with a structured backward that recomputes x·Aᵀ, blocks checkpointed to mapped files",
+    .options = mesp_options,
+    .init = mesp_init,
+    .step = mesp_step,
+    .trainable = mesp_trainable,
+    .destroy = mesp_destroy,
+    .memory_plan = mesp_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &mesp_method; }

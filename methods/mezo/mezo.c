@@ -55,58 +55,28 @@
  * a real backward: with params=full the core's, with params=lora the hook's
  * (dB = s·dyᵀ·h, dA = (s·dy·B)ᵀ·x with h = x·Aᵀ recomputed from the input
  * the core keeps while needs_input is raised for that call). */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ZO_BLOCK       65536 /* elements per independently seeded block */
-#define ZO_CHUNK       256   /* normals generated at a time, on the stack (even) */
+#define ZO_BLOCK       FTB_KIT_NOISE_BLOCK /* elements per independently seeded block */
+#define ZO_CHUNK       FTB_KIT_NOISE_CHUNK /* normals generated at a time, on the stack (even) */
 #define MAX_SAMPLES    64
 #define MEZO_SEED_SALT 0x6d657a6fULL /* "mezo" */
-#define LORA_SEED_SALT 0x6c6f7261ULL /* "lora": same A as methods/lora for a seed */
 
-/* ---- seeded noise ------------------------------------------------------- */
-
-/* splitmix64's finaliser: a bijection that scatters nearby inputs. */
-static uint64_t zo_mix(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* The seed of child `index` of a seed: tensors of a step, blocks of a tensor. */
-static uint64_t zo_child(uint64_t parent, uint64_t index)
-{
-    return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1));
-}
-
-/* z[0..n) ~ N(0,1), continuing r's stream.  n even, except at the very end
- * of a block.  u1 ∈ (0,1] keeps the log finite; |z| ≤ 5.8 (24-bit u1). */
-static void fill_normal_pairs(float *z, int n, ftb_rng *r)
-{
-    for (int i = 0; i < n; i += 2) {
-        uint64_t x = ftb_rng_u64(r);
-        float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
-        float u2 = (float)((x >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
-        float radius = sqrtf(-2.0f * logf(u1)), s, c;
-        sincosf(6.2831853071795865f * u2, &s, &c);
-        z[i] = radius * c;
-        if (i + 1 < n) z[i + 1] = radius * s;
-    }
-}
+/* Seeded noise is the kit's (methods/kit/noise.c), shared with prge. */
+#define zo_child          ftb_kit_noise_child
+#define fill_normal_pairs ftb_kit_noise_normals
 
 /* ---- the LoRA variant's forward hook ------------------------------------ */
 
 struct mezo_state;
 
 typedef struct {
-    ftb_adapter hook; /* first: the core hands this pointer back */
-    ftb_tensor A, B;
-    float scale;
-    int in, out, r;
+    ftb_kit_lora lora;           /* first: hook, A, B and shapes (the method kit) */
     const struct mezo_state *st; /* perturb=read: the current perturbation */
     int index_A, index_B;        /* A's and B's places in the noise layout */
 } mezo_lora;
@@ -119,15 +89,15 @@ static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const 
     (void)saved;
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
-    float *A = a->A.data, *B = a->B.data;
+    float *A = a->lora.A.data, *B = a->lora.B.data;
     if (perturbed_factors(a, &A, &B)) return; /* the core sees the failure (docs/CORE.md) */
-    float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
     if (h) {
-        ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, A, a->in, 0.0f, h, a->r);
-        ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, B, a->r, 1.0f, y, a->out);
+        ftb_gemm(0, 1, N, a->lora.r, a->lora.in, 1.0f, x, a->lora.in, A, a->lora.in, 0.0f, h, a->lora.r);
+        ftb_gemm(0, 1, N, a->lora.out, a->lora.r, a->lora.scale, h, a->lora.r, B, a->lora.r, 1.0f, y, a->lora.out);
     }
     ftb_free(h);
-    if (A != a->A.data) ftb_free(A); /* one allocation holds both */
+    if (A != a->lora.A.data) ftb_free(A); /* one allocation holds both */
 }
 
 /* A MeZO step never runs a backward.  The exact gradient (gradient() with
@@ -141,17 +111,19 @@ static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const
     (void)saved;
     mezo_lora *a = (mezo_lora *)self;
     const int N = c->B * c->T;
-    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
     if (!dh) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
-    if (x && a->A.grad && a->B.grad) {
-        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
-        ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
-        ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
-        ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);
+    ftb_gemm(0, 0, N, a->lora.r, a->lora.out, a->lora.scale, dy, a->lora.out, a->lora.B.data, a->lora.r, 0.0f, dh,
+             a->lora.r);
+    if (x && a->lora.A.grad && a->lora.B.grad) {
+        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
+        ftb_gemm(0, 1, N, a->lora.r, a->lora.in, 1.0f, x, a->lora.in, a->lora.A.data, a->lora.in, 0.0f, h, a->lora.r);
+        ftb_gemm(1, 0, a->lora.out, a->lora.r, N, a->lora.scale, dy, a->lora.out, h, a->lora.r, 1.0f, a->lora.B.grad,
+                 a->lora.r);
+        ftb_gemm(1, 0, a->lora.r, a->lora.in, N, 1.0f, dh, a->lora.r, x, a->lora.in, 1.0f, a->lora.A.grad, a->lora.in);
         ftb_free(h);
     }
-    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
+    ftb_gemm(0, 0, N, a->lora.in, a->lora.r, 1.0f, dh, a->lora.r, a->lora.A.data, a->lora.in, 1.0f, dx, a->lora.in);
     ftb_free(dh);
 }
 
@@ -161,7 +133,8 @@ static void mezo_lora_release(ftb_adapter *self, void *saved)
     (void)saved; /* nothing was saved */
 }
 
-static const ftb_adapter_ops mezo_lora_ops = { mezo_lora_forward, mezo_lora_backward, mezo_lora_release };
+static const ftb_adapter_ops mezo_lora_ops = { FTB_ADAPTER_OPS_VERSION, mezo_lora_forward, mezo_lora_backward,
+                                               mezo_lora_release };
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -178,6 +151,7 @@ typedef struct mezo_state {
     int64_t n_blocks;
     mezo_lora *adapters; /* params=lora only */
     int n_adapters;
+    ftb_kit_lora_set set; /* the adapters, as the kit sees them */
     float eps, weight_decay;
     int samples;   /* K: ± pairs per step */
     int inplace;   /* perturb=inplace: the seed trick writes θ */
@@ -202,62 +176,31 @@ static const ftb_option_doc mezo_options[] = {
     { NULL, NULL, NULL },
 };
 
-static int new_lora_tensor(ftb_tensor *t, const char *name, int64_t rows, int64_t cols, char *err, size_t errlen)
-{
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = 2;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
-    t->numel = rows * cols;
-    t->trainable = 1;
-    t->writable = 1;
-    t->data = ftb_calloc(FTB_MEM_TRAINABLE, sizeof(float) * (size_t)t->numel); /* no gradient: ZO */
-    if (!t->data) {
-        snprintf(err, errlen, "mezo: out of memory for '%s'", name);
-        return -1;
-    }
-    return 0;
-}
-
+/* The LoRA factors are the kit's (the lora plugin's names, shapes and
+ * initialisation), trained without gradients; the hook saves nothing. */
 static int attach_lora(mezo_state *st, ftb_session *s, long rank, double alpha, int mask, char *err, size_t errlen)
 {
     ftb_model *m = s->model;
-    int per_layer = __builtin_popcount((unsigned)mask);
-    st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-    st->params = calloc((size_t)m->cfg.n_layers * per_layer * 2, sizeof *st->params);
+    const int n = ftb_kit_lora_count(m, mask);
+    st->adapters = calloc((size_t)n, sizeof *st->adapters);
+    st->params = calloc((size_t)n * 2, sizeof *st->params);
     if (!st->adapters || !st->params) {
         snprintf(err, errlen, "mezo: out of memory");
         return -1;
     }
-    ftb_rng rng;
-    ftb_rng_seed(&rng, s->seed ^ LORA_SEED_SALT);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            if (!(mask & (1 << k))) continue;
-            mezo_lora *a = &st->adapters[st->n_adapters++];
-            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
-            a->out = (int)W->shape[0];
-            a->in = (int)W->shape[1];
-            a->r = (int)rank;
-            a->scale = (float)(alpha / rank);
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
-            if (new_lora_tensor(&a->A, name, rank, a->in, err, errlen)) return -1;
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
-            if (new_lora_tensor(&a->B, name, a->out, rank, err, errlen)) return -1;
-            float bound = 1.0f / sqrtf((float)a->in);
-            for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
-            a->hook.ops = &mezo_lora_ops;
-            a->hook.needs_input = 0;
-            a->hook.state = a;
-            a->st = st;
-            a->index_A = st->n_params;
-            st->params[st->n_params++] = &a->A;
-            a->index_B = st->n_params;
-            st->params[st->n_params++] = &a->B;
-            ftb_attach_adapter(m, l, k, &a->hook);
-        }
+    st->set = (ftb_kit_lora_set){ st->adapters, sizeof *st->adapters, 0 };
+    int rc = ftb_kit_lora_attach_all(m, mask, rank, alpha, s->seed, FTB_KIT_LORA_ZO, &mezo_lora_ops, 0, &st->set, err,
+                                     errlen);
+    st->n_adapters = st->set.n;
+    if (rc) return -1;
+    for (int i = 0; i < n; i++) {
+        mezo_lora *a = &st->adapters[i];
+        a->st = st;
+        a->index_A = st->n_params;
+        st->params[st->n_params++] = &a->lora.A;
+        a->index_B = st->n_params;
+        st->params[st->n_params++] = &a->lora.B;
+    }
     return 0;
 }
 
@@ -269,13 +212,15 @@ static int train_full_model(mezo_state *st, ftb_session *s, char *err, size_t er
     ftb_model *m = s->model;
     ftb_model_set_trainable(m, 1);
     if (ftb_model_make_writable(m, err, errlen)) return -1;
-    st->params = calloc((size_t)m->n_params, sizeof *st->params);
+    ftb_tensor **all;
+    const int n = ftb_model_params(m, &all);
+    st->params = calloc((size_t)n, sizeof *st->params);
     if (!st->params) {
         snprintf(err, errlen, "mezo: out of memory");
         return -1;
     }
-    for (int i = 0; i < m->n_params; i++) /* a tied lm_head is not in params[]: perturbed once, as embed */
-        if (m->params[i]->numel > 0) st->params[st->n_params++] = m->params[i];
+    for (int i = 0; i < n; i++) /* a tied lm_head is not in params[]: perturbed once, as embed */
+        if (all[i]->numel > 0) st->params[st->n_params++] = all[i];
     return 0;
 }
 
@@ -452,8 +397,9 @@ static void add_noise(uint64_t step_seed, int t, int64_t offset, int64_t n, floa
 static void read_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values)
 {
     const mezo_state *st = ctx;
-    const ftb_model *m = st->model;
-    if (t == &m->lm_head && m->cfg.tie_embeddings) t = &m->embed;
+    ftb_model *m = st->model;
+    if (t == ftb_model_part_tensor(m, FTB_TENSOR_LM_HEAD) && ftb_model_config(m)->tie_embeddings)
+        t = ftb_model_part_tensor(m, FTB_TENSOR_EMBED);
     for (int i = 0; i < st->n_params; i++)
         if (st->params[i] == t) {
             add_noise(st->read_seed, i, offset, n, st->read_scale, values);
@@ -476,11 +422,11 @@ static int perturbed_factors(const mezo_lora *a, float **A, float **B)
 {
     const mezo_state *st = a->st;
     if (st->inplace || st->read_scale == 0.0f) return 0;
-    const int64_t nA = a->A.numel, nB = a->B.numel;
+    const int64_t nA = a->lora.A.numel, nB = a->lora.B.numel;
     float *buf = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)(nA + nB));
     if (!buf) return -1;
-    memcpy(buf, a->A.data, sizeof(float) * (size_t)nA);
-    memcpy(buf + nA, a->B.data, sizeof(float) * (size_t)nB);
+    memcpy(buf, a->lora.A.data, sizeof(float) * (size_t)nA);
+    memcpy(buf + nA, a->lora.B.data, sizeof(float) * (size_t)nB);
     add_noise(st->read_seed, a->index_A, 0, nA, st->read_scale, buf);
     add_noise(st->read_seed, a->index_B, 0, nB, st->read_scale, buf + nA);
     *A = buf;
@@ -645,13 +591,13 @@ static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
     if (exact) {
         for (int i = 0; i < st->n_params; i++)
             memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
-        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].hook.needs_input = 1;
+        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].lora.hook.needs_input = 1;
         ftb_run_opts run = s->run;
         run.keep = NULL;
         run.first_trainable_layer = 0;
         run.seq_loss = NULL;
         *loss = ftb_model_forward_backward(st->model, b, &run, err, errlen);
-        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].hook.needs_input = 0;
+        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].lora.hook.needs_input = 0;
         return isnan(*loss) ? -1 : 0;
     }
     const int K = st->samples;
@@ -715,33 +661,70 @@ static void mezo_destroy(void *state)
     mezo_state *st = state;
     if (!st) return;
     if (!st->adapters && st->model) ftb_model_set_read_perturbation(st->model, NULL, NULL);
-    if (st->adapters) {
-        for (int l = 0; l < st->model->cfg.n_layers; l++)
-            for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
-        for (int i = 0; i < st->n_adapters; i++) {
-            ftb_free(st->adapters[i].A.data);
-            ftb_free(st->adapters[i].B.data);
-            ftb_free(st->adapters[i].A.grad); /* allocated by gradient() only */
-            ftb_free(st->adapters[i].B.grad);
-        }
-    }
+    if (st->adapters) ftb_kit_lora_release(st->model, &st->set); /* .grad too: allocated by gradient() only */
     free(st->adapters);
     free(st->params);
     free(st->blocks);
     free(st);
 }
 
+/* The plan's stand-in for the read hook: it never runs (a plan runs no
+ * forward); its presence is what the estimate reads. */
+static void planned_perturbation(void *ctx, const ftb_tensor *t, int64_t offset, int64_t n, float *values)
+{
+    (void)ctx, (void)t, (void)offset, (void)n, (void)values;
+}
+
+/* Shape-only (`ftbench plan`): params=full makes every weight trainable
+ * without gradients (fp32, counted as trainable), params=lora the kit's
+ * factors without gradients and hooks that keep nothing; a step is one
+ * inference forward, read through the perturbation when perturb=read and
+ * params=full. */
+static int mezo_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err,
+                     size_t errlen)
+{
+    const char *params = ftb_opt_str(o, "params", "full");
+    const char *perturb = ftb_opt_str(o, "perturb", "read");
+    const int lora = !strcmp(params, "lora");
+    if ((!lora && strcmp(params, "full")) || (strcmp(perturb, "read") && strcmp(perturb, "inplace"))) {
+        snprintf(err, errlen, "mezo: params must be full or lora and perturb read or inplace");
+        return -1;
+    }
+    ftb_model *m = ftb_plan_model(p);
+    ftb_adapter *hooks = NULL;
+    if (lora) {
+        long rank;
+        double alpha;
+        int mask;
+        if (ftb_kit_lora_options(o, "q,v", &rank, &alpha, &mask, err, errlen)) return -1;
+        ftb_model_set_trainable(m, 0);
+        ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * ftb_kit_lora_floats(m, mask, rank));
+        if (!(hooks = ftb_kit_plan_hooks(m, mask, 0))) {
+            snprintf(err, errlen, "mezo: out of memory");
+            return -1;
+        }
+    } else {
+        ftb_model_set_trainable(m, 1);
+        if (strcmp(perturb, "read") == 0) ftb_model_set_read_perturbation(m, planned_perturbation, NULL);
+    }
+    ftb_plan_estimate(p, B, T, 0, NULL, out);
+    ftb_model_set_read_perturbation(m, NULL, NULL);
+    free(hooks);
+    return 0;
+}
+
 static const ftb_method mezo_method = {
-    FTB_ABI_VERSION,
-    "mezo",
-    "MeZO: zeroth-order SGD, two inference forwards per step, seeded perturbations never stored",
-    mezo_options,
-    mezo_init,
-    mezo_step,
-    mezo_trainable,
-    mezo_destroy,
-    mezo_gradient,
-    mezo_memory_model,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "mezo",
+    .summary = "MeZO: zeroth-order SGD, two inference forwards per step, seeded perturbations never stored",
+    .options = mezo_options,
+    .init = mezo_init,
+    .step = mezo_step,
+    .trainable = mezo_trainable,
+    .destroy = mezo_destroy,
+    .gradient = mezo_gradient,
+    .memory_model = mezo_memory_model,
+    .memory_plan = mezo_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &mezo_method; }

@@ -41,56 +41,31 @@
  * real backward through the hook: dB = s·dyᵀ·h with h = x·Aᵀ recomputed from
  * the input the core keeps while needs_input is raised for that call (A is
  * frozen: no dA). */
-#include "ftbench.h"
+#include "ftbench_kit.h"
+#include "ftbench_method.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ZO_BLOCK       65536
-#define ZO_CHUNK       256
+#define ZO_BLOCK       FTB_KIT_NOISE_BLOCK
+#define ZO_CHUNK       FTB_KIT_NOISE_CHUNK
 #define PRGE_SEED_SALT 0x70726765ULL /* "prge" */
-#define LORA_SEED_SALT 0x6c6f7261ULL /* "lora": same A as methods/lora for a seed */
 #define MAX_QUERIES    64
 
-/* ---- seeded noise (the same scheme as methods/mezo) --------------------- */
-
-static uint64_t zo_mix(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t zo_child(uint64_t parent, uint64_t index)
-{
-    return zo_mix(parent + 0x9e3779b97f4a7c15ULL * (index + 1));
-}
-
-static void fill_normal_pairs(float *z, int n, ftb_rng *r)
-{
-    for (int i = 0; i < n; i += 2) {
-        uint64_t x = ftb_rng_u64(r);
-        float u1 = (float)((x >> 40) + 1) * (1.0f / 16777216.0f);
-        float u2 = (float)((x >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
-        float radius = sqrtf(-2.0f * logf(u1)), s, c;
-        sincosf(6.2831853071795865f * u2, &s, &c);
-        z[i] = radius * c;
-        if (i + 1 < n) z[i + 1] = radius * s;
-    }
-}
+/* Seeded noise is the kit's (methods/kit/noise.c), the same as mezo's. */
+#define zo_child          ftb_kit_noise_child
+#define fill_normal_pairs ftb_kit_noise_normals
 
 /* ---- state -------------------------------------------------------------- */
 
 typedef struct prge_state prge_state;
 
-/* tests/test_zo.c reads A and B through this prefix (hook, A, B). */
+/* tests/test_zo.c reads A and B through this prefix (hook, A, B): the
+ * kit's LoRA adapter, A [r, in] frozen, B [out, r] trained. */
 typedef struct {
-    ftb_adapter hook; /* first: the core hands this pointer back */
-    ftb_tensor A, B;  /* A [r, in] frozen; B [out, r] trained */
-    float scale;
-    int in, out, r;
-    float *z; /* during a step: [queries][out·r], query i at i·out·r */
+    ftb_kit_lora lora; /* first: the core hands &lora.hook back */
+    float *z;          /* during a step: [queries][out·r], query i at i·out·r */
     prge_state *owner;
 } prge_adapter;
 
@@ -106,7 +81,8 @@ struct prge_state {
     ftb_model *model;
     prge_adapter *adapters;
     int n_adapters;
-    ftb_tensor **params; /* the B's */
+    ftb_kit_lora_set set; /* the adapters, as the kit sees them */
+    ftb_tensor **params;  /* the B's */
     int queries, dual;
     float eps;
     ftb_rng seeds;
@@ -134,13 +110,13 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     (void)saved;
     prge_adapter *a = (prge_adapter *)self;
     const prge_state *st = a->owner;
-    const int N = c->B * c->T, r = a->r, out = a->out;
+    const int N = c->B * c->T, r = a->lora.r, out = a->lora.out;
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * r);
     if (!h) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 1, N, r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, r);
+    ftb_gemm(0, 1, N, r, a->lora.in, 1.0f, x, a->lora.in, a->lora.A.data, a->lora.in, 0.0f, h, r);
     const forward_plan *p = &st->plan;
     if (!p->active || !a->z || c->B != p->n_slices * p->rows_per_slice_seqs) {
-        ftb_gemm(0, 1, N, out, r, a->scale, h, r, a->B.data, r, 1.0f, y, out);
+        ftb_gemm(0, 1, N, out, r, a->lora.scale, h, r, a->lora.B.data, r, 1.0f, y, out);
         ftb_free(h);
         return;
     }
@@ -157,9 +133,9 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
         slice_query(st, j, &q, &sign);
         const float step = sign * st->eps;
         const float *z = a->z + (int64_t)q * nb;
-        for (int64_t k = 0; k < nb; k++) Bj[k] = a->B.data[k] + step * z[k];
-        ftb_gemm(0, 1, rows, out, r, a->scale, h + (int64_t)j * rows * r, r, Bj, r, 1.0f, y + (int64_t)j * rows * out,
-                 out);
+        for (int64_t k = 0; k < nb; k++) Bj[k] = a->lora.B.data[k] + step * z[k];
+        ftb_gemm(0, 1, rows, out, r, a->lora.scale, h + (int64_t)j * rows * r, r, Bj, r, 1.0f,
+                 y + (int64_t)j * rows * out, out);
     }
     ftb_free(Bj);
     ftb_free(h);
@@ -174,16 +150,18 @@ static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
     (void)saved;
     prge_adapter *a = (prge_adapter *)self;
     const int N = c->B * c->T;
-    if (x && a->B.grad) {
-        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
-        ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
-        ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
+    if (x && a->lora.B.grad) {
+        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
+        ftb_gemm(0, 1, N, a->lora.r, a->lora.in, 1.0f, x, a->lora.in, a->lora.A.data, a->lora.in, 0.0f, h, a->lora.r);
+        ftb_gemm(1, 0, a->lora.out, a->lora.r, N, a->lora.scale, dy, a->lora.out, h, a->lora.r, 1.0f, a->lora.B.grad,
+                 a->lora.r);
         ftb_free(h);
     }
-    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
     if (!dh) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
-    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
+    ftb_gemm(0, 0, N, a->lora.r, a->lora.out, a->lora.scale, dy, a->lora.out, a->lora.B.data, a->lora.r, 0.0f, dh,
+             a->lora.r);
+    ftb_gemm(0, 0, N, a->lora.in, a->lora.r, 1.0f, dh, a->lora.r, a->lora.A.data, a->lora.in, 1.0f, dx, a->lora.in);
     ftb_free(dh);
 }
 
@@ -193,7 +171,7 @@ static void prge_release(ftb_adapter *self, void *saved)
     (void)saved; /* nothing was saved */
 }
 
-static const ftb_adapter_ops prge_ops = { prge_forward, prge_backward, prge_release };
+static const ftb_adapter_ops prge_ops = { FTB_ADAPTER_OPS_VERSION, prge_forward, prge_backward, prge_release };
 
 /* ---- options and init --------------------------------------------------- */
 
@@ -241,10 +219,10 @@ static void *prge_init(ftb_session *s, char *err, size_t errlen)
         return NULL;
     }
     prge_state *st = calloc(1, sizeof *st);
-    int per_layer = __builtin_popcount((unsigned)mask);
+    const int n = ftb_kit_lora_count(m, mask);
     if (st) {
-        st->adapters = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->adapters);
-        st->params = calloc((size_t)m->cfg.n_layers * per_layer, sizeof *st->params);
+        st->adapters = calloc((size_t)n, sizeof *st->adapters);
+        st->params = calloc((size_t)n, sizeof *st->params);
     }
     if (!st || !st->adapters || !st->params) {
         snprintf(err, errlen, "prge: out of memory");
@@ -261,33 +239,15 @@ static void *prge_init(ftb_session *s, char *err, size_t errlen)
     st->eps = (float)eps;
     ftb_rng_seed(&st->seeds, s->seed ^ PRGE_SEED_SALT);
     ftb_model_set_trainable(m, 0);
-    ftb_rng rng;
-    ftb_rng_seed(&rng, s->seed ^ LORA_SEED_SALT);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) {
-            if (!(mask & (1 << k))) continue;
-            prge_adapter *a = &st->adapters[st->n_adapters++];
-            ftb_tensor *W = ftb_layer_weight(&m->layers[l], k);
-            a->out = (int)W->shape[0];
-            a->in = (int)W->shape[1];
-            a->r = (int)rank;
-            a->scale = (float)(alpha / rank);
-            a->owner = st;
-            char name[96];
-            /* A is frozen: counted with the frozen weights.  B is what trains. */
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", l, ftb_linear_name(k));
-            if (ftb_tensor_alloc(&a->A, name, rank, a->in, FTB_MEM_WEIGHTS, 0, err, errlen)) goto fail;
-            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", l, ftb_linear_name(k));
-            if (ftb_tensor_alloc(&a->B, name, a->out, rank, FTB_MEM_TRAINABLE, 0, err, errlen)) goto fail;
-            a->B.trainable = 1; /* trained by estimates: no gradient buffer */
-            float bound = 1.0f / sqrtf((float)a->in);
-            for (int64_t i = 0; i < a->A.numel; i++) a->A.data[i] = bound * (2.0f * ftb_rng_uniform(&rng) - 1.0f);
-            a->hook.ops = &prge_ops;
-            a->hook.needs_input = 0;
-            a->hook.state = a;
-            st->params[st->n_adapters - 1] = &a->B;
-            ftb_attach_adapter(m, l, k, &a->hook);
-        }
+    for (int i = 0; i < n; i++) st->adapters[i].owner = st;
+    /* A is frozen (counted with the frozen weights); B is what trains, by
+     * estimates: no gradient buffer. */
+    st->set = (ftb_kit_lora_set){ st->adapters, sizeof *st->adapters, 0 };
+    int rc = ftb_kit_lora_attach_all(m, mask, rank, alpha, s->seed, FTB_KIT_LORA_FROZEN_A, &prge_ops, 0, &st->set, err,
+                                     errlen);
+    st->n_adapters = st->set.n;
+    if (rc) goto fail;
+    for (int i = 0; i < n; i++) st->params[i] = &st->adapters[i].lora.B;
     return st;
 fail:
     prge_destroy(st);
@@ -311,11 +271,11 @@ static int draw_perturbations(prge_state *st, uint64_t step_seed, char *err, siz
     const int n = st->queries;
     int64_t jobs = 0;
     for (int a = 0; a < st->n_adapters; a++) {
-        int64_t nb = st->adapters[a].B.numel;
+        int64_t nb = st->adapters[a].lora.B.numel;
         st->adapters[a].z = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)(nb * n));
         if (!st->adapters[a].z) {
             free_perturbations(st);
-            snprintf(err, errlen, "prge: out of memory for %d perturbations of '%s'", n, st->adapters[a].B.name);
+            snprintf(err, errlen, "prge: out of memory for %d perturbations of '%s'", n, st->adapters[a].lora.B.name);
             return -1;
         }
         jobs += n * ((nb + ZO_BLOCK - 1) / ZO_BLOCK);
@@ -329,13 +289,13 @@ static int draw_perturbations(prge_state *st, uint64_t step_seed, char *err, siz
     }
     first_job[0] = 0;
     for (int a = 0; a < st->n_adapters; a++)
-        first_job[a + 1] = first_job[a] + n * ((st->adapters[a].B.numel + ZO_BLOCK - 1) / ZO_BLOCK);
+        first_job[a + 1] = first_job[a] + n * ((st->adapters[a].lora.B.numel + ZO_BLOCK - 1) / ZO_BLOCK);
 #pragma omp parallel for schedule(dynamic, 4)
     for (int64_t j = 0; j < jobs; j++) {
         int a = 0;
         while (first_job[a + 1] <= j) a++;
         const prge_adapter *ad = &st->adapters[a];
-        const int64_t nb = ad->B.numel, blocks = (nb + ZO_BLOCK - 1) / ZO_BLOCK;
+        const int64_t nb = ad->lora.B.numel, blocks = (nb + ZO_BLOCK - 1) / ZO_BLOCK;
         const int64_t local = j - first_job[a], q = local / blocks, k = local % blocks;
         const int64_t lo = k * ZO_BLOCK, len = nb - lo < ZO_BLOCK ? nb - lo : ZO_BLOCK;
         ftb_rng r;
@@ -488,11 +448,11 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 #pragma omp parallel for schedule(dynamic, 1)
     for (int a = 0; a < st->n_adapters; a++) {
         prge_adapter *ad = &st->adapters[a];
-        const int64_t nb = ad->B.numel;
+        const int64_t nb = ad->lora.B.numel;
         for (int64_t k = 0; k < nb; k++) {
             float step = 0;
             for (int i = 0; i < n; i++) step += coef[i] * ad->z[i * nb + k];
-            ad->B.data[k] -= step;
+            ad->lora.B.data[k] -= step;
         }
     }
     free_perturbations(st);
@@ -511,7 +471,7 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 static int ensure_grads(prge_state *st, char *err, size_t errlen)
 {
     for (int a = 0; a < st->n_adapters; a++) {
-        ftb_tensor *B = &st->adapters[a].B;
+        ftb_tensor *B = &st->adapters[a].lora.B;
         if (!B->grad) B->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)B->numel);
         if (!B->grad) {
             snprintf(err, errlen, "prge: out of memory for the gradient of '%s'", B->name);
@@ -529,15 +489,15 @@ static int prge_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
     if (ensure_grads(st, err, errlen)) return -1;
     if (exact) {
         for (int a = 0; a < st->n_adapters; a++) {
-            memset(st->adapters[a].B.grad, 0, sizeof(float) * (size_t)st->adapters[a].B.numel);
-            st->adapters[a].hook.needs_input = 1;
+            memset(st->adapters[a].lora.B.grad, 0, sizeof(float) * (size_t)st->adapters[a].lora.B.numel);
+            st->adapters[a].lora.hook.needs_input = 1;
         }
         ftb_run_opts run = s->run;
         run.keep = NULL;
         run.first_trainable_layer = 0;
         run.seq_loss = NULL;
         *loss = ftb_model_forward_backward(st->model, b, &run, err, errlen);
-        for (int a = 0; a < st->n_adapters; a++) st->adapters[a].hook.needs_input = 0;
+        for (int a = 0; a < st->n_adapters; a++) st->adapters[a].lora.hook.needs_input = 0;
         return isnan(*loss) ? -1 : 0;
     }
     const int n = st->queries;
@@ -552,11 +512,11 @@ static int prge_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
 #pragma omp parallel for schedule(dynamic, 1)
     for (int a = 0; a < st->n_adapters; a++) {
         prge_adapter *ad = &st->adapters[a];
-        const int64_t nb = ad->B.numel;
+        const int64_t nb = ad->lora.B.numel;
         for (int64_t k = 0; k < nb; k++) {
             float g = 0;
             for (int i = 0; i < n; i++) g += coef[i] * ad->z[i * nb + k];
-            ad->B.grad[k] = g;
+            ad->lora.B.grad[k] = g;
         }
     }
     free_perturbations(st);
@@ -575,14 +535,8 @@ static void prge_destroy(void *state)
 {
     prge_state *st = state;
     if (!st) return;
-    for (int l = 0; l < st->model->cfg.n_layers; l++)
-        for (int k = 0; k < FTB_LIN_COUNT; k++) ftb_attach_adapter(st->model, l, k, NULL);
     free_perturbations(st);
-    for (int i = 0; i < st->n_adapters; i++) {
-        ftb_free(st->adapters[i].A.data);
-        ftb_free(st->adapters[i].B.data);
-        ftb_free(st->adapters[i].B.grad); /* allocated by gradient() only */
-    }
+    ftb_kit_lora_release(st->model, &st->set); /* B's .grad too: allocated by gradient() only */
     free(st->adapters);
     free(st->params);
     free(st);
@@ -599,23 +553,66 @@ static int prge_memory_model(void *state, const ftb_session *s, int B, int T, ft
     const int n_slices = st->dual ? 2 * st->queries : st->queries;
     ftb_memory_estimate_step(st->model, &s->run, n_slices * B, T, 0, NULL, out);
     int64_t extra = (int64_t)sizeof(int32_t) * 2 * n_slices * B * T + (int64_t)sizeof(float) * n_slices * B;
-    for (int a = 0; a < st->n_adapters; a++) extra += (int64_t)sizeof(float) * st->adapters[a].B.numel * st->queries;
+    for (int a = 0; a < st->n_adapters; a++)
+        extra += (int64_t)sizeof(float) * st->adapters[a].lora.B.numel * st->queries;
+    out->at_peak[FTB_MEM_WORKSPACE] += extra;
+    out->peak_total += extra;
+    return 0;
+}
+
+/* Shape-only (`ftbench plan`): A frozen (weights) and B (trainable, no
+ * gradient) per target, the same inference forward of the repeated batch
+ * and the same extras as prge_memory_model. */
+static int prge_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_estimate *out, char *err,
+                     size_t errlen)
+{
+    long queries = ftb_opt_int(o, "queries", 4, err, errlen), dual = ftb_opt_int(o, "dual", 1, err, errlen), rank;
+    double alpha;
+    int mask;
+    if (err[0] || ftb_kit_lora_options(o, "q,k,v,o,gate,up,down", &rank, &alpha, &mask, err, errlen)) return -1;
+    if (queries < 1 || queries > MAX_QUERIES || (dual != 0 && dual != 1)) {
+        snprintf(err, errlen, "prge: queries or dual out of range");
+        return -1;
+    }
+    ftb_model *m = ftb_plan_model(p);
+    ftb_model_set_trainable(m, 0);
+    int64_t a_floats = 0, b_floats = 0;
+    for (int l = 0; l < ftb_model_config(m)->n_layers; l++)
+        for (int k = 0; k < FTB_LIN_COUNT; k++)
+            if (mask & (1 << k)) {
+                const ftb_tensor *W = ftb_model_linear(m, l, (ftb_linear_kind)k);
+                a_floats += rank * W->shape[1];
+                b_floats += W->shape[0] * rank;
+            }
+    ftb_plan_add_state(p, FTB_MEM_WEIGHTS, (int64_t)sizeof(float) * a_floats);
+    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * b_floats);
+    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, 0);
+    if (!hooks) {
+        snprintf(err, errlen, "prge: out of memory");
+        return -1;
+    }
+    const int n_slices = dual ? 2 * (int)queries : (int)queries;
+    ftb_plan_estimate(p, n_slices * B, T, 0, NULL, out);
+    free(hooks);
+    int64_t extra = (int64_t)sizeof(int32_t) * 2 * n_slices * B * T + (int64_t)sizeof(float) * n_slices * B +
+                    (int64_t)sizeof(float) * b_floats * queries;
     out->at_peak[FTB_MEM_WORKSPACE] += extra;
     out->peak_total += extra;
     return 0;
 }
 
 static const ftb_method prge_method = {
-    FTB_ABI_VERSION,
-    "prge",
-    "P-RGE: zeroth-order LoRA-FA, n perturbed copies of B as slices of one batched inference forward",
-    prge_options,
-    prge_init,
-    prge_step,
-    prge_trainable,
-    prge_destroy,
-    prge_gradient,
-    prge_memory_model,
+    .abi_version = FTB_ABI_VERSION,
+    .name = "prge",
+    .summary = "P-RGE: zeroth-order LoRA-FA, n perturbed copies of B as slices of one batched inference forward",
+    .options = prge_options,
+    .init = prge_init,
+    .step = prge_step,
+    .trainable = prge_trainable,
+    .destroy = prge_destroy,
+    .gradient = prge_gradient,
+    .memory_model = prge_memory_model,
+    .memory_plan = prge_plan,
 };
 
 const ftb_method *ftbench_method(void) { return &prge_method; }

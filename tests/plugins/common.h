@@ -4,7 +4,7 @@
 #ifndef FTB_TEST_PLUGIN_COMMON_H
 #define FTB_TEST_PLUGIN_COMMON_H
 
-#include "ftbench.h"
+#include "ftbench_method.h"
 #include <stdio.h>
 #include <stdlib.h>
 

@@ -1,12 +1,14 @@
 /* v1sgd: a method built for ABI 1, whose ftb_method ends at destroy (the
  * struct is declared here as ABI 1 declared it).  It trains the final norm
- * and the norms of the last block with plain SGD, by backprop, so that
- * `ftbench fidelity` has a gradient to check through its generic path.
+ * and the norms of the last block with plain SGD, by backprop.  ABI 3 made
+ * the structs plugins hold by value growable (docs/PLUGINS.md, "ABI
+ * history"), which older plugins' layouts are not: the host refuses it,
+ * naming both versions, having read nothing but its abi_version.
  *
  * The struct is placed at the very end of a readable page followed by an
  * inaccessible one: a host that reads ABI 2's `gradient` field from it
  * faults instead of reading garbage, so the test that loads it can fail. */
-#include "ftbench.h"
+#include "ftbench_method.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -42,10 +44,14 @@ static void *v1_init(ftb_session *s, char *err, size_t errlen)
         return NULL;
     }
     ftb_model_set_trainable(m, 0);
-    ftb_layer *last = &m->layers[m->cfg.n_layers - 1];
-    st->params[st->n++] = &m->final_norm;
-    st->params[st->n++] = &last->attn_norm;
-    st->params[st->n++] = &last->mlp_norm;
+    st->params[st->n++] = ftb_model_part_tensor(m, FTB_TENSOR_FINAL_NORM);
+    ftb_tensor **all;
+    const int n = ftb_model_params(m, &all);
+    char attn[96], mlp[96];
+    snprintf(attn, sizeof attn, "model.layers.%d.input_layernorm.weight", ftb_model_config(m)->n_layers - 1);
+    snprintf(mlp, sizeof mlp, "model.layers.%d.post_attention_layernorm.weight", ftb_model_config(m)->n_layers - 1);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(all[i]->name, attn) || !strcmp(all[i]->name, mlp)) st->params[st->n++] = all[i];
     for (int i = 0; i < st->n; i++) st->params[i]->trainable = 1;
     if (ftb_model_alloc_grads(m, err, errlen)) {
         free(st);
