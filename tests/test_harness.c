@@ -22,6 +22,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ftbench_method.h" /* FTB_ABI_VERSION, for the refusal messages */
+
 extern char **environ;
 
 static const char *bin(void) { return getenv("FTBENCH_BIN"); }
@@ -253,8 +255,9 @@ Test(harness, cli_unknown_names)
         "has no option 'rnak'");
     expect_usage_error((const char *[]){ "run", "--methods-dir", "/nonexistent/dir", "--method", "lora", NULL },
                        "/nonexistent/dir");
-    expect_usage_error((const char *[]){ "run", "--method", plugin("badabi"), "--model", "tiny", NULL },
-                       "was built for ABI 4, this ftbench has ABI 3");
+    char abi[96];
+    snprintf(abi, sizeof abi, "was built for ABI %d, this ftbench has ABI %d", FTB_ABI_VERSION + 1, FTB_ABI_VERSION);
+    expect_usage_error((const char *[]){ "run", "--method", plugin("badabi"), "--model", "tiny", NULL }, abi);
     expect_usage_error((const char *[]){ "run", "--method", plugin("nosym"), "--model", "tiny", NULL },
                        "does not export ftbench_method()");
     expect_usage_error((const char *[]){ "run", "--method", "/nonexistent/m.so", "--model", "tiny", NULL },
@@ -408,7 +411,9 @@ Test(harness, sweep_records_every_fault_and_resumes, .fini = remove_tmp, .timeou
         cr_expect(!strcmp(o, "over_budget") || !strcmp(o, "oom"), "hog: %s", o);
         r = find_cell(v, n, "badabi.", seq);
         cr_expect_str_eq(jstr(r, "outcome"), "error");
-        cr_expect(strstr(jstr(r, "outcome_detail"), "built for ABI 3, this ftbench has ABI 2") != NULL);
+        char abi[96];
+        snprintf(abi, sizeof abi, "built for ABI %d, this ftbench has ABI %d", FTB_ABI_VERSION + 1, FTB_ABI_VERSION);
+        cr_expect(strstr(jstr(r, "outcome_detail"), abi) != NULL, "%s", jstr(r, "outcome_detail"));
         r = find_cell(v, n, "initfail.", seq);
         cr_expect_str_eq(jstr(r, "outcome"), "error");
         cr_expect(strstr(jstr(r, "outcome_detail"), "refusing on purpose") != NULL);
@@ -608,7 +613,9 @@ Test(harness, a_method_dropped_in_is_listed_and_runs, .fini = remove_tmp)
     cr_assert((p.code) == (0), "%s", p.err);
     cr_expect(strstr(p.out, "third") && strstr(p.out, "forward only"), "%s", p.out);
     cr_expect(strstr(p.out, "lora") && strstr(p.out, "full"), "%s", p.out);
-    cr_expect(strstr(p.out, "old") && strstr(p.out, "UNUSABLE") && strstr(p.out, "ABI 2"), "%s", p.out);
+    char abi[32];
+    snprintf(abi, sizeof abi, "ABI %d", FTB_ABI_VERSION);
+    cr_expect(strstr(p.out, "old") && strstr(p.out, "UNUSABLE") && strstr(p.out, abi), "%s", p.out);
     cr_expect(strstr(p.out, "rpi5-8gb") && strstr(p.out, "tiny"), "devices and models listed:\n%s", p.out);
     proc_free(&p);
     /* ... and runs by name. */
