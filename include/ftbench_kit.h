@@ -11,9 +11,14 @@
  *   seeded noise        the zeroth-order methods' z ~ N(0, I), regenerated
  *                       from seeds (mezo, prge; tests/test_zo.c checks the
  *                       layout independently);
+ *   LoRA products       h = x·Aᵀ, y += s·h·Bᵀ and their backward, one
+ *                       definition for lora, mesp, mezo and prge;
  *   hook memory         the per-hook byte array every memory model of a
- *                       hooking method builds (lora, ia3, lars, and their
- *                       shape-only plans);
+ *                       hooking method builds (lora, ia3, lars), and the
+ *                       placeholder hooks of their shape-only plans;
+ *   hook seeds, exact   per-hook seeds of dropout masks (lora, lars); the
+ *   gradients           exact backward of zeroth-order methods (mezo, prge);
+ *   offload options     mebp's and mesp's offload_dir and residency;
  *   option docs         LoRA's options, listed once for lora, mesp, mebp.
  */
 #ifndef FTBENCH_KIT_H
@@ -99,6 +104,87 @@ int ftb_kit_lora_options(const ftb_options *o, const char *default_targets, long
 /* Float count of the adapters' A and B on m for targets and rank. */
 int64_t ftb_kit_lora_floats(ftb_model *m, int targets, long rank);
 
+/* LoRA adapters trained by backprop with the selected optimizer: what lora
+ * and mesp hold (gc and mebp through them). */
+typedef struct {
+    ftb_model *model;
+    ftb_kit_lora_set set; /* base: the method's own adapter array */
+    ftb_tensor **params;  /* A and B of each adapter, in order */
+    ftb_adamw *opt;
+} ftb_kit_lora_trained;
+
+/* The base frozen, then adapters of `stride` bytes each (a struct starting
+ * with ftb_kit_lora; zeroed, in t->set.base) with gradients, attached with
+ * ops and needs_input, and their optimizer.  0, or -1 with err (what was
+ * made is freed by ftb_kit_lora_trained_free, which the caller calls). */
+int ftb_kit_lora_trained_init(ftb_kit_lora_trained *t, ftb_session *s, size_t stride, int targets, long rank,
+                              double alpha, double weight_decay, const ftb_adapter_ops *ops, int needs_input, char *err,
+                              size_t errlen);
+void ftb_kit_lora_trained_free(ftb_kit_lora_trained *t);
+/* trainable(): the adapters' A and B. */
+int ftb_kit_lora_trained_params(const ftb_kit_lora_trained *t, ftb_tensor ***tensors);
+/* On a plan: the base frozen and the state those adapters hold (A and B,
+ * with their gradients and optimizer state). */
+void ftb_kit_lora_trained_plan(ftb_plan *p, int targets, long rank);
+
+/* LoRA's products, one definition for every method that has the adapter
+ * (so that, e.g., mesp's gradients are bitwise lora's):
+ *   down      h [N, r] = x·Aᵀ
+ *   up        y [N, out] += s·h·Bᵀ
+ *   backward  dB += s·dyᵀ·h   (when h and B.grad are given)
+ *             dh  = s·dy·B    (dh: [N, r] the caller's)
+ *             dA += dhᵀ·x     (when x and A.grad are given)
+ *             dx += dh·A      (when dx is given)
+ * A and B: the adapter's own data, or a perturbed copy (mezo, prge). */
+void ftb_kit_lora_down(const ftb_kit_lora *a, int N, const float *x, const float *A, float *h);
+void ftb_kit_lora_up(const ftb_kit_lora *a, int N, const float *h, const float *B, float *y);
+void ftb_kit_lora_backward(const ftb_kit_lora *a, int N, const float *x, const float *h, const float *dy, float *dh,
+                           float *dx);
+/* The backward of an adapter that kept nothing (mesp; mezo and prge, whose
+ * steps run no backward): with x given, h = x·Aᵀ recomputed from it and
+ * dB, dA accumulated (each when its gradient exists); dx += dh·A always.
+ * Its two [N, r] buffers are workspace; on a failed allocation it does
+ * nothing (the core saw the failure). */
+void ftb_kit_lora_backward_recomputed(const ftb_kit_lora *a, int N, const float *x, const float *dy, float *dx);
+
+/* ---- What hooking methods share (methods/kit/hooks.c) --------------------- */
+
+/* The seed of one hook's random draws in one step (dropout masks of lora
+ * and lars): the session seed salted per method, then the step, then the
+ * hook's place, so a block recomputed in backward draws the same again. */
+uint64_t ftb_kit_hook_seed(uint64_t seed, uint64_t salt, uint64_t step, int layer, ftb_linear_kind kind);
+
+/* The exact gradient of a method whose step runs no backward (mezo, prge:
+ * `ftbench fidelity`): one forward and backward with every activation kept
+ * (run's keep and first trainable layer reset, no per-sequence loss), the
+ * set's hooks asking for their input for that call.  Returns the loss (NaN
+ * with err). */
+float ftb_kit_exact_backward(ftb_model *m, const ftb_run_opts *run, const ftb_batch *b, ftb_kit_lora_set *set,
+                             char *err, size_t errlen);
+/* .grad for each of the tensors that has none, zeroed (FTB_MEM_GRADS).
+ * 0, or -1 with err naming the tensor. */
+int ftb_kit_ensure_grads(ftb_tensor *const *tensors, int n, const char *method, char *err, size_t errlen);
+
+/* ---- Offloaded checkpoints and a lazily resident base (methods/kit/offload.c)
+ * What mebp and mesp share: the options offload_dir and residency, read and
+ * checked, and the residency they set and restore. */
+#define FTB_KIT_OFFLOAD_DIR_DOC                                                                        \
+    {                                                                                                  \
+        "offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)" \
+    }
+#define FTB_KIT_RESIDENCY_DOC                                                                                    \
+    {                                                                                                            \
+        "residency", "lazy",                                                                                     \
+            "base weights mapped from a file: lazy (brought in block by block, as MeBP/MeSP) or as-given (keep " \
+            "the host's --residency)"                                                                            \
+    }
+/* *dir: "" or a writable directory; *lazy: residency=lazy.  0 or -1 with err. */
+int ftb_kit_offload_options(const ftb_options *o, const char **dir, int *lazy, char *err, size_t errlen);
+/* Lazy block residency when lazy and the base is mapped from a file (a
+ * model built in memory has nothing to drop); returns the residency to
+ * restore at destroy. */
+ftb_residency ftb_kit_enter_lazy_residency(ftb_model *m, int lazy);
+
 /* ---- Seeded noise (methods/kit/noise.c) --------------------------------- */
 
 #define FTB_KIT_NOISE_BLOCK 65536 /* elements per independently seeded block */
@@ -123,11 +209,18 @@ typedef int64_t (*ftb_kit_hook_bytes_fn)(const ftb_adapter *a, ftb_model *m, int
  * memory runs out.  free() it. */
 int64_t *ftb_kit_hook_saved(ftb_model *m, int B, int T, ftb_kit_hook_bytes_fn fn, void *ctx);
 
-/* Placeholder hooks for a plan (ftb_plan_model): one zeroed adapter with
- * needs_input on every targeted linear, state pointing at the adapter,
- * attached; the calloc'd array (NULL if memory runs out) is freed by the
- * caller after ftb_plan_estimate. */
-ftb_adapter *ftb_kit_plan_hooks(ftb_model *plan_model, int targets, int needs_input);
+/* ftb_memory_estimate_step of a training step of m with the bytes fn
+ * gives each attached hook.  0, or -1 if memory runs out. */
+int ftb_kit_estimate_hooked(ftb_model *m, const ftb_run_opts *run, int B, int T, ftb_kit_hook_bytes_fn fn, void *ctx,
+                            ftb_memory_estimate *out);
+
+/* A plan's estimate with hooks where the method's init would attach them:
+ * a placeholder adapter (needs_input as given) on every targeted linear of
+ * the plan's model, fn's bytes for each (fn NULL: none saved), then
+ * ftb_plan_estimate of B×T tokens (training or one inference forward).
+ * 0, or -1 with err if memory runs out. */
+int ftb_kit_plan_hooked(ftb_plan *p, int targets, int needs_input, int B, int T, int training, ftb_kit_hook_bytes_fn fn,
+                        void *ctx, ftb_memory_estimate *out, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

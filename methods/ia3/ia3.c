@@ -187,11 +187,7 @@ static int64_t adapter_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_
 static int ia3_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
 {
     ia3_state *st = state;
-    int64_t *hook = ftb_kit_hook_saved(st->model, B, T, adapter_bytes, NULL);
-    if (!hook) return -1;
-    ftb_memory_estimate_step(st->model, &s->run, B, T, 1, hook, out);
-    free(hook);
-    return 0;
+    return ftb_kit_estimate_hooked(st->model, &s->run, B, T, adapter_bytes, NULL, out);
 }
 
 /* Shape-only (`ftbench plan`): a vector l [out] per target with its
@@ -211,13 +207,7 @@ static int ia3_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory_
     ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
     ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
     ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
-    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, 0);
-    int64_t *hook = hooks ? ftb_kit_hook_saved(m, B, T, adapter_bytes, p) : NULL;
-    if (hook) ftb_plan_estimate(p, B, T, 1, hook, out);
-    free(hook);
-    free(hooks);
-    if (!hook) snprintf(err, errlen, "ia3: out of memory");
-    return hook ? 0 : -1;
+    return ftb_kit_plan_hooked(p, mask, 0, B, T, 1, adapter_bytes, p, out, err, errlen);
 }
 
 static const ftb_method ia3_method = {

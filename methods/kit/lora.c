@@ -4,6 +4,7 @@
 #include "ftbench_kit.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 int ftb_kit_lora_count(const ftb_model *m, int targets)
@@ -91,4 +92,87 @@ void ftb_kit_lora_release(ftb_model *m, ftb_kit_lora_set *set)
         ftb_tensor_release(&a->B);
     }
     set->n = 0;
+}
+
+void ftb_kit_lora_down(const ftb_kit_lora *a, int N, const float *x, const float *A, float *h)
+{
+    ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, A, a->in, 0.0f, h, a->r);
+}
+
+void ftb_kit_lora_up(const ftb_kit_lora *a, int N, const float *h, const float *B, float *y)
+{
+    ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, B, a->r, 1.0f, y, a->out);
+}
+
+void ftb_kit_lora_backward(const ftb_kit_lora *a, int N, const float *x, const float *h, const float *dy, float *dh,
+                           float *dx)
+{
+    if (h && a->B.grad) ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
+    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
+    if (x && a->A.grad) ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);
+    if (dx) ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
+}
+
+void ftb_kit_lora_backward_recomputed(const ftb_kit_lora *a, int N, const float *x, const float *dy, float *dx)
+{
+    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
+    float *h = x ? ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r) : NULL;
+    if (dh && (h || !x)) {
+        if (h) ftb_kit_lora_down(a, N, x, a->A.data, h);
+        ftb_kit_lora_backward(a, N, x, h, dy, dh, dx);
+    }
+    ftb_free(h);
+    ftb_free(dh);
+}
+
+int ftb_kit_lora_trained_init(ftb_kit_lora_trained *t, ftb_session *s, size_t stride, int targets, long rank,
+                              double alpha, double weight_decay, const ftb_adapter_ops *ops, int needs_input, char *err,
+                              size_t errlen)
+{
+    ftb_model *m = s->model;
+    const int n = ftb_kit_lora_count(m, targets);
+    *t = (ftb_kit_lora_trained){
+        m, { calloc((size_t)n, stride), stride, 0 }, calloc((size_t)n * 2, sizeof *t->params), NULL
+    };
+    if (!t->set.base || !t->params) {
+        snprintf(err, errlen, "out of memory for %d LoRA adapters", n);
+        return -1;
+    }
+    ftb_model_set_trainable(m, 0);
+    if (ftb_kit_lora_attach_all(m, targets, rank, alpha, s->seed, FTB_KIT_LORA_BACKPROP, ops, needs_input, &t->set, err,
+                                errlen))
+        return -1;
+    for (int i = 0; i < n; i++) {
+        t->params[2 * i] = &ftb_kit_lora_at(&t->set, i)->A;
+        t->params[2 * i + 1] = &ftb_kit_lora_at(&t->set, i)->B;
+    }
+    t->opt = ftb_adamw_create(m, t->params, 2 * n, s->lr, (float)weight_decay, err, errlen);
+    return t->opt ? 0 : -1;
+}
+
+void ftb_kit_lora_trained_free(ftb_kit_lora_trained *t)
+{
+    ftb_adamw_destroy(t->opt);
+    ftb_kit_lora_release(t->model, &t->set);
+    free(t->set.base);
+    free(t->params);
+    t->opt = NULL;
+    t->set.base = NULL;
+    t->params = NULL;
+}
+
+int ftb_kit_lora_trained_params(const ftb_kit_lora_trained *t, ftb_tensor ***tensors)
+{
+    *tensors = t->params;
+    return 2 * t->set.n;
+}
+
+void ftb_kit_lora_trained_plan(ftb_plan *p, int targets, long rank)
+{
+    ftb_model *m = ftb_plan_model(p);
+    ftb_model_set_trainable(m, 0);
+    const int64_t floats = ftb_kit_lora_floats(m, targets, rank);
+    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
+    ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
 }

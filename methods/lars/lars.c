@@ -305,12 +305,11 @@ static void dropout_mask(float *keep, int64_t n, float rate, uint64_t seed)
     for (int64_t i = 0; i < n; i++) keep[i] = ftb_rng_uniform(&rng) >= rate ? scale : 0.0f;
 }
 
+#define LARS_SEED_SALT 0x6c617273ULL /* "lars" */
+
 static uint64_t dropout_seed(const lars_adapter *a)
 {
-    uint64_t z = a->shared->seed ^ 0x6c617273ULL; /* "lars" */
-    z = z * 0x9e3779b97f4a7c15ULL + a->shared->step;
-    z = z * 0x9e3779b97f4a7c15ULL + (uint64_t)a->layer * FTB_LIN_COUNT + (uint64_t)a->kind;
-    return z;
+    return ftb_kit_hook_seed(a->shared->seed, LARS_SEED_SALT, a->shared->step, a->layer, (ftb_linear_kind)a->kind);
 }
 
 static int dropout_active(const lars_adapter *a, const ftb_linear_ctx *c)
@@ -636,7 +635,7 @@ static void *lars_init(ftb_session *s, char *err, size_t errlen)
     }
     ftb_model_set_trainable(m, 0);
     ftb_rng rng;
-    ftb_rng_seed(&rng, s->seed ^ 0x6c617273ULL);
+    ftb_rng_seed(&rng, s->seed ^ LARS_SEED_SALT);
     for (int l = 0; l < L; l++)
         for (int k = 0; k < FTB_LIN_COUNT; k++) {
             if (!(mask & (1 << k))) continue;
@@ -742,11 +741,7 @@ static int64_t adapter_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_
 static int lars_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
 {
     const lars_state *st = state;
-    int64_t *hook = ftb_kit_hook_saved(st->model, B, T, adapter_bytes, (void *)st);
-    if (!hook) return -1;
-    ftb_memory_estimate_step(st->model, &s->run, B, T, 1, hook, out);
-    free(hook);
-    return 0;
+    return ftb_kit_estimate_hooked(st->model, &s->run, B, T, adapter_bytes, (void *)st, out);
 }
 
 /* What a plan needs to size an adapter and its saved bytes. */
@@ -796,13 +791,7 @@ static int lars_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory
     ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
     ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
     ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
-    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, c.gated);
-    int64_t *hook = hooks ? ftb_kit_hook_saved(m, B, T, planned_bytes, &c) : NULL;
-    if (hook) ftb_plan_estimate(p, B, T, 1, hook, out);
-    free(hook);
-    free(hooks);
-    if (!hook) snprintf(err, errlen, "lars: out of memory");
-    return hook ? 0 : -1;
+    return ftb_kit_plan_hooked(p, mask, c.gated, B, T, 1, planned_bytes, &c, out, err, errlen);
 }
 
 static const ftb_method lars_method = {

@@ -39,11 +39,7 @@ typedef struct {
 
 typedef struct {
     lora_shared shared;
-    lora_adapter *adapters;
-    ftb_kit_lora_set set; /* the adapters, as the kit sees them */
-    ftb_tensor **params;
-    ftb_adamw *opt;
-    ftb_model *model;
+    ftb_kit_lora_trained adapters; /* lora_adapter elements, their optimizer (the method kit) */
 } lora_state;
 
 static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *y, void **saved)
@@ -52,8 +48,8 @@ static void lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     const int N = c->B * c->T;
     float *h = ftb_alloc(saved ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
     if (!h) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 1, N, a->r, a->in, 1.0f, x, a->in, a->A.data, a->in, 0.0f, h, a->r);
-    ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
+    ftb_kit_lora_down(a, N, x, a->A.data, h);
+    ftb_kit_lora_up(a, N, h, a->B.data, y);
     if (saved)
         *saved = h;
     else
@@ -64,16 +60,8 @@ static void lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const floa
 {
     ftb_kit_lora *a = (ftb_kit_lora *)self;
     const int N = c->B * c->T;
-    const float *h = saved;
     float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->r);
-    if (!dh) { /* the core sees the failure (docs/CORE.md) */
-        ftb_free(saved);
-        return;
-    }
-    ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
-    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
-    ftb_gemm(1, 0, a->r, a->in, N, 1.0f, dh, a->r, x, a->in, 1.0f, a->A.grad, a->in);
-    ftb_gemm(0, 0, N, a->in, a->r, 1.0f, dh, a->r, a->A.data, a->in, 1.0f, dx, a->in);
+    if (dh) ftb_kit_lora_backward(a, N, x, saved, dy, dh, dx); /* else the core saw the failure (docs/CORE.md) */
     ftb_free(dh);
     ftb_free(saved);
 }
@@ -95,9 +83,8 @@ static void dropout_rows(const lora_adapter *d, int N, const float *x, float *xd
 {
     const ftb_kit_lora *a = &d->lora;
     const float p = d->shared->dropout, keep_scale = 1.0f / (1.0f - p);
-    uint64_t base = d->shared->seed ^ FTB_KIT_LORA_SEED_SALT;
-    base = base * 0x9e3779b97f4a7c15ULL + d->shared->step;
-    base = base * 0x9e3779b97f4a7c15ULL + (uint64_t)a->layer * FTB_LIN_COUNT + (uint64_t)a->kind;
+    const uint64_t base =
+        ftb_kit_hook_seed(d->shared->seed, FTB_KIT_LORA_SEED_SALT, d->shared->step, a->layer, a->kind);
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         ftb_rng rng;
@@ -125,8 +112,8 @@ static void lora_dropout_forward(ftb_adapter *self, const ftb_linear_ctx *c, con
     float *h = (float *)buf, *xd = h + (size_t)N * a->r;
     uint8_t *mask = (uint8_t *)(xd + (size_t)N * a->in);
     dropout_rows(d, N, x, xd, mask);
-    ftb_gemm(0, 1, N, a->r, a->in, 1.0f, xd, a->in, a->A.data, a->in, 0.0f, h, a->r);
-    ftb_gemm(0, 1, N, a->out, a->r, a->scale, h, a->r, a->B.data, a->r, 1.0f, y, a->out);
+    ftb_kit_lora_down(a, N, xd, a->A.data, h);
+    ftb_kit_lora_up(a, N, h, a->B.data, y);
     if (saved)
         *saved = buf;
     else
@@ -152,10 +139,8 @@ static void lora_dropout_backward(ftb_adapter *self, const ftb_linear_ctx *c, co
         ftb_free(saved);
         return;
     }
-    ftb_gemm(1, 0, a->out, a->r, N, a->scale, dy, a->out, h, a->r, 1.0f, a->B.grad, a->r);
-    ftb_gemm(0, 0, N, a->r, a->out, a->scale, dy, a->out, a->B.data, a->r, 0.0f, dh, a->r);
-    ftb_gemm(1, 0, a->r, in, N, 1.0f, dh, a->r, xd, in, 1.0f, a->A.grad, in);
-    for (int r0 = 0; r0 < N; r0 += R) { /* dx += (dh·A) ⊙ mask/(1 − p), R rows at a time */
+    ftb_kit_lora_backward(a, N, xd, h, dy, dh, NULL); /* dB, dh, dA from x_drop; dx below */
+    for (int r0 = 0; r0 < N; r0 += R) {               /* dx += (dh·A) ⊙ mask/(1 − p), R rows at a time */
         const int n = N - r0 < R ? N - r0 : R;
         ftb_gemm(0, 0, n, in, a->r, 1.0f, dh + (size_t)r0 * a->r, a->r, a->A.data, in, 0.0f, dxd, in);
 #pragma omp parallel for schedule(static)
@@ -209,7 +194,6 @@ static int read_options(const ftb_options *o, lora_config *c, char *err, size_t 
 
 static void *lora_init(ftb_session *s, char *err, size_t errlen)
 {
-    ftb_model *m = s->model;
     lora_config c;
     if (read_options(s->options, &c, err, errlen)) return NULL;
     lora_state *st = calloc(1, sizeof *st);
@@ -217,57 +201,37 @@ static void *lora_init(ftb_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "lora: out of memory");
         return NULL;
     }
-    const int n = ftb_kit_lora_count(m, c.targets);
-    st->model = m;
-    st->adapters = calloc((size_t)n, sizeof *st->adapters);
-    st->params = calloc((size_t)n * 2, sizeof *st->params);
-    st->set = (ftb_kit_lora_set){ st->adapters, sizeof *st->adapters, 0 };
-    if (!st->adapters || !st->params) {
-        snprintf(err, errlen, "lora: out of memory");
-        goto fail;
-    }
     st->shared.dropout = (float)c.dropout;
     st->shared.seed = s->seed;
-    ftb_model_set_trainable(m, 0);
-    for (int i = 0; i < n; i++) st->adapters[i].shared = &st->shared;
     /* with dropout the hook keeps x_drop instead of the core keeping x */
-    if (ftb_kit_lora_attach_all(m, c.targets, c.rank, c.alpha, s->seed, FTB_KIT_LORA_BACKPROP,
-                                c.dropout > 0.0 ? &lora_dropout_ops : &lora_ops, c.dropout == 0.0, &st->set, err,
-                                errlen))
-        goto fail;
-    for (int i = 0; i < n; i++) {
-        st->params[2 * i] = &st->adapters[i].lora.A;
-        st->params[2 * i + 1] = &st->adapters[i].lora.B;
+    if (ftb_kit_lora_trained_init(&st->adapters, s, sizeof(lora_adapter), c.targets, c.rank, c.alpha, c.weight_decay,
+                                  c.dropout > 0.0 ? &lora_dropout_ops : &lora_ops, c.dropout == 0.0, err, errlen)) {
+        lora_destroy(st);
+        return NULL;
     }
-    if (!(st->opt = ftb_adamw_create(m, st->params, 2 * n, s->lr, (float)c.weight_decay, err, errlen))) goto fail;
+    lora_adapter *a = st->adapters.set.base;
+    for (int i = 0; i < st->adapters.set.n; i++) a[i].shared = &st->shared;
     return st;
-fail:
-    lora_destroy(st);
-    return NULL;
 }
 
 static int lora_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_result *out, char *err, size_t errlen)
 {
     lora_state *st = state;
     st->shared.step++; /* fresh dropout masks */
-    return ftb_backprop_step(s, st->opt, b, out, err, errlen);
+    return ftb_backprop_step(s, st->adapters.opt, b, out, err, errlen);
 }
 
 static int lora_trainable(void *state, ftb_tensor ***tensors)
 {
     lora_state *st = state;
-    *tensors = st->params;
-    return 2 * st->set.n;
+    return ftb_kit_lora_trained_params(&st->adapters, tensors);
 }
 
 static void lora_destroy(void *state)
 {
     lora_state *st = state;
     if (!st) return;
-    ftb_adamw_destroy(st->opt);
-    ftb_kit_lora_release(st->model, &st->set);
-    free(st->adapters);
-    free(st->params);
+    ftb_kit_lora_trained_free(&st->adapters);
     free(st);
 }
 
@@ -294,11 +258,7 @@ static int64_t adapter_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_
 static int lora_memory_model(void *state, const ftb_session *s, int B, int T, ftb_memory_estimate *out)
 {
     lora_state *st = state;
-    int64_t *hook = ftb_kit_hook_saved(st->model, B, T, adapter_bytes, NULL);
-    if (!hook) return -1;
-    ftb_memory_estimate_step(st->model, &s->run, B, T, 1, hook, out);
-    free(hook);
-    return 0;
+    return ftb_kit_estimate_hooked(st->adapters.model, &s->run, B, T, adapter_bytes, NULL, out);
 }
 
 static int64_t planned_bytes(const ftb_adapter *a, ftb_model *m, int layer, ftb_linear_kind kind, int B, int T,
@@ -315,19 +275,8 @@ static int lora_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory
 {
     lora_config c;
     if (read_options(o, &c, err, errlen)) return -1;
-    ftb_model *m = ftb_plan_model(p);
-    ftb_model_set_trainable(m, 0);
-    const int64_t floats = ftb_kit_lora_floats(m, c.targets, c.rank);
-    ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * floats);
-    ftb_plan_add_state(p, FTB_MEM_GRADS, (int64_t)sizeof(float) * floats);
-    ftb_plan_add_state(p, FTB_MEM_OPTIM, ftb_optimizer_state_bytes(floats));
-    ftb_adapter *hooks = ftb_kit_plan_hooks(m, c.targets, c.dropout == 0.0);
-    int64_t *hook = hooks ? ftb_kit_hook_saved(m, B, T, planned_bytes, &c) : NULL;
-    if (hook) ftb_plan_estimate(p, B, T, 1, hook, out);
-    free(hook);
-    free(hooks);
-    if (!hook) snprintf(err, errlen, "lora: out of memory");
-    return hook ? 0 : -1;
+    ftb_kit_lora_trained_plan(p, c.targets, c.rank);
+    return ftb_kit_plan_hooked(p, c.targets, c.dropout == 0.0, B, T, 1, planned_bytes, &c, out, err, errlen);
 }
 
 static const ftb_method lora_method = {

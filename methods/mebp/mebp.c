@@ -21,8 +21,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define ADAPTER_METHOD "lora"
 
@@ -40,13 +38,8 @@ typedef struct {
 /* The lora plugin's options (the kit's list, which lora shows too) and
  * mebp's own. */
 static const ftb_option_doc mebp_options[] = {
-    FTB_KIT_LORA_OPTION_DOCS,
-    FTB_KIT_LORA_DROPOUT_DOC,
-    { "offload_dir", "", "directory for the block checkpoint files (default $TMPDIR, else /var/tmp)" },
-    { "residency", "lazy",
-      "base weights mapped from a file: lazy (brought in block by block, MeBP's scheme) "
-      "or as-given (keep the host's --residency)" },
-    { NULL, NULL, NULL },
+    FTB_KIT_LORA_OPTION_DOCS, FTB_KIT_LORA_DROPOUT_DOC, FTB_KIT_OFFLOAD_DIR_DOC,
+    FTB_KIT_RESIDENCY_DOC,    { NULL, NULL, NULL },
 };
 
 static int is_own_option(const char *key) { return !strcmp(key, "offload_dir") || !strcmp(key, "residency"); }
@@ -89,17 +82,9 @@ static void mebp_destroy(void *state);
 static void *mebp_init(ftb_session *s, char *err, size_t errlen)
 {
     const ftb_options *o = s->options;
-    const char *dir = ftb_opt_str(o, "offload_dir", "");
-    const char *residency = ftb_opt_str(o, "residency", "lazy");
-    if (strcmp(residency, "lazy") && strcmp(residency, "as-given")) {
-        snprintf(err, errlen, "option residency: '%s' is not lazy or as-given", residency);
-        return NULL;
-    }
-    struct stat sb;
-    if (dir[0] && (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0)) {
-        snprintf(err, errlen, "option offload_dir: '%s' is not a writable directory", dir);
-        return NULL;
-    }
+    const char *dir;
+    int lazy;
+    if (ftb_kit_offload_options(o, &dir, &lazy, err, errlen)) return NULL;
     mebp_state *st = calloc(1, sizeof *st);
     if (!st) {
         snprintf(err, errlen, "mebp: out of memory");
@@ -131,9 +116,7 @@ static void *mebp_init(ftb_session *s, char *err, size_t errlen)
     /* A base mapped from a file is brought in block by block.  A model built
      * in memory has nothing to drop: its residency is left alone. */
     st->model = s->model;
-    st->residency_before = ftb_model_residency(s->model);
-    if (!strcmp(residency, "lazy") && ftb_model_mapped_bytes(s->model) > 0)
-        ftb_model_set_residency(s->model, FTB_RESIDENT_LAZY_BLOCK);
+    st->residency_before = ftb_kit_enter_lazy_residency(s->model, lazy);
     return st;
 fail:
     mebp_destroy(st);

@@ -93,8 +93,8 @@ static void mezo_lora_forward(ftb_adapter *self, const ftb_linear_ctx *c, const 
     if (perturbed_factors(a, &A, &B)) return; /* the core sees the failure (docs/CORE.md) */
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
     if (h) {
-        ftb_gemm(0, 1, N, a->lora.r, a->lora.in, 1.0f, x, a->lora.in, A, a->lora.in, 0.0f, h, a->lora.r);
-        ftb_gemm(0, 1, N, a->lora.out, a->lora.r, a->lora.scale, h, a->lora.r, B, a->lora.r, 1.0f, y, a->lora.out);
+        ftb_kit_lora_down(&a->lora, N, x, A, h);
+        ftb_kit_lora_up(&a->lora, N, h, B, y);
     }
     ftb_free(h);
     if (A != a->lora.A.data) ftb_free(A); /* one allocation holds both */
@@ -109,22 +109,9 @@ static void mezo_lora_backward(ftb_adapter *self, const ftb_linear_ctx *c, const
                                void *saved)
 {
     (void)saved;
-    mezo_lora *a = (mezo_lora *)self;
-    const int N = c->B * c->T;
-    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
-    if (!dh) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 0, N, a->lora.r, a->lora.out, a->lora.scale, dy, a->lora.out, a->lora.B.data, a->lora.r, 0.0f, dh,
-             a->lora.r);
-    if (x && a->lora.A.grad && a->lora.B.grad) {
-        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
-        ftb_gemm(0, 1, N, a->lora.r, a->lora.in, 1.0f, x, a->lora.in, a->lora.A.data, a->lora.in, 0.0f, h, a->lora.r);
-        ftb_gemm(1, 0, a->lora.out, a->lora.r, N, a->lora.scale, dy, a->lora.out, h, a->lora.r, 1.0f, a->lora.B.grad,
-                 a->lora.r);
-        ftb_gemm(1, 0, a->lora.r, a->lora.in, N, 1.0f, dh, a->lora.r, x, a->lora.in, 1.0f, a->lora.A.grad, a->lora.in);
-        ftb_free(h);
-    }
-    ftb_gemm(0, 0, N, a->lora.in, a->lora.r, 1.0f, dh, a->lora.r, a->lora.A.data, a->lora.in, 1.0f, dx, a->lora.in);
-    ftb_free(dh);
+    const mezo_lora *a = (const mezo_lora *)self;
+    const int grads = x && a->lora.A.grad && a->lora.B.grad;
+    ftb_kit_lora_backward_recomputed(&a->lora, c->B * c->T, grads ? x : NULL, dy, dx);
 }
 
 static void mezo_lora_release(ftb_adapter *self, void *saved)
@@ -557,15 +544,7 @@ static int mezo_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 static int ensure_grads(mezo_state *st, char *err, size_t errlen)
 {
     if (!st->adapters) return ftb_model_alloc_grads(st->model, err, errlen);
-    for (int i = 0; i < st->n_params; i++) {
-        ftb_tensor *t = st->params[i];
-        if (!t->grad) t->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)t->numel);
-        if (!t->grad) {
-            snprintf(err, errlen, "mezo: out of memory for the gradient of '%s'", t->name);
-            return -1;
-        }
-    }
-    return 0;
+    return ftb_kit_ensure_grads(st->params, st->n_params, "mezo", err, errlen);
 }
 
 static void copy_params(mezo_state *st, int to_grad)
@@ -591,13 +570,7 @@ static int mezo_gradient(void *state, ftb_session *s, const ftb_batch *b, int ex
     if (exact) {
         for (int i = 0; i < st->n_params; i++)
             memset(st->params[i]->grad, 0, sizeof(float) * (size_t)st->params[i]->numel);
-        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].lora.hook.needs_input = 1;
-        ftb_run_opts run = s->run;
-        run.keep = NULL;
-        run.first_trainable_layer = 0;
-        run.seq_loss = NULL;
-        *loss = ftb_model_forward_backward(st->model, b, &run, err, errlen);
-        for (int i = 0; i < st->n_adapters; i++) st->adapters[i].lora.hook.needs_input = 0;
+        *loss = ftb_kit_exact_backward(st->model, &s->run, b, &st->set, err, errlen);
         return isnan(*loss) ? -1 : 0;
     }
     const int K = st->samples;
@@ -691,7 +664,6 @@ static int mezo_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory
         return -1;
     }
     ftb_model *m = ftb_plan_model(p);
-    ftb_adapter *hooks = NULL;
     if (lora) {
         long rank;
         double alpha;
@@ -699,17 +671,12 @@ static int mezo_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory
         if (ftb_kit_lora_options(o, "q,v", &rank, &alpha, &mask, err, errlen)) return -1;
         ftb_model_set_trainable(m, 0);
         ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * ftb_kit_lora_floats(m, mask, rank));
-        if (!(hooks = ftb_kit_plan_hooks(m, mask, 0))) {
-            snprintf(err, errlen, "mezo: out of memory");
-            return -1;
-        }
-    } else {
-        ftb_model_set_trainable(m, 1);
-        if (strcmp(perturb, "read") == 0) ftb_model_set_read_perturbation(m, planned_perturbation, NULL);
+        return ftb_kit_plan_hooked(p, mask, 0, B, T, 0, NULL, NULL, out, err, errlen);
     }
+    ftb_model_set_trainable(m, 1);
+    if (strcmp(perturb, "read") == 0) ftb_model_set_read_perturbation(m, planned_perturbation, NULL);
     ftb_plan_estimate(p, B, T, 0, NULL, out);
     ftb_model_set_read_perturbation(m, NULL, NULL);
-    free(hooks);
     return 0;
 }
 

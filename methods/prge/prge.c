@@ -113,10 +113,10 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
     const int N = c->B * c->T, r = a->lora.r, out = a->lora.out;
     float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * r);
     if (!h) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 1, N, r, a->lora.in, 1.0f, x, a->lora.in, a->lora.A.data, a->lora.in, 0.0f, h, r);
+    ftb_kit_lora_down(&a->lora, N, x, a->lora.A.data, h);
     const forward_plan *p = &st->plan;
     if (!p->active || !a->z || c->B != p->n_slices * p->rows_per_slice_seqs) {
-        ftb_gemm(0, 1, N, out, r, a->lora.scale, h, r, a->lora.B.data, r, 1.0f, y, out);
+        ftb_kit_lora_up(&a->lora, N, h, a->lora.B.data, y);
         ftb_free(h);
         return;
     }
@@ -134,8 +134,7 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
         const float step = sign * st->eps;
         const float *z = a->z + (int64_t)q * nb;
         for (int64_t k = 0; k < nb; k++) Bj[k] = a->lora.B.data[k] + step * z[k];
-        ftb_gemm(0, 1, rows, out, r, a->lora.scale, h + (int64_t)j * rows * r, r, Bj, r, 1.0f,
-                 y + (int64_t)j * rows * out, out);
+        ftb_kit_lora_up(&a->lora, rows, h + (int64_t)j * rows * r, Bj, y + (int64_t)j * rows * out);
     }
     ftb_free(Bj);
     ftb_free(h);
@@ -148,21 +147,9 @@ static void prge_forward(ftb_adapter *self, const ftb_linear_ctx *c, const float
 static void prge_backward(ftb_adapter *self, const ftb_linear_ctx *c, const float *x, float *dy, float *dx, void *saved)
 {
     (void)saved;
-    prge_adapter *a = (prge_adapter *)self;
-    const int N = c->B * c->T;
-    if (x && a->lora.B.grad) {
-        float *h = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
-        ftb_gemm(0, 1, N, a->lora.r, a->lora.in, 1.0f, x, a->lora.in, a->lora.A.data, a->lora.in, 0.0f, h, a->lora.r);
-        ftb_gemm(1, 0, a->lora.out, a->lora.r, N, a->lora.scale, dy, a->lora.out, h, a->lora.r, 1.0f, a->lora.B.grad,
-                 a->lora.r);
-        ftb_free(h);
-    }
-    float *dh = ftb_alloc(FTB_MEM_WORKSPACE, sizeof(float) * (size_t)N * a->lora.r);
-    if (!dh) return; /* the core sees the failure (docs/CORE.md) */
-    ftb_gemm(0, 0, N, a->lora.r, a->lora.out, a->lora.scale, dy, a->lora.out, a->lora.B.data, a->lora.r, 0.0f, dh,
-             a->lora.r);
-    ftb_gemm(0, 0, N, a->lora.in, a->lora.r, 1.0f, dh, a->lora.r, a->lora.A.data, a->lora.in, 1.0f, dx, a->lora.in);
-    ftb_free(dh);
+    const prge_adapter *a = (const prge_adapter *)self;
+    /* A is frozen (no A.grad): dB only, and only when asked for */
+    ftb_kit_lora_backward_recomputed(&a->lora, c->B * c->T, x && a->lora.B.grad ? x : NULL, dy, dx);
 }
 
 static void prge_release(ftb_adapter *self, void *saved)
@@ -468,36 +455,16 @@ static int prge_step(void *state, ftb_session *s, const ftb_batch *b, ftb_step_r
 
 /* ---- gradient (ABI 2): for `ftbench fidelity` only ---------------------- */
 
-static int ensure_grads(prge_state *st, char *err, size_t errlen)
-{
-    for (int a = 0; a < st->n_adapters; a++) {
-        ftb_tensor *B = &st->adapters[a].lora.B;
-        if (!B->grad) B->grad = ftb_calloc(FTB_MEM_GRADS, sizeof(float) * (size_t)B->numel);
-        if (!B->grad) {
-            snprintf(err, errlen, "prge: out of memory for the gradient of '%s'", B->name);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int prge_gradient(void *state, ftb_session *s, const ftb_batch *b, int exact, float *loss, char *err,
                          size_t errlen)
 {
     prge_state *st = state;
     *loss = NAN;
-    if (ensure_grads(st, err, errlen)) return -1;
+    if (ftb_kit_ensure_grads(st->params, st->n_adapters, "prge", err, errlen)) return -1;
     if (exact) {
-        for (int a = 0; a < st->n_adapters; a++) {
+        for (int a = 0; a < st->n_adapters; a++)
             memset(st->adapters[a].lora.B.grad, 0, sizeof(float) * (size_t)st->adapters[a].lora.B.numel);
-            st->adapters[a].lora.hook.needs_input = 1;
-        }
-        ftb_run_opts run = s->run;
-        run.keep = NULL;
-        run.first_trainable_layer = 0;
-        run.seq_loss = NULL;
-        *loss = ftb_model_forward_backward(st->model, b, &run, err, errlen);
-        for (int a = 0; a < st->n_adapters; a++) st->adapters[a].lora.hook.needs_input = 0;
+        *loss = ftb_kit_exact_backward(st->model, &s->run, b, &st->set, err, errlen);
         return isnan(*loss) ? -1 : 0;
     }
     const int n = st->queries;
@@ -586,14 +553,8 @@ static int prge_plan(ftb_plan *p, const ftb_options *o, int B, int T, ftb_memory
             }
     ftb_plan_add_state(p, FTB_MEM_WEIGHTS, (int64_t)sizeof(float) * a_floats);
     ftb_plan_add_state(p, FTB_MEM_TRAINABLE, (int64_t)sizeof(float) * b_floats);
-    ftb_adapter *hooks = ftb_kit_plan_hooks(m, mask, 0);
-    if (!hooks) {
-        snprintf(err, errlen, "prge: out of memory");
-        return -1;
-    }
     const int n_slices = dual ? 2 * (int)queries : (int)queries;
-    ftb_plan_estimate(p, n_slices * B, T, 0, NULL, out);
-    free(hooks);
+    if (ftb_kit_plan_hooked(p, mask, 0, n_slices * B, T, 0, NULL, NULL, out, err, errlen)) return -1;
     int64_t extra = (int64_t)sizeof(int32_t) * 2 * n_slices * B * T + (int64_t)sizeof(float) * n_slices * B +
                     (int64_t)sizeof(float) * b_floats * queries;
     out->at_peak[FTB_MEM_WORKSPACE] += extra;
