@@ -306,3 +306,35 @@ Test(plan, no_plan_is_an_error_not_a_guess)
     cr_expect(strstr(err, "option rank") != NULL, "%s", err);
     ftb_plugin_close(&p);
 }
+
+/* gc's inner method may be a path (issue 20): the plugin there is opened
+ * by the host's loader and wrapped, trainable tensors and all. */
+Test(abi, gc_wraps_an_inner_method_given_by_path)
+{
+    char err[FTB_ERR_LEN] = "", inner[4200];
+    snprintf(inner, sizeof inner, "inner=%s/ia3.so", methods_dir());
+    ftb_plugin p;
+    open_plugin("gc", &p);
+    ftb_config cfg;
+    ftb_zoo_get("tiny", &cfg);
+    ftb_model *m = ftb_model_create(&cfg, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    const char *keys[] = { "inner" }, *values[] = { inner + 6 };
+    ftb_options o = { 1, keys, values };
+    ftb_session s;
+    memset(&s, 0, sizeof s);
+    s.model = m;
+    ftb_run_opts_default(&s.run);
+    s.options = &o;
+    s.lr = 1e-3f;
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_assert_not_null(st, "gc around %s: %s", inner + 6, err);
+    ftb_tensor **t;
+    int n = p.method->trainable(st, &t);
+    cr_expect_eq(n, 3 * cfg.n_layers, "ia3's k, v and up vectors per block");
+    cr_expect(n > 0 && strstr(t[0]->name, "ia3_l"), "%s", n > 0 ? t[0]->name : "none");
+    cr_expect(s.run.keep && s.run.keep[0] == FTB_KEEP_INPUT, "gc's keep policy");
+    p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+}
