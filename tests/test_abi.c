@@ -16,6 +16,7 @@
 
 #include "ftbench.h"
 #include "plugin.h"
+#include "helpers.h"
 
 /* ---- abi ---------------------------------------------------------------------- */
 
@@ -43,12 +44,6 @@ Test(abi, by_value_structs_keep_their_layout)
     cr_expect_eq(offsetof(ftb_method, memory_model), 72);
     cr_expect_eq(offsetof(ftb_method, memory_plan), 80);
     cr_expect_eq(offsetof(ftb_session, run), 8);
-}
-
-static const char *methods_dir(void)
-{
-    const char *d = getenv("FTBENCH_METHODS");
-    return d ? d : "build/methods";
 }
 
 static const char *test_plugins(void)
@@ -137,7 +132,7 @@ Test(abi, the_search_path_puts_user_directories_before_the_built_ins)
 Test(abi, method_open_checks_what_the_host_checks)
 {
     char err[FTB_ERR_LEN], path[4096];
-    ftb_methods_search_path(methods_dir());
+    ftb_methods_search_path(th_methods_dir());
     const char *kv_keys[] = { "rank", "bogus" }, *kv_values[] = { "4", "1" };
     ftb_options good = { 1, kv_keys, kv_values }, bad = { 2, kv_keys, kv_values };
     const ftb_method *m = ftb_method_open("lora", &good, err, sizeof err);
@@ -146,7 +141,7 @@ Test(abi, method_open_checks_what_the_host_checks)
     ftb_method_close(m);
     cr_expect_null(ftb_method_open("lora", &bad, err, sizeof err));
     cr_expect(strstr(err, "method lora has no option 'bogus'") && strstr(err, "rank"), "%s", err);
-    snprintf(path, sizeof path, "%s/ia3.so", methods_dir());
+    snprintf(path, sizeof path, "%s/ia3.so", th_methods_dir());
     m = ftb_method_open(path, NULL, err, sizeof err);
     cr_assert_not_null(m, "a path must open: %s", err);
     cr_expect_str_eq(m->name, "ia3");
@@ -164,13 +159,6 @@ typedef struct {
     const char *method;
     const char *options[6]; /* KEY=VALUE, NULL-terminated */
 } plan_case;
-
-static void open_plugin(const char *name, ftb_plugin *p)
-{
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", methods_dir(), name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
 
 /* The method initialised on a built model of cfg, its prediction recorded
  * as the harness records it, then its plan from cfg alone: equal. */
@@ -193,8 +181,8 @@ static void expect_plan_equals_model(const char *zoo, const plan_case *c, int B,
     ftb_config cfg;
     cr_assert_eq(ftb_zoo_get(zoo, &cfg), 0);
     ftb_plugin p;
-    open_plugin(c->method, &p);
-    ftb_methods_search_path(methods_dir()); /* gc and mebp open their inner method by name */
+    th_open_method(c->method, &p);
+    ftb_methods_search_path(th_methods_dir()); /* gc and mebp open their inner method by name */
 
     ftb_model *m = ftb_model_create(&cfg, 3, err, sizeof err);
     cr_assert_not_null(m, "%s", err);
@@ -271,7 +259,7 @@ Test(plan, a_real_shape_is_planned_as_the_built_model_predicts, .timeout = 300)
     ftb_model_shape shape;
     ftb_model_shape_from_config(&cfg, &shape);
     ftb_plugin p;
-    open_plugin("lora", &p);
+    th_open_method("lora", &p);
     ftb_mem_stats before, after;
     ftb_mem_get_stats(&before);
     ftb_memory_estimate e;
@@ -299,7 +287,7 @@ Test(plan, no_plan_is_an_error_not_a_guess)
     cr_expect_neq(ftb_method_plan(p.method, &shape, NULL, NULL, 1, 8, &e, err, sizeof err), 0);
     cr_expect(strstr(err, "no shape-only memory plan") != NULL, "%s", err);
     ftb_plugin_close(&p);
-    open_plugin("lora", &p);
+    th_open_method("lora", &p);
     const char *k[] = { "rank" }, *v[] = { "0" };
     ftb_options o = { 1, k, v };
     cr_expect_neq(ftb_method_plan(p.method, &shape, &o, NULL, 1, 8, &e, err, sizeof err), 0);
@@ -312,9 +300,9 @@ Test(plan, no_plan_is_an_error_not_a_guess)
 Test(abi, gc_wraps_an_inner_method_given_by_path)
 {
     char err[FTB_ERR_LEN] = "", inner[4200];
-    snprintf(inner, sizeof inner, "inner=%s/ia3.so", methods_dir());
+    snprintf(inner, sizeof inner, "inner=%s/ia3.so", th_methods_dir());
     ftb_plugin p;
-    open_plugin("gc", &p);
+    th_open_method("gc", &p);
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     ftb_model *m = ftb_model_create(&cfg, 1, err, sizeof err);

@@ -17,19 +17,11 @@
 
 #include "ftbench.h"
 #include "plugin.h"
+#include "helpers.h"
 
 #define MAX_OPTS 8
 
 /* ---- helpers --------------------------------------------------------------- */
-
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = getenv("FTBENCH_METHODS");
-    if (!dir) dir = "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
 
 /* "tiny" (GQA, qkv biases), optionally with more blocks; weights std 0.2 so
  * that gradients are well above rounding. */
@@ -45,26 +37,6 @@ static ftb_model *tiny_model(uint64_t seed, int n_layers)
         if (!strstr(m->params[i]->name, "norm"))
             for (int64_t j = 0; j < m->params[i]->numel; j++) m->params[i]->data[j] *= 10.0f;
     return m;
-}
-
-static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
-{
-    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
-    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    return (ftb_batch){ B, T, tokens, targets };
-}
-
-static ftb_session session_for(ftb_model *m, const ftb_options *o)
-{
-    ftb_session s;
-    memset(&s, 0, sizeof s);
-    s.model = m;
-    ftb_run_opts_default(&s.run);
-    s.options = o;
-    s.seed = 5;
-    s.lr = 1e-3f;
-    s.total_steps = 10;
-    return s;
 }
 
 /* Options from a NULL-terminated "key=value" list, copied into l. */
@@ -124,11 +96,11 @@ static void randomize_trainable(ftb_tensor **t, int n, uint64_t seed)
 static step_record run_one_step(const char *method, const char *const *kv, int n_layers, int B, int T, int randomize)
 {
     ftb_plugin p;
-    open_method(method, &p);
+    th_open_method(method, &p);
     ftb_model *m = tiny_model(21, n_layers);
     opt_list ol;
     opts_of(&ol, kv);
-    ftb_session s = session_for(m, &ol.o);
+    ftb_session s = th_session(m, &ol.o);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s: %s", method, err);
@@ -143,7 +115,7 @@ static step_record run_one_step(const char *method, const char *const *kv, int n
     if (randomize) randomize_trainable(t, r.n_tensors, 77);
 
     int32_t *tok = malloc(sizeof(int32_t) * B * T), *tgt = malloc(sizeof(int32_t) * B * T);
-    ftb_batch b = batch_of(tok, tgt, B, T, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, B, T, m->cfg.vocab_size);
     ftb_mem_reset_peaks();
     ftb_offload_reset_peak();
     ftb_mem_stats before, after;
@@ -249,12 +221,12 @@ static int64_t offload_peak_floats(dims d, int64_t block)
 Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule)
 {
     ftb_plugin p;
-    open_method("ia3", &p);
+    th_open_method("ia3", &p);
     ftb_model *m = tiny_model(11, 0), *merged = tiny_model(11, 0);
     const char *kv[] = { "targets=all", NULL };
     opt_list ol;
     opts_of(&ol, kv);
-    ftb_session s = session_for(m, &ol.o);
+    ftb_session s = th_session(m, &ol.o);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -264,7 +236,7 @@ Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule)
     randomize_trainable(l, n, 3);
 
     int32_t tok[2 * 20], tgt[2 * 20];
-    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 20, m->cfg.vocab_size);
     float loss = ftb_model_forward_backward(m, &b, &s.run, err, sizeof err);
     cr_assert(!isnan(loss), "%s", err);
 
@@ -317,10 +289,10 @@ Test(backprop, ia3_gradients_equal_the_row_scaled_weight_chain_rule)
 Test(backprop, ia3_gradients_match_finite_differences)
 {
     ftb_plugin p;
-    open_method("ia3", &p);
+    th_open_method("ia3", &p);
     ftb_model *m = tiny_model(12, 0);
     ftb_options none = { 0, NULL, NULL };
-    ftb_session s = session_for(m, &none);
+    ftb_session s = th_session(m, &none);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -329,7 +301,7 @@ Test(backprop, ia3_gradients_match_finite_differences)
     cr_assert_eq(n, 3 * m->cfg.n_layers, "default targets are k, v and up");
     randomize_trainable(l, n, 4);
     int32_t tok[2 * 6], tgt[2 * 6];
-    ftb_batch b = batch_of(tok, tgt, 2, 6, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 6, m->cfg.vocab_size);
     cr_assert(!isnan(ftb_model_forward_backward(m, &b, &s.run, err, sizeof err)), "%s", err);
     for (int t = 0; t < n; t++) {
         int64_t largest = 0;
@@ -357,14 +329,14 @@ Test(backprop, ia3_gradients_match_finite_differences)
 Test(backprop, ia3_starts_as_the_base_model_and_keeps_base_outputs_not_inputs)
 {
     ftb_plugin p;
-    open_method("ia3", &p);
+    th_open_method("ia3", &p);
     ftb_model *m = tiny_model(13, 0);
     int32_t tok[2 * 24], tgt[2 * 24];
-    ftb_batch b = batch_of(tok, tgt, 2, 24, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 24, m->cfg.vocab_size);
     char err[FTB_ERR_LEN] = "";
     float base = ftb_model_forward(m, &b, NULL, err, sizeof err);
     ftb_options none = { 0, NULL, NULL };
-    ftb_session s = session_for(m, &none);
+    ftb_session s = th_session(m, &none);
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
     cr_expect_eq(ftb_model_forward(m, &b, &s.run, err, sizeof err), base, "IA3 at init changed the model");
@@ -447,12 +419,12 @@ Test(backprop, gc_around_lars_gives_lars_gradients_bitwise)
 Test(backprop, gc_sets_every_block_to_recompute_and_passes_options_through)
 {
     ftb_plugin p;
-    open_method("gc", &p);
+    th_open_method("gc", &p);
     ftb_model *m = tiny_model(14, 3);
     const char *kv[] = { "rank=2", "inner.rank=5", NULL }; /* the prefixed one wins */
     opt_list ol;
     opts_of(&ol, kv);
-    ftb_session s = session_for(m, &ol.o);
+    ftb_session s = th_session(m, &ol.o);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -557,8 +529,8 @@ Test(backprop, mebp_gives_lora_gradients_bitwise_with_block_activations_out_of_r
 Test(backprop, mebp_documents_every_lora_option_with_lora_defaults)
 {
     ftb_plugin lora, mebp;
-    open_method("lora", &lora);
-    open_method("mebp", &mebp);
+    th_open_method("lora", &lora);
+    th_open_method("mebp", &mebp);
     for (const ftb_option_doc *d = lora.method->options; d->name; d++) {
         const ftb_option_doc *e = mebp.method->options;
         while (e->name && strcmp(e->name, d->name)) e++;
@@ -629,12 +601,12 @@ Test(backprop, bad_options_give_clear_errors)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         ftb_plugin p;
-        open_method(cases[i].method, &p);
+        th_open_method(cases[i].method, &p);
         ftb_model *m = tiny_model(15, 0);
         const char *kv[] = { cases[i].kv, NULL };
         opt_list ol;
         opts_of(&ol, kv);
-        ftb_session s = session_for(m, &ol.o);
+        ftb_session s = th_session(m, &ol.o);
         char err[FTB_ERR_LEN] = "";
         void *st = p.method->init(&s, err, sizeof err);
         cr_expect_null(st, "%s %s accepted", cases[i].method, cases[i].kv);
@@ -651,12 +623,12 @@ Test(backprop, bad_options_give_clear_errors)
     }
     /* gc with full: rank is not full's option */
     ftb_plugin p;
-    open_method("gc", &p);
+    th_open_method("gc", &p);
     ftb_model *m = tiny_model(16, 0);
     const char *kv[] = { "inner=full", "rank=3", NULL };
     opt_list ol;
     opts_of(&ol, kv);
-    ftb_session s = session_for(m, &ol.o);
+    ftb_session s = th_session(m, &ol.o);
     char err[FTB_ERR_LEN] = "";
     cr_expect_null(p.method->init(&s, err, sizeof err));
     cr_expect(strstr(err, "inner method full has no option 'rank'") != NULL, "error was '%s'", err);
@@ -669,12 +641,12 @@ Test(backprop, bad_options_give_clear_errors)
 Test(backprop, gc_names_a_missing_inner_plugin_and_its_directory)
 {
     ftb_plugin p;
-    open_method("gc", &p);
+    th_open_method("gc", &p);
     ftb_model *m = tiny_model(17, 0);
     const char *kv[] = { "inner=not-built-yet", NULL };
     opt_list ol;
     opts_of(&ol, kv);
-    ftb_session s = session_for(m, &ol.o);
+    ftb_session s = th_session(m, &ol.o);
     char err[FTB_ERR_LEN] = "";
     cr_expect_null(p.method->init(&s, err, sizeof err));
     const char *dir = getenv("FTBENCH_METHODS");

@@ -31,6 +31,7 @@
 #include "ftbench.h"
 #include "model_internal.h"
 #include "plugin.h"
+#include "helpers.h"
 #include "util.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -299,22 +300,13 @@ static void write_checkpoint(void)
               "the checkpoint could not be written");
 }
 
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = getenv("FTBENCH_METHODS");
-    if (!dir) dir = "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
-
 /* Every allocation of the scenario fails once in turn (one-shot: later
  * allocations succeed, so the core must notice a failure it no longer
  * sees), then, when persistent, every allocation from the n-th on. */
 static void sweep_case(const fault_case *fc, int persistent)
 {
     ftb_plugin p;
-    open_method(fc->method, &p);
+    th_open_method(fc->method, &p);
     int64_t total;
     int bad = sweep_in_child(fc, p.method, ckpt_dir, persistent, &total);
     cr_log_info("%s%s%s (%s, %s): %lld allocations, each failed in turn: %d wrong", fc->method, fc->opt_key ? " " : "",

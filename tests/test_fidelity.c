@@ -28,6 +28,7 @@
 
 #include "ftbench.h"
 #include "plugin.h"
+#include "helpers.h"
 
 extern char **environ;
 
@@ -47,20 +48,6 @@ typedef struct {
     int code;
     char *out, *err;
 } proc;
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
 
 static char **child_env(void)
 {
@@ -99,8 +86,8 @@ static proc run(const char *const *args)
         ;
     proc p;
     p.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    p.out = slurp(outp);
-    p.err = slurp(errp);
+    p.out = th_slurp(outp);
+    p.err = th_slurp(errp);
     unlink(outp);
     unlink(errp);
     return p;
@@ -159,7 +146,7 @@ static json_t *fidelity(const char *const *extra)
     unlink(path);
     proc p = run(args);
     cr_assert_eq(p.code, 0, "fidelity %s %s: exit %d\n%s%s", extra[0], extra[1] ? extra[1] : "", p.code, p.out, p.err);
-    char *text = slurp(path);
+    char *text = th_slurp(path);
     cr_assert_eq(count_lines(text), 1, "one record expected in %s:\n%s", path, text);
     json_error_t je;
     json_t *r = json_loads(text, 0, &je);
@@ -427,14 +414,6 @@ Test(fidelity, more_queries_give_a_higher_cosine, .timeout = 300)
 
 /* ---- zeroth order in process ------------------------------------------------- */
 
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = methods() ? methods() : "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
-
 static ftb_model *tiny_model(uint64_t seed)
 {
     ftb_config cfg;
@@ -447,13 +426,6 @@ static ftb_model *tiny_model(uint64_t seed)
         if (!strstr(m->params[i]->name, "norm"))
             for (int64_t j = 0; j < m->params[i]->numel; j++) m->params[i]->data[j] *= 10.0f;
     return m;
-}
-
-static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
-{
-    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
-    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    return (ftb_batch){ B, T, tokens, targets };
 }
 
 /* A method on its own tiny model. */
@@ -471,7 +443,7 @@ typedef struct {
 static void inst_open(inst *x, const char *name, int n_opts, const char **keys, const char **vals, float lr)
 {
     memset(x, 0, sizeof *x);
-    open_method(name, &x->p);
+    th_open_method(name, &x->p);
     x->m = tiny_model(31);
     x->o = (ftb_options){ n_opts, keys, vals };
     x->s.model = x->m;
@@ -529,7 +501,7 @@ static void estimate_changes_nothing(const char *name, int n_opts, const char **
     inst a, twin;
     inst_open(&a, name, n_opts, keys, vals, 1e-2f);
     inst_open(&twin, name, n_opts, keys, vals, 1e-2f);
-    ftb_batch b = batch_of(tok, tgt, 2, 16, a.m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, a.m->cfg.vocab_size);
     step(&a, &b); /* B not zero */
     step(&twin, &b);
     float *before = malloc(sizeof(float) * a.d), *after = malloc(sizeof(float) * a.d), *g = malloc(sizeof(float) * a.d),
@@ -590,7 +562,7 @@ static void estimate_is_the_update(const char *name, int n_opts, const char **ke
     int32_t tok[2 * 16], tgt[2 * 16];
     inst a;
     inst_open(&a, name, n_opts, keys, vals, lr);
-    ftb_batch b = batch_of(tok, tgt, 2, 16, a.m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, a.m->cfg.vocab_size);
     step(&a, &b);
     float *before = malloc(sizeof(float) * a.d), *after = malloc(sizeof(float) * a.d), *g = malloc(sizeof(float) * a.d);
     gather(&a, before, 0);
@@ -661,7 +633,7 @@ Test(fidelity, zo_exact_gradients_are_loras)
     const char *kl[] = { "targets" }, *vl[] = { "all" };
     inst lora;
     inst_open(&lora, "lora", 1, kl, vl, 1e-2f);
-    ftb_batch b = batch_of(tok, tgt, 2, 16, lora.m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, lora.m->cfg.vocab_size);
     for (int i = 0; i < lora.n; i++)
         if (strstr(lora.t[i]->name, "lora_B")) set_random(lora.t[i], 100 + (uint64_t)i);
     for (int i = 0; i < lora.n; i++) memset(lora.t[i]->grad, 0, sizeof(float) * (size_t)lora.t[i]->numel);

@@ -31,6 +31,7 @@
 
 #include "ftbench.h"
 #include "plugin.h"
+#include "helpers.h"
 
 #define LARS_LOSS_TOL 1e-5
 #define LARS_GRAD_TOL 1e-4
@@ -43,15 +44,6 @@ static const char *fixtures_dir(void)
 {
     const char *d = getenv("FTBENCH_ORACLE_DIR");
     return d && *d ? d : "tests/oracle/fixtures";
-}
-
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = getenv("FTBENCH_METHODS");
-    if (!dir) dir = "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
 }
 
 /* ---- a minimal safetensors reader (F32, I32, string metadata) ----------- */
@@ -152,19 +144,6 @@ static const char *st_meta(const st_file *f, const char *key)
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static ftb_session session_for(ftb_model *m, const ftb_options *o)
-{
-    ftb_session s;
-    memset(&s, 0, sizeof s);
-    s.model = m;
-    ftb_run_opts_default(&s.run);
-    s.options = o;
-    s.seed = 5;
-    s.lr = 1e-3f;
-    s.total_steps = 10;
-    return s;
-}
-
 static void *init_lars(ftb_plugin *p, ftb_session *s)
 {
     char err[FTB_ERR_LEN] = "";
@@ -242,7 +221,7 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
     cr_assert(m, "ftb_model_load(%s): %s", path, err);
 
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     const char *keys[4] = { "rank", "targets" }, *vals[4] = { st_meta(&fx, "rank"), st_meta(&fx, "targets") };
     if (st_meta_opt(&fx, "variant")) { /* gated: no pool, no dropout */
         keys[2] = "variant", vals[2] = st_meta(&fx, "variant");
@@ -252,7 +231,7 @@ static void run_oracle(const char *case_name, ftb_attention_impl attn, ftb_keep_
         keys[3] = "dropout", vals[3] = "0";
     }
     ftb_options opts = { 4, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     s.run.attention = attn;
     ftb_keep_policy *policy = malloc(sizeof *policy * m->cfg.n_layers);
     for (int l = 0; l < m->cfg.n_layers; l++) policy[l] = keep;
@@ -367,11 +346,11 @@ static void prompt_targets(int32_t *tgt, int T)
 static void run_gradcheck(const char *dropout, ftb_keep_policy keep, const char *pool)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(21);
     const char *keys[] = { "rank", "targets", "dropout", "pool" }, *vals[] = { "4", "q,v,o,down", dropout, pool };
     ftb_options opts = { 4, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     ftb_keep_policy policy[2] = { keep, keep };
     s.run.keep = policy;
     void *st = init_lars(&p, &s);
@@ -449,11 +428,11 @@ Test(lars, finite_differences_with_dropout_recomputed) { run_gradcheck("0.5", FT
 static void run_gated_gradcheck(ftb_keep_policy keep)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(22);
     const char *keys[] = { "variant", "rank", "targets", "block" }, *vals[] = { "gated", "3", "all", "8" };
     ftb_options opts = { 4, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     ftb_keep_policy policy[2] = { keep, keep };
     s.run.keep = policy;
     void *st = init_lars(&p, &s);
@@ -556,11 +535,11 @@ static int64_t method_saved_opt(const char *name, const ftb_batch *b, const char
                                 const char *value)
 {
     ftb_plugin p;
-    open_method(name, &p);
+    th_open_method(name, &p);
     ftb_model *m = tiny_model(31);
     const char *keys[] = { "rank", "targets", key }, *vals[] = { rank, "all", value };
     ftb_options opts = { key ? 3 : 2, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     void *st = init_lars(&p, &s);
     int64_t saved = saved_peak(m, b, &s.run);
     p.method->destroy(st);
@@ -593,11 +572,11 @@ Test(lars, gated_saved_activations_are_the_documented_per_token_bytes)
         ftb_batch b = padded_batch(tok, tgt, B, Ts[i], cfg.vocab_size);
         int64_t base = frozen_base_saved(&b);
         ftb_plugin p;
-        open_method("lars", &p);
+        th_open_method("lars", &p);
         ftb_model *m = tiny_model(31);
         const char *keys[] = { "variant", "rank", "targets", "block" }, *vals[] = { "gated", "8", "all", "8" };
         ftb_options opts = { 4, keys, vals };
-        ftb_session s = session_for(m, &opts);
+        ftb_session s = th_session(m, &opts);
         void *st = init_lars(&p, &s);
         int64_t extra = saved_peak(m, &b, &s.run) - base;
         cr_expect_eq(extra, per_token * B * Ts[i],
@@ -650,7 +629,7 @@ Test(lars, saved_activations_do_not_grow_with_sequence_length)
 Test(lars, rejects_bad_options_clearly)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(14);
     struct {
         const char *key, *value, *expect;
@@ -671,7 +650,7 @@ Test(lars, rejects_bad_options_clearly)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const char *keys[] = { cases[i].key }, *vals[] = { cases[i].value };
         ftb_options o = { 1, keys, vals };
-        ftb_session s = session_for(m, &o);
+        ftb_session s = th_session(m, &o);
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(p.method->init(&s, err, sizeof err), "%s=%s accepted", cases[i].key, cases[i].value);
         cr_expect(strstr(err, cases[i].expect) != NULL, "%s=%s: error was '%s'", cases[i].key, cases[i].value, err);
@@ -686,13 +665,13 @@ Test(lars, rejects_bad_options_clearly)
 Test(lars, gated_refuses_pooled_options)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(14);
     const char *bad[][2] = { { "pool", "prompt" }, { "dropout", "0.1" } };
     for (int i = 0; i < 2; i++) {
         const char *keys[] = { "variant", bad[i][0] }, *vals[] = { "gated", bad[i][1] };
         ftb_options o = { 2, keys, vals };
-        ftb_session s = session_for(m, &o);
+        ftb_session s = th_session(m, &o);
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(p.method->init(&s, err, sizeof err), "gated accepted %s", bad[i][0]);
         char want[64];
@@ -708,11 +687,11 @@ Test(lars, gated_refuses_pooled_options)
 Test(lars, gated_defaults_and_initial_state)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(15);
     const char *keys[] = { "variant" }, *vals[] = { "gated" };
     ftb_options o = { 1, keys, vals };
-    ftb_session s = session_for(m, &o);
+    ftb_session s = th_session(m, &o);
     int32_t tok[2 * 16], tgt[2 * 16];
     ftb_batch b = padded_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     char err[FTB_ERR_LEN] = "";
@@ -747,10 +726,10 @@ Test(lars, gated_defaults_and_initial_state)
 Test(lars, defaults_and_initial_state)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(15);
     ftb_options none = { 0, NULL, NULL };
-    ftb_session s = session_for(m, &none);
+    ftb_session s = th_session(m, &none);
     /* at init B = 0: the model is the base model */
     int32_t tok[2 * 16], tgt[2 * 16];
     ftb_batch b = padded_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
@@ -775,11 +754,11 @@ Test(lars, defaults_and_initial_state)
 Test(lars, learns_and_redraws_masks_per_step)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(16);
     const char *keys[] = { "targets", "dropout" }, *vals[] = { "all", "0.1" };
     ftb_options opts = { 2, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     s.lr = 1e-2f;
     void *st = init_lars(&p, &s);
     int32_t tok[2 * 32], tgt[2 * 32];
@@ -807,13 +786,13 @@ Test(lars, learns_and_redraws_masks_per_step)
 Test(lars, dropout_masks_change_between_steps)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     const char *rates[] = { "0.5", "0" };
     for (int i = 0; i < 2; i++) {
         ftb_model *m = tiny_model(18);
         const char *keys[] = { "dropout" }, *vals[] = { rates[i] };
         ftb_options opts = { 1, keys, vals };
-        ftb_session s = session_for(m, &opts);
+        ftb_session s = th_session(m, &opts);
         s.lr = 0.0f;
         void *st = init_lars(&p, &s);
         ftb_tensor **params;
@@ -839,11 +818,11 @@ Test(lars, dropout_masks_change_between_steps)
 Test(lars, row_without_targets_stays_finite)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(17);
     const char *keys[] = { "targets", "dropout" }, *vals[] = { "all", "0" };
     ftb_options opts = { 2, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
     int n = p.method->trainable(st, &params);
@@ -890,14 +869,14 @@ static void single_target_losses(ftb_model *m, const ftb_run_opts *run, const in
 static void measure_leak(const char *pool, double *after_t, double *before_t)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(23);
     /* pool "gated": the gated variant (which has no pooling) */
     const int gated = !strcmp(pool, "gated");
     const char *keys[] = { "rank", "targets", gated ? "variant" : "dropout", gated ? "block" : "pool" };
     const char *vals[] = { "4", "all", gated ? "gated" : "0", gated ? "8" : pool };
     ftb_options opts = { 4, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
     int n = p.method->trainable(st, &params);
@@ -964,11 +943,11 @@ Test(lars, causality_pool_prompt_does_not_leak)
 Test(lars, generation_sees_the_prompt_that_training_saw)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(29);
     const char *keys[] = { "rank", "targets", "dropout", "pool" }, *vals[] = { "4", "all", "0", "prompt" };
     ftb_options opts = { 4, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
     int n = p.method->trainable(st, &params);
@@ -1013,11 +992,11 @@ Test(lars, generation_sees_the_prompt_that_training_saw)
 Test(lars, pool_prompt_empty_prompt_stays_finite)
 {
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     ftb_model *m = tiny_model(19);
     const char *keys[] = { "targets", "dropout", "pool" }, *vals[] = { "all", "0", "prompt" };
     ftb_options opts = { 3, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     void *st = init_lars(&p, &s);
     ftb_tensor **params;
     int n = p.method->trainable(st, &params);
@@ -1067,7 +1046,7 @@ Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights)
             ftb_tensor_read_rows(wq, 0, wq->shape[0], wr->data);
         }
     ftb_plugin p;
-    open_method("lars", &p);
+    th_open_method("lars", &p);
     const char *keys[] = { "variant", "rank", "targets", "block" }, *vals[] = { "gated", "3", "all", "8" };
     ftb_options opts = { 4, keys, vals };
     ftb_model *models[2] = { q, ref };
@@ -1079,7 +1058,7 @@ Test(lars, gated_on_a_quantized_base_equals_its_dequantized_weights)
     ftb_batch b = padded_batch(tok, tgt, 2, 12, q->cfg.vocab_size);
     ftb_session s[2];
     for (int i = 0; i < 2; i++) {
-        s[i] = session_for(models[i], &opts);
+        s[i] = th_session(models[i], &opts);
         st[i] = init_lars(&p, &s[i]);
         n = p.method->trainable(st[i], &params[i]);
         randomise(params[i], n, 79);

@@ -10,15 +10,7 @@
 
 #include "ftbench.h"
 #include "plugin.h"
-
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = getenv("FTBENCH_METHODS");
-    if (!dir) dir = "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
+#include "helpers.h"
 
 static ftb_model *tiny_model(uint64_t seed)
 {
@@ -34,26 +26,6 @@ static ftb_model *tiny_model(uint64_t seed)
     return m;
 }
 
-static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
-{
-    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
-    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    return (ftb_batch){ B, T, tokens, targets };
-}
-
-static ftb_session session_for(ftb_model *m, const ftb_options *o)
-{
-    ftb_session s;
-    memset(&s, 0, sizeof s);
-    s.model = m;
-    ftb_run_opts_default(&s.run);
-    s.options = o;
-    s.seed = 5;
-    s.lr = 1e-3f;
-    s.total_steps = 10;
-    return s;
-}
-
 /* LoRA on W is full fine-tuning of W' = W + s·B·A seen through the chain
  * rule: with G = dL/dW', dB = s·G·Aᵀ and dA = s·Bᵀ·G.  G comes from the
  * core's own full backward (oracle-checked), so this checks LoRA's hand-
@@ -61,11 +33,11 @@ static ftb_session session_for(ftb_model *m, const ftb_options *o)
 Test(methods, lora_gradients_equal_the_merged_weight_chain_rule)
 {
     ftb_plugin p;
-    open_method("lora", &p);
+    th_open_method("lora", &p);
     ftb_model *m = tiny_model(11), *merged = tiny_model(11);
     const char *keys[] = { "rank", "alpha", "targets" }, *vals[] = { "3", "6", "q,v,o,down" };
     ftb_options opts = { 3, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -78,7 +50,7 @@ Test(methods, lora_gradients_equal_the_merged_weight_chain_rule)
         for (int64_t j = 0; j < params[i]->numel; j++) params[i]->data[j] = 0.3f * ftb_rng_normal(&rng);
 
     int32_t tok[2 * 20], tgt[2 * 20];
-    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 20, m->cfg.vocab_size);
     for (int i = 0; i < n; i++) memset(params[i]->grad, 0, sizeof(float) * params[i]->numel);
     float loss = ftb_model_forward_backward(m, &b, &s.run, err, sizeof err);
     cr_assert(!isnan(loss), "%s", err);
@@ -130,16 +102,16 @@ Test(methods, lora_gradients_equal_the_merged_weight_chain_rule)
 Test(methods, lora_keeps_less_than_full_and_learns)
 {
     ftb_plugin lora, full;
-    open_method("lora", &lora);
-    open_method("full", &full);
+    th_open_method("lora", &lora);
+    th_open_method("full", &full);
     int32_t tok[64], tgt[64];
     int64_t peak[2];
     ftb_plugin *methods[2] = { &full, &lora };
     for (int i = 0; i < 2; i++) {
         ftb_model *m = tiny_model(12);
-        ftb_batch b = batch_of(tok, tgt, 1, 64, m->cfg.vocab_size);
+        ftb_batch b = th_batch(tok, tgt, 1, 64, m->cfg.vocab_size);
         ftb_options none = { 0, NULL, NULL };
-        ftb_session s = session_for(m, &none);
+        ftb_session s = th_session(m, &none);
         s.lr = 1e-2f;
         char err[FTB_ERR_LEN] = "";
         ftb_mem_reset_peaks();
@@ -168,11 +140,11 @@ Test(methods, lora_keeps_less_than_full_and_learns)
 Test(methods, lastk_trains_only_its_blocks)
 {
     ftb_plugin p;
-    open_method("lastk", &p);
+    th_open_method("lastk", &p);
     ftb_model *m = tiny_model(13);
     const char *keys[] = { "k" }, *vals[] = { "1" };
     ftb_options opts = { 1, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -195,7 +167,7 @@ Test(methods, lastk_trains_only_its_blocks)
 Test(methods, lora_rejects_bad_options_clearly)
 {
     ftb_plugin p;
-    open_method("lora", &p);
+    th_open_method("lora", &p);
     ftb_model *m = tiny_model(14);
     struct {
         const char *key, *value, *expect;
@@ -208,7 +180,7 @@ Test(methods, lora_rejects_bad_options_clearly)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const char *keys[] = { cases[i].key }, *vals[] = { cases[i].value };
         ftb_options o = { 1, keys, vals };
-        ftb_session s = session_for(m, &o);
+        ftb_session s = th_session(m, &o);
         char err[FTB_ERR_LEN] = "";
         cr_expect_null(p.method->init(&s, err, sizeof err), "%s=%s accepted", cases[i].key, cases[i].value);
         cr_expect(strstr(err, cases[i].expect) != NULL, "%s=%s: error was '%s'", cases[i].key, cases[i].value, err);
@@ -237,11 +209,11 @@ static float train_loss(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o)
 static void lora_dropout_gradcheck(ftb_keep_policy keep)
 {
     ftb_plugin p;
-    open_method("lora", &p);
+    th_open_method("lora", &p);
     ftb_model *m = tiny_model(41);
     const char *keys[] = { "rank", "alpha", "targets", "dropout" }, *vals[] = { "3", "6", "all", "0.3" };
     ftb_options opts = { 4, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     ftb_keep_policy policy[2] = { keep, keep };
     s.run.keep = policy;
     char err[FTB_ERR_LEN] = "";
@@ -262,7 +234,7 @@ static void lora_dropout_gradcheck(ftb_keep_policy keep)
     }
     cr_assert_eq(ftb_model_alloc_grads(m, err, sizeof err), 0, "%s", err);
     int32_t tok[2 * 16], tgt[2 * 16];
-    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     for (int i = 0; i < 8; i++) memset(check[i]->grad, 0, sizeof(float) * check[i]->numel);
     train_loss(m, &b, &s.run);
     int64_t jmax[8];
@@ -302,11 +274,11 @@ Test(methods, lora_dropout_gradients_match_finite_differences_recomputed) { lora
 static int64_t lora_saved_peak(const char *dropout, const ftb_batch *b)
 {
     ftb_plugin p;
-    open_method("lora", &p);
+    th_open_method("lora", &p);
     ftb_model *m = tiny_model(42);
     const char *keys[] = { "rank", "targets", "dropout" }, *vals[] = { "4", "all", dropout };
     ftb_options opts = { 3, keys, vals };
-    ftb_session s = session_for(m, &opts);
+    ftb_session s = th_session(m, &opts);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
     cr_assert_not_null(st, "%s", err);
@@ -336,7 +308,7 @@ Test(methods, lora_dropout_saved_bytes_grow_by_the_expected_amount)
     for (int i = 0; i < 2; i++) {
         const int B = 2, T = Ts[i];
         int32_t *tok = malloc(sizeof(int32_t) * B * T), *tgt = malloc(sizeof(int32_t) * B * T);
-        ftb_batch b = batch_of(tok, tgt, B, T, cfg.vocab_size);
+        ftb_batch b = th_batch(tok, tgt, B, T, cfg.vocab_size);
         int64_t plain = lora_saved_peak("0", &b), dropped = lora_saved_peak("0.05", &b);
         cr_expect_eq(dropped - plain, per_token * B * T, "T=%d: dropout keeps %lld bytes more, expected %lld", T,
                      (long long)(dropped - plain), (long long)(per_token * B * T));
@@ -350,13 +322,13 @@ Test(methods, lora_dropout_saved_bytes_grow_by_the_expected_amount)
 Test(methods, lora_dropout_masks_and_inference)
 {
     ftb_plugin p;
-    open_method("lora", &p);
+    th_open_method("lora", &p);
     ftb_model *m = tiny_model(43), *ref = tiny_model(43);
     const char *keys[] = { "rank", "dropout" }, *vals[] = { "4", "0.5" };
     ftb_options opts = { 2, keys, vals };
     const char *ref_vals[] = { "4", "0" };
     ftb_options ref_opts = { 2, keys, ref_vals };
-    ftb_session s = session_for(m, &opts), rs = session_for(ref, &ref_opts);
+    ftb_session s = th_session(m, &opts), rs = th_session(ref, &ref_opts);
     s.lr = rs.lr = 0.0f; /* steps change nothing but the masks */
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -371,7 +343,7 @@ Test(methods, lora_dropout_masks_and_inference)
         for (int64_t j = 0; j < params[i]->numel; j++)
             rparams[i]->data[j] = params[i]->data[j] = 0.3f * ftb_rng_normal(&rng);
     int32_t tok[2 * 16], tgt[2 * 16];
-    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     float inf = ftb_model_forward(m, &b, &s.run, err, sizeof err),
           inf_ref = ftb_model_forward(ref, &b, &rs.run, err, sizeof err);
     cr_expect_eq(inf, inf_ref, "inference with dropout 0.5: %f, without: %f", inf, inf_ref);
@@ -386,7 +358,7 @@ Test(methods, lora_dropout_masks_and_inference)
     p.method->destroy(rst);
     const char *bad[] = { "4", "1" };
     ftb_options bad_opts = { 2, keys, bad };
-    ftb_session bs = session_for(m, &bad_opts);
+    ftb_session bs = th_session(m, &bad_opts);
     err[0] = 0;
     cr_expect_null(p.method->init(&bs, err, sizeof err));
     cr_expect(strstr(err, "option dropout: 1 is not in [0, 1)") != NULL, "error was: %s", err);

@@ -15,6 +15,7 @@
 
 #include "ftbench.h"
 #include "plugin.h"
+#include "helpers.h"
 #include "quant.h"
 #include "safetensors.h"
 #include "test_helpers_ckpt.h"
@@ -628,15 +629,6 @@ Test(quant, malformed_metadata_and_dtypes)
 
 /* ---- exact gradients through a quantized frozen base --------------------- */
 
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = getenv("FTBENCH_METHODS");
-    if (!dir) dir = "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
-
 typedef struct {
     ftb_plugin plugin;
     void *state;
@@ -652,7 +644,7 @@ typedef struct {
 static void lora_setup(lora_run *r, ftb_model *m)
 {
     memset(r, 0, sizeof *r);
-    open_method("lora", &r->plugin);
+    th_open_method("lora", &r->plugin);
     r->keys[0] = "rank", r->keys[1] = "alpha", r->keys[2] = "targets";
     r->vals[0] = "4", r->vals[1] = "8", r->vals[2] = "q,v,o,down";
     r->opts = (ftb_options){ 3, r->keys, r->vals };
@@ -1178,7 +1170,7 @@ Test(quant, mebp_and_mesp_set_lazy_residency_on_a_mapped_base)
     ftb_model_free(q);
     for (int k = 0; k < 2; k++) {
         ftb_plugin p;
-        open_method(methods[k], &p);
+        th_open_method(methods[k], &p);
         /* Mapped: lazy by default, restored at destroy; as-given keeps it. */
         ftb_model *m = ftb_model_load(dir, 1, err, sizeof err);
         cr_assert_not_null(m, "%s", err);

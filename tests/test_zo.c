@@ -19,6 +19,7 @@
 
 #include "ftbench.h"
 #include "plugin.h"
+#include "helpers.h"
 
 #define ZO_BLOCK  65536
 #define MEZO_SALT 0x6d657a6fULL
@@ -82,15 +83,6 @@ static uint64_t step_seed(uint64_t session_seed, uint64_t salt, int k)
 static void one_thread(void) { ftb_set_threads(1); }
 TestSuite(zo, .init = one_thread);
 
-static void open_method(const char *name, ftb_plugin *p)
-{
-    const char *dir = getenv("FTBENCH_METHODS");
-    if (!dir) dir = "build/methods";
-    char path[4096], err[FTB_ERR_LEN];
-    snprintf(path, sizeof path, "%s/%s.so", dir, name);
-    cr_assert_eq(ftb_plugin_open(path, p, err, sizeof err), 0, "%s", err);
-}
-
 /* The tiny zoo model; weights scaled to std 0.2 (norms kept at 1) when
  * `sharp`, so that gradients stand well above fp32 rounding. */
 static ftb_model *zoo_model(const char *name, uint64_t seed, int sharp)
@@ -109,21 +101,9 @@ static ftb_model *zoo_model(const char *name, uint64_t seed, int sharp)
 
 static ftb_model *tiny_model(uint64_t seed, int sharp) { return zoo_model("tiny", seed, sharp); }
 
-static ftb_batch batch_of(int32_t *tokens, int32_t *targets, int B, int T, int V)
-{
-    for (int i = 0; i < B * T; i++) tokens[i] = (i * 7 + 3) % V;
-    for (int i = 0; i < B * T; i++) targets[i] = (i + 1) % T ? tokens[i + 1] : FTB_IGNORE_INDEX;
-    return (ftb_batch){ B, T, tokens, targets };
-}
-
 static ftb_session session_for(ftb_model *m, const ftb_options *o, float lr)
 {
-    ftb_session s;
-    memset(&s, 0, sizeof s);
-    s.model = m;
-    ftb_run_opts_default(&s.run);
-    s.options = o;
-    s.seed = 5;
+    ftb_session s = th_session(m, o);
     s.lr = lr;
     s.total_steps = 100;
     return s;
@@ -204,10 +184,10 @@ static void mezo_noise(float *z, ftb_tensor **params, int n, uint64_t seed)
 Test(zo, mezo_estimate_averages_to_the_exact_gradient)
 {
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_model *m = tiny_model(21, 1);
     int32_t tok[2 * 20], tgt[2 * 20];
-    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 20, m->cfg.vocab_size);
     int64_t d;
     float *grad = exact_gradient("tiny", 21, &b, &d);
     ftb_options none = { 0, NULL, NULL };
@@ -266,10 +246,10 @@ static void mezo_directional_errors(const char *model, double eps, int steps, do
                                     double *gnorm_out)
 {
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_model *m = zoo_model(model, 22, 1);
     int32_t tok[2 * 20], tgt[2 * 20];
-    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 20, m->cfg.vocab_size);
     int64_t d;
     float *grad = exact_gradient(model, 22, &b, &d);
     *gnorm_out = sqrt(dot(grad, grad, d));
@@ -355,7 +335,7 @@ Test(zo, mezo_noise_is_the_same_on_any_number_of_threads)
 {
     ftb_set_threads(2);
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     cfg.vocab_size = 8192; /* embedding and head of 262144 elements: 4 blocks each */
@@ -363,7 +343,7 @@ Test(zo, mezo_noise_is_the_same_on_any_number_of_threads)
     ftb_model *m = ftb_model_create(&cfg, 31, err, sizeof err);
     cr_assert_not_null(m, "%s", err);
     int32_t tok[8], tgt[8];
-    ftb_batch b = batch_of(tok, tgt, 1, 8, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 1, 8, m->cfg.vocab_size);
     ftb_options none = { 0, NULL, NULL };
     ftb_session s = session_for(m, &none, 1.0f);
     void *st = p.method->init(&s, err, sizeof err);
@@ -410,7 +390,7 @@ static double ulp_of(float x)
 static void expect_bitwise_restore(const char *params_opt, int samples)
 {
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_config cfg;
     ftb_zoo_get("tiny", &cfg);
     cfg.vocab_size = 8192; /* tensors of several noise blocks */
@@ -420,7 +400,7 @@ static void expect_bitwise_restore(const char *params_opt, int samples)
     m->layers[0].attn_norm.data[3] = -0.0f; /* a negative zero stays one */
     ftb_set_dequant_tile(1000);             /* tiles that start inside noise blocks */
     int32_t tok[2 * 16], tgt[2 * 16];
-    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     char k_s[8];
     snprintf(k_s, sizeof k_s, "%d", samples);
     const char *keys[] = { "params", "samples", "targets" }, *vals[] = { params_opt, k_s, "all" };
@@ -483,7 +463,7 @@ Test(zo, mezo_read_forwards_see_exactly_theta_plus_minus_eps_z)
     const float eps = 0.05f;
     for (int mi = 0; mi < 2; mi++) {
         ftb_plugin p;
-        open_method("mezo", &p);
+        th_open_method("mezo", &p);
         ftb_config cfg;
         ftb_zoo_get(models[mi], &cfg);
         cfg.vocab_size = 8191;
@@ -493,7 +473,7 @@ Test(zo, mezo_read_forwards_see_exactly_theta_plus_minus_eps_z)
         ftb_model *m = ftb_model_create(&cfg, 47, err, sizeof err), *ref = ftb_model_create(&cfg, 47, err, sizeof err);
         cr_assert(m && ref, "%s", err);
         int32_t tok[2 * 16], tgt[2 * 16];
-        ftb_batch b = batch_of(tok, tgt, 2, 16, cfg.vocab_size);
+        ftb_batch b = th_batch(tok, tgt, 2, 16, cfg.vocab_size);
         for (int i = 0; i < 2 * 16; i++) tok[i] = (int32_t)((i * 2039 + 5) % cfg.vocab_size);
         const char *keys[] = { "eps" }, *vals[] = { "0.05" };
         ftb_options o = { 1, keys, vals };
@@ -550,7 +530,7 @@ Test(zo, mezo_read_and_inplace_estimates_agree)
     for (int mi = 0; mi < 2; mi++)
         for (int lora = 0; lora < 2; lora++) {
             ftb_plugin p;
-            open_method("mezo", &p);
+            th_open_method("mezo", &p);
             ftb_config cfg;
             ftb_zoo_get(models[mi], &cfg);
             cfg.vocab_size = 4096;
@@ -561,7 +541,7 @@ Test(zo, mezo_read_and_inplace_estimates_agree)
             for (int scheme = 0; scheme < 2; scheme++) {
                 ftb_model *m = ftb_model_create(&cfg, 43, err, sizeof err);
                 cr_assert_not_null(m, "%s", err);
-                ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+                ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
                 const char *keys[] = { "perturb", "params", "targets" };
                 const char *vals[] = { scheme ? "inplace" : "read", lora ? "lora" : "full", "all" };
                 ftb_options o = { 3, keys, vals };
@@ -600,10 +580,10 @@ Test(zo, mezo_read_and_inplace_estimates_agree)
 Test(zo, mezo_inplace_restores_parameters_within_2_ulp_when_lr_is_zero)
 {
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_model *m = tiny_model(23, 1);
     int32_t tok[2 * 16], tgt[2 * 16];
-    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     const char *keys[] = { "perturb" }, *vals[] = { "inplace" };
     ftb_options inplace = { 1, keys, vals };
     ftb_session s = session_for(m, &inplace, 0.0f);
@@ -674,10 +654,10 @@ Test(zo, mezo_peak_is_an_inference_forward)
 {
     for (int reads = 0; reads < 2; reads++) {
         ftb_plugin p;
-        open_method("mezo", &p);
+        th_open_method("mezo", &p);
         ftb_model *m = tiny_model(24, 0);
         int32_t tok[2 * 64], tgt[2 * 64];
-        ftb_batch b = batch_of(tok, tgt, 2, 64, m->cfg.vocab_size);
+        ftb_batch b = th_batch(tok, tgt, 2, 64, m->cfg.vocab_size);
         const char *keys[] = { "perturb" }, *vals[] = { reads ? "read" : "inplace" };
         ftb_options o = { 1, keys, vals };
         ftb_session s = session_for(m, &o, 1e-3f);
@@ -725,13 +705,13 @@ Test(zo, mezo_peak_is_an_inference_forward)
 Test(zo, prge_peak_grows_with_queries)
 {
     ftb_plugin p;
-    open_method("prge", &p);
+    th_open_method("prge", &p);
     const int budgets[] = { 1, 2, 4, 8 };
     int64_t prev = 0;
     for (int q = 0; q < 4; q++) {
         ftb_model *m = tiny_model(25, 0);
         int32_t tok[64], tgt[64];
-        ftb_batch b = batch_of(tok, tgt, 1, 64, m->cfg.vocab_size);
+        ftb_batch b = th_batch(tok, tgt, 1, 64, m->cfg.vocab_size);
         char n_s[8];
         snprintf(n_s, sizeof n_s, "%d", budgets[q]);
         const char *keys[] = { "queries" }, *vals[] = { n_s };
@@ -832,10 +812,10 @@ Test(zo, prge_batched_queries_equal_separate_forwards)
     const float eps = 1e-2f, lr = 1e-2f;
     ftb_set_threads(2); /* the perturbations are drawn in parallel: check against a serial regeneration */
     ftb_plugin p;
-    open_method("prge", &p);
+    th_open_method("prge", &p);
     ftb_model *m = tiny_model(26, 1);
     int32_t tok[2 * 16], tgt[2 * 16];
-    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     tgt[5] = FTB_IGNORE_INDEX; /* sequences of unequal valid lengths: slice losses are token-weighted */
     const char *keys[] = { "queries", "dual" }, *vals[] = { "4", "1" };
     ftb_options o = { 2, keys, vals };
@@ -952,7 +932,7 @@ Test(zo, prge_batched_queries_equal_separate_forwards)
 Test(zo, mezo_lora_trains_only_the_adapters)
 {
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_model *m = tiny_model(27, 1), *merged = tiny_model(27, 1);
     const char *keys[] = { "params", "rank", "alpha", "targets" }, *vals[] = { "lora", "4", "8", "q,v,down" };
     ftb_options o = { 4, keys, vals };
@@ -976,7 +956,7 @@ Test(zo, mezo_lora_trains_only_the_adapters)
                      W->data, (int)W->shape[1]);
         }
     int32_t tok[2 * 16], tgt[2 * 16];
-    ftb_batch b = batch_of(tok, tgt, 2, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 16, m->cfg.vocab_size);
     float l_hook = ftb_model_forward(m, &b, NULL, err, sizeof err),
           l_merged = ftb_model_forward(merged, &b, NULL, err, sizeof err);
     cr_expect(fabsf(l_hook - l_merged) < 1e-5f * l_merged, "hook %f vs merged %f", l_hook, l_merged);
@@ -1016,7 +996,7 @@ Test(zo, mezo_lora_trains_only_the_adapters)
 Test(zo, mezo_trains_a_mapped_checkpoint_without_gradients)
 {
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_model *src = tiny_model(28, 1);
     char dir[] = "/tmp/ftbench_zo_XXXXXX", err[FTB_ERR_LEN] = "";
     cr_assert_not_null(mkdtemp(dir));
@@ -1039,7 +1019,7 @@ Test(zo, mezo_trains_a_mapped_checkpoint_without_gradients)
         cr_expect_null(m->params[i]->grad);
     }
     int32_t tok[16], tgt[16];
-    ftb_batch b = batch_of(tok, tgt, 1, 16, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 1, 16, m->cfg.vocab_size);
     ftb_step_result r = { 0 };
     cr_expect_eq(p.method->step(st, &s, &b, &r, err, sizeof err), 0, "%s", err);
     p.method->destroy(st);
@@ -1066,10 +1046,10 @@ static double mean_of(const float *x, int n)
 static void learns(const char *method, const ftb_options *o, float lr, int steps, double min_drop)
 {
     ftb_plugin p;
-    open_method(method, &p);
+    th_open_method(method, &p);
     ftb_model *m = tiny_model(29, 0);
     int32_t tok[2 * 32], tgt[2 * 32];
-    ftb_batch b = batch_of(tok, tgt, 2, 32, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 32, m->cfg.vocab_size);
     ftb_session s = session_for(m, o, lr);
     char err[FTB_ERR_LEN] = "";
     void *st = p.method->init(&s, err, sizeof err);
@@ -1113,7 +1093,7 @@ Test(zo, prge_learns_a_repeated_batch)
 static void rejects(const char *method, const char *key, const char *value, const char *expect)
 {
     ftb_plugin p;
-    open_method(method, &p);
+    th_open_method(method, &p);
     ftb_model *m = tiny_model(30, 0);
     const char *keys[] = { key }, *vals[] = { value };
     ftb_options o = { 1, keys, vals };
@@ -1180,9 +1160,9 @@ Test(zo, report_estimate_quality)
 
     /* MeZO */
     ftb_plugin p;
-    open_method("mezo", &p);
+    th_open_method("mezo", &p);
     ftb_model *m = tiny_model(21, 1);
-    ftb_batch b = batch_of(tok, tgt, 2, 20, m->cfg.vocab_size);
+    ftb_batch b = th_batch(tok, tgt, 2, 20, m->cfg.vocab_size);
     int64_t d;
     float *grad = exact_gradient("tiny", 21, &b, &d);
     ftb_options none = { 0, NULL, NULL };
@@ -1226,7 +1206,7 @@ Test(zo, report_estimate_quality)
 
     /* P-RGE: the exact gradient of B at B = 0 is s·G·Aᵀ, G = dL/dW of the
      * base (LoRA's chain rule, checked in tests/test_methods.c). */
-    open_method("prge", &p);
+    th_open_method("prge", &p);
     fprintf(stderr, "P-RGE, B of rank-8 LoRA-FA on all seven linears, tiny model, eps 1e-2, dual\n");
     fprintf(stderr, "| queries n | estimates | mean cos(estimate, exact gradient) | sd | 1/sqrt(1+(d+1)/n) |\n");
     const int Ns[] = { 1, 2, 4, 8, 16 };
@@ -1283,7 +1263,7 @@ static int64_t method_peak(const char *method, ftb_model *m, const ftb_batch *b,
                            const char **vals, int64_t *saved, double *seconds)
 {
     ftb_plugin p;
-    open_method(method, &p);
+    th_open_method(method, &p);
     ftb_options o = { n_opts, keys, vals };
     ftb_session s = session_for(m, &o, 1e-5f);
     char err[FTB_ERR_LEN] = "";
@@ -1324,7 +1304,7 @@ Test(zo, report_memory, .timeout = 3600)
     for (int si = 0; si < 2; si++) {
         int T = seqs[si];
         int32_t *tok = malloc(sizeof(int32_t) * T), *tgt = malloc(sizeof(int32_t) * T);
-        ftb_batch b = batch_of(tok, tgt, 1, T, cfg.vocab_size);
+        ftb_batch b = th_batch(tok, tgt, 1, T, cfg.vocab_size);
         ftb_mem_reset_peaks();
         double t0 = ftb_now();
         cr_assert(!isnan(ftb_model_forward(m, &b, NULL, err, sizeof err)), "%s", err);
