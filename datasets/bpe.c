@@ -52,10 +52,19 @@ struct ftb_bpe {
     char byte_char[256][4];
     int ignore_merges, add_prefix_space;
     pcre2_code *split; /* NULL: no regex split */
-    char **added;      /* added tokens' content, longest first */
+    char **added;      /* added tokens' content, in file order */
     int32_t *added_id;
     int n_added;
     int *is_added; /* [n_ids] */
+    /* Finding the longest added token at a position without trying them
+     * all: a hash of their contents (to the first token of that content),
+     * and for each first byte the distinct lengths of the tokens that start
+     * with it, longest first (added_lens[added_len_at[c] ..
+     * added_len_at[c + 1]]).  Loading is O(n log n), matching at a position
+     * costs one lookup per distinct length. */
+    str_map added_index;
+    size_t *added_lens;
+    size_t added_len_at[257];
 };
 
 static int errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -148,6 +157,9 @@ void ftb_bpe_free(ftb_bpe *b)
     free(b->merges.merged);
     if (b->split) pcre2_code_free(b->split);
     for (int i = 0; i < b->n_added; i++) free(b->added[i]);
+    free(b->added_index.keys); /* the keys are b->added's strings */
+    free(b->added_index.vals);
+    free(b->added_lens);
     free(b->added);
     free(b->added_id);
     free(b->is_added);
@@ -206,6 +218,62 @@ static int pre_tokenizer(ftb_bpe *b, json_t *p, const char *path, char *err, siz
         !strcmp(type, "Metaspace"))
         return errf(err, errlen, "tokenizer %s: pre_tokenizer %s is not supported (byte-level BPE only)", path, type);
     return errf(err, errlen, "tokenizer %s: unknown pre_tokenizer type '%s'", path, type);
+}
+
+/* (first byte, length) of an added token, to sort. */
+typedef struct {
+    unsigned char first;
+    size_t len;
+} added_shape;
+
+static int added_shape_order(const void *pa, const void *pb)
+{
+    const added_shape *a = pa, *b = pb;
+    if (a->first != b->first) return a->first < b->first ? -1 : 1;
+    return a->len > b->len ? -1 : a->len < b->len; /* longest first */
+}
+
+/* Builds added_index and the per-first-byte lengths; -1 on out of memory. */
+static int index_added(ftb_bpe *b)
+{
+    if (str_map_init(&b->added_index, (size_t)b->n_added)) return -1;
+    added_shape *shapes = malloc(((size_t)b->n_added + 1) * sizeof *shapes);
+    b->added_lens = malloc(((size_t)b->n_added + 1) * sizeof *b->added_lens);
+    if (!shapes || !b->added_lens) {
+        free(shapes);
+        return -1;
+    }
+    for (int a = 0; a < b->n_added; a++) {
+        size_t n = strlen(b->added[a]);
+        /* The same content twice: the first keeps it, as the earlier
+         * longest-first scan in file order did. */
+        if (str_map_get(&b->added_index, b->added[a], n) < 0) str_map_put(&b->added_index, b->added[a], a);
+        shapes[a] = (added_shape){ (unsigned char)b->added[a][0], n };
+    }
+    qsort(shapes, (size_t)b->n_added, sizeof *shapes, added_shape_order);
+    size_t k = 0;
+    int s = 0;
+    for (int c = 0; c < 256; c++) {
+        b->added_len_at[c] = k;
+        for (; s < b->n_added && shapes[s].first == c; s++)
+            if (k == b->added_len_at[c] || b->added_lens[k - 1] != shapes[s].len) b->added_lens[k++] = shapes[s].len;
+    }
+    b->added_len_at[256] = k;
+    free(shapes);
+    return 0;
+}
+
+/* The added token that starts text[0..len) and is longest, or -1. */
+static int added_at(const ftb_bpe *b, const char *text, size_t len)
+{
+    unsigned char c = (unsigned char)text[0];
+    for (size_t k = b->added_len_at[c]; k < b->added_len_at[c + 1]; k++) {
+        size_t n = b->added_lens[k];
+        if (n > len) continue;
+        int32_t a = str_map_get(&b->added_index, text, n);
+        if (a >= 0) return a;
+    }
+    return -1;
 }
 
 ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
@@ -298,16 +366,7 @@ ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
             b->is_added[id] = 1;
             if (!b->id_to_str[id]) b->id_to_str[id] = strdup(content);
         }
-        /* Longest first, so that a longer special token wins a tie. */
-        for (int x = 1; x < b->n_added; x++)
-            for (int y = x; y > 0 && strlen(b->added[y]) > strlen(b->added[y - 1]); y--) {
-                char *t = b->added[y];
-                b->added[y] = b->added[y - 1];
-                b->added[y - 1] = t;
-                int32_t ti = b->added_id[y];
-                b->added_id[y] = b->added_id[y - 1];
-                b->added_id[y - 1] = ti;
-            }
+        if (rc == 0 && index_added(b)) rc = errf(err, errlen, "tokenizer %s: out of memory", path);
     }
     if (rc == 0) {
         byte_chars(b->byte_char);
@@ -507,11 +566,7 @@ int ftb_bpe_encode(const ftb_bpe *b, const char *text, size_t len, int32_t **ids
     size_t start = 0;
     int rc = 0;
     for (size_t i = 0; i < len && rc == 0;) {
-        int hit = -1;
-        for (int a = 0; a < b->n_added && hit < 0; a++) {
-            size_t al = strlen(b->added[a]);
-            if (al <= len - i && !memcmp(text + i, b->added[a], al)) hit = a;
-        }
+        int hit = b->n_added ? added_at(b, text + i, len - i) : -1;
         if (hit < 0) {
             i++;
             continue;
