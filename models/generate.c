@@ -43,7 +43,8 @@ int ftb_model_logits(ftb_model *m, const ftb_batch *b, const ftb_run_opts *o, co
         void *ctx; /* a read perturbation covers the head here as in the forward (docs/CORE.md) */
         ftb_read_perturb_fn perturb = ftb_model_read_perturbation(m, &ctx);
         ftb_quant_set_read_perturbation(perturb, ctx);
-        ftb_linear_apply(&m->lm_head, n_rows, picked, logits, 0.0f);
+        /* lazy residency: the head streams (and counts) its tiles as in the forward */
+        ftb_linear_apply_ex(&m->lm_head, n_rows, picked, logits, 0.0f, m->residency == FTB_RESIDENT_LAZY_BLOCK);
         ftb_quant_set_read_perturbation(NULL, NULL);
         if (perturb) ftb_quant_workspace_release();
     }

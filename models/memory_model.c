@@ -249,7 +249,13 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
     if (perturbed) add(&g, FTB_MEM_WORKSPACE, perturbed_vector_floats(c));
     add(&g, FTB_MEM_WORKSPACE, tile_floats);                                 /* one kept for the whole step */
     add(&g, training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND); /* resid[0] */
+    /* A lazy mapped embedding's rows looked up: the core counts the distinct
+     * tokens, unknown here; every position distinct bounds them, and this
+     * instant never holds the peak (block 0 adds resid[1], at least as large). */
+    const int64_t lookup_bytes = ftb_residency_lookup_bound(m, N);
+    add_bytes(&g, FTB_MEM_WEIGHTS, lookup_bytes);
     mark(&g, "fwd embed");
+    add_bytes(&g, FTB_MEM_WEIGHTS, -lookup_bytes);
     /* resid[l] lives in `kept[l]` (SAVED, offloaded, or a recycled workspace buffer). */
     int spare = 0; /* a freed inference buffer waiting to be reused */
     char phase[32];
@@ -266,7 +272,9 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
         } else {
             spare = 0;
         }
+        add_bytes(&g, FTB_MEM_WEIGHTS, ftb_residency_unit_bytes(m, l)); /* the block's mapped tensors, lazy */
         block_forward(&g, &s, l, trained && policy(opts, l) == FTB_KEEP_ALL, phase);
+        add_bytes(&g, FTB_MEM_WEIGHTS, -ftb_residency_unit_bytes(m, l));
         if (!trained) { /* its input (workspace) becomes the spare */
             if (spare) sub(&g, FTB_MEM_WORKSPACE, ND);
             spare = 1;
@@ -277,6 +285,8 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
 
     /* final norm and head */
     ftb_mem_category keep_cat = training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE;
+    const int64_t head_unit = ftb_residency_unit_bytes(m, RES_HEAD);
+    add_bytes(&g, FTB_MEM_WEIGHTS, head_unit);
     add(&g, keep_cat, ND + N); /* xf, rstdf */
     mark(&g, "fwd norm");
     if (!training) sub(&g, FTB_MEM_WORKSPACE, ND); /* resid[L] */
@@ -285,11 +295,15 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
     if (rows_per > N) rows_per = (int)N;
     ftb_mem_category zcat = opts->loss == FTB_LOSS_FULL ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE;
     add(&g, zcat, (int64_t)rows_per * c->vocab_size);
-    add(&g, FTB_MEM_WORKSPACE, N); /* per-row losses */
+    add(&g, FTB_MEM_WORKSPACE, N);                              /* per-row losses */
+    const int64_t head_tile = ftb_residency_head_tile_bytes(m); /* a streamed tile of a lazy mapped head */
+    add_bytes(&g, FTB_MEM_WEIGHTS, head_tile);
     mark(&g, "head");
+    add_bytes(&g, FTB_MEM_WEIGHTS, -head_tile);
     sub(&g, FTB_MEM_WORKSPACE, N);
     sub(&g, zcat, (int64_t)rows_per * c->vocab_size);
     sub(&g, keep_cat, ND); /* xf */
+    if (!training) add_bytes(&g, FTB_MEM_WEIGHTS, -head_unit);
 
     if (training) {
         add(&g, FTB_MEM_WORKSPACE, ND); /* dres */
@@ -299,9 +313,11 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
             sub(&g, FTB_MEM_WORKSPACE, (int64_t)s.threads * s.D);
         }
         mark(&g, "bwd norm");
+        add_bytes(&g, FTB_MEM_WEIGHTS, -head_unit);
         sub(&g, FTB_MEM_WORKSPACE, ND); /* dxf */
         sub(&g, FTB_MEM_SAVED, ND);     /* resid[L] */
         for (int l = L - 1; l >= first; l--) {
+            add_bytes(&g, FTB_MEM_WEIGHTS, ftb_residency_unit_bytes(m, l));
             if (policy(opts, l) != FTB_KEEP_ALL) {
                 snprintf(phase, sizeof phase, "recompute L%d", l);
                 add(&g, FTB_MEM_WORKSPACE, ND);
@@ -310,6 +326,7 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
             }
             snprintf(phase, sizeof phase, "bwd L%d", l);
             block_backward(&g, &s, l, phase);
+            add_bytes(&g, FTB_MEM_WEIGHTS, -ftb_residency_unit_bytes(m, l));
             if (!(l > 0 && policy(opts, l) == FTB_KEEP_OFFLOAD)) sub(&g, FTB_MEM_SAVED, ND); /* resid[l] */
         }
         sub(&g, FTB_MEM_WORKSPACE, ND); /* dres */

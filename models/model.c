@@ -13,8 +13,10 @@
 typedef struct {
     void **owned;
     int n_owned, cap_owned;
-    /* accounted: bytes of the mapping still counted as weights (a mapped
-     * tensor that was quantized stops counting) */
+    /* accounted: bytes of the mapping the model still uses (a mapped
+     * tensor that was quantized or made trainable stops counting); counted
+     * as weights whole when all resident, not at all under lazy residency
+     * (there the units entered count their tensors: quant.c) */
     struct {
         void *addr;
         size_t len, accounted;
@@ -180,7 +182,15 @@ void ftb_model_add_mapping(ftb_model *m, void *addr, size_t len)
     st->maps[st->n_maps].len = len;
     st->maps[st->n_maps].accounted = len;
     st->n_maps++;
-    ftb_mem_account(FTB_MEM_WEIGHTS, (int64_t)len);
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK) ftb_mem_account(FTB_MEM_WEIGHTS, (int64_t)len);
+}
+
+int64_t ftb_model_mapped_accounted(const ftb_model *m)
+{
+    const model_storage *st = m->storage;
+    int64_t bytes = 0;
+    for (int i = 0; st && i < st->n_maps; i++) bytes += (int64_t)st->maps[i].accounted;
+    return bytes;
 }
 
 void ftb_model_disown(ftb_model *m, void *buffer)
@@ -246,7 +256,7 @@ void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes)
         if ((const char *)p < a || (const char *)p + bytes > a + st->maps[i].len) continue;
         size_t drop = bytes < st->maps[i].accounted ? bytes : st->maps[i].accounted;
         st->maps[i].accounted -= drop;
-        ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)drop);
+        if (m->residency != FTB_RESIDENT_LAZY_BLOCK) ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)drop);
         /* Whole pages only: the pages at either end may hold a neighbour. */
         uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
         uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + bytes) & ~(page - 1);
@@ -340,7 +350,8 @@ void ftb_model_free(ftb_model *m)
         for (int i = 0; i < st->n_qs; i++) ftb_qstore_free(st->qs[i]);
         for (int i = 0; i < st->n_maps; i++) {
             munmap(st->maps[i].addr, st->maps[i].len);
-            ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)st->maps[i].accounted);
+            if (m->residency != FTB_RESIDENT_LAZY_BLOCK)
+                ftb_mem_account(FTB_MEM_WEIGHTS, -(int64_t)st->maps[i].accounted);
         }
         free(st->owned);
         free(st->maps);

@@ -642,6 +642,17 @@ static int is_mapped(const ftb_tensor *W)
     return W->dtype == FTB_DTYPE_F32 || !W->quant ? W->mapped : ((const ftb_qstore *)W->quant)->mapped;
 }
 
+/* Storage bytes of one row of W (all parts of its format). */
+static int64_t storage_row_bytes(const ftb_tensor *W)
+{
+    const int64_t C = tensor_cols(W);
+    if (W->dtype == FTB_DTYPE_F32 || !W->quant) return 4 * C;
+    const ftb_qstore *q = W->quant;
+    int64_t b = 0;
+    for (int p = 0; p < 3; p++) b += (int64_t)ftb_qstore_part_bytes(q->dtype, 1, q->cols, q->group, p);
+    return b;
+}
+
 /* The read perturbation of the run in progress (set by transformer.c for
  * an inference forward of a model that has one): every product reads W
  * through a tile, to which it is added. */
@@ -670,19 +681,29 @@ void ftb_linear_apply_ex(const ftb_tensor *W, int N, const float *x, float *y, f
     const int64_t tr = ftb_quant_tile_rows(out, in);
     float *tile = copied ? tile_alloc(tr * in) : NULL;
     if (copied && !tile) return;
+    /* A streamed tile's mapped rows count as weights from their first read
+     * to their drop (docs/CORE.md, "Mapped weights count as resident"). */
+    const int64_t row_bytes = stream ? storage_row_bytes(W) : 0;
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
+        ftb_mem_account(FTB_MEM_WEIGHTS, n * row_bytes);
         if (quantized)
             ftb_qstore_dequant_rows(W->quant, r0, n, tile);
         else if (perturbed)
             memcpy(tile, w, sizeof(float) * (size_t)(n * in));
         if (copied) w = tile;
         if (perturbed) read_fn(read_ctx, W, r0 * in, n * in, tile);
-        if (stream && quantized) drop_rows(W, r0, n);
+        if (stream && quantized) {
+            drop_rows(W, r0, n);
+            ftb_mem_account(FTB_MEM_WEIGHTS, -n * row_bytes);
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, (int)n, (int)in, 1.0f, x, (int)in, w, (int)in, beta,
                     y + r0, (int)out);
-        if (stream && !quantized) drop_rows(W, r0, n);
+        if (stream && !quantized) {
+            drop_rows(W, r0, n);
+            ftb_mem_account(FTB_MEM_WEIGHTS, -n * row_bytes);
+        }
     }
     if (tile) tile_done(tile);
 }
@@ -700,17 +721,25 @@ void ftb_linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *d
     const int64_t tr = ftb_quant_tile_rows(out, in);
     float *tile = quantized ? tile_alloc(tr * in) : NULL;
     if (quantized && !tile) return;
+    const int64_t row_bytes = stream ? storage_row_bytes(W) : 0; /* counted as in ftb_linear_apply_ex */
     for (int64_t r0 = 0; r0 < out; r0 += tr) {
         int64_t n = out - r0 < tr ? out - r0 : tr;
         const float *w = W->data + (quantized ? 0 : r0 * in);
+        ftb_mem_account(FTB_MEM_WEIGHTS, n * row_bytes);
         if (quantized) {
             ftb_qstore_dequant_rows(W->quant, r0, n, tile);
             w = tile;
         }
-        if (stream && quantized) drop_rows(W, r0, n);
+        if (stream && quantized) {
+            drop_rows(W, r0, n);
+            ftb_mem_account(FTB_MEM_WEIGHTS, -n * row_bytes);
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, (int)in, (int)n, 1.0f, dy + r0, (int)out, w, (int)in,
                     r0 == 0 ? beta : 1.0f, dx, (int)in);
-        if (stream && !quantized) drop_rows(W, r0, n);
+        if (stream && !quantized) {
+            drop_rows(W, r0, n);
+            ftb_mem_account(FTB_MEM_WEIGHTS, -n * row_bytes);
+        }
     }
     if (tile) tile_done(tile);
 }
@@ -903,7 +932,16 @@ float ftb_quant_loss_delta(ftb_model *ref, ftb_model *m, const ftb_batch *b, con
 /* Residency                                                                  */
 /* ------------------------------------------------------------------------ */
 
-void ftb_model_set_residency(ftb_model *m, ftb_residency r) { m->residency = (int)r; }
+/* Mapped weights count as resident (docs/CORE.md): all resident, a mapping
+ * counts whole from load; lazy, it counts nothing between units and each
+ * unit counts its tensors while entered.  Switching moves the difference. */
+void ftb_model_set_residency(ftb_model *m, ftb_residency r)
+{
+    if ((int)r == m->residency) return;
+    const int64_t mapped = ftb_model_mapped_accounted(m);
+    ftb_mem_account(FTB_MEM_WEIGHTS, r == FTB_RESIDENT_LAZY_BLOCK ? -mapped : mapped);
+    m->residency = (int)r;
+}
 
 static int populate_works = 1;
 
@@ -959,6 +997,7 @@ static void advise_unit(ftb_model *m, int unit, int advice)
 void ftb_residency_enter(ftb_model *m, int unit)
 {
     if (m->residency != FTB_RESIDENT_LAZY_BLOCK) return;
+    ftb_mem_account(FTB_MEM_WEIGHTS, ftb_residency_unit_bytes(m, unit));
 #ifdef MADV_POPULATE_READ
     if (populate_works) {
         advise_unit(m, unit, MADV_POPULATE_READ);
@@ -970,5 +1009,53 @@ void ftb_residency_enter(ftb_model *m, int unit)
 
 void ftb_residency_leave(ftb_model *m, int unit)
 {
-    if (m->residency == FTB_RESIDENT_LAZY_BLOCK) advise_unit(m, unit, MADV_DONTNEED);
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK) return;
+    advise_unit(m, unit, MADV_DONTNEED);
+    ftb_mem_account(FTB_MEM_WEIGHTS, -ftb_residency_unit_bytes(m, unit));
+}
+
+static int64_t mapped_bytes(const ftb_tensor *t) { return t->numel && is_mapped(t) ? ftb_tensor_storage_bytes(t) : 0; }
+
+int64_t ftb_residency_unit_bytes(const ftb_model *m, int unit)
+{
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK) return 0;
+    if (unit == RES_HEAD) return mapped_bytes(&m->final_norm); /* the LM head counts its tiles as it streams */
+    if (unit < 0 || unit >= m->cfg.n_layers) return 0;         /* RES_EMBED: the lookup counts its rows */
+    const ftb_layer *L = &m->layers[unit];
+    const ftb_tensor *ts[] = { &L->attn_norm, &L->wq, &L->wk,       &L->wv,     &L->wo,   &L->bq,
+                               &L->bk,        &L->bv, &L->mlp_norm, &L->w_gate, &L->w_up, &L->w_down };
+    int64_t bytes = 0;
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) bytes += mapped_bytes(ts[i]);
+    return bytes;
+}
+
+static int compare_tokens(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int64_t ftb_residency_lookup_bytes(const ftb_model *m, const int32_t *tokens, int n, int32_t *scratch)
+{
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK || n <= 0 || !is_mapped(&m->embed)) return 0;
+    /* A token repeated brings its row in once. */
+    memcpy(scratch, tokens, sizeof(int32_t) * (size_t)n);
+    qsort(scratch, (size_t)n, sizeof *scratch, compare_tokens);
+    int64_t distinct = 1;
+    for (int i = 1; i < n; i++) distinct += scratch[i] != scratch[i - 1];
+    return distinct * storage_row_bytes(&m->embed);
+}
+
+int64_t ftb_residency_lookup_bound(const ftb_model *m, int64_t n)
+{
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK || n <= 0 || !is_mapped(&m->embed)) return 0;
+    const int64_t rows = tensor_rows(&m->embed);
+    return (n < rows ? n : rows) * storage_row_bytes(&m->embed);
+}
+
+int64_t ftb_residency_head_tile_bytes(const ftb_model *m)
+{
+    const ftb_tensor *W = &m->lm_head;
+    if (m->residency != FTB_RESIDENT_LAZY_BLOCK || !W->numel || !is_mapped(W)) return 0;
+    return ftb_quant_tile_rows(tensor_rows(W), tensor_cols(W)) * storage_row_bytes(W);
 }

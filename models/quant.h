@@ -90,9 +90,31 @@ void ftb_model_release_mapped(ftb_model *m, const void *p, size_t bytes);
 /* Ties lm_head to embed (data, storage format, flags) when the config says so. */
 void ftb_model_retie(ftb_model *m);
 
-/* Lazy residency units: a block index, or one of these. */
+/* Bytes of the model's mappings it still uses (model.c): counted as weights
+ * whole when all resident, not at all under lazy residency. */
+int64_t ftb_model_mapped_accounted(const ftb_model *m);
+
+/* Lazy residency units: a block index, or one of these.  Entering brings the
+ * unit's mapped tensors in and counts them as weights until it is left
+ * (docs/CORE.md, "Mapped weights count as resident").  The embedding and the
+ * LM head count only what they bring in: the rows looked up
+ * (ftb_residency_lookup_bytes) and the head's current tile
+ * (ftb_linear_apply_ex with stream set). */
 enum { RES_EMBED = -1, RES_HEAD = -2 };
 void ftb_residency_enter(ftb_model *m, int unit);
 void ftb_residency_leave(ftb_model *m, int unit);
+/* What entering `unit` counts as weights: its mapped tensors' storage bytes
+ * under lazy residency (for RES_HEAD the final norm only, for RES_EMBED
+ * nothing), else 0.  The memory model adds the same. */
+int64_t ftb_residency_unit_bytes(const ftb_model *m, int unit);
+/* Bytes of the distinct embedding rows among tokens[0..n) when the embedding
+ * is mapped and residency is lazy (else 0): what a lookup brings in.
+ * scratch holds n int32 (the lookup's output buffer, not yet written). */
+int64_t ftb_residency_lookup_bytes(const ftb_model *m, const int32_t *tokens, int n, int32_t *scratch);
+/* Its bound for any n tokens: min(n, vocabulary) rows. */
+int64_t ftb_residency_lookup_bound(const ftb_model *m, int64_t n);
+/* The largest streamed tile of the mapped LM head under lazy residency, in
+ * bytes of its storage (else 0): what the head holds at once. */
+int64_t ftb_residency_head_tile_bytes(const ftb_model *m);
 
 #endif

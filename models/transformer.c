@@ -457,11 +457,15 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     }
     rope = alloc_f(FTB_MEM_WORKSPACE, 2 * (int64_t)b->T * half);
     if (!rope) goto oom;
-    if (rc.perturb) { /* one vector buffer and the largest weight tile, for the whole forward */
+    if (rc.perturb) { /* one vector buffer for the whole forward */
         rc.perturbed = alloc_f(FTB_MEM_WORKSPACE, perturbed_vector_floats(cfg));
-        if (!rc.perturbed || ftb_quant_reserve_tile(ftb_quant_largest_tile(m, 1))) goto oom;
+        if (!rc.perturbed) goto oom;
         ftb_quant_set_read_perturbation(rc.perturb, rc.perturb_ctx);
     }
+    /* The largest dequantization tile, held from the start as the memory
+     * model counts it: grown on first use instead, a block's attention peak
+     * would see a smaller tile in block 0 than in the next ones. */
+    if (ftb_quant_reserve_tile(ftb_quant_largest_tile(m, rc.perturb != NULL))) goto oom;
     rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg);
     rc.rope_cos = rope;
     rc.rope_sin = rope + (int64_t)b->T * half;
@@ -470,7 +474,11 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     resid[0] = alloc_f(training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
     if (!resid[0]) goto oom;
     ENTER(RES_EMBED);
+    /* the rows looked up count as weights while the lookup runs (lazy, mapped) */
+    const int64_t looked_up = ftb_residency_lookup_bytes(m, b->tokens, N, (int32_t *)resid[0]);
+    ftb_mem_account(FTB_MEM_WEIGHTS, looked_up);
     embedding_forward(resid[0], &m->embed, b->tokens, N, D);
+    ftb_mem_account(FTB_MEM_WEIGHTS, -looked_up);
     if (rc.perturb)
         for (int n = 0; n < N; n++)
             rc.perturb(rc.perturb_ctx, &m->embed, (int64_t)b->tokens[n] * D, D, resid[0] + (int64_t)n * D);

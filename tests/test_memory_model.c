@@ -173,6 +173,9 @@ Test(memory_model, hook_bytes_add_to_the_saved_peak)
 
 #include "plugin.h"
 
+/* The model the methods' tests below run on: tiny, or what this returns. */
+static ftb_model *(*method_model)(void);
+
 /* One step of a plugin on the tiny model: the measured peak of the step
  * against what the harness would record as its prediction. */
 static void expect_method_prediction_within(const char *method, int n_opts, const char *const *keys,
@@ -184,7 +187,7 @@ static void expect_method_prediction_within(const char *method, int n_opts, cons
     snprintf(path, sizeof path, "%s/%s.so", dir, method);
     ftb_plugin plug;
     cr_assert_eq(ftb_plugin_open(path, &plug, err, sizeof err), 0, "%s", err);
-    ftb_model *m = mm_model("tiny");
+    ftb_model *m = method_model ? method_model() : mm_model("tiny");
     ftb_options opts = { n_opts, keys, values };
     ftb_session s;
     memset(&s, 0, sizeof s);
@@ -268,4 +271,122 @@ Test(memory_model, lars_pooled_and_gated)
     expect_method_prediction_within("lars", 0, NULL, NULL, 1, 5e-3);
     const char *k[] = { "variant" }, *v[] = { "gated" };
     expect_method_prediction_within("lars", 1, k, v, 1, 5e-3);
+}
+
+/* ---- a lazily resident mapped base (docs/CORE.md, "Mapped weights count as
+ * resident"): a block's mapped tensors count as weights only while the block
+ * runs, the LM head only its streamed tile, the embedding only the rows
+ * looked up; the prediction stays byte for byte. */
+
+#include "test_helpers_ckpt.h"
+
+/* name's seeded weights in `format`, saved and loaded back mapped. */
+static ftb_model *mm_mapped(const char *name, const char *format)
+{
+    ftb_model *m = mm_model(name);
+    char err[FTB_ERR_LEN] = "";
+    if (strcmp(format, "f32") != 0) cr_assert_eq(ftb_model_quantize(m, format, 8, err, sizeof err), 0, "%s", err);
+    char *dir = ckpt_tmpdir();
+    cr_assert_eq(ftb_model_save(m, dir, err, sizeof err), 0, "%s", err);
+    ftb_model_free(m);
+    m = ftb_model_load(dir, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    ckpt_rm_rf(dir); /* the mapping outlives the file's name */
+    return m;
+}
+
+static int64_t live_weights(void)
+{
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    return st.live[FTB_MEM_WEIGHTS];
+}
+
+static int64_t mapped_storage(const ftb_tensor *t) { return t->mapped ? ftb_tensor_storage_bytes(t) : 0; }
+
+/* What the core brings in at once, at most: a block, the final norm with the
+ * head (one tile on these shapes), or the distinct rows of a lookup. */
+static int64_t largest_unit(const ftb_model *m, const mm_batch *b, int N)
+{
+    int64_t largest = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const ftb_layer *L = &m->layers[l];
+        const ftb_tensor *ts[] = { &L->attn_norm, &L->wq, &L->wk,       &L->wv,     &L->wo,   &L->bq,
+                                   &L->bk,        &L->bv, &L->mlp_norm, &L->w_gate, &L->w_up, &L->w_down };
+        int64_t bytes = 0;
+        for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) bytes += mapped_storage(ts[i]);
+        if (bytes > largest) largest = bytes;
+    }
+    int64_t head = mapped_storage(&m->final_norm) + mapped_storage(&m->lm_head);
+    if (head > largest) largest = head;
+    char seen[4096] = { 0 };
+    int64_t distinct = 0;
+    for (int i = 0; i < N; i++) distinct += !seen[b->tokens[i]]++;
+    int64_t rows = distinct * mapped_storage(&m->embed) / m->cfg.vocab_size;
+    return rows > largest ? rows : largest;
+}
+
+/* One step under lazy residency: predicted = measured, and the weights
+ * category rises during the step by the largest unit only. */
+static void expect_lazy_step(ftb_model *m, const ftb_run_opts *o, int B, int T, int training, const char *what)
+{
+    int64_t between = live_weights();
+    expect_prediction(m, o, B, T, training, what);
+    ftb_mem_stats st;
+    ftb_mem_get_stats(&st);
+    mm_batch b = mm_make_batch(m->cfg.vocab_size, B, T);
+    int64_t unit = largest_unit(m, &b, B * T);
+    cr_expect_eq(st.peak[FTB_MEM_WEIGHTS] - between, unit,
+                 "%s: weights rose by %lld bytes during the step, the largest unit brought in is %lld", what,
+                 (long long)(st.peak[FTB_MEM_WEIGHTS] - between), (long long)unit);
+    cr_expect_eq(live_weights(), between, "%s: weights after the step %lld, before %lld", what,
+                 (long long)live_weights(), (long long)between);
+    free(b.tokens);
+    free(b.targets);
+}
+
+Test(memory_model, lazy_mapped_base_counts_resident_weights_only)
+{
+    const char *formats[] = { "f32", "int4" }, *models[] = { "tiny", "tiny-tied" };
+    for (int f = 0; f < 2; f++)
+        for (int k = 0; k < 2; k++) {
+            char what[96];
+            ftb_model *m = mm_mapped(models[k], formats[f]);
+            train_one_linear(m, m->cfg.n_layers - 1); /* its wq leaves the mapping: owned, trainable */
+            int64_t all = live_weights(), mapped = ftb_model_mapped_bytes(m);
+            cr_assert_gt(mapped, 0);
+            ftb_model_set_residency(m, FTB_RESIDENT_LAZY_BLOCK);
+            int64_t lazy = live_weights();
+            cr_expect_geq(all - lazy, mapped, "%s %s: lazy residency took %lld bytes off weights, %lld are mapped",
+                          formats[f], models[k], (long long)(all - lazy), (long long)mapped);
+            ftb_run_opts o;
+            ftb_run_opts_default(&o);
+            snprintf(what, sizeof what, "%s %s lazy, top block trained", formats[f], models[k]);
+            expect_lazy_step(m, &o, 2, 16, 1, what);
+            ftb_keep_policy keep[2] = { FTB_KEEP_INPUT, FTB_KEEP_INPUT };
+            o.keep = keep;
+            snprintf(what, sizeof what, "%s %s lazy, blocks recomputed", formats[f], models[k]);
+            expect_lazy_step(m, &o, 1, 40, 1, what);
+            o.keep = NULL;
+            o.loss = FTB_LOSS_FULL;
+            snprintf(what, sizeof what, "%s %s lazy, inference, full loss", formats[f], models[k]);
+            expect_lazy_step(m, &o, 3, 17, 0, what);
+            ftb_model_set_residency(m, FTB_RESIDENT_ALL);
+            cr_expect_eq(live_weights(), all, "%s %s: back to all resident, weights %lld, were %lld", formats[f],
+                         models[k], (long long)live_weights(), (long long)all);
+            ftb_model_free(m);
+        }
+}
+
+static ftb_model *mapped_int4_tiny(void) { return mm_mapped("tiny", "int4"); }
+
+/* MeBP and MeSP set lazy residency themselves on a mapped base. */
+Test(memory_model, methods_mebp_mesp_lora_on_a_lazy_mapped_base)
+{
+    method_model = mapped_int4_tiny;
+    expect_method_prediction("mebp", 0, NULL, NULL, 1);
+    expect_method_prediction("mesp", 0, NULL, NULL, 1);
+    const char *k[] = { "inner" }, *v[] = { "lora" };
+    expect_method_prediction("gc", 1, k, v, 1);
+    method_model = NULL;
 }
