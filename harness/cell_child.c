@@ -277,6 +277,10 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
                                        : ftb_model_create(&c->cfg, c->seed, err, sizeof err);
     if (!model) fail("load", err[0] ? err : "model load failed");
     ftb_model_set_residency(model, c->base.residency);
+    /* Lazy: the mapping, counted whole while it loaded, now counts only as
+     * its blocks come in (docs/CORE.md); the core's peaks start from here,
+     * not from a whole file that was never resident. */
+    if (c->base.residency == FTB_RESIDENT_LAZY_BLOCK) ftb_mem_reset_peaks();
     json_t *base = json_object();
     json_object_set_new(g_out, "base", base);
     int64_t storage = 0, mapped = 0;

@@ -845,6 +845,15 @@ Test(harness, run_with_an_int4_lazy_base_and_sgd_records_them, .fini = remove_tm
     /* SGD: no optimizer state at all. */
     json_t *core = json_object_get(json_object_get(r, "memory"), "core");
     cr_expect(json_integer_value(json_object_get(json_object_get(core, "peak_bytes"), "optimizer")) == 0);
+    /* Lazy: the mapped base counts as resident only (a block, a head tile),
+     * never the whole file, and the core's peak is the predicted one. */
+    json_int_t weights_peak = json_integer_value(json_object_get(json_object_get(core, "peak_bytes"), "weights"));
+    cr_expect(weights_peak > 0 && weights_peak < storage / 2, "weights peaked at %lld bytes of a %lld-byte base",
+              (long long)weights_peak, (long long)storage);
+    json_t *analytic = json_object_get(json_object_get(r, "memory"), "analytic");
+    cr_expect_eq(json_integer_value(json_object_get(core, "peak_total_bytes")),
+                 json_integer_value(json_object_get(analytic, "peak_total_bytes")),
+                 "core peak differs from the prediction");
     free_records(v, n);
     /* Again (--force): the prepared base is found, not made again. */
     const char *again[] = { "run",  "--methods-dir", methods(), "--method", "lora", "--model",
