@@ -685,6 +685,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     sigaction(SIGTERM, &old_term, NULL);
     r->wall = ftb_now() - t_start;
 
+    /* A child killed while writing a file leaves its temporary. */
+    ftb_sf_remove_temps(run_fd, (int)pid);
     if (g_interrupted) {
         /* Stopped by the user: not a measurement, and nothing of it stays
          * (no snapshot, no timeline, no record): the cell runs again on

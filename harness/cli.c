@@ -58,6 +58,8 @@ static const opt_spec specs[] = {
     { "--no-timeline", CLI_OUT, 0, NULL, "do not write the per-cell timeline file" },
     { "--force", CLI_OUT, 0, NULL, "re-run cells already recorded (also those recorded with other settings)" },
     { "--wait-lock", CLI_OUT, 0, NULL, "wait for another ftbench writing the same run directory, instead of exit 2" },
+    { "--independent", CLI_OUT, 0, NULL,
+      "one of many writers of the run directory (Slurm array tasks): no lock, cell files only" },
     { "--quiet", CLI_OUT, 0, NULL, "no progress lines on stderr" },
     { "--seq-min", CLI_FIT, 1, "N", "shortest length probed (default 128)" },
     { "--seq-max", CLI_FIT, 1, "N", "longest length probed (default: the model's max_seq)" },
@@ -265,6 +267,8 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
             o->force = 1;
         else if (!strcmp(name, "--wait-lock"))
             o->wait_lock = 1;
+        else if (!strcmp(name, "--independent"))
+            o->independent = 1;
         else if (!strcmp(name, "--quiet"))
             o->quiet = 1;
         else if (!strcmp(name, "--no-skip"))

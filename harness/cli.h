@@ -28,7 +28,7 @@ enum {
     CLI_LISTS = 1u << 4,   /* --seqs --batches --sweep                    */
     CLI_TRAIN = 1u << 5,   /* --steps --warmup --lr --seed --dataset --attention --loss --opt --optimizer */
     CLI_DEVICE = 1u << 6,  /* --device --profiles-dir --threads --budget --enforce */
-    CLI_OUT = 1u << 7,     /* --out --run-id --timeout --no-timeline --force --wait-lock */
+    CLI_OUT = 1u << 7,     /* --out --run-id --timeout --no-timeline --force --wait-lock --independent */
     CLI_FIT = 1u << 8,     /* --seq-min --seq-max --granularity            */
     CLI_DIRS = 1u << 9,    /* --methods-dir (always useful)               */
 };
@@ -47,7 +47,7 @@ typedef struct {
     int64_t budget_bytes; /* --budget; 0 = the device's        */
     int n_opts;
     char *opt_keys[FTB_CLI_MAX_OPTS], *opt_values[FTB_CLI_MAX_OPTS];
-    int no_timeline, force, quiet, no_skip, wait_lock;
+    int no_timeline, force, quiet, no_skip, wait_lock, independent;
     ftb_base_spec base;      /* --base-dtype --embed-dtype --group --residency */
     ftb_optimizer optimizer; /* --optimizer (default adamw)        */
     int loss_chunk;          /* --loss-chunk rows; 0 = the core's  */

@@ -215,7 +215,7 @@ int ftb_cmd_run(int argc, char **argv)
     snprintf(results, sizeof results, "%s/%s", c.run_dir, FTB_RUNDIR_RESULTS);
     ftb_catch_interrupts();
     ftb_recorded done;
-    int brc = ftb_rundir_begin("run", c.run_dir, s.cli.wait_lock, s.cli.quiet, &done);
+    int brc = ftb_rundir_begin("run", c.run_dir, s.cli.wait_lock, s.cli.independent, s.cli.quiet, &done);
     if (brc) {
         rc = brc;
         goto out;
@@ -309,7 +309,10 @@ int ftb_cmd_run(int argc, char **argv)
     if (isfinite(tp)) printf("trainable   %.0f parameters\n", tp);
     double proj = jpath(rec, "projection", "projected_step_seconds_roofline", NULL);
     if (s.emulated && isfinite(proj)) printf("projected   %.3f s/step on %s (roofline)\n", proj, s.device.name);
-    printf("record      %s/%s/%s.json (and a line of %s)\n", c.run_dir, FTB_RUNDIR_CELLS, c.key, results);
+    if (s.cli.independent)
+        printf("record      %s/%s/%s.json\n", c.run_dir, FTB_RUNDIR_CELLS, c.key);
+    else
+        printf("record      %s/%s/%s.json (and a line of %s)\n", c.run_dir, FTB_RUNDIR_CELLS, c.key, results);
     rc = strcmp(r.outcome, "ok") == 0 ? FTB_EXIT_OK : FTB_EXIT_FAIL;
     ftb_cell_result_free(&r);
 out:

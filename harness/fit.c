@@ -163,7 +163,7 @@ int ftb_cmd_fit(int argc, char **argv)
     char results[PATH_MAX + 32];
     snprintf(results, sizeof results, "%s/%s", f.base.run_dir, FTB_RUNDIR_RESULTS);
     ftb_catch_interrupts();
-    int brc = ftb_rundir_begin("fit", f.base.run_dir, s.cli.wait_lock, s.cli.quiet, &f.done);
+    int brc = ftb_rundir_begin("fit", f.base.run_dir, s.cli.wait_lock, s.cli.independent, s.cli.quiet, &f.done);
     if (brc) {
         rc = brc;
         goto out;

@@ -43,6 +43,7 @@ int ftb_rundir_open(const char *run_dir, int create, char *err, size_t errlen)
 /* ---- the lock ------------------------------------------------------------ */
 
 static int g_lock_fd = -1;
+static int g_independent; /* --independent: cell files only (ftb_rundir_begin) */
 
 int ftb_rundir_lock_fd(void) { return g_lock_fd; }
 
@@ -134,6 +135,10 @@ int ftb_rundir_write_record(const char *run_dir, const char *key, json_t *rec, c
         char e2[FTB_ERR_LEN];
         snprintf(e2, sizeof e2, "%s; the record was not kept", err);
         snprintf(err, errlen, "%s", e2);
+        goto out;
+    }
+    if (g_independent) {
+        rc = 0; /* results.jsonl is the local writer's, merged later */
         goto out;
     }
     snprintf(shown, sizeof shown, "%.4000s/%s", run_dir, FTB_RUNDIR_RESULTS);
@@ -315,14 +320,25 @@ ftb_resume ftb_resume_check(const ftb_cell *c, const ftb_recorded *done, int for
     return ftb_cell_settings_differ(c, prev, msg, n) ? FTB_RESUME_MISMATCH : FTB_RESUME_KEEP;
 }
 
-int ftb_rundir_begin(const char *cmd, const char *run_dir, int wait_lock, int quiet, ftb_recorded *done)
+int ftb_rundir_begin(const char *cmd, const char *run_dir, int wait_lock, int independent, int quiet,
+                     ftb_recorded *done)
 {
     char err[FTB_ERR_LEN + PATH_MAX];
     memset(done, 0, sizeof *done);
+    g_independent = independent;
     if (strlen(run_dir) > PATH_MAX - FTB_RUNDIR_NAME_ROOM) {
         fprintf(stderr, "ftbench %s: --out: the run directory %.60s... would be %zu characters long; at most %d fit\n",
                 cmd, run_dir, strlen(run_dir), PATH_MAX - FTB_RUNDIR_NAME_ROOM);
         return 2;
+    }
+    if (independent) {
+        /* One of many writers (a Slurm array task): no lock, no
+         * results.jsonl; only its own cell files (docs/HARNESS.md). */
+        if (ftb_rundir_load(run_dir, done, err, sizeof err) != 0) {
+            fprintf(stderr, "ftbench %s: %s\n", cmd, err);
+            return 2;
+        }
+        return 0;
     }
     int lr = ftb_rundir_lock(run_dir, cmd, wait_lock, err, sizeof err);
     if (lr != 0) {

@@ -71,9 +71,12 @@ ftb_resume ftb_resume_check(const ftb_cell *c, const ftb_recorded *done, int for
 /* Everything a command does before its first cell: checks the run
  * directory's path fits, takes the lock (exit 2 on a busy one, or waits),
  * merges cell files from other writers into results.jsonl, and loads the
- * records.  Returns 0, or the exit code with the one-line message printed
- * ("ftbench <cmd>: ..."). */
-int ftb_rundir_begin(const char *cmd, const char *run_dir, int wait_lock, int quiet, ftb_recorded *done);
+ * records.  `independent` (--independent): one of many writers of the run
+ * directory (Slurm array tasks): no lock, no merge, and the records this
+ * process writes go to their cell files only.  Returns 0, or the exit code
+ * with the one-line message printed ("ftbench <cmd>: ..."). */
+int ftb_rundir_begin(const char *cmd, const char *run_dir, int wait_lock, int independent, int quiet,
+                     ftb_recorded *done);
 
 /* "N recorded cells were measured by another build (git X; this is Y)" on
  * stderr when kept records come from another git revision: reported, not

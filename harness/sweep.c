@@ -461,7 +461,7 @@ int ftb_cmd_sweep(int argc, char **argv)
     /* Ctrl-C from here on: the running cell is killed and not recorded,
      * and the sweep says how far it got (exit 130). */
     ftb_catch_interrupts();
-    int brc = ftb_rundir_begin("sweep", run_dir, s.cli.wait_lock, s.cli.quiet, &done);
+    int brc = ftb_rundir_begin("sweep", run_dir, s.cli.wait_lock, s.cli.independent, s.cli.quiet, &done);
     if (brc) {
         rc = brc;
         goto out;

@@ -209,7 +209,7 @@ int ftb_cmd_train(int argc, char **argv)
     snprintf(results, sizeof results, "%s/%s", c.run_dir, FTB_RUNDIR_RESULTS);
     ftb_catch_interrupts();
     ftb_recorded recd;
-    int brc = ftb_rundir_begin("train", c.run_dir, s.cli.wait_lock, s.cli.quiet, &recd);
+    int brc = ftb_rundir_begin("train", c.run_dir, s.cli.wait_lock, s.cli.independent, s.cli.quiet, &recd);
     if (brc) {
         rc = brc;
         goto out;

@@ -5,6 +5,7 @@
  */
 #include "safe_file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -428,4 +429,23 @@ int ftb_sf_fclose(FILE *f)
     free(e);
     errno = er;
     return rc == 0 ? 0 : EOF;
+}
+
+int ftb_sf_remove_temps(int dirfd, int pid)
+{
+    char prefix[32];
+    int pl = snprintf(prefix, sizeof prefix, ".tmp-%d-", pid);
+    int fd = dup(dirfd);
+    if (fd < 0) return 0;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return 0;
+    }
+    rewinddir(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (!strncmp(e->d_name, prefix, (size_t)pl) && unlinkat(dirfd, e->d_name, 0) == 0) n++;
+    closedir(d);
+    return n;
 }

@@ -88,6 +88,10 @@ int ftb_sf_fclose(FILE *f);
  * left as it was. */
 void ftb_sf_fabort(FILE *f);
 
+/* Removes the temporaries process `pid` left in dirfd (it was killed while
+ * writing one).  Returns how many. */
+int ftb_sf_remove_temps(int dirfd, int pid);
+
 /* 1 if writes to files named like `name` are to fail (FTBENCH_FAIL_WRITE). */
 int ftb_sf_injected_failure(const char *name);
 

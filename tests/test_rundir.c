@@ -460,6 +460,47 @@ Test(rundir, cell_files_from_other_writers_are_records, .fini = remove_tmp, .tim
     cr_expect_eq(jsonl_records(to), 2);
 }
 
+/* Independent writers (Slurm array tasks): no lock, cell files only, at
+ * the same time; the next local writer merges them into results.jsonl. */
+Test(rundir, independent_writers_write_only_their_cell_files, .fini = remove_tmp, .timeout = 90)
+{
+    need_env();
+    make_tmp();
+    const char *ms[2] = { "lora", "ia3" };
+    char outp[2][600], errp[2][600];
+    pid_t pids[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(outp[i], sizeof outp[i], "%s/out%d", tmpdir, i);
+        snprintf(errp[i], sizeof errp[i], "%s/err%d", tmpdir, i);
+        pids[i] = spawn_env(
+            (const char *[]){ "run", "--methods-dir", methods(), "--method", ms[i], "--model", "tiny", "--seq",
+                              "16",  "--steps",       "1",       "--warmup", "0",   "--out",   tmpdir, "--run-id",
+                              "arr", "--independent", "--quiet", NULL },
+            outp[i], errp[i], NULL);
+    }
+    for (int i = 0; i < 2; i++) {
+        proc p = wait_proc(pids[i], outp[i], errp[i]);
+        cr_expect_eq(p.code, 0, "%s: exit %d: %s", ms[i], p.code, p.err);
+        proc_free(&p);
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/host/arr/results.jsonl", tmpdir);
+    cr_expect(access(path, F_OK) != 0, "an independent writer wrote results.jsonl");
+    snprintf(path, sizeof path, "%s/host/arr/.lock", tmpdir);
+    cr_expect(access(path, F_OK) != 0, "an independent writer took the lock");
+    snprintf(path, sizeof path, "%s/host/arr/cells", tmpdir);
+    cr_expect_eq(count_entries(path, NULL), 2);
+    proc p =
+        run((const char *[]){ "sweep", "--methods-dir", methods(), "--methods", "lora,ia3", "--model", "tiny", "--seqs",
+                              "16", "--steps", "1", "--warmup", "0", "--out", tmpdir, "--run-id", "arr", NULL });
+    cr_expect_eq(p.code, 0, "%s", p.err);
+    cr_expect(strstr(p.err, "2 cell records written by other writers merged") != NULL, "%s", p.err);
+    cr_expect(strstr(p.err, "2 of 2 cells already recorded; running the other 0") != NULL, "%s", p.err);
+    proc_free(&p);
+    snprintf(path, sizeof path, "%s/host/arr/results.jsonl", tmpdir);
+    cr_expect_eq(jsonl_records(path), 2);
+}
+
 /* ---- failed writes ---------------------------------------------------------------- */
 
 /* The issue's probe: a full disk at the end of a cell gave "exited with
