@@ -18,6 +18,7 @@
 #include "dataset.h"
 #include "eval.h"
 #include "tasks.h"
+#include "safe_file.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -337,8 +338,13 @@ int ftb_cmd_pretrain(int argc, char **argv)
     json_object_set_new(log, "held_out", json_incref(evals));
     char path[4200];
     snprintf(path, sizeof path, "%.4000s/pretrain.json", o.out);
-    if (json_dump_file(log, path, JSON_INDENT(1)) != 0)
-        fprintf(stderr, "ftbench pretrain: warning: cannot write %s\n", path);
+    /* Never through a link planted at the name (safe_file.h). */
+    char *log_text = json_dumps(log, JSON_INDENT(1));
+    FILE *lf = log_text ? ftb_sf_fopen_w(path) : NULL;
+    int log_ok = lf && fputs(log_text, lf) >= 0 && fputc('\n', lf) != EOF;
+    if (lf && !log_ok) ftb_sf_fabort(lf);
+    if (!lf || !log_ok || ftb_sf_fclose(lf) != 0) fprintf(stderr, "ftbench pretrain: warning: cannot write %s\n", path);
+    free(log_text);
     printf("saved %s (%s, %ld steps, %.0f s, final loss %.4f)\n", o.out, o.model, o.steps, train_seconds,
            json_number_value(json_array_get(curve, json_array_size(curve) - 1)));
     rc = FTB_EXIT_OK;
