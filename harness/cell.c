@@ -351,6 +351,18 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_object_set_new(rec, "steps", json_integer(c->steps));
     json_object_set_new(rec, "warmup_steps", json_integer(c->warmup));
     json_object_set_new(rec, "dataset", json_string(c->dataset));
+    /* A dataset file's identity (its real path, size and mtime): the same
+     * name with other contents is another experiment. */
+    struct stat dst;
+    if (c->dataset && stat(c->dataset, &dst) == 0 && S_ISREG(dst.st_mode)) {
+        char real[PATH_MAX];
+        if (!realpath(c->dataset, real)) snprintf(real, sizeof real, "%s", c->dataset);
+        int64_t v[2] = { (int64_t)dst.st_size, (int64_t)dst.st_mtime };
+        uint64_t h = ftb_fnv1a(v, sizeof v, ftb_fnv1a(real, strlen(real) + 1, FTB_FNV_INIT));
+        char id[24];
+        snprintf(id, sizeof id, "%016llx", (unsigned long long)h);
+        json_object_set_new(rec, "dataset_id", json_string(id));
+    }
     json_object_set_new(rec, "seed", json_integer((json_int_t)c->seed));
     json_object_set_new(rec, "lr", json_real(c->lr));
     json_object_set_new(rec, "attention", json_string(c->attention == FTB_ATTN_EAGER ? "eager" : "flash"));
@@ -401,6 +413,7 @@ static const struct {
     { "seed", { "seed" } },
     { "lr", { "lr" } },
     { "dataset", { "dataset" } },
+    { "dataset_id", { "dataset_id" } },
     { "attention", { "attention" } },
     { "loss", { "loss_mode" } },
     { "loss_chunk", { "loss_chunk_rows" } },

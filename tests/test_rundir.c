@@ -369,6 +369,40 @@ Test(rundir, a_record_with_other_settings_is_not_reused, .fini = remove_tmp, .ti
     json_decref(r);
 }
 
+/* The same dataset file name with other contents is another experiment. */
+Test(rundir, a_changed_dataset_file_is_not_reused, .fini = remove_tmp, .timeout = 60)
+{
+    need_env();
+    make_tmp();
+    char data[600];
+    snprintf(data, sizeof data, "%s/tokens.bin", tmpdir);
+    FILE *f = fopen(data, "wb");
+    cr_assert(f != NULL);
+    for (int i = 0; i < 4096; i++) {
+        int32_t t = i % 61;
+        fwrite(&t, sizeof t, 1, f);
+    }
+    fclose(f);
+    const char *const args[] = { "run",  "--methods-dir", methods(), "--method", "lora", "--model",   "tiny", "--seq",
+                                 "16",   "--steps",       "1",       "--warmup", "0",    "--dataset", data,   "--out",
+                                 tmpdir, "--run-id",      "data",    "--quiet",  NULL };
+    proc p = run(args);
+    cr_assert_eq(p.code, 0, "%s%s", p.out, p.err);
+    proc_free(&p);
+    p = run(args);
+    cr_expect_eq(p.code, 0, "%s", p.err);
+    cr_expect(strstr(p.out, "already recorded") != NULL, "the same file was not reused: %s", p.out);
+    proc_free(&p);
+    f = fopen(data, "ab");
+    int32_t t = 7;
+    fwrite(&t, sizeof t, 1, f);
+    fclose(f);
+    p = run(args);
+    cr_expect_eq(p.code, 2, "%s%s", p.out, p.err);
+    cr_expect(strstr(p.err, "dataset_id recorded") != NULL, "%s", p.err);
+    proc_free(&p);
+}
+
 /* Errors are run again, measurements kept; a record from another build is
  * kept with a warning. */
 Test(rundir, resume_reruns_errors_and_reports_another_build, .fini = remove_tmp, .timeout = 60)
