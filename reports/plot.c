@@ -990,6 +990,32 @@ static void accuracy_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r)
     ftr_buf_free(&g);
 }
 
+/* ---- interactive timelines --------------------------------------------------------------- */
+
+/* Each timeline drawn gets its page, with the other timelines of its scope
+ * and length to compare with. */
+static void timeline_pages(ftr_plotter *p)
+{
+    const ftr_rec **others = calloc((size_t)p->nplots + 1, sizeof *others);
+    for (int i = 0; i < p->nplots; i++) {
+        const ftr_rec *rec = p->plots[i].rec;
+        if (!rec) continue;
+        int n = 0;
+        for (int k = 0; k < p->nplots; k++) {
+            const ftr_rec *o = p->plots[k].rec;
+            if (k != i && o && o->seq == rec->seq && o->batch == rec->batch && !strcmp(o->device, rec->device) &&
+                !strcmp(o->model, rec->model))
+                others[n++] = o;
+        }
+        char err[512];
+        if (ftr_timeline_page(p, rec, others, n, p->plots[i].name, err, sizeof err) == 0)
+            p->plots[i].page = 1;
+        else
+            fprintf(stderr, "ftbench report: interactive timeline of %s: %s\n", rec->cell, err);
+    }
+    free(others);
+}
+
 /* ---- everything ------------------------------------------------------------------------- */
 
 static int cell_wanted(const ftr_rec *x, char *const *cells, int ncells);
@@ -1032,6 +1058,7 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
         if (ftr_timeline_plot(p, x, scope, err, sizeof err) != 0)
             fprintf(stderr, "ftbench report: timeline of %s: %s\n", x->cell, err);
     }
+    timeline_pages(p);
     maxctx_plot(p, s, r);
     accuracy_plot(p, s, r);
     ftr_fidelity_plots(p, s);

@@ -221,7 +221,9 @@ static void md_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
             any = 1;
         }
     if (!any) ftr_buf_printf(b, " — not drawn (%s)", pl->problem[0] ? pl->problem : "no format requested");
-    ftr_buf_printf(b, " · [data](data/%s.tsv) · [script](gnuplot/%s.gp)\n\n", pl->name, pl->name);
+    ftr_buf_printf(b, " · [data](data/%s.tsv) · [script](gnuplot/%s.gp)", pl->name, pl->name);
+    if (pl->page) ftr_buf_printf(b, " · [interactive](timelines/%s.html)", pl->name);
+    ftr_buf_puts(b, "\n\n");
 }
 
 static void header_md(const ctx *c, ftr_buf *b)
@@ -326,8 +328,9 @@ static void html_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
     for (int f = 0; f < 3; f++)
         if (plot_has(c->p, pl, f))
             ftr_buf_printf(b, "<a href=\"plots/%s.%s\">%s</a> ", pl->name, ftr_formats[f], ftr_formats[f]);
-    ftr_buf_printf(b, "<a href=\"data/%s.tsv\">data</a> <a href=\"gnuplot/%s.gp\">script</a></span>", pl->name,
-                   pl->name);
+    ftr_buf_printf(b, "<a href=\"data/%s.tsv\">data</a> <a href=\"gnuplot/%s.gp\">script</a>", pl->name, pl->name);
+    if (pl->page) ftr_buf_printf(b, " <a href=\"timelines/%s.html\">interactive</a>", pl->name);
+    ftr_buf_puts(b, "</span>");
     ftr_buf_puts(b, "</figcaption>\n</figure>\n");
 }
 
@@ -616,8 +619,8 @@ int ftb_cmd_report(int argc, char **argv)
         snprintf(out, sizeof out, "%.4000s/report", dirs[0]);
     else
         snprintf(out, sizeof out, "report");
-    static const char *const sub[] = { "", "/data", "/gnuplot", "/plots" };
-    for (int i = 0; i < 4; i++) {
+    static const char *const sub[] = { "", "/data", "/gnuplot", "/plots", "/timelines" };
+    for (int i = 0; i < 5; i++) {
         char d[PATH_MAX + 16];
         snprintf(d, sizeof d, "%s%s", out, sub[i]);
         if (ftb_mkdirs(d, err, sizeof err) != 0) {

@@ -248,6 +248,7 @@ int ftr_style_order(const char *label);
 void ftr_style_file(ftr_buf *b, const ftr_set *s, int png_libgd);
 const char *ftr_category_name(int c);    /* "weights", ... "saved_activations" */
 const char *ftr_style_colour(int style); /* "#0072B2" */
+const char *ftr_category_colour(int c);  /* the category's colour, "#D55E00" */
 /* Label heights (fractions of the plot's height) pushed at least gap apart,
  * kept below 1 (plot.c). */
 void ftr_spread_labels(double *f, int n, double gap);
@@ -258,10 +259,12 @@ const char *ftr_category_title(int c); /* "saved activations" */
 typedef struct {
     char name[256]; /* file stem: plots/<name>.<fmt>                 */
     char caption[512];
-    int scope;         /* -1 cross-scope                                */
-    int wide;          /* timeline: a full-width figure                 */
-    int drawn;         /* every requested format produced               */
-    char problem[256]; /* why it was not drawn                          */
+    int scope;          /* -1 cross-scope                                */
+    int wide;           /* timeline: a full-width figure                 */
+    int drawn;          /* every requested format produced               */
+    char problem[256];  /* why it was not drawn                          */
+    int page;           /* a timeline with its timelines/<name>.html      */
+    const ftr_rec *rec; /* the timeline's record                         */
 } ftr_plot;
 
 typedef struct {
@@ -329,6 +332,10 @@ void ftr_timeline_window(const ftr_timeline *tl, int warmup, double *lo, double 
 int ftr_timeline_path(const ftr_rec *rec, char *path, size_t n, char *err, size_t errlen);
 /* The plot name of a record's timeline (device + cell, + run if taken). */
 void ftr_timeline_name(const ftr_plotter *p, const ftr_rec *rec, char *name, size_t n);
+/* The interactive page timelines/<name>.html of a record's timeline, with
+ * the other records given to compare with; 0 or -1 (timeline_html.c). */
+int ftr_timeline_page(const ftr_plotter *p, const ftr_rec *rec, const ftr_rec *const *others, int nothers,
+                      const char *name, char *err, size_t errlen);
 /* Timeline of one record: reduced data file + script; 0 or -1 (why in err). */
 int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, size_t errlen);
 

@@ -84,6 +84,13 @@ static const char *const cat_titles[FTR_NCAT] = { "weights",   "trainable",     
 
 const char *ftr_style_colour(int style) { return style_of(style % 100)->colour; }
 
+/* The categories' colours (as cat_col_N in style.gp), for the timeline page. */
+const char *ftr_category_colour(int c)
+{
+    static const char *const col[FTR_NCAT] = { "#8C8C8C", "#0072B2", "#56B4E9", "#E69F00", "#D55E00", "#F0E442" };
+    return c >= 0 && c < FTR_NCAT ? col[c] : "#BBBBBB";
+}
+
 const char *ftr_category_name(int c) { return c >= 0 && c < FTR_NCAT ? cat_names[c] : "?"; }
 const char *ftr_category_title(int c) { return c >= 0 && c < FTR_NCAT ? cat_titles[c] : "?"; }
 

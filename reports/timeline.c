@@ -485,7 +485,8 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
              first > 0    ? "the measured steps after the warm-up"
              : first == 0 ? "the steps"
                           : "the whole cell");
-    ftr_plot_render(p, name, scope, 1, g.s, "%s", cap);
+    int idx = ftr_plot_render(p, name, scope, 1, g.s, "%s", cap);
+    p->plots[idx].rec = rec; /* its interactive page comes once every timeline is known */
     free(keep);
     ftr_timeline_free(&tl);
     ftr_buf_free(&d);

@@ -1121,3 +1121,71 @@ Test(report, timeline_figure_shows_the_measured_steps_from_their_low_point, .ini
     free(gp);
     ftr_timeline_free(&tl);
 }
+
+/* ---- the interactive timeline page (item 7; the browser test is tests/report/) ---------- */
+
+Test(report, timeline_page_is_self_contained_small_and_keeps_the_peaks, .init = make_tmp, .fini = remove_tmp,
+     .timeout = 120)
+{
+    /* A long timeline (2 million lines, more than a 4096-token cell of a
+     * real model writes): the page must stay under 5 MB and carry both
+     * peaks' lines. */
+    char dir[512], path[1024];
+    snprintf(dir, sizeof dir, "%s/res/host/r", tmpdir);
+    snprintf(path, sizeof path, "mkdir -p '%s' '%s/rep/timelines'", dir, tmpdir);
+    cr_assert_eq(system(path), 0);
+    snprintf(path, sizeof path, "%s/lora.m.s4096.b1.timeline.tsv", dir);
+    const int n = 2000000, spike_live = 1234567, spike_rss = 765432;
+    write_timeline(path, n, spike_live, spike_rss);
+    ftr_rec rec;
+    memset(&rec, 0, sizeof rec);
+    rec.cell = "lora.m.s4096.b1</script><script>alert(1)</script>";
+    rec.device = "host";
+    rec.run_id = "r";
+    rec.dir = dir;
+    rec.timeline_file = "lora.m.s4096.b1.timeline.tsv";
+    rec.peak_mib = NAN;
+    rec.core_peak_mib = NAN;
+    rec.warmup_steps = 1;
+    ftr_plotter p;
+    memset(&p, 0, sizeof p);
+    char out[600];
+    snprintf(out, sizeof out, "%s/rep", tmpdir);
+    p.out = out;
+    char err[512];
+    cr_assert_eq(ftr_timeline_page(&p, &rec, NULL, 0, "tl", err, sizeof err), 0, "%s", err);
+    snprintf(path, sizeof path, "%s/timelines/tl.html", out);
+    long size = fsize(path);
+    cr_expect_lt(size, 5L * 1024 * 1024, "the page is %ld bytes", size);
+    char *html = slurp(path);
+    cr_assert_not_null(html);
+    cr_expect_null(strstr(html, "http://"), "no network reference");
+    cr_expect_null(strstr(html, "https://"), "no network reference");
+    cr_expect_null(strstr(html, "<script src"), "no external script");
+    cr_expect_null(strstr(html, "</script><script>alert"), "a cell name cannot close the data script");
+    /* Both spikes' lines are in the drawn data ("ln": the file's line numbers). */
+    const char *ln = strstr(html, "\"ln\":[");
+    cr_assert_not_null(ln);
+    char want[32];
+    snprintf(want, sizeof want, ",%d,", spike_live);
+    cr_expect_not_null(strstr(ln, want), "the core peak's line is drawn");
+    snprintf(want, sizeof want, ",%d,", spike_rss);
+    cr_expect_not_null(strstr(ln, want), "the RSS peak's line is drawn");
+    free(html);
+}
+
+Test(report, every_timeline_figure_links_its_interactive_page, .init = make_tmp, .fini = remove_tmp)
+{
+    need_fixture();
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    char *md = report_md((const char *[]){ FIXTURE, NULL });
+    cr_expect_not_null(strstr(md, "[interactive](timelines/" TIMELINE_PLOT ".html)"), "%s", md);
+    free(md);
+    char *html = report_file("timelines/" TIMELINE_PLOT ".html");
+    cr_expect_not_null(strstr(html, "<canvas id=\"plot\">"));
+    cr_expect_not_null(strstr(html, "window.ftb"));
+    free(html);
+    char *page = report_file("report.html");
+    cr_expect_not_null(strstr(page, "href=\"timelines/" TIMELINE_PLOT ".html\">interactive</a>"));
+    free(page);
+}
