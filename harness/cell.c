@@ -375,6 +375,7 @@ static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char 
     json_object_set_new(dev, "name", json_string(c->device.name));
     json_object_set_new(dev, "profile", json_string(c->device.path));
     json_object_set_new(dev, "emulated", json_boolean(c->emulated));
+    if (c->device.host_match[0]) json_object_set_new(dev, "host_match", json_string(c->device.host_match));
     json_object_set_new(dev, "cores", json_integer(c->device.cores));
     json_object_set_new(dev, "ram_mb", json_real(c->device.ram_mb));
     json_object_set_new(dev, "usable_fraction", json_real(c->device.usable_fraction));

@@ -4,7 +4,9 @@
  * of the way: the sampler buffer is allocated before the model, records
  * are written between steps, and the timeline is written at the end.
  */
+#include "blas.h"
 #include "cell_internal.h"
+#include "cpu.h"
 #include "dataset.h"
 #include "hwc.h"
 #include "nonfinite.h"
@@ -503,6 +505,9 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     json_object_set_new(host, "blas_core", json_string(ftb_blas_corename()));
     json_object_set_new(host, "blas_selection", json_string(ftb_blas_selection()));
     json_object_set_new(host, "cpu_features", json_string(ftb_cpu_features()));
+    if (ftb_blas_selection_basis()[0])
+        json_object_set_new(host, "blas_selection_basis", json_string(ftb_blas_selection_basis()));
+    json_object_set_new(host, "cpu", ftb_cpu_json());
     json_object_set_new(g_out, "host", host);
     report("done");
     snapshot("done");

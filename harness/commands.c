@@ -29,9 +29,10 @@ int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
 {
     ftb_cli *o = &s->cli;
     if (ftb_cli_device(o, &s->device, err, errlen) != 0) return -1;
-    /* A profile with detected figures describes this machine; any other
-     * is emulated here. */
-    s->emulated = !s->device.detected;
+    /* A profile with detected figures describes this machine, and so does
+     * one whose architecture, cores and RAM are this machine's (running on
+     * the Pi with --device rpi5); any other is emulated here. */
+    s->emulated = !s->device.detected && !ftb_profile_adopt_host(&s->device);
     if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err, errlen) != 0)
         return -1;
     if (o->methods_dir) {

@@ -1,5 +1,6 @@
 /* hwc.c — see hwc.h. */
 #include "hwc.h"
+#include "cpu.h"
 #include "ftbench.h"
 
 #include <errno.h>
@@ -148,6 +149,17 @@ static void listener(const char *label, void *ud)
     s->acc[s->cur].entries++;
 }
 
+/* Under a user-mode emulator the counters (when it passes perf_event_open
+ * through at all) count the emulator translating the code, not the device
+ * running it: such figures would be wrong, so none are recorded. */
+static int emulated_reason(char *out, size_t n)
+{
+    const ftb_cpu_info *cpu = ftb_cpu();
+    if (!cpu->emulated) return 0;
+    snprintf(out, n, "emulated: %.290s", cpu->emulation);
+    return 1;
+}
+
 const char *ftb_hwc_unavailable_reason(void)
 {
     static char reason[320];
@@ -157,7 +169,9 @@ const char *ftb_hwc_unavailable_reason(void)
         ftb_phase_stats tmp;
         memset(&tmp, 0, sizeof tmp);
         int rc = pfm_initialize();
-        if (rc != PFM_SUCCESS) {
+        if (emulated_reason(reason, sizeof reason)) {
+            /* the reason says why: no counters under emulation */
+        } else if (rc != PFM_SUCCESS) {
             snprintf(reason, sizeof reason, "libpfm4 initialisation failed: %s", pfm_strerror(rc));
         } else {
             tmp.fd[0] = -1;
@@ -180,7 +194,9 @@ ftb_phase_stats *ftb_phase_stats_start(int want_counters)
         snprintf(s->reason, sizeof s->reason, "disabled");
     } else {
         int rc = pfm_initialize();
-        if (rc != PFM_SUCCESS) {
+        if (emulated_reason(s->reason, sizeof s->reason)) {
+            /* the reason says why: no counters under emulation */
+        } else if (rc != PFM_SUCCESS) {
             snprintf(s->reason, sizeof s->reason, "libpfm4 initialisation failed: %s", pfm_strerror(rc));
         } else if (open_counter(s, 0, s->reason, sizeof s->reason) == 0) {
             s->have_counters = 1;

@@ -1,5 +1,6 @@
 /* profile.c — device profile parsing and lookup.  See profile.h. */
 #include "profile.h"
+#include "cpu.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -320,4 +321,42 @@ int ftb_profile_find(const char *dir, const char *query, ftb_profile *out, char 
     if (i >= 0) *out = list[i];
     free(list);
     return i >= 0 ? 0 : -1;
+}
+
+int ftb_profile_matches(const ftb_profile *p, const char *arch, int cores, double ram_mb, int cpu_emulated, char *why,
+                        size_t whylen)
+{
+    if (strcmp(p->arch, arch) != 0) {
+        snprintf(why, whylen, "architecture %s, not the profile's %s", arch, p->arch);
+        return 0;
+    }
+    if (cpu_emulated) {
+        snprintf(why, whylen, "the %s CPU is emulated", arch);
+        return 0;
+    }
+    if (cores != p->cores) {
+        snprintf(why, whylen, "%d cores, not the profile's %d", cores, p->cores);
+        return 0;
+    }
+    if (!(ram_mb >= p->ram_mb * (1 - FTB_PROFILE_RAM_TOLERANCE) && ram_mb <= p->ram_mb * 1.05)) {
+        snprintf(why, whylen, "%.0f MiB of RAM, not within %.0f%% below or 5%% above the profile's %.0f MiB", ram_mb,
+                 FTB_PROFILE_RAM_TOLERANCE * 100, p->ram_mb);
+        return 0;
+    }
+    snprintf(why, whylen, "device profile match: %s, %d cores, %.0f MiB of the profile's %.0f MiB RAM", arch, cores,
+             ram_mb, p->ram_mb);
+    return 1;
+}
+
+int ftb_profile_adopt_host(ftb_profile *p)
+{
+    const ftb_cpu_info *cpu = ftb_cpu();
+    int64_t mem = ftb_meminfo("MemTotal");
+    double ram_mb = mem > 0 ? (double)mem / (1024.0 * 1024.0) : 0;
+    char why[sizeof p->host_match];
+    if (!ftb_profile_matches(p, cpu->arch, ftb_host_cores(), ram_mb, cpu->emulated, why, sizeof why)) return 0;
+    snprintf(p->host_match, sizeof p->host_match, "%s", why);
+    p->cores = ftb_host_cores();
+    p->ram_mb = ram_mb;
+    return 1;
 }

@@ -30,8 +30,9 @@ typedef struct {
     double mem_bandwidth_gbs; /* 0 = unknown */
     double peak_gflops_fp32;  /* 0 = unknown */
     char default_model[64];
-    int detected;   /* some figure was `auto` (the host)   */
-    char path[512]; /* file it came from                   */
+    int detected;         /* some figure was `auto` (the host)   */
+    char host_match[200]; /* set when this machine is the device: what matched */
+    char path[512];       /* file it came from                   */
     int n_sources;
     char source_key[FTB_PROFILE_MAX_SOURCES][32];
     char source_text[FTB_PROFILE_MAX_SOURCES][240];
@@ -63,5 +64,19 @@ int64_t ftb_profile_budget_bytes(const ftb_profile *p);
 /* The source_ text for a key, or NULL. */
 const char *ftb_profile_source(const ftb_profile *p, const char *key);
 int ftb_host_cores(void);
+
+/* Whether a machine is the device a profile describes: same architecture,
+ * same number of cores, RAM (MemTotal, which excludes the kernel's and
+ * firmware's reservations) within FTB_PROFILE_RAM_TOLERANCE below or 5 %
+ * above ram_mb, and a CPU that is not emulated (qemu-user reports the
+ * profile's architecture but measures the emulator).  why says what
+ * matched, or the first thing that did not. */
+#define FTB_PROFILE_RAM_TOLERANCE 0.15
+int ftb_profile_matches(const ftb_profile *p, const char *arch, int cores, double ram_mb, int cpu_emulated, char *why,
+                        size_t whylen);
+/* The same for this machine; when it matches, the profile takes the
+ * machine's own cores and RAM and host_match says so: the run is native on
+ * the device, not an emulation of it.  Returns 1 on a match. */
+int ftb_profile_adopt_host(ftb_profile *p);
 
 #endif

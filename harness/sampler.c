@@ -27,6 +27,18 @@ struct ftb_sampler {
     int tree_countdown;
 };
 
+int64_t ftb_statm_resident_bytes(const char *statm, long page_bytes)
+{
+    /* statm: size resident shared ...; parse the second field by hand. */
+    const char *p = statm;
+    while (*p && *p != ' ') p++;
+    while (*p == ' ') p++;
+    if (*p < '0' || *p > '9') return -1;
+    int64_t v = 0;
+    while (*p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+    return v * page_bytes;
+}
+
 #define TREE_PERIOD 0.01 /* seconds between sums over the process tree */
 
 /* The tree's RSS now: the process alone when it has no child (one
@@ -53,13 +65,7 @@ static int64_t read_rss(ftb_sampler *s)
     ssize_t r = pread(s->fd, b, sizeof b - 1, 0);
     if (r <= 0) return -1;
     b[r] = 0;
-    /* statm: size resident shared ...; parse the second field by hand. */
-    const char *p = b;
-    while (*p && *p != ' ') p++;
-    int64_t v = 0;
-    while (*p == ' ') p++;
-    while (*p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
-    return v * s->page;
+    return ftb_statm_resident_bytes(b, s->page);
 }
 
 static void add_ns(struct timespec *t, long ns)
@@ -111,6 +117,12 @@ static void *run(void *arg)
 
 ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity, ftb_tree_shared *tree)
 {
+    return ftb_sampler_start_paged(t0, period_sec, capacity, tree, sysconf(_SC_PAGESIZE));
+}
+
+ftb_sampler *ftb_sampler_start_paged(double t0, double period_sec, size_t capacity, ftb_tree_shared *tree,
+                                     long page_bytes)
+{
     ftb_sampler *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->t0 = t0;
@@ -119,7 +131,7 @@ ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity, ft
     s->max_tree = -1;
     s->tree = tree;
     s->self = getpid();
-    s->page = sysconf(_SC_PAGESIZE);
+    s->page = page_bytes > 0 ? page_bytes : 4096;
     s->fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
     /* Touch the buffer now so its pages count before the measurement, not
      * as a slow creep inside it. */

@@ -27,6 +27,12 @@ typedef struct ftb_sampler ftb_sampler;
  * process tree (proctree.h) — one waitid() when the process has no child —
  * and publishes it there. */
 ftb_sampler *ftb_sampler_start(double t0, double period_sec, size_t capacity, ftb_tree_shared *tree);
+/* The same with the kernel's page size given (statm counts pages): the
+ * Raspberry Pi 5's kernel uses 16 KiB pages, x86 4 KiB; tests inject it. */
+ftb_sampler *ftb_sampler_start_paged(double t0, double period_sec, size_t capacity, ftb_tree_shared *tree,
+                                     long page_bytes);
+/* Resident bytes from a /proc/<pid>/statm line; -1 if malformed. */
+int64_t ftb_statm_resident_bytes(const char *statm, long page_bytes);
 /* Stops and joins the thread; samples stay readable until free. */
 void ftb_sampler_stop(ftb_sampler *s);
 size_t ftb_sampler_count(const ftb_sampler *s);
