@@ -132,9 +132,11 @@ static uint64_t read_midr(char *source, size_t len, uint64_t hwcap)
 }
 #endif
 
+#if !defined(__aarch64__)
 static const char *const x86_interesting[] = { "sse4_2",      "avx",         "avx2",     "fma",
                                                "f16c",        "avx512f",     "avx512bw", "avx512vl",
                                                "avx512_vnni", "avx512_bf16", "amx_tile" };
+#endif
 
 static void detect(ftb_cpu_info *c)
 {
