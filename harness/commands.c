@@ -33,8 +33,33 @@ int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
      * one whose architecture, cores and RAM are this machine's (running on
      * the Pi with --device rpi5); any other is emulated here. */
     s->emulated = !s->device.detected && !ftb_profile_adopt_host(&s->device);
-    if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err, errlen) != 0)
-        return -1;
+    /* The base-weight format such devices fine-tune with (the profile's
+     * default_base_dtype, e.g. int4 with groups of 64 on a Pi), unless the
+     * user chose one: --base-dtype f32 measures fp32 weights. */
+    ftb_base_spec chosen = o->base;
+    if (s->device.default_base_dtype[0] && !(o->base.dtype_given & 1)) {
+        if (ftb_base_parse_option(&o->base, "--base-dtype", s->device.default_base_dtype, err, errlen) != 0) return -1;
+        if (s->device.default_group && !o->base.group_given) {
+            char g[16];
+            snprintf(g, sizeof g, "%d", s->device.default_group);
+            if (ftb_base_parse_option(&o->base, "--group", g, err, errlen) != 0) return -1;
+        }
+        s->base_from_device = 1;
+    }
+    if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err, errlen) != 0) {
+        if (!s->base_from_device) return -1;
+        /* The device's format does not fit this model's shapes (a test
+         * model narrower than one int4 group): the weights stay as the
+         * user chose, and this says so. */
+        char why[FTB_ERR_LEN];
+        snprintf(why, sizeof why, "%s", err);
+        o->base = chosen;
+        s->base_from_device = 0;
+        if (ftb_cli_model(o, s->device.default_model, &s->cfg, s->model_name, sizeof s->model_name, err, errlen) != 0)
+            return -1;
+        fprintf(stderr, "ftbench: %s's default base weights (%s, group %d) do not fit %s (%s): f32\n", s->device.name,
+                s->device.default_base_dtype, s->device.default_group, s->model_name, why);
+    }
     if (o->methods_dir) {
         if (!ftb_is_dir(o->methods_dir))
             return ftb_errf(err, errlen, "--methods-dir %s: not a directory", o->methods_dir);

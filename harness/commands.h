@@ -34,6 +34,7 @@ typedef struct {
     char enforce_note[200];
     int64_t budget;
     int threads;
+    int base_from_device; /* the profile's default_base_dtype/default_group apply */
 } ftb_setup;
 
 /* Resolves device, model (fallback: the device's default model), methods

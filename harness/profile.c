@@ -1,6 +1,7 @@
 /* profile.c — device profile parsing and lookup.  See profile.h. */
 #include "profile.h"
 #include "cpu.h"
+#include "ftbench.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -55,11 +56,18 @@ int ftb_profile_parse(const char *text, const char *fname, ftb_profile *p, char 
 {
     memset(p, 0, sizeof *p);
     snprintf(p->path, sizeof p->path, "%s", fname);
-    enum { K_NAME, K_ARCH, K_CORES, K_RAM, K_FRAC, K_BW, K_GF, K_MODEL, K_DESC, K_N };
-    static const char *const keys[K_N] = {
-        "name",          "arch",       "cores", "ram_mb", "usable_fraction", "mem_bandwidth_gbs", "peak_gflops_fp32",
-        "default_model", "description"
-    };
+    enum { K_NAME, K_ARCH, K_CORES, K_RAM, K_FRAC, K_BW, K_GF, K_MODEL, K_DESC, K_DTYPE, K_GROUP, K_N };
+    static const char *const keys[K_N] = { "name",
+                                           "arch",
+                                           "cores",
+                                           "ram_mb",
+                                           "usable_fraction",
+                                           "mem_bandwidth_gbs",
+                                           "peak_gflops_fp32",
+                                           "default_model",
+                                           "description",
+                                           "default_base_dtype",
+                                           "default_group" };
     int seen[K_N] = { 0 };
     int detected[K_N] = { 0 }; /* `auto` or `unknown`: needs no source */
     int lineno = 0;
@@ -174,6 +182,16 @@ int ftb_profile_parse(const char *text, const char *fname, ftb_profile *p, char 
             break;
         case K_MODEL: snprintf(p->default_model, sizeof p->default_model, "%s", val); break;
         case K_DESC: snprintf(p->description, sizeof p->description, "%s", val); break;
+        case K_DTYPE:
+            if (ftb_dtype_parse(val) < 0)
+                PERR("default_base_dtype: '%s' is not f32, bf16, f16, int8, int4 or int4-asym", val);
+            snprintf(p->default_base_dtype, sizeof p->default_base_dtype, "%s", val);
+            break;
+        case K_GROUP:
+            if (ftb_parse_long(val, 2, 1 << 20, &l) != 0 || l % 2)
+                PERR("default_group: '%s' is not an even positive integer (int4 group size: 32, 64, 128)", val);
+            p->default_group = (int)l;
+            break;
         }
     }
     /* Whole-file checks: report the first missing key. */

@@ -5,7 +5,9 @@
  * Format: one `key = value` per line, '#' starts a comment.  Keys:
  *   name, alias (comma-separated, repeatable), arch, cores, ram_mb,
  *   usable_fraction, mem_bandwidth_gbs, peak_gflops_fp32, default_model,
- *   description, and source_<key> for every figure.
+ *   description, default_base_dtype, default_group (the base-weight format
+ *   such devices fine-tune with; --base-dtype/--group override), and
+ *   source_<key> for every figure.
  * `cores`, `ram_mb` and `arch` may be `auto` (detected on this machine:
  * the host profile); bandwidth and GFLOP/s may be `unknown`.
  */
@@ -30,9 +32,11 @@ typedef struct {
     double mem_bandwidth_gbs; /* 0 = unknown */
     double peak_gflops_fp32;  /* 0 = unknown */
     char default_model[64];
-    int detected;         /* some figure was `auto` (the host)   */
-    char host_match[200]; /* set when this machine is the device: what matched */
-    char path[512];       /* file it came from                   */
+    char default_base_dtype[16]; /* "" = f32; e.g. "int4" as the device's frameworks run it */
+    int default_group;           /* 0 = the --group default                               */
+    int detected;                /* some figure was `auto` (the host)   */
+    char host_match[200];        /* set when this machine is the device: what matched */
+    char path[512];              /* file it came from                   */
     int n_sources;
     char source_key[FTB_PROFILE_MAX_SOURCES][32];
     char source_text[FTB_PROFILE_MAX_SOURCES][240];

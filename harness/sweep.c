@@ -500,12 +500,16 @@ int ftb_cmd_sweep(int argc, char **argv)
     }
     ftb_resume_warn_git("sweep", kept, nkept);
     free(kept);
+    char base_fmt[64];
+    ftb_base_key_part(&s.cli.base, base_fmt, sizeof base_fmt);
     fprintf(stderr,
             "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
             "budget %.0f MiB (%s), %d threads\n"
+            "  base weights: %s%s\n"
             "  results: %s%s\n",
             sweep_name, ncells, nmethods, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
-            (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, results,
+            (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, base_fmt[0] ? base_fmt : "f32",
+            s.base_from_device ? " (the device profile's default_base_dtype; --base-dtype f32 for fp32)" : "", results,
             todo < ncells ? " (resuming)" : "");
     if (todo < ncells)
         fprintf(stderr, "  %d of %d cells already recorded; running the other %d\n", ncells - todo, ncells, todo);

@@ -16,3 +16,7 @@ peak_gflops_fp32 = 376.9
 source_peak_gflops_fp32 = estimate, theoretical: 2 P-cores x 3.78 GHz x 32 + 4 E-cores x 2.11 GHz x 16 FLOP/cycle (4 and 2 128-bit FMA pipes; clocks as reported in reviews, not by Apple)
 default_model = qwen2.5-0.5b
 source_default_model = choice: the model size on-device assistants use for small tasks
+default_base_dtype = int4
+source_default_base_dtype = choice: on-device fine-tuning keeps the frozen base 4-bit quantized, as the MeSP and MeBP papers run it (issue 18); --base-dtype f32 measures fp32 weights
+default_group = 64
+source_default_group = choice: int4 groups of 64 weights with one f16 scale each (docs/QUANT.md), as in those setups

@@ -16,3 +16,7 @@ peak_gflops_fp32 = 115.2
 source_peak_gflops_fp32 = estimate, theoretical: 4 cores x 1.8 GHz x 16 FLOP/cycle, assuming both 128-bit FP/ASIMD pipes (F0, F1 in the Cortex-A72 Software Optimization Guide) issue FMA
 default_model = smollm2-135m
 source_default_model = choice: the 4 GB, slower Pi gets the smallest real model
+default_base_dtype = int4
+source_default_base_dtype = choice: on-device fine-tuning keeps the frozen base 4-bit quantized, as the MeSP and MeBP papers run it (issue 18); --base-dtype f32 measures fp32 weights
+default_group = 64
+source_default_group = choice: int4 groups of 64 weights with one f16 scale each (docs/QUANT.md), as in those setups

@@ -16,3 +16,7 @@ peak_gflops_fp32 = 153.6
 source_peak_gflops_fp32 = derived, theoretical: 4 cores x 2.4 GHz x 16 FLOP/cycle (two 128-bit FP/ASIMD FMA pipes per core, Arm Cortex-A76 Software Optimization Guide)
 default_model = qwen2.5-0.5b
 source_default_model = choice: the smallest widely used instruction model family that fits LoRA fine-tuning in 8 GB
+default_base_dtype = int4
+source_default_base_dtype = choice: on-device fine-tuning keeps the frozen base 4-bit quantized, as the MeSP and MeBP papers run it (issue 18); --base-dtype f32 measures fp32 weights
+default_group = 64
+source_default_group = choice: int4 groups of 64 weights with one f16 scale each (docs/QUANT.md), as in those setups

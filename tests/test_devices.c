@@ -221,3 +221,87 @@ Test(devices, run_on_the_profiled_device_is_not_emulated)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     (void)!system(cmd);
 }
+
+Test(devices, profile_default_base_format_is_checked)
+{
+    char text[1200], err[256];
+    ftb_profile p;
+    profile_text(text, sizeof text, "pi", "aarch64", 4, 8192);
+    strcat(text, "default_base_dtype = int4\ndefault_group = 64\n");
+    cr_assert_eq(ftb_profile_parse(text, "pi.profile", &p, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(p.default_base_dtype, "int4");
+    cr_expect_eq(p.default_group, 64);
+    profile_text(text, sizeof text, "pi", "aarch64", 4, 8192);
+    strcat(text, "default_base_dtype = int3\n");
+    cr_expect_neq(ftb_profile_parse(text, "pi.profile", &p, err, sizeof err), 0);
+    cr_expect(strstr(err, "pi.profile:12: default_base_dtype: 'int3'") != NULL, "%s", err);
+    profile_text(text, sizeof text, "pi", "aarch64", 4, 8192);
+    strcat(text, "default_group = 63\n");
+    cr_expect_neq(ftb_profile_parse(text, "pi.profile", &p, err, sizeof err), 0);
+    cr_expect(strstr(err, "default_group: '63'") != NULL, "%s", err);
+}
+
+/* Runs a one-cell sweep on a test device whose profile names int4 groups
+ * of 16 (tiny's rows are 32 wide); returns the record's base.dtype and
+ * fills header with the sweep's "base weights:" line. */
+static const char *sweep_base(const char *dir, const char *extra, char *header, size_t hlen)
+{
+    const char *bin = getenv("FTBENCH_BIN"), *methods = getenv("FTBENCH_METHODS");
+    cr_assert(bin && methods, "run through make test");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "rm -rf %s/out; FTBENCH_MODEL_CACHE=%s/cache %s sweep --profiles-dir %s/profiles --device testpi "
+             "--methods-dir %s --methods lora --seqs 16 --steps 1 --warmup 0 --out %s/out %s 2>&1 >/dev/null | "
+             "grep 'base weights:'; cat %s/out/testpi/*/results.jsonl",
+             dir, dir, bin, dir, methods, dir, extra, dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    static char line[1 << 16];
+    header[0] = 0;
+    const char *dtype = "";
+    static char dt[32];
+    while (fgets(line, sizeof line, p)) {
+        if (strstr(line, "base weights:")) {
+            snprintf(header, hlen, "%.500s", line);
+            continue;
+        }
+        json_error_t e;
+        json_t *r = json_loads(line, 0, &e);
+        if (!r) continue;
+        const char *d = json_string_value(json_object_get(json_object_get(r, "base"), "dtype"));
+        snprintf(dt, sizeof dt, "%s", d ? d : "(none)");
+        dtype = dt;
+        json_decref(r);
+    }
+    pclose(p);
+    return dtype;
+}
+
+/* A Pi or phone profile's default_base_dtype is what `make bench DEVICE=...`
+ * measures: the sweep's header says so and the records hold int4 weights;
+ * --base-dtype f32 overrides it. */
+Test(devices, device_default_base_format_applies_and_is_overridden)
+{
+    char dir[] = "/tmp/ftbench-devbase-XXXXXX", path[700], text[1200], header[512];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/profiles", dir);
+    cr_assert_eq(mkdir(path, 0755), 0);
+    profile_text(text, sizeof text, "testpi", "aarch64", 4, 4096);
+    strcat(text, "default_base_dtype = int4\ndefault_group = 16\n");
+    snprintf(path, sizeof path, "%s/profiles/testpi.profile", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+
+    const char *dtype = sweep_base(dir, "", header, sizeof header);
+    cr_expect_str_eq(dtype, "int4");
+    cr_expect(strstr(header, "int4-g16") && strstr(header, "device profile's default_base_dtype"), "header: %s",
+              header);
+    dtype = sweep_base(dir, "--base-dtype f32", header, sizeof header);
+    cr_expect_str_eq(dtype, "f32");
+    cr_expect(strstr(header, "base weights: f32") && !strstr(header, "device profile"), "header: %s", header);
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)!system(cmd);
+}
