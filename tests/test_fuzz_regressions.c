@@ -28,9 +28,11 @@
 #include "fuzz/fuzz_config.c"
 #include "fuzz/fuzz_dataset_bin.c"
 #include "fuzz/fuzz_dataset_jsonl.c"
+#include "fuzz/fuzz_instr_jsonl.c"
 #include "fuzz/fuzz_profile.c"
 #include "fuzz/fuzz_report.c"
 #include "fuzz/fuzz_safetensors.c"
+#include "fuzz/fuzz_tokenizer.c"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define FZ_HAVE_LSAN 1
@@ -56,9 +58,11 @@ static const struct {
     { "config", fuzz_config_one },
     { "dataset_bin", fuzz_dataset_bin_one },
     { "dataset_jsonl", fuzz_dataset_jsonl_one },
+    { "instr_jsonl", fuzz_instr_jsonl_one },
     { "profile", fuzz_profile_one },
     { "report", fuzz_report_one },
     { "safetensors", fuzz_safetensors_one },
+    { "tokenizer", fuzz_tokenizer_one },
 };
 #define FZ_NTARGETS ((int)(sizeof fz_targets / sizeof fz_targets[0]))
 
@@ -184,9 +188,11 @@ Test(fuzz_regressions, cli) { fz_replay("cli"); }
 Test(fuzz_regressions, config) { fz_replay("config"); }
 Test(fuzz_regressions, dataset_bin) { fz_replay("dataset_bin"); }
 Test(fuzz_regressions, dataset_jsonl) { fz_replay("dataset_jsonl"); }
+Test(fuzz_regressions, instr_jsonl) { fz_replay("instr_jsonl"); }
 Test(fuzz_regressions, profile) { fz_replay("profile"); }
 Test(fuzz_regressions, report) { fz_replay("report"); }
 Test(fuzz_regressions, safetensors) { fz_replay("safetensors"); }
+Test(fuzz_regressions, tokenizer) { fz_replay("tokenizer"); }
 
 /* A target added to tests/fuzz/ must be replayed here too. */
 Test(fuzz_regressions, every_target_is_replayed)

@@ -7,11 +7,13 @@
 #   profile        the profiles/ of the source tree
 #   cli            command lines of the README and docs, NUL-separated
 #   report         lines of the committed results fixture (tests/fixtures/results)
+#   tokenizer      tests/fixtures/bpe/tokenizer.json whole and cut down (python3)
+#   instr_jsonl    instruction JSON Lines, text and pre-tokenized
 set -eu
 cd "$(dirname "$0")/../.."
 gen=${1:-build-fuzz/gen_corpus}
 out=tests/fuzz/corpus
-for t in safetensors checkpoint config dataset_bin dataset_jsonl profile cli report; do
+for t in safetensors checkpoint config dataset_bin dataset_jsonl profile cli report tokenizer instr_jsonl; do
     rm -rf "$out/$t"
 done
 mkdir -p "$out"
@@ -47,4 +49,46 @@ sed -n '1,3p' "$fx/rpi4-4gb/fit-lora-875ba00244e1ece0/results.jsonl" > "$out/rep
     printf '\n==ftb-timeline==\n'
     head -n 40 "$host/lora.smollm2-135m.s256.b1.timeline.tsv"
 } > "$out/report/lora-s256-with-timeline"
+
+# tokenizer: the BPE fixture, and cut-down variants (few merges, each
+# pre-tokenizer kind, added tokens, ignore_merges), some with text to encode.
+mkdir -p "$out/tokenizer"
+cp tests/fixtures/bpe/tokenizer.json "$out/tokenizer/qwen3-cut.json"
+/usr/bin/python3 - "$out/tokenizer" <<'PY'
+import json, sys
+out = sys.argv[1]
+full = json.load(open("tests/fixtures/bpe/tokenizer.json"))
+vocab = {k: v for k, v in full["model"]["vocab"].items() if v < 400}
+merges = []
+for m in full["model"]["merges"]:
+    a, b = m.split(" ") if isinstance(m, str) else m
+    if a in vocab and b in vocab and a + b in vocab:
+        merges.append([a, b])
+def write(name, pre, added=(), ignore=False, text=None, merges_as_pairs=False):
+    t = {"added_tokens": [{"id": 400 + i, "content": c, "special": True} for i, c in enumerate(added)],
+         "normalizer": None, "pre_tokenizer": pre,
+         "model": {"type": "BPE", "vocab": dict(vocab, **{c: 400 + i for i, c in enumerate(added)}),
+                   "merges": merges if merges_as_pairs else [a + " " + b for a, b in merges],
+                   "ignore_merges": ignore}}
+    data = json.dumps(t, ensure_ascii=False)
+    if text is not None:
+        data += "\n==ftb-text==\n" + text
+    open("%s/%s" % (out, name), "w").write(data)
+split = {"type": "Split", "pattern": {"Regex": full["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]},
+         "behavior": "Isolated", "invert": False} if full["pre_tokenizer"]["type"] == "Sequence" else full["pre_tokenizer"]
+byte = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+write("bytelevel.json", byte, text="Hello world, it's 2024!\n")
+write("prefix-space.json", dict(byte, add_prefix_space=True), text="no leading space")
+write("split-seq.json", {"type": "Sequence", "pretokenizers": [split, dict(byte, use_regex=False)]},
+      added=["<|endoftext|>", "<|im_start|>", "<|im"], text="<|im_start|>user\nhi<|endoftext|><|im")
+write("ignore-merges-pairs.json", byte, ignore=True, merges_as_pairs=True, text="the cat sat")
+PY
+
+# instr_jsonl: text and pre-tokenized instruction lines.
+mkdir -p "$out/instr_jsonl"
+printf '%s\n' '{"prompt": "Translate: chat", "answer": " cat"}' '{"prompt": "2+2=", "answer": "4"}' > "$out/instr_jsonl/text.jsonl"
+printf '%s\n' '{"input_ids": [12, 7, 99, 4], "loss_mask": [0, 0, 1, 1]}' \
+    '{"input_ids": [1, 2, 3, 4, 5], "loss_mask": [0, 1, 1, 0, 0]}' > "$out/instr_jsonl/pretokenized.jsonl"
+printf '%s\r\n\r\n%s\r\n' '{"prompt": "caf\u00e9 \u2603", "answer": "\n"}' \
+    '{"input_ids": [300, 5], "loss_mask": [0, 1]}' > "$out/instr_jsonl/mixed-crlf-blank.jsonl"
 du -sh "$out"
