@@ -8,6 +8,7 @@
 #include "kmsg.h"
 #include "rundir.h"
 #include "safe_file.h"
+#include "slurm.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -906,6 +907,13 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     double gf = ftb_host_sgemm_gflops(c->threads);
     json_object_set_new(host, "sgemm_gflops_512", gf > 0 ? json_real(gf) : json_null());
     json_object_set_new(host, "ram_bytes", json_integer(ftb_meminfo("MemTotal")));
+    /* Which machine and CPUs measured it: records from unlike nodes (a
+     * cluster) must not be compared as if alike. */
+    char cpu[256], affinity[512];
+    ftb_host_cpu_model(cpu, sizeof cpu);
+    ftb_host_cpu_affinity(affinity, sizeof affinity);
+    json_object_set_new(host, "cpu_model", json_string(cpu));
+    json_object_set_new(host, "cpu_affinity", json_string(affinity));
     json_t *step_med = json_object_get(json_object_get(json_object_get(rec, "timing"), "step_seconds"), "median");
     r->step_median = json_is_number(step_med) ? json_number_value(step_med) : 0;
     if (c->emulated && r->step_median > 0)
@@ -961,7 +969,8 @@ void ftb_cell_result_free(ftb_cell_result *r)
     r->record = NULL;
 }
 
-int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen)
+int ftb_cell_record_outcome(const ftb_cell *c, const char *outcome, const char *detail, const char *field,
+                            json_t *value, char *err, size_t errlen)
 {
     char ts[32];
     ftb_utc_timestamp(ts, sizeof ts);
@@ -969,13 +978,9 @@ int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, cha
     json_object_set_new(rec, "schema", json_integer(FTB_RECORD_SCHEMA));
     json_object_set_new(rec, "run_id", json_string(c->run_id));
     json_object_set_new(rec, "cell", json_string(c->key));
-    json_object_set_new(rec, "outcome", json_string("skipped"));
-    char detail[600];
-    snprintf(detail, sizeof detail,
-             "not run: %s was already over the budget at seq %d (cell %s), and memory only grows with the length",
-             c->method_label, seq, because);
+    json_object_set_new(rec, "outcome", json_string(outcome));
     json_object_set_new(rec, "outcome_detail", json_string(detail));
-    json_object_set_new(rec, "skipped_because", json_string(because));
+    if (field && value) json_object_set(rec, field, value);
     describe_cell(rec, c, NULL, ts, ftb_git_revision(), c->enforce, c->enforce_note);
     if (c->extra) {
         const char *k;
@@ -985,5 +990,17 @@ int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, cha
     json_object_set_new(rec, "settings", ftb_cell_settings(c));
     int rc = ftb_rundir_write_record(c->run_dir, c->key, rec, err, errlen);
     json_decref(rec);
+    return rc;
+}
+
+int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen)
+{
+    char detail[600];
+    snprintf(detail, sizeof detail,
+             "not run: %s was already over the budget at seq %d (cell %s), and memory only grows with the length",
+             c->method_label, seq, because);
+    json_t *b = json_string(because);
+    int rc = ftb_cell_record_outcome(c, "skipped", detail, "skipped_because", b, err, errlen);
+    json_decref(b);
     return rc;
 }

@@ -122,6 +122,11 @@ void ftb_cell_result_free(ftb_cell_result *r);
  * same method was already over budget at the shorter length `seq` (cell
  * `because`).  0, or -1 with err. */
 int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen);
+/* Records an outcome for a cell that was not measured here (a Slurm task
+ * cancelled, timed out, ...), with `field` set to `value` when given.  0,
+ * or -1 with err. */
+int ftb_cell_record_outcome(const ftb_cell *c, const char *outcome, const char *detail, const char *field,
+                            json_t *value, char *err, size_t errlen);
 
 /* results.jsonl helpers: the cell keys already recorded (lines that do not
  * parse are skipped — a torn tail from a killed writer). */

@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "plugin.h"
 #include "rundir.h"
+#include "slurm.h"
 #include "util.h"
 
 #include <math.h>
@@ -69,6 +70,12 @@ static const char *short_outcome(const char *o)
     if (!strcmp(o, "oom")) return "OOM";
     if (!strcmp(o, "error")) return "ERROR";
     if (!strcmp(o, "skipped")) return "over*";
+    /* Slurm ended the task (sacct): no measurement, re-run on resubmission. */
+    if (!strcmp(o, "slurm_cancelled")) return "CANCELLED";
+    if (!strcmp(o, "slurm_timeout")) return "S-TIMEOUT";
+    if (!strcmp(o, "slurm_out_of_memory")) return "S-OOM";
+    if (!strcmp(o, "slurm_failed")) return "S-FAILED";
+    if (!strncmp(o, "slurm_", 6)) return "SLURM";
     return o;
 }
 
@@ -115,7 +122,16 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
                     "  N* over budget (>N*: stopped at N); over*: not run, a shorter length was already over budget;\n"
                     "  CRASH / TIMEOUT / OOM / ERROR: the cell failed; -: not recorded\n",
                     device, (double)budget / 1048576.0);
-        else
+        if (table == 0) {
+            int slurm = 0;
+            for (int i = 0; i < n; i++) {
+                const char *o = json_string_value(json_object_get(records[i], "outcome"));
+                slurm |= o && !strncmp(o, "slurm_", 6);
+            }
+            if (slurm)
+                fprintf(f, "  CANCELLED / S-TIMEOUT / S-OOM / S-FAILED / SLURM: Slurm ended the cell's task (sacct); "
+                           "not a measurement, run again on resubmission\n");
+        } else
             fprintf(f, "\nmedian step time (s)\n");
         int w0 = 8;
         for (int k = 0; k < nr; k++)
@@ -200,6 +216,7 @@ static void sweep_help(FILE *f)
     for (int i = 0; i < n; i++) fprintf(f, "  %-9s %s\n", d[i].name, d[i].about);
     fprintf(f, "\noptions:\n");
     ftb_cli_print_options(f, SWEEP_OPTS);
+    ftb_sweep_backend_help(f);
 }
 
 typedef struct {
@@ -297,17 +314,91 @@ static const over_mark *find_over(const over_list *l, const ftb_cell *c)
     return NULL;
 }
 
+/* The run directory's records for the Slurm backend (slurm.h). */
+typedef struct {
+    ftb_recorded *done;
+    const char *run_dir;
+} sweep_records;
+
+static json_t *records_find(const char *key, void *ud) { return ftb_recorded_find(((sweep_records *)ud)->done, key); }
+
+static void records_refresh(void *ud)
+{
+    sweep_records *r = ud;
+    char err[FTB_ERR_LEN];
+    ftb_recorded_free(r->done);
+    if (ftb_rundir_load(r->run_dir, r->done, err, sizeof err) != 0) fprintf(stderr, "ftbench sweep: %s\n", err);
+}
+
+static int record_slurm_outcome(const ftb_cell *c, const char *outcome, const char *detail, json_t *slurm, void *ud,
+                                char *err, size_t errlen)
+{
+    (void)ud;
+    return ftb_cell_record_outcome(c, outcome, detail, "slurm", slurm, err, errlen);
+}
+
+/* --backend slurm (submit, and with --wait follow and collect) and
+ * --collect: everything but the summary, which the caller prints. */
+static int slurm_backend(ftb_sweep_backend *be, const ftb_sweep_plan *plan, const ftb_sweep_records *recs,
+                         sweep_records *srec, const char *run_dir, int quiet)
+{
+    char err[FTB_ERR_LEN + 256];
+    if (be->mode == FTB_SWEEP_SLURM_SUBMIT) {
+        int rc = ftb_slurm_submit(be, plan, recs);
+        if (rc != FTB_EXIT_OK || !be->wait) return rc;
+    } else if (be->wait) {
+        char job[64];
+        ftb_slurm_latest_job(run_dir, job, sizeof job);
+        if (job[0] && ftb_slurm_wait(job, plan, recs, quiet, err, sizeof err) != 0) {
+            fprintf(stderr, "ftbench sweep: %s\n", err);
+            return FTB_EXIT_FAIL;
+        }
+    }
+    /* The tasks' cell files into results.jsonl (this process holds the lock). */
+    int added;
+    if (ftb_rundir_sync(run_dir, &added, err, sizeof err) != 0) {
+        fprintf(stderr, "ftbench sweep: %s\n", err);
+        return FTB_EXIT_FAIL;
+    }
+    records_refresh(srec);
+    int nrecorded, nactive;
+    if (ftb_slurm_collect(plan, recs, record_slurm_outcome, &nrecorded, &nactive, err, sizeof err) != 0) {
+        fprintf(stderr, "ftbench sweep: %s\n", err);
+        return FTB_EXIT_FAIL;
+    }
+    records_refresh(srec);
+    fprintf(stderr, "ftbench sweep: collected %s: %d cell%s recorded with how their Slurm task ended\n", run_dir,
+            nrecorded, nrecorded == 1 ? "" : "s");
+    if (nactive)
+        fprintf(stderr, "  %d cell%s still queued or running: collect again when the job is done\n", nactive,
+                nactive == 1 ? "" : "s");
+    return FTB_EXIT_OK;
+}
+
 int ftb_cmd_sweep(int argc, char **argv)
 {
     char err[FTB_ERR_LEN + 256];
     ftb_setup s;
     memset(&s, 0, sizeof s);
-    int pr = ftb_cli_parse("sweep", SWEEP_OPTS, argc, argv, &s.cli, err, sizeof err);
+    /* The backend's options first: a Slurm task or a collect replaces the
+     * command line with the sweep options recorded at submission. */
+    ftb_sweep_backend be;
+    if (ftb_sweep_backend_parse(argc, argv, &be, err, sizeof err) != 0) {
+        ftb_sweep_backend_free(&be);
+        return ftb_usage_error("sweep", err);
+    }
+    int pr = ftb_cli_parse("sweep", SWEEP_OPTS, be.argc, be.argv, &s.cli, err, sizeof err);
     if (pr == 1) {
         sweep_help(stdout);
+        ftb_sweep_backend_free(&be);
         return FTB_EXIT_OK;
     }
-    if (pr < 0) return ftb_usage_error("sweep", err);
+    if (pr < 0) {
+        ftb_sweep_backend_free(&be);
+        return ftb_usage_error("sweep", err);
+    }
+    int slurm_task = be.mode == FTB_SWEEP_SLURM_TASK;
+    int interrupted = 0;
     int rc = FTB_EXIT_USAGE;
     int *seqs = NULL, *batches = NULL, nseq = 0, nbat = 0;
     char **labels = NULL;
@@ -461,14 +552,53 @@ int ftb_cmd_sweep(int argc, char **argv)
     /* Ctrl-C from here on: the running cell is killed and not recorded,
      * and the sweep says how far it got (exit 130). */
     ftb_catch_interrupts();
-    int brc = ftb_rundir_begin("sweep", run_dir, s.cli.wait_lock, s.cli.independent, s.cli.quiet, &done);
+    /* A Slurm array task is one of many writers at once, maybe on other
+     * machines over NFS: its records go to cells/ only (whole files,
+     * renamed into place); no lock, no append — the collect merges them. */
+    int brc = ftb_rundir_begin("sweep", run_dir, s.cli.wait_lock, s.cli.independent || slurm_task, s.cli.quiet, &done);
     if (brc) {
         rc = brc;
         goto out;
     }
 
+    sweep_records srec = { &done, run_dir };
+    ftb_sweep_records recs_api = { records_find, records_refresh, &srec };
+    ftb_sweep_plan plan = { sweep_name,
+                            run_id,
+                            run_dir,
+                            cells,
+                            ncells,
+                            s.threads,
+                            s.budget,
+                            s.emulated,
+                            (int)s.device.ram_mb,
+                            s.cli.threads > 0,
+                            s.cli.budget_bytes > 0 };
+    if (be.mode == FTB_SWEEP_SLURM_COLLECT && ftb_slurm_collect_check(&be, &plan, err, sizeof err) != 0) {
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+    if (be.mode == FTB_SWEEP_SLURM_SUBMIT || be.mode == FTB_SWEEP_SLURM_COLLECT) {
+        /* The records a collect writes describe their cells as a run would. */
+        json_t *sweep_extra = json_pack("{s:s}", "sweep", sweep_name);
+        for (int i = 0; i < ncells; i++) {
+            snprintf(cells[i].run_id, sizeof cells[i].run_id, "%s", run_id);
+            snprintf(cells[i].run_dir, sizeof cells[i].run_dir, "%s", run_dir);
+            cells[i].extra = sweep_extra;
+        }
+        rc = slurm_backend(&be, &plan, &recs_api, &srec, run_dir, s.cli.quiet);
+        json_decref(sweep_extra);
+        if (rc != FTB_EXIT_OK || (be.mode == FTB_SWEEP_SLURM_SUBMIT && !be.wait)) goto out;
+        goto summary;
+    }
+    if (slurm_task && ftb_slurm_task_check(&be, &plan, err, sizeof err) != 0) {
+        ftb_usage_error("sweep", err);
+        goto out;
+    }
+
     json_t *extra = json_object();
     json_object_set_new(extra, "sweep", json_string(sweep_name));
+    if (slurm_task) json_object_set(extra, "slurm", be.slurm_info);
     int todo = 0, mismatched = 0;
     double todo_cost = 0;
     char why[FTB_ERR_LEN], first_bad[300] = "";
@@ -478,6 +608,7 @@ int ftb_cmd_sweep(int argc, char **argv)
         snprintf(cells[i].run_id, sizeof cells[i].run_id, "%s", run_id);
         snprintf(cells[i].run_dir, sizeof cells[i].run_dir, "%s", run_dir);
         cells[i].extra = extra;
+        if (slurm_task && !ftb_slurm_task_has(&be, cells[i].key)) continue;
         ftb_resume res = ftb_resume_check(&cells[i], &done, s.cli.force, mismatched ? NULL : why, sizeof why);
         if (res == FTB_RESUME_MISMATCH && !mismatched++) snprintf(first_bad, sizeof first_bad, "%s", cells[i].key);
         if (res == FTB_RESUME_KEEP) kept[nkept++] = ftb_recorded_find(&done, cells[i].key);
@@ -500,19 +631,28 @@ int ftb_cmd_sweep(int argc, char **argv)
     }
     ftb_resume_warn_git("sweep", kept, nkept);
     free(kept);
-    char base_fmt[64];
-    ftb_base_key_part(&s.cli.base, base_fmt, sizeof base_fmt);
-    fprintf(stderr,
-            "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
-            "budget %.0f MiB (%s), %d threads\n"
-            "  base weights: %s%s\n"
-            "  results: %s%s\n",
-            sweep_name, ncells, nmethods, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
-            (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, base_fmt[0] ? base_fmt : "f32",
-            s.base_from_device ? " (the device profile's default_base_dtype; --base-dtype f32 for fp32)" : "", results,
-            todo < ncells ? " (resuming)" : "");
-    if (todo < ncells)
-        fprintf(stderr, "  %d of %d cells already recorded; running the other %d\n", ncells - todo, ncells, todo);
+    if (slurm_task) {
+        const char *task = json_string_value(json_object_get(be.slurm_info, "array_task_id"));
+        const char *job = json_string_value(json_object_get(be.slurm_info, "array_job_id"));
+        fprintf(stderr,
+                "ftbench sweep: Slurm array task %s of job %s on %s: %d cell%s of %s, %d without a measurement\n",
+                task ? task : "?", job ? job : "?", ftb_hostname(), be.n_task_keys, be.n_task_keys == 1 ? "" : "s",
+                run_dir, todo);
+    } else {
+        char base_fmt[64];
+        ftb_base_key_part(&s.cli.base, base_fmt, sizeof base_fmt);
+        fprintf(stderr,
+                "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
+                "budget %.0f MiB (%s), %d threads\n"
+                "  base weights: %s%s\n"
+                "  results: %s%s\n",
+                sweep_name, ncells, nmethods, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
+                (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, base_fmt[0] ? base_fmt : "f32",
+                s.base_from_device ? " (the device profile's default_base_dtype; --base-dtype f32 for fp32)" : "",
+                results, todo < ncells ? " (resuming)" : "");
+        if (todo < ncells)
+            fprintf(stderr, "  %d of %d cells already recorded; running the other %d\n", ncells - todo, ncells, todo);
+    }
 
     /* The base weights file every cell maps (same model, format, seed):
      * made once, before the first cell, when there is one to run. */
@@ -532,20 +672,21 @@ int ftb_cmd_sweep(int argc, char **argv)
     }
 
     int skip = def->skip_longer_after_over_budget;
-    if (s.cli.no_skip) skip = 0;
+    /* Array tasks run side by side: no cell waits for a shorter one. */
+    if (s.cli.no_skip || slurm_task) skip = 0;
     progress_state ps;
     memset(&ps, 0, sizeof ps);
     ps.total = ncells;
     ps.sweep_start = ftb_now();
     ps.todo_cost = todo_cost;
     ps.tty = isatty(2) && !s.cli.quiet;
-    int interrupted = 0;
     for (int i = 0; i < ncells && !interrupted; i++) {
         ftb_cell *c = &cells[i];
         if (ftb_interrupted()) {
             interrupted = 1;
             break;
         }
+        if (slurm_task && !ftb_slurm_task_has(&be, c->key)) continue;
         if (ftb_resume_check(c, &done, s.cli.force, NULL, 0) == FTB_RESUME_KEEP) {
             note_over_budget(&over, c, ftb_recorded_find(&done, c->key));
             continue;
@@ -605,10 +746,16 @@ int ftb_cmd_sweep(int argc, char **argv)
     }
     json_decref(extra);
     json_decref(base_info);
+    if (slurm_task) {
+        /* The summary is the collect's, over every task's cells. */
+        rc = FTB_EXIT_OK;
+        goto out;
+    }
 
     /* Summary over every recorded cell of this sweep (resumed ones too). */
     ftb_recorded_free(&done);
     if (ftb_rundir_load(run_dir, &done, err, sizeof err) != 0) fprintf(stderr, "ftbench sweep: %s\n", err);
+summary:
     recs = calloc((size_t)ncells + 1, sizeof *recs);
     int nrec = 0;
     for (int i = 0; i < ncells; i++) {
@@ -637,5 +784,6 @@ out:
     free(seqs);
     free(batches);
     ftb_cli_free(&s.cli);
+    ftb_sweep_backend_free(&be);
     return rc;
 }
