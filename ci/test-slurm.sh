@@ -105,11 +105,13 @@ check() {
     python3 - "$run_dir" "$@" <<'EOF'
 import json, os, sys
 run_dir, want_ok, want_other = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-# The cells' records: cells/<key>.json when the run directory has them
-# (each written whole by one rename), else results.jsonl.
+# The cells' records: cells/<key>.json, each written whole by one rename;
+# results.jsonl is the merged view the collect appended them to.
 cells = os.path.join(run_dir, "cells")
 recs = {}
-if os.path.isdir(cells):
+if not os.path.isdir(cells):
+    sys.exit("no cells/ in " + run_dir)
+if True:
     for name in os.listdir(cells):
         path = os.path.join(cells, name)
         if not name.endswith(".json") or name.startswith("."):
@@ -127,8 +129,6 @@ last = {}
 for l in lines[:-1]:
     r = json.loads(l)  # a torn line does not parse
     last[r["cell"]] = r
-if not os.path.isdir(cells):
-    recs = last
 if len(recs) != 6:
     sys.exit("%d records, not 6: %s" % (len(recs), sorted(recs)))
 for k, r in recs.items():
@@ -191,8 +191,8 @@ echo "test-slurm: tasks over --mem and --time recorded as slurm_out_of_memory an
 # 7. the report over the Slurm run directory: the same tables as over a
 #    local sweep of the same cells (measured figures aside)
 $FTB sweep $SWEEP --run-id local6 --quiet >/dev/null 2>&1 || fail "local sweep"
-$FTB report "$run_dir" --out "$work/report-slurm" >/dev/null 2>&1 || fail "report over the Slurm run"
-$FTB report "$work/results/host/local6" --out "$work/report-local" >/dev/null 2>&1 || fail "report over the local run"
+FTBENCH_GNUPLOT=/nonexistent $FTB report "$run_dir" --out "$work/report-slurm" >/dev/null 2>&1 || fail "report over the Slurm run"
+FTBENCH_GNUPLOT=/nonexistent $FTB report "$work/results/host/local6" --out "$work/report-local" >/dev/null 2>&1 || fail "report over the local run"
 # Figures differ from run to run; the tables' shape and labels must not.
 mask() { sed -e 's/[0-9][0-9.,]*/N/g' -e 's/slurm6\|local6/RUN/g' "$1" | grep '^|'; }
 mask "$work/report-slurm/report.md" >"$work/t-slurm"

@@ -863,17 +863,27 @@ int ftb_slurm_wait(const char *job_id, const ftb_sweep_plan *p, const ftb_sweep_
         }
         free(out);
         free(eo);
-        int recorded = 0;
+        int recorded = 0, timed = 0;
+        double cell_seconds = 0;
         r->refresh(r->ud);
-        for (int i = 0; i < p->ncells; i++) recorded += measured(r, p->cells[i].key);
+        for (int i = 0; i < p->ncells; i++) {
+            json_t *rec = r->find(p->cells[i].key, r->ud);
+            if (!ftb_slurm_is_measurement(rec)) continue;
+            recorded++;
+            json_t *w = json_object_get(rec, "cell_wall_seconds");
+            if (json_is_number(w)) {
+                cell_seconds += json_number_value(w);
+                timed++;
+            }
+        }
         double el = ftb_now() - start;
         char elapsed[32], eta[32] = "?";
         ftb_format_duration(el, elapsed, sizeof elapsed);
-        if (recorded > 0 && pending + running > 0) {
-            /* Cells recorded so far set the pace; the cells left go at the
-             * parallelism Slurm gives now. */
-            double per_cell = el / recorded * (running > 0 ? running : 1);
-            ftb_format_duration(per_cell * (p->ncells - recorded) / (running > 0 ? running : 1), eta, sizeof eta);
+        if (timed > 0 && pending + running > 0) {
+            /* The cells measured so far set the pace (their own wall
+             * times); the cells left go at the parallelism Slurm gives now. */
+            int par = running > 0 ? running : 1;
+            ftb_format_duration(cell_seconds / timed * (p->ncells - recorded) / par, eta, sizeof eta);
         }
         if (!quiet) {
             if (!reachable)

@@ -324,6 +324,38 @@ static int multi_records(const ftr_scope *sc)
     return 0;
 }
 
+/* The kinds of machine (CPU model, BLAS kernel) the scope's measured cells
+ * ran on: throughput from unlike machines (cluster nodes) is not one
+ * comparison.  Writes "A / K1; B / K2" into out when there is more than
+ * one kind and returns their number; records without host.cpu_model (made
+ * before it was recorded) are not counted. */
+static int machine_kinds(const ftr_scope *sc, char *out, size_t n)
+{
+    char kinds[8][160];
+    int nk = 0;
+    out[0] = 0;
+    for (int row = 0; row < sc->nseries; row++)
+        for (int k = 0; k < sc->nseq; k++) {
+            ftr_agg *a = ftr_scope_agg(sc, row, k);
+            if (!a->n_measured || !a->rep) continue;
+            json_t *host = json_object_get(a->rep->j, "host");
+            const char *cpu = json_string_value(json_object_get(host, "cpu_model"));
+            const char *blas = json_string_value(json_object_get(host, "blas_core"));
+            if (!cpu) continue;
+            char kind[160];
+            snprintf(kind, sizeof kind, "%.100s / %.40s", cpu, blas ? blas : "?");
+            int seen = 0;
+            for (int i = 0; i < nk && !seen; i++) seen = !strcmp(kinds[i], kind);
+            if (!seen && nk < 8) snprintf(kinds[nk++], sizeof kinds[0], "%s", kind);
+        }
+    if (nk > 1)
+        for (int i = 0; i < nk; i++) {
+            size_t l = strlen(out);
+            snprintf(out + l, n - l, "%s%s", i ? "; " : "", kinds[i]);
+        }
+    return nk;
+}
+
 static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tables *ts)
 {
     char budget[96] = "unknown";
@@ -424,8 +456,12 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
                 ftr_table_set(t, row, 1 + k, a->over ? 1 : 0, "%.1f%s", a->tokens_per_s, a->over ? "*" : "");
         }
     }
-    ftr_table_caption(t, "batch x length / median step time over the measured steps%s.",
-                      sc->emulated ? "; emulated device: measured on this host, not on the device" : "");
+    char kinds[1400];
+    int nkinds = machine_kinds(sc, kinds, sizeof kinds);
+    ftr_table_caption(t, "batch x length / median step time over the measured steps%s%s%s%s.",
+                      sc->emulated ? "; emulated device: measured on this host, not on the device" : "",
+                      nkinds > 1 ? "; WARNING: measured on unlike machines (CPU / BLAS kernel: " : "",
+                      nkinds > 1 ? kinds : "", nkinds > 1 ? "), so these figures are not one comparison" : "");
     add(ts, t, si);
 }
 

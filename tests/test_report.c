@@ -1189,3 +1189,46 @@ Test(report, every_timeline_figure_links_its_interactive_page, .init = make_tmp,
     cr_expect_not_null(strstr(page, "href=\"timelines/" TIMELINE_PLOT ".html\">interactive</a>"));
     free(page);
 }
+
+/* ---- machines (issue 22: cells of one sweep measured on unlike cluster nodes) ---- */
+
+static void put_timed_record(FILE *f, int seq, const char *cpu, const char *blas)
+{
+    fprintf(f,
+            "{\"schema\":1,\"cell\":\"lora.tiny.s%d.b1\",\"outcome\":\"ok\",\"seq\":%d,\"batch\":1,"
+            "\"emulated\":false,\"device\":{\"name\":\"host\",\"budget_bytes\":%lld},"
+            "\"model\":{\"name\":\"tiny\"},\"method\":{\"label\":\"lora\",\"options\":{}},"
+            "\"memory\":{\"peak_rss_bytes\":%lld},\"timing\":{\"tokens_per_second\":%d},"
+            "\"host\":{\"cpu_model\":\"%s\",\"blas_core\":\"%s\"}}\n",
+            seq, seq, 4096LL << 20, 20LL << 20, 1000 * seq, cpu, blas);
+}
+
+Test(report, throughput_from_unlike_machines_is_marked, .init = make_tmp, .fini = remove_tmp)
+{
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    char dir[512], path[1400];
+    snprintf(dir, sizeof dir, "%s/alike", tmpdir);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    put_timed_record(f, 32, "AMD EPYC", "Haswell");
+    put_timed_record(f, 64, "AMD EPYC", "Haswell");
+    fclose(f);
+    char *md = report_md((const char *[]){ dir, NULL });
+    cr_expect_not_null(strstr(md, "Throughput (tokens/s)"), "%s", md);
+    cr_expect_null(strstr(md, "unlike machines"), "one kind of machine: %s", md);
+    free(md);
+
+    snprintf(dir, sizeof dir, "%s/unlike", tmpdir);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    f = fopen(path, "w");
+    put_timed_record(f, 32, "AMD EPYC", "Haswell");
+    put_timed_record(f, 64, "Intel Xeon Gold 6230", "SkylakeX");
+    fclose(f);
+    md = report_md((const char *[]){ dir, NULL });
+    cr_expect_not_null(strstr(md, "WARNING: measured on unlike machines (CPU / BLAS kernel: AMD EPYC / Haswell; "
+                                  "Intel Xeon Gold 6230 / SkylakeX)"),
+                       "%s", md);
+    free(md);
+}
