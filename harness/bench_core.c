@@ -236,7 +236,13 @@ int ftb_cmd_bench_core(int argc, char **argv)
     ftb_adamw_free(&opt);
     ftb_model_free(m);
     return isnan(loss) ? 1 : 0;
-bad:
-    fprintf(stderr, "ftbench bench-core: bad value '%s' for option %s\n", optarg, argv[optind - 1]);
+bad : {
+    /* Named from the option table: argv[optind - 1] is the value itself
+     * when it came as a separate argument ("--seq -1"). */
+    const char *name = "?";
+    for (const struct option *o = longopts; o->name; o++)
+        if (o->val == ch) name = o->name;
+    fprintf(stderr, "ftbench bench-core: --%s: bad value '%s'\n", name, optarg);
     return 2;
+}
 }

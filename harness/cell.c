@@ -749,7 +749,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     if (had_children && descendants > peak) peak = descendants;
     if (vmhwm <= 0 && watch_max > peak) peak = watch_max;
     r->peak_rss = peak > 0 ? peak : -1;
-    char tree_note[96] = "";
+    char tree_note[96] = "", budget_s[32];
+    ftb_format_bytes(c->budget_bytes, budget_s, sizeof budget_s);
     if (had_children && peak > 0 && process_peak > 0 && peak > process_peak)
         snprintf(tree_note, sizeof tree_note, " (process tree of %d; the cell's own process %.0f MiB)",
                  tree_procs > 1 ? tree_procs : 2, mib(process_peak));
@@ -777,14 +778,14 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
         set_outcome(r, "timeout", "no result within %.0f s (during %s); the cell's process group was killed",
                     c->timeout_sec, where);
     } else if (watch_killed) {
-        set_outcome(r, "over_budget", "RSS reached %.0f MiB%s, over the budget of %.0f MiB; killed by the rss watch",
-                    mib(watch_max), tree_note, mib(c->budget_bytes));
+        set_outcome(r, "over_budget", "RSS reached %.0f MiB%s, over the budget of %s; killed by the rss watch",
+                    mib(watch_max), tree_note, budget_s);
     } else if (safety_killed) {
         if (watch_max > c->budget_bytes)
             set_outcome(r, "over_budget",
-                        "RSS reached %.0f MiB, over the budget of %.0f MiB, and was killed at the host's "
+                        "RSS reached %.0f MiB, over the budget of %s, and was killed at the host's "
                         "safety limit (90%% of MemAvailable)",
-                        mib(watch_max), mib(c->budget_bytes));
+                        mib(watch_max), budget_s);
         else
             set_outcome(r, "oom",
                         "RSS reached %.0f MiB: killed at the host's safety limit (90%% of "
@@ -823,8 +824,8 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     strerrorname_np(io_errno) ? strerrorname_np(io_errno) : "?");
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK && stage && !strcmp(stage, "done")) {
         if (enforce != FTB_ENFORCE_CGROUP && peak > c->budget_bytes)
-            set_outcome(r, "over_budget", "peak RSS %.0f MiB%s exceeds the budget of %.0f MiB (%s)", mib(peak),
-                        tree_note, mib(c->budget_bytes), ftb_enforce_name(enforce));
+            set_outcome(r, "over_budget", "peak RSS %.0f MiB%s exceeds the budget of %s (%s)", mib(peak), tree_note,
+                        budget_s, ftb_enforce_name(enforce));
         else
             set_outcome(r, "ok", "%s", "");
     } else {

@@ -217,7 +217,7 @@ static _Noreturn void fail_step(const ftb_method *m, void *state, const ftb_mode
     if ((size_t)n < sizeof msg) {
         if (found)
             snprintf(msg + n, sizeof msg - (size_t)n, "; %s", where);
-        else if (!isfinite(loss))
+        else if (!isfinite(loss) && !method_err[0])
             snprintf(msg + n, sizeof msg - (size_t)n,
                      "; every trainable value and gradient is finite, so the forward pass itself overflowed "
                      "(an option scaling activations too far, or a learning rate that diverged earlier)");

@@ -1,6 +1,7 @@
 /* cli.c — option parsing and input resolution.  See cli.h. */
 #include "cli.h"
 #include "plugin.h"
+#include "safetensors.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -118,6 +119,7 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
     o->optimizer = FTB_OPTIM_ADAMW;
     allowed |= CLI_DIRS;
 
+    const char *seen[sizeof specs / sizeof *specs] = { 0 };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
@@ -144,6 +146,16 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
             return ftb_errf(err, errlen, "%s takes no value", name);
         }
         if (s->has_value && !*val && strcmp(name, "--opt") != 0) return ftb_errf(err, errlen, "%s: empty value", name);
+        /* Every option but --opt takes one value: given twice, one of the
+         * two would be silently dropped. */
+        if (strcmp(name, "--opt") != 0) {
+            size_t k = (size_t)(s - specs);
+            if (seen[k])
+                return s->has_value
+                           ? ftb_errf(err, errlen, "%s given twice ('%s', then '%s'); give it once", name, seen[k], val)
+                           : ftb_errf(err, errlen, "%s given twice; give it once", name);
+            seen[k] = s->has_value ? val : name;
+        }
 
         int rc = 0;
         double d;
@@ -290,6 +302,65 @@ void ftb_cli_free(ftb_cli *o)
     o->n_opts = 0;
 }
 
+/* Every safetensors file of the checkpoint opens (its header is checked
+ * before it is believed: safetensors.h) and its embedding, where it has
+ * it, has config.json's shape.  Mapping a file reads only its header, so
+ * this costs nothing next to the cell, and a bad file is bad input (exit
+ * 2, one line) instead of a cell's error record. */
+static int check_one_file(const char *dir, const char *file, const ftb_config *cfg, char *err, size_t errlen)
+{
+    char path[PATH_MAX], e[FTB_ERR_LEN];
+    snprintf(path, sizeof path, "%.3000s/%.1000s", dir, file);
+    ftb_st_file f;
+    if (ftb_st_open(path, &f, e, sizeof e) != 0) return ftb_errf(err, errlen, "checkpoint %s: %s", dir, e);
+    const ftb_st_tensor *t = ftb_st_find(&f, "model.embed_tokens.weight");
+    int rc = 0;
+    if (t && (t->ndim != 2 || t->shape[0] != cfg->vocab_size || t->shape[1] != cfg->dim)) {
+        char shape[96];
+        ftb_st_format_shape(shape, sizeof shape, t->ndim, t->shape);
+        rc = ftb_errf(err, errlen, "%s: model.embed_tokens.weight has shape %s; config.json says [%d, %d]", path, shape,
+                      cfg->vocab_size, cfg->dim);
+    }
+    ftb_st_close(&f);
+    return rc;
+}
+
+static int check_safetensors(const char *dir, const ftb_config *cfg, char *err, size_t errlen)
+{
+    char single[PATH_MAX], index[PATH_MAX];
+    snprintf(single, sizeof single, "%.4000s/model.safetensors", dir);
+    snprintf(index, sizeof index, "%.4000s/model.safetensors.index.json", dir);
+    if (ftb_is_file(single)) return check_one_file(dir, "model.safetensors", cfg, err, errlen);
+    json_error_t je;
+    json_t *root = json_load_file(index, 0, &je);
+    if (!root) return ftb_errf(err, errlen, "%s: not valid JSON: %s (line %d)", index, je.text, je.line);
+    json_t *map = json_object_get(root, "weight_map");
+    int rc = 0;
+    if (!json_is_object(map)) rc = ftb_errf(err, errlen, "%s: no \"weight_map\" object", index);
+    /* Each shard once (tensors name them many times over). */
+    const char *done[256];
+    int ndone = 0;
+    const char *tensor;
+    json_t *v;
+    json_object_foreach(map, tensor, v)
+    {
+        const char *file = json_string_value(v);
+        if (rc) break;
+        if (!file || !*file || strchr(file, '/') || !strcmp(file, "..") || !strcmp(file, ".")) {
+            rc = ftb_errf(err, errlen, "%s: tensor '%s': weight_map entry is not a file name in this directory", index,
+                          tensor);
+            break;
+        }
+        int seen = 0;
+        for (int i = 0; i < ndone && !seen; i++) seen = !strcmp(done[i], file);
+        if (seen) continue;
+        if (ndone < 256) done[ndone++] = file;
+        rc = check_one_file(dir, file, cfg, err, errlen);
+    }
+    json_decref(root);
+    return rc;
+}
+
 int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char *name, size_t name_n, char *err,
                   size_t errlen)
 {
@@ -308,6 +379,7 @@ int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char 
         if (!ftb_is_file(st) && !ftb_is_file(idx))
             return ftb_errf(err, errlen, "checkpoint %s: no model.safetensors or model.safetensors.index.json",
                             o->checkpoint);
+        if (check_safetensors(o->checkpoint, cfg, err, errlen) != 0) return -1;
         /* The directory names the model: config.json's name is only the
          * architecture ("qwen2"), shared by every checkpoint of a family. */
         char dir[PATH_MAX];

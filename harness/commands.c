@@ -216,9 +216,13 @@ int ftb_cmd_run(int argc, char **argv)
         ftb_usage_error("run", err);
         goto out;
     }
-    if (c.seq > s.cfg.max_seq)
-        fprintf(stderr, "ftbench run: warning: --seq %d is longer than %s's max_seq %d\n", c.seq, s.model_name,
-                s.cfg.max_seq);
+    /* The model refuses such a batch: bad input, not a failed cell. */
+    if (c.seq > s.cfg.max_seq) {
+        snprintf(err, sizeof err, "--seq %d is longer than %s's max_seq (max_position_embeddings) %d", c.seq,
+                 s.model_name, s.cfg.max_seq);
+        ftb_usage_error("run", err);
+        goto out;
+    }
     ftb_cell_make_key(&c);
     char run_id[128];
     if (s.cli.run_id) {
@@ -268,8 +272,8 @@ int ftb_cmd_run(int argc, char **argv)
     }
     if (!s.cli.quiet) {
         c.progress = run_progress;
-        fprintf(stderr, "ftbench run: %s on %s%s (budget %.0f MiB, %s, %d threads)\n", c.key, s.device.name,
-                s.emulated ? " (emulated)" : "", (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads);
+        fprintf(stderr, "ftbench run: %s on %s%s (budget %s, %s, %d threads)\n", c.key, s.device.name,
+                s.emulated ? " (emulated)" : "", ftb_format_bytes(s.budget, (char[32]){0}, 32), ftb_enforce_name(s.enforce), s.threads);
     }
     if (ftb_cell_prepare_base(&c, s.cli.quiet, err, sizeof err) != 0) {
         fprintf(stderr, "ftbench run: %s\n", err);
@@ -293,8 +297,8 @@ int ftb_cmd_run(int argc, char **argv)
     printf("cell        %s\n", c.key);
     printf("outcome     %s%s%s\n", r.outcome, r.detail[0] ? ": " : "", r.detail);
     if (r.peak_rss > 0)
-        printf("peak RSS    %.1f MiB (budget %.0f MiB on %s)\n", (double)r.peak_rss / 1048576.0,
-               (double)s.budget / 1048576.0, s.device.name);
+        printf("peak RSS    %.1f MiB (budget %s on %s)\n", (double)r.peak_rss / 1048576.0, ftb_format_bytes(s.budget, (char[32]){0}, 32),
+               s.device.name);
     double cp = jpath(rec, "memory", "core", "peak_total_bytes");
     if (isfinite(cp)) printf("core peak   %.1f MiB\n", cp / 1048576.0);
     double ap = jpath(rec, "memory", "analytic", "peak_total_bytes");

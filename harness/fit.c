@@ -133,6 +133,12 @@ int ftb_cmd_fit(int argc, char **argv)
         goto out;
     }
     int seq_max = s.cli.seq_max ? s.cli.seq_max : s.cfg.max_seq;
+    if (seq_max > s.cfg.max_seq) {
+        snprintf(err, sizeof err, "--seq-max %d is longer than %s's max_seq (max_position_embeddings) %d", seq_max,
+                 s.model_name, s.cfg.max_seq);
+        ftb_usage_error("fit", err);
+        goto out;
+    }
     int seq_min = s.cli.seq_min;
     if (seq_min > seq_max) {
         snprintf(err, sizeof err, "--seq-min %d is above the longest length %d (the model's max_seq or --seq-max)",
@@ -173,8 +179,8 @@ int ftb_cmd_fit(int argc, char **argv)
     f.base.extra = extra;
     f.probes = json_array();
 
-    printf("fit: %s with %s on %s%s, batch %d, budget %.0f MiB (%s)\n", s.model_name, f.base.method_label,
-           s.device.name, s.emulated ? " (emulated)" : "", s.cli.batch, (double)s.budget / 1048576.0,
+    printf("fit: %s with %s on %s%s, batch %d, budget %s (%s)\n", s.model_name, f.base.method_label, s.device.name,
+           s.emulated ? " (emulated)" : "", s.cli.batch, ftb_format_bytes(s.budget, (char[32]){ 0 }, 32),
            ftb_enforce_name(s.enforce));
     if (ftb_cell_prepare_base(&f.base, s.cli.quiet, err, sizeof err) != 0) goto failed;
     int lo = 0, hi = 0; /* longest that fits, shortest that does not */
@@ -226,8 +232,8 @@ int ftb_cmd_fit(int argc, char **argv)
     if (run_fd >= 0) close(run_fd);
     free(fit_text);
     if (!lo)
-        printf("nothing fits: even seq %d is over the %.0f MiB budget of %s\n", seq_min, (double)s.budget / 1048576.0,
-               s.device.name);
+        printf("nothing fits: even seq %d is over the %s budget of %s\n", seq_min,
+               ftb_format_bytes(s.budget, (char[32]){ 0 }, 32), s.device.name);
     else if (!hi)
         printf("longest sequence that fits %s: %d tokens (every length up to %d fits)\n", s.device.name, lo, seq_max);
     else

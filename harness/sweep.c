@@ -118,10 +118,10 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
     for (int table = 0; table < 2; table++) {
         if (table == 0)
             fprintf(f,
-                    "\npeak RSS (MiB) on %s, budget %.0f MiB\n"
+                    "\npeak RSS (MiB) on %s, budget %s\n"
                     "  N* over budget (>N*: stopped at N); over*: not run, a shorter length was already over budget;\n"
                     "  CRASH / TIMEOUT / OOM / ERROR: the cell failed; -: not recorded\n",
-                    device, (double)budget / 1048576.0);
+                    device, ftb_format_bytes(budget, (char[32]){ 0 }, 32));
         if (table == 0) {
             int slurm = 0;
             for (int i = 0; i < n; i++) {
@@ -431,6 +431,22 @@ int ftb_cmd_sweep(int argc, char **argv)
         ftb_usage_error("sweep", err);
         goto out;
     }
+    /* Lengths the model refuses: given ones are bad input; a sweep
+     * definition's are left out, saying so. */
+    for (int k = 0; k < nseq; k++) {
+        if (seqs[k] <= s.cfg.max_seq) continue;
+        if (s.cli.seqs) {
+            snprintf(err, sizeof err, "--seqs: %d is longer than %s's max_seq (max_position_embeddings) %d", seqs[k],
+                     s.model_name, s.cfg.max_seq);
+            ftb_usage_error("sweep", err);
+            goto out;
+        }
+        if (!s.cli.quiet)
+            fprintf(stderr, "ftbench sweep: lengths above %s's max_seq %d left out (from %d)\n", s.model_name,
+                    s.cfg.max_seq, seqs[k]);
+        nseq = k;
+        break;
+    }
     /* Methods: the list given, or every plugin in the directory. */
     if (s.cli.methods) {
         char *copy = strdup(s.cli.methods), *save = NULL;
@@ -643,11 +659,11 @@ int ftb_cmd_sweep(int argc, char **argv)
         ftb_base_key_part(&s.cli.base, base_fmt, sizeof base_fmt);
         fprintf(stderr,
                 "ftbench sweep %s: %d cells (%d methods x %d lengths x %d batch sizes) of %s on %s%s, "
-                "budget %.0f MiB (%s), %d threads\n"
+                "budget %s (%s), %d threads\n"
                 "  base weights: %s%s\n"
                 "  results: %s%s\n",
                 sweep_name, ncells, nmethods, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
-                (double)s.budget / 1048576.0, ftb_enforce_name(s.enforce), s.threads, base_fmt[0] ? base_fmt : "f32",
+                ftb_format_bytes(s.budget, (char[32]){ 0 }, 32), ftb_enforce_name(s.enforce), s.threads, base_fmt[0] ? base_fmt : "f32",
                 s.base_from_device ? " (the device profile's default_base_dtype; --base-dtype f32 for fp32)" : "",
                 results, todo < ncells ? " (resuming)" : "");
         if (todo < ncells)

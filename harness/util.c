@@ -311,6 +311,21 @@ const char *ftb_signal_name(int sig)
     }
 }
 
+const char *ftb_format_bytes(int64_t bytes, char *buf, size_t n)
+{
+    const double kib = 1024.0, mib = kib * 1024.0;
+    double b = (double)bytes;
+    if (bytes < 1024)
+        snprintf(buf, n, "%lld B", (long long)bytes);
+    else if (b < mib)
+        snprintf(buf, n, bytes % 1024 ? "%.1f KiB" : "%.0f KiB", b / kib);
+    else if (b < 100 * mib && bytes % (1 << 20))
+        snprintf(buf, n, "%.1f MiB", b / mib);
+    else
+        snprintf(buf, n, "%.0f MiB", b / mib);
+    return buf;
+}
+
 void ftb_format_duration(double sec, char *buf, size_t n)
 {
     if (!(sec >= 0) || sec > 1e7) {

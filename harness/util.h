@@ -55,6 +55,11 @@ const char *ftb_hostname(void);
 /* Signal name ("SIGSEGV"); "SIG?" when unknown. */
 const char *ftb_signal_name(int sig);
 
+/* A size for people: "1 B", "300 KiB", "7.9 MiB", "3482 MiB" (MiB from
+ * 1 MiB up, as every figure of the harness; never "0 MiB" for a size
+ * that is not 0).  Returns buf. */
+const char *ftb_format_bytes(int64_t bytes, char *buf, size_t n);
+
 /* Human-friendly duration "1m05s" / "12.3s". */
 void ftb_format_duration(double sec, char *buf, size_t n);
 

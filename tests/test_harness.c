@@ -783,6 +783,57 @@ Test(harness, option_values_that_make_a_method_non_finite_are_refused, .fini = r
     cr_expect(access(results, F_OK) != 0, "nothing may be recorded for bad input");
 }
 
+/* One rule for bad input: exit 2, one line naming the problem, nothing
+ * recorded (issue 19 item 14). */
+Test(harness, bad_input_is_exit_2_and_one_line_everywhere, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    expect_usage_error(
+        (const char *[]){ "run", "--method", "lora", "--model", "tiny", "--seq", "99999", "--out", tmpdir, NULL },
+        "--seq 99999 is longer than tiny's max_seq (max_position_embeddings) 512");
+    expect_usage_error(
+        (const char *[]){ "sweep", "--methods", "lora", "--model", "tiny", "--seqs", "16,1024", "--out", tmpdir, NULL },
+        "--seqs: 1024 is longer than tiny's max_seq");
+    expect_usage_error((const char *[]){ "run", "--method", "lora", "--method", "full", "--model", "tiny", "--seq",
+                                         "16", "--out", tmpdir, NULL },
+                       "--method given twice ('lora', then 'full'); give it once");
+    expect_usage_error((const char *[]){ "bench-core", "--seq", "-1", NULL }, "--seq: bad value '-1'");
+    /* A checkpoint whose config.json is fine but whose safetensors is not. */
+    char ck[600], path[700];
+    snprintf(ck, sizeof ck, "%s/ck", tmpdir);
+    cr_assert(mkdir(ck, 0755) == 0);
+    snprintf(path, sizeof path, "%s/config.json", ck);
+    FILE *f = fopen(path, "w");
+    fputs("{\"model_type\": \"llama\", \"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+          " \"intermediate_size\": 128, \"vocab_size\": 100, \"max_position_embeddings\": 256}",
+          f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    f = fopen(path, "w");
+    fputs("garbage, not safetensors", f);
+    fclose(f);
+    expect_usage_error(
+        (const char *[]){ "run", "--method", "lora", "--checkpoint", ck, "--seq", "16", "--out", tmpdir, NULL },
+        "model.safetensors: header length");
+    snprintf(path, sizeof path, "%s/host", tmpdir);
+    cr_expect(access(path, F_OK) != 0, "nothing may be recorded for bad input");
+}
+
+/* A budget under a MiB is printed as what it is, not "0 MiB". */
+Test(harness, small_budgets_are_printed_in_bytes, .fini = remove_tmp)
+{
+    need_env();
+    make_tmp();
+    proc p = run((const char *[]){ "run", "--method", plugin("fwdonly"), "--model", "tiny", "--seq", "16", "--steps",
+                                   "1", "--warmup", "0", "--budget", "1", "--out", tmpdir, NULL });
+    cr_expect((p.code) == (1), "%s%s", p.out, p.err);
+    cr_expect(strstr(p.out, "exceeds the budget of 1 B") != NULL, "%s", p.out);
+    cr_expect(strstr(p.out, "(budget 1 B on host)") != NULL, "%s", p.out);
+    cr_expect(strstr(p.out, "budget 0 MiB") == NULL && strstr(p.err, "budget 0 MiB") == NULL, "%s%s", p.out, p.err);
+    proc_free(&p);
+}
+
 /* ---- base weight formats, residency, optimizer (--base-dtype ...) ------------ */
 
 #include "ftbench.h"
