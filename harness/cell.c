@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -521,6 +522,24 @@ static int is_fault_signal(int sig)
            sig == SIGSYS || sig == SIGXCPU || sig == SIGXFSZ;
 }
 
+/* A cell killed while writing a snapshot leaves its temporary
+ * (safe_file.c names them ".tmp-<pid>-..."): the child is dead, so every
+ * temporary of its pid in the run directory is garbage. */
+static void remove_temporaries_of(int run_fd, pid_t pid)
+{
+    int fd = dup(run_fd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0) close(fd);
+        return;
+    }
+    char prefix[32];
+    int pl = snprintf(prefix, sizeof prefix, ".tmp-%d-", (int)pid);
+    for (struct dirent *e; (e = readdir(d));)
+        if (!strncmp(e->d_name, prefix, (size_t)pl)) unlinkat(run_fd, e->d_name, 0);
+    closedir(d);
+}
+
 static double mib(int64_t b) { return (double)b / (1024.0 * 1024.0); }
 
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen)
@@ -695,6 +714,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     close(fds[0]);
     /* Grandchildren a plugin may have left behind share the group. */
     kill(-pid, SIGKILL);
+    remove_temporaries_of(run_fd, pid);
     g_child_pgid = 0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);

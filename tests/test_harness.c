@@ -834,6 +834,39 @@ Test(harness, small_budgets_are_printed_in_bytes, .fini = remove_tmp)
     proc_free(&p);
 }
 
+/* SIGTERM to `run` while its cell starts (it may be writing a snapshot):
+ * nothing hidden is left in the run directory but its lock — no
+ * .child.json, no temporary of the killed cell.  Several times, since the
+ * moment of the kill varies. */
+Test(harness, sigterm_leaves_no_snapshot_or_temporary, .fini = remove_tmp, .timeout = 120)
+{
+    need_env();
+    make_tmp();
+    for (int round = 0; round < 4; round++) {
+        char id[16], dir[600], child[700], outp[700], errp[700];
+        snprintf(id, sizeof id, "t%d", round);
+        snprintf(dir, sizeof dir, "%s/host/%s", tmpdir, id);
+        snprintf(child, sizeof child, "%s/.hang.tiny.s16.b1.child.json", dir);
+        snprintf(outp, sizeof outp, "%s/out%d", tmpdir, round);
+        snprintf(errp, sizeof errp, "%s/err%d", tmpdir, round);
+        pid_t pid = spawn((const char *[]){ "run", "--method", plugin("hang"), "--model", "tiny", "--seq", "16",
+                                            "--timeout", "60", "--out", tmpdir, "--run-id", id, NULL },
+                          outp, errp);
+        for (int i = 0; i < 400 && access(child, F_OK) != 0; i++) usleep(5000);
+        usleep(round * 3000);
+        kill(pid, SIGTERM);
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        DIR *d = opendir(dir);
+        cr_assert(d != NULL, "%s", dir);
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] == '.' && strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, ".lock"))
+                cr_expect(0, "round %d: %s left in the run directory", round, e->d_name);
+        closedir(d);
+    }
+}
+
 /* ---- base weight formats, residency, optimizer (--base-dtype ...) ------------ */
 
 #include "ftbench.h"
