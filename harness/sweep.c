@@ -663,7 +663,8 @@ int ftb_cmd_sweep(int argc, char **argv)
                 "  base weights: %s%s\n"
                 "  results: %s%s\n",
                 sweep_name, ncells, nmethods, nseq, nbat, s.model_name, s.device.name, s.emulated ? " (emulated)" : "",
-                ftb_format_bytes(s.budget, (char[32]){ 0 }, 32), ftb_enforce_name(s.enforce), s.threads, base_fmt[0] ? base_fmt : "f32",
+                ftb_format_bytes(s.budget, (char[32]){ 0 }, 32), ftb_enforce_name(s.enforce), s.threads,
+                base_fmt[0] ? base_fmt : "f32",
                 s.base_from_device ? " (the device profile's default_base_dtype; --base-dtype f32 for fp32)" : "",
                 results, todo < ncells ? " (resuming)" : "");
         if (todo < ncells)
