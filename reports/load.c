@@ -53,8 +53,31 @@ static int has_cells(const char *dir)
     return yes;
 }
 
-static void scan(const char *dir, int depth, char ***files, int *n)
+/* Directories already walked, by device and inode: a link back up the
+ * tree (a loop) or two links to one run must not count its files twice. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+} dir_id;
+typedef struct {
+    dir_id *v;
+    int n;
+} dir_seen;
+
+static int first_visit(dir_seen *seen, const char *dir)
 {
+    struct stat st;
+    if (stat(dir, &st) != 0) return 0;
+    for (int i = 0; i < seen->n; i++)
+        if (seen->v[i].dev == st.st_dev && seen->v[i].ino == st.st_ino) return 0;
+    seen->v = realloc(seen->v, (size_t)(seen->n + 1) * sizeof *seen->v);
+    seen->v[seen->n++] = (dir_id){ st.st_dev, st.st_ino };
+    return 1;
+}
+
+static void scan(const char *dir, int depth, char ***files, int *n, dir_seen *seen)
+{
+    if (!first_visit(seen, dir)) return;
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
@@ -87,7 +110,7 @@ static void scan(const char *dir, int depth, char ***files, int *n)
     closedir(d);
     if (nsub) qsort(subdirs, (size_t)nsub, sizeof *subdirs, cmp_str);
     for (int i = 0; i < nsub; i++) {
-        scan(subdirs[i], depth + 1, files, n);
+        scan(subdirs[i], depth + 1, files, n, seen);
         free(subdirs[i]);
     }
     free(subdirs);
@@ -361,6 +384,14 @@ static int load_file(ftr_set *s, const char *path, FILE *warn)
     while ((len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         int has_nl = len > 0 && line[len - 1] == '\n';
+        /* A NUL byte would end the line for every string function below:
+         * a line holding one is damaged, and said so, not taken as blank. */
+        const char *nul = memchr(line, 0, (size_t)len);
+        if (nul) {
+            skip(s, warn, src, lineno, "a NUL byte at column %d: not a record (a damaged file?)",
+                 (int)(nul - line) + 1);
+            continue;
+        }
         char *p = line;
         while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
         if (!*p) continue;
@@ -401,7 +432,9 @@ int ftr_load(ftr_set *s, const char *path, FILE *warn, char *err, size_t errlen)
         size_t n = strlen(path);
         char *p = strdup(path);
         while (n > 1 && p[n - 1] == '/') p[--n] = 0;
-        scan(p, 0, &files, &nf);
+        dir_seen seen = { NULL, 0 };
+        scan(p, 0, &files, &nf, &seen);
+        free(seen.v);
         free(p);
     } else {
         push_str(&files, &nf, path);

@@ -1232,3 +1232,30 @@ Test(report, throughput_from_unlike_machines_is_marked, .init = make_tmp, .fini 
                        "%s", md);
     free(md);
 }
+
+/* A line led by a NUL byte is reported with its file and line, not taken
+ * as blank; a link back up the results tree does not count a file twice. */
+Test(report, nul_lines_are_reported_and_link_loops_counted_once, .init = make_tmp, .fini = remove_tmp)
+{
+    char dir[512], path[1400];
+    snprintf(dir, sizeof dir, "%s/run", tmpdir);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    put_record(f, 0, 256, "ok", 700, 3482);
+    fputc(0, f);
+    put_record(f, 0, 512, "ok", 900, 3482);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/loop", dir);
+    cr_assert_eq(symlink("..", path), 0);
+    ftr_set s;
+    memset(&s, 0, sizeof s);
+    char err[512];
+    cr_assert_gt(ftr_load(&s, tmpdir, NULL, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(s.n, 1, "one record, read once: %d", s.n);
+    cr_expect_eq(s.nsources, 1, "one file: %d", s.nsources);
+    cr_assert_eq(s.nskipped, 1);
+    cr_expect_not_null(strstr(s.skipped[0], "/run/results.jsonl:2: a NUL byte at column 1"), "%s", s.skipped[0]);
+    ftr_set_free(&s);
+}
