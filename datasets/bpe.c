@@ -19,6 +19,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
+#include "input_file.h"
 
 #include <jansson.h>
 #include <pcre2.h>
@@ -74,6 +75,10 @@ static int errf(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    /* One line, whatever the input: jansson quotes the text near an error,
+     * which may hold a newline or other control characters. */
+    for (char *c = err; *c; c++)
+        if ((unsigned char)*c < 0x20) *c = '?';
     return -1;
 }
 
@@ -278,8 +283,18 @@ static int added_at(const ftb_bpe *b, const char *text, size_t len)
 
 ftb_bpe *ftb_bpe_load(const char *path, char *err, size_t errlen)
 {
+    /* Real tokenizer.json files are 2-20 MB (Llama 3's 9 MB, Qwen's 7 MB);
+     * 512 MiB leaves room for any real one and refuses an endless input. */
+    char why[512];
+    size_t text_len = 0;
+    char *text = ftb_input_read(path, "tokenizer.json", (size_t)512 << 20, &text_len, why, sizeof why);
+    if (!text) {
+        errf(err, errlen, "tokenizer %s", why);
+        return NULL;
+    }
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(text, text_len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
     if (!root) {
         if (je.line <= 0)
             errf(err, errlen, "tokenizer %s: %s", path, je.text);

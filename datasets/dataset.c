@@ -4,6 +4,7 @@
  * open, so a malformed file is reported before any measurement starts.
  */
 #include "dataset.h"
+#include "input_file.h"
 #include "tasks.h"
 
 #include <endian.h>
@@ -51,6 +52,9 @@ static int errf(char *err, size_t errlen, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
+        /* One line: jansson quotes the input near an error. */
+        for (char *c = err; *c; c++)
+            if ((unsigned char)*c < 0x20) *c = '?';
     }
     return -1;
 }
@@ -175,8 +179,9 @@ static int ends_with(const char *s, const char *suf)
 
 static int load_int32(ftb_dataset *d, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
+    char why[512];
+    FILE *f = ftb_input_fopen(path, why, sizeof why);
+    if (!f) return errf(err, errlen, "dataset %s", why);
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return errf(err, errlen, "dataset %s: cannot seek (not a regular file?)", path);
@@ -227,8 +232,9 @@ static int64_t json_int_array(json_t *obj, const char *key, const char *where, i
 
 static int load_jsonl(ftb_dataset *d, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return errf(err, errlen, "cannot read dataset %s: %s", path, strerror(errno));
+    char why[512];
+    FILE *f = ftb_input_fopen(path, why, sizeof why);
+    if (!f) return errf(err, errlen, "dataset %s", why);
     size_t cap_ids = 4096, cap_ex = 64;
     d->ids = malloc(cap_ids * sizeof(int32_t));
     d->labels = malloc(cap_ids * sizeof(int32_t));

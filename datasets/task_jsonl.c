@@ -10,6 +10,7 @@
  * load, so a bad line is one error naming the file and the line.
  */
 #include "tasks.h"
+#include "input_file.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -36,6 +37,10 @@ static int errf(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    /* One line, whatever the input: jansson quotes the text near an error,
+     * which may hold a newline or other control characters. */
+    for (char *c = err; *c; c++)
+        if ((unsigned char)*c < 0x20) *c = '?';
     return -1;
 }
 
@@ -151,9 +156,10 @@ static int parse_line(ftb_instr *d, const ftb_tokenizer *tok, json_t *obj, const
 
 ftb_instr *ftb_instr_load(const char *path, const ftb_tokenizer *tok, int holdout, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
+    char why[512];
+    FILE *f = ftb_input_fopen(path, why, sizeof why);
     if (!f) {
-        errf(err, errlen, "cannot read instruction data %s: %s", path, strerror(errno));
+        errf(err, errlen, "instruction data %s", why);
         return NULL;
     }
     ftb_instr *d = calloc(1, sizeof *d);

@@ -3,6 +3,7 @@
 #include "cpu.h"
 #include "ftbench.h"
 #include "util.h"
+#include "input_file.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -214,7 +215,8 @@ int ftb_profile_parse(const char *text, const char *fname, ftb_profile *p, char 
 
 int ftb_profile_load(const char *path, ftb_profile *p, char *err, size_t errlen)
 {
-    char *text = ftb_read_file(path, NULL, err, errlen);
+    /* A profile is a few dozen lines; 1 MiB is far past any. */
+    char *text = ftb_input_read(path, "device profile", (size_t)1 << 20, NULL, err, errlen);
     if (!text) return -1;
     int rc = ftb_profile_parse(text, path, p, err, errlen);
     free(text);

@@ -1,5 +1,6 @@
 /* util.c — see util.h. */
 #include "util.h"
+#include "input_file.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -141,39 +142,9 @@ int ftb_mkdirs(const char *path, char *err, size_t errlen)
 
 char *ftb_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ftb_errf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap *= 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                ftb_errf(err, errlen, "cannot read %s: out of memory", path);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    if (ferror(f)) {
-        free(buf);
-        fclose(f);
-        ftb_errf(err, errlen, "cannot read %s: %s", path, strerror(errno ? errno : EIO));
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
+    /* Regular files only (a FIFO or /dev/zero would never end), and no
+     * whole-file read of ours needs anywhere near 1 GiB. */
+    return ftb_input_read(path, "file ftbench reads whole", (size_t)1 << 30, len, err, errlen);
 }
 
 uint64_t ftb_fnv1a(const void *data, size_t n, uint64_t h)

@@ -12,6 +12,7 @@
  * when no tensor is involved).
  */
 #include "ftbench.h"
+#include "input_file.h"
 #include "model_internal.h"
 #include "quant.h"
 #include "safetensors.h"
@@ -64,48 +65,11 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-/* Reads a whole (small) file: config.json and the index. */
+/* Reads a whole (small) file: config.json and the index.  No config or
+ * index is anywhere near 64 MiB; a larger file is not one. */
 static char *read_text_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        ck_error(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 4096, used = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        used += fread(buf + used, 1, cap - used, fp);
-        if (used < cap) break;
-        if (cap >= ((size_t)64 << 20)) { /* no config is this large */
-            ck_error(err, errlen, "%s: larger than 64 MB, not a config", path);
-            free(buf);
-            fclose(fp);
-            return NULL;
-        }
-        char *grown = realloc(buf, cap * 2);
-        if (!grown) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = grown;
-        cap *= 2;
-    }
-    if (!buf) {
-        ck_error(err, errlen, "%s: out of memory", path);
-        fclose(fp);
-        return NULL;
-    }
-    if (ferror(fp)) {
-        ck_error(err, errlen, "%s: read error: %s", path, strerror(errno));
-        free(buf);
-        fclose(fp);
-        return NULL;
-    }
-    fclose(fp);
-    *len = used;
-    return buf;
+    return ftb_input_read(path, "config or index", (size_t)64 << 20, len, err, errlen);
 }
 
 /* Parses a JSON file that must hold an object. */

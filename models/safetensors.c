@@ -7,6 +7,7 @@
  * read.
  */
 #include "safetensors.h"
+#include "input_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -389,11 +390,9 @@ int ftb_st_open(const char *path, ftb_st_file *f, char *err, size_t errlen)
         st_error(err, errlen, "%s: out of memory", path);
         return -1;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        st_error(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        goto fail;
-    }
+    /* A FIFO or a device is refused here, before it could block. */
+    int fd = ftb_input_open(path, err, errlen);
+    if (fd < 0) goto fail;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         st_error(err, errlen, "%s: cannot stat: %s", path, strerror(errno));

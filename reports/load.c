@@ -5,6 +5,7 @@
  * killed writer, or foreign text) is reported with its line number and the
  * rest of the file is used.
  */
+#include "input_file.h"
 #include "report_internal.h"
 
 #include <dirent.h>
@@ -364,9 +365,12 @@ static int load_file(ftr_set *s, const char *path, FILE *warn)
 {
     size_t pl = strlen(path);
     if (pl > 7 && !strcmp(path + pl - 7, "/cells/")) return load_cells(s, path, warn);
-    FILE *f = fopen(path, "r");
+    /* A FIFO or device in a results tree would never end: skipped. */
+    char why[512];
+    FILE *f = ftb_input_fopen(path, why, sizeof why);
     if (!f) {
-        skip(s, warn, path, 0, "cannot open: %s", strerror(errno));
+        const char *colon = strstr(why, ": ");
+        skip(s, warn, path, 0, "%s", colon ? colon + 2 : why);
         return 0;
     }
     /* The file and its directory (timeline files are beside it). */

@@ -24,6 +24,7 @@
  * phase strip sits above the data with a gap, and the peak labels below
  * their marks, so neither covers the other.
  */
+#include "input_file.h"
 #include "report_internal.h"
 
 #include <math.h>
@@ -99,11 +100,8 @@ static void find_steps(ftr_timeline *tl)
 int ftr_timeline_read(const char *path, ftr_timeline *tl, char *err, size_t errlen)
 {
     memset(tl, 0, sizeof *tl);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "cannot open %.400s", path);
-        return -1;
-    }
+    FILE *f = ftb_input_fopen(path, err, errlen); /* regular files only: a FIFO would block */
+    if (!f) return -1;
     int col_t = -1, col_phase = -1, col_rss = -1, col_cat[FTR_NCAT], col_live = -1;
     for (int c = 0; c < FTR_NCAT; c++) col_cat[c] = -1;
     char *line = NULL;
