@@ -311,6 +311,8 @@ typedef struct {
     char **names; /* phase names ("fwd L3", "optim", "load", ...)  */
     int nsteps;   /* steps: between the harness's own phases       */
     double *step_t0, *step_t1;
+    int ndropped;      /* lines whose t_sec is not a finite number: left out */
+    int first_dropped; /* the first one's line number (1-based), 0 none       */
 } ftr_timeline;
 
 extern const char *const ftr_phase_class_names[5]; /* "", "forward", ... "other" */

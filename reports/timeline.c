@@ -106,8 +106,9 @@ int ftr_timeline_read(const char *path, ftr_timeline *tl, char *err, size_t errl
     for (int c = 0; c < FTR_NCAT; c++) col_cat[c] = -1;
     char *line = NULL;
     size_t cap = 0;
-    int alloc = 0, have_header = 0;
+    int alloc = 0, have_header = 0, lineno = 0;
     while (getline(&line, &cap, f) >= 0) {
+        lineno++;
         if (line[0] == '#' || line[0] == '\n') continue;
         char *fld[64];
         int nf = split_tabs(line, fld, 64);
@@ -138,7 +139,11 @@ int ftr_timeline_read(const char *path, ftr_timeline *tl, char *err, size_t errl
         if (nf <= need) continue; /* a torn last line */
         char *end;
         double t = strtod(fld[col_t], &end);
-        if (end == fld[col_t] || !isfinite(t)) continue; /* not a time: not a line to draw */
+        if (end == fld[col_t] || !isfinite(t)) { /* not a time: not a line to draw, and said so */
+            if (!tl->ndropped) tl->first_dropped = lineno;
+            tl->ndropped++;
+            continue;
+        }
         if (tl->n == alloc) {
             alloc = alloc ? alloc * 2 : 4096;
             tl->rows = realloc(tl->rows, (size_t)alloc * sizeof *tl->rows);
@@ -335,6 +340,9 @@ int ftr_timeline_plot(ftr_plotter *p, const ftr_rec *rec, int scope, char *err, 
     if (ftr_timeline_path(rec, path, sizeof path, err, errlen) != 0) return -1;
     ftr_timeline tl;
     if (ftr_timeline_read(path, &tl, err, errlen) != 0) return -1;
+    if (tl.ndropped)
+        fprintf(stderr, "ftbench report: %s:%d: t_sec is not a finite number; %d such line%s left out of the plot\n",
+                path, tl.first_dropped, tl.ndropped, tl.ndropped == 1 ? "" : "s");
 
     /* Name: device + cell, and the run when a name is taken already. */
     char name[300];

@@ -1259,3 +1259,27 @@ Test(report, nul_lines_are_reported_and_link_loops_counted_once, .init = make_tm
     cr_expect_not_null(strstr(s.skipped[0], "/run/results.jsonl:2: a NUL byte at column 1"), "%s", s.skipped[0]);
     ftr_set_free(&s);
 }
+
+/* A timeline line whose t_sec is NaN never reaches the plot data, and the
+ * reader says where it was. */
+Test(report, a_nan_time_in_a_timeline_is_dropped_and_counted, .init = make_tmp, .fini = remove_tmp)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/x.timeline.tsv", tmpdir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("# ftbench timeline\nt_sec\tkind\tphase\tcategory\tdelta_bytes\trss_bytes\tlive_total\n"
+          "0.001\trss\tload\t-\t0\t1048576\t0\n"
+          "nan\trss\tload\t-\t0\t2097152\t0\n"
+          "0.003\trss\tload\t-\t0\t3145728\t0\n",
+          f);
+    fclose(f);
+    ftr_timeline tl;
+    char err[512];
+    cr_assert_eq(ftr_timeline_read(path, &tl, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(tl.n, 2);
+    for (int i = 0; i < tl.n; i++) cr_expect(isfinite(tl.rows[i].t));
+    cr_expect_eq(tl.ndropped, 1);
+    cr_expect_eq(tl.first_dropped, 4, "line %d", tl.first_dropped);
+    ftr_timeline_free(&tl);
+}
