@@ -273,7 +273,8 @@ int ftb_cmd_run(int argc, char **argv)
     if (!s.cli.quiet) {
         c.progress = run_progress;
         fprintf(stderr, "ftbench run: %s on %s%s (budget %s, %s, %d threads)\n", c.key, s.device.name,
-                s.emulated ? " (emulated)" : "", ftb_format_bytes(s.budget, (char[32]){0}, 32), ftb_enforce_name(s.enforce), s.threads);
+                s.emulated ? " (emulated)" : "", ftb_format_bytes(s.budget, (char[32]){ 0 }, 32),
+                ftb_enforce_name(s.enforce), s.threads);
     }
     if (ftb_cell_prepare_base(&c, s.cli.quiet, err, sizeof err) != 0) {
         fprintf(stderr, "ftbench run: %s\n", err);
@@ -297,8 +298,8 @@ int ftb_cmd_run(int argc, char **argv)
     printf("cell        %s\n", c.key);
     printf("outcome     %s%s%s\n", r.outcome, r.detail[0] ? ": " : "", r.detail);
     if (r.peak_rss > 0)
-        printf("peak RSS    %.1f MiB (budget %s on %s)\n", (double)r.peak_rss / 1048576.0, ftb_format_bytes(s.budget, (char[32]){0}, 32),
-               s.device.name);
+        printf("peak RSS    %.1f MiB (budget %s on %s)\n", (double)r.peak_rss / 1048576.0,
+               ftb_format_bytes(s.budget, (char[32]){ 0 }, 32), s.device.name);
     double cp = jpath(rec, "memory", "core", "peak_total_bytes");
     if (isfinite(cp)) printf("core peak   %.1f MiB\n", cp / 1048576.0);
     double ap = jpath(rec, "memory", "analytic", "peak_total_bytes");
@@ -391,12 +392,30 @@ int ftb_cmd_list(int argc, char **argv)
         printf("  %-14s %s\n", labels[i], json_string_value(json_object_get(j, "summary")));
         size_t k;
         json_t *d;
-        json_array_foreach(json_object_get(j, "options"), k, d)
+        json_t *opts = json_object_get(j, "options");
+        json_array_foreach(opts, k, d)
         {
+            const char *name = json_string_value(json_object_get(d, "name"));
+            const char *help = json_string_value(json_object_get(d, "help"));
+            /* An alias ("inner.rank", help "same as rank") is named on its
+             * option's line, not listed again. */
+            if (help && !strncmp(help, "same as ", 8)) continue;
             const char *def = json_string_value(json_object_get(d, "default"));
-            char left[96];
-            snprintf(left, sizeof left, "%s=%s", json_string_value(json_object_get(d, "name")), def ? def : "");
-            printf("  %14s   --opt %-20s %s\n", "", left, json_string_value(json_object_get(d, "help")));
+            char left[96], also[200] = "";
+            snprintf(left, sizeof left, "%s=%s", name ? name : "?", def ? def : "");
+            size_t q;
+            json_t *a;
+            json_array_foreach(opts, q, a)
+            {
+                const char *ah = json_string_value(json_object_get(a, "help"));
+                const char *an = json_string_value(json_object_get(a, "name"));
+                if (name && ah && an && !strncmp(ah, "same as ", 8) && !strcmp(ah + 8, name)) {
+                    size_t used = strlen(also);
+                    snprintf(also + used, sizeof also - used, "%s%s", used ? ", " : " (also ", an);
+                }
+            }
+            if (also[0]) snprintf(also + strlen(also), sizeof also - strlen(also), ")");
+            printf("  %14s   --opt %-20s %s%s\n", "", left, help ? help : "", also);
         }
         json_decref(j);
         free(json);

@@ -867,6 +867,19 @@ Test(harness, sigterm_leaves_no_snapshot_or_temporary, .fini = remove_tmp, .time
     }
 }
 
+/* `ftbench list` names each option once: gc's inner.* aliases are named
+ * on their option's line, not listed a second time. */
+Test(harness, list_names_each_option_once)
+{
+    need_env();
+    proc p = run((const char *[]){ "list", NULL });
+    cr_assert((p.code) == (0), "%s", p.err);
+    cr_expect(strstr(p.out, "--opt inner.rank=") == NULL, "an alias listed as an option:\n%s", p.out);
+    cr_expect(strstr(p.out, "same as rank") == NULL, "%s", p.out);
+    cr_expect(strstr(p.out, "(also inner.rank)") != NULL, "%s", p.out);
+    proc_free(&p);
+}
+
 /* ---- base weight formats, residency, optimizer (--base-dtype ...) ------------ */
 
 #include "ftbench.h"
