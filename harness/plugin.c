@@ -150,6 +150,22 @@ int ftb_plugin_resolve(const char *name_or_path, const char *dirs, char *path, s
                     dirs, avail);
 }
 
+/* The directories plugins were loaded from, searched by ftb_method_open
+ * after the search path: a wrapper loaded by path (--method /x/gc.so)
+ * still finds the methods beside it (/x/lora.so), as before ABI 3. */
+static char loaded_dirs[4 * PATH_MAX];
+
+static void remember_plugin_dir(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    path_append(loaded_dirs, sizeof loaded_dirs, dir);
+}
+
 int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
 {
     memset(p, 0, sizeof *p);
@@ -190,6 +206,7 @@ int ftb_plugin_open(const char *path, ftb_plugin *p, char *err, size_t errlen)
         return -1;
     }
     p->method = m;
+    remember_plugin_dir(path);
     return 0;
 }
 
@@ -249,9 +266,20 @@ static int check_options(const ftb_method *m, const char *label, const ftb_optio
 const ftb_method *ftb_method_open(const char *name_or_path, const ftb_options *options, char *err, size_t errlen)
 {
     char path[PATH_MAX], label[128];
-    const char *dirs = search_path_set ? (search_path[0] ? search_path : NULL) : ftb_methods_search_path(NULL);
+    if (!search_path_set) ftb_methods_search_path(NULL);
+    char dirs[sizeof search_path + sizeof loaded_dirs] = "";
+    snprintf(dirs, sizeof dirs, "%s", search_path);
+    for (const char *d = loaded_dirs; *d;) { /* then where plugins were loaded from */
+        const char *colon = strchr(d, ':');
+        size_t len = colon ? (size_t)(colon - d) : strlen(d);
+        char one[PATH_MAX];
+        snprintf(one, sizeof one, "%.*s", (int)len, d);
+        path_append(dirs, sizeof dirs, one);
+        d += len + (colon ? 1 : 0);
+    }
     char why[FTB_ERR_LEN];
-    if (ftb_plugin_resolve(name_or_path, dirs, path, sizeof path, label, sizeof label, why, sizeof why)) {
+    if (ftb_plugin_resolve(name_or_path, dirs[0] ? dirs : NULL, path, sizeof path, label, sizeof label, why,
+                           sizeof why)) {
         ftb_errf(err, errlen, "method '%s' is not available: %s", name_or_path, why);
         return NULL;
     }

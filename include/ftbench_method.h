@@ -529,7 +529,8 @@ typedef const ftb_method *(*ftb_method_entry_fn)(void);
 #define FTB_METHOD_ENTRY "ftbench_method"
 
 /* Another method plugin, for a method that wraps one (gc, mebp): loaded by
- * the host's own loader — the same search path (a name) or a path (with a
+ * the host's own loader — the same search path, then the directories
+ * plugins were loaded from (a name), or a path (with a
  * '/' or ending in .so), the same ABI check — and each key of options (NULL:
  * none) checked against the options it documents (err lists them).  NULL
  * with err on failure.  Fields past destroy: read only when the returned

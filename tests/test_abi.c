@@ -326,3 +326,34 @@ Test(abi, gc_wraps_an_inner_method_given_by_path)
     ftb_model_free(m);
     ftb_plugin_close(&p);
 }
+
+/* A wrapper loaded by path finds methods beside it that are not on the
+ * search path (gc in a directory of its own, with its inner method). */
+Test(abi, a_wrapper_loaded_by_path_finds_methods_beside_it)
+{
+    char tmp[] = "/tmp/ftb_abi_XXXXXX", src[4200], gc[64], inner[64], err[FTB_ERR_LEN] = "";
+    cr_assert_not_null(mkdtemp(tmp));
+    snprintf(gc, sizeof gc, "%s/gc.so", tmp);
+    snprintf(inner, sizeof inner, "%s/beside.so", tmp);
+    snprintf(src, sizeof src, "%s/gc.so", th_methods_dir());
+    cr_assert_eq(symlink(src, gc), 0);
+    snprintf(src, sizeof src, "%s/ia3.so", th_methods_dir());
+    cr_assert_eq(symlink(src, inner), 0);
+    ftb_plugin p;
+    cr_assert_eq(ftb_plugin_open(gc, &p, err, sizeof err), 0, "%s", err);
+    ftb_config cfg;
+    ftb_zoo_get("tiny", &cfg);
+    ftb_model *m = ftb_model_create(&cfg, 1, err, sizeof err);
+    cr_assert_not_null(m, "%s", err);
+    const char *keys[] = { "inner" }, *values[] = { "beside" };
+    ftb_options o = { 1, keys, values };
+    ftb_session s = th_session(m, &o);
+    void *st = p.method->init(&s, err, sizeof err);
+    cr_expect_not_null(st, "gc loaded from %s did not find beside.so there: %s", tmp, err);
+    if (st) p.method->destroy(st);
+    ftb_model_free(m);
+    ftb_plugin_close(&p);
+    unlink(gc);
+    unlink(inner);
+    rmdir(tmp);
+}
