@@ -71,14 +71,14 @@ DEPS_CHECK    ?= sh ci/install-deps.sh
 BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null || echo -I/usr/include/$(TRIPLE)/openblas-pthread)
 BLAS_LIBS   := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
 
-CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) $(SYSROOT_FLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) $(SYSROOT_FLAGS) -Iinclude -Ilib -Imodels -Idatasets -Iharness/cell -Iharness/cmd $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
 # Plugins see the method ABI alone (include/ftbench_method.h, ftbench_kit.h).
-PLUGIN_CFLAGS := $(filter-out -Imodels -Idatasets -Iharness $(BLAS_CFLAGS),$(CFLAGS))
+PLUGIN_CFLAGS := $(filter-out -Ilib -Imodels -Idatasets -Iharness/cell -Iharness/cmd $(BLAS_CFLAGS),$(CFLAGS))
 LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 LDFLAGS := -fopenmp $(SANFLAGS) $(SYSROOT_FLAGS) -Wl,--export-dynamic
 
-CORE_SRC    := $(wildcard models/*.c datasets/*.c)
-HARNESS_SRC := $(filter-out harness/main.c,$(wildcard harness/*.c))
+CORE_SRC    := $(wildcard lib/*.c models/*.c datasets/*.c)
+HARNESS_SRC := $(filter-out harness/cmd/main.c,$(wildcard harness/cell/*.c harness/cmd/*.c))
 REPORT_SRC  := $(wildcard reports/*.c)
 METHOD_DIRS := $(patsubst %/,%,$(dir $(wildcard methods/*/*.c)))
 METHODS     := $(filter-out kit,$(sort $(notdir $(METHOD_DIRS))))
@@ -112,8 +112,8 @@ $(CORELIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
-$(BIN): $(BUILD)/harness/main.o $(HARNESS_OBJ) $(CORELIB)
-	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
+$(BIN): $(BUILD)/harness/cmd/main.o $(HARNESS_OBJ) $(CORELIB)
+	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/cmd/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
 
 # A plugin is every .c file of its folder (rebuilt when a .h there or a
 # public header changes), compiled against include/ only and linked as one
@@ -236,12 +236,12 @@ FUZZ_TARGETS    ?= $(FUZZ_NAMES)
 # known, reported bug; the targets set halt_on_error=1 (fuzz_common.h), so
 # any other undefined behaviour still ends the run as a crash.
 FUZZ_SANFLAGS   := -fsanitize=address,undefined -fsanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_CFLAGS     := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g $(FUZZ_SANFLAGS) -Iinclude -Imodels -Idatasets -Iharness $(BLAS_CFLAGS)
+FUZZ_CFLAGS     := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g $(FUZZ_SANFLAGS) -Iinclude -Ilib -Imodels -Idatasets -Iharness/cell -Iharness/cmd $(BLAS_CFLAGS)
 FUZZ_LDLIBS     := $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm
 FUZZ_OBJ        := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(CORE_SRC) $(HARNESS_SRC) $(REPORT_SRC))
 FUZZ_LIB        := $(FUZZ_BUILD)/libftbench_fuzz.a
 FUZZ_BINS       := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
-FUZZ_HEADERS    := $(wildcard include/*.h models/*.h datasets/*.h harness/*.h reports/*.h)
+FUZZ_HEADERS    := $(wildcard include/*.h lib/*.h models/*.h datasets/*.h harness/*/*.h reports/*.h)
 
 .PHONY: fuzz fuzz-ci fuzz-build fuzz-corpus fuzz-clean
 fuzz-build: $(FUZZ_BINS)
