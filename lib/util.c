@@ -125,19 +125,31 @@ int ftb_mkdirs(const char *path, char *err, size_t errlen)
 {
     char buf[PATH_MAX];
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return ftb_errf(err, errlen, "path too long: %s", path);
+        return ftb_errf(err, errlen, "%.200s...: path too long", path);
     for (char *p = buf + 1;; p++) {
         if (*p == '/' || *p == 0) {
             char c = *p;
             *p = 0;
             if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return ftb_errf(err, errlen, "cannot create directory %s: %s", buf, strerror(errno));
+                return ftb_errf(err, errlen, "%s: cannot create directory: %s", buf, strerror(errno));
             *p = c;
             if (!c) break;
         }
     }
-    if (!ftb_is_dir(path)) return ftb_errf(err, errlen, "%s exists and is not a directory", path);
+    if (!ftb_is_dir(path)) return ftb_errf(err, errlen, "%s: not a directory", path);
     return 0;
+}
+
+char *ftb_path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t at = a;
+    if (a && dir[a - 1] != '/') p[at++] = '/';
+    memcpy(p + at, name, b + 1);
+    return p;
 }
 
 char *ftb_read_file(const char *path, size_t *len, char *err, size_t errlen)

@@ -27,8 +27,12 @@ char *ftb_trim(char *s);
 const char *ftb_exe_dir(void);
 int ftb_is_dir(const char *path);
 int ftb_is_file(const char *path);
-/* mkdir -p; 0 or -1 with err filled. */
+/* mkdir -p (new directories 0777 less the umask); 0, or -1 with err
+ * "PATH: cannot create directory: ..." / "PATH: not a directory". */
 int ftb_mkdirs(const char *path, char *err, size_t errlen);
+/* dir + "/" + name (no second '/' when dir ends with one), malloc'd; NULL
+ * when out of memory. */
+char *ftb_path_join(const char *dir, const char *name);
 /* Reads a whole file (NUL-terminated); NULL with err filled. */
 char *ftb_read_file(const char *path, size_t *len, char *err, size_t errlen);
 

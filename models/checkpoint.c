@@ -16,6 +16,7 @@
 #include "model_internal.h"
 #include "quant.h"
 #include "safetensors.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,19 +51,6 @@ static void ck_error(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
     for (char *c = err; *c; c++)
         if ((unsigned char)*c < 0x20) *c = '?';
-}
-
-/* dir + "/" + name, malloc'd (NULL on out of memory). */
-static char *path_join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    size_t at = a;
-    if (a && dir[a - 1] != '/') p[at++] = '/';
-    memcpy(p + at, name, b + 1);
-    return p;
 }
 
 /* Reads a whole (small) file: config.json and the index.  No config or
@@ -402,7 +390,7 @@ static shard *source_shard(checkpoint_source *src, const char *file_name, const 
     shard *s = &src->shards[src->n_shards];
     memset(s, 0, sizeof *s);
     s->file_name = strdup(file_name);
-    s->path = path_join(src->dir, file_name);
+    s->path = ftb_path_join(src->dir, file_name);
     if (!s->file_name || !s->path) {
         free(s->file_name);
         free(s->path);
@@ -439,8 +427,8 @@ static int source_open(checkpoint_source *src, const char *dir, char *err, size_
 {
     memset(src, 0, sizeof *src);
     src->dir = dir;
-    char *single = path_join(dir, SINGLE_FILE);
-    char *index = path_join(dir, INDEX_FILE);
+    char *single = ftb_path_join(dir, SINGLE_FILE);
+    char *index = ftb_path_join(dir, INDEX_FILE);
     if (!single || !index) {
         free(single);
         free(index);
@@ -781,7 +769,7 @@ static int is_block_linear(const ftb_model *m, const ftb_tensor *t)
 
 static ftb_model *load_model(const char *dir, int map, const load_plan *plan, char *err, size_t errlen)
 {
-    char *config_path = path_join(dir, "config.json");
+    char *config_path = ftb_path_join(dir, "config.json");
     if (!config_path) {
         ck_error(err, errlen, "%s: out of memory", dir);
         return NULL;
@@ -1156,35 +1144,6 @@ int ftb_safetensors_write(const char *path, ftb_tensor *const *tensors, int n, c
     return rc;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *dir, char *err, size_t errlen)
-{
-    char *path = strdup(dir);
-    if (!path) {
-        ck_error(err, errlen, "%s: out of memory", dir);
-        return -1;
-    }
-    size_t len = strlen(path);
-    for (size_t i = 1; i <= len; i++) {
-        if (path[i] != '/' && path[i] != '\0') continue;
-        char saved = path[i];
-        path[i] = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-            ck_error(err, errlen, "%s: cannot create directory: %s", path, strerror(errno));
-            free(path);
-            return -1;
-        }
-        path[i] = saved;
-    }
-    free(path);
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        ck_error(err, errlen, "%s: not a directory", dir);
-        return -1;
-    }
-    return 0;
-}
-
 /* The shortest decimal that reads back as the same float, so config.json
  * says 1e-06 rather than 9.9999999747524271e-07. */
 static json_t *json_float(float x)
@@ -1328,9 +1287,9 @@ fail:
 
 int ftb_model_save(const ftb_model *m, const char *dir, char *err, size_t errlen)
 {
-    if (make_dirs(dir, err, errlen) != 0) return -1;
-    char *config_path = path_join(dir, "config.json");
-    char *weights_path = path_join(dir, SINGLE_FILE);
+    if (ftb_mkdirs(dir, err, errlen) != 0) return -1;
+    char *config_path = ftb_path_join(dir, "config.json");
+    char *weights_path = ftb_path_join(dir, SINGLE_FILE);
     json_t *config = config_to_json(&m->cfg);
     /* Nine significant digits round-trip any float. */
     char *text = config ? json_dumps(config, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;

@@ -49,6 +49,36 @@ Test(harness, append_line_repairs_a_torn_tail)
     cr_expect_eq(r.n, 0);
 }
 
+/* lib/util.c: the path helpers models/checkpoint.c shares with the harness. */
+Test(harness, path_join_and_mkdirs)
+{
+    char *p = ftb_path_join("a/b", "c.json"), *q = ftb_path_join("a/b/", "c.json"), *r = ftb_path_join("", "c");
+    cr_expect_str_eq(p, "a/b/c.json");
+    cr_expect_str_eq(q, "a/b/c.json");
+    cr_expect_str_eq(r, "c");
+    free(p);
+    free(q);
+    free(r);
+    char dir[] = "/tmp/ftb-mkdirs-XXXXXX", deep[128], file[128], below[160], err[512] = "";
+    cr_assert(mkdtemp(dir));
+    snprintf(deep, sizeof deep, "%s/x/y/z", dir);
+    cr_expect_eq(ftb_mkdirs(deep, err, sizeof err), 0, "%s", err);
+    cr_expect(ftb_is_dir(deep));
+    cr_expect_eq(ftb_mkdirs(deep, err, sizeof err), 0, "an existing directory: %s", err);
+    snprintf(file, sizeof file, "%s/f", dir);
+    FILE *f = fopen(file, "w");
+    cr_assert(f);
+    fclose(f);
+    cr_expect_eq(ftb_mkdirs(file, err, sizeof err), -1);
+    cr_expect(strstr(err, "f: not a directory"), "%s", err);
+    snprintf(below, sizeof below, "%s/sub", file);
+    cr_expect_eq(ftb_mkdirs(below, err, sizeof err), -1);
+    cr_expect(strstr(err, ": cannot create directory: "), "%s", err);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
 Test(harness, cell_keys_are_stable_and_option_order_free)
 {
     ftb_cell a, b;
