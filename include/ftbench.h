@@ -72,6 +72,56 @@ const char *ftb_mem_phase_name(uint16_t phase);
 int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident);
 
 /* ------------------------------------------------------------------------ */
+/* Time per operation class (models/op_time.c)                               */
+/* ------------------------------------------------------------------------ */
+
+/* Where a step's time goes, the way the memory categories say where its
+ * bytes go: every op of the core is timed (CLOCK_MONOTONIC around the call,
+ * on the training thread) into one class, with the FLOPs and bytes the op
+ * does by its shapes.  The linears are split by projection; dequantization
+ * inside a linear or the LM head is moved out of it into FTB_OP_DEQUANT;
+ * FTB_OP_CORE_OTHER is the rest of a forward/backward call (allocation,
+ * zeroing, control).  The harness adds what lies outside the core. */
+typedef enum {
+    FTB_OP_LINEAR_Q = 0, /* = FTB_OP_LINEAR_Q + ftb_linear_kind            */
+    FTB_OP_LINEAR_K,
+    FTB_OP_LINEAR_V,
+    FTB_OP_LINEAR_O,
+    FTB_OP_LINEAR_GATE,
+    FTB_OP_LINEAR_UP,
+    FTB_OP_LINEAR_DOWN,
+    FTB_OP_ATTN_FWD,   /* causal attention forward (recompute included)  */
+    FTB_OP_ATTN_BWD,   /* attention backward                             */
+    FTB_OP_HEAD_LOSS,  /* LM head products and cross-entropy             */
+    FTB_OP_NORM,       /* RMSNorm forward and backward                   */
+    FTB_OP_ROPE,       /* rotary embedding forward and backward          */
+    FTB_OP_SWIGLU,     /* the MLP's activation, forward and backward     */
+    FTB_OP_RESIDUAL,   /* residual adds and gradient copies              */
+    FTB_OP_EMBED,      /* embedding lookup and its gradient              */
+    FTB_OP_HOOKS,      /* the method's adapters on the linears           */
+    FTB_OP_DEQUANT,    /* dequantizing base weights                      */
+    FTB_OP_OPTIMIZER,  /* AdamW / SGD updates                            */
+    FTB_OP_CORE_OTHER, /* inside forward/backward, outside every op       */
+    FTB_OP_NCLASS
+} ftb_op_class;
+
+typedef struct {
+    double seconds; /* wall time on the calling thread                   */
+    double flops;   /* by the op's shapes (useful work, not tile padding) */
+    double bytes;   /* operands read and results written, once each       */
+    int64_t calls;
+    int64_t page_faults; /* minor+major faults of the process meanwhile  */
+} ftb_op_stat;
+
+const char *ftb_op_class_name(ftb_op_class c); /* "linear_q", "attn_fwd", ... */
+void ftb_op_stats_reset(void);
+void ftb_op_stats_get(ftb_op_stat out[FTB_OP_NCLASS]);
+/* Time of one page fault of fresh anonymous memory on this machine, in
+ * seconds (measured once, on first call): faults × this estimates how much
+ * of a class's time is first touch. */
+double ftb_op_fault_seconds(void);
+
+/* ------------------------------------------------------------------------ */
 /* BLAS kernel selection and threads                                         */
 /* ------------------------------------------------------------------------ */
 

@@ -2,6 +2,7 @@
  * when the host selected FTB_OPTIM_SGD before init, plain SGD with no state
  * (m and v NULL).  No decay on tensors flagged no_decay (biases and norms). */
 #include "ftbench.h"
+#include "op_time.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -85,13 +86,27 @@ static void sgd_step(ftb_adamw *opt)
     }
 }
 
+static void adamw_step(ftb_adamw *opt);
+
 void ftb_adamw_step(ftb_adamw *opt)
 {
+    double numel = 0;
+    for (int i = 0; i < opt->n; i++) numel += (double)opt->params[i]->numel;
+    ftb_op_timer t = ftb_op_begin();
     opt->t++;
     if (!opt->m) {
         sgd_step(opt);
+        /* w and g read, w written; two flops a value */
+        ftb_op_end(FTB_OP_OPTIMIZER, t, 2 * numel, 12 * numel);
         return;
     }
+    adamw_step(opt);
+    /* w, g, m, v read, w, m, v written; about twelve flops a value */
+    ftb_op_end(FTB_OP_OPTIMIZER, t, 12 * numel, 28 * numel);
+}
+
+static void adamw_step(ftb_adamw *opt)
+{
     const float b1 = opt->beta1, b2 = opt->beta2;
     const float c1 = 1.0f - powf(b1, (float)opt->t), c2 = 1.0f - powf(b2, (float)opt->t);
     for (int i = 0; i < opt->n; i++) {

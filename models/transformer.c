@@ -16,6 +16,7 @@
 #include "ftbench.h"
 #include "model_internal.h"
 #include "offload.h"
+#include "op_time.h"
 #include "ops.h"
 #include "quant.h"
 
@@ -42,6 +43,33 @@ typedef struct {
 
 static float *alloc_f(ftb_mem_category c, int64_t n) { return ftb_alloc(c, sizeof(float) * (size_t)n); }
 static float *calloc_f(ftb_mem_category c, int64_t n) { return ftb_calloc(c, sizeof(float) * (size_t)n); }
+
+/* TIMED(cls, flops, bytes, call): runs call as one op of class cls, with
+ * its FLOPs and bytes by shape (models/op_time.c).  flops, bytes may come
+ * as one *_COST(...) pair: the indirection expands it into two arguments. */
+#define TIMED(cls, ...) TIMED_(cls, __VA_ARGS__)
+#define TIMED_(cls, flops, bytes, call)             \
+    do {                                            \
+        ftb_op_timer op_t_ = ftb_op_begin();        \
+        call;                                       \
+        ftb_op_end((cls), op_t_, (flops), (bytes)); \
+    } while (0)
+
+/* FLOPs and bytes of the thin ops, by shape (exp counted as one flop). */
+static double attn_fwd_flops(attn_shape s) /* QKᵀ and PV over the causal half */
+{
+    return 2.0 * s.B * s.H * (double)s.hd * s.T * (s.T + 1.0);
+}
+static double attn_bytes(attn_shape s, int backward) /* q, k, v, o (and dO, dq, dk, dv) */
+{
+    double N = (double)s.B * s.T, Q = (double)s.H * s.hd, KV = (double)s.Hkv * s.hd;
+    return 4.0 * (backward ? 3.0 * N * Q + 2.0 * N * KV + N * Q + 2.0 * N * KV : 2.0 * N * Q + 2.0 * N * KV);
+}
+#define NORM_FWD_COST(N, D) 4.0 * (N) * (D), 4.0 * (2.0 * (N) * (D) + (D) + (N))
+#define NORM_BWD_COST(N, D) 11.0 * (N) * (D), 4.0 * (4.0 * (N) * (D) + (D) + (N))
+#define ROPE_COST(N, width) 3.0 * (N) * (width), 8.0 * (N) * (width)
+#define ADD_COST(n)         (double)(n), 12.0 * (n)
+
 
 static int linear_in(const ftb_config *c, ftb_linear_kind k)
 {
@@ -93,12 +121,14 @@ static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, c
 {
     ftb_layer *ly = &rc->m->layers[l];
     ftb_tensor *W = ftb_layer_weight(ly, k), *b = ftb_layer_bias(ly, k);
-    linear_forward_w(y, x, W, b->numel ? read_vector(rc, b) : NULL, rc->N, linear_in(&rc->m->cfg, k),
-                     linear_out(&rc->m->cfg, k));
+    const int in = linear_in(&rc->m->cfg, k), out = linear_out(&rc->m->cfg, k);
+    const double N = rc->N;
+    TIMED(FTB_OP_LINEAR_Q + k, 2.0 * N * in * out, 4.0 * N * (in + out) + (double)ftb_tensor_storage_bytes(W),
+          linear_forward_w(y, x, W, b->numel ? read_vector(rc, b) : NULL, rc->N, in, out));
     ftb_adapter *a = ly->adapter[k];
     if (a) {
         ftb_linear_ctx c = hook_ctx(rc, l, k);
-        a->ops->forward(a, &c, x, y, saved);
+        TIMED(FTB_OP_HOOKS, 0, 0, a->ops->forward(a, &c, x, y, saved));
     }
 }
 
@@ -112,10 +142,16 @@ static void hooked_linear_backward(const run_ctx *rc, int l, ftb_linear_kind k, 
     ftb_adapter *a = ly->adapter[k];
     if (a) {
         ftb_linear_ctx c = hook_ctx(rc, l, k);
-        a->ops->backward(a, &c, a->needs_input ? x : NULL, dy, dx, saved);
+        TIMED(FTB_OP_HOOKS, 0, 0, a->ops->backward(a, &c, a->needs_input ? x : NULL, dy, dx, saved));
     }
-    linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W, rc->N,
-                      linear_in(&rc->m->cfg, k), linear_out(&rc->m->cfg, k));
+    const int in = linear_in(&rc->m->cfg, k), out = linear_out(&rc->m->cfg, k);
+    const double N = rc->N, products = W->trainable ? 2 : 1; /* dx = dy·W, and dW += dyᵀ·x if it trains */
+    /* dy and W read, dx read and written; x read and dW read and written if W trains */
+    const double bytes = 4.0 * N * (out + 2.0 * in) + (double)ftb_tensor_storage_bytes(W) +
+                         (W->trainable ? 4.0 * N * in + 8.0 * in * out : 0);
+    TIMED(FTB_OP_LINEAR_Q + k, products * 2.0 * N * in * out, bytes,
+          linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W,
+                            rc->N, in, out));
 }
 
 static void add_inplace(float *y, const float *x, int64_t n)
@@ -177,7 +213,8 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     /* attention half */
     ALLOC_OR_FAIL(c->ln1, CAT(keep_ln1), (int64_t)N * D);
     ALLOC_OR_FAIL(c->rstd1, CAT(1), N);
-    rmsnorm_forward(c->ln1, c->rstd1, x, read_vector(rc, &ly->attn_norm), N, D, cfg->norm_eps);
+    TIMED(FTB_OP_NORM, NORM_FWD_COST(N, D),
+          rmsnorm_forward(c->ln1, c->rstd1, x, read_vector(rc, &ly->attn_norm), N, D, cfg->norm_eps));
     ALLOC_OR_FAIL(c->q, CAT(1), N * Q);
     ALLOC_OR_FAIL(c->k, CAT(1), N * KV);
     ALLOC_OR_FAIL(c->v, CAT(1), N * KV);
@@ -186,16 +223,20 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     hooked_linear_forward(rc, l, FTB_LIN_V, c->ln1, c->v, SAVED_SLOT(FTB_LIN_V));
     CHECK_FAILED();
     if (!(keep && keep_ln1)) drop(&c->ln1);
-    rope_forward(c->q, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
-    rope_forward(c->k, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
+    TIMED(FTB_OP_ROPE, ROPE_COST(N, (double)(Q + KV)), {
+        rope_forward(c->q, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
+        rope_forward(c->k, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
+    });
     attn_shape as = { rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim };
     ALLOC_OR_FAIL(c->att, CAT(1), N * Q);
     if (rc->opts->attention == FTB_ATTN_EAGER) {
         ALLOC_OR_FAIL(c->probs, CAT(1), (int64_t)as.B * as.H * as.T * as.T);
-        attention_eager_forward(c->att, c->probs, c->q, c->k, c->v, as);
+        TIMED(FTB_OP_ATTN_FWD, attn_fwd_flops(as), attn_bytes(as, 0) + 8.0 * as.B * as.H * (double)as.T * as.T,
+              attention_eager_forward(c->att, c->probs, c->q, c->k, c->v, as));
     } else {
         ALLOC_OR_FAIL(c->lse, CAT(1), (int64_t)as.B * as.H * as.T);
-        attention_flash_forward(c->att, c->lse, c->q, c->k, c->v, as);
+        TIMED(FTB_OP_ATTN_FWD, attn_fwd_flops(as), attn_bytes(as, 0),
+              attention_flash_forward(c->att, c->lse, c->q, c->k, c->v, as));
     }
     CHECK_FAILED();
     if (!keep) {
@@ -208,13 +249,14 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     ALLOC_OR_FAIL(c->x_mid, CAT(1), (int64_t)N * D);
     hooked_linear_forward(rc, l, FTB_LIN_O, c->att, c->x_mid, SAVED_SLOT(FTB_LIN_O));
     CHECK_FAILED();
-    add_inplace(c->x_mid, x, (int64_t)N * D);
+    TIMED(FTB_OP_RESIDUAL, ADD_COST((double)N * D), add_inplace(c->x_mid, x, (int64_t)N * D));
     if (!keep) drop(&c->att);
 
     /* MLP half */
     ALLOC_OR_FAIL(c->ln2, CAT(keep_ln2), (int64_t)N * D);
     ALLOC_OR_FAIL(c->rstd2, CAT(1), N);
-    rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, read_vector(rc, &ly->mlp_norm), N, D, cfg->norm_eps);
+    TIMED(FTB_OP_NORM, NORM_FWD_COST(N, D),
+          rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, read_vector(rc, &ly->mlp_norm), N, D, cfg->norm_eps));
     ALLOC_OR_FAIL(c->g, CAT(1), (int64_t)N * F);
     ALLOC_OR_FAIL(c->u, CAT(1), (int64_t)N * F);
     hooked_linear_forward(rc, l, FTB_LIN_GATE, c->ln2, c->g, SAVED_SLOT(FTB_LIN_GATE));
@@ -222,14 +264,14 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     CHECK_FAILED();
     if (!(keep && keep_ln2)) drop(&c->ln2);
     ALLOC_OR_FAIL(c->h, CAT(keep_h), (int64_t)N * F);
-    swiglu_forward(c->h, c->g, c->u, (int64_t)N * F);
+    TIMED(FTB_OP_SWIGLU, 5.0 * N * F, 12.0 * N * F, swiglu_forward(c->h, c->g, c->u, (int64_t)N * F));
     if (!keep) {
         drop(&c->g);
         drop(&c->u);
     }
     hooked_linear_forward(rc, l, FTB_LIN_DOWN, c->h, out, SAVED_SLOT(FTB_LIN_DOWN));
     CHECK_FAILED();
-    add_inplace(out, c->x_mid, (int64_t)N * D);
+    TIMED(FTB_OP_RESIDUAL, ADD_COST((double)N * D), add_inplace(out, c->x_mid, (int64_t)N * D));
     if (!(keep && keep_h)) drop(&c->h);
     if (!keep) {
         drop(&c->x_mid);
@@ -268,7 +310,7 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     dy = dres;
     if (ly->adapter[FTB_LIN_DOWN]) {
         ALLOC_OR_FAIL(dy_copy, FTB_MEM_WORKSPACE, ND);
-        memcpy(dy_copy, dres, sizeof(float) * ND);
+        TIMED(FTB_OP_RESIDUAL, 0, 8.0 * ND, memcpy(dy_copy, dres, sizeof(float) * ND));
         dy = dy_copy;
     }
     HOOK_BACKWARD(FTB_LIN_DOWN, c->h, dy, dh);
@@ -276,7 +318,8 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&c->h);
     CHECK_FAILED();
     ALLOC_OR_FAIL(du, FTB_MEM_WORKSPACE, (int64_t)N * F);
-    swiglu_backward(dh, du, dh, c->g, c->u, (int64_t)N * F); /* dg overwrites dh element by element */
+    /* dg overwrites dh element by element */
+    TIMED(FTB_OP_SWIGLU, 10.0 * N * F, 20.0 * N * F, swiglu_backward(dh, du, dh, c->g, c->u, (int64_t)N * F));
     drop(&c->g);
     drop(&c->u);
     dln2 = calloc_f(FTB_MEM_WORKSPACE, ND);
@@ -287,8 +330,9 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&du);
     drop(&c->ln2);
     CHECK_FAILED();
-    rmsnorm_backward(dres, ly->mlp_norm.trainable ? ly->mlp_norm.grad : NULL, dln2, c->x_mid, c->rstd2,
-                     ly->mlp_norm.data, N, D);
+    TIMED(FTB_OP_NORM, NORM_BWD_COST(N, D),
+          rmsnorm_backward(dres, ly->mlp_norm.trainable ? ly->mlp_norm.grad : NULL, dln2, c->x_mid, c->rstd2,
+                           ly->mlp_norm.data, N, D));
     drop(&dln2);
     drop(&c->x_mid);
     drop(&c->rstd2);
@@ -300,7 +344,7 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     dy = dres;
     if (ly->adapter[FTB_LIN_O]) {
         ALLOC_OR_FAIL(dy_copy, FTB_MEM_WORKSPACE, ND);
-        memcpy(dy_copy, dres, sizeof(float) * ND);
+        TIMED(FTB_OP_RESIDUAL, 0, 8.0 * ND, memcpy(dy_copy, dres, sizeof(float) * ND));
         dy = dy_copy;
     }
     HOOK_BACKWARD(FTB_LIN_O, c->att, dy, datt);
@@ -310,10 +354,13 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     ALLOC_OR_FAIL(dk, FTB_MEM_WORKSPACE, N * KV);
     ALLOC_OR_FAIL(dv, FTB_MEM_WORKSPACE, N * KV);
     attn_shape as = { rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim };
-    if (c->probs)
-        attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
-    else
-        attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
+    /* recomputed scores, dV, dP, dQ, dK: five products of the forward's two */
+    TIMED(FTB_OP_ATTN_BWD, 2.5 * attn_fwd_flops(as), attn_bytes(as, 1), {
+        if (c->probs)
+            attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
+        else
+            attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
+    });
     drop(&datt);
     drop(&c->att);
     drop(&c->probs);
@@ -322,8 +369,10 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&c->k);
     drop(&c->v);
     CHECK_FAILED();
-    rope_backward(dq, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
-    rope_backward(dk, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
+    TIMED(FTB_OP_ROPE, ROPE_COST(N, (double)(Q + KV)), {
+        rope_backward(dq, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
+        rope_backward(dk, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
+    });
     dln1 = calloc_f(FTB_MEM_WORKSPACE, ND);
     if (!dln1) goto fail;
     HOOK_BACKWARD(FTB_LIN_Q, c->ln1, dq, dln1);
@@ -334,8 +383,9 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&dv);
     drop(&c->ln1);
     CHECK_FAILED();
-    rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1, ly->attn_norm.data,
-                     N, D);
+    TIMED(FTB_OP_NORM, NORM_BWD_COST(N, D),
+          rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1,
+                           ly->attn_norm.data, N, D));
     drop(&dln1);
     drop(&c->rstd1);
     CHECK_FAILED();
@@ -441,7 +491,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     int resident = INT32_MIN; /* the residency unit entered and not yet left */
 #define ENTER(u) (ftb_residency_enter(m, (u)), resident = (u))
 #define LEAVE(u) (ftb_residency_leave(m, (u)), resident = INT32_MIN)
-    const double t_start = ftb_now();
+    const double t_start = ftb_now(), counted_at_start = ftb_op_counted_seconds();
     const int first = training ? ftb_model_lowest_trained_block(m, opts_in) : L;
     /* resid[l] is block l's input; resid[L] feeds the final norm.  Kept
      * (saved) from the first trained block up, else two buffers alternate. */
@@ -477,7 +527,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     /* the rows looked up count as weights while the lookup runs (lazy, mapped) */
     const int64_t looked_up = ftb_residency_lookup_bytes(m, b->tokens, N, (int32_t *)resid[0]);
     ftb_mem_account(FTB_MEM_WEIGHTS, looked_up);
-    embedding_forward(resid[0], &m->embed, b->tokens, N, D);
+    TIMED(FTB_OP_EMBED, 0, 8.0 * ND, embedding_forward(resid[0], &m->embed, b->tokens, N, D));
     ftb_mem_account(FTB_MEM_WEIGHTS, -looked_up);
     if (rc.perturb)
         for (int n = 0; n < N; n++)
@@ -520,7 +570,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     xf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND);
     rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
     if (!xf || !rstdf) goto oom;
-    rmsnorm_forward(xf, rstdf, resid[L], read_vector(&rc, &m->final_norm), N, D, cfg->norm_eps);
+    TIMED(FTB_OP_NORM, NORM_FWD_COST(N, D),
+          rmsnorm_forward(xf, rstdf, resid[L], read_vector(&rc, &m->final_norm), N, D, cfg->norm_eps));
     if (!training) {
         ftb_free(resid[L]);
         resid[L] = NULL;
@@ -531,9 +582,14 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         memcpy(hidden_out, xf, sizeof(float) * (size_t)ND);
         loss = 0.0f;
     } else {
-        loss = head_loss(dxf, training && m->lm_head.trainable ? m->lm_head.grad : NULL, xf, &m->lm_head, b->targets,
-                         b->B, b->T, D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows, opts_in->seq_loss,
-                         m->residency == FTB_RESIDENT_LAZY_BLOCK);
+        /* logits, and with a gradient dx = dz·W (and dW += dzᵀ·x when the head trains) */
+        const int head_trains = training && m->lm_head.trainable;
+        const double V = cfg->vocab_size, products = 1 + (training ? 1 : 0) + (head_trains ? 1 : 0);
+        TIMED(FTB_OP_HEAD_LOSS, products * 2.0 * ND * V + 4.0 * N * V,
+              products * (double)ftb_tensor_storage_bytes(&m->lm_head) + 4.0 * (2.0 * ND + 2.0 * N * V),
+              loss = head_loss(dxf, head_trains ? m->lm_head.grad : NULL, xf, &m->lm_head, b->targets, b->B, b->T, D,
+                               cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows, opts_in->seq_loss,
+                               m->residency == FTB_RESIDENT_LAZY_BLOCK));
     }
     drop(&xf);
     if (ftb_mem_failed()) goto oom;
@@ -545,8 +601,9 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         ftb_mem_set_phase("bwd norm");
         dres = calloc_f(FTB_MEM_WORKSPACE, ND);
         if (!dres) goto oom;
-        rmsnorm_backward(dres, m->final_norm.trainable ? m->final_norm.grad : NULL, dxf, resid[L], rstdf,
-                         m->final_norm.data, N, D);
+        TIMED(FTB_OP_NORM, NORM_BWD_COST(N, D),
+              rmsnorm_backward(dres, m->final_norm.trainable ? m->final_norm.grad : NULL, dxf, resid[L], rstdf,
+                               m->final_norm.data, N, D));
         LEAVE(RES_HEAD);
         drop(&dxf);
         drop(&resid[L]);
@@ -575,7 +632,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         }
         if (first == 0 && m->embed.trainable) {
             ftb_mem_set_phase("bwd embed");
-            embedding_backward(m->embed.grad, dres, b->tokens, N, D);
+            TIMED(FTB_OP_EMBED, (double)ND, 12.0 * ND, embedding_backward(m->embed.grad, dres, b->tokens, N, D));
         }
     }
     if (ftb_mem_failed()) goto oom; /* a hook that could not allocate said nothing else */
@@ -604,6 +661,8 @@ done: /* on success every entry below is already NULL or cleared */
     ftb_free(rc.perturbed);
     ftb_quant_set_read_perturbation(NULL, NULL);
     ftb_quant_workspace_release();
+    /* the run's time outside its ops: allocation, zeroing, control */
+    ftb_op_add_seconds(FTB_OP_CORE_OTHER, (ftb_now() - t_start) - (ftb_op_counted_seconds() - counted_at_start));
     free(resid);
     free(caches);
     free(offloaded);
