@@ -227,15 +227,17 @@ Test(harness, process_tree_rss_sums_the_descendants)
         size_t n = (size_t)32 << 20;
         char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         memset(p, 1, n);
-        if (gc != 0 && write(pipefd[1], "x", 1) != 1) _exit(1);
+        /* Each of the two says when its pages are in (a fixed sleep for the
+         * grandchild's was too short on a loaded machine). */
+        if (write(pipefd[1], "x", 1) != 1) _exit(1);
         pause(); /* until killed */
         _exit(0);
     }
     close(pipefd[1]);
     char x;
     cr_assert_eq(read(pipefd[0], &x, 1), 1);
+    cr_assert_eq(read(pipefd[0], &x, 1), 1);
     close(pipefd[0]);
-    usleep(100000); /* the grandchild's pages too */
     cr_expect_eq(ftb_has_children(), 1);
     int np = 0;
     int64_t self = ftb_pid_rss(getpid());
