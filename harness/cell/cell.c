@@ -5,10 +5,10 @@
  * for the timeout and (in watch mode) one read of the child's statm.
  */
 #include "cell_internal.h"
+#include "host.h"
 #include "kmsg.h"
 #include "rundir.h"
 #include "safe_file.h"
-#include "slurm.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -906,13 +906,13 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                                              "host",
                                              "error",
                                              "error_stage",
-                                             "eval",
-                                             "eval_history",
                                              NULL };
     for (int i = 0; m && copy_keys[i]; i++) {
         json_t *v = json_object_get(m, copy_keys[i]);
         if (v) json_object_set(rec, copy_keys[i], v);
     }
+    /* What the command's between-steps hook added (train's evaluations). */
+    json_object_update(rec, json_object_get(m, "between_steps"));
     if (!json_object_get(rec, "hw_counters")) {
         json_t *h = json_object();
         json_object_set_new(h, "available", json_false());

@@ -31,6 +31,21 @@ typedef enum {
 
 const char *ftb_enforce_name(ftb_enforce e);
 
+/* A command's own work in the cell's child, between the measured steps
+ * (ftbench train evaluates the model there, train.h): called before the
+ * first step (step 0) and after each step `step` of `total`, outside the
+ * steps' measured time, with the wall seconds of the steps so far.  The
+ * fields it sets in `out` go into the record as they are.  0, or -1 with
+ * err: the cell ends with outcome "error" at stage `stage`.  The cell's
+ * child is a fork: `ud` is the command's, and what the hook changes there
+ * stays in the child. */
+typedef struct {
+    int (*fn)(void *ud, ftb_model *m, const ftb_run_opts *run, int step, int total, double step_seconds, json_t *out,
+              char *err, size_t errlen);
+    void *ud;
+    const char *stage; /* the error stage when fn fails ("eval")        */
+} ftb_cell_step_hook;
+
 typedef struct {
     /* model */
     char model_name[96];
@@ -67,7 +82,8 @@ typedef struct {
     char run_id[128];
     char key[256];
     int timeline;
-    json_t *extra; /* merged into the record if set    */
+    json_t *extra;                    /* merged into the record if set    */
+    ftb_cell_step_hook between_steps; /* fn NULL: none                */
     /* progress: called in the parent as the child reports milestones
      * ("load", "init", "step" with step index, "done"). */
     void (*progress)(void *ud, const char *what, int step, int nsteps);

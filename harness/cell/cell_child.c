@@ -12,7 +12,6 @@
 #include "nonfinite.h"
 #include "plugin.h"
 #include "sampler.h"
-#include "train.h"
 #include "safe_file.h"
 #include "util.h"
 
@@ -201,8 +200,8 @@ static json_t *analytic_json(const ftb_method *m, void *state, const ftb_session
 
 /* A failed step, or one whose loss is not finite: what the method said,
  * and what went non-finite where (nonfinite.h). */
-static _Noreturn void fail_step(const ftb_method *m, void *state, const ftb_model *model, int i, int total,
-                                float loss, const char *method_err)
+static _Noreturn void fail_step(const ftb_method *m, void *state, const ftb_model *model, int i, int total, float loss,
+                                const char *method_err)
 {
     char where[FTB_ERR_LEN], v[32], msg[3 * FTB_ERR_LEN];
     int found = ftb_nonfinite_find(m, state, model, where, sizeof where);
@@ -223,6 +222,17 @@ static _Noreturn void fail_step(const ftb_method *m, void *state, const ftb_mode
                      "(an option scaling activations too far, or a learning rate that diverged earlier)");
     }
     fail("step", msg);
+}
+
+/* The cell's between-steps hook (cell.h), if it has one. */
+static void between_steps(const ftb_cell *c, ftb_model *model, const ftb_run_opts *run, int step, int total,
+                          double step_seconds, json_t *out)
+{
+    const ftb_cell_step_hook *h = &c->between_steps;
+    if (!h->fn) return;
+    char err[FTB_ERR_LEN] = "";
+    if (h->fn(h->ud, model, run, step, total, step_seconds, out, err, sizeof err) != 0)
+        fail(h->stage ? h->stage : "between_steps", err[0] ? err : "failed without a message");
 }
 
 _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, const char *child_json,
@@ -374,10 +384,16 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     json_t *steps_wall = json_array();
     json_object_set_new(g_out, "step_seconds_all", steps_wall);
     int has_backward = 0;
-    /* Training cells (ftbench train) evaluate with the method's hooks
-     * attached, at step 0, every K steps and after the last (train.h). */
+    /* The command's own work between steps (ftbench train evaluates with
+     * the method's hooks attached): its fields are kept apart from the
+     * measurements until the parent writes the record. */
     double train_sec = 0;
-    if (ftb_train_cell_eval(c, model, &s.run, 0, total, 0.0, g_out, err, sizeof err) != 0) fail("eval", err);
+    json_t *hook_out = NULL;
+    if (c->between_steps.fn) {
+        hook_out = json_object();
+        json_object_set_new(g_out, "between_steps", hook_out);
+    }
+    between_steps(c, model, &s.run, 0, total, 0.0, hook_out);
     for (int i = 0; i < total; i++) {
         ftb_batch b;
         if (ftb_dataset_next(ds, c->batch, c->seq, &b, err, sizeof err) != 0) fail("dataset", err);
@@ -407,8 +423,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
          * not billed to whatever phase the method ended in. */
         ftb_mem_set_phase("harness");
         train_sec += dt;
-        if (ftb_train_cell_eval(c, model, &s.run, i + 1, total, train_sec, g_out, err, sizeof err) != 0)
-            fail("eval", err);
+        between_steps(c, model, &s.run, i + 1, total, train_sec, hook_out);
         snapshot("step");
         report("step %d %d", i + 1, total);
     }

@@ -26,6 +26,7 @@
 #define FTB_HARNESS_SLURM_H
 
 #include "cell.h"
+#include "host.h"
 #include <jansson.h>
 #include <stdio.h>
 
@@ -141,11 +142,8 @@ int ftb_slurm_collect(const ftb_sweep_plan *p, const ftb_sweep_records *r, ftb_r
 /* The job id of the run directory's latest submission ("" if none). */
 void ftb_slurm_latest_job(const char *run_dir, char *out, size_t n);
 
-/* Where this process runs, for every record: CPU model, the CPUs it may run
- * on (sched_getaffinity, "0-3,8"), and the Slurm job it belongs to (NULL
- * outside Slurm). */
-void ftb_host_cpu_model(char *out, size_t n);
-void ftb_host_cpu_affinity(char *out, size_t n);
+/* The Slurm job this process belongs to (NULL outside Slurm), for every
+ * record; the CPU model and affinity are host.h's. */
 json_t *ftb_slurm_job_json(void);
 
 #endif

@@ -16,35 +16,40 @@
 
 /* ---- in the cell child ---------------------------------------------------- */
 
-static ftb_task *child_task; /* opened at the first evaluation; the child exits without closing it */
-
-int ftb_train_cell_eval(const ftb_cell *c, ftb_model *m, const ftb_run_opts *run, int step, int total,
-                        double train_seconds, json_t *out, char *err, size_t errlen)
+/* The cell's between-steps hook (cell.h): evaluates when one is due, at
+ * step 0, every eval_every steps and after the last, writing "eval" (the
+ * latest) and "eval_history" (every one, in step order) into out. */
+static int train_between_steps(void *ud, ftb_model *m, const ftb_run_opts *run, int step, int total,
+                               double train_seconds, json_t *out, char *err, size_t errlen)
 {
-    json_t *cfg = c->extra ? json_object_get(c->extra, "train") : NULL;
-    if (!cfg) return 0;
-    int every = (int)json_integer_value(json_object_get(cfg, "eval_every"));
-    if (!(step == 0 || step == total || (every > 0 && step % every == 0))) return 0;
-    const char *spec = json_string_value(json_object_get(cfg, "task"));
-    int n = (int)json_integer_value(json_object_get(cfg, "eval_examples"));
-    const char *dec = json_string_value(json_object_get(cfg, "decode"));
-    int decode = dec ? ftb_decode_parse(dec) : FTB_DECODE_GREEDY;
-    if (!spec || n < 1 || decode < 0)
-        return ftb_errf(err, errlen, "training cell without a valid \"train\" description");
-    if (!child_task && !(child_task = ftb_task_open(spec, NULL, c->seed, err, errlen))) return -1;
+    ftb_train_eval *t = ud;
+    if (!(step == 0 || step == total || (t->eval_every > 0 && step % t->eval_every == 0))) return 0;
+    /* Opened in the child, at its first evaluation: its memory is the
+     * cell's, as the method's is.  The child exits without closing it. */
+    if (!t->task && !(t->task = ftb_task_open(t->task_spec, NULL, t->seed, err, errlen))) return -1;
     ftb_eval_result r;
-    if (ftb_eval_task(m, run, child_task, n, (ftb_decode_mode)decode, &r, NULL, 0, err, errlen)) return -1;
-    json_t *e = ftb_eval_json(&r, child_task, (ftb_decode_mode)decode);
+    if (ftb_eval_task(m, run, t->task, t->eval_examples, t->decode, &r, NULL, 0, err, errlen)) return -1;
+    json_t *e = ftb_eval_json(&r, t->task, t->decode);
     json_object_set_new(e, "step", json_integer(step));
     json_object_set_new(e, "train_seconds", json_real(train_seconds));
+    /* "eval" first: the record's order of old. */
+    json_object_set(out, "eval", e);
     json_t *hist = json_object_get(out, "eval_history");
     if (!hist) {
         hist = json_array();
         json_object_set_new(out, "eval_history", hist);
     }
-    json_array_append(hist, e);
-    json_object_set_new(out, "eval", e);
+    json_array_append_new(hist, e);
     return 0;
+}
+
+void ftb_train_eval_attach(ftb_train_eval *t, ftb_cell *c)
+{
+    t->seed = c->seed;
+    t->task = NULL;
+    c->between_steps.fn = train_between_steps;
+    c->between_steps.ud = t;
+    c->between_steps.stage = "eval";
 }
 
 /* ---- ftbench train ---------------------------------------------------------- */
@@ -179,6 +184,13 @@ int ftb_cmd_train(int argc, char **argv)
         ftb_usage_error("train", err);
         goto out;
     }
+    /* The child's evaluations read these typed settings; the record
+     * describes them in its "train" object (a resume setting). */
+    ftb_train_eval te = { .task_spec = task_spec,
+                          .eval_every = (int)eval_every,
+                          .eval_examples = (int)eval_examples,
+                          .decode = (ftb_decode_mode)ftb_decode_parse(decode_s) };
+    ftb_train_eval_attach(&te, &c);
     extra = json_object();
     json_t *tr = json_object();
     json_object_set_new(tr, "task", json_string(task_spec));

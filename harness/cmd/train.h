@@ -3,7 +3,8 @@
  * beside memory.  A training run is a cell (harness/cell.h) whose data is
  * the task's training split (dataset "task:SPEC") and whose child also
  * evaluates the model — with the method's hooks attached, in the same
- * process — at step 0, every --eval-every steps and after the last step.
+ * process — at step 0, every --eval-every steps and after the last step
+ * (the cell's between-steps hook, registered by ftb_train_eval_attach).
  * The cell's record then carries, besides everything a memory record has:
  *   "train": {"task", "eval_every", "eval_examples", "decode"}
  *   "eval":  the last evaluation (task, metric "exact_match", accuracy,
@@ -14,13 +15,23 @@
 #define FTB_HARNESS_TRAIN_H
 
 #include "cell.h"
+#include "eval.h"
 
-/* In the cell child, after step `step` of `total` (0: before the first):
- * evaluates if the cell is a training cell (c->extra holds "train") and an
- * evaluation is due, writing "eval" and "eval_history" into out.
- * train_seconds: wall time of the steps so far.  0 (also when nothing was
- * due), or -1 with err. */
-int ftb_train_cell_eval(const ftb_cell *c, ftb_model *m, const ftb_run_opts *run, int step, int total,
-                        double train_seconds, json_t *out, char *err, size_t errlen);
+/* What a training cell's child evaluates (typed; the record's "train"
+ * object describes the same settings). */
+typedef struct {
+    const char *task_spec; /* --task                                          */
+    int eval_every;        /* 0: at step 0 and after the last step only       */
+    int eval_examples;     /* held-out examples per evaluation                */
+    ftb_decode_mode decode;
+    uint64_t seed;  /* the cell's (set by attach)                      */
+    ftb_task *task; /* the child's, opened at its first evaluation     */
+} ftb_train_eval;
+
+/* Registers t as the cell's between-steps hook (cell.h): the child
+ * evaluates the model with the method's hooks attached at step 0, every
+ * eval_every steps and after the last step, writing "eval" and
+ * "eval_history" into the record.  t must outlive ftb_cell_run. */
+void ftb_train_eval_attach(ftb_train_eval *t, ftb_cell *c);
 
 #endif

@@ -1,0 +1,113 @@
+/*
+ * test_cell.c — the cell in-process (suite "cell"): a cell run by
+ * ftb_cell_run on the tiny model with the shipped `full` method, and what
+ * its record holds; the between-steps hook a command registers (cell.h)
+ * instead of the cell calling up into the command.
+ */
+#include <criterion/criterion.h>
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cell.h"
+#include "helpers.h"
+
+typedef struct {
+    int calls;
+    int fail_at; /* the step whose call fails; -1: none */
+} probe;
+
+/* Records each call as the hook's fields; fails at fail_at. */
+static int probe_between_steps(void *ud, ftb_model *m, const ftb_run_opts *run, int step, int total,
+                               double step_seconds, json_t *out, char *err, size_t errlen)
+{
+    probe *p = ud;
+    (void)run;
+    if (step == p->fail_at) {
+        snprintf(err, errlen, "probe refused step %d of %d", step, total);
+        return -1;
+    }
+    p->calls++; /* in the child: the parent's count stays 0 */
+    json_t *seen = json_object_get(out, "probe_steps");
+    if (!seen) {
+        seen = json_array();
+        json_object_set_new(out, "probe_steps", seen);
+    }
+    json_array_append_new(seen, json_integer(step));
+    json_object_set_new(out, "probe_calls_in_child", json_integer(p->calls));
+    json_object_set_new(out, "probe_model_layers", json_integer(m->cfg.n_layers));
+    json_object_set_new(out, "probe_seconds_ok", json_boolean(step_seconds >= 0 && (step > 0 || step_seconds == 0)));
+    return 0;
+}
+
+static void tiny_cell(ftb_cell *c, const char *run_dir)
+{
+    ftb_cell_init(c);
+    snprintf(c->model_name, sizeof c->model_name, "tiny");
+    cr_assert_eq(ftb_zoo_get("tiny", &c->cfg), 0);
+    snprintf(c->method_path, sizeof c->method_path, "%s/full.so", th_methods_dir());
+    snprintf(c->method_label, sizeof c->method_label, "full");
+    c->seq = 16;
+    c->steps = 2;
+    c->warmup = 1;
+    snprintf(c->device.name, sizeof c->device.name, "host");
+    c->budget_bytes = (int64_t)8 << 30;
+    c->timeline = 0;
+    c->timeout_sec = 120;
+    snprintf(c->run_dir, sizeof c->run_dir, "%s", run_dir);
+    snprintf(c->run_id, sizeof c->run_id, "cell-test");
+    ftb_cell_make_key(c);
+}
+
+Test(cell, between_steps_hook_runs_in_the_child_and_its_fields_reach_the_record)
+{
+    char dir[] = "/tmp/ftb-cell-XXXXXX", err[FTB_ERR_LEN] = "";
+    cr_assert(mkdtemp(dir));
+    ftb_cell c;
+    tiny_cell(&c, dir);
+    probe p = { 0, -1 };
+    c.between_steps = (ftb_cell_step_hook){ probe_between_steps, &p, "probe" };
+    ftb_cell_result r;
+    cr_assert_eq(ftb_cell_run(&c, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(r.outcome, "ok", "%s", r.detail);
+    /* Before the first step and after each of the 3 (1 warm-up + 2). */
+    json_t *steps = json_object_get(r.record, "probe_steps");
+    cr_assert_eq(json_array_size(steps), 4, "probe_steps: %zu", json_array_size(steps));
+    for (int i = 0; i < 4; i++) cr_expect_eq(json_integer_value(json_array_get(steps, (size_t)i)), i);
+    cr_expect_eq(json_integer_value(json_object_get(r.record, "probe_calls_in_child")), 4);
+    cr_expect_eq(json_integer_value(json_object_get(r.record, "probe_model_layers")), c.cfg.n_layers);
+    cr_expect(json_is_true(json_object_get(r.record, "probe_seconds_ok")));
+    cr_expect_eq(p.calls, 0, "the hook ran in the parent");
+    /* The child's envelope is not part of the record. */
+    cr_expect_null(json_object_get(r.record, "between_steps"));
+    cr_expect_eq(json_array_size(json_object_get(r.record, "loss_per_step")), 3);
+    ftb_cell_result_free(&r);
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+Test(cell, a_failing_between_steps_hook_ends_the_cell_at_its_stage)
+{
+    char dir[] = "/tmp/ftb-cell-XXXXXX", err[FTB_ERR_LEN] = "";
+    cr_assert(mkdtemp(dir));
+    ftb_cell c;
+    tiny_cell(&c, dir);
+    probe p = { 0, 2 };
+    c.between_steps = (ftb_cell_step_hook){ probe_between_steps, &p, "probe" };
+    ftb_cell_result r;
+    cr_assert_eq(ftb_cell_run(&c, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(r.outcome, "error");
+    cr_expect_str_eq(r.detail, "probe refused step 2 of 3");
+    cr_expect_str_eq(json_string_value(json_object_get(r.record, "error_stage")), "probe");
+    /* What it added before failing is kept, as the steps measured are. */
+    cr_expect_eq(json_array_size(json_object_get(r.record, "probe_steps")), 2);
+    cr_expect_eq(json_array_size(json_object_get(r.record, "loss_per_step")), 2);
+    ftb_cell_result_free(&r);
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+}
