@@ -108,9 +108,16 @@ $(BUILD)/%.o: %.c
 	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 -include $(filter-out $(BUILD)/sysroot/%,$(wildcard $(BUILD)/*/*.d $(BUILD)/*/*/*.d))
 
-$(CORELIB): $(CORE_OBJ)
+# Rebuilt from scratch, also when a source file is removed or renamed (the
+# object list is kept in $(CORE_LIST)): `ar r` would keep the old member and
+# the link would see its symbols twice.
+CORE_LIST := $(BUILD)/.core-objects
+ifeq ($(filter clean format format-check,$(MAKECMDGOALS)),)
+$(shell mkdir -p $(BUILD) && echo '$(CORE_OBJ)' | cmp -s - $(CORE_LIST) || echo '$(CORE_OBJ)' >$(CORE_LIST))
+endif
+$(CORELIB): $(CORE_OBJ) $(CORE_LIST)
 	@mkdir -p $(dir $@)
-	ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $(CORE_OBJ)
 
 $(BIN): $(BUILD)/harness/cmd/main.o $(HARNESS_OBJ) $(CORELIB)
 	$(CC) $(LDFLAGS) -o $@ $(BUILD)/harness/cmd/main.o $(HARNESS_OBJ) -Wl,--whole-archive $(CORELIB) -Wl,--no-whole-archive $(LDLIBS)
@@ -125,7 +132,7 @@ $(BUILD)/methods/kit/%.o: methods/kit/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) $(DEPFLAGS) -c $< -o $@
 $(KITLIB): $(KIT_OBJ)
-	ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $^
 .SECONDEXPANSION:
 $(BUILD)/methods/%.so: $$(wildcard methods/$$*/*.c methods/$$*/*.h) $(wildcard include/*.h) $(KITLIB)
 	@mkdir -p $(dir $@)
@@ -254,7 +261,7 @@ $(FUZZ_BUILD)/%.o: %.c $(FUZZ_HEADERS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_LIB): $(FUZZ_OBJ)
-	ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $^
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_LIB)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DFTB_FUZZ_MAIN -o $@ $< $(FUZZ_LIB) $(FUZZ_LDLIBS) -fopenmp
