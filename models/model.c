@@ -16,7 +16,7 @@ typedef struct {
     /* accounted: bytes of the mapping the model still uses (a mapped
      * tensor that was quantized or made trainable stops counting); counted
      * as weights whole when all resident, not at all under lazy residency
-     * (there the units entered count their tensors: quant.c) */
+     * (there the units entered count their tensors: residency.c) */
     struct {
         void *addr;
         size_t len, accounted;

@@ -14,7 +14,7 @@ void linear_forward(float *y, const float *x, const float *W, const float *b, in
 /* dx[N,in] += dy·W (if dx); dW[out,in] += dyᵀ·x (if dW); db += Σrows dy (if db) */
 void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
                      int out);
-/* The same with W in any storage format (models/quant.c): an fp32 W takes
+/* The same with W in any storage format (models/quant_linear.c): an fp32 W takes
  * the paths above; another format is dequantized tile by tile, and has no
  * dW (a weight that trains is fp32). */
 void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out);

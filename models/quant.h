@@ -26,6 +26,18 @@ typedef struct ftb_qstore {
 
 enum { QPART_Q = 0, QPART_SCALES, QPART_ZEROS };
 
+static inline int ftb_dtype_is_int4(ftb_dtype d) { return d == FTB_DTYPE_INT4 || d == FTB_DTYPE_INT4_ASYM; }
+
+/* A tensor seen as a matrix: [shape[0], shape[1]] if 2-D, else one row. */
+static inline int64_t ftb_tensor_rows(const ftb_tensor *t) { return t->ndim == 2 ? t->shape[0] : 1; }
+static inline int64_t ftb_tensor_cols(const ftb_tensor *t) { return t->ndim == 2 ? t->shape[1] : t->numel; }
+/* Whether t's storage (fp32 data or quantized parts) points into a mapping. */
+int ftb_tensor_is_mapped(const ftb_tensor *t);
+/* Storage bytes of one row of t (all parts of its format). */
+int64_t ftb_tensor_row_bytes(const ftb_tensor *t);
+/* The block index in t's name ("model.layers.<l>."), or -1 (quant_model.c). */
+int ftb_tensor_layer(const ftb_tensor *t);
+
 /* Bytes of one part of the storage (0 if the format has no such part). */
 size_t ftb_qstore_part_bytes(ftb_dtype d, int64_t rows, int64_t cols, int group, int part);
 /* Checks a (dtype, group, shape) combination; 0 or -1 with a reason in why. */
@@ -63,6 +75,9 @@ void ftb_linear_apply_t_ex(const ftb_tensor *W, int N, const float *dy, float *d
  * tile.  Backward products (ftb_linear_apply_t_ex) never see it. */
 void ftb_quant_set_read_perturbation(ftb_read_perturb_fn fn, void *ctx);
 int ftb_quant_read_perturbed(void);
+/* Adds the perturbation to a tile of W: elements [offset, offset+n) of W in
+ * row-major order (read_perturb.c; only while one is set). */
+void ftb_quant_perturb_tile(const ftb_tensor *W, int64_t offset, int64_t n, float *tile);
 
 /* Frees the dequantization tile kept between products (end of a run). */
 void ftb_quant_workspace_release(void);

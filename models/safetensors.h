@@ -15,6 +15,9 @@
 #ifndef FTB_SAFETENSORS_H
 #define FTB_SAFETENSORS_H
 
+#include "ftbench.h"
+
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -76,5 +79,24 @@ float ftb_bf16_to_f32(uint16_t bits);
 float ftb_f16_to_f32(uint16_t bits); /* subnormals, ±inf, NaN exact */
 void ftb_bf16_to_f32_array(const void *src, float *dst, int64_t n);
 void ftb_f16_to_f32_array(const void *src, float *dst, int64_t n);
+
+/* ---- Writing (safetensors_write.c) ---------------------------------------- */
+
+/* One entry of a file being written: bytes as they are, or (deq) a tensor
+ * stored in another format written as its fp32 values. */
+typedef struct {
+    char name[112];
+    const char *dtype; /* "F32", "BF16", "F16", "I8", "U8"          */
+    int ndim;
+    int64_t shape[2];
+    const void *bytes;
+    uint64_t nbytes;
+    const ftb_tensor *deq;
+    int align; /* 4, 2 or 1: the data section is ordered by it */
+} ftb_st_item;
+
+/* Writes items (reordered by alignment) to path through an atomic file;
+ * meta_extra (may be NULL, borrowed) adds string metadata entries. */
+int ftb_st_write_items(const char *path, ftb_st_item *items, int n, json_t *meta_extra, char *err, size_t errlen);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * fuzz_checkpoint.c — a whole Hugging Face checkpoint directory
- * (models/checkpoint.c: config.json, model.safetensors.index.json, shards)
+ * (models/checkpoint_load.c, checkpoint_source.c, checkpoint_json.c: config.json,
+ * model.safetensors.index.json, shards)
  * through ftb_model_load.
  *
  * Input: parts separated by FZ_CK_SEP:

@@ -1,5 +1,5 @@
 /*
- * fuzz_config.c — config.json (models/checkpoint.c, ftb_config_load_json).
+ * fuzz_config.c — config.json (models/checkpoint_json.c, ftb_config_load_json).
  *
  * Input: the text of a config.json.  What is accepted must pass
  * ftb_config_validate (the loader promises a checked config); what is

@@ -1,6 +1,6 @@
 /*
  * fuzz_safetensors.c — the safetensors reader (models/safetensors.c) and
- * the single-file checkpoint loader on top of it (models/checkpoint.c).
+ * the single-file checkpoint loader on top of it (models/checkpoint_load.c).
  *
  * Input: the bytes of one .safetensors file.  It is opened with
  * ftb_st_open, and every promise of safetensors.h is checked on what it
