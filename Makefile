@@ -71,7 +71,7 @@ DEPS_CHECK    ?= sh ci/install-deps.sh
 BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null || echo -I/usr/include/$(TRIPLE)/openblas-pthread)
 BLAS_LIBS   := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
 
-CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) $(SYSROOT_FLAGS) -Iinclude -Ilib -Imodels -Idatasets -Iharness/cell -Iharness/cmd $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -fPIC -fopenmp -fno-math-errno $(OPT) $(SANFLAGS) $(SYSROOT_FLAGS) -Iinclude -Ilib -Imodels -Idatasets -Iharness/cell -Iharness/cmd $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
 # Plugins see the method ABI alone (include/ftbench_method.h, ftbench_kit.h).
 PLUGIN_CFLAGS := $(filter-out -Ilib -Imodels -Idatasets -Iharness/cell -Iharness/cmd $(BLAS_CFLAGS),$(CFLAGS))
 LDLIBS  := $(MALLOC) $(BLAS_LIBS) -ljansson -lpcre2-8 -lpfm -ldl -lpthread -lm

@@ -527,6 +527,9 @@ typedef struct ftb_method {
 
 typedef const ftb_method *(*ftb_method_entry_fn)(void);
 #define FTB_METHOD_ENTRY "ftbench_method"
+/* The one symbol a plugin exports (declared here so that its definition
+ * has a prototype; the host finds it with dlsym). */
+const ftb_method *ftbench_method(void);
 
 /* Another method plugin, for a method that wraps one (gc, mebp): loaded by
  * the host's own loader — the same search path, then the directories

@@ -36,8 +36,8 @@ int ftb_quant_compare(const ftb_model *ref, const ftb_model *m, ftb_quant_error 
             ftb_tensor_read_rows(r, r0, n, a);
             ftb_tensor_read_rows(t, r0, n, b);
 #pragma omp parallel for reduction(max : max_abs, max_w) reduction(+ : sum_err, sum_w, sq_err, sq_w)
-            for (int64_t i = 0; i < n * C; i++) {
-                double w = fabs((double)a[i]), d = fabs((double)a[i] - (double)b[i]);
+            for (int64_t k = 0; k < n * C; k++) {
+                double w = fabs((double)a[k]), d = fabs((double)a[k] - (double)b[k]);
                 max_abs = d > max_abs ? d : max_abs;
                 max_w = w > max_w ? w : max_w;
                 sum_err += d;

@@ -299,10 +299,10 @@ static void html_figure(const ctx *c, const ftr_plot *pl, ftr_buf *b)
     int emb = plot_has(c->p, pl, 1) ? 1 : plot_has(c->p, pl, 0) ? 0 : -1;
     if (emb == 1 && plot_has(c->p, pl, 0)) {
         char sv[8192], pn[8192];
-        struct stat a, b;
+        struct stat svg_st, png_st;
         snprintf(sv, sizeof sv, "%s/plots/%s.svg", c->out, pl->name);
         snprintf(pn, sizeof pn, "%s/plots/%s.png", c->out, pl->name);
-        if (stat(sv, &a) == 0 && stat(pn, &b) == 0 && a.st_size > 2 * b.st_size) emb = 0;
+        if (stat(sv, &svg_st) == 0 && stat(pn, &png_st) == 0 && svg_st.st_size > 2 * png_st.st_size) emb = 0;
     }
     if (emb >= 0) {
         char path[8192];

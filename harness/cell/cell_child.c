@@ -281,7 +281,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     /* Model. */
     ftb_mem_set_phase("load");
     report("load");
-    double tl = ftb_now();
+    double t_load = ftb_now();
     /* A base in another format (or lazily resident) was prepared before the
      * cell (base.h): mapped here, never built in fp32 inside the cell. */
     ftb_model *model = c->base_dir[0]  ? ftb_model_load(c->base_dir, 1, err, sizeof err)
@@ -307,7 +307,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
                                                     : "created"));
     json_object_set_new(base, "storage_bytes_loaded", json_integer(storage));
     json_object_set_new(base, "mapped_bytes", json_integer(mapped));
-    json_object_set_new(g_out, "load_seconds", json_real(ftb_now() - tl));
+    json_object_set_new(g_out, "load_seconds", json_real(ftb_now() - t_load));
     json_object_set_new(marks, "model_loaded", json_real(ftb_now() - t0));
     json_object_set_new(mem, "rss_after_model_load_bytes", jint(ftb_self_vmrss()));
     ftb_mem_stats st;

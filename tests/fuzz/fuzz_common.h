@@ -40,6 +40,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The targets' entry points (one per tests/fuzz/fuzz_<name>.c). */
+int fuzz_checkpoint_one(const uint8_t *data, size_t size);
+int fuzz_cli_one(const uint8_t *data, size_t size);
+int fuzz_config_one(const uint8_t *data, size_t size);
+int fuzz_dataset_bin_one(const uint8_t *data, size_t size);
+int fuzz_dataset_jsonl_one(const uint8_t *data, size_t size);
+int fuzz_instr_jsonl_one(const uint8_t *data, size_t size);
+int fuzz_profile_one(const uint8_t *data, size_t size);
+int fuzz_report_one(const uint8_t *data, size_t size);
+int fuzz_safetensors_one(const uint8_t *data, size_t size);
+int fuzz_tokenizer_one(const uint8_t *data, size_t size);
+
 #ifdef FTB_FUZZ_MAIN
 /* The fuzz build compiles UBSan in recover mode (so that a known, reported
  * bug can be suppressed: tests/fuzz/known_open.ubsan); every other report
