@@ -385,7 +385,7 @@ Test(fidelity, more_queries_give_a_higher_cosine, .timeout = 300)
         const char *ns[2] = { "1", "64" };
         for (int seed = 1; seed <= 3; seed++)
             for (int k = 0; k < 2; k++) {
-                char opt[32], sd[8];
+                char opt[32], sd[16];
                 snprintf(opt, sizeof opt, "%s=%s", cases[c].key, ns[k]);
                 snprintf(sd, sizeof sd, "%d", seed);
                 const char *args[12] = { "--method", cases[c].method, "--opt", opt, "--seed", sd };

@@ -439,7 +439,7 @@ int ftb_cmd_list(int argc, char **argv)
             snprintf(al + u, sizeof al - u, "%s%s", a ? "," : " (", profs[i].aliases[a]);
         }
         if (profs[i].n_aliases) strncat(al, ")", sizeof al - strlen(al) - 1);
-        char name[128];
+        char name[sizeof profs[i].name + sizeof al];
         snprintf(name, sizeof name, "%s%s", profs[i].name, al);
         printf("  %-36s %2d cores %6.0f MiB RAM, budget %6.0f MiB, model %s%s\n", name, profs[i].cores, profs[i].ram_mb,
                (double)ftb_profile_budget_bytes(&profs[i]) / 1048576.0, profs[i].default_model,
