@@ -4,11 +4,11 @@
 # sweep of the tiny model (seconds), beside an older run that must stay out
 # of the report.  Called from .ci/run; prints its elapsed time.
 set -eu
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 t0=$(date +%s)
 tmp=$(mktemp -d /tmp/ftb-make-bench-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-fail() { echo "make_bench_report: FAIL: $*" >&2; exit 1; }
+fail() { echo "test-make-bench-report: FAIL: $*" >&2; exit 1; }
 
 mkdir -p "$tmp/results"
 cp -r tests/fixtures/results/rpi4-4gb "$tmp/results/"        # an older run beside the new one
@@ -38,4 +38,4 @@ grep -q "rpi4-4gb" "$tmp/all/report.md" || fail "RESULTS=dir did not merge the r
 # Without RESULTS and without a last bench: exit 2 naming the runs.
 if make -s report LAST_BENCH="$tmp/none" >"$tmp/r3.out" 2>&1; then fail "make report with nothing named succeeded"; fi
 grep -q 'make report RESULTS="dir ..."' "$tmp/r3.out" || { cat "$tmp/r3.out"; fail "no hint"; }
-echo "make_bench_report: ok ($(($(date +%s) - t0)) s)"
+echo "test-make-bench-report: ok ($(($(date +%s) - t0)) s)"

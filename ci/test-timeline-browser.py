@@ -14,7 +14,7 @@ timeline file:
     category split, core total and RSS, equal to the timeline file's line;
   * category toggles and the step-normalised comparison work.
 
-usage: timeline_browser_test.py PAGE.html RECORD.json TIMELINE.tsv
+usage: test-timeline-browser.py PAGE.html RECORD.json TIMELINE.tsv
 """
 import base64
 import json
@@ -34,7 +34,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def fail(msg):
-    print("timeline_browser_test: FAIL: " + msg, file=sys.stderr)
+    print("test-timeline-browser: FAIL: " + msg, file=sys.stderr)
     sys.exit(1)
 
 
@@ -201,7 +201,7 @@ def main():
                 time.sleep(0.01)
             nav_ms = (time.time() - t_nav) * 1000.0
             render_ms = dt.js("window.ftb.renderMs")
-            print("timeline_browser_test: load %d of %s (%d bytes): drawn %.0f ms after its script started, %.0f ms "
+            print("test-timeline-browser: load %d of %s (%d bytes): drawn %.0f ms after its script started, %.0f ms "
                   "after navigation" % (load + 1, os.path.basename(page), size, render_ms, nav_ms))
             best_page, best_nav = min(best_page, render_ms), min(best_nav, nav_ms)
         if best_nav > MAX_DRAW_MS:
@@ -250,7 +250,7 @@ def main():
         if line == best and ("core total: %.3f MiB" % core_peak) not in hover:
             fail("hover on the peak line does not show the record's core peak %.3f:\n%s" % (core_peak, hover))
         shown_t = float(row["t_sec"])
-        print("timeline_browser_test: hover at t %.4f s: %s" % (shown_t, " | ".join(hover.split("\n")[1:3])))
+        print("test-timeline-browser: hover at t %.4f s: %s" % (shown_t, " | ".join(hover.split("\n")[1:3])))
 
         # Toggling a category off redraws without it; on again.
         dt.js("(function(){var c=document.getElementById('cat-weights');c.click();return c.checked;})()")
@@ -272,7 +272,7 @@ def main():
                     x = dt.js(f)
                     if abs(x - k) > 1e-9:
                         fail("%s: step %d starts at %r on the normalised axis, not %d" % (who, k + 1, x, k))
-        print("timeline_browser_test: ok (%d other cells to compare with; %.1f s)" % (n_other, time.time() - t_start))
+        print("test-timeline-browser: ok (%d other cells to compare with; %.1f s)" % (n_other, time.time() - t_start))
     finally:
         browser.terminate()
         try:

@@ -9,7 +9,7 @@
  * one axis normalised to step boundaries.  Zoom, pan, hover (phase,
  * category split, RSS at that instant) and category toggles are in the
  * script below; docs/REPORTS.md describes the page and
- * tests/report/timeline_browser_test.py checks it in Debian's chromium.
+ * ci/test-timeline-browser.py checks it in Debian's chromium.
  */
 #include "report_internal.h"
 
@@ -30,7 +30,7 @@ static const char page_js[] =
     "// compare with.  Canvas drawing; zoom (wheel, buttons), pan (drag), hover\n"
     "// (phase, category split, RSS at that instant), category toggles, a time\n"
     "// axis in seconds or normalised to step boundaries (step k spans [k, k+1]).\n"
-    "// window.ftb exposes what tests/report/timeline_browser_test.py reads back.\n"
+    "// window.ftb exposes what ci/test-timeline-browser.py reads back.\n"
     "(function () {\n"
     "  \"use strict\";\n"
     "  var t_start = performance.now();\n"

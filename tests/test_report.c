@@ -1122,7 +1122,7 @@ Test(report, timeline_figure_shows_the_measured_steps_from_their_low_point, .ini
     ftr_timeline_free(&tl);
 }
 
-/* ---- the interactive timeline page (item 7; the browser test is tests/report/) ---------- */
+/* ---- the interactive timeline page (item 7; the browser test is ci/test-timeline-browser.sh) ---------- */
 
 Test(report, timeline_page_is_self_contained_small_and_keeps_the_peaks, .init = make_tmp, .fini = remove_tmp,
      .timeout = 120)
