@@ -93,8 +93,10 @@ BIN         := $(BUILD)/ftbench
 TESTBIN     := $(BUILD)/test_ftbench
 CORELIB     := $(BUILD)/libftbench_core.a
 
-.PHONY: all deps-check test bench bench-core oracle clean install fuzz report memcheck format format-check
+.PHONY: all bin deps-check test bench bench-core oracle clean install fuzz report memcheck format format-check
 all: deps-check $(BIN) $(PLUGINS) $(TESTBIN)
+# The executable and the plugins alone (what sweep --remote ships).
+bin: deps-check $(BIN) $(PLUGINS)
 
 # Installs missing Debian packages when root, else prints the apt-get line.
 deps-check:
@@ -166,9 +168,13 @@ memcheck:
 # stdout line names its results file; the run directory is kept in
 # $(LAST_BENCH) for a later `make report`.  The report goes to <run>/report.
 # BENCH_ARGS: more sweep options (e.g. "--model tiny --seqs 32,64 --out DIR").
+# HOST=user@pi5.local runs the sweep on that device over ssh (sweep --remote,
+# docs/DEVICES.md); SSH_OPTS="-p 2222 -i KEY" are passed to ssh.
+HOST      ?=
+SSH_OPTS  ?=
 LAST_BENCH := $(BUILD)/last-bench-run
 bench: all
-	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods $(BENCH_ARGS) >$(LAST_BENCH).out; \
+	./$(BIN) sweep --device $(DEVICE) --sweep $(SWEEP) --methods-dir $(BUILD)/methods $(if $(HOST),--remote $(HOST)) $(if $(SSH_OPTS),--ssh-opt "$(SSH_OPTS)") $(BENCH_ARGS) >$(LAST_BENCH).out; \
 	  rc=$$?; cat $(LAST_BENCH).out; [ $$rc -eq 0 ] || exit $$rc; \
 	  sed -n 's|^records: \(.*\)/results\.jsonl$$|\1|p' $(LAST_BENCH).out >$(LAST_BENCH); \
 	  [ -s $(LAST_BENCH) ] || { echo "make bench: the sweep named no results file" >&2; exit 1; }

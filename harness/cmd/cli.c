@@ -99,6 +99,13 @@ static int valid_id(const char *s)
     return 1;
 }
 
+int ftb_cli_takes_value(const char *name)
+{
+    for (const opt_spec *t = specs; t->name; t++)
+        if (!strcmp(t->name, name)) return t->has_value ? 1 : 0;
+    return -1;
+}
+
 int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o, char *err, size_t errlen)
 {
     memset(o, 0, sizeof *o);

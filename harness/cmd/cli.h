@@ -59,6 +59,9 @@ typedef struct {
  * was asked, or -1 with err ("--seq: 'abc' is not a positive integer"). */
 int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_cli *o, char *err, size_t errlen);
 void ftb_cli_free(ftb_cli *o);
+/* Whether an option ("--seq") takes a value: 1, 0 (a flag), -1 (unknown).
+ * For commands that pass a command line on (sweep --remote). */
+int ftb_cli_takes_value(const char *name);
 
 /* Prints the option help for the groups in `allowed`. */
 void ftb_cli_print_options(FILE *f, unsigned allowed);

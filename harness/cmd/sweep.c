@@ -7,6 +7,7 @@
 #include "sweep.h"
 #include "commands.h"
 #include "plugin.h"
+#include "remote.h"
 #include "rundir.h"
 #include "slurm.h"
 #include "util.h"
@@ -217,6 +218,7 @@ static void sweep_help(FILE *f)
     fprintf(f, "\noptions:\n");
     ftb_cli_print_options(f, SWEEP_OPTS);
     ftb_sweep_backend_help(f);
+    ftb_remote_help(f);
 }
 
 typedef struct {
@@ -378,6 +380,11 @@ static int slurm_backend(ftb_sweep_backend *be, const ftb_sweep_plan *plan, cons
 int ftb_cmd_sweep(int argc, char **argv)
 {
     char err[FTB_ERR_LEN + 256];
+    /* --remote: the sweep runs on the device; this side ships, follows
+     * and collects (remote.c). */
+    int help = 0;
+    for (int i = 1; i < argc; i++) help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+    if (!help && ftb_remote_requested(argc, argv)) return ftb_remote_sweep(argc, argv, SWEEP_OPTS);
     ftb_setup s;
     memset(&s, 0, sizeof s);
     /* The backend's options first: a Slurm task or a collect replaces the
