@@ -7,6 +7,7 @@
 #include "remote.h"
 #include "cli.h"
 #include "rundir.h"
+#include "sweep.h"
 #include "util.h"
 
 #include <errno.h>
@@ -258,6 +259,25 @@ static int parse(int argc, char **argv, unsigned sweep_opts, remote_ctx *r)
                          cli.dataset);
                 rc = usage(err);
             }
+            /* What the device would refuse at once, refused here before
+             * anything is shipped: the sweep's name and its lists. */
+            int *v = NULL, nv = 0;
+            char e2[FTB_ERR_LEN];
+            if (!rc && cli.sweep && !ftb_sweep_find(cli.sweep)) {
+                snprintf(err, sizeof err, "unknown sweep '%s' (sweeps: default, paper)", cli.sweep);
+                rc = usage(err);
+            }
+            if (!rc && cli.seqs && ftb_parse_int_list(cli.seqs, 1, 1 << 22, &v, &nv, e2, sizeof e2) != 0) {
+                snprintf(err, sizeof err, "--seqs %s", e2);
+                rc = usage(err);
+            }
+            free(v);
+            v = NULL;
+            if (!rc && cli.batches && ftb_parse_int_list(cli.batches, 1, 1 << 16, &v, &nv, e2, sizeof e2) != 0) {
+                snprintf(err, sizeof err, "--batches %s", e2);
+                rc = usage(err);
+            }
+            free(v);
             r->quiet = cli.quiet;
             r->run_id = NULL;
             ftb_cli_free(&cli);
