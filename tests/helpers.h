@@ -53,11 +53,13 @@ static inline ftb_batch th_batch(int32_t *tokens, int32_t *targets, int B, int T
     return (ftb_batch){ B, T, tokens, targets };
 }
 
-/* A whole file, NUL-terminated (malloc'd); "" if it cannot be read. */
-static inline char *th_slurp(const char *path)
+/* A whole file, NUL-terminated (malloc'd), its length in *len (may be
+ * NULL); NULL and *len = -1 if it cannot be read. */
+static inline char *th_slurp_or_null(const char *path, long *len)
 {
+    if (len) *len = -1;
     FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
+    if (!f) return NULL;
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     rewind(f);
@@ -65,7 +67,17 @@ static inline char *th_slurp(const char *path)
     size_t got = b ? fread(b, 1, (size_t)(n > 0 ? n : 0), f) : 0;
     if (b) b[got] = 0;
     fclose(f);
+    if (b && len) *len = (long)got;
+    return b;
+}
+
+/* The same, "" (and *len = -1) if it cannot be read. */
+static inline char *th_slurp_len(const char *path, long *len)
+{
+    char *b = th_slurp_or_null(path, len);
     return b ? b : strdup("");
 }
+
+static inline char *th_slurp(const char *path) { return th_slurp_len(path, NULL); }
 
 #endif

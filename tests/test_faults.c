@@ -378,24 +378,6 @@ typedef struct {
     char *out, *err;
 } proc;
 
-static char *slurp(const char *path, long *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (len) *len = -1;
-        return strdup("");
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    if (len) *len = (long)got;
-    return b;
-}
-
 static int count_lines(const char *s)
 {
     int n = 0;
@@ -454,8 +436,8 @@ static proc run_ftbench(const char *const *args, const char *const *extra_env, l
         ;
     proc p;
     p.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    p.out = slurp(outp, NULL);
-    p.err = slurp(errp, NULL);
+    p.out = th_slurp_len(outp, NULL);
+    p.err = th_slurp_len(errp, NULL);
     unlink(outp);
     unlink(errp);
     return p;
@@ -577,7 +559,7 @@ Test(faults, unwritable_results_directory, .fini = remove_tmp, .timeout = 120)
         proc_free(&p);
     }
     long len;
-    char *text = slurp(file, &len);
+    char *text = th_slurp_len(file, &len);
     cr_expect_str_eq(text, "x\n");
     free(text);
 }
@@ -627,7 +609,7 @@ Test(faults, disk_full_mid_record_keeps_whole_lines, .fini = remove_tmp, .timeou
     fputs("\"}\n", f);
     fclose(f);
     long before_len;
-    char *before = slurp(path, &before_len);
+    char *before = th_slurp_len(path, &before_len);
     args[nb] = "16,32";
     p = run_ftbench(args, NULL, before_len + 200);
     cr_expect(p.code != 0 && p.code < 128, "sweep on a full disk: exit %d: %s", p.code, p.err);
@@ -638,7 +620,7 @@ Test(faults, disk_full_mid_record_keeps_whole_lines, .fini = remove_tmp, .timeou
               "stderr: %s", p.err);
     proc_free(&p);
     long after_len;
-    char *after = slurp(path, &after_len);
+    char *after = th_slurp_len(path, &after_len);
     cr_expect(after_len == before_len && !memcmp(before, after, (size_t)before_len),
               "the results file changed: %ld bytes before, %ld after", before_len, after_len);
     free(before);

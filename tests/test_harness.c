@@ -8,6 +8,8 @@
  */
 #include <criterion/criterion.h>
 
+#include "helpers.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,20 +42,6 @@ typedef struct {
     int code; /* exit code, or 128+signal */
     char *out, *err;
 } proc;
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
 
 /* The environment for spawned binaries: under ASan, let a plugin's SIGSEGV
  * stay a signal (the harness must see it) and skip leak reports. */
@@ -100,8 +88,8 @@ static proc run(const char *const *args)
         ;
     proc p;
     p.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    p.out = slurp(outp);
-    p.err = slurp(errp);
+    p.out = th_slurp(outp);
+    p.err = th_slurp(errp);
     unlink(outp);
     unlink(errp);
     return p;
@@ -330,7 +318,7 @@ Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
     const char *tl = json_string_value(json_object_get(r, "timeline_file"));
     cr_assert(tl != NULL);
     snprintf(path, sizeof path, "%s/host/r1/%s", tmpdir, tl);
-    char *text = slurp(path);
+    char *text = th_slurp(path);
     cr_expect(strstr(text, "t_sec\tkind\tphase") != NULL);
     cr_expect(strstr(text, "\tmem\t") != NULL, "no memory events in the timeline");
     cr_expect(strstr(text, "\trss\t") != NULL, "no RSS samples in the timeline");

@@ -7,6 +7,8 @@
 #ifndef TEST_HELPERS_PROC_H
 #define TEST_HELPERS_PROC_H
 
+#include "helpers.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -25,20 +27,6 @@ typedef struct {
     double seconds;
     char *out, *err; /* what it printed (malloc'd)                        */
 } tproc;
-
-static inline char *tproc_slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)(n > 0 ? n : 0) + 1);
-    size_t got = b ? fread(b, 1, (size_t)(n > 0 ? n : 0), f) : 0;
-    if (b) b[got] = 0;
-    fclose(f);
-    return b ? b : strdup("");
-}
 
 static inline double tproc_now(void)
 {
@@ -97,8 +85,8 @@ static inline tproc tproc_run(const char *const *args, double deadline_s)
     }
     p.seconds = tproc_now() - t0;
     p.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    p.out = tproc_slurp(outp);
-    p.err = tproc_slurp(errp);
+    p.out = th_slurp(outp);
+    p.err = th_slurp(errp);
     unlink(outp);
     unlink(errp);
     return p;

@@ -13,6 +13,8 @@
  */
 #include <criterion/criterion.h>
 
+#include "helpers.h"
+
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
@@ -75,20 +77,6 @@ static void remove_tmp(void)
     if (tmpdir[0]) nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
-
 static long fsize(const char *path)
 {
     struct stat st;
@@ -121,7 +109,7 @@ static int run_report(const char *const *args, char **err_out)
     close(saved);
     close(saved_out);
     fclose(ef);
-    char *e = slurp(errpath);
+    char *e = th_slurp_or_null(errpath, NULL);
     unlink(errpath);
     if (err_out)
         *err_out = e;
@@ -434,7 +422,7 @@ Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_t
     cr_expect_eq(n, 3 * np, "%d files in plots/, expected %d", n, 3 * np);
 
     snprintf(path, sizeof path, "%s/report.html", out);
-    char *html = slurp(path);
+    char *html = th_slurp_or_null(path, NULL);
     cr_assert_not_null(html);
     char why[256] = "";
     cr_expect(html_balanced(html, why, sizeof why), "report.html: %s", why);
@@ -453,7 +441,7 @@ Test(report, every_plot_in_every_format_and_a_balanced_html_page, .init = make_t
     cr_expect_null(strstr(html, "src=\"plots/"), "self-contained: no image loaded from a file");
     free(html);
     snprintf(path, sizeof path, "%s/report.md", out);
-    char *md = slurp(path);
+    char *md = th_slurp_or_null(path, NULL);
     for (int i = 0; plots[i]; i++) {
         char ref[512];
         snprintf(ref, sizeof ref, "](plots/%s.png)", plots[i]);
@@ -504,12 +492,12 @@ Test(report, without_gnuplot_the_tables_are_written_and_one_line_names_the_skipp
     snprintf(path, sizeof path, "%s/plots/mem_host_smollm2-135m_b1.png", out);
     cr_expect_lt(fsize(path), 0, "no image without gnuplot");
     snprintf(path, sizeof path, "%s/report.md", out);
-    char *md = slurp(path);
+    char *md = th_slurp_or_null(path, NULL);
     cr_expect_not_null(strstr(md, "| lora | 646.5 | 722.0 | 848.8 |"), "%s", md);
     cr_expect_not_null(strstr(md, "not drawn (gnuplot missing)"));
     free(md);
     snprintf(path, sizeof path, "%s/report.html", out);
-    char *html = slurp(path);
+    char *html = th_slurp_or_null(path, NULL);
     char why[256] = "";
     cr_expect(html_balanced(html, why, sizeof why), "report.html: %s", why);
     cr_expect_not_null(strstr(html, "fig-mem_host_smollm2-135m_b1"));
@@ -551,14 +539,14 @@ Test(report, training_records_feed_the_quality_table, .init = make_tmp, .fini = 
     cr_expect_not_null(strstr(err, "loss_training"), "%s", err);
     free(err);
     snprintf(path, sizeof path, "%s/report.md", out);
-    char *md = slurp(path);
+    char *md = th_slurp_or_null(path, NULL);
     cr_expect_not_null(strstr(md, "| lora | host | m | 128 | 1000.0 | sst2 | 90.00% | 0.9988 | 5.00e-02 | 2.0000 |"),
                        "%s", md);
     cr_expect_not_null(strstr(md, "| lars | host | m | 128 | 800.0 | sst2 | 87.50% | 0.9988 | 5.00e-02 | 2.0000 |"),
                        "%s", md);
     free(md);
     snprintf(path, sizeof path, "%s/data/accuracy_vs_memory.tsv", out);
-    char *d = slurp(path);
+    char *d = th_slurp_or_null(path, NULL);
     cr_assert_not_null(d);
     cr_expect_not_null(strstr(d, "1000.0000\t90.0000\tlora\thost\tm\t128\n"), "%s", d);
     free(d);
@@ -572,7 +560,7 @@ Test(report, without_training_records_the_report_says_so, .init = make_tmp, .fin
     snprintf(out, sizeof out, "%s/rep", tmpdir);
     cr_assert_eq(run_report((const char *[]){ FIXTURE, "--out", out, "--formats", "png", NULL }, NULL), 0);
     snprintf(path, sizeof path, "%s/report.md", out);
-    char *md = slurp(path);
+    char *md = th_slurp_or_null(path, NULL);
     cr_expect_not_null(strstr(md, "No training records"));
     cr_expect_null(strstr(md, "Task accuracy and gradient fidelity"));
     free(md);
@@ -693,7 +681,7 @@ Test(report, figures_under_different_budgets_are_not_merged, .init = make_tmp, .
     snprintf(out, sizeof out, "%s/report", tmpdir);
     cr_assert_eq(run_report((const char *[]){ tmpdir, "--out", out, "--formats", "svg", NULL }, NULL), 0);
     snprintf(path, sizeof path, "%s/data/maxctx_smollm2-135m.tsv", out);
-    char *tsv = slurp(path);
+    char *tsv = th_slurp_or_null(path, NULL);
     cr_assert_not_null(tsv, "%s", path);
     cr_expect_not_null(strstr(tsv, "rpi5-4gb, 1200 MiB\t256"), "%s", tsv);
     cr_expect_null(strstr(tsv, "3482"), "no fit ran under the device budget: %s", tsv);
@@ -719,7 +707,7 @@ static char *report_md(const char *const *args)
     cr_assert_eq(rc, 0, "%s", err);
     free(err);
     snprintf(path, sizeof path, "%s/report.md", out);
-    char *md = slurp(path);
+    char *md = th_slurp_or_null(path, NULL);
     cr_assert_not_null(md);
     return md;
 }
@@ -761,13 +749,13 @@ Test(report, fidelity_records_give_a_table_and_a_plot_against_n, .init = make_tm
     free(md);
     char path[1024];
     snprintf(path, sizeof path, "%s/rep/gnuplot/fidelity_tiny.gp", tmpdir);
-    char *gp = slurp(path);
+    char *gp = th_slurp_or_null(path, NULL);
     cr_assert_not_null(gp, "no fidelity plot script");
     cr_expect_not_null(strstr(gp, "set logscale x 2\nset xtics (1, 4, 16)"), "%s", gp);
     cr_expect_not_null(strstr(gp, "'mesp (gradient)'"), "%s", gp);
     free(gp);
     snprintf(path, sizeof path, "%s/rep/data/fidelity_tiny.tsv", tmpdir);
-    char *d = slurp(path);
+    char *d = th_slurp_or_null(path, NULL);
     cr_assert_not_null(d);
     cr_expect_not_null(
         strstr(d, "# prge, seq 32\n# x\tcos_mean\tcos_min\tcos_max\trel_mean\trel_min\trel_max\truns\n1\t"), "%s", d);
@@ -810,7 +798,7 @@ Test(report, run_and_report_say_why_hardware_counters_are_missing, .init = make_
              bin, tmpdir, tmpdir);
     cr_assert_eq(system(cmd), 0, "%s", cmd);
     snprintf(path, sizeof path, "%s/run.out", tmpdir);
-    char *out = slurp(path);
+    char *out = th_slurp_or_null(path, NULL);
     snprintf(path, sizeof path, "%s/res/host/hw/results.jsonl", tmpdir);
     json_error_t je;
     json_t *rec = json_load_file(path, 0, &je);
@@ -843,7 +831,7 @@ static char *report_file(const char *rel)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/rep/%s", tmpdir, rel);
-    char *t = slurp(path);
+    char *t = th_slurp_or_null(path, NULL);
     cr_assert_not_null(t, "%s not written", path);
     return t;
 }
@@ -1157,7 +1145,7 @@ Test(report, timeline_page_is_self_contained_small_and_keeps_the_peaks, .init = 
     snprintf(path, sizeof path, "%s/timelines/tl.html", out);
     long size = fsize(path);
     cr_expect_lt(size, 5L * 1024 * 1024, "the page is %ld bytes", size);
-    char *html = slurp(path);
+    char *html = th_slurp_or_null(path, NULL);
     cr_assert_not_null(html);
     cr_expect_null(strstr(html, "http://"), "no network reference");
     cr_expect_null(strstr(html, "https://"), "no network reference");

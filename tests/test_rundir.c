@@ -10,6 +10,8 @@
  */
 #include <criterion/criterion.h>
 
+#include "helpers.h"
+
 #include "ftbench.h"
 #include "rundir.h"
 #include "safe_file.h"
@@ -44,20 +46,6 @@ typedef struct {
     int code; /* exit code, or 128+signal */
     char *out, *err;
 } proc;
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
 
 static void write_text(const char *path, const char *text)
 {
@@ -115,8 +103,8 @@ static proc wait_proc(pid_t pid, const char *outp, const char *errp)
         ;
     proc p;
     p.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    p.out = slurp(outp);
-    p.err = slurp(errp);
+    p.out = th_slurp(outp);
+    p.err = th_slurp(errp);
     unlink(outp);
     unlink(errp);
     return p;
@@ -461,7 +449,7 @@ Test(rundir, cell_files_from_other_writers_are_records, .fini = remove_tmp, .tim
     mkdir(dst, 0777);
     snprintf(from, sizeof from, "%s/host/src/cells/lora.tiny.s16.b1.json", tmpdir);
     snprintf(to, sizeof to, "%s/lora.tiny.s16.b1.json", dst);
-    char *text = slurp(from);
+    char *text = th_slurp(from);
     json_t *r = json_loads(text, 0, NULL);
     free(text);
     cr_assert(r != NULL, "no cell file %s", from);
@@ -480,7 +468,7 @@ Test(rundir, cell_files_from_other_writers_are_records, .fini = remove_tmp, .tim
     proc_free(&p);
     char md[700];
     snprintf(md, sizeof md, "%s/report.md", out);
-    text = slurp(md);
+    text = th_slurp(md);
     cr_expect(strstr(text, "lora") != NULL, "report.md does not show the cell:\n%.2000s", text);
     free(text);
 
@@ -625,7 +613,7 @@ Test(rundir, links_planted_in_a_run_directory_are_not_followed, .fini = remove_t
     proc p = run(args);
     cr_expect_eq(p.code, 0, "%s%s", p.out, p.err);
     proc_free(&p);
-    char *text = slurp(victim);
+    char *text = th_slurp(victim);
     cr_expect_str_eq(text, "precious\n", "the victim was written through a link");
     free(text);
     /* The timeline link was replaced by the real file. */
@@ -643,7 +631,7 @@ Test(rundir, links_planted_in_a_run_directory_are_not_followed, .fini = remove_t
     cr_expect(p.code != 0 && p.code < 128, "exit %d", p.code);
     cr_expect(strstr(p.err, "results.jsonl: is a symbolic link; refusing to write through it") != NULL, "%s", p.err);
     proc_free(&p);
-    text = slurp(victim);
+    text = th_slurp(victim);
     cr_expect_str_eq(text, "precious\n");
     free(text);
     snprintf(link, sizeof link, "%s/cells/ia3.tiny.s16.b1.json", dir);
@@ -759,10 +747,10 @@ Test(safe_file, writes_never_go_through_a_link, .fini = remove_tmp)
     cr_assert(f != NULL, "%s", strerror(errno));
     fputs("# report\n", f);
     cr_expect_eq(ftb_sf_fclose(f), 0);
-    char *text = slurp(victim);
+    char *text = th_slurp(victim);
     cr_expect_str_eq(text, "precious\n");
     free(text);
-    text = slurp(lpath);
+    text = th_slurp(lpath);
     cr_expect_str_eq(text, "# report\n");
     free(text);
     /* a linked directory component */
@@ -837,7 +825,7 @@ Test(safe_file, the_checkpoint_saver_does_not_follow_a_planted_temporary, .fini 
     cr_assert(m != NULL, "%s", err);
     cr_expect_eq(ftb_safetensors_write(path, m->params, m->n_params, err, sizeof err), 0, "%s", err);
     ftb_model_free(m);
-    char *text = slurp(victim);
+    char *text = th_slurp(victim);
     cr_expect_str_eq(text, "precious\n", "the victim was written through the saver's temporary");
     free(text);
     struct stat st;
