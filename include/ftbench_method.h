@@ -520,10 +520,19 @@ typedef struct ftb_method {
      * would train and hook, adds the state it would allocate, and calls
      * ftb_plan_estimate.  Must equal memory_model's answer on a built model
      * of that shape (suite plan).  0, -1 if these options cannot be planned
-     * (err says why).  NULL: the method has no plan. */
+     * (err says why).  A method with no memory model for these options
+     * declares it: -1 with err starting FTB_NO_MEMORY_MODEL (ftbench plan
+     * lists it as "no model", never guessed; any other err is bad options).
+     * NULL: ftbench plan uses the host's default (the core's training step
+     * with the base frozen, no state of the method, no hook bytes: exact
+     * only for a method that trains nothing and whose hooks save nothing). */
     int (*memory_plan)(ftb_plan *p, const ftb_options *options, int B, int T, ftb_memory_estimate *out, char *err,
                        size_t errlen);
 } ftb_method;
+
+/* How memory_plan's err starts when the method declares it has no memory
+ * model (above). */
+#define FTB_NO_MEMORY_MODEL "no memory model"
 
 typedef const ftb_method *(*ftb_method_entry_fn)(void);
 #define FTB_METHOD_ENTRY "ftbench_method"

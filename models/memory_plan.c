@@ -10,7 +10,9 @@
  * steps is computed from the descriptors and what the method adds, instead
  * of read from the live accounting, and the dequantization tile from the
  * planned storage formats.  Both paths share the walk, so the suite `plan`
- * can require them to agree byte for byte on a built model. */
+ * can require them to agree byte for byte on a built model.  A config the
+ * core refuses to compute for a reason that leaves the shapes alone
+ * (cfg.shape_only: a rope scaling it does not implement) is planned. */
 #include "ftbench.h"
 #include "model_internal.h"
 #include "quant.h"
@@ -52,7 +54,14 @@ ftb_plan *ftb_plan_new(const ftb_model_shape *shape, const ftb_run_opts *run, ch
         return NULL;
     }
     p->shape = *shape;
-    p->model = ftb_model_new_empty(&shape->config, err, errlen);
+    /* A config the core would not compute (an unsupported rope scaling,
+     * cfg.shape_only) still has the model's shapes, and so its memory: the
+     * descriptors are made from it, its reason kept for the planner to
+     * state (ftbench plan prints it). */
+    ftb_config shapes = shape->config;
+    shapes.shape_only[0] = 0;
+    p->model = ftb_model_new_empty(&shapes, err, errlen);
+    if (p->model) p->model->cfg = shape->config;
     p->keep = p->model ? calloc((size_t)shape->config.n_layers, sizeof *p->keep) : NULL;
     if (!p->model || !p->keep) {
         if (p->model && !p->keep) snprintf(err, errlen, "out of memory for a plan");

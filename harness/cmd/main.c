@@ -19,6 +19,7 @@ static const command commands[] = {
     { "run", ftb_cmd_run, "measure one cell: model x method x seq x batch on a device" },
     { "sweep", ftb_cmd_sweep, "measure every method x sequence length, resumable; prints a summary" },
     { "fit", ftb_cmd_fit, "find the longest sequence a method fits in a device's memory" },
+    { "plan", ftb_cmd_plan, "predict each method's peak RSS per length on a device from shapes alone; --verify" },
     { "fidelity", ftb_cmd_fidelity, "a method's gradient (or estimate) against the exact gradient of its parameters" },
     { "list", ftb_cmd_list, "methods found, device profiles, models in the zoo" },
     { "bench-core", ftb_cmd_bench_core, "one full fine-tuning step vs the sgemm rate on the same shapes" },
@@ -53,7 +54,7 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name)) return c->fn(argc - 1, argv + 1);
     fprintf(stderr,
-            "ftbench: unknown command '%s' (commands: run, sweep, fit, fidelity, list, bench-core, eval, train, "
+            "ftbench: unknown command '%s' (commands: run, sweep, fit, plan, fidelity, list, bench-core, eval, train, "
             "pretrain, report)\n",
             argv[1]);
     return FTB_EXIT_USAGE;
