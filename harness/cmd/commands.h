@@ -13,7 +13,7 @@ int ftb_cmd_run(int argc, char **argv);
 int ftb_cmd_sweep(int argc, char **argv);
 int ftb_cmd_fit(int argc, char **argv);
 int ftb_cmd_list(int argc, char **argv);
-/* harness/plan.c (docs/PLAN.md). */
+/* harness/cmd/plan.c (docs/PLAN.md). */
 int ftb_cmd_plan(int argc, char **argv);
 /* Implemented in harness/fidelity.c. */
 int ftb_cmd_fidelity(int argc, char **argv);
