@@ -301,3 +301,28 @@ Test(plan_cmd, bad_input_is_one_line_and_exit_2, .timeout = 120)
     unlink(garbage);
     rmdir(dir);
 }
+
+/* fit starts at the plan's prediction and confirms it by measurement: on
+ * tiny, where every length up to --seq-max fits, one probe instead of the
+ * three of a search from --seq-min (64, 128, 256), and it says so. */
+Test(plan_cmd, fit_starts_at_the_plan_and_says_how_many_probes_it_saved, .timeout = 300)
+{
+    char dir[64], path[160];
+    temp_dir(dir, sizeof dir);
+    const char *args[] = { "fit",  "--device",  "host", "--model",   "tiny", "--method",
+                           "lora", "--seq-min", "64",   "--seq-max", "256",  "--out",
+                           dir,    "--run-id",  "f",    "--quiet",   NULL };
+    tproc r = tproc_run(args, 250);
+    cr_assert_eq(r.code, 0, "exit %d: %s %s", r.code, r.out, r.err);
+    cr_expect(strstr(r.out, "plan: predicted longest fit 512 tokens") != NULL, "%s", r.out);
+    cr_expect(strstr(r.out, "plan: 1 probes; a search from --seq-min would have made 3 (saved 2)") != NULL, "%s",
+              r.out);
+    cr_expect(strstr(r.out, "longest sequence that fits host: 256 tokens") != NULL, "%s", r.out);
+    tproc_free(&r);
+    snprintf(path, sizeof path, "%s/host/f/fit.json", dir);
+    json_t *fit = json_load_file(path, 0, NULL);
+    cr_assert_not_null(fit, "%s", path);
+    cr_expect_eq(json_integer_value(json_object_get(fit, "planned_longest_seq")), 512);
+    cr_expect_eq(json_array_size(json_object_get(fit, "probes")), 1);
+    json_decref(fit);
+}

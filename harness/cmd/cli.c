@@ -65,6 +65,7 @@ static const opt_spec specs[] = {
     { "--seq-min", CLI_FIT, 1, "N", "shortest length probed (default 128)" },
     { "--seq-max", CLI_FIT, 1, "N", "longest length probed (default: the model's max_seq)" },
     { "--granularity", CLI_FIT, 1, "N", "bisection stops at this resolution (default 64)" },
+    { "--no-plan", CLI_FIT, 0, NULL, "search from --seq-min instead of starting at the plan's prediction" },
     { NULL, 0, 0, NULL, NULL },
 };
 
@@ -292,6 +293,8 @@ int ftb_cli_parse(const char *cmd, unsigned allowed, int argc, char **argv, ftb_
             o->quiet = 1;
         else if (!strcmp(name, "--no-skip"))
             o->no_skip = 1;
+        else if (!strcmp(name, "--no-plan"))
+            o->no_plan = 1;
         if (rc) return -1;
     }
     if (o->model && o->checkpoint) return ftb_errf(err, errlen, "give --model or --checkpoint, not both");

@@ -48,6 +48,7 @@ typedef struct {
     int n_opts;
     char *opt_keys[FTB_CLI_MAX_OPTS], *opt_values[FTB_CLI_MAX_OPTS];
     int no_timeline, force, quiet, no_skip, wait_lock, independent;
+    int no_plan;             /* fit: --no-plan */
     ftb_base_spec base;      /* --base-dtype --embed-dtype --group --residency */
     ftb_optimizer optimizer; /* --optimizer (default adamw)        */
     int loss_chunk;          /* --loss-chunk rows; 0 = the core's  */

@@ -56,6 +56,10 @@ int ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t 
 /* Checks the dataset spec opens for the model (files are validated). */
 int ftb_setup_check_dataset(const ftb_setup *s, char *err, size_t errlen);
 
+/* The longest length the plan predicts c's method fits within s's budget
+ * (this machine's threads, the cached process baseline): fit starts its
+ * search there.  0, or -1 with why (no memory_plan, no model). */
+int ftb_plan_fit_hint(ftb_setup *s, const ftb_cell *c, int *longest, char *why, size_t whyn);
 /* Prints "ftbench <cmd>: <msg>" on stderr and returns FTB_EXIT_USAGE. */
 int ftb_usage_error(const char *cmd, const char *msg);
 

@@ -96,6 +96,34 @@ static int probe(fit_ctx *f, int seq, char *err, size_t errlen)
     return res;
 }
 
+/* How many probes the search from seq_min (doubling, then bisection) makes
+ * when every length up to longest fits: what starting from the plan saves. */
+static int fit_search_probes(int seq_min, int seq_max, int gran, int longest)
+{
+    int n = 0, lo = 0, hi = 0, x = seq_min;
+    while (x <= seq_max) {
+        n++;
+        if (x > longest) {
+            hi = x;
+            break;
+        }
+        lo = x;
+        if (x == seq_max) break;
+        x = x * 2 > seq_max ? seq_max : x * 2;
+    }
+    while (lo && hi && hi - lo > gran) {
+        int mid = (lo + (hi - lo) / 2) / gran * gran;
+        if (mid <= lo) mid = lo + gran;
+        if (mid >= hi) break;
+        n++;
+        if (mid <= longest)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return n;
+}
+
 int ftb_cmd_fit(int argc, char **argv)
 {
     char err[FTB_ERR_LEN + 256];
@@ -186,6 +214,39 @@ int ftb_cmd_fit(int argc, char **argv)
     int lo = 0, hi = 0; /* longest that fits, shortest that does not */
     int x = seq_min;
     res = 0;
+    /* Start where the plan (docs/PLAN.md) predicts the answer, then confirm
+     * by measurement: one probe at the prediction and one just past it when
+     * the plan is right. */
+    int hint = 0, planned = 0;
+    char why[FTB_ERR_LEN + 300];
+    if (!s.cli.no_plan) planned = ftb_plan_fit_hint(&s, &f.base, &hint, why, sizeof why) == 0;
+    if (!s.cli.no_plan && !planned) printf("plan: none (%s): searching from --seq-min\n", why);
+    if (planned && hint >= seq_min) {
+        int h = hint > seq_max ? seq_max : hint / gran * gran;
+        if (h < seq_min) h = seq_min;
+        printf("plan: predicted longest fit %d tokens (%s); probing from %d\n", hint, why, h);
+        res = probe(&f, h, err, sizeof err);
+        if (res < 0) goto failed;
+        if (res) {
+            lo = h;
+            x = h == seq_max ? seq_max + 1 : (h + gran > seq_max ? seq_max : h + gran);
+        } else {
+            hi = h;
+            x = seq_max + 1; /* no doubling: find a length that fits below */
+            for (int step = gran, y = h - gran; !lo; step *= 2, y -= step) {
+                if (y < seq_min) y = seq_min;
+                if (y >= hi) break;
+                res = probe(&f, y, err, sizeof err);
+                if (res < 0) goto failed;
+                if (res)
+                    lo = y;
+                else
+                    hi = y;
+            }
+        }
+    } else if (planned) {
+        printf("plan: even %d tokens is predicted over budget; confirming\n", seq_min);
+    }
     while (x <= seq_max) {
         res = probe(&f, x, err, sizeof err);
         if (res < 0) goto failed;
@@ -210,8 +271,15 @@ int ftb_cmd_fit(int argc, char **argv)
         else
             hi = mid;
     }
+    int probed = (int)json_array_size(f.probes);
+    if (planned) {
+        int unplanned = fit_search_probes(seq_min, seq_max, gran, lo);
+        printf("plan: %d probes; a search from --seq-min would have made %d (saved %d)\n", probed, unplanned,
+               unplanned - probed);
+    }
     json_t *out = json_object();
     json_object_set_new(out, "device", json_string(s.device.name));
+    json_object_set_new(out, "planned_longest_seq", planned ? json_integer(hint) : json_null());
     json_object_set_new(out, "model", json_string(s.model_name));
     json_object_set_new(out, "method", json_string(f.base.method_label));
     json_object_set_new(out, "batch", json_integer(s.cli.batch));

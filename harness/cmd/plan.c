@@ -592,6 +592,60 @@ out:
     return rc;
 }
 
+/* ---- for fit: where to start the search ------------------------------------------- */
+
+static void inputs_from_setup(const ftb_setup *s, int threads, plan_inputs *in)
+{
+    memset(in, 0, sizeof *in);
+    ftb_model_shape_from_config(&s->cfg, &in->shape);
+    in->shape.base_dtype = s->cli.base.dtype;
+    in->shape.embed_dtype = s->cli.base.embed_dtype;
+    in->shape.group = s->cli.base.group;
+    in->shape.threads = threads;
+    ftb_run_opts_default(&in->run);
+    in->run.attention = s->cli.attention;
+    in->run.loss = s->cli.loss;
+    if (s->cli.loss_chunk) in->run.loss_chunk_rows = s->cli.loss_chunk;
+    in->B = s->cli.batch;
+}
+
+int ftb_plan_fit_hint(ftb_setup *s, const ftb_cell *c, int *longest, char *why, size_t whyn)
+{
+    plan_method m;
+    memset(&m, 0, sizeof m);
+    char err[FTB_ERR_LEN];
+    if (ftb_plugin_open(c->method_path, &m.plug, err, sizeof err) != 0) {
+        snprintf(why, whyn, "%s", err);
+        return -1;
+    }
+    m.kind = m.plug.method->abi_version >= 3 && m.plug.method->memory_plan ? PLAN_BY_METHOD : PLAN_BY_DEFAULT;
+    m.n_opts = c->n_opts;
+    for (int q = 0; q < c->n_opts; q++) {
+        m.keys[q] = c->opt_keys[q];
+        m.values[q] = c->opt_values[q];
+    }
+    plan_inputs in;
+    inputs_from_setup(s, s->threads, &in);
+    char how[PATH_MAX + 200];
+    int rc = -1;
+    ftb_optimizer_select(s->cli.optimizer);
+    if (m.kind != PLAN_BY_METHOD) {
+        snprintf(why, whyn, "the method has no memory_plan");
+    } else if (plan_baseline(s, s->threads, &in.baseline, how, sizeof how, err, sizeof err) != 0) {
+        snprintf(why, whyn, "no process baseline: %s", err);
+    } else {
+        *longest = longest_fit(&m, &in, s->budget);
+        if (m.kind != PLAN_BY_METHOD)
+            snprintf(why, whyn, "%s", m.reason);
+        else {
+            snprintf(why, whyn, "baseline %.1f MiB, %s", (double)in.baseline / 1048576.0, how);
+            rc = 0;
+        }
+    }
+    ftb_plugin_close(&m.plug);
+    return rc;
+}
+
 /* ---- the command --------------------------------------------------------------- */
 
 int ftb_cmd_plan(int argc, char **argv)
@@ -780,17 +834,7 @@ int ftb_cmd_plan(int argc, char **argv)
     }
 
     plan_inputs in;
-    memset(&in, 0, sizeof in);
-    ftb_model_shape_from_config(&s.cfg, &in.shape);
-    in.shape.base_dtype = s.cli.base.dtype;
-    in.shape.embed_dtype = s.cli.base.embed_dtype;
-    in.shape.group = s.cli.base.group;
-    in.shape.threads = s.cli.threads ? s.cli.threads : s.device.cores > 0 ? s.device.cores : s.threads;
-    ftb_run_opts_default(&in.run);
-    in.run.attention = s.cli.attention;
-    in.run.loss = s.cli.loss;
-    if (s.cli.loss_chunk) in.run.loss_chunk_rows = s.cli.loss_chunk;
-    in.B = s.cli.batch;
+    inputs_from_setup(&s, s.cli.threads ? s.cli.threads : s.device.cores > 0 ? s.device.cores : s.threads, &in);
 
     char how[PATH_MAX + 200];
     if (baseline_mb >= 0) {
