@@ -14,6 +14,7 @@
 
 #include "cell.h"
 #include "helpers.h"
+#include "record.h"
 
 typedef struct {
     int calls;
@@ -110,4 +111,72 @@ Test(cell, a_failing_between_steps_hook_ends_the_cell_at_its_stage)
     char cmd[100];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_expect_eq(system(cmd), 0);
+}
+
+/* record.h: every record, run or not, comes from one struct through one
+ * writer; the parent's typed figures and the child's sections land where
+ * docs/HARNESS.md says. */
+Test(cell, records_are_written_from_one_struct)
+{
+    ftb_cell c;
+    tiny_cell(&c, "/nonexistent");
+    ftb_record r;
+    json_t *because = json_string("full.tiny.s32.b1");
+    ftb_record_init_not_run(&r, &c, "skipped", "not run");
+    r.field = "skipped_because";
+    r.field_value = because;
+    json_t *j = ftb_record_json(&r);
+    static const char *const not_run_keys[] = { "schema",         "run_id",          "cell",          "outcome",
+                                                "outcome_detail", "skipped_because", "timestamp_utc", NULL };
+    const char *k;
+    json_t *v;
+    int i = 0;
+    json_object_foreach(j, k, v)
+    {
+        if (!not_run_keys[i]) break;
+        cr_expect_str_eq(k, not_run_keys[i], "key %d", i);
+        i++;
+    }
+    cr_expect_null(json_object_get(j, "memory"), "a cell not run has no measurements");
+    cr_expect_null(json_object_get(j, "stage_reached"));
+    cr_expect(json_is_object(json_object_get(j, "settings")));
+    json_decref(j);
+    json_decref(because);
+
+    /* A cell that ran: the child's sections as they are, the parent's figures typed. */
+    json_t *measured =
+        json_pack("{s:s, s:{s:I}, s:[f,f], s:{s:i}, s:{s:s}, s:i, s:i}", "stage", "done", "memory",
+                  "peak_rss_vmhwm_bytes", (json_int_t)5000, "loss_per_step", 2.5, 2.25, "between_steps", "probe", 7,
+                  "host", "blas_core", "Haswell", "not_a_section", 1, "trainable_params", 10);
+    ftb_record_init_not_run(&r, &c, "ok", "");
+    r.ran = 1;
+    r.measured = measured;
+    r.memory.peak = 6000;
+    r.memory.process_peak = 5000;
+    r.memory.tree_max_processes = 2;
+    snprintf(r.host.cpu_model, sizeof r.host.cpu_model, "test cpu");
+    r.io_error.errno_value = 28;
+    r.io_error.timeline = 1;
+    r.io_error.file = "x.timeline.tsv";
+    r.cell_wall_seconds = 1.5;
+    j = ftb_record_json(&r);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "stage_reached")), "done");
+    json_t *mem = json_object_get(j, "memory");
+    cr_expect_eq(json_integer_value(json_object_get(mem, "peak_rss_vmhwm_bytes")), 5000);
+    cr_expect_eq(json_integer_value(json_object_get(mem, "peak_rss_bytes")), 6000);
+    cr_expect_eq(json_integer_value(json_object_get(mem, "tree_max_processes")), 2);
+    cr_expect(json_is_null(json_object_get(mem, "peak_rss_ru_maxrss_bytes")));
+    cr_expect_eq(json_array_size(json_object_get(j, "loss_per_step")), 2);
+    cr_expect_eq(json_integer_value(json_object_get(j, "probe")), 7);
+    cr_expect_null(json_object_get(j, "not_a_section"));
+    json_t *host = json_object_get(j, "host");
+    cr_expect_str_eq(json_string_value(json_object_get(host, "blas_core")), "Haswell");
+    cr_expect_str_eq(json_string_value(json_object_get(host, "cpu_model")), "test cpu");
+    cr_expect_null(json_object_get(json_object_get(measured, "host"), "cpu_model"), "the child's section was changed");
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(j, "timeline_error"), "name")), "ENOSPC");
+    cr_expect_null(json_object_get(j, "io_error"));
+    cr_expect(json_is_object(json_object_get(j, "projection")));
+    cr_expect_eq(json_real_value(json_object_get(j, "cell_wall_seconds")), 1.5);
+    json_decref(j);
+    json_decref(measured);
 }

@@ -7,6 +7,7 @@
 #include "cell_internal.h"
 #include "host.h"
 #include "kmsg.h"
+#include "record.h"
 #include "rundir.h"
 #include "safe_file.h"
 #include "util.h"
@@ -260,36 +261,6 @@ void ftb_catch_interrupts(void)
 
 int ftb_interrupted(void) { return g_interrupted; }
 
-static json_t *config_json(const ftb_config *c)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "name", json_string(c->name));
-    json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
-    json_object_set_new(o, "dim", json_integer(c->dim));
-    json_object_set_new(o, "n_layers", json_integer(c->n_layers));
-    json_object_set_new(o, "n_heads", json_integer(c->n_heads));
-    json_object_set_new(o, "n_kv_heads", json_integer(c->n_kv_heads));
-    json_object_set_new(o, "head_dim", json_integer(c->head_dim));
-    json_object_set_new(o, "ffn_dim", json_integer(c->ffn_dim));
-    json_object_set_new(o, "max_seq", json_integer(c->max_seq));
-    json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
-    json_object_set_new(o, "norm_eps", json_real(c->norm_eps));
-    json_object_set_new(o, "qkv_bias", json_boolean(c->qkv_bias));
-    json_object_set_new(o, "tie_embeddings", json_boolean(c->tie_embeddings));
-    /* RoPE scaling changes the numbers (not the memory): say which. */
-    const ftb_rope_scaling *r = &c->rope_scaling;
-    if (r->kind == FTB_ROPE_LINEAR)
-        json_object_set_new(o, "rope_scaling",
-                            json_pack("{s:s,s:f}", "rope_type", "linear", "factor", (double)r->factor));
-    else if (r->kind == FTB_ROPE_LLAMA3)
-        json_object_set_new(o, "rope_scaling",
-                            json_pack("{s:s,s:f,s:f,s:f,s:i}", "rope_type", "llama3", "factor", (double)r->factor,
-                                      "low_freq_factor", (double)r->low_freq_factor, "high_freq_factor",
-                                      (double)r->high_freq_factor, "original_max_position_embeddings",
-                                      r->original_max_seq));
-    return o;
-}
-
 static int64_t jget_int(json_t *o, const char *a, const char *b)
 {
     json_t *x = json_object_get(o, a);
@@ -305,213 +276,6 @@ static void set_outcome(ftb_cell_result *r, const char *o, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->detail, sizeof r->detail, fmt, ap);
     va_end(ap);
-}
-
-/* The record's description of the cell: what was measured, where, how. */
-static void describe_cell(json_t *rec, const ftb_cell *c, json_t *m, const char *ts, const char *git,
-                          ftb_enforce enforce, const char *enforce_note)
-{
-    json_object_set_new(rec, "timestamp_utc", json_string(ts));
-    json_object_set_new(rec, "git_rev", json_string(git));
-    json_object_set_new(rec, "hostname", json_string(ftb_hostname()));
-    json_object_set_new(rec, "abi_version", json_integer(FTB_ABI_VERSION));
-
-    json_t *model = json_object();
-    json_object_set_new(model, "name", json_string(c->model_name));
-    json_object_set_new(model, "source", json_string(c->checkpoint ? "checkpoint" : "zoo"));
-    if (c->checkpoint) {
-        json_object_set_new(model, "checkpoint", json_string(c->checkpoint));
-        char id[24];
-        snprintf(id, sizeof id, "%016llx", (unsigned long long)ftb_base_checkpoint_hash(c->checkpoint));
-        json_object_set_new(model, "checkpoint_id", json_string(id));
-    }
-    json_object_set_new(model, "params", json_integer(ftb_config_param_count(&c->cfg)));
-    json_object_set_new(model, "config", config_json(&c->cfg));
-    json_object_set_new(rec, "model", model);
-    /* The base weights: format, residency, the prepared file, and what the
-     * child measured of them (effective residency, storage bytes). */
-    json_t *base = ftb_base_record_json(&c->base, c->base_dir, c->base_info);
-    json_t *mb = m ? json_object_get(m, "base") : NULL;
-    if (mb) json_object_update(base, mb);
-    json_object_set_new(rec, "base", base);
-    json_object_set_new(rec, "optimizer", json_string(ftb_optimizer_name(c->optimizer)));
-
-    json_t *meth = json_object();
-    json_object_set_new(meth, "label", json_string(c->method_label));
-    json_t *mn = m ? json_object_get(m, "method_name") : NULL;
-    json_object_set(meth, "name", mn ? mn : json_null());
-    json_t *ms = m ? json_object_get(m, "method_summary") : NULL;
-    if (ms) json_object_set(meth, "summary", ms);
-    json_object_set_new(meth, "path", json_string(c->method_path));
-    json_t *opts = json_object();
-    for (int i = 0; i < c->n_opts; i++) json_object_set_new(opts, c->opt_keys[i], json_string(c->opt_values[i]));
-    json_object_set_new(meth, "options", opts);
-    json_object_set_new(rec, "method", meth);
-
-    json_object_set_new(rec, "seq", json_integer(c->seq));
-    json_object_set_new(rec, "batch", json_integer(c->batch));
-    json_object_set_new(rec, "steps", json_integer(c->steps));
-    json_object_set_new(rec, "warmup_steps", json_integer(c->warmup));
-    json_object_set_new(rec, "dataset", json_string(c->dataset));
-    /* A dataset file's identity (its real path, size and mtime): the same
-     * name with other contents is another experiment. */
-    struct stat dst;
-    if (c->dataset && stat(c->dataset, &dst) == 0 && S_ISREG(dst.st_mode)) {
-        char real[PATH_MAX];
-        if (!realpath(c->dataset, real)) snprintf(real, sizeof real, "%s", c->dataset);
-        int64_t v[2] = { (int64_t)dst.st_size, (int64_t)dst.st_mtime };
-        uint64_t h = ftb_fnv1a(v, sizeof v, ftb_fnv1a(real, strlen(real) + 1, FTB_FNV_INIT));
-        char id[24];
-        snprintf(id, sizeof id, "%016llx", (unsigned long long)h);
-        json_object_set_new(rec, "dataset_id", json_string(id));
-    }
-    json_object_set_new(rec, "seed", json_integer((json_int_t)c->seed));
-    json_object_set_new(rec, "lr", json_real(c->lr));
-    json_object_set_new(rec, "attention", json_string(c->attention == FTB_ATTN_EAGER ? "eager" : "flash"));
-    json_object_set_new(rec, "loss_mode", json_string(c->loss == FTB_LOSS_FULL ? "full" : "chunked"));
-    ftb_run_opts ro;
-    ftb_run_opts_default(&ro);
-    json_object_set_new(rec, "loss_chunk_rows", json_integer(c->loss_chunk ? c->loss_chunk : ro.loss_chunk_rows));
-
-    json_t *dev = json_object();
-    json_object_set_new(dev, "name", json_string(c->device.name));
-    json_object_set_new(dev, "profile", json_string(c->device.path));
-    json_object_set_new(dev, "emulated", json_boolean(c->emulated));
-    if (c->device.host_match[0]) json_object_set_new(dev, "host_match", json_string(c->device.host_match));
-    json_object_set_new(dev, "cores", json_integer(c->device.cores));
-    json_object_set_new(dev, "ram_mb", json_real(c->device.ram_mb));
-    json_object_set_new(dev, "usable_fraction", json_real(c->device.usable_fraction));
-    json_object_set_new(dev, "mem_bandwidth_gbs",
-                        c->device.mem_bandwidth_gbs > 0 ? json_real(c->device.mem_bandwidth_gbs) : json_null());
-    json_object_set_new(dev, "peak_gflops_fp32",
-                        c->device.peak_gflops_fp32 > 0 ? json_real(c->device.peak_gflops_fp32) : json_null());
-    json_object_set_new(dev, "budget_bytes", json_integer(c->budget_bytes));
-    json_object_set_new(dev, "enforcement", json_string(ftb_enforce_name(enforce)));
-    json_object_set_new(dev, "enforcement_requested", json_string(ftb_enforce_name(c->enforce)));
-    if (enforce_note[0]) json_object_set_new(dev, "enforcement_note", json_string(enforce_note));
-    json_object_set_new(dev, "threads", json_integer(c->threads));
-    json_object_set_new(rec, "device", dev);
-    json_object_set_new(rec, "emulated", json_boolean(c->emulated));
-}
-
-
-/* ---- resume: the settings a record was measured with ------------------------
- * Everything that changes a cell's numbers, read from a record by path, so
- * the same code reads old records (made before `settings` was stored) and
- * describes a cell about to run.  docs/HARNESS.md lists them. */
-
-static const struct {
-    const char *name, *path[3];
-} setting_paths[] = {
-    { "model", { "model", "name" } },
-    { "checkpoint", { "model", "checkpoint" } },
-    { "checkpoint_id", { "model", "checkpoint_id" } },
-    { "model_config", { "model", "config" } },
-    { "method", { "method", "label" } },
-    { "options", { "method", "options" } },
-    { "seq", { "seq" } },
-    { "batch", { "batch" } },
-    { "steps", { "steps" } },
-    { "warmup", { "warmup_steps" } },
-    { "seed", { "seed" } },
-    { "lr", { "lr" } },
-    { "dataset", { "dataset" } },
-    { "dataset_id", { "dataset_id" } },
-    { "attention", { "attention" } },
-    { "loss", { "loss_mode" } },
-    { "loss_chunk", { "loss_chunk_rows" } },
-    { "optimizer", { "optimizer" } },
-    { "base_dtype", { "base", "dtype" } },
-    { "embed_dtype", { "base", "embed_dtype" } },
-    { "group", { "base", "group" } },
-    { "residency", { "base", "residency" } },
-    { "device", { "device", "name" } },
-    { "budget", { "device", "budget_bytes" } },
-    { "enforcement", { "device", "enforcement_requested" } },
-    { "threads", { "device", "threads" } },
-    { "train", { "train" } },
-};
-
-json_t *ftb_record_settings(json_t *rec)
-{
-    json_t *o = json_object();
-    for (size_t i = 0; i < sizeof setting_paths / sizeof *setting_paths; i++) {
-        json_t *x = rec;
-        for (int k = 0; k < 3 && setting_paths[i].path[k]; k++) x = json_object_get(x, setting_paths[i].path[k]);
-        /* Records before enforcement_requested: the one in effect. */
-        if (!x && !strcmp(setting_paths[i].name, "enforcement"))
-            x = json_object_get(json_object_get(rec, "device"), "enforcement");
-        if (x) json_object_set(o, setting_paths[i].name, x);
-    }
-    return o;
-}
-
-json_t *ftb_cell_settings(const ftb_cell *c)
-{
-    json_t *rec = json_object();
-    char ts[32];
-    ftb_utc_timestamp(ts, sizeof ts);
-    describe_cell(rec, c, NULL, ts, "", c->enforce, "");
-    if (c->extra) {
-        const char *k;
-        json_t *v;
-        json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
-    }
-    json_t *o = ftb_record_settings(rec);
-    json_decref(rec);
-    return o;
-}
-
-static void append_value(char *out, size_t n, json_t *v)
-{
-    size_t u = strlen(out);
-    if (u >= n) return;
-    char *d = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    snprintf(out + u, n - u, "%.60s%s", d ? d : "(none)", d && strlen(d) > 60 ? "..." : "");
-    free(d);
-}
-
-int ftb_cell_settings_differ(const ftb_cell *c, json_t *rec, char *msg, size_t n)
-{
-    json_t *now = ftb_cell_settings(c), *then = ftb_record_settings(rec);
-    int differ = 0;
-    if (msg && n) msg[0] = 0;
-    const char *k;
-    json_t *v;
-    json_object_foreach(now, k, v)
-    {
-        json_t *w = json_object_get(then, k);
-        /* A setting the record predates is not held against it. */
-        if (!w || json_equal(v, w)) continue;
-        /* Reals: the same to float precision (lr is a float). */
-        if (json_is_number(v) && json_is_number(w) &&
-            fabs(json_number_value(v) - json_number_value(w)) <= 1e-6 * fabs(json_number_value(v)))
-            continue;
-        if (msg && n) {
-            size_t u = strlen(msg);
-            snprintf(msg + u, n - u, "%s%s recorded ", differ ? ", " : "", k);
-            append_value(msg, n, w);
-            u = strlen(msg);
-            snprintf(msg + u, n - u, ", now ");
-            append_value(msg, n, v);
-        }
-        differ++;
-    }
-    json_object_foreach(then, k, v)
-    {
-        if (json_object_get(now, k)) continue;
-        if (msg && n) {
-            size_t u = strlen(msg);
-            snprintf(msg + u, n - u, "%s%s recorded ", differ ? ", " : "", k);
-            append_value(msg, n, v);
-            u = strlen(msg);
-            snprintf(msg + u, n - u, ", now none");
-        }
-        differ++;
-    }
-    json_decref(now);
-    json_decref(then);
-    return differ;
 }
 
 /* Signals a process gets for its own faults (or abort()): a crash.  Any
@@ -542,61 +306,86 @@ static void remove_temporaries_of(int run_fd, pid_t pid)
 
 static double mib(int64_t b) { return (double)b / (1024.0 * 1024.0); }
 
-int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen)
+/* A cell's child process, from its fork to its reaping.  ftb_cell_run is
+ * spawn → wait → classify → record, each below. */
+typedef struct {
+    int run_fd;                          /* the run directory (no links followed) */
+    char child_json[300], timeline[300]; /* file names in it                  */
+    ftb_enforce enforce;                 /* in effect (cgroup may fall back)      */
+    char enforce_note[FTB_ERR_LEN];
+    ftb_cgroup cg;
+    int64_t safety;        /* bytes: the host's own limit in check/watch mode  */
+    ftb_tree_shared *tree; /* the process tree's RSS, published by the child */
+    int progress_fd;       /* read end of the child's progress pipe            */
+    pid_t pid;
+    double t_start;
+    char timestamp_utc[32];
+    const char *git_rev;
+} cell_proc;
+
+/* How the child ended, as the parent saw it. */
+typedef struct {
+    int status;
+    struct rusage ru;
+    int timed_out, watch_killed, safety_killed, interrupt_killed;
+    int io_errno, timeline_errno; /* the child could not write a file     */
+    int64_t watch_max;            /* the tree's RSS as the parent saw it  */
+    int64_t watch_proc_max;       /* the cell process's own RSS, likewise */
+    char last_what[32];           /* the child's last milestone           */
+    int last_step, last_total;
+    double wall;
+} cell_ending;
+
+/* Sets up enforcement and forks the child (which measures and never
+ * returns).  0, or -1 with err (nothing left open). */
+static int cell_spawn(const ftb_cell *c, cell_proc *p, char *err, size_t errlen)
 {
-    memset(r, 0, sizeof *r);
-    r->peak_rss = -1;
-    if (g_interrupted) return FTB_CELL_INTERRUPTED;
+    memset(p, 0, sizeof *p);
     /* The run directory, opened without following links: the child writes
      * its snapshot and timeline relative to this descriptor. */
-    int run_fd = ftb_rundir_open(c->run_dir, 1, err, errlen);
-    if (run_fd < 0) return -1;
-    char child_json[300], timeline[300];
-    snprintf(child_json, sizeof child_json, ".%.260s.child.json", c->key);
-    snprintf(timeline, sizeof timeline, "%.260s.timeline.tsv", c->key);
-    unlinkat(run_fd, child_json, 0);
+    p->run_fd = ftb_rundir_open(c->run_dir, 1, err, errlen);
+    if (p->run_fd < 0) return -1;
+    snprintf(p->child_json, sizeof p->child_json, ".%.260s.child.json", c->key);
+    snprintf(p->timeline, sizeof p->timeline, "%.260s.timeline.tsv", c->key);
+    unlinkat(p->run_fd, p->child_json, 0);
 
     /* Enforcement. */
-    ftb_enforce enforce = c->enforce;
-    char enforce_note[FTB_ERR_LEN];
-    snprintf(enforce_note, sizeof enforce_note, "%s", c->enforce_note);
-    ftb_cgroup cg;
-    memset(&cg, 0, sizeof cg);
-    if (enforce == FTB_ENFORCE_CGROUP) {
+    p->enforce = c->enforce;
+    snprintf(p->enforce_note, sizeof p->enforce_note, "%s", c->enforce_note);
+    if (p->enforce == FTB_ENFORCE_CGROUP) {
         char e[FTB_ERR_LEN];
-        if (ftb_cgroup_create(&cg, c->budget_bytes, e, sizeof e) != 0) {
-            enforce = FTB_ENFORCE_CHECK;
-            snprintf(enforce_note, sizeof enforce_note, "cgroup unavailable (%.400s); peak RSS checked after the run",
-                     e);
+        if (ftb_cgroup_create(&p->cg, c->budget_bytes, e, sizeof e) != 0) {
+            p->enforce = FTB_ENFORCE_CHECK;
+            snprintf(p->enforce_note, sizeof p->enforce_note,
+                     "cgroup unavailable (%.400s); peak RSS checked after the run", e);
         }
     }
     /* In check mode the cell runs past the budget to measure its real
      * peak, but never into the host's own OOM killer. */
     int64_t avail = ftb_meminfo("MemAvailable");
-    int64_t safety = avail > 0 ? (int64_t)(avail * 0.9) : INT64_MAX;
+    p->safety = avail > 0 ? (int64_t)(avail * 0.9) : INT64_MAX;
 
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
-        ftb_cgroup_destroy(&cg);
-        close(run_fd);
+        ftb_cgroup_destroy(&p->cg);
+        close(p->run_fd);
         return ftb_errf(err, errlen, "pipe: %s", strerror(errno));
     }
-    char ts[32];
-    ftb_utc_timestamp(ts, sizeof ts);
-    const char *git = ftb_git_revision(); /* before fork: popen in the parent */
+    ftb_utc_timestamp(p->timestamp_utc, sizeof p->timestamp_utc);
+    p->git_rev = ftb_git_revision(); /* before fork: popen in the parent */
     /* The child's sampler publishes the RSS of its whole process tree here;
      * the parent enforces the budget on it and keeps its peak even if the
      * child is killed. */
-    ftb_tree_shared *tree = ftb_tree_shared_new();
+    p->tree = ftb_tree_shared_new();
     fflush(NULL);
-    double t_start = ftb_now();
+    p->t_start = ftb_now();
     pid_t pid = fork();
     if (pid < 0) {
         close(fds[0]);
         close(fds[1]);
-        close(run_fd);
-        ftb_cgroup_destroy(&cg);
-        ftb_tree_shared_free(tree);
+        close(p->run_fd);
+        ftb_cgroup_destroy(&p->cg);
+        ftb_tree_shared_free(p->tree);
         return ftb_errf(err, errlen, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
@@ -605,10 +394,49 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
          * leaves behind may hold it. */
         if (ftb_rundir_lock_fd() >= 0) close(ftb_rundir_lock_fd());
         setpgid(0, 0);
-        ftb_cell_child(c, fds[1], run_fd, child_json, timeline, cg.active ? &cg : NULL, tree);
+        ftb_cell_child(c, fds[1], p->run_fd, p->child_json, p->timeline, p->cg.active ? &p->cg : NULL, p->tree);
     }
     setpgid(pid, pid); /* both sides set it: whichever runs first wins the race */
     close(fds[1]);
+    p->pid = pid;
+    p->progress_fd = fds[0];
+    return 0;
+}
+
+/* One line of the child's progress pipe. */
+static void progress_line(const ftb_cell *c, const char *line, cell_ending *e)
+{
+    int a = 0, b = 0;
+    char what[32] = "";
+    if (sscanf(line, "ioerror %31s %d", what, &a) == 2) {
+        /* The child could not write a file (errno a): its measurements or
+         * its timeline. */
+        if (!strcmp(what, "timeline"))
+            e->timeline_errno = a;
+        else
+            e->io_errno = a;
+    } else if (sscanf(line, "%31s %d %d", what, &a, &b) >= 1) {
+        snprintf(e->last_what, sizeof e->last_what, "%s", what);
+        e->last_step = a;
+        e->last_total = b;
+        if (c->progress && !(strcmp(what, "step") == 0 && a == 0)) c->progress(c->progress_ud, what, a, b);
+    }
+}
+
+static void kill_cell(pid_t pid)
+{
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+}
+
+/* Follows the child to its end: its progress lines, the timeout, the
+ * budget (watch mode) and the host's safety limit, SIGINT/SIGTERM.  The
+ * parent sleeps in poll() on the progress pipe, waking every 100 ms. */
+static void cell_wait(const ftb_cell *c, cell_proc *p, cell_ending *e)
+{
+    memset(e, 0, sizeof *e);
+    e->watch_max = e->watch_proc_max = -1;
+    pid_t pid = p->pid;
     g_child_pgid = pid;
     /* Without a command's own handlers (ftb_catch_interrupts), the cell's
      * are installed for its duration. */
@@ -619,21 +447,14 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    int timed_out = 0, watch_killed = 0, safety_killed = 0, eof = 0, reaped = 0, status = 0;
-    int io_errno = 0, timeline_errno = 0, interrupt_killed = 0;
-    int64_t watch_max = -1;      /* the tree's RSS as the parent saw it     */
-    int64_t watch_proc_max = -1; /* the cell process's own RSS, likewise   */
-    struct rusage ru;
-    memset(&ru, 0, sizeof ru);
+    int eof = 0, reaped = 0;
     char pbuf[512];
     size_t plen = 0;
-    char last_what[32] = ""; /* the child's last milestone: where it was */
-    int last_step = 0, last_total = 0;
     while (!reaped) {
-        struct pollfd p = { .fd = eof ? -1 : fds[0], .events = POLLIN };
-        int pr = poll(&p, 1, 100);
-        if (pr > 0 && (p.revents & (POLLIN | POLLHUP))) {
-            ssize_t n = read(fds[0], pbuf + plen, sizeof pbuf - 1 - plen);
+        struct pollfd pfd = { .fd = eof ? -1 : p->progress_fd, .events = POLLIN };
+        int pr = poll(&pfd, 1, 100);
+        if (pr > 0 && (pfd.revents & (POLLIN | POLLHUP))) {
+            ssize_t n = read(p->progress_fd, pbuf + plen, sizeof pbuf - 1 - plen);
             if (n <= 0) {
                 eof = 1;
             } else {
@@ -642,22 +463,7 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                 char *nl;
                 while ((nl = strchr(pbuf, '\n'))) {
                     *nl = 0;
-                    int a = 0, b = 0;
-                    char what[32] = "";
-                    if (sscanf(pbuf, "ioerror %31s %d", what, &a) == 2) {
-                        /* The child could not write a file (errno a):
-                         * its measurements or its timeline. */
-                        if (!strcmp(what, "timeline"))
-                            timeline_errno = a;
-                        else
-                            io_errno = a;
-                    } else if (sscanf(pbuf, "%31s %d %d", what, &a, &b) >= 1) {
-                        snprintf(last_what, sizeof last_what, "%s", what);
-                        last_step = a;
-                        last_total = b;
-                        if (c->progress && !(strcmp(what, "step") == 0 && a == 0))
-                            c->progress(c->progress_ud, what, a, b);
-                    }
+                    progress_line(c, pbuf, e);
                     size_t rest = plen - (size_t)(nl + 1 - pbuf);
                     memmove(pbuf, nl + 1, rest);
                     plen = rest;
@@ -666,99 +472,95 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                 if (plen >= sizeof pbuf - 1) plen = 0; /* garbage: drop */
             }
         }
-        pid_t w = wait4(pid, &status, WNOHANG, &ru);
+        pid_t w = wait4(pid, &e->status, WNOHANG, &e->ru);
         if (w == pid) {
             reaped = 1;
             break;
         }
-        double el = ftb_now() - t_start;
-        if (g_interrupted && !interrupt_killed) {
+        double el = ftb_now() - p->t_start;
+        if (g_interrupted && !e->interrupt_killed) {
             /* Also when the signal came before the child's group was known. */
-            interrupt_killed = 1;
-            kill(-pid, SIGKILL);
-            kill(pid, SIGKILL);
+            e->interrupt_killed = 1;
+            kill_cell(pid);
         }
-        if (eof && !reaped && interrupt_killed) {
-            if (wait4(pid, &status, 0, &ru) == pid) reaped = 1;
+        if (eof && !reaped && e->interrupt_killed) {
+            if (wait4(pid, &e->status, 0, &e->ru) == pid) reaped = 1;
             break;
         }
-        if (!timed_out && !watch_killed && !safety_killed) {
+        if (!e->timed_out && !e->watch_killed && !e->safety_killed) {
             if (el > c->timeout_sec) {
-                timed_out = 1;
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
-            } else if (enforce != FTB_ENFORCE_CGROUP) {
+                e->timed_out = 1;
+                kill_cell(pid);
+            } else if (p->enforce != FTB_ENFORCE_CGROUP) {
                 /* The process's own RSS, fresh, and the tree's sum from the
                  * sampler (at most ~10 ms old): the budget is the tree's. */
                 int64_t rss = ftb_pid_rss(pid);
-                if (rss > watch_proc_max) watch_proc_max = rss;
-                int64_t tree_now = tree ? atomic_load(&tree->now_bytes) : -1;
+                if (rss > e->watch_proc_max) e->watch_proc_max = rss;
+                int64_t tree_now = p->tree ? atomic_load(&p->tree->now_bytes) : -1;
                 if (tree_now > rss) rss = tree_now;
-                if (rss > watch_max) watch_max = rss;
-                if (enforce == FTB_ENFORCE_WATCH && rss > c->budget_bytes) {
-                    watch_killed = 1;
-                    kill(-pid, SIGKILL);
-                    kill(pid, SIGKILL);
-                } else if (rss > safety) {
-                    safety_killed = 1;
-                    kill(-pid, SIGKILL);
-                    kill(pid, SIGKILL);
+                if (rss > e->watch_max) e->watch_max = rss;
+                if (p->enforce == FTB_ENFORCE_WATCH && rss > c->budget_bytes) {
+                    e->watch_killed = 1;
+                    kill_cell(pid);
+                } else if (rss > p->safety) {
+                    e->safety_killed = 1;
+                    kill_cell(pid);
                 }
             }
         }
-        if (eof && !reaped && (timed_out || watch_killed || safety_killed)) {
+        if (eof && !reaped && (e->timed_out || e->watch_killed || e->safety_killed)) {
             /* Killed: reap without spinning. */
-            if (wait4(pid, &status, 0, &ru) == pid) reaped = 1;
+            if (wait4(pid, &e->status, 0, &e->ru) == pid) reaped = 1;
         }
     }
-    close(fds[0]);
+    close(p->progress_fd);
     /* Grandchildren a plugin may have left behind share the group. */
     kill(-pid, SIGKILL);
-    remove_temporaries_of(run_fd, pid);
+    remove_temporaries_of(p->run_fd, pid);
     g_child_pgid = 0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    r->wall = ftb_now() - t_start;
-
+    e->wall = ftb_now() - p->t_start;
     /* A child killed while writing a file leaves its temporary. */
-    ftb_sf_remove_temps(run_fd, (int)pid);
-    if (g_interrupted) {
-        /* Stopped by the user: not a measurement, and nothing of it stays
-         * (no snapshot, no timeline, no record): the cell runs again on
-         * resume. */
-        unlinkat(run_fd, child_json, 0);
-        unlinkat(run_fd, timeline, 0);
-        close(run_fd);
-        ftb_cgroup_destroy(&cg);
-        return FTB_CELL_INTERRUPTED;
-    }
+    ftb_sf_remove_temps(p->run_fd, (int)pid);
+}
+
+/* The child's last snapshot of its measurements, or NULL. */
+static json_t *read_measured(const cell_proc *p)
+{
     json_t *m = NULL;
-    {
-        int mfd = openat(run_fd, child_json, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        struct stat mst;
-        if (mfd >= 0 && fstat(mfd, &mst) == 0 && S_ISREG(mst.st_mode)) {
-            json_error_t je;
-            m = json_loadfd(mfd, 0, &je);
-        }
-        if (mfd >= 0) close(mfd);
+    int mfd = openat(p->run_fd, p->child_json, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat mst;
+    if (mfd >= 0 && fstat(mfd, &mst) == 0 && S_ISREG(mst.st_mode)) {
+        json_error_t je;
+        m = json_loadfd(mfd, 0, &je);
     }
+    if (mfd >= 0) close(mfd);
+    return m;
+}
+
+/* The cell's peaks (rec->memory) and its outcome (r->outcome, r->detail,
+ * rec->signal) from how it ended and what it measured. */
+static void cell_classify(const ftb_cell *c, cell_proc *p, const cell_ending *e, json_t *m, ftb_cell_result *r,
+                          ftb_record *rec)
+{
     const char *stage = m ? json_string_value(json_object_get(m, "stage")) : NULL;
     int64_t vmhwm = jget_int(m, "memory", "peak_rss_vmhwm_bytes");
-    int64_t maxrss = (int64_t)ru.ru_maxrss * 1024;
-    int64_t cg_peak = cg.active ? ftb_cgroup_peak(&cg) : -1;
-    int64_t oom_kills = cg.active ? ftb_cgroup_oom_kills(&cg) : -1;
+    int64_t maxrss = (int64_t)e->ru.ru_maxrss * 1024;
+    int64_t cg_peak = p->cg.active ? ftb_cgroup_peak(&p->cg) : -1;
+    int64_t oom_kills = p->cg.active ? ftb_cgroup_oom_kills(&p->cg) : -1;
+    int64_t watch_max = e->watch_max;
     /* VmHWM is read by the child at the end of the last step: the peak of
      * the measurement itself.  ru_maxrss also covers the child's final
      * bookkeeping (timeline, record), so it is only the fallback, with what
      * the parent saw, when the child died before reading VmHWM. */
     int64_t process_peak = vmhwm;
-    if (process_peak <= 0) process_peak = maxrss > watch_proc_max ? maxrss : watch_proc_max;
+    if (process_peak <= 0) process_peak = maxrss > e->watch_proc_max ? maxrss : e->watch_proc_max;
     /* The cell's peak is its process tree's: the largest of the process's
      * own peak, the sampled sums over the tree (child and parent views),
      * and the largest waited-for descendant (the kernel's ru_maxrss). */
-    int64_t tree_sampled = tree ? atomic_load(&tree->max_bytes) : -1;
-    int tree_procs = tree ? atomic_load(&tree->max_procs) : 0;
-    ftb_tree_shared_free(tree);
+    int64_t tree_sampled = p->tree ? atomic_load(&p->tree->max_bytes) : -1;
+    int tree_procs = p->tree ? atomic_load(&p->tree->max_procs) : 0;
     int64_t descendants = jget_int(m, "memory", "descendants_max_rss_bytes");
     int had_children = tree_procs > 1 || descendants > 0;
     int64_t peak = process_peak;
@@ -769,38 +571,50 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
     if (had_children && descendants > peak) peak = descendants;
     if (vmhwm <= 0 && watch_max > peak) peak = watch_max;
     r->peak_rss = peak > 0 ? peak : -1;
+
+    rec->memory.ru_maxrss = maxrss;
+    rec->memory.parent_observed_max = watch_max;
+    rec->memory.cgroup = p->cg.active;
+    rec->memory.cgroup_peak = cg_peak;
+    rec->memory.cgroup_oom_kills = oom_kills;
+    rec->memory.peak = r->peak_rss;
+    rec->memory.process_peak = process_peak;
+    rec->memory.tree_max_processes = tree_procs;
+    rec->memory.peak_is_lower_bound = vmhwm <= 0;
+
     char tree_note[96] = "", budget_s[32];
     ftb_format_bytes(c->budget_bytes, budget_s, sizeof budget_s);
     if (had_children && peak > 0 && process_peak > 0 && peak > process_peak)
         snprintf(tree_note, sizeof tree_note, " (process tree of %d; the cell's own process %.0f MiB)",
                  tree_procs > 1 ? tree_procs : 2, mib(process_peak));
-    int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    int sig = WIFSIGNALED(e->status) ? WTERMSIG(e->status) : 0;
+    rec->signal = sig;
     /* A SIGKILL the harness did not send is an out-of-memory kill only with
      * evidence: the cgroup's oom_kill count, the kernel log naming the pid,
      * or a peak at the limit that was enforced. */
     char kernel_log[300] = "";
     int kernel_oom = 0;
-    if (sig == SIGKILL && !timed_out && !watch_killed && !safety_killed && oom_kills <= 0)
-        kernel_oom = ftb_kmsg_find_oom_kill(pid, t_start - 1.0, kernel_log, sizeof kernel_log);
+    if (sig == SIGKILL && !e->timed_out && !e->watch_killed && !e->safety_killed && oom_kills <= 0)
+        kernel_oom = ftb_kmsg_find_oom_kill(p->pid, p->t_start - 1.0, kernel_log, sizeof kernel_log);
     char where[64];
-    if (!strcmp(last_what, "load"))
+    if (!strcmp(e->last_what, "load"))
         snprintf(where, sizeof where, "model load");
-    else if (!strcmp(last_what, "init"))
+    else if (!strcmp(e->last_what, "init"))
         snprintf(where, sizeof where, "method init");
-    else if (!strcmp(last_what, "step") && last_step < last_total)
-        snprintf(where, sizeof where, "step %d of %d", last_step + 1, last_total);
-    else if (!strcmp(last_what, "step") || !strcmp(last_what, "done"))
+    else if (!strcmp(e->last_what, "step") && e->last_step < e->last_total)
+        snprintf(where, sizeof where, "step %d of %d", e->last_step + 1, e->last_total);
+    else if (!strcmp(e->last_what, "step") || !strcmp(e->last_what, "done"))
         snprintf(where, sizeof where, "the end of the cell");
     else
         snprintf(where, sizeof where, "start-up");
 
-    if (timed_out) {
+    if (e->timed_out) {
         set_outcome(r, "timeout", "no result within %.0f s (during %s); the cell's process group was killed",
                     c->timeout_sec, where);
-    } else if (watch_killed) {
+    } else if (e->watch_killed) {
         set_outcome(r, "over_budget", "RSS reached %.0f MiB%s, over the budget of %s; killed by the rss watch",
                     mib(watch_max), tree_note, budget_s);
-    } else if (safety_killed) {
+    } else if (e->safety_killed) {
         if (watch_max > c->budget_bytes)
             set_outcome(r, "over_budget",
                         "RSS reached %.0f MiB, over the budget of %s, and was killed at the host's "
@@ -816,10 +630,10 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     mib(c->budget_bytes), (long long)oom_kills);
     } else if (sig == SIGKILL && kernel_oom > 0) {
         set_outcome(r, "oom", "killed by the kernel OOM killer during %s; the kernel log says: %s", where, kernel_log);
-    } else if (sig == SIGKILL && enforce == FTB_ENFORCE_CGROUP && cg_peak >= c->budget_bytes * 0.95) {
+    } else if (sig == SIGKILL && p->enforce == FTB_ENFORCE_CGROUP && cg_peak >= c->budget_bytes * 0.95) {
         set_outcome(r, "oom", "SIGKILL during %s with the cgroup's peak at %.0f MiB, at its memory.max of %.0f MiB",
                     where, mib(cg_peak), mib(c->budget_bytes));
-    } else if (sig == SIGKILL && watch_max >= safety * 0.95) {
+    } else if (sig == SIGKILL && watch_max >= p->safety * 0.95) {
         set_outcome(r, "oom", "SIGKILL during %s with RSS at %.0f MiB, at the host's available memory", where,
                     mib(watch_max));
     } else if (sig && !is_fault_signal(sig)) {
@@ -834,153 +648,97 @@ int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen
                     ftb_signal_name(sig), sig, where, seen, kernel_oom < 0 ? kernel_log : "nothing in the kernel log");
     } else if (sig) {
         set_outcome(r, "crashed", "%s (signal %d) during %s", ftb_signal_name(sig), sig, where);
-    } else if (io_errno) {
+    } else if (e->io_errno) {
         /* A full disk (or an I/O error) where the child keeps its
          * measurements: what it measured is lost, the cause is not. */
         set_outcome(r, "error",
                     "the cell could not write its measurements (%s/%s) during %s: %s (%s); nothing it "
                     "measured was kept",
-                    c->run_dir, child_json, where, strerror(io_errno),
-                    strerrorname_np(io_errno) ? strerrorname_np(io_errno) : "?");
-    } else if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK && stage && !strcmp(stage, "done")) {
-        if (enforce != FTB_ENFORCE_CGROUP && peak > c->budget_bytes)
+                    c->run_dir, p->child_json, where, strerror(e->io_errno),
+                    strerrorname_np(e->io_errno) ? strerrorname_np(e->io_errno) : "?");
+    } else if (WIFEXITED(e->status) && WEXITSTATUS(e->status) == CHILD_OK && stage && !strcmp(stage, "done")) {
+        if (p->enforce != FTB_ENFORCE_CGROUP && peak > c->budget_bytes)
             set_outcome(r, "over_budget", "peak RSS %.0f MiB%s exceeds the budget of %s (%s)", mib(peak), tree_note,
-                        budget_s, ftb_enforce_name(enforce));
+                        budget_s, ftb_enforce_name(p->enforce));
         else
             set_outcome(r, "ok", "%s", "");
     } else {
-        const char *e = m ? json_string_value(json_object_get(m, "error")) : NULL;
-        if (e)
-            set_outcome(r, "error", "%s", e);
+        const char *err = m ? json_string_value(json_object_get(m, "error")) : NULL;
+        if (err)
+            set_outcome(r, "error", "%s", err);
         else
             set_outcome(r, "error", "the cell exited with status %d without a result (during %s)",
-                        WIFEXITED(status) ? WEXITSTATUS(status) : -1, where);
+                        WIFEXITED(e->status) ? WEXITSTATUS(e->status) : -1, where);
     }
+}
 
-    /* The record. */
-    json_t *rec = json_object();
-    json_object_set_new(rec, "schema", json_integer(FTB_RECORD_SCHEMA));
-    json_object_set_new(rec, "run_id", json_string(c->run_id));
-    json_object_set_new(rec, "cell", json_string(c->key));
-    json_object_set_new(rec, "outcome", json_string(r->outcome));
-    json_object_set_new(rec, "outcome_detail", json_string(r->detail));
-    if (sig) {
-        json_t *s = json_object();
-        json_object_set_new(s, "number", json_integer(sig));
-        json_object_set_new(s, "name", json_string(ftb_signal_name(sig)));
-        json_object_set_new(rec, "signal", s);
-    }
-    json_object_set_new(rec, "stage_reached", json_string(stage ? stage : "start"));
-    describe_cell(rec, c, m, ts, git, enforce, enforce_note);
-
-    /* What the child measured (partial if it did not finish). */
-    json_t *mem = m ? json_object_get(m, "memory") : NULL;
-    json_t *memo = mem ? json_deep_copy(mem) : json_object();
-    json_object_set_new(memo, "peak_rss_ru_maxrss_bytes", maxrss > 0 ? json_integer(maxrss) : json_null());
-    if (!json_object_get(memo, "peak_rss_vmhwm_bytes")) json_object_set_new(memo, "peak_rss_vmhwm_bytes", json_null());
-    if (watch_max > 0) json_object_set_new(memo, "parent_observed_max_rss_bytes", json_integer(watch_max));
-    if (cg.active) {
-        json_object_set_new(memo, "cgroup_peak_bytes", cg_peak >= 0 ? json_integer(cg_peak) : json_null());
-        json_object_set_new(memo, "cgroup_oom_kills", oom_kills >= 0 ? json_integer(oom_kills) : json_null());
-    }
-    json_object_set_new(memo, "peak_rss_bytes", r->peak_rss > 0 ? json_integer(r->peak_rss) : json_null());
-    json_object_set_new(memo, "process_peak_rss_bytes", process_peak > 0 ? json_integer(process_peak) : json_null());
-    json_object_set_new(memo, "tree_peak_rss_bytes", r->peak_rss > 0 ? json_integer(r->peak_rss) : json_null());
-    json_object_set_new(memo, "tree_max_processes", json_integer(tree_procs > 0 ? tree_procs : 1));
-    /* Without the child's own VmHWM (it was killed or died first) the peak
-     * is only what was seen before the end: a lower bound. */
-    json_object_set_new(memo, "peak_is_lower_bound", json_boolean(vmhwm <= 0));
-    json_object_set_new(rec, "memory", memo);
-    static const char *const copy_keys[] = { "timing",
-                                             "loss_per_step",
-                                             "step_seconds_all",
-                                             "forward_passes_per_step",
-                                             "trainable_params",
-                                             "trainable_params_source",
-                                             "threads",
-                                             "load_seconds",
-                                             "init_seconds",
-                                             "hw_counters",
-                                             "marks",
-                                             "timeline",
-                                             "host",
-                                             "error",
-                                             "error_stage",
-                                             NULL };
-    for (int i = 0; m && copy_keys[i]; i++) {
-        json_t *v = json_object_get(m, copy_keys[i]);
-        if (v) json_object_set(rec, copy_keys[i], v);
-    }
-    /* What the command's between-steps hook added (train's evaluations). */
-    json_object_update(rec, json_object_get(m, "between_steps"));
-    if (!json_object_get(rec, "hw_counters")) {
-        json_t *h = json_object();
-        json_object_set_new(h, "available", json_false());
-        json_object_set_new(h, "reason", json_string("the cell ended before counters were read"));
-        json_object_set_new(rec, "hw_counters", h);
-    }
-    json_t *host = json_object_get(rec, "host");
-    if (!host) {
-        host = json_object();
-        json_object_set_new(rec, "host", host);
-    }
-    json_object_set_new(host, "cores", json_integer(ftb_host_cores()));
-    double gf = ftb_host_sgemm_gflops(c->threads);
-    json_object_set_new(host, "sgemm_gflops_512", gf > 0 ? json_real(gf) : json_null());
-    json_object_set_new(host, "ram_bytes", json_integer(ftb_meminfo("MemTotal")));
-    /* Which machine and CPUs measured it: records from unlike nodes (a
-     * cluster) must not be compared as if alike. */
-    char cpu[256], affinity[512];
-    ftb_host_cpu_model(cpu, sizeof cpu);
-    ftb_host_cpu_affinity(affinity, sizeof affinity);
-    json_object_set_new(host, "cpu_model", json_string(cpu));
-    json_object_set_new(host, "cpu_affinity", json_string(affinity));
-    json_t *step_med = json_object_get(json_object_get(json_object_get(rec, "timing"), "step_seconds"), "median");
+/* The rest of the record (the host, files, errors) and its writing:
+ * cells/<key>.json and a line of results.jsonl (rundir.h). */
+static int cell_record(const ftb_cell *c, const cell_proc *p, const cell_ending *e, ftb_record *rec, ftb_cell_result *r,
+                       char *err, size_t errlen)
+{
+    rec->cell = c;
+    rec->outcome = r->outcome;
+    rec->detail = r->detail;
+    memcpy(rec->timestamp_utc, p->timestamp_utc, sizeof rec->timestamp_utc);
+    rec->git_rev = p->git_rev;
+    rec->enforcement = p->enforce;
+    rec->enforcement_note = p->enforce_note;
+    rec->ran = 1;
+    rec->host.cores = ftb_host_cores();
+    rec->host.sgemm_gflops_512 = ftb_host_sgemm_gflops(c->threads);
+    rec->host.ram_bytes = ftb_meminfo("MemTotal");
+    ftb_host_cpu_model(rec->host.cpu_model, sizeof rec->host.cpu_model);
+    ftb_host_cpu_affinity(rec->host.cpu_affinity, sizeof rec->host.cpu_affinity);
+    json_t *step_med =
+        json_object_get(json_object_get(json_object_get(rec->measured, "timing"), "step_seconds"), "median");
     r->step_median = json_is_number(step_med) ? json_number_value(step_med) : 0;
-    if (c->emulated && r->step_median > 0)
-        json_object_set_new(host, "measured_step_seconds", json_real(r->step_median));
-
-    int64_t trainable = jget_int(m, "trainable_params", NULL);
-    if (trainable >= 0 || !m) {
-        json_t *fp = json_array_get(json_object_get(m, "forward_passes_per_step"), 0);
-        int passes = json_is_integer(fp) ? (int)json_integer_value(fp) : 1;
-        int hb = m ? json_is_true(json_object_get(m, "has_backward")) : 1;
-        int64_t saved = -1;
-        json_t *core_peak = json_object_get(json_object_get(mem, "core"), "peak_bytes");
-        json_t *sv = json_object_get(core_peak, "saved");
-        if (json_is_integer(sv)) saved = (int64_t)json_integer_value(sv);
-        json_t *proj = ftb_roofline_projection(&c->device, &c->cfg, c->batch, c->seq, trainable > 0 ? trainable : 0,
-                                               passes, hb, saved);
-        json_object_set_new(proj, "device", json_string(c->device.name));
-        json_object_set_new(rec, "projection", proj);
-    }
+    if (c->emulated && r->step_median > 0) rec->host.measured_step_seconds = r->step_median;
     struct stat tst;
-    if (m && json_object_get(m, "timeline") && !timeline_errno &&
-        fstatat(run_fd, timeline, &tst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(tst.st_mode))
-        json_object_set_new(rec, "timeline_file", json_string(timeline));
-    if (io_errno || timeline_errno) {
-        json_t *ioe = json_object();
-        int e = io_errno ? io_errno : timeline_errno;
-        json_object_set_new(ioe, "file", json_string(io_errno ? child_json : timeline));
-        json_object_set_new(ioe, "errno", json_integer(e));
-        json_object_set_new(ioe, "name", json_string(strerrorname_np(e) ? strerrorname_np(e) : "?"));
-        json_object_set_new(ioe, "message", json_string(strerror(e)));
-        json_object_set_new(rec, io_errno ? "io_error" : "timeline_error", ioe);
+    if (rec->measured && json_object_get(rec->measured, "timeline") && !e->timeline_errno &&
+        fstatat(p->run_fd, p->timeline, &tst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(tst.st_mode))
+        rec->timeline_file = p->timeline;
+    if (e->io_errno || e->timeline_errno) {
+        rec->io_error.errno_value = e->io_errno ? e->io_errno : e->timeline_errno;
+        rec->io_error.timeline = !e->io_errno;
+        rec->io_error.file = e->io_errno ? p->child_json : p->timeline;
     }
-    json_object_set_new(rec, "cell_wall_seconds", json_real(r->wall));
-    if (c->extra) {
-        const char *k;
-        json_t *v;
-        json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
-    }
-    json_object_set_new(rec, "settings", ftb_cell_settings(c));
-    json_decref(m);
-    unlinkat(run_fd, child_json, 0);
-    close(run_fd);
-    ftb_cgroup_destroy(&cg);
+    rec->cell_wall_seconds = r->wall;
+    r->record = ftb_record_json(rec);
+    return ftb_rundir_write_record(c->run_dir, c->key, r->record, err, errlen);
+}
 
-    int rc = ftb_rundir_write_record(c->run_dir, c->key, rec, err, errlen);
-    r->record = rec;
+int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    r->peak_rss = -1;
+    if (g_interrupted) return FTB_CELL_INTERRUPTED;
+    cell_proc p;
+    if (cell_spawn(c, &p, err, errlen) != 0) return -1;
+    cell_ending e;
+    cell_wait(c, &p, &e);
+    r->wall = e.wall;
+    if (g_interrupted) {
+        /* Stopped by the user: not a measurement, and nothing of it stays
+         * (no snapshot, no timeline, no record): the cell runs again on
+         * resume. */
+        unlinkat(p.run_fd, p.child_json, 0);
+        unlinkat(p.run_fd, p.timeline, 0);
+        close(p.run_fd);
+        ftb_cgroup_destroy(&p.cg);
+        ftb_tree_shared_free(p.tree);
+        return FTB_CELL_INTERRUPTED;
+    }
+    ftb_record rec;
+    memset(&rec, 0, sizeof rec);
+    rec.measured = read_measured(&p);
+    cell_classify(c, &p, &e, rec.measured, r, &rec);
+    ftb_tree_shared_free(p.tree);
+    int rc = cell_record(c, &p, &e, &rec, r, err, errlen);
+    json_decref(rec.measured);
+    unlinkat(p.run_fd, p.child_json, 0);
+    close(p.run_fd);
+    ftb_cgroup_destroy(&p.cg);
     return rc;
 }
 
@@ -988,40 +746,4 @@ void ftb_cell_result_free(ftb_cell_result *r)
 {
     json_decref(r->record);
     r->record = NULL;
-}
-
-int ftb_cell_record_outcome(const ftb_cell *c, const char *outcome, const char *detail, const char *field,
-                            json_t *value, char *err, size_t errlen)
-{
-    char ts[32];
-    ftb_utc_timestamp(ts, sizeof ts);
-    json_t *rec = json_object();
-    json_object_set_new(rec, "schema", json_integer(FTB_RECORD_SCHEMA));
-    json_object_set_new(rec, "run_id", json_string(c->run_id));
-    json_object_set_new(rec, "cell", json_string(c->key));
-    json_object_set_new(rec, "outcome", json_string(outcome));
-    json_object_set_new(rec, "outcome_detail", json_string(detail));
-    if (field && value) json_object_set(rec, field, value);
-    describe_cell(rec, c, NULL, ts, ftb_git_revision(), c->enforce, c->enforce_note);
-    if (c->extra) {
-        const char *k;
-        json_t *v;
-        json_object_foreach(c->extra, k, v) json_object_set(rec, k, v);
-    }
-    json_object_set_new(rec, "settings", ftb_cell_settings(c));
-    int rc = ftb_rundir_write_record(c->run_dir, c->key, rec, err, errlen);
-    json_decref(rec);
-    return rc;
-}
-
-int ftb_cell_record_skipped(const ftb_cell *c, const char *because, int seq, char *err, size_t errlen)
-{
-    char detail[600];
-    snprintf(detail, sizeof detail,
-             "not run: %s was already over the budget at seq %d (cell %s), and memory only grows with the length",
-             c->method_label, seq, because);
-    json_t *b = json_string(because);
-    int rc = ftb_cell_record_outcome(c, "skipped", detail, "skipped_because", b, err, errlen);
-    json_decref(b);
-    return rc;
 }
