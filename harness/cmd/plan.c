@@ -521,7 +521,7 @@ static int run_verify(ftb_setup *s, plan_method *ms, int nm, const int *seqs, in
     FILE *f = json_out ? stderr : stdout;
     fprintf(f, "\nverify: %d cells of %s measured here (%d threads, 1 step, records in %s)\n", n, what, s->threads,
             base.run_dir);
-    fprintf(f, "%-12s %7s %12s %12s %8s %12s\n", "method", "seq", "predicted", "measured", "error", "core model");
+    fprintf(f, "%-12s %7s %12s %12s %8s %12s\n", "method", "seq", "predicted", "measured", "error", "cell model");
     double worst = 0;
     const char *worst_at = "";
     char worst_buf[160] = "";
@@ -561,9 +561,15 @@ static int run_verify(ftb_setup *s, plan_method *ms, int nm, const int *seqs, in
         const char *o = json_string_value(json_object_get(rec, "outcome"));
         int64_t predicted = pred[picks[i].method][picks[i].seq_index];
         char eq[16] = "-";
-        if (json_is_integer(an))
-            snprintf(eq, sizeof eq, "%s",
-                     (int64_t)json_integer_value(an) == predicted - in_here->baseline ? "= plan" : "differs");
+        if (json_is_integer(an)) {
+            /* the cell's own analytic model (of the built model) against the plan's core peak */
+            int64_t cell_core = (int64_t)json_integer_value(an), plan_core = predicted - in_here->baseline;
+            if (cell_core == plan_core)
+                snprintf(eq, sizeof eq, "= plan");
+            else
+                snprintf(eq, sizeof eq, "%+.2f%%",
+                         100.0 * (double)(cell_core - plan_core) / (double)(plan_core > 0 ? plan_core : 1));
+        }
         if (!o || (strcmp(o, "ok") && strcmp(o, "over_budget")) || !json_is_integer(pk)) {
             fprintf(f, "%-12s %7d %11.1fM %12s %8s %12s\n", m->label, c.seq, (double)predicted / 1048576.0, o ? o : "?",
                     "-", eq);
