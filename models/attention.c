@@ -30,7 +30,7 @@ static int blas_serial_begin(void)
 }
 static void blas_serial_end(int n) { openblas_set_num_threads(n); }
 
-void attention_flash_forward(float *o, float *lse, const float *q, const float *k, const float *v, attn_shape s)
+void ftb_attention_flash_forward(float *o, float *lse, const float *q, const float *k, const float *v, attn_shape s)
 {
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const int tiles = (s.T + BR - 1) / BR;
@@ -91,8 +91,8 @@ void attention_flash_forward(float *o, float *lse, const float *q, const float *
     ftb_free(ws);
 }
 
-void attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
-                              const float *v, const float *o, const float *lse, attn_shape s)
+void ftb_attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
+                                  const float *v, const float *o, const float *lse, attn_shape s)
 {
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const int tiles = (s.T + BR - 1) / BR;
@@ -152,7 +152,7 @@ void attention_flash_backward(float *dq, float *dk, float *dv, const float *d_o,
     ftb_free(ws);
 }
 
-void attention_eager_forward(float *o, float *probs, const float *q, const float *k, const float *v, attn_shape s)
+void ftb_attention_eager_forward(float *o, float *probs, const float *q, const float *k, const float *v, attn_shape s)
 {
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const float scale = 1.0f / sqrtf((float)s.hd);
@@ -176,8 +176,8 @@ void attention_eager_forward(float *o, float *probs, const float *q, const float
     blas_serial_end(saved_threads);
 }
 
-void attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
-                              const float *v, const float *probs, attn_shape s)
+void ftb_attention_eager_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
+                                  const float *v, const float *probs, attn_shape s)
 {
     const int ldq = s.H * s.hd, ldk = s.Hkv * s.hd, group = s.H / s.Hkv;
     const float scale = 1.0f / sqrtf((float)s.hd);

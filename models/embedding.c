@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D)
+void ftb_embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int N, int D)
 {
     if (E->dtype == FTB_DTYPE_F32 || !E->quant) {
 #pragma omp parallel for schedule(static)
@@ -18,7 +18,7 @@ void embedding_forward(float *x, const ftb_tensor *E, const int32_t *tokens, int
     ftb_dequant_account(ftb_now() - t0, (int64_t)N * D);
 }
 
-void embedding_backward(float *dE, const float *dx, const int32_t *tokens, int N, int D)
+void ftb_embedding_backward(float *dE, const float *dx, const int32_t *tokens, int N, int D)
 {
     /* Each thread owns a band of columns, so repeated tokens never race. */
     enum { BAND = 64 };

@@ -63,8 +63,8 @@ static void head_dx(float *dx, const float *z, const ftb_tensor *W, int rows, in
         ftb_linear_apply_t_ex(W, rows, z, dx, 0.0f, stream);
 }
 
-float head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T, int D,
-                int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream)
+float ftb_head_loss(float *dx, float *dW, const float *x, const ftb_tensor *W, const int32_t *targets, int B, int T,
+                    int D, int V, ftb_loss_mode mode, int chunk_rows, float *seq_loss, int stream)
 {
     const int N = B * T;
     int n_valid = 0;

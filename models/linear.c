@@ -5,7 +5,7 @@
 
 #include <cblas.h>
 
-void linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out)
+void ftb_linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (b) {
@@ -15,8 +15,8 @@ void linear_forward(float *y, const float *x, const float *W, const float *b, in
     }
 }
 
-void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
-                     int out)
+void ftb_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
+                         int in, int out)
 {
     if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);
     if (dW) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
@@ -47,21 +47,21 @@ static void bias_grad(float *db, const float *dy, int N, int out)
     }
 }
 
-void linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out)
+void ftb_linear_forward_w(float *y, const float *x, const ftb_tensor *W, const float *b, int N, int in, int out)
 {
     if ((W->dtype == FTB_DTYPE_F32 || !W->quant) && !ftb_quant_read_perturbed()) {
-        linear_forward(y, x, W->data, b, N, in, out);
+        ftb_linear_forward(y, x, W->data, b, N, in, out);
         return;
     }
     ftb_linear_apply(W, N, x, y, 0.0f);
     if (b) add_bias(y, b, N, out);
 }
 
-void linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W, int N,
-                       int in, int out)
+void ftb_linear_backward_w(float *dx, float *dW, float *db, const float *dy, const float *x, const ftb_tensor *W, int N,
+                           int in, int out)
 {
     if (W->dtype == FTB_DTYPE_F32 || !W->quant) {
-        linear_backward(dx, dW, db, dy, x, W->data, N, in, out);
+        ftb_linear_backward(dx, dW, db, dy, x, W->data, N, in, out);
         return;
     }
     if (dx) ftb_linear_apply_t(W, N, dy, dx, 1.0f);

@@ -246,7 +246,7 @@ void ftb_memory_estimate_from(const ftb_model *m, const ftb_run_opts *opts, int 
 
     add(&g, FTB_MEM_WORKSPACE, (int64_t)T * s.hd); /* RoPE tables */
     const int perturbed = !training && ftb_model_read_perturbation(m, NULL) != NULL;
-    if (perturbed) add(&g, FTB_MEM_WORKSPACE, perturbed_vector_floats(c));
+    if (perturbed) add(&g, FTB_MEM_WORKSPACE, ftb_perturbed_vector_floats(c));
     add(&g, FTB_MEM_WORKSPACE, tile_floats);                                 /* one kept for the whole step */
     add(&g, training && first == 0 ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, ND); /* resid[0] */
     /* A lazy mapped embedding's rows looked up: the core counts the distinct

@@ -24,7 +24,7 @@ ftb_read_perturb_fn ftb_model_read_perturbation(const ftb_model *m, void **ctx);
 
 /* Floats of the buffer a perturbed read of a norm or bias vector uses
  * (transformer.c; the memory model counts it). */
-int64_t perturbed_vector_floats(const ftb_config *c);
+int64_t ftb_perturbed_vector_floats(const ftb_config *c);
 
 /* Moves an ftb_alloc'd buffer to another category (a base weight that
  * becomes trainable is counted as trainable from then on). */

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps)
+void ftb_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps)
 {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -21,8 +21,8 @@ void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int 
     }
 }
 
-void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *rstd, const float *w, int N,
-                      int D)
+void ftb_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *rstd, const float *w,
+                          int N, int D)
 {
     int nt = omp_get_max_threads();
     /* Per-thread partial sums of dw, added up at the end: no races, and the

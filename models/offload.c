@@ -20,7 +20,7 @@ int64_t ftb_offload_live(void) { return offloaded_live; }
 int64_t ftb_offload_peak(void) { return offloaded_peak; }
 void ftb_offload_reset_peak(void) { offloaded_peak = offloaded_live; }
 
-float *offload_alloc(const char *dir, size_t bytes, char *err, size_t errlen)
+float *ftb_offload_alloc(const char *dir, size_t bytes, char *err, size_t errlen)
 {
     if (!dir) dir = getenv("TMPDIR");
     if (!dir || !*dir) dir = "/var/tmp"; /* on storage, unlike a tmpfs /tmp */
@@ -50,7 +50,7 @@ float *offload_alloc(const char *dir, size_t bytes, char *err, size_t errlen)
     return (float *)(p + 64);
 }
 
-void offload_evict(float *p)
+void ftb_offload_evict(float *p)
 {
     if (!p) return;
     unsigned char *base = (unsigned char *)p - 64;
@@ -62,7 +62,7 @@ void offload_evict(float *p)
     madvise(base, len, MADV_DONTNEED);
 }
 
-void offload_free(float *p)
+void ftb_offload_free(float *p)
 {
     if (!p) return;
     unsigned char *base = (unsigned char *)p - 64;

@@ -5,9 +5,9 @@
 
 /* A buffer of bytes backed by an unlinked file in dir (NULL: $TMPDIR, else
  * /var/tmp).  NULL with err on failure. */
-float *offload_alloc(const char *dir, size_t bytes, char *err, size_t errlen);
+float *ftb_offload_alloc(const char *dir, size_t bytes, char *err, size_t errlen);
 /* Writes the buffer back and drops its pages from the resident set. */
-void offload_evict(float *p);
-void offload_free(float *p);
+void ftb_offload_evict(float *p);
+void ftb_offload_free(float *p);
 
 #endif

@@ -8,7 +8,7 @@
 
 #include <math.h>
 
-double rope_inv_freq(const ftb_config *cfg, int i)
+double ftb_rope_inv_freq(const ftb_config *cfg, int i)
 {
     double inv_freq = pow((double)cfg->rope_theta, -2.0 * i / cfg->head_dim);
     const ftb_rope_scaling *r = &cfg->rope_scaling;
@@ -26,11 +26,11 @@ double rope_inv_freq(const ftb_config *cfg, int i)
     return (1.0 - smooth) * inv_freq / r->factor + smooth * inv_freq;
 }
 
-void rope_tables(float *cos_t, float *sin_t, int T, const ftb_config *cfg)
+void ftb_rope_tables(float *cos_t, float *sin_t, int T, const ftb_config *cfg)
 {
     int half = cfg->head_dim / 2;
     for (int i = 0; i < half; i++) {
-        double inv_freq = rope_inv_freq(cfg, i);
+        double inv_freq = ftb_rope_inv_freq(cfg, i);
         for (int t = 0; t < T; t++) {
             double angle = t * inv_freq;
             cos_t[(int64_t)t * half + i] = (float)cos(angle);
@@ -56,12 +56,12 @@ static void rotate(float *x, const float *cos_t, const float *sin_t, int N, int 
     }
 }
 
-void rope_forward(float *x, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim)
+void ftb_rope_forward(float *x, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim)
 {
     rotate(x, cos_t, sin_t, N, T, n_heads, head_dim, 1.0f);
 }
 
-void rope_backward(float *dx, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim)
+void ftb_rope_backward(float *dx, const float *cos_t, const float *sin_t, int N, int T, int n_heads, int head_dim)
 {
     rotate(dx, cos_t, sin_t, N, T, n_heads, head_dim, -1.0f);
 }

@@ -4,7 +4,7 @@
 
 #include <math.h>
 
-void swiglu_forward(float *h, const float *g, const float *u, int64_t n)
+void ftb_swiglu_forward(float *h, const float *g, const float *u, int64_t n)
 {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
@@ -13,7 +13,7 @@ void swiglu_forward(float *h, const float *g, const float *u, int64_t n)
     }
 }
 
-void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n)
+void ftb_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n)
 {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {

@@ -124,7 +124,7 @@ static void hooked_linear_forward(const run_ctx *rc, int l, ftb_linear_kind k, c
     const int in = linear_in(&rc->m->cfg, k), out = linear_out(&rc->m->cfg, k);
     const double N = rc->N;
     TIMED(FTB_OP_LINEAR_Q + k, 2.0 * N * in * out, 4.0 * N * (in + out) + (double)ftb_tensor_storage_bytes(W),
-          linear_forward_w(y, x, W, b->numel ? read_vector(rc, b) : NULL, rc->N, in, out));
+          ftb_linear_forward_w(y, x, W, b->numel ? read_vector(rc, b) : NULL, rc->N, in, out));
     ftb_adapter *a = ly->adapter[k];
     if (a) {
         ftb_linear_ctx c = hook_ctx(rc, l, k);
@@ -150,8 +150,8 @@ static void hooked_linear_backward(const run_ctx *rc, int l, ftb_linear_kind k, 
     const double bytes = 4.0 * N * (out + 2.0 * in) + (double)ftb_tensor_storage_bytes(W) +
                          (W->trainable ? 4.0 * N * in + 8.0 * in * out : 0);
     TIMED(FTB_OP_LINEAR_Q + k, products * 2.0 * N * in * out, bytes,
-          linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W,
-                            rc->N, in, out));
+          ftb_linear_backward_w(dx, W->trainable ? W->grad : NULL, b->numel && b->trainable ? b->grad : NULL, dy, x, W,
+                                rc->N, in, out));
 }
 
 static void add_inplace(float *y, const float *x, int64_t n)
@@ -214,7 +214,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     ALLOC_OR_FAIL(c->ln1, CAT(keep_ln1), (int64_t)N * D);
     ALLOC_OR_FAIL(c->rstd1, CAT(1), N);
     TIMED(FTB_OP_NORM, NORM_FWD_COST(N, D),
-          rmsnorm_forward(c->ln1, c->rstd1, x, read_vector(rc, &ly->attn_norm), N, D, cfg->norm_eps));
+          ftb_rmsnorm_forward(c->ln1, c->rstd1, x, read_vector(rc, &ly->attn_norm), N, D, cfg->norm_eps));
     ALLOC_OR_FAIL(c->q, CAT(1), N * Q);
     ALLOC_OR_FAIL(c->k, CAT(1), N * KV);
     ALLOC_OR_FAIL(c->v, CAT(1), N * KV);
@@ -224,19 +224,19 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     CHECK_FAILED();
     if (!(keep && keep_ln1)) drop(&c->ln1);
     TIMED(FTB_OP_ROPE, ROPE_COST(N, (double)(Q + KV)), {
-        rope_forward(c->q, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
-        rope_forward(c->k, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
+        ftb_rope_forward(c->q, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
+        ftb_rope_forward(c->k, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
     });
     attn_shape as = { rc->batch->B, rc->batch->T, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim };
     ALLOC_OR_FAIL(c->att, CAT(1), N * Q);
     if (rc->opts->attention == FTB_ATTN_EAGER) {
         ALLOC_OR_FAIL(c->probs, CAT(1), (int64_t)as.B * as.H * as.T * as.T);
         TIMED(FTB_OP_ATTN_FWD, attn_fwd_flops(as), attn_bytes(as, 0) + 8.0 * as.B * as.H * (double)as.T * as.T,
-              attention_eager_forward(c->att, c->probs, c->q, c->k, c->v, as));
+              ftb_attention_eager_forward(c->att, c->probs, c->q, c->k, c->v, as));
     } else {
         ALLOC_OR_FAIL(c->lse, CAT(1), (int64_t)as.B * as.H * as.T);
         TIMED(FTB_OP_ATTN_FWD, attn_fwd_flops(as), attn_bytes(as, 0),
-              attention_flash_forward(c->att, c->lse, c->q, c->k, c->v, as));
+              ftb_attention_flash_forward(c->att, c->lse, c->q, c->k, c->v, as));
     }
     CHECK_FAILED();
     if (!keep) {
@@ -256,7 +256,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     ALLOC_OR_FAIL(c->ln2, CAT(keep_ln2), (int64_t)N * D);
     ALLOC_OR_FAIL(c->rstd2, CAT(1), N);
     TIMED(FTB_OP_NORM, NORM_FWD_COST(N, D),
-          rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, read_vector(rc, &ly->mlp_norm), N, D, cfg->norm_eps));
+          ftb_rmsnorm_forward(c->ln2, c->rstd2, c->x_mid, read_vector(rc, &ly->mlp_norm), N, D, cfg->norm_eps));
     ALLOC_OR_FAIL(c->g, CAT(1), (int64_t)N * F);
     ALLOC_OR_FAIL(c->u, CAT(1), (int64_t)N * F);
     hooked_linear_forward(rc, l, FTB_LIN_GATE, c->ln2, c->g, SAVED_SLOT(FTB_LIN_GATE));
@@ -264,7 +264,7 @@ static int block_forward(const run_ctx *rc, int l, const float *x, float *out, b
     CHECK_FAILED();
     if (!(keep && keep_ln2)) drop(&c->ln2);
     ALLOC_OR_FAIL(c->h, CAT(keep_h), (int64_t)N * F);
-    TIMED(FTB_OP_SWIGLU, 5.0 * N * F, 12.0 * N * F, swiglu_forward(c->h, c->g, c->u, (int64_t)N * F));
+    TIMED(FTB_OP_SWIGLU, 5.0 * N * F, 12.0 * N * F, ftb_swiglu_forward(c->h, c->g, c->u, (int64_t)N * F));
     if (!keep) {
         drop(&c->g);
         drop(&c->u);
@@ -319,7 +319,7 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     CHECK_FAILED();
     ALLOC_OR_FAIL(du, FTB_MEM_WORKSPACE, (int64_t)N * F);
     /* dg overwrites dh element by element */
-    TIMED(FTB_OP_SWIGLU, 10.0 * N * F, 20.0 * N * F, swiglu_backward(dh, du, dh, c->g, c->u, (int64_t)N * F));
+    TIMED(FTB_OP_SWIGLU, 10.0 * N * F, 20.0 * N * F, ftb_swiglu_backward(dh, du, dh, c->g, c->u, (int64_t)N * F));
     drop(&c->g);
     drop(&c->u);
     dln2 = calloc_f(FTB_MEM_WORKSPACE, ND);
@@ -331,8 +331,8 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&c->ln2);
     CHECK_FAILED();
     TIMED(FTB_OP_NORM, NORM_BWD_COST(N, D),
-          rmsnorm_backward(dres, ly->mlp_norm.trainable ? ly->mlp_norm.grad : NULL, dln2, c->x_mid, c->rstd2,
-                           ly->mlp_norm.data, N, D));
+          ftb_rmsnorm_backward(dres, ly->mlp_norm.trainable ? ly->mlp_norm.grad : NULL, dln2, c->x_mid, c->rstd2,
+                               ly->mlp_norm.data, N, D));
     drop(&dln2);
     drop(&c->x_mid);
     drop(&c->rstd2);
@@ -357,9 +357,9 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     /* recomputed scores, dV, dP, dQ, dK: five products of the forward's two */
     TIMED(FTB_OP_ATTN_BWD, 2.5 * attn_fwd_flops(as), attn_bytes(as, 1), {
         if (c->probs)
-            attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
+            ftb_attention_eager_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->probs, as);
         else
-            attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
+            ftb_attention_flash_backward(dq, dk, dv, datt, c->q, c->k, c->v, c->att, c->lse, as);
     });
     drop(&datt);
     drop(&c->att);
@@ -370,8 +370,8 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&c->v);
     CHECK_FAILED();
     TIMED(FTB_OP_ROPE, ROPE_COST(N, (double)(Q + KV)), {
-        rope_backward(dq, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
-        rope_backward(dk, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
+        ftb_rope_backward(dq, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_heads, cfg->head_dim);
+        ftb_rope_backward(dk, rc->rope_cos, rc->rope_sin, N, rc->batch->T, cfg->n_kv_heads, cfg->head_dim);
     });
     dln1 = calloc_f(FTB_MEM_WORKSPACE, ND);
     if (!dln1) goto fail;
@@ -384,8 +384,8 @@ static int block_backward(const run_ctx *rc, int l, const float *x, block_cache 
     drop(&c->ln1);
     CHECK_FAILED();
     TIMED(FTB_OP_NORM, NORM_BWD_COST(N, D),
-          rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1,
-                           ly->attn_norm.data, N, D));
+          ftb_rmsnorm_backward(dres, ly->attn_norm.trainable ? ly->attn_norm.grad : NULL, dln1, x, c->rstd1,
+                               ly->attn_norm.data, N, D));
     drop(&dln1);
     drop(&c->rstd1);
     CHECK_FAILED();
@@ -402,7 +402,7 @@ fail : {
 
 static ftb_keep_policy policy(const ftb_run_opts *o, int l) { return o->keep ? o->keep[l] : FTB_KEEP_ALL; }
 
-int64_t perturbed_vector_floats(const ftb_config *c)
+int64_t ftb_perturbed_vector_floats(const ftb_config *c)
 {
     int64_t n = c->dim, q = (int64_t)c->n_heads * c->head_dim;
     if (q > n) n = q;
@@ -508,7 +508,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     rope = alloc_f(FTB_MEM_WORKSPACE, 2 * (int64_t)b->T * half);
     if (!rope) goto oom;
     if (rc.perturb) { /* one vector buffer for the whole forward */
-        rc.perturbed = alloc_f(FTB_MEM_WORKSPACE, perturbed_vector_floats(cfg));
+        rc.perturbed = alloc_f(FTB_MEM_WORKSPACE, ftb_perturbed_vector_floats(cfg));
         if (!rc.perturbed) goto oom;
         ftb_quant_set_read_perturbation(rc.perturb, rc.perturb_ctx);
     }
@@ -516,7 +516,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
      * model counts it: grown on first use instead, a block's attention peak
      * would see a smaller tile in block 0 than in the next ones. */
     if (ftb_quant_reserve_tile(ftb_quant_largest_tile(m, rc.perturb != NULL))) goto oom;
-    rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg);
+    ftb_rope_tables(rope, rope + (int64_t)b->T * half, b->T, cfg);
     rc.rope_cos = rope;
     rc.rope_sin = rope + (int64_t)b->T * half;
 
@@ -527,7 +527,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     /* the rows looked up count as weights while the lookup runs (lazy, mapped) */
     const int64_t looked_up = ftb_residency_lookup_bytes(m, b->tokens, N, (int32_t *)resid[0]);
     ftb_mem_account(FTB_MEM_WEIGHTS, looked_up);
-    TIMED(FTB_OP_EMBED, 0, 8.0 * ND, embedding_forward(resid[0], &m->embed, b->tokens, N, D));
+    TIMED(FTB_OP_EMBED, 0, 8.0 * ND, ftb_embedding_forward(resid[0], &m->embed, b->tokens, N, D));
     ftb_mem_account(FTB_MEM_WEIGHTS, -looked_up);
     if (rc.perturb)
         for (int n = 0; n < N; n++)
@@ -540,7 +540,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         int trained = training && l >= first;
         int out_kept = training && l + 1 >= first; /* input of a trained block, or of the final norm */
         if (out_kept && l + 1 < L && policy(opts_in, l + 1) == FTB_KEEP_OFFLOAD) {
-            resid[l + 1] = offload_alloc(opts_in->offload_dir, sizeof(float) * (size_t)ND, err, errlen);
+            resid[l + 1] = ftb_offload_alloc(opts_in->offload_dir, sizeof(float) * (size_t)ND, err, errlen);
             if (!resid[l + 1]) goto failed; /* err says why */
             offloaded[l + 1] = 1;
         } else if (out_kept || !spare) {
@@ -555,8 +555,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         if (block_forward(&rc, l, resid[l], resid[l + 1], trained && keep == FTB_KEEP_ALL ? &caches[l] : NULL))
             goto oom;
         LEAVE(l);
-        if (offloaded[l]) offload_evict(resid[l]); /* consumed: out of RAM until backward */
-        if (!trained) {                            /* an inference-mode input is done with: recycle it */
+        if (offloaded[l]) ftb_offload_evict(resid[l]); /* consumed: out of RAM until backward */
+        if (!trained) {                                /* an inference-mode input is done with: recycle it */
             ftb_free(spare);
             spare = resid[l];
             resid[l] = NULL;
@@ -571,7 +571,7 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
     rstdf = alloc_f(training ? FTB_MEM_SAVED : FTB_MEM_WORKSPACE, N);
     if (!xf || !rstdf) goto oom;
     TIMED(FTB_OP_NORM, NORM_FWD_COST(N, D),
-          rmsnorm_forward(xf, rstdf, resid[L], read_vector(&rc, &m->final_norm), N, D, cfg->norm_eps));
+          ftb_rmsnorm_forward(xf, rstdf, resid[L], read_vector(&rc, &m->final_norm), N, D, cfg->norm_eps));
     if (!training) {
         ftb_free(resid[L]);
         resid[L] = NULL;
@@ -587,9 +587,9 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         const double V = cfg->vocab_size, products = 1 + (training ? 1 : 0) + (head_trains ? 1 : 0);
         TIMED(FTB_OP_HEAD_LOSS, products * 2.0 * ND * V + 4.0 * N * V,
               products * (double)ftb_tensor_storage_bytes(&m->lm_head) + 4.0 * (2.0 * ND + 2.0 * N * V),
-              loss = head_loss(dxf, head_trains ? m->lm_head.grad : NULL, xf, &m->lm_head, b->targets, b->B, b->T, D,
-                               cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows, opts_in->seq_loss,
-                               m->residency == FTB_RESIDENT_LAZY_BLOCK));
+              loss = ftb_head_loss(dxf, head_trains ? m->lm_head.grad : NULL, xf, &m->lm_head, b->targets, b->B, b->T,
+                                   D, cfg->vocab_size, opts_in->loss, opts_in->loss_chunk_rows, opts_in->seq_loss,
+                                   m->residency == FTB_RESIDENT_LAZY_BLOCK));
     }
     drop(&xf);
     if (ftb_mem_failed()) goto oom;
@@ -602,8 +602,8 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
         dres = calloc_f(FTB_MEM_WORKSPACE, ND);
         if (!dres) goto oom;
         TIMED(FTB_OP_NORM, NORM_BWD_COST(N, D),
-              rmsnorm_backward(dres, m->final_norm.trainable ? m->final_norm.grad : NULL, dxf, resid[L], rstdf,
-                               m->final_norm.data, N, D));
+              ftb_rmsnorm_backward(dres, m->final_norm.trainable ? m->final_norm.grad : NULL, dxf, resid[L], rstdf,
+                                   m->final_norm.data, N, D));
         LEAVE(RES_HEAD);
         drop(&dxf);
         drop(&resid[L]);
@@ -625,14 +625,14 @@ static float run(ftb_model *m, const ftb_batch *b, const ftb_run_opts *opts_in, 
             if (block_backward(&rc, l, resid[l], &caches[l], dres)) goto oom;
             LEAVE(l);
             if (offloaded[l])
-                offload_free(resid[l]);
+                ftb_offload_free(resid[l]);
             else
                 ftb_free(resid[l]);
             resid[l] = NULL;
         }
         if (first == 0 && m->embed.trainable) {
             ftb_mem_set_phase("bwd embed");
-            TIMED(FTB_OP_EMBED, (double)ND, 12.0 * ND, embedding_backward(m->embed.grad, dres, b->tokens, N, D));
+            TIMED(FTB_OP_EMBED, (double)ND, 12.0 * ND, ftb_embedding_backward(m->embed.grad, dres, b->tokens, N, D));
         }
     }
     if (ftb_mem_failed()) goto oom; /* a hook that could not allocate said nothing else */
@@ -647,7 +647,7 @@ failed: /* what was allocated goes back; gradients accumulated so far are partia
 done: /* on success every entry below is already NULL or cleared */
     for (int l = 0; l <= L; l++) {
         if (offloaded[l])
-            offload_free(resid[l]);
+            ftb_offload_free(resid[l]);
         else
             ftb_free(resid[l]);
     }

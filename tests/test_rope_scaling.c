@@ -66,7 +66,7 @@ Test(rope_scaling, llama3_frequencies_in_each_band)
     ftb_config c;
     cr_assert_eq(ftb_zoo_get("llama-3.2-1b", &c), 0);
     for (int i = 0; i < 32; i++) {
-        double plain = pow(500000.0, -2.0 * i / 64), got = rope_inv_freq(&c, i);
+        double plain = pow(500000.0, -2.0 * i / 64), got = ftb_rope_inv_freq(&c, i);
         if (i <= 14)
             cr_expect_eq(got, plain, "pair %d: %.17g != %.17g (kept)", i, got, plain);
         else if (i >= 18)
@@ -79,7 +79,7 @@ Test(rope_scaling, llama3_frequencies_in_each_band)
     ftb_config lin = c;
     lin.rope_scaling = (ftb_rope_scaling){ FTB_ROPE_LINEAR, 4.0f, 0.f, 0.f, 0 };
     for (int i = 0; i < 32; i++)
-        cr_expect_eq(rope_inv_freq(&lin, i), pow(500000.0, -2.0 * i / 64) / 4, "linear pair %d", i);
+        cr_expect_eq(ftb_rope_inv_freq(&lin, i), pow(500000.0, -2.0 * i / 64) / 4, "linear pair %d", i);
 }
 
 Test(rope_scaling, config_keys_parsed_as_transformers_reads_them)
