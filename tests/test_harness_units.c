@@ -172,11 +172,26 @@ Test(harness, roofline_projection)
     memset(&dev, 0, sizeof dev);
     dev.peak_gflops_fp32 = 100;
     dev.mem_bandwidth_gbs = 10;
-    json_t *p = ftb_roofline_projection(&dev, &cfg, 1, 1024, 1000, 1, 1, 0);
     double P = (double)ftb_config_param_count(&cfg);
-    double F = 2.0 * 1024 * P + 2.0 * 1024 * 1024 * cfg.n_heads * cfg.head_dim * cfg.n_layers;
+    double A = 2.0 * 1024 * 1024 * cfg.n_heads * cfg.head_dim * cfg.n_layers, F = 2.0 * 1024 * P + A;
+    /* full fine-tuning: forward, input and weight gradients: 3F (tied embeddings) */
+    json_t *p = ftb_roofline_projection(&dev, &cfg, 1, 1024, (int64_t)P, 1, 1, 0);
     double flops = json_number_value(json_object_get(p, "flops_per_step"));
     cr_expect(fabs(flops - 3 * F) / flops < 1e-9, "flops %g, expected %g (tied embeddings)", flops, 3 * F);
+    json_decref(p);
+    /* a frozen base with 1000 trainable values: no weight gradient of the base (2F + A + the adapters' dW) */
+    p = ftb_roofline_projection(&dev, &cfg, 1, 1024, 1000, 1, 1, 0);
+    flops = json_number_value(json_object_get(p, "flops_per_step"));
+    double frozen = 2 * F + A + 2.0 * 1024 * 1000;
+    cr_expect(fabs(flops - frozen) / flops < 1e-9, "flops %g, expected %g (frozen base)", flops, frozen);
+    json_decref(p);
+    /* zeroth order: two forwards, no backward */
+    p = ftb_roofline_projection(&dev, &cfg, 1, 1024, 1000, 2, 0, 0);
+    flops = json_number_value(json_object_get(p, "flops_per_step"));
+    cr_expect(fabs(flops - 2 * F) / flops < 1e-9, "flops %g, expected %g (forwards only)", flops, 2 * F);
+    json_decref(p);
+    p = ftb_roofline_projection(&dev, &cfg, 1, 1024, 1000, 1, 1, 0);
+    flops = json_number_value(json_object_get(p, "flops_per_step"));
     double t = json_number_value(json_object_get(p, "projected_step_seconds_roofline"));
     double tc = flops / 100e9, tm = json_number_value(json_object_get(p, "bytes_per_step")) / 10e9;
     cr_expect(fabs(t - fmax(tc, tm)) < 1e-12);

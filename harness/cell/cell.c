@@ -165,11 +165,16 @@ json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, i
     double P_mm = P - (double)cfg->vocab_size * cfg->dim * (cfg->tie_embeddings ? 0 : 1);
     /* Forward: 2·N·P_mm for the matmuls + causal attention scores and
      * values: 2·B·T²·(heads·head_dim) per layer (half of the full T² of
-     * QKᵀ and PV, 2 flops each).  Backward: twice the forward. */
+     * QKᵀ and PV, 2 flops each).  Backward: the input gradient of every
+     * matmul (2·N·P_mm), twice the attention's forward, and a weight
+     * gradient only for what trains (2·N·trainable, at most 2·N·P_mm): a
+     * frozen base (LoRA, IA3, LARS, ...) costs about 2× its forward, full
+     * fine-tuning 3×.  Zeroth-order methods: forwards only. */
     double attn = 2.0 * B * (double)T * T * cfg->n_heads * cfg->head_dim * cfg->n_layers;
     double fwd = 2.0 * N * P_mm + attn;
+    double weight_grads = 2.0 * N * ((double)trainable < P_mm ? (double)trainable : P_mm);
     int passes = forward_passes > 0 ? forward_passes : 1;
-    double flops = passes * fwd + (has_backward ? 2.0 * fwd : 0);
+    double flops = passes * fwd + (has_backward ? 2.0 * N * P_mm + 2.0 * attn + weight_grads : 0);
     /* Bytes: the fp32 weights are read by every forward pass and again by
      * the backward; trainable tensors' gradients are written and read, and
      * AdamW reads param, grad, m, v and writes param, m, v; saved
@@ -191,8 +196,9 @@ json_t *ftb_roofline_projection(const ftb_profile *dev, const ftb_config *cfg, i
         json_object_set_new(o, "reason", json_string("the device profile gives no peak GFLOP/s or bandwidth"));
     }
     json_object_set_new(o, "basis",
-                        json_string("theoretical peaks of the profile; flops = passes*F + (backward ? 2F : 0), "
-                                    "F = 2*N*P_matmul + 2*B*T^2*heads*head_dim*layers; bytes = weights per "
+                        json_string("theoretical peaks of the profile; flops = passes*F + (backward ? 2*N*P_matmul + "
+                                    "2*A + 2*N*min(trainable, P_matmul) : 0), F = 2*N*P_matmul + A, "
+                                    "A = 2*B*T^2*heads*head_dim*layers; bytes = weights per "
                                     "pass (+1 for backward) + grads + AdamW traffic + 2x saved activations"));
     return o;
 }
