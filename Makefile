@@ -150,7 +150,9 @@ $(BUILD)/tests/plugins/%.so: tests/plugins/%.c $(wildcard tests/plugins/*.h) $(w
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -shared -o $@ $< -lm
 
+# ci/check-layers.sh: no folder includes upwards (docs/HARNESS.md, Source layout).
 test: all $(TEST_PLUGINS)
+	sh ci/check-layers.sh
 	FTBENCH_BIN=$(abspath $(BIN)) FTBENCH_METHODS=$(abspath $(BUILD)/methods) \
 	  FTBENCH_TEST_PLUGINS=$(abspath $(BUILD)/tests/plugins) \
 	  ./$(TESTBIN) --jobs 1 $(TEST_ARGS)

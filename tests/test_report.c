@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../reports/report.h"
+#include "report.h"
 #include "../reports/report_internal.h"
 
 #define FIXTURE       "tests/fixtures/results"

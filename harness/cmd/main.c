@@ -4,7 +4,7 @@
  * in the other harness files, which the test binary links too.
  */
 #include "commands.h"
-#include "../../reports/report.h"
+#include "report.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -18,7 +18,7 @@
  * Seeds: tests/fuzz/corpus/report/ (gen_corpus.sh: lines of the committed
  * results fixture, with and without a timeline).
  */
-#include "../../reports/report.h"
+#include "report.h"
 #include "cell.h"
 
 #include "fuzz_common.h"

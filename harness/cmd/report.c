@@ -4,7 +4,7 @@
  * the plots of plot.c and the tables of tables.c.  See docs/REPORTS.md.
  */
 #include "report.h"
-#include "report_internal.h"
+#include "../../reports/report_internal.h"
 #include "util.h"
 
 #include <errno.h>

@@ -14,8 +14,8 @@
  * Environment: FTBENCH_GNUPLOT = the gnuplot executable (default: gnuplot
  * found in PATH).
  */
-#ifndef FTB_REPORTS_REPORT_H
-#define FTB_REPORTS_REPORT_H
+#ifndef FTB_HARNESS_REPORT_H
+#define FTB_HARNESS_REPORT_H
 
 /* argv[0] is "report".  Returns 0 when the report was written (even with
  * plots skipped), 1 when nothing usable was found or writing failed, 2 on
