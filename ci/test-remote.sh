@@ -14,7 +14,8 @@
 #  3. the same command a third time collects again and runs nothing,
 #  4. bad input: an unreachable host, a remote directory that cannot be
 #     used, an architecture with no binary (an sshd under `setarch i686`),
-#     each one line and exit 2.
+#     each one line and exit 2,
+#  5. make bench HOST= with a one-cell sweep: collected and reported here.
 #
 # Namespaces, daemons, the user and its processes are removed at exit,
 # always.  Prints its elapsed time.
@@ -247,6 +248,15 @@ bad "unusable remote directory" "cannot use the remote directory" --remote "$use
 # and the same command would just collect it)
 bad "no binary for the architecture" "i686: no ftbench binary" --remote "$user@$ip_dev" --ssh-opt "$SSHO -p 2222" \
     --remote-dir ftbench-i686
+
+# 5. make bench HOST=: the same through the Makefile, ending with the
+#    report of the collected run here
+make -s bench DEVICE=host HOST="$user@$ip_dev" SSH_OPTS="$SSHO" \
+    BENCH_ARGS="--model tiny --methods lora --seqs 32 --steps 5 --run-id remotebench --out $work/bench" \
+    >"$work/bench.out" 2>"$work/err-bench.txt" || fail "make bench HOST= exited $?"
+[ "$(cat build/last-bench-run)" = "$work/bench/host/remotebench" ] || fail "make bench did not name the collected run"
+[ -f "$work/bench/host/remotebench/report/report.md" ] || fail "no report of the collected run"
+echo "test-remote: make bench HOST=$user@$ip_dev: collected and reported $(cat build/last-bench-run)"
 
 status=0
 echo "test-remote: passed in $(($(date +%s) - t0)) s"
