@@ -221,7 +221,10 @@ int ftr_timeline_decimate(const ftr_timeline *tl, double t_lo, double t_hi, int 
     unsigned char *mark = calloc((size_t)(b - a), 1);
     double dt = (t_hi - t_lo) / buckets;
     for (int i = a; i < b;) {
-        int bucket = dt > 0 ? (int)((tl->rows[i].t - t_lo) / dt) : 0;
+        /* Clamped before the cast: a row's time outside [t_lo, t_hi] (an
+         * unsorted or hand-edited timeline) would overflow an int. */
+        double q = dt > 0 ? (tl->rows[i].t - t_lo) / dt : 0;
+        int bucket = q > 0 ? (q < buckets - 1 ? (int)q : buckets - 1) : 0;
         double end = dt > 0 ? t_lo + (bucket + 1) * dt : INFINITY;
         int best = i, brss = -1, j = i;
         while (j < b && (j == i || tl->rows[j].t < end)) {
