@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,4 +180,106 @@ Test(cell, records_are_written_from_one_struct)
     cr_expect_eq(json_real_value(json_object_get(j, "cell_wall_seconds")), 1.5);
     json_decref(j);
     json_decref(measured);
+}
+
+/* Sum of a record's ops.classes seconds; *core without "other". */
+static double ops_sum(json_t *classes, double *core)
+{
+    double all = 0;
+    *core = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(classes, k, v)
+    {
+        double s = json_number_value(json_object_get(v, "seconds"));
+        all += s;
+        if (strcmp(k, "other")) *core += s;
+    }
+    return all;
+}
+
+static json_t *ops_class(json_t *rec, const char *cls)
+{
+    return json_object_get(json_object_get(json_object_get(rec, "ops"), "classes"), cls);
+}
+
+static double ops_num(json_t *rec, const char *cls, const char *field)
+{
+    return json_number_value(json_object_get(ops_class(rec, cls), field));
+}
+
+/* Time per operation class (record "ops", docs/HARNESS.md): means per
+ * measured step that add up to the measured steps' mean, the core's classes
+ * explaining nearly all of a LoRA step, linear FLOPs by shape, and a
+ * zeroth-order method with no backward class at all. */
+Test(cell, ops_explain_the_step_per_class, .timeout = 120)
+{
+    char dir[] = "/tmp/ftb-cell-XXXXXX", err[FTB_ERR_LEN] = "";
+    cr_assert(mkdtemp(dir));
+    ftb_cell c;
+    tiny_cell(&c, dir);
+    c.seq = 64;
+    snprintf(c.method_path, sizeof c.method_path, "%s/lora.so", th_methods_dir());
+    snprintf(c.method_label, sizeof c.method_label, "lora");
+    ftb_cell_make_key(&c);
+    ftb_cell_result r;
+    cr_assert_eq(ftb_cell_run(&c, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(r.outcome, "ok", "%s", r.detail);
+    json_t *ops = json_object_get(r.record, "ops");
+    cr_assert(json_is_object(ops), "the record has no ops");
+    cr_expect_str_eq(json_string_value(json_object_get(ops, "per")), "step");
+    cr_expect_eq(json_integer_value(json_object_get(ops, "measured_steps")), 2);
+    /* The mean of the measured steps (the warm-up step left out). */
+    json_t *all = json_object_get(r.record, "step_seconds_all");
+    cr_assert_eq(json_array_size(all), 3);
+    double mean = 0.5 * (json_number_value(json_array_get(all, 1)) + json_number_value(json_array_get(all, 2)));
+    double step = json_number_value(json_object_get(ops, "step_seconds"));
+    cr_expect(fabs(step - mean) <= 1e-9 * mean, "ops.step_seconds %.9f, measured steps' mean %.9f", step, mean);
+    double core, sum = ops_sum(json_object_get(ops, "classes"), &core);
+    cr_expect(fabs(sum - step) <= 1e-9 * step, "classes add up to %.9f s, the step is %.9f s", sum, step);
+    /* The core's own classes explain the LoRA step (what is left is the
+     * method's code outside the core's ops, and the clock reads). */
+    cr_expect(core <= step * (1 + 1e-9) && core >= 0.90 * step, "core classes %.6f s of a %.6f s step", core, step);
+    cr_expect(fabs(json_number_value(json_object_get(ops, "other_seconds")) - (step - core)) <= 1e-9 * step);
+    /* q_proj, frozen: forward and the input gradient, 2 × 2·N·dim·q per layer. */
+    double N = (double)c.batch * c.seq, q = (double)c.cfg.n_heads * c.cfg.head_dim;
+    double fq = ops_num(r.record, "linear_q", "flops");
+    cr_expect(fabs(fq - c.cfg.n_layers * 2 * 2 * N * c.cfg.dim * q) < 1, "linear_q flops %.0f", fq);
+    for (int k = FTB_OP_LINEAR_Q; k <= FTB_OP_LINEAR_DOWN; k++) {
+        const char *name = ftb_op_class_name((ftb_op_class)k);
+        cr_expect(ops_num(r.record, name, "flops") > 0 && ops_num(r.record, name, "bytes") > 0, "%s", name);
+        cr_expect(ops_num(r.record, name, "gflops_per_second") > 0, "%s has no rate", name);
+    }
+    cr_expect(ops_num(r.record, "attn_bwd", "seconds") > 0 && ops_num(r.record, "hooks", "calls") > 0);
+    cr_expect(ops_num(r.record, "optimizer", "calls") == 1, "one optimizer update per step");
+    cr_expect(json_is_null(json_object_get(ops_class(r.record, "norm"), "gflops_per_second")) ||
+                  ops_num(r.record, "norm", "flops") > 0,
+              "a rate without FLOPs");
+    cr_expect(json_number_value(json_object_get(json_object_get(r.record, "host"), "page_fault_seconds")) > 0);
+    ftb_cell_result_free(&r);
+
+    /* MeZO: forwards only, no backward class ran. */
+    snprintf(c.method_path, sizeof c.method_path, "%s/mezo.so", th_methods_dir());
+    snprintf(c.method_label, sizeof c.method_label, "mezo");
+    ftb_cell_make_key(&c);
+    cr_assert_eq(ftb_cell_run(&c, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(r.outcome, "ok", "%s", r.detail);
+    cr_assert(json_is_object(json_object_get(r.record, "ops")));
+    cr_expect_eq(ops_num(r.record, "attn_bwd", "calls"), 0);
+    cr_expect_eq(ops_num(r.record, "attn_bwd", "seconds"), 0);
+    cr_expect_eq(ops_num(r.record, "optimizer", "calls"), 0);
+    cr_expect(ops_num(r.record, "attn_fwd", "calls") > 0);
+    /* Every linear's FLOPs are its forwards': passes × 2·N·dim·q. */
+    int passes = (int)json_integer_value(json_array_get(json_object_get(r.record, "forward_passes_per_step"), 1));
+    cr_expect(passes >= 2, "%d forward passes", passes);
+    fq = ops_num(r.record, "linear_q", "flops");
+    cr_expect(fabs(fq - passes * c.cfg.n_layers * 2 * N * c.cfg.dim * q) < 1, "linear_q flops %.0f, %d passes", fq,
+              passes);
+    sum = ops_sum(json_object_get(json_object_get(r.record, "ops"), "classes"), &core);
+    step = json_number_value(json_object_get(json_object_get(r.record, "ops"), "step_seconds"));
+    cr_expect(fabs(sum - step) <= 1e-9 * step);
+    ftb_cell_result_free(&r);
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
 }

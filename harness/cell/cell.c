@@ -694,6 +694,9 @@ static int cell_record(const ftb_cell *c, const cell_proc *p, const cell_ending 
     rec->host.cores = ftb_host_cores();
     rec->host.sgemm_gflops_512 = ftb_host_sgemm_gflops(c->threads);
     rec->host.ram_bytes = ftb_meminfo("MemTotal");
+    /* In the parent, once per process, after the child ended: its 8 MiB
+     * probe never touches a cell's peak. */
+    rec->host.page_fault_seconds = ftb_op_fault_seconds();
     ftb_host_cpu_model(rec->host.cpu_model, sizeof rec->host.cpu_model);
     ftb_host_cpu_affinity(rec->host.cpu_affinity, sizeof rec->host.cpu_affinity);
     json_t *step_med =

@@ -224,6 +224,58 @@ static _Noreturn void fail_step(const ftb_method *m, void *state, const ftb_mode
     fail("step", msg);
 }
 
+/* ops_sum += what one step added to the core's per-class counters. */
+static void add_op_stats(ftb_op_stat *sum, const ftb_op_stat *before, const ftb_op_stat *after)
+{
+    for (int k = 0; k < FTB_OP_NCLASS; k++) {
+        sum[k].seconds += after[k].seconds - before[k].seconds;
+        sum[k].flops += after[k].flops - before[k].flops;
+        sum[k].bytes += after[k].bytes - before[k].bytes;
+        sum[k].calls += after[k].calls - before[k].calls;
+        sum[k].page_faults += after[k].page_faults - before[k].page_faults;
+    }
+}
+
+/* The record's "ops" (docs/HARNESS.md): where a measured step's time went,
+ * per operation class of the core (include/ftbench.h), as means per step
+ * over the n measured steps, and "other" = the mean step time less the
+ * classes: the method's own work outside the core's ops (MeZO's
+ * perturbations, an adapter's bookkeeping), so the classes add up to the
+ * step. */
+static json_t *ops_json(const ftb_op_stat *sum, int n, double step_seconds_total)
+{
+    json_t *o = json_object();
+    if (n <= 0) return o;
+    double step = step_seconds_total / n, core = 0;
+    json_object_set_new(o, "per", json_string("step"));
+    json_object_set_new(o, "measured_steps", json_integer(n));
+    json_object_set_new(o, "step_seconds", jnum(step));
+    json_t *cl = json_object();
+    for (int k = 0; k < FTB_OP_NCLASS; k++) {
+        const ftb_op_stat *x = &sum[k];
+        double sec = x->seconds / n, fl = x->flops / n;
+        core += sec;
+        json_t *e = json_object();
+        json_object_set_new(e, "seconds", jnum(sec));
+        json_object_set_new(e, "share", jnum(step > 0 ? sec / step : NAN));
+        json_object_set_new(e, "flops", jnum(fl));
+        json_object_set_new(e, "bytes", jnum(x->bytes / n));
+        /* Achieved rate: only where the class does arithmetic and took time. */
+        json_object_set_new(e, "gflops_per_second", fl > 0 && sec > 0 ? jnum(fl / sec * 1e-9) : json_null());
+        json_object_set_new(e, "calls", jnum((double)x->calls / n));
+        json_object_set_new(e, "page_faults", jnum((double)x->page_faults / n));
+        json_object_set_new(cl, ftb_op_class_name((ftb_op_class)k), e);
+    }
+    json_t *e = json_object();
+    json_object_set_new(e, "seconds", jnum(step - core));
+    json_object_set_new(e, "share", jnum(step > 0 ? (step - core) / step : NAN));
+    json_object_set_new(cl, "other", e);
+    json_object_set_new(o, "classes", cl);
+    json_object_set_new(o, "core_seconds", jnum(core));
+    json_object_set_new(o, "other_seconds", jnum(step - core));
+    return o;
+}
+
 /* The cell's between-steps hook (cell.h), if it has one. */
 static void between_steps(const ftb_cell *c, ftb_model *model, const ftb_run_opts *run, int step, int total,
                           double step_seconds, json_t *out)
@@ -394,6 +446,11 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
         json_object_set_new(g_out, "between_steps", hook_out);
     }
     between_steps(c, model, &s.run, 0, total, 0.0, hook_out);
+    /* Time per operation class over the measured steps only: each step's
+     * own counts (before and after it), so warm-up steps and the
+     * command's work between steps (train's evaluations) are left out. */
+    ftb_op_stat ops_sum[FTB_OP_NCLASS], ops0[FTB_OP_NCLASS], ops1[FTB_OP_NCLASS];
+    memset(ops_sum, 0, sizeof ops_sum);
     for (int i = 0; i < total; i++) {
         ftb_batch b;
         if (ftb_dataset_next(ds, c->batch, c->seq, &b, err, sizeof err) != 0) fail("dataset", err);
@@ -403,9 +460,12 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
         err[0] = 0;
         double dq0, dq1;
         ftb_dequant_stats(&dq0, NULL);
+        ftb_op_stats_get(ops0);
         double ts = ftb_now();
         int rc = m->step(state, &s, &b, &res, err, sizeof err);
         double dt = ftb_now() - ts;
+        ftb_op_stats_get(ops1);
+        if (i >= c->warmup) add_op_stats(ops_sum, ops0, ops1);
         ftb_dequant_stats(&dq1, NULL);
         tdq[i] = dq1 - dq0;
         if (rc != 0 || !isfinite(res.loss)) fail_step(m, state, model, i, total, res.loss, err);
@@ -499,6 +559,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     json_object_set_new(timing, "dequant_share", jnum(sum_step > 0 ? sum_dq / sum_step : NAN));
     json_object_set_new(timing, "core_phase_seconds", ftb_phase_stats_times_json(ps));
     json_object_set_new(g_out, "timing", timing);
+    json_object_set_new(g_out, "ops", ops_json(ops_sum, nm, sum_step));
     json_object_set_new(g_out, "has_backward", json_boolean(has_backward));
     json_object_set_new(g_out, "hw_counters", ftb_phase_stats_counters_json(ps));
 

@@ -140,6 +140,7 @@ static json_t *jint_or_null(int64_t v) { return v > 0 ? json_integer((json_int_t
  * carries as they are, in this order.  "memory", "base", "method_name",
  * "method_summary" and "has_backward" are read by the writer itself. */
 static const char *const measured_sections[] = { "timing",
+                                                 "ops",
                                                  "loss_per_step",
                                                  "step_seconds_all",
                                                  "forward_passes_per_step",
@@ -214,6 +215,9 @@ static void write_measurements(json_t *rec, const ftb_record *r)
      * cluster) must not be compared as if alike. */
     json_object_set_new(host, "cpu_model", json_string(r->host.cpu_model));
     json_object_set_new(host, "cpu_affinity", json_string(r->host.cpu_affinity));
+    /* ops.classes.*.page_faults × this estimates a class's first-touch time. */
+    if (r->host.page_fault_seconds > 0)
+        json_object_set_new(host, "page_fault_seconds", json_real(r->host.page_fault_seconds));
     if (r->host.measured_step_seconds > 0)
         json_object_set_new(host, "measured_step_seconds", json_real(r->host.measured_step_seconds));
 

@@ -51,6 +51,7 @@ typedef struct {
         int64_t ram_bytes;
         char cpu_model[256], cpu_affinity[512];
         double measured_step_seconds; /* emulated devices: the host's median step; 0: none */
+        double page_fault_seconds;    /* one fault of fresh memory here (ftb_op_fault_seconds); 0: none */
     } host;
     const char *timeline_file; /* NULL: no timeline file                     */
     struct {
