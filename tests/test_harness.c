@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -278,7 +279,6 @@ Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
         run((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--model", "tiny", "--seq", "32",
                               "--steps", "2", "--warmup", "1", "--out", tmpdir, "--run-id", "r1", "--quiet", NULL });
     cr_assert((p.code) == (0), "exit %d: %s%s", p.code, p.out, p.err);
-    proc_free(&p);
     char path[512];
     snprintf(path, sizeof path, "%s/host/r1/results.jsonl", tmpdir);
     int n, bad;
@@ -286,6 +286,28 @@ Test(harness, run_writes_a_complete_record, .fini = remove_tmp)
     cr_assert((n) == (1));
     cr_assert((bad) == (0));
     json_t *r = v[0];
+    /* After the summary, the record's 5 largest operation classes (ops),
+     * largest first, as the record has them. */
+    const char *ops = strstr(p.out, "\nops ");
+    cr_assert(ops, "no ops lines in:\n%s", p.out);
+    cr_expect(strstr(ops, "s per step (mean of 2 measured), largest classes:"), "%s", ops);
+    json_t *classes = json_object_get(json_object_get(r, "ops"), "classes");
+    const char *line = strchr(ops + 1, '\n');
+    double prev = INFINITY;
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        double sec, pct;
+        cr_assert(line && sscanf(line + 1, "  %31s %lf s %lf%%", name, &sec, &pct) == 3, "line %d: %s", i, line);
+        json_t *c = json_object_get(classes, name);
+        cr_assert(c, "%s is not a class of the record", name);
+        double rs = json_number_value(json_object_get(c, "seconds"));
+        cr_expect(fabs(sec - rs) <= 0.6e-4, "%s: printed %.4f s, recorded %.6f s", name, sec, rs);
+        cr_expect(fabs(pct - 100 * json_number_value(json_object_get(c, "share"))) <= 0.051, "%s: %.1f%%", name, pct);
+        cr_expect(rs <= prev, "%s after a smaller class", name);
+        prev = rs;
+        line = strchr(line + 1, '\n');
+    }
+    proc_free(&p);
     cr_expect_str_eq(jstr(r, "outcome"), "ok");
     cr_expect(((int)json_integer_value(json_object_get(r, "schema"))) == (1));
     cr_expect_str_eq(jstr(r, "cell"), "lora.tiny.s32.b1");

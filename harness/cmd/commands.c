@@ -189,6 +189,46 @@ static double jpath(json_t *o, const char *a, const char *b, const char *c)
     return json_is_number(x) ? json_number_value(x) : NAN;
 }
 
+/* The record's largest operation classes (ops, docs/HARNESS.md): where
+ * the step's time went, the way "core peak" says where its bytes went. */
+#define RUN_TOP_OPS 5
+static void print_top_ops(json_t *rec)
+{
+    json_t *ops = json_object_get(rec, "ops"), *classes = json_object_get(ops, "classes");
+    double step = jpath(ops, "step_seconds", NULL, NULL);
+    if (!json_object_size(classes) || !(step > 0)) return;
+    const char *name[RUN_TOP_OPS];
+    json_t *top[RUN_TOP_OPS];
+    int n = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(classes, k, v)
+    {
+        double sec = jpath(v, "seconds", NULL, NULL);
+        if (!(sec > 0)) continue;
+        int at = n < RUN_TOP_OPS ? n++ : RUN_TOP_OPS;
+        if (at == RUN_TOP_OPS && !(sec > jpath(top[RUN_TOP_OPS - 1], "seconds", NULL, NULL))) continue;
+        if (at == RUN_TOP_OPS) at = RUN_TOP_OPS - 1;
+        while (at > 0 && jpath(top[at - 1], "seconds", NULL, NULL) < sec) {
+            top[at] = top[at - 1];
+            name[at] = name[at - 1];
+            at--;
+        }
+        top[at] = v;
+        name[at] = k;
+    }
+    printf("ops         %.4f s per step (mean of %d measured), largest classes:\n", step,
+           (int)json_integer_value(json_object_get(ops, "measured_steps")));
+    for (int i = 0; i < n; i++) {
+        double sec = jpath(top[i], "seconds", NULL, NULL), rate = jpath(top[i], "gflops_per_second", NULL, NULL);
+        double faults = jpath(top[i], "page_faults", NULL, NULL);
+        char r[32] = "-", f[32] = "-";
+        if (isfinite(rate)) snprintf(r, sizeof r, "%.1f", rate);
+        if (isfinite(faults)) snprintf(f, sizeof f, "%.0f", faults);
+        printf("  %-12s %9.4f s %5.1f%% %8s GFLOP/s %7s page faults\n", name[i], sec, 100.0 * sec / step, r, f);
+    }
+}
+
 int ftb_cmd_run(int argc, char **argv)
 {
     char err[FTB_ERR_LEN + 256];
@@ -311,6 +351,7 @@ int ftb_cmd_run(int argc, char **argv)
     if (r.step_median > 0) {
         printf("step        %.3f s median, %.1f tokens/s\n", r.step_median,
                jpath(rec, "timing", "tokens_per_second", NULL));
+        print_top_ops(rec);
     }
     json_t *base = json_object_get(rec, "base");
     const char *eff0 = json_string_value(json_object_get(base, "residency_effective"));
