@@ -214,6 +214,25 @@ static void extract(ftr_rec *r)
     json_t *an = json_object_get(mem, "analytic");
     r->analytic_peak_mib = mib(json_object_get(an, "peak_total_bytes"));
     r->unexplained_pct = 100.0 * num(json_object_get(an, "unexplained_rss_fraction"));
+    /* Time per step by operation group (ops.classes, means per step). */
+    json_t *ops = json_object_get(j, "ops"), *classes = json_object_get(ops, "classes");
+    r->op_step_ms = 1000.0 * num(json_object_get(ops, "step_seconds"));
+    r->has_ops = json_object_size(classes) > 0 && isfinite(r->op_step_ms);
+    double lin_flops = 0, lin_s = 0;
+    const char *cls;
+    json_t *cv;
+    json_object_foreach(classes, cls, cv)
+    {
+        double sec = num(json_object_get(cv, "seconds"));
+        if (!isfinite(sec)) continue;
+        r->op_ms[ftr_op_group(cls)] += 1000.0 * sec;
+        if (!strncmp(cls, "linear_", 7)) {
+            double fl = num(json_object_get(cv, "flops"));
+            lin_flops += isfinite(fl) ? fl : 0;
+            lin_s += sec;
+        }
+    }
+    r->linear_gflops = lin_flops > 0 && lin_s > 0 ? lin_flops / lin_s * 1e-9 : NAN;
     json_t *timing = json_object_get(j, "timing");
     r->tokens_per_s = num(json_object_get(timing, "tokens_per_second"));
     r->step_s = num(path2(timing, "step_seconds", "median"));

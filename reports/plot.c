@@ -765,6 +765,73 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
     ftr_buf_free(&g);
 }
 
+/* ---- time breakdown at one length ---------------------------------------------------- */
+
+/* Beside the memory breakdown: each method's step at the same length,
+ * stacked by operation group (ops, docs/HARNESS.md), the bar's top the
+ * mean measured step. */
+static void ops_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
+{
+    const ftr_scope *sc = &r->scopes[si];
+    int k = -1;
+    for (int q = 0; q < sc->nseq; q++)
+        if (sc->seqs[q] == sc->at_seq) k = q;
+    if (k < 0) return;
+    char name[320];
+    snprintf(name, sizeof name, "ops_%s_s%d", sc->id, sc->at_seq);
+    ftr_buf d = { 0 }, g = { 0 };
+    ftr_buf_printf(&d,
+                   "# time per measured step by operation group at seq %d (ms, means over the measured steps; "
+                   "the groups add up to the step): %s\n# method",
+                   sc->at_seq, sc->title);
+    for (int c = 0; c < FTR_NOPG; c++) ftr_buf_printf(&d, "\t%s", ftr_op_group_title(c));
+    ftr_buf_puts(&d, "\tstep\n");
+    int rows = 0;
+    double mx = 0;
+    for (int row = 0; row < sc->nseries; row++) {
+        const ftr_agg *a = ftr_scope_agg(sc, row, k);
+        const ftr_rec *x = a->rep;
+        if (!x || !x->has_ops) continue;
+        ftr_buf_printf(&d, "%s", s->series[sc->series[row]].name);
+        /* A bar stacks upwards: a negative "outside the core" (rounding) is drawn as 0. */
+        for (int c = 0; c < FTR_NOPG; c++) tsv_num(&d, x->op_ms[c] > 0 ? x->op_ms[c] : 0, "%.6f");
+        tsv_num(&d, x->op_step_ms, "%.6f");
+        ftr_buf_puts(&d, "\n");
+        if (x->op_step_ms > mx) mx = x->op_step_ms;
+        rows++;
+    }
+    if (!rows) {
+        ftr_buf_free(&d);
+        return;
+    }
+    write_data(p, name, &d);
+    char t[512];
+    snprintf(t, sizeof t, "Time per step by operation, seq %d: %s", sc->at_seq, sc->title);
+    ftr_buf_puts(&g, "set title ");
+    ftr_gp_quote(&g, t);
+    ftr_buf_puts(&g, "\n");
+    ftr_buf_printf(&g, "set ylabel 'ms per step'\nset yrange [0:%g]\nset xrange [-0.6:%g]\n", mx * 1.1 + 1e-9,
+                   rows - 0.4);
+    ftr_buf_puts(&g, "set style data histograms\nset style histogram rowstacked\nset boxwidth 0.62 relative\n"
+                     "set grid noxtics ytics\nset xtics nomirror scale 0\n"
+                     "set key outside right top vertical Left reverse invert noopaque nobox\n");
+    if (rows > 8) ftr_buf_puts(&g, "set xtics rotate by -30\n");
+    ftr_buf_puts(&g, "set style fill border rgb '#333333'\n");
+    ftr_buf_printf(&g, "plot 'data/%s.tsv' using 2:xtic(1) title '%s' lw 0.5 lc rgb op_col_1 fs @op_fs_1", name,
+                   ftr_op_group_title(0));
+    for (int c = 1; c < FTR_NOPG; c++)
+        ftr_buf_printf(&g, ", \\\n  '' using %d title '%s' lw 0.5 lc rgb op_col_%d fs @op_fs_%d", c + 2,
+                       ftr_op_group_title(c), c + 1, c + 1);
+    ftr_buf_puts(&g, "\n");
+    ftr_plot_render(p, name, si, 0, g.s,
+                    "Each method's mean measured step at %d tokens, split by operation group (the record's ops: "
+                    "linears = the base's GEMMs; outside the core = the method's own code between the core's calls); "
+                    "the bar's top is the step: %s.",
+                    sc->at_seq, sc->title);
+    ftr_buf_free(&d);
+    ftr_buf_free(&g);
+}
+
 /* ---- loss curves ---------------------------------------------------------------------- */
 
 static void loss_plot(ftr_plotter *p, const ftr_set *s, const ftr_rec *const *recs, int n, const char *name, int scope,
@@ -1026,6 +1093,7 @@ void ftr_make_plots(ftr_plotter *p, const ftr_set *s, const ftr_report *r, char 
         mem_plot(p, s, r, si);
         act_plot(p, s, r, si);
         breakdown_plot(p, s, r, si);
+        ops_plot(p, s, r, si);
         throughput_plot(p, s, r, si);
         scope_loss_plot(p, s, r, si);
         if (ncells) continue;

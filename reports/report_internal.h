@@ -20,6 +20,10 @@
 #include <stdio.h>
 
 #define FTR_NCAT 6 /* the core's categories, in ftb_mem_category order */
+/* Groups of the record's operation classes (ops.classes) that the time
+ * breakdown stacks: linears, attention, head + loss, elementwise, method
+ * hooks, dequantization, optimizer, core other, outside the core. */
+#define FTR_NOPG 9
 
 /* ---- growable string ------------------------------------------------------ */
 
@@ -54,6 +58,10 @@ typedef struct {
     double tokens_per_s, step_s, final_loss;
     double accuracy, fidelity_cos, fidelity_relerr;
     double analytic_peak_mib, unexplained_pct; /* memory.analytic (docs/CORE.md) */
+    /* time per measured step by operation group (ops, docs/HARNESS.md), ms;
+     * has_ops 0: the record has no ops (made before they were recorded) */
+    int has_ops;
+    double op_ms[FTR_NOPG], op_step_ms, linear_gflops;
     const char *eval_task, *eval_metric;
     const char *timeline_file; /* relative to dir, or NULL                */
     /* timing of each step (step_seconds_all, warm-up steps first) */
@@ -253,6 +261,10 @@ const char *ftr_category_colour(int c);  /* the category's colour, "#D55E00" */
  * kept below 1 (plot.c). */
 void ftr_spread_labels(double *f, int n, double gap);
 const char *ftr_category_title(int c); /* "saved activations" */
+/* The operation group of a record's class name (ops.classes: "linear_q",
+ * "attn_bwd", "other", ...) and its title (colours: op_col_N in style.gp). */
+int ftr_op_group(const char *cls);
+const char *ftr_op_group_title(int g); /* "linears", "attention", ... */
 
 /* ---- plots ------------------------------------------------------------------- */
 

@@ -94,6 +94,30 @@ const char *ftr_category_colour(int c)
 const char *ftr_category_name(int c) { return c >= 0 && c < FTR_NCAT ? cat_names[c] : "?"; }
 const char *ftr_category_title(int c) { return c >= 0 && c < FTR_NCAT ? cat_titles[c] : "?"; }
 
+/* Operation groups: the record's classes (docs/CORE.md "Time per
+ * operation") gathered into what a stacked bar can show. */
+static const char *const op_titles[FTR_NOPG] = { "linears",     "attention",    "head + loss",
+                                                 "elementwise", "method hooks", "dequantization",
+                                                 "optimizer",   "core other",   "outside the core" };
+static const char *const op_colours[FTR_NOPG] = { "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#009E73",
+                                                  "#56B4E9", "#E69F00", "#8C8C8C", "#BBBBBB" };
+
+int ftr_op_group(const char *cls)
+{
+    static const struct {
+        const char *name;
+        int group;
+    } map[] = { { "attn_fwd", 1 },  { "attn_bwd", 1 },   { "head_loss", 2 }, { "norm", 3 },  { "rope", 3 },
+                { "swiglu", 3 },    { "residual", 3 },   { "embed", 3 },     { "hooks", 4 }, { "dequant", 5 },
+                { "optimizer", 6 }, { "core_other", 7 }, { "other", 8 } };
+    if (!strncmp(cls, "linear_", 7)) return 0;
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (!strcmp(cls, map[i].name)) return map[i].group;
+    return 7; /* a class this report does not know yet: inside the core */
+}
+
+const char *ftr_op_group_title(int g) { return g >= 0 && g < FTR_NOPG ? op_titles[g] : "?"; }
+
 void ftr_style_file(ftr_buf *b, const ftr_set *s, int png_libgd)
 {
     ftr_buf_puts(b, "# style.gp - the look of every figure of this report, loaded by each\n"
@@ -169,7 +193,13 @@ void ftr_style_file(ftr_buf *b, const ftr_set *s, int png_libgd)
                     "cat_col_5 = '#D55E00'; cat_fs_5 = 'solid 0.95'       # saved activations\n"
                     "cat_col_6 = '#F0E442'; cat_fs_6 = 'pattern 5'        # workspace\n"
                     "cat_col_7 = '#BBBBBB'; cat_fs_7 = 'pattern 1'        # other RSS (outside the core's categories)\n"
-                    "# Phases of a step (timeline strip).\n"
+                    "# Operation groups of a step (time breakdowns); hatched fills for greyscale.\n");
+    static const char *const op_fs[FTR_NOPG] = { "solid 0.95", "solid 0.95", "pattern 4",  "pattern 5", "solid 0.95",
+                                                 "pattern 2",  "solid 0.95", "solid 0.95", "pattern 1" };
+    for (int g = 0; g < FTR_NOPG; g++)
+        ftr_buf_printf(b, "op_col_%d = '%s'; op_fs_%d = '%s'   # %s\n", g + 1, op_colours[g], g + 1, op_fs[g],
+                       op_titles[g]);
+    ftr_buf_puts(b, "# Phases of a step (timeline strip).\n"
                     "ph_col_1 = '#9ecae1'  # forward\n"
                     "ph_col_2 = '#3182bd'  # backward\n"
                     "ph_col_3 = '#31a354'  # optimizer\n"

@@ -356,6 +356,55 @@ static int machine_kinds(const ftr_scope *sc, char *out, size_t n)
     return nk;
 }
 
+/* Where a step's time went, per method at the breakdown length: the
+ * representative record's ops (means per measured step) in operation
+ * groups; NULL when no record there has them. */
+static ftr_table *ops_table(const ftr_set *s, const ftr_scope *sc)
+{
+    int k = -1;
+    for (int q = 0; q < sc->nseq; q++)
+        if (sc->seqs[q] == sc->at_seq) k = q;
+    double top = 0;
+    for (int row = 0; k >= 0 && row < sc->nseries; row++) {
+        const ftr_agg *a = ftr_scope_agg(sc, row, k);
+        if (a->rep && a->rep->has_ops && a->rep->op_step_ms > top) top = a->rep->op_step_ms;
+    }
+    if (!(top > 0)) return NULL;
+    /* One precision for the whole table: three significant places on its longest step. */
+    int dec = top < 10 ? 3 : top < 100 ? 2 : top < 1000 ? 1 : 0;
+    const char *head[1 + FTR_NOPG + 2];
+    head[0] = "method";
+    for (int g = 0; g < FTR_NOPG; g++) head[1 + g] = ftr_op_group_title(g);
+    head[1 + FTR_NOPG] = "step";
+    head[2 + FTR_NOPG] = "linears GFLOP/s";
+    char label[320], title[512];
+    snprintf(label, sizeof label, "ops-%s", sc->id);
+    snprintf(title, sizeof title, "Time per step by operation at %d tokens (ms): %s", sc->at_seq, sc->title);
+    ftr_table *t = ftr_table_new(title, label, 3 + FTR_NOPG, head);
+    int rows = 0;
+    for (int row = 0; row < sc->nseries; row++) {
+        const ftr_agg *a = ftr_scope_agg(sc, row, k);
+        const ftr_rec *x = a->rep;
+        if (!x || !x->has_ops) continue;
+        ftr_table_add_row(t);
+        ftr_table_set(t, rows, 0, 0, "%s", s->series[sc->series[row]].name);
+        for (int g = 0; g < FTR_NOPG; g++) ftr_table_set(t, rows, 1 + g, 0, "%.*f", dec, x->op_ms[g]);
+        ftr_table_set(t, rows, 1 + FTR_NOPG, 0, "%.*f", dec, x->op_step_ms);
+        if (isfinite(x->linear_gflops)) ftr_table_set(t, rows, 2 + FTR_NOPG, 0, "%.1f", x->linear_gflops);
+        rows++;
+    }
+    ftr_table_span(t, 1, FTR_NOPG, "operation group");
+    ftr_table_caption(t,
+                      "Mean wall time per measured step of each operation group (record `ops`, docs/HARNESS.md), "
+                      "of the record whose peak is the cell's median: linears = the base's GEMMs (q, k, v, o, gate, "
+                      "up, down), elementwise = norms, RoPE, SwiGLU, residuals and the embedding, core other = the "
+                      "core's own allocation and control, outside the core = the method's code between the core's "
+                      "calls (MeZO's perturbations); the groups add up to the step.  linears GFLOP/s: their FLOPs by "
+                      "shape over their time.%s",
+                      sc->emulated ? "  Emulated device: measured on this host, not on the device." : "");
+    return t;
+}
+
 static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tables *ts)
 {
     char budget[96] = "unknown";
@@ -463,6 +512,9 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
                       nkinds > 1 ? "; WARNING: measured on unlike machines (CPU / BLAS kernel: " : "",
                       nkinds > 1 ? kinds : "", nkinds > 1 ? "), so these figures are not one comparison" : "");
     add(ts, t, si);
+
+    t = ops_table(s, sc);
+    if (t) add(ts, t, si);
 }
 
 void ftr_build_tables(const ftr_set *s, const ftr_report *r, ftr_tables *ts)

@@ -1271,3 +1271,85 @@ Test(report, a_nan_time_in_a_timeline_is_dropped_and_counted, .init = make_tmp, 
     cr_expect_eq(tl.first_dropped, 4, "line %d", tl.first_dropped);
     ftr_timeline_free(&tl);
 }
+
+/* ---- time per operation (issue 17 item 1) -------------------------------------------- */
+
+/* The cells of a Markdown table row starting with "| name |", as numbers
+ * (NaN for text); returns how many. */
+static int md_row(const char *md, const char *table_title, const char *name, double *v, int cap)
+{
+    const char *t = strstr(md, table_title);
+    cr_assert_not_null(t, "no table %s", table_title);
+    char key[64];
+    snprintf(key, sizeof key, "\n| %s |", name);
+    const char *row = strstr(t, key);
+    cr_assert_not_null(row, "no row %s", name);
+    row += strlen(key);
+    int n = 0;
+    while (n < cap && *row && *row != '\n') {
+        char *end;
+        v[n++] = strtod(row, &end);
+        if (end == row) v[n - 1] = NAN;
+        row = strchr(row, '|');
+        if (!row) break;
+        row++;
+    }
+    return n;
+}
+
+Test(report, time_per_operation_table_and_plot_beside_the_memory_breakdown, .init = make_tmp, .fini = remove_tmp,
+     .timeout = 120)
+{
+    const char *bin = getenv("FTBENCH_BIN");
+    if (!bin) cr_skip_test("FTBENCH_BIN is set by make test");
+    char cmd[2048], path[1024];
+    snprintf(cmd, sizeof cmd,
+             "for m in lora mezo; do '%s' run --model tiny --method $m --seq 64 --steps 2 --warmup 1 --threads 1 "
+             "--run-id t --out '%s/res' >/dev/null 2>&1 || exit 1; done",
+             bin, tmpdir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    snprintf(path, sizeof path, "%s/res", tmpdir);
+    char *md = report_md((const char *[]){ path, NULL });
+    const char *title = "**Time per step by operation at 64 tokens (ms): tiny on host, batch 1**";
+    const char *hdr = strstr(md, title);
+    cr_assert_not_null(hdr, "%s", md);
+    for (int g = 0; g < FTR_NOPG; g++) {
+        char h[64];
+        snprintf(h, sizeof h, "| %s |", ftr_op_group_title(g));
+        const char *at = strstr(hdr, h);
+        cr_expect(at && at < strstr(hdr, "\n|:---"), "no column %s", h);
+    }
+    /* Each row's groups add up to its step (rounded to 3 decimals each). */
+    double v[16];
+    for (int m = 0; m < 2; m++) {
+        const char *name = m ? "mezo" : "lora";
+        cr_assert_eq(md_row(md, title, name, v, 16), FTR_NOPG + 2, "%s", name);
+        double sum = 0;
+        for (int g = 0; g < FTR_NOPG; g++) sum += v[g];
+        cr_expect(fabs(sum - v[FTR_NOPG]) <= FTR_NOPG * 0.0005 + 1e-9, "%s: groups %.3f, step %.3f", name, sum,
+                  v[FTR_NOPG]);
+        cr_expect(v[0] > 0 && v[1] > 0, "%s: linears %.3f, attention %.3f", name, v[0], v[1]);
+        cr_expect(v[FTR_NOPG + 1] > 0, "%s: linears GFLOP/s %.1f", name, v[FTR_NOPG + 1]);
+        if (m) cr_expect_eq(v[6], 0, "mezo has no optimizer class: %.3f", v[6]);
+    }
+    free(md);
+    /* The plot: its data and script, registered right after the memory breakdown. */
+    char *d = report_file("data/ops_host_tiny_b1_s64.tsv");
+    cr_expect_not_null(strstr(d, "\nlora\t"), "%s", d);
+    cr_expect_not_null(strstr(d, "\nmezo\t"), "%s", d);
+    free(d);
+    char *gp = report_file("gnuplot/ops_host_tiny_b1_s64.gp");
+    cr_expect_not_null(strstr(gp, "set style histogram rowstacked"), "%s", gp);
+    cr_expect_not_null(strstr(gp, "'data/ops_host_tiny_b1_s64.tsv' using 2:xtic(1) title 'linears'"), "%s", gp);
+    cr_expect_not_null(strstr(gp, "using 10 title 'outside the core' lw 0.5 lc rgb op_col_9 fs @op_fs_9"), "%s", gp);
+    free(gp);
+    char *style = report_file("gnuplot/style.gp");
+    cr_expect_not_null(strstr(style, "op_col_9 = '#BBBBBB'; op_fs_9 = "), "%s", style);
+    free(style);
+    md = report_file("report.md");
+    const char *mem = strstr(md, "[script](gnuplot/breakdown_host_tiny_b1_s64.gp)"),
+               *ops = strstr(md, "[script](gnuplot/ops_host_tiny_b1_s64.gp)");
+    cr_expect(mem && ops && ops > mem, "the time breakdown follows the memory breakdown");
+    free(md);
+}
