@@ -560,15 +560,22 @@ static void cell_classify(const ftb_cell *c, cell_proc *p, const cell_ending *e,
      * the measurement itself.  ru_maxrss also covers the child's final
      * bookkeeping (timeline, record), so it is only the fallback, with what
      * the parent saw, when the child died before reading VmHWM. */
-    int64_t process_peak = vmhwm;
-    if (process_peak <= 0) process_peak = maxrss > e->watch_proc_max ? maxrss : e->watch_proc_max;
-    /* The cell's peak is its process tree's: the largest of the process's
-     * own peak, the sampled sums over the tree (child and parent views),
-     * and the largest waited-for descendant (the kernel's ru_maxrss). */
     int64_t tree_sampled = p->tree ? atomic_load(&p->tree->max_bytes) : -1;
     int tree_procs = p->tree ? atomic_load(&p->tree->max_procs) : 0;
     int64_t descendants = jget_int(m, "memory", "descendants_max_rss_bytes");
     int had_children = tree_procs > 1 || descendants > 0;
+    /* wait4's ru_maxrss is the cell's and its reaped descendants' largest:
+     * a helper the cell waited for as the watch killed the group (a race
+     * that load makes likely) would be counted as the cell's own.  With
+     * children, the parent's samples of the process alone stand in. */
+    int64_t process_peak = vmhwm;
+    if (process_peak <= 0)
+        process_peak = had_children && e->watch_proc_max > 0 ? e->watch_proc_max
+                       : maxrss > e->watch_proc_max          ? maxrss
+                                                             : e->watch_proc_max;
+    /* The cell's peak is its process tree's: the largest of the process's
+     * own peak, the sampled sums over the tree (child and parent views),
+     * and the largest waited-for descendant (the kernel's ru_maxrss). */
     int64_t peak = process_peak;
     /* Only when there were descendants: a lone process's peak is its VmHWM
      * (the parent's view also covers the child's bookkeeping after the
