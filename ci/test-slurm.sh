@@ -42,6 +42,18 @@ trap 'exit 130' INT TERM
 eval "$(sh ci/slurm-cluster.sh start "$work/cluster")"
 echo "test-slurm: cluster up ($(sinfo -h -N -o '%N %c CPUs %T'), $(($(date +%s) - t0)) s)"
 
+# What Slurm thinks, for a failure's log.
+slurm_state() {
+    echo "--- squeue"
+    squeue -r -o '%i %T %r %M' 2>&1 || true
+    echo "--- sinfo"
+    sinfo -N -o '%N %T %E' 2>&1 || true
+    echo "--- slurmctld.log (last 25 lines)"
+    tail -25 "$work/cluster/log/slurmctld.log" 2>&1 || true
+    echo "--- slurmd.log (last 10 lines)"
+    tail -10 "$work/cluster/log/slurmd.log" 2>&1 || true
+}
+
 fail() {
     echo "test-slurm: FAILED: $*" >&2
     for f in "$work"/results/host/*/slurm/*.log; do
@@ -81,29 +93,42 @@ wait_running "${job}_1"
 scancel "${job}_1"
 echo "test-slurm: cancelled ${job}_1 while it ran"
 
-# 3. kill the controller while a task runs; start it again 10 s later.
-#    slurmctld writes its state at most 5 s after a change; what a SIGKILL
-#    takes away before that, Slurm itself forgets (a finished task whose
-#    end was not saved runs again: its cell is found measured and skipped).
-#    The cancel must be saved for the test to know what to expect.
+# 3. kill the controller while a task runs, and start it again.
+#    slurmctld saves its state at most 5 s after a change; what a SIGKILL
+#    takes away before that, Slurm itself forgets or recovers only at the
+#    node's next registration (a task started or ended in those seconds is
+#    an orphan to the restarted controller: in CI, tasks then stayed pending
+#    for over an hour).  That is Slurm's business, not ftbench's, so the
+#    test makes the moment definite: task 2's processes are stopped
+#    (SIGSTOP) while it runs, so that nothing starts or ends while the
+#    controller's state is saved, killed and recovered; they go on once the
+#    restarted controller answers and the node is back.
 wait_running "${job}_2"
-sleep 6
+task_pat="slurm-task $run_dir/slurm/submit-1.json"
+pkill -STOP -f "$task_pat" || fail "no process of task ${job}_2 to stop"
+[ "$(squeue -h -j "${job}_2" -o %T)" = RUNNING ] || fail "task ${job}_2 ended before it could be stopped"
+sleep 7
 running=$(squeue -h -t R -o %i | tr '\n' ' ')
 sh "$repo/ci/slurm-cluster.sh" kill-ctld "$work/cluster"
 if squeue -h >/dev/null 2>&1; then fail "slurmctld still answers after kill -9"; fi
 echo "test-slurm: slurmctld killed (SIGKILL) while ${running:-no task} ran"
-sleep 10
+sleep 5
 sh "$repo/ci/slurm-cluster.sh" start-ctld "$work/cluster"
-# A task that ended while the controller was down stays "running" in the
-# restarted controller until the node next registers: slurmctld asks for a
-# registration only every 20th ping (~400 s with SlurmdTimeout=60), which
-# made this stage ~9 minutes.  `scontrol reconfigure` makes slurmd register
-# now; what the test checks (outcomes, no cell run twice) is unchanged.
-scontrol reconfigure
-echo "test-slurm: slurmctld started again"
+i=0
+until sinfo -h -N -o '%T' | grep -qE '^(allocated|mixed|idle)$'; do
+    i=$((i + 1))
+    [ $i -lt 300 ] || fail "the node did not come back after the controller restart: $(sinfo -h -N -o '%N %T %E')"
+    sleep 0.2
+done
+pkill -CONT -f "$task_pat" || true
+echo "test-slurm: slurmctld started again; task ${job}_2 goes on"
 
 # 4. wait for the job and collect
-$FTB sweep --collect "$run_dir" --wait >"$work/collect1.txt" || fail "collect"
+timeout 900 $FTB sweep --collect "$run_dir" --wait >"$work/collect1.txt" || {
+    tail -3 "$work/collect1.txt" >&2
+    slurm_state >&2
+    fail "collect --wait did not end within 15 minutes"
+}
 cat "$work/collect1.txt"
 state=$(sacct -n -P -X -j "${job}_1" -o State | head -1)
 case "$state" in CANCELLED*) ;; *) fail "sacct says ${job}_1 is '$state', not CANCELLED" ;; esac
@@ -166,8 +191,9 @@ grep -q "CANCELLED" "$work/collect1.txt" || fail "the summary does not show the 
 echo "test-slurm: 5 cells measured, ${job}_1's recorded as slurm_cancelled (sacct)"
 
 # 5. the same sweep again: only the cancelled cell
-job2=$($FTB sweep $SWEEP --backend slurm --wait 2>"$work/submit2.err") || {
+job2=$(timeout 600 $FTB sweep $SWEEP --backend slurm --wait 2>"$work/submit2.err") || {
     cat "$work/submit2.err" >&2
+    slurm_state >&2
     fail "re-submission"
 }
 job2=$(echo "$job2" | head -1)
@@ -185,10 +211,11 @@ echo "test-slurm: re-submission ran only the cancelled cell (job $job2); 6 recor
 #    controller checks limits every 30 s, so this takes up to ~1.5 min)
 plugins=$repo/build/tests/plugins
 [ -f "$plugins/hog.so" ] || make -s -C "$repo" build/tests/plugins/hog.so build/tests/plugins/hang.so >/dev/null
-$FTB sweep --model tiny --methods hog,hang --methods-dir "$plugins" --opt hog.mb=1 --seqs 32 --steps 1000000 \
+timeout 600 $FTB sweep --model tiny --methods hog,hang --methods-dir "$plugins" --opt hog.mb=1 --seqs 32 --steps 1000000 \
     --out "$work/results" --run-id limits --backend slurm --slurm-opt "--mem=200M --time=1" --wait \
     >"$work/limits.txt" 2>&1 || {
     cat "$work/limits.txt" >&2
+    slurm_state >&2
     fail "limits sweep"
 }
 grep -q "S-OOM" "$work/limits.txt" || fail "no slurm_out_of_memory: $(cat "$work/limits.txt")"
@@ -201,7 +228,8 @@ $FTB sweep $CELLS --run-id local6 --quiet >"$work/local6.txt" 2>&1 || fail "loca
 FTBENCH_GNUPLOT=/nonexistent $FTB report "$run_dir" --out "$work/report-slurm" >/dev/null 2>&1 || fail "report over the Slurm run"
 FTBENCH_GNUPLOT=/nonexistent $FTB report "$work/results/host/local6" --out "$work/report-local" >/dev/null 2>&1 || fail "report over the local run"
 # Figures differ from run to run; the tables' shape and labels must not.
-mask() { sed -e 's/[0-9][0-9.,]*/N/g' -e 's/slurm6\|local6/RUN/g' "$1" | grep '^|'; }
+# (Signs too: a reduction vs LoRA of a few percent is either side of 0.)
+mask() { sed -e 's/-\{0,1\}[0-9][0-9.,]*/N/g' -e 's/slurm6\|local6/RUN/g' "$1" | grep '^|'; }
 mask "$work/report-slurm/report.md" >"$work/t-slurm"
 mask "$work/report-local/report.md" >"$work/t-local"
 [ -s "$work/t-slurm" ] || fail "no table in the Slurm run's report"

@@ -789,27 +789,66 @@ int ftb_slurm_submit(ftb_sweep_backend *b, const ftb_sweep_plan *p, const ftb_sw
 
 /* ---- waiting -------------------------------------------------------------------- */
 
+/* Slurm's pending reasons that no amount of waiting resolves without
+ * someone acting (an administrator, or the user releasing a hold): the
+ * waiting user is told once, instead of watching "pending" for hours. */
+static int reason_needs_someone(const char *r)
+{
+    static const char *const stuck[] = {
+        "ReqNodeNotAvail",
+        "NodeDown",
+        "PartitionDown",
+        "PartitionInactive",
+        "PartitionNodeLimit",
+        "JobHeldAdmin",
+        "JobHeldUser",
+        "DependencyNeverSatisfied",
+        "launch failed requeued held",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AssocMaxJobsLimit",
+        "BadConstraints",
+    };
+    for (size_t i = 0; i < sizeof stuck / sizeof stuck[0]; i++)
+        if (!strncmp(r, stuck[i], strlen(stuck[i]))) return 1;
+    return 0;
+}
+
 int ftb_slurm_wait(const char *job_id, const ftb_sweep_plan *p, const ftb_sweep_records *r, int quiet, char *err,
                    size_t errlen)
 {
-    (void)err;
-    (void)errlen;
     double start = ftb_now();
     int tty = isatty(2) && !quiet;
-    int unreachable_said = 0;
+    /* Not on a terminal (a log, CI), a line is printed when something
+     * changed, and otherwise once a minute: a job that waits for hours must
+     * not write thousands of identical lines. */
+    char last_line[512] = "";
+    double last_print = -1e9;
+    char stuck_said[128] = "";
     for (;;) {
-        char *argv[] = { "squeue", "-h", "-r", "-j", (char *)job_id, "-o", "%T", NULL };
+        char *argv[] = { "squeue", "-h", "-r", "-j", (char *)job_id, "-o", "%T|%r", NULL };
         char *out, *eo;
         int rc = run_capture(argv, &out, &eo);
         int pending = 0, running = 0, gone = 0, reachable = 1;
+        char reason[128] = "";
         if (rc == 0) {
             for (char *l = out; *l;) {
                 size_t k = strcspn(l, "\n");
                 if (k > 0) {
-                    if (!strncmp(l, "PENDING", 7) || !strncmp(l, "REQUEUED", 8))
+                    if (!strncmp(l, "PENDING", 7) || !strncmp(l, "REQUEUED", 8)) {
                         pending++;
-                    else
+                        /* The first pending task's reason stands for all:
+                         * an array's tasks wait for the same thing. */
+                        const char *bar = memchr(l, '|', k);
+                        if (bar && !reason[0]) {
+                            size_t n = k - (size_t)(bar + 1 - l);
+                            if (n >= sizeof reason) n = sizeof reason - 1;
+                            memcpy(reason, bar + 1, n);
+                            reason[n] = '\0';
+                        }
+                    } else {
                         running++;
+                    }
                 }
                 l += k + (l[k] == '\n');
             }
@@ -843,22 +882,43 @@ int ftb_slurm_wait(const char *job_id, const ftb_sweep_plan *p, const ftb_sweep_
             int par = running > 0 ? running : 1;
             ftb_format_duration(cell_seconds / timed * (p->ncells - recorded) / par, eta, sizeof eta);
         }
+        if (!quiet && reason[0] && reason_needs_someone(reason) && strcmp(reason, stuck_said)) {
+            fprintf(stderr,
+                    "%sftbench sweep: job %s's pending tasks wait for '%s' (Slurm's reason): they start only when "
+                    "someone acts (sinfo -R, scontrol show job %s); Ctrl-C stops waiting and leaves them queued\n",
+                    tty ? "\r\033[K" : "", job_id, reason, job_id);
+            snprintf(stuck_said, sizeof stuck_said, "%s", reason);
+        }
         if (!quiet) {
+            char line[512], why[160] = "";
+            if (reason[0] && strcmp(reason, "None")) snprintf(why, sizeof why, " (%s)", reason);
             if (!reachable)
-                fprintf(stderr,
-                        "%s[slurm job %s] slurmctld does not answer; waiting | %d/%d cells recorded | elapsed %s%s",
-                        tty ? "\r\033[K" : "", job_id, recorded, p->ncells, elapsed, tty ? "" : "\n");
-            else if (!tty || !unreachable_said || 1)
-                fprintf(stderr,
-                        "%s[slurm job %s] %d/%d cells recorded | %d running, %d pending | elapsed %s | ETA %s%s",
-                        tty ? "\r\033[K" : "", job_id, recorded, p->ncells, running, pending, elapsed, eta,
-                        tty ? "" : "\n");
+                snprintf(line, sizeof line, "[slurm job %s] slurmctld does not answer; waiting | %d/%d cells recorded",
+                         job_id, recorded, p->ncells);
+            else
+                snprintf(line, sizeof line, "[slurm job %s] %d/%d cells recorded | %d running, %d pending%s", job_id,
+                         recorded, p->ncells, running, pending, why);
+            if (tty) {
+                fprintf(stderr, "\r\033[K%s | elapsed %s | ETA %s", line, elapsed, eta);
+            } else if (strcmp(line, last_line) || el - last_print >= 60) {
+                fprintf(stderr, "%s | elapsed %s | ETA %s\n", line, elapsed, eta);
+                snprintf(last_line, sizeof last_line, "%s", line);
+                last_print = el;
+            }
             fflush(stderr);
         }
-        unreachable_said = !reachable;
         if (gone) break;
-        /* Polling slurmctld more often than this only loads it. */
-        sleep(tty ? 2 : 10);
+        /* Polling slurmctld more often than this only loads it.  Ctrl-C or
+         * SIGTERM ends the wait (sleep returns early), not the job. */
+        if (!ftb_interrupted()) sleep(tty ? 2 : 10);
+        if (ftb_interrupted()) {
+            if (tty) fprintf(stderr, "\n");
+            snprintf(err, errlen,
+                     "stopped waiting (signal %d); job %s goes on in Slurm: ftbench sweep --collect <run dir> --wait "
+                     "follows it again, scancel %s stops it",
+                     ftb_interrupted(), job_id, job_id);
+            return -1;
+        }
     }
     if (tty) fprintf(stderr, "\n");
     return 0;
