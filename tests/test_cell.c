@@ -283,3 +283,31 @@ Test(cell, ops_explain_the_step_per_class, .timeout = 120)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* The roofline projection counts the saved activations' bytes (written
+ * once, read once) from the record's core category saved_activations (it
+ * once looked for "saved", a name no category has, and counted 0). */
+Test(cell, roofline_projection_counts_the_saved_activations)
+{
+    ftb_cell c;
+    tiny_cell(&c, "/nonexistent");
+    double bytes[2];
+    const json_int_t saved[2] = { 0, 3 << 20 };
+    for (int i = 0; i < 2; i++) {
+        json_t *measured = json_pack("{s:s, s:{s:{s:{s:I}}}, s:i, s:[i], s:b}", "stage", "done", "memory", "core",
+                                     "peak_bytes", ftb_mem_category_name(FTB_MEM_SAVED), saved[i], "trainable_params",
+                                     1000, "forward_passes_per_step", 1, "has_backward", 1);
+        ftb_record r;
+        ftb_record_init_not_run(&r, &c, "ok", "");
+        r.ran = 1;
+        r.measured = measured;
+        json_t *j = ftb_record_json(&r);
+        json_t *proj = json_object_get(j, "projection");
+        cr_assert(json_is_object(proj));
+        bytes[i] = json_number_value(json_object_get(proj, "bytes_per_step"));
+        json_decref(j);
+        json_decref(measured);
+    }
+    cr_expect_eq(bytes[1] - bytes[0], 2.0 * (3 << 20), "saved activations add %.0f bytes, expected %.0f",
+                 bytes[1] - bytes[0], 2.0 * (3 << 20));
+}

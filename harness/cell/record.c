@@ -229,7 +229,7 @@ static void write_measurements(json_t *rec, const ftb_record *r)
         int hb = m ? json_is_true(json_object_get(m, "has_backward")) : 1;
         int64_t saved = -1;
         json_t *core_peak = json_object_get(json_object_get(mem, "core"), "peak_bytes");
-        json_t *sv = json_object_get(core_peak, "saved");
+        json_t *sv = json_object_get(core_peak, ftb_mem_category_name(FTB_MEM_SAVED));
         if (json_is_integer(sv)) saved = (int64_t)json_integer_value(sv);
         json_t *proj = ftb_roofline_projection(&c->device, &c->cfg, c->batch, c->seq, trainable > 0 ? trainable : 0,
                                                passes, hb, saved);
