@@ -5,6 +5,7 @@
  * killed or interrupted sweep resumes where it stopped.
  */
 #include "sweep.h"
+#include "eta.h"
 #include "commands.h"
 #include "plugin.h"
 #include "remote.h"
@@ -132,8 +133,18 @@ void ftb_sweep_print_summary(FILE *f, json_t *const *records, int n, int64_t bud
             if (slurm)
                 fprintf(f, "  CANCELLED / S-TIMEOUT / S-OOM / S-FAILED / SLURM: Slurm ended the cell's task (sacct); "
                            "not a measurement, run again on resubmission\n");
-        } else
+        } else {
             fprintf(f, "\nmedian step time (s)\n");
+            /* The default sweeps measure memory: one step, no warm-up.  Its
+             * time is a cold step's (first touch, caches), not a timing. */
+            int cold = 0;
+            for (int i = 0; i < n; i++)
+                cold |= json_integer_value(json_object_get(records[i], "steps")) == 1 &&
+                        json_integer_value(json_object_get(records[i], "warmup_steps")) == 0;
+            if (cold)
+                fprintf(f, "  one cold step per cell (no warm-up): what memory costs, not a timing; "
+                           "--warmup 1 --steps 3 (or --sweep paper) for step times\n");
+        }
         int w0 = 8;
         for (int k = 0; k < nr; k++)
             if ((int)strlen(rows[k]) > w0) w0 = (int)strlen(rows[k]);
@@ -225,31 +236,37 @@ typedef struct {
     int index, total; /* 1-based cell index, cells in the sweep        */
     const ftb_cell *cell;
     double sweep_start, cell_start;
-    double done_cost, done_seconds, todo_cost; /* for the ETA            */
+    ftb_eta eta; /* fitted to the cells measured so far (eta.h) */
     int tty;
+    /* Not on a terminal (a log file, CI, a Slurm task's output), a step's
+     * line is printed every 30 s at most: 800 steps must not be 800
+     * lines.  Stage changes are always printed. */
+    char last_what[16];
+    double last_print;
 } progress_state;
 
-/* Relative cost of a cell, for the ETA: tokens × steps, with a quadratic
- * attention term, plus a constant for loading the model. */
-static double cell_cost(const ftb_cell *c)
+static void eta_todo(progress_state *p, const ftb_cell *c, int sign)
 {
-    double T = c->seq;
-    return (c->steps + c->warmup) * c->batch * T * (1.0 + T / 4096.0) + 2048.0;
+    if (sign > 0)
+        ftb_eta_add_todo(&p->eta, c->steps + c->warmup, c->batch, c->seq);
+    else
+        ftb_eta_remove_todo(&p->eta, c->steps + c->warmup, c->batch, c->seq);
 }
 
 static void progress_cb(void *ud, const char *what, int step, int nsteps)
 {
     progress_state *p = ud;
     double now = ftb_now();
+    if (!p->tty && !strcmp(what, p->last_what) && now - p->last_print < 30 && step < nsteps) return;
+    snprintf(p->last_what, sizeof p->last_what, "%s", what);
+    p->last_print = now;
     char el[32], eta[32];
     ftb_format_duration(now - p->sweep_start, el, sizeof el);
-    if (p->done_cost > 0) {
-        double rate = p->done_seconds / p->done_cost;
-        double left = p->todo_cost * rate - (now - p->cell_start);
-        ftb_format_duration(left > 0 ? left : 0, eta, sizeof eta);
-    } else {
+    double left = ftb_eta_seconds_left(&p->eta, now - p->cell_start);
+    if (left >= 0)
+        ftb_format_duration(left, eta, sizeof eta);
+    else
         snprintf(eta, sizeof eta, "?");
-    }
     char stage[48];
     if (!strcmp(what, "step"))
         snprintf(stage, sizeof stage, "step %d/%d", step, nsteps);
@@ -387,6 +404,9 @@ int ftb_cmd_sweep(int argc, char **argv)
     if (!help && ftb_remote_requested(argc, argv)) return ftb_remote_sweep(argc, argv, SWEEP_OPTS);
     ftb_setup s;
     memset(&s, 0, sizeof s);
+    progress_state ps;
+    memset(&ps, 0, sizeof ps);
+    ftb_eta_init(&ps.eta);
     /* The backend's options first: a Slurm task or a collect replaces the
      * command line with the sweep options recorded at submission. */
     ftb_sweep_backend be;
@@ -623,7 +643,6 @@ int ftb_cmd_sweep(int argc, char **argv)
     json_object_set_new(extra, "sweep", json_string(sweep_name));
     if (slurm_task) json_object_set(extra, "slurm", be.slurm_info);
     int todo = 0, mismatched = 0;
-    double todo_cost = 0;
     char why[FTB_ERR_LEN], first_bad[300] = "";
     json_t **kept = calloc((size_t)ncells + 1, sizeof *kept);
     int nkept = 0;
@@ -637,7 +656,7 @@ int ftb_cmd_sweep(int argc, char **argv)
         if (res == FTB_RESUME_KEEP) kept[nkept++] = ftb_recorded_find(&done, cells[i].key);
         if (res == FTB_RESUME_RUN) {
             todo++;
-            todo_cost += cell_cost(&cells[i]);
+            eta_todo(&ps, &cells[i], +1);
         }
     }
     if (mismatched) {
@@ -698,11 +717,8 @@ int ftb_cmd_sweep(int argc, char **argv)
     int skip = def->skip_longer_after_over_budget;
     /* Array tasks run side by side: no cell waits for a shorter one. */
     if (s.cli.no_skip || slurm_task) skip = 0;
-    progress_state ps;
-    memset(&ps, 0, sizeof ps);
     ps.total = ncells;
     ps.sweep_start = ftb_now();
-    ps.todo_cost = todo_cost;
     ps.tty = isatty(2) && !s.cli.quiet;
     for (int i = 0; i < ncells && !interrupted; i++) {
         ftb_cell *c = &cells[i];
@@ -724,7 +740,7 @@ int ftb_cmd_sweep(int argc, char **argv)
                 rc = FTB_EXIT_FAIL;
                 goto out;
             }
-            ps.todo_cost -= cell_cost(c);
+            eta_todo(&ps, c, -1);
             if (!s.cli.quiet)
                 fprintf(stderr, "%s[cell %d/%d] %s: skipped (over budget already at seq %d)\n",
                         ps.tty ? "\r\033[K" : "", i + 1, ncells, c->key, om->seq);
@@ -754,10 +770,7 @@ int ftb_cmd_sweep(int argc, char **argv)
             goto out;
         }
         note_over_budget(&over, c, r.record);
-        double cost = cell_cost(c);
-        ps.done_cost += cost;
-        ps.done_seconds += r.wall;
-        ps.todo_cost -= cost;
+        ftb_eta_measured(&ps.eta, c->steps + c->warmup, c->batch, c->seq, r.wall);
         if (!s.cli.quiet) {
             char w[32];
             ftb_format_duration(r.wall, w, sizeof w);
@@ -799,6 +812,7 @@ summary:
     printf("\nrecords: %s\n", results);
     rc = FTB_EXIT_OK;
 out:
+    ftb_eta_free(&ps.eta);
     free(over.v);
     free(recs);
     ftb_recorded_free(&done);
