@@ -5,6 +5,7 @@
 #   make bench      default benchmark sweep (DEVICE=host|rpi5|...), then its report
 #   make report     RESULTS="dir ...": tables and plots of those runs (docs/REPORTS.md)
 #   make bench-core one full fine-tuning step of qwen2.5-0.5b, vs sgemm rate
+#   make bench-vs-torch  ftbench against PyTorch on the same cells (needs python3-torch)
 #   make oracle     regenerate the PyTorch oracle fixtures (needs python3-torch)
 #   make starting-model  pretrain the default task model into build/starting-model
 # Every source file is found by wildcard: a new file or a new methods/<name>/
@@ -81,19 +82,20 @@ CORE_SRC    := $(wildcard lib/*.c models/*.c datasets/*.c)
 HARNESS_SRC := $(filter-out harness/cmd/main.c,$(wildcard harness/cell/*.c harness/cmd/*.c))
 REPORT_SRC  := $(wildcard reports/*.c)
 METHOD_DIRS := $(patsubst %/,%,$(dir $(wildcard methods/*/*.c)))
-METHODS     := $(filter-out kit,$(sort $(notdir $(METHOD_DIRS))))
+# METHOD_NAMES, not METHODS: `make bench-vs-torch METHODS=lora` is an option.
+METHOD_NAMES := $(filter-out kit,$(sort $(notdir $(METHOD_DIRS))))
 TEST_SRC    := $(wildcard tests/*.c)
 
 CORE_OBJ    := $(CORE_SRC:%.c=$(BUILD)/%.o)
 HARNESS_OBJ := $(HARNESS_SRC:%.c=$(BUILD)/%.o) $(REPORT_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ    := $(TEST_SRC:%.c=$(BUILD)/%.o)
-PLUGINS     := $(METHODS:%=$(BUILD)/methods/%.so)
+PLUGINS     := $(METHOD_NAMES:%=$(BUILD)/methods/%.so)
 
 BIN         := $(BUILD)/ftbench
 TESTBIN     := $(BUILD)/test_ftbench
 CORELIB     := $(BUILD)/libftbench_core.a
 
-.PHONY: all bin deps-check test bench bench-core oracle clean install fuzz report memcheck format format-check
+.PHONY: all bin deps-check test bench bench-core bench-vs-torch oracle clean install fuzz report memcheck format format-check
 all: deps-check $(BIN) $(PLUGINS) $(TESTBIN)
 # The executable and the plugins alone (what sweep --remote ships).
 bin: deps-check $(BIN) $(PLUGINS)
@@ -202,6 +204,21 @@ report: $(BIN)
 
 bench-core: all
 	./$(BIN) bench-core --model qwen2.5-0.5b --seq 512 --batch 1
+
+# ftbench against a PyTorch CPU implementation of the same model and method,
+# same OpenBLAS kernel and threads (tests/bench/bench_vs_torch.py; docs/
+# BENCHMARKS.md "Against PyTorch").  Installs python3-torch when run as root.
+# Options (defaults in the script): MODELS="qwen2.5-0.5b smollm2-135m"
+# METHODS="full lora gc mezo" SEQ=512 STEPS=3 WARMUP=1 THREADS= (ftbench's)
+# CHECK_MODELS="tiny tiny-tied" (loss check; empty: none) CORETYPE= (an
+# OPENBLAS_CORETYPE for both; the environment's is not used) OUT=build/bench-vs-torch
+#   make bench-vs-torch MODELS=tiny SEQ=64 STEPS=2
+VS_TORCH_ARGS = $(strip $(if $(MODELS),--models "$(MODELS)") $(if $(METHODS),--methods "$(METHODS)") \
+  $(if $(SEQ),--seq $(SEQ)) $(if $(STEPS),--steps $(STEPS)) $(if $(WARMUP),--warmup $(WARMUP)) \
+  $(if $(THREADS),--threads $(THREADS)) $(if $(CORETYPE),--coretype $(CORETYPE)) $(if $(OUT),--out "$(OUT)") \
+  $(if $(filter undefined,$(origin CHECK_MODELS)),,--check-models "$(CHECK_MODELS)"))
+bench-vs-torch: bin
+	sh tests/bench/bench_vs_torch.sh --bin $(BIN) --methods-dir $(BUILD)/methods $(VS_TORCH_ARGS)
 
 oracle:
 	/usr/bin/python3 tests/oracle/gen_oracle.py tests/oracle/fixtures
