@@ -972,6 +972,32 @@ Test(harness, run_with_an_int4_lazy_base_and_sgd_records_them, .fini = remove_tm
     cr_expect(strstr(p.err, "preparing") == NULL, "prepared twice: %s", p.err);
     cr_expect(strstr(p.out, "lora.tiny.int4-g32.s32.b1") != NULL, "%s", p.out);
     proc_free(&p);
+    /* A base an older ftbench prepared (another format version) is made
+     * again, not refused; a directory that is no prepared base is left
+     * alone with a one-line error. */
+    snprintf(path, sizeof path, "%s/tiny-seed42-int4-g32/ftbench-base.json", cache);
+    json_t *info = json_load_file(path, 0, NULL);
+    cr_assert(info != NULL);
+    json_object_set_new(info, "format_version", json_integer(1));
+    cr_assert(json_dump_file(info, path, 0) == 0);
+    json_decref(info);
+    const char *redo[] = { "run",  "--methods-dir", methods(), "--method", "lora", "--model",
+                           "tiny", "--seq",         "32",      "--steps",  "1",    "--warmup",
+                           "0",    "--base-dtype",  "int4",    "--group",  "32",   "--out",
+                           tmpdir, "--run-id",      "q2",      NULL };
+    p = run(redo);
+    cr_expect((p.code) == (0), "exit %d: %s%s", p.code, p.err, p.out);
+    cr_expect(strstr(p.err, "was prepared by an older ftbench (base format 1") != NULL, "%s", p.err);
+    proc_free(&p);
+    info = json_load_file(path, 0, NULL);
+    cr_expect(json_integer_value(json_object_get(info, "format_version")) > 1, "the entry was not made again");
+    json_decref(info);
+    cr_expect(unlink(path) == 0);
+    redo[20] = "q3";
+    p = run(redo);
+    cr_expect((p.code) == (1), "exit %d: %s%s", p.code, p.err, p.out);
+    cr_expect(strstr(p.err, "holds no base prepared for this model and format") != NULL, "%s", p.err);
+    proc_free(&p);
     unsetenv("FTBENCH_MODEL_CACHE");
 }
 

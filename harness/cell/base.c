@@ -326,8 +326,35 @@ int ftb_base_prepare(const ftb_base_spec *b, const ftb_config *cfg, const char *
     *info = NULL;
     cache_dir(b, model, checkpoint, seed, dir, dirn);
     if ((*info = load_info(dir, b, model, checkpoint, seed))) return 0;
-    if (ftb_is_dir(dir))
-        return ftb_errf(err, errlen, "%s exists but holds no base prepared for this model and format; remove it", dir);
+    if (ftb_is_dir(dir)) {
+        /* The cache is ftbench's own: an entry an older ftbench prepared
+         * (another base format version) is made again, not an error the
+         * user must clear by hand.  A directory that is not a prepared base
+         * at all is left alone. */
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/%s", dir, FTB_BASE_INFO_FILE);
+        json_t *old = json_load_file(path, 0, NULL);
+        json_t *ver = json_object_get(old, "format_version");
+        int outdated = json_is_integer(ver) && json_integer_value(ver) != FTB_BASE_FORMAT_VERSION;
+        long long old_ver = json_is_integer(ver) ? (long long)json_integer_value(ver) : -1;
+        json_decref(old);
+        if (!outdated)
+            return ftb_errf(err, errlen, "%s exists but holds no base prepared for this model and format; remove it",
+                            dir);
+        char aside[PATH_MAX + 64];
+        snprintf(aside, sizeof aside, "%.4000s.outdated-%d", dir, (int)getpid());
+        /* Moved aside first (a cell of an older run may still map its file:
+         * the mapping outlives the name); a concurrent preparer that moved
+         * it first is fine (ENOENT). */
+        if (rename(dir, aside) != 0 && errno != ENOENT)
+            return ftb_errf(err, errlen, "%s: prepared by an older ftbench and cannot be replaced: %s", dir,
+                            strerror(errno));
+        if (!quiet)
+            fprintf(stderr,
+                    "ftbench: %s was prepared by an older ftbench (base format %lld, now %d): preparing it again\n",
+                    dir, old_ver, FTB_BASE_FORMAT_VERSION);
+        nftw(aside, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
     char parent[PATH_MAX];
     snprintf(parent, sizeof parent, "%s", dir);
     char *slash = strrchr(parent, '/');
