@@ -9,6 +9,7 @@
 #include "ftbench.h"
 #include "input_file.h"
 
+#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -106,6 +107,14 @@ static int get_float(const char *path, json_t *root, const char *key, float def,
     double x = json_number_value(v);
     if (!isfinite(x) || x <= 0.0) {
         ck_error(err, errlen, "%s: key '%s' = %g must be positive", path, key, x);
+        return -1;
+    }
+    /* The core computes in 32-bit floats: 1e39 would become inf (and the
+     * conversion of a double beyond a float's range is undefined), 1e-50
+     * zero. */
+    if (x > FLT_MAX || x < FLT_MIN) {
+        ck_error(err, errlen, "%s: key '%s' = %g is beyond a 32-bit float's range [%g, %g]", path, key, x,
+                 (double)FLT_MIN, (double)FLT_MAX);
         return -1;
     }
     *out = (float)x;

@@ -751,6 +751,18 @@ Test(malformed, config_missing_or_wrong_keys)
     cr_assert_eq(ftb_config_load_json(path, &c, err, sizeof err), -1, "string rope_theta accepted");
     assert_error_mentions(err, "config.json", "rope_theta", NULL);
 
+    /* Positive and finite as JSON, but not as a float: inf, and 0. */
+    ckpt_write_text(path, "{\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                          " \"intermediate_size\": 128, \"vocab_size\": 100, \"max_position_embeddings\": 256,"
+                          " \"rope_theta\": 1e39}");
+    cr_assert_eq(ftb_config_load_json(path, &c, err, sizeof err), -1, "rope_theta 1e39 (inf as a float) accepted");
+    assert_error_mentions(err, "config.json", "rope_theta", "32-bit float", NULL);
+    ckpt_write_text(path, "{\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                          " \"intermediate_size\": 128, \"vocab_size\": 100, \"max_position_embeddings\": 256,"
+                          " \"rms_norm_eps\": 1e-50}");
+    cr_assert_eq(ftb_config_load_json(path, &c, err, sizeof err), -1, "rms_norm_eps 1e-50 (0 as a float) accepted");
+    assert_error_mentions(err, "config.json", "rms_norm_eps", NULL);
+
     /* parses, but ftb_config_validate refuses it: 4 heads over 3 kv heads */
     ckpt_write_text(path, "{\"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
                           " \"num_key_value_heads\": 3, \"intermediate_size\": 128, \"vocab_size\": 100,"

@@ -1067,3 +1067,30 @@ Test(harness, bad_base_options_give_one_line)
                                          "--loss-chunk", "0", NULL },
                        "--loss-chunk: '0' is not a positive integer");
 }
+
+/* A checkpoint whose model.safetensors is a FIFO (or a directory): the
+ * error says what the file is, not that there is none; nothing blocks. */
+Test(harness, a_fifo_as_model_safetensors_is_named_as_such, .fini = remove_tmp, .timeout = 30)
+{
+    need_env();
+    make_tmp();
+    char ckpt[256], st[320], err[FTB_ERR_LEN];
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt", tmpdir);
+    ftb_config cfg;
+    cr_assert(ftb_zoo_get("tiny", &cfg) == 0);
+    ftb_model *m = ftb_model_create(&cfg, 7, err, sizeof err);
+    cr_assert(m != NULL, "%s", err);
+    cr_assert(ftb_model_save(m, ckpt, err, sizeof err) == 0, "%s", err);
+    ftb_model_free(m);
+    snprintf(st, sizeof st, "%s/model.safetensors", ckpt);
+    cr_assert(unlink(st) == 0);
+    cr_assert(mkfifo(st, 0600) == 0);
+    expect_usage_error((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--checkpoint", ckpt,
+                                         "--out", tmpdir, NULL },
+                       "model.safetensors: is a FIFO, not a regular file");
+    cr_assert(unlink(st) == 0);
+    cr_assert(mkdir(st, 0700) == 0);
+    expect_usage_error((const char *[]){ "run", "--methods-dir", methods(), "--method", "lora", "--checkpoint", ckpt,
+                                         "--out", tmpdir, NULL },
+                       "model.safetensors: is a directory, not a regular file");
+}

@@ -1,5 +1,6 @@
 /* cli.c — option parsing and input resolution.  See cli.h. */
 #include "cli.h"
+#include "input_file.h"
 #include "plugin.h"
 #include "safetensors.h"
 #include "util.h"
@@ -10,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -386,9 +389,17 @@ int ftb_cli_model(const ftb_cli *o, const char *fallback, ftb_config *cfg, char 
         char st[PATH_MAX], idx[PATH_MAX];
         snprintf(st, sizeof st, "%s/model.safetensors", o->checkpoint);
         snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", o->checkpoint);
-        if (!ftb_is_file(st) && !ftb_is_file(idx))
+        if (!ftb_is_file(st) && !ftb_is_file(idx)) {
+            /* There, but a FIFO, a directory, a device: say what it is
+             * rather than "no model.safetensors". */
+            struct stat sb;
+            const char *odd = stat(st, &sb) == 0 ? st : stat(idx, &sb) == 0 ? idx : NULL;
+            int fd = odd ? ftb_input_open(odd, e, sizeof e) : -1;
+            if (fd >= 0) close(fd);
+            if (odd && fd < 0) return ftb_errf(err, errlen, "%s", e);
             return ftb_errf(err, errlen, "checkpoint %s: no model.safetensors or model.safetensors.index.json",
                             o->checkpoint);
+        }
         if (check_safetensors(o->checkpoint, cfg, err, errlen) != 0) return -1;
         /* The directory names the model: config.json's name is only the
          * architecture ("qwen2"), shared by every checkpoint of a family. */
