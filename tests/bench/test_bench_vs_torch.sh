@@ -48,6 +48,7 @@ expect "gc = lora on both sides" [ "$(grep -c 'gc = lora bit for bit: ftbench ye
 expect "same kernel line" grep -Eq '^OpenBLAS kernel: ftbench ([A-Za-z0-9]+) \([a-z]+\), PyTorch \1;' "$T/a.out"
 expect "load average before and after" grep -q '^Load Average: .* (before), .* (after' "$T/a.out"
 expect "markdown rows" [ "$(grep -c '^| tiny ' "$T/a.out")" -eq 4 ]
+expect "speed goal line over the 4 cells" grep -Eq '^speed goal .*: met in [0-4] of 4 cells' "$T/a.out"
 # The ratio printed is PyTorch's median over ftbench's, from the records.
 /usr/bin/python3 - "$T/a" "$T/a.out" <<'EOF' >"$T/ratio.out" 2>&1
 import glob, json, re, statistics, sys
@@ -65,6 +66,9 @@ for r in s["rows"]:
     assert tt["blas"]["openblas_threads"] == rec["threads"] == tt["blas"]["torch_threads"]
     m = re.search(r"^%s .* ([0-9.]+)x " % re.escape(r["name"]), out, re.M)
     assert m and abs(float(m.group(1)) - th / fb) <= 0.005 + 1e-9 * th / fb, (m and m.group(1), th / fb)
+met = sum(r["torch_run"] and statistics.median(r["torch_run"]["step_seconds_all"][r["torch_run"]["warmup"]:])
+          / r["ftbench"]["median"] >= 1.5 for r in s["rows"])
+assert re.search(r"met in %d of 4 cells" % met, out), met
 print("ok")
 EOF
 expect "ratios and counts match the records ($(tail -1 "$T/ratio.out"))" grep -qx ok "$T/ratio.out"
