@@ -167,6 +167,10 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
                 if (!in_scope(r, sc) || r->series != sc->series[row] || r->seq != sc->seqs[k]) continue;
                 a->n++;
                 last = r;
+                if (r->plan_model) {
+                    a->plan_model = r->plan_model;
+                    a->plan_reason = r->plan_reason;
+                }
                 if (measured(r)) {
                     v[n++] = r;
                     over_outcome |= !strcmp(r->outcome, "over_budget");
@@ -178,6 +182,7 @@ static void build_scope(const ftr_set *s, ftr_scope *sc, int at_seq)
             a->saved_mib = median_of(v, n, offsetof(ftr_rec, saved_peak_mib));
             a->tokens_per_s = median_of(v, n, offsetof(ftr_rec, tokens_per_s));
             a->step_s = median_of(v, n, offsetof(ftr_rec, step_s));
+            a->plan_mib = median_of(v, n, offsetof(ftr_rec, plan_mib));
             step_spread(v, n, a);
             a->over = n > 0 && (over_outcome || (isfinite(sc->budget_mib) && a->peak_mib > sc->budget_mib));
             if (n == 0 && last) a->failure = last->outcome;

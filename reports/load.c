@@ -214,6 +214,10 @@ static void extract(ftr_rec *r)
     json_t *an = json_object_get(mem, "analytic");
     r->analytic_peak_mib = mib(json_object_get(an, "peak_total_bytes"));
     r->unexplained_pct = 100.0 * num(json_object_get(an, "unexplained_rss_fraction"));
+    json_t *plan = json_object_get(mem, "plan");
+    r->plan_mib = mib(json_object_get(plan, "predicted_peak_rss_bytes"));
+    r->plan_model = json_string_value(json_object_get(plan, "model"));
+    r->plan_reason = json_string_value(json_object_get(plan, "reason"));
     /* Time per step by operation group (ops.classes, means per step). */
     json_t *ops = json_object_get(j, "ops"), *classes = json_object_get(ops, "classes");
     r->op_step_ms = 1000.0 * num(json_object_get(ops, "step_seconds"));

@@ -375,6 +375,7 @@ typedef double (*agg_field)(const ftr_agg *a);
 static double f_peak(const ftr_agg *a) { return a->n_measured ? a->peak_mib : NAN; }
 static double f_saved(const ftr_agg *a) { return a->n_measured ? a->saved_mib : NAN; }
 static double f_tps(const ftr_agg *a) { return a->n_measured ? a->tokens_per_s : NAN; }
+static double f_plan(const ftr_agg *a) { return a->n_measured ? a->plan_mib : NAN; }
 
 /* Data: seq, then one column per series of the scope.  Returns max value. */
 static double seq_data(const ftr_set *s, const ftr_scope *sc, agg_field fn, ftr_buf *d, const char *what,
@@ -407,6 +408,35 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
     double minpos;
     double mx = seq_data(s, sc, f_peak, &d, "peak RSS (MiB) by sequence length, '-' = not measured", &minpos);
     write_data(p, name, &d);
+    /* The plan's predictions recorded with the cells (memory.plan): a line
+     * per method that has them, its measurements as points; a method that
+     * declares no memory model keeps its line of measurements and is named
+     * in a note. */
+    int *planned = calloc((size_t)sc->nseries + 1, sizeof *planned), nplanned = 0;
+    ftr_buf nomodel = { 0 };
+    for (int row = 0; row < sc->nseries; row++) {
+        int no_model = 0;
+        for (int k = 0; k < sc->nseq; k++) {
+            const ftr_agg *a = ftr_scope_agg(sc, row, k);
+            planned[row] |= isfinite(f_plan(a));
+            no_model |= a->plan_model && !strcmp(a->plan_model, "no model");
+        }
+        nplanned += planned[row];
+        if (no_model && !planned[row])
+            ftr_buf_printf(&nomodel, "%s%s", nomodel.n ? ", " : "", s->series[sc->series[row]].name);
+    }
+    char pname[340];
+    snprintf(pname, sizeof pname, "%s_plan", name);
+    if (nplanned) {
+        ftr_buf pd = { 0 };
+        double pmin;
+        double pmx = seq_data(s, sc, f_plan, &pd,
+                              "peak RSS predicted by ftbench plan (memory.plan, MiB), '-' = no prediction", &pmin);
+        write_data(p, pname, &pd);
+        ftr_buf_free(&pd);
+        mx = fmax(mx, pmx);
+        minpos = fmin(minpos, pmin);
+    }
     /* Over-budget cells. */
     int nover = 0;
     ftr_buf_printf(&o, "# cells over the budget (%.0f MiB): seq, peak RSS MiB, method\n", sc->budget_mib);
@@ -502,12 +532,29 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
                        sc->budget_mib);
     }
     end_labels(&g, s, sc, f_peak, ylo, yhi, p->log_axes, 10);
+    if (nplanned || nomodel.n) {
+        ftr_buf note = { 0 };
+        if (nplanned) ftr_buf_puts(&note, "points: measured, lines: predicted (ftbench plan)");
+        if (nomodel.n) ftr_buf_printf(&note, "%sno model: %s (measured only)", nplanned ? "; " : "", nomodel.s);
+        ftr_buf_puts(&g, "set label 4 ");
+        ftr_gp_quote(&g, note.s);
+        ftr_buf_puts(&g, " at graph 0.02, graph 0.95 left font ',9' tc rgb '#333333' front\n");
+        ftr_buf_free(&note);
+    }
     ftr_buf_puts(&g, "plot \\\n");
     for (int row = 0; row < sc->nseries; row++) {
         const ftr_series *x = &s->series[sc->series[row]];
-        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with linespoints ls %d title ", name, row + 2, x->style);
+        ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with %s ls %d title ", name, row + 2,
+                       planned[row] ? "points" : "linespoints", x->style);
         ftr_gp_quote(&g, x->name);
         ftr_buf_puts(&g, ", \\\n");
+        if (planned[row]) {
+            ftr_buf_printf(&g, "  'data/%s.tsv' using 1:%d with lines ls %d title ", pname, row + 2, x->style);
+            char pt[360];
+            snprintf(pt, sizeof pt, "%s predicted", x->name);
+            ftr_gp_quote(&g, pt);
+            ftr_buf_puts(&g, ", \\\n");
+        }
     }
     if (nover) ftr_buf_printf(&g, "  'data/%s.tsv' using 1:2 with points ls 91 title 'over budget', \\\n", oname);
     ftr_buf_puts(&g, "  NaN notitle\n");
@@ -540,11 +587,17 @@ static void mem_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int 
     }
     ftr_buf_puts(&g, "unset multiplot\n");
     ftr_buf_free(&offscale);
-    ftr_plot_render(p, name, si, 0, g.s,
-                    "Peak RSS against sequence length, one line per method, named at its end: %s%s%s%s.", sc->title,
-                    show_budget ? "; the dashed line is the device's memory budget" : "",
-                    nover ? ", circled points exceed it" : "",
-                    diff ? "; below, each method's peak minus LoRA's at the same length" : "");
+    ftr_plot_render(
+        p, name, si, 0, g.s, "Peak RSS against sequence length, one line per method, named at its end: %s%s%s%s%s%s%s.",
+        sc->title,
+        nplanned ? "; measured as points, the peak `ftbench plan` predicted for each cell as a line of "
+                   "the same colour"
+                 : "",
+        nomodel.n ? "; no model (nothing predicted): " : "", nomodel.n ? nomodel.s : "",
+        show_budget ? "; the dashed line is the device's memory budget" : "", nover ? ", circled points exceed it" : "",
+        diff ? "; below, each method's peak minus LoRA's at the same length" : "");
+    free(planned);
+    ftr_buf_free(&nomodel);
     ftr_buf_free(&d);
     ftr_buf_free(&o);
     ftr_buf_free(&g);

@@ -58,6 +58,11 @@ typedef struct {
     double tokens_per_s, step_s, final_loss;
     double accuracy, fidelity_cos, fidelity_relerr;
     double analytic_peak_mib, unexplained_pct; /* memory.analytic (docs/CORE.md) */
+    /* memory.plan (docs/PLAN.md): what `ftbench plan` predicted for this
+     * cell when it ran; plan_model "method plan", "host default", "no
+     * model", "unavailable", NULL for records made before it was recorded */
+    double plan_mib;
+    const char *plan_model, *plan_reason;
     /* time per measured step by operation group (ops, docs/HARNESS.md), ms;
      * has_ops 0: the record has no ops (made before they were recorded) */
     int has_ops;
@@ -132,10 +137,13 @@ typedef struct {
      * after the warm-up): min, median, max; NaN when the records lack them */
     int n_steps;
     double tps_min, tps_med, tps_max;
-    int cold_single;     /* one measured step and no warm-up before it: not a timing */
-    int over;            /* over the budget (median peak or an over_budget outcome) */
-    const char *failure; /* outcome of the last record when none was measured */
-    const ftr_rec *rep;  /* the record whose peak is the median (split, loss, timeline) */
+    int cold_single;        /* one measured step and no warm-up before it: not a timing */
+    int over;               /* over the budget (median peak or an over_budget outcome) */
+    const char *failure;    /* outcome of the last record when none was measured */
+    const ftr_rec *rep;     /* the record whose peak is the median (split, loss, timeline) */
+    double plan_mib;        /* median of the measured records' predicted peak RSS (memory.plan); NaN none */
+    const char *plan_model; /* memory.plan.model of the cell's last record; NULL none */
+    const char *plan_reason;
 } ftr_agg;
 
 typedef struct {

@@ -405,6 +405,57 @@ static ftr_table *ops_table(const ftr_set *s, const ftr_scope *sc)
     return t;
 }
 
+/* The plan's prediction (memory.plan, docs/PLAN.md) against the measured
+ * peak, per cell, and each method's worst relative error; NULL when no
+ * record of the scope carries a prediction. */
+static ftr_table *plan_table(const ftr_set *s, const ftr_scope *sc)
+{
+    int any = 0;
+    for (int i = 0; i < sc->nseries * sc->nseq; i++) any |= sc->agg[i].plan_model != NULL;
+    if (!any) return NULL;
+    const char *extra[] = { "worst error" };
+    ftr_table *t = seq_table(s, sc, "Predicted vs measured peak RSS (MiB)", "plan", 1, extra);
+    for (int row = 0; row < sc->nseries; row++) {
+        ftr_table_add_row(t);
+        ftr_table_set(t, row, 0, 0, "%s", s->series[sc->series[row]].name);
+        double worst = NAN;
+        int worst_seq = 0;
+        const char *model = NULL, *reason = NULL;
+        for (int k = 0; k < sc->nseq; k++) {
+            const ftr_agg *a = ftr_scope_agg(sc, row, k);
+            if (a->plan_model && !model) {
+                model = a->plan_model;
+                reason = a->plan_reason;
+            }
+            if (!a->n_measured || !isfinite(a->plan_mib) || !(a->peak_mib > 0)) continue;
+            double err = 100.0 * (a->plan_mib - a->peak_mib) / a->peak_mib;
+            ftr_table_set(t, row, 1 + k, 0, "%.1f / %.1f (%+.1f%%)", a->plan_mib, a->peak_mib, err);
+            if (!isfinite(worst) || fabs(err) > fabs(worst)) {
+                worst = err;
+                worst_seq = sc->seqs[k];
+            }
+        }
+        if (isfinite(worst))
+            ftr_table_set(t, row, 1 + sc->nseq, 0, "%+.1f%% at %d%s", worst, worst_seq,
+                          model && !strcmp(model, "host default") ? " (host default)" : "");
+        else if (model && !strcmp(model, "no model")) {
+            /* the method's words, without the marker every such reason starts with */
+            if (reason && !strncmp(reason, "no memory model: ", 17)) reason += 17;
+            ftr_table_set(t, row, 1 + sc->nseq, 0, "no model%s%.200s", reason ? ": " : "", reason ? reason : "");
+        } else if (model)
+            ftr_table_set(t, row, 1 + sc->nseq, 0, "%s%s%.200s", model, reason ? ": " : "", reason ? reason : "");
+        else
+            ftr_table_set(t, row, 1 + sc->nseq, 0, "not recorded");
+    }
+    ftr_table_caption(t, "predicted / measured peak RSS (relative error of the prediction: 100 x (predicted - "
+                         "measured) / measured).  The prediction is what `ftbench plan` gives for the cell, recorded "
+                         "with it when it ran (memory.plan, docs/PLAN.md): the analytic core peak from shapes plus the "
+                         "process baseline measured once per host.  no model: the method declares no memory model, "
+                         "nothing is predicted; host default: the method has no memory_plan and the core's default "
+                         "stands for it; not recorded: records made before predictions were recorded.");
+    return t;
+}
+
 static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tables *ts)
 {
     char budget[96] = "unknown";
@@ -493,6 +544,9 @@ static void scope_tables(const ftr_set *s, const ftr_scope *sc, int si, ftr_tabl
                              "method's own model; the rest is allocator slack, BLAS/OpenMP buffers and pages.");
         add(ts, t, si);
     }
+
+    t = plan_table(s, sc);
+    if (t) add(ts, t, si);
 
     /* Throughput. */
     t = seq_table(s, sc, "Throughput (tokens/s)", "throughput", 0, NULL);

@@ -1353,3 +1353,123 @@ Test(report, time_per_operation_table_and_plot_beside_the_memory_breakdown, .ini
     cr_expect(mem && ops && ops > mem, "the time breakdown follows the memory breakdown");
     free(md);
 }
+
+/* ---- the plan's prediction against the measurement (issue 24 item 3) ------------------ */
+
+/* Real cells of the tiny model: every record carries what `ftbench plan`
+ * predicts for it (memory.plan); the report sets it beside the measured
+ * peak in a table and draws it as a line through the measured points.  A
+ * method declaring no memory model gets no line and is named as such. */
+Test(report, predicted_peak_rss_is_drawn_as_a_line_through_the_measured_points, .init = make_tmp, .fini = remove_tmp,
+     .timeout = 180)
+{
+    const char *bin = getenv("FTBENCH_BIN");
+    if (!bin) cr_skip_test("FTBENCH_BIN is set by make test");
+    const char *plugins = getenv("FTBENCH_TEST_PLUGINS") ? getenv("FTBENCH_TEST_PLUGINS") : "build/tests/plugins";
+    char cmd[2048], path[1024];
+    snprintf(cmd, sizeof cmd,
+             "FTBENCH_PLAN_CACHE='%s/cache' '%s' sweep --model tiny --methods-dir '%s' --methods lora,mezo,nomodel "
+             "--seqs 16,64 --threads 1 --run-id p --out '%s/res' >/dev/null 2>&1",
+             tmpdir, bin, plugins, tmpdir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    /* The records: the plan's prediction, its core part equal to the cell's
+     * own analytic model (the plan is that model from shapes). */
+    snprintf(path, sizeof path, "%s/res/host/p/results.jsonl", tmpdir);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char line[1 << 16];
+    double pred[2][2] = { { 0 } };
+    int nrec = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_t *rec = json_loads(line, 0, NULL);
+        cr_assert_not_null(rec);
+        const char *label = json_string_value(json_object_get(json_object_get(rec, "method"), "label"));
+        int seq = (int)json_integer_value(json_object_get(rec, "seq"));
+        json_t *mem = json_object_get(rec, "memory"), *plan = json_object_get(mem, "plan");
+        cr_assert(json_is_object(plan), "%s s%d: no memory.plan", label, seq);
+        const char *model = json_string_value(json_object_get(plan, "model"));
+        if (!strcmp(label, "nomodel")) {
+            cr_expect_str_eq(model, "no model");
+            cr_expect_null(json_object_get(plan, "predicted_peak_rss_bytes"));
+            cr_expect_not_null(strstr(json_string_value(json_object_get(plan, "reason")), "no memory model"));
+        } else {
+            cr_expect_str_eq(model, "method plan");
+            json_int_t core = json_integer_value(json_object_get(plan, "core_peak_bytes"));
+            json_int_t base = json_integer_value(json_object_get(plan, "baseline_bytes"));
+            json_int_t all = json_integer_value(json_object_get(plan, "predicted_peak_rss_bytes"));
+            cr_expect_eq(core,
+                         json_integer_value(json_object_get(json_object_get(mem, "analytic"), "peak_total_bytes")),
+                         "%s s%d: the plan's core peak is the cell's analytic peak", label, seq);
+            cr_expect(base > 0 && all == core + base, "%s s%d: %lld = %lld + %lld", label, seq, (long long)all,
+                      (long long)core, (long long)base);
+            pred[!strcmp(label, "mezo")][seq == 64] = (double)all / 1048576.0;
+        }
+        nrec++;
+        json_decref(rec);
+    }
+    fclose(f);
+    cr_assert_eq(nrec, 6);
+    setenv("FTBENCH_GNUPLOT", "/nonexistent", 1);
+    snprintf(path, sizeof path, "%s/res", tmpdir);
+    char *md = report_md((const char *[]){ path, NULL });
+    const char *title = "**Predicted vs measured peak RSS (MiB): tiny on host, batch 1**";
+    const char *t = strstr(md, title);
+    cr_assert_not_null(t, "%s", md);
+    for (int m = 0; m < 2; m++) {
+        const char *name = m ? "mezo" : "lora";
+        char key[64];
+        snprintf(key, sizeof key, "\n| %s |", name);
+        const char *row = strstr(t, key);
+        cr_assert_not_null(row, "no row %s", name);
+        row += strlen(key);
+        double worst = 0;
+        for (int k = 0; k < 2; k++) {
+            double p, meas, err;
+            cr_assert_eq(sscanf(row, " %lf / %lf (%lf%%)", &p, &meas, &err), 3, "%s: %.80s", name, row);
+            cr_expect(fabs(p - pred[m][k]) < 0.051, "%s: table %.1f, record %.3f", name, p, pred[m][k]);
+            /* the table's figures are rounded to 0.1 MiB */
+            cr_expect(fabs(err - 100.0 * (p - meas) / meas) < 10.0 / meas + 0.06, "%s: error %.1f%% of %.1f / %.1f",
+                      name, err, p, meas);
+            cr_expect(fabs(err) < 50, "%s: the plan is %.1f%% off on tiny", name, err);
+            if (fabs(err) > fabs(worst)) worst = err;
+            row = strchr(row, '|') + 1;
+        }
+        double w;
+        cr_assert_eq(sscanf(row, " %lf%%", &w), 1, "%s: worst %.40s", name, row);
+        cr_expect(fabs(w - worst) < 0.051, "%s: worst %.1f, cells' worst %.1f", name, w, worst);
+    }
+    const char *nm = strstr(t, "\n| nomodel |");
+    cr_assert_not_null(nm);
+    cr_expect(strstr(nm, "| no model: what this method holds depends on its data") &&
+                  strstr(nm, "|\n") > strstr(nm, "no model"),
+              "%.300s", nm);
+    free(md);
+    /* The plot: measured as points, predicted as a line in the same style;
+     * nomodel keeps its measured line, gets no predicted one, and the note says so. */
+    char *gp = report_file("gnuplot/mem_host_tiny_b1.gp");
+    char *d = report_file("data/mem_host_tiny_b1_plan.tsv");
+    for (int m = 0; m < 3; m++) {
+        const char *name = m == 0 ? "lora" : m == 1 ? "mezo" : "nomodel";
+        char want[160];
+        snprintf(want, sizeof want, "with %s ls ", m < 2 ? "points" : "linespoints");
+        const char *at = strstr(gp, want);
+        int found = 0;
+        for (; at && !found; at = strstr(at + 1, want)) {
+            char tail[96];
+            snprintf(tail, sizeof tail, " title '%s', \\\n", name);
+            const char *nl = strchr(at, '\n');
+            found = nl && strstr(at, tail) && strstr(at, tail) < nl + 1;
+        }
+        cr_expect(found, "%s measured %s:\n%s", name, want, gp);
+        snprintf(want, sizeof want, "title '%s predicted'", name);
+        if (m < 2)
+            cr_expect_not_null(strstr(gp, want), "%s has no predicted line:\n%s", name, gp);
+        else
+            cr_expect_null(strstr(gp, want), "nomodel was given a line:\n%s", gp);
+    }
+    cr_expect_not_null(strstr(gp, "'data/mem_host_tiny_b1_plan.tsv' using 1:"), "%s", gp);
+    cr_expect_not_null(strstr(gp, "no model: nomodel (measured only)"), "%s", gp);
+    cr_expect_not_null(strstr(d, "\n16\t"), "%s", d);
+    free(gp);
+    free(d);
+}

@@ -687,6 +687,15 @@ static void cell_classify(const ftb_cell *c, cell_proc *p, const cell_ending *e,
 
 /* The rest of the record (the host, files, errors) and its writing:
  * cells/<key>.json and a line of results.jsonl (rundir.h). */
+static ftb_cell_predictor g_predictor;
+static void *g_predictor_ud;
+
+void ftb_cell_set_predictor(ftb_cell_predictor fn, void *ud)
+{
+    g_predictor = fn;
+    g_predictor_ud = ud;
+}
+
 static int cell_record(const ftb_cell *c, const cell_proc *p, const cell_ending *e, ftb_record *rec, ftb_cell_result *r,
                        char *err, size_t errlen)
 {
@@ -720,7 +729,10 @@ static int cell_record(const ftb_cell *c, const cell_proc *p, const cell_ending 
         rec->io_error.file = e->io_errno ? p->child_json : p->timeline;
     }
     rec->cell_wall_seconds = r->wall;
+    if (g_predictor) rec->plan = g_predictor(g_predictor_ud, c);
     r->record = ftb_record_json(rec);
+    json_decref(rec->plan);
+    rec->plan = NULL;
     return ftb_rundir_write_record(c->run_dir, c->key, r->record, err, errlen);
 }
 

@@ -117,6 +117,14 @@ int ftb_cell_prepare_base(ftb_cell *c, int quiet, char *err, size_t errlen);
 #define FTB_CELL_INTERRUPTED 1
 int ftb_cell_run(const ftb_cell *c, ftb_cell_result *r, char *err, size_t errlen);
 
+/* The plan's prediction of a cell's peak RSS (docs/PLAN.md), recorded as
+ * memory.plan.  The planner lives with the commands (harness/cmd/plan.c),
+ * so the command that runs cells registers it here rather than the cell
+ * layer depending on it.  Called in the parent after the child ended (never
+ * during a measurement).  Returns a new object, or NULL: nothing recorded. */
+typedef json_t *(*ftb_cell_predictor)(void *ud, const ftb_cell *c);
+void ftb_cell_set_predictor(ftb_cell_predictor fn, void *ud);
+
 /* SIGINT and SIGTERM, for the whole command: they kill the running cell
  * and set the flag ftb_interrupted() returns (the signal number), so the
  * command can stop with a message instead of dying mid-record. */

@@ -184,6 +184,7 @@ static void write_measurements(json_t *rec, const ftb_record *r)
     /* Without the child's own VmHWM (it was killed or died first) the peak
      * is only what was seen before the end: a lower bound. */
     json_object_set_new(memo, "peak_is_lower_bound", json_boolean(r->memory.peak_is_lower_bound));
+    if (r->plan) json_object_set(memo, "plan", r->plan);
     json_object_set_new(rec, "memory", memo);
     for (int i = 0; m && measured_sections[i]; i++) {
         json_t *v = json_object_get(m, measured_sections[i]);

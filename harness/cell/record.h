@@ -53,6 +53,7 @@ typedef struct {
         double measured_step_seconds; /* emulated devices: the host's median step; 0: none */
         double page_fault_seconds;    /* one fault of fresh memory here (ftb_op_fault_seconds); 0: none */
     } host;
+    json_t *plan;              /* memory.plan: the plan's prediction (cell.h, ftb_cell_set_predictor); NULL: none */
     const char *timeline_file; /* NULL: no timeline file                     */
     struct {
         int errno_value; /* 0: none                                        */

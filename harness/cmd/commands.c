@@ -84,6 +84,7 @@ int ftb_setup_common(ftb_setup *s, int fit_mode, char *err, size_t errlen)
         s->enforce = fit_mode ? FTB_ENFORCE_WATCH : FTB_ENFORCE_CHECK;
         snprintf(s->enforce_note, sizeof s->enforce_note, "no cgroup: %.180s", why);
     }
+    ftb_plan_predict_cells(s);
     return 0;
 }
 

@@ -56,6 +56,10 @@ int ftb_setup_run_dir(const ftb_setup *s, const char *run_id, char *out, size_t 
 /* Checks the dataset spec opens for the model (files are validated). */
 int ftb_setup_check_dataset(const ftb_setup *s, char *err, size_t errlen);
 
+/* From now on every cell run records the plan's prediction for it
+ * (memory.plan, docs/PLAN.md), with s's methods and device for the process
+ * baseline; ftb_setup_common calls it. */
+void ftb_plan_predict_cells(const ftb_setup *s);
 /* The longest length the plan predicts c's method fits within s's budget
  * (this machine's threads, the cached process baseline): fit starts its
  * search there.  0, or -1 with why (no memory_plan, no model). */

@@ -171,6 +171,8 @@ static json_t *baseline_identity(int threads)
     return id;
 }
 
+static int g_measuring_baseline;
+
 /* Runs one tiny cell (model "tiny", 16 tokens, one step) and takes what its
  * peak RSS holds beyond the analytic core peak. */
 static int measure_baseline(ftb_setup *s, const char *dir, int64_t *bytes, char *err, size_t errlen)
@@ -207,7 +209,12 @@ static int measure_baseline(ftb_setup *s, const char *dir, int64_t *bytes, char 
     snprintf(c.run_id, sizeof c.run_id, "plan-baseline");
     ftb_cell_make_key(&c);
     ftb_cell_result r;
-    if (ftb_cell_run(&c, &r, err, errlen) != 0) return -1;
+    /* This cell is the baseline: it gets no prediction (which would need
+     * the baseline). */
+    g_measuring_baseline = 1;
+    int crc = ftb_cell_run(&c, &r, err, errlen);
+    g_measuring_baseline = 0;
+    if (crc != 0) return -1;
     json_t *mem = json_object_get(r.record, "memory");
     json_t *pk = json_object_get(mem, "peak_rss_bytes");
     json_t *an = json_object_get(json_object_get(mem, "analytic"), "peak_total_bytes");
@@ -650,6 +657,84 @@ int ftb_plan_fit_hint(ftb_setup *s, const ftb_cell *c, int *longest, char *why, 
     }
     ftb_plugin_close(&m.plug);
     return rc;
+}
+
+/* ---- for every cell: the plan's prediction in its record ------------------------- */
+
+/* The setup of the command that runs cells, copied: cells may run after
+ * the command's own setup went out of scope (tests call commands in turn). */
+static ftb_setup g_cell_setup;
+
+/* memory.plan of a record (docs/PLAN.md, "In every record"): what `ftbench
+ * plan` predicts for exactly this cell — its method and options, model
+ * shape, base format, batch, length and threads — by the same predict()
+ * and plan_baseline() the table uses. */
+static json_t *cell_prediction(void *ud, const ftb_cell *c)
+{
+    ftb_setup *s = ud;
+    if (g_measuring_baseline || !c->method_path[0]) return NULL;
+    plan_method m;
+    memset(&m, 0, sizeof m);
+    char err[FTB_ERR_LEN + 256], how[PATH_MAX + 200];
+    json_t *o = json_object();
+    if (ftb_plugin_open(c->method_path, &m.plug, err, sizeof err) != 0) {
+        json_object_set_new(o, "model", json_string("unavailable"));
+        json_object_set_new(o, "reason", json_string(err));
+        return o;
+    }
+    m.kind = m.plug.method->abi_version >= 3 && m.plug.method->memory_plan ? PLAN_BY_METHOD : PLAN_BY_DEFAULT;
+    m.n_opts = c->n_opts;
+    for (int q = 0; q < c->n_opts; q++) {
+        m.keys[q] = c->opt_keys[q];
+        m.values[q] = c->opt_values[q];
+    }
+    plan_inputs in;
+    memset(&in, 0, sizeof in);
+    ftb_model_shape_from_config(&c->cfg, &in.shape);
+    in.shape.base_dtype = c->base.dtype;
+    in.shape.embed_dtype = c->base.embed_dtype;
+    in.shape.group = c->base.group;
+    in.shape.threads = c->threads;
+    ftb_run_opts_default(&in.run);
+    in.run.attention = c->attention;
+    in.run.loss = c->loss;
+    if (c->loss_chunk) in.run.loss_chunk_rows = c->loss_chunk;
+    in.B = c->batch;
+    ftb_optimizer_select(c->optimizer);
+    ftb_memory_estimate e;
+    if (predict(&m, &in, c->seq, &e) != 0) {
+        json_object_set_new(o, "model", json_string(m.kind == PLAN_NO_MODEL ? kind_name(m.kind) : "unavailable"));
+        json_object_set_new(o, "reason", json_string(m.reason));
+    } else {
+        json_object_set_new(o, "model", json_string(kind_name(m.kind)));
+        json_object_set_new(o, "core_peak_bytes", json_integer(e.peak_total));
+        /* A baseline that could not be measured (a budget under a tiny
+         * cell's) is not tried again for every cell of the command. */
+        static int failed_threads = -1;
+        static int64_t failed_budget;
+        static char failed[FTB_ERR_LEN + 256];
+        ftb_setup copy = *s;
+        if (failed_threads == c->threads && failed_budget == s->budget) {
+            json_object_set_new(o, "baseline_error", json_string(failed));
+        } else if (plan_baseline(&copy, c->threads, &in.baseline, how, sizeof how, err, sizeof err) != 0) {
+            failed_threads = c->threads;
+            failed_budget = s->budget;
+            snprintf(failed, sizeof failed, "%s", err);
+            json_object_set_new(o, "baseline_error", json_string(err));
+        } else {
+            json_object_set_new(o, "baseline_bytes", json_integer(in.baseline));
+            json_object_set_new(o, "baseline", json_string(how));
+            json_object_set_new(o, "predicted_peak_rss_bytes", json_integer(e.peak_total + in.baseline));
+        }
+    }
+    ftb_plugin_close(&m.plug);
+    return o;
+}
+
+void ftb_plan_predict_cells(const ftb_setup *s)
+{
+    g_cell_setup = *s;
+    ftb_cell_set_predictor(cell_prediction, &g_cell_setup);
 }
 
 /* ---- the command --------------------------------------------------------------- */
