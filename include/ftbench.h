@@ -71,6 +71,19 @@ const char *ftb_mem_phase_name(uint16_t phase);
  * returns 0 on success, -1 if the process allocator is not jemalloc. */
 int ftb_jemalloc_stats(size_t *allocated, size_t *active, size_t *resident);
 
+/* The step arena (models/step_arena.c, docs/CORE.md "What is kept across
+ * steps"): where saved activations and workspaces of 16 KiB or more live,
+ * their pages kept from step to step.  Off in checking builds (SAN=1,
+ * make memcheck) and with FTBENCH_STEP_ARENA=0. */
+typedef struct {
+    int enabled;
+    int64_t reserved_bytes;   /* address space reserved (not resident)        */
+    int64_t high_water_bytes; /* highest end of a block so far: what stays    */
+    int64_t live_bytes;       /* bytes of blocks live now, headers included   */
+    int64_t fallbacks;        /* blocks the arena could not place (allocator) */
+} ftb_step_arena_info;
+void ftb_step_arena_stats(ftb_step_arena_info *out);
+
 /* ------------------------------------------------------------------------ */
 /* Time per operation class (models/op_time.c)                               */
 /* ------------------------------------------------------------------------ */

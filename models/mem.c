@@ -3,8 +3,9 @@
  * records each allocation and free with the phase it happened in.
  *
  * Allocations come from the process allocator (jemalloc in normal builds)
- * with a 64-byte header in front that remembers size and category, so a free
- * needs no lookup.  Only the training thread allocates; the counters are
+ * or, for a step's saved activations and workspaces, from the step arena
+ * (step_arena.c), with a 64-byte header in front that remembers size and
+ * category, so a free needs no lookup.  Only the training thread allocates; the counters are
  * atomics so that a sampler thread may read them while it runs. */
 #include "ftbench.h"
 #include "model_internal.h"
@@ -18,20 +19,10 @@
 #include <time.h>
 
 #define HEADER 64
-#ifndef FTB_EXACT_ALLOC /* sizes not rounded up: ASan builds, make memcheck */
-#if defined(__SANITIZE_ADDRESS__)
-#define FTB_EXACT_ALLOC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FTB_EXACT_ALLOC 1
-#endif
-#endif
-#endif
-#ifndef FTB_EXACT_ALLOC
-#define FTB_EXACT_ALLOC 0
-#endif
-#define MAGIC      0x6674626d656d3031ULL /* "ftbmem01" */
-#define MAX_PHASES 4096
+#define MAGIC  0x6674626d656d3031ULL /* "ftbmem01" */
+/* jemalloc's first size class served by extents rather than slabs */
+#define ARENA_MIN_BYTES ((size_t)16 << 10)
+#define MAX_PHASES      4096
 
 typedef struct {
     uint64_t magic;
@@ -242,11 +233,16 @@ void *ftb_alloc(ftb_mem_category c, size_t bytes)
     if (posix_memalign(&block, 64, total)) return alloc_failed(c, bytes, 0);
     unsigned char *raw = block;
 #else
-    /* aligned_alloc wants a multiple of the alignment; it is the faster
-     * path in jemalloc (measured: posix_memalign costs 5-10 ns more). */
     size_t total = HEADER + ((bytes + 63) & ~(size_t)63);
     if (total < bytes) return alloc_failed(c, bytes, 0); /* overflow */
-    unsigned char *raw = aligned_alloc(64, total);
+    /* A step's own buffers go to the step arena, whose pages stay from one
+     * step to the next (step_arena.c); small ones stay in jemalloc's slabs,
+     * which keep their pages in use. */
+    unsigned char *raw =
+        (c == FTB_MEM_SAVED || c == FTB_MEM_WORKSPACE) && total >= ARENA_MIN_BYTES ? ftb_step_arena_alloc(total) : NULL;
+    /* aligned_alloc wants a multiple of the alignment; it is the faster
+     * path in jemalloc (measured: posix_memalign costs 5-10 ns more). */
+    if (!raw) raw = aligned_alloc(64, total);
     if (!raw) return alloc_failed(c, bytes, 0);
 #endif
     alloc_header *h = (alloc_header *)raw;
@@ -271,6 +267,12 @@ void ftb_free(void *p)
     if (h->magic != MAGIC) abort(); /* not ours: a core bug, fail loudly */
     h->magic = 0;
     record((ftb_mem_category)h->category, -(int64_t)h->bytes);
+#if !FTB_EXACT_ALLOC
+    if (ftb_step_arena_owns(h)) {
+        ftb_step_arena_free(h, HEADER + ((h->bytes + 63) & ~(size_t)63));
+        return;
+    }
+#endif
     free(h);
 }
 

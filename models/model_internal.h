@@ -30,6 +30,31 @@ int64_t ftb_perturbed_vector_floats(const ftb_config *c);
  * becomes trainable is counted as trainable from then on). */
 void ftb_mem_recategorize(void *p, ftb_mem_category c);
 
+/* Checking builds allocate the exact size, from the process allocator
+ * (mem.c): ASan builds, make memcheck (-DFTB_EXACT_ALLOC=1). */
+#ifndef FTB_EXACT_ALLOC
+#if defined(__SANITIZE_ADDRESS__)
+#define FTB_EXACT_ALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FTB_EXACT_ALLOC 1
+#endif
+#endif
+#endif
+#ifndef FTB_EXACT_ALLOC
+#define FTB_EXACT_ALLOC 0
+#endif
+
+/* The step arena (step_arena.c): saved activations and workspaces placed
+ * deterministically in one reserved range whose pages stay, so that a
+ * later step touches no fresh page.  alloc returns NULL when the arena is
+ * off or full (the caller falls back to the process allocator); owns tells
+ * an arena block by its address; free takes the size alloc was given.
+ * Off in checking builds, so that ASan and valgrind see every block. */
+void *ftb_step_arena_alloc(size_t bytes);
+int ftb_step_arena_owns(const void *p);
+void ftb_step_arena_free(void *p, size_t bytes);
+
 /* Lowest block whose backward a training run needs (below it nothing
  * trains, and blocks run in inference mode): transformer.c's schedule, which
  * the analytic memory model (memory_model.c) follows too. */

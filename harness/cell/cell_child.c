@@ -39,6 +39,14 @@ static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 static json_t *jint(int64_t v) { return v >= 0 ? json_integer((json_int_t)v) : json_null(); }
 
+/* Minor + major page faults of the process so far; -1 if unknown. */
+static int64_t process_faults(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return (int64_t)ru.ru_minflt + (int64_t)ru.ru_majflt;
+}
+
 /* Rewrites the measurement file atomically (a new file, fsync, rename),
  * so the parent reads either the previous or the new snapshot, never half.
  * A write that fails (a full disk) ends the cell: what it measures from
@@ -432,6 +440,11 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
     json_t *losses = json_array(), *rss_steps = json_array(), *passes = json_array();
     json_object_set_new(g_out, "loss_per_step", losses);
     json_object_set_new(mem, "vmhwm_after_step_bytes", rss_steps);
+    /* Page faults (minor + major, every thread of the cell) per step: the
+     * first step touches its buffers fresh, later ones reuse them
+     * (docs/CORE.md, "What is kept across steps"). */
+    json_t *faults_steps = json_array();
+    json_object_set_new(mem, "page_faults_per_step", faults_steps);
     json_object_set_new(g_out, "forward_passes_per_step", passes);
     json_t *steps_wall = json_array();
     json_object_set_new(g_out, "step_seconds_all", steps_wall);
@@ -461,9 +474,11 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
         double dq0, dq1;
         ftb_dequant_stats(&dq0, NULL);
         ftb_op_stats_get(ops0);
+        int64_t f0 = process_faults();
         double ts = ftb_now();
         int rc = m->step(state, &s, &b, &res, err, sizeof err);
         double dt = ftb_now() - ts;
+        int64_t f1 = process_faults();
         ftb_op_stats_get(ops1);
         if (i >= c->warmup) add_op_stats(ops_sum, ops0, ops1);
         ftb_dequant_stats(&dq1, NULL);
@@ -476,6 +491,7 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
         has_backward |= res.t_backward > 0;
         json_array_append_new(losses, jnum(res.loss));
         json_array_append_new(rss_steps, jint(ftb_self_vmhwm()));
+        json_array_append_new(faults_steps, jint(f0 >= 0 && f1 >= 0 ? f1 - f0 : -1));
         json_array_append_new(passes, json_integer(res.forward_passes));
         json_array_append_new(steps_wall, json_real(dt));
         json_object_set_new(marks, i < c->warmup ? "last_warmup_step_end" : "last_step_end", json_real(ftb_now() - t0));
@@ -534,6 +550,14 @@ _Noreturn void ftb_cell_child(const ftb_cell *c, int progress_fd, int run_fd, co
         json_object_set_new(je, "reason", json_string("the process allocator is not jemalloc"));
     }
     json_object_set_new(mem, "jemalloc", je);
+    /* What stays resident between steps for the next one (docs/CORE.md). */
+    ftb_step_arena_info sa;
+    ftb_step_arena_stats(&sa);
+    json_t *sj = json_object();
+    json_object_set_new(sj, "enabled", json_boolean(sa.enabled));
+    json_object_set_new(sj, "high_water_bytes", json_integer(sa.high_water_bytes));
+    json_object_set_new(sj, "fallbacks", json_integer(sa.fallbacks));
+    json_object_set_new(mem, "step_arena", sj);
     json_object_set_new(mem, "analytic", analytic_json(m, state, &s, c, has_backward, &st));
 
     /* Time over the measured steps (after warm-up). */
