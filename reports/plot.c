@@ -745,12 +745,18 @@ static void throughput_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *
 
 /* ---- breakdown at one length ---------------------------------------------------------- */
 
+/* The column of the scope's breakdown length (sc->at_seq), or -1. */
+static int at_seq_column(const ftr_scope *sc)
+{
+    for (int q = 0; q < sc->nseq; q++)
+        if (sc->seqs[q] == sc->at_seq) return q;
+    return -1;
+}
+
 static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
 {
     const ftr_scope *sc = &r->scopes[si];
-    int k = -1;
-    for (int q = 0; q < sc->nseq; q++)
-        if (sc->seqs[q] == sc->at_seq) k = q;
+    int k = at_seq_column(sc);
     if (k < 0) return;
     char name[320];
     snprintf(name, sizeof name, "breakdown_%s_s%d", sc->id, sc->at_seq);
@@ -826,9 +832,7 @@ static void breakdown_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r
 static void ops_plot(ftr_plotter *p, const ftr_set *s, const ftr_report *r, int si)
 {
     const ftr_scope *sc = &r->scopes[si];
-    int k = -1;
-    for (int q = 0; q < sc->nseq; q++)
-        if (sc->seqs[q] == sc->at_seq) k = q;
+    int k = at_seq_column(sc);
     if (k < 0) return;
     char name[320];
     snprintf(name, sizeof name, "ops_%s_s%d", sc->id, sc->at_seq);

@@ -622,20 +622,27 @@ static void inputs_from_setup(const ftb_setup *s, int threads, plan_inputs *in)
     in->B = s->cli.batch;
 }
 
+/* A cell's method opened for planning, with the cell's options. */
+static int open_cell_method(const ftb_cell *c, plan_method *m, char *err, size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    if (ftb_plugin_open(c->method_path, &m->plug, err, errlen) != 0) return -1;
+    m->kind = m->plug.method->abi_version >= 3 && m->plug.method->memory_plan ? PLAN_BY_METHOD : PLAN_BY_DEFAULT;
+    m->n_opts = c->n_opts;
+    for (int q = 0; q < c->n_opts; q++) {
+        m->keys[q] = c->opt_keys[q];
+        m->values[q] = c->opt_values[q];
+    }
+    return 0;
+}
+
 int ftb_plan_fit_hint(ftb_setup *s, const ftb_cell *c, int *longest, char *why, size_t whyn)
 {
     plan_method m;
-    memset(&m, 0, sizeof m);
     char err[FTB_ERR_LEN];
-    if (ftb_plugin_open(c->method_path, &m.plug, err, sizeof err) != 0) {
+    if (open_cell_method(c, &m, err, sizeof err) != 0) {
         snprintf(why, whyn, "%s", err);
         return -1;
-    }
-    m.kind = m.plug.method->abi_version >= 3 && m.plug.method->memory_plan ? PLAN_BY_METHOD : PLAN_BY_DEFAULT;
-    m.n_opts = c->n_opts;
-    for (int q = 0; q < c->n_opts; q++) {
-        m.keys[q] = c->opt_keys[q];
-        m.values[q] = c->opt_values[q];
     }
     plan_inputs in;
     inputs_from_setup(s, s->threads, &in);
@@ -674,19 +681,12 @@ static json_t *cell_prediction(void *ud, const ftb_cell *c)
     ftb_setup *s = ud;
     if (g_measuring_baseline || !c->method_path[0]) return NULL;
     plan_method m;
-    memset(&m, 0, sizeof m);
     char err[FTB_ERR_LEN + 256], how[PATH_MAX + 200];
     json_t *o = json_object();
-    if (ftb_plugin_open(c->method_path, &m.plug, err, sizeof err) != 0) {
+    if (open_cell_method(c, &m, err, sizeof err) != 0) {
         json_object_set_new(o, "model", json_string("unavailable"));
         json_object_set_new(o, "reason", json_string(err));
         return o;
-    }
-    m.kind = m.plug.method->abi_version >= 3 && m.plug.method->memory_plan ? PLAN_BY_METHOD : PLAN_BY_DEFAULT;
-    m.n_opts = c->n_opts;
-    for (int q = 0; q < c->n_opts; q++) {
-        m.keys[q] = c->opt_keys[q];
-        m.values[q] = c->opt_values[q];
     }
     plan_inputs in;
     memset(&in, 0, sizeof in);
