@@ -284,6 +284,54 @@ Test(cell, ops_explain_the_step_per_class, .timeout = 120)
     cr_expect_eq(system(cmd), 0);
 }
 
+/* The record keeps the page faults of every step (memory.page_faults_per_step)
+ * and the step arena's figures (memory.step_arena, docs/CORE.md "What is
+ * kept across steps"): a tiny cell whose SwiGLU tensors and full-loss logits
+ * are 8 MiB each faults them in on its warm-up step only. */
+Test(cell, the_record_counts_page_faults_per_step, .timeout = 120)
+{
+    char dir[] = "/tmp/ftb-cell-XXXXXX", err[FTB_ERR_LEN] = "";
+    cr_assert(mkdtemp(dir));
+    ftb_cell c;
+    tiny_cell(&c, dir);
+    c.batch = 256;
+    c.seq = 128;
+    c.loss = FTB_LOSS_FULL;
+    ftb_cell_make_key(&c);
+    ftb_cell_result r;
+    cr_assert_eq(ftb_cell_run(&c, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(r.outcome, "ok", "%s", r.detail);
+    json_t *mem = json_object_get(r.record, "memory"), *faults = json_object_get(mem, "page_faults_per_step");
+    cr_assert_eq(json_array_size(faults), 3, "one count per step, the warm-up's included");
+    json_t *arena = json_object_get(mem, "step_arena");
+    cr_assert(json_is_boolean(json_object_get(arena, "enabled")));
+    int64_t step_pages = (int64_t)json_integer_value(
+                             json_object_get(json_object_get(json_object_get(mem, "core"), "split_at_peak_bytes"),
+                                             ftb_mem_category_name(FTB_MEM_SAVED))) /
+                         4096;
+    int64_t f[3];
+    for (int i = 0; i < 3; i++) f[i] = (int64_t)json_integer_value(json_array_get(faults, i));
+    cr_log_info("faults per step %lld %lld %lld; saved activations at the peak: %lld pages", (long long)f[0],
+                (long long)f[1], (long long)f[2], (long long)step_pages);
+    cr_expect_gt(f[0], step_pages, "the warm-up step touches its saved activations fresh");
+    if (json_is_true(json_object_get(arena, "enabled"))) { /* not in checking builds */
+        cr_expect_gt(json_integer_value(json_object_get(arena, "high_water_bytes")), step_pages * 4096);
+        cr_expect_eq(json_integer_value(json_object_get(arena, "fallbacks")), 0);
+        for (int i = 1; i < 3; i++)
+            cr_expect_lt(f[i], step_pages / 100, "step %d: %lld faults (bound: 1%% of %lld pages)", i + 1,
+                         (long long)f[i], (long long)step_pages);
+        /* The harness's own record grows between steps (a page here and there). */
+        json_t *hwm = json_object_get(mem, "vmhwm_after_step_bytes");
+        int64_t h0 = (int64_t)json_integer_value(json_array_get(hwm, 0)),
+                h2 = (int64_t)json_integer_value(json_array_get(hwm, 2));
+        cr_expect_leq(h2 - h0, 256 << 10, "VmHWM rose by %lld KiB after the warm-up step", (long long)(h2 - h0) >> 10);
+    }
+    ftb_cell_result_free(&r);
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
 /* The roofline projection counts the saved activations' bytes (written
  * once, read once) from the record's core category saved_activations (it
  * once looked for "saved", a name no category has, and counted 0). */

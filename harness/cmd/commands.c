@@ -378,6 +378,22 @@ int ftb_cmd_run(int argc, char **argv)
         }
         printf("\n");
     }
+    /* The first step touches its buffers fresh; later ones reuse its pages
+     * (docs/CORE.md, "What is kept across steps"). */
+    json_t *faults = json_object_get(json_object_get(rec, "memory"), "page_faults_per_step");
+    if (json_array_size(faults)) {
+        printf("faults     ");
+        size_t i;
+        json_t *v;
+        json_array_foreach(faults, i, v)
+        {
+            if (json_is_integer(v))
+                printf(" %lld", (long long)json_integer_value(v));
+            else
+                printf(" ?");
+        }
+        printf(" page faults per step\n");
+    }
     double tp = jpath(rec, "trainable_params", NULL, NULL);
     if (isfinite(tp)) printf("trainable   %.0f parameters\n", tp);
     double proj = jpath(rec, "projection", "projected_step_seconds_roofline", NULL);
