@@ -225,6 +225,20 @@ Test(harness, sampler_samples_rss_about_every_millisecond)
     ftb_sampler_free(s);
 }
 
+/* Stopped before its thread ran (what a loaded machine does to a short
+ * window): still a sample, so a cell never reports no RSS at all. */
+Test(harness, a_sampler_stopped_at_once_still_has_a_sample)
+{
+    for (int i = 0; i < 20; i++) {
+        ftb_sampler *s = ftb_sampler_start(ftb_now(), 1e-3, 32, NULL);
+        cr_assert(s);
+        ftb_sampler_stop(s);
+        cr_expect(ftb_sampler_count(s) >= 1, "round %d: no sample", i);
+        cr_expect(ftb_sampler_max_rss(s) > 0, "round %d: max RSS %lld", i, (long long)ftb_sampler_max_rss(s));
+        ftb_sampler_free(s);
+    }
+}
+
 /* The tree's RSS is the sum over the process and its descendants (a
  * child and a grandchild holding 32 MiB each), and the sampler publishes
  * it in the shared page. */

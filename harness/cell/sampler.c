@@ -82,7 +82,11 @@ static void *run(void *arg)
     ftb_sampler *s = arg;
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
-    while (!atomic_load_explicit(&s->stop, memory_order_relaxed)) {
+    /* At least one sample, however late the thread is scheduled (under
+     * load it once ran only after ftb_sampler_stop: no sample at all), and
+     * one more after the stop is seen: the window's end. */
+    for (;;) {
+        int stopping = atomic_load_explicit(&s->stop, memory_order_relaxed);
         int64_t rss = read_rss(s);
         if (rss > s->max_rss) s->max_rss = rss;
         if (--s->tree_countdown <= 0) {
@@ -108,6 +112,7 @@ static void *run(void *arg)
             x->phase = ftb_mem_phase();
             s->n++;
         }
+        if (stopping) break;
         add_ns(&next, (long)(s->period * 1e9));
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
             ;
