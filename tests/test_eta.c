@@ -17,7 +17,7 @@ Test(eta, the_fit_predicts_long_cells_from_short_ones)
     /* Two methods per length, lengths in increasing order, as a sweep
      * runs them. */
     for (int i = 0; i < 6; i++)
-        for (int m = 0; m < 2; m++) ftb_eta_add_todo(&e, 3, 1, seqs[i]);
+        for (int m = 0; m < 2; m++) ftb_eta_add_remaining(&e, 3, 1, seqs[i]);
     for (int i = 0; i < 3; i++)
         for (int m = 0; m < 2; m++) ftb_eta_measured(&e, 3, 1, seqs[i], wall_of(3, seqs[i]));
     double coef[3];
@@ -38,14 +38,14 @@ Test(eta, before_three_lengths_the_guess_is_scaled_to_what_was_measured)
     ftb_eta e;
     ftb_eta_init(&e);
     cr_expect(ftb_eta_seconds_left(&e, 0) < 0, "nothing measured: unknown");
-    for (int i = 0; i < 4; i++) ftb_eta_add_todo(&e, 2, 1, 64);
+    for (int i = 0; i < 4; i++) ftb_eta_add_remaining(&e, 2, 1, 64);
     ftb_eta_measured(&e, 2, 1, 64, 5.0);
     double coef[3];
     cr_expect(!ftb_eta_fit(&e, coef));
     /* Three more cells like the measured one: 15 s. */
     cr_expect(fabs(ftb_eta_seconds_left(&e, 0) - 15.0) < 1e-9, "%g", ftb_eta_seconds_left(&e, 0));
     /* A skipped cell leaves the remaining work. */
-    ftb_eta_remove_todo(&e, 2, 1, 64);
+    ftb_eta_remove_remaining(&e, 2, 1, 64);
     cr_expect(fabs(ftb_eta_seconds_left(&e, 0) - 10.0) < 1e-9);
     cr_expect(ftb_eta_seconds_left(&e, 30) == 0, "never negative");
     ftb_eta_free(&e);
@@ -59,12 +59,12 @@ Test(eta, coefficients_are_never_negative)
      * constant: cost proportional to tokens only, with noise. */
     const int seqs[] = { 100, 200, 400, 800 };
     const double noise[] = { -0.02, 0.03, -0.01, 0.02 };
-    for (int i = 0; i < 4; i++) ftb_eta_add_todo(&e, 1, 1, seqs[i]);
+    for (int i = 0; i < 4; i++) ftb_eta_add_remaining(&e, 1, 1, seqs[i]);
     for (int i = 0; i < 4; i++) ftb_eta_measured(&e, 1, 1, seqs[i], 0.01 * seqs[i] * (1 + noise[i]));
     double c[3];
     cr_assert(ftb_eta_fit(&e, c));
     cr_expect(c[0] >= 0 && c[1] >= 0 && c[2] >= 0, "%g %g %g", c[0], c[1], c[2]);
-    ftb_eta_add_todo(&e, 1, 1, 1600);
+    ftb_eta_add_remaining(&e, 1, 1, 1600);
     cr_expect(fabs(ftb_eta_seconds_left(&e, 0) - 16.0) < 1.6, "%g", ftb_eta_seconds_left(&e, 0));
     ftb_eta_free(&e);
 }

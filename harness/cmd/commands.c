@@ -230,6 +230,26 @@ static void print_top_ops(json_t *rec)
     }
 }
 
+/* One line of per-step values: integers as such, other numbers to four
+ * decimals, anything else as `missing`. */
+static void print_per_step(const char *label, json_t *values, const char *missing, const char *unit)
+{
+    if (!json_array_size(values)) return;
+    printf("%s", label);
+    size_t i;
+    json_t *v;
+    json_array_foreach(values, i, v)
+    {
+        if (json_is_integer(v))
+            printf(" %lld", (long long)json_integer_value(v));
+        else if (json_is_number(v))
+            printf(" %.4f", json_number_value(v));
+        else
+            printf(" %s", missing);
+    }
+    printf("%s\n", unit);
+}
+
 int ftb_cmd_run(int argc, char **argv)
 {
     char err[FTB_ERR_LEN + 256];
@@ -364,36 +384,11 @@ int ftb_cmd_run(int argc, char **argv)
                json_string_value(json_object_get(base, "embed_dtype")),
                eff ? eff : json_string_value(json_object_get(base, "residency")), isfinite(share) ? 100 * share : 0.0);
     }
-    json_t *losses = json_object_get(rec, "loss_per_step");
-    if (json_array_size(losses)) {
-        printf("loss       ");
-        size_t i;
-        json_t *v;
-        json_array_foreach(losses, i, v)
-        {
-            if (json_is_number(v))
-                printf(" %.4f", json_number_value(v));
-            else
-                printf(" nan");
-        }
-        printf("\n");
-    }
+    print_per_step("loss       ", json_object_get(rec, "loss_per_step"), "nan", "");
     /* The first step touches its buffers fresh; later ones reuse its pages
      * (docs/CORE.md, "What is kept across steps"). */
-    json_t *faults = json_object_get(json_object_get(rec, "memory"), "page_faults_per_step");
-    if (json_array_size(faults)) {
-        printf("faults     ");
-        size_t i;
-        json_t *v;
-        json_array_foreach(faults, i, v)
-        {
-            if (json_is_integer(v))
-                printf(" %lld", (long long)json_integer_value(v));
-            else
-                printf(" ?");
-        }
-        printf(" page faults per step\n");
-    }
+    print_per_step("faults     ", json_object_get(json_object_get(rec, "memory"), "page_faults_per_step"), "?",
+                   " page faults per step");
     double tp = jpath(rec, "trainable_params", NULL, NULL);
     if (isfinite(tp)) printf("trainable   %.0f parameters\n", tp);
     double proj = jpath(rec, "projection", "projected_step_seconds_roofline", NULL);

@@ -18,21 +18,21 @@ void ftb_eta_free(ftb_eta *e)
     memset(e, 0, sizeof *e);
 }
 
-static void todo_delta(ftb_eta *e, int steps, int batch, int seq, double sign)
+static void remaining_delta(ftb_eta *e, int steps, int batch, int seq, double sign)
 {
     double w = (double)steps * batch, t = seq;
-    e->todo[0] += sign;
-    e->todo[1] += sign * w * t;
-    e->todo[2] += sign * w * t * t;
-    e->todo_guess += sign * guess_cost(w, t);
+    e->remaining[0] += sign;
+    e->remaining[1] += sign * w * t;
+    e->remaining[2] += sign * w * t * t;
+    e->remaining_guess += sign * guess_cost(w, t);
 }
 
-void ftb_eta_add_todo(ftb_eta *e, int steps, int batch, int seq) { todo_delta(e, steps, batch, seq, 1); }
-void ftb_eta_remove_todo(ftb_eta *e, int steps, int batch, int seq) { todo_delta(e, steps, batch, seq, -1); }
+void ftb_eta_add_remaining(ftb_eta *e, int steps, int batch, int seq) { remaining_delta(e, steps, batch, seq, 1); }
+void ftb_eta_remove_remaining(ftb_eta *e, int steps, int batch, int seq) { remaining_delta(e, steps, batch, seq, -1); }
 
 void ftb_eta_measured(ftb_eta *e, int steps, int batch, int seq, double wall)
 {
-    ftb_eta_remove_todo(e, steps, batch, seq);
+    ftb_eta_remove_remaining(e, steps, batch, seq);
     if (!(wall >= 0) || !isfinite(wall)) return;
     if (e->n == e->cap) {
         int cap = e->cap ? 2 * e->cap : 16;
@@ -136,14 +136,14 @@ double ftb_eta_seconds_left(const ftb_eta *e, double running_cell_elapsed)
     if (e->n == 0) return -1;
     double coef[3], left;
     if (ftb_eta_fit(e, coef)) {
-        left = coef[0] * e->todo[0] + coef[1] * e->todo[1] + coef[2] * e->todo[2];
+        left = coef[0] * e->remaining[0] + coef[1] * e->remaining[1] + coef[2] * e->remaining[2];
     } else {
         double done_cost = 0, done_seconds = 0;
         for (int i = 0; i < e->n; i++) {
             done_cost += guess_cost(e->w[i], e->t[i]);
             done_seconds += e->wall[i];
         }
-        left = done_cost > 0 ? e->todo_guess * done_seconds / done_cost : -1;
+        left = done_cost > 0 ? e->remaining_guess * done_seconds / done_cost : -1;
     }
     left -= running_cell_elapsed;
     return left > 0 ? left : 0;

@@ -16,17 +16,17 @@
 
 typedef struct {
     int n, cap;
-    double *w, *t, *wall; /* measured cells: W, T, seconds            */
-    double todo[3];       /* remaining cells: Σ1, Σ W·T, Σ W·T²        */
-    double todo_guess;    /* remaining cells under the fixed guess     */
+    double *w, *t, *wall;   /* measured cells: W, T, seconds            */
+    double remaining[3];    /* remaining cells: Σ1, Σ W·T, Σ W·T²        */
+    double remaining_guess; /* remaining cells under the fixed guess     */
 } ftb_eta;
 
 void ftb_eta_init(ftb_eta *e);
 void ftb_eta_free(ftb_eta *e);
 /* A cell still to run (add) or no longer to run (remove: measured,
  * skipped). */
-void ftb_eta_add_todo(ftb_eta *e, int steps, int batch, int seq);
-void ftb_eta_remove_todo(ftb_eta *e, int steps, int batch, int seq);
+void ftb_eta_add_remaining(ftb_eta *e, int steps, int batch, int seq);
+void ftb_eta_remove_remaining(ftb_eta *e, int steps, int batch, int seq);
 /* A measured cell's wall time (also removes it from the remaining ones). */
 void ftb_eta_measured(ftb_eta *e, int steps, int batch, int seq, double wall);
 /* Seconds left for the remaining cells, less what the running one has

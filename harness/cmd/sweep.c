@@ -245,12 +245,12 @@ typedef struct {
     double last_print;
 } progress_state;
 
-static void eta_todo(progress_state *p, const ftb_cell *c, int sign)
+static void eta_remaining(progress_state *p, const ftb_cell *c, int sign)
 {
     if (sign > 0)
-        ftb_eta_add_todo(&p->eta, c->steps + c->warmup, c->batch, c->seq);
+        ftb_eta_add_remaining(&p->eta, c->steps + c->warmup, c->batch, c->seq);
     else
-        ftb_eta_remove_todo(&p->eta, c->steps + c->warmup, c->batch, c->seq);
+        ftb_eta_remove_remaining(&p->eta, c->steps + c->warmup, c->batch, c->seq);
 }
 
 static void progress_cb(void *ud, const char *what, int step, int nsteps)
@@ -656,7 +656,7 @@ int ftb_cmd_sweep(int argc, char **argv)
         if (res == FTB_RESUME_KEEP) kept[nkept++] = ftb_recorded_find(&done, cells[i].key);
         if (res == FTB_RESUME_RUN) {
             todo++;
-            eta_todo(&ps, &cells[i], +1);
+            eta_remaining(&ps, &cells[i], +1);
         }
     }
     if (mismatched) {
@@ -740,7 +740,7 @@ int ftb_cmd_sweep(int argc, char **argv)
                 rc = FTB_EXIT_FAIL;
                 goto out;
             }
-            eta_todo(&ps, c, -1);
+            eta_remaining(&ps, c, -1);
             if (!s.cli.quiet)
                 fprintf(stderr, "%s[cell %d/%d] %s: skipped (over budget already at seq %d)\n",
                         ps.tty ? "\r\033[K" : "", i + 1, ncells, c->key, om->seq);
